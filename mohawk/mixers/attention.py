@@ -1,0 +1,113 @@
+"""Softmax attention exactly as the teacher computes it: causal mask (optionally a sliding window), RoPE over the first
+``rotary_dim`` channels of each head (full or partial, rotate-half layout as in Llama / Phi / GPT-NeoX), the teacher's
+scale, and grouped-query attention (each K/V head serves num_heads // num_kv_heads query heads).
+
+The mixing matrix is softmax(Q K^T * scale + mask), (batch, heads, L, L); it multiplies the value stream V (each query
+head's K/V head repeated), so ``materialize(u) @ value_stream(u)`` equals the attention output before o_proj.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def default_inv_freq(rotary_dim: int, theta: float) -> Tensor:
+    return 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+
+
+class Attention(nn.Module):
+    """Multi-head softmax attention with RoPE and GQA. u (batch, L, hidden) -> (batch, L, hidden)."""
+
+    def __init__(self, config, layer_idx: int = 0):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scale = config.attention_scale if config.attention_scale is not None else self.head_dim ** -0.5
+        self.sliding_window = config.sliding_window
+        self.rotary_dim = config.rotary_dim if config.position_embedding == "rope" else 0
+        self.rope_scaling = config.rope_attention_scaling
+        hidden, h, kv, d = config.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
+        self.q_proj = nn.Linear(hidden, h * d, bias=config.attention_qkv_bias)
+        self.k_proj = nn.Linear(hidden, kv * d, bias=config.attention_qkv_bias)
+        self.v_proj = nn.Linear(hidden, kv * d, bias=config.attention_qkv_bias)
+        self.o_proj = nn.Linear(h * d, hidden, bias=config.attention_out_bias)
+        # Persistent, so that a teacher's exact frequencies (any RoPE scaling scheme) travel with the checkpoint.
+        self.register_buffer("inv_freq", default_inv_freq(self.rotary_dim, config.rope_theta), persistent=True)
+
+    # -- pieces -----------------------------------------------------------------------------------------------------
+    def _rope(self, t: Tensor, positions: Tensor) -> Tensor:
+        """t (b, heads, L, d), positions (b, L) or (L,) -> t with RoPE on its first rotary_dim channels."""
+        if self.rotary_dim == 0:
+            return t
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos() * self.rope_scaling, emb.sin() * self.rope_scaling
+        if cos.dim() == 3:
+            cos, sin = cos[:, None], sin[:, None]
+        rot, keep = t[..., : self.rotary_dim], t[..., self.rotary_dim:]
+        rot = (rot.float() * cos + rotate_half(rot.float()) * sin).to(t.dtype)
+        return torch.cat((rot, keep), dim=-1)
+
+    def _qkv(self, u: Tensor, positions: Tensor):
+        """u (b, L, hidden) -> q (b, h, L, d), k and v (b, kv, L, d), RoPE applied."""
+        b, L, _ = u.shape
+        q = self.q_proj(u).view(b, L, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(u).view(b, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(u).view(b, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return self._rope(q, positions), self._rope(k, positions), v
+
+    def _repeat_kv(self, t: Tensor) -> Tensor:
+        return t.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+
+    def _mask(self, q_len: int, k_len: int, device) -> Tensor:
+        """Boolean (q_len, k_len), True where query i (at absolute position k_len - q_len + i) may attend."""
+        qpos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+        kpos = torch.arange(k_len, device=device)[None, :]
+        mask = kpos <= qpos
+        if self.sliding_window is not None:
+            mask &= kpos > qpos - self.sliding_window
+        return mask
+
+    @staticmethod
+    def _positions(u: Tensor, position_ids: Tensor | None, offset: int = 0) -> Tensor:
+        if position_ids is not None:
+            return position_ids
+        return torch.arange(offset, offset + u.shape[1], device=u.device)
+
+    # -- the mixer contract -------------------------------------------------------------------------------------------
+    def materialize(self, u: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        """Attention matrix softmax(Q K^T * scale + causal mask), float32 (batch, heads, L, L)."""
+        q, k, _ = self._qkv(u, self._positions(u, position_ids))
+        scores = torch.einsum("bhtd,bhsd->bhts", q.float(), self._repeat_kv(k).float()) * self.scale
+        mask = self._mask(u.shape[1], u.shape[1], u.device)
+        return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+
+    def value_stream(self, u: Tensor) -> Tensor:
+        """V (batch, heads, L, head_dim), K/V heads repeated for GQA: what ``materialize(u)`` multiplies."""
+        b, L, _ = u.shape
+        v = self.v_proj(u).view(b, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return self._repeat_kv(v)
+
+    def forward(self, u: Tensor, position_ids: Tensor | None = None, cache=None, **_) -> Tensor:
+        """u (batch, L, hidden) -> (batch, L, hidden); with ``cache`` (a MohawkCache) appends to and reads its KV."""
+        b, L, _ = u.shape
+        offset = cache.seq_length(self.layer_idx) if cache is not None else 0
+        q, k, v = self._qkv(u, self._positions(u, position_ids, offset))
+        if cache is not None:
+            k, v = cache.update_kv(self.layer_idx, k, v)
+        k, v = self._repeat_kv(k), self._repeat_kv(v)
+        if k.shape[2] == L and self.sliding_window is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        else:
+            mask = self._mask(L, k.shape[2], u.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        return self.o_proj(y.transpose(1, 2).reshape(b, L, -1))

@@ -1,0 +1,35 @@
+"""GPU paths behind the PyTorch reference implementations. Each returns None where it cannot run (CPU, no Triton,
+no optional dependency), and the caller falls back to the exact PyTorch path."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from torch import Tensor
+
+
+@functools.lru_cache(maxsize=1)
+def _mamba_chunk_scan():
+    try:  # mamba-ssm's Triton kernels (pip install mohawk[gpu]); importable without its CUDA extensions
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception:
+        return None
+    return mamba_chunk_scan_combined
+
+
+def ssd_kernel(x: Tensor):
+    """A fused SSD scan for ``x``'s device with mohawk.ssd's signature, or None (then the PyTorch scan is used).
+
+    MOHAWK_SSD_KERNEL=torch forces the PyTorch path (for A/B comparisons)."""
+    if not x.is_cuda or os.environ.get("MOHAWK_SSD_KERNEL", "auto") == "torch":
+        return None
+    fn = _mamba_chunk_scan()
+    if fn is None:
+        return None
+
+    def run(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=None, return_final_state=False):
+        out = fn(x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, return_final_states=return_final_state)
+        return out
+
+    return run

@@ -1,0 +1,336 @@
+"""SSD, the Mamba-2 matrix mixer: the whole algorithm on one page, three equivalent ways, plus the Phi-Mamba layer.
+
+Notation (mamba_ssm's layout): x (batch, L, heads, head_dim), dt (batch, L, heads) after softplus, A (heads,) negative,
+B and C (batch, L, groups, state) with heads a multiple of groups (head h reads group h // (heads // groups)).
+
+    a_t = exp(dt_t * A_h)                                   scalar decay per head and step
+    h_t = a_t * h_{t-1} + dt_t * x_t B_t^T                  state (head_dim, state) per head
+    y_t = h_t C_t (+ D_h x_t)
+
+Unrolled, y = M (x) + D x with the mixing matrix
+
+    M[t, s] = C_t . B_s * prod_{r=s+1..t} a_r * dt_s     for s <= t, else 0
+
+(dt_s is folded into M: M multiplies the raw x stream). The three paths below compute the same function:
+``ssd_materialized`` (O(L^2), the reference), ``ssd_chunked`` (O(L) memory, any L, carries a state in and out) and
+``ssd_step`` (one token, for decoding). ``ssd`` picks the fastest path available.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _expand_groups(t: Tensor, heads: int) -> Tensor:
+    """(..., groups, n) -> (..., heads, n): head h reads group h // (heads // groups)."""
+    groups = t.shape[-2]
+    if groups == heads:
+        return t
+    if heads % groups:
+        raise ValueError(f"heads ({heads}) must be a multiple of groups ({groups})")
+    return t.repeat_interleave(heads // groups, dim=-2)
+
+
+def segsum(x: Tensor) -> Tensor:
+    """Stable segment sums: (..., L) -> (..., L, L) with out[t, s] = sum_{r=s+1..t} x_r for s <= t, else -inf."""
+    L = x.shape[-1]
+    xx = x[..., None].expand(*x.shape, L)  # xx[..., r, s] = x_r
+    strict = torch.tril(torch.ones(L, L, dtype=torch.bool, device=x.device), diagonal=-1)
+    xx = xx.masked_fill(~strict, 0.0)
+    out = torch.cumsum(xx, dim=-2)  # out[t, s] = sum_{s < r <= t} x_r
+    causal = torch.tril(torch.ones(L, L, dtype=torch.bool, device=x.device))
+    return out.masked_fill(~causal, -math.inf)
+
+
+def ssd_matrix(dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """The SSD mixing matrix M (batch, heads, L, L), dt folded in: y = M @ x per head (before the D skip)."""
+    heads = dt.shape[-1]
+    Bh, Ch = _expand_groups(B, heads), _expand_groups(C, heads)  # (b, L, h, n)
+    decay = torch.exp(segsum((dt * A).transpose(1, 2)))  # (b, h, L, L)
+    cb = torch.einsum("bthn,bshn->bhts", Ch, Bh)
+    return cb * decay * dt.transpose(1, 2)[:, :, None, :]
+
+
+def ssd_materialized(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None) -> Tensor:
+    """Quadratic reference: y (batch, L, heads, head_dim) = M x + D x with M from :func:`ssd_matrix`."""
+    M = ssd_matrix(dt, A, B, C).to(x.dtype)
+    y = torch.einsum("bhts,bshp->bthp", M, x)
+    if D is not None:
+        y = y + x * D[:, None]
+    return y
+
+
+def ssd_chunked(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    *,
+    chunk_size: int = 64,
+    initial_state: Tensor | None = None,
+    return_final_state: bool = False,
+):
+    """Chunked SSD scan in PyTorch: exact, O(L * chunk_size) memory, any length.
+
+    Quadratic attention-like products inside chunks of ``chunk_size`` tokens, a linear recurrence over chunk states
+    between them. initial_state and the returned final state: (batch, heads, head_dim, state), float32.
+    """
+    b, L, h, p = x.shape
+    n = B.shape[-1]
+    dtype = x.dtype
+    pad = (-L) % chunk_size
+    if pad:  # dt = 0 on padding: decay 1 and no input, so the state passes through unchanged
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        dt = F.pad(dt, (0, 0, 0, pad))
+        B = F.pad(B, (0, 0, 0, 0, 0, pad))
+        C = F.pad(C, (0, 0, 0, 0, 0, pad))
+    c, l = (L + pad) // chunk_size, chunk_size
+    f32 = torch.float32
+    Bh = _expand_groups(B, h).to(f32).reshape(b, c, l, h, n)
+    Ch = _expand_groups(C, h).to(f32).reshape(b, c, l, h, n)
+    xdt = (x.to(f32) * dt.to(f32)[..., None]).reshape(b, c, l, h, p)
+    Adt = (dt.to(f32) * A.to(f32)).reshape(b, c, l, h).permute(0, 3, 1, 2)  # (b, h, c, l)
+    cum = torch.cumsum(Adt, dim=-1)
+
+    # 1. within chunks: y = (C B^T o decay) x
+    decay = torch.exp(segsum(Adt))  # (b, h, c, l, l)
+    y = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", Ch, Bh, decay, xdt)
+
+    # 2. the state each chunk adds, decayed to its end
+    to_end = torch.exp(cum[..., -1:] - cum)  # (b, h, c, l)
+    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bh, to_end, xdt)
+
+    # 3. carry states across chunks (sequential: O(c) memory)
+    state = x.new_zeros(b, h, p, n, dtype=f32) if initial_state is None else initial_state.to(f32)
+    chunk_decay = torch.exp(cum[..., -1])  # (b, h, c)
+    states_in = []
+    for i in range(c):
+        states_in.append(state)
+        state = state * chunk_decay[:, :, i, None, None] + chunk_states[:, i]
+    states_in = torch.stack(states_in, dim=1)  # (b, c, h, p, n): the state entering each chunk
+
+    # 4. contribution of the incoming state to each position
+    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, states_in, torch.exp(cum))
+    y = y.reshape(b, c * l, h, p)[:, :L]
+    if D is not None:
+        y = y + x[:, :L].to(f32) * D.to(f32)[:, None]
+    y = y.to(dtype)
+    return (y, state) if return_final_state else y
+
+
+def ssd_step(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor, D: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """One recurrent step for decoding: x (batch, heads, head_dim), dt (batch, heads), B, C (batch, groups, state),
+    state (batch, heads, head_dim, state) -> (y (batch, heads, head_dim), new state)."""
+    h = x.shape[1]
+    f32 = torch.float32
+    Bh, Ch = _expand_groups(B, h).to(f32), _expand_groups(C, h).to(f32)
+    dt32 = dt.to(f32)
+    a = torch.exp(dt32 * A.to(f32))  # (b, h)
+    state = state.to(f32) * a[..., None, None] + (dt32[..., None] * x.to(f32))[..., None] * Bh[:, :, None, :]
+    y = torch.einsum("bhpn,bhn->bhp", state, Ch)
+    if D is not None:
+        y = y + x.to(f32) * D.to(f32)[:, None]
+    return y.to(x.dtype), state
+
+
+def ssd(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    *,
+    chunk_size: int = 64,
+    initial_state: Tensor | None = None,
+    return_final_state: bool = False,
+):
+    """SSD y (batch, L, heads, head_dim) by the fastest exact path available (see module docstring).
+
+    Returns y, or (y, final_state (batch, heads, head_dim, state)) when ``return_final_state``.
+    """
+    from mohawk.mixers.kernels import ssd_kernel
+
+    kernel = ssd_kernel(x)
+    if kernel is not None:
+        return kernel(x, dt, A, B, C, D, chunk_size=chunk_size, initial_state=initial_state,
+                      return_final_state=return_final_state)
+    return ssd_chunked(x, dt, A, B, C, D, chunk_size=chunk_size, initial_state=initial_state,
+                       return_final_state=return_final_state)
+
+
+class SSDMixer(nn.Module):
+    """The Phi-Mamba sequence mixer: the Mamba-2 layer set up to stand in for an attention layer.
+
+    u (batch, L, hidden) -> in_proj -> [z | x | B | C | dt] -> causal depthwise conv over (x, B, C) -> SSD ->
+    optional gate (y * act(z)) -> optional RMSNorm -> out_proj -> (batch, L, hidden).
+
+    The paper's choices are the defaults: conv initialised to identity with no activation after it (so x, B, C are
+    plain projections of u, like V, K, Q), the gate initialised to 1 (weight 0, bias 1, no activation: no effect), no
+    norm before out_proj. ``materialize(u)`` gives the mixing matrix (batch, heads, L, L) that multiplies the value
+    stream x (after the conv), D on its diagonal, so that ``M @ x`` is y before the gate and out_proj.
+    """
+
+    def __init__(self, config, layer_idx: int = 0):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.hidden_size = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.d_inner = self.num_heads * self.head_dim
+        self.state_size = config.ssd_state_size
+        self.num_groups = config.ssd_num_groups or self.num_heads
+        self.chunk_size = config.ssd_chunk_size
+        self.conv_kernel = config.ssd_conv_kernel
+        self.conv_activation = config.ssd_conv_activation
+        self.gate_activation = config.ssd_gate_activation
+        self.use_gate = config.ssd_gate
+        self.config = config
+        self.conv_dim = self.d_inner + 2 * self.num_groups * self.state_size
+        proj = (self.d_inner if self.use_gate else 0) + self.conv_dim + self.num_heads
+        self.in_proj = nn.Linear(self.hidden_size, proj, bias=True)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.conv_kernel, groups=self.conv_dim,
+                                padding=self.conv_kernel - 1, bias=True)
+        self.dt_bias = nn.Parameter(torch.zeros(self.num_heads))
+        self.A_log = nn.Parameter(torch.zeros(self.num_heads))
+        self.D = nn.Parameter(torch.zeros(self.num_heads))
+        self.norm = nn.RMSNorm(self.d_inner, eps=1e-5) if config.ssd_norm else None
+        self.out_proj = nn.Linear(self.d_inner, self.hidden_size, bias=config.attention_out_bias)
+
+    # -- parameter layout -------------------------------------------------------------------------------------------
+    def in_proj_slices(self) -> dict[str, slice]:
+        """Rows of in_proj.weight holding z, x, B, C and dt."""
+        sizes = {"z": self.d_inner if self.use_gate else 0, "x": self.d_inner,
+                 "B": self.num_groups * self.state_size, "C": self.num_groups * self.state_size, "dt": self.num_heads}
+        out, start = {}, 0
+        for k, s in sizes.items():
+            out[k] = slice(start, start + s)
+            start += s
+        return out
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float | None = None) -> None:
+        """The paper's initialisation: identity conv, gate = 1, dt in [dt_min, dt_max], A in A_init_range, D = 0.
+
+        Written through transformers' init helpers, which leave tensors loaded from a checkpoint untouched."""
+        from transformers import initialization as init
+
+        c = self.config
+        std = c.initializer_range if std is None else std
+        s = self.in_proj_slices()
+        w = torch.randn_like(self.in_proj.weight, device="cpu") * std
+        bias = torch.zeros_like(self.in_proj.bias, device="cpu")
+        if self.use_gate:
+            w[s["z"]] = 0.0
+            bias[s["z"]] = 1.0
+        init.copy_(self.in_proj.weight, w)
+        init.copy_(self.in_proj.bias, bias)
+        conv = torch.zeros_like(self.conv1d.weight, device="cpu")
+        if c.ssd_conv_init == "identity":
+            conv[:, 0, -1] = 1.0
+        else:
+            nn.init.kaiming_uniform_(conv, a=math.sqrt(5))
+        init.copy_(self.conv1d.weight, conv)
+        init.zeros_(self.conv1d.bias)
+        dt = torch.exp(torch.rand(self.num_heads) * (math.log(c.ssd_dt_max) - math.log(c.ssd_dt_min))
+                       + math.log(c.ssd_dt_min))
+        init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        lo, hi = c.ssd_A_init_range
+        init.copy_(self.A_log, torch.log(torch.empty(self.num_heads).uniform_(lo, hi)))
+        init.zeros_(self.D)
+        init.normal_(self.out_proj.weight, std=std)
+        if self.out_proj.bias is not None:
+            init.zeros_(self.out_proj.bias)
+        if self.norm is not None:
+            init.ones_(self.norm.weight)
+
+    # -- shared pieces ----------------------------------------------------------------------------------------------
+    def _act(self, t: Tensor, kind: str) -> Tensor:
+        return F.silu(t) if kind == "silu" else t
+
+    def _split(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(..., conv_dim) -> x (..., heads, head_dim), B and C (..., groups, state)."""
+        g, n = self.num_groups, self.state_size
+        x, B, C = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
+        return (x.unflatten(-1, (self.num_heads, self.head_dim)), B.unflatten(-1, (g, n)), C.unflatten(-1, (g, n)))
+
+    def _project(self, u: Tensor):
+        """u (b, L, hidden) -> z (or None), xBC before the conv (b, L, conv_dim), dt after softplus (b, L, heads)."""
+        proj = self.in_proj(u)
+        s = self.in_proj_slices()
+        z = proj[..., s["z"]] if self.use_gate else None
+        xbc = proj[..., s["x"].start: s["C"].stop]
+        dt = F.softplus(proj[..., s["dt"]].float() + self.dt_bias.float())
+        return z, xbc, dt
+
+    def _conv(self, xbc: Tensor) -> Tensor:
+        L = xbc.shape[1]
+        out = self.conv1d(xbc.transpose(1, 2))[..., :L].transpose(1, 2)
+        return self._act(out, self.conv_activation)
+
+    def _finish(self, y: Tensor, z: Tensor | None) -> Tensor:
+        """y (b, L, heads, head_dim) -> gate -> norm -> out_proj -> (b, L, hidden)."""
+        y = y.flatten(-2)
+        if z is not None:
+            y = y * self._act(z, self.gate_activation)
+        if self.norm is not None:
+            y = self.norm(y)
+        return self.out_proj(y)
+
+    def A(self) -> Tensor:
+        return -torch.exp(self.A_log.float())
+
+    # -- the three ways to run it -------------------------------------------------------------------------------------
+    def materialize(self, u: Tensor, **_) -> Tensor:
+        """Mixing matrix (batch, heads, L, L) over the value stream x, D on the diagonal."""
+        _, xbc, dt = self._project(u)
+        _, B, C = self._split(self._conv(xbc))
+        M = ssd_matrix(dt, self.A(), B.float(), C.float())
+        return M + torch.diag_embed(self.D.float()[None, :, None].expand_as(M[..., 0]))
+
+    def value_stream(self, u: Tensor) -> Tensor:
+        """x (batch, heads, L, head_dim): what ``materialize(u)`` multiplies."""
+        _, xbc, _ = self._project(u)
+        x, _, _ = self._split(self._conv(xbc))
+        return x.transpose(1, 2)
+
+    def forward(self, u: Tensor, cache=None, **_) -> Tensor:
+        """u (batch, L, hidden) -> (batch, L, hidden). With ``cache`` (a MohawkCache), carries conv and SSM state."""
+        z, xbc_raw, dt = self._project(u)
+        if cache is not None and cache.has_state(self.layer_idx):
+            return self._forward_recurrent(u, z, xbc_raw, dt, cache)
+        x, B, C = self._split(self._conv(xbc_raw))
+        out = ssd(x, dt, self.A(), B, C, self.D, chunk_size=self.chunk_size,
+                  return_final_state=cache is not None)
+        if cache is not None:
+            y, state = out
+            k = self.conv_kernel - 1
+            padded = F.pad(xbc_raw.transpose(1, 2), (max(0, k - xbc_raw.shape[1]), 0))
+            conv_state = padded[..., padded.shape[-1] - k:]  # the last k inputs: (b, conv_dim, k)
+            cache.set_state(self.layer_idx, conv_state, state)
+        else:
+            y = out
+        return self._finish(y, z)
+
+    def _forward_recurrent(self, u, z, xbc_raw, dt, cache) -> Tensor:
+        """Token by token from the cached conv window and SSM state (decoding): O(1) memory in the context length."""
+        conv_state, state = cache.get_state(self.layer_idx)
+        w = self.conv1d.weight[:, 0, :]  # (conv_dim, k)
+        ys = []
+        for t in range(u.shape[1]):
+            window = torch.cat([conv_state, xbc_raw[:, t, :, None]], dim=-1)  # (b, conv_dim, k)
+            xbc = self._act((window * w).sum(-1) + self.conv1d.bias, self.conv_activation)
+            conv_state = window[..., 1:]
+            x, B, C = self._split(xbc)
+            y, state = ssd_step(x, dt[:, t], self.A(), B, C, state, self.D)
+            ys.append(y)
+        cache.set_state(self.layer_idx, conv_state, state)
+        return self._finish(torch.stack(ys, dim=1), z)

@@ -1,0 +1,6 @@
+"""The student model: configuration and Hugging Face modeling code."""
+
+from mohawk.models.configuration_mohawk import MohawkConfig
+from mohawk.models.modeling_mohawk import MohawkCache, MohawkForCausalLM, MohawkModel
+
+__all__ = ["MohawkCache", "MohawkConfig", "MohawkForCausalLM", "MohawkModel"]

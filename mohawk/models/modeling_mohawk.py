@@ -1,0 +1,242 @@
+"""The MOHAWK student: the teacher's blocks with their attention replaced by SSD (or kept, per layer), as a Hugging Face
+causal LM (save_pretrained / from_pretrained / generate) with recurrent constant-memory decoding for SSD layers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from mohawk.mixers import MIXERS, Attention, SSDMixer
+from mohawk.mixers.attention import default_inv_freq
+from mohawk.models.configuration_mohawk import MohawkConfig
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, as Llama-family teachers do."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def make_norm(config: MohawkConfig) -> nn.Module:
+    if config.norm_type == "rmsnorm":
+        return RMSNorm(config.hidden_size, eps=config.norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
+
+
+class MLP(nn.Module):
+    """"gated": down(act(gate(x)) * up(x)) (Llama); "plain": fc2(act(fc1(x))) (Phi, GPT-NeoX, GPT-2)."""
+
+    def __init__(self, config: MohawkConfig):
+        super().__init__()
+        self.gated = config.mlp_type == "gated"
+        h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.act = ACT2FN[config.hidden_act]
+        if self.gated:
+            self.gate_proj = nn.Linear(h, i, bias=bias)
+        self.up_proj = nn.Linear(h, i, bias=bias)
+        self.down_proj = nn.Linear(i, h, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gated:
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+class MohawkBlock(nn.Module):
+    """One block in the teacher's layout; ``mixer`` is an Attention or an SSDMixer."""
+
+    def __init__(self, config: MohawkConfig, layer_idx: int):
+        super().__init__()
+        self.block_type = config.block_type
+        self.norm1 = make_norm(config)
+        self.norm2 = make_norm(config) if config.block_type != "parallel_shared_norm" else None
+        self.mixer = MIXERS[config.mixers[layer_idx]](config, layer_idx)
+        self.mlp = MLP(config)
+
+    def forward(self, h: Tensor, position_ids: Tensor | None = None, cache=None) -> Tensor:
+        """h (batch, L, hidden) -> (batch, L, hidden)."""
+        u = self.norm1(h)
+        m = self.mixer(u, position_ids=position_ids, cache=cache)
+        if self.block_type == "sequential":
+            h = h + m
+            return h + self.mlp(self.norm2(h))
+        return h + m + self.mlp(u if self.norm2 is None else self.norm2(h))
+
+
+class MohawkCache:
+    """Decoding state: a KV cache for attention layers, (conv window, SSM state) for SSD layers.
+
+    An SSD layer's state has a fixed size, (batch, conv_dim, kernel - 1) and (batch, heads, head_dim, state), whatever
+    the context length."""
+
+    is_compileable = False
+
+    def __init__(self):
+        self.kv: dict[int, tuple[Tensor, Tensor]] = {}
+        self.ssm: dict[int, tuple[Tensor, Tensor]] = {}
+        self.tokens = 0  # tokens consumed so far
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.tokens
+
+    def seq_length(self, layer_idx: int) -> int:
+        return self.kv[layer_idx][0].shape[2] if layer_idx in self.kv else 0
+
+    def update_kv(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if layer_idx in self.kv:
+            k0, v0 = self.kv[layer_idx]
+            k, v = torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2)
+        self.kv[layer_idx] = (k, v)
+        return k, v
+
+    def has_state(self, layer_idx: int) -> bool:
+        return layer_idx in self.ssm
+
+    def get_state(self, layer_idx: int) -> tuple[Tensor, Tensor]:
+        return self.ssm[layer_idx]
+
+    def set_state(self, layer_idx: int, conv_state: Tensor, ssm_state: Tensor) -> None:
+        self.ssm[layer_idx] = (conv_state, ssm_state)
+
+    def reorder_cache(self, beam_idx: Tensor) -> None:
+        """Select batch rows (beam search)."""
+        for d in (self.kv, self.ssm):
+            for i, (a, b) in d.items():
+                d[i] = (a.index_select(0, beam_idx.to(a.device)), b.index_select(0, beam_idx.to(b.device)))
+
+    def memory_bytes(self) -> int:
+        tensors = [t for d in (self.kv, self.ssm) for pair in d.values() for t in pair]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class MohawkPreTrainedModel(PreTrainedModel):
+    config_class = MohawkConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["MohawkBlock"]
+    _is_stateful = True  # SSD layers carry state: no assisted decoding
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, SSDMixer):
+            module.reset_parameters(std=std)
+        elif isinstance(module, Attention):
+            init.copy_(module.inv_freq, default_inv_freq(module.rotary_dim, self.config.rope_theta))
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # we bring our own cache (MohawkCache), made in prepare_inputs_for_generation
+
+
+class MohawkModel(MohawkPreTrainedModel):
+    def __init__(self, config: MohawkConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_positions = (nn.Embedding(config.max_position_embeddings, config.hidden_size)
+                                if config.position_embedding == "learned" else None)
+        self.layers = nn.ModuleList([MohawkBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = make_norm(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(self, input_ids=None, inputs_embeds=None, position_ids=None, cache: MohawkCache | None = None,
+                output_hidden_states: bool = False):
+        """input_ids (batch, L) -> final hidden states (batch, L, hidden) [, all block inputs + final output]."""
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if position_ids is None:
+            offset = cache.tokens if cache is not None else 0
+            position_ids = torch.arange(offset, offset + h.shape[1], device=h.device)[None]
+        if self.embed_positions is not None:
+            h = h + self.embed_positions(position_ids)
+        hidden_states = []
+        for layer in self.layers:
+            if output_hidden_states:
+                hidden_states.append(h)
+            h = layer(h, position_ids=position_ids, cache=cache)
+        h = self.norm(h)
+        if output_hidden_states:
+            hidden_states.append(h)
+        if cache is not None:
+            cache.tokens += h.shape[1]
+        return h, (tuple(hidden_states) if output_hidden_states else None)
+
+
+class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MohawkConfig):
+        super().__init__(config)
+        self.model = MohawkModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.lm_head_bias)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    @staticmethod
+    def _check_padding(attention_mask: Tensor | None) -> None:
+        # Right padding is harmless for a causal model; left padding would feed pad tokens into SSD states.
+        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] > 1:
+            m = attention_mask.bool()
+            if bool((~m[:, :-1] & m[:, 1:]).any()):
+                raise ValueError("MohawkForCausalLM does not support left padding; pad on the right")
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None, return_dict=None,
+                logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+        self._check_padding(attention_mask)
+        cache = past_key_values if use_cache is not False else None
+        if use_cache and cache is None:
+            cache = MohawkCache()
+        h, hidden_states = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
+                                      cache=cache, output_hidden_states=bool(output_hidden_states))
+        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache, hidden_states=hidden_states)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None,
+                                      use_cache=True, **kwargs):
+        if use_cache is False:
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        if past_key_values is None:
+            past_key_values = MohawkCache()
+        if past_key_values.tokens:
+            input_ids = input_ids[:, past_key_values.tokens:]
+        return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": True}

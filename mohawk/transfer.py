@@ -1,0 +1,148 @@
+"""Weight transfer: build a student from a teacher, copying everything but the mixers it replaces.
+
+``from_teacher`` copies embeddings (and learned positions), norms, MLPs, the final norm and the LM head; layers listed
+in ``attention_layers`` keep the teacher's attention exactly; the other layers get an SSD mixer, initialised by
+default from the attention projections (C <- W_Q * scale, B <- W_K, x <- W_V, out_proj <- W_O, as Mamba-in-Llama
+does), so that before any training each SSD layer is a decayed linear attention over the teacher's own features.
+``ssd_init="random"`` keeps Mamba-2's random projections instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mohawk.errors import MohawkError
+from mohawk.models import MohawkForCausalLM
+from mohawk.teachers.base import TeacherAdapter
+
+
+def parse_attention_layers(attention_layers, num_layers: int) -> list[int]:
+    """None -> [], "all" -> every layer, indices -> validated sorted list (in range, no repeats)."""
+    if attention_layers is None:
+        return []
+    if isinstance(attention_layers, str):
+        if attention_layers == "all":
+            return list(range(num_layers))
+        if attention_layers.strip() in ("", "none"):
+            return []
+        try:
+            attention_layers = [int(x) for x in attention_layers.split(",") if x.strip()]
+        except ValueError:
+            raise MohawkError(f"attention layers must be 'all', 'none' or comma-separated integers, got "
+                              f"{attention_layers!r}") from None
+    layers = [int(i) for i in attention_layers]
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad:
+        raise MohawkError(f"attention layer index {bad[0]} is out of range: the teacher has {num_layers} layers "
+                          f"(0..{num_layers - 1})")
+    if len(set(layers)) != len(layers):
+        dup = next(i for i in layers if layers.count(i) > 1)
+        raise MohawkError(f"attention layer index {dup} is repeated")
+    return sorted(layers)
+
+
+def place_attention_layers(num: int, num_layers: int, placement: str = "uniform") -> list[int]:
+    """Choose ``num`` layers to keep as attention: "uniform" (evenly spread, centred), "first" or "last"."""
+    if not 0 <= num <= num_layers:
+        raise MohawkError(f"cannot keep {num} attention layers in a {num_layers}-layer teacher")
+    if num == 0:
+        return []
+    if placement == "first":
+        return list(range(num))
+    if placement == "last":
+        return list(range(num_layers - num, num_layers))
+    if placement == "uniform":
+        step = num_layers / num
+        return sorted({int(step * k + step / 2) for k in range(num)})
+    raise MohawkError(f"unknown placement {placement!r}: use uniform, first or last")
+
+
+def _adapter(teacher) -> TeacherAdapter:
+    from mohawk.teachers import adapter_for
+
+    return teacher if isinstance(teacher, TeacherAdapter) else adapter_for(teacher)
+
+
+@torch.no_grad()
+def init_ssd_from_attention(mixer, attn_weights: dict[str, torch.Tensor], config) -> None:
+    """Write an attention layer's projections into an SSDMixer (see module docstring); biases likewise."""
+    s = mixer.in_proj_slices()
+    h, kv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    g, n = mixer.num_groups, mixer.state_size
+    scale = config.attention_scale if config.attention_scale is not None else d ** -0.5
+    W, b = mixer.in_proj.weight, mixer.in_proj.bias
+
+    def per_head(t, heads_in, heads_out):  # (heads_in * d, ...) -> (heads_out * d, ...), repeating whole heads
+        return t.unflatten(0, (heads_in, d)).repeat_interleave(heads_out // heads_in, dim=0).flatten(0, 1)
+
+    def write(rows, weight, bias):
+        W[rows] = weight.to(W.dtype)
+        if bias is not None:
+            b[rows] = bias.to(b.dtype)
+
+    q_w, q_b = attn_weights["q_proj.weight"], attn_weights.get("q_proj.bias")
+    k_w, k_b = attn_weights["k_proj.weight"], attn_weights.get("k_proj.bias")
+    v_w, v_b = attn_weights["v_proj.weight"], attn_weights.get("v_proj.bias")
+    write(s["x"], per_head(v_w, kv, h), None if v_b is None else per_head(v_b, kv, h))
+    if n == d and (g == h or g == kv):
+        write(s["B"], per_head(k_w, kv, g), None if k_b is None else per_head(k_b, kv, g))
+        if g == h:
+            write(s["C"], q_w * scale, None if q_b is None else q_b * scale)
+        else:  # one C per group: the group's first query head
+            first = q_w.unflatten(0, (h, d))[:: h // g].flatten(0, 1)
+            write(s["C"], first * scale, None if q_b is None else q_b.unflatten(0, (h, d))[:: h // g].flatten() * scale)
+    mixer.out_proj.weight.copy_(attn_weights["o_proj.weight"])
+    if mixer.out_proj.bias is not None and "o_proj.bias" in attn_weights:
+        mixer.out_proj.bias.copy_(attn_weights["o_proj.bias"])
+
+
+def from_teacher(teacher, attention_layers=None, *, ssd_init: str = "attention", **student_options) -> MohawkForCausalLM:
+    """A student of ``teacher`` (an HF causal LM or a TeacherAdapter) with its non-mixer weights copied.
+
+    attention_layers: None (pure SSD), "all" (the teacher itself, re-expressed), or layer indices to keep as attention.
+    student_options: MohawkConfig fields (ssd_state_size, ssd_conv_kernel, ...)."""
+    if ssd_init not in ("attention", "random"):
+        raise MohawkError(f"ssd_init must be 'attention' or 'random', got {ssd_init!r}")
+    adapter = _adapter(teacher)
+    n = adapter.num_layers
+    keep = set(parse_attention_layers(attention_layers, n))
+    mixers = ["attention" if i in keep else "ssd" for i in range(n)]
+    config = adapter.student_config(mixers=mixers, **student_options)
+    student = MohawkForCausalLM(config)
+    weights = adapter.student_state_dict()
+    own = student.state_dict()
+    to_load = {}
+    for i in range(n):
+        prefix = f"model.layers.{i}.mixer."
+        attn = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        if mixers[i] == "ssd":
+            if ssd_init == "attention":
+                init_ssd_from_attention(student.model.layers[i].mixer, attn, config)
+            for k in attn:
+                weights.pop(prefix + k)
+    for k, v in weights.items():
+        if k not in own:
+            raise MohawkError(f"internal: teacher weight {k} has no place in the student")
+        if own[k].shape != v.shape:
+            raise MohawkError(f"internal: shape mismatch for {k}: {tuple(own[k].shape)} vs {tuple(v.shape)}")
+        to_load[k] = v
+    student.load_state_dict(to_load, strict=False)
+    p = next(adapter.model.parameters())
+    return student.to(device=p.device, dtype=p.dtype)
+
+
+def transferable_keys(student: MohawkForCausalLM) -> list[str]:
+    """Names of the student's non-mixer parameters (what stage 3's weight transfer copies)."""
+    return [k for k in student.state_dict() if ".mixer." not in k]
+
+
+def copy_non_mixer_weights(student: MohawkForCausalLM, teacher, layers: Sequence[int] | None = None) -> None:
+    """Re-copy embeddings, norms, MLPs and head from the teacher into an existing student (stage 3's transfer)."""
+    weights = _adapter(teacher).student_state_dict()
+    own = student.state_dict()
+    with torch.no_grad():
+        for k in transferable_keys(student):
+            if k in weights:
+                own[k].copy_(weights[k])
