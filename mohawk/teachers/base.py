@@ -121,7 +121,8 @@ class TeacherAdapter:
             inv_freq = self.rope()["inv_freq"]
             if inv_freq is not None:
                 weights["inv_freq"] = inv_freq
-            attn.load_state_dict(weights)
+            missing, unexpected = attn.load_state_dict(weights, strict=False)
+            assert not unexpected and set(missing) <= {"inv_freq"}, (missing, unexpected)
             p = next(self.model.parameters())
             self._attention[i] = attn.to(device=p.device, dtype=p.dtype).requires_grad_(False).eval()
         return self._attention[i]

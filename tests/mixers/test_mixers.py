@@ -1,0 +1,77 @@
+"""Every mixer: materialize(u) @ value_stream(u) equals its forward before the output projection."""
+
+import pytest
+import torch
+
+from mohawk.mixers import Attention, SSDMixer
+from mohawk.models import MohawkConfig
+
+
+def config(**kw):
+    base = dict(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=64, rotary_dim=4)
+    base.update(kw)
+    return MohawkConfig(**base)
+
+
+def before_out_proj(mixer, u):
+    captured = {}
+    out_proj = mixer.o_proj if isinstance(mixer, Attention) else mixer.out_proj
+    h = out_proj.register_forward_pre_hook(lambda m, a: captured.setdefault("y", a[0]))
+    mixer(u)
+    h.remove()
+    return captured["y"]
+
+
+@pytest.mark.parametrize("kw", [{}, {"sliding_window": 5}, {"num_key_value_heads": 4, "rotary_dim": 8}])
+def test_attention_materialize_matches_forward(kw):
+    torch.manual_seed(0)
+    mixer = Attention(config(**kw))
+    u = torch.randn(2, 17, 32)
+    M = mixer.materialize(u)
+    assert M.shape == (2, 4, 17, 17)
+    assert torch.allclose(M.sum(-1), torch.ones(2, 4, 17))
+    assert (M.triu(1) == 0).all()
+    y = (M @ mixer.value_stream(u)).transpose(1, 2).flatten(2)
+    torch.testing.assert_close(y, before_out_proj(mixer, u), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [{}, {"ssd_num_groups": 2, "ssd_state_size": 5}, {"ssd_conv_init": "random"}])
+def test_ssd_materialize_matches_forward(kw):
+    torch.manual_seed(0)
+    mixer = SSDMixer(config(ssd_gate=False, **kw))
+    mixer.reset_parameters()
+    with torch.no_grad():
+        mixer.D.normal_()
+    u = torch.randn(2, 19, 32)
+    M = mixer.materialize(u)
+    assert M.shape == (2, 4, 19, 19) and (M.triu(1) == 0).all()
+    y = (M @ mixer.value_stream(u)).transpose(1, 2).flatten(2)
+    torch.testing.assert_close(y, before_out_proj(mixer, u), atol=1e-5, rtol=1e-5)
+
+
+def test_ssd_paper_initialisation():
+    """Identity conv (no activation), gate exactly 1, no norm: x, B, C are plain projections and y is ungated."""
+    torch.manual_seed(0)
+    mixer = SSDMixer(config())
+    mixer.reset_parameters()
+    u = torch.randn(1, 9, 32)
+    z, xbc, _ = mixer._project(u)
+    torch.testing.assert_close(mixer._conv(xbc), xbc)
+    assert torch.equal(z, torch.ones_like(z))
+    assert mixer.norm is None
+    assert (mixer.A() < 0).all()
+
+
+def test_ssd_forward_with_cache_equals_full():
+    """Prefill + token-by-token decoding through the cache equals one full pass."""
+    from mohawk.models import MohawkCache
+
+    torch.manual_seed(0)
+    mixer = SSDMixer(config(ssd_conv_init="random", ssd_conv_activation="silu", ssd_gate_activation="silu"))
+    mixer.reset_parameters()
+    u = torch.randn(2, 12, 32)
+    full = mixer(u)
+    cache = MohawkCache()
+    parts = [mixer(u[:, :5], cache=cache)] + [mixer(u[:, t:t + 1], cache=cache) for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,91 @@
+"""The student as a Hugging Face causal LM: Auto classes, save/load, generation with the recurrent cache."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import mohawk
+from mohawk.models import MohawkCache, MohawkConfig, MohawkForCausalLM
+from tests.conftest import tiny_teacher
+
+
+def student(mixers=("ssd", "attention", "ssd"), **kw):
+    torch.manual_seed(0)
+    cfg = MohawkConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=len(mixers),
+                       num_attention_heads=4, num_key_value_heads=2, mixers=list(mixers), **kw)
+    return MohawkForCausalLM(cfg).eval()
+
+
+def test_registered_with_auto_classes():
+    cfg = AutoConfig.for_model("mohawk", num_hidden_layers=2, mixers=["ssd", "ssd"])
+    assert isinstance(AutoModelForCausalLM.from_config(cfg), MohawkForCausalLM)
+
+
+@pytest.mark.parametrize("mixers", [("ssd", "ssd"), ("ssd", "attention", "ssd")])
+def test_save_pretrained_round_trip(tmp_path, mixers):
+    m = student(mixers)
+    m.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, 64, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(m(ids).logits, loaded(ids).logits)
+
+
+@pytest.mark.parametrize("mixers", [("ssd", "ssd", "ssd"), ("attention", "ssd", "attention")])
+def test_generate_with_cache_equals_without(mixers):
+    m = student(mixers, ssd_conv_init="random")
+    ids = torch.randint(0, 64, (2, 7))
+    a = m.generate(ids, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0)
+    b = m.generate(ids, max_new_tokens=12, do_sample=False, use_cache=False, pad_token_id=0)
+    assert a.shape == (2, 19) and torch.equal(a, b)
+
+
+def test_incremental_logits_equal_full_pass():
+    m = student(("ssd", "attention"), ssd_conv_init="random", ssd_conv_activation="silu")
+    ids = torch.randint(0, 64, (1, 15))
+    with torch.no_grad():
+        full = m(ids).logits
+        cache = MohawkCache()
+        first = m(ids[:, :6], past_key_values=cache, use_cache=True).logits
+        steps = [m(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits for t in range(6, 15)]
+    torch.testing.assert_close(torch.cat([first] + steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_ssd_decoding_memory_is_constant():
+    m = student(("ssd", "ssd"))
+    sizes = []
+    with torch.no_grad():
+        for L in (8, 64):
+            cache = MohawkCache()
+            m(torch.randint(0, 64, (1, L)), past_key_values=cache, use_cache=True)
+            sizes.append(cache.memory_bytes())
+    assert sizes[0] == sizes[1] > 0
+
+
+def test_labels_give_next_token_loss():
+    m = student()
+    ids = torch.randint(0, 64, (2, 10))
+    out = m(ids, labels=ids)
+    want = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 64), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, want)
+
+
+def test_left_padding_is_refused():
+    m = student()
+    with pytest.raises(ValueError, match="left padding"):
+        m(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.tensor([[0, 1, 1, 1]]))
+
+
+@pytest.mark.parametrize("bad", [dict(block_type="weird"), dict(mixers=["ssd"]), dict(mixers=["lstm"] * 4)])
+def test_config_validation(bad):
+    with pytest.raises(ValueError):
+        MohawkConfig(num_hidden_layers=4, **bad)
+
+
+def test_hybrid_from_teacher_generates_like_itself(tmp_path):
+    s = mohawk.from_teacher(tiny_teacher("phi"), attention_layers=[0, 2])
+    s.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    ids = torch.randint(0, 96, (1, 6))
+    assert torch.equal(s.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0),
+                       loaded.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0))

@@ -1,0 +1,98 @@
+"""Teacher adapters: exact re-expression of every family, attention matrices, captures, errors."""
+
+import pytest
+import torch
+
+import mohawk
+from mohawk.errors import MohawkError
+from mohawk.teachers import adapter_for
+from tests.conftest import FAMILIES, VOCAB, tiny_teacher
+
+
+def test_all_attention_student_reproduces_teacher_logits(teacher, ids):
+    student = mohawk.from_teacher(teacher, attention_layers="all").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(student(ids).logits, teacher(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_attention_matrices_reproduce_teacher_attention(teacher, ids):
+    """HF's eager attention weights equal our materialized matrices; captures have the right shapes."""
+    adapter = adapter_for(teacher)
+    with torch.no_grad():
+        out = teacher(ids, output_attentions=True)
+    caps = adapter.capture(ids)
+    n = adapter.num_layers
+    assert len(caps.mixer_inputs) == len(caps.block_inputs) == len(caps.block_outputs) == n
+    torch.testing.assert_close(caps.logits, out.logits)
+    for i in range(n):
+        M = adapter.attention(i).materialize(caps.mixer_inputs[i])
+        torch.testing.assert_close(M, out.attentions[i].float(), atol=1e-5, rtol=1e-5)
+        # the block output of layer i is the block input of layer i + 1
+        if i + 1 < n:
+            torch.testing.assert_close(caps.block_outputs[i], caps.block_inputs[i + 1])
+
+
+def test_student_blocks_reproduce_teacher_blocks(teacher, ids):
+    """Stage 2's premise: student block i on the teacher's block input gives the teacher's block output."""
+    adapter = adapter_for(teacher)
+    student = mohawk.from_teacher(adapter, attention_layers="all").eval()
+    caps = adapter.capture(ids)
+    with torch.no_grad():
+        for i, block in enumerate(student.model.layers):
+            torch.testing.assert_close(block(caps.block_inputs[i]), caps.block_outputs[i], atol=1e-5, rtol=1e-5)
+
+
+def test_ssd_student_copies_everything_but_mixers(ids):
+    t = tiny_teacher("llama")
+    s = mohawk.from_teacher(t)
+    assert s.config.mixers == ["ssd"] * 3
+    torch.testing.assert_close(s.model.layers[1].mlp.up_proj.weight, t.model.layers[1].mlp.up_proj.weight)
+    torch.testing.assert_close(s.model.norm.weight, t.model.norm.weight)
+    # SSD init from attention: x <- W_V (each KV head repeated for its query heads), out_proj <- W_O
+    mixer = s.model.layers[0].mixer
+    sl = mixer.in_proj_slices()
+    wv = t.model.layers[0].self_attn.v_proj.weight.unflatten(0, (2, 8)).repeat_interleave(2, 0).flatten(0, 1)
+    torch.testing.assert_close(mixer.in_proj.weight[sl["x"]], wv)
+    torch.testing.assert_close(mixer.out_proj.weight, t.model.layers[0].self_attn.o_proj.weight)
+    assert torch.isfinite(s(ids).logits).all()
+
+
+def test_unsupported_architecture_is_one_clear_error():
+    import transformers as tf
+
+    bert = tf.BertForMaskedLM(tf.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1,
+                                            num_attention_heads=4, intermediate_size=64))
+    with pytest.raises(MohawkError, match="unsupported teacher architecture 'bert'; supported: gpt2, gpt_neox"):
+        mohawk.from_teacher(bert)
+
+
+@pytest.mark.parametrize("layers,msg", [([0, 3], "out of range"), ([1, 1], "repeated"), ("1,x", "integers")])
+def test_bad_attention_layers(layers, msg):
+    with pytest.raises(MohawkError, match=msg):
+        mohawk.from_teacher(tiny_teacher("gpt2"), attention_layers=layers)
+
+
+def test_load_teacher_from_local_dir(tmp_path, ids):
+    t = tiny_teacher("gpt_neox")
+    t.save_pretrained(tmp_path)
+    model, tok, adapter = mohawk.load_teacher(str(tmp_path))
+    assert adapter.num_layers == 3 and not any(p.requires_grad for p in model.parameters())
+    torch.testing.assert_close(model(ids).logits, t(ids).logits)
+
+
+def test_load_teacher_missing_path_is_clear():
+    with pytest.raises(MohawkError, match="could not load teacher"):
+        mohawk.load_teacher("/nonexistent/teacher-dir")
+    with pytest.raises(MohawkError, match="GGUF file not found"):
+        mohawk.load_teacher("/nonexistent/model.gguf")
+
+
+@pytest.mark.slow
+def test_real_smollm2_teacher_loads_and_speaks():
+    model, tok, adapter = mohawk.load_teacher()
+    assert adapter.num_layers == 30 and model.config.num_key_value_heads == 3
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in tok.decode(out[0])
+    s = mohawk.from_teacher(adapter, attention_layers="all")
+    torch.testing.assert_close(s(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
