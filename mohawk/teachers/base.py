@@ -140,7 +140,9 @@ class TeacherAdapter:
             handles.append(layer.register_forward_hook(
                 lambda m, a, out: caps.block_outputs.append(out[0] if isinstance(out, tuple) else out)))
         try:
-            out = self.model(input_ids=input_ids, use_cache=False)
+            # without logits wanted, skip most of the LM head (a large share of a small teacher's forward)
+            kwargs = {} if logits else {"logits_to_keep": 1}
+            out = self.model(input_ids=input_ids, use_cache=False, **kwargs)
         finally:
             for h in handles:
                 h.remove()

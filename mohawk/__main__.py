@@ -1,0 +1,5 @@
+import sys
+
+from mohawk.cli import main
+
+sys.exit(main())

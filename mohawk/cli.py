@@ -1,0 +1,136 @@
+"""The command line: ``mohawk distill`` and ``mohawk generate``. User errors print as one line (``--debug`` shows
+the traceback) and exit with status 2."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from mohawk.errors import MohawkError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+                  help="MOHAWK: distil a pretrained Transformer into a Mamba-2 (SSD) student or hybrid.")
+console = Console(stderr=True)
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")):
+    _DEBUG["on"] = debug
+
+
+@app.command()
+def distill(
+    config: Optional[str] = typer.Argument(None, help="YAML config file (its keys are the option names below, "
+                                           "with underscores). Flags override it."),
+    preset: Optional[str] = typer.Option(None, help="Named recipe: 'cpu' (the default budget) or 'gpu' (full-quality "
+                                         "recipe for one GPU)."),
+    teacher: Optional[str] = typer.Option(None, help="Hub id, local directory or .gguf file. Default: the bundled "
+                                          "SmolLM2-135M-Instruct."),
+    data: Optional[str] = typer.Option(None, help="'bundled' (Gutenberg sample), a .txt/.jsonl/.parquet file or "
+                                       "directory, or a Hugging Face dataset name."),
+    val_data: Optional[str] = typer.Option(None, help="Validation data (default: held-out books / 1% of --data)."),
+    val_sequences: Optional[int] = typer.Option(None, help="Held-out sequences for perplexity and agreement."),
+    text_field: Optional[str] = typer.Option(None, help="Field holding the text in jsonl/parquet rows."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default runs/mohawk)."),
+    stages: Optional[str] = typer.Option(None, help="Stages to run, e.g. 1,2,3 (default) or 3 (KD-only baseline)."),
+    stage1_tokens: Optional[int] = typer.Option(None, help="Token budget of stage 1 (matrix orientation)."),
+    stage2_tokens: Optional[int] = typer.Option(None, help="Token budget of stage 2 (hidden-state alignment)."),
+    stage3_tokens: Optional[int] = typer.Option(None, help="Token budget of stage 3 (knowledge distillation)."),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per training sequence."),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch."),
+    tokens_per_update: Optional[int] = typer.Option(None, help="Tokens per optimizer update (gradient accumulation)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate of every stage (or set stageN_lr in YAML)."),
+    schedule: Optional[str] = typer.Option(None, help="wsd (warmup-stable-decay, the paper's) or cosine."),
+    attention_layers: Optional[str] = typer.Option(None, help="Layers kept as attention: e.g. 3,11, 'none' or 'all'."),
+    num_attention_layers: Optional[int] = typer.Option(None, help="How many layers to keep as attention..."),
+    placement: Optional[str] = typer.Option(None, help="...placed uniform, first or last."),
+    freeze_mlp: Optional[bool] = typer.Option(None, "--freeze-mlp/--train-mlp", help="Freeze MLPs in stage 3."),
+    temperature: Optional[float] = typer.Option(None, help="KD temperature in stage 3."),
+    ce_weight: Optional[float] = typer.Option(None, help="Weight of next-token CE added to the KD loss."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    seed: Optional[int] = typer.Option(None, help="Seed for data order and initialisation."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    report_to: Optional[str] = typer.Option(None, help="none or tensorboard (live curves in OUT/tensorboard)."),
+    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Allow teachers' own code."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its newest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out directory."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+):
+    """Distil a teacher into an SSD student (stages 1-3), save it to OUT/student and write OUT/report.md.
+
+    With no arguments: SmolLM2-135M -> pure-SSD student on the bundled corpus, sized for a 2-core CPU (~10 min)."""
+    from mohawk.config import DistillConfig
+    from mohawk.distill import distill as run
+
+    overrides = dict(teacher=teacher, data=data, val_data=val_data, val_sequences=val_sequences, text_field=text_field, out=out, stages=stages,
+                     stage1_tokens=stage1_tokens, stage2_tokens=stage2_tokens, stage3_tokens=stage3_tokens,
+                     seq_len=seq_len, batch_size=batch_size, tokens_per_update=tokens_per_update, schedule=schedule,
+                     attention_layers=attention_layers, num_attention_layers=num_attention_layers,
+                     placement=placement, freeze_mlp=freeze_mlp, temperature=temperature, ce_weight=ce_weight,
+                     device=device, seed=seed, threads=threads, report_to=report_to,
+                     trust_remote_code=trust_remote_code)
+    if lr is not None:
+        overrides.update(stage1_lr=lr, stage2_lr=lr, stage3_lr=lr)
+    cfg = DistillConfig.from_sources(config, preset=preset, **overrides)
+    run(cfg, resume=resume, overwrite=overwrite, progress=not quiet, console=console,
+        command=" ".join(["mohawk", *sys.argv[1:]]))
+
+
+@app.command()
+def generate(
+    model: str = typer.Argument(..., help="A student directory (OUT/student) or any HF causal LM."),
+    prompt: str = typer.Option(..., help="Text to continue."),
+    max_new_tokens: int = typer.Option(64, help="Tokens to generate."),
+    temperature: float = typer.Option(0.0, help="0 for greedy decoding."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+):
+    """Continue a prompt with a distilled student (recurrent decoding: constant memory per SSD layer)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import mohawk  # noqa: F401  (registers the student with the Auto classes)
+    from mohawk.distill import resolve_device
+
+    dev = resolve_device(device)
+    try:
+        tok = AutoTokenizer.from_pretrained(model)
+        lm = AutoModelForCausalLM.from_pretrained(model).to(dev).eval()
+    except (OSError, ValueError) as e:
+        raise MohawkError(f"could not load model {model!r}: {str(e).strip().splitlines()[0]}") from e
+    ids = tok(prompt, return_tensors="pt").input_ids.to(dev)
+    kwargs = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
+    with torch.no_grad():
+        out = lm.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                          **kwargs)
+    print(tok.decode(out[0], skip_special_tokens=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except MohawkError as e:
+        if _DEBUG["on"]:
+            raise
+        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: continue with --resume")
+        return 130
+    except SystemExit as e:
+        return int(e.code or 0)
+    except Exception as e:  # usage errors of the click that typer bundles
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()
+            return e.exit_code
+        if type(e).__name__ == "Abort":
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Corpus -> tokenized, packed, deterministic batches (batch, seq_len), streamed so any corpus size works.
+
+Sources: "bundled" (the vendored Gutenberg sample: data/gutenberg, train and held-out validation books), a local file
+or directory (.txt, .jsonl / .json, optionally .gz / .xz / .bz2 compressed, .parquet), or a Hugging Face dataset name
+(loaded through ``datasets`` in streaming mode). Documents are cut into pieces of about ``piece_chars`` characters at
+paragraph breaks, shuffled in a seeded buffer, tokenized, joined with the EOS token and packed into fixed-length
+sequences. Without a separate validation source, a deterministic 1 in ``val_every`` pieces is held out.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import json
+import lzma
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from mohawk.errors import MohawkError
+
+BUNDLED = Path(__file__).resolve().parent.parent / "data" / "gutenberg"
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def _open_text(path: Path):
+    opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}.get(path.suffix, open)
+    return opener(path, "rt", encoding="utf-8", errors="strict")
+
+
+def _kind(path: Path) -> str:
+    suffixes = [s for s in path.suffixes if s not in (".gz", ".xz", ".bz2")]
+    last = suffixes[-1] if suffixes else ""
+    if last in TEXT_SUFFIXES:
+        return "text"
+    if last in JSON_SUFFIXES:
+        return "json"
+    if last == ".parquet":
+        return "parquet"
+    raise MohawkError(f"unsupported data file {path}: use .txt, .jsonl/.json (optionally .gz/.xz/.bz2) or .parquet")
+
+
+def _read_file(path: Path, field: str) -> Iterator[str]:
+    kind = _kind(path)
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.ParquetFile(path)
+            if field not in table.schema_arrow.names:
+                raise MohawkError(f"{path}: no column {field!r} (columns: {', '.join(table.schema_arrow.names)})")
+            for batch in table.iter_batches(columns=[field]):
+                yield from (t for t in batch.column(0).to_pylist() if t)
+            return
+        with _open_text(path) as f:
+            if kind == "text":
+                yield f.read()
+                return
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise MohawkError(f"{path}:{n}: not valid JSON") from None
+                if not isinstance(record, dict) or field not in record:
+                    raise MohawkError(f"{path}:{n}: no field {field!r} (set --text-field)")
+                if isinstance(record[field], str):
+                    yield record[field]
+    except UnicodeDecodeError:
+        raise MohawkError(f"{path}: not UTF-8 text (binary file?)") from None
+    except (EOFError, lzma.LZMAError, OSError) as e:
+        raise MohawkError(f"{path}: cannot read ({e})") from None
+
+
+def _files(source: str) -> list[Path]:
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = [p for p in files if p.suffix in (".gz", ".xz", ".bz2", ".parquet", *TEXT_SUFFIXES, *JSON_SUFFIXES)]
+        if not files:
+            raise MohawkError(f"data directory {source} holds no .txt/.jsonl/.parquet files")
+        return files
+    if path.is_file():
+        return [path]
+    raise MohawkError(f"data not found: {source} (a file, a directory, 'bundled', or a Hugging Face dataset name)")
+
+
+def split_sources(source: str, val_source: str | None) -> tuple[list, list | None]:
+    """(train sources, validation sources or None to hold out pieces of the training source)."""
+    if source == "bundled":
+        if not BUNDLED.is_dir():
+            raise MohawkError(f"the bundled corpus is missing ({BUNDLED}); use --data PATH")
+        return sorted(BUNDLED.glob("train-*.jsonl.xz")), [BUNDLED / "validation.jsonl.xz"]
+    path = Path(source)
+    looks_local = path.exists() or source.startswith((".", "/", "~")) or path.suffix != ""
+    train = _files(source) if looks_local else [f"hf:{source}"]
+    return train, (_files(val_source) if val_source else None)
+
+
+def iter_documents(sources: list, field: str = "text") -> Iterator[str]:
+    for src in sources:
+        if isinstance(src, str) and src.startswith("hf:"):
+            yield from _hf_documents(src[3:], field)
+        else:
+            yield from _read_file(Path(src), field)
+
+
+def _hf_documents(name: str, field: str) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise MohawkError(f"{name!r} is not a local path; Hugging Face datasets need: pip install mohawk[data]") from None
+    config = None
+    if ":" in name:
+        name, config = name.split(":", 1)
+    try:
+        ds = datasets.load_dataset(name, config, split="train", streaming=True)
+    except Exception as e:
+        raise MohawkError(f"could not load dataset {name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    for row in ds:
+        text = row.get(field)
+        if isinstance(text, str) and text:
+            yield text
+
+
+def pieces(text: str, piece_chars: int) -> Iterator[str]:
+    """Cut a document into pieces of about piece_chars characters at paragraph breaks."""
+    text = text.replace("\r\n", "\n")
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + piece_chars)
+        if end < len(text):
+            brk = text.rfind("\n\n", start + piece_chars // 2, end)
+            end = brk + 2 if brk != -1 else end
+        piece = text[start:end].strip()
+        if piece:
+            yield piece
+        start = end
+
+
+def _held_out(piece: str, val_every: int) -> bool:
+    return int(hashlib.blake2b(piece[:256].encode(), digest_size=4).hexdigest(), 16) % val_every == 0
+
+
+class TokenStream:
+    """Deterministic packed sequences from a corpus; ``sequences()`` is an infinite iterator (new order each epoch)."""
+
+    def __init__(self, sources: list, tokenizer, seq_len: int, *, seed: int = 0, field: str = "text",
+                 holdout: str | None = None, val_every: int = 100, piece_chars: int = 4000,
+                 shuffle_buffer: int = 1024, repeat: bool = True):
+        self.sources, self.tokenizer, self.seq_len = sources, tokenizer, seq_len
+        self.seed, self.field, self.holdout, self.val_every = seed, field, holdout, val_every
+        self.piece_chars, self.shuffle_buffer, self.repeat = piece_chars, shuffle_buffer, repeat
+        eos = getattr(tokenizer, "eos_token_id", None)
+        self.eos = eos if eos is not None else 0
+
+    def _pieces(self, epoch: int) -> Iterator[str]:
+        rng = random.Random(self.seed * 1000003 + epoch)
+        sources = list(self.sources)
+        rng.shuffle(sources)
+        buffer: list[str] = []
+        for doc in iter_documents(sources, self.field):
+            for p in pieces(doc, self.piece_chars):
+                if self.holdout is not None and _held_out(p, self.val_every) != (self.holdout == "validation"):
+                    continue
+                buffer.append(p)
+                if len(buffer) >= self.shuffle_buffer:
+                    yield buffer.pop(rng.randrange(len(buffer)))
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def sequences(self) -> Iterator[list[int]]:
+        epoch, produced = 0, False
+        while True:
+            buf: list[int] = []
+            for p in self._pieces(epoch):
+                buf.extend(self.tokenizer(p, add_special_tokens=False)["input_ids"])
+                buf.append(self.eos)
+                while len(buf) >= self.seq_len:
+                    produced = True
+                    yield buf[: self.seq_len]
+                    buf = buf[self.seq_len:]
+            if not produced:
+                raise MohawkError("the data yields no full sequence: it is empty or shorter than --seq-len tokens")
+            if not self.repeat:
+                return
+            epoch += 1
+
+    def batches(self, batch_size: int, skip: int = 0) -> Iterator[torch.Tensor]:
+        """Infinite iterator of LongTensor (batch_size, seq_len), after skipping ``skip`` batches (resume)."""
+        it = self.sequences()
+        for _ in range(skip * batch_size):
+            next(it)
+        while True:
+            rows = [next(it) for _ in range(batch_size)]
+            yield torch.tensor(rows, dtype=torch.long)
+
+
+def make_streams(source: str, tokenizer, seq_len: int, *, val_source: str | None = None, seed: int = 0,
+                 field: str = "text") -> tuple[TokenStream, TokenStream]:
+    """(train stream, validation stream) for a data source (see module docstring)."""
+    if tokenizer is None:
+        raise MohawkError("the teacher has no tokenizer: save one beside it (tokenizer.json) to train on text")
+    train, val = split_sources(source, val_source)
+    if val is None:
+        return (TokenStream(train, tokenizer, seq_len, seed=seed, field=field, holdout="train"),
+                TokenStream(train, tokenizer, seq_len, seed=seed, field=field, holdout="validation", repeat=False))
+    return (TokenStream(train, tokenizer, seq_len, seed=seed, field=field),
+            TokenStream(val, tokenizer, seq_len, seed=seed, field=field, repeat=False))
+
+
+def take(stream: TokenStream, n_sequences: int) -> torch.Tensor:
+    """The first n_sequences of a stream as one tensor (a fixed validation set)."""
+    it = stream.sequences()
+    rows = []
+    for _ in range(n_sequences):
+        try:
+            rows.append(next(it))
+        except StopIteration:
+            break
+    if not rows:
+        raise MohawkError("the validation data yields no full sequence")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+__all__ = ["TokenStream", "make_streams", "take", "pieces", "iter_documents", "split_sources"]

@@ -1,0 +1,164 @@
+"""``mohawk distill``: config -> teacher -> student (weight transfer) -> stages 1..3 -> student/ -> evaluation -> report.
+
+Output directory layout: config.yaml, metrics.jsonl, summary.json, checkpoints/, student/ (HF format + tokenizer),
+report.md, plots/*.png."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from mohawk.config import DistillConfig
+from mohawk.data import TokenStream, make_streams, take
+from mohawk.errors import MohawkError
+from mohawk.evaluation import agreement, layer_distances, perplexity
+from mohawk.stages import STAGES
+from mohawk.teachers import load_teacher
+from mohawk.train import Checkpointer, MetricsLog, train_stage
+from mohawk.transfer import copy_non_mixer_weights, from_teacher, parse_attention_layers, place_attention_layers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MohawkError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu)")
+    return torch.device(name)
+
+
+def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an earlier run unless asked to continue it (--resume) or replace it (--overwrite)."""
+    if out.exists() and not out.is_dir():
+        raise MohawkError(f"output path {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        if not overwrite:
+            raise MohawkError(f"output directory {out} is not empty: pass --resume to continue that run or "
+                              "--overwrite to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def choose_attention_layers(cfg: DistillConfig, num_layers: int) -> list[int]:
+    if cfg.num_attention_layers is not None:
+        if cfg.attention_layers not in ("none", ""):
+            raise MohawkError("give either --attention-layers or --num-attention-layers, not both")
+        return place_attention_layers(cfg.num_attention_layers, num_layers, cfg.placement)
+    return parse_attention_layers(cfg.attention_layers, num_layers)
+
+
+def _stage_stream(cfg: DistillConfig, tokenizer, stage: int) -> TokenStream:
+    train, _ = make_streams(cfg.data, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed + stage,
+                            field=cfg.text_field)
+    return train
+
+
+def _evaluate(student, teacher, val, cfg) -> dict:
+    return {"perplexity": perplexity(student, val, cfg.batch_size),
+            **agreement(student, teacher, val, cfg.batch_size)}
+
+
+def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+            console: Console | None = None, command: str | None = None) -> Path:
+    """Run the configured MOHAWK stages; returns the output directory."""
+    console = console or Console(stderr=True)
+    out = Path(cfg.out)
+    device = resolve_device(cfg.device)
+    prepare_out_dir(out, resume, overwrite)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if resume and summary_path.is_file() else {}
+    summary.setdefault("command", command or " ".join(["mohawk", *sys.argv[1:]]))
+    summary.setdefault("device", torch.cuda.get_device_name(device) if device.type == "cuda"
+                       else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    summary.setdefault("versions", {"torch": torch.__version__, "python": platform.python_version()})
+    t0 = time.perf_counter()
+
+    console.print(f"[bold]mohawk[/] loading teacher {cfg.teacher} on {device}")
+    teacher, tokenizer, adapter = load_teacher(cfg.teacher, device=device, trust_remote_code=cfg.trust_remote_code)
+    max_pos = getattr(adapter.student_config(), "max_position_embeddings", None)
+    if max_pos and cfg.seq_len > max_pos:
+        raise MohawkError(f"--seq-len {cfg.seq_len} is above the teacher's maximum of {max_pos} positions")
+    attention_layers = choose_attention_layers(cfg, adapter.num_layers)
+    options = {"ssd_state_size": cfg.ssd_state_size} if cfg.ssd_state_size else {}
+    student = from_teacher(adapter, attention_layers=attention_layers, ssd_init=cfg.ssd_init, **options)
+    n_params = sum(p.numel() for p in student.parameters())
+    summary.update(teacher=cfg.teacher, teacher_layers=adapter.num_layers, attention_layers=attention_layers,
+                   student_parameters=n_params, seq_len=cfg.seq_len, load_s=round(time.perf_counter() - t0, 1))
+    cfg.save(out / "config.yaml")
+    console.print(f"student: {adapter.num_layers - len(attention_layers)} SSD + {len(attention_layers)} attention "
+                  f"layers, {n_params / 1e6:.1f}M parameters")
+
+    _, val_stream = make_streams(cfg.data, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed,
+                                 field=cfg.text_field)
+    val = take(val_stream, cfg.val_sequences)
+    summary["val_tokens"] = int(val.numel())
+    if "transfer_only" not in summary:
+        console.print(f"evaluating teacher and the weight-transfer-only student on {val.numel():,} held-out tokens")
+        summary["teacher"] = cfg.teacher
+        summary["teacher_eval"] = {"perplexity": perplexity(teacher, val, cfg.batch_size)}
+        summary["transfer_only"] = _evaluate(student, teacher, val, cfg)
+        summary["distances_before"] = layer_distances(student, adapter, val[: cfg.batch_size])
+        summary_path.write_text(json.dumps(summary, indent=2))
+
+    ckpt = Checkpointer(out / "checkpoints")
+    log = MetricsLog(out / "metrics.jsonl", out / "tensorboard" if cfg.report_to == "tensorboard" else None)
+    latest = ckpt.latest() if resume else None
+    latest_state = json.loads((latest / "state.json").read_text()) if latest else None
+    if latest_state:
+        console.print(f"resuming from {latest.name}")
+        if latest_state["done"]:
+            Checkpointer.load(latest, student)
+        log.truncate_after(latest_state["stage"], latest_state["step"])
+    elif resume:
+        log.truncate_after(0, 0)
+
+    summary.setdefault("stages", {})
+    for s in cfg.stages:
+        if latest_state and (s < latest_state["stage"] or (s == latest_state["stage"] and latest_state["done"])):
+            continue  # finished before the interruption
+        tokens = cfg.stage_tokens(s)
+        if tokens == 0:
+            console.print(f"stage {s}: 0 tokens, skipped")
+            continue
+        mid = latest if latest_state and s == latest_state["stage"] and not latest_state["done"] else None
+        done_steps = latest_state["step"] if mid else 0
+        stage = STAGES[s](student, adapter, cfg)
+        if s == 3 and mid is None:
+            copy_non_mixer_weights(student, adapter)  # the weight transfer (a no-op after frozen stages 1-2)
+        batches = _stage_stream(cfg, tokenizer, s).batches(cfg.batch_size, skip=done_steps * cfg.grad_accum)
+        t_stage = time.perf_counter()
+        state = train_stage(stage, batches, total_tokens=tokens, micro_tokens=cfg.micro_tokens,
+                            grad_accum=cfg.grad_accum, lr=cfg.stage_lr(s), cfg=cfg, checkpointer=ckpt, log=log,
+                            resume=mid, progress=progress)
+        prev = summary["stages"].get(str(s), {}).get("wall_s", 0.0) if mid else 0.0
+        summary["stages"][str(s)] = {"tokens": state.tokens, "steps": state.step, "skipped": state.skipped,
+                                     "lr": cfg.stage_lr(s),
+                                     "wall_s": round(prev + time.perf_counter() - t_stage, 1)}
+        summary_path.write_text(json.dumps(summary, indent=2))
+
+    console.print("evaluating the distilled student")
+    summary["final"] = _evaluate(student, teacher, val, cfg)
+    summary["distances_after"] = layer_distances(student, adapter, val[: cfg.batch_size])
+    student_dir = out / "student"
+    student.save_pretrained(student_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(student_dir)
+    summary["total_wall_s"] = round(time.perf_counter() - t0, 1)  # this invocation
+    summary_path.write_text(json.dumps(summary, indent=2))
+
+    from mohawk.report import write_report
+
+    report = write_report(out)
+    console.print(f"[green]done[/]: teacher ppl {summary['teacher_eval']['perplexity']:.2f}, "
+                  f"transfer-only ppl {summary['transfer_only']['perplexity']:.2f}, "
+                  f"distilled ppl {summary['final']['perplexity']:.2f} -> {report}")
+    return out

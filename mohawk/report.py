@@ -1,0 +1,156 @@
+"""report.md and plots/*.png of a distillation run, made only from its metrics.jsonl and summary.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STAGE_NAMES = {1: "matrix orientation", 2: "hidden-state alignment", 3: "knowledge distillation"}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _plot_losses(rows: list[dict], path: Path) -> bool:
+    stages = sorted({r["stage"] for r in rows})
+    if not stages:
+        return False
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.4), squeeze=False)
+    for ax, s in zip(axes[0], stages):
+        pts = [(r["tokens"], r["loss"]) for r in rows if r["stage"] == s and r.get("loss") is not None]
+        if pts:
+            ax.plot(*zip(*pts), color="C%d" % s)
+        ax.set_title(f"stage {s}: {STAGE_NAMES[s]}")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_distances(before: dict, after: dict, key: str, title: str, ylabel: str, path: Path) -> bool:
+    b, a = before.get(key, {}), after.get(key, {})
+    if not b:
+        return False
+    layers = sorted(int(k) for k in b)
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.plot(layers, [b[str(i)] if str(i) in b else b[i] for i in layers], "o-", label="after weight transfer only")
+    if a:
+        ax.plot(layers, [a[str(i)] if str(i) in a else a[i] for i in layers], "s-", label="after distillation")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_perplexity(summary: dict, path: Path) -> bool:
+    names, values = [], []
+    for label, key in (("teacher", "teacher_eval"), ("transfer only", "transfer_only"), ("distilled", "final")):
+        if key in summary:
+            names.append(label)
+            values.append(summary[key]["perplexity"])
+    if not values:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    bars = ax.bar(names, values, color=["C0", "C3", "C2"][: len(values)])
+    ax.bar_label(bars, labels=[f"{v:,.1f}" for v in values])
+    ax.set_yscale("log")
+    ax.set_ylabel("validation perplexity (log)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _dist_summary(d: dict) -> str:
+    if not d:
+        return "-"
+    vals = list(d.values())
+    return f"{sum(vals) / len(vals):.4g}"
+
+
+def write_report(out: str | Path) -> Path:
+    """Write OUT/report.md and OUT/plots/*.png; returns the report path."""
+    out = Path(out)
+    summary = json.loads((out / "summary.json").read_text())
+    rows = read_metrics(out / "metrics.jsonl")
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    before, after = summary.get("distances_before", {}), summary.get("distances_after", {})
+    made = {
+        "loss": _plot_losses(rows, plots / "loss.png"),
+        "stage1": _plot_distances(before, after, "stage1", "stage 1: ||A_teacher - M_student||_F per layer",
+                                  "Frobenius distance", plots / "stage1_distance.png"),
+        "stage2": _plot_distances(before, after, "stage2", "stage 2: block output distance per layer",
+                                  "mean L2 distance", plots / "stage2_distance.png"),
+        "ppl": _plot_perplexity(summary, plots / "perplexity.png"),
+    }
+    t, tr, fin = summary.get("teacher_eval", {}), summary.get("transfer_only", {}), summary.get("final", {})
+    n_attn = len(summary.get("attention_layers", []))
+    lines = [
+        "# MOHAWK distillation report", "",
+        f"- command: `{summary.get('command', '?')}`",
+        f"- teacher: `{summary.get('teacher')}` ({summary.get('teacher_layers')} layers); student: "
+        f"{summary.get('teacher_layers', 0) - n_attn} SSD layers + {n_attn} attention layers "
+        f"{summary.get('attention_layers', [])}, {summary.get('student_parameters', 0) / 1e6:.1f}M parameters",
+        f"- device: {summary.get('device')}; versions: {summary.get('versions')}",
+        f"- sequence length {summary.get('seq_len')}; validation on {summary.get('val_tokens', 0):,} held-out tokens; "
+        f"total wall time {summary.get('total_wall_s', 0):.0f} s", "",
+        "## Result", "",
+        "| model | validation perplexity | top-1 agreement with teacher | KL(teacher ‖ model) / token |",
+        "|---|---|---|---|",
+    ]
+    if t:
+        lines.append(f"| teacher | {t['perplexity']:.2f} | 1.000 | 0 |")
+    for label, r in (("student after weight transfer only", tr), ("distilled student", fin)):
+        if r:
+            lines.append(f"| {label} | {r['perplexity']:.2f} | {r['top1_agreement']:.3f} | {r['kl']:.3f} |")
+    if tr and fin:
+        better = fin["perplexity"] < tr["perplexity"]
+        lines += ["", f"The distilled student's perplexity is **{fin['perplexity']:.2f}** against "
+                  f"{tr['perplexity']:.2f} for the weight-transfer-only student: "
+                  + ("distillation helped." if better else "distillation did NOT improve on weight transfer.")]
+    lines += ["", "## Stages", "", "| stage | tokens | optimizer steps | skipped updates | peak LR | wall time (s) | "
+              "first loss | last loss | mean per-layer distance before -> after |", "|---|---|---|---|---|---|---|---|---|"]
+    for s, info in sorted(summary.get("stages", {}).items(), key=lambda kv: int(kv[0])):
+        losses = [r["loss"] for r in rows if r["stage"] == int(s) and r.get("loss") is not None]
+        key = {"1": "stage1", "2": "stage2"}.get(s)
+        dist = (f"{_dist_summary(before.get(key, {}))} -> {_dist_summary(after.get(key, {}))}" if key else "-")
+        first = f"{losses[0]:.4g}" if losses else "-"
+        last = f"{losses[-1]:.4g}" if losses else "-"
+        lines.append(f"| {s} {STAGE_NAMES[int(s)]} | {info['tokens']:,} | {info['steps']} | {info['skipped']} | "
+                     f"{info['lr']:g} | {info['wall_s']:.0f} | {first} | {last} | {dist} |")
+    lines += ["", "## Plots", ""]
+    captions = {"ppl": ("perplexity.png", "Validation perplexity"), "loss": ("loss.png", "Loss per stage"),
+                "stage1": ("stage1_distance.png", "Stage-1 distance per layer, before and after"),
+                "stage2": ("stage2_distance.png", "Stage-2 distance per layer, before and after")}
+    for key, (file, caption) in captions.items():
+        if made[key]:
+            lines += [f"![{caption}](plots/{file})", ""]
+    lines += ["Numbers come from `summary.json` and `metrics.jsonl` in this directory; the student is in `student/` "
+              "(load with `import mohawk; AutoModelForCausalLM.from_pretrained(...)`)."]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,13 @@
+"""The three MOHAWK stages. A stage = which student parameters train + a loss over one teacher forward's captures.
+
+Every stage has ``parameters()`` (the trainable (name, tensor) pairs) and ``loss(batch) -> (loss, metrics)``;
+train.py runs any of them with the same loop. Stages know nothing of the teacher's family (the adapter hides it).
+"""
+
+from mohawk.stages.alignment import HiddenStateAlignment
+from mohawk.stages.distillation import KnowledgeDistillation
+from mohawk.stages.orientation import MatrixOrientation
+
+STAGES = {1: MatrixOrientation, 2: HiddenStateAlignment, 3: KnowledgeDistillation}
+
+__all__ = ["STAGES", "HiddenStateAlignment", "KnowledgeDistillation", "MatrixOrientation"]

@@ -1,0 +1,216 @@
+"""THE training loop, shared by the three stages: AdamW, warmup-stable-decay (or cosine) schedule, gradient
+accumulation to a token batch, clipping, bf16 autocast on GPU, non-finite-loss guard, checkpoint / resume, metrics
+lines and a progress bar with tokens/s. It knows neither the stage nor the teacher's family."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+
+from mohawk.errors import MohawkError
+
+
+def lr_factor(step: int, total: int, schedule: str = "wsd", warmup: float = 0.1, decay: float = 0.2) -> float:
+    """Multiplier of the peak LR at optimizer step ``step`` of ``total``: linear warmup, then constant and a linear
+    decay to 0 over the last ``decay`` fraction (WSD, the paper's) or a cosine decay to 0."""
+    n_warm = int(total * warmup)
+    if step < n_warm:
+        return (step + 1) / n_warm
+    if schedule == "cosine":
+        progress = (step - n_warm) / max(1, total - n_warm)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    n_decay = int(total * decay)
+    if n_decay and step >= total - n_decay:
+        return (total - step) / n_decay
+    return 1.0
+
+
+@dataclass
+class LoopState:
+    stage: int
+    step: int = 0  # optimizer steps done
+    tokens: int = 0
+    skipped: int = 0  # updates skipped for a non-finite loss
+
+
+class Checkpointer:
+    """OUT/checkpoints/stage{S}-step{N}/: model.safetensors, optimizer.pt, state.json. Written to a temporary
+    directory and renamed, so a crash never leaves a half checkpoint under a real name; keeps the newest ``keep``."""
+
+    def __init__(self, root: Path, keep: int = 2):
+        self.root, self.keep = root, keep
+
+    def save(self, student, optimizer, state: dict) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"stage{state['stage']}-step{state['step']:07d}"
+        tmp, final = self.root / f".tmp-{name}", self.root / name
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        sd = {k: v.detach().contiguous().cpu() for k, v in student.state_dict().items()}
+        # tied weights are one tensor: store it once
+        if getattr(student.config, "tie_word_embeddings", False):
+            sd.pop("lm_head.weight", None)
+        save_file(sd, tmp / "model.safetensors")
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in self.list()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def list(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("stage"))
+
+    def latest(self) -> Path | None:
+        found = self.list()
+        return found[-1] if found else None
+
+    @staticmethod
+    def load(path: Path, student, optimizer=None) -> dict:
+        sd = load_file(path / "model.safetensors", device=str(next(student.parameters()).device))
+        missing, unexpected = student.load_state_dict(sd, strict=False)
+        if unexpected or [k for k in missing if k != "lm_head.weight"]:
+            raise MohawkError(f"checkpoint {path} does not match this student")
+        if optimizer is not None and (path / "optimizer.pt").is_file():
+            optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
+                                                 map_location=next(student.parameters()).device))
+        return json.loads((path / "state.json").read_text())
+
+
+class MetricsLog:
+    """OUT/metrics.jsonl: one JSON line per logging step; optional TensorBoard mirror."""
+
+    def __init__(self, path: Path, tensorboard_dir: Path | None = None):
+        self.path = path
+        self.tb = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise MohawkError("--report-to tensorboard needs the tensorboard package: pip install tensorboard")
+            self.tb = SummaryWriter(str(tensorboard_dir))
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            step = record.get("tokens", 0)
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("stage", "tokens"):
+                    self.tb.add_scalar(f"stage{record['stage']}/{k}", v, step)
+                elif isinstance(v, dict):
+                    for layer, x in v.items():
+                        self.tb.add_scalar(f"stage{record['stage']}/{k}/layer{layer}", x, step)
+            self.tb.flush()
+
+    def truncate_after(self, stage: int, step: int) -> None:
+        """Drop records a resumed run will write again (this stage after ``step``, later stages)."""
+        if not self.path.is_file():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if r.get("stage", 0) < stage or (r.get("stage") == stage and r.get("step", 0) <= step):
+                keep.append(line)
+        self.path.write_text("".join(x + "\n" for x in keep))
+
+
+def train_stage(stage, batches: Iterator[torch.Tensor], *, total_tokens: int, micro_tokens: int, grad_accum: int,
+                lr: float, cfg, checkpointer: Checkpointer, log: MetricsLog, resume: Path | None = None,
+                progress: bool = True, extra_state: dict | None = None) -> LoopState:
+    """Train ``stage`` for ``total_tokens`` tokens (rounded up to whole updates of grad_accum micro-batches).
+
+    ``batches`` must already skip what a resumed run consumed (see ``resume_batches``)."""
+    student = stage.student
+    named = stage.parameters()
+    trainable = {id(p) for _, p in named}
+    for p in student.parameters():
+        p.requires_grad_(id(p) in trainable)
+    params = [p for _, p in named]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    total_steps = max(1, math.ceil(total_tokens / (micro_tokens * grad_accum)))
+    state = LoopState(stage=stage.number)
+    if resume is not None:
+        saved = Checkpointer.load(resume, student, optimizer)
+        state.step, state.tokens, state.skipped = saved["step"], saved["tokens"], saved.get("skipped", 0)
+    device = next(student.parameters()).device
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
+    student.train()
+
+    columns = [TextColumn(f"stage {stage.number} {stage.name}"), BarColumn(), TextColumn("{task.completed:,.0f}/"
+               "{task.total:,.0f} tok"), TextColumn("{task.fields[tps]:>7,.0f} tok/s"),
+               TextColumn("loss {task.fields[loss]:.4g}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    bar = Progress(*columns, disable=not progress, transient=False)
+    task = bar.add_task("", total=total_steps * micro_tokens * grad_accum, completed=state.tokens, tps=0.0,
+                        loss=float("nan"))
+    t_start, tokens_start = time.perf_counter(), state.tokens
+    with bar:
+        while state.step < total_steps:
+            for g in optimizer.param_groups:
+                g["lr"] = lr * lr_factor(state.step, total_steps, cfg.schedule, cfg.warmup_fraction,
+                                         cfg.decay_fraction)
+            loss_sum, metrics_sum, finite = 0.0, {}, True
+            for _ in range(grad_accum):
+                batch = next(batches).to(device)
+                with autocast:
+                    loss, metrics = stage.loss(batch)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                (loss / grad_accum).backward()
+                loss_sum += float(loss) / grad_accum
+                _accumulate(metrics_sum, metrics, 1 / grad_accum)
+            if finite:
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+            else:
+                state.skipped += 1  # a non-finite loss: drop this update, keep the weights
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens += micro_tokens * grad_accum
+            elapsed = time.perf_counter() - t_start
+            tps = (state.tokens - tokens_start) / max(elapsed, 1e-9)
+            bar.update(task, completed=state.tokens, tps=tps, loss=loss_sum if finite else float("nan"))
+            if state.step % cfg.log_every == 0 or state.step == total_steps:
+                log.write({"stage": stage.number, "step": state.step, "tokens": state.tokens,
+                           "loss": loss_sum if finite else None, "lr": optimizer.param_groups[0]["lr"],
+                           "tokens_per_s": tps, "skipped": state.skipped, **metrics_sum})
+            if state.step % cfg.checkpoint_every == 0 and state.step < total_steps:
+                checkpointer.save(student, optimizer, {**(extra_state or {}), "stage": stage.number,
+                                                       "step": state.step, "tokens": state.tokens,
+                                                       "skipped": state.skipped, "done": False})
+    student.eval()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    checkpointer.save(student, None, {**(extra_state or {}), "stage": stage.number, "step": state.step,
+                                      "tokens": state.tokens, "skipped": state.skipped, "done": True})
+    return state
+
+
+def _accumulate(acc: dict, metrics: dict, w: float) -> None:
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            _accumulate(acc.setdefault(k, {}), v, w)
+        else:
+            acc[k] = acc.get(k, 0.0) + w * v
