@@ -17,6 +17,10 @@ console = Console(stderr=True)
 _DEBUG = {"on": False}
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a run (click would otherwise turn it into a silent Abort)."""
+
+
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")):
     _DEBUG["on"] = debug
@@ -76,8 +80,11 @@ def distill(
     if lr is not None:
         overrides.update(stage1_lr=lr, stage2_lr=lr, stage3_lr=lr)
     cfg = DistillConfig.from_sources(config, preset=preset, **overrides)
-    run(cfg, resume=resume, overwrite=overwrite, progress=not quiet, console=console,
-        command=" ".join(["mohawk", *sys.argv[1:]]))
+    try:
+        run(cfg, resume=resume, overwrite=overwrite, progress=not quiet, console=console,
+            command=" ".join(["mohawk", *sys.argv[1:]]))
+    except KeyboardInterrupt:
+        raise Interrupted() from None
 
 
 @app.command()
@@ -117,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: continue with --resume")
+    except (KeyboardInterrupt, Interrupted):
+        console.print("[yellow]interrupted[/]: continue with --resume (the newest checkpoint is kept)")
         return 130
     except SystemExit as e:
         return int(e.code or 0)

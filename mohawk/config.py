@@ -184,7 +184,7 @@ def _coerce(key: str, value, hint):
                 raise TypeError
             return float(value)
         if hint is str:
-            if isinstance(value, (dict, list)):
+            if isinstance(value, dict):
                 raise TypeError
             return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
     except (TypeError, ValueError):

@@ -96,6 +96,7 @@ class MetricsLog:
 
     def __init__(self, path: Path, tensorboard_dir: Path | None = None):
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.tb = None
         if tensorboard_dir is not None:
             try:
@@ -178,7 +179,7 @@ def train_stage(stage, batches: Iterator[torch.Tensor], *, total_tokens: int, mi
                     finite = False
                     break
                 (loss / grad_accum).backward()
-                loss_sum += float(loss) / grad_accum
+                loss_sum += float(loss.detach()) / grad_accum
                 _accumulate(metrics_sum, metrics, 1 / grad_accum)
             if finite:
                 if cfg.grad_clip:

@@ -34,6 +34,7 @@ def tiny_teacher(family: str, seed: int = 0, **overrides):
                             embd_pdrop=0.0, attn_pdrop=0.0)
     else:
         raise ValueError(family)
+    cfg.initializer_range = 0.15  # larger than default: peaked teacher distributions, distinct attention patterns
     for k, v in overrides.items():
         setattr(cfg, k, v)
     cfg._attn_implementation = "eager"
@@ -58,3 +59,45 @@ def teacher(request):
 def ids():
     torch.manual_seed(1)
     return torch.randint(0, VOCAB, (2, 24))
+
+
+CORPUS_WORDS = ("the cat sat on a mat while some dog ran far away from old house near river and then it came "
+                "back home to eat bread with milk before night fell over quiet town").split()
+
+
+def tiny_corpus(path, n_docs: int = 60, seed: int = 0):
+    """A jsonl file of random sentences over a small vocabulary."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n_docs):
+            words = [rng.choice(CORPUS_WORDS) for _ in range(rng.randint(40, 120))]
+            f.write(json.dumps({"text": " ".join(words) + "."}) + "\n")
+    return path
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer over CORPUS_WORDS (+ '.', unk, eos), vocabulary < VOCAB."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1, ".": 2}
+    for w in CORPUS_WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert len(vocab) < VOCAB
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+
+
+@pytest.fixture
+def teacher_dir(tmp_path):
+    """A tiny Llama-family teacher with a tokenizer, saved like a hub checkpoint, and a small corpus."""
+    t = tiny_teacher("llama")
+    d = tmp_path / "teacher"
+    t.save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    tiny_corpus(tmp_path / "corpus.jsonl")
+    return d

@@ -1,0 +1,103 @@
+"""`mohawk distill` end to end on a tiny teacher: outputs, report numbers, variants, resume, clear errors."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import mohawk  # noqa: F401
+from mohawk import distill as distill_module
+from mohawk.cli import main
+
+FAST = ["--seq-len", "16", "--batch-size", "2", "--stage1-tokens", "128", "--stage2-tokens", "128",
+        "--stage3-tokens", "256", "--val-sequences", "4", "--quiet", "--device", "cpu"]
+
+
+def run(teacher_dir, out, *extra):
+    data = str(teacher_dir.parent / "corpus.jsonl")
+    return main(["distill", "--teacher", str(teacher_dir), "--data", data, "--out", str(out), *FAST, *extra])
+
+
+def test_distill_end_to_end(teacher_dir, tmp_path):
+    out = tmp_path / "run"
+    assert run(teacher_dir, out) == 0
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "report.md", "plots/loss.png",
+              "plots/stage1_distance.png", "plots/stage2_distance.png", "plots/perplexity.png",
+              "student/config.json", "student/tokenizer.json"):
+        assert (out / f).is_file(), f
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {1, 2, 3}
+    assert all("layer_distance" in r for r in rows if r["stage"] in (1, 2))
+    summary = json.loads((out / "summary.json").read_text())
+    report = (out / "report.md").read_text()
+    # the report's numbers are the summary's and the metrics' numbers
+    assert f"{summary['final']['perplexity']:.2f}" in report
+    assert f"{summary['transfer_only']['perplexity']:.2f}" in report
+    last3 = [r["loss"] for r in rows if r["stage"] == 3][-1]
+    assert f"{last3:.4g}" in report
+    student = AutoModelForCausalLM.from_pretrained(out / "student")
+    assert student.config.mixers == ["ssd"] * 3
+    assert main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "4",
+                 "--device", "cpu"]) == 0
+
+
+def test_kd_only_hybrid_frozen_mlp(teacher_dir, tmp_path):
+    out = tmp_path / "kd"
+    assert run(teacher_dir, out, "--stages", "3", "--attention-layers", "1", "--freeze-mlp") == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {3}
+    student = AutoModelForCausalLM.from_pretrained(out / "student")
+    assert student.config.mixers == ["ssd", "attention", "ssd"]
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    assert torch.equal(student.model.layers[2].mlp.up_proj.weight, teacher.model.layers[2].mlp.up_proj.weight)
+    assert not torch.equal(student.model.norm.weight, teacher.model.norm.weight)
+
+
+def test_resume_after_interruption(teacher_dir, tmp_path, monkeypatch):
+    out = tmp_path / "res"
+    real = distill_module._stage_stream
+
+    def dying_stream(cfg, tok, stage):  # the run dies during stage 2, after its first checkpoint
+        stream = real(cfg, tok, stage)
+        if stage != 2:
+            return stream
+
+        class Dying:
+            def batches(self, *a, **kw):
+                for n, b in enumerate(stream.batches(*a, **kw)):
+                    if n == 3:
+                        raise KeyboardInterrupt
+                    yield b
+        return Dying()
+
+    monkeypatch.setattr(distill_module, "_stage_stream", dying_stream)
+    assert run(teacher_dir, out, "--stage2-tokens", "256", "--tokens-per-update", "32") == 130
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert "stage1-step0000004" in ckpts and not (out / "student").exists()
+    monkeypatch.setattr(distill_module, "_stage_stream", real)
+    # a second run without --resume refuses to touch the directory
+    assert run(teacher_dir, out) == 2
+    assert run(teacher_dir, out, "--resume", "--stage2-tokens", "256", "--tokens-per-update", "32") == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for s in (1, 2, 3):
+        steps = [r["step"] for r in rows if r["stage"] == s]
+        assert steps == list(range(1, len(steps) + 1)), (s, steps)
+    assert (out / "report.md").is_file()
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--attention-layers", "7"], "out of range"),
+    (["--attention-layers", "1,1"], "repeated"),
+    (["--device", "cuda"], "no CUDA GPU"),
+    (["--seq-len", "100000"], "above the teacher's maximum"),
+    (["--stages", "4"], "bad value for stages"),
+    (["--teacher", "/no/such/teacher"], "could not load teacher"),
+])
+def test_bad_input_is_one_line(teacher_dir, tmp_path, capsys, extra, msg):
+    if torch.cuda.is_available() and "cuda" in extra:
+        pytest.skip("a GPU is present")
+    assert run(teacher_dir, tmp_path / "bad", *extra) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and msg in errors[0] and "Traceback" not in err
