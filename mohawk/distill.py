@@ -89,6 +89,7 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
         raise MohawkError(f"--seq-len {cfg.seq_len} is above the teacher's maximum of {max_pos} positions")
     attention_layers = choose_attention_layers(cfg, adapter.num_layers)
     options = {"ssd_state_size": cfg.ssd_state_size} if cfg.ssd_state_size else {}
+    torch.manual_seed(cfg.seed)  # here, so that the student's init does not depend on how the teacher was loaded
     student = from_teacher(adapter, attention_layers=attention_layers, ssd_init=cfg.ssd_init, **options)
     n_params = sum(p.numel() for p in student.parameters())
     summary.update(teacher=cfg.teacher, teacher_layers=adapter.num_layers, attention_layers=attention_layers,
