@@ -113,6 +113,8 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
     ckpt = Checkpointer(out / "checkpoints")
     log = MetricsLog(out / "metrics.jsonl", out / "tensorboard" if cfg.report_to == "tensorboard" else None)
     latest = ckpt.latest() if resume else None
+    for bad in ckpt.corrupt:
+        console.print(f"[yellow]checkpoint {bad.name} is incomplete or corrupt: skipped[/]")
     latest_state = json.loads((latest / "state.json").read_text()) if latest else None
     if latest_state:
         console.print(f"resuming from {latest.name}")

@@ -4,8 +4,10 @@ lines and a progress bar with tokens/s. It knows neither the stage nor the teach
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -44,11 +46,14 @@ class LoopState:
 
 
 class Checkpointer:
-    """OUT/checkpoints/stage{S}-step{N}/: model.safetensors, optimizer.pt, state.json. Written to a temporary
-    directory and renamed, so a crash never leaves a half checkpoint under a real name; keeps the newest ``keep``."""
+    """OUT/checkpoints/stage{S}-step{N}/: model.safetensors, optimizer.pt, state.json and manifest.json (size and
+    sha256 of each file). Written to a temporary directory, fsynced, then renamed, so a crash never leaves a half
+    checkpoint under a real name; ``latest()`` skips (and reports) checkpoints that fail their manifest, falling back
+    to the previous one. Keeps the newest ``keep``."""
 
     def __init__(self, root: Path, keep: int = 2):
         self.root, self.keep = root, keep
+        self.corrupt: list[Path] = []  # checkpoints that latest() had to skip
 
     def save(self, student, optimizer, state: dict) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -60,12 +65,23 @@ class Checkpointer:
         # tied weights are one tensor: store it once
         if getattr(student.config, "tie_word_embeddings", False):
             sd.pop("lm_head.weight", None)
-        save_file(sd, tmp / "model.safetensors")
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(state))
+        try:
+            save_file(sd, tmp / "model.safetensors")
+            if optimizer is not None:
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps(state))
+            manifest = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
+            (tmp / "manifest.json").write_text(json.dumps(manifest))
+            for f in tmp.iterdir():
+                _fsync(f)
+            _fsync(tmp)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise MohawkError(f"could not write checkpoint {final} ({e.strerror or e}); earlier checkpoints are "
+                              "kept") from e
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+        _fsync(self.root)
         for old in self.list()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -75,9 +91,23 @@ class Checkpointer:
             return []
         return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("stage"))
 
+    @staticmethod
+    def verify(path: Path) -> bool:
+        """True when every file listed in the manifest is present with its size and sha256."""
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+            return bool(manifest) and all((path / n).stat().st_size == m["size"] and _sha256(path / n) == m["sha256"]
+                                          for n, m in manifest.items())
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
     def latest(self) -> Path | None:
-        found = self.list()
-        return found[-1] if found else None
+        """The newest checkpoint that passes ``verify``; skipped corrupt ones are recorded in ``self.corrupt``."""
+        for path in reversed(self.list()):
+            if self.verify(path):
+                return path
+            self.corrupt.append(path)
+        return None
 
     @staticmethod
     def load(path: Path, student, optimizer=None) -> dict:
@@ -89,6 +119,22 @@ class Checkpointer:
             optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
                                                  map_location=next(student.parameters()).device))
         return json.loads((path / "state.json").read_text())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class MetricsLog:

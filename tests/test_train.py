@@ -51,3 +51,18 @@ def test_metrics_truncation(tmp_path):
     log.truncate_after(2, 2)
     rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["step"]) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
+    cfg = MohawkConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32)
+    m = MohawkForCausalLM(cfg)
+    ck = Checkpointer(tmp_path)
+    first = ck.save(m, None, {"stage": 1, "step": 1, "tokens": 1, "done": False})
+    second = ck.save(m, None, {"stage": 1, "step": 2, "tokens": 2, "done": False})
+    assert ck.verify(first) and ck.verify(second) and ck.latest() == second
+    data = (second / "model.safetensors").read_bytes()
+    (second / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated by a crash or a full disk
+    assert ck.latest() == first and ck.corrupt == [second]
+    (tmp_path / "stage1-step0000003").mkdir()  # a directory with no manifest is skipped too
+    assert Checkpointer(tmp_path).latest() == first
