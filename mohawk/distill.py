@@ -104,7 +104,6 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
     summary["val_tokens"] = int(val.numel())
     if "transfer_only" not in summary:
         console.print(f"evaluating teacher and the weight-transfer-only student on {val.numel():,} held-out tokens")
-        summary["teacher"] = cfg.teacher
         summary["teacher_eval"] = {"perplexity": perplexity(teacher, val, cfg.batch_size)}
         summary["transfer_only"] = _evaluate(student, teacher, val, cfg)
         summary["distances_before"] = layer_distances(student, adapter, val[: cfg.batch_size])

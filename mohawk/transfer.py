@@ -9,8 +9,6 @@ does), so that before any training each SSD layer is a decayed linear attention 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from mohawk.errors import MohawkError
@@ -138,7 +136,7 @@ def transferable_keys(student: MohawkForCausalLM) -> list[str]:
     return [k for k in student.state_dict() if ".mixer." not in k]
 
 
-def copy_non_mixer_weights(student: MohawkForCausalLM, teacher, layers: Sequence[int] | None = None) -> None:
+def copy_non_mixer_weights(student: MohawkForCausalLM, teacher) -> None:
     """Re-copy embeddings, norms, MLPs and head from the teacher into an existing student (stage 3's transfer)."""
     weights = _adapter(teacher).student_state_dict()
     own = student.state_dict()
