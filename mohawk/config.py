@@ -49,6 +49,14 @@ class DistillConfig:
     temperature: float = 1.0  # stage 3 KL temperature
     ce_weight: float = 0.0  # stage 3: loss = KL + ce_weight * next-token CE
     freeze_mlp: bool = False
+    # loss-spike guard: skip an update whose loss is non-finite or > spike_factor x the running median of the last
+    # spike_window losses (0: only non-finite); spike_patience spikes in a row roll back to the stage's newest
+    # checkpoint with the LR times rollback_lr_factor, at most max_rollbacks times, then the run stops with an error
+    spike_factor: float = 5.0
+    spike_window: int = 32
+    spike_patience: int = 3
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
     # machinery
     device: str = "auto"  # auto, cpu, cuda
     seed: int = 0
@@ -94,7 +102,8 @@ class DistillConfig:
         need(bool(self.stages) and all(s in (1, 2, 3) for s in self.stages) and len(set(self.stages)) == len(self.stages),
              "stages", "a non-empty subset of 1,2,3, no repeats")
         self.stages = sorted(self.stages)
-        for key in ("seq_len", "batch_size", "val_sequences", "log_every", "checkpoint_every"):
+        for key in ("seq_len", "batch_size", "val_sequences", "log_every", "checkpoint_every", "spike_window",
+                    "spike_patience"):
             need(getattr(self, key) > 0, key, "must be > 0")
         for key in ("stage1_tokens", "stage2_tokens", "stage3_tokens"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
@@ -105,6 +114,9 @@ class DistillConfig:
              and self.warmup_fraction + self.decay_fraction <= 1, "warmup_fraction", "fractions in [0, 1], sum <= 1")
         need(self.temperature > 0, "temperature", "must be > 0")
         need(self.ce_weight >= 0, "ce_weight", "must be >= 0")
+        need(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", "0 (off) or > 1")
+        need(0 < self.rollback_lr_factor <= 1, "rollback_lr_factor", "in (0, 1]")
+        need(self.max_rollbacks >= 0, "max_rollbacks", "must be >= 0")
         need(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables)")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda")
         need(self.report_to in ("none", "tensorboard"), "report_to", "none or tensorboard")

@@ -21,7 +21,7 @@ from mohawk.errors import MohawkError
 from mohawk.evaluation import agreement, layer_distances, perplexity
 from mohawk.stages import STAGES
 from mohawk.teachers import load_teacher
-from mohawk.train import Checkpointer, MetricsLog, train_stage
+from mohawk.train import Checkpointer, MetricsLog, train_stage, write_json
 from mohawk.transfer import copy_non_mixer_weights, from_teacher, parse_attention_layers, place_attention_layers
 
 
@@ -107,7 +107,7 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
         summary["teacher_eval"] = {"perplexity": perplexity(teacher, val, cfg.batch_size)}
         summary["transfer_only"] = _evaluate(student, teacher, val, cfg)
         summary["distances_before"] = layer_distances(student, adapter, val[: cfg.batch_size])
-        summary_path.write_text(json.dumps(summary, indent=2))
+        write_json(summary_path, summary)
 
     ckpt = Checkpointer(out / "checkpoints")
     log = MetricsLog(out / "metrics.jsonl", out / "tensorboard" if cfg.report_to == "tensorboard" else None)
@@ -132,20 +132,20 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
             console.print(f"stage {s}: 0 tokens, skipped")
             continue
         mid = latest if latest_state and s == latest_state["stage"] and not latest_state["done"] else None
-        done_steps = latest_state["step"] if mid else 0
+        done_batches = latest_state.get("batches", latest_state["step"] * cfg.grad_accum) if mid else 0
         stage = STAGES[s](student, adapter, cfg)
         if s == 3 and mid is None:
             copy_non_mixer_weights(student, adapter)  # the weight transfer (a no-op after frozen stages 1-2)
-        batches = _stage_stream(cfg, tokenizer, s).batches(cfg.batch_size, skip=done_steps * cfg.grad_accum)
+        batches = _stage_stream(cfg, tokenizer, s).batches(cfg.batch_size, skip=done_batches)
         t_stage = time.perf_counter()
         state = train_stage(stage, batches, total_tokens=tokens, micro_tokens=cfg.micro_tokens,
                             grad_accum=cfg.grad_accum, lr=cfg.stage_lr(s), cfg=cfg, checkpointer=ckpt, log=log,
                             resume=mid, progress=progress)
         prev = summary["stages"].get(str(s), {}).get("wall_s", 0.0) if mid else 0.0
         summary["stages"][str(s)] = {"tokens": state.tokens, "steps": state.step, "skipped": state.skipped,
-                                     "lr": cfg.stage_lr(s),
+                                     "rollbacks": state.rollbacks, "lr": cfg.stage_lr(s),
                                      "wall_s": round(prev + time.perf_counter() - t_stage, 1)}
-        summary_path.write_text(json.dumps(summary, indent=2))
+        write_json(summary_path, summary)
 
     console.print("evaluating the distilled student")
     summary["final"] = _evaluate(student, teacher, val, cfg)
@@ -155,7 +155,7 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
     if tokenizer is not None:
         tokenizer.save_pretrained(student_dir)
     summary["total_wall_s"] = round(time.perf_counter() - t0, 1)  # this invocation
-    summary_path.write_text(json.dumps(summary, indent=2))
+    write_json(summary_path, summary)
 
     from mohawk.report import write_report
 

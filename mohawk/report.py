@@ -132,7 +132,7 @@ def write_report(out: str | Path) -> Path:
         lines += ["", f"The distilled student's perplexity is **{fin['perplexity']:.2f}** against "
                   f"{tr['perplexity']:.2f} for the weight-transfer-only student: "
                   + ("distillation helped." if better else "distillation did NOT improve on weight transfer.")]
-    lines += ["", "## Stages", "", "| stage | tokens | optimizer steps | skipped updates | peak LR | wall time (s) | "
+    lines += ["", "## Stages", "", "| stage | tokens | optimizer steps | skipped updates / rollbacks | peak LR | wall time (s) | "
               "first loss | last loss | mean per-layer distance before -> after |", "|---|---|---|---|---|---|---|---|---|"]
     for s, info in sorted(summary.get("stages", {}).items(), key=lambda kv: int(kv[0])):
         losses = [r["loss"] for r in rows if r["stage"] == int(s) and r.get("loss") is not None]
@@ -140,8 +140,16 @@ def write_report(out: str | Path) -> Path:
         dist = (f"{_dist_summary(before.get(key, {}))} -> {_dist_summary(after.get(key, {}))}" if key else "-")
         first = f"{losses[0]:.4g}" if losses else "-"
         last = f"{losses[-1]:.4g}" if losses else "-"
-        lines.append(f"| {s} {STAGE_NAMES[int(s)]} | {info['tokens']:,} | {info['steps']} | {info['skipped']} | "
+        lines.append(f"| {s} {STAGE_NAMES[int(s)]} | {info['tokens']:,} | {info['steps']} | {info['skipped']} / {info.get('rollbacks', 0)} | "
                      f"{info['lr']:g} | {info['wall_s']:.0f} | {first} | {last} | {dist} |")
+    events = [r for r in rows if r.get("event")]
+    if events:
+        lines += ["", "Loss-spike guard events (a spike skips its update; repeated spikes roll back to the stage's "
+                  "newest checkpoint with a lower LR):", ""]
+        for r in events:
+            detail = (f"loss {r['spike_loss']} vs running median {r['median']}" if r["event"] == "spike"
+                      else f"restored {r['to']}, LR x{r['lr_scale']:g}")
+            lines.append(f"- stage {r['stage']} step {r['step']}: {r['event']} ({detail})")
     lines += ["", "## Plots", ""]
     captions = {"ppl": ("perplexity.png", "Validation perplexity"), "loss": ("loss.png", "Loss per stage"),
                 "stage1": ("stage1_distance.png", "Stage-1 distance per layer, before and after"),

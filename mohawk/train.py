@@ -1,6 +1,7 @@
 """THE training loop, shared by the three stages: AdamW, warmup-stable-decay (or cosine) schedule, gradient
-accumulation to a token batch, clipping, bf16 autocast on GPU, non-finite-loss guard, checkpoint / resume, metrics
-lines and a progress bar with tokens/s. It knows neither the stage nor the teacher's family."""
+accumulation to a token batch, clipping, bf16 autocast on GPU, loss-spike guard (skip the update; after repeated
+spikes roll back to the last checkpoint with a lower LR), checkpoint / resume, metrics lines and a progress bar with
+tokens/s. It knows neither the stage nor the teacher's family."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -42,7 +44,36 @@ class LoopState:
     stage: int
     step: int = 0  # optimizer steps done
     tokens: int = 0
-    skipped: int = 0  # updates skipped for a non-finite loss
+    skipped: int = 0  # updates skipped for a non-finite or spiking loss
+    batches: int = 0  # micro-batches drawn from the data (more than step * grad_accum after a rollback)
+    rollbacks: int = 0
+    lr_scale: float = 1.0  # multiplied by rollback_lr_factor at each rollback
+
+    def as_dict(self, done: bool) -> dict:
+        return {"stage": self.stage, "step": self.step, "tokens": self.tokens, "skipped": self.skipped,
+                "batches": self.batches, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale, "done": done}
+
+
+class SpikeGuard:
+    """Flags a loss that is non-finite or above ``factor`` x the median of the last ``window`` accepted losses
+    (needs ``min(window, 8)`` of them first; factor 0 checks only finiteness)."""
+
+    def __init__(self, factor: float, window: int):
+        self.factor, self.window, self.history = factor, window, []
+
+    def is_spike(self, loss: float) -> bool:
+        if not math.isfinite(loss):
+            return True
+        if self.factor and len(self.history) >= min(self.window, 8):
+            return loss > self.factor * statistics.median(self.history)
+        return False
+
+    def accept(self, loss: float) -> None:
+        self.history = (self.history + [loss])[-self.window:]
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.history) if self.history else None
 
 
 class Checkpointer:
@@ -121,6 +152,16 @@ class Checkpointer:
         return json.loads((path / "state.json").read_text())
 
 
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically (temporary file, fsync, rename): a crash leaves the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -184,7 +225,10 @@ def train_stage(stage, batches: Iterator[torch.Tensor], *, total_tokens: int, mi
                 progress: bool = True, extra_state: dict | None = None) -> LoopState:
     """Train ``stage`` for ``total_tokens`` tokens (rounded up to whole updates of grad_accum micro-batches).
 
-    ``batches`` must already skip what a resumed run consumed (see ``resume_batches``)."""
+    ``batches`` must already skip what a resumed run consumed (``state.json``'s ``batches``). An update whose loss
+    spikes (see SpikeGuard; cfg.spike_factor, cfg.spike_window) is skipped; cfg.spike_patience spikes in a row roll
+    the student and optimizer back to this stage's newest checkpoint with the LR scaled by cfg.rollback_lr_factor,
+    at most cfg.max_rollbacks times, then the stage fails with a MohawkError. The data keeps moving forward."""
     student = stage.student
     named = stage.parameters()
     trainable = {id(p) for _, p in named}
@@ -197,9 +241,20 @@ def train_stage(stage, batches: Iterator[torch.Tensor], *, total_tokens: int, mi
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
     total_steps = max(1, math.ceil(total_tokens / (micro_tokens * grad_accum)))
     state = LoopState(stage=stage.number)
+    extra = extra_state or {}
+
+    def save(done: bool) -> Path:
+        return checkpointer.save(student, None if done else optimizer, {**extra, **state.as_dict(done)})
+
     if resume is not None:
         saved = Checkpointer.load(resume, student, optimizer)
-        state.step, state.tokens, state.skipped = saved["step"], saved["tokens"], saved.get("skipped", 0)
+        for k in ("step", "tokens", "skipped", "rollbacks", "lr_scale"):
+            setattr(state, k, saved.get(k, getattr(state, k)))
+        state.batches = saved.get("batches", state.step * grad_accum)
+    else:
+        save(done=False)  # the stage's starting point: the first rollback target
+    guard = SpikeGuard(getattr(cfg, "spike_factor", 0.0), getattr(cfg, "spike_window", 32))
+    patience, in_a_row = getattr(cfg, "spike_patience", 3), 0
     device = next(student.parameters()).device
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
     student.train()
@@ -214,45 +269,73 @@ def train_stage(stage, batches: Iterator[torch.Tensor], *, total_tokens: int, mi
     with bar:
         while state.step < total_steps:
             for g in optimizer.param_groups:
-                g["lr"] = lr * lr_factor(state.step, total_steps, cfg.schedule, cfg.warmup_fraction,
-                                         cfg.decay_fraction)
-            loss_sum, metrics_sum, finite = 0.0, {}, True
+                g["lr"] = lr * state.lr_scale * lr_factor(state.step, total_steps, cfg.schedule,
+                                                          cfg.warmup_fraction, cfg.decay_fraction)
+            loss_sum, metrics_sum = 0.0, {}
             for _ in range(grad_accum):
                 batch = next(batches).to(device)
+                state.batches += 1
                 with autocast:
                     loss, metrics = stage.loss(batch)
                 if not torch.isfinite(loss):
-                    finite = False
+                    loss_sum = float("nan")
                     break
                 (loss / grad_accum).backward()
                 loss_sum += float(loss.detach()) / grad_accum
                 _accumulate(metrics_sum, metrics, 1 / grad_accum)
-            if finite:
+            spike = guard.is_spike(loss_sum)
+            if not spike:
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
-            else:
-                state.skipped += 1  # a non-finite loss: drop this update, keep the weights
+                guard.accept(loss_sum)
+                in_a_row = 0
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.tokens += micro_tokens * grad_accum
+            if spike:
+                state.skipped += 1
+                in_a_row += 1
+                log.write({"stage": stage.number, "step": state.step, "tokens": state.tokens, "event": "spike",
+                           "spike_loss": loss_sum if math.isfinite(loss_sum) else str(loss_sum),
+                           "median": guard.median})
+                if in_a_row >= patience:
+                    _roll_back(state, student, optimizer, checkpointer, cfg, log)
+                    in_a_row = 0
             elapsed = time.perf_counter() - t_start
-            tps = (state.tokens - tokens_start) / max(elapsed, 1e-9)
-            bar.update(task, completed=state.tokens, tps=tps, loss=loss_sum if finite else float("nan"))
-            if state.step % cfg.log_every == 0 or state.step == total_steps:
-                log.write({"stage": stage.number, "step": state.step, "tokens": state.tokens,
-                           "loss": loss_sum if finite else None, "lr": optimizer.param_groups[0]["lr"],
-                           "tokens_per_s": tps, "skipped": state.skipped, **metrics_sum})
+            tps = max(0, state.tokens - tokens_start) / max(elapsed, 1e-9)
+            bar.update(task, completed=state.tokens, tps=tps, loss=loss_sum)
+            if not spike and (state.step % cfg.log_every == 0 or state.step == total_steps):
+                log.write({"stage": stage.number, "step": state.step, "tokens": state.tokens, "loss": loss_sum,
+                           "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": tps, "skipped": state.skipped,
+                           **metrics_sum})
             if state.step % cfg.checkpoint_every == 0 and state.step < total_steps:
-                checkpointer.save(student, optimizer, {**(extra_state or {}), "stage": stage.number,
-                                                       "step": state.step, "tokens": state.tokens,
-                                                       "skipped": state.skipped, "done": False})
+                save(done=False)
     student.eval()
     for p in student.parameters():
         p.requires_grad_(True)
-    checkpointer.save(student, None, {**(extra_state or {}), "stage": stage.number, "step": state.step,
-                                      "tokens": state.tokens, "skipped": state.skipped, "done": True})
+    save(done=True)
     return state
+
+
+def _roll_back(state: LoopState, student, optimizer, checkpointer: Checkpointer, cfg, log: MetricsLog) -> None:
+    """Restore the newest good checkpoint of this stage, lower the LR; fail after cfg.max_rollbacks."""
+    max_rollbacks = getattr(cfg, "max_rollbacks", 3)
+    if state.rollbacks >= max_rollbacks:
+        raise MohawkError(f"stage {state.stage} diverged: the loss kept spiking after {state.rollbacks} rollbacks "
+                          f"(LR scaled down to {state.lr_scale:g}); lower the stage's learning rate or raise "
+                          "spike_factor")
+    target = next((p for p in reversed(checkpointer.list()) if p.name.startswith(f"stage{state.stage}-")
+                   and Checkpointer.verify(p)), None)
+    if target is None:
+        raise MohawkError(f"stage {state.stage}: the loss kept spiking and no checkpoint of this stage is left to "
+                          "roll back to")
+    saved = Checkpointer.load(target, student, optimizer)
+    state.step, state.tokens = saved["step"], saved["tokens"]
+    state.rollbacks += 1
+    state.lr_scale *= getattr(cfg, "rollback_lr_factor", 0.5)
+    log.write({"stage": state.stage, "step": state.step, "tokens": state.tokens, "event": "rollback",
+               "to": target.name, "lr_scale": state.lr_scale, "rollbacks": state.rollbacks})
 
 
 def _accumulate(acc: dict, metrics: dict, w: float) -> None:

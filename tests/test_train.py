@@ -66,3 +66,82 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
     assert ck.latest() == first and ck.corrupt == [second]
     (tmp_path / "stage1-step0000003").mkdir()  # a directory with no manifest is skipped too
     assert Checkpointer(tmp_path).latest() == first
+
+
+class ToyStage:
+    """A next-token CE stage on a tiny student whose loss is multiplied by 1000 on chosen calls."""
+    number, name = 1, "toy"
+
+    def __init__(self, spikes=()):
+        torch.manual_seed(0)
+        cfg = MohawkConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32)
+        self.student, self.spikes, self.calls = MohawkForCausalLM(cfg), set(spikes), 0
+
+    def parameters(self):
+        return list(self.student.named_parameters())
+
+    def loss(self, batch):
+        self.calls += 1
+        loss = self.student(batch, labels=batch).loss
+        return (loss * 1000 if self.calls in self.spikes else loss), {}
+
+
+def _toy_batches():
+    g = torch.Generator().manual_seed(1)
+    while True:
+        yield torch.randint(0, 40, (2, 8), generator=g)
+
+
+def _train_toy(tmp_path, spikes, **cfg_values):
+    from mohawk.config import DistillConfig
+    from mohawk.train import train_stage
+
+    cfg = DistillConfig.from_dict({"checkpoint_every": 5, "warmup_fraction": 0.0, **cfg_values})
+    stage = ToyStage(spikes)
+    log = MetricsLog(tmp_path / "m.jsonl")
+    state = train_stage(stage, _toy_batches(), total_tokens=16 * 20, micro_tokens=16, grad_accum=1, lr=1e-2,
+                        cfg=cfg, checkpointer=Checkpointer(tmp_path / "ck"), log=log, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    return state, rows, stage
+
+
+def test_spike_is_skipped_and_logged(tmp_path):
+    state, rows, _ = _train_toy(tmp_path, spikes={12})
+    events = [r for r in rows if r.get("event")]
+    assert [(e["event"], e["step"]) for e in events] == [("spike", 12)]
+    assert state.skipped == 1 and state.rollbacks == 0 and state.step == 20 and state.batches == 20
+    assert all(r["loss"] < 10 for r in rows if "loss" in r)
+
+
+def test_repeated_spikes_roll_back_with_lower_lr(tmp_path):
+    state, rows, _ = _train_toy(tmp_path, spikes={12, 13, 14})
+    events = [(r["event"], r["step"]) for r in rows if r.get("event")]
+    assert events == [("spike", 12), ("spike", 13), ("spike", 14), ("rollback", 10)]
+    assert state.rollbacks == 1 and state.lr_scale == 0.5 and state.step == 20
+    assert state.batches == 24  # the data moved on: 4 steps were redone on new batches
+    redone = [r for r in rows if r.get("loss") is not None and r["step"] > 10]
+    assert [r["step"] for r in redone] == [11, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
+    assert redone[-1]["lr"] == pytest.approx(0.5 * 1e-2 * lr_factor(19, 20, "wsd", 0.0, 0.2))
+
+
+def test_divergence_fails_after_max_rollbacks(tmp_path):
+    from mohawk.errors import MohawkError
+
+    with pytest.raises(MohawkError, match="stage 1 diverged.*after 1 rollbacks"):
+        _train_toy(tmp_path, spikes=set(range(12, 40)), max_rollbacks=1)
+
+
+def test_nan_loss_is_a_spike_even_with_factor_off(tmp_path):
+    from mohawk.train import SpikeGuard
+
+    g = SpikeGuard(0.0, 4)
+    for x in (1.0, 2.0, 3.0):
+        g.accept(x)
+    assert g.is_spike(float("nan")) and g.is_spike(float("inf")) and not g.is_spike(1e9)
+    g = SpikeGuard(5.0, 4)
+    for x in (1.0, 1.0, 1.0, 2.0, 100.0):
+        g.accept(x)
+    assert g.history == [1.0, 1.0, 2.0, 100.0]  # the window keeps the last 4; their median is 1.5
+    assert not g.is_spike(7.0) and g.is_spike(8.0)
+    assert not SpikeGuard(5.0, 32).is_spike(1e9)  # fewer than 8 losses seen: no median yet
