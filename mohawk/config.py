@@ -199,7 +199,7 @@ def _coerce(key: str, value, hint):
             if isinstance(value, dict):
                 raise TypeError
             return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         name = getattr(hint, "__name__", str(hint))
         raise MohawkError(f"bad value for {key}: {value!r} (expected {name})") from None
     return value

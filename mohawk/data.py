@@ -73,8 +73,8 @@ def _read_file(path: Path, field: str) -> Iterator[str]:
                     yield record[field]
     except UnicodeDecodeError:
         raise MohawkError(f"{path}: not UTF-8 text (binary file?)") from None
-    except (EOFError, lzma.LZMAError, OSError) as e:
-        raise MohawkError(f"{path}: cannot read ({e})") from None
+    except (EOFError, lzma.LZMAError, OSError, ValueError) as e:  # ValueError: pyarrow's ArrowInvalid
+        raise MohawkError(f"{path}: cannot read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def _files(source: str) -> list[Path]:

@@ -101,3 +101,73 @@ def test_bad_input_is_one_line(teacher_dir, tmp_path, capsys, extra, msg):
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and msg in errors[0] and "Traceback" not in err
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_unsupported_architecture_and_foreign_tokenizer(teacher_dir, tmp_path, capsys):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from tests.conftest import tiny_teacher, tiny_tokenizer
+
+    opt = tmp_path / "opt"
+    OPTForCausalLM(OPTConfig(vocab_size=96, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+                             word_embed_proj_dim=16, max_position_embeddings=64)).save_pretrained(opt)
+    tiny_tokenizer().save_pretrained(opt)
+    assert main(["distill", "--teacher", str(opt), "--out", str(tmp_path / "o1"), *FAST]) == 2
+    assert "unsupported teacher architecture 'opt'" in _one_error_line(capsys)
+
+    small = tmp_path / "small-vocab"
+    tiny_teacher("llama", vocab_size=20).save_pretrained(small)
+    tiny_tokenizer().save_pretrained(small)  # 45 tokens for a model that embeds 20
+    assert main(["distill", "--teacher", str(small), "--out", str(tmp_path / "o2"), *FAST]) == 2
+    assert "does not belong to this model" in _one_error_line(capsys)
+
+
+def test_disk_full_while_checkpointing_keeps_earlier_files(teacher_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from mohawk import train
+    from mohawk.train import Checkpointer
+
+    real, calls = train.save_file, []
+
+    def filling_disk(tensors, path, *a, **kw):
+        calls.append(path)
+        if len(calls) > 1:  # the stage's first checkpoint fits, the next one does not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, *a, **kw)
+
+    monkeypatch.setattr(train, "save_file", filling_disk)
+    out = tmp_path / "full"
+    assert run(teacher_dir, out, "--stage1-tokens", "2048") == 2
+    line = _one_error_line(capsys)
+    assert "could not write checkpoint" in line and "No space left on device" in line
+    kept = Checkpointer(out / "checkpoints").list()
+    assert [p.name for p in kept] == ["stage1-step0000000"] and Checkpointer.verify(kept[0])
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    for f in ("config.yaml", "summary.json"):
+        assert (out / f).is_file()
+    monkeypatch.setattr(train, "save_file", real)
+    assert run(teacher_dir, out, "--stage1-tokens", "2048", "--resume") == 0  # and the run goes on from there
+
+
+def test_existing_output_directory_is_refused(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    assert run(teacher_dir, out) == 2
+    assert "--resume" in _one_error_line(capsys) and (out / "precious.txt").read_text() == "keep me"
+
+
+def test_debug_shows_the_traceback(teacher_dir, tmp_path):
+    from mohawk.errors import MohawkError
+
+    with pytest.raises(MohawkError, match="out of range"):
+        main(["--debug", "distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "d"), *FAST,
+              "--attention-layers", "9"])

@@ -34,6 +34,17 @@ def adapter_for(model) -> TeacherAdapter:
     return ADAPTERS[model_type](model)
 
 
+def check_tokenizer(model, tokenizer, source: str) -> None:
+    """Refuse a tokenizer that can emit ids the teacher has no embedding for (they belong to different models)."""
+    if tokenizer is None:
+        return
+    rows = model.get_input_embeddings().num_embeddings
+    ids = [i for i in (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id) if i is not None]
+    if len(tokenizer) > rows or any(i >= rows for i in ids):
+        raise MohawkError(f"teacher {source!r}: its tokenizer has {len(tokenizer)} tokens but the model embeds only "
+                          f"{rows}; the tokenizer does not belong to this model")
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("MOHAWK_CACHE", Path.home() / ".cache" / "mohawk"))
 
@@ -109,5 +120,6 @@ def load_teacher(source: str | None = None, *, device: str | torch.device = "cpu
     else:
         model, tokenizer = _load_hf(source, trust_remote_code)
     adapter = adapter_for(model)
+    check_tokenizer(model, tokenizer, source)
     model.to(device=device, dtype=dtype or torch.float32).eval().requires_grad_(False)
     return model, tokenizer, adapter
