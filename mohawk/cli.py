@@ -49,6 +49,8 @@ def distill(
     tokens_per_update: Optional[int] = typer.Option(None, help="Tokens per optimizer update (gradient accumulation)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate of every stage (or set stageN_lr in YAML)."),
     schedule: Optional[str] = typer.Option(None, help="wsd (warmup-stable-decay, the paper's) or cosine."),
+    mixer: Optional[str] = typer.Option(None, help="Matrix family replacing attention: ssd (Mamba-2, default), ssm "
+                                        "(diagonal SSM), linear_attention (causal low-rank) or toeplitz."),
     attention_layers: Optional[str] = typer.Option(None, help="Layers kept as attention: e.g. 3,11, 'none' or 'all'."),
     num_attention_layers: Optional[int] = typer.Option(None, help="How many layers to keep as attention..."),
     placement: Optional[str] = typer.Option(None, help="...placed uniform, first or last."),
@@ -73,7 +75,7 @@ def distill(
     overrides = dict(teacher=teacher, data=data, val_data=val_data, val_sequences=val_sequences, text_field=text_field, out=out, stages=stages,
                      stage1_tokens=stage1_tokens, stage2_tokens=stage2_tokens, stage3_tokens=stage3_tokens,
                      seq_len=seq_len, batch_size=batch_size, tokens_per_update=tokens_per_update, schedule=schedule,
-                     attention_layers=attention_layers, num_attention_layers=num_attention_layers,
+                     mixer=mixer, attention_layers=attention_layers, num_attention_layers=num_attention_layers,
                      placement=placement, freeze_mlp=freeze_mlp, temperature=temperature, ce_weight=ce_weight,
                      device=device, seed=seed, threads=threads, report_to=report_to,
                      trust_remote_code=trust_remote_code)

@@ -23,6 +23,7 @@ class DistillConfig:
     attention_layers: str = "none"  # "none", "all", or comma-separated indices kept as attention
     num_attention_layers: int | None = None  # alternative to attention_layers: how many to keep...
     placement: str = "uniform"  # ...and where: uniform, first, last
+    mixer: str = "ssd"  # the family replacing attention: ssd, ssm, linear_attention, toeplitz
     ssd_init: str = "attention"  # SSD projections from the attention ones, or "random"
     ssd_state_size: int | None = None  # default: the teacher's head_dim
     # data
@@ -122,6 +123,8 @@ class DistillConfig:
         need(self.report_to in ("none", "tensorboard"), "report_to", "none or tensorboard")
         need(self.placement in ("uniform", "first", "last"), "placement", "uniform, first or last")
         need(self.ssd_init in ("attention", "random"), "ssd_init", "attention or random")
+        need(self.mixer in ("ssd", "ssm", "linear_attention", "toeplitz"), "mixer",
+             "ssd, ssm, linear_attention or toeplitz")
         need(self.num_attention_layers is None or self.num_attention_layers >= 0, "num_attention_layers", ">= 0")
         need(self.tokens_per_update is None or self.tokens_per_update >= self.batch_size * self.seq_len,
              "tokens_per_update", "at least batch_size * seq_len")

@@ -90,12 +90,13 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
     attention_layers = choose_attention_layers(cfg, adapter.num_layers)
     options = {"ssd_state_size": cfg.ssd_state_size} if cfg.ssd_state_size else {}
     torch.manual_seed(cfg.seed)  # here, so that the student's init does not depend on how the teacher was loaded
-    student = from_teacher(adapter, attention_layers=attention_layers, ssd_init=cfg.ssd_init, **options)
+    student = from_teacher(adapter, attention_layers=attention_layers, mixer=cfg.mixer, ssd_init=cfg.ssd_init,
+                           **options)
     n_params = sum(p.numel() for p in student.parameters())
-    summary.update(teacher=cfg.teacher, teacher_layers=adapter.num_layers, attention_layers=attention_layers,
+    summary.update(teacher=cfg.teacher, teacher_layers=adapter.num_layers, attention_layers=attention_layers, mixer=cfg.mixer,
                    student_parameters=n_params, seq_len=cfg.seq_len, load_s=round(time.perf_counter() - t0, 1))
     cfg.save(out / "config.yaml")
-    console.print(f"student: {adapter.num_layers - len(attention_layers)} SSD + {len(attention_layers)} attention "
+    console.print(f"student: {adapter.num_layers - len(attention_layers)} {cfg.mixer} + {len(attention_layers)} attention "
                   f"layers, {n_params / 1e6:.1f}M parameters")
 
     _, val_stream = make_streams(cfg.data, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed,

@@ -113,7 +113,7 @@ def write_report(out: str | Path) -> Path:
         "# MOHAWK distillation report", "",
         f"- command: `{summary.get('command', '?')}`",
         f"- teacher: `{summary.get('teacher')}` ({summary.get('teacher_layers')} layers); student: "
-        f"{summary.get('teacher_layers', 0) - n_attn} SSD layers + {n_attn} attention layers "
+        f"{summary.get('teacher_layers', 0) - n_attn} {summary.get('mixer', 'ssd')} layers + {n_attn} attention layers "
         f"{summary.get('attention_layers', [])}, {summary.get('student_parameters', 0) / 1e6:.1f}M parameters",
         f"- device: {summary.get('device')}; versions: {summary.get('versions')}",
         f"- sequence length {summary.get('seq_len')}; validation on {summary.get('val_tokens', 0):,} held-out tokens; "

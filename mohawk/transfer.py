@@ -3,7 +3,8 @@
 ``from_teacher`` copies embeddings (and learned positions), norms, MLPs, the final norm and the LM head; layers listed
 in ``attention_layers`` keep the teacher's attention exactly; the other layers get an SSD mixer, initialised by
 default from the attention projections (C <- W_Q * scale, B <- W_K, x <- W_V, out_proj <- W_O, as Mamba-in-Llama
-does), so that before any training each SSD layer is a decayed linear attention over the teacher's own features.
+does), so that before any training each SSD layer is a decayed linear attention over the teacher's own features
+(the other families take what applies to them: x and out_proj for Toeplitz, all four for SSM and linear attention).
 ``ssd_init="random"`` keeps Mamba-2's random projections instead.
 """
 
@@ -68,7 +69,7 @@ def init_ssd_from_attention(mixer, attn_weights: dict[str, torch.Tensor], config
     """Write an attention layer's projections into an SSDMixer (see module docstring); biases likewise."""
     s = mixer.in_proj_slices()
     h, kv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    g, n = mixer.num_groups, mixer.state_size
+    g, n = getattr(mixer, "num_groups", None), getattr(mixer, "state_size", None)
     scale = config.attention_scale if config.attention_scale is not None else d ** -0.5
     W, b = mixer.in_proj.weight, mixer.in_proj.bias
 
@@ -84,7 +85,7 @@ def init_ssd_from_attention(mixer, attn_weights: dict[str, torch.Tensor], config
     k_w, k_b = attn_weights["k_proj.weight"], attn_weights.get("k_proj.bias")
     v_w, v_b = attn_weights["v_proj.weight"], attn_weights.get("v_proj.bias")
     write(s["x"], per_head(v_w, kv, h), None if v_b is None else per_head(v_b, kv, h))
-    if n == d and (g == h or g == kv):
+    if "B" in s and n == d and (g == h or g == kv):  # families with B and C (not Toeplitz)
         write(s["B"], per_head(k_w, kv, g), None if k_b is None else per_head(k_b, kv, g))
         if g == h:
             write(s["C"], q_w * scale, None if q_b is None else q_b * scale)
@@ -96,17 +97,23 @@ def init_ssd_from_attention(mixer, attn_weights: dict[str, torch.Tensor], config
         mixer.out_proj.bias.copy_(attn_weights["o_proj.bias"])
 
 
-def from_teacher(teacher, attention_layers=None, *, ssd_init: str = "attention", **student_options) -> MohawkForCausalLM:
+def from_teacher(teacher, attention_layers=None, *, mixer: str = "ssd", ssd_init: str = "attention",
+                 **student_options) -> MohawkForCausalLM:
     """A student of ``teacher`` (an HF causal LM or a TeacherAdapter) with its non-mixer weights copied.
 
-    attention_layers: None (pure SSD), "all" (the teacher itself, re-expressed), or layer indices to keep as attention.
+    attention_layers: None (no attention), "all" (the teacher itself, re-expressed), or layer indices kept as attention.
+    mixer: the family replacing attention elsewhere: ssd (default), ssm, linear_attention or toeplitz.
     student_options: MohawkConfig fields (ssd_state_size, ssd_conv_kernel, ...)."""
+    from mohawk.mixers import STUDENT_MIXERS
+
     if ssd_init not in ("attention", "random"):
         raise MohawkError(f"ssd_init must be 'attention' or 'random', got {ssd_init!r}")
+    if mixer not in STUDENT_MIXERS:
+        raise MohawkError(f"unknown mixer {mixer!r}: use one of {', '.join(STUDENT_MIXERS)}")
     adapter = _adapter(teacher)
     n = adapter.num_layers
     keep = set(parse_attention_layers(attention_layers, n))
-    mixers = ["attention" if i in keep else "ssd" for i in range(n)]
+    mixers = ["attention" if i in keep else mixer for i in range(n)]
     config = adapter.student_config(mixers=mixers, **student_options)
     student = MohawkForCausalLM(config)
     weights = adapter.student_state_dict()
@@ -115,7 +122,7 @@ def from_teacher(teacher, attention_layers=None, *, ssd_init: str = "attention",
     for i in range(n):
         prefix = f"model.layers.{i}.mixer."
         attn = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-        if mixers[i] == "ssd":
+        if mixers[i] != "attention":
             if ssd_init == "attention":
                 init_ssd_from_attention(student.model.layers[i].mixer, attn, config)
             for k in attn:

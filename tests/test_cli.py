@@ -171,3 +171,15 @@ def test_debug_shows_the_traceback(teacher_dir, tmp_path):
     with pytest.raises(MohawkError, match="out of range"):
         main(["--debug", "distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "d"), *FAST,
               "--attention-layers", "9"])
+
+
+@pytest.mark.parametrize("mixer", ["ssm", "linear_attention", "toeplitz"])
+def test_distill_with_each_family(teacher_dir, tmp_path, mixer):
+    out = tmp_path / mixer
+    assert run(teacher_dir, out, "--mixer", mixer, "--stage1-tokens", "64", "--stage2-tokens", "64",
+               "--stage3-tokens", "64") == 0
+    student = AutoModelForCausalLM.from_pretrained(out / "student")
+    assert student.config.mixers == [mixer] * 3
+    assert f"3 {mixer} layers" in (out / "report.md").read_text()
+    assert main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "3",
+                 "--device", "cpu"]) == 0

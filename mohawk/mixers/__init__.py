@@ -7,12 +7,21 @@ The contract each mixer class keeps (one file per family, its materialized refer
 - ``value_stream(u) -> V (batch, heads, L, head_dim)``: what M multiplies, so that ``M @ V`` is the mixer's output
   per head before its output projection (and gate, where it has one).
 
-``MIXERS`` maps the kind names used in ``MohawkConfig.mixers`` to classes.
+``MIXERS`` maps the kind names used in ``MohawkConfig.mixers`` to classes. Families: ``attention`` (the teacher's softmax attention), ``ssd`` (Mamba-2: scalar decay per head), ``ssm`` (general
+diagonal SSM: a decay per state channel), ``linear_attention`` (causal low-rank: no decay), ``toeplitz`` (causal
+convolution with an input-dependent kernel).
 """
 
 from mohawk.mixers.attention import Attention
+from mohawk.mixers.linear_attention import LinearAttentionMixer, linear_attention_matrix
 from mohawk.mixers.ssd import SSDMixer, ssd, ssd_chunked, ssd_materialized, ssd_matrix, ssd_step
+from mohawk.mixers.ssm import SSMMixer, ssm_chunked, ssm_materialized, ssm_matrix, ssm_step
+from mohawk.mixers.toeplitz import ToeplitzMixer, toeplitz_conv, toeplitz_matrix
 
-MIXERS = {"attention": Attention, "ssd": SSDMixer}
+MIXERS = {"attention": Attention, "ssd": SSDMixer, "ssm": SSMMixer, "linear_attention": LinearAttentionMixer,
+          "toeplitz": ToeplitzMixer}
+STUDENT_MIXERS = tuple(k for k in MIXERS if k != "attention")
 
-__all__ = ["MIXERS", "Attention", "SSDMixer", "ssd", "ssd_chunked", "ssd_materialized", "ssd_matrix", "ssd_step"]
+__all__ = ["MIXERS", "STUDENT_MIXERS", "Attention", "SSDMixer", "SSMMixer", "LinearAttentionMixer", "ToeplitzMixer",
+           "ssd", "ssd_chunked", "ssd_materialized", "ssd_matrix", "ssd_step", "ssm_chunked", "ssm_materialized",
+           "ssm_matrix", "ssm_step", "linear_attention_matrix", "toeplitz_conv", "toeplitz_matrix"]

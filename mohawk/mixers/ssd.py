@@ -179,6 +179,8 @@ class SSDMixer(nn.Module):
     stream x (after the conv), D on its diagonal, so that ``M @ x`` is y before the gate and out_proj.
     """
 
+    has_dt = True  # input-dependent step and decay (False: linear attention, no decay)
+
     def __init__(self, config, layer_idx: int = 0):
         super().__init__()
         self.layer_idx = layer_idx
@@ -195,12 +197,13 @@ class SSDMixer(nn.Module):
         self.use_gate = config.ssd_gate
         self.config = config
         self.conv_dim = self.d_inner + 2 * self.num_groups * self.state_size
-        proj = (self.d_inner if self.use_gate else 0) + self.conv_dim + self.num_heads
+        proj = (self.d_inner if self.use_gate else 0) + self.conv_dim + (self.num_heads if self.has_dt else 0)
         self.in_proj = nn.Linear(self.hidden_size, proj, bias=True)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.conv_kernel, groups=self.conv_dim,
                                 padding=self.conv_kernel - 1, bias=True)
-        self.dt_bias = nn.Parameter(torch.zeros(self.num_heads))
-        self.A_log = nn.Parameter(torch.zeros(self.num_heads))
+        if self.has_dt:
+            self.dt_bias = nn.Parameter(torch.zeros(self.num_heads))
+            self.A_log = nn.Parameter(torch.zeros(self.decay_shape()))
         self.D = nn.Parameter(torch.zeros(self.num_heads))
         self.norm = nn.RMSNorm(self.d_inner, eps=1e-5) if config.ssd_norm else None
         self.out_proj = nn.Linear(self.d_inner, self.hidden_size, bias=config.attention_out_bias)
@@ -209,7 +212,8 @@ class SSDMixer(nn.Module):
     def in_proj_slices(self) -> dict[str, slice]:
         """Rows of in_proj.weight holding z, x, B, C and dt."""
         sizes = {"z": self.d_inner if self.use_gate else 0, "x": self.d_inner,
-                 "B": self.num_groups * self.state_size, "C": self.num_groups * self.state_size, "dt": self.num_heads}
+                 "B": self.num_groups * self.state_size, "C": self.num_groups * self.state_size,
+                 "dt": self.num_heads if self.has_dt else 0}
         out, start = {}, 0
         for k, s in sizes.items():
             out[k] = slice(start, start + s)
@@ -240,11 +244,12 @@ class SSDMixer(nn.Module):
             nn.init.kaiming_uniform_(conv, a=math.sqrt(5))
         init.copy_(self.conv1d.weight, conv)
         init.zeros_(self.conv1d.bias)
-        dt = torch.exp(torch.rand(self.num_heads) * (math.log(c.ssd_dt_max) - math.log(c.ssd_dt_min))
-                       + math.log(c.ssd_dt_min))
-        init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        lo, hi = c.ssd_A_init_range
-        init.copy_(self.A_log, torch.log(torch.empty(self.num_heads).uniform_(lo, hi)))
+        if self.has_dt:
+            dt = torch.exp(torch.rand(self.num_heads) * (math.log(c.ssd_dt_max) - math.log(c.ssd_dt_min))
+                           + math.log(c.ssd_dt_min))
+            init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            lo, hi = c.ssd_A_init_range
+            init.copy_(self.A_log, torch.log(torch.empty(self.decay_shape()).uniform_(lo, hi)))
         init.zeros_(self.D)
         init.normal_(self.out_proj.weight, std=std)
         if self.out_proj.bias is not None:
@@ -268,6 +273,8 @@ class SSDMixer(nn.Module):
         s = self.in_proj_slices()
         z = proj[..., s["z"]] if self.use_gate else None
         xbc = proj[..., s["x"].start: s["C"].stop]
+        if not self.has_dt:
+            return z, xbc, proj.new_ones(*proj.shape[:-1], self.num_heads, dtype=torch.float32)
         dt = F.softplus(proj[..., s["dt"]].float() + self.dt_bias.float())
         return z, xbc, dt
 
@@ -285,15 +292,28 @@ class SSDMixer(nn.Module):
             y = self.norm(y)
         return self.out_proj(y)
 
+    def decay_shape(self) -> tuple[int, ...]:
+        return (self.num_heads,)  # one scalar decay per head: SSD
+
     def A(self) -> Tensor:
         return -torch.exp(self.A_log.float())
+
+    # the family's kernels (subclasses swap these three)
+    def _matrix(self, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
+        return ssd_matrix(dt, self.A(), B, C)
+
+    def _scan(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, return_final_state: bool):
+        return ssd(x, dt, self.A(), B, C, self.D, chunk_size=self.chunk_size, return_final_state=return_final_state)
+
+    def _step(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, state: Tensor):
+        return ssd_step(x, dt, self.A(), B, C, state, self.D)
 
     # -- the three ways to run it -------------------------------------------------------------------------------------
     def materialize(self, u: Tensor, **_) -> Tensor:
         """Mixing matrix (batch, heads, L, L) over the value stream x, D on the diagonal."""
         _, xbc, dt = self._project(u)
         _, B, C = self._split(self._conv(xbc))
-        M = ssd_matrix(dt, self.A(), B.float(), C.float())
+        M = self._matrix(dt, B.float(), C.float())
         return M + torch.diag_embed(self.D.float()[None, :, None].expand_as(M[..., 0]))
 
     def value_stream(self, u: Tensor) -> Tensor:
@@ -308,8 +328,7 @@ class SSDMixer(nn.Module):
         if cache is not None and cache.has_state(self.layer_idx):
             return self._forward_recurrent(u, z, xbc_raw, dt, cache)
         x, B, C = self._split(self._conv(xbc_raw))
-        out = ssd(x, dt, self.A(), B, C, self.D, chunk_size=self.chunk_size,
-                  return_final_state=cache is not None)
+        out = self._scan(x, dt, B, C, return_final_state=cache is not None)
         if cache is not None:
             y, state = out
             k = self.conv_kernel - 1
@@ -330,7 +349,7 @@ class SSDMixer(nn.Module):
             xbc = self._act((window * w).sum(-1) + self.conv1d.bias, self.conv_activation)
             conv_state = window[..., 1:]
             x, B, C = self._split(xbc)
-            y, state = ssd_step(x, dt[:, t], self.A(), B, C, state, self.D)
+            y, state = self._step(x, dt[:, t], B, C, state)
             ys.append(y)
         cache.set_state(self.layer_idx, conv_state, state)
         return self._finish(torch.stack(ys, dim=1), z)

@@ -11,7 +11,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from mohawk.mixers import MIXERS, Attention, SSDMixer
+from mohawk.mixers import MIXERS, Attention, SSDMixer, ToeplitzMixer
 from mohawk.mixers.attention import default_inv_freq
 from mohawk.models.configuration_mohawk import MohawkConfig
 
@@ -133,7 +133,7 @@ class MohawkPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, SSDMixer):
+        if isinstance(module, (SSDMixer, ToeplitzMixer)):
             module.reset_parameters(std=std)
         elif isinstance(module, Attention):
             init.copy_(module.inv_freq, default_inv_freq(module.rotary_dim, self.config.rope_theta))

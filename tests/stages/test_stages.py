@@ -70,3 +70,20 @@ def test_kd_loss_is_kl():
     want = torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="sum") / 6
     torch.testing.assert_close(kd_loss(s, t), want)
     assert float(kd_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("mixer", ["ssm", "linear_attention", "toeplitz"])
+def test_each_stage_lowers_its_loss_for_every_family(mixer, tmp_path):
+    torch.manual_seed(0)
+    adapter = adapter_for(tiny_teacher("phi"))
+    student = mohawk.from_teacher(adapter, mixer=mixer, ssd_state_size=8)
+    assert set(student.config.mixers) == {mixer}
+    batch = torch.randint(0, VOCAB, (2, 16))
+    for cls in (MatrixOrientation, HiddenStateAlignment, KnowledgeDistillation):
+        stage = cls(student, adapter, DistillConfig())
+        with torch.no_grad():
+            before = float(stage.loss(batch)[0])
+        _train(stage, batch, tmp_path / cls.__name__, lr=5e-4 if cls is KnowledgeDistillation else 3e-3)
+        with torch.no_grad():
+            after = float(stage.loss(batch)[0])
+        assert after < before, (cls.__name__, before, after)

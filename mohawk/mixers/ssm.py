@@ -1,0 +1,102 @@
+"""The general diagonal SSM (semiseparable) family: like SSD, but each of the ``state`` channels of a head decays at
+its own rate (Mamba-1's diagonal A, with one dt per head and step).
+
+    a_t[n] = exp(dt_t * A_h[n])                             decay per head, state channel and step
+    h_t[:, n] = a_t[n] * h_{t-1}[:, n] + dt_t * x_t * B_t[n]
+    y_t = h_t C_t (+ D_h x_t)
+
+    M[t, s] = sum_n C_t[n] B_s[n] prod_{r=s+1..t} a_r[n] * dt_s      for s <= t
+
+SSD is the special case A_h[n] = A_h for every n. Three equivalent paths, as for SSD: ``ssm_matrix`` (reference),
+``ssm_chunked`` (O(L) memory, any length, state in and out), ``ssm_step`` (one token)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mohawk.mixers.ssd import SSDMixer, _expand_groups, segsum
+
+
+def ssm_matrix(dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """M (batch, heads, L, L) for dt (batch, L, heads), A (heads, state), B, C (batch, L, groups, state)."""
+    heads = dt.shape[-1]
+    Bh, Ch = _expand_groups(B, heads), _expand_groups(C, heads)  # (b, L, h, n)
+    decay = torch.exp(segsum((dt[..., None] * A).permute(0, 2, 3, 1)))  # (b, h, n, L, L)
+    return torch.einsum("bthn,bshn,bhnts->bhts", Ch, Bh, decay) * dt.transpose(1, 2)[:, :, None, :]
+
+
+def ssm_materialized(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None) -> Tensor:
+    """Quadratic reference: y (batch, L, heads, head_dim) = M x + D x."""
+    y = torch.einsum("bhts,bshp->bthp", ssm_matrix(dt, A, B, C).to(x.dtype), x)
+    return y if D is None else y + x * D[:, None]
+
+
+def ssm_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, *,
+                chunk_size: int = 16, initial_state: Tensor | None = None, return_final_state: bool = False):
+    """Chunked scan, exact: products inside chunks (the decay tensor is (chunk, chunk, state) per head, hence the
+    smaller default chunk than SSD's), a recurrence over chunk states between them. States: (batch, heads,
+    head_dim, state), float32."""
+    b, L, h, p = x.shape
+    n = B.shape[-1]
+    dtype, f32 = x.dtype, torch.float32
+    pad = (-L) % chunk_size
+    if pad:  # dt = 0 on padding: no decay, no input
+        x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
+        B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
+    c, l = (L + pad) // chunk_size, chunk_size
+    Bh = _expand_groups(B, h).to(f32).reshape(b, c, l, h, n)
+    Ch = _expand_groups(C, h).to(f32).reshape(b, c, l, h, n)
+    xdt = (x.to(f32) * dt.to(f32)[..., None]).reshape(b, c, l, h, p)
+    Adt = (dt.to(f32)[..., None] * A.to(f32)).reshape(b, c, l, h, n).permute(0, 3, 4, 1, 2)  # (b, h, n, c, l)
+    cum = torch.cumsum(Adt, dim=-1)
+
+    decay = torch.exp(segsum(Adt))  # (b, h, n, c, l, l)
+    y = torch.einsum("bclhn,bcshn,bhncls,bcshp->bclhp", Ch, Bh, decay, xdt)
+    to_end = torch.exp(cum[..., -1:] - cum)  # (b, h, n, c, l)
+    chunk_states = torch.einsum("bclhn,bhncl,bclhp->bchpn", Bh, to_end, xdt)
+    state = x.new_zeros(b, h, p, n, dtype=f32) if initial_state is None else initial_state.to(f32)
+    chunk_decay = torch.exp(cum[..., -1])  # (b, h, n, c)
+    states_in = []
+    for i in range(c):
+        states_in.append(state)
+        state = state * chunk_decay[:, :, None, :, i] + chunk_states[:, i]
+    states_in = torch.stack(states_in, dim=1)  # (b, c, h, p, n)
+    y = y + torch.einsum("bclhn,bchpn,bhncl->bclhp", Ch, states_in, torch.exp(cum))
+    y = y.reshape(b, c * l, h, p)[:, :L]
+    if D is not None:
+        y = y + x[:, :L].to(f32) * D.to(f32)[:, None]
+    y = y.to(dtype)
+    return (y, state) if return_final_state else y
+
+
+def ssm_step(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor, D: Tensor | None = None):
+    """One token: x (batch, heads, head_dim), dt (batch, heads), B, C (batch, groups, state), state (batch, heads,
+    head_dim, state) -> (y (batch, heads, head_dim), new state)."""
+    h, f32 = x.shape[1], torch.float32
+    Bh, Ch = _expand_groups(B, h).to(f32), _expand_groups(C, h).to(f32)
+    dt32 = dt.to(f32)
+    a = torch.exp(dt32[..., None] * A.to(f32))  # (b, h, n)
+    state = state.to(f32) * a[:, :, None, :] + (dt32[..., None] * x.to(f32))[..., None] * Bh[:, :, None, :]
+    y = torch.einsum("bhpn,bhn->bhp", state, Ch)
+    if D is not None:
+        y = y + x.to(f32) * D.to(f32)[:, None]
+    return y.to(x.dtype), state
+
+
+class SSMMixer(SSDMixer):
+    """The Phi-Mamba layer with a diagonal (per state channel) decay: A_log is (heads, state)."""
+
+    def decay_shape(self) -> tuple[int, ...]:
+        return (self.num_heads, self.state_size)
+
+    def _matrix(self, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
+        return ssm_matrix(dt, self.A(), B, C)
+
+    def _scan(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, return_final_state: bool):
+        return ssm_chunked(x, dt, self.A(), B, C, self.D, chunk_size=min(self.chunk_size, 16),
+                           return_final_state=return_final_state)
+
+    def _step(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, state: Tensor):
+        return ssm_step(x, dt, self.A(), B, C, state, self.D)
