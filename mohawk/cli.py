@@ -1,4 +1,4 @@
-"""The command line: ``mohawk distill`` and ``mohawk generate``. User errors print as one line (``--debug`` shows
+"""The command line: ``mohawk distill``, ``mohawk approx`` and ``mohawk generate``. User errors print as one line (``--debug`` shows
 the traceback) and exit with status 2."""
 
 from __future__ import annotations
@@ -87,6 +87,49 @@ def distill(
             command=" ".join(["mohawk", *sys.argv[1:]]))
     except KeyboardInterrupt:
         raise Interrupted() from None
+
+
+@app.command()
+def approx(
+    teacher: Optional[str] = typer.Option(None, help="Hub id, local directory or .gguf file (default: the bundled "
+                                          "SmolLM2-135M-Instruct)."),
+    data: Optional[str] = typer.Option(None, help="Comma-separated text sources: books, speeches, reviews (bundled) "
+                                       "or file paths. Each is a column of the table."),
+    num_matrices: Optional[int] = typer.Option(None, help="Attention matrices in all (split over the sources). "
+                                               "Default 1000 on a GPU, 60 on a CPU."),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per matrix. Default 512 on a GPU, 128 on a CPU."),
+    families: Optional[str] = typer.Option(None, help="Families to fit: toeplitz,low_rank,ssd,ssm (all by default)."),
+    state_size: Optional[int] = typer.Option(None, help="State size N shared by low_rank, ssd and ssm (default 16)."),
+    steps: Optional[int] = typer.Option(None, help="Adam steps per gradient-fit family. Default 10000 on a GPU, "
+                                        "300 on a CPU."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate of the fits (default 0.01)."),
+    fit_batch: Optional[int] = typer.Option(None, help="Matrices fit at once (lower it when GPU memory is short)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, help="Seed for text order and head choice."),
+    out: str = typer.Option("runs/approx", help="Output directory: results.json, report.md, plots/."),
+):
+    """The matrix-family study (the paper's Table 6): sample the teacher's attention matrices on real text, fit causal
+    Toeplitz, low-rank, SSD and general diagonal SSM matrices to them, report the Frobenius distances."""
+    import torch
+
+    from mohawk.approx import ApproxConfig, run_approx
+    from mohawk.distill import resolve_device
+
+    gpu = resolve_device(device).type == "cuda"
+    cfg = ApproxConfig(device=device, seed=seed, out=out)
+    if not gpu:  # a study sized for a CPU in a few minutes; the paper's sizes are the GPU defaults
+        cfg.num_matrices, cfg.seq_len, cfg.steps = 60, 128, 300
+    given = dict(teacher=teacher, data=data, num_matrices=num_matrices, seq_len=seq_len, families=families,
+                 state_size=state_size, steps=steps, lr=lr, fit_batch=fit_batch)
+    for k, v in given.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    if not gpu and num_matrices is None:
+        console.print(f"[dim]CPU: a reduced study ({cfg.num_matrices} matrices x {cfg.seq_len} tokens, {cfg.steps} "
+                      "steps); on a GPU the defaults are the paper's 1000 x 512, 10000 steps[/]")
+    torch.manual_seed(seed)
+    path = run_approx(cfg, console=console, command=" ".join(["mohawk", *sys.argv[1:]]))
+    console.print(f"[green]done[/]: {path / 'report.md'}")
 
 
 @app.command()
