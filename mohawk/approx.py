@@ -133,8 +133,11 @@ def fit_gd(A: Tensor, Q: Tensor, K: Tensor, w: Tensor | None, steps: int, lr: fl
     return Fit(best, M, dict(zip(("Q", "K", "w"), best_params)))
 
 
-def fit_families(A: Tensor, families=FAMILIES, state_size: int = 16, steps: int = 1000, lr: float = 1e-2,
-                 block: int = 32) -> dict[str, Fit]:
+BLOCKS = {"low_rank": 32, "ssd": 64, "ssm": 16}  # fastest block sizes measured on an H100 (L = 512, N = 16)
+
+
+def fit_families(A: Tensor, families=FAMILIES, state_size: int = 16, steps: int = 1000, lr: float = 1e-2
+                 ) -> dict[str, Fit]:
     """Fit every requested family to each matrix of A (m, L, L); the GD families are warm-started along the chain
     low_rank -> ssd -> ssm (a family that is asked for alone still runs the ones before it as its start)."""
     fits: dict[str, Fit] = {}
@@ -146,18 +149,18 @@ def fit_families(A: Tensor, families=FAMILIES, state_size: int = 16, steps: int 
         return fits
     last = {"low_rank": 0, "ssd": 1, "ssm": 2}[chain[-1]]
     N = min(state_size, A.shape[-1])
-    U, S, Vh = torch.linalg.svd(A)
+    U, S, V = torch.svd_lowrank(A, q=min(N + 16, A.shape[-1]), niter=6)  # randomized: much faster than a full SVD
     root = S[:, :N].sqrt()[:, None, :]
-    Q, K = U[..., :N] * root, Vh[:, :N, :].mT * root
-    fit = fit_gd(A, Q, K, None, steps, lr, block)
+    Q, K = U[..., :N] * root, V[..., :N] * root
+    fit = fit_gd(A, Q, K, None, steps, lr, BLOCKS["low_rank"])
     fits["low_rank"] = fit
     if last >= 1:  # a_t = exp(-softplus(-14)) ~ 1 - 1e-6: starts (almost exactly) at the low-rank fit
         w = torch.full_like(A[:, :, :1], -14.0)
-        fit = fit_gd(A, fit.params["Q"], fit.params["K"], w, steps, lr, block)
+        fit = fit_gd(A, fit.params["Q"], fit.params["K"], w, steps, lr, BLOCKS["ssd"])
         fits["ssd"] = fit
     if last >= 2:  # every channel starts with the SSD decay: starts at the SSD fit
         fit = fit_gd(A, fit.params["Q"], fit.params["K"], fit.params["w"].expand(-1, -1, N).contiguous(), steps, lr,
-                     block)
+                     BLOCKS["ssm"])
         fits["ssm"] = fit
     return {f: fits[f] for f in families}
 
@@ -205,7 +208,7 @@ class ApproxConfig:
     seq_len: int = 512
     families: str = ",".join(FAMILIES)
     state_size: int = 16
-    steps: int = 10000
+    steps: int = 4000  # the paper ran 10000; 4000 fit 1000 x 512 matrices, all families, in one 10-minute H100 call
     lr: float = 1e-2
     fit_batch: int = 1000  # matrices fit at once (lower it if memory is short)
     device: str = "auto"
@@ -319,7 +322,8 @@ def write_approx_report(out: Path, results: dict, examples: dict) -> Path:
         pts = sorted((int(k), v) for k, v in results["by_layer"][f].items())
         ax.plot(*zip(*pts), "o-", label=f, markersize=3)
     ax.set_xlabel("layer")
-    ax.set_ylabel("mean Frobenius distance")
+    ax.set_ylabel("mean Frobenius distance (log)")
+    ax.set_yscale("log")
     ax.set_title("distance to attention, by layer (all sources)")
     ax.grid(alpha=0.3)
     ax.legend()
