@@ -1,4 +1,4 @@
-"""The command line: ``mohawk distill``, ``mohawk approx`` and ``mohawk generate``. User errors print as one line (``--debug`` shows
+"""The command line: ``mohawk distill``, ``mohawk eval``, ``mohawk approx`` and ``mohawk generate``. User errors print as one line (``--debug`` shows
 the traceback) and exit with status 2."""
 
 from __future__ import annotations
@@ -57,6 +57,13 @@ def distill(
     freeze_mlp: Optional[bool] = typer.Option(None, "--freeze-mlp/--train-mlp", help="Freeze MLPs in stage 3."),
     temperature: Optional[float] = typer.Option(None, help="KD temperature in stage 3."),
     ce_weight: Optional[float] = typer.Option(None, help="Weight of next-token CE added to the KD loss."),
+    kd_weight: Optional[float] = typer.Option(None, help="Weight of the KD loss in stage 3 (0 with --ce-weight 1: "
+                                              "plain language modelling)."),
+    init: Optional[str] = typer.Option(None, help="teacher (weight transfer, MOHAWK) or scratch (random student: "
+                                       "the from-scratch baseline)."),
+    eval_tasks: Optional[str] = typer.Option(None, help="Evaluation appended to the report: position, passkey, "
+                                             "continuations and lm-eval tasks (see `mohawk eval --help`); '' for none."),
+    eval_limit: Optional[int] = typer.Option(None, help="Items per lm-eval task in that evaluation."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
     seed: Optional[int] = typer.Option(None, help="Seed for data order and initialisation."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
@@ -77,6 +84,7 @@ def distill(
                      seq_len=seq_len, batch_size=batch_size, tokens_per_update=tokens_per_update, schedule=schedule,
                      mixer=mixer, attention_layers=attention_layers, num_attention_layers=num_attention_layers,
                      placement=placement, freeze_mlp=freeze_mlp, temperature=temperature, ce_weight=ce_weight,
+                     kd_weight=kd_weight, init=init, eval_tasks=eval_tasks, eval_limit=eval_limit,
                      device=device, seed=seed, threads=threads, report_to=report_to,
                      trust_remote_code=trust_remote_code)
     if lr is not None:
@@ -87,6 +95,36 @@ def distill(
             command=" ".join(["mohawk", *sys.argv[1:]]))
     except KeyboardInterrupt:
         raise Interrupted() from None
+
+
+@app.command("eval")
+def eval_(
+    models: Optional[list[str]] = typer.Argument(None, help="Student directories (OUT/student) or any HF causal LM "
+                                                 "directories."),
+    teacher: str = typer.Option("smollm2-135m", help="Teacher to compare with (hub id, directory, .gguf), or 'none'."),
+    data: str = typer.Option("bundled", help="Held-out text for perplexity, agreement and loss by position."),
+    tasks: str = typer.Option("ppl,agreement,position,passkey,continuations,lm-eval",
+                              help="Comma-separated: ppl, agreement, position, passkey, continuations, and "
+                              "lm-eval tasks hellaswag, piqa, winogrande, arc_easy, arc_challenge, openbookqa, "
+                              "lambada_openai ('lm-eval' = all of them, 'all' = everything)."),
+    limit: Optional[int] = typer.Option(None, help="Items per lm-eval task (default: all; try 200 on a CPU)."),
+    seq_len: int = typer.Option(512, help="Tokens per held-out sequence for perplexity and agreement."),
+    val_sequences: int = typer.Option(16, help="Held-out sequences."),
+    train_len: Optional[int] = typer.Option(None, help="The students' training length (default: read from the "
+                                            "student's config): loss by position runs to 4x it, passkey to 8x."),
+    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, help="Seed for data order and passkeys."),
+    out: str = typer.Option("runs/eval", help="Output directory: results.json, report.md, plots/."),
+):
+    """Evaluate the teacher and students side by side: perplexity, agreement with the teacher, loss by position,
+    passkey retrieval, zero-shot tasks (lm-evaluation-harness on the vendored task files), greedy continuations."""
+    from mohawk.evaluation.suite import evaluate
+
+    path = evaluate(models or [], teacher=teacher, data=data, tasks=tasks, limit=limit, seq_len=seq_len,
+                    val_sequences=val_sequences, train_len=train_len, batch_size=batch_size, device=device,
+                    seed=seed, out=out, console=console, command=" ".join(["mohawk", *sys.argv[1:]]))
+    console.print(f"[green]done[/]: {path}")
 
 
 @app.command()

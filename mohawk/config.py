@@ -48,7 +48,9 @@ class DistillConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     temperature: float = 1.0  # stage 3 KL temperature
-    ce_weight: float = 0.0  # stage 3: loss = KL + ce_weight * next-token CE
+    ce_weight: float = 0.0  # stage 3: loss = kd_weight * KL + ce_weight * next-token CE
+    kd_weight: float = 1.0
+    init: str = "teacher"  # "teacher": weight transfer (MOHAWK); "scratch": random student (a baseline)
     freeze_mlp: bool = False
     # loss-spike guard: skip an update whose loss is non-finite or > spike_factor x the running median of the last
     # spike_window losses (0: only non-finite); spike_patience spikes in a row roll back to the stage's newest
@@ -58,6 +60,10 @@ class DistillConfig:
     spike_patience: int = 3
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 3
+    # evaluation appended to the report (besides perplexity and agreement): any of position, passkey,
+    # continuations and the lm-eval tasks (see `mohawk eval --help`); eval_limit caps the items per lm-eval task
+    eval_tasks: str = "continuations"
+    eval_limit: int | None = None
     # machinery
     device: str = "auto"  # auto, cpu, cuda
     seed: int = 0
@@ -115,11 +121,20 @@ class DistillConfig:
              and self.warmup_fraction + self.decay_fraction <= 1, "warmup_fraction", "fractions in [0, 1], sum <= 1")
         need(self.temperature > 0, "temperature", "must be > 0")
         need(self.ce_weight >= 0, "ce_weight", "must be >= 0")
+        need(self.kd_weight >= 0 and self.kd_weight + self.ce_weight > 0, "kd_weight", ">= 0, kd_weight + ce_weight > 0")
+        need(self.init in ("teacher", "scratch"), "init", "teacher or scratch")
         need(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", "0 (off) or > 1")
         need(0 < self.rollback_lr_factor <= 1, "rollback_lr_factor", "in (0, 1]")
         need(self.max_rollbacks >= 0, "max_rollbacks", "must be >= 0")
         need(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables)")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda")
+        try:
+            from mohawk.evaluation.suite import parse_tasks
+
+            parse_tasks(self.eval_tasks)
+        except MohawkError as e:
+            raise MohawkError(f"bad value for eval_tasks: {e}") from None
+        need(self.eval_limit is None or self.eval_limit > 0, "eval_limit", "must be > 0")
         need(self.report_to in ("none", "tensorboard"), "report_to", "none or tensorboard")
         need(self.placement in ("uniform", "first", "last"), "placement", "uniform, first or last")
         need(self.ssd_init in ("attention", "random"), "ssd_init", "attention or random")

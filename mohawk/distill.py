@@ -19,6 +19,7 @@ from mohawk.config import DistillConfig
 from mohawk.data import TokenStream, make_streams, take
 from mohawk.errors import MohawkError
 from mohawk.evaluation import agreement, layer_distances, perplexity
+from mohawk.evaluation.suite import parse_tasks, run_suite
 from mohawk.stages import STAGES
 from mohawk.teachers import load_teacher
 from mohawk.train import Checkpointer, MetricsLog, train_stage, write_json
@@ -92,6 +93,9 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
     torch.manual_seed(cfg.seed)  # here, so that the student's init does not depend on how the teacher was loaded
     student = from_teacher(adapter, attention_layers=attention_layers, mixer=cfg.mixer, ssd_init=cfg.ssd_init,
                            **options)
+    if cfg.init == "scratch":  # the baseline: the same architecture, randomly initialised, no weight transfer
+        p = next(student.parameters())
+        student = type(student)(student.config).to(device=p.device, dtype=p.dtype)
     n_params = sum(p.numel() for p in student.parameters())
     summary.update(teacher=cfg.teacher, teacher_layers=adapter.num_layers, attention_layers=attention_layers, mixer=cfg.mixer,
                    student_parameters=n_params, seq_len=cfg.seq_len, load_s=round(time.perf_counter() - t0, 1))
@@ -135,7 +139,7 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
         mid = latest if latest_state and s == latest_state["stage"] and not latest_state["done"] else None
         done_batches = latest_state.get("batches", latest_state["step"] * cfg.grad_accum) if mid else 0
         stage = STAGES[s](student, adapter, cfg)
-        if s == 3 and mid is None:
+        if s == 3 and mid is None and cfg.init == "teacher":
             copy_non_mixer_weights(student, adapter)  # the weight transfer (a no-op after frozen stages 1-2)
         batches = _stage_stream(cfg, tokenizer, s).batches(cfg.batch_size, skip=done_batches)
         t_stage = time.perf_counter()
@@ -151,6 +155,19 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
     console.print("evaluating the distilled student")
     summary["final"] = _evaluate(student, teacher, val, cfg)
     summary["distances_after"] = layer_distances(student, adapter, val[: cfg.batch_size])
+    extra = [t for t in parse_tasks(cfg.eval_tasks) if t not in ("ppl", "agreement")]
+    if extra:
+        console.print(f"evaluating teacher and student: {', '.join(extra)}")
+        long_val = None
+        if "position" in extra:
+            long_len = min(4 * cfg.seq_len, max_pos or 4 * cfg.seq_len)
+            long_val = take(make_streams(cfg.data, tokenizer, long_len, val_source=cfg.val_data, seed=cfg.seed,
+                                         field=cfg.text_field)[1], 4)
+        res = run_suite({"teacher": teacher, "student": student}, tokenizer, teacher_key="teacher", tasks=extra,
+                        val=val, long_val=long_val, train_len=cfg.seq_len, max_len=max_pos or 1 << 20,
+                        limit=cfg.eval_limit, batch_size=cfg.batch_size, seed=cfg.seed)
+        write_json(out / "evaluation.json", res)
+    student.config.mohawk_train_seq_len = cfg.seq_len  # read by `mohawk eval` (loss by position, passkey lengths)
     student_dir = out / "student"
     student.save_pretrained(student_dir)
     if tokenizer is not None:

@@ -157,6 +157,11 @@ def write_report(out: str | Path) -> Path:
     for key, (file, caption) in captions.items():
         if made[key]:
             lines += [f"![{caption}](plots/{file})", ""]
+    if (out / "evaluation.json").is_file():
+        from mohawk.evaluation.suite import markdown, plot_results
+
+        res = json.loads((out / "evaluation.json").read_text())
+        lines += ["## Evaluation", "", *markdown(res, plot_results(res, plots)), ""]
     lines += ["Numbers come from `summary.json` and `metrics.jsonl` in this directory; the student is in `student/` "
               "(load with `import mohawk; AutoModelForCausalLM.from_pretrained(...)`)."]
     path = out / "report.md"

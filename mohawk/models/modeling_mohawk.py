@@ -3,6 +3,8 @@ causal LM (save_pretrained / from_pretrained / generate) with recurrent constant
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -204,6 +206,18 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self):
         return self.lm_head
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Hugging Face save, plus the student's own code and ``auto_map`` so that it also loads without mohawk
+        installed (``trust_remote_code=True``)."""
+        try:  # (by name: the remote-code copy of this file must not depend on the mohawk package)
+            remote = importlib.import_module("mohawk.models.remote_code")
+        except ImportError:  # a remote-code copy without mohawk: transformers copies its own files
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        self.config.auto_map = dict(remote.AUTO_MAP)
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        remote.write_remote_code(save_directory)
+        return out
 
     def set_output_embeddings(self, value):
         self.lm_head = value

@@ -1,6 +1,8 @@
 """Stage 3, knowledge distillation end to end (after the weight transfer of embeddings, norms, MLPs and head).
 
-    loss = T^2 * KL( softmax(teacher / T) || softmax(student / T) ) + ce_weight * CE(student, next token)
+    loss = kd_weight * T^2 * KL( softmax(teacher / T) || softmax(student / T) ) + ce_weight * CE(student, next token)
+
+(kd_weight 0 and ce_weight 1 is plain language-model training: the from-scratch baseline.)
 
 averaged over tokens. Everything trains but the MLPs when ``freeze_mlp`` (the paper: little loss, half the
 trainable parameters).
@@ -32,11 +34,14 @@ class KnowledgeDistillation(Stage):
                 if not (freeze and ".mlp." in n)]
 
     def loss(self, batch: Tensor) -> tuple[Tensor, dict]:
+        kd_w = getattr(self.cfg, "kd_weight", 1.0) if self.cfg else 1.0
+        ce_w = self.cfg.ce_weight if self.cfg else 0.0
+        logits = self.student(batch, use_cache=False).logits
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
+        if kd_w == 0:  # no teacher forward needed
+            return ce_w * ce, {"ce": float(ce.detach())}
         with torch.no_grad():
             teacher_logits = self.adapter.model(input_ids=batch, use_cache=False).logits
-        logits = self.student(batch, use_cache=False).logits
         T = self.cfg.temperature if self.cfg else 1.0
         kl = kd_loss(logits, teacher_logits, T)
-        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
-        w = self.cfg.ce_weight if self.cfg else 0.0
-        return kl + w * ce, {"kl": float(kl.detach()), "ce": float(ce.detach())}
+        return kd_w * kl + ce_w * ce, {"kl": float(kl.detach()), "ce": float(ce.detach())}

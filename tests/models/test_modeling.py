@@ -89,3 +89,40 @@ def test_hybrid_from_teacher_generates_like_itself(tmp_path):
     ids = torch.randint(0, 96, (1, 6))
     assert torch.equal(s.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0),
                        loaded.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0))
+
+
+def test_student_loads_without_mohawk_through_remote_code(tmp_path):
+    """save_pretrained writes the code and auto_map: a process where `import mohawk` fails loads the student with
+    trust_remote_code=True and computes the same logits."""
+    import subprocess
+    import sys
+
+    from mohawk.models import MohawkConfig, MohawkForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MohawkConfig(vocab_size=50, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=64,
+                       mixers=["ssd", "attention", "ssm", "toeplitz"])
+    model = MohawkForCausalLM(cfg).eval()
+    model.save_pretrained(tmp_path / "student")
+    ids = torch.randint(0, 50, (1, 12))
+    torch.save({"ids": ids, "logits": model(ids).logits.detach()}, tmp_path / "ref.pt")
+    code = f"""
+import sys, torch
+sys.modules["mohawk"] = None  # as if mohawk were not installed
+from transformers import AutoModelForCausalLM
+m = AutoModelForCausalLM.from_pretrained({str(tmp_path / "student")!r}, trust_remote_code=True).eval()
+assert type(m).__module__.startswith("transformers_modules"), type(m).__module__
+ref = torch.load({str(tmp_path / "ref.pt")!r}, weights_only=True)
+torch.testing.assert_close(m(ref["ids"]).logits, ref["logits"])
+out = m.generate(ref["ids"], max_new_tokens=3, do_sample=False)
+assert out.shape == (1, 15)
+m.save_pretrained({str(tmp_path / "again")!r})
+print("ok")
+"""
+    env = {**__import__("os").environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+    # and with mohawk imported, the same directory loads with the package's own classes
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "again")
+    assert type(again) is MohawkForCausalLM

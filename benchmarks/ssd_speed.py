@@ -1,0 +1,147 @@
+"""SSD vs attention speed: forward and forward+backward time at sequence lengths 1k-64k with a fixed token count per
+call (batch = tokens / L), for
+
+- ``sdpa``: causal scaled_dot_product_attention (flash attention on a recent GPU), q/k/v (b, h, L, d);
+- ``mamba_ssm``: mamba-ssm's Triton SSD kernel ``mamba_chunk_scan_combined`` (what ``mohawk.ssd`` runs on CUDA when
+  mamba-ssm is installed);
+- ``mohawk_torch``: mohawk's PyTorch chunked scan (the fallback and reference), where memory allows.
+
+Per-head B and C (groups = heads, state = head_dim), as the Phi-Mamba student has. Prints a markdown table and writes
+benchmarks/results/ssd_speed-<device>.{json,md}. Run on a GPU:
+
+    python3 benchmarks/ssd_speed.py [--tokens 65536] [--heads 32] [--head-dim 64] [--lengths 1024,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mohawk.mixers.ssd import ssd_chunked  # noqa: E402
+
+
+def timed(fn, warmup: int = 2, reps: int = 5) -> float:
+    """Median milliseconds of fn() (CUDA-synchronised)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(1000 * (time.perf_counter() - start))
+    return sorted(times)[len(times) // 2]
+
+
+def inputs(b, L, h, p, n, dtype, grad):
+    dev = "cuda"
+    x = torch.randn(b, L, h, p, device=dev, dtype=dtype, requires_grad=grad)
+    dt = F.softplus(torch.randn(b, L, h, device=dev) - 3).requires_grad_(grad)
+    A = (-torch.rand(h, device=dev) - 0.5).requires_grad_(grad)
+    B = torch.randn(b, L, h, n, device=dev, dtype=dtype, requires_grad=grad)
+    C = torch.randn(b, L, h, n, device=dev, dtype=dtype, requires_grad=grad)
+    return x, dt, A, B, C
+
+
+def bench(name, make, run, backward: bool):
+    args = make()
+
+    def step():
+        out = run(*args)
+        if backward:
+            out.float().sum().backward()
+
+    try:
+        return timed(step)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=65536)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768,65536")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("ssd_speed needs a CUDA GPU")
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception:
+        mamba_chunk_scan_combined = None
+    h, p = args.heads, args.head_dim
+    n, dtype = p, torch.bfloat16
+    rows = []
+    for L in (int(x) for x in args.lengths.split(",")):
+        b = max(1, args.tokens // L)
+        row = {"L": L, "batch": b}
+        for bwd in (False, True):
+            tag = "fwd_bwd" if bwd else "fwd"
+
+            def qkv():
+                return [torch.randn(b, h, L, p, device="cuda", dtype=dtype, requires_grad=bwd) for _ in range(3)]
+
+            row[f"sdpa_{tag}_ms"] = bench("sdpa", qkv, lambda q, k, v: F.scaled_dot_product_attention(
+                q, k, v, is_causal=True), bwd)
+            if mamba_chunk_scan_combined is not None:
+                row[f"mamba_ssm_{tag}_ms"] = bench("mamba", lambda: inputs(b, L, h, p, n, dtype, bwd),
+                                                   lambda x, dt, A, B, C: mamba_chunk_scan_combined(
+                                                       x, dt, A, B, C, 64), bwd)
+            row[f"mohawk_torch_{tag}_ms"] = (bench("torch", lambda: inputs(b, L, h, p, n, dtype, bwd),
+                                                   lambda x, dt, A, B, C: ssd_chunked(x, dt, A, B, C, chunk_size=64),
+                                                   bwd) if L <= 16384 else None)
+            torch.cuda.empty_cache()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    device = torch.cuda.get_device_name()
+    versions = {"torch": torch.__version__, "triton": _version("triton"), "mamba_ssm": _version("mamba_ssm"),
+                "python": platform.python_version()}
+    command = "python3 benchmarks/ssd_speed.py " + " ".join(sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "ssd_speed-" + device.replace(" ", "_")
+    (out / f"{stem}.json").write_text(json.dumps({"device": device, "versions": versions, "command": command,
+                                                  "heads": h, "head_dim": p, "state": n, "dtype": str(dtype),
+                                                  "tokens_per_call": args.tokens, "rows": rows}, indent=2))
+
+    def f(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    def ratio(a, b):
+        return "-" if a is None or b is None else f"{a / b:.2f}x"
+
+    lines = [f"# SSD vs attention, {device}", "", f"- command: `{command}`", f"- versions: {versions}",
+             f"- {args.tokens:,} tokens per call (batch = tokens / L), {h} heads x {p}, state {n}, per-head B/C, bf16; "
+             "median of 5 timed calls after 2 warm-up calls", "",
+             "| L | batch | SDPA fwd ms | mamba-ssm fwd ms | mohawk torch fwd ms | SDPA fwd+bwd ms | mamba-ssm fwd+bwd ms "
+             "| mohawk torch fwd+bwd ms | SDPA / mamba-ssm (fwd+bwd) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['L']} | {r['batch']} | {f(r['sdpa_fwd_ms'])} | {f(r.get('mamba_ssm_fwd_ms'))} | "
+                     f"{f(r['mohawk_torch_fwd_ms'])} | {f(r['sdpa_fwd_bwd_ms'])} | {f(r.get('mamba_ssm_fwd_bwd_ms'))} | "
+                     f"{f(r['mohawk_torch_fwd_bwd_ms'])} | {ratio(r['sdpa_fwd_bwd_ms'], r.get('mamba_ssm_fwd_bwd_ms'))} |")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _version(mod: str) -> str | None:
+    try:
+        return __import__(mod).__version__
+    except Exception:
+        return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Zero-shot tasks through lm-evaluation-harness, on task data vendored in data/eval (no hub access at run time).
+
+Each task is an lm-eval task config (written as YAML into a temporary directory, ``dataset_path: json`` pointing at
+the local file) with the harness's own prompts: HellaSwag, PIQA, WinoGrande, ARC-Easy, ARC-Challenge, OpenBookQA
+(multiple choice: acc and length-normalised acc_norm) and LAMBADA-OpenAI (last-word accuracy and perplexity). Task
+names carry a ``mohawk_`` prefix so they never resolve to the harness's hub-backed tasks.
+
+``write_tasks(dir)`` also makes the tasks usable from the lm_eval CLI: ``lm_eval --include_path DIR --tasks
+mohawk_piqa --model hf --model_args pretrained=STUDENT,trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from mohawk.errors import MohawkError
+
+EVAL_DATA = Path(__file__).resolve().parent.parent.parent / "data" / "eval"
+_MC = {"output_type": "multiple_choice", "doc_to_choice": "choices", "doc_to_target": "gold",
+       "metrics": ["acc", "acc_norm"]}
+TASKS: dict[str, dict] = {
+    "hellaswag": {**_MC, "doc_to_text": "{{query}}"},
+    "piqa": {**_MC, "doc_to_text": "Question: {{goal}}\nAnswer:"},
+    "winogrande": {"output_type": "multiple_choice", "doc_to_text": "gold", "doc_to_choice": "options",
+                   "doc_to_target": "continuation", "metrics": ["acc"]},  # the options are the contexts
+    "arc_easy": {**_MC, "doc_to_text": "{{query}}\nAnswer:"},
+    "arc_challenge": {**_MC, "doc_to_text": "{{query}}\nAnswer:"},
+    "openbookqa": {**_MC, "doc_to_text": "query"},
+    "lambada_openai": {"output_type": "loglikelihood", "doc_to_text": "context",
+                       "doc_to_target": "{{' ' + continuation}}", "metrics": ["perplexity", "acc"]},
+}
+HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "perplexity": False}
+# Published lm-eval 0-shot scores of SmolLM2-135M-Instruct (full-precision weights), as the "Baseline" column of
+# https://huggingface.co/lldois/SmolLM2-135M-Reasoning-SLERP-Champion: task -> (metric, percent)
+PUBLISHED_TEACHER = {"source": "https://huggingface.co/lldois/SmolLM2-135M-Reasoning-SLERP-Champion (Baseline column)",
+                     "scores": {"arc_challenge": ("acc_norm", 27.73), "arc_easy": ("acc", 54.12),
+                                "hellaswag": ("acc_norm", 42.99), "piqa": ("acc_norm", 66.92)}}
+
+
+def task_config(name: str, data_file: Path) -> dict:
+    t = TASKS[name]
+    agg = {"acc": "mean", "acc_norm": "mean", "perplexity": "perplexity"}
+    return {"task": f"mohawk_{name}", "dataset_path": "json", "dataset_name": None,
+            "dataset_kwargs": {"data_files": {"validation": str(data_file)}},
+            "output_type": t["output_type"], "validation_split": "validation", "test_split": None,
+            "doc_to_text": t["doc_to_text"], "doc_to_target": t["doc_to_target"],
+            **({"doc_to_choice": t["doc_to_choice"]} if "doc_to_choice" in t else {}),
+            "metric_list": [{"metric": m, "aggregation": agg[m], "higher_is_better": HIGHER_IS_BETTER[m]}
+                            for m in t["metrics"]],
+            "metadata": {"version": 1.0}}
+
+
+def write_tasks(directory: Path, tasks: list[str], data_files: dict[str, Path] | None = None) -> list[str]:
+    """Write one lm-eval YAML per task into ``directory``; returns the lm-eval task names.
+
+    data_files: task -> file (default data/eval/{task}.jsonl.xz)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names = []
+    for name in tasks:
+        if name not in TASKS:
+            raise MohawkError(f"unknown task {name!r}: available tasks are {', '.join(TASKS)}")
+        path = (data_files or {}).get(name, EVAL_DATA / f"{name}.jsonl.xz")
+        if not Path(path).is_file():
+            raise MohawkError(f"task data for {name} not found: {path}")
+        cfg = task_config(name, Path(path).resolve())
+        (directory / f"mohawk_{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        names.append(cfg["task"])
+    return names
+
+
+def run_tasks(model, tokenizer, tasks: list[str], *, limit: int | None = None, batch_size: int = 8,
+              device: str = "cpu", data_files: dict[str, Path] | None = None, seed: int = 0) -> dict[str, dict]:
+    """Score an HF causal LM (instance) on ``tasks``: {task: {metric: value, metric_stderr: value, n: docs}}.
+    Accuracies are fractions in [0, 1]."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise MohawkError("zero-shot tasks need lm-evaluation-harness: pip install 'mohawk[eval]'") from None
+    with tempfile.TemporaryDirectory(prefix="mohawk-tasks-") as tmp:
+        names = write_tasks(Path(tmp), tasks, data_files)
+        manager = TaskManager(include_path=tmp, include_defaults=False)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
+        out = simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit, log_samples=False,
+                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                              fewshot_random_seed=seed, bootstrap_iters=1000, verbosity="ERROR")
+    results = {}
+    for name, lm_name in zip(tasks, names):
+        r = out["results"][lm_name]
+        row = {}
+        for m in TASKS[name]["metrics"]:
+            row[m] = float(r[f"{m},none"])
+            err = r.get(f"{m}_stderr,none")
+            row[f"{m}_stderr"] = float(err) if isinstance(err, (int, float)) else None
+        row["n"] = int(out["n-samples"][lm_name]["effective"])
+        results[name] = row
+    return results

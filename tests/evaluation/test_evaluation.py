@@ -1,0 +1,141 @@
+"""Evaluation: perplexity by hand, lm-eval accuracy hand-checked on a 5-example task file, loss by position, passkey
+prompts, the `mohawk eval` command (deterministic), and the lm_eval CLI on a student directory (remote code)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mohawk
+from mohawk.cli import main
+from mohawk.evaluation import perplexity
+from mohawk.evaluation.harness import write_tasks
+from mohawk.evaluation.long_context import loss_by_position, passkey_prompt
+from mohawk.evaluation.suite import parse_tasks, passkey_lengths
+from mohawk.errors import MohawkError
+from tests.conftest import VOCAB, tiny_teacher, tiny_tokenizer
+
+FIVE = [  # PIQA layout: goal, two solutions, gold
+    {"goal": "the cat sat on", "choices": ["a mat", "the river"], "gold": 0},
+    {"goal": "some dog ran far", "choices": ["away from old house", "bread"], "gold": 0},
+    {"goal": "it came back home to", "choices": ["eat bread with milk", "night"], "gold": 1},
+    {"goal": "before night fell over", "choices": ["quiet town", "the cat"], "gold": 0},
+    {"goal": "the dog ran", "choices": ["far away", "home and then it came back"], "gold": 1},
+]
+
+
+def _piqa_file(tmp_path):
+    path = tmp_path / "five.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in FIVE))
+    return path
+
+
+def _hand_scores(model, tok):
+    """Per document: log p(' ' + choice | 'Question: goal\\nAnswer:') summed over the choice's tokens."""
+    acc, acc_norm = 0, 0
+    for d in FIVE:
+        ctx = f"Question: {d['goal']}\nAnswer:"
+        lls = []
+        for choice in d["choices"]:
+            c_ids = tok(ctx, add_special_tokens=False).input_ids
+            w_ids = tok(ctx + " " + choice, add_special_tokens=False).input_ids
+            ids = torch.tensor([w_ids])
+            logp = model(ids).logits[0, :-1].float().log_softmax(-1)
+            cont = w_ids[len(c_ids):]
+            lls.append(sum(float(logp[len(c_ids) - 1 + i, t]) for i, t in enumerate(cont)))
+        acc += int(max(range(2), key=lambda i: lls[i]) == d["gold"])
+        acc_norm += int(max(range(2), key=lambda i: lls[i] / len(d["choices"][i])) == d["gold"])
+    return acc / 5, acc_norm / 5
+
+
+def test_perplexity_is_exp_mean_ce():
+    torch.manual_seed(0)
+    model = tiny_teacher("llama").eval()
+    data = torch.randint(0, VOCAB, (3, 10))
+    with torch.no_grad():
+        logits = model(data).logits[:, :-1]
+    by_hand = math.exp(float(F.cross_entropy(logits.reshape(-1, VOCAB), data[:, 1:].reshape(-1))))
+    assert perplexity(model, data, batch_size=2) == pytest.approx(by_hand, rel=1e-5)
+    curve = loss_by_position(model, data, batch_size=2, bins=9)
+    ce = F.cross_entropy(logits.transpose(1, 2), data[:, 1:], reduction="none").mean(0)
+    assert curve["loss"] == pytest.approx(ce.tolist(), rel=1e-5) and len(curve["position"]) == 9
+
+
+@pytest.mark.parametrize("family", ["llama", "ssd-student"])
+def test_lm_eval_accuracy_matches_hand_computation(tmp_path, family):
+    from mohawk.evaluation.harness import run_tasks
+
+    torch.manual_seed(0)
+    teacher = tiny_teacher("llama").eval()
+    model = teacher if family == "llama" else mohawk.from_teacher(teacher).eval()
+    tok = tiny_tokenizer()
+    with torch.no_grad():
+        acc, acc_norm = _hand_scores(model, tok)
+    r = run_tasks(model, tok, ["piqa"], batch_size=2, data_files={"piqa": _piqa_file(tmp_path)})["piqa"]
+    assert r["n"] == 5 and r["acc"] == pytest.approx(acc) and r["acc_norm"] == pytest.approx(acc_norm)
+
+
+def test_task_parsing_and_lengths():
+    assert parse_tasks("ppl,piqa,ppl") == ["ppl", "piqa"]
+    assert "hellaswag" in parse_tasks("lm-eval") and "passkey" in parse_tasks("all")
+    with pytest.raises(MohawkError, match="unknown evaluation task 'mmlu'"):
+        parse_tasks("mmlu")
+    assert passkey_lengths(128, 8192) == [512, 1024] and passkey_lengths(1024, 4096) == [512, 1024, 2048, 4096]
+
+
+def test_passkey_prompt_hides_the_key():
+    tok = tiny_tokenizer()
+    ids = passkey_prompt(tok, 200, "the cat", 0.5)
+    assert 150 < len(ids) < 250
+
+
+def test_vendored_task_files_are_written_as_lm_eval_configs(tmp_path):
+    import yaml
+
+    names = write_tasks(tmp_path, ["hellaswag", "winogrande", "lambada_openai"])
+    assert names == ["mohawk_hellaswag", "mohawk_winogrande", "mohawk_lambada_openai"]
+    cfg = yaml.safe_load((tmp_path / "mohawk_winogrande.yaml").read_text())
+    assert cfg["dataset_path"] == "json" and cfg["dataset_kwargs"]["data_files"]["validation"].endswith(".jsonl.xz")
+
+
+def test_eval_command_is_deterministic(teacher_dir, tmp_path, capsys):
+    student = tmp_path / "run" / "student"
+    s = mohawk.from_teacher(mohawk.load_teacher(str(teacher_dir))[0])
+    s.config.mohawk_train_seq_len = 16
+    s.save_pretrained(student)
+    tiny_tokenizer().save_pretrained(student)
+    corpus = str(teacher_dir.parent / "corpus.jsonl")
+    args = ["eval", str(student), "--teacher", str(teacher_dir), "--data", corpus, "--seq-len", "16",
+            "--val-sequences", "4", "--tasks", "ppl,agreement,position,passkey,continuations", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "e1")]) == 0
+    assert main([*args, "--out", str(tmp_path / "e2")]) == 0
+    a, b = (json.loads((tmp_path / e / "results.json").read_text()) for e in ("e1", "e2"))
+    assert a["scores"] == b["scores"] and a["passkey"] == b["passkey"] and a["continuations"] == b["continuations"]
+    assert set(a["scores"]) == {"teacher", "run"} and "top1_agreement" in a["scores"]["run"]
+    assert len(a["position"]["run"]["loss"]) == 32 and a["train_len"] == 16
+    report = (tmp_path / "e1" / "report.md").read_text()
+    assert f"{a['scores']['run']['perplexity']:.4g}" in report and "passkey @ 512" in report
+    assert (tmp_path / "e1" / "plots" / "position.png").is_file()
+    assert "evaluation" in capsys.readouterr().err  # the rich table's title
+    assert main(["eval", str(student), "--tasks", "ppl,mmlu", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_lm_eval_cli_runs_on_a_student_directory(teacher_dir, tmp_path):
+    """The student loads in lm_eval's own process through remote code (auto_map), with the vendored task config."""
+    student = tmp_path / "student"
+    mohawk.from_teacher(mohawk.load_teacher(str(teacher_dir))[0], attention_layers=[1]).save_pretrained(student)
+    tiny_tokenizer().save_pretrained(student)
+    tasks = tmp_path / "tasks"
+    write_tasks(tasks, ["piqa"], {"piqa": _piqa_file(tmp_path)})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "m")}
+    r = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                        f"pretrained={student},trust_remote_code=True", "--include_path", str(tasks), "--tasks",
+                        "mohawk_piqa", "--device", "cpu", "--batch_size", "2", "--output_path",
+                        str(tmp_path / "lm_eval_out")], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "mohawk_piqa" in r.stdout and "acc" in r.stdout
