@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # so that `experiments.report` imports
+
 SPLIT = {1: 0.1, 2: 0.2}
 
 
