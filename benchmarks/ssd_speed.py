@@ -78,10 +78,9 @@ def main():
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("ssd_speed needs a CUDA GPU")
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception:
-        mamba_chunk_scan_combined = None
+    from mohawk.mixers.kernels import _mamba_chunk_scan
+
+    mamba_chunk_scan_combined = _mamba_chunk_scan()  # None when mamba-ssm is not installed
     h, p = args.heads, args.head_dim
     n, dtype = p, torch.bfloat16
     rows = []
@@ -137,9 +136,11 @@ def main():
 
 
 def _version(mod: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        return __import__(mod).__version__
-    except Exception:
+        return version(mod.replace("_", "-"))
+    except PackageNotFoundError:
         return None
 
 

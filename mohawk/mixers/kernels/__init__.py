@@ -11,11 +11,33 @@ from torch import Tensor
 
 @functools.lru_cache(maxsize=1)
 def _mamba_chunk_scan():
-    try:  # mamba-ssm's Triton kernels (pip install mohawk[gpu]); importable without its CUDA extensions
+    """mamba-ssm's Triton SSD kernel (pip install mohawk[gpu]), or None.
+
+    mamba-ssm's package ``__init__`` imports its CUDA extensions (absent from a Triton-only build), so when the plain
+    import fails the ``ops.triton`` modules are loaded under a bare package object that skips that ``__init__``."""
+    try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+        return mamba_chunk_scan_combined
+    except Exception:
+        pass
+    try:
+        import importlib
+        import importlib.util
+        import sys
+        import types
+
+        spec = importlib.util.find_spec("mamba_ssm")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            del sys.modules[name]  # drop what the failed import left half-initialised
+        bare = types.ModuleType("mamba_ssm")
+        bare.__path__ = list(spec.submodule_search_locations)
+        sys.modules["mamba_ssm"] = bare
+        return importlib.import_module("mamba_ssm.ops.triton.ssd_combined").mamba_chunk_scan_combined
     except Exception:
         return None
-    return mamba_chunk_scan_combined
 
 
 def ssd_kernel(x: Tensor):
