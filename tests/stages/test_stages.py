@@ -20,12 +20,7 @@ def _train(stage, batch, tmp_path, steps=12, lr=3e-3):
                 progress=False)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_each_stage_lowers_its_loss(family, tmp_path):
-    torch.manual_seed(0)
-    teacher = tiny_teacher(family)
-    adapter = adapter_for(teacher)
-    student = mohawk.from_teacher(adapter, attention_layers=[1])
+def _assert_each_stage_lowers_its_loss(student, adapter, tmp_path):
     batch = torch.randint(0, VOCAB, (2, 16))
     for cls in (MatrixOrientation, HiddenStateAlignment, KnowledgeDistillation):
         stage = cls(student, adapter, DistillConfig())
@@ -35,6 +30,15 @@ def test_each_stage_lowers_its_loss(family, tmp_path):
         with torch.no_grad():
             after = float(stage.loss(batch)[0])
         assert after < before, (cls.__name__, before, after)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_stage_lowers_its_loss(family, tmp_path):
+    torch.manual_seed(0)
+    teacher = tiny_teacher(family)
+    adapter = adapter_for(teacher)
+    student = mohawk.from_teacher(adapter, attention_layers=[1])
+    _assert_each_stage_lowers_its_loss(student, adapter, tmp_path)
 
 
 def test_stage1_loss_is_the_frobenius_distance():
@@ -78,12 +82,4 @@ def test_each_stage_lowers_its_loss_for_every_family(mixer, tmp_path):
     adapter = adapter_for(tiny_teacher("phi"))
     student = mohawk.from_teacher(adapter, mixer=mixer, ssd_state_size=8)
     assert set(student.config.mixers) == {mixer}
-    batch = torch.randint(0, VOCAB, (2, 16))
-    for cls in (MatrixOrientation, HiddenStateAlignment, KnowledgeDistillation):
-        stage = cls(student, adapter, DistillConfig())
-        with torch.no_grad():
-            before = float(stage.loss(batch)[0])
-        _train(stage, batch, tmp_path / cls.__name__, lr=5e-4 if cls is KnowledgeDistillation else 3e-3)
-        with torch.no_grad():
-            after = float(stage.loss(batch)[0])
-        assert after < before, (cls.__name__, before, after)
+    _assert_each_stage_lowers_its_loss(student, adapter, tmp_path)
