@@ -246,11 +246,11 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache, hidden_states=hidden_states)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None,
-                                      use_cache=True, **kwargs):
+                                      use_cache=True, cache=None, **kwargs):
         if use_cache is False:
             return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-        if past_key_values is None:
-            past_key_values = MohawkCache()
+        if past_key_values is None:  # transformers >= 5.24 hands the cache back as `cache`
+            past_key_values = cache if isinstance(cache, MohawkCache) else MohawkCache()
         if past_key_values.tokens:
             input_ids = input_ids[:, past_key_values.tokens:]
         return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": True}

@@ -126,3 +126,18 @@ print("ok")
     # and with mohawk imported, the same directory loads with the package's own classes
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "again")
     assert type(again) is MohawkForCausalLM
+
+
+def test_generate_feeds_one_token_per_step_after_the_prompt():
+    """The decoding cache must come back at every step (transformers has renamed its key): after the prompt, each
+    forward sees one new token, not the whole sequence again."""
+    torch.manual_seed(0)
+    cfg = MohawkConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, mixers=["ssd", "attention"])
+    model = MohawkForCausalLM(cfg).eval()
+    lengths = []
+    hook = model.model.register_forward_pre_hook(lambda m, a, kw: lengths.append(kw["input_ids"].shape[1]),
+                                                 with_kwargs=True)
+    out = model.generate(torch.randint(0, 50, (1, 10)), max_new_tokens=4, do_sample=False)
+    hook.remove()
+    assert out.shape == (1, 14) and lengths == [10, 1, 1, 1]
