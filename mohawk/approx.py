@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mohawk.errors import MohawkError
+from mohawk.mixers.ssm import semiseparable
 
 FAMILIES = ("toeplitz", "low_rank", "ssd", "ssm")
 _DATA = Path(__file__).resolve().parent.parent / "data"
@@ -51,39 +52,6 @@ def toeplitz_fit(A: Tensor) -> Tensor:
     sums = A.new_zeros(m, L).scatter_add_(1, idx, (A * causal).flatten(1))
     c = sums / (L - torch.arange(L, device=A.device, dtype=A.dtype))
     return c[:, lag.clamp(min=0)] * causal
-
-
-def semiseparable(Q: Tensor, K: Tensor, log_a: Tensor | None = None, block: int = 32) -> Tensor:
-    """M (m, L, L) with M[t, s] = sum_n Q_t[n] K_s[n] exp(sum_{r=s+1..t} log_a_r[n]) for s <= t, else 0.
-
-    Q, K (m, L, N); log_a (m, L, 1) (one decay per step: SSD), (m, L, N) (diagonal SSM) or None (no decay: causal
-    low rank); log_a <= 0. Computed block by block so no (L, L, N) tensor is formed and every exponent is <= 0:
-    off-diagonal blocks factor through the decay to the end of the source block, diagonal blocks use segment sums."""
-    if log_a is None:
-        return torch.tril(Q @ K.mT)
-    m, L, N = Q.shape
-    pad = (-L) % block
-    if pad:
-        Q, K, log_a = (F.pad(x, (0, 0, 0, pad)) for x in (Q, K, log_a))
-    nb, l = (L + pad) // block, block
-    cum = torch.cumsum(log_a, dim=1).view(m, nb, l, -1)  # (m, nb, l, n'), non-increasing along the sequence
-    Qb, Kb = Q.view(m, nb, l, N), K.view(m, nb, l, N)
-    end = cum[:, :, -1]  # (m, nb, n'): cumulated log-decay at the end of each block
-    # off-diagonal blocks (target block i > source block j): Q_t e^{cum_t - end_j} . K_s e^{end_j - cum_s}
-    below = torch.ones(nb, nb, dtype=torch.bool, device=Q.device).tril(-1)  # (i, j): j < i
-    q_exp = cum[:, :, None] - end[:, None, :, None]  # (m, i, j, l, n')
-    q_exp = q_exp.masked_fill(~below[None, :, :, None, None], -math.inf)
-    Qs = Qb[:, :, None] * torch.exp(q_exp)  # (m, i, j, l, N)
-    Ks = Kb * torch.exp(end[:, :, None] - cum)  # (m, j, l, N)
-    off = torch.einsum("mijtn,mjsn->mitjs", Qs, Ks)
-    # diagonal blocks: exp of segment sums inside each block
-    t = torch.arange(l, device=Q.device)
-    inside = (t[:, None] >= t[None, :])
-    seg = (cum[:, :, :, None] - cum[:, :, None, :]).masked_fill(~inside[None, None, :, :, None], -math.inf)
-    diag = torch.einsum("mitn,misn,mitsn->mits", Qb, Kb, torch.exp(seg))
-    eye = torch.eye(nb, device=Q.device, dtype=Q.dtype)
-    M = (off + torch.einsum("mits,ij->mitjs", diag, eye)).reshape(m, nb * l, nb * l)
-    return M[:, :L, :L]
 
 
 # -- fitting -----------------------------------------------------------------------------------------------------------

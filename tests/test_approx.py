@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from mohawk.approx import FAMILIES, fit_families, sample_attention, semiseparable, toeplitz_fit
+from mohawk.approx import FAMILIES, fit_families, sample_attention, toeplitz_fit
+from mohawk.mixers.ssm import semiseparable
 from mohawk.cli import main
 from mohawk.mixers import ssd_matrix, ssm_matrix, toeplitz_matrix
 from mohawk.teachers import adapter_for

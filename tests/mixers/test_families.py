@@ -83,3 +83,13 @@ def test_family_layer_materialize_and_decoding(cls):
     cache = MohawkCache()
     parts = [mixer(u[:, :7], cache=cache)] + [mixer(u[:, t:t + 1], cache=cache) for t in range(7, 19)]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_ssm_blockwise_matrix_equals_the_reference():
+    """The layer's materialize path forms no (state, L, L) tensor but gives the reference matrix."""
+    from mohawk.mixers.ssm import ssm_matrix_blockwise
+
+    _, dt, A, B, C, _ = ssm_inputs(L=45)
+    for block in (8, 32, 64):
+        torch.testing.assert_close(ssm_matrix_blockwise(dt, A, B, C, block).double(), ssm_matrix(dt, A, B, C),
+                                   atol=1e-5, rtol=1e-5)
