@@ -67,7 +67,9 @@ def write_experiments_report(out: Path, runs: list[dict], report: Path, tokens: 
                   "mean zero-shot acc | tasks |", "|---|---|---|---|---|---|---|---|"]
         for r, d in group:
             if d is None:
-                lines.append(f"| {r['label']} | - | - | not run | | | | |")
+                failed = out / r["name"] / "FAILED"
+                why = f"failed: {failed.read_text().strip()}" if failed.is_file() else "not run"
+                lines.append(f"| {r['label']} | - | - | {why} | | | | |")
                 continue
             st = d.get("stages", {})
             toks = "/".join(f"{st.get(str(k), {}).get('tokens', 0) / 1e6:.2f}M" for k in (1, 2, 3))
