@@ -206,12 +206,15 @@ def plot_results(res: dict, plots: Path) -> dict[str, str]:
 def markdown(res: dict, made: dict[str, str], plots_prefix: str = "plots/") -> list[str]:
     """The evaluation section (table, published teacher scores, plots, continuations) as markdown lines."""
     models = res["models"]
-    lines = ["| metric | " + " | ".join(m + (" (teacher)" if m == res["teacher"] else "") for m in models) + " |",
-             "|---|" + "---|" * len(models)]
-    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in table_rows(res)]
-    lines += ["", "Students show in brackets the percentage of the teacher's score they recover (for perplexity: "
-              "teacher ppl / student ppl). Zero-shot accuracies come from lm-evaluation-harness on the vendored task "
-              "files (data/eval)."]
+    lines = []
+    rows = table_rows(res)
+    if rows:
+        lines = ["| metric | " + " | ".join(m + (" (teacher)" if m == res["teacher"] else "") for m in models) + " |",
+                 "|---|" + "---|" * len(models)]
+        lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+        lines += ["", "Students show in brackets the percentage of the teacher's score they recover (for perplexity: "
+                  "teacher ppl / student ppl). Zero-shot accuracies come from lm-evaluation-harness on the vendored "
+                  "task files (data/eval)."]
     teacher = res["teacher"]
     pub = res["published_teacher"]["scores"]
     shown = [t for t in pub if teacher and t in res["scores"].get(teacher, {})]
