@@ -243,7 +243,8 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache, hidden_states=hidden_states)
+        # positional: the cache field is `past_key_values` before transformers 5.24 and `cache` from it on
+        return CausalLMOutputWithPast(loss, logits, cache, hidden_states)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None,
                                       use_cache=True, cache=None, **kwargs):
