@@ -138,8 +138,9 @@ class DistillConfig:
         need(self.report_to in ("none", "tensorboard"), "report_to", "none or tensorboard")
         need(self.placement in ("uniform", "first", "last"), "placement", "uniform, first or last")
         need(self.ssd_init in ("attention", "random"), "ssd_init", "attention or random")
-        need(self.mixer in ("ssd", "ssm", "linear_attention", "toeplitz"), "mixer",
-             "ssd, ssm, linear_attention or toeplitz")
+        from mohawk.mixers import STUDENT_MIXERS
+
+        need(self.mixer in STUDENT_MIXERS, "mixer", ", ".join(STUDENT_MIXERS))
         need(self.num_attention_layers is None or self.num_attention_layers >= 0, "num_attention_layers", ">= 0")
         need(self.tokens_per_update is None or self.tokens_per_update >= self.batch_size * self.seq_len,
              "tokens_per_update", "at least batch_size * seq_len")

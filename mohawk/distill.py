@@ -19,7 +19,7 @@ from mohawk.config import DistillConfig
 from mohawk.data import TokenStream, make_streams, take
 from mohawk.errors import MohawkError
 from mohawk.evaluation import agreement, layer_distances, perplexity
-from mohawk.evaluation.suite import parse_tasks, run_suite
+from mohawk.evaluation.suite import long_sequences, parse_tasks, run_suite
 from mohawk.stages import STAGES
 from mohawk.teachers import load_teacher
 from mohawk.train import Checkpointer, MetricsLog, train_stage, write_json
@@ -158,11 +158,8 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
     extra = [t for t in parse_tasks(cfg.eval_tasks) if t not in ("ppl", "agreement")]
     if extra:
         console.print(f"evaluating teacher and student: {', '.join(extra)}")
-        long_val = None
-        if "position" in extra:
-            long_len = min(4 * cfg.seq_len, max_pos or 4 * cfg.seq_len)
-            long_val = take(make_streams(cfg.data, tokenizer, long_len, val_source=cfg.val_data, seed=cfg.seed,
-                                         field=cfg.text_field)[1], 4)
+        long_val = (long_sequences(cfg.data, tokenizer, cfg.seq_len, max_pos or 4 * cfg.seq_len, 4, seed=cfg.seed,
+                                   val_source=cfg.val_data, field=cfg.text_field) if "position" in extra else None)
         res = run_suite({"teacher": teacher, "student": student}, tokenizer, teacher_key="teacher", tasks=extra,
                         val=val, long_val=long_val, train_len=cfg.seq_len, max_len=max_pos or 1 << 20,
                         limit=cfg.eval_limit, batch_size=cfg.batch_size, seed=cfg.seed)

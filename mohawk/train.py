@@ -132,9 +132,12 @@ class Checkpointer:
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
-    def latest(self) -> Path | None:
-        """The newest checkpoint that passes ``verify``; skipped corrupt ones are recorded in ``self.corrupt``."""
+    def latest(self, stage: int | None = None) -> Path | None:
+        """The newest checkpoint (of ``stage``, if given) that passes ``verify``; skipped corrupt ones are recorded
+        in ``self.corrupt``."""
         for path in reversed(self.list()):
+            if stage is not None and not path.name.startswith(f"stage{stage}-"):
+                continue
             if self.verify(path):
                 return path
             self.corrupt.append(path)
@@ -325,8 +328,7 @@ def _roll_back(state: LoopState, student, optimizer, checkpointer: Checkpointer,
         raise MohawkError(f"stage {state.stage} diverged: the loss kept spiking after {state.rollbacks} rollbacks "
                           f"(LR scaled down to {state.lr_scale:g}); lower the stage's learning rate or raise "
                           "spike_factor")
-    target = next((p for p in reversed(checkpointer.list()) if p.name.startswith(f"stage{state.stage}-")
-                   and Checkpointer.verify(p)), None)
+    target = checkpointer.latest(stage=state.stage)
     if target is None:
         raise MohawkError(f"stage {state.stage}: the loss kept spiking and no checkpoint of this stage is left to "
                           "roll back to")

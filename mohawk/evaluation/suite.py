@@ -43,6 +43,16 @@ def passkey_lengths(train_len: int, max_len: int) -> list[int]:
     return lengths or [min(512, max_len)]
 
 
+def long_sequences(data: str, tokenizer, train_len: int, max_len: int, n: int, *, seed: int = 0,
+                   val_source: str | None = None, field: str = "text") -> torch.Tensor:
+    """n held-out sequences of 4x the training length (within max_len): the loss-by-position data (n, L)."""
+    from mohawk.data import make_streams, take
+
+    _, stream = make_streams(data, tokenizer, min(4 * train_len, max_len), val_source=val_source, seed=seed,
+                             field=field)
+    return take(stream, n)
+
+
 def run_suite(models: dict, tokenizer, *, teacher_key: str | None, tasks: list[str], val: torch.Tensor,
               long_val: torch.Tensor | None, train_len: int, max_len: int, limit: int | None = None,
               batch_size: int = 8, seed: int = 0, console=None) -> dict:
@@ -165,12 +175,7 @@ def plot_results(res: dict, plots: Path) -> dict[str, str]:
         ax.set_xticks([j + 0.4 - w / 2 for j in range(len(tasks))],
                       [f"{t}\n({headline(t, res['scores'][models[0]][t])[0]})" for t in tasks], fontsize=8)
         ax.set_ylabel("accuracy (%)")
-        ax.legend(fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(plots / "tasks.png", dpi=110)
-        plt.close(fig)
-        made["tasks"] = "tasks.png"
+        made["tasks"] = _save(fig, ax, plots / "tasks.png", grid_axis="y")
     if res["position"]:
         fig, ax = plt.subplots(figsize=(7, 3.6))
         for m, curve in res["position"].items():
@@ -179,12 +184,7 @@ def plot_results(res: dict, plots: Path) -> dict[str, str]:
         ax.set_xlabel("token position")
         ax.set_ylabel("next-token loss")
         ax.set_title("loss by position")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(plots / "position.png", dpi=110)
-        plt.close(fig)
-        made["position"] = "position.png"
+        made["position"] = _save(fig, ax, plots / "position.png")
     if res["passkey"]:
         fig, ax = plt.subplots(figsize=(6, 3.4))
         for m, accs in res["passkey"].items():
@@ -194,13 +194,20 @@ def plot_results(res: dict, plots: Path) -> dict[str, str]:
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("passkey accuracy")
         ax.set_ylim(-0.05, 1.05)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(plots / "passkey.png", dpi=110)
-        plt.close(fig)
-        made["passkey"] = "passkey.png"
+        made["passkey"] = _save(fig, ax, plots / "passkey.png")
     return made
+
+
+def _save(fig, ax, path: Path, grid_axis: str = "both") -> str:
+    """Grid, legend, tight layout, save, close; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(axis=grid_axis, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def markdown(res: dict, made: dict[str, str], plots_prefix: str = "plots/") -> list[str]:
@@ -311,11 +318,8 @@ def evaluate(models: list[str], *, teacher: str | None = "smollm2-135m", data: s
         raise MohawkError(f"--seq-len {seq_len} is above the models' maximum of {max_len} positions")
     _, val_stream = make_streams(data, tokenizer, seq_len, seed=seed)
     val = take(val_stream, val_sequences)
-    long_val = None
-    if "position" in task_list:
-        long_len = min(4 * train_len, max_len)
-        _, long_stream = make_streams(data, tokenizer, long_len, seed=seed)
-        long_val = take(long_stream, max(2, min(8, val_sequences)))
+    long_val = (long_sequences(data, tokenizer, train_len, max_len, max(2, min(8, val_sequences)), seed=seed)
+                if "position" in task_list else None)
     res = run_suite(loaded, tokenizer, teacher_key=teacher_key, tasks=task_list, val=val, long_val=long_val,
                     train_len=train_len, max_len=max_len, limit=limit, batch_size=batch_size, seed=seed,
                     console=console)
