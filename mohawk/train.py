@@ -12,14 +12,14 @@ import os
 import shutil
 import statistics
 import time
+import warnings
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import load_file, save_file
 
 from mohawk.errors import MohawkError
 
@@ -77,48 +77,56 @@ class SpikeGuard:
 
 
 class Checkpointer:
-    """OUT/checkpoints/stage{S}-step{N}/: model.safetensors, optimizer.pt, state.json and manifest.json (size and
-    sha256 of each file). Written to a temporary directory, fsynced, then renamed, so a crash never leaves a half
-    checkpoint under a real name; ``latest()`` skips (and reports) checkpoints that fail their manifest, falling back
-    to the previous one. Keeps the newest ``keep``."""
+    """OUT/checkpoints/stage{S}-step{N}/: the student (and the optimizer, once it has state) written through
+    torch.distributed.checkpoint (DCP: ``*.distcp`` shards + ``.metadata``, keyed by parameter name, so a checkpoint
+    written by N processes, sharded or not, loads on M), plus state.json and manifest.json (size and sha256 of each
+    file). Written to a temporary directory, fsynced, then renamed, so a crash never leaves a half checkpoint under a
+    real name; ``latest()`` skips (and reports) checkpoints that fail their manifest, falling back to the previous one.
+    Keeps the newest ``keep``. Under torchrun every rank calls ``save``/``load``; rank 0 alone writes the small files
+    (the directory must be on storage all ranks share). DCP's .metadata is a pickle: load only your own checkpoints."""
 
-    def __init__(self, root: Path, keep: int = 2):
-        self.root, self.keep = root, keep
+    def __init__(self, root: Path | None, keep: int = 2, parallel=None):
+        self.root, self.keep = root, keep  # root None: checkpoints off (benchmarks)
+        self.parallel = parallel or _SINGLE
         self.corrupt: list[Path] = []  # checkpoints that latest() had to skip
 
-    def save(self, student, optimizer, state: dict) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
+    def save(self, student, optimizer, state: dict) -> Path | None:
+        if self.root is None:
+            return None
+        main = self.parallel.main
         name = f"stage{state['stage']}-step{state['step']:07d}"
         tmp, final = self.root / f".tmp-{name}", self.root / name
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        sd = {k: v.detach().contiguous().cpu() for k, v in student.state_dict().items()}
-        # tied weights are one tensor: store it once
-        if getattr(student.config, "tie_word_embeddings", False):
-            sd.pop("lm_head.weight", None)
-        try:
-            save_file(sd, tmp / "model.safetensors")
-            if optimizer is not None:
-                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps(state))
-            manifest = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
-            (tmp / "manifest.json").write_text(json.dumps(manifest))
-            for f in tmp.iterdir():
-                _fsync(f)
-            _fsync(tmp)
-        except OSError as e:
+        if main:
+            self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        self.parallel.barrier()
+        try:
+            _dcp_save(student, optimizer, tmp)
+            if main:
+                (tmp / "state.json").write_text(json.dumps(state))
+                for f in tmp.iterdir():
+                    _fsync(f)
+                manifest = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
+                (tmp / "manifest.json").write_text(json.dumps(manifest))
+                _fsync(tmp / "manifest.json")
+                _fsync(tmp)
+        except OSError as e:
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise MohawkError(f"could not write checkpoint {final} ({e.strerror or e}); earlier checkpoints are "
                               "kept") from e
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        _fsync(self.root)
-        for old in self.list()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        if main:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            _fsync(self.root)
+            for old in self.list()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.parallel.barrier()
         return final
 
     def list(self) -> list[Path]:
-        if not self.root.is_dir():
+        if self.root is None or not self.root.is_dir():
             return []
         return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("stage"))
 
@@ -145,14 +153,90 @@ class Checkpointer:
 
     @staticmethod
     def load(path: Path, student, optimizer=None) -> dict:
-        sd = load_file(path / "model.safetensors", device=str(next(student.parameters()).device))
-        missing, unexpected = student.load_state_dict(sd, strict=False)
-        if unexpected or [k for k in missing if k != "lm_head.weight"]:
-            raise MohawkError(f"checkpoint {path} does not match this student")
-        if optimizer is not None and (path / "optimizer.pt").is_file():
-            optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
-                                                 map_location=next(student.parameters()).device))
+        """Restore the student (and the optimizer; reset when the checkpoint has no optimizer state) from ``path``,
+        whatever the number of processes that wrote it; returns its state.json."""
+        _dcp_load(student, optimizer, path)
         return json.loads((path / "state.json").read_text())
+
+
+class _Single:
+    main, active = True, False
+
+    def barrier(self) -> None:
+        pass
+
+
+_SINGLE = _Single()
+
+
+@contextmanager
+def _unwrapped_dcp_errors():
+    """DCP wraps each rank's exception in a CheckpointException (a BaseException): re-raise the first one."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except CheckpointException as e:
+        first = next(iter(e.failures.values()), None)
+        err = first[0] if isinstance(first, tuple) else first
+        raise (err if isinstance(err, Exception) else RuntimeError(str(e))) from e
+
+
+@contextmanager
+def _quiet_single_process():
+    """DCP warns on every call without a process group; single-process checkpoints are what we mean."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _dcp_save(student, optimizer, path: Path) -> None:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    # an optimizer without state (before its first step) is not saved: DCP would initialise it with a dummy step
+    if optimizer is not None and optimizer.state:
+        model_sd, optim_sd = get_state_dict(student, optimizer)
+        sd = {"model": model_sd, "optim": optim_sd}
+    else:
+        sd = {"model": get_model_state_dict(student)}
+    with _quiet_single_process(), _unwrapped_dcp_errors():
+        dcp.save(sd, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+
+
+def _dcp_load(student, optimizer, path: Path) -> None:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
+                                                         set_state_dict)
+
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    keys = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    model_sd = get_model_state_dict(student)
+    missing = [k for k in model_sd if f"model.{k}" not in keys]
+    if missing:
+        raise MohawkError(f"checkpoint {path} does not match this student (no {missing[0]})")
+    # partial: Adam has no state for parameters that never got a gradient (stage 1 leaves some mixer weights out)
+    planner = DefaultLoadPlanner(allow_partial_load=True)
+    no_dist = not dist.is_initialized()
+    try:
+        if optimizer is not None and any(k.startswith("optim.") for k in keys):
+            model_sd, optim_sd = get_state_dict(student, optimizer)
+            sd = {"model": model_sd, "optim": optim_sd}
+            with _quiet_single_process(), _unwrapped_dcp_errors():
+                dcp.load(sd, checkpoint_id=str(path), planner=planner, no_dist=no_dist)
+            set_state_dict(student, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        else:
+            sd = {"model": model_sd}
+            with _quiet_single_process(), _unwrapped_dcp_errors():
+                dcp.load(sd, checkpoint_id=str(path), planner=planner, no_dist=no_dist)
+            set_model_state_dict(student, sd["model"])
+            if optimizer is not None:
+                optimizer.state.clear()  # a checkpoint taken before the first update: a fresh optimizer
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise MohawkError(f"checkpoint {path} does not match this student ({str(e).splitlines()[0][:200]})") from e
 
 
 def write_json(path: Path, obj) -> None:
@@ -184,10 +268,12 @@ def _fsync(path: Path) -> None:
 class MetricsLog:
     """OUT/metrics.jsonl: one JSON line per logging step; optional TensorBoard mirror."""
 
-    def __init__(self, path: Path, tensorboard_dir: Path | None = None):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path | None, tensorboard_dir: Path | None = None):
+        self.path = path  # None: discard (the other ranks of a torchrun job; benchmarks)
         self.tb = None
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -196,6 +282,8 @@ class MetricsLog:
             self.tb = SummaryWriter(str(tensorboard_dir))
 
     def write(self, record: dict) -> None:
+        if self.path is None:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
@@ -210,7 +298,7 @@ class MetricsLog:
 
     def truncate_after(self, stage: int, step: int) -> None:
         """Drop records a resumed run will write again (this stage after ``step``, later stages)."""
-        if not self.path.is_file():
+        if self.path is None or not self.path.is_file():
             return
         keep = []
         for line in self.path.read_text().splitlines():
@@ -225,13 +313,21 @@ class MetricsLog:
 
 def train_stage(stage, batches: Iterator[torch.Tensor], *, total_tokens: int, micro_tokens: int, grad_accum: int,
                 lr: float, cfg, checkpointer: Checkpointer, log: MetricsLog, resume: Path | None = None,
-                progress: bool = True, extra_state: dict | None = None) -> LoopState:
+                progress: bool = True, extra_state: dict | None = None, parallel=None) -> LoopState:
     """Train ``stage`` for ``total_tokens`` tokens (rounded up to whole updates of grad_accum micro-batches).
 
     ``batches`` must already skip what a resumed run consumed (``state.json``'s ``batches``). An update whose loss
     spikes (see SpikeGuard; cfg.spike_factor, cfg.spike_window) is skipped; cfg.spike_patience spikes in a row roll
     the student and optimizer back to this stage's newest checkpoint with the LR scaled by cfg.rollback_lr_factor,
-    at most cfg.max_rollbacks times, then the stage fails with a MohawkError. The data keeps moving forward."""
+    at most cfg.max_rollbacks times, then the stage fails with a MohawkError. The data keeps moving forward.
+
+    Under torchrun (``parallel``, see mohawk.parallel) ``batches`` yields this rank's rows of each global batch,
+    ``micro_tokens`` counts the global micro-batch, and the logged loss and metrics are averaged over ranks."""
+    from mohawk.parallel import Parallel
+
+    parallel = parallel or Parallel()
+    if parallel.uses_fsdp(stage.number):
+        parallel.shard_student(stage.student)  # before the optimizer: parameters become DTensors
     student = stage.student
     named = stage.parameters()
     trainable = {id(p) for _, p in named}
@@ -242,6 +338,7 @@ def train_stage(stage, batches: Iterator[torch.Tensor], *, total_tokens: int, mi
     no_decay = [p for p in params if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    runner = parallel.runner(stage)
     total_steps = max(1, math.ceil(total_tokens / (micro_tokens * grad_accum)))
     state = LoopState(stage=stage.number)
     extra = extra_state or {}
@@ -265,7 +362,7 @@ def train_stage(stage, batches: Iterator[torch.Tensor], *, total_tokens: int, mi
     columns = [TextColumn(f"stage {stage.number} {stage.name}"), BarColumn(), TextColumn("{task.completed:,.0f}/"
                "{task.total:,.0f} tok"), TextColumn("{task.fields[tps]:>7,.0f} tok/s"),
                TextColumn("loss {task.fields[loss]:.4g}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    bar = Progress(*columns, disable=not progress, transient=False)
+    bar = Progress(*columns, disable=not (progress and parallel.main), transient=False)
     task = bar.add_task("", total=total_steps * micro_tokens * grad_accum, completed=state.tokens, tps=0.0,
                         loss=float("nan"))
     t_start, tokens_start = time.perf_counter(), state.tokens
@@ -275,17 +372,17 @@ def train_stage(stage, batches: Iterator[torch.Tensor], *, total_tokens: int, mi
                 g["lr"] = lr * state.lr_scale * lr_factor(state.step, total_steps, cfg.schedule,
                                                           cfg.warmup_fraction, cfg.decay_fraction)
             loss_sum, metrics_sum = 0.0, {}
-            for _ in range(grad_accum):
+            for micro in range(grad_accum):
                 batch = next(batches).to(device)
                 state.batches += 1
-                with autocast:
-                    loss, metrics = stage.loss(batch)
-                if not torch.isfinite(loss):
-                    loss_sum = float("nan")
-                    break
-                (loss / grad_accum).backward()
+                # every micro-batch runs even after a non-finite loss: all ranks must take part in each reduction
+                with runner.sync(last=micro == grad_accum - 1):
+                    with autocast:
+                        loss, metrics = runner.loss(batch)
+                    (loss / grad_accum).backward()
                 loss_sum += float(loss.detach()) / grad_accum
                 _accumulate(metrics_sum, metrics, 1 / grad_accum)
+            loss_sum, metrics_sum = parallel.mean_metrics(loss_sum, metrics_sum)
             spike = guard.is_spike(loss_sum)
             if not spike:
                 if cfg.grad_clip:

@@ -135,15 +135,22 @@ def test_disk_full_while_checkpointing_keeps_earlier_files(teacher_dir, tmp_path
     from mohawk import train
     from mohawk.train import Checkpointer
 
-    real, calls = train.save_file, []
+    real, calls = train._dcp_save, []
 
-    def filling_disk(tensors, path, *a, **kw):
+    def filling_disk(student, optimizer, path):
         calls.append(path)
         if len(calls) > 1:  # the stage's first checkpoint fits, the next one does not
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tensors, path, *a, **kw)
+            from torch.distributed.checkpoint import filesystem
 
-    monkeypatch.setattr(train, "save_file", filling_disk)
+            def full(*a, **kw):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            with pytest.MonkeyPatch.context() as inner:
+                inner.setattr(filesystem.FileSystem, "create_stream", full)  # where DCP opens its shard files
+                return real(student, optimizer, path)
+        return real(student, optimizer, path)
+
+    monkeypatch.setattr(train, "_dcp_save", filling_disk)
     out = tmp_path / "full"
     assert run(teacher_dir, out, "--stage1-tokens", "2048") == 2
     line = _one_error_line(capsys)
@@ -153,7 +160,7 @@ def test_disk_full_while_checkpointing_keeps_earlier_files(teacher_dir, tmp_path
     assert not list((out / "checkpoints").glob(".tmp-*"))
     for f in ("config.yaml", "summary.json"):
         assert (out / f).is_file()
-    monkeypatch.setattr(train, "save_file", real)
+    monkeypatch.setattr(train, "_dcp_save", real)
     assert run(teacher_dir, out, "--stage1-tokens", "2048", "--resume") == 0  # and the run goes on from there
 
 

@@ -61,8 +61,9 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
     first = ck.save(m, None, {"stage": 1, "step": 1, "tokens": 1, "done": False})
     second = ck.save(m, None, {"stage": 1, "step": 2, "tokens": 2, "done": False})
     assert ck.verify(first) and ck.verify(second) and ck.latest() == second
-    data = (second / "model.safetensors").read_bytes()
-    (second / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated by a crash or a full disk
+    shard = next(second.glob("*.distcp"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])  # truncated by a crash or a full disk
     assert ck.latest() == first and ck.corrupt == [second]
     (tmp_path / "stage1-step0000003").mkdir()  # a directory with no manifest is skipped too
     assert Checkpointer(tmp_path).latest() == first
