@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import command, device_name, fmt, versions, write  # noqa: E402
 from mohawk.mixers.ssd import ssd_chunked  # noqa: E402
 
 
@@ -105,43 +105,25 @@ def main():
             torch.cuda.empty_cache()
         rows.append(row)
         print(json.dumps(row), flush=True)
-    device = torch.cuda.get_device_name()
-    versions = {"torch": torch.__version__, "triton": _version("triton"), "mamba_ssm": _version("mamba_ssm"),
-                "python": platform.python_version()}
-    command = "python3 benchmarks/ssd_speed.py " + " ".join(sys.argv[1:])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "ssd_speed-" + device.replace(" ", "_")
-    (out / f"{stem}.json").write_text(json.dumps({"device": device, "versions": versions, "command": command,
-                                                  "heads": h, "head_dim": p, "state": n, "dtype": str(dtype),
-                                                  "tokens_per_call": args.tokens, "rows": rows}, indent=2))
-
-    def f(x):
-        return "-" if x is None else f"{x:.2f}"
+    device = device_name()
+    cmd = command()
+    payload = {"device": device, "versions": versions("triton", "mamba_ssm"), "command": cmd, "heads": h,
+               "head_dim": p, "state": n, "dtype": str(dtype), "tokens_per_call": args.tokens, "rows": rows}
 
     def ratio(a, b):
         return "-" if a is None or b is None else f"{a / b:.2f}x"
 
-    lines = [f"# SSD vs attention, {device}", "", f"- command: `{command}`", f"- versions: {versions}",
+    lines = [f"# SSD vs attention, {device}", "", f"- command: `{cmd}`", f"- versions: {payload['versions']}",
              f"- {args.tokens:,} tokens per call (batch = tokens / L), {h} heads x {p}, state {n}, per-head B/C, bf16; "
              "median of 5 timed calls after 2 warm-up calls", "",
              "| L | batch | SDPA fwd ms | mamba-ssm fwd ms | mohawk torch fwd ms | SDPA fwd+bwd ms | mamba-ssm fwd+bwd ms "
              "| mohawk torch fwd+bwd ms | SDPA / mamba-ssm (fwd+bwd) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['L']} | {r['batch']} | {f(r['sdpa_fwd_ms'])} | {f(r.get('mamba_ssm_fwd_ms'))} | "
-                     f"{f(r['mohawk_torch_fwd_ms'])} | {f(r['sdpa_fwd_bwd_ms'])} | {f(r.get('mamba_ssm_fwd_bwd_ms'))} | "
-                     f"{f(r['mohawk_torch_fwd_bwd_ms'])} | {ratio(r['sdpa_fwd_bwd_ms'], r.get('mamba_ssm_fwd_bwd_ms'))} |")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-def _version(mod: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(mod.replace("_", "-"))
-    except PackageNotFoundError:
-        return None
+        lines.append(f"| {r['L']} | {r['batch']} | {fmt(r['sdpa_fwd_ms'])} | {fmt(r.get('mamba_ssm_fwd_ms'))} | "
+                     f"{fmt(r['mohawk_torch_fwd_ms'])} | {fmt(r['sdpa_fwd_bwd_ms'])} | "
+                     f"{fmt(r.get('mamba_ssm_fwd_bwd_ms'))} | {fmt(r['mohawk_torch_fwd_bwd_ms'])} | "
+                     f"{ratio(r['sdpa_fwd_bwd_ms'], r.get('mamba_ssm_fwd_bwd_ms'))} |")
+    write("ssd_speed-" + device, payload, lines, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def distill(
     stage2_tokens: Optional[int] = typer.Option(None, help="Token budget of stage 2 (hidden-state alignment)."),
     stage3_tokens: Optional[int] = typer.Option(None, help="Token budget of stage 3 (knowledge distillation)."),
     seq_len: Optional[int] = typer.Option(None, help="Tokens per training sequence."),
-    batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch."),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch (global: split over torchrun processes)."),
     tokens_per_update: Optional[int] = typer.Option(None, help="Tokens per optimizer update (gradient accumulation)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate of every stage (or set stageN_lr in YAML)."),
     schedule: Optional[str] = typer.Option(None, help="wsd (warmup-stable-decay, the paper's) or cosine."),
@@ -65,6 +65,8 @@ def distill(
                                              "continuations and lm-eval tasks (see `mohawk eval --help`); '' for none."),
     eval_limit: Optional[int] = typer.Option(None, help="Items per lm-eval task in that evaluation."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    parallel: Optional[str] = typer.Option(None, help="Under torchrun: how stage 3 spreads over the processes, fsdp "
+                                           "(FSDP2, student sharded; the default) or ddp. Stages 1-2 use DDP."),
     seed: Optional[int] = typer.Option(None, help="Seed for data order and initialisation."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     report_to: Optional[str] = typer.Option(None, help="none or tensorboard (live curves in OUT/tensorboard)."),
@@ -75,7 +77,8 @@ def distill(
 ):
     """Distil a teacher into an SSD student (stages 1-3), save it to OUT/student and write OUT/report.md.
 
-    With no arguments: SmolLM2-135M -> pure-SSD student on the bundled corpus, sized for a 2-core CPU (~10 min)."""
+    With no arguments: SmolLM2-135M -> pure-SSD student on the bundled corpus, sized for a 2-core CPU (~10 min).
+    On several GPUs: torchrun --nproc-per-node N -m mohawk distill ... (batch sizes stay global)."""
     from mohawk.config import DistillConfig
     from mohawk.distill import distill as run
 
@@ -85,7 +88,7 @@ def distill(
                      mixer=mixer, attention_layers=attention_layers, num_attention_layers=num_attention_layers,
                      placement=placement, freeze_mlp=freeze_mlp, temperature=temperature, ce_weight=ce_weight,
                      kd_weight=kd_weight, init=init, eval_tasks=eval_tasks, eval_limit=eval_limit,
-                     device=device, seed=seed, threads=threads, report_to=report_to,
+                     device=device, parallel=parallel, seed=seed, threads=threads, report_to=report_to,
                      trust_remote_code=trust_remote_code)
     if lr is not None:
         overrides.update(stage1_lr=lr, stage2_lr=lr, stage3_lr=lr)

@@ -66,6 +66,7 @@ class DistillConfig:
     eval_limit: int | None = None
     # machinery
     device: str = "auto"  # auto, cpu, cuda
+    parallel: str = "auto"  # under torchrun, stage 3: fsdp (FSDP2, student sharded; = auto) or ddp (replicated)
     seed: int = 0
     log_every: int = 1
     checkpoint_every: int = 50  # optimizer steps
@@ -117,6 +118,7 @@ class DistillConfig:
         for key in ("stage1_lr", "stage2_lr", "stage3_lr"):
             need(0 < getattr(self, key) < 1, key, "must be in (0, 1)")
         need(self.schedule in ("wsd", "cosine"), "schedule", "wsd or cosine")
+        need(self.parallel in ("auto", "ddp", "fsdp"), "parallel", "auto, ddp or fsdp")
         need(0 <= self.warmup_fraction < 1 and 0 <= self.decay_fraction <= 1
              and self.warmup_fraction + self.decay_fraction <= 1, "warmup_fraction", "fractions in [0, 1], sum <= 1")
         need(self.temperature > 0, "temperature", "must be > 0")

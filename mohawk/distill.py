@@ -20,6 +20,7 @@ from mohawk.data import TokenStream, make_streams, take
 from mohawk.errors import MohawkError
 from mohawk.evaluation import agreement, layer_distances, perplexity
 from mohawk.evaluation.suite import long_sequences, parse_tasks, run_suite
+from mohawk.parallel import Parallel
 from mohawk.stages import STAGES
 from mohawk.teachers import load_teacher
 from mohawk.train import Checkpointer, MetricsLog, train_stage, write_json
@@ -67,11 +68,26 @@ def _evaluate(student, teacher, val, cfg) -> dict:
 
 def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
             console: Console | None = None, command: str | None = None) -> Path:
-    """Run the configured MOHAWK stages; returns the output directory."""
+    """Run the configured MOHAWK stages; returns the output directory. Under torchrun every rank runs this: the
+    stages train data-parallel (mohawk.parallel), rank 0 alone writes files, evaluates and saves the student."""
+    parallel, device = Parallel.from_env(cfg.device, cfg.parallel)
+    try:
+        return _distill(cfg, parallel, device, resume=resume, overwrite=overwrite, progress=progress,
+                        console=console, command=command)
+    finally:
+        parallel.close()
+
+
+def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, resume: bool, overwrite: bool,
+             progress: bool, console: Console | None, command: str | None) -> Path:
+    main = parallel.main
     console = console or Console(stderr=True)
+    if not main:
+        console = Console(stderr=True, quiet=True)
     out = Path(cfg.out)
-    device = resolve_device(cfg.device)
-    prepare_out_dir(out, resume, overwrite)
+    if main:
+        prepare_out_dir(out, resume, overwrite)
+    parallel.barrier()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -81,6 +97,8 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
     summary.setdefault("device", torch.cuda.get_device_name(device) if device.type == "cuda"
                        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     summary.setdefault("versions", {"torch": torch.__version__, "python": platform.python_version()})
+    if parallel.active:
+        summary["processes"] = parallel.world
     t0 = time.perf_counter()
 
     console.print(f"[bold]mohawk[/] loading teacher {cfg.teacher} on {device}")
@@ -99,7 +117,8 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
     n_params = sum(p.numel() for p in student.parameters())
     summary.update(teacher=cfg.teacher, teacher_layers=adapter.num_layers, attention_layers=attention_layers, mixer=cfg.mixer,
                    student_parameters=n_params, seq_len=cfg.seq_len, load_s=round(time.perf_counter() - t0, 1))
-    cfg.save(out / "config.yaml")
+    if main:
+        cfg.save(out / "config.yaml")
     console.print(f"student: {adapter.num_layers - len(attention_layers)} {cfg.mixer} + {len(attention_layers)} attention "
                   f"layers, {n_params / 1e6:.1f}M parameters")
 
@@ -107,15 +126,17 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
                                  field=cfg.text_field)
     val = take(val_stream, cfg.val_sequences)
     summary["val_tokens"] = int(val.numel())
-    if "transfer_only" not in summary:
+    if "transfer_only" not in summary and main:
         console.print(f"evaluating teacher and the weight-transfer-only student on {val.numel():,} held-out tokens")
         summary["teacher_eval"] = {"perplexity": perplexity(teacher, val, cfg.batch_size)}
         summary["transfer_only"] = _evaluate(student, teacher, val, cfg)
         summary["distances_before"] = layer_distances(student, adapter, val[: cfg.batch_size])
         write_json(summary_path, summary)
+    parallel.barrier()
 
-    ckpt = Checkpointer(out / "checkpoints")
-    log = MetricsLog(out / "metrics.jsonl", out / "tensorboard" if cfg.report_to == "tensorboard" else None)
+    ckpt = Checkpointer(out / "checkpoints", parallel=parallel)
+    log = MetricsLog(out / "metrics.jsonl" if main else None,
+                     out / "tensorboard" if cfg.report_to == "tensorboard" and main else None)
     latest = ckpt.latest() if resume else None
     for bad in ckpt.corrupt:
         console.print(f"[yellow]checkpoint {bad.name} is incomplete or corrupt: skipped[/]")
@@ -125,7 +146,7 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
         if latest_state["done"]:
             Checkpointer.load(latest, student)
         log.truncate_after(latest_state["stage"], latest_state["step"])
-    elif resume:
+    elif resume and main:
         log.truncate_after(0, 0)
 
     summary.setdefault("stages", {})
@@ -141,17 +162,22 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
         stage = STAGES[s](student, adapter, cfg)
         if s == 3 and mid is None and cfg.init == "teacher":
             copy_non_mixer_weights(student, adapter)  # the weight transfer (a no-op after frozen stages 1-2)
-        batches = _stage_stream(cfg, tokenizer, s).batches(cfg.batch_size, skip=done_batches)
+        # every rank draws the same global batches and keeps its rows: the run does not depend on the world size
+        batches = map(parallel.shard, _stage_stream(cfg, tokenizer, s).batches(cfg.batch_size, skip=done_batches))
         t_stage = time.perf_counter()
         state = train_stage(stage, batches, total_tokens=tokens, micro_tokens=cfg.micro_tokens,
                             grad_accum=cfg.grad_accum, lr=cfg.stage_lr(s), cfg=cfg, checkpointer=ckpt, log=log,
-                            resume=mid, progress=progress)
+                            resume=mid, progress=progress, parallel=parallel)
         prev = summary["stages"].get(str(s), {}).get("wall_s", 0.0) if mid else 0.0
         summary["stages"][str(s)] = {"tokens": state.tokens, "steps": state.step, "skipped": state.skipped,
                                      "rollbacks": state.rollbacks, "lr": cfg.stage_lr(s),
                                      "wall_s": round(prev + time.perf_counter() - t_stage, 1)}
-        write_json(summary_path, summary)
+        if main:
+            write_json(summary_path, summary)
 
+    student = parallel.gather(student)  # FSDP2 shards -> one plain model on rank 0
+    if not main:
+        return out
     console.print("evaluating the distilled student")
     summary["final"] = _evaluate(student, teacher, val, cfg)
     summary["distances_after"] = layer_distances(student, adapter, val[: cfg.batch_size])

@@ -140,9 +140,8 @@ class Parallel:
 
             return StageRunner(stage.loss, sync)
         device = next(stage.student.parameters()).device
-        # find_unused_parameters: stage 1 uses only the mixer parameters that shape its matrix
-        ddp = nn.parallel.DistributedDataParallel(_StageModule(stage), find_unused_parameters=True,
-                                                  broadcast_buffers=False,
+        # stage 1 uses only the mixer parameters that shape its matrix (not the value and output projections)
+        ddp = nn.parallel.DistributedDataParallel(_StageModule(stage), find_unused_parameters=stage.number == 1,
                                                   device_ids=[device.index] if device.type == "cuda" else None)
         return StageRunner(ddp, lambda last: nullcontext() if last else ddp.no_sync())
 

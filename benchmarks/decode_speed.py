@@ -1,0 +1,118 @@
+"""Decoding speed and memory: the SSD student's recurrent step (constant state) vs its teacher with a KV cache, after
+a prompt of 1k-32k tokens, batch 1 and 16, bf16, random weights of the real dimensions (``--model smollm2-135m`` or
+``phi-1_5``; ``tiny`` for a CPU smoke test).
+
+    python3 benchmarks/decode_speed.py [--model smollm2-135m] [--contexts 1024,4096,16384,32768] [--batches 1,16]
+
+Per (context, batch): tokens/s over ``--new-tokens`` greedy steps after the prefill, and the decoding state's size
+(the teacher's KV cache grows with the context, the student's SSM state does not) and peak GPU memory.
+Writes benchmarks/results/decode_speed-<model>-<device>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import command, device_name, fmt, versions, write  # noqa: E402
+from benchmarks.stage_throughput import model_config, sync  # noqa: E402
+from mohawk.models.modeling_mohawk import MohawkCache  # noqa: E402
+from mohawk.teachers import adapter_for  # noqa: E402
+from mohawk.transfer import from_teacher  # noqa: E402
+
+
+def cache_bytes(cache) -> int:
+    if isinstance(cache, MohawkCache):
+        return cache.memory_bytes()
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
+               if isinstance(t, torch.Tensor))
+
+
+@torch.no_grad()
+def decode(model, cache, ids: torch.Tensor, new_tokens: int, device) -> dict:
+    """Prefill ``ids`` through the backbone (no logits for the prompt), then ``new_tokens`` greedy one-token steps."""
+    teacher = not isinstance(cache, MohawkCache)
+    kw = {"past_key_values": cache, "use_cache": True}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
+    if teacher:
+        model.model(input_ids=ids, **kw)
+    else:
+        model.model(input_ids=ids, cache=cache)
+    sync(device)
+    prefill = time.perf_counter() - t0
+    nxt = ids[:, -1:]
+    t0 = time.perf_counter()
+    for _ in range(new_tokens):
+        nxt = model(input_ids=nxt, **kw).logits[:, -1:].argmax(-1)
+    sync(device)
+    dt = time.perf_counter() - t0
+    return {"tokens_per_s": ids.shape[0] * new_tokens / dt, "ms_per_step": 1e3 * dt / new_tokens,
+            "prefill_s": prefill, "state_mib": cache_bytes(cache) / 2 ** 20,
+            "peak_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--contexts", default="1024,4096,16384,32768")
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args()
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cfg = model_config(args.model)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        teacher = AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
+        student = from_teacher(adapter_for(teacher)).to(dtype).eval()
+    rows = []
+    for L in map(int, args.contexts.split(",")):
+        for b in map(int, args.batches.split(",")):
+            ids = torch.randint(0, cfg.vocab_size, (b, L), device=device)
+            row = {"context": L, "batch": b}
+            for name, model, make in (("teacher", teacher, lambda: DynamicCache(config=cfg)),
+                                      ("student", student, MohawkCache)):
+                try:
+                    decode(model, make(), ids[:, : min(L, 64)], 2, device)  # warm-up
+                    r = decode(model, make(), ids, args.new_tokens, device)
+                except torch.OutOfMemoryError:
+                    r = {"oom": True}
+                row.update({f"{name}_{k}": v for k, v in r.items()})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            rows.append(row)
+            print(row, flush=True)
+    dev = device_name(device)
+    cmd = command()
+    payload = {"device": dev, "versions": versions("transformers", "triton", "mamba_ssm"), "command": cmd,
+               "model": args.model, "dtype": str(dtype), "new_tokens": args.new_tokens, "rows": rows}
+    lines = [f"# Decoding, {args.model}: SSD student (recurrent state) vs teacher (KV cache), {dev}", "",
+             f"- command: `{cmd}`", f"- versions: {payload['versions']}",
+             f"- {dtype}, random weights of the real dimensions; tokens/s over {args.new_tokens} greedy steps after "
+             "the prompt's prefill; state = KV cache (teacher) or conv + SSM state (student)", "",
+             "| context | batch | teacher tok/s | student tok/s | student / teacher | teacher state MiB | "
+             "student state MiB | teacher peak GiB | student peak GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t, s = r.get("teacher_tokens_per_s"), r.get("student_tokens_per_s")
+        lines.append(f"| {r['context']} | {r['batch']} | {fmt(t, 0) if t else 'OOM'} | {fmt(s, 0) if s else 'OOM'} | "
+                     f"{f'{s / t:.2f}x' if s and t else '-'} | {fmt(r.get('teacher_state_mib'), 1)} | "
+                     f"{fmt(r.get('student_state_mib'), 1)} | {fmt(r.get('teacher_peak_gib'), 2)} | "
+                     f"{fmt(r.get('student_peak_gib'), 2)} |")
+    write(f"decode_speed-{args.model}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()

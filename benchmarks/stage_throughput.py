@@ -1,0 +1,213 @@
+"""Training throughput of the MOHAWK stages (tokens/s and MFU) through mohawk's own training loop, next to a plain
+Hugging Face eager training step of the teacher itself, in the same run. Random weights from a transformers config of
+the real model's dimensions (no download): ``phi-1_5`` (1.4B, the paper's teacher), ``smollm2-135m``, or ``tiny``
+(a CPU smoke test).
+
+    python3 benchmarks/stage_throughput.py --model phi-1_5 --stages 1,2,3 [--batch 8] [--seq-len 1024] [--steps 10]
+    torchrun --nproc-per-node 2 benchmarks/stage_throughput.py --model phi-1_5 --stages 3    # FSDP2 over 2 GPUs
+
+``--batch`` is sequences per process (the global batch grows with the number of processes: weak scaling). MFU counts
+model FLOPs: 6 N per token for each trained model (N: its parameters but the input embedding), 2 N for the teacher's
+forward in stages 1-3, plus causal attention (6 layers d L per token trained, 2 layers d L forward only), against the
+GPU's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s). Writes benchmarks/results/stage_throughput-<model>-<device>-<n>gpu.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import command, device_name, fmt, versions, write  # noqa: E402
+from mohawk.config import DistillConfig  # noqa: E402
+from mohawk.parallel import Parallel  # noqa: E402
+from mohawk.stages import STAGES  # noqa: E402
+from mohawk.teachers import adapter_for  # noqa: E402
+from mohawk.train import Checkpointer, MetricsLog, train_stage  # noqa: E402
+from mohawk.transfer import from_teacher  # noqa: E402
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def model_config(name: str):
+    import transformers as tf
+
+    if name == "phi-1_5":  # microsoft/phi-1_5's config.json
+        return tf.PhiConfig(vocab_size=51200, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                            num_attention_heads=32, partial_rotary_factor=0.5, max_position_embeddings=2048,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, tie_word_embeddings=False)
+    if name == "smollm2-135m":  # HuggingFaceTB/SmolLM2-135M-Instruct's config.json
+        return tf.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                              num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                              rope_theta=100000.0, tie_word_embeddings=True)
+    if name == "tiny":
+        return tf.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, max_position_embeddings=512)
+    raise SystemExit(f"unknown --model {name}: phi-1_5, smollm2-135m or tiny")
+
+
+def counted_params(model) -> int:
+    """Parameters doing matmuls: all but the input embedding (counted once when tied to the head)."""
+    emb = model.get_input_embeddings().weight
+    tied = any(p is emb for n, p in model.named_parameters() if "lm_head" in n) or \
+        getattr(model.config, "tie_word_embeddings", False)
+    return sum(p.numel() for p in model.parameters()) - (0 if tied else emb.numel())
+
+
+def flops_per_token(stage: int, student, teacher, seq_len: int, trainable_fraction: float = 1.0) -> float:
+    cfg = teacher.config
+    layers, d = cfg.num_hidden_layers, cfg.hidden_size
+    teacher_fwd = 2 * counted_params(teacher) + 2 * layers * d * seq_len
+    if stage == 0:  # the teacher trained by itself
+        return 3 * teacher_fwd
+    if stage == 3:
+        return 6 * counted_params(student) * trainable_fraction + teacher_fwd
+    # stages 1-2: the teacher's forward, the student's mixers forward and backward
+    mixers = sum(p.numel() for layer in student.model.layers for p in layer.mixer.parameters())
+    return 6 * mixers + teacher_fwd
+
+
+def random_batches(vocab: int, rows: int, seq_len: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield torch.randint(0, vocab, (rows, seq_len), generator=g)
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_teacher_training(teacher_cfg, device, batch: int, seq_len: int, steps: int, warmup: int) -> float:
+    """Seconds per step of a plain HF training step (eager attention, fp32 weights, bf16 autocast, AdamW)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    teacher_cfg = teacher_cfg.__class__.from_dict(teacher_cfg.to_dict())
+    teacher_cfg._attn_implementation = "eager"
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(teacher_cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
+                                                                                                      enabled=False)
+    data = random_batches(teacher_cfg.vocab_size, batch, seq_len, device, seed=1)
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        ids = next(data).to(device)
+        with autocast:
+            logits = model(input_ids=ids).logits
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync(device)
+    dt = (time.perf_counter() - t0) / steps
+    del model, opt
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return dt
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="phi-1_5")
+    ap.add_argument("--stages", default="1,2,3")
+    ap.add_argument("--batch", type=int, default=8, help="sequences per process and micro-batch (stages 2, 3)")
+    ap.add_argument("--stage1-batch", type=int, default=1, help="stage 1 materializes (batch, heads, L, L) per layer")
+    ap.add_argument("--seq-len", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--freeze-mlp", action="store_true")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the teacher's own training step")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args()
+
+    parallel, device = Parallel.from_env("auto")
+    world = parallel.world
+    tcfg = model_config(args.model)
+    dev_name = device_name(device)
+    peak = next((v for k, v in PEAK_BF16.items() if k in dev_name), None)
+    rows = []
+
+    baseline_s = None
+    if not args.no_baseline and parallel.main and world == 1:
+        baseline_s = time_teacher_training(tcfg, device, args.batch, args.seq_len, args.steps, args.warmup)
+
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    tcfg._attn_implementation = "sdpa"
+    with torch.device(device):
+        teacher = AutoModelForCausalLM.from_config(tcfg).eval().requires_grad_(False)
+        student = from_teacher(adapter_for(teacher))
+    adapter = adapter_for(teacher)
+    dcfg = DistillConfig(seq_len=args.seq_len, freeze_mlp=args.freeze_mlp, spike_factor=0.0, log_every=10 ** 9,
+                         checkpoint_every=10 ** 9)
+    if baseline_s is not None:
+        tokens = args.batch * args.seq_len
+        fl = flops_per_token(0, student, teacher, args.seq_len)
+        rows.append({"what": "HF eager training step of the teacher", "batch": args.batch,
+                     "tokens_per_s": tokens / baseline_s, "step_ms": 1e3 * baseline_s,
+                     "mfu": fl * tokens / baseline_s / peak if peak else None})
+    for s in map(int, args.stages.split(",")):
+        rows_per_rank = args.stage1_batch if s == 1 else args.batch
+        global_rows = rows_per_rank * world
+        micro_tokens = global_rows * args.seq_len
+        stage = STAGES[s](student, adapter, dcfg)
+        batches = map(parallel.shard, random_batches(tcfg.vocab_size, global_rows, args.seq_len, device, seed=s))
+        common = dict(micro_tokens=micro_tokens, grad_accum=1, lr=1e-5, cfg=dcfg, checkpointer=Checkpointer(None),
+                      log=MetricsLog(None), progress=False, parallel=parallel)
+        train_stage(stage, batches, total_tokens=args.warmup * micro_tokens, **common)  # warm-up, lazy init
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        train_stage(stage, batches, total_tokens=args.steps * micro_tokens, **common)
+        sync(device)
+        dt = (time.perf_counter() - t0) / args.steps
+        trainable = sum(p.numel() for _, p in stage.parameters()) / max(1, sum(p.numel() for p in
+                                                                               student.parameters()))
+        fl = flops_per_token(s, student, teacher, args.seq_len, trainable)
+        tps = micro_tokens / dt
+        rows.append({"what": f"stage {s} ({stage.name})", "batch": global_rows, "tokens_per_s": tps,
+                     "step_ms": 1e3 * dt, "mfu": fl * tps / world / peak if peak else None,
+                     "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda"
+                     else None})
+        if parallel.main:
+            print(rows[-1], flush=True)
+    if not parallel.main:
+        parallel.close()
+        return
+    base = rows[0]["tokens_per_s"] if baseline_s is not None else None
+    cmd = command("torchrun --nproc-per-node %d" % world if world > 1 else "python3")
+    payload = {"device": dev_name, "gpus": world, "versions": versions("transformers", "triton", "mamba_ssm"),
+               "command": cmd, "model": args.model, "seq_len": args.seq_len, "rows": rows,
+               "student_parameters": sum(p.numel() for p in student.parameters()),
+               "teacher_parameters": sum(p.numel() for p in teacher.parameters())}
+    lines = [f"# Stage throughput, {args.model} ({payload['teacher_parameters'] / 1e9:.2f}B teacher, "
+             f"{payload['student_parameters'] / 1e9:.2f}B SSD student), {world} x {dev_name}", "",
+             f"- command: `{cmd}`", f"- versions: {payload['versions']}",
+             f"- {args.seq_len} tokens per sequence, batch = sequences per optimizer step over all processes; "
+             f"mean of {args.steps} steps after {args.warmup} warm-up steps; random weights and tokens", "",
+             "| what | batch | tokens/s | step ms | MFU | vs teacher's HF step | peak GiB |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rel = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        lines.append(f"| {r['what']} | {r['batch']} | {fmt(r['tokens_per_s'], 0)} | {fmt(r['step_ms'], 1)} | {mfu} | "
+                     f"{rel} | {fmt(r.get('peak_mem_gib'), 1)} |")
+    write(f"stage_throughput-{args.model}-{dev_name.split(' (')[0]}-{world}gpu", payload, lines, Path(args.out))
+    parallel.close()
+
+
+if __name__ == "__main__":
+    main()

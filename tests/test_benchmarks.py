@@ -1,0 +1,48 @@
+"""The benchmark scripts run end to end on a tiny model on the CPU and write their JSON + markdown."""
+
+import json
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("script,args", [
+    ("stage_throughput", ["--model", "tiny", "--steps", "1", "--warmup", "1", "--seq-len", "32", "--batch", "2"]),
+    ("decode_speed", ["--model", "tiny", "--contexts", "16,48", "--batches", "2", "--new-tokens", "4"]),
+])
+def test_benchmark_writes_results(script, args, tmp_path, monkeypatch):
+    import importlib
+
+    mod = importlib.import_module(f"benchmarks.{script}")
+    monkeypatch.setattr(sys, "argv", [f"benchmarks/{script}.py", *args, "--out", str(tmp_path)])
+    mod.main()
+    (js,) = tmp_path.glob("*.json")
+    (md,) = tmp_path.glob("*.md")
+    rows = json.loads(js.read_text())["rows"]
+    assert "command" in json.loads(js.read_text()) and "| " in md.read_text()
+    if script == "stage_throughput":
+        assert [r["what"].split(" (")[0] for r in rows] == ["HF eager training step of the teacher", "stage 1",
+                                                            "stage 2", "stage 3"]
+        assert all(r["tokens_per_s"] > 0 for r in rows)
+    else:
+        assert len(rows) == 2 and all(r["teacher_tokens_per_s"] > 0 and r["student_tokens_per_s"] > 0 for r in rows)
+        # the teacher's KV cache grows with the context, the student's state does not
+        assert rows[1]["teacher_state_mib"] > 2 * rows[0]["teacher_state_mib"]
+        assert rows[1]["student_state_mib"] == rows[0]["student_state_mib"] > 0
+
+
+def test_flops_count_the_teacher_forward_and_trained_student():
+    from benchmarks.stage_throughput import counted_params, flops_per_token, model_config
+    from transformers import AutoModelForCausalLM
+
+    from mohawk.teachers import adapter_for
+    from mohawk.transfer import from_teacher
+
+    teacher = AutoModelForCausalLM.from_config(model_config("tiny"))
+    student = from_teacher(adapter_for(teacher))
+    n_t, n_s = counted_params(teacher), counted_params(student)
+    cfg = teacher.config
+    attn = 2 * cfg.num_hidden_layers * cfg.hidden_size * 128
+    assert flops_per_token(0, student, teacher, 128) == 3 * (2 * n_t + attn)
+    assert flops_per_token(3, student, teacher, 128) == 6 * n_s + 2 * n_t + attn
+    assert flops_per_token(3, student, teacher, 128, 0.5) == 3 * n_s + 2 * n_t + attn
