@@ -39,6 +39,7 @@ class DistillConfig:
     stage1_tokens: int = 12288
     stage2_tokens: int = 12288
     stage3_tokens: int = 16384
+    stage1_tile: int = 0  # > 0: stage-1 loss over blocks of this many rows (memory T x L, not L x L); 0: whole matrices
     stage1_lr: float = 1e-3
     stage2_lr: float = 1e-3
     stage3_lr: float = 3e-4
@@ -113,7 +114,7 @@ class DistillConfig:
         for key in ("seq_len", "batch_size", "val_sequences", "log_every", "checkpoint_every", "spike_window",
                     "spike_patience"):
             need(getattr(self, key) > 0, key, "must be > 0")
-        for key in ("stage1_tokens", "stage2_tokens", "stage3_tokens"):
+        for key in ("stage1_tokens", "stage2_tokens", "stage3_tokens", "stage1_tile"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         for key in ("stage1_lr", "stage2_lr", "stage3_lr"):
             need(0 < getattr(self, key) < 1, key, "must be in (0, 1)")

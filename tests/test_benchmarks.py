@@ -9,6 +9,7 @@ import pytest
 @pytest.mark.parametrize("script,args", [
     ("stage_throughput", ["--model", "tiny", "--steps", "1", "--warmup", "1", "--seq-len", "32", "--batch", "2"]),
     ("decode_speed", ["--model", "tiny", "--contexts", "16,48", "--batches", "2", "--new-tokens", "4"]),
+    ("stage1_memory", ["--model", "tiny", "--lengths", "32,64", "--tile", "8"]),
 ])
 def test_benchmark_writes_results(script, args, tmp_path, monkeypatch):
     import importlib
@@ -24,6 +25,8 @@ def test_benchmark_writes_results(script, args, tmp_path, monkeypatch):
         assert [r["what"].split(" (")[0] for r in rows] == ["HF eager training step of the teacher", "stage 1",
                                                             "stage 2", "stage 3"]
         assert all(r["tokens_per_s"] > 0 for r in rows)
+    elif script == "stage1_memory":
+        assert [r["L"] for r in rows] == [32, 64] and all(r["naive_ms"] > 0 and r["tiled_ms"] > 0 for r in rows)
     else:
         assert len(rows) == 2 and all(r["teacher_tokens_per_s"] > 0 and r["student_tokens_per_s"] > 0 for r in rows)
         # the teacher's KV cache grows with the context, the student's state does not

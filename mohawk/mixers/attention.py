@@ -91,6 +91,18 @@ class Attention(nn.Module):
         mask = self._mask(u.shape[1], u.shape[1], u.device)
         return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
 
+    def matrix_factors(self, u: Tensor, position_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Q and K (GQA heads repeated), float32, computed once for :meth:`matrix_rows`."""
+        q, k, _ = self._qkv(u, self._positions(u, position_ids))
+        return q.float(), self._repeat_kv(k).float()
+
+    def matrix_rows(self, factors, r0: int, r1: int) -> Tensor:
+        """Rows r0..r1-1 of ``materialize(u)`` over columns 0..r1-1 (batch, heads, r1 - r0, r1); the columns past r1
+        are masked anyway, so each row's softmax is exact."""
+        q, k = factors
+        scores = torch.einsum("bhtd,bhsd->bhts", q[:, :, r0:r1], k[:, :, :r1]) * self.scale
+        return scores.masked_fill(~self._mask(r1 - r0, r1, q.device), float("-inf")).softmax(dim=-1)
+
     def value_stream(self, u: Tensor) -> Tensor:
         """V (batch, heads, L, head_dim), K/V heads repeated for GQA: what ``materialize(u)`` multiplies."""
         b, L, _ = u.shape

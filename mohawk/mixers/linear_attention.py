@@ -28,3 +28,7 @@ class LinearAttentionMixer(SSDMixer):
 
     def _matrix(self, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
         return linear_attention_matrix(B, C, self.num_heads)
+
+    def _matrix_rows(self, dt: Tensor, B: Tensor, C: Tensor, r0: int, r1: int) -> Tensor:
+        Bh, Ch = _expand_groups(B[:, :r1], self.num_heads), _expand_groups(C[:, r0:r1], self.num_heads)
+        return torch.einsum("bthn,bshn->bhts", Ch, Bh).tril(r0)

@@ -55,6 +55,33 @@ def ssd_matrix(dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
     return cb * decay * dt.transpose(1, 2)[:, :, None, :]
 
 
+def _diagonal(r0: int, r1: int, device) -> Tensor:
+    """(r1 - r0, r1) boolean, True at (t - r0, t): the diagonal of rows r0..r1-1."""
+    return torch.arange(r1, device=device)[None, :] == torch.arange(r0, r1, device=device)[:, None]
+
+
+def segsum_rows(x: Tensor, r0: int, r1: int) -> Tensor:
+    """Rows r0..r1-1 of ``segsum(x[..., :r1])``: (..., L) -> (..., r1 - r0, r1), without the (L, L) matrix. Each entry
+    is a sum of two local cumulative sums (back to r0, then forward to t), as stable as ``segsum``."""
+    xb = x[..., :r1]
+    inner = segsum(xb[..., r0:r1])  # (..., T, T): columns r0..r1-1
+    if r0 == 0:
+        return inner
+    # columns s < r0: sum_{s < r <= r0} x_r + sum_{r0 < r <= t} x_r
+    before = torch.flip(torch.cumsum(torch.flip(xb[..., 1: r0 + 1], [-1]), -1), [-1])  # (..., r0): s = 0..r0-1
+    within = torch.cumsum(xb[..., r0:r1], -1) - xb[..., r0: r0 + 1]  # (..., T): sum_{r0 < r <= t}
+    return torch.cat([within[..., :, None] + before[..., None, :], inner], dim=-1)
+
+
+def ssd_matrix_rows(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, r0: int, r1: int) -> Tensor:
+    """Rows r0..r1-1 of :func:`ssd_matrix` over columns 0..r1-1: (batch, heads, r1 - r0, r1)."""
+    heads = dt.shape[-1]
+    Bh, Ch = _expand_groups(B[:, :r1], heads), _expand_groups(C[:, r0:r1], heads)
+    decay = torch.exp(segsum_rows((dt * A).transpose(1, 2), r0, r1))
+    cb = torch.einsum("bthn,bshn->bhts", Ch, Bh)
+    return cb * decay * dt[:, :r1].transpose(1, 2)[:, :, None, :]
+
+
 def ssd_materialized(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None) -> Tensor:
     """Quadratic reference: y (batch, L, heads, head_dim) = M x + D x with M from :func:`ssd_matrix`."""
     M = ssd_matrix(dt, A, B, C).to(x.dtype)
@@ -308,6 +335,9 @@ class SSDMixer(nn.Module):
     def _step(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, state: Tensor):
         return ssd_step(x, dt, self.A(), B, C, state, self.D)
 
+    def _matrix_rows(self, dt: Tensor, B: Tensor, C: Tensor, r0: int, r1: int) -> Tensor:
+        return ssd_matrix_rows(dt, self.A(), B, C, r0, r1)
+
     # -- the three ways to run it -------------------------------------------------------------------------------------
     def materialize(self, u: Tensor, **_) -> Tensor:
         """Mixing matrix (batch, heads, L, L) over the value stream x, D on the diagonal."""
@@ -315,6 +345,19 @@ class SSDMixer(nn.Module):
         _, B, C = self._split(self._conv(xbc))
         M = self._matrix(dt, B.float(), C.float())
         return M + torch.diag_embed(self.D.float()[None, :, None].expand_as(M[..., 0]))
+
+    def matrix_factors(self, u: Tensor):
+        """What the mixing matrix is made of (dt, B, C), computed once for :meth:`matrix_rows`."""
+        _, xbc, dt = self._project(u)
+        _, B, C = self._split(self._conv(xbc))
+        return dt, B.float(), C.float()
+
+    def matrix_rows(self, factors, r0: int, r1: int) -> Tensor:
+        """Rows r0..r1-1 of ``materialize(u)`` over columns 0..r1-1 (batch, heads, r1 - r0, r1), from
+        ``matrix_factors(u)``: what a tiled stage-1 loss needs, without the (L, L) matrix."""
+        dt, B, C = factors
+        M = self._matrix_rows(dt, B, C, r0, r1)
+        return M + _diagonal(r0, r1, M.device) * self.D.float()[None, :, None, None]
 
     def value_stream(self, u: Tensor) -> Tensor:
         """x (batch, heads, L, head_dim): what ``materialize(u)`` multiplies."""

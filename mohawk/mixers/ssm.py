@@ -142,6 +142,10 @@ class SSMMixer(SSDMixer):
     def _matrix(self, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
         return ssm_matrix_blockwise(dt, self.A(), B, C)
 
+    def _matrix_rows(self, dt: Tensor, B: Tensor, C: Tensor, r0: int, r1: int) -> Tensor:
+        # rows < r1 depend only on the first r1 tokens; no row-block formula here, so no memory saving either
+        return self._matrix(dt[:, :r1], B[:, :r1], C[:, :r1])[:, :, r0:r1]
+
     def _scan(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, return_final_state: bool):
         return ssm_chunked(x, dt, self.A(), B, C, self.D, chunk_size=min(self.chunk_size, 16),
                            return_final_state=return_final_state)

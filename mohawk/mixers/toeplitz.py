@@ -65,6 +65,13 @@ class ToeplitzMixer(nn.Module):
     def materialize(self, u: Tensor, **_) -> Tensor:
         return toeplitz_matrix(self._project(u)[0])
 
+    def matrix_factors(self, u: Tensor) -> Tensor:
+        return self._project(u)[0]  # the kernel values (batch, heads, L)
+
+    def matrix_rows(self, kernel: Tensor, r0: int, r1: int) -> Tensor:
+        """Rows r0..r1-1 of the matrix over columns 0..r1-1 (see SSDMixer.matrix_rows)."""
+        return toeplitz_matrix(kernel[..., :r1])[..., r0:r1, :]
+
     def value_stream(self, u: Tensor) -> Tensor:
         return self._project(u)[1]
 

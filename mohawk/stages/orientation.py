@@ -4,12 +4,17 @@
 
 u_l is the teacher's hidden state entering layer l's attention (after its norm); one teacher forward feeds all layers;
 only the replacing mixers' parameters train.
+
+With ``stage1_tile`` = T > 0 the squared distance is summed over blocks of T rows, each block of both matrices
+built from per-token factors (Q, K; dt, B, C) and recomputed in the backward pass (activation checkpointing), so
+memory grows as T x L per layer instead of L x L and stage 1 runs at long sequence lengths. Same loss and gradients.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from mohawk.stages.base import Stage
 
@@ -19,18 +24,42 @@ def frobenius_distance(A: Tensor, M: Tensor) -> Tensor:
     return torch.linalg.matrix_norm(A.float() - M.float(), ord="fro")
 
 
+def _tile_squared_distance(teacher, student, fa, fm, r0: int, r1: int) -> Tensor:
+    with torch.no_grad():
+        A = teacher.matrix_rows(fa, r0, r1)
+    return (A - student.matrix_rows(fm, r0, r1).float()).square().sum((-2, -1))
+
+
+def tiled_frobenius_distance(teacher, student, u: Tensor, tile: int) -> Tensor:
+    """|| A(u) - M(u) ||_F (batch, heads) for a teacher attention and a student mixer, ``tile`` rows at a time; equal
+    to ``frobenius_distance(teacher.materialize(u), student.materialize(u))`` without either L x L matrix."""
+    with torch.no_grad():
+        fa = teacher.matrix_factors(u)
+    fm = student.matrix_factors(u)
+    L = u.shape[1]
+    total = 0
+    for r0 in range(0, L, tile):
+        r1 = min(L, r0 + tile)
+        total = total + checkpoint(_tile_squared_distance, teacher, student, fa, fm, r0, r1, use_reentrant=False)
+    return total.sqrt()
+
+
 class MatrixOrientation(Stage):
     number = 1
     name = "matrix orientation"
 
     def loss(self, batch: Tensor) -> tuple[Tensor, dict]:
         caps = self.adapter.capture(batch, logits=False)
+        tile = getattr(self.cfg, "stage1_tile", 0) if self.cfg else 0
         per_layer = {}
         for i in self.layers:
             u = caps.mixer_inputs[i]
-            with torch.no_grad():
-                A = self.adapter.attention(i).materialize(u)
-            M = self.student.model.layers[i].mixer.materialize(u)
-            per_layer[i] = frobenius_distance(A, M).mean()
+            teacher, student = self.adapter.attention(i), self.student.model.layers[i].mixer
+            if tile and tile < u.shape[1]:
+                per_layer[i] = tiled_frobenius_distance(teacher, student, u, tile).mean()
+            else:
+                with torch.no_grad():
+                    A = teacher.materialize(u)
+                per_layer[i] = frobenius_distance(A, student.materialize(u)).mean()
         total = self._total(per_layer, batch.float())
         return total, {"layer_distance": {i: float(v.detach()) for i, v in per_layer.items()}}

@@ -1,0 +1,101 @@
+"""Stage-1 peak memory and time, whole matrices vs row tiles: one layer of a model's dimensions (teacher attention
+matrix vs SSD student matrix, Frobenius distance, forward + backward), batch 1, at 1k-16k tokens.
+
+    python3 benchmarks/stage1_memory.py [--model smollm2-135m] [--lengths 1024,2048,4096,8192,16384] [--tile 256]
+
+Writes benchmarks/results/stage1_memory-<model>-<device>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import command, device_name, fmt, versions, write  # noqa: E402
+from benchmarks.stage_throughput import model_config, sync  # noqa: E402
+from mohawk.stages.orientation import frobenius_distance, tiled_frobenius_distance  # noqa: E402
+from mohawk.teachers import adapter_for  # noqa: E402
+from mohawk.transfer import from_teacher  # noqa: E402
+
+
+def measure(fn, device) -> dict:
+    try:
+        fn()  # warm-up
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        ms = 1e3 * (time.perf_counter() - t0)
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 30 if device.type == "cuda" else None
+        return {"ms": ms, "peak_gib": peak}
+    except torch.OutOfMemoryError:
+        return {"oom": True}
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--lengths", default="1024,2048,4096,8192,16384")
+    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args()
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = model_config(args.model)
+    cfg.num_hidden_layers = 1
+    cfg.max_position_embeddings = max(cfg.max_position_embeddings, max(map(int, args.lengths.split(","))))
+    torch.manual_seed(0)
+    with torch.device(device):
+        adapter = adapter_for(AutoModelForCausalLM.from_config(cfg).eval())
+        layer = from_teacher(adapter).model.layers[0].mixer
+    teacher = adapter.attention(0)
+    rows = []
+    for L in map(int, args.lengths.split(",")):
+        u = torch.randn(1, L, cfg.hidden_size, device=device)
+
+        def naive():
+            with torch.no_grad():
+                A = teacher.materialize(u)
+            frobenius_distance(A, layer.materialize(u)).mean().backward()
+
+        def tiled():
+            tiled_frobenius_distance(teacher, layer, u, args.tile).mean().backward()
+
+        row = {"L": L, **{f"naive_{k}": v for k, v in measure(naive, device).items()},
+               **{f"tiled_{k}": v for k, v in measure(tiled, device).items()}}
+        rows.append(row)
+        print(row, flush=True)
+    dev = device_name(device)
+    cmd = command()
+    payload = {"device": dev, "versions": versions(), "command": cmd, "model": args.model, "tile": args.tile,
+               "rows": rows}
+    lines = [f"# Stage-1 loss memory, {args.model} layer dimensions, {dev}", "", f"- command: `{cmd}`",
+             f"- versions: {payload['versions']}",
+             f"- one layer, batch 1, float32 matrices, forward + backward of the Frobenius distance; tiled: blocks "
+             f"of {args.tile} rows, recomputed in the backward pass; peak = allocated above the inputs", "",
+             "| L | naive peak GiB | tiled peak GiB | tiled / naive memory | naive ms | tiled ms |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        n, t = r.get("naive_peak_gib"), r.get("tiled_peak_gib")
+        lines.append(f"| {r['L']} | {fmt(n) if not r.get('naive_oom') else 'OOM'} | "
+                     f"{fmt(t) if not r.get('tiled_oom') else 'OOM'} | {f'1/{n / t:.1f}' if n and t else '-'} | "
+                     f"{fmt(r.get('naive_ms'), 1)} | {fmt(r.get('tiled_ms'), 1)} |")
+    write(f"stage1_memory-{args.model}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
