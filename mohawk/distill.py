@@ -150,6 +150,7 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, re
         log.truncate_after(0, 0)
 
     summary.setdefault("stages", {})
+    teacher_sharded = False
     for s in cfg.stages:
         if latest_state and (s < latest_state["stage"] or (s == latest_state["stage"] and latest_state["done"])):
             continue  # finished before the interruption
@@ -162,6 +163,9 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, re
         stage = STAGES[s](student, adapter, cfg)
         if s == 3 and mid is None and cfg.init == "teacher":
             copy_non_mixer_weights(student, adapter)  # the weight transfer (a no-op after frozen stages 1-2)
+        if parallel.uses_fsdp(s):
+            parallel.shard_teacher(adapter)
+            teacher_sharded = True
         # every rank draws the same global batches and keeps its rows: the run does not depend on the world size
         batches = map(parallel.shard, _stage_stream(cfg, tokenizer, s).batches(cfg.batch_size, skip=done_batches))
         t_stage = time.perf_counter()
@@ -178,6 +182,9 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, re
     student = parallel.gather(student)  # FSDP2 shards -> one plain model on rank 0
     if not main:
         return out
+    if teacher_sharded:  # a sharded teacher runs only with every rank: rank 0 loads its own copy to evaluate
+        del teacher, adapter
+        teacher, _, adapter = load_teacher(cfg.teacher, device=device, trust_remote_code=cfg.trust_remote_code)
     console.print("evaluating the distilled student")
     summary["final"] = _evaluate(student, teacher, val, cfg)
     summary["distances_after"] = layer_distances(student, adapter, val[: cfg.batch_size])

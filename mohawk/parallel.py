@@ -1,7 +1,8 @@
 """Data parallelism on PyTorch's own engine, for runs started by ``torchrun`` (which sets RANK, WORLD_SIZE,
 LOCAL_RANK and the rendezvous): stages 1 and 2 train the replacing mixers under DistributedDataParallel, stage 3
-trains the whole student sharded with FSDP2 (``fully_shard``, bf16 parameters and fp32 gradient reduction on GPU) or
-under DDP. The teacher is replicated on every rank (bf16 on GPU).
+trains the whole student sharded with FSDP2 (``fully_shard``, bf16 parameters and fp32 gradient reduction on GPU),
+with the frozen teacher sharded the same way for its forward passes, or both replicated under DDP (``--parallel
+ddp``). In stages 1 and 2 the teacher is replicated.
 
 Every rank draws the same global batch from the same deterministic stream and keeps its own slice of rows, so a
 run's batches, token counts and checkpoints do not depend on the number of processes: a checkpoint written by N
@@ -113,18 +114,26 @@ class Parallel:
     def shard_student(self, student: nn.Module) -> None:
         """FSDP2 in place: each decoder layer, then the root (embeddings, final norm, head), over all ranks.
         Parameters become DTensors, so call this before building the optimizer. Idempotent."""
+        self._fully_shard(student, student.model.layers)
+
+    def shard_teacher(self, adapter) -> None:
+        """FSDP2 on the frozen teacher (each decoder layer, then the root) for stage 3's forward passes: each rank
+        holds 1/world of its weights. Afterwards the teacher runs only with every rank taking part (see distill)."""
+        self._fully_shard(adapter.model, adapter.layers())
+
+    def _fully_shard(self, model: nn.Module, layers) -> None:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-        if isinstance(student, FSDPModule):
+        if isinstance(model, FSDPModule):
             return
-        device = next(student.parameters()).device
+        device = next(model.parameters()).device
         mesh = init_device_mesh(device.type, (self.world,))
         mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if device.type == "cuda" else MixedPrecisionPolicy())
-        for layer in student.model.layers:
+        for layer in layers:
             fully_shard(layer, mesh=mesh, mp_policy=mp)
-        fully_shard(student, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
 
     def runner(self, stage) -> "StageRunner":
         """How train.py calls ``stage.loss`` on this job: directly, through DDP, or on the FSDP2-sharded student."""
