@@ -12,6 +12,7 @@ Writes benchmarks/results/decode_speed-<model>-<device>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -38,13 +39,17 @@ def cache_bytes(cache) -> int:
 def decode(model, cache, ids: torch.Tensor, new_tokens: int, device) -> dict:
     """Prefill ``ids`` through the backbone (no logits for the prompt), then ``new_tokens`` greedy one-token steps."""
     teacher = not isinstance(cache, MohawkCache)
-    kw = {"past_key_values": cache, "use_cache": True}
+    # transformers 5.24 renamed the models' ``past_key_values`` argument to ``cache``
+    name = "cache" if teacher and "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    kw = {name: cache, "use_cache": True}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     t0 = time.perf_counter()
     if teacher:
-        model.model(input_ids=ids, **kw)
+        backbone_kw = {("cache" if "cache" in inspect.signature(type(model.model).forward).parameters
+                        else "past_key_values"): cache, "use_cache": True}
+        model.model(input_ids=ids, **backbone_kw)
     else:
         model.model(input_ids=ids, cache=cache)
     sync(device)
