@@ -189,7 +189,7 @@ def run_approx(cfg: ApproxConfig, console=None, command: str | None = None) -> P
     from rich.console import Console
     from rich.progress import Progress
 
-    from mohawk.distill import resolve_device
+    from mohawk.parallel import resolve_device
     from mohawk.teachers import load_teacher
 
     console = console or Console(stderr=True)

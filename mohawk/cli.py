@@ -156,7 +156,7 @@ def approx(
     import torch
 
     from mohawk.approx import ApproxConfig, run_approx
-    from mohawk.distill import resolve_device
+    from mohawk.parallel import resolve_device
 
     gpu = resolve_device(device).type == "cuda"
     cfg = ApproxConfig(device=device, seed=seed, out=out)
@@ -188,7 +188,7 @@ def generate(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import mohawk  # noqa: F401  (registers the student with the Auto classes)
-    from mohawk.distill import resolve_device
+    from mohawk.parallel import resolve_device
 
     dev = resolve_device(device)
     try:

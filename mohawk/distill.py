@@ -27,14 +27,6 @@ from mohawk.train import Checkpointer, MetricsLog, train_stage, write_json
 from mohawk.transfer import copy_non_mixer_weights, from_teacher, parse_attention_layers, place_attention_layers
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MohawkError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu)")
-    return torch.device(name)
-
-
 def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to clobber an earlier run unless asked to continue it (--resume) or replace it (--overwrite)."""
     if out.exists() and not out.is_dir():

@@ -26,6 +26,15 @@ from mohawk.errors import MohawkError
 STRATEGIES = ("auto", "ddp", "fsdp")
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when a GPU is visible, else cpu; a clear error for cuda without a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MohawkError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu)")
+    return torch.device(name)
+
+
 @dataclass
 class Parallel:
     """This process's place in the job: ``rank`` of ``world`` processes, GPU ``local_rank`` of its node."""
@@ -41,8 +50,6 @@ class Parallel:
         this rank's device; a plain single-process ``Parallel`` when not under torchrun."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
-            from mohawk.distill import resolve_device
-
             return cls(strategy=strategy), resolve_device(device)
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())

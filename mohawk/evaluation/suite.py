@@ -281,7 +281,7 @@ def evaluate(models: list[str], *, teacher: str | None = "smollm2-135m", data: s
 
     import mohawk  # noqa: F401  (registers the student with the Auto classes)
     from mohawk.data import make_streams, take
-    from mohawk.distill import resolve_device
+    from mohawk.parallel import resolve_device
     from mohawk.teachers import load_teacher
 
     t0 = time.perf_counter()
