@@ -73,6 +73,9 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
 def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, resume: bool, overwrite: bool,
              progress: bool, console: Console | None, command: str | None) -> Path:
     main = parallel.main
+    if cfg.batch_size % parallel.world:
+        raise MohawkError(f"--batch-size {cfg.batch_size} does not split over {parallel.world} processes: use a "
+                          f"multiple of {parallel.world} (the batch size is global)")
     console = console or Console(stderr=True)
     if not main:
         console = Console(stderr=True, quiet=True)
