@@ -67,8 +67,9 @@ def distill(
                                              "continuations and lm-eval tasks (see `mohawk eval --help`); '' for none."),
     eval_limit: Optional[int] = typer.Option(None, help="Items per lm-eval task in that evaluation."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
-    parallel: Optional[str] = typer.Option(None, help="Under torchrun: how stage 3 spreads over the processes, fsdp "
-                                           "(FSDP2, student sharded; the default) or ddp. Stages 1-2 use DDP."),
+    parallel: Optional[str] = typer.Option(None, help="Under torchrun: how stage 3 spreads over the processes, "
+                                           "fsdp (FSDP2, student and teacher sharded; the default) or ddp. "
+                                           "Stages 1-2 use DDP."),
     seed: Optional[int] = typer.Option(None, help="Seed for data order and initialisation."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     report_to: Optional[str] = typer.Option(None, help="none or tensorboard (live curves in OUT/tensorboard)."),
