@@ -47,7 +47,8 @@ def distill(
     seq_len: Optional[int] = typer.Option(None, help="Tokens per training sequence."),
     stage1_tile: Optional[int] = typer.Option(None, help="Stage 1 loss over blocks of this many rows (memory T x L "
                                               "instead of L x L per layer, for long sequences); 0: whole matrices."),
-    batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch (global: split over torchrun processes)."),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch (global: split over torchrun "
+                                             "processes)."),
     tokens_per_update: Optional[int] = typer.Option(None, help="Tokens per optimizer update (gradient accumulation)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate of every stage (or set stageN_lr in YAML)."),
     schedule: Optional[str] = typer.Option(None, help="wsd (warmup-stable-decay, the paper's) or cosine."),
@@ -85,9 +86,11 @@ def distill(
     from mohawk.config import DistillConfig
     from mohawk.distill import distill as run
 
-    overrides = dict(teacher=teacher, data=data, val_data=val_data, val_sequences=val_sequences, text_field=text_field, out=out, stages=stages,
-                     stage1_tokens=stage1_tokens, stage2_tokens=stage2_tokens, stage3_tokens=stage3_tokens,
-                     seq_len=seq_len, stage1_tile=stage1_tile, batch_size=batch_size, tokens_per_update=tokens_per_update, schedule=schedule,
+    overrides = dict(teacher=teacher, data=data, val_data=val_data, val_sequences=val_sequences,
+                     text_field=text_field, out=out, stages=stages, stage1_tokens=stage1_tokens,
+                     stage2_tokens=stage2_tokens, stage3_tokens=stage3_tokens, seq_len=seq_len,
+                     stage1_tile=stage1_tile, batch_size=batch_size, tokens_per_update=tokens_per_update,
+                     schedule=schedule,
                      mixer=mixer, attention_layers=attention_layers, num_attention_layers=num_attention_layers,
                      placement=placement, freeze_mlp=freeze_mlp, temperature=temperature, ce_weight=ce_weight,
                      kd_weight=kd_weight, init=init, eval_tasks=eval_tasks, eval_limit=eval_limit,
