@@ -305,10 +305,15 @@ class SSDMixer(nn.Module):
         dt = F.softplus(proj[..., s["dt"]].float() + self.dt_bias.float())
         return z, xbc, dt
 
-    def _conv(self, xbc: Tensor) -> Tensor:
+    def _conv(self, xbc: Tensor, conv_state: Tensor | None = None) -> Tensor:
+        """Causal depthwise conv over (b, L, conv_dim); ``conv_state`` (b, conv_dim, k - 1): the inputs before xbc."""
         L = xbc.shape[1]
-        out = self.conv1d(xbc.transpose(1, 2))[..., :L].transpose(1, 2)
-        return self._act(out, self.conv_activation)
+        if conv_state is None:
+            out = self.conv1d(xbc.transpose(1, 2))[..., :L]
+        else:
+            window = torch.cat([conv_state.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)
+            out = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.conv1d.groups)
+        return self._act(out.transpose(1, 2), self.conv_activation)
 
     def _finish(self, y: Tensor, z: Tensor | None) -> Tensor:
         """y (b, L, heads, head_dim) -> gate -> norm -> out_proj -> (b, L, hidden)."""
@@ -329,8 +334,10 @@ class SSDMixer(nn.Module):
     def _matrix(self, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
         return ssd_matrix(dt, self.A(), B, C)
 
-    def _scan(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, return_final_state: bool):
-        return ssd(x, dt, self.A(), B, C, self.D, chunk_size=self.chunk_size, return_final_state=return_final_state)
+    def _scan(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, return_final_state: bool,
+              initial_state: Tensor | None = None):
+        return ssd(x, dt, self.A(), B, C, self.D, chunk_size=self.chunk_size, initial_state=initial_state,
+                   return_final_state=return_final_state)
 
     def _step(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, state: Tensor):
         return ssd_step(x, dt, self.A(), B, C, state, self.D)
@@ -366,20 +373,25 @@ class SSDMixer(nn.Module):
         return x.transpose(1, 2)
 
     def forward(self, u: Tensor, cache=None, **_) -> Tensor:
-        """u (batch, L, hidden) -> (batch, L, hidden). With ``cache`` (a MohawkCache), carries conv and SSM state."""
+        """u (batch, L, hidden) -> (batch, L, hidden). With ``cache`` (a MohawkCache), carries conv and SSM state: one
+        token takes the recurrent step, several tokens the chunked scan from the cached state (a prompt fed in
+        pieces, see MohawkModel's prefill_chunk)."""
         z, xbc_raw, dt = self._project(u)
-        if cache is not None and cache.has_state(self.layer_idx):
+        cached = cache is not None and cache.has_state(self.layer_idx)
+        if cached and u.shape[1] == 1:
             return self._forward_recurrent(u, z, xbc_raw, dt, cache)
-        x, B, C = self._split(self._conv(xbc_raw))
-        out = self._scan(x, dt, B, C, return_final_state=cache is not None)
-        if cache is not None:
-            y, state = out
-            k = self.conv_kernel - 1
-            padded = F.pad(xbc_raw.transpose(1, 2), (max(0, k - xbc_raw.shape[1]), 0))
-            conv_state = padded[..., padded.shape[-1] - k:]  # the last k inputs: (b, conv_dim, k)
-            cache.set_state(self.layer_idx, conv_state, state)
-        else:
-            y = out
+        conv_state, state = cache.get_state(self.layer_idx) if cached else (None, None)
+        x, B, C = self._split(self._conv(xbc_raw, conv_state))
+        out = self._scan(x, dt, B, C, return_final_state=cache is not None, initial_state=state)
+        if cache is None:
+            return self._finish(out, z)
+        y, state = out
+        k = self.conv_kernel - 1
+        history = xbc_raw.transpose(1, 2)
+        if conv_state is not None:
+            history = torch.cat([conv_state.to(history.dtype), history], dim=-1)
+        padded = F.pad(history, (max(0, k - history.shape[-1]), 0))
+        cache.set_state(self.layer_idx, padded[..., padded.shape[-1] - k:], state)  # the last k inputs
         return self._finish(y, z)
 
     def _forward_recurrent(self, u, z, xbc_raw, dt, cache) -> Tensor:

@@ -146,9 +146,10 @@ class SSMMixer(SSDMixer):
         # rows < r1 depend only on the first r1 tokens; no row-block formula here, so no memory saving either
         return self._matrix(dt[:, :r1], B[:, :r1], C[:, :r1])[:, :, r0:r1]
 
-    def _scan(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, return_final_state: bool):
+    def _scan(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, return_final_state: bool,
+              initial_state: Tensor | None = None):
         return ssm_chunked(x, dt, self.A(), B, C, self.D, chunk_size=min(self.chunk_size, 16),
-                           return_final_state=return_final_state)
+                           initial_state=initial_state, return_final_state=return_final_state)
 
     def _step(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, state: Tensor):
         return ssm_step(x, dt, self.A(), B, C, state, self.D)

@@ -24,6 +24,8 @@ class MohawkConfig(PretrainedConfig):
       (B/C groups; default one per head), ssd_conv_kernel, ssd_conv_init "identity" | "random", ssd_conv_activation
       and ssd_gate_activation "identity" | "silu", ssd_gate (a gate initialised to 1), ssd_norm (RMSNorm before
       out_proj), ssd_dt_min/max and ssd_A_init_range for the decay initialisation, ssd_chunk_size for the scan.
+    prefill_chunk: with a cache (generation), a longer prompt goes through the model this many tokens at a time, so
+      the prefill's memory does not grow with the prompt (0: in one piece).
     """
 
     model_type = "mohawk"
@@ -68,6 +70,7 @@ class MohawkConfig(PretrainedConfig):
         ssd_dt_max: float = 0.1,
         ssd_A_init_range: tuple[float, float] = (1.0, 16.0),
         ssd_chunk_size: int = 64,
+        prefill_chunk: int = 2048,
         initializer_range: float = 0.02,
         teacher_model_type: str | None = None,
         **kwargs,
@@ -109,6 +112,7 @@ class MohawkConfig(PretrainedConfig):
         self.ssd_dt_max = ssd_dt_max
         self.ssd_A_init_range = tuple(ssd_A_init_range)
         self.ssd_chunk_size = ssd_chunk_size
+        self.prefill_chunk = prefill_chunk
         self.initializer_range = initializer_range
         self.teacher_model_type = teacher_model_type
         self._validate()

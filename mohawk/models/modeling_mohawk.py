@@ -177,11 +177,18 @@ class MohawkModel(MohawkPreTrainedModel):
         if self.embed_positions is not None:
             h = h + self.embed_positions(position_ids)
         hidden_states = []
-        for layer in self.layers:
-            if output_hidden_states:
-                hidden_states.append(h)
-            h = layer(h, position_ids=position_ids, cache=cache)
-        h = self.norm(h)
+        L, chunk = h.shape[1], getattr(self.config, "prefill_chunk", 0)
+        # a long prompt with a cache: piece by piece through all layers (SSD state and KV cache carry over)
+        step = chunk if cache is not None and chunk and L > chunk and not output_hidden_states else L
+        outs = []
+        for i in range(0, L, step):
+            x, pos = h[:, i: i + step], position_ids[:, i: i + step]
+            for layer in self.layers:
+                if output_hidden_states:
+                    hidden_states.append(x)
+                x = layer(x, position_ids=pos, cache=cache)
+            outs.append(x)
+        h = self.norm(torch.cat(outs, dim=1) if len(outs) > 1 else outs[0])
         if output_hidden_states:
             hidden_states.append(h)
         if cache is not None:
@@ -254,4 +261,5 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
             past_key_values = cache if isinstance(cache, MohawkCache) else MohawkCache()
         if past_key_values.tokens:
             input_ids = input_ids[:, past_key_values.tokens:]
-        return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": True}
+        extra = {"logits_to_keep": kwargs["logits_to_keep"]} if kwargs.get("logits_to_keep") else {}
+        return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": True, **extra}

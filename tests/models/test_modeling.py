@@ -51,6 +51,35 @@ def test_incremental_logits_equal_full_pass():
     torch.testing.assert_close(torch.cat([first] + steps, 1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mixers", [("ssd", "attention"), ("ssm", "linear_attention"), ("toeplitz", "ssd")])
+def test_prompt_in_pieces_equals_one_pass(mixers):
+    """Several tokens after a cached state go through the chunked scan from that state (conv window included)."""
+    m = student(mixers, ssd_conv_init="random", ssd_conv_activation="silu")
+    ids = torch.randint(0, 64, (2, 23))
+    with torch.no_grad():
+        full = m(ids).logits
+        cache = MohawkCache()
+        pieces = [m(ids[:, a:b], past_key_values=cache, use_cache=True).logits
+                  for a, b in [(0, 2), (2, 9), (9, 10), (10, 23)]]
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_chunk_gives_the_same_generation_and_state():
+    ids = torch.randint(0, 64, (2, 23))
+    outs, states = [], []
+    for chunk in (0, 5):
+        m = student(("ssd", "attention", "ssm"), ssd_conv_init="random", prefill_chunk=chunk)
+        with torch.no_grad():
+            cache = MohawkCache()
+            last = m(ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        assert last.shape == (2, 1, 64)
+        states.append((last, cache.get_state(0)[1], cache.tokens))
+        outs.append(m.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0))
+    torch.testing.assert_close(states[1][0], states[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(states[1][1], states[0][1], atol=1e-5, rtol=1e-5)
+    assert states[0][2] == states[1][2] == 23 and torch.equal(outs[0], outs[1])
+
+
 def test_ssd_decoding_memory_is_constant():
     m = student(("ssd", "ssd"))
     sizes = []
