@@ -144,8 +144,8 @@ class Parallel:
 
     def runner(self, stage) -> "StageRunner":
         """How train.py calls ``stage.loss`` on this job: directly, through DDP, or on the FSDP2-sharded student."""
-        if not self.active:
-            return StageRunner(stage.loss)
+        if not self.active or not any(p.requires_grad for p in stage.student.parameters()):
+            return StageRunner(stage.loss)  # (nothing to train, e.g. all layers kept as attention: DDP would refuse)
         if self.uses_fsdp(stage.number):
             student = stage.student
 
