@@ -5,6 +5,7 @@ the real model's dimensions (no download): ``phi-1_5`` (1.4B, the paper's teache
 
     python3 benchmarks/stage_throughput.py --model phi-1_5 --stages 1,2,3 [--batch 8] [--seq-len 1024] [--steps 10]
     torchrun --nproc-per-node 2 benchmarks/stage_throughput.py --model phi-1_5 --stages 3    # FSDP2 over 2 GPUs
+    (benchmarks/scaling.py runs both and writes the ratio)
 
 ``--batch`` is sequences per process (the global batch grows with the number of processes: weak scaling). MFU counts
 model FLOPs: 6 N per token for each trained model (N: its parameters but the input embedding), 2 N for the teacher's
@@ -164,6 +165,8 @@ def main():
         global_rows = rows_per_rank * world
         micro_tokens = global_rows * args.seq_len
         stage = STAGES[s](student, adapter, dcfg)
+        if parallel.uses_fsdp(s):
+            parallel.shard_teacher(adapter)  # as mohawk distill does
         batches = map(parallel.shard, random_batches(tcfg.vocab_size, global_rows, args.seq_len, device, seed=s))
         common = dict(micro_tokens=micro_tokens, grad_accum=1, lr=1e-5, cfg=dcfg, checkpointer=Checkpointer(None),
                       log=MetricsLog(None), progress=False, parallel=parallel)

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,20 @@ def test_flops_count_the_teacher_forward_and_trained_student():
     assert flops_per_token(0, student, teacher, 128) == 3 * (2 * n_t + attn)
     assert flops_per_token(3, student, teacher, 128) == 6 * n_s + 2 * n_t + attn
     assert flops_per_token(3, student, teacher, 128, 0.5) == 3 * n_s + 2 * n_t + attn
+
+
+@pytest.mark.multiprocess
+def test_scaling_runs_one_and_two_processes(tmp_path, monkeypatch):
+    import os
+
+    from benchmarks import scaling
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(sys, "argv", ["benchmarks/scaling.py", "--gpus", "2", "--model", "tiny", "--batch", "2",
+                                      "--seq-len", "16", "--steps", "1", "--warmup", "1", "--out", str(tmp_path)])
+    scaling.main()
+    res = json.loads(next(tmp_path.glob("scaling-tiny-*-2gpu.json")).read_text())
+    assert res["one"]["batch"] == 2 and res["many"]["batch"] == 4 and res["ratio"] > 0
+    assert len(list(tmp_path.glob("stage_throughput-tiny-*gpu.json"))) == 2
