@@ -22,6 +22,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mohawk.errors import MohawkError
+from mohawk.parallel import Parallel
 
 
 def lr_factor(step: int, total: int, schedule: str = "wsd", warmup: float = 0.1, decay: float = 0.2) -> float:
@@ -87,7 +88,7 @@ class Checkpointer:
 
     def __init__(self, root: Path | None, keep: int = 2, parallel=None):
         self.root, self.keep = root, keep  # root None: checkpoints off (benchmarks)
-        self.parallel = parallel or _SINGLE
+        self.parallel = parallel or Parallel()
         self.corrupt: list[Path] = []  # checkpoints that latest() had to skip
 
     def save(self, student, optimizer, state: dict) -> Path | None:
@@ -159,16 +160,6 @@ class Checkpointer:
         return json.loads((path / "state.json").read_text())
 
 
-class _Single:
-    main, active = True, False
-
-    def barrier(self) -> None:
-        pass
-
-
-_SINGLE = _Single()
-
-
 @contextmanager
 def _unwrapped_dcp_errors():
     """DCP wraps each rank's exception in a CheckpointException (a BaseException): re-raise the first one."""
@@ -208,30 +199,28 @@ def _dcp_save(student, optimizer, path: Path) -> None:
 def _dcp_load(student, optimizer, path: Path) -> None:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
                                                          set_state_dict)
 
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-
     keys = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
-    model_sd = get_model_state_dict(student)
-    missing = [k for k in model_sd if f"model.{k}" not in keys]
+    with_optim = optimizer is not None and any(k.startswith("optim.") for k in keys)
+    if with_optim:
+        model_sd, optim_sd = get_state_dict(student, optimizer)
+        sd = {"model": model_sd, "optim": optim_sd}
+    else:
+        sd = {"model": get_model_state_dict(student)}
+    missing = [k for k in sd["model"] if f"model.{k}" not in keys]
     if missing:
         raise MohawkError(f"checkpoint {path} does not match this student (no {missing[0]})")
-    # partial: Adam has no state for parameters that never got a gradient (stage 1 leaves some mixer weights out)
-    planner = DefaultLoadPlanner(allow_partial_load=True)
-    no_dist = not dist.is_initialized()
     try:
-        if optimizer is not None and any(k.startswith("optim.") for k in keys):
-            model_sd, optim_sd = get_state_dict(student, optimizer)
-            sd = {"model": model_sd, "optim": optim_sd}
-            with _quiet_single_process(), _unwrapped_dcp_errors():
-                dcp.load(sd, checkpoint_id=str(path), planner=planner, no_dist=no_dist)
+        # partial: Adam has no state for parameters that never got a gradient (stage 1 leaves some mixer weights out)
+        with _quiet_single_process(), _unwrapped_dcp_errors():
+            dcp.load(sd, checkpoint_id=str(path), planner=DefaultLoadPlanner(allow_partial_load=True),
+                     no_dist=not dist.is_initialized())
+        if with_optim:
             set_state_dict(student, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
         else:
-            sd = {"model": model_sd}
-            with _quiet_single_process(), _unwrapped_dcp_errors():
-                dcp.load(sd, checkpoint_id=str(path), planner=planner, no_dist=no_dist)
             set_model_state_dict(student, sd["model"])
             if optimizer is not None:
                 optimizer.state.clear()  # a checkpoint taken before the first update: a fresh optimizer
@@ -323,8 +312,6 @@ def train_stage(stage, batches: Iterator[torch.Tensor], *, total_tokens: int, mi
 
     Under torchrun (``parallel``, see mohawk.parallel) ``batches`` yields this rank's rows of each global batch,
     ``micro_tokens`` counts the global micro-batch, and the logged loss and metrics are averaged over ranks."""
-    from mohawk.parallel import Parallel
-
     parallel = parallel or Parallel()
     if parallel.uses_fsdp(stage.number):
         parallel.shard_student(stage.student)  # before the optimizer: parameters become DTensors
