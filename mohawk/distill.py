@@ -73,9 +73,7 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
 def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, resume: bool, overwrite: bool,
              progress: bool, console: Console | None, command: str | None) -> Path:
     main = parallel.main
-    if cfg.batch_size % parallel.world:
-        raise MohawkError(f"--batch-size {cfg.batch_size} does not split over {parallel.world} processes: use a "
-                          f"multiple of {parallel.world} (the batch size is global)")
+    parallel.check_batch_size(cfg.batch_size)
     console = console or Console(stderr=True)
     if not main:
         console = Console(stderr=True, quiet=True)
@@ -145,7 +143,6 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, re
         log.truncate_after(0, 0)
 
     summary.setdefault("stages", {})
-    teacher_sharded = False
     for s in cfg.stages:
         if latest_state and (s < latest_state["stage"] or (s == latest_state["stage"] and latest_state["done"])):
             continue  # finished before the interruption
@@ -160,7 +157,6 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, re
             copy_non_mixer_weights(student, adapter)  # the weight transfer (a no-op after frozen stages 1-2)
         if parallel.uses_fsdp(s):
             parallel.shard_teacher(adapter)
-            teacher_sharded = True
         # every rank draws the same global batches and keeps its rows: the run does not depend on the world size
         batches = map(parallel.shard, _stage_stream(cfg, tokenizer, s).batches(cfg.batch_size, skip=done_batches))
         t_stage = time.perf_counter()
@@ -177,7 +173,7 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, re
     student = parallel.gather(student)  # FSDP2 shards -> one plain model on rank 0
     if not main:
         return out
-    if teacher_sharded:  # a sharded teacher runs only with every rank: rank 0 loads its own copy to evaluate
+    if parallel.is_sharded(teacher):  # a sharded teacher runs only with every rank: rank 0 loads its own copy to evaluate
         del teacher, adapter
         teacher, _, adapter = load_teacher(cfg.teacher, device=device, trust_remote_code=cfg.trust_remote_code)
     console.print("evaluating the distilled student")

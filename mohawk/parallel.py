@@ -74,13 +74,17 @@ class Parallel:
     def active(self) -> bool:
         return self.world > 1
 
+    def check_batch_size(self, rows: int) -> None:
+        """A MohawkError unless a global batch of ``rows`` sequences splits evenly over the processes."""
+        if rows % self.world:
+            raise MohawkError(f"--batch-size {rows} does not split over {self.world} processes: use a multiple of "
+                              f"{self.world} (the batch size is global)")
+
     def shard(self, batch: Tensor) -> Tensor:
         """This rank's rows of a global batch (batch, L) -> (batch / world, L)."""
         if not self.active:
             return batch
-        if batch.shape[0] % self.world:
-            raise MohawkError(f"--batch-size {batch.shape[0]} does not split over {self.world} processes: use a "
-                              f"multiple of {self.world}")
+        self.check_batch_size(batch.shape[0])
         return batch.chunk(self.world)[self.rank]
 
     def barrier(self) -> None:
@@ -115,6 +119,13 @@ class Parallel:
         return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
 
     # -- models ----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def is_sharded(module: nn.Module) -> bool:
+        """True once ``module`` went through FSDP2's ``fully_shard`` (its parameters are DTensors)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        return isinstance(module, FSDPModule)
+
     def uses_fsdp(self, stage_number: int) -> bool:
         return self.active and stage_number == 3 and self.strategy in ("auto", "fsdp")
 
@@ -130,9 +141,9 @@ class Parallel:
 
     def _fully_shard(self, model: nn.Module, layers) -> None:
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        if isinstance(model, FSDPModule):
+        if self.is_sharded(model):
             return
         device = next(model.parameters()).device
         mesh = init_device_mesh(device.type, (self.world,))
@@ -163,9 +174,7 @@ class Parallel:
 
     def gather(self, student: nn.Module) -> nn.Module | None:
         """The whole student as a plain model on rank 0 (``None`` elsewhere); every rank must call this."""
-        from torch.distributed.fsdp import FSDPModule
-
-        if not isinstance(student, FSDPModule):
+        if not self.is_sharded(student):
             return student if self.main else None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
