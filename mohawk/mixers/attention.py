@@ -86,10 +86,7 @@ class Attention(nn.Module):
     # -- the mixer contract -------------------------------------------------------------------------------------------
     def materialize(self, u: Tensor, position_ids: Tensor | None = None) -> Tensor:
         """Attention matrix softmax(Q K^T * scale + causal mask), float32 (batch, heads, L, L)."""
-        q, k, _ = self._qkv(u, self._positions(u, position_ids))
-        scores = torch.einsum("bhtd,bhsd->bhts", q.float(), self._repeat_kv(k).float()) * self.scale
-        mask = self._mask(u.shape[1], u.shape[1], u.device)
-        return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        return self.matrix_rows(self.matrix_factors(u, position_ids), 0, u.shape[1])
 
     def matrix_factors(self, u: Tensor, position_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Q and K (GQA heads repeated), float32, computed once for :meth:`matrix_rows`."""

@@ -348,9 +348,7 @@ class SSDMixer(nn.Module):
     # -- the three ways to run it -------------------------------------------------------------------------------------
     def materialize(self, u: Tensor, **_) -> Tensor:
         """Mixing matrix (batch, heads, L, L) over the value stream x, D on the diagonal."""
-        _, xbc, dt = self._project(u)
-        _, B, C = self._split(self._conv(xbc))
-        M = self._matrix(dt, B.float(), C.float())
+        M = self._matrix(*self.matrix_factors(u))
         return M + torch.diag_embed(self.D.float()[None, :, None].expand_as(M[..., 0]))
 
     def matrix_factors(self, u: Tensor):

@@ -63,7 +63,7 @@ class ToeplitzMixer(nn.Module):
         return proj[..., s["kernel"]].float().transpose(1, 2), x
 
     def materialize(self, u: Tensor, **_) -> Tensor:
-        return toeplitz_matrix(self._project(u)[0])
+        return toeplitz_matrix(self.matrix_factors(u))
 
     def matrix_factors(self, u: Tensor) -> Tensor:
         return self._project(u)[0]  # the kernel values (batch, heads, L)
