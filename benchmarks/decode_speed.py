@@ -21,11 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import command, device_name, fmt, versions, write  # noqa: E402
-from benchmarks.stage_throughput import model_config, sync  # noqa: E402
+from benchmarks.common import (command, device_name, fmt, model_config, random_teacher_and_student,  # noqa: E402
+                               sync, versions, write)
 from mohawk.models.modeling_mohawk import MohawkCache  # noqa: E402
-from mohawk.teachers import adapter_for  # noqa: E402
-from mohawk.transfer import from_teacher  # noqa: E402
 
 
 def cache_bytes(cache) -> int:
@@ -73,16 +71,12 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
-    from transformers import AutoModelForCausalLM, DynamicCache
+    from transformers import DynamicCache
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = model_config(args.model)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device(device):
-        teacher = AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
-        student = from_teacher(adapter_for(teacher)).to(dtype).eval()
+    teacher, _, student = random_teacher_and_student(cfg, device, dtype)
     rows = []
     for L in map(int, args.contexts.split(",")):
         for b in map(int, args.batches.split(",")):

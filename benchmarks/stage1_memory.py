@@ -17,11 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import command, device_name, fmt, versions, write  # noqa: E402
-from benchmarks.stage_throughput import model_config, sync  # noqa: E402
+from benchmarks.common import (command, device_name, fmt, model_config, random_teacher_and_student,  # noqa: E402
+                               sync, versions, write)
 from mohawk.stages.orientation import frobenius_distance, tiled_frobenius_distance  # noqa: E402
-from mohawk.teachers import adapter_for  # noqa: E402
-from mohawk.transfer import from_teacher  # noqa: E402
 
 
 def measure(fn, device) -> dict:
@@ -52,16 +50,12 @@ def main():
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
-    from transformers import AutoModelForCausalLM
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = model_config(args.model)
     cfg.num_hidden_layers = 1
     cfg.max_position_embeddings = max(cfg.max_position_embeddings, max(map(int, args.lengths.split(","))))
-    torch.manual_seed(0)
-    with torch.device(device):
-        adapter = adapter_for(AutoModelForCausalLM.from_config(cfg).eval())
-        layer = from_teacher(adapter).model.layers[0].mixer
+    _, adapter, student = random_teacher_and_student(cfg, device)
+    layer = student.model.layers[0].mixer
     teacher = adapter.attention(0)
     rows = []
     for L in map(int, args.lengths.split(",")):

@@ -16,7 +16,6 @@ GPU's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s). Writes benchmarks/results/st
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -26,32 +25,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import command, device_name, fmt, versions, write  # noqa: E402
+from benchmarks.common import (command, device_name, fmt, model_config, random_teacher_and_student,  # noqa: E402
+                               sync, versions, write)
 from mohawk.config import DistillConfig  # noqa: E402
 from mohawk.parallel import Parallel  # noqa: E402
 from mohawk.stages import STAGES  # noqa: E402
-from mohawk.teachers import adapter_for  # noqa: E402
 from mohawk.train import Checkpointer, MetricsLog, train_stage  # noqa: E402
-from mohawk.transfer import from_teacher  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-def model_config(name: str):
-    import transformers as tf
-
-    if name == "phi-1_5":  # microsoft/phi-1_5's config.json
-        return tf.PhiConfig(vocab_size=51200, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
-                            num_attention_heads=32, partial_rotary_factor=0.5, max_position_embeddings=2048,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, tie_word_embeddings=False)
-    if name == "smollm2-135m":  # HuggingFaceTB/SmolLM2-135M-Instruct's config.json
-        return tf.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                              num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                              rope_theta=100000.0, tie_word_embeddings=True)
-    if name == "tiny":
-        return tf.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, max_position_embeddings=512)
-    raise SystemExit(f"unknown --model {name}: phi-1_5, smollm2-135m or tiny")
 
 
 def counted_params(model) -> int:
@@ -79,11 +60,6 @@ def random_batches(vocab: int, rows: int, seq_len: int, device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     while True:
         yield torch.randint(0, vocab, (rows, seq_len), generator=g)
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_teacher_training(teacher_cfg, device, batch: int, seq_len: int, steps: int, warmup: int) -> float:
@@ -144,14 +120,7 @@ def main():
     if not args.no_baseline and parallel.main and world == 1:
         baseline_s = time_teacher_training(tcfg, device, args.batch, args.seq_len, args.steps, args.warmup)
 
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    tcfg._attn_implementation = "sdpa"
-    with torch.device(device):
-        teacher = AutoModelForCausalLM.from_config(tcfg).eval().requires_grad_(False)
-        student = from_teacher(adapter_for(teacher))
-    adapter = adapter_for(teacher)
+    teacher, adapter, student = random_teacher_and_student(tcfg, device)
     dcfg = DistillConfig(seq_len=args.seq_len, freeze_mlp=args.freeze_mlp, spike_factor=0.0, log_every=10 ** 9,
                          checkpoint_every=10 ** 9)
     if baseline_s is not None:

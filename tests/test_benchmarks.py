@@ -36,7 +36,8 @@ def test_benchmark_writes_results(script, args, tmp_path, monkeypatch):
 
 
 def test_flops_count_the_teacher_forward_and_trained_student():
-    from benchmarks.stage_throughput import counted_params, flops_per_token, model_config
+    from benchmarks.common import model_config
+    from benchmarks.stage_throughput import counted_params, flops_per_token
     from transformers import AutoModelForCausalLM
 
     from mohawk.teachers import adapter_for
