@@ -157,6 +157,8 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, re
             copy_non_mixer_weights(student, adapter)  # the weight transfer (a no-op after frozen stages 1-2)
         if parallel.uses_fsdp(s):
             parallel.shard_teacher(adapter)
+            if parallel.is_sharded(teacher):
+                console.print(f"stage {s}: student and teacher sharded over {parallel.world} processes (FSDP2)")
         # every rank draws the same global batches and keeps its rows: the run does not depend on the world size
         batches = map(parallel.shard, _stage_stream(cfg, tokenizer, s).batches(cfg.batch_size, skip=done_batches))
         t_stage = time.perf_counter()

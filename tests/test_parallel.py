@@ -72,7 +72,7 @@ def test_two_processes_match_one_and_resume_in_one(teacher_dir, tmp_path):
     cfg.write_text(CONFIG)
     one, two = tmp_path / "one", tmp_path / "two"
     _distill(teacher_dir, cfg, one, 1)
-    _distill(teacher_dir, cfg, two, 2)
+    assert "teacher sharded over 2 processes" in _distill(teacher_dir, cfg, two, 2).stderr
     a, b = _losses(one), _losses(two)
     # 2 micro-batches per update: gradients are reduced over ranks only after the second (no_sync / FSDP2's
     # set_requires_gradient_sync), still the same losses
@@ -85,7 +85,7 @@ def test_two_processes_match_one_and_resume_in_one(teacher_dir, tmp_path):
     assert sorted(p.name for p in (two / "student").iterdir()) == sorted(p.name for p in (one / "student").iterdir())
 
     ddp = tmp_path / "ddp"  # stage 3 replicated instead of sharded: the same losses too
-    _distill(teacher_dir, cfg, ddp, 2, "--parallel", "ddp")
+    assert "sharded" not in _distill(teacher_dir, cfg, ddp, 2, "--parallel", "ddp").stderr
     c = _losses(ddp)
     assert c.keys() == a.keys() and all(c[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6) for k in a)
 

@@ -52,16 +52,25 @@ def test_incremental_logits_equal_full_pass():
 
 
 @pytest.mark.parametrize("mixers", [("ssd", "attention"), ("ssm", "linear_attention"), ("toeplitz", "ssd")])
-def test_prompt_in_pieces_equals_one_pass(mixers):
-    """Several tokens after a cached state go through the chunked scan from that state (conv window included)."""
+def test_prompt_in_pieces_equals_one_pass(mixers, monkeypatch):
+    """Several tokens after a cached state go through the chunked scan from that state (conv window included); only
+    a single token takes the token-by-token recurrent path."""
+    from mohawk.mixers.ssd import SSDMixer
+
     m = student(mixers, ssd_conv_init="random", ssd_conv_activation="silu")
     ids = torch.randint(0, 64, (2, 23))
+    steps = []
+    real = SSDMixer._forward_recurrent
+    monkeypatch.setattr(SSDMixer, "_forward_recurrent",
+                        lambda self, u, *a: steps.append(u.shape[1]) or real(self, u, *a))
     with torch.no_grad():
         full = m(ids).logits
         cache = MohawkCache()
         pieces = [m(ids[:, a:b], past_key_values=cache, use_cache=True).logits
                   for a, b in [(0, 2), (2, 9), (9, 10), (10, 23)]]
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+    ssd_family = sum(isinstance(layer.mixer, SSDMixer) for layer in m.model.layers)
+    assert steps == [1] * ssd_family  # the (9, 10) piece, once per SSD-family layer
 
 
 def test_prefill_chunk_gives_the_same_generation_and_state():
@@ -69,10 +78,13 @@ def test_prefill_chunk_gives_the_same_generation_and_state():
     outs, states = [], []
     for chunk in (0, 5):
         m = student(("ssd", "attention", "ssm"), ssd_conv_init="random", prefill_chunk=chunk)
+        widths = []
+        hook = m.model.layers[0].register_forward_pre_hook(lambda mod, args: widths.append(args[0].shape[1]))
         with torch.no_grad():
             cache = MohawkCache()
             last = m(ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-        assert last.shape == (2, 1, 64)
+        hook.remove()
+        assert last.shape == (2, 1, 64) and widths == ([23] if chunk == 0 else [5, 5, 5, 5, 3])
         states.append((last, cache.get_state(0)[1], cache.tokens))
         outs.append(m.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0))
     torch.testing.assert_close(states[1][0], states[0][0], atol=1e-5, rtol=1e-5)
