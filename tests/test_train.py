@@ -146,3 +146,21 @@ def test_nan_loss_is_a_spike_even_with_factor_off(tmp_path):
     assert g.history == [1.0, 1.0, 2.0, 100.0]  # the window keeps the last 4; their median is 1.5
     assert not g.is_spike(7.0) and g.is_spike(8.0)
     assert not SpikeGuard(5.0, 32).is_spike(1e9)  # fewer than 8 losses seen: no median yet
+
+
+def test_checkpoint_of_another_student_is_one_clear_error(tmp_path):
+    import pytest
+
+    from mohawk.errors import MohawkError
+
+    def make(layers):
+        torch.manual_seed(0)
+        return MohawkForCausalLM(MohawkConfig(vocab_size=40, hidden_size=16, num_hidden_layers=layers,
+                                              num_attention_heads=2, intermediate_size=32))
+
+    path = Checkpointer(tmp_path).save(make(1), None, {"stage": 1, "step": 0, "tokens": 0, "done": False})
+    other = make(2)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(MohawkError, match="does not match this student"):
+        Checkpointer.load(path, other)
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in before.items())  # nothing half-loaded
