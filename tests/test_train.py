@@ -149,8 +149,6 @@ def test_nan_loss_is_a_spike_even_with_factor_off(tmp_path):
 
 
 def test_checkpoint_of_another_student_is_one_clear_error(tmp_path):
-    import pytest
-
     from mohawk.errors import MohawkError
 
     def make(layers):
