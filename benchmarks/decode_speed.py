@@ -83,7 +83,8 @@ def main():
             ids = torch.randint(0, cfg.vocab_size, (b, L), device=device)
             row = {"context": L, "batch": b}
             for name, model, make in (("teacher", teacher, lambda: DynamicCache(config=cfg)),
-                                      ("student", student, MohawkCache)):
+                                      ("student", student, MohawkCache), ("student_eager", student, MohawkCache)):
+                student.config.decode_cuda_graph = name == "student"  # CUDA graph replay vs kernel by kernel
                 try:
                     decode(model, make(), ids[:, : min(L, 64)], 2, device)  # warm-up
                     r = decode(model, make(), ids, args.new_tokens, device)
@@ -101,13 +102,18 @@ def main():
     lines = [f"# Decoding, {args.model}: SSD student (recurrent state) vs teacher (KV cache), {dev}", "",
              f"- command: `{cmd}`", f"- versions: {payload['versions']}",
              f"- {dtype}, random weights of the real dimensions; tokens/s over {args.new_tokens} greedy steps after "
-             "the prompt's prefill; state = KV cache (teacher) or conv + SSM state (student)", "",
-             "| context | batch | teacher tok/s | student tok/s | student / teacher | teacher state MiB | "
-             "student state MiB | teacher peak GiB | student peak GiB |", "|---|---|---|---|---|---|---|---|---|"]
+             "the prompt's prefill; state = KV cache (teacher) or conv + SSM state (student); the student decodes by "
+             "replaying one CUDA graph per step (mohawk.models.graphs; captured in the warm-up), the eager column "
+             "launches its kernels one by one", "",
+             "| context | batch | teacher tok/s | student tok/s | student / teacher | student without CUDA graph tok/s "
+             "| "
+             "teacher state MiB | student state MiB | teacher peak GiB | student peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        t, s = r.get("teacher_tokens_per_s"), r.get("student_tokens_per_s")
+        t, s, e = (r.get(f"{k}_tokens_per_s") for k in ("teacher", "student", "student_eager"))
         lines.append(f"| {r['context']} | {r['batch']} | {fmt(t, 0) if t else 'OOM'} | {fmt(s, 0) if s else 'OOM'} | "
-                     f"{f'{s / t:.2f}x' if s and t else '-'} | {fmt(r.get('teacher_state_mib'), 1)} | "
+                     f"{f'{s / t:.2f}x' if s and t else '-'} | {fmt(e, 0) if e else 'OOM'} | "
+                     f"{fmt(r.get('teacher_state_mib'), 1)} | "
                      f"{fmt(r.get('student_state_mib'), 1)} | {fmt(r.get('teacher_peak_gib'), 2)} | "
                      f"{fmt(r.get('student_peak_gib'), 2)} |")
     write(f"decode_speed-{args.model}-{dev.split(' (')[0]}", payload, lines, Path(args.out))

@@ -95,6 +95,42 @@ def time_teacher_training(teacher_cfg, device, batch: int, seq_len: int, steps: 
     return dt
 
 
+def profile_stage(stage, batches, tokens: int, common: dict, device, path: Path) -> None:
+    """Profile ``tokens`` of training: the top operators by GPU time, and GPU-busy time vs wall time (a launch-bound
+    step keeps the GPU idle between small kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        train_stage(stage, batches, total_tokens=tokens, **common)
+        sync(device)
+    wall = time.perf_counter() - t0
+    avg = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    busy = sum(getattr(e, key, 0) for e in avg) / 1e6
+    table = avg.table(sort_by=key, row_limit=30, max_name_column_width=70)
+    cpu_table = avg.table(sort_by="cpu_time_total", row_limit=40, max_name_column_width=70)
+    kind = "GPU" if device.type == "cuda" else "CPU"
+    head = f"wall {wall:.3f} s, self {kind} time {busy:.3f} s ({100 * busy / wall:.0f}%)"
+    syncs = ""
+    if device.type == "cuda":  # where the host waits for the GPU (each wait empties the launch queue)
+        import collections
+        import warnings
+
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_stage(stage, batches, total_tokens=tokens, **common)
+        torch.cuda.set_sync_debug_mode(0)
+        where = collections.Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+        syncs = "\n\nhost-device synchronizations:\n" + "\n".join(f"{n:6d}  {k}" for k, n in where.most_common(30))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head + "\n" + table + "\n\nby CPU time:\n" + cpu_table + syncs)
+    print(head, flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="phi-1_5")
@@ -105,6 +141,11 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--freeze-mlp", action="store_true")
+    ap.add_argument("--compile", default="off", choices=["off", "fuse", "graphs"],
+                    help="as mohawk distill --compile: torch.compile blocks and loss, graphs: also CUDA graphs")
+    ap.add_argument("--teacher-bf16", action="store_true", help="teacher weights in bf16 (default fp32 + autocast)")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="also profile STEPS steps per stage: top kernels to <out>/profile-*.txt")
     ap.add_argument("--no-baseline", action="store_true", help="skip the teacher's own training step")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
@@ -121,8 +162,10 @@ def main():
         baseline_s = time_teacher_training(tcfg, device, args.batch, args.seq_len, args.steps, args.warmup)
 
     teacher, adapter, student = random_teacher_and_student(tcfg, device)
+    if args.teacher_bf16:
+        teacher.to(torch.bfloat16)
     dcfg = DistillConfig(seq_len=args.seq_len, freeze_mlp=args.freeze_mlp, spike_factor=0.0, log_every=10 ** 9,
-                         checkpoint_every=10 ** 9)
+                         checkpoint_every=10 ** 9, compile=args.compile)
     if baseline_s is not None:
         tokens = args.batch * args.seq_len
         fl = flops_per_token(0, student, teacher, args.seq_len)
@@ -157,12 +200,16 @@ def main():
                      else None})
         if parallel.main:
             print(rows[-1], flush=True)
+        if args.profile and parallel.main:
+            profile_stage(stage, batches, args.profile * micro_tokens, common, device,
+                          Path(args.out) / f"profile-{args.model}-stage{s}-compile_{args.compile}.txt")
     if not parallel.main:
         parallel.close()
         return
     base = rows[0]["tokens_per_s"] if baseline_s is not None else None
     cmd = command("torchrun --nproc-per-node %d" % world if world > 1 else "python3")
-    payload = {"device": dev_name, "gpus": world, "versions": versions("transformers", "triton", "mamba_ssm"),
+    payload = {"device": dev_name, "gpus": world, "compile": args.compile, "teacher_bf16": args.teacher_bf16,
+               "versions": versions("transformers", "triton", "mamba_ssm"),
                "command": cmd, "model": args.model, "seq_len": args.seq_len, "rows": rows,
                "student_parameters": sum(p.numel() for p in student.parameters()),
                "teacher_parameters": sum(p.numel() for p in teacher.parameters())}
@@ -170,14 +217,18 @@ def main():
              f"{payload['student_parameters'] / 1e9:.2f}B SSD student), {world} x {dev_name}", "",
              f"- command: `{cmd}`", f"- versions: {payload['versions']}",
              f"- {args.seq_len} tokens per sequence, batch = sequences per optimizer step over all processes; "
-             f"mean of {args.steps} steps after {args.warmup} warm-up steps; random weights and tokens", "",
-             "| what | batch | tokens/s | step ms | MFU | vs teacher's HF step | peak GiB |", "|---|---|---|---|---|---|---|"]
+             f"mean of {args.steps} steps after {args.warmup} warm-up steps; random weights and tokens; "
+             f"compile {args.compile}, teacher weights {'bf16' if args.teacher_bf16 else 'fp32'}",
+             "",
+             "| what | batch | tokens/s | step ms | MFU | vs teacher's HF step | peak GiB |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         rel = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         lines.append(f"| {r['what']} | {r['batch']} | {fmt(r['tokens_per_s'], 0)} | {fmt(r['step_ms'], 1)} | {mfu} | "
                      f"{rel} | {fmt(r.get('peak_mem_gib'), 1)} |")
-    write(f"stage_throughput-{args.model}-{dev_name.split(' (')[0]}-{world}gpu", payload, lines, Path(args.out))
+    tag = (f"-compile_{args.compile}" if args.compile != "off" else "") + ("-bf16teacher" if args.teacher_bf16 else "")
+    write(f"stage_throughput-{args.model}-{dev_name.split(' (')[0]}-{world}gpu{tag}", payload, lines, Path(args.out))
     parallel.close()
 
 

@@ -68,6 +68,9 @@ def distill(
                                              "continuations and lm-eval tasks (see `mohawk eval --help`); '' for none."),
     eval_limit: Optional[int] = typer.Option(None, help="Items per lm-eval task in that evaluation."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    compile: Optional[str] = typer.Option(None, help="CUDA, while training: off, fuse (torch.compile the blocks and "
+                                          "the stage-3 loss) or graphs (also replay each block as a CUDA graph: "
+                                          "fastest). Not under FSDP2."),
     parallel: Optional[str] = typer.Option(None, help="Under torchrun: how stage 3 spreads over the processes, "
                                            "fsdp (FSDP2, student and teacher sharded; the default) or ddp. "
                                            "Stages 1-2 use DDP."),
@@ -94,7 +97,7 @@ def distill(
                      mixer=mixer, attention_layers=attention_layers, num_attention_layers=num_attention_layers,
                      placement=placement, freeze_mlp=freeze_mlp, temperature=temperature, ce_weight=ce_weight,
                      kd_weight=kd_weight, init=init, eval_tasks=eval_tasks, eval_limit=eval_limit,
-                     device=device, parallel=parallel, seed=seed, threads=threads, report_to=report_to,
+                     device=device, compile=compile, parallel=parallel, seed=seed, threads=threads, report_to=report_to,
                      trust_remote_code=trust_remote_code)
     if lr is not None:
         overrides.update(stage1_lr=lr, stage2_lr=lr, stage3_lr=lr)

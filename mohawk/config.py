@@ -67,6 +67,9 @@ class DistillConfig:
     eval_limit: int | None = None
     # machinery
     device: str = "auto"  # auto, cpu, cuda
+    # CUDA, while training: "fuse" torch.compiles the blocks (student and teacher) and the stage-3 loss, "graphs" also
+    # replays each compiled block as a CUDA graph (fastest); not under FSDP2
+    compile: str = "off"
     parallel: str = "auto"  # under torchrun, stage 3: fsdp (FSDP2, student sharded; = auto) or ddp (replicated)
     seed: int = 0
     log_every: int = 1
@@ -120,6 +123,7 @@ class DistillConfig:
             need(0 < getattr(self, key) < 1, key, "must be in (0, 1)")
         need(self.schedule in ("wsd", "cosine"), "schedule", "wsd or cosine")
         need(self.parallel in ("auto", "ddp", "fsdp"), "parallel", "auto, ddp or fsdp")
+        need(self.compile in ("off", "fuse", "graphs"), "compile", "off, fuse or graphs")
         need(0 <= self.warmup_fraction < 1 and 0 <= self.decay_fraction <= 1
              and self.warmup_fraction + self.decay_fraction <= 1, "warmup_fraction", "fractions in [0, 1], sum <= 1")
         need(self.temperature > 0, "temperature", "must be > 0")

@@ -104,16 +104,9 @@ class Parallel:
         since each rank holds an equal share of it and the stage losses are means."""
         if not self.active:
             return loss, metrics
-        flat: list[tuple[tuple, float]] = []
-        _flatten(metrics, (), flat)
-        avg = self.mean([loss] + [v for _, v in flat])
-        out: dict = {}
-        for (path, _), v in zip(flat, avg[1:]):
-            d = out
-            for k in path[:-1]:
-                d = d.setdefault(k, {})
-            d[path[-1]] = v
-        return avg[0], out
+        paths, values = flatten_metrics(metrics)
+        avg = self.mean([loss] + values)
+        return avg[0], unflatten_metrics(paths, avg[1:])
 
     def _comm_device(self) -> torch.device:
         return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -215,9 +208,25 @@ class _StageModule(nn.Module):
         return self._loss(batch)
 
 
-def _flatten(d: dict, path: tuple, out: list) -> None:
+def flatten_metrics(d: dict, path: tuple = ()) -> tuple[list[tuple], list]:
+    """A nested metrics dict -> (key paths, values), in a fixed order."""
+    paths, values = [], []
     for k, v in d.items():
         if isinstance(v, dict):
-            _flatten(v, path + (k,), out)
+            p, val = flatten_metrics(v, path + (k,))
+            paths += p
+            values += val
         else:
-            out.append((path + (k,), float(v)))
+            paths.append(path + (k,))
+            values.append(v)
+    return paths, values
+
+
+def unflatten_metrics(paths: list[tuple], values: list) -> dict:
+    out: dict = {}
+    for path, v in zip(paths, values):
+        d = out
+        for k in path[:-1]:
+            d = d.setdefault(k, {})
+        d[path[-1]] = v
+    return out

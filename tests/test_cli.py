@@ -1,6 +1,7 @@
 """`mohawk distill` end to end on a tiny teacher: outputs, report numbers, variants, resume, clear errors."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -190,3 +191,18 @@ def test_distill_with_each_family(teacher_dir, tmp_path, mixer):
     assert f"3 {mixer} layers" in (out / "report.md").read_text()
     assert main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "3",
                  "--device", "cpu"]) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_distill_on_cuda_with_compile_graphs(teacher_dir, tmp_path):
+    """The GPU path end to end: three stages with --compile graphs and two micro-batches per update, then the
+    evaluation and generation (CUDA-graph decoding) of the saved student."""
+    out = tmp_path / "gpu"
+    assert run(teacher_dir, out, "--device", "cuda", "--compile", "graphs", "--tokens-per-update", "64") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {1, 2, 3} and all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert math.isfinite(summary["final"]["perplexity"])
+    assert main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "8",
+                 "--device", "cuda"]) == 0

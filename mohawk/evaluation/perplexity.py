@@ -51,7 +51,7 @@ def layer_distances(student, adapter, batch: Tensor) -> dict:
     batch = batch.to(next(student.parameters()).device)
     was_training = student.training
     student.eval()
-    out = {"stage1": MatrixOrientation(student, adapter).loss(batch)[1]["layer_distance"],
-           "stage2": HiddenStateAlignment(student, adapter).loss(batch)[1]["layer_distance"]}
+    out = {f"stage{s.number}": {i: float(d) for i, d in s.loss(batch)[1]["layer_distance"].items()}
+           for s in (MatrixOrientation(student, adapter), HiddenStateAlignment(student, adapter))}
     student.train(was_training)
     return out

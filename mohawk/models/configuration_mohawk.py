@@ -26,6 +26,8 @@ class MohawkConfig(PretrainedConfig):
       out_proj), ssd_dt_min/max and ssd_A_init_range for the decay initialisation, ssd_chunk_size for the scan.
     prefill_chunk: with a cache (generation), a longer prompt goes through the model this many tokens at a time, so
       the prefill's memory does not grow with the prompt (0: in one piece).
+    decode_cuda_graph: on CUDA, decode one token at a time by replaying a captured CUDA graph of the whole step
+      (students whose every layer has a fixed-size state; see mohawk.models.graphs).
     """
 
     model_type = "mohawk"
@@ -71,6 +73,7 @@ class MohawkConfig(PretrainedConfig):
         ssd_A_init_range: tuple[float, float] = (1.0, 16.0),
         ssd_chunk_size: int = 64,
         prefill_chunk: int = 2048,
+        decode_cuda_graph: bool = True,
         initializer_range: float = 0.02,
         teacher_model_type: str | None = None,
         **kwargs,
@@ -113,6 +116,7 @@ class MohawkConfig(PretrainedConfig):
         self.ssd_A_init_range = tuple(ssd_A_init_range)
         self.ssd_chunk_size = ssd_chunk_size
         self.prefill_chunk = prefill_chunk
+        self.decode_cuda_graph = decode_cuda_graph
         self.initializer_range = initializer_range
         self.teacher_model_type = teacher_model_type
         self._validate()

@@ -15,6 +15,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mohawk.mixers import MIXERS, Attention, SSDMixer, ToeplitzMixer
 from mohawk.mixers.attention import default_inv_freq
+from mohawk.models.graphs import decode_graph, graphs_supported
 from mohawk.models.configuration_mohawk import MohawkConfig
 
 
@@ -83,7 +84,7 @@ class MohawkCache:
     """Decoding state: a KV cache for attention layers, (conv window, SSM state) for SSD layers.
 
     An SSD layer's state has a fixed size, (batch, conv_dim, kernel - 1) and (batch, heads, head_dim, state), whatever
-    the context length."""
+    the context length. A ``static`` cache updates that state in place (fixed addresses, for CUDA graphs)."""
 
     is_compileable = False
 
@@ -91,6 +92,7 @@ class MohawkCache:
         self.kv: dict[int, tuple[Tensor, Tensor]] = {}
         self.ssm: dict[int, tuple[Tensor, Tensor]] = {}
         self.tokens = 0  # tokens consumed so far
+        self.static = False
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.tokens
@@ -112,13 +114,23 @@ class MohawkCache:
         return self.ssm[layer_idx]
 
     def set_state(self, layer_idx: int, conv_state: Tensor, ssm_state: Tensor) -> None:
-        self.ssm[layer_idx] = (conv_state, ssm_state)
+        if self.static and layer_idx in self.ssm:
+            conv, ssm = self.ssm[layer_idx]
+            conv.copy_(conv_state)
+            ssm.copy_(ssm_state)
+        else:
+            self.ssm[layer_idx] = (conv_state, ssm_state)
 
     def reorder_cache(self, beam_idx: Tensor) -> None:
         """Select batch rows (beam search)."""
         for d in (self.kv, self.ssm):
             for i, (a, b) in d.items():
-                d[i] = (a.index_select(0, beam_idx.to(a.device)), b.index_select(0, beam_idx.to(b.device)))
+                a_new, b_new = a.index_select(0, beam_idx.to(a.device)), b.index_select(0, beam_idx.to(b.device))
+                if d is self.ssm and a_new.shape == a.shape:  # in place: a CUDA graph may be replaying these buffers
+                    a.copy_(a_new)
+                    b.copy_(b_new)
+                else:
+                    d[i] = (a_new, b_new)
 
     def memory_bytes(self) -> int:
         tensors = [t for d in (self.kv, self.ssm) for pair in d.values() for t in pair]
@@ -244,6 +256,9 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
         cache = past_key_values if use_cache is not False else None
         if use_cache and cache is None:
             cache = MohawkCache()
+        graph = self._decode_graph(cache, input_ids, inputs_embeds, position_ids, labels, output_hidden_states)
+        if graph is not None:
+            return CausalLMOutputWithPast(None, graph.run(cache, input_ids, cache.tokens), cache, None)
         h, hidden_states = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
                                       cache=cache, output_hidden_states=bool(output_hidden_states))
         logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
@@ -252,6 +267,18 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         # positional: the cache field is `past_key_values` before transformers 5.24 and `cache` from it on
         return CausalLMOutputWithPast(loss, logits, cache, hidden_states)
+
+    def _decode_graph(self, cache, input_ids, inputs_embeds, position_ids, labels, output_hidden_states):
+        """The CUDA graph that runs this one-token decoding step (see mohawk.models.graphs), or None: eager."""
+        if (cache is None or input_ids is None or inputs_embeds is not None or position_ids is not None
+                or labels is not None or output_hidden_states or input_ids.shape[1] != 1
+                or not getattr(self.config, "decode_cuda_graph", False) or torch.is_grad_enabled()
+                or not graphs_supported(input_ids.device) or cache.kv
+                or len(cache.ssm) != self.config.num_hidden_layers or torch.compiler.is_compiling()
+                or hasattr(self.lm_head.weight, "device_mesh")  # FSDP-sharded: each step gathers weights
+                or (input_ids.is_cuda and torch.cuda.is_current_stream_capturing())):
+            return None
+        return decode_graph(self, cache, input_ids)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None,
                                       use_cache=True, cache=None, **kwargs):

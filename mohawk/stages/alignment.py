@@ -24,4 +24,4 @@ class HiddenStateAlignment(Stage):
             out = self.student.model.layers[i](caps.block_inputs[i])
             per_layer[i] = (out.float() - caps.block_outputs[i].float()).norm(dim=-1).mean()
         total = self._total(per_layer, batch.float())
-        return total, {"layer_distance": {i: float(v.detach()) for i, v in per_layer.items()}}
+        return total, {"layer_distance": {i: v.detach() for i, v in per_layer.items()}}

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for Stage.compiled (tests use "aot_eager": no code generation)
+
+
+def compile_options(mode: str) -> dict:
+    """torch.compile arguments for ``mode``: "fuse" generates fused kernels, "graphs" also replays each compiled
+    region (forward and backward) as a CUDA graph (mode reduce-overhead): one launch per block instead of dozens."""
+    options = {"dynamic": False, "backend": COMPILE_BACKEND}
+    if mode == "graphs" and COMPILE_BACKEND == "inductor":
+        options["mode"] = "reduce-overhead"
+    return options
 
 
 class Stage:
@@ -24,6 +38,26 @@ class Stage:
 
     def loss(self, batch: Tensor) -> tuple[Tensor, dict]:
         raise NotImplementedError
+
+    def compiled_modules(self) -> list[nn.Module]:
+        """What ``compiled()`` wraps: the student's blocks, one at a time (regional compilation: one graph serves every
+        block; the SSD scan inside is the traced chunked scan, see mohawk.ssd)."""
+        return list(self.student.model.layers)
+
+    @contextmanager
+    def compiled(self, mode: str = "fuse"):
+        """Within the block, the modules of ``compiled_modules()`` run through torch.compile (shapes fixed; ``mode``,
+        see compile_options; "off": nothing); on exit they are plain modules again, so evaluation and generation with
+        other shapes do not recompile."""
+        modules = [m for m in self.compiled_modules() if getattr(m, "_compiled_call_impl", None) is None] \
+            if mode != "off" else []
+        for m in modules:
+            m.compile(**compile_options(mode))
+        try:
+            yield
+        finally:
+            for m in modules:
+                m._compiled_call_impl = None
 
     @staticmethod
     def _total(per_layer: dict[int, Tensor], like: Tensor) -> Tensor:

@@ -10,10 +10,14 @@ trainable parameters).
 
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mohawk.stages import base
 from mohawk.stages.base import Stage
 
 
@@ -24,9 +28,44 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     return (t.exp() * (t - s)).sum(-1).mean() * temperature ** 2
 
 
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor | None, ids: Tensor, temperature: float,
+                      kd_weight: float, ce_weight: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, KL, CE) of stage 3 from logits (batch, L, vocab) and the token ids (batch, L).
+
+    One function so that ``torch.compile`` can fuse it: eager, the float32 copies and softmaxes of two
+    (batch, L, vocab) tensors cost more memory traffic than the student's whole MLP stack at SmolLM2's size."""
+    ce = F.cross_entropy(student_logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+    if teacher_logits is None:
+        return ce_weight * ce, ce.new_zeros(()), ce
+    kl = kd_loss(student_logits, teacher_logits, temperature)
+    return kd_weight * kl + ce_weight * ce, kl, ce
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_loss(backend: str):
+    return torch.compile(distillation_loss, dynamic=False, backend=backend)
+
+
 class KnowledgeDistillation(Stage):
     number = 3
     name = "knowledge distillation"
+
+    def __init__(self, student, adapter, cfg=None):
+        super().__init__(student, adapter, cfg)
+        self.loss_fn = distillation_loss
+
+    def compiled_modules(self):
+        return super().compiled_modules() + list(self.adapter.layers())
+
+    @contextmanager
+    def compiled(self, mode: str = "fuse"):
+        """Also fuses the loss (see distillation_loss) and the teacher's blocks."""
+        with super().compiled(mode):
+            self.loss_fn = _compiled_loss(base.COMPILE_BACKEND) if mode != "off" else distillation_loss
+            try:
+                yield
+            finally:
+                self.loss_fn = distillation_loss
 
     def parameters(self):
         freeze = bool(self.cfg and self.cfg.freeze_mlp)
@@ -36,12 +75,13 @@ class KnowledgeDistillation(Stage):
     def loss(self, batch: Tensor) -> tuple[Tensor, dict]:
         kd_w = getattr(self.cfg, "kd_weight", 1.0) if self.cfg else 1.0
         ce_w = self.cfg.ce_weight if self.cfg else 0.0
-        logits = self.student(batch, use_cache=False).logits
-        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
-        if kd_w == 0:  # no teacher forward needed
-            return ce_w * ce, {"ce": float(ce.detach())}
-        with torch.no_grad():
-            teacher_logits = self.adapter.model(input_ids=batch, use_cache=False).logits
         T = self.cfg.temperature if self.cfg else 1.0
-        kl = kd_loss(logits, teacher_logits, T)
-        return kd_w * kl + ce_w * ce, {"kl": float(kl.detach()), "ce": float(ce.detach())}
+        teacher_logits = None
+        if kd_w:  # kd_weight 0: no teacher forward needed
+            # the teacher first: with compile "graphs", its CUDA-graph replays would overwrite the student's
+            # replayed activations that the backward still needs
+            with torch.no_grad():
+                teacher_logits = self.adapter.model(input_ids=batch, use_cache=False).logits
+        logits = self.student(batch, use_cache=False).logits
+        loss, kl, ce = self.loss_fn(logits, teacher_logits, batch, T, kd_w, ce_w)
+        return loss, ({"kl": kl.detach(), "ce": ce.detach()} if kd_w else {"ce": ce.detach()})

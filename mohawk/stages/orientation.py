@@ -62,4 +62,4 @@ class MatrixOrientation(Stage):
                     A = teacher.materialize(u)
                 per_layer[i] = frobenius_distance(A, student.materialize(u)).mean()
         total = self._total(per_layer, batch.float())
-        return total, {"layer_distance": {i: float(v.detach()) for i, v in per_layer.items()}}
+        return total, {"layer_distance": {i: v.detach() for i, v in per_layer.items()}}

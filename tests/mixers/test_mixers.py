@@ -75,3 +75,16 @@ def test_ssd_forward_with_cache_equals_full():
     cache = MohawkCache()
     parts = [mixer(u[:, :5], cache=cache)] + [mixer(u[:, t:t + 1], cache=cache) for t in range(5, 12)]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_conv_path_equals_conv1d(monkeypatch):
+    """Inside torch.compile the causal depthwise conv is k shifted multiply-adds (fused by inductor); same values."""
+    cfg = config(ssd_conv_init="random", ssd_conv_activation="silu")
+    mixer = SSDMixer(cfg)
+    mixer.reset_parameters()
+    with torch.no_grad():
+        mixer.conv1d.bias.normal_()
+    xbc = torch.randn(2, 13, mixer.conv_dim)
+    want = mixer._conv(xbc)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.testing.assert_close(mixer._conv(xbc), want, atol=1e-6, rtol=1e-5)

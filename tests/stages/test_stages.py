@@ -83,3 +83,71 @@ def test_each_stage_lowers_its_loss_for_every_family(mixer, tmp_path):
     student = mohawk.from_teacher(adapter, mixer=mixer, ssd_state_size=8)
     assert set(student.config.mixers) == {mixer}
     _assert_each_stage_lowers_its_loss(student, adapter, tmp_path)
+
+
+def test_distillation_loss_is_kl_plus_weighted_ce():
+    from mohawk.stages.distillation import distillation_loss
+
+    s, t, ids = torch.randn(2, 6, VOCAB), torch.randn(2, 6, VOCAB), torch.randint(0, VOCAB, (2, 6))
+    loss, kl, ce = distillation_loss(s, t, ids, 2.0, 0.7, 0.3)
+    want_ce = torch.nn.functional.cross_entropy(s[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(kl, kd_loss(s, t, 2.0))
+    torch.testing.assert_close(ce, want_ce)
+    torch.testing.assert_close(loss, 0.7 * kl + 0.3 * want_ce)
+    loss, _, ce = distillation_loss(s, None, ids, 1.0, 0.0, 1.0)  # no teacher: plain language modelling
+    torch.testing.assert_close(loss, want_ce)
+
+
+@pytest.mark.parametrize("cls", [HiddenStateAlignment, KnowledgeDistillation])
+def test_compiled_stage_gives_the_eager_loss_and_gradients(cls, monkeypatch):
+    """Stage.compiled() wraps the student's (and in stage 3 the teacher's) blocks and the loss in torch.compile, the
+    SSD scan left out as an opaque call; the loss and gradients are those of the eager stage, and on exit every
+    module is plain again. (Backend aot_eager: dynamo + autograd tracing without code generation, fast on CPU.)"""
+    from mohawk.stages import base
+
+    monkeypatch.setattr(base, "COMPILE_BACKEND", "aot_eager")
+    torch.manual_seed(0)
+    adapter = adapter_for(tiny_teacher("llama"))
+    student = mohawk.from_teacher(adapter, attention_layers=[1])
+    stage = cls(student, adapter, DistillConfig(ce_weight=0.5))
+    batch = torch.randint(0, VOCAB, (2, 16))
+    results = []
+    for enabled in (False, True):
+        student.zero_grad(set_to_none=True)
+        with stage.compiled("fuse" if enabled else "off"):
+            wrapped = [getattr(m, "_compiled_call_impl", None) is not None for m in stage.compiled_modules()]
+            loss, _ = stage.loss(batch)
+            loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in student.parameters() if p.grad is not None]))
+        assert all(wrapped) == enabled and any(wrapped) == enabled
+    assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in stage.compiled_modules())
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    assert len(results[1][1]) == len(results[0][1]) > 0
+    for g1, g0 in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(g1, g0, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["fuse", "graphs"])
+def test_compiled_training_follows_eager_on_cuda(mode, tmp_path):
+    """Stage 3 through the training loop with torch.compile (inductor; "graphs": CUDA graph replay of each block),
+    two micro-batches per update: the logged losses follow the eager run's (bf16 autocast tolerance)."""
+    import json
+
+    losses = {}
+    for m in ("off", mode):
+        torch.manual_seed(0)
+        adapter = adapter_for(tiny_teacher("llama").cuda())
+        student = mohawk.from_teacher(adapter).cuda()
+        cfg = DistillConfig(log_every=1, checkpoint_every=1000, warmup_fraction=0.0, decay_fraction=0.0,
+                            spike_factor=0.0, compile=m)
+        g = torch.Generator().manual_seed(1)
+        batches = iter([torch.randint(0, VOCAB, (2, 64), generator=g) for _ in range(12)])
+        log = tmp_path / f"{m}.jsonl"
+        train_stage(KnowledgeDistillation(student, adapter, cfg), batches, total_tokens=12 * 128, micro_tokens=128,
+                    grad_accum=2, lr=1e-3, cfg=cfg, checkpointer=Checkpointer(None), log=MetricsLog(log),
+                    progress=False)
+        losses[m] = [json.loads(line)["loss"] for line in log.read_text().splitlines()]
+    assert len(losses[mode]) == 6
+    torch.testing.assert_close(torch.tensor(losses[mode]), torch.tensor(losses["off"]), rtol=2e-2, atol=2e-2)
