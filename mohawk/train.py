@@ -300,6 +300,17 @@ class MetricsLog:
         self.path.write_text("".join(x + "\n" for x in keep))
 
 
+def compile_mode(cfg, stage, device: torch.device, parallel: Parallel) -> str:
+    """The torch.compile mode ``stage`` trains with (cfg.compile, see Stage.compiled), or "off" where it does not
+    apply: CPU, stage 1 (it runs no student block), FSDP2 (its hooks sit on the very blocks compiled). Under DDP,
+    "graphs" becomes "fuse": DDP's gradient hooks around replayed backward graphs are untested."""
+    mode = getattr(cfg, "compile", "off")
+    if mode == "off" or device.type != "cuda" or getattr(stage, "number", 0) not in (2, 3) \
+            or parallel.uses_fsdp(stage.number):
+        return "off"
+    return "fuse" if parallel.active and mode == "graphs" else mode
+
+
 def train_stage(stage, batches: Iterator[torch.Tensor], *, total_tokens: int, micro_tokens: int, grad_accum: int,
                 lr: float, cfg, checkpointer: Checkpointer, log: MetricsLog, resume: Path | None = None,
                 progress: bool = True, extra_state: dict | None = None, parallel=None) -> LoopState:
@@ -357,29 +368,29 @@ def train_stage(stage, batches: Iterator[torch.Tensor], *, total_tokens: int, mi
     task = bar.add_task("", total=total_steps * micro_tokens * grad_accum, completed=state.tokens, tps=0.0,
                         loss=float("nan"))
     t_start, tokens_start = time.perf_counter(), state.tokens
-    # torch.compile on CUDA (cfg.compile); not under FSDP2, whose hooks sit on the very blocks compiled
-    mode = getattr(cfg, "compile", "off")
-    # (stage 1 runs no student block: nothing to compile)
-    compile_on = (mode != "off" and device.type == "cuda" and stage.number in (2, 3)
-                  and not parallel.uses_fsdp(stage.number))
+    mode = compile_mode(cfg, stage, device, parallel)
     # Replayed CUDA graphs write the gradients into the same memory at every backward: a ``.grad`` that *is* that
     # memory (autograd's default for a first gradient) would be overwritten by the next micro-batch's backward.
     # Gradients that exist before the first backward are accumulated into instead, and kept between updates.
-    keep_grads = compile_on and mode == "graphs"
+    keep_grads = mode == "graphs"
     if keep_grads:
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-    with bar, (stage.compiled(mode) if compile_on else nullcontext()):
+    with bar, (stage.compiled(mode) if mode != "off" else nullcontext()):
         while state.step < total_steps:
             for g in optimizer.param_groups:
                 g["lr"] = lr * state.lr_scale * lr_factor(state.step, total_steps, cfg.schedule,
                                                           cfg.warmup_fraction, cfg.decay_fraction)
             loss_sum, metrics_sum = 0.0, {}
             for micro in range(grad_accum):
-                if compile_on and mode == "graphs":
+                if mode == "graphs":
                     torch.compiler.cudagraph_mark_step_begin()  # earlier replays' outputs are no longer needed
-                batch = next(batches).to(device)
+                batch = next(batches)
+                if device.type == "cuda" and batch.device.type == "cpu":  # no host wait for the copy (pinned memory)
+                    batch = batch.pin_memory().to(device, non_blocking=True)
+                else:
+                    batch = batch.to(device)
                 state.batches += 1
                 # every micro-batch runs even after a non-finite loss: all ranks must take part in each reduction
                 with runner.sync(last=micro == grad_accum - 1):

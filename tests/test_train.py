@@ -162,3 +162,25 @@ def test_checkpoint_of_another_student_is_one_clear_error(tmp_path):
     with pytest.raises(MohawkError, match="does not match this student"):
         Checkpointer.load(path, other)
     assert all(torch.equal(v, other.state_dict()[k]) for k, v in before.items())  # nothing half-loaded
+
+
+def test_compile_mode_applies_where_it_can():
+    """cfg.compile is honoured on CUDA for stages 2-3 of one process; stage 1 and CPU runs stay eager, FSDP2's stage 3
+    too, and under DDP "graphs" falls back to "fuse"."""
+    from types import SimpleNamespace
+
+    from mohawk.parallel import Parallel
+    from mohawk.train import compile_mode
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    one, two_fsdp, two_ddp = Parallel(), Parallel(rank=0, world=2), Parallel(rank=0, world=2, strategy="ddp")
+    stage = {n: SimpleNamespace(number=n) for n in (1, 2, 3)}
+    graphs, fuse = SimpleNamespace(compile="graphs"), SimpleNamespace(compile="fuse")
+    assert compile_mode(graphs, stage[3], cuda, one) == "graphs"
+    assert compile_mode(fuse, stage[2], cuda, one) == "fuse"
+    assert compile_mode(graphs, stage[3], cpu, one) == "off"
+    assert compile_mode(graphs, stage[1], cuda, one) == "off"
+    assert compile_mode(SimpleNamespace(compile="off"), stage[3], cuda, one) == "off"
+    assert compile_mode(graphs, stage[3], cuda, two_fsdp) == "off"
+    assert compile_mode(graphs, stage[2], cuda, two_fsdp) == "fuse"
+    assert compile_mode(graphs, stage[3], cuda, two_ddp) == "fuse"
