@@ -4,7 +4,9 @@ call (batch = tokens / L), for
 - ``sdpa``: causal scaled_dot_product_attention (flash attention on a recent GPU), q/k/v (b, h, L, d);
 - ``mamba_ssm``: mamba-ssm's Triton SSD kernel ``mamba_chunk_scan_combined`` (what ``mohawk.ssd`` runs on CUDA when
   mamba-ssm is installed);
-- ``mohawk_torch``: mohawk's PyTorch chunked scan (the fallback and reference), where memory allows.
+- ``mohawk_torch``: mohawk's PyTorch chunked scan (the fallback and reference), where memory allows;
+- ``mohawk_compiled``: that scan through ``torch.compile`` (what ``--compile`` training runs inside each block), where
+  memory allows (one compilation per length and mode: slow to start).
 
 Per-head B and C (groups = heads, state = head_dim), as the Phi-Mamba student has. Prints a markdown table and writes
 benchmarks/results/ssd_speed-<device>.{json,md}. Run on a GPU:
@@ -81,6 +83,7 @@ def main():
     from mohawk.mixers.kernels import _mamba_chunk_scan
 
     mamba_chunk_scan_combined = _mamba_chunk_scan()  # None when mamba-ssm is not installed
+    compiled = torch.compile(ssd_chunked, dynamic=False)
     h, p = args.heads, args.head_dim
     n, dtype = p, torch.bfloat16
     rows = []
@@ -102,6 +105,9 @@ def main():
             row[f"mohawk_torch_{tag}_ms"] = (bench("torch", lambda: inputs(b, L, h, p, n, dtype, bwd),
                                                    lambda x, dt, A, B, C: ssd_chunked(x, dt, A, B, C, chunk_size=64),
                                                    bwd) if L <= 16384 else None)
+            row[f"mohawk_compiled_{tag}_ms"] = (bench("compiled", lambda: inputs(b, L, h, p, n, dtype, bwd),
+                                                      lambda x, dt, A, B, C: compiled(x, dt, A, B, C, chunk_size=64),
+                                                      bwd) if L <= 16384 else None)
             torch.cuda.empty_cache()
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -117,12 +123,15 @@ def main():
              f"- {args.tokens:,} tokens per call (batch = tokens / L), {h} heads x {p}, state {n}, per-head B/C, bf16; "
              "median of 5 timed calls after 2 warm-up calls", "",
              "| L | batch | SDPA fwd ms | mamba-ssm fwd ms | mohawk torch fwd ms | SDPA fwd+bwd ms | mamba-ssm fwd+bwd ms "
-             "| mohawk torch fwd+bwd ms | SDPA / mamba-ssm (fwd+bwd) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| mohawk torch fwd+bwd ms | mohawk compiled fwd ms | mohawk compiled fwd+bwd ms | SDPA / mamba-ssm "
+             "(fwd+bwd) | mamba-ssm / compiled (fwd+bwd) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['L']} | {r['batch']} | {fmt(r['sdpa_fwd_ms'])} | {fmt(r.get('mamba_ssm_fwd_ms'))} | "
                      f"{fmt(r['mohawk_torch_fwd_ms'])} | {fmt(r['sdpa_fwd_bwd_ms'])} | "
                      f"{fmt(r.get('mamba_ssm_fwd_bwd_ms'))} | {fmt(r['mohawk_torch_fwd_bwd_ms'])} | "
-                     f"{ratio(r['sdpa_fwd_bwd_ms'], r.get('mamba_ssm_fwd_bwd_ms'))} |")
+                     f"{fmt(r.get('mohawk_compiled_fwd_ms'))} | {fmt(r.get('mohawk_compiled_fwd_bwd_ms'))} | "
+                     f"{ratio(r['sdpa_fwd_bwd_ms'], r.get('mamba_ssm_fwd_bwd_ms'))} | "
+                     f"{ratio(r.get('mamba_ssm_fwd_bwd_ms'), r.get('mohawk_compiled_fwd_bwd_ms'))} |")
     write("ssd_speed-" + device, payload, lines, Path(args.out))
 
 
