@@ -54,14 +54,18 @@ class DecodeGraph:
         self.graph = None
         self.logits: Tensor | None = None
         if capture:
-            # warm-up on a side stream (lazy initialisations, cuBLAS workspaces), then capture; both only touch the
-            # graph's own buffers, whose contents are replaced when a cache adopts them
-            stream = torch.cuda.Stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))
+            self._capture(device)
+
+    def _capture(self, device: torch.device) -> None:
+        # warm-up on a side stream (lazy initialisations, cuBLAS workspaces), then capture; both only touch the
+        # graph's own buffers, whose contents are replaced when a cache adopts them
+        with torch.cuda.device(device):
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):
                     self._step()
-            torch.cuda.current_stream(device).wait_stream(stream)
+            torch.cuda.current_stream().wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.logits = self._step()
