@@ -190,34 +190,20 @@ def test_graphs_mode_loop_keeps_gradient_buffers_and_numerics(monkeypatch, tmp_p
     """The loop's "graphs" bookkeeping (gradient buffers made before the first backward and zeroed in place, a new
     CUDA-graph step marked per micro-batch) leaves the losses of an eager run unchanged; afterwards no gradient
     buffers remain. Run on CPU: compile_mode forced to "graphs", torch.compile with the aot_eager backend."""
-    import json
-
-    import mohawk
     from mohawk import train as train_module
-    from mohawk.config import DistillConfig
-    from mohawk.stages import KnowledgeDistillation, base
-    from mohawk.teachers import adapter_for
-    from mohawk.train import Checkpointer, MetricsLog, train_stage
-    from tests.conftest import VOCAB, tiny_teacher
+    from mohawk.stages import base
+    from tests.stages.test_stages import kd_losses
 
     monkeypatch.setattr(base, "COMPILE_BACKEND", "aot_eager")
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+
+    def no_gradients(student):
+        assert all(p.grad is None for p in student.parameters())
+
     losses = {}
     for mode in ("off", "graphs"):
         monkeypatch.setattr(train_module, "compile_mode", lambda cfg, stage, device, parallel, m=mode: m)
-        torch.manual_seed(0)
-        adapter = adapter_for(tiny_teacher("llama"))
-        student = mohawk.from_teacher(adapter)
-        cfg = DistillConfig(log_every=1, checkpoint_every=1000, warmup_fraction=0.0, decay_fraction=0.0,
-                            spike_factor=0.0)
-        g = torch.Generator().manual_seed(1)
-        batches = iter([torch.randint(0, VOCAB, (2, 16), generator=g) for _ in range(6)])
-        log = tmp_path / f"{mode}.jsonl"
-        train_stage(KnowledgeDistillation(student, adapter, cfg), batches, total_tokens=6 * 32, micro_tokens=32,
-                    grad_accum=2, lr=1e-3, cfg=cfg, checkpointer=Checkpointer(None), log=MetricsLog(log),
-                    progress=False)
-        losses[mode] = [json.loads(line)["loss"] for line in log.read_text().splitlines()]
-        assert all(p.grad is None for p in student.parameters())
+        losses[mode] = kd_losses(tmp_path / mode, after=no_gradients)
     assert len(marks) == 6  # one per micro-batch of the graphs run
     torch.testing.assert_close(torch.tensor(losses["graphs"]), torch.tensor(losses["off"]), rtol=1e-4, atol=1e-5)

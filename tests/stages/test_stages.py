@@ -127,27 +127,33 @@ def test_compiled_stage_gives_the_eager_loss_and_gradients(cls, monkeypatch):
         torch.testing.assert_close(g1, g0, atol=1e-5, rtol=1e-4)
 
 
+def kd_losses(out, device: str = "cpu", compile_mode: str = "off", seq_len: int = 16, updates: int = 3, after=None):
+    """Logged losses of stage 3 on a tiny Llama teacher (same seeds every call): 2 rows x ``seq_len`` per micro-batch,
+    2 micro-batches per update; ``after(student)`` runs once training is done."""
+    import json
+
+    torch.manual_seed(0)
+    adapter = adapter_for(tiny_teacher("llama").to(device))
+    student = mohawk.from_teacher(adapter).to(device)
+    cfg = DistillConfig(log_every=1, checkpoint_every=1000, warmup_fraction=0.0, decay_fraction=0.0,
+                        spike_factor=0.0, compile=compile_mode)
+    g = torch.Generator().manual_seed(1)
+    batches = iter([torch.randint(0, VOCAB, (2, seq_len), generator=g) for _ in range(2 * updates)])
+    log = out.with_suffix(".jsonl")
+    train_stage(KnowledgeDistillation(student, adapter, cfg), batches, total_tokens=4 * seq_len * updates,
+                micro_tokens=2 * seq_len, grad_accum=2, lr=1e-3, cfg=cfg, checkpointer=Checkpointer(None),
+                log=MetricsLog(log), progress=False)
+    if after is not None:
+        after(student)
+    return [json.loads(line)["loss"] for line in log.read_text().splitlines()]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mode", ["fuse", "graphs"])
 def test_compiled_training_follows_eager_on_cuda(mode, tmp_path):
     """Stage 3 through the training loop with torch.compile (inductor; "graphs": CUDA graph replay of each block),
     two micro-batches per update: the logged losses follow the eager run's (bf16 autocast tolerance)."""
-    import json
-
-    losses = {}
-    for m in ("off", mode):
-        torch.manual_seed(0)
-        adapter = adapter_for(tiny_teacher("llama").cuda())
-        student = mohawk.from_teacher(adapter).cuda()
-        cfg = DistillConfig(log_every=1, checkpoint_every=1000, warmup_fraction=0.0, decay_fraction=0.0,
-                            spike_factor=0.0, compile=m)
-        g = torch.Generator().manual_seed(1)
-        batches = iter([torch.randint(0, VOCAB, (2, 64), generator=g) for _ in range(12)])
-        log = tmp_path / f"{m}.jsonl"
-        train_stage(KnowledgeDistillation(student, adapter, cfg), batches, total_tokens=12 * 128, micro_tokens=128,
-                    grad_accum=2, lr=1e-3, cfg=cfg, checkpointer=Checkpointer(None), log=MetricsLog(log),
-                    progress=False)
-        losses[m] = [json.loads(line)["loss"] for line in log.read_text().splitlines()]
+    losses = {m: kd_losses(tmp_path / m, "cuda", compile_mode=m, seq_len=64, updates=6) for m in ("off", mode)}
     assert len(losses[mode]) == 6
     torch.testing.assert_close(torch.tensor(losses[mode]), torch.tensor(losses["off"]), rtol=2e-2, atol=2e-2)
