@@ -180,31 +180,37 @@ class MohawkModel(MohawkPreTrainedModel):
         self.embed_tokens = value
 
     def forward(self, input_ids=None, inputs_embeds=None, position_ids=None, cache: MohawkCache | None = None,
-                output_hidden_states: bool = False):
-        """input_ids (batch, L) -> final hidden states (batch, L, hidden) [, all block inputs + final output]."""
-        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+                output_hidden_states: bool = False, keep_last: int = 0):
+        """input_ids (batch, L) -> final hidden states (batch, L, hidden), or only the last ``keep_last`` positions
+        (generation: the prompt's other positions need no final norm) [, all block inputs + final output]."""
+        source = input_ids if inputs_embeds is None else inputs_embeds
+        L = source.shape[1]
         if position_ids is None:
             offset = cache.tokens if cache is not None else 0
-            position_ids = torch.arange(offset, offset + h.shape[1], device=h.device)[None]
-        if self.embed_positions is not None:
-            h = h + self.embed_positions(position_ids)
+            position_ids = torch.arange(offset, offset + L, device=source.device)[None]
         hidden_states = []
-        L, chunk = h.shape[1], getattr(self.config, "prefill_chunk", 0)
-        # a long prompt with a cache: piece by piece through all layers (SSD state and KV cache carry over)
+        chunk = getattr(self.config, "prefill_chunk", 0)
+        # a long prompt with a cache: piece by piece through all layers (SSD state and KV cache carry over), embedded
+        # piece by piece too, so that no (batch, L, hidden) tensor of the whole prompt exists at once
         step = chunk if cache is not None and chunk and L > chunk and not output_hidden_states else L
+        first_kept = L - keep_last if 0 < keep_last < L else 0
         outs = []
         for i in range(0, L, step):
-            x, pos = h[:, i: i + step], position_ids[:, i: i + step]
+            pos = position_ids[:, i: i + step]
+            x = self.embed_tokens(input_ids[:, i: i + step]) if inputs_embeds is None else inputs_embeds[:, i: i + step]
+            if self.embed_positions is not None:
+                x = x + self.embed_positions(pos)
             for layer in self.layers:
                 if output_hidden_states:
                     hidden_states.append(x)
                 x = layer(x, position_ids=pos, cache=cache)
-            outs.append(x)
+            if i + x.shape[1] > first_kept:
+                outs.append(x[:, max(0, first_kept - i):])
         h = self.norm(torch.cat(outs, dim=1) if len(outs) > 1 else outs[0])
         if output_hidden_states:
             hidden_states.append(h)
         if cache is not None:
-            cache.tokens += h.shape[1]
+            cache.tokens += L
         return h, (tuple(hidden_states) if output_hidden_states else None)
 
 
@@ -259,8 +265,9 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
         graph = self._decode_graph(cache, input_ids, inputs_embeds, position_ids, labels, output_hidden_states)
         if graph is not None:
             return CausalLMOutputWithPast(None, graph.run(cache, input_ids, cache.tokens), cache, None)
+        keep = logits_to_keep if isinstance(logits_to_keep, int) and labels is None and not output_hidden_states else 0
         h, hidden_states = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
-                                      cache=cache, output_hidden_states=bool(output_hidden_states))
+                                      cache=cache, output_hidden_states=bool(output_hidden_states), keep_last=keep)
         logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
         if labels is not None:

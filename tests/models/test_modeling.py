@@ -182,3 +182,17 @@ def test_generate_feeds_one_token_per_step_after_the_prompt():
     out = model.generate(torch.randint(0, 50, (1, 10)), max_new_tokens=4, do_sample=False)
     hook.remove()
     assert out.shape == (1, 14) and lengths == [10, 1, 1, 1]
+
+
+@pytest.mark.parametrize("keep", [1, 4, 23, 30])
+def test_logits_to_keep_with_chunked_prefill(keep):
+    """Generation asks for the last positions only: through a chunked prefill (pieces of 5 of 23 tokens) the kept
+    logits equal the last ones of a full pass, and the cache still counts every token."""
+    m = student(("ssd", "attention", "ssd"), ssd_conv_init="random", prefill_chunk=5)
+    ids = torch.randint(0, 64, (2, 23))
+    with torch.no_grad():
+        full = m(ids).logits
+        cache = MohawkCache()
+        kept = m(ids, past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
+    assert kept.shape == (2, min(keep, 23), 64) and cache.tokens == 23
+    torch.testing.assert_close(kept, full[:, -keep:], atol=1e-5, rtol=1e-5)
