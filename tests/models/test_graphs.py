@@ -94,6 +94,8 @@ def test_moved_parameters_recapture(graphs_on_cpu):
     steps(m, prefill(m, ids), torch.randint(0, 64, (1, 2)))
     (second,) = graphs._GRAPHS[m][1].values()
     assert second is not first and graphs._GRAPHS[m][0] == graphs.DecodeGraph.param_pointers(m)
+    graphs.release(m)
+    assert m not in graphs._GRAPHS
 
 
 def test_cached_conv_window_does_not_pin_the_prompt():
