@@ -3,6 +3,7 @@ results/<stem>.json + results/<stem>.md."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import sys
@@ -12,6 +13,13 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+    """A script's parser: its docstring's first paragraph as description, and ``--out`` (default results/)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--out", default=str(RESULTS), help="folder for the .json and .md results")
+    return ap
 
 
 def package_version(mod: str) -> str | None:

@@ -11,7 +11,6 @@ Writes benchmarks/results/decode_speed-<model>-<device>.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import sys
 import time
@@ -21,9 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (command, device_name, fmt, model_config, random_teacher_and_student,  # noqa: E402
-                               sync, versions, write)
+from benchmarks.common import (arg_parser, command, device_name, fmt, model_config,  # noqa: E402
+                               random_teacher_and_student, sync, versions, write)
 from mohawk.models.modeling_mohawk import MohawkCache  # noqa: E402
+from mohawk.parallel import resolve_device  # noqa: E402
 
 
 def cache_bytes(cache) -> int:
@@ -64,16 +64,15 @@ def decode(model, cache, ids: torch.Tensor, new_tokens: int, device) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = arg_parser(__doc__)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--contexts", default="1024,4096,16384,32768")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
     from transformers import DynamicCache
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = model_config(args.model)
     teacher, _, student = random_teacher_and_student(cfg, device, dtype)

@@ -8,7 +8,6 @@ Writes benchmarks/results/scaling-<model>-<device>-<N>gpu.{json,md} (and the two
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -16,20 +15,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import command, fmt, write  # noqa: E402
+from benchmarks.common import arg_parser, command, fmt, write  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = arg_parser(__doc__)
     ap.add_argument("--gpus", type=int, default=2)
     ap.add_argument("--model", default="phi-1_5")
     ap.add_argument("--batch", type=int, default=8, help="sequences per process")
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
     common = [str(HERE / "stage_throughput.py"), "--model", args.model, "--stages", "3", "--no-baseline",
               "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps),

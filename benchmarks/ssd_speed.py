@@ -16,7 +16,6 @@ benchmarks/results/ssd_speed-<device>.{json,md}. Run on a GPU:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import command, device_name, fmt, versions, write  # noqa: E402
+from benchmarks.common import arg_parser, command, device_name, fmt, versions, write  # noqa: E402
 from mohawk.mixers.ssd import ssd_chunked  # noqa: E402
 
 
@@ -71,12 +70,11 @@ def bench(name, make, run, backward: bool):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = arg_parser(__doc__)
     ap.add_argument("--tokens", type=int, default=65536)
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768,65536")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("ssd_speed needs a CUDA GPU")

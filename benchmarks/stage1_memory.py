@@ -8,7 +8,6 @@ Writes benchmarks/results/stage1_memory-<model>-<device>.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -17,8 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (command, device_name, fmt, model_config, random_teacher_and_student,  # noqa: E402
-                               sync, versions, write)
+from benchmarks.common import (arg_parser, command, device_name, fmt, model_config,  # noqa: E402
+                               random_teacher_and_student, sync, versions, write)
+from mohawk.parallel import resolve_device  # noqa: E402
 from mohawk.stages.orientation import frobenius_distance, tiled_frobenius_distance  # noqa: E402
 
 
@@ -44,13 +44,12 @@ def measure(fn, device) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = arg_parser(__doc__)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384")
     ap.add_argument("--tile", type=int, default=256)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     cfg = model_config(args.model)
     cfg.num_hidden_layers = 1
     cfg.max_position_embeddings = max(cfg.max_position_embeddings, max(map(int, args.lengths.split(","))))

@@ -15,7 +15,6 @@ GPU's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s). Writes benchmarks/results/st
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (command, device_name, fmt, model_config, random_teacher_and_student,  # noqa: E402
-                               sync, versions, write)
+from benchmarks.common import (arg_parser, command, device_name, fmt, model_config,  # noqa: E402
+                               random_teacher_and_student, sync, versions, write)
 from mohawk.config import DistillConfig  # noqa: E402
 from mohawk.parallel import Parallel  # noqa: E402
 from mohawk.stages import STAGES  # noqa: E402
@@ -132,7 +131,7 @@ def profile_stage(stage, batches, tokens: int, common: dict, device, path: Path)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = arg_parser(__doc__)
     ap.add_argument("--model", default="phi-1_5")
     ap.add_argument("--stages", default="1,2,3")
     ap.add_argument("--batch", type=int, default=8, help="sequences per process and micro-batch (stages 2, 3)")
@@ -147,7 +146,6 @@ def main():
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="also profile STEPS steps per stage: top kernels to <out>/profile-*.txt")
     ap.add_argument("--no-baseline", action="store_true", help="skip the teacher's own training step")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
 
     parallel, device = Parallel.from_env("auto")
