@@ -43,8 +43,8 @@ class DecodeGraph:
         from mohawk.models.modeling_mohawk import MohawkCache
 
         self.model = weakref.ref(model)  # the model holds its graphs (through _GRAPHS), not the other way round
-        batch = next(iter(cache.ssm.values()))[1].shape[0]
-        device = next(iter(cache.ssm.values()))[1].device
+        any_state = next(iter(cache.ssm.values()))[1]
+        batch, device = any_state.shape[0], any_state.device
         self.buffers = MohawkCache()
         self.buffers.static = True
         self.buffers.ssm = {i: (c.clone(), s.clone()) for i, (c, s) in cache.ssm.items()}
