@@ -36,6 +36,8 @@ def test_saved_config_reloads(tmp_path):
     ({"schedule": "linear"}, "wsd or cosine"),
     ({"freeze_mlp": "maybe"}, "bad value for freeze_mlp"),
     ({"stage3_lr": 2.0}, "stage3_lr"),
+    ({"compile": "yes"}, "bad value for compile: 'yes' \\(off, fuse or graphs\\)"),
+    ({"stage1_tile": -1}, "bad value for stage1_tile"),
 ])
 def test_bad_values(values, msg):
     with pytest.raises(MohawkError, match=msg):
