@@ -2,16 +2,17 @@
 call (batch = tokens / L), for
 
 - ``sdpa``: causal scaled_dot_product_attention (flash attention on a recent GPU), q/k/v (b, h, L, d);
-- ``mamba_ssm``: mamba-ssm's Triton SSD kernel ``mamba_chunk_scan_combined`` (what ``mohawk.ssd`` runs on CUDA when
-  mamba-ssm is installed);
+- ``mohawk_triton``: mohawk's own Triton scan (mohawk/mixers/kernels/ssd_triton.py: what ``mohawk.ssd`` runs on CUDA),
+  called as ``mohawk.ssd`` is (x * dt and dt * A computed around it, D skip included);
+- ``mamba_ssm``: mamba-ssm's Triton SSD kernel ``mamba_chunk_scan_combined`` (MOHAWK_SSD_KERNEL=mamba);
 - ``mohawk_torch``: mohawk's PyTorch chunked scan (the fallback and reference), where memory allows;
-- ``mohawk_compiled``: that scan through ``torch.compile`` (what ``--compile`` training runs inside each block), where
-  memory allows (one compilation per length and mode: slow to start).
+- ``mohawk_compiled`` (with ``--compiled``): that scan through ``torch.compile``, where memory allows (one compilation
+  per length and mode: slow to start).
 
 Per-head B and C (groups = heads, state = head_dim), as the Phi-Mamba student has. Prints a markdown table and writes
 benchmarks/results/ssd_speed-<device>.{json,md}. Run on a GPU:
 
-    python3 benchmarks/ssd_speed.py [--tokens 65536] [--heads 32] [--head-dim 64] [--lengths 1024,...]
+    python3 benchmarks/ssd_speed.py [--tokens 65536] [--heads 32] [--head-dim 64] [--lengths 1024,...] [--compiled]
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import arg_parser, command, device_name, fmt, versions, write  # noqa: E402
 from mohawk.mixers.ssd import ssd_chunked  # noqa: E402
+
+D_SKIP = None  # set in main: a (heads,) D for every SSD call
 
 
 def timed(fn, warmup: int = 2, reps: int = 5) -> float:
@@ -75,14 +78,18 @@ def main():
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768,65536")
+    ap.add_argument("--compiled", action="store_true", help="also time the PyTorch scan through torch.compile")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("ssd_speed needs a CUDA GPU")
-    from mohawk.mixers.kernels import _mamba_chunk_scan
+    from mohawk.mixers.kernels import _mamba_chunk_scan, _triton_scan
 
     mamba_chunk_scan_combined = _mamba_chunk_scan()  # None when mamba-ssm is not installed
+    ssd_triton = _triton_scan()
     compiled = torch.compile(ssd_chunked, dynamic=False)
     h, p = args.heads, args.head_dim
+    global D_SKIP
+    D_SKIP = torch.randn(h, device="cuda")
     n, dtype = p, torch.bfloat16
     rows = []
     for L in (int(x) for x in args.lengths.split(",")):
@@ -96,16 +103,19 @@ def main():
 
             row[f"sdpa_{tag}_ms"] = bench("sdpa", qkv, lambda q, k, v: F.scaled_dot_product_attention(
                 q, k, v, is_causal=True), bwd)
+            if ssd_triton is not None:
+                row[f"mohawk_triton_{tag}_ms"] = bench("triton", lambda: inputs(b, L, h, p, n, dtype, bwd),
+                                                       lambda x, dt, A, B, C: ssd_triton(x, dt, A, B, C, D_SKIP), bwd)
             if mamba_chunk_scan_combined is not None:
                 row[f"mamba_ssm_{tag}_ms"] = bench("mamba", lambda: inputs(b, L, h, p, n, dtype, bwd),
                                                    lambda x, dt, A, B, C: mamba_chunk_scan_combined(
-                                                       x, dt, A, B, C, 64), bwd)
+                                                       x, dt, A, B, C, 64, D=D_SKIP), bwd)
             row[f"mohawk_torch_{tag}_ms"] = (bench("torch", lambda: inputs(b, L, h, p, n, dtype, bwd),
-                                                   lambda x, dt, A, B, C: ssd_chunked(x, dt, A, B, C, chunk_size=64),
+                                                   lambda x, dt, A, B, C: ssd_chunked(x, dt, A, B, C, D_SKIP),
                                                    bwd) if L <= 16384 else None)
             row[f"mohawk_compiled_{tag}_ms"] = (bench("compiled", lambda: inputs(b, L, h, p, n, dtype, bwd),
-                                                      lambda x, dt, A, B, C: compiled(x, dt, A, B, C, chunk_size=64),
-                                                      bwd) if L <= 16384 else None)
+                                                      lambda x, dt, A, B, C: compiled(x, dt, A, B, C, D_SKIP),
+                                                      bwd) if L <= 16384 and args.compiled else None)
             torch.cuda.empty_cache()
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -118,18 +128,21 @@ def main():
         return "-" if a is None or b is None else f"{a / b:.2f}x"
 
     lines = [f"# SSD vs attention, {device}", "", f"- command: `{cmd}`", f"- versions: {payload['versions']}",
-             f"- {args.tokens:,} tokens per call (batch = tokens / L), {h} heads x {p}, state {n}, per-head B/C, bf16; "
-             "median of 5 timed calls after 2 warm-up calls", "",
-             "| L | batch | SDPA fwd ms | mamba-ssm fwd ms | mohawk torch fwd ms | SDPA fwd+bwd ms | mamba-ssm fwd+bwd ms "
-             "| mohawk torch fwd+bwd ms | mohawk compiled fwd ms | mohawk compiled fwd+bwd ms | SDPA / mamba-ssm "
-             "(fwd+bwd) | mamba-ssm / compiled (fwd+bwd) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"- {args.tokens:,} tokens per call (batch = tokens / L), {h} heads x {p}, state {n}, per-head B/C, D skip, "
+             "bf16; median of 5 timed calls after 2 warm-up calls", "",
+             "| L | batch | SDPA fwd ms | mohawk triton fwd ms | mamba-ssm fwd ms | mohawk torch fwd ms | SDPA fwd+bwd ms "
+             "| mohawk triton fwd+bwd ms | mamba-ssm fwd+bwd ms | mohawk torch fwd+bwd ms | mohawk compiled fwd+bwd ms "
+             "| SDPA / triton (fwd+bwd) | mamba-ssm / triton (fwd+bwd) | mamba-ssm / triton (fwd) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['L']} | {r['batch']} | {fmt(r['sdpa_fwd_ms'])} | {fmt(r.get('mamba_ssm_fwd_ms'))} | "
-                     f"{fmt(r['mohawk_torch_fwd_ms'])} | {fmt(r['sdpa_fwd_bwd_ms'])} | "
+        lines.append(f"| {r['L']} | {r['batch']} | {fmt(r['sdpa_fwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_ms'))} | "
+                     f"{fmt(r.get('mamba_ssm_fwd_ms'))} | {fmt(r['mohawk_torch_fwd_ms'])} | "
+                     f"{fmt(r['sdpa_fwd_bwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_bwd_ms'))} | "
                      f"{fmt(r.get('mamba_ssm_fwd_bwd_ms'))} | {fmt(r['mohawk_torch_fwd_bwd_ms'])} | "
-                     f"{fmt(r.get('mohawk_compiled_fwd_ms'))} | {fmt(r.get('mohawk_compiled_fwd_bwd_ms'))} | "
-                     f"{ratio(r['sdpa_fwd_bwd_ms'], r.get('mamba_ssm_fwd_bwd_ms'))} | "
-                     f"{ratio(r.get('mamba_ssm_fwd_bwd_ms'), r.get('mohawk_compiled_fwd_bwd_ms'))} |")
+                     f"{fmt(r.get('mohawk_compiled_fwd_bwd_ms'))} | "
+                     f"{ratio(r['sdpa_fwd_bwd_ms'], r.get('mohawk_triton_fwd_bwd_ms'))} | "
+                     f"{ratio(r.get('mamba_ssm_fwd_bwd_ms'), r.get('mohawk_triton_fwd_bwd_ms'))} | "
+                     f"{ratio(r.get('mamba_ssm_fwd_ms'), r.get('mohawk_triton_fwd_ms'))} |")
     write("ssd_speed-" + device, payload, lines, Path(args.out))
 
 

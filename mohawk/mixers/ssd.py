@@ -186,9 +186,7 @@ def ssd(
     """
     from mohawk.mixers.kernels import ssd_kernel
 
-    # inside torch.compile the chunked scan is traced and fused with the block around it (mamba-ssm's Triton
-    # wrapper would be an opaque call whose backward alone took ~4 ms of host time per layer on an H100 host)
-    kernel = None if torch.compiler.is_compiling() else ssd_kernel(x)
+    kernel = ssd_kernel(x)
     if kernel is not None:
         return kernel(x, dt, A, B, C, D, chunk_size=chunk_size, initial_state=initial_state,
                       return_final_state=return_final_state)

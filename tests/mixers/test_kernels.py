@@ -1,12 +1,126 @@
-"""GPU paths behind mohawk.ssd: the loader's logic on CPU, and (marked gpu) the fused kernel against the PyTorch
-reference, forward and gradients, within bf16 tolerance."""
+"""GPU paths behind mohawk.ssd. mohawk's Triton scan against the quadratic reference, forward and every gradient, run
+in Triton's interpreter on the CPU (float32: the interpreter has no bfloat16 matmul) and, marked gpu, compiled on a GPU
+in bfloat16; the custom op's registration (fake tensors, autograd, torch.compile); the loaders' and the chooser's
+logic."""
 
+import os
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from mohawk.mixers import kernels, ssd, ssd_chunked
+from mohawk.mixers import kernels, ssd, ssd_chunked, ssd_materialized
+
+triton = pytest.importorskip("triton")  # noqa: F841  (installed with mohawk[test]; CUDA builds of torch bring it)
+from mohawk.mixers.kernels.ssd_triton import ssd_scan, ssd_triton  # noqa: E402
+
+needs_interpreter_or_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="Triton kernels need a GPU or TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(b, L, h, p, groups, n, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, L, h, p, generator=g)
+    dt = F.softplus(torch.randn(b, L, h, generator=g) - 1)
+    A = -torch.rand(h, generator=g) - 0.5
+    B, C = torch.randn(b, L, groups, n, generator=g), torch.randn(b, L, groups, n, generator=g)
+    D = torch.randn(h, generator=g)
+    return [t.to(DEVICE, dtype if t.dim() == 4 else torch.float32).requires_grad_() for t in (x, dt, A, B, C, D)]
+
+
+def _grads(y, args, seed=1):
+    go = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.device)
+    return torch.autograd.grad(y.float(), args, go)
+
+
+@needs_interpreter_or_gpu
+@pytest.mark.parametrize("b,L,h,p,groups,n,chunk", [
+    (2, 50, 2, 16, 2, 16, 16),   # per-head B/C (Phi-Mamba), L not a multiple of the chunk
+    (1, 70, 4, 32, 2, 16, 32),   # grouped B/C: two heads read each group
+    (1, 33, 2, 20, 1, 24, 16),   # head_dim and state not powers of two (masked tiles), one group
+    (1, 7, 2, 16, 2, 16, 64),    # shorter than one chunk
+])
+def test_triton_scan_matches_reference_forward_and_grads(b, L, h, p, groups, n, chunk):
+    args = _inputs(b, L, h, p, groups, n)
+    x, dt, A, B, C, D = args
+    y = ssd_triton(x, dt, A, B, C, D, chunk_size=chunk)
+    y_ref = ssd_materialized(x, dt, A, B, C, D)
+    assert y.shape == y_ref.shape and y.dtype == x.dtype
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
+    for name, g, g_ref in zip("x dt A B C D".split(), _grads(y, args), _grads(y_ref, args)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4 * g_ref.abs().max().item(), msg=name)
+
+
+@needs_interpreter_or_gpu
+def test_triton_scan_carries_state_in_and_out_with_gradients():
+    """A prompt fed in pieces: initial state in, final state out, gradients through both, as ssd_chunked."""
+    args = _inputs(1, 45, 2, 16, 1, 16, seed=3)
+    s0 = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(4)).to(DEVICE).requires_grad_()
+    outs = [fn(*args, chunk_size=16, initial_state=s0, return_final_state=True) for fn in (ssd_triton, ssd_chunked)]
+    for (y, s), (y_ref, s_ref) in [outs]:
+        torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(s, s_ref, rtol=1e-4, atol=1e-4)
+    gs = torch.randn(s0.shape, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    grads = [torch.autograd.grad(y.sum() + (s * gs).sum(), args + [s0]) for y, s in outs]
+    for g, g_ref in zip(*grads):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4 * g_ref.abs().max().item())
+    # two halves with the state handed over == one call
+    x, dt, A, B, C, D = [a.detach() for a in args]
+    y1, s1 = ssd_triton(x[:, :20], dt[:, :20], A, B[:, :20], C[:, :20], D, chunk_size=16, return_final_state=True)
+    y2 = ssd_triton(x[:, 20:], dt[:, 20:], A, B[:, 20:], C[:, 20:], D, chunk_size=16, initial_state=s1)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), ssd_chunked(x, dt, A, B, C, D), rtol=1e-4, atol=1e-4)
+
+
+@needs_interpreter_or_gpu
+def test_triton_scan_reads_strided_views_without_copies():
+    """x, B and C come out of the conv as slices of one (b, L, conv_dim) tensor: the kernel takes their strides."""
+    b, L, h, p, n = 1, 40, 2, 16, 16
+    xbc = torch.randn(b, L, h * p + 2 * h * n, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    x, B, C = torch.split(xbc, [h * p, h * n, h * n], dim=-1)
+    x, B, C = x.unflatten(-1, (h, p)), B.unflatten(-1, (h, n)), C.unflatten(-1, (h, n))
+    assert not B.is_contiguous()
+    dt = F.softplus(torch.randn(b, L, h)).to(DEVICE)
+    A = -torch.ones(h, device=DEVICE)
+    torch.testing.assert_close(ssd_triton(x, dt, A, B, C, chunk_size=16), ssd_materialized(x, dt, A, B, C),
+                               rtol=1e-4, atol=1e-4)
+
+
+@needs_interpreter_or_gpu
+def test_custom_op_registration_passes_opcheck():
+    """Schema, fake-tensor shapes and strides, autograd registration and AOT dispatch of mohawk::ssd_scan."""
+    x, dt, A, B, C, D = _inputs(1, 20, 2, 16, 1, 16, seed=7)
+    s0 = torch.randn(1, 2, 16, 16, device=DEVICE, requires_grad=True)
+    for skip, state in ((None, None), (D, s0)):
+        torch.library.opcheck(ssd_scan, (x, dt, A, B, C, skip, state, 16),
+                              test_utils=("test_schema", "test_faketensor", "test_autograd_registration",
+                                          "test_aot_dispatch_dynamic"))
+
+
+@needs_interpreter_or_gpu
+def test_triton_scan_inside_torch_compile():
+    """The custom op sits inside a compiled function (aot_eager on CPU) with the eager result and gradients."""
+    args = _inputs(1, 24, 2, 16, 2, 16, seed=8)
+
+    def f(x, dt, A, B, C, D):
+        return ssd_triton(x, dt, A, B, C, D, chunk_size=16).sin()
+
+    y = torch.compile(f, backend="aot_eager" if DEVICE == "cpu" else "inductor", fullgraph=True)(*args)
+    y_ref = f(*args)
+    torch.testing.assert_close(y, y_ref)
+    for g, g_ref in zip(_grads(y, args), _grads(y_ref, args)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_choice(monkeypatch):
+    x = torch.randn(1, 8, 2, 3)
+    assert kernels.ssd_kernel(x) is None  # CPU tensors never take a GPU path
+    monkeypatch.setenv("MOHAWK_SSD_KERNEL", "fast")
+    with pytest.raises(ValueError, match="MOHAWK_SSD_KERNEL"):
+        kernels.ssd_kernel(x)
+    assert kernels._triton_scan() is ssd_triton  # what auto / triton pick on a GPU
 
 
 def test_loader_skips_a_broken_package_init(tmp_path, monkeypatch):
@@ -28,18 +142,16 @@ def test_loader_skips_a_broken_package_init(tmp_path, monkeypatch):
         kernels._mamba_chunk_scan.cache_clear()
 
 
-def test_cpu_and_forced_torch_use_the_reference(monkeypatch):
-    x = torch.randn(1, 8, 2, 3)
-    assert kernels.ssd_kernel(x) is None  # CPU tensors never take a GPU path
-    monkeypatch.setenv("MOHAWK_SSD_KERNEL", "torch")
-    assert kernels.ssd_kernel(x) is None
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_kernel_matches_reference_forward_and_grads():
+@pytest.mark.parametrize("choice", ["triton", "mamba"])
+def test_gpu_kernel_matches_reference_forward_and_grads(choice, monkeypatch):
+    """bf16 through the chosen kernel vs the float32 PyTorch scan; torch forced: no kernel."""
+    monkeypatch.setenv("MOHAWK_SSD_KERNEL", "torch")
+    assert kernels.ssd_kernel(torch.zeros(1, device="cuda")) is None
+    monkeypatch.setenv("MOHAWK_SSD_KERNEL", choice)
     if kernels.ssd_kernel(torch.zeros(1, device="cuda")) is None:
-        pytest.skip("no fused kernel installed (pip install mohawk[gpu])")
+        pytest.skip(f"{choice} kernel not installed")
     torch.manual_seed(0)
     b, L, h, p, n = 2, 512, 4, 64, 64
     x = torch.randn(b, L, h, p, device="cuda")

@@ -1,11 +1,13 @@
-"""GPU paths behind the PyTorch reference implementations. Each returns None where it cannot run (CPU, no Triton,
-no optional dependency), and the caller falls back to the exact PyTorch path."""
+"""GPU paths behind the PyTorch reference implementations: mohawk's own Triton SSD scan (ssd_triton.py) and, as an
+alternative, mamba-ssm's. Each loader returns None where it cannot run (CPU, no Triton, no optional dependency), and
+the caller falls back to the exact PyTorch path."""
 
 from __future__ import annotations
 
 import functools
 import os
 
+import torch
 from torch import Tensor
 
 
@@ -40,18 +42,39 @@ def _mamba_chunk_scan():
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def _triton_scan():
+    """mohawk's own Triton SSD scan (needs only Triton, which CUDA builds of torch bring), or None."""
+    try:
+        from mohawk.mixers.kernels.ssd_triton import ssd_triton
+
+        return ssd_triton
+    except Exception:
+        return None
+
+
+def _mamba_run(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=None, return_final_state=False):
+    return _mamba_chunk_scan()(x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state,
+                               return_final_states=return_final_state)
+
+
+KERNELS = ("auto", "triton", "mamba", "torch")
+
+
 def ssd_kernel(x: Tensor):
     """A fused SSD scan for ``x``'s device with mohawk.ssd's signature, or None (then the PyTorch scan is used).
 
-    MOHAWK_SSD_KERNEL=torch forces the PyTorch path (for A/B comparisons)."""
-    if not x.is_cuda or os.environ.get("MOHAWK_SSD_KERNEL", "auto") == "torch":
+    MOHAWK_SSD_KERNEL chooses: ``auto`` (default: mohawk's Triton scan, else mamba-ssm's), ``triton``, ``mamba``
+    (mamba-ssm's kernel, pip install mohawk[mamba]) or ``torch`` (the PyTorch scan, for A/B comparisons). CPU tensors
+    always take the PyTorch scan. Inside torch.compile only the Triton scan is used: it is a custom op the compiler
+    keeps whole (mamba-ssm's Python wrapper would be traced into, or cost ~4 ms of host time per layer eagerly)."""
+    choice = os.environ.get("MOHAWK_SSD_KERNEL", "auto")
+    if choice not in KERNELS:
+        raise ValueError(f"MOHAWK_SSD_KERNEL={choice!r}: expected one of {', '.join(KERNELS)}")
+    if not x.is_cuda or choice == "torch":
         return None
-    fn = _mamba_chunk_scan()
-    if fn is None:
-        return None
-
-    def run(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=None, return_final_state=False):
-        out = fn(x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, return_final_states=return_final_state)
-        return out
-
-    return run
+    if choice in ("auto", "triton") and _triton_scan() is not None:
+        return _triton_scan()
+    if choice in ("auto", "mamba") and _mamba_chunk_scan() is not None and not torch.compiler.is_compiling():
+        return _mamba_run
+    return None
