@@ -131,7 +131,8 @@ def main():
              f"- {args.tokens:,} tokens per call (batch = tokens / L), {h} heads x {p}, state {n}, per-head B/C, "
              "D skip, bf16; median of 5 timed calls after 2 warm-up calls", "",
              "| L | batch | SDPA fwd ms | mohawk triton fwd ms | mamba-ssm fwd ms | mohawk torch fwd ms "
-             "| SDPA fwd+bwd ms | mohawk triton fwd+bwd ms | mamba-ssm fwd+bwd ms | mohawk torch fwd+bwd ms | mohawk compiled fwd+bwd ms "
+             "| SDPA fwd+bwd ms | mohawk triton fwd+bwd ms | mamba-ssm fwd+bwd ms | mohawk torch fwd+bwd ms "
+             "| mohawk compiled fwd+bwd ms "
              "| SDPA / triton (fwd+bwd) | mamba-ssm / triton (fwd+bwd) | mamba-ssm / triton (fwd) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
