@@ -72,6 +72,34 @@ def bench(name, make, run, backward: bool):
         return None
 
 
+def report(rows: list[dict], device: str, vers: dict, cmd: str, tokens: int, h: int, p: int, n: int, out: Path):
+    """Save ``rows`` (one dict per sequence length, as printed) as ssd_speed-<device>.json and .md under ``out``."""
+    payload = {"device": device, "versions": vers, "command": cmd, "heads": h, "head_dim": p, "state": n,
+               "dtype": "torch.bfloat16", "tokens_per_call": tokens, "rows": rows}
+
+    def ratio(a, b):
+        return "-" if a is None or b is None else f"{a / b:.2f}x"
+
+    lines = [f"# SSD vs attention, {device}", "", f"- command: `{cmd}`", f"- versions: {vers}",
+             f"- {tokens:,} tokens per call (batch = tokens / L), {h} heads x {p}, state {n}, per-head B/C, "
+             "D skip, bf16; median of 5 timed calls after 2 warm-up calls", "",
+             "| L | batch | SDPA fwd ms | mohawk triton fwd ms | mamba-ssm fwd ms | mohawk torch fwd ms "
+             "| SDPA fwd+bwd ms | mohawk triton fwd+bwd ms | mamba-ssm fwd+bwd ms | mohawk torch fwd+bwd ms "
+             "| mohawk compiled fwd+bwd ms "
+             "| SDPA / triton (fwd+bwd) | mamba-ssm / triton (fwd+bwd) | mamba-ssm / triton (fwd) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['L']} | {r['batch']} | {fmt(r['sdpa_fwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_ms'))} | "
+                     f"{fmt(r.get('mamba_ssm_fwd_ms'))} | {fmt(r['mohawk_torch_fwd_ms'])} | "
+                     f"{fmt(r['sdpa_fwd_bwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_bwd_ms'))} | "
+                     f"{fmt(r.get('mamba_ssm_fwd_bwd_ms'))} | {fmt(r['mohawk_torch_fwd_bwd_ms'])} | "
+                     f"{fmt(r.get('mohawk_compiled_fwd_bwd_ms'))} | "
+                     f"{ratio(r['sdpa_fwd_bwd_ms'], r.get('mohawk_triton_fwd_bwd_ms'))} | "
+                     f"{ratio(r.get('mamba_ssm_fwd_bwd_ms'), r.get('mohawk_triton_fwd_bwd_ms'))} | "
+                     f"{ratio(r.get('mamba_ssm_fwd_ms'), r.get('mohawk_triton_fwd_ms'))} |")
+    write("ssd_speed-" + device, payload, lines, out)
+
+
 def main():
     ap = arg_parser(__doc__)
     ap.add_argument("--tokens", type=int, default=65536)
@@ -119,32 +147,7 @@ def main():
             torch.cuda.empty_cache()
         rows.append(row)
         print(json.dumps(row), flush=True)
-    device = device_name()
-    cmd = command()
-    payload = {"device": device, "versions": versions("triton", "mamba_ssm"), "command": cmd, "heads": h,
-               "head_dim": p, "state": n, "dtype": str(dtype), "tokens_per_call": args.tokens, "rows": rows}
-
-    def ratio(a, b):
-        return "-" if a is None or b is None else f"{a / b:.2f}x"
-
-    lines = [f"# SSD vs attention, {device}", "", f"- command: `{cmd}`", f"- versions: {payload['versions']}",
-             f"- {args.tokens:,} tokens per call (batch = tokens / L), {h} heads x {p}, state {n}, per-head B/C, "
-             "D skip, bf16; median of 5 timed calls after 2 warm-up calls", "",
-             "| L | batch | SDPA fwd ms | mohawk triton fwd ms | mamba-ssm fwd ms | mohawk torch fwd ms "
-             "| SDPA fwd+bwd ms | mohawk triton fwd+bwd ms | mamba-ssm fwd+bwd ms | mohawk torch fwd+bwd ms "
-             "| mohawk compiled fwd+bwd ms "
-             "| SDPA / triton (fwd+bwd) | mamba-ssm / triton (fwd+bwd) | mamba-ssm / triton (fwd) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['L']} | {r['batch']} | {fmt(r['sdpa_fwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_ms'))} | "
-                     f"{fmt(r.get('mamba_ssm_fwd_ms'))} | {fmt(r['mohawk_torch_fwd_ms'])} | "
-                     f"{fmt(r['sdpa_fwd_bwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_bwd_ms'))} | "
-                     f"{fmt(r.get('mamba_ssm_fwd_bwd_ms'))} | {fmt(r['mohawk_torch_fwd_bwd_ms'])} | "
-                     f"{fmt(r.get('mohawk_compiled_fwd_bwd_ms'))} | "
-                     f"{ratio(r['sdpa_fwd_bwd_ms'], r.get('mohawk_triton_fwd_bwd_ms'))} | "
-                     f"{ratio(r.get('mamba_ssm_fwd_bwd_ms'), r.get('mohawk_triton_fwd_bwd_ms'))} | "
-                     f"{ratio(r.get('mamba_ssm_fwd_ms'), r.get('mohawk_triton_fwd_ms'))} |")
-    write("ssd_speed-" + device, payload, lines, Path(args.out))
+    report(rows, device_name(), versions("triton", "mamba_ssm"), command(), args.tokens, h, p, n, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -24,13 +24,15 @@ FILES = {
     "linear_attention.py": "mixers/linear_attention.py",
     "toeplitz.py": "mixers/toeplitz.py",
     "kernels.py": "mixers/kernels/__init__.py",
+    "ssd_triton.py": "mixers/kernels/ssd_triton.py",
 }
 
 
 def flatten_imports(source: str) -> str:
     """``from mohawk.mixers.ssd import`` -> ``from .ssd import``, ``from mohawk.mixers import`` -> ``from .mixers
-    import``, ``from mohawk.models.X import`` -> ``from .X import``."""
-    source = re.sub(r"from mohawk\.(?:mixers|models)\.(\w+) import", r"from .\1 import", source)
+    import``, ``from mohawk.models.X import`` -> ``from .X import``, ``from mohawk.mixers.kernels.X import`` ->
+    ``from .X import``."""
+    source = re.sub(r"from mohawk\.(?:mixers|models)\.(?:\w+\.)*(\w+) import", r"from .\1 import", source)
     source = re.sub(r"from mohawk\.mixers import", "from .mixers import", source)
     if re.search(r"^\s*(from|import) mohawk\b", source, flags=re.MULTILINE):
         leftover = re.search(r"^\s*(?:from|import) mohawk\S*", source, flags=re.MULTILINE).group(0).strip()

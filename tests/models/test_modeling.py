@@ -134,7 +134,8 @@ def test_hybrid_from_teacher_generates_like_itself(tmp_path):
 
 def test_student_loads_without_mohawk_through_remote_code(tmp_path):
     """save_pretrained writes the code and auto_map: a process where `import mohawk` fails loads the student with
-    trust_remote_code=True and computes the same logits."""
+    trust_remote_code=True and computes the same logits, also where Triton is absent (the Triton scan's file travels
+    along but is optional)."""
     import subprocess
     import sys
 
@@ -151,9 +152,13 @@ def test_student_loads_without_mohawk_through_remote_code(tmp_path):
     code = f"""
 import sys, torch
 sys.modules["mohawk"] = None  # as if mohawk were not installed
+sys.modules["triton"] = None  # and Triton
 from transformers import AutoModelForCausalLM
 m = AutoModelForCausalLM.from_pretrained({str(tmp_path / "student")!r}, trust_remote_code=True).eval()
 assert type(m).__module__.startswith("transformers_modules"), type(m).__module__
+import importlib
+kernels = importlib.import_module(type(m).__module__.rsplit(".", 1)[0] + ".kernels")
+assert kernels._triton_scan() is None  # the scan's file is there, Triton is not: the PyTorch scan stands in
 ref = torch.load({str(tmp_path / "ref.pt")!r}, weights_only=True)
 torch.testing.assert_close(m(ref["ids"]).logits, ref["logits"])
 out = m.generate(ref["ids"], max_new_tokens=3, do_sample=False)
@@ -161,6 +166,7 @@ assert out.shape == (1, 15)
 m.save_pretrained({str(tmp_path / "again")!r})
 print("ok")
 """
+    assert (tmp_path / "student" / "ssd_triton.py").is_file()
     env = {**__import__("os").environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]

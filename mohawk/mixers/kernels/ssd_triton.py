@@ -24,8 +24,11 @@ inside a compiled block and CUDA graphs capture them. Without a GPU the same ker
 from typing import Optional
 
 import torch
-import triton
-import triton.language as tl
+try:  # in a Try block, transformers' remote-code loader does not demand Triton where it is absent (then: PyTorch scan)
+    import triton
+    import triton.language as tl
+except ImportError as err:
+    raise ImportError("mohawk's Triton SSD scan needs triton (pip install mohawk[gpu])") from err
 from torch import Tensor
 
 
