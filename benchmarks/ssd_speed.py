@@ -3,7 +3,7 @@ call (batch = tokens / L), for
 
 - ``sdpa``: causal scaled_dot_product_attention (flash attention on a recent GPU), q/k/v (b, h, L, d);
 - ``mohawk_triton``: mohawk's own Triton scan (mohawk/mixers/kernels/ssd_triton.py: what ``mohawk.ssd`` runs on CUDA),
-  called as ``mohawk.ssd`` is (x * dt and dt * A computed around it, D skip included);
+  called as ``mohawk.ssd`` calls it (x * dt, dt * A and the D skip fused into its kernels);
 - ``mamba_ssm``: mamba-ssm's Triton SSD kernel ``mamba_chunk_scan_combined`` (MOHAWK_SSD_KERNEL=mamba);
 - ``mohawk_torch``: mohawk's PyTorch chunked scan (the fallback and reference), where memory allows;
 - ``mohawk_compiled`` (with ``--compiled``): that scan through ``torch.compile``, where memory allows (one compilation

@@ -68,3 +68,16 @@ def test_scaling_runs_one_and_two_processes(tmp_path, monkeypatch):
     res = json.loads(next(tmp_path.glob("scaling-tiny-*-2gpu.json")).read_text())
     assert res["one"]["batch"] == 2 and res["many"]["batch"] == 4 and res["ratio"] > 0
     assert len(list(tmp_path.glob("stage_throughput-tiny-*gpu.json"))) == 2
+
+
+def test_ssd_speed_report_writes_ratios(tmp_path):
+    """ssd_speed needs a GPU to measure; its report (JSON + table with the ratios) is checked on rows like it prints."""
+    from benchmarks.ssd_speed import report
+
+    row = {"L": 1024, "batch": 64, "sdpa_fwd_ms": 1.0, "mohawk_triton_fwd_ms": 0.5, "mamba_ssm_fwd_ms": 1.5,
+           "mohawk_torch_fwd_ms": None, "sdpa_fwd_bwd_ms": 6.0, "mohawk_triton_fwd_bwd_ms": 2.0,
+           "mamba_ssm_fwd_bwd_ms": None, "mohawk_torch_fwd_bwd_ms": 40.0, "mohawk_compiled_fwd_bwd_ms": None}
+    report([row], "GPU X", {"torch": "t"}, "python3 benchmarks/ssd_speed.py", 65536, 32, 64, 64, tmp_path)
+    assert json.loads((tmp_path / "ssd_speed-GPU_X.json").read_text())["rows"] == [row]
+    last = (tmp_path / "ssd_speed-GPU_X.md").read_text().strip().splitlines()[-1]
+    assert last.endswith("| 3.00x | - | 3.00x |"), last  # SDPA/triton fwd+bwd, mamba missing, mamba/triton fwd
