@@ -31,6 +31,16 @@ def _inputs(b, L, h, p, groups, n, seed=0, dtype=torch.float32):
     return [t.to(DEVICE, dtype if t.dim() == 4 else torch.float32).requires_grad_() for t in (x, dt, A, B, C, D)]
 
 
+@pytest.fixture(params=["walk", "two_pass"])
+def state_pass(request, monkeypatch):
+    """Both ways the kernel finds the chunk states: one sequential walk of matmuls per (sequence, head), or each
+    chunk's own contribution in parallel and then an elementwise walk."""
+    import importlib
+
+    monkeypatch.setitem(importlib.import_module("mohawk.mixers.kernels.ssd_triton").TUNING, "state_pass", request.param)
+    return request.param
+
+
 def _grads(y, args, seed=1):
     go = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.device)
     return torch.autograd.grad(y.float(), args, go)
@@ -43,7 +53,7 @@ def _grads(y, args, seed=1):
     (1, 33, 2, 20, 1, 24, 16),   # head_dim and state not powers of two (masked tiles), one group
     (1, 7, 2, 16, 2, 16, 64),    # shorter than one chunk
 ])
-def test_triton_scan_matches_reference_forward_and_grads(b, L, h, p, groups, n, chunk):
+def test_triton_scan_matches_reference_forward_and_grads(b, L, h, p, groups, n, chunk, state_pass):
     args = _inputs(b, L, h, p, groups, n)
     x, dt, A, B, C, D = args
     y = ssd_triton(x, dt, A, B, C, D, chunk_size=chunk)
@@ -55,7 +65,7 @@ def test_triton_scan_matches_reference_forward_and_grads(b, L, h, p, groups, n, 
 
 
 @needs_interpreter_or_gpu
-def test_triton_scan_carries_state_in_and_out_with_gradients():
+def test_triton_scan_carries_state_in_and_out_with_gradients(state_pass):
     """A prompt fed in pieces: initial state in, final state out, gradients through both, as ssd_chunked."""
     args = _inputs(1, 45, 2, 16, 1, 16, seed=3)
     s0 = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(4)).to(DEVICE).requires_grad_()
@@ -144,9 +154,15 @@ def test_loader_skips_a_broken_package_init(tmp_path, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("choice", ["triton", "mamba"])
+@pytest.mark.parametrize("choice", ["triton", "triton-two_pass", "mamba"])
 def test_gpu_kernel_matches_reference_forward_and_grads(choice, monkeypatch):
     """bf16 through the chosen kernel vs the float32 PyTorch scan; torch forced: no kernel."""
+    import importlib
+
+    choice, _, state_pass = choice.partition("-")
+    if state_pass:
+        module = importlib.import_module("mohawk.mixers.kernels.ssd_triton")
+        monkeypatch.setitem(module.TUNING, "state_pass", state_pass)
     monkeypatch.setenv("MOHAWK_SSD_KERNEL", "torch")
     assert kernels.ssd_kernel(torch.zeros(1, device="cuda")) is None
     monkeypatch.setenv("MOHAWK_SSD_KERNEL", choice)

@@ -54,6 +54,96 @@ def _load_bc(ptr, pid_bh, H, HPG, t, mt, on, mn, s_b, s_t, s_h, s_n):
 
 
 @triton.jit
+def _chunk_state(x, dt, A, B, pid_bh, H, HPG, t, L, on, mn, op, mp,
+                 sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_h, sb_n, PREC: tl.constexpr):
+    """What chunk t adds to the state leaving it, (B exp(Gl - G))^T (x dt) (BN, BP) float32, and its log decay Gl."""
+    mt = t < L
+    _, bv, _, G, Gl = _load_chunk(x, dt, A, pid_bh, H, t, mt, op, mp, sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h)
+    bk = _load_bc(B, pid_bh, H, HPG, t, mt, on, mn, sb_b, sb_t, sb_h, sb_n)
+    kd = (bk * tl.exp(Gl - G)[:, None]).to(bv.dtype)
+    return tl.dot(tl.trans(kd), bv, input_precision=PREC), Gl
+
+
+@triton.jit
+def _chunk_dstate(dt, A, C, dy, pid_bh, H, HPG, t, L, on, mn, op, mp, P,
+                  sdt_b, sdt_t, sdt_h, sc_b, sc_t, sc_h, sc_n, PREC: tl.constexpr):
+    """What chunk t adds to the gradient of the state entering it, (C exp(G))^T dy (BN, BP) float32, and its log
+    decay Gl (dy contiguous (b, L, h, p))."""
+    b, h = pid_bh // H, pid_bh % H
+    mt = t < L
+    bq = _load_bc(C, pid_bh, H, HPG, t, mt, on, mn, sc_b, sc_t, sc_h, sc_n)
+    bdy = tl.load(dy + (b * L + t[:, None]) * (H * P) + h * P + op[None, :], mask=mt[:, None] & mp[None, :],
+                  other=0.0)
+    bg = tl.load(dt + b * sdt_b + h * sdt_h + t * sdt_t, mask=mt, other=0.0).to(tl.float32) * tl.load(A + h).to(
+        tl.float32)
+    G, Gl = tl.cumsum(bg, 0), tl.sum(bg, 0)
+    qd = (bq * tl.exp(G)[:, None]).to(bq.dtype)
+    return tl.dot(tl.trans(qd), bdy.to(bq.dtype), input_precision=PREC), Gl
+
+
+@triton.jit
+def _local_states_kernel(x, dt, A, B, states, gl, L, NC, H, HPG,
+                         sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_h, sb_n,
+                         N: tl.constexpr, P: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, T: tl.constexpr,
+                         PREC: tl.constexpr):
+    """Two-pass state computation, pass 1: each chunk's own contribution into states[:, :, c + 1] (as if it had
+    entered with a zero state) and its log decay into gl (b * h, chunks) float32. Grid (b * h * chunks, p blocks)."""
+    pid_bh, c, pid_p = tl.program_id(0) // NC, tl.program_id(0) % NC, tl.program_id(1)
+    on, op = tl.arange(0, BN), pid_p * BP + tl.arange(0, BP)
+    mn, mp = on < N, op < P
+    local, Gl = _chunk_state(x, dt, A, B, pid_bh, H, HPG, c * T + tl.arange(0, T), L, on, mn, op, mp,
+                             sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_h, sb_n, PREC)
+    tl.store(states + (pid_bh * (NC + 1) + c + 1) * N * P + on[:, None] * P + op[None, :],
+             local.to(states.dtype.element_ty), mask=mn[:, None] & mp[None, :])
+    if pid_p == 0:
+        tl.store(gl + pid_bh * NC + c, Gl)
+
+
+@triton.jit
+def _local_dstates_kernel(dt, A, C, dy, dstates, gl, L, NC, H, HPG,
+                          sdt_b, sdt_t, sdt_h, sc_b, sc_t, sc_h, sc_n,
+                          N: tl.constexpr, P: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, T: tl.constexpr,
+                          PREC: tl.constexpr):
+    """Pass 1 of the gradient walk: each chunk's own contribution to the gradient of the state entering it, into
+    dstates[:, :, c], and its log decay into gl. Grid (b * h * chunks, p blocks)."""
+    pid_bh, c, pid_p = tl.program_id(0) // NC, tl.program_id(0) % NC, tl.program_id(1)
+    on, op = tl.arange(0, BN), pid_p * BP + tl.arange(0, BP)
+    mn, mp = on < N, op < P
+    local, Gl = _chunk_dstate(dt, A, C, dy, pid_bh, H, HPG, c * T + tl.arange(0, T), L, on, mn, op, mp, P,
+                              sdt_b, sdt_t, sdt_h, sc_b, sc_t, sc_h, sc_n, PREC)
+    tl.store(dstates + (pid_bh * NC + c) * N * P + on[:, None] * P + op[None, :], local.to(dstates.dtype.element_ty),
+             mask=mn[:, None] & mp[None, :])
+    if pid_p == 0:
+        tl.store(gl + pid_bh * NC + c, Gl)
+
+
+@triton.jit
+def _pass_states_kernel(buf, gl, init, final, NC, N: tl.constexpr, P: tl.constexpr, BLOCK: tl.constexpr,
+                        HAS_INIT: tl.constexpr, REVERSE: tl.constexpr):
+    """Pass 2, in place, on (b * h, slots, n * p) with each chunk's own contribution in it: forward (slots = chunks
+    + 1, contribution of chunk c in slot c + 1) slot c becomes the state entering chunk c and slot `chunks` the final
+    state; REVERSE (slots = chunks, contribution in slot c) slot c becomes the gradient of the state leaving chunk c.
+    init and final are (b * h, p, n) float32 (initial state / dsT, and final state / ds0). Grid (b * h, n * p
+    blocks): an elementwise walk, so every (state element block, sequence, head) walks at once."""
+    pid_bh, e = tl.program_id(0), tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    me = e < N * P
+    pn = (e % P) * N + e // P  # (n, p) element -> its offset in a (p, n) state
+    S = tl.zeros((BLOCK,), dtype=tl.float32)
+    if HAS_INIT:
+        S = tl.load(init + pid_bh * N * P + pn, mask=me, other=0.0)
+    slots = NC if REVERSE else NC + 1
+    for i in range(0, NC):
+        c = NC - 1 - i if REVERSE else i
+        src = buf + (pid_bh * slots + (c if REVERSE else c + 1)) * N * P + e
+        local = tl.load(src, mask=me, other=0.0).to(tl.float32)
+        tl.store(buf + (pid_bh * slots + c) * N * P + e, S.to(buf.dtype.element_ty), mask=me)
+        S = S * tl.exp(tl.load(gl + pid_bh * NC + c)) + local
+    if not REVERSE:
+        tl.store(buf + (pid_bh * slots + NC) * N * P + e, S.to(buf.dtype.element_ty), mask=me)
+    tl.store(final + pid_bh * N * P + pn, S, mask=me)
+
+
+@triton.jit
 def _states_kernel(x, dt, A, B, s0, states, sT, L, NC, H, HPG,
                    sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_h, sb_n,
                    N: tl.constexpr, P: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, T: tl.constexpr,
@@ -72,12 +162,9 @@ def _states_kernel(x, dt, A, B, s0, states, sT, L, NC, H, HPG,
     for c in range(0, NC):
         tl.store(states + (pid_bh * (NC + 1) + c) * N * P + tile, S.to(states.dtype.element_ty),
                  mask=mn[:, None] & mp[None, :])
-        t = c * T + ot
-        mt = t < L
-        _, bv, _, G, Gl = _load_chunk(x, dt, A, pid_bh, H, t, mt, op, mp, sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h)
-        bk = _load_bc(B, pid_bh, H, HPG, t, mt, on, mn, sb_b, sb_t, sb_h, sb_n)
-        kd = (bk * tl.exp(Gl - G)[:, None]).to(bv.dtype)
-        S = S * tl.exp(Gl) + tl.dot(tl.trans(kd), bv, input_precision=PREC)
+        local, Gl = _chunk_state(x, dt, A, B, pid_bh, H, HPG, c * T + ot, L, on, mn, op, mp,
+                                 sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_h, sb_n, PREC)
+        S = S * tl.exp(Gl) + local
     tl.store(states + (pid_bh * (NC + 1) + NC) * N * P + tile, S.to(states.dtype.element_ty),
              mask=mn[:, None] & mp[None, :])
     tl.store(sT + state_offs, S, mask=mn[:, None] & mp[None, :])
@@ -117,10 +204,8 @@ def _dstates_kernel(dt, A, C, dy, dsT, dstates, ds0, L, NC, H, HPG,
     """dstates (b, h, chunks, n, p): the gradient of the state leaving each chunk, from dsT (b, h, p, n) or 0; ds0
     (b, h, p, n) float32 the initial state's gradient. Grid (b * h, head_dim blocks), walking backward in time."""
     pid_bh, pid_p = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // H, pid_bh % H
     ot, on, op = tl.arange(0, T), tl.arange(0, BN), pid_p * BP + tl.arange(0, BP)
     mn, mp = on < N, op < P
-    a = tl.load(A + h).to(tl.float32)
     state_offs = pid_bh * P * N + op[None, :] * N + on[:, None]
     tile = on[:, None] * P + op[None, :]
     dS = tl.zeros((BN, BP), dtype=tl.float32)
@@ -130,15 +215,9 @@ def _dstates_kernel(dt, A, C, dy, dsT, dstates, ds0, L, NC, H, HPG,
         c = NC - 1 - cc
         tl.store(dstates + (pid_bh * NC + c) * N * P + tile, dS.to(dstates.dtype.element_ty),
                  mask=mn[:, None] & mp[None, :])
-        t = c * T + ot
-        mt = t < L
-        bq = _load_bc(C, pid_bh, H, HPG, t, mt, on, mn, sc_b, sc_t, sc_h, sc_n)
-        bdy = tl.load(dy + (b * L + t[:, None]) * (H * P) + h * P + op[None, :], mask=mt[:, None] & mp[None, :],
-                      other=0.0)  # dy is contiguous (b, L, h, p)
-        bg = tl.load(dt + b * sdt_b + h * sdt_h + t * sdt_t, mask=mt, other=0.0).to(tl.float32) * a
-        G, Gl = tl.cumsum(bg, 0), tl.sum(bg, 0)
-        qd = (bq * tl.exp(G)[:, None]).to(bq.dtype)
-        dS = dS * tl.exp(Gl) + tl.dot(tl.trans(qd), bdy.to(bq.dtype), input_precision=PREC)
+        local, Gl = _chunk_dstate(dt, A, C, dy, pid_bh, H, HPG, c * T + ot, L, on, mn, op, mp, P,
+                                  sdt_b, sdt_t, sdt_h, sc_b, sc_t, sc_h, sc_n, PREC)
+        dS = dS * tl.exp(Gl) + local
     tl.store(ds0 + state_offs, dS, mask=mn[:, None] & mp[None, :])
 
 
@@ -200,8 +279,12 @@ def _grads_kernel(x, dt, A, B, C, D, states, dstates, dy, dx, dB, dC, ddt, dA, d
 
 
 # launch settings (benchmarks sweep them): warps of the sequential walks and of the per-chunk kernels, software
-# pipelining stages, head_dim block of the walks (None: split head_dim only when (batch, head) programs are few)
-TUNING = {"seq_warps": 4, "par_warps": 4, "stages": 2, "seq_block_p": None}
+# pipelining stages, head_dim block of the walks (None: split head_dim only when (batch, head) programs are few);
+# how the chunk states are found: "walk" (one kernel per (sequence, head) chains the chunks' matmuls) or "two_pass"
+# (the chunks' own contributions in parallel, then an elementwise walk over state blocks of pass_block elements:
+# more parallel for few long sequences, at the cost of writing and reading the states once more; not yet measured on
+# a GPU, so not the default)
+TUNING = {"seq_warps": 4, "par_warps": 4, "stages": 2, "seq_block_p": None, "state_pass": "walk", "pass_block": 256}
 
 
 def _precision(x: Tensor) -> str:
@@ -232,12 +315,50 @@ def _states(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, s0: Optional[Tensor], c
     n, NC = B.shape[-1], triton.cdiv(L, chunk)
     states = torch.empty(b, h, NC + 1, n, p, device=x.device, dtype=x.dtype)
     sT = torch.empty(b, h, p, n, device=x.device, dtype=torch.float32)
+    if TUNING["state_pass"] == "two_pass":
+        gl = torch.empty(b * h, NC, device=x.device, dtype=torch.float32)
+        _local_states_kernel[(b * h * NC, 1)](
+            x, dt, A, B, states, gl, L, NC, h, h // B.shape[2], *x.stride(), *dt.stride(), *B.stride(), **meta,
+            num_warps=TUNING["par_warps"], num_stages=TUNING["stages"])
+        _pass(states, gl, s0, sT, reverse=False)
+        return states, sT
     bp = _walk_block_p(b * h, meta["BP"])
     _states_kernel[(b * h, triton.cdiv(p, bp))](
         x, dt, A, B, s0 if s0 is not None else sT, states, sT, L, NC, h, h // B.shape[2], *x.stride(), *dt.stride(),
         *B.stride(), **{**meta, "BP": bp}, HAS_S0=s0 is not None, num_warps=TUNING["seq_warps"],
         num_stages=TUNING["stages"])
     return states, sT
+
+
+def _pass(buf: Tensor, gl: Tensor, init: Optional[Tensor], final: Tensor, reverse: bool) -> None:
+    """Pass 2 of the two-pass state computation (see _pass_states_kernel), in place on ``buf``."""
+    b, h, _, n, p = buf.shape
+    block = min(TUNING["pass_block"], triton.next_power_of_2(n * p))
+    _pass_states_kernel[(b * h, triton.cdiv(n * p, block))](
+        buf, gl, init if init is not None else final, final, gl.shape[1], N=n, P=p, BLOCK=block,
+        HAS_INIT=init is not None, REVERSE=reverse, num_warps=4, num_stages=TUNING["stages"])
+
+
+def _dstates(dt: Tensor, A: Tensor, C: Tensor, dy: Tensor, dsT: Optional[Tensor], NC: int, p: int, meta: dict,
+             dtype: torch.dtype):
+    """The gradient of the state leaving each chunk (b, h, chunks, n, p) in ``dtype``, and the initial state's
+    (b, h, p, n) float32, from dy (b, L, h, p) contiguous and dsT (b, h, p, n) contiguous or None."""
+    b, L, h = dt.shape
+    groups, n = C.shape[2], C.shape[3]
+    dstates = torch.empty(b, h, NC, n, p, device=dy.device, dtype=dtype)
+    ds0 = torch.empty(b, h, p, n, device=dy.device, dtype=torch.float32)
+    if TUNING["state_pass"] == "two_pass":
+        gl = torch.empty(b * h, NC, device=dy.device, dtype=torch.float32)
+        _local_dstates_kernel[(b * h * NC, 1)](
+            dt, A, C, dy, dstates, gl, L, NC, h, h // groups, *dt.stride(), *C.stride(), **meta,
+            num_warps=TUNING["par_warps"], num_stages=TUNING["stages"])
+        _pass(dstates, gl, dsT, ds0, reverse=True)
+        return dstates, ds0
+    bp = _walk_block_p(b * h, meta["BP"])
+    _dstates_kernel[(b * h, triton.cdiv(p, bp))](
+        dt, A, C, dy, dsT if dsT is not None else ds0, dstates, ds0, L, NC, h, h // groups, *dt.stride(), *C.stride(),
+        **{**meta, "BP": bp}, HAS_DST=dsT is not None, num_warps=TUNING["seq_warps"], num_stages=TUNING["stages"])
+    return dstates, ds0
 
 
 def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> None:
@@ -287,12 +408,7 @@ def ssd_scan_backward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     dsT = None if dsT is None else dsT.contiguous()
     states, _ = _states(x, dt, A, B, None if s0 is None else s0.contiguous(), chunk, meta)  # recomputed, not kept
     NC = states.shape[2] - 1
-    dstates = torch.empty(b, h, NC, n, p, device=x.device, dtype=x.dtype)
-    ds0 = torch.empty(b, h, p, n, device=x.device, dtype=torch.float32)
-    bp = _walk_block_p(b * h, meta["BP"])
-    _dstates_kernel[(b * h, triton.cdiv(p, bp))](
-        dt, A, C, dy, dsT if dsT is not None else ds0, dstates, ds0, L, NC, h, h // groups, *dt.stride(), *C.stride(),
-        **{**meta, "BP": bp}, HAS_DST=dsT is not None, num_warps=TUNING["seq_warps"], num_stages=TUNING["stages"])
+    dstates, ds0 = _dstates(dt, A, C, dy, dsT, NC, p, meta, x.dtype)
     grouped = groups != h
     bc_dtype = torch.float32 if grouped else B.dtype  # per-head gradients summed over each group in float32
     dx = torch.empty(b, L, h, p, device=x.device, dtype=x.dtype)
