@@ -149,10 +149,10 @@ def main():
                 row[f"mohawk_triton_{tag}_ms"] = bench("triton", lambda: inputs(b, L, h, p, n, dtype, bwd),
                                                        lambda x, dt, A, B, C: ssd_triton(x, dt, A, B, C, D_SKIP), bwd)
             if ssd_triton is not None and args.two_pass:
-                TUNING["state_pass"] = "two_pass"
+                default, TUNING["state_pass"] = TUNING["state_pass"], "two_pass"
                 row[f"mohawk_two_pass_{tag}_ms"] = bench("two_pass", lambda: inputs(b, L, h, p, n, dtype, bwd),
                                                          lambda x, dt, A, B, C: ssd_triton(x, dt, A, B, C, D_SKIP), bwd)
-                TUNING["state_pass"] = "walk"
+                TUNING["state_pass"] = default
             if mamba_chunk_scan_combined is not None:
                 row[f"mamba_ssm_{tag}_ms"] = bench("mamba", lambda: inputs(b, L, h, p, n, dtype, bwd),
                                                    lambda x, dt, A, B, C: mamba_chunk_scan_combined(

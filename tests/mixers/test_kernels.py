@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from mohawk.mixers import kernels, ssd, ssd_chunked, ssd_materialized
 
 triton = pytest.importorskip("triton")  # noqa: F841  (installed with mohawk[test]; CUDA builds of torch bring it)
-from mohawk.mixers.kernels.ssd_triton import ssd_scan, ssd_triton  # noqa: E402
+from mohawk.mixers.kernels.ssd_triton import TUNING, ssd_scan, ssd_triton  # noqa: E402
 
 needs_interpreter_or_gpu = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
@@ -35,9 +35,7 @@ def _inputs(b, L, h, p, groups, n, seed=0, dtype=torch.float32):
 def state_pass(request, monkeypatch):
     """Both ways the kernel finds the chunk states: one sequential walk of matmuls per (sequence, head), or each
     chunk's own contribution in parallel and then an elementwise walk."""
-    import importlib
-
-    monkeypatch.setitem(importlib.import_module("mohawk.mixers.kernels.ssd_triton").TUNING, "state_pass", request.param)
+    monkeypatch.setitem(TUNING, "state_pass", request.param)
     return request.param
 
 
@@ -157,12 +155,9 @@ def test_loader_skips_a_broken_package_init(tmp_path, monkeypatch):
 @pytest.mark.parametrize("choice", ["triton", "triton-two_pass", "mamba"])
 def test_gpu_kernel_matches_reference_forward_and_grads(choice, monkeypatch):
     """bf16 through the chosen kernel vs the float32 PyTorch scan; torch forced: no kernel."""
-    import importlib
-
     choice, _, state_pass = choice.partition("-")
     if state_pass:
-        module = importlib.import_module("mohawk.mixers.kernels.ssd_triton")
-        monkeypatch.setitem(module.TUNING, "state_pass", state_pass)
+        monkeypatch.setitem(TUNING, "state_pass", state_pass)
     monkeypatch.setenv("MOHAWK_SSD_KERNEL", "torch")
     assert kernels.ssd_kernel(torch.zeros(1, device="cuda")) is None
     monkeypatch.setenv("MOHAWK_SSD_KERNEL", choice)

@@ -65,17 +65,16 @@ def _chunk_state(x, dt, A, B, pid_bh, H, HPG, t, L, on, mn, op, mp,
 
 
 @triton.jit
-def _chunk_dstate(dt, A, C, dy, pid_bh, H, HPG, t, L, on, mn, op, mp, P,
+def _chunk_dstate(dt, a, C, dy, pid_bh, H, HPG, t, L, on, mn, op, mp, P,
                   sdt_b, sdt_t, sdt_h, sc_b, sc_t, sc_h, sc_n, PREC: tl.constexpr):
     """What chunk t adds to the gradient of the state entering it, (C exp(G))^T dy (BN, BP) float32, and its log
-    decay Gl (dy contiguous (b, L, h, p))."""
+    decay Gl (dy contiguous (b, L, h, p); a: the head's A as float32)."""
     b, h = pid_bh // H, pid_bh % H
     mt = t < L
     bq = _load_bc(C, pid_bh, H, HPG, t, mt, on, mn, sc_b, sc_t, sc_h, sc_n)
     bdy = tl.load(dy + (b * L + t[:, None]) * (H * P) + h * P + op[None, :], mask=mt[:, None] & mp[None, :],
                   other=0.0)
-    bg = tl.load(dt + b * sdt_b + h * sdt_h + t * sdt_t, mask=mt, other=0.0).to(tl.float32) * tl.load(A + h).to(
-        tl.float32)
+    bg = tl.load(dt + b * sdt_b + h * sdt_h + t * sdt_t, mask=mt, other=0.0).to(tl.float32) * a
     G, Gl = tl.cumsum(bg, 0), tl.sum(bg, 0)
     qd = (bq * tl.exp(G)[:, None]).to(bq.dtype)
     return tl.dot(tl.trans(qd), bdy.to(bq.dtype), input_precision=PREC), Gl
@@ -87,16 +86,15 @@ def _local_states_kernel(x, dt, A, B, states, gl, L, NC, H, HPG,
                          N: tl.constexpr, P: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, T: tl.constexpr,
                          PREC: tl.constexpr):
     """Two-pass state computation, pass 1: each chunk's own contribution into states[:, :, c + 1] (as if it had
-    entered with a zero state) and its log decay into gl (b * h, chunks) float32. Grid (b * h * chunks, p blocks)."""
-    pid_bh, c, pid_p = tl.program_id(0) // NC, tl.program_id(0) % NC, tl.program_id(1)
-    on, op = tl.arange(0, BN), pid_p * BP + tl.arange(0, BP)
+    entered with a zero state) and its log decay into gl (b * h, chunks) float32. Grid (b * h * chunks,)."""
+    pid_bh, c = tl.program_id(0) // NC, tl.program_id(0) % NC
+    on, op = tl.arange(0, BN), tl.arange(0, BP)
     mn, mp = on < N, op < P
     local, Gl = _chunk_state(x, dt, A, B, pid_bh, H, HPG, c * T + tl.arange(0, T), L, on, mn, op, mp,
                              sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_h, sb_n, PREC)
     tl.store(states + (pid_bh * (NC + 1) + c + 1) * N * P + on[:, None] * P + op[None, :],
              local.to(states.dtype.element_ty), mask=mn[:, None] & mp[None, :])
-    if pid_p == 0:
-        tl.store(gl + pid_bh * NC + c, Gl)
+    tl.store(gl + pid_bh * NC + c, Gl)
 
 
 @triton.jit
@@ -105,16 +103,16 @@ def _local_dstates_kernel(dt, A, C, dy, dstates, gl, L, NC, H, HPG,
                           N: tl.constexpr, P: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, T: tl.constexpr,
                           PREC: tl.constexpr):
     """Pass 1 of the gradient walk: each chunk's own contribution to the gradient of the state entering it, into
-    dstates[:, :, c], and its log decay into gl. Grid (b * h * chunks, p blocks)."""
-    pid_bh, c, pid_p = tl.program_id(0) // NC, tl.program_id(0) % NC, tl.program_id(1)
-    on, op = tl.arange(0, BN), pid_p * BP + tl.arange(0, BP)
+    dstates[:, :, c], and its log decay into gl. Grid (b * h * chunks,)."""
+    pid_bh, c = tl.program_id(0) // NC, tl.program_id(0) % NC
+    on, op = tl.arange(0, BN), tl.arange(0, BP)
     mn, mp = on < N, op < P
-    local, Gl = _chunk_dstate(dt, A, C, dy, pid_bh, H, HPG, c * T + tl.arange(0, T), L, on, mn, op, mp, P,
+    a = tl.load(A + pid_bh % H).to(tl.float32)
+    local, Gl = _chunk_dstate(dt, a, C, dy, pid_bh, H, HPG, c * T + tl.arange(0, T), L, on, mn, op, mp, P,
                               sdt_b, sdt_t, sdt_h, sc_b, sc_t, sc_h, sc_n, PREC)
     tl.store(dstates + (pid_bh * NC + c) * N * P + on[:, None] * P + op[None, :], local.to(dstates.dtype.element_ty),
              mask=mn[:, None] & mp[None, :])
-    if pid_p == 0:
-        tl.store(gl + pid_bh * NC + c, Gl)
+    tl.store(gl + pid_bh * NC + c, Gl)
 
 
 @triton.jit
@@ -206,6 +204,7 @@ def _dstates_kernel(dt, A, C, dy, dsT, dstates, ds0, L, NC, H, HPG,
     pid_bh, pid_p = tl.program_id(0), tl.program_id(1)
     ot, on, op = tl.arange(0, T), tl.arange(0, BN), pid_p * BP + tl.arange(0, BP)
     mn, mp = on < N, op < P
+    a = tl.load(A + pid_bh % H).to(tl.float32)
     state_offs = pid_bh * P * N + op[None, :] * N + on[:, None]
     tile = on[:, None] * P + op[None, :]
     dS = tl.zeros((BN, BP), dtype=tl.float32)
@@ -215,7 +214,7 @@ def _dstates_kernel(dt, A, C, dy, dsT, dstates, ds0, L, NC, H, HPG,
         c = NC - 1 - cc
         tl.store(dstates + (pid_bh * NC + c) * N * P + tile, dS.to(dstates.dtype.element_ty),
                  mask=mn[:, None] & mp[None, :])
-        local, Gl = _chunk_dstate(dt, A, C, dy, pid_bh, H, HPG, c * T + ot, L, on, mn, op, mp, P,
+        local, Gl = _chunk_dstate(dt, a, C, dy, pid_bh, H, HPG, c * T + ot, L, on, mn, op, mp, P,
                                   sdt_b, sdt_t, sdt_h, sc_b, sc_t, sc_h, sc_n, PREC)
         dS = dS * tl.exp(Gl) + local
     tl.store(ds0 + state_offs, dS, mask=mn[:, None] & mp[None, :])
@@ -317,7 +316,7 @@ def _states(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, s0: Optional[Tensor], c
     sT = torch.empty(b, h, p, n, device=x.device, dtype=torch.float32)
     if TUNING["state_pass"] == "two_pass":
         gl = torch.empty(b * h, NC, device=x.device, dtype=torch.float32)
-        _local_states_kernel[(b * h * NC, 1)](
+        _local_states_kernel[(b * h * NC,)](
             x, dt, A, B, states, gl, L, NC, h, h // B.shape[2], *x.stride(), *dt.stride(), *B.stride(), **meta,
             num_warps=TUNING["par_warps"], num_stages=TUNING["stages"])
         _pass(states, gl, s0, sT, reverse=False)
@@ -349,7 +348,7 @@ def _dstates(dt: Tensor, A: Tensor, C: Tensor, dy: Tensor, dsT: Optional[Tensor]
     ds0 = torch.empty(b, h, p, n, device=dy.device, dtype=torch.float32)
     if TUNING["state_pass"] == "two_pass":
         gl = torch.empty(b * h, NC, device=dy.device, dtype=torch.float32)
-        _local_dstates_kernel[(b * h * NC, 1)](
+        _local_dstates_kernel[(b * h * NC,)](
             dt, A, C, dy, dstates, gl, L, NC, h, h // groups, *dt.stride(), *C.stride(), **meta,
             num_warps=TUNING["par_warps"], num_stages=TUNING["stages"])
         _pass(dstates, gl, dsT, ds0, reverse=True)
