@@ -3,9 +3,11 @@ call (batch = tokens / L), for
 
 - ``sdpa``: causal scaled_dot_product_attention (flash attention on a recent GPU), q/k/v (b, h, L, d);
 - ``mohawk_triton``: mohawk's own Triton scan (mohawk/mixers/kernels/ssd_triton.py: what ``mohawk.ssd`` runs on CUDA),
-  called as ``mohawk.ssd`` calls it (x * dt, dt * A and the D skip fused into its kernels);
-- ``mohawk_two_pass`` (with ``--two-pass``): the same scan finding the chunk states in two passes (each chunk's
-  own contribution in parallel, then an elementwise walk) instead of one walk of matmuls per (sequence, head);
+  called as ``mohawk.ssd`` calls it (x * dt, dt * A and the D skip fused into its kernels), with its default
+  ``TUNING`` (state_pass "auto");
+- with ``--two-pass``, the same scan with its chunk states forced to ``mohawk_walk`` (one walk of matmuls per
+  (sequence, head), forward and gradient) and ``mohawk_two_pass`` (each chunk's own contribution in parallel, then an
+  elementwise walk, forward and gradient): what "auto" chooses between;
 - ``mamba_ssm``: mamba-ssm's Triton SSD kernel ``mamba_chunk_scan_combined`` (MOHAWK_SSD_KERNEL=mamba);
 - ``mohawk_torch``: mohawk's PyTorch chunked scan (the fallback and reference), where memory allows;
 - ``mohawk_compiled`` (with ``--compiled``): that scan through ``torch.compile``, where memory allows (one compilation
@@ -101,13 +103,14 @@ def report(rows: list[dict], device: str, vers: dict, cmd: str, tokens: int, h: 
                      f"{ratio(r.get('mamba_ssm_fwd_bwd_ms'), r.get('mohawk_triton_fwd_bwd_ms'))} | "
                      f"{ratio(r.get('mamba_ssm_fwd_ms'), r.get('mohawk_triton_fwd_ms'))} |")
     if any(r.get("mohawk_two_pass_fwd_bwd_ms") for r in rows):
-        lines += ["", "Two-pass state computation (`--two-pass`):", "",
-                  "| L | two-pass fwd ms | two-pass fwd+bwd ms | walk / two-pass (fwd+bwd) "
-                  "| mamba-ssm / two-pass (fwd+bwd) |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['L']} | {fmt(r.get('mohawk_two_pass_fwd_ms'))} | {fmt(r.get('mohawk_two_pass_fwd_bwd_ms'))} | "
-                  f"{ratio(r.get('mohawk_triton_fwd_bwd_ms'), r.get('mohawk_two_pass_fwd_bwd_ms'))} | "
-                  f"{ratio(r.get('mamba_ssm_fwd_bwd_ms'), r.get('mohawk_two_pass_fwd_bwd_ms'))} |" for r in rows]
+        lines += ["", "State computation forced (`--two-pass`; the triton columns above use the default, \"auto\"):",
+                  "", "| L | walk fwd ms | two-pass fwd ms | walk fwd+bwd ms | two-pass fwd+bwd ms "
+                  "| walk / default (fwd) | walk / default (fwd+bwd) |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['L']} | {fmt(r.get('mohawk_walk_fwd_ms'))} | {fmt(r.get('mohawk_two_pass_fwd_ms'))} | "
+                  f"{fmt(r.get('mohawk_walk_fwd_bwd_ms'))} | {fmt(r.get('mohawk_two_pass_fwd_bwd_ms'))} | "
+                  f"{ratio(r.get('mohawk_walk_fwd_ms'), r.get('mohawk_triton_fwd_ms'))} | "
+                  f"{ratio(r.get('mohawk_walk_fwd_bwd_ms'), r.get('mohawk_triton_fwd_bwd_ms'))} |" for r in rows]
     write("ssd_speed-" + device, payload, lines, out)
 
 
@@ -119,7 +122,8 @@ def main():
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768,65536")
     ap.add_argument("--compiled", action="store_true", help="also time the PyTorch scan through torch.compile")
     ap.add_argument("--two-pass", action="store_true",
-                    help="also time the Triton scan with its two-pass state computation (TUNING['state_pass'])")
+                    help="also time the Triton scan with its chunk states forced to the walk and to two passes "
+                         "(TUNING['state_pass'], TUNING['dstate_pass'])")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("ssd_speed needs a CUDA GPU")
@@ -148,11 +152,12 @@ def main():
             if ssd_triton is not None:
                 row[f"mohawk_triton_{tag}_ms"] = bench("triton", lambda: inputs(b, L, h, p, n, dtype, bwd),
                                                        lambda x, dt, A, B, C: ssd_triton(x, dt, A, B, C, D_SKIP), bwd)
-            if ssd_triton is not None and args.two_pass:
-                default, TUNING["state_pass"] = TUNING["state_pass"], "two_pass"
-                row[f"mohawk_two_pass_{tag}_ms"] = bench("two_pass", lambda: inputs(b, L, h, p, n, dtype, bwd),
+            for forced in ("walk", "two_pass") if ssd_triton is not None and args.two_pass else ():
+                default = dict(TUNING)
+                TUNING.update(state_pass=forced, dstate_pass=forced)
+                row[f"mohawk_{forced}_{tag}_ms"] = bench(forced, lambda: inputs(b, L, h, p, n, dtype, bwd),
                                                          lambda x, dt, A, B, C: ssd_triton(x, dt, A, B, C, D_SKIP), bwd)
-                TUNING["state_pass"] = default
+                TUNING.update(default)
             if mamba_chunk_scan_combined is not None:
                 row[f"mamba_ssm_{tag}_ms"] = bench("mamba", lambda: inputs(b, L, h, p, n, dtype, bwd),
                                                    lambda x, dt, A, B, C: mamba_chunk_scan_combined(

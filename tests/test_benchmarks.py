@@ -81,7 +81,7 @@ def test_ssd_speed_report_writes_ratios(tmp_path):
     assert json.loads((tmp_path / "ssd_speed-GPU_X.json").read_text())["rows"] == [row]
     last = (tmp_path / "ssd_speed-GPU_X.md").read_text().strip().splitlines()[-1]
     assert last.endswith("| 3.00x | - | 3.00x |"), last  # SDPA/triton fwd+bwd, mamba missing, mamba/triton fwd
-    report([{**row, "mohawk_two_pass_fwd_ms": 0.4, "mohawk_two_pass_fwd_bwd_ms": 1.0}], "GPU X", {}, "c", 65536, 32,
-           64, 64, tmp_path)
+    report([{**row, "mohawk_two_pass_fwd_ms": 0.4, "mohawk_two_pass_fwd_bwd_ms": 1.0, "mohawk_walk_fwd_ms": 0.75,
+             "mohawk_walk_fwd_bwd_ms": 3.0}], "GPU X", {}, "c", 65536, 32, 64, 64, tmp_path)
     last = (tmp_path / "ssd_speed-GPU_X.md").read_text().strip().splitlines()[-1]
-    assert last == "| 1024 | 0.40 | 1.00 | 2.00x | - |", last
+    assert last == "| 1024 | 0.75 | 0.40 | 3.00 | 1.00 | 1.50x | 1.50x |", last

@@ -31,11 +31,14 @@ def _inputs(b, L, h, p, groups, n, seed=0, dtype=torch.float32):
     return [t.to(DEVICE, dtype if t.dim() == 4 else torch.float32).requires_grad_() for t in (x, dt, A, B, C, D)]
 
 
-@pytest.fixture(params=["walk", "two_pass"])
+@pytest.fixture(params=["walk", "two_pass", "two_pass-walk"])
 def state_pass(request, monkeypatch):
-    """Both ways the kernel finds the chunk states: one sequential walk of matmuls per (sequence, head), or each
-    chunk's own contribution in parallel and then an elementwise walk."""
-    monkeypatch.setitem(TUNING, "state_pass", request.param)
+    """Both ways the kernel finds the chunk states (forward-gradient): one sequential walk of matmuls per (sequence,
+    head), or each chunk's own contribution in parallel and then an elementwise walk; "two_pass-walk" is what
+    "auto" takes for few sequences."""
+    fwd, _, bwd = request.param.partition("-")
+    monkeypatch.setitem(TUNING, "state_pass", fwd)
+    monkeypatch.setitem(TUNING, "dstate_pass", bwd or fwd)
     return request.param
 
 
@@ -131,6 +134,21 @@ def test_kernel_choice(monkeypatch):
     assert kernels._triton_scan() is ssd_triton  # what auto / triton pick on a GPU
 
 
+def test_state_pass_choice(monkeypatch):
+    from mohawk.mixers.kernels.ssd_triton import _two_pass
+
+    monkeypatch.setitem(TUNING, "two_pass_programs", 128)
+    monkeypatch.setitem(TUNING, "state_pass", "auto")
+    assert _two_pass("state_pass", 32) and _two_pass("state_pass", 128) and not _two_pass("state_pass", 129)
+    monkeypatch.setitem(TUNING, "dstate_pass", "walk")
+    assert not _two_pass("dstate_pass", 1)
+    monkeypatch.setitem(TUNING, "dstate_pass", "two_pass")
+    assert _two_pass("dstate_pass", 10 ** 6)
+    monkeypatch.setitem(TUNING, "state_pass", "two-pass")
+    with pytest.raises(ValueError, match="state_pass"):
+        _two_pass("state_pass", 1)
+
+
 def test_loader_skips_a_broken_package_init(tmp_path, monkeypatch):
     """mamba-ssm's __init__ needs CUDA extensions; the loader reaches ops.triton without running it."""
     pkg = tmp_path / "mamba_ssm"
@@ -158,6 +176,7 @@ def test_gpu_kernel_matches_reference_forward_and_grads(choice, monkeypatch):
     choice, _, state_pass = choice.partition("-")
     if state_pass:
         monkeypatch.setitem(TUNING, "state_pass", state_pass)
+        monkeypatch.setitem(TUNING, "dstate_pass", state_pass)
     monkeypatch.setenv("MOHAWK_SSD_KERNEL", "torch")
     assert kernels.ssd_kernel(torch.zeros(1, device="cuda")) is None
     monkeypatch.setenv("MOHAWK_SSD_KERNEL", choice)

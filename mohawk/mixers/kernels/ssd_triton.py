@@ -15,6 +15,8 @@ Chunks of ``chunk`` tokens, four kernels:
   gradient is chunk-local: within the chunk from float32 pair terms, across chunks through ``<dS, S>`` of the state
   leaving it (no scan over the whole sequence, no cancellation of large bf16-rounded terms).
 
+For few long sequences the states can instead come in two passes (``TUNING``): each chunk's own contribution in
+parallel (``_local_states_kernel`` / ``_local_dstates_kernel``), then an elementwise walk (``_pass_states_kernel``).
 The backward recomputes the states instead of keeping them. Wrapped as ``mohawk::ssd_scan`` /
 ``mohawk::ssd_scan_backward`` custom ops with fake implementations, so torch.compile keeps the kernels as opaque calls
 inside a compiled block and CUDA graphs capture them. Without a GPU the same kernels run in Triton's interpreter
@@ -281,9 +283,24 @@ def _grads_kernel(x, dt, A, B, C, D, states, dstates, dy, dx, dB, dC, ddt, dA, d
 # pipelining stages, head_dim block of the walks (None: split head_dim only when (batch, head) programs are few);
 # how the chunk states are found: "walk" (one kernel per (sequence, head) chains the chunks' matmuls) or "two_pass"
 # (the chunks' own contributions in parallel, then an elementwise walk over state blocks of pass_block elements:
-# more parallel for few long sequences, at the cost of writing and reading the states once more; not yet measured on
-# a GPU, so not the default)
-TUNING = {"seq_warps": 4, "par_warps": 4, "stages": 2, "seq_block_p": None, "state_pass": "walk", "pass_block": 256}
+# more parallel, at the cost of writing and reading the states once more); "auto" takes two_pass for the forward
+# states when at most two_pass_programs (sequence, head) pairs walk. Measured on an H200 (benchmarks/ssd_speed.py
+# --two-pass, 32 heads x 64, state 64, benchmarks/results/ssd_speed-NVIDIA_H200.md): forward states two-pass vs walk
+# 1.29 vs 2.03 ms at 64k x 1 (32 pairs), 1.08 vs 1.33 at 32k x 2, equal at 16k x 4 (128), slower from 4k x 16 (512)
+# on; the gradient's two-pass (dstate_pass) lost everywhere (its reverse elementwise walk took 3-5 ms where the
+# forward one takes 0.4-1: not understood yet), so it stays the walk.
+TUNING = {"seq_warps": 4, "par_warps": 4, "stages": 2, "seq_block_p": None, "state_pass": "auto",
+          "dstate_pass": "walk", "two_pass_programs": 128, "pass_block": 256}
+PASSES = ("auto", "walk", "two_pass")
+
+
+def _two_pass(key: str, bh: int) -> bool:
+    """Whether TUNING[key] ("state_pass" or "dstate_pass") asks for the two-pass computation for ``bh`` (sequence,
+    head) pairs."""
+    choice = TUNING[key]
+    if choice not in PASSES:
+        raise ValueError(f"TUNING[{key!r}] must be one of {PASSES}, got {choice!r}")
+    return choice == "two_pass" or (choice == "auto" and bh <= TUNING["two_pass_programs"])
 
 
 def _precision(x: Tensor) -> str:
@@ -314,7 +331,7 @@ def _states(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, s0: Optional[Tensor], c
     n, NC = B.shape[-1], triton.cdiv(L, chunk)
     states = torch.empty(b, h, NC + 1, n, p, device=x.device, dtype=x.dtype)
     sT = torch.empty(b, h, p, n, device=x.device, dtype=torch.float32)
-    if TUNING["state_pass"] == "two_pass":
+    if _two_pass("state_pass", b * h):
         gl = torch.empty(b * h, NC, device=x.device, dtype=torch.float32)
         _local_states_kernel[(b * h * NC,)](
             x, dt, A, B, states, gl, L, NC, h, h // B.shape[2], *x.stride(), *dt.stride(), *B.stride(), **meta,
@@ -346,7 +363,7 @@ def _dstates(dt: Tensor, A: Tensor, C: Tensor, dy: Tensor, dsT: Optional[Tensor]
     groups, n = C.shape[2], C.shape[3]
     dstates = torch.empty(b, h, NC, n, p, device=dy.device, dtype=dtype)
     ds0 = torch.empty(b, h, p, n, device=dy.device, dtype=torch.float32)
-    if TUNING["state_pass"] == "two_pass":
+    if _two_pass("dstate_pass", b * h):
         gl = torch.empty(b * h, NC, device=dy.device, dtype=torch.float32)
         _local_dstates_kernel[(b * h * NC,)](
             dt, A, C, dy, dstates, gl, L, NC, h, h // groups, *dt.stride(), *C.stride(), **meta,
