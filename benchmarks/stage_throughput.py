@@ -94,25 +94,35 @@ def time_teacher_training(teacher_cfg, device, batch: int, seq_len: int, steps: 
     return dt
 
 
-def profile_stage(stage, batches, tokens: int, common: dict, device, path: Path) -> None:
-    """Profile ``tokens`` of training: the top operators by GPU time, and GPU-busy time vs wall time (a launch-bound
-    step keeps the GPU idle between small kernels)."""
-    from torch.profiler import ProfilerActivity, profile
+def profile_stage(stage, batches, steps: int, micro_tokens: int, common: dict, device, path: Path) -> None:
+    """Profile ``steps`` steady training steps (one micro-batch each; the loop's set-up, its first step and its last
+    step with the closing save are left out): the top operators by device time and by host time, device-busy time vs
+    wall time (a launch-bound step keeps the GPU idle between small kernels), and where the host waits for the GPU."""
+    from torch.profiler import ProfilerActivity, profile, schedule
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sync(device)
-    t0 = time.perf_counter()
-    with profile(activities=acts) as prof:
-        train_stage(stage, batches, total_tokens=tokens, **common)
-        sync(device)
-    wall = time.perf_counter() - t0
+    marks = []
+
+    def stepping(prof):
+        for i, batch in enumerate(batches):  # drawing micro-batch i + 1 ends step i of the profiler's schedule
+            if i in (1, steps + 1):
+                sync(device)
+                marks.append(time.perf_counter())
+            prof.step()
+            yield batch
+
+    # wait: the set-up until the first batch is drawn; warmup: the first step; then `steps` active steps
+    with profile(activities=acts, schedule=schedule(wait=1, warmup=1, active=steps, repeat=1)) as prof:
+        train_stage(stage, stepping(prof), total_tokens=(steps + 2) * micro_tokens, **common)
+    wall = marks[1] - marks[0]
     avg = prof.key_averages()
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     busy = sum(getattr(e, key, 0) for e in avg) / 1e6
     table = avg.table(sort_by=key, row_limit=30, max_name_column_width=70)
     cpu_table = avg.table(sort_by="cpu_time_total", row_limit=40, max_name_column_width=70)
     kind = "GPU" if device.type == "cuda" else "CPU"
-    head = f"wall {wall:.3f} s, self {kind} time {busy:.3f} s ({100 * busy / wall:.0f}%)"
+    head = (f"{steps} steps: wall {wall:.3f} s ({1e3 * wall / steps:.1f} ms/step, profiler on), self {kind} time "
+            f"{busy:.3f} s ({100 * busy / wall:.0f}%)")
     syncs = ""
     if device.type == "cuda":  # where the host waits for the GPU (each wait empties the launch queue)
         import collections
@@ -121,7 +131,7 @@ def profile_stage(stage, batches, tokens: int, common: dict, device, path: Path)
         torch.cuda.set_sync_debug_mode("warn")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            train_stage(stage, batches, total_tokens=tokens, **common)
+            train_stage(stage, batches, total_tokens=steps * micro_tokens, **common)
         torch.cuda.set_sync_debug_mode(0)
         where = collections.Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
         syncs = "\n\nhost-device synchronizations:\n" + "\n".join(f"{n:6d}  {k}" for k, n in where.most_common(30))
@@ -144,7 +154,7 @@ def main():
                     help="as mohawk distill --compile: torch.compile blocks and loss, graphs: also CUDA graphs")
     ap.add_argument("--teacher-bf16", action="store_true", help="teacher weights in bf16 (default fp32 + autocast)")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                    help="also profile STEPS steps per stage: top kernels to <out>/profile-*.txt")
+                    help="also profile STEPS steady steps per stage: top kernels to <out>/profile-*.txt")
     ap.add_argument("--no-baseline", action="store_true", help="skip the teacher's own training step")
     args = ap.parse_args()
 
@@ -199,7 +209,7 @@ def main():
         if parallel.main:
             print(rows[-1], flush=True)
         if args.profile and parallel.main:
-            profile_stage(stage, batches, args.profile * micro_tokens, common, device,
+            profile_stage(stage, batches, args.profile, micro_tokens, common, device,
                           Path(args.out) / f"profile-{args.model}-stage{s}-compile_{args.compile}.txt")
     if not parallel.main:
         parallel.close()

@@ -8,7 +8,8 @@ import pytest
 
 
 @pytest.mark.parametrize("script,args", [
-    ("stage_throughput", ["--model", "tiny", "--steps", "1", "--warmup", "1", "--seq-len", "32", "--batch", "2"]),
+    ("stage_throughput", ["--model", "tiny", "--steps", "1", "--warmup", "1", "--seq-len", "32", "--batch", "2",
+                          "--profile", "2"]),
     ("decode_speed", ["--model", "tiny", "--contexts", "16,48", "--batches", "2", "--new-tokens", "4"]),
     ("stage1_memory", ["--model", "tiny", "--lengths", "32,64", "--tile", "8"]),
 ])
@@ -26,6 +27,10 @@ def test_benchmark_writes_results(script, args, tmp_path, monkeypatch):
         assert [r["what"].split(" (")[0] for r in rows] == ["HF eager training step of the teacher", "stage 1",
                                                             "stage 2", "stage 3"]
         assert all(r["tokens_per_s"] > 0 for r in rows)
+        # --profile: steady steps only (set-up, first and last step left out), top operators per stage
+        for stage in (1, 2, 3):
+            text = (tmp_path / f"profile-tiny-stage{stage}-compile_off.txt").read_text()
+            assert text.startswith("2 steps: wall ") and "aten::mm" in text and "by CPU time" in text
     elif script == "stage1_memory":
         assert [r["L"] for r in rows] == [32, 64] and all(r["naive_ms"] > 0 and r["tiled_ms"] > 0 for r in rows)
     else:
