@@ -94,6 +94,40 @@ def time_teacher_training(teacher_cfg, device, batch: int, seq_len: int, steps: 
     return dt
 
 
+def _counts_as_busy(event, device) -> bool:
+    """Whether a profiler average is the device's own work: on CUDA its kernels, copies and sets (not the annotations
+    that carry their children's time, as torch's own table total counts); on CPU every operator but the step
+    marks."""
+    from torch.autograd import DeviceType
+
+    if device.type == "cuda":
+        return event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False)
+    return not str(event.key).startswith("ProfilerStep")
+
+
+def timed_batches(batches, start: int, stop: int, device, marks: list, each=None):
+    """``batches`` passed through, appending to ``marks`` the time at which batch ``start`` and batch ``stop`` are
+    drawn, after the device finished all earlier work: the loop draws batch k once steps 0..k-1 are launched (one
+    micro-batch per step), so marks[1] - marks[0] is the time of steps start..stop-1, without the loop's set-up
+    before them or its closing save after them. ``each()`` is called at every draw."""
+    for i, batch in enumerate(batches):
+        if i in (start, stop):
+            sync(device)
+            marks.append(time.perf_counter())
+        if each is not None:
+            each()
+        yield batch
+
+
+def steady_step_seconds(stage, batches, warmup: int, steps: int, micro_tokens: int, common: dict, device) -> float:
+    """Mean seconds per training step of ``stage`` over ``steps`` steps that follow ``warmup`` steps inside one run of
+    the training loop (its set-up, the warm-up, and the one step after them are not timed)."""
+    marks: list[float] = []
+    train_stage(stage, timed_batches(batches, warmup, warmup + steps, device, marks),
+                total_tokens=(warmup + steps + 1) * micro_tokens, **common)
+    return (marks[1] - marks[0]) / steps
+
+
 def profile_stage(stage, batches, steps: int, micro_tokens: int, common: dict, device, path: Path) -> None:
     """Profile ``steps`` steady training steps (one micro-batch each; the loop's set-up, its first step and its last
     step with the closing save are left out): the top operators by device time and by host time, device-busy time vs
@@ -101,23 +135,16 @@ def profile_stage(stage, batches, steps: int, micro_tokens: int, common: dict, d
     from torch.profiler import ProfilerActivity, profile, schedule
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    marks = []
-
-    def stepping(prof):
-        for i, batch in enumerate(batches):  # drawing micro-batch i + 1 ends step i of the profiler's schedule
-            if i in (1, steps + 1):
-                sync(device)
-                marks.append(time.perf_counter())
-            prof.step()
-            yield batch
-
+    marks: list[float] = []
     # wait: the set-up until the first batch is drawn; warmup: the first step; then `steps` active steps
     with profile(activities=acts, schedule=schedule(wait=1, warmup=1, active=steps, repeat=1)) as prof:
-        train_stage(stage, stepping(prof), total_tokens=(steps + 2) * micro_tokens, **common)
+        train_stage(stage, timed_batches(batches, 1, steps + 1, device, marks, each=prof.step),
+                    total_tokens=(steps + 2) * micro_tokens, **common)
     wall = marks[1] - marks[0]
     avg = prof.key_averages()
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    busy = sum(getattr(e, key, 0) for e in avg) / 1e6
+    busy = sum(e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total for e in avg
+               if _counts_as_busy(e, device)) / 1e6
     table = avg.table(sort_by=key, row_limit=30, max_name_column_width=70)
     cpu_table = avg.table(sort_by="cpu_time_total", row_limit=40, max_name_column_width=70)
     kind = "GPU" if device.type == "cuda" else "CPU"
@@ -190,14 +217,9 @@ def main():
         batches = map(parallel.shard, random_batches(tcfg.vocab_size, global_rows, args.seq_len, device, seed=s))
         common = dict(micro_tokens=micro_tokens, grad_accum=1, lr=1e-5, cfg=dcfg, checkpointer=Checkpointer(None),
                       log=MetricsLog(None), progress=False, parallel=parallel)
-        train_stage(stage, batches, total_tokens=args.warmup * micro_tokens, **common)  # warm-up, lazy init
-        sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        t0 = time.perf_counter()
-        train_stage(stage, batches, total_tokens=args.steps * micro_tokens, **common)
-        sync(device)
-        dt = (time.perf_counter() - t0) / args.steps
+        dt = steady_step_seconds(stage, batches, args.warmup, args.steps, micro_tokens, common, device)
         trainable = sum(p.numel() for _, p in stage.parameters()) / max(1, sum(p.numel() for p in
                                                                                student.parameters()))
         fl = flops_per_token(s, student, teacher, args.seq_len, trainable)
@@ -225,7 +247,8 @@ def main():
              f"{payload['student_parameters'] / 1e9:.2f}B SSD student), {world} x {dev_name}", "",
              f"- command: `{cmd}`", f"- versions: {payload['versions']}",
              f"- {args.seq_len} tokens per sequence, batch = sequences per optimizer step over all processes; "
-             f"mean of {args.steps} steps after {args.warmup} warm-up steps; random weights and tokens; "
+             f"mean of {args.steps} steps after {args.warmup} warm-up steps in one run of the loop (its set-up not "
+             "timed); random weights and tokens; "
              f"compile {args.compile}, teacher weights {'bf16' if args.teacher_bf16 else 'fp32'}",
              "",
              "| what | batch | tokens/s | step ms | MFU | vs teacher's HF step | peak GiB |",
