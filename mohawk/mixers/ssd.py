@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mohawk.mixers.kernels import aligned_linear
+
 
 def _expand_groups(t: Tensor, heads: int) -> Tensor:
     """(..., groups, n) -> (..., heads, n): head h reads group h // (heads // groups)."""
@@ -296,7 +298,7 @@ class SSDMixer(nn.Module):
 
     def _project(self, u: Tensor):
         """u (b, L, hidden) -> z (or None), xBC before the conv (b, L, conv_dim), dt after softplus (b, L, heads)."""
-        proj = self.in_proj(u)
+        proj = aligned_linear(self.in_proj, u)
         s = self.in_proj_slices()
         z = proj[..., s["z"]] if self.use_gate else None
         xbc = proj[..., s["x"].start: s["C"].stop]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mohawk.mixers.kernels import aligned_linear
+
 
 def toeplitz_matrix(c: Tensor) -> Tensor:
     """c (..., L) -> M (..., L, L) with M[t, s] = c[t - s] for s <= t, else 0."""
@@ -57,7 +59,7 @@ class ToeplitzMixer(nn.Module):
 
     def _project(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """u -> kernel values (batch, heads, L) float32, x (batch, heads, L, head_dim)."""
-        proj = self.in_proj(u)
+        proj = aligned_linear(self.in_proj, u)
         s = self.in_proj_slices()
         x = proj[..., s["x"]].unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
         return proj[..., s["kernel"]].float().transpose(1, 2), x

@@ -201,3 +201,26 @@ def test_gpu_kernel_matches_reference_forward_and_grads(choice, monkeypatch):
     assert (y_k - y_r).abs().max() / scale < 3e-2
     for gk, gr in zip(g_k, g_r):
         assert (gk - gr).abs().max() / gr.abs().max() < 5e-2
+
+
+def test_padded_projection_equals_the_plain_one_with_gradients():
+    """aligned_linear's GPU form (out_features padded to a multiple of 16) gives linear(u) and the same gradients."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 37)
+    u = torch.randn(2, 5, 12, requires_grad=True)
+    y = kernels.padded_linear(lin, u)
+    assert y.shape == (2, 5, 37)
+    y_ref = lin(u)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (u, lin.weight, lin.bias), g)
+    for a, b in zip(grads, torch.autograd.grad(y_ref, (u, lin.weight, lin.bias), g)):
+        torch.testing.assert_close(a, b)
+    assert kernels.aligned_linear(lin, u).is_contiguous()  # on the CPU: the plain projection
+
+
+def test_projection_padding_choice():
+    assert kernels.pads_projection(2313, "cuda", 8192)  # SmolLM2's SSD in_proj, a training micro-batch
+    assert not kernels.pads_projection(2320, "cuda", 8192)  # already aligned
+    assert not kernels.pads_projection(2313, "cuda", 16)  # a decoding step
+    assert not kernels.pads_projection(2313, "cpu", 8192)

@@ -78,3 +78,36 @@ def ssd_kernel(x: Tensor):
     if choice in ("auto", "mamba") and _mamba_chunk_scan() is not None and not torch.compiler.is_compiling():
         return _mamba_run
     return None
+
+
+ALIGN = 16  # output features of a projection are padded to a multiple of this on the GPU (see aligned_linear)
+MIN_ROWS = 256  # tokens from which the padding pays (decoding steps of a few rows keep the plain projection)
+
+
+def pads_projection(out_features: int, device_type: str, rows: int) -> bool:
+    """Whether aligned_linear pads: on CUDA, for at least MIN_ROWS tokens, when out_features is not a multiple of
+    ALIGN."""
+    return device_type == "cuda" and rows >= MIN_ROWS and out_features % ALIGN != 0
+
+
+def padded_linear(linear: torch.nn.Linear, u: Tensor) -> Tensor:
+    """``linear(u)`` (..., out_features) computed with out_features padded by zero rows to a multiple of ALIGN: a
+    view of the wider product, same values and gradients."""
+    import torch.nn.functional as F
+
+    n = linear.out_features
+    pad = -n % ALIGN
+    w = F.pad(linear.weight, (0, 0, 0, pad))
+    b = None if linear.bias is None else F.pad(linear.bias, (0, pad))
+    return F.linear(u, w, b)[..., :n]
+
+
+def aligned_linear(linear: torch.nn.Linear, u: Tensor) -> Tensor:
+    """``linear(u)``, on the GPU with its output features padded to a multiple of ALIGN where they are not.
+
+    cuBLAS takes slow unaligned kernels when a bf16 GEMM dimension is odd: SmolLM2's SSD student has an in_proj of
+    2,313 outputs (z, x, B, C and 9 dt), and that GEMM ran as an sm75 CUTLASS kernel at ~300 us per layer per step on
+    an H200, about 15% of a stage-3 step's GPU time (benchmarks/README.md)."""
+    if pads_projection(linear.out_features, u.device.type, u.numel() // max(1, u.shape[-1])):
+        return padded_linear(linear, u)
+    return linear(u)
