@@ -80,14 +80,14 @@ def ssd_kernel(x: Tensor):
     return None
 
 
-ALIGN = 16  # output features of a projection are padded to a multiple of this on the GPU (see aligned_linear)
+ALIGN = 16  # output features of a projection are padded to a multiple of this in compiled GPU code (aligned_linear)
 MIN_ROWS = 256  # tokens from which the padding pays (decoding steps of a few rows keep the plain projection)
 
 
-def pads_projection(out_features: int, device_type: str, rows: int) -> bool:
-    """Whether aligned_linear pads: on CUDA, for at least MIN_ROWS tokens, when out_features is not a multiple of
-    ALIGN."""
-    return device_type == "cuda" and rows >= MIN_ROWS and out_features % ALIGN != 0
+def pads_projection(out_features: int, device_type: str, rows: int, compiling: bool) -> bool:
+    """Whether aligned_linear pads: inside torch.compile on CUDA, for at least MIN_ROWS tokens, when out_features is
+    not a multiple of ALIGN."""
+    return compiling and device_type == "cuda" and rows >= MIN_ROWS and out_features % ALIGN != 0
 
 
 def padded_linear(linear: torch.nn.Linear, u: Tensor) -> Tensor:
@@ -103,11 +103,14 @@ def padded_linear(linear: torch.nn.Linear, u: Tensor) -> Tensor:
 
 
 def aligned_linear(linear: torch.nn.Linear, u: Tensor) -> Tensor:
-    """``linear(u)``, on the GPU with its output features padded to a multiple of ALIGN where they are not.
+    """``linear(u)``; inside torch.compile on the GPU, with its output features padded to a multiple of ALIGN where
+    they are not.
 
-    cuBLAS takes slow unaligned kernels when a bf16 GEMM dimension is odd: SmolLM2's SSD student has an in_proj of
-    2,313 outputs (z, x, B, C and 9 dt), and that GEMM ran as an sm75 CUTLASS kernel at ~300 us per layer per step on
-    an H200, about 15% of a stage-3 step's GPU time (benchmarks/README.md)."""
-    if pads_projection(linear.out_features, u.device.type, u.numel() // max(1, u.shape[-1])):
+    SmolLM2's SSD student has an in_proj of 2,313 outputs (z, x, B, C and 9 dt). In the compiled blocks of stage 3
+    that GEMM ran as an sm75 CUTLASS kernel (~300 us per layer per step on an H200, 15% of the step's GPU time);
+    padded, the step went from 74.0 to 57.6 ms (benchmarks/README.md). Eagerly cuBLAS handles the odd size as fast
+    as the padded one (0.93 vs 0.94 ms fwd+bwd at 8192 tokens), so eager code keeps the plain projection."""
+    rows = u.numel() // max(1, u.shape[-1])
+    if pads_projection(linear.out_features, u.device.type, rows, torch.compiler.is_compiling()):
         return padded_linear(linear, u)
     return linear(u)
