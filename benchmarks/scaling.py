@@ -48,7 +48,8 @@ def main():
     lines = [f"# Stage-3 scaling, {args.model}, 1 vs {args.gpus} x {dev}", "", f"- command: `{cmd}`",
              f"- versions: {payload['versions']}",
              f"- {args.batch} sequences of {args.seq_len} tokens per process; 1 process: plain loop; {args.gpus}: "
-             "torchrun, FSDP2 (student and teacher sharded); mean of the steady steps after the warm-up, set-up not timed", "",
+             "torchrun, FSDP2 (student and teacher sharded); mean of the steady steps after the warm-up, set-up not "
+             "timed", "",
              "| processes | global batch | tokens/s | step ms | MFU | speed-up |", "|---|---|---|---|---|---|"]
     for n, r in ((1, one), (args.gpus, many)):
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
