@@ -119,11 +119,13 @@ def timed_batches(batches, start: int, stop: int, device, marks: list, each=None
         yield batch
 
 
-def steady_step_seconds(stage, batches, warmup: int, steps: int, micro_tokens: int, common: dict, device) -> float:
+def steady_step_seconds(stage, batches, warmup: int, steps: int, micro_tokens: int, common: dict, device,
+                        each=None) -> float:
     """Mean seconds per training step of ``stage`` over ``steps`` steps that follow ``warmup`` steps inside one run of
-    the training loop (its set-up, the warm-up, and the one step after them are not timed)."""
+    the training loop (its set-up, the warm-up, and the one step after them are not timed); ``each()`` at every
+    step's start (see timed_batches)."""
     marks: list[float] = []
-    train_stage(stage, timed_batches(batches, warmup, warmup + steps, device, marks),
+    train_stage(stage, timed_batches(batches, warmup, warmup + steps, device, marks, each),
                 total_tokens=(warmup + steps + 1) * micro_tokens, **common)
     return (marks[1] - marks[0]) / steps
 
@@ -135,16 +137,13 @@ def profile_stage(stage, batches, steps: int, micro_tokens: int, common: dict, d
     from torch.profiler import ProfilerActivity, profile, schedule
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    marks: list[float] = []
-    # wait: the set-up until the first batch is drawn; warmup: the first step; then `steps` active steps
+    # wait: the set-up until the first batch is drawn; warmup: the first step; then `steps` active steps, the ones
+    # steady_step_seconds times after its one warm-up step
     with profile(activities=acts, schedule=schedule(wait=1, warmup=1, active=steps, repeat=1)) as prof:
-        train_stage(stage, timed_batches(batches, 1, steps + 1, device, marks, each=prof.step),
-                    total_tokens=(steps + 2) * micro_tokens, **common)
-    wall = marks[1] - marks[0]
+        wall = steps * steady_step_seconds(stage, batches, 1, steps, micro_tokens, common, device, each=prof.step)
     avg = prof.key_averages()
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    busy = sum(e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total for e in avg
-               if _counts_as_busy(e, device)) / 1e6
+    busy = sum(getattr(e, key) for e in avg if _counts_as_busy(e, device)) / 1e6
     table = avg.table(sort_by=key, row_limit=30, max_name_column_width=70)
     cpu_table = avg.table(sort_by="cpu_time_total", row_limit=40, max_name_column_width=70)
     kind = "GPU" if device.type == "cuda" else "CPU"

@@ -75,6 +75,24 @@ def test_scaling_runs_one_and_two_processes(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("stage_throughput-tiny-*gpu.json"))) == 2
 
 
+def test_timed_batches_marks_the_steady_steps(monkeypatch):
+    """Marks are taken when batch `start` and batch `stop` are drawn, before that draw's ``each()``: with a clock that
+    counts the draws, the marks are the two draw numbers, so set-up and warm-up fall before the first mark."""
+    import torch
+
+    from benchmarks import stage_throughput
+
+    draws = [0]
+    monkeypatch.setattr(stage_throughput.time, "perf_counter", lambda: draws[0])
+    marks = []
+
+    def each():
+        draws[0] += 1
+
+    out = list(stage_throughput.timed_batches(iter(range(6)), 1, 4, torch.device("cpu"), marks, each))
+    assert out == list(range(6)) and draws[0] == 6 and marks == [1, 4]
+
+
 def test_ssd_speed_report_writes_ratios(tmp_path):
     """ssd_speed needs a GPU to measure; its report (JSON + table with the ratios) is checked on rows like it prints."""
     from benchmarks.ssd_speed import report
