@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (arg_parser, command, device_name, fmt, model_config,  # noqa: E402
                                random_teacher_and_student, sync, versions, write)
-from mohawk.models.modeling_mohawk import MohawkCache  # noqa: E402
+from mohawk.models.cache import MohawkCache  # noqa: E402
 from mohawk.parallel import resolve_device  # noqa: E402
 
 

@@ -29,7 +29,9 @@ from benchmarks.common import (arg_parser, command, device_name, fmt, model_conf
 from mohawk.config import DistillConfig  # noqa: E402
 from mohawk.parallel import Parallel  # noqa: E402
 from mohawk.stages import STAGES  # noqa: E402
-from mohawk.train import Checkpointer, MetricsLog, train_stage  # noqa: E402
+from mohawk.checkpoint import Checkpointer  # noqa: E402
+from mohawk.metrics import MetricsLog  # noqa: E402
+from mohawk.train import StageBudget, train_stage  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -119,6 +121,11 @@ def timed_batches(batches, start: int, stop: int, device, marks: list, each=None
         yield batch
 
 
+def _budget(tokens: int, micro_tokens: int) -> StageBudget:
+    """One micro-batch per update, a tiny LR: the benchmark times steps, it does not train."""
+    return StageBudget(tokens=tokens, micro_tokens=micro_tokens, grad_accum=1, lr=1e-5)
+
+
 def steady_step_seconds(stage, batches, warmup: int, steps: int, micro_tokens: int, common: dict, device,
                         each=None) -> float:
     """Mean seconds per training step of ``stage`` over ``steps`` steps that follow ``warmup`` steps inside one run of
@@ -126,7 +133,7 @@ def steady_step_seconds(stage, batches, warmup: int, steps: int, micro_tokens: i
     step's start (see timed_batches)."""
     marks: list[float] = []
     train_stage(stage, timed_batches(batches, warmup, warmup + steps, device, marks, each),
-                total_tokens=(warmup + steps + 1) * micro_tokens, **common)
+                _budget((warmup + steps + 1) * micro_tokens, micro_tokens), **common)
     return (marks[1] - marks[0]) / steps
 
 
@@ -157,7 +164,7 @@ def profile_stage(stage, batches, steps: int, micro_tokens: int, common: dict, d
         torch.cuda.set_sync_debug_mode("warn")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            train_stage(stage, batches, total_tokens=steps * micro_tokens, **common)
+            train_stage(stage, batches, _budget(steps * micro_tokens, micro_tokens), **common)
         torch.cuda.set_sync_debug_mode(0)
         where = collections.Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
         syncs = "\n\nhost-device synchronizations:\n" + "\n".join(f"{n:6d}  {k}" for k, n in where.most_common(30))
@@ -200,6 +207,7 @@ def main():
         teacher.to(torch.bfloat16)
     dcfg = DistillConfig(seq_len=args.seq_len, freeze_mlp=args.freeze_mlp, spike_factor=0.0, log_every=10 ** 9,
                          checkpoint_every=10 ** 9, compile=args.compile)
+    loop = dcfg.loop_settings()
     if baseline_s is not None:
         tokens = args.batch * args.seq_len
         fl = flops_per_token(0, student, teacher, args.seq_len)
@@ -210,12 +218,12 @@ def main():
         rows_per_rank = args.stage1_batch if s == 1 else args.batch
         global_rows = rows_per_rank * world
         micro_tokens = global_rows * args.seq_len
-        stage = STAGES[s](student, adapter, dcfg)
-        if parallel.uses_fsdp(s):
+        stage = STAGES[s](student, adapter, **dcfg.stage_options(s))
+        if parallel.uses_fsdp(stage):
             parallel.shard_teacher(adapter)  # as mohawk distill does
         batches = map(parallel.shard, random_batches(tcfg.vocab_size, global_rows, args.seq_len, device, seed=s))
-        common = dict(micro_tokens=micro_tokens, grad_accum=1, lr=1e-5, cfg=dcfg, checkpointer=Checkpointer(None),
-                      log=MetricsLog(None), progress=False, parallel=parallel)
+        common = dict(loop=loop, checkpointer=Checkpointer(None), log=MetricsLog(None), progress=False,
+                      parallel=parallel)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         dt = steady_step_seconds(stage, batches, args.warmup, args.steps, micro_tokens, common, device)

@@ -28,7 +28,7 @@ def _load(path: Path) -> dict | None:
 
 def zero_shot(row: dict) -> dict[str, float]:
     """{task: accuracy} for the student (acc_norm where lm-eval reports it for the task, else acc)."""
-    from mohawk.evaluation.suite import headline
+    from mohawk.evaluation.present import headline
 
     scores = row.get("evaluation", {}).get("scores", {}).get("student", {})
     return {t: headline(t, v)[1] for t, v in scores.items() if isinstance(v, dict) and "acc" in v}

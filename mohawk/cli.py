@@ -3,12 +3,17 @@ the traceback) and exit with status 2."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import sys
+import typing
+from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
+from mohawk.config import DistillConfig
 from mohawk.errors import MohawkError
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
@@ -26,87 +31,85 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _DEBUG["on"] = debug
 
 
-@app.command()
-def distill(
-    config: Optional[str] = typer.Argument(None, help="YAML config file (its keys are the option names below, "
-                                           "with underscores). Flags override it."),
-    preset: Optional[str] = typer.Option(None, help="Named recipe: 'cpu' (the default budget) or 'gpu' (full-quality "
-                                         "recipe for one GPU)."),
-    teacher: Optional[str] = typer.Option(None, help="Hub id, local directory or .gguf file. Default: the bundled "
-                                          "SmolLM2-135M-Instruct."),
-    data: Optional[str] = typer.Option(None, help="'bundled' (Gutenberg sample), a .txt/.jsonl/.parquet file or "
-                                       "directory, or a Hugging Face dataset name."),
-    val_data: Optional[str] = typer.Option(None, help="Validation data (default: held-out books / 1% of --data)."),
-    val_sequences: Optional[int] = typer.Option(None, help="Held-out sequences for perplexity and agreement."),
-    text_field: Optional[str] = typer.Option(None, help="Field holding the text in jsonl/parquet rows."),
-    out: Optional[str] = typer.Option(None, help="Output directory (default runs/mohawk)."),
-    stages: Optional[str] = typer.Option(None, help="Stages to run, e.g. 1,2,3 (default) or 3 (KD-only baseline)."),
-    stage1_tokens: Optional[int] = typer.Option(None, help="Token budget of stage 1 (matrix orientation)."),
-    stage2_tokens: Optional[int] = typer.Option(None, help="Token budget of stage 2 (hidden-state alignment)."),
-    stage3_tokens: Optional[int] = typer.Option(None, help="Token budget of stage 3 (knowledge distillation)."),
-    seq_len: Optional[int] = typer.Option(None, help="Tokens per training sequence."),
-    stage1_tile: Optional[int] = typer.Option(None, help="Stage 1 loss over blocks of this many rows (memory T x L "
-                                              "instead of L x L per layer, for long sequences); 0: whole matrices."),
-    batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch (global: split over torchrun "
-                                             "processes)."),
-    tokens_per_update: Optional[int] = typer.Option(None, help="Tokens per optimizer update (gradient accumulation)."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate of every stage (or set stageN_lr in YAML)."),
-    schedule: Optional[str] = typer.Option(None, help="wsd (warmup-stable-decay, the paper's) or cosine."),
-    mixer: Optional[str] = typer.Option(None, help="Matrix family replacing attention: ssd (Mamba-2, default), ssm "
-                                        "(diagonal SSM), linear_attention (causal low-rank) or toeplitz."),
-    attention_layers: Optional[str] = typer.Option(None, help="Layers kept as attention: e.g. 3,11, 'none' or 'all'."),
-    num_attention_layers: Optional[int] = typer.Option(None, help="How many layers to keep as attention..."),
-    placement: Optional[str] = typer.Option(None, help="...placed uniform, first or last."),
-    freeze_mlp: Optional[bool] = typer.Option(None, "--freeze-mlp/--train-mlp", help="Freeze MLPs in stage 3."),
-    temperature: Optional[float] = typer.Option(None, help="KD temperature in stage 3."),
-    ce_weight: Optional[float] = typer.Option(None, help="Weight of next-token CE added to the KD loss."),
-    kd_weight: Optional[float] = typer.Option(None, help="Weight of the KD loss in stage 3 (0 with --ce-weight 1: "
-                                              "plain language modelling)."),
-    init: Optional[str] = typer.Option(None, help="teacher (weight transfer, MOHAWK) or scratch (random student: "
-                                       "the from-scratch baseline)."),
-    eval_tasks: Optional[str] = typer.Option(None, help="Evaluation appended to the report: position, passkey, "
-                                             "continuations and lm-eval tasks (see `mohawk eval --help`); '' for none."),
-    eval_limit: Optional[int] = typer.Option(None, help="Items per lm-eval task in that evaluation."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
-    compile: Optional[str] = typer.Option(None, help="CUDA, while training: off, fuse (torch.compile the blocks and "
-                                          "the stage-3 loss) or graphs (also replay each block as a CUDA graph: "
-                                          "fastest). Not under FSDP2."),
-    parallel: Optional[str] = typer.Option(None, help="Under torchrun: how stage 3 spreads over the processes, "
-                                           "fsdp (FSDP2, student and teacher sharded; the default) or ddp. "
-                                           "Stages 1-2 use DDP."),
-    seed: Optional[int] = typer.Option(None, help="Seed for data order and initialisation."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
-    report_to: Optional[str] = typer.Option(None, help="none or tensorboard (live curves in OUT/tensorboard)."),
-    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Allow teachers' own code."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its newest checkpoint."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out directory."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
-):
+def _distill(config: Optional[str], preset: Optional[str], resume: bool, overwrite: bool, quiet: bool,
+             lr: Optional[float], **fields):
     """Distil a teacher into an SSD student (stages 1-3), save it to OUT/student and write OUT/report.md.
 
     With no arguments: SmolLM2-135M -> pure-SSD student on the bundled corpus, sized for a 2-core CPU (~10 min).
+    Every option below is also a key of the YAML config (same name, underscores); flags override the YAML.
     On several GPUs: torchrun --nproc-per-node N -m mohawk distill ... (batch sizes stay global)."""
     from mohawk.config import DistillConfig
     from mohawk.distill import distill as run
 
-    overrides = dict(teacher=teacher, data=data, val_data=val_data, val_sequences=val_sequences,
-                     text_field=text_field, out=out, stages=stages, stage1_tokens=stage1_tokens,
-                     stage2_tokens=stage2_tokens, stage3_tokens=stage3_tokens, seq_len=seq_len,
-                     stage1_tile=stage1_tile, batch_size=batch_size, tokens_per_update=tokens_per_update,
-                     schedule=schedule,
-                     mixer=mixer, attention_layers=attention_layers, num_attention_layers=num_attention_layers,
-                     placement=placement, freeze_mlp=freeze_mlp, temperature=temperature, ce_weight=ce_weight,
-                     kd_weight=kd_weight, init=init, eval_tasks=eval_tasks, eval_limit=eval_limit,
-                     device=device, compile=compile, parallel=parallel, seed=seed, threads=threads, report_to=report_to,
-                     trust_remote_code=trust_remote_code)
     if lr is not None:
-        overrides.update(stage1_lr=lr, stage2_lr=lr, stage3_lr=lr)
-    cfg = DistillConfig.from_sources(config, preset=preset, **overrides)
+        fields.update(stage1_lr=lr, stage2_lr=lr, stage3_lr=lr)
+    cfg = DistillConfig.from_sources(config, preset=preset, **fields)
     try:
         run(cfg, resume=resume, overwrite=overwrite, progress=not quiet, console=console,
             command=" ".join(["mohawk", *sys.argv[1:]]))
     except KeyboardInterrupt:
         raise Interrupted() from None
+
+
+def _schema_parameters() -> list[inspect.Parameter]:
+    """One ``--flag`` per DistillConfig field (default None: "not given", so YAML and presets keep their values)."""
+    from mohawk.config import schema
+
+    params = []
+    for f in schema():
+        hint = typing.get_type_hints(DistillConfig)[f.name]
+        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        text = meta["help"] + (f" One of: {', '.join(meta['choices'])}." if meta.get("choices") else "")
+        text += f" (default: {shown})" if shown not in (None, "") else ""
+        if base is bool:
+            opt = typer.Option(None, f"{flag}/--no-{flag[2:]}", help=text, rich_help_panel=meta["group"],
+                               show_default=False)
+        else:
+            kind = {int: int, float: float}.get(base, str)  # lists (stages) are given comma-separated
+            opt = typer.Option(None, flag, help=text, rich_help_panel=meta["group"], show_default=False,
+                               metavar=kind.__name__.upper())
+            base = kind
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt,
+                                        annotation=Optional[base]))
+    return params
+
+
+def _register_distill() -> None:
+    run_params = [
+        inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[str],
+                          default=typer.Argument(None, help="YAML config file (its keys are the option names, with "
+                                                 "underscores). Flags override it.")),
+        inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                          default=typer.Option(None, help="Named recipe: 'cpu' (the default budget) or 'gpu' "
+                                               "(full-quality recipe for one GPU).", rich_help_panel="Run")),
+        inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                          default=typer.Option(False, help="Continue the run in --out from its newest checkpoint.",
+                                               rich_help_panel="Run")),
+        inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                          default=typer.Option(False, help="Replace the earlier run in --out (only files mohawk "
+                                               "wrote are removed).", rich_help_panel="Run")),
+        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                          default=typer.Option(False, help="No progress bars.", rich_help_panel="Run")),
+        inspect.Parameter("lr", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[float],
+                          default=typer.Option(None, help="Shortcut: the same peak LR for every stage (sets "
+                                               "stage1_lr, stage2_lr and stage3_lr).", rich_help_panel="Run")),
+    ]
+    params = run_params + _schema_parameters()
+
+    def distill(**kwargs):
+        return _distill(**kwargs)
+
+    distill.__doc__ = _distill.__doc__
+    distill.__signature__ = inspect.Signature(params)
+    distill.__annotations__ = {p.name: p.annotation for p in params}
+    app.command()(distill)
+
+
+_register_distill()
 
 
 @app.command("eval")
@@ -131,11 +134,14 @@ def eval_(
 ):
     """Evaluate the teacher and students side by side: perplexity, agreement with the teacher, loss by position,
     passkey retrieval, zero-shot tasks (lm-evaluation-harness on the vendored task files), greedy continuations."""
+    from mohawk.evaluation.present import print_table, write_eval_report
     from mohawk.evaluation.suite import evaluate
 
-    path = evaluate(models or [], teacher=teacher, data=data, tasks=tasks, limit=limit, seq_len=seq_len,
-                    val_sequences=val_sequences, train_len=train_len, batch_size=batch_size, device=device,
-                    seed=seed, out=out, console=console, command=" ".join(["mohawk", *sys.argv[1:]]))
+    res = evaluate(models or [], teacher=teacher, data=data, tasks=tasks, limit=limit, seq_len=seq_len,
+                   val_sequences=val_sequences, train_len=train_len, batch_size=batch_size, device=device, seed=seed,
+                   console=console)
+    print_table(res, console)
+    path = write_eval_report(Path(out), res, " ".join(["mohawk", *sys.argv[1:]]))
     console.print(f"[green]done[/]: {path}")
 
 

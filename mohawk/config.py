@@ -1,9 +1,14 @@
-"""DistillConfig: the one typed configuration of a MOHAWK run (YAML file, overridden by CLI flags, validated, saved
-into the output directory as config.yaml)."""
+"""DistillConfig: the one schema of a MOHAWK run. Every field is declared once here, with its type, default, help and
+allowed values; YAML files, presets and the flags of ``mohawk distill`` (generated from these fields by cli.py) all
+use the same names. The resolved configuration is saved into the output directory as config.yaml.
+
+The loop and the stages never read this class: they receive typed pieces of it (``loop_settings()``,
+``stage_options(s)``; the per-stage budgets come from mohawk.recipe)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,68 +20,111 @@ from mohawk.errors import MohawkError
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 
+def option(default, help: str, *, group: str, choices: tuple | None = None, minimum: float | None = None,
+           above: float | None = None):
+    """A schema field: ``default``, one line of ``help`` for --help and the docs, the --help panel ``group``,
+    and the checks every value must pass (``choices``; ``minimum``: >= it; ``above``: > it)."""
+    meta = {"help": help, "group": group, "choices": choices, "minimum": minimum, "above": above}
+    if isinstance(default, list):
+        return field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+WHAT, DATA, STAGES, LOSS, GUARD, EVAL, MACHINE = ("What to distil", "Data", "Stages and budgets",
+                                                  "Loss and schedule", "Loss-spike guard", "Evaluation",
+                                                  "Machinery")
+
+
 @dataclass
 class DistillConfig:
-    # what to distil
-    teacher: str = "smollm2-135m"  # hub id, local dir, .gguf file, or the bundled default
-    trust_remote_code: bool = False
-    attention_layers: str = "none"  # "none", "all", or comma-separated indices kept as attention
-    num_attention_layers: int | None = None  # alternative to attention_layers: how many to keep...
-    placement: str = "uniform"  # ...and where: uniform, first, last
-    mixer: str = "ssd"  # the family replacing attention: ssd, ssm, linear_attention, toeplitz
-    ssd_init: str = "attention"  # SSD projections from the attention ones, or "random"
-    ssd_state_size: int | None = None  # default: the teacher's head_dim
-    # data
-    data: str = "bundled"
-    val_data: str | None = None
-    text_field: str = "text"
-    seq_len: int = 128
-    batch_size: int = 4  # sequences per micro-batch
-    tokens_per_update: int | None = None  # global batch in tokens; default batch_size * seq_len (no accumulation)
-    val_sequences: int = 24
-    # stages
-    stages: list[int] = field(default_factory=lambda: [1, 2, 3])
-    stage1_tokens: int = 12288
-    stage2_tokens: int = 12288
-    stage3_tokens: int = 16384
-    stage1_tile: int = 0  # > 0: stage-1 loss over blocks of this many rows (memory T x L, not L x L); 0: whole matrices
-    stage1_lr: float = 1e-3
-    stage2_lr: float = 1e-3
-    stage3_lr: float = 3e-4
-    schedule: str = "wsd"  # warmup-stable-decay (the paper's) or cosine
-    warmup_fraction: float = 0.1
-    decay_fraction: float = 0.2
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    temperature: float = 1.0  # stage 3 KL temperature
-    ce_weight: float = 0.0  # stage 3: loss = kd_weight * KL + ce_weight * next-token CE
-    kd_weight: float = 1.0
-    init: str = "teacher"  # "teacher": weight transfer (MOHAWK); "scratch": random student (a baseline)
-    freeze_mlp: bool = False
-    # loss-spike guard: skip an update whose loss is non-finite or > spike_factor x the running median of the last
-    # spike_window losses (0: only non-finite); spike_patience spikes in a row roll back to the stage's newest
-    # checkpoint with the LR times rollback_lr_factor, at most max_rollbacks times, then the run stops with an error
-    spike_factor: float = 5.0
-    spike_window: int = 32
-    spike_patience: int = 3
-    rollback_lr_factor: float = 0.5
-    max_rollbacks: int = 3
-    # evaluation appended to the report (besides perplexity and agreement): any of position, passkey,
-    # continuations and the lm-eval tasks (see `mohawk eval --help`); eval_limit caps the items per lm-eval task
-    eval_tasks: str = "continuations"
-    eval_limit: int | None = None
-    # machinery
-    device: str = "auto"  # auto, cpu, cuda
-    # CUDA, while training: "fuse" torch.compiles the blocks (student and teacher) and the stage-3 loss, "graphs" also
-    # replays each compiled block as a CUDA graph (fastest); not under FSDP2
-    compile: str = "off"
-    parallel: str = "auto"  # under torchrun, stage 3: fsdp (FSDP2, student sharded; = auto) or ddp (replicated)
-    seed: int = 0
-    log_every: int = 1
-    checkpoint_every: int = 50  # optimizer steps
-    out: str = "runs/mohawk"
-    report_to: str = "none"  # none or tensorboard
-    threads: int | None = None  # CPU threads for torch (default: torch's choice)
+    # -- what to distil ----------------------------------------------------------------------------------------------
+    teacher: str = option("smollm2-135m", "Teacher: hub id, local directory, .gguf file, or the bundled default "
+                          "smollm2-135m (SmolLM2-135M-Instruct).", group=WHAT)
+    trust_remote_code: bool = option(False, "Allow a teacher's own modelling code (off unless asked for).",
+                                     group=WHAT)
+    attention_layers: str = option("none", "Layers kept as attention: comma-separated indices, 'none' or 'all'.",
+                                   group=WHAT)
+    num_attention_layers: int | None = option(None, "Instead of --attention-layers: how many layers to keep as "
+                                              "attention (placed by --placement).", group=WHAT, minimum=0)
+    placement: str = option("uniform", "Where --num-attention-layers go.", group=WHAT,
+                            choices=("uniform", "first", "last"))
+    mixer: str = option("ssd", "Matrix family replacing attention: ssd (Mamba-2 SSD), ssm (diagonal SSM), "
+                        "linear_attention (causal low rank) or toeplitz.", group=WHAT,
+                        choices=("ssd", "ssm", "linear_attention", "toeplitz"))
+    ssd_init: str = option("attention", "SSD projections from the attention ones (x<-V, B<-K, C<-Q, out<-O) or "
+                           "random.", group=WHAT, choices=("attention", "random"))
+    ssd_state_size: int | None = option(None, "SSD state size (default: the teacher's head_dim).", group=WHAT,
+                                        above=0)
+    init: str = option("teacher", "teacher: weight transfer (MOHAWK); scratch: a randomly initialised student "
+                       "(the from-scratch baseline).", group=WHAT, choices=("teacher", "scratch"))
+    # -- data --------------------------------------------------------------------------------------------------------
+    data: str = option("bundled", "Training text: 'bundled' (Gutenberg sample), a .txt/.jsonl/.parquet file or "
+                       "directory, or a Hugging Face dataset name.", group=DATA)
+    val_data: str | None = option(None, "Validation text (default: the held-out books of 'bundled', or a held-out "
+                                  "share of --data).", group=DATA)
+    text_field: str = option("text", "Field holding the text in .jsonl/.parquet rows.", group=DATA)
+    seq_len: int = option(128, "Tokens per training sequence.", group=DATA, above=1)
+    batch_size: int = option(4, "Sequences per micro-batch (global: split over torchrun processes).", group=DATA,
+                             above=0)
+    tokens_per_update: int | None = option(None, "Tokens per optimizer update, by gradient accumulation (default: "
+                                           "one micro-batch).", group=DATA, above=0)
+    val_sequences: int = option(24, "Held-out sequences for perplexity and agreement.", group=DATA, above=0)
+    # -- stages and budgets ------------------------------------------------------------------------------------------
+    stages: list[int] = option([1, 2, 3], "Stages to run: 1 matrix orientation, 2 hidden-state alignment, 3 "
+                               "knowledge distillation (e.g. 3 alone: the KD-only baseline).", group=STAGES)
+    stage1_tokens: int = option(12288, "Token budget of stage 1 (matrix orientation).", group=STAGES, minimum=0)
+    stage2_tokens: int = option(12288, "Token budget of stage 2 (hidden-state alignment).", group=STAGES, minimum=0)
+    stage3_tokens: int = option(16384, "Token budget of stage 3 (knowledge distillation).", group=STAGES, minimum=0)
+    stage1_lr: float = option(1e-3, "Peak learning rate of stage 1.", group=STAGES, above=0)
+    stage2_lr: float = option(1e-3, "Peak learning rate of stage 2.", group=STAGES, above=0)
+    stage3_lr: float = option(3e-4, "Peak learning rate of stage 3.", group=STAGES, above=0)
+    stage1_tile: int = option(0, "Stage-1 loss over blocks of this many rows (memory T x L instead of L x L per "
+                              "layer, for long sequences); 0: whole matrices.", group=STAGES, minimum=0)
+    freeze_mlp: bool = option(False, "Freeze the MLPs in stage 3 (the paper: little loss, half the trainable "
+                              "parameters).", group=STAGES)
+    # -- loss and schedule -------------------------------------------------------------------------------------------
+    temperature: float = option(1.0, "Stage-3 KL temperature.", group=LOSS, above=0)
+    kd_weight: float = option(1.0, "Stage 3: weight of KL(teacher || student) (0 with --ce-weight 1: plain "
+                              "language modelling).", group=LOSS, minimum=0)
+    ce_weight: float = option(0.0, "Stage 3: weight of the next-token cross-entropy added to the KD loss.",
+                              group=LOSS, minimum=0)
+    schedule: str = option("wsd", "LR schedule: wsd (warmup-stable-decay, the paper's) or cosine.", group=LOSS,
+                           choices=("wsd", "cosine"))
+    warmup_fraction: float = option(0.1, "Share of each stage's steps spent warming up the LR.", group=LOSS,
+                                    minimum=0)
+    decay_fraction: float = option(0.2, "Share of each stage's steps spent decaying the LR to 0 (wsd).", group=LOSS,
+                                   minimum=0)
+    weight_decay: float = option(0.0, "AdamW weight decay of matrices.", group=LOSS, minimum=0)
+    grad_clip: float = option(1.0, "Clip the gradient norm to this (0: off).", group=LOSS, minimum=0)
+    # -- loss-spike guard --------------------------------------------------------------------------------------------
+    spike_factor: float = option(5.0, "Skip an update whose loss is non-finite or above this many times the running "
+                                 "median (0: only non-finite).", group=GUARD, minimum=0)
+    spike_window: int = option(32, "Losses in that running median.", group=GUARD, above=0)
+    spike_patience: int = option(3, "Spikes in a row that roll back to the stage's newest checkpoint taken before "
+                                 "them.", group=GUARD, above=0)
+    rollback_lr_factor: float = option(0.5, "LR multiplier at each rollback.", group=GUARD, above=0)
+    max_rollbacks: int = option(3, "Rollbacks per stage before the run stops with an error.", group=GUARD,
+                                minimum=0)
+    # -- evaluation --------------------------------------------------------------------------------------------------
+    eval_tasks: str = option("continuations", "Evaluation appended to the report besides perplexity and agreement: "
+                             "any of position, passkey, continuations and the lm-eval tasks (see `mohawk eval "
+                             "--help`); '' for none.", group=EVAL)
+    eval_limit: int | None = option(None, "Items per lm-eval task in that evaluation (default: all).", group=EVAL,
+                                    above=0)
+    # -- machinery ---------------------------------------------------------------------------------------------------
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.", group=MACHINE)
+    compile: str = option("off", "CUDA, stages 2-3: fuse (torch.compile the blocks and the stage-3 loss) or graphs "
+                          "(also replay each block as a CUDA graph: fastest); not under FSDP2.", group=MACHINE,
+                          choices=("off", "fuse", "graphs"))
+    parallel: str = option("auto", "Under torchrun, stage 3: fsdp (FSDP2, student and teacher sharded; = auto) or "
+                           "ddp (replicated). Stages 1-2 use DDP.", group=MACHINE, choices=("auto", "ddp", "fsdp"))
+    seed: int = option(0, "Seed of data order and initialisation.", group=MACHINE)
+    log_every: int = option(1, "Write a metrics line every this many optimizer steps.", group=MACHINE, above=0)
+    checkpoint_every: int = option(50, "Checkpoint every this many optimizer steps.", group=MACHINE, above=0)
+    out: str = option("runs/mohawk", "Output directory.", group=MACHINE)
+    report_to: str = option("none", "Mirror the metrics to: none or tensorboard (OUT/tensorboard).", group=MACHINE,
+                            choices=("none", "tensorboard"))
+    threads: int | None = option(None, "CPU threads for torch (default: torch's choice).", group=MACHINE, above=0)
 
     # -- loading ---------------------------------------------------------------------------------------------------
     @classmethod
@@ -107,6 +155,10 @@ class DistillConfig:
         return cfg
 
     def validate(self) -> None:
+        """Each field against its declared checks, then the rules that tie fields together."""
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
+
         def need(ok: bool, key: str, allowed: str) -> None:
             if not ok:
                 raise MohawkError(f"bad value for {key}: {getattr(self, key)!r} ({allowed})")
@@ -114,45 +166,25 @@ class DistillConfig:
         need(bool(self.stages) and all(s in (1, 2, 3) for s in self.stages) and len(set(self.stages)) == len(self.stages),
              "stages", "a non-empty subset of 1,2,3, no repeats")
         self.stages = sorted(self.stages)
-        for key in ("seq_len", "batch_size", "val_sequences", "log_every", "checkpoint_every", "spike_window",
-                    "spike_patience"):
-            need(getattr(self, key) > 0, key, "must be > 0")
-        for key in ("stage1_tokens", "stage2_tokens", "stage3_tokens", "stage1_tile"):
-            need(getattr(self, key) >= 0, key, "must be >= 0")
         for key in ("stage1_lr", "stage2_lr", "stage3_lr"):
-            need(0 < getattr(self, key) < 1, key, "must be in (0, 1)")
-        need(self.schedule in ("wsd", "cosine"), "schedule", "wsd or cosine")
-        need(self.parallel in ("auto", "ddp", "fsdp"), "parallel", "auto, ddp or fsdp")
-        need(self.compile in ("off", "fuse", "graphs"), "compile", "off, fuse or graphs")
-        need(0 <= self.warmup_fraction < 1 and 0 <= self.decay_fraction <= 1
-             and self.warmup_fraction + self.decay_fraction <= 1, "warmup_fraction", "fractions in [0, 1], sum <= 1")
-        need(self.temperature > 0, "temperature", "must be > 0")
-        need(self.ce_weight >= 0, "ce_weight", "must be >= 0")
-        need(self.kd_weight >= 0 and self.kd_weight + self.ce_weight > 0, "kd_weight", ">= 0, kd_weight + ce_weight > 0")
-        need(self.init in ("teacher", "scratch"), "init", "teacher or scratch")
+            need(getattr(self, key) < 1, key, "must be in (0, 1)")
+        need(self.warmup_fraction < 1 and self.decay_fraction <= 1 and self.warmup_fraction + self.decay_fraction <= 1,
+             "warmup_fraction", "fractions in [0, 1], sum <= 1")
+        need(self.kd_weight + self.ce_weight > 0, "kd_weight", ">= 0, kd_weight + ce_weight > 0")
         need(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", "0 (off) or > 1")
-        need(0 < self.rollback_lr_factor <= 1, "rollback_lr_factor", "in (0, 1]")
-        need(self.max_rollbacks >= 0, "max_rollbacks", "must be >= 0")
-        need(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables)")
-        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda")
+        need(self.rollback_lr_factor <= 1, "rollback_lr_factor", "in (0, 1]")
+        need(self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+             "device", "auto, cpu, cuda or cuda:N")
         try:
             from mohawk.evaluation.suite import parse_tasks
 
             parse_tasks(self.eval_tasks)
         except MohawkError as e:
             raise MohawkError(f"bad value for eval_tasks: {e}") from None
-        need(self.eval_limit is None or self.eval_limit > 0, "eval_limit", "must be > 0")
-        need(self.report_to in ("none", "tensorboard"), "report_to", "none or tensorboard")
-        need(self.placement in ("uniform", "first", "last"), "placement", "uniform, first or last")
-        need(self.ssd_init in ("attention", "random"), "ssd_init", "attention or random")
-        from mohawk.mixers import STUDENT_MIXERS
-
-        need(self.mixer in STUDENT_MIXERS, "mixer", ", ".join(STUDENT_MIXERS))
-        need(self.num_attention_layers is None or self.num_attention_layers >= 0, "num_attention_layers", ">= 0")
         need(self.tokens_per_update is None or self.tokens_per_update >= self.batch_size * self.seq_len,
              "tokens_per_update", "at least batch_size * seq_len")
 
-    # -- derived ---------------------------------------------------------------------------------------------------
+    # -- typed pieces ----------------------------------------------------------------------------------------------
     @property
     def micro_tokens(self) -> int:
         return self.batch_size * self.seq_len
@@ -167,6 +199,24 @@ class DistillConfig:
     def stage_lr(self, stage: int) -> float:
         return getattr(self, f"stage{stage}_lr")
 
+    def loop_settings(self):
+        """What the training loop needs (mohawk.train.LoopSettings)."""
+        from mohawk.train import LoopSettings
+
+        names = {f.name for f in dataclasses.fields(LoopSettings)}
+        return LoopSettings(**{k: v for k, v in self.to_dict().items() if k in names})
+
+    def stage_options(self, stage: int) -> dict:
+        """Keyword arguments of stage ``stage``'s class (mohawk.stages)."""
+        if stage == 1:
+            return {"tile": self.stage1_tile}
+        if stage == 3:
+            from mohawk.stages.distillation import LossWeights
+
+            return {"weights": LossWeights(self.kd_weight, self.ce_weight, self.temperature),
+                    "freeze_mlp": self.freeze_mlp}
+        return {}
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -174,11 +224,40 @@ class DistillConfig:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def schema() -> list[dataclasses.Field]:
+    """The fields of DistillConfig, in declaration order (what the CLI and the docs are generated from)."""
+    return list(dataclasses.fields(DistillConfig))
+
+
+def _check_field(f: dataclasses.Field, value) -> None:
+    meta = f.metadata
+    if value is None:
+        return
+    if meta.get("choices") and value not in meta["choices"]:
+        raise MohawkError(f"bad value for {f.name}: {value!r} ({_or(meta['choices'])})")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MohawkError(f"bad value for {f.name}: {value!r} (must be a finite number)")
+        if meta.get("minimum") is not None and value < meta["minimum"]:
+            raise MohawkError(f"bad value for {f.name}: {value!r} (must be >= {meta['minimum']:g})")
+        if meta.get("above") is not None and value <= meta["above"]:
+            raise MohawkError(f"bad value for {f.name}: {value!r} (must be > {meta['above']:g})")
+
+
+def _or(choices) -> str:
+    choices = list(choices)
+    return ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise MohawkError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise MohawkError(f"config file {path} is a directory") from None
+    except OSError as e:
+        raise MohawkError(f"cannot read config file {path}: {e.strerror or e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise MohawkError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:

@@ -1,13 +1,12 @@
-"""``mohawk distill``: config -> teacher -> student (weight transfer) -> stages 1..3 -> student/ -> evaluation -> report.
+"""``mohawk distill``: config -> recipe -> teacher -> student (weight transfer) -> stages 1..3 -> student/ ->
+evaluation -> report.
 
 Output directory layout: config.yaml, metrics.jsonl, summary.json, checkpoints/, student/ (HF format + tokenizer),
-report.md, plots/*.png."""
+evaluation.json, report.md, plots/*.png (and the marker .mohawk-run, the lock .mohawk.lock)."""
 
 from __future__ import annotations
 
-import json
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,28 +14,19 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from mohawk import recipe, rundir
+from mohawk.checkpoint import Checkpointer, ResumePoint, check_resume_config
 from mohawk.config import DistillConfig
 from mohawk.data import TokenStream, make_streams, take
 from mohawk.errors import MohawkError
 from mohawk.evaluation import agreement, layer_distances, perplexity
 from mohawk.evaluation.suite import long_sequences, parse_tasks, run_suite
+from mohawk.metrics import MetricsLog, read_json, write_json
 from mohawk.parallel import Parallel
 from mohawk.stages import STAGES
 from mohawk.teachers import load_teacher
-from mohawk.train import Checkpointer, MetricsLog, train_stage, write_json
+from mohawk.train import train_stage
 from mohawk.transfer import copy_non_mixer_weights, from_teacher, parse_attention_layers, place_attention_layers
-
-
-def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an earlier run unless asked to continue it (--resume) or replace it (--overwrite)."""
-    if out.exists() and not out.is_dir():
-        raise MohawkError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not resume:
-        if not overwrite:
-            raise MohawkError(f"output directory {out} is not empty: pass --resume to continue that run or "
-                              "--overwrite to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def choose_attention_layers(cfg: DistillConfig, num_layers: int) -> list[int]:
@@ -63,29 +53,34 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
     """Run the configured MOHAWK stages; returns the output directory. Under torchrun every rank runs this: the
     stages train data-parallel (mohawk.parallel), rank 0 alone writes files, evaluates and saves the student."""
     parallel, device = Parallel.from_env(cfg.device, cfg.parallel)
+    lock = None
     try:
-        return _distill(cfg, parallel, device, resume=resume, overwrite=overwrite, progress=progress,
+        parallel.check_batch_size(cfg.batch_size)
+        out = Path(cfg.out)
+        if parallel.main:
+            lock = rundir.claim(out, resume=resume, overwrite=overwrite)
+            if resume and (out / "config.yaml").is_file():  # before anything in OUT is written
+                check_resume_config(out / "config.yaml", cfg)
+        parallel.barrier()
+        return _distill(cfg, parallel, device, out, resume=resume, overwrite=overwrite, progress=progress,
                         console=console, command=command)
     finally:
+        if lock is not None:
+            lock.release()
         parallel.close()
 
 
-def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, resume: bool, overwrite: bool,
-             progress: bool, console: Console | None, command: str | None) -> Path:
+def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, out: Path, *, resume: bool,
+             overwrite: bool, progress: bool, console: Console | None, command: str | None) -> Path:
     main = parallel.main
-    parallel.check_batch_size(cfg.batch_size)
     console = console or Console(stderr=True)
     if not main:
         console = Console(stderr=True, quiet=True)
-    out = Path(cfg.out)
-    if main:
-        prepare_out_dir(out, resume, overwrite)
-    parallel.barrier()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if resume and summary_path.is_file() else {}
+    summary = read_json(summary_path, "run summary") if resume and summary_path.is_file() else {}
     summary.setdefault("command", command or " ".join(["mohawk", *sys.argv[1:]]))
     summary.setdefault("device", torch.cuda.get_device_name(device) if device.type == "cuda"
                        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
@@ -101,24 +96,34 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, re
         raise MohawkError(f"--seq-len {cfg.seq_len} is above the teacher's maximum of {max_pos} positions")
     attention_layers = choose_attention_layers(cfg, adapter.num_layers)
     options = {"ssd_state_size": cfg.ssd_state_size} if cfg.ssd_state_size else {}
-    torch.manual_seed(cfg.seed)  # here, so that the student's init does not depend on how the teacher was loaded
-    student = from_teacher(adapter, attention_layers=attention_layers, mixer=cfg.mixer, ssd_init=cfg.ssd_init,
-                           **options)
     if cfg.init == "scratch":  # the baseline: the same architecture, randomly initialised, no weight transfer
-        p = next(student.parameters())
-        student = type(student)(student.config).to(device=p.device, dtype=p.dtype)
-    n_params = sum(p.numel() for p in student.parameters())
-    summary.update(teacher=cfg.teacher, teacher_layers=adapter.num_layers, attention_layers=attention_layers, mixer=cfg.mixer,
-                   student_parameters=n_params, seq_len=cfg.seq_len, load_s=round(time.perf_counter() - t0, 1))
-    if main:
-        cfg.save(out / "config.yaml")
-    console.print(f"student: {adapter.num_layers - len(attention_layers)} {cfg.mixer} + {len(attention_layers)} attention "
-                  f"layers, {n_params / 1e6:.1f}M parameters")
+        from mohawk.models import MohawkForCausalLM
 
+        mixers = ["attention" if i in attention_layers else cfg.mixer for i in range(adapter.num_layers)]
+        torch.manual_seed(cfg.seed)
+        p = next(teacher.parameters())
+        student = MohawkForCausalLM(adapter.student_config(mixers=mixers, **options)).to(device=p.device,
+                                                                                          dtype=p.dtype)
+    else:
+        torch.manual_seed(cfg.seed)  # here, so that the student's init does not depend on how the teacher was loaded
+        student = from_teacher(adapter, attention_layers=attention_layers, mixer=cfg.mixer, ssd_init=cfg.ssd_init,
+                               **options)
+    n_params = sum(p.numel() for p in student.parameters())
     _, val_stream = make_streams(cfg.data, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed,
                                  field=cfg.text_field)
-    val = take(val_stream, cfg.val_sequences)
-    summary["val_tokens"] = int(val.numel())
+    val = take(val_stream, cfg.val_sequences)  # before anything is written: bad data fails here
+    budgets = recipe.budgets(cfg)
+
+    if main:
+        if overwrite and not resume:
+            rundir.clear(out, reads=[cfg.teacher, cfg.data, cfg.val_data])
+        rundir.mark(out)
+        cfg.save(out / "config.yaml")
+    summary.update(teacher=cfg.teacher, teacher_layers=adapter.num_layers, attention_layers=attention_layers,
+                   mixer=cfg.mixer, student_parameters=n_params, seq_len=cfg.seq_len,
+                   load_s=round(time.perf_counter() - t0, 1), val_tokens=int(val.numel()))
+    console.print(f"student: {adapter.num_layers - len(attention_layers)} {cfg.mixer} + {len(attention_layers)} "
+                  f"attention layers, {n_params / 1e6:.1f}M parameters")
     if "transfer_only" not in summary and main:
         console.print(f"evaluating teacher and the weight-transfer-only student on {val.numel():,} held-out tokens")
         summary["teacher_eval"] = {"perplexity": perplexity(teacher, val, cfg.batch_size)}
@@ -130,44 +135,42 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, re
     ckpt = Checkpointer(out / "checkpoints", parallel=parallel)
     log = MetricsLog(out / "metrics.jsonl" if main else None,
                      out / "tensorboard" if cfg.report_to == "tensorboard" and main else None)
-    latest = ckpt.latest() if resume else None
-    for bad in ckpt.corrupt:
+    point = ResumePoint.find(ckpt) if resume else ResumePoint()
+    for bad in point.corrupt:
         console.print(f"[yellow]checkpoint {bad.name} is incomplete or corrupt: skipped[/]")
-    latest_state = json.loads((latest / "state.json").read_text()) if latest else None
-    if latest_state:
-        console.print(f"resuming from {latest.name}")
-        if latest_state["done"]:
-            Checkpointer.load(latest, student)
-        log.truncate_after(latest_state["stage"], latest_state["step"])
-    elif resume and main:
-        log.truncate_after(0, 0)
+    if point.state:
+        console.print(f"resuming from {point.path.name}")
+        if point.student_after:
+            Checkpointer.load(point.student_after, student)
+    if resume:
+        log.truncate_after(point.state["stage"], point.state["step"]) if point.state else log.truncate_after(0, 0)
 
     summary.setdefault("stages", {})
+    loop = cfg.loop_settings()
     for s in cfg.stages:
-        if latest_state and (s < latest_state["stage"] or (s == latest_state["stage"] and latest_state["done"])):
-            continue  # finished before the interruption
-        tokens = cfg.stage_tokens(s)
-        if tokens == 0:
+        if point.finished(s):
+            continue
+        budget = budgets[s]
+        if budget.tokens == 0:
             console.print(f"stage {s}: 0 tokens, skipped")
             continue
-        mid = latest if latest_state and s == latest_state["stage"] and not latest_state["done"] else None
-        done_batches = latest_state.get("batches", latest_state["step"] * cfg.grad_accum) if mid else 0
-        stage = STAGES[s](student, adapter, cfg)
-        if s == 3 and mid is None and cfg.init == "teacher":
+        mid = point.continues(s)
+        stage = STAGES[s](student, adapter, **cfg.stage_options(s))
+        if stage.shards_student and mid is None and cfg.init == "teacher":
             copy_non_mixer_weights(student, adapter)  # the weight transfer (a no-op after frozen stages 1-2)
-        if parallel.uses_fsdp(s):
+        if parallel.uses_fsdp(stage):
             parallel.shard_teacher(adapter)
             if parallel.is_sharded(teacher):
                 console.print(f"stage {s}: student and teacher sharded over {parallel.world} processes (FSDP2)")
         # every rank draws the same global batches and keeps its rows: the run does not depend on the world size
-        batches = map(parallel.shard, _stage_stream(cfg, tokenizer, s).batches(cfg.batch_size, skip=done_batches))
+        skip = point.batches(s, budget.grad_accum)
+        batches = map(parallel.shard, _stage_stream(cfg, tokenizer, s).batches(cfg.batch_size, skip=skip))
         t_stage = time.perf_counter()
-        state = train_stage(stage, batches, total_tokens=tokens, micro_tokens=cfg.micro_tokens,
-                            grad_accum=cfg.grad_accum, lr=cfg.stage_lr(s), cfg=cfg, checkpointer=ckpt, log=log,
-                            resume=mid, progress=progress, parallel=parallel)
+        state = train_stage(stage, batches, budget, loop, checkpointer=ckpt, log=log, resume=mid, progress=progress,
+                            parallel=parallel)
         prev = summary["stages"].get(str(s), {}).get("wall_s", 0.0) if mid else 0.0
         summary["stages"][str(s)] = {"tokens": state.tokens, "steps": state.step, "skipped": state.skipped,
-                                     "rollbacks": state.rollbacks, "lr": cfg.stage_lr(s),
+                                     "rollbacks": state.rollbacks, "lr": budget.lr,
                                      "wall_s": round(prev + time.perf_counter() - t_stage, 1)}
         if main:
             write_json(summary_path, summary)
@@ -188,7 +191,8 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, *, re
                                    val_source=cfg.val_data, field=cfg.text_field) if "position" in extra else None)
         res = run_suite({"teacher": teacher, "student": student}, tokenizer, teacher_key="teacher", tasks=extra,
                         val=val, long_val=long_val, train_len=cfg.seq_len, max_len=max_pos or 1 << 20,
-                        limit=cfg.eval_limit, batch_size=cfg.batch_size, seed=cfg.seed)
+                        limit=cfg.eval_limit, batch_size=cfg.batch_size, seed=cfg.seed,
+                        teacher_name=cfg.teacher)
         write_json(out / "evaluation.json", res)
     student.config.mohawk_train_seq_len = cfg.seq_len  # read by `mohawk eval` (loss by position, passkey lengths)
     student_dir = out / "student"

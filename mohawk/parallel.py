@@ -6,7 +6,7 @@ ddp``). In stages 1 and 2 the teacher is replicated.
 
 Every rank draws the same global batch from the same deterministic stream and keeps its own slice of rows, so a
 run's batches, token counts and checkpoints do not depend on the number of processes: a checkpoint written by N
-processes resumes on M (see train.Checkpointer, which writes through torch.distributed.checkpoint).
+processes resumes on M (see checkpoint.Checkpointer, which writes through torch.distributed.checkpoint).
 Without torchrun (WORLD_SIZE unset or 1) everything here is a no-op.
 """
 
@@ -119,8 +119,9 @@ class Parallel:
 
         return isinstance(module, FSDPModule)
 
-    def uses_fsdp(self, stage_number: int) -> bool:
-        return self.active and stage_number == 3 and self.strategy in ("auto", "fsdp")
+    def uses_fsdp(self, stage) -> bool:
+        """True when ``stage`` (a mohawk.stages.Stage) trains an FSDP2-sharded student on this job."""
+        return self.active and stage.shards_student and self.strategy in ("auto", "fsdp")
 
     def shard_student(self, student: nn.Module) -> None:
         """FSDP2 in place: each decoder layer, then the root (embeddings, final norm, head), over all ranks.
@@ -150,7 +151,7 @@ class Parallel:
         """How train.py calls ``stage.loss`` on this job: directly, through DDP, or on the FSDP2-sharded student."""
         if not self.active or not any(p.requires_grad for p in stage.student.parameters()):
             return StageRunner(stage.loss)  # (nothing to train, e.g. all layers kept as attention: DDP would refuse)
-        if self.uses_fsdp(stage.number):
+        if self.uses_fsdp(stage):
             student = stage.student
 
             @contextmanager
@@ -160,8 +161,7 @@ class Parallel:
 
             return StageRunner(stage.loss, sync)
         device = next(stage.student.parameters()).device
-        # stage 1 uses only the mixer parameters that shape its matrix (not the value and output projections)
-        ddp = nn.parallel.DistributedDataParallel(_StageModule(stage), find_unused_parameters=stage.number == 1,
+        ddp = nn.parallel.DistributedDataParallel(_StageModule(stage), find_unused_parameters=stage.partial_gradients,
                                                   device_ids=[device.index] if device.type == "cuda" else None)
         return StageRunner(ddp, lambda last: nullcontext() if last else ddp.no_sync())
 
@@ -224,7 +224,7 @@ def flatten_metrics(d: dict, path: tuple = ()) -> tuple[list[tuple], list]:
 
 def unflatten_metrics(paths: list[tuple], values: list) -> dict:
     out: dict = {}
-    for path, v in zip(paths, values):
+    for path, v in zip(paths, values, strict=True):
         d = out
         for k in path[:-1]:
             d = d.setdefault(k, {})

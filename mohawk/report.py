@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -10,18 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mohawk.metrics import read_json, read_metrics  # noqa: E402
+
 STAGE_NAMES = {1: "matrix orientation", 2: "hidden-state alignment", 3: "knowledge distillation"}
-
-
-def read_metrics(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
 
 
 def _plot_losses(rows: list[dict], path: Path) -> bool:
@@ -94,7 +84,7 @@ def _dist_summary(d: dict) -> str:
 def write_report(out: str | Path) -> Path:
     """Write OUT/report.md and OUT/plots/*.png; returns the report path."""
     out = Path(out)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_json(out / "summary.json", "run summary")
     rows = read_metrics(out / "metrics.jsonl")
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
@@ -158,9 +148,9 @@ def write_report(out: str | Path) -> Path:
         if made[key]:
             lines += [f"![{caption}](plots/{file})", ""]
     if (out / "evaluation.json").is_file():
-        from mohawk.evaluation.suite import markdown, plot_results
+        from mohawk.evaluation.present import markdown, plot_results
 
-        res = json.loads((out / "evaluation.json").read_text())
+        res = read_json(out / "evaluation.json", "evaluation")
         lines += ["## Evaluation", "", *markdown(res, plot_results(res, plots)), ""]
     lines += ["Numbers come from `summary.json` and `metrics.jsonl` in this directory; the student is in `student/` "
               "(load with `import mohawk; AutoModelForCausalLM.from_pretrained(...)`)."]

@@ -133,10 +133,10 @@ def test_unsupported_architecture_and_foreign_tokenizer(teacher_dir, tmp_path, c
 def test_disk_full_while_checkpointing_keeps_earlier_files(teacher_dir, tmp_path, capsys, monkeypatch):
     import errno
 
-    from mohawk import train
-    from mohawk.train import Checkpointer
+    from mohawk import checkpoint
+    from mohawk.checkpoint import Checkpointer
 
-    real, calls = train._dcp_save, []
+    real, calls = checkpoint._dcp_save, []
 
     def filling_disk(student, optimizer, path):
         calls.append(path)
@@ -151,7 +151,7 @@ def test_disk_full_while_checkpointing_keeps_earlier_files(teacher_dir, tmp_path
                 return real(student, optimizer, path)
         return real(student, optimizer, path)
 
-    monkeypatch.setattr(train, "_dcp_save", filling_disk)
+    monkeypatch.setattr(checkpoint, "_dcp_save", filling_disk)
     out = tmp_path / "full"
     assert run(teacher_dir, out, "--stage1-tokens", "2048") == 2
     line = _one_error_line(capsys)
@@ -161,7 +161,7 @@ def test_disk_full_while_checkpointing_keeps_earlier_files(teacher_dir, tmp_path
     assert not list((out / "checkpoints").glob(".tmp-*"))
     for f in ("config.yaml", "summary.json"):
         assert (out / f).is_file()
-    monkeypatch.setattr(train, "_dcp_save", real)
+    monkeypatch.setattr(checkpoint, "_dcp_save", real)
     assert run(teacher_dir, out, "--stage1-tokens", "2048", "--resume") == 0  # and the run goes on from there
 
 

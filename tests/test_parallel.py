@@ -46,8 +46,12 @@ def test_shard_takes_this_ranks_rows_and_refuses_uneven_batches():
 
 
 def test_stage3_strategy():
-    assert Parallel(world=2).uses_fsdp(3) and not Parallel(world=2).uses_fsdp(2)
-    assert not Parallel(world=2, strategy="ddp").uses_fsdp(3) and not Parallel().uses_fsdp(3)
+    """FSDP2 for the stage that declares it shards the student (stage 3), under torchrun, unless --parallel ddp."""
+    from mohawk.stages import STAGES
+
+    s2, s3 = STAGES[2], STAGES[3]
+    assert Parallel(world=2).uses_fsdp(s3) and not Parallel(world=2).uses_fsdp(s2)
+    assert not Parallel(world=2, strategy="ddp").uses_fsdp(s3) and not Parallel().uses_fsdp(s3)
 
 
 def _distill(teacher_dir, cfg, out, nproc: int, *extra, check: bool = True):

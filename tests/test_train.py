@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from mohawk.models import MohawkConfig, MohawkForCausalLM
-from mohawk.train import Checkpointer, MetricsLog, lr_factor
+from mohawk.checkpoint import Checkpointer
+from mohawk.metrics import MetricsLog
+from mohawk.train import lr_factor
 
 
 def test_wsd_schedule_shape():
@@ -71,7 +73,7 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
 
 class ToyStage:
     """A next-token CE stage on a tiny student whose loss is multiplied by 1000 on chosen calls."""
-    number, name = 1, "toy"
+    number, name, compilable, shards_student, partial_gradients = 1, "toy", False, False, False
 
     def __init__(self, spikes=()):
         torch.manual_seed(0)
@@ -96,13 +98,13 @@ def _toy_batches():
 
 def _train_toy(tmp_path, spikes, **cfg_values):
     from mohawk.config import DistillConfig
-    from mohawk.train import train_stage
+    from mohawk.train import StageBudget, train_stage
 
-    cfg = DistillConfig.from_dict({"checkpoint_every": 5, "warmup_fraction": 0.0, **cfg_values})
+    loop = DistillConfig.from_dict({"checkpoint_every": 5, "warmup_fraction": 0.0, **cfg_values}).loop_settings()
     stage = ToyStage(spikes)
     log = MetricsLog(tmp_path / "m.jsonl")
-    state = train_stage(stage, _toy_batches(), total_tokens=16 * 20, micro_tokens=16, grad_accum=1, lr=1e-2,
-                        cfg=cfg, checkpointer=Checkpointer(tmp_path / "ck"), log=log, progress=False)
+    state = train_stage(stage, _toy_batches(), StageBudget(16 * 20, 16, 1, 1e-2), loop,
+                        checkpointer=Checkpointer(tmp_path / "ck"), log=log, progress=False)
     rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     return state, rows, stage
 
@@ -174,13 +176,13 @@ def test_compile_mode_applies_where_it_can():
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     one, two_fsdp, two_ddp = Parallel(), Parallel(rank=0, world=2), Parallel(rank=0, world=2, strategy="ddp")
-    stage = {n: SimpleNamespace(number=n) for n in (1, 2, 3)}
-    graphs, fuse = SimpleNamespace(compile="graphs"), SimpleNamespace(compile="fuse")
+    stage = {n: SimpleNamespace(number=n, compilable=n != 1, shards_student=n == 3) for n in (1, 2, 3)}
+    graphs, fuse = "graphs", "fuse"
     assert compile_mode(graphs, stage[3], cuda, one) == "graphs"
     assert compile_mode(fuse, stage[2], cuda, one) == "fuse"
     assert compile_mode(graphs, stage[3], cpu, one) == "off"
     assert compile_mode(graphs, stage[1], cuda, one) == "off"
-    assert compile_mode(SimpleNamespace(compile="off"), stage[3], cuda, one) == "off"
+    assert compile_mode("off", stage[3], cuda, one) == "off"
     assert compile_mode(graphs, stage[3], cuda, two_fsdp) == "off"
     assert compile_mode(graphs, stage[2], cuda, two_fsdp) == "fuse"
     assert compile_mode(graphs, stage[3], cuda, two_ddp) == "fuse"
@@ -203,7 +205,7 @@ def test_graphs_mode_loop_keeps_gradient_buffers_and_numerics(monkeypatch, tmp_p
 
     losses = {}
     for mode in ("off", "graphs"):
-        monkeypatch.setattr(train_module, "compile_mode", lambda cfg, stage, device, parallel, m=mode: m)
+        monkeypatch.setattr(train_module, "compile_mode", lambda requested, stage, device, parallel, m=mode: m)
         losses[mode] = kd_losses(tmp_path / mode, after=no_gradients)
     assert len(marks) == 6  # one per micro-batch of the graphs run
     torch.testing.assert_close(torch.tensor(losses["graphs"]), torch.tensor(losses["off"]), rtol=1e-4, atol=1e-5)

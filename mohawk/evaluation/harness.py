@@ -34,11 +34,6 @@ TASKS: dict[str, dict] = {
                        "doc_to_target": "{{' ' + continuation}}", "metrics": ["perplexity", "acc"]},
 }
 HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "perplexity": False}
-# Published lm-eval 0-shot scores of SmolLM2-135M-Instruct (full-precision weights), as the "Baseline" column of
-# https://huggingface.co/lldois/SmolLM2-135M-Reasoning-SLERP-Champion: task -> (metric, percent)
-PUBLISHED_TEACHER = {"source": "https://huggingface.co/lldois/SmolLM2-135M-Reasoning-SLERP-Champion (Baseline column)",
-                     "scores": {"arc_challenge": ("acc_norm", 27.73), "arc_easy": ("acc", 54.12),
-                                "hellaswag": ("acc_norm", 42.99), "piqa": ("acc_norm", 66.92)}}
 
 
 def task_config(name: str, data_file: Path) -> dict:

@@ -19,6 +19,8 @@ import weakref
 import torch
 from torch import Tensor
 
+from mohawk.models.cache import MohawkCache
+
 
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (parameter addresses, {key: graph})
 
@@ -40,8 +42,6 @@ class DecodeGraph:
     exactly as the eager step would (the same kernels, replayed)."""
 
     def __init__(self, model, cache, capture: bool = True):
-        from mohawk.models.modeling_mohawk import MohawkCache
-
         self.model = weakref.ref(model)  # the model holds its graphs (through _GRAPHS), not the other way round
         any_state = next(iter(cache.ssm.values()))[1]
         batch, device = any_state.shape[0], any_state.device

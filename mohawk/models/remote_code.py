@@ -1,7 +1,7 @@
 """Make a saved student loadable where mohawk is not installed (``trust_remote_code=True``, e.g. the lm_eval CLI).
 
 ``write_remote_code(dir)`` copies the student's code next to its weights as flat modules with relative imports
-(mixers/*.py, configuration_mohawk.py, modeling_mohawk.py, graphs.py); the config's ``auto_map`` (set by
+(mixers/*.py, configuration_mohawk.py, modeling_mohawk.py, cache.py, graphs.py); the config's ``auto_map`` (set by
 ``MohawkForCausalLM.save_pretrained``) points the Auto classes at them."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ FILES = {
     "configuration_mohawk.py": "models/configuration_mohawk.py",
     "modeling_mohawk.py": "models/modeling_mohawk.py",
     "graphs.py": "models/graphs.py",
+    "cache.py": "models/cache.py",
     "mixers.py": "mixers/__init__.py",
     "attention.py": "mixers/attention.py",
     "ssd.py": "mixers/ssd.py",

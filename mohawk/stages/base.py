@@ -21,11 +21,21 @@ def compile_options(mode: str) -> dict:
 
 
 class Stage:
+    """A stage of MOHAWK: which student parameters train (``parameters()``) and on what loss (``loss(batch)``), plus
+    what the training loop must know about it:
+
+    - ``compilable``: its loss runs student blocks that ``compiled()`` can wrap (torch.compile, CUDA graphs);
+    - ``shards_student``: under torchrun it trains the whole student sharded with FSDP2 (else replicated, DDP);
+    - ``partial_gradients``: some of its trainable parameters get no gradient (DDP must look for unused ones)."""
+
     number = 0
     name = ""
+    compilable = True
+    shards_student = False
+    partial_gradients = False
 
-    def __init__(self, student, adapter, cfg=None):
-        self.student, self.adapter, self.cfg = student, adapter, cfg
+    def __init__(self, student, adapter):
+        self.student, self.adapter = student, adapter
         self.layers = [i for i, kind in enumerate(student.config.mixers) if kind != "attention"]
 
     def mixer_parameters(self) -> list[tuple[str, Tensor]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +47,23 @@ def _compiled_loss(backend: str):
     return torch.compile(distillation_loss, dynamic=False, backend=backend)
 
 
+@dataclass(frozen=True)
+class LossWeights:
+    """Stage 3's loss: kd * T^2 * KL(teacher / T || student / T) + ce * next-token CE."""
+
+    kd: float = 1.0
+    ce: float = 0.0
+    temperature: float = 1.0
+
+
 class KnowledgeDistillation(Stage):
     number = 3
     name = "knowledge distillation"
+    shards_student = True
 
-    def __init__(self, student, adapter, cfg=None):
-        super().__init__(student, adapter, cfg)
+    def __init__(self, student, adapter, weights: LossWeights = LossWeights(), freeze_mlp: bool = False):
+        super().__init__(student, adapter)
+        self.weights, self.freeze_mlp = weights, freeze_mlp
         self.loss_fn = distillation_loss
 
     def compiled_modules(self):
@@ -68,14 +80,10 @@ class KnowledgeDistillation(Stage):
                 self.loss_fn = distillation_loss
 
     def parameters(self):
-        freeze = bool(self.cfg and self.cfg.freeze_mlp)
-        return [(n, p) for n, p in self.student.named_parameters()
-                if not (freeze and ".mlp." in n)]
+        return [(n, p) for n, p in self.student.named_parameters() if not (self.freeze_mlp and ".mlp." in n)]
 
     def loss(self, batch: Tensor) -> tuple[Tensor, dict]:
-        kd_w = getattr(self.cfg, "kd_weight", 1.0) if self.cfg else 1.0
-        ce_w = self.cfg.ce_weight if self.cfg else 0.0
-        T = self.cfg.temperature if self.cfg else 1.0
+        kd_w, ce_w, T = self.weights.kd, self.weights.ce, self.weights.temperature
         teacher_logits = None
         if kd_w:  # kd_weight 0: no teacher forward needed
             # the teacher first: with compile "graphs", its CUDA-graph replays would overwrite the student's

@@ -45,12 +45,20 @@ def tiled_frobenius_distance(teacher, student, u: Tensor, tile: int) -> Tensor:
 
 
 class MatrixOrientation(Stage):
+    """Stage 1; ``tile`` > 0: the loss over blocks of that many rows (see module docstring)."""
+
     number = 1
     name = "matrix orientation"
+    compilable = False  # it runs no student block, only the mixers' matrices
+    partial_gradients = True  # the value and output projections do not shape the matrix
+
+    def __init__(self, student, adapter, tile: int = 0):
+        super().__init__(student, adapter)
+        self.tile = tile
 
     def loss(self, batch: Tensor) -> tuple[Tensor, dict]:
         caps = self.adapter.capture(batch, logits=False)
-        tile = getattr(self.cfg, "stage1_tile", 0) if self.cfg else 0
+        tile = self.tile
         per_layer = {}
         for i in self.layers:
             u = caps.mixer_inputs[i]

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import mohawk
-from mohawk.config import DistillConfig
 from mohawk.mixers import STUDENT_MIXERS
 from mohawk.stages import MatrixOrientation
 from mohawk.stages.orientation import frobenius_distance, tiled_frobenius_distance
@@ -53,7 +52,7 @@ def test_tiled_distance_equals_naive_with_gradients(mixer, tile):
 def test_stage_loss_with_tiles_matches_whole_matrices():
     adapter, student, _ = _setup("ssd", "phi")
     batch = torch.randint(0, VOCAB, (2, 20))
-    naive, m_naive = MatrixOrientation(student, adapter, DistillConfig()).loss(batch)
-    tiled, m_tiled = MatrixOrientation(student, adapter, DistillConfig(stage1_tile=6)).loss(batch)
+    naive, m_naive = MatrixOrientation(student, adapter).loss(batch)
+    tiled, m_tiled = MatrixOrientation(student, adapter, tile=6).loss(batch)
     torch.testing.assert_close(tiled, naive, atol=1e-5, rtol=1e-5)
     assert m_tiled["layer_distance"].keys() == m_naive["layer_distance"].keys()

@@ -4,26 +4,26 @@ import pytest
 import torch
 
 import mohawk
-from mohawk.config import DistillConfig
+from mohawk.checkpoint import Checkpointer
+from mohawk.metrics import MetricsLog
 from mohawk.stages import HiddenStateAlignment, KnowledgeDistillation, MatrixOrientation
-from mohawk.stages.distillation import kd_loss
+from mohawk.stages.distillation import LossWeights, kd_loss
 from mohawk.teachers import adapter_for
-from mohawk.train import Checkpointer, MetricsLog, train_stage
+from mohawk.train import LoopSettings, StageBudget, train_stage
 from tests.conftest import FAMILIES, VOCAB, tiny_teacher
 
 
 def _train(stage, batch, tmp_path, steps=12, lr=3e-3):
-    cfg = DistillConfig(log_every=100, checkpoint_every=1000, warmup_fraction=0.0, decay_fraction=0.0)
+    loop = LoopSettings(log_every=100, checkpoint_every=1000, warmup_fraction=0.0, decay_fraction=0.0)
     batches = iter([batch] * steps)
-    train_stage(stage, batches, total_tokens=steps * batch.numel(), micro_tokens=batch.numel(), grad_accum=1, lr=lr,
-                cfg=cfg, checkpointer=Checkpointer(tmp_path / "ck"), log=MetricsLog(tmp_path / "m.jsonl"),
-                progress=False)
+    train_stage(stage, batches, StageBudget(steps * batch.numel(), batch.numel(), 1, lr), loop,
+                checkpointer=Checkpointer(tmp_path / "ck"), log=MetricsLog(tmp_path / "m.jsonl"), progress=False)
 
 
 def _assert_each_stage_lowers_its_loss(student, adapter, tmp_path):
     batch = torch.randint(0, VOCAB, (2, 16))
     for cls in (MatrixOrientation, HiddenStateAlignment, KnowledgeDistillation):
-        stage = cls(student, adapter, DistillConfig())
+        stage = cls(student, adapter)
         with torch.no_grad():
             before = float(stage.loss(batch)[0])
         _train(stage, batch, tmp_path / cls.__name__, lr=5e-4 if cls is KnowledgeDistillation else 3e-3)
@@ -65,7 +65,7 @@ def test_stages_train_only_their_parameters():
     student = mohawk.from_teacher(adapter, attention_layers=[0])
     names1 = {n for n, _ in MatrixOrientation(student, adapter).parameters()}
     assert names1 and all(".mixer." in n and not n.startswith("model.layers.0.") for n in names1)
-    frozen = {n for n, _ in KnowledgeDistillation(student, adapter, DistillConfig(freeze_mlp=True)).parameters()}
+    frozen = {n for n, _ in KnowledgeDistillation(student, adapter, freeze_mlp=True).parameters()}
     assert not any(".mlp." in n for n in frozen) and "model.embed_tokens.weight" in frozen
 
 
@@ -109,7 +109,7 @@ def test_compiled_stage_gives_the_eager_loss_and_gradients(cls, monkeypatch):
     torch.manual_seed(0)
     adapter = adapter_for(tiny_teacher("llama"))
     student = mohawk.from_teacher(adapter, attention_layers=[1])
-    stage = cls(student, adapter, DistillConfig(ce_weight=0.5))
+    stage = cls(student, adapter, **({"weights": LossWeights(ce=0.5)} if cls is KnowledgeDistillation else {}))
     batch = torch.randint(0, VOCAB, (2, 16))
     results = []
     for enabled in (False, True):
@@ -135,14 +135,13 @@ def kd_losses(out, device: str = "cpu", compile_mode: str = "off", seq_len: int 
     torch.manual_seed(0)
     adapter = adapter_for(tiny_teacher("llama").to(device))
     student = mohawk.from_teacher(adapter).to(device)
-    cfg = DistillConfig(log_every=1, checkpoint_every=1000, warmup_fraction=0.0, decay_fraction=0.0,
+    loop = LoopSettings(log_every=1, checkpoint_every=1000, warmup_fraction=0.0, decay_fraction=0.0,
                         spike_factor=0.0, compile=compile_mode)
     g = torch.Generator().manual_seed(1)
     batches = iter([torch.randint(0, VOCAB, (2, seq_len), generator=g) for _ in range(2 * updates)])
     log = out.with_suffix(".jsonl")
-    train_stage(KnowledgeDistillation(student, adapter, cfg), batches, total_tokens=4 * seq_len * updates,
-                micro_tokens=2 * seq_len, grad_accum=2, lr=1e-3, cfg=cfg, checkpointer=Checkpointer(None),
-                log=MetricsLog(log), progress=False)
+    train_stage(KnowledgeDistillation(student, adapter), batches, StageBudget(4 * seq_len * updates, 2 * seq_len, 2, 1e-3),
+                loop, checkpointer=Checkpointer(None), log=MetricsLog(log), progress=False)
     if after is not None:
         after(student)
     return [json.loads(line)["loss"] for line in log.read_text().splitlines()]

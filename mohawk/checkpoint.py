@@ -1,0 +1,283 @@
+"""Checkpoints and the resume point: where a run's training state is stored and where an interrupted run goes on.
+
+``Checkpointer`` writes OUT/checkpoints/stage{S}-step{N}/; ``ResumePoint`` reads the newest good one and tells the
+pipeline which stages are finished, which one continues, and how many batches it already consumed;
+``check_resume_config`` refuses a resume whose settings would change the run's meaning."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mohawk.errors import MohawkError
+from mohawk.parallel import Parallel
+
+
+class Checkpointer:
+    """OUT/checkpoints/stage{S}-step{N}/: the student (and the optimizer, once it has state) written through
+    torch.distributed.checkpoint (DCP: ``*.distcp`` shards + ``.metadata``, keyed by parameter name, so a checkpoint
+    written by N processes, sharded or not, loads on M), plus state.json and manifest.json (size and sha256 of each
+    file). Written to a temporary directory, fsynced, then renamed, so a crash never leaves a half checkpoint under a
+    real name; ``latest()`` skips (and reports) checkpoints that fail their manifest, falling back to the previous one.
+    Keeps the newest ``keep``. Under torchrun every rank calls ``save``/``load``; rank 0 alone writes the small files
+    (the directory must be on storage all ranks share). DCP's .metadata is a pickle: load only your own checkpoints."""
+
+    def __init__(self, root: Path | None, keep: int = 2, parallel=None):
+        self.root, self.keep = root, keep  # root None: checkpoints off (benchmarks)
+        self.parallel = parallel or Parallel()
+        self.corrupt: list[Path] = []  # checkpoints that latest() had to skip
+
+    def save(self, student, optimizer, state: dict) -> Path | None:
+        if self.root is None:
+            return None
+        main = self.parallel.main
+        name = f"stage{state['stage']}-step{state['step']:07d}"
+        tmp, final = self.root / f".tmp-{name}", self.root / name
+        try:
+            if main:
+                self.root.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+            self.parallel.barrier()
+            _dcp_save(student, optimizer, tmp)
+            if main:
+                (tmp / "state.json").write_text(json.dumps(state))
+                for f in tmp.iterdir():
+                    _fsync(f)
+                manifest = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
+                (tmp / "manifest.json").write_text(json.dumps(manifest))
+                _fsync(tmp / "manifest.json")
+                _fsync(tmp)
+        except (OSError, RuntimeError) as e:  # torch's writers report a full disk as a RuntimeError
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:200] or type(e).__name__
+            raise MohawkError(f"could not write checkpoint {final} ({reason}); earlier checkpoints are kept") from e
+        except BaseException:  # an interrupt mid-write: no half checkpoint stays behind
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if main:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            _fsync(self.root)
+            for old in self.list()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.parallel.barrier()
+        return final
+
+    def list(self) -> list[Path]:
+        if self.root is None or not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("stage"))
+
+    @staticmethod
+    def verify(path: Path) -> bool:
+        """True when every file listed in the manifest is present with its size and sha256."""
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+            return bool(manifest) and all((path / n).stat().st_size == m["size"] and _sha256(path / n) == m["sha256"]
+                                          for n, m in manifest.items())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+
+    def latest(self, stage: int | None = None, before_step: int | None = None) -> Path | None:
+        """The newest checkpoint (of ``stage``, and of a step <= ``before_step``, if given) that passes ``verify``;
+        skipped corrupt ones are recorded in ``self.corrupt``."""
+        for path in reversed(self.list()):
+            if stage is not None and not path.name.startswith(f"stage{stage}-"):
+                continue
+            if before_step is not None and _step_of(path) > before_step:
+                continue
+            if self.verify(path):
+                return path
+            if path not in self.corrupt:
+                self.corrupt.append(path)
+        return None
+
+    @staticmethod
+    def load(path: Path, student, optimizer=None) -> dict:
+        """Restore the student (and the optimizer; reset when the checkpoint has no optimizer state) from ``path``,
+        whatever the number of processes that wrote it; returns its state.json."""
+        _dcp_load(student, optimizer, path)
+        return read_state(path)
+
+
+def read_state(path: Path) -> dict:
+    try:
+        state = json.loads((path / "state.json").read_text())
+        if not isinstance(state, dict) or not {"stage", "step", "done"} <= set(state):
+            raise ValueError("incomplete")
+        return state
+    except (OSError, ValueError) as e:
+        raise MohawkError(f"checkpoint {path} is damaged (state.json: {e}); delete it to resume from the one "
+                          "before") from None
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.name.rsplit("-step", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: the newest good checkpoint (``path``) and its state.json (``state``); both
+    None for a fresh run. ``corrupt``: the newer checkpoints skipped because they failed their manifest."""
+
+    path: Path | None = None
+    state: dict | None = None
+    corrupt: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def find(cls, checkpointer: Checkpointer) -> "ResumePoint":
+        path = checkpointer.latest()
+        return cls(path, read_state(path) if path else None, list(checkpointer.corrupt))
+
+    def finished(self, stage: int) -> bool:
+        """Stage ``stage`` was completed before the interruption."""
+        s = self.state
+        return bool(s) and (stage < s["stage"] or (stage == s["stage"] and s["done"]))
+
+    def continues(self, stage: int) -> Path | None:
+        """The checkpoint to continue ``stage`` from, when the interruption came in its middle."""
+        s = self.state
+        return self.path if s and stage == s["stage"] and not s["done"] else None
+
+    def batches(self, stage: int, grad_accum: int) -> int:
+        """Micro-batches ``stage`` already drew from its data (to skip them)."""
+        if self.continues(stage) is None:
+            return 0
+        return self.state.get("batches", self.state["step"] * grad_accum)
+
+    @property
+    def student_after(self) -> Path | None:
+        """A finished stage's checkpoint: the student to load before the next stage."""
+        return self.path if self.state and self.state["done"] else None
+
+
+# Settings a resumed run must share with the run it continues: they decide what is trained on what, so changing
+# them midway would mix two experiments under one name. Learning rates, the spike guard, logging, devices and
+# evaluation may change (a lower LR is the remedy for a diverging stage).
+RUN_DEFINING = ("teacher", "attention_layers", "num_attention_layers", "placement", "mixer", "ssd_init",
+                "ssd_state_size", "init", "data", "val_data", "text_field", "seq_len", "batch_size",
+                "tokens_per_update", "val_sequences", "stages", "stage1_tokens", "stage2_tokens", "stage3_tokens",
+                "stage1_tile", "freeze_mlp", "temperature", "kd_weight", "ce_weight", "schedule", "warmup_fraction",
+                "decay_fraction", "weight_decay", "seed")
+
+
+def check_resume_config(saved_path: Path, cfg) -> None:
+    """A MohawkError naming the first run-defining setting of ``cfg`` that differs from the saved config.yaml."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+    except FileNotFoundError:
+        raise MohawkError(f"cannot resume: {saved_path} is missing (not a mohawk run directory?)") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise MohawkError(f"cannot resume: {saved_path} is unreadable ({str(e).splitlines()[0]})") from None
+    if not isinstance(saved, dict):
+        raise MohawkError(f"cannot resume: {saved_path} is not a mohawk config")
+    now = cfg.to_dict()
+    for key in RUN_DEFINING:
+        if key in saved and saved[key] != now.get(key):
+            flag = "--" + key.replace("_", "-")
+            raise MohawkError(f"cannot resume with {flag} {now.get(key)!r}: the run in {saved_path.parent} used "
+                              f"{saved[key]!r} (start a new run in another --out, or resume with the same setting)")
+
+
+@contextmanager
+def _unwrapped_dcp_errors():
+    """DCP wraps each rank's exception in a CheckpointException (a BaseException): re-raise the first one."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except CheckpointException as e:
+        first = next(iter(e.failures.values()), None)
+        err = first[0] if isinstance(first, tuple) else first
+        if isinstance(err, KeyboardInterrupt):
+            raise KeyboardInterrupt from e
+        raise (err if isinstance(err, Exception) else RuntimeError(str(e))) from e
+
+
+@contextmanager
+def _quiet_single_process():
+    """DCP warns on every call without a process group; single-process checkpoints are what we mean."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _dcp_save(student, optimizer, path: Path) -> None:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    # an optimizer without state (before its first step) is not saved: DCP would initialise it with a dummy step
+    if optimizer is not None and optimizer.state:
+        model_sd, optim_sd = get_state_dict(student, optimizer)
+        sd = {"model": model_sd, "optim": optim_sd}
+    else:
+        sd = {"model": get_model_state_dict(student)}
+    with _quiet_single_process(), _unwrapped_dcp_errors():
+        dcp.save(sd, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+
+
+def _dcp_load(student, optimizer, path: Path) -> None:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
+                                                         set_state_dict)
+
+    try:
+        keys = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    except Exception as e:  # a .metadata that does not unpickle raises whatever pickle meets
+        raise MohawkError(f"checkpoint {path} is damaged ({type(e).__name__} reading its .metadata); delete it to "
+                          "resume from the one before") from e
+    with_optim = optimizer is not None and any(k.startswith("optim.") for k in keys)
+    if with_optim:
+        model_sd, optim_sd = get_state_dict(student, optimizer)
+        sd = {"model": model_sd, "optim": optim_sd}
+    else:
+        sd = {"model": get_model_state_dict(student)}
+    missing = [k for k in sd["model"] if f"model.{k}" not in keys]
+    if missing:
+        raise MohawkError(f"checkpoint {path} does not match this student (no {missing[0]})")
+    try:
+        # partial: Adam has no state for parameters that never got a gradient (stage 1 leaves some mixer weights out)
+        with _quiet_single_process(), _unwrapped_dcp_errors():
+            dcp.load(sd, checkpoint_id=str(path), planner=DefaultLoadPlanner(allow_partial_load=True),
+                     no_dist=not dist.is_initialized())
+        if with_optim:
+            set_state_dict(student, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        else:
+            set_model_state_dict(student, sd["model"])
+            if optimizer is not None:
+                optimizer.state.clear()  # a checkpoint taken before the first update: a fresh optimizer
+    except (RuntimeError, KeyError, ValueError, OSError) as e:
+        raise MohawkError(f"checkpoint {path} does not match this student ({str(e).splitlines()[0][:200]})") from e
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
