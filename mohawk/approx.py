@@ -31,14 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mohawk.data import ASSETS
 from mohawk.errors import MohawkError
 from mohawk.mixers.ssm import semiseparable
 
 FAMILIES = ("toeplitz", "low_rank", "ssd", "ssm")
-_DATA = Path(__file__).resolve().parent.parent / "data"
-SOURCES = {"books": _DATA / "gutenberg" / "validation.jsonl.xz",
-           "speeches": _DATA / "samples" / "state_union.jsonl.xz",
-           "reviews": _DATA / "samples" / "movie_reviews.jsonl.xz"}
+SOURCES = {"books": ASSETS / "gutenberg" / "validation.jsonl.xz",
+           "speeches": ASSETS / "samples" / "state_union.jsonl.xz",
+           "reviews": ASSETS / "samples" / "movie_reviews.jsonl.xz"}
 
 
 # -- the families' matrices ------------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def fit_gd(A: Tensor, Q: Tensor, K: Tensor, w: Tensor | None, steps: int, lr: fl
     return Fit(best, M, dict(zip(("Q", "K", "w"), best_params)))
 
 
-BLOCKS = {"low_rank": 32, "ssd": 64, "ssm": 16}  # fastest block sizes measured on an H100 (L = 512, N = 16)
+BLOCKS = {"low_rank": 32, "ssd": 64, "ssm": 16}  # block sizes of the fits (see benchmarks/README.md)
 
 
 def fit_families(A: Tensor, families=FAMILIES, state_size: int = 16, steps: int = 1000, lr: float = 1e-2
@@ -176,7 +176,7 @@ class ApproxConfig:
     seq_len: int = 512
     families: str = ",".join(FAMILIES)
     state_size: int = 16
-    steps: int = 4000  # the paper ran 10000; 4000 fit 1000 x 512 matrices, all families, in one 10-minute H100 call
+    steps: int = 4000  # Adam steps per fit (the paper: 10000)
     lr: float = 1e-2
     fit_batch: int = 1000  # matrices fit at once (lower it if memory is short)
     device: str = "auto"

@@ -16,7 +16,7 @@ from rich.console import Console
 from mohawk.config import DistillConfig
 from mohawk.errors import MohawkError
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="MOHAWK: distil a pretrained Transformer into a Mamba-2 (SSD) student or hybrid.")
 console = Console(stderr=True)
 _DEBUG = {"on": False}
@@ -58,7 +58,8 @@ def _schema_parameters() -> list[inspect.Parameter]:
     params = []
     for f in schema():
         hint = typing.get_type_hints(DistillConfig)[f.name]
-        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        args = typing.get_args(hint)
+        base = next(a for a in args if a is not type(None)) if type(None) in args else hint  # unwrap Optional
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -134,6 +135,8 @@ def eval_(
 ):
     """Evaluate the teacher and students side by side: perplexity, agreement with the teacher, loss by position,
     passkey retrieval, zero-shot tasks (lm-evaluation-harness on the vendored task files), greedy continuations."""
+    _check(limit=(limit, 1), seq_len=(seq_len, 2), val_sequences=(val_sequences, 1), train_len=(train_len, 2),
+           batch_size=(batch_size, 1), seed=(seed, 0))
     from mohawk.evaluation.present import print_table, write_eval_report
     from mohawk.evaluation.suite import evaluate
 
@@ -166,6 +169,8 @@ def approx(
 ):
     """The matrix-family study (the paper's Table 6): sample the teacher's attention matrices on real text, fit causal
     Toeplitz, low-rank, SSD and general diagonal SSM matrices to them, report the Frobenius distances."""
+    _check(num_matrices=(num_matrices, 1), seq_len=(seq_len, 2), state_size=(state_size, 1), steps=(steps, 1),
+           lr=(lr, 0.0), fit_batch=(fit_batch, 1), seed=(seed, 0))
     import torch
 
     from mohawk.approx import ApproxConfig, run_approx
@@ -197,19 +202,19 @@ def generate(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ):
     """Continue a prompt with a distilled student (recurrent decoding: constant memory per SSD layer)."""
+    _check(max_new_tokens=(max_new_tokens, 1), temperature=(temperature, 0.0, True))
+    if not prompt.strip():
+        raise MohawkError("--prompt is empty: give some text to continue")
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import mohawk  # noqa: F401  (registers the student with the Auto classes)
+    from mohawk.models.loading import load_model
     from mohawk.parallel import resolve_device
 
     dev = resolve_device(device)
-    try:
-        tok = AutoTokenizer.from_pretrained(model)
-        lm = AutoModelForCausalLM.from_pretrained(model).to(dev).eval()
-    except (OSError, ValueError) as e:
-        raise MohawkError(f"could not load model {model!r}: {str(e).strip().splitlines()[0]}") from e
+    lm, tok = load_model(model, dev, tokenizer=True)
     ids = tok(prompt, return_tensors="pt").input_ids.to(dev)
+    if ids.shape[1] == 0:
+        raise MohawkError("--prompt gives no tokens with this model's tokenizer")
     kwargs = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
     with torch.no_grad():
         out = lm.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id,
@@ -217,27 +222,82 @@ def generate(
     print(tok.decode(out[0], skip_special_tokens=True))
 
 
+def _check(**values) -> None:
+    """One MohawkError for the first option below its minimum: name=(value, minimum[, minimum allowed]); None passes.
+    Floats must also be finite."""
+    import math
+
+    for name, (value, minimum, *inclusive) in values.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MohawkError(f"bad value for {flag}: {value} (must be a finite number)")
+        if value < minimum or (isinstance(minimum, float) and not inclusive and value == minimum):
+            relation = ">=" if isinstance(minimum, int) or inclusive else ">"
+            raise MohawkError(f"bad value for {flag}: {value} (must be {relation} {minimum:g})")
+        if name == "seed" and value >= 2 ** 32:
+            raise MohawkError(f"bad value for {flag}: {value} (must be < 2**32)")
+
+
+class _Terminated(Exception):
+    """SIGTERM (torchrun, a scheduler, kill): unwound like Ctrl-C, so checkpoints stay whole and locks are freed."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``mohawk`` command: 0 on success, 2 with one ``error:`` line for a user error, 130 (Ctrl-C) or 143
+    (SIGTERM) with one ``interrupted`` line."""
+    import signal
+
+    entry = argv is None  # the process's own command line (not a call from Python)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, standalone_mode=False)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        rv = app(args=argv, standalone_mode=False)
     except MohawkError as e:
         if _DEBUG["on"]:
             raise
         console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
     except (KeyboardInterrupt, Interrupted):
-        console.print("[yellow]interrupted[/]: continue with --resume (the newest checkpoint is kept)")
-        return 130
+        rv = 130
+    except _Terminated:
+        rv = 143
     except SystemExit as e:
         return int(e.code or 0)
+    except OSError as e:  # the file system refused something (permissions, a full disk, a path below a file)
+        if _DEBUG["on"]:
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        console.print(f"[red]error:[/] {e.strerror or e}{where}", highlight=False, soft_wrap=True)
+        return 2
     except Exception as e:  # usage errors of the click that typer bundles
         if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()
             return e.exit_code
         if type(e).__name__ == "Abort":
-            return 1
-        raise
-    return 0
+            rv = 130
+        else:
+            raise
+    finally:
+        if previous is not None:
+            if entry:  # the work is over: a late signal must not turn a finished run into a killed process
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            else:
+                signal.signal(signal.SIGTERM, previous)
+    if rv in (130, 143):  # typer turns Ctrl-C into an exit code of 130
+        hint = ": continue with --resume (the newest checkpoint is kept)" if "distill" in argv[:2] else ""
+        console.print(f"[yellow]interrupted[/]{hint}", highlight=False)
+        return rv
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

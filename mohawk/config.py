@@ -21,10 +21,10 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 
 def option(default, help: str, *, group: str, choices: tuple | None = None, minimum: float | None = None,
-           above: float | None = None):
+           above: float | None = None, maximum: float | None = None):
     """A schema field: ``default``, one line of ``help`` for --help and the docs, the --help panel ``group``,
-    and the checks every value must pass (``choices``; ``minimum``: >= it; ``above``: > it)."""
-    meta = {"help": help, "group": group, "choices": choices, "minimum": minimum, "above": above}
+    and the checks every value must pass (``choices``; ``minimum``: >= it; ``above``: > it; ``maximum``: <= it)."""
+    meta = {"help": help, "group": group, "choices": choices, "minimum": minimum, "above": above, "maximum": maximum}
     if isinstance(default, list):
         return field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -48,8 +48,8 @@ class DistillConfig:
                                               "attention (placed by --placement).", group=WHAT, minimum=0)
     placement: str = option("uniform", "Where --num-attention-layers go.", group=WHAT,
                             choices=("uniform", "first", "last"))
-    mixer: str = option("ssd", "Matrix family replacing attention: ssd (Mamba-2 SSD), ssm (diagonal SSM), "
-                        "linear_attention (causal low rank) or toeplitz.", group=WHAT,
+    mixer: str = option("ssd", "Matrix family replacing attention (the README's table says what each computes).",
+                        group=WHAT,
                         choices=("ssd", "ssm", "linear_attention", "toeplitz"))
     ssd_init: str = option("attention", "SSD projections from the attention ones (x<-V, B<-K, C<-Q, out<-O) or "
                            "random.", group=WHAT, choices=("attention", "random"))
@@ -118,7 +118,7 @@ class DistillConfig:
                           choices=("off", "fuse", "graphs"))
     parallel: str = option("auto", "Under torchrun, stage 3: fsdp (FSDP2, student and teacher sharded; = auto) or "
                            "ddp (replicated). Stages 1-2 use DDP.", group=MACHINE, choices=("auto", "ddp", "fsdp"))
-    seed: int = option(0, "Seed of data order and initialisation.", group=MACHINE)
+    seed: int = option(0, "Seed of data order and initialisation.", group=MACHINE, minimum=0, maximum=2 ** 32 - 1)
     log_every: int = option(1, "Write a metrics line every this many optimizer steps.", group=MACHINE, above=0)
     checkpoint_every: int = option(50, "Checkpoint every this many optimizer steps.", group=MACHINE, above=0)
     out: str = option("runs/mohawk", "Output directory.", group=MACHINE)
@@ -242,6 +242,8 @@ def _check_field(f: dataclasses.Field, value) -> None:
             raise MohawkError(f"bad value for {f.name}: {value!r} (must be >= {meta['minimum']:g})")
         if meta.get("above") is not None and value <= meta["above"]:
             raise MohawkError(f"bad value for {f.name}: {value!r} (must be > {meta['above']:g})")
+        if meta.get("maximum") is not None and value > meta["maximum"]:
+            raise MohawkError(f"bad value for {f.name}: {value!r} (must be <= {meta['maximum']:g})")
 
 
 def _or(choices) -> str:

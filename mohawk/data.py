@@ -1,10 +1,14 @@
 """Corpus -> tokenized, packed, deterministic batches (batch, seq_len), streamed so any corpus size works.
 
-Sources: "bundled" (the vendored Gutenberg sample: data/gutenberg, train and held-out validation books), a local file
+Sources: a vendored corpus by name (see CORPORA: "bundled", "gutenberg", "modern"; "a+b" mixes them), a local file
 or directory (.txt, .jsonl / .json, optionally .gz / .xz / .bz2 compressed, .parquet), or a Hugging Face dataset name
 (loaded through ``datasets`` in streaming mode). Documents are cut into pieces of about ``piece_chars`` characters at
 paragraph breaks, shuffled in a seeded buffer, tokenized, joined with the EOS token and packed into fixed-length
-sequences. Without a separate validation source, a deterministic 1 in ``val_every`` pieces is held out.
+sequences. Without a separate validation source, a deterministic share of the pieces is held out (see ``holdout``):
+1 in ``val_every`` by a hash of the piece, or, for a corpus of fewer than 10 x ``val_every`` pieces, the 10% of pieces
+with the smallest hashes, so that any corpus large enough to train on gets a validation split.
+
+The vendored files live in the package (mohawk/assets), so an installed wheel runs the default from any directory.
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ import torch
 
 from mohawk.errors import MohawkError
 
-BUNDLED = Path(__file__).resolve().parent.parent / "data" / "gutenberg"
+ASSETS = Path(__file__).resolve().parent / "assets"  # vendored corpora, task files and samples (package data)
+# name -> (training files, validation files) under ASSETS; "a+b" joins corpora
+CORPORA = {
+    "bundled": (["gutenberg/train-000.jsonl.xz"], ["gutenberg/validation.jsonl.xz"]),
+    "gutenberg": (["gutenberg/train-000.jsonl.xz", "gutenberg/train-001.jsonl.xz"], ["gutenberg/validation.jsonl.xz"]),
+    "modern": (["modern/train.jsonl.xz"], ["modern/validation.jsonl.xz"]),
+}
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
@@ -90,12 +100,28 @@ def _files(source: str) -> list[Path]:
     raise MohawkError(f"data not found: {source} (a file, a directory, 'bundled', or a Hugging Face dataset name)")
 
 
+def vendored(source: str) -> tuple[list[Path], list[Path]] | None:
+    """(train, validation) files of a vendored corpus name or "+"-joined names; None for anything else."""
+    names = source.split("+")
+    if not all(n in CORPORA for n in names):
+        return None
+    train, val = [], []
+    for n in names:
+        for rel in CORPORA[n][0]:
+            train.append(ASSETS / rel) if ASSETS / rel not in train else None
+        for rel in CORPORA[n][1]:
+            val.append(ASSETS / rel) if ASSETS / rel not in val else None
+    missing = [p for p in train + val if not p.is_file()]
+    if missing:
+        raise MohawkError(f"the vendored corpus file {missing[0]} is missing (a broken install?); use --data PATH")
+    return train, val
+
+
 def split_sources(source: str, val_source: str | None) -> tuple[list, list | None]:
     """(train sources, validation sources or None to hold out pieces of the training source)."""
-    if source == "bundled":
-        if not BUNDLED.is_dir():
-            raise MohawkError(f"the bundled corpus is missing ({BUNDLED}); use --data PATH")
-        return sorted(BUNDLED.glob("train-*.jsonl.xz")), [BUNDLED / "validation.jsonl.xz"]
+    named = vendored(source)
+    if named is not None:
+        return named[0], (_files(val_source) if val_source else named[1])
     path = Path(source)
     looks_local = path.exists() or source.startswith((".", "/", "~")) or path.suffix != ""
     train = _files(source) if looks_local else [f"hf:{source}"]
@@ -143,18 +169,41 @@ def pieces(text: str, piece_chars: int) -> Iterator[str]:
         start = end
 
 
-def _held_out(piece: str, val_every: int) -> bool:
-    return int(hashlib.blake2b(piece[:256].encode(), digest_size=4).hexdigest(), 16) % val_every == 0
+def _piece_hash(piece: str) -> int:
+    return int(hashlib.blake2b(piece.encode(), digest_size=8).hexdigest(), 16)
+
+
+def holdout(sources: list, field: str = "text", val_every: int = 100, piece_chars: int = 4000):
+    """The rule that holds validation pieces out of a corpus without a validation source: ``piece -> bool``.
+
+    1 in ``val_every`` pieces by hash; a corpus of fewer than ``10 * val_every`` pieces (counted by reading it up to
+    there) holds out its 10% of pieces with the smallest hashes instead (at least one), which a hash rule could leave
+    empty. A corpus of one piece cannot be split: a MohawkError asks for --val-data."""
+    if any(isinstance(s, str) and s.startswith("hf:") for s in sources):
+        return lambda p: _piece_hash(p) % val_every == 0  # streamed from the hub: not counted
+    hashes = []
+    for doc in iter_documents(sources, field):
+        hashes += [_piece_hash(p) for p in pieces(doc, piece_chars)]
+        if len(hashes) >= 10 * val_every:
+            return lambda p: _piece_hash(p) % val_every == 0
+    if not hashes:
+        raise MohawkError("the data yields no full sequence: it is empty or shorter than --seq-len tokens")
+    if len(set(hashes)) < 2:
+        raise MohawkError("the data is too small to hold out a validation split (one piece of text): give "
+                          "--val-data")
+    chosen = set(sorted(set(hashes))[: max(1, len(set(hashes)) // 10)])
+    return lambda p: _piece_hash(p) in chosen
 
 
 class TokenStream:
     """Deterministic packed sequences from a corpus; ``sequences()`` is an infinite iterator (new order each epoch)."""
 
     def __init__(self, sources: list, tokenizer, seq_len: int, *, seed: int = 0, field: str = "text",
-                 holdout: str | None = None, val_every: int = 100, piece_chars: int = 4000,
-                 shuffle_buffer: int = 1024, repeat: bool = True):
+                 keep=None, piece_chars: int = 4000, shuffle_buffer: int = 1024, repeat: bool = True):
+        """``keep(piece) -> bool``: which pieces this stream uses (a train or validation split; None: all)."""
         self.sources, self.tokenizer, self.seq_len = sources, tokenizer, seq_len
-        self.seed, self.field, self.holdout, self.val_every = seed, field, holdout, val_every
+        self.seed, self.field, self.keep = seed, field, keep
+        self.epochs = 0  # passes over the data finished by sequences()
         self.piece_chars, self.shuffle_buffer, self.repeat = piece_chars, shuffle_buffer, repeat
         eos = getattr(tokenizer, "eos_token_id", None)
         self.eos = eos if eos is not None else 0
@@ -166,7 +215,7 @@ class TokenStream:
         buffer: list[str] = []
         for doc in iter_documents(sources, self.field):
             for p in pieces(doc, self.piece_chars):
-                if self.holdout is not None and _held_out(p, self.val_every) != (self.holdout == "validation"):
+                if self.keep is not None and not self.keep(p):
                     continue
                 buffer.append(p)
                 if len(buffer) >= self.shuffle_buffer:
@@ -187,6 +236,7 @@ class TokenStream:
                     buf = buf[self.seq_len:]
             if not produced:
                 raise MohawkError("the data yields no full sequence: it is empty or shorter than --seq-len tokens")
+            self.epochs += 1
             if not self.repeat:
                 return
             epoch += 1
@@ -208,8 +258,9 @@ def make_streams(source: str, tokenizer, seq_len: int, *, val_source: str | None
         raise MohawkError("the teacher has no tokenizer: save one beside it (tokenizer.json) to train on text")
     train, val = split_sources(source, val_source)
     if val is None:
-        return (TokenStream(train, tokenizer, seq_len, seed=seed, field=field, holdout="train"),
-                TokenStream(train, tokenizer, seq_len, seed=seed, field=field, holdout="validation", repeat=False))
+        held = holdout(train, field)
+        return (TokenStream(train, tokenizer, seq_len, seed=seed, field=field, keep=lambda p: not held(p)),
+                TokenStream(train, tokenizer, seq_len, seed=seed, field=field, keep=held, repeat=False))
     return (TokenStream(train, tokenizer, seq_len, seed=seed, field=field),
             TokenStream(val, tokenizer, seq_len, seed=seed, field=field, repeat=False))
 
@@ -224,8 +275,10 @@ def take(stream: TokenStream, n_sequences: int) -> torch.Tensor:
         except StopIteration:
             break
     if not rows:
-        raise MohawkError("the validation data yields no full sequence")
+        raise MohawkError(f"the validation data yields no full sequence of {stream.seq_len} tokens: give --val-data "
+                          "with more text, or a shorter --seq-len")
     return torch.tensor(rows, dtype=torch.long)
 
 
-__all__ = ["TokenStream", "make_streams", "take", "pieces", "iter_documents", "split_sources"]
+__all__ = ["ASSETS", "CORPORA", "TokenStream", "holdout", "iter_documents", "make_streams", "pieces", "split_sources",
+           "take", "vendored"]

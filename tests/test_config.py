@@ -1,6 +1,7 @@
 """DistillConfig: YAML <- preset <- flags, type coercion, and one clear error per bad key or value."""
 
 import pytest
+import yaml
 
 from mohawk.config import DistillConfig
 from mohawk.errors import MohawkError
@@ -50,3 +51,79 @@ def test_bad_yaml(tmp_path, text, msg):
     p.write_text(text)
     with pytest.raises(MohawkError, match=msg):
         DistillConfig.from_sources(str(p))
+
+
+# one valid, non-default value per field: a new field must be added here, and so is checked from YAML and CLI alike
+SAMPLES = {
+    "teacher": "some/teacher", "trust_remote_code": True, "attention_layers": "1,3", "num_attention_layers": 2,
+    "placement": "last", "mixer": "ssm", "ssd_init": "random", "ssd_state_size": 16, "init": "scratch",
+    "data": "modern", "val_data": "val.jsonl", "text_field": "body", "seq_len": 64, "batch_size": 8,
+    "tokens_per_update": 2048, "val_sequences": 8, "stages": [2, 3], "stage1_tokens": 1000, "stage2_tokens": 2000,
+    "stage3_tokens": 3000, "stage1_lr": 2e-3, "stage2_lr": 3e-3, "stage3_lr": 1e-4, "stage1_tile": 32,
+    "freeze_mlp": True, "temperature": 2.0, "kd_weight": 0.5, "ce_weight": 0.25, "schedule": "cosine",
+    "warmup_fraction": 0.05, "decay_fraction": 0.3, "weight_decay": 0.01, "grad_clip": 0.5, "spike_factor": 4.0,
+    "spike_window": 16, "spike_patience": 2, "rollback_lr_factor": 0.25, "max_rollbacks": 1,
+    "eval_tasks": "position,passkey", "eval_limit": 50, "device": "cpu", "compile": "fuse", "parallel": "ddp",
+    "seed": 7, "log_every": 5, "checkpoint_every": 10, "out": "runs/x", "report_to": "tensorboard", "threads": 2,
+}
+
+
+def _cli_config(monkeypatch, argv):
+    """The DistillConfig that `mohawk distill ARGV` would run with."""
+    from mohawk import distill as distill_module
+    from mohawk.cli import main
+
+    seen = {}
+    monkeypatch.setattr(distill_module, "distill", lambda cfg, **kw: seen.setdefault("cfg", cfg))
+    assert main(["distill", *argv]) == 0
+    return seen["cfg"]
+
+
+def test_every_field_round_trips_yaml_and_cli(tmp_path, monkeypatch):
+    from mohawk.config import schema
+
+    names = [f.name for f in schema()]
+    assert sorted(SAMPLES) == sorted(names)
+    defaults = DistillConfig()
+    for name, value in SAMPLES.items():
+        assert getattr(defaults, name) != value, name  # the sample must change something
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({name: value}))
+        from_yaml = DistillConfig.from_sources(str(path))
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv = [flag]
+        else:
+            argv = [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+        from_cli = _cli_config(monkeypatch, argv)
+        assert getattr(from_yaml, name) == value == getattr(from_cli, name), name
+        assert from_yaml == from_cli, name
+        saved = tmp_path / f"{name}-saved.yaml"
+        from_cli.save(saved)
+        assert DistillConfig.from_sources(str(saved)) == from_cli
+
+
+def test_help_lists_every_field(capsys):
+    from mohawk.cli import main
+    from mohawk.config import schema
+
+    assert main(["distill", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f in schema():
+        assert "--" + f.name.replace("_", "-") in text, f.name
+
+
+def test_flags_override_yaml_and_no_flag_keeps_it(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text("seq_len: 64\nfreeze_mlp: true\n")
+    cfg = _cli_config(monkeypatch, [str(path), "--seq-len", "32"])
+    assert cfg.seq_len == 32 and cfg.freeze_mlp is True
+    assert _cli_config(monkeypatch, [str(path), "--no-freeze-mlp"]).freeze_mlp is False
+
+
+def test_schema_mixers_are_the_student_mixers():
+    from mohawk.config import schema
+    from mohawk.mixers import STUDENT_MIXERS
+
+    choices = next(f for f in schema() if f.name == "mixer").metadata["choices"]
+    assert tuple(choices) == tuple(STUDENT_MIXERS)

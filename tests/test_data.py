@@ -8,7 +8,7 @@ import lzma
 import pytest
 import torch
 
-from mohawk.data import TokenStream, make_streams, pieces, take
+from mohawk.data import TokenStream, holdout, make_streams, pieces, take
 from mohawk.errors import MohawkError
 from tests.conftest import tiny_corpus, tiny_tokenizer
 
@@ -37,15 +37,51 @@ def test_packing_is_deterministic_and_full(tmp_path):
 
 def test_holdout_is_disjoint(tmp_path):
     path = tiny_corpus(tmp_path / "c.jsonl", n_docs=300)
-    train = TokenStream([path], None, 8, holdout="train", val_every=5, repeat=False)
-    val = TokenStream([path], None, 8, holdout="validation", val_every=5, repeat=False)
+    held = holdout([path], val_every=5)
+    train = TokenStream([path], None, 8, keep=lambda p: not held(p), repeat=False)
+    val = TokenStream([path], None, 8, keep=held, repeat=False)
     tp, vp = set(train._pieces(0)), set(val._pieces(0))
     assert tp and vp and not tp & vp and 0.1 < len(vp) / (len(tp) + len(vp)) < 0.35
 
 
+def test_small_single_file_corpus_gets_a_validation_split(tmp_path):
+    """A 160 KB text file without blank lines: 41 pieces, which the 1-in-100 hash split would leave without a single
+    validation piece ("the data yields no full sequence"); the smallest-hash 10% are held out instead."""
+    import random
+
+    rng = random.Random(0)
+    words = ("the cat sat on a mat while some dog ran far away").split()
+    path = tmp_path / "small.txt"
+    path.write_text(" ".join(rng.choice(words) for _ in range(40000))[:160_000])
+    train, val = make_streams(str(path), tiny_tokenizer(), 16)
+    v = take(val, 8)
+    assert v.shape == (8, 16)
+    held, kept = set(val._pieces(0)), set(train._pieces(0))
+    assert held and kept and not held & kept and len(held) == len(held | kept) // 10
+
+
+def test_one_piece_corpus_asks_for_val_data(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("the cat sat on a mat " * 20)
+    with pytest.raises(MohawkError, match="--val-data"):
+        make_streams(str(path), tiny_tokenizer(), 8)
+
+
+def test_vendored_corpora_and_mixes():
+    from mohawk.data import ASSETS, vendored
+
+    train, val = vendored("gutenberg+modern")
+    assert ASSETS / "gutenberg/train-001.jsonl.xz" in train and ASSETS / "modern/train.jsonl.xz" in train
+    assert set(val) == {ASSETS / "gutenberg/validation.jsonl.xz", ASSETS / "modern/validation.jsonl.xz"}
+    assert vendored("bundled") == ([ASSETS / "gutenberg/train-000.jsonl.xz"], [ASSETS / "gutenberg/validation.jsonl.xz"])
+    assert vendored("gutenberg+nope") is None
+    s, _ = make_streams("modern", tiny_tokenizer(), 16)
+    assert next(s.batches(2)).shape == (2, 16)
+
+
 @pytest.mark.parametrize("fmt", ["txt", "jsonl.gz", "jsonl.xz", "jsonl.bz2", "parquet"])
 def test_formats(tmp_path, fmt):
-    docs = [" ".join(["the cat sat on a mat"] * 20) for _ in range(5)]
+    docs = [" ".join(["the cat sat on a mat"] * 200) + f" {i}" for i in range(5)]  # distinct: one can be held out
     path = tmp_path / f"d.{fmt}"
     if fmt == "txt":
         path.write_text("\n\n".join(docs))
@@ -74,8 +110,8 @@ def test_bundled_corpus_has_train_and_validation():
 def test_bad_files_give_clear_errors(tmp_path, content, msg):
     path = tmp_path / ("d.txt" if b"{" not in content else "d.jsonl")
     path.write_bytes(content)
-    train, _ = make_streams(str(path), tiny_tokenizer(), 8)
     with pytest.raises(MohawkError, match=msg):
+        train, _ = make_streams(str(path), tiny_tokenizer(), 8)
         next(train.batches(1))
 
 

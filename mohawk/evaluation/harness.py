@@ -1,4 +1,4 @@
-"""Zero-shot tasks through lm-evaluation-harness, on task data vendored in data/eval (no hub access at run time).
+"""Zero-shot tasks through lm-evaluation-harness, on task data vendored in mohawk/assets/eval (no hub access at run time).
 
 Each task is an lm-eval task config (written as YAML into a temporary directory, ``dataset_path: json`` pointing at
 the local file) with the harness's own prompts: HellaSwag, PIQA, WinoGrande, ARC-Easy, ARC-Challenge, OpenBookQA
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import yaml
 
+from mohawk.data import ASSETS
 from mohawk.errors import MohawkError
 
-EVAL_DATA = Path(__file__).resolve().parent.parent.parent / "data" / "eval"
+EVAL_DATA = ASSETS / "eval"
 _MC = {"output_type": "multiple_choice", "doc_to_choice": "choices", "doc_to_target": "gold",
        "metrics": ["acc", "acc_norm"]}
 TASKS: dict[str, dict] = {
@@ -52,7 +53,7 @@ def task_config(name: str, data_file: Path) -> dict:
 def write_tasks(directory: Path, tasks: list[str], data_files: dict[str, Path] | None = None) -> list[str]:
     """Write one lm-eval YAML per task into ``directory``; returns the lm-eval task names.
 
-    data_files: task -> file (default data/eval/{task}.jsonl.xz)."""
+    data_files: task -> file (default mohawk/assets/eval/{task}.jsonl.xz)."""
     directory.mkdir(parents=True, exist_ok=True)
     names = []
     for name in tasks:

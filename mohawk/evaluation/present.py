@@ -148,7 +148,7 @@ def markdown(res: dict, made: dict[str, str], plots_prefix: str = "plots/") -> l
         lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
         lines += ["", "Students show in brackets the percentage of the teacher's score they recover (for perplexity: "
                   "teacher ppl / student ppl). Zero-shot accuracies come from lm-evaluation-harness on the vendored "
-                  "task files (data/eval)."]
+                  "task files (mohawk/assets/eval)."]
     teacher = res["teacher"]
     published = PUBLISHED.get(res.get("teacher_name") or "")
     shown = [t for t in (published or {}).get("scores", {}) if teacher and t in res["scores"].get(teacher, {})]

@@ -105,10 +105,10 @@ def evaluate(models: list[str], *, teacher: str | None = "smollm2-135m", data: s
     import platform
     import time
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    import mohawk  # noqa: F401  (registers the student with the Auto classes)
     from mohawk.data import make_streams, take
+    from mohawk.models.loading import load_model
     from mohawk.parallel import resolve_device
     from mohawk.teachers import load_teacher
 
@@ -123,10 +123,7 @@ def evaluate(models: list[str], *, teacher: str | None = "smollm2-135m", data: s
         loaded[teacher_key] = t_model
     train_lens = []
     for path in models:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path).to(dev).eval()
-        except (OSError, ValueError) as e:
-            raise MohawkError(f"could not load model {path!r}: {str(e).strip().splitlines()[0]}") from e
+        model = load_model(path, dev)
         if tokenizer is None:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path)

@@ -312,7 +312,7 @@ class SSDMixer(nn.Module):
         L = xbc.shape[1]
         if conv_state is None and torch.compiler.is_compiling():
             # k shifted multiply-adds: compiled, one fused kernel each way instead of cuDNN's depthwise conv
-            # forward + two backward kernels (11 ms of a stage-3 step at SmolLM2's size on an H100)
+            # forward and its two backward kernels
             k = self.conv_kernel
             padded = F.pad(xbc, (0, 0, k - 1, 0)).float()  # float32 sums, as the conv accumulates
             w = self.conv1d.weight[:, 0, :].float()

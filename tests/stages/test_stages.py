@@ -156,3 +156,26 @@ def test_compiled_training_follows_eager_on_cuda(mode, tmp_path):
     losses = {m: kd_losses(tmp_path / m, "cuda", compile_mode=m, seq_len=64, updates=6) for m in ("off", mode)}
     assert len(losses[mode]) == 6
     torch.testing.assert_close(torch.tensor(losses[mode]), torch.tensor(losses["off"]), rtol=2e-2, atol=2e-2)
+
+
+def test_stage2_loss_is_the_block_output_distance():
+    """Stage 2's per-layer loss is || student_block(h_i) - h_{i+1} ||_2 averaged over tokens, with h_i the teacher's
+    hidden states (HF's output_hidden_states): the target is the teacher block's OUTPUT, not its input."""
+    teacher = tiny_teacher("llama")
+    adapter = adapter_for(teacher)
+    student = mohawk.from_teacher(adapter, attention_layers=[1])
+    batch = torch.randint(0, VOCAB, (2, 12))
+    loss, metrics = HiddenStateAlignment(student, adapter).loss(batch)
+    with torch.no_grad():
+        hs = teacher(batch, output_hidden_states=True).hidden_states  # embeddings, then each block's output
+    want = 0.0
+    for i in (0, 2):
+        out = student.model.layers[i](hs[i])
+        target = hs[i + 1] if i + 1 < 3 else None
+        if target is None:  # the last hidden state HF returns is after the final norm: use the capture
+            target = adapter.capture(batch).block_outputs[i]
+        d = float((out - target).norm(dim=-1).mean())
+        assert abs(metrics["layer_distance"][i] - d) < 1e-4, (i, metrics["layer_distance"][i], d)
+        want += d
+    assert set(metrics["layer_distance"]) == {0, 2}
+    assert abs(float(loss) - want) < 1e-4

@@ -67,7 +67,7 @@ def ssd_kernel(x: Tensor):
     MOHAWK_SSD_KERNEL chooses: ``auto`` (default: mohawk's Triton scan, else mamba-ssm's), ``triton``, ``mamba``
     (mamba-ssm's kernel, pip install mohawk[mamba]) or ``torch`` (the PyTorch scan, for A/B comparisons). CPU tensors
     always take the PyTorch scan. Inside torch.compile only the Triton scan is used: it is a custom op the compiler
-    keeps whole (mamba-ssm's Python wrapper would be traced into, or cost ~4 ms of host time per layer eagerly)."""
+    keeps whole (mamba-ssm's Python wrapper would be traced into)."""
     choice = os.environ.get("MOHAWK_SSD_KERNEL", "auto")
     if choice not in KERNELS:
         raise ValueError(f"MOHAWK_SSD_KERNEL={choice!r}: expected one of {', '.join(KERNELS)}")
@@ -106,10 +106,9 @@ def aligned_linear(linear: torch.nn.Linear, u: Tensor) -> Tensor:
     """``linear(u)``; inside torch.compile on the GPU, with its output features padded to a multiple of ALIGN where
     they are not.
 
-    SmolLM2's SSD student has an in_proj of 2,313 outputs (z, x, B, C and 9 dt). In the compiled blocks of stage 3
-    that GEMM ran as an sm75 CUTLASS kernel (~300 us per layer per step on an H200, 15% of the step's GPU time);
-    padded, the step went from 74.0 to 57.6 ms (benchmarks/README.md). Eagerly cuBLAS handles the odd size as fast
-    as the padded one (0.93 vs 0.94 ms fwd+bwd at 8192 tokens), so eager code keeps the plain projection."""
+    Inside compiled blocks an odd GEMM size (SmolLM2's SSD in_proj has 2,313 outputs) can fall to a slow unaligned
+    kernel; padding avoids it. Eager cuBLAS handles odd sizes well, so eager code keeps the plain projection
+    (measurements: benchmarks/README.md)."""
     rows = u.numel() // max(1, u.shape[-1])
     if pads_projection(linear.out_features, u.device.type, rows, torch.compiler.is_compiling()):
         return padded_linear(linear, u)

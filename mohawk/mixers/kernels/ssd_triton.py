@@ -284,11 +284,8 @@ def _grads_kernel(x, dt, A, B, C, D, states, dstates, dy, dx, dB, dC, ddt, dA, d
 # how the chunk states are found: "walk" (one kernel per (sequence, head) chains the chunks' matmuls) or "two_pass"
 # (the chunks' own contributions in parallel, then an elementwise walk over state blocks of pass_block elements:
 # more parallel, at the cost of writing and reading the states once more); "auto" takes two_pass for the forward
-# states when at most two_pass_programs (sequence, head) pairs walk. Measured on an H200 (benchmarks/ssd_speed.py
-# --two-pass, 32 heads x 64, state 64, benchmarks/results/ssd_speed-NVIDIA_H200.md): forward states two-pass vs walk
-# 1.29 vs 2.03 ms at 64k x 1 (32 pairs), 1.08 vs 1.33 at 32k x 2, equal at 16k x 4 (128), slower from 4k x 16 (512)
-# on; the gradient's two-pass (dstate_pass) lost everywhere (its reverse elementwise walk took 3-5 ms where the
-# forward one takes 0.4-1: not understood yet), so it stays the walk.
+# states when at most two_pass_programs (sequence, head) pairs walk. The defaults are the fastest measured
+# (benchmarks/README.md, `benchmarks/ssd_speed.py --two-pass`).
 TUNING = {"seq_warps": 4, "par_warps": 4, "stages": 2, "seq_block_p": None, "state_pass": "auto",
           "dstate_pass": "walk", "two_pass_programs": 128, "pass_block": 256}
 PASSES = ("auto", "walk", "two_pass")

@@ -1,0 +1,344 @@
+"""What a careless or unlucky user can do to mohawk, and what must follow: one ``error:`` line and exit status 2 for
+bad input (never a traceback), 130 / 143 with one ``interrupted`` line for Ctrl-C / SIGTERM, nothing the user wrote
+deleted, one writer per output directory, and a resumed run that ends where an uninterrupted one does."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import typer.main
+
+from mohawk.cli import app, main
+from tests.conftest import tiny_corpus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EDGE = {int: ["0", "-1", "1", "2", "99999999999999999999", "1.5", "abc", ""],
+        float: ["0", "-1", "inf", "nan", "-inf", "1e309", "abc", "1e-12"],
+        str: ["", " ", "🙂", "/", "a,b", "none", "-1", "/dev/null"]}
+
+
+def _stub(*args, **kwargs):
+    from mohawk.errors import MohawkError
+
+    raise MohawkError("stub reached: the arguments passed validation")
+
+
+def _commands():
+    group = typer.main.get_command(app)
+    return {name: cmd for name, cmd in group.commands.items()}
+
+
+def _kind(param):
+    """int, float, bool or str: the annotation of a typer option."""
+    import typing
+
+    if getattr(param, "is_flag", False):
+        return bool
+    hint = param.type_descriptor.annotation
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    hint = args[0] if args and type(None) in typing.get_args(hint) else hint
+    return hint if hint in (int, float, bool) else str
+
+
+def _fuzz_cases(seed: int = 0):
+    """(command, argv) pairs: every option of every command with each edge value of its type."""
+    rng = random.Random(seed)
+    base = {"eval": ["--teacher", "none", "m"], "generate": ["m", "--prompt", "hi"], "export": ["m", "--out", "x"]}
+    for name, cmd in _commands().items():
+        for p in cmd.params:
+            if p.param_type_name != "option" or p.name == "help":
+                continue
+            flag = max(p.opts, key=len)
+            kind = _kind(p)
+            values = [None] if kind is bool else EDGE[kind] + [rng.choice(EDGE[str])]
+            for v in values:
+                yield name, [name, *base.get(name, []), flag, *([] if v is None else [v])]
+
+
+def test_every_option_of_every_command_fails_cleanly(monkeypatch, capsys):
+    """Argument fuzzing, with the heavy work stubbed out after validation: each call ends 0 or 2 (or click's usage
+    error, 2), never a traceback, and a failure prints exactly one error line."""
+    from mohawk import approx, distill
+    from mohawk.evaluation import suite
+    from mohawk.models import loading
+
+    monkeypatch.setattr(distill, "distill", _stub)
+    monkeypatch.setattr(suite, "evaluate", _stub)
+    monkeypatch.setattr(approx, "run_approx", _stub)
+    monkeypatch.setattr(loading, "load_model", _stub)
+    monkeypatch.setattr("mohawk.parallel.resolve_device", lambda name: __import__("torch").device("cpu"))
+    cases = list(_fuzz_cases())
+    assert len(cases) > 300 and {c for c, _ in cases} >= {"distill", "eval", "approx", "generate"}
+    for name, argv in cases:
+        try:
+            rc = main(argv)
+        except BaseException as e:  # noqa: B036 - the point is that nothing escapes
+            pytest.fail(f"{argv}: {type(e).__name__}: {e}")
+        out = capsys.readouterr()
+        assert rc in (0, 2), (argv, rc, out.err[-500:])
+        assert "Traceback" not in out.err + out.out, argv
+        if rc == 2:
+            errors = [line for line in out.err.splitlines() if line.startswith(("error:", "Error:"))]
+            assert len(errors) == 1, (argv, out.err)
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["distill", "--seq-len", "1"], "seq_len"),
+    (["distill", "--batch-size", "0"], "batch_size"),
+    (["distill", "--temperature", "inf"], "temperature: inf (must be a finite number)"),
+    (["distill", "--val-sequences", "0"], "val_sequences"),
+    (["generate", "m", "--prompt", ""], "--prompt is empty"),
+    (["generate", "m", "--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["generate", "m", "--prompt", "hi", "--temperature", "nan"], "--temperature"),
+    (["eval", "m", "--limit", "0"], "--limit"),
+    (["approx", "--seq-len", "1"], "--seq-len"),
+])
+def test_argument_edges_blame_the_right_option(argv, msg, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and msg in errors[0], err
+
+
+def test_config_path_that_is_a_directory(tmp_path, capsys):
+    assert main(["distill", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+# -- run directories ----------------------------------------------------------------------------------------------
+
+def _run(teacher_dir, out, *extra):
+    return main(["distill", "--teacher", str(teacher_dir), "--data", str(teacher_dir.parent / "corpus.jsonl"),
+                 "--out", str(out), "--seq-len", "16", "--batch-size", "2", "--stage1-tokens", "64",
+                 "--stage2-tokens", "64", "--stage3-tokens", "128", "--val-sequences", "2", "--quiet",
+                 "--device", "cpu", "--eval-tasks", "", *extra])
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_overwrite_never_deletes_what_the_run_reads(teacher_dir, tmp_path, capsys):
+    """--out holding the teacher and the corpus: --overwrite refuses (it is no mohawk run), and keeps everything."""
+    import shutil
+
+    out = tmp_path / "mixed"
+    shutil.copytree(teacher_dir, out / "teacher")
+    tiny_corpus(out / "corpus.jsonl")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    rc = main(["distill", "--teacher", str(out / "teacher"), "--data", str(out / "corpus.jsonl"), "--out", str(out),
+               "--overwrite", "--quiet", "--device", "cpu"])
+    assert rc == 2 and "--overwrite refused" in _one_error(capsys)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".mohawk.lock"} == before
+
+
+def test_overwrite_removes_only_mohawks_outputs(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(teacher_dir, out) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "student" / "README.md").write_text("also mine, but inside an output: replaced with it")
+    assert _run(teacher_dir, out, "--overwrite", "--seed", "3") == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "student" / "README.md").exists() and (out / "student" / "config.json").is_file()
+
+
+def test_overwrite_refuses_when_the_teacher_lives_in_an_output(teacher_dir, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    assert _run(teacher_dir, out) == 0
+    inside = out / "student" / "teacher"
+    shutil.copytree(teacher_dir, inside)
+    rc = main(["distill", "--teacher", str(inside), "--data", str(teacher_dir.parent / "corpus.jsonl"),
+               "--out", str(out), "--overwrite", "--quiet", "--device", "cpu", "--seq-len", "16"])
+    assert rc == 2 and "which this run reads" in _one_error(capsys)
+    assert (inside / "config.json").is_file()
+
+
+def test_refused_resume_writes_nothing(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(teacher_dir, out) == 0
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".mohawk.lock"}
+    assert _run(teacher_dir, out, "--resume", "--seq-len", "8") == 2
+    assert "cannot resume with --seq-len 8" in _one_error(capsys)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".mohawk.lock"} == files
+
+
+def test_resume_may_change_the_learning_rate(teacher_dir, tmp_path):
+    out = tmp_path / "run"
+    assert _run(teacher_dir, out) == 0
+    assert _run(teacher_dir, out, "--resume", "--lr", "1e-4") == 0
+
+
+def test_second_writer_is_refused_and_a_dead_one_leaves_no_lock(teacher_dir, tmp_path, capsys):
+    from mohawk.rundir import RunLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = RunLock(out).acquire()
+    try:
+        assert _run(teacher_dir, out) == 2
+        assert "in use by another mohawk run" in _one_error(capsys)
+    finally:
+        holder.release()
+    # a process that died holding the lock: its lock file stays, its flock is gone
+    code = f"from mohawk.rundir import RunLock; from pathlib import Path; RunLock(Path({str(out)!r})).acquire(); " \
+           "import os; os._exit(0)"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": ROOT})
+    assert (out / ".mohawk.lock").is_file()
+    assert _run(teacher_dir, out) == 0
+
+
+def test_unusable_output_paths(teacher_dir, tmp_path, capsys):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    assert _run(teacher_dir, afile / "sub") == 2
+    assert "output" in _one_error(capsys)
+
+
+def test_output_directory_failing_mid_run_is_one_line(teacher_dir, tmp_path, capsys, monkeypatch):
+    """The disk refuses writes halfway (a directory turned read-only, a quota): one error line, earlier files kept."""
+    from mohawk import metrics
+
+    real, calls = metrics.write_json, []
+
+    def refusing(path, obj):
+        calls.append(path)
+        if len(calls) > 1:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, obj)
+
+    monkeypatch.setattr(metrics, "write_json", refusing)
+    monkeypatch.setattr("mohawk.distill.write_json", refusing)
+    out = tmp_path / "run"
+    assert _run(teacher_dir, out) == 2
+    assert "Permission denied" in _one_error(capsys)
+    assert (out / "config.yaml").is_file() and (out / "summary.json").is_file()
+
+
+def test_damaged_summary_is_one_line(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(teacher_dir, out) == 0
+    text = (out / "summary.json").read_text()
+    (out / "summary.json").write_text(text[: len(text) // 2])
+    assert _run(teacher_dir, out, "--resume") == 2
+    line = _one_error(capsys)
+    assert "summary" in line and "damaged" in line
+
+
+def test_damaged_checkpoint_metadata_is_one_line(teacher_dir, tmp_path, capsys):
+    """A checkpoint whose manifest matches but whose .metadata does not unpickle (written so by a broken disk)."""
+    import hashlib
+
+    from mohawk.checkpoint import Checkpointer
+
+    out = tmp_path / "run"
+    assert _run(teacher_dir, out, "--stages", "1", "--stage1-tokens", "256", "--checkpoint-every", "2") == 0
+    latest = Checkpointer(out / "checkpoints").latest()
+    meta = latest / ".metadata"
+    meta.write_bytes(b"\x80\x04not a pickle")
+    manifest = json.loads((latest / "manifest.json").read_text())
+    manifest[".metadata"] = {"size": meta.stat().st_size, "sha256": hashlib.sha256(meta.read_bytes()).hexdigest()}
+    (latest / "manifest.json").write_text(json.dumps(manifest))
+    assert _run(teacher_dir, out, "--stages", "1", "--stage1-tokens", "256", "--checkpoint-every", "2",
+                "--resume") == 2
+    assert "is damaged" in _one_error(capsys)
+
+
+# -- students that do not match their config ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["more_layers", "fewer_layers", "wider_mlp", "truncated"])
+def test_student_that_does_not_match_its_weights_is_refused(teacher_dir, tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    assert _run(teacher_dir, out) == 0
+    student = out / "student"
+    config = json.loads((student / "config.json").read_text())
+    if damage == "more_layers":
+        config.update(num_hidden_layers=4, mixers=config["mixers"] + ["ssd"])
+    elif damage == "fewer_layers":
+        config.update(num_hidden_layers=2, mixers=config["mixers"][:2])
+    elif damage == "wider_mlp":
+        config.update(intermediate_size=config["intermediate_size"] * 2)
+    else:
+        weights = student / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    (student / "config.json").write_text(json.dumps(config))
+    for argv in (["generate", str(student), "--prompt", "the cat", "--device", "cpu"],
+                 ["eval", str(student), "--teacher", "none", "--tasks", "ppl", "--device", "cpu",
+                  "--data", str(teacher_dir.parent / "corpus.jsonl"), "--seq-len", "16", "--out",
+                  str(tmp_path / "e")]):
+        assert main(argv) == 2, argv
+        assert "model" in _one_error(capsys)
+
+
+# -- signals ----------------------------------------------------------------------------------------------------------
+
+RUN_YAML = """seq_len: 16
+batch_size: 2
+stage1_tokens: 384
+stage2_tokens: 384
+stage3_tokens: 768
+val_sequences: 4
+checkpoint_every: 3
+threads: 1
+device: cpu
+eval_tasks: ''
+"""
+
+
+def _subprocess_args(teacher_dir, cfg, out):
+    return [sys.executable, "-m", "mohawk", "distill", str(cfg), "--teacher", str(teacher_dir), "--data",
+            str(teacher_dir.parent / "corpus.jsonl"), "--out", str(out), "--quiet"]
+
+
+def _final(out):
+    from safetensors.torch import load_file
+
+    summary = json.loads((out / "summary.json").read_text())
+    return summary["final"], load_file(out / "student" / "model.safetensors")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_at_a_random_point_then_resume(teacher_dir, tmp_path, sig, code):
+    """A signal somewhere inside the run (a seeded random delay after its first file appears) ends it with one
+    'interrupted' line and the signal's exit status; --resume then finishes with the uninterrupted run's result."""
+    import torch
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(RUN_YAML)
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    def start(out):
+        proc = subprocess.Popen(_subprocess_args(teacher_dir, cfg, out), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not (out / "config.yaml").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        return proc, time.time()
+
+    ref = tmp_path / "ref"
+    proc, t0 = start(ref)
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    span = time.time() - t0  # how long the run works once its directory is set up
+    out = tmp_path / "cut"
+    proc, _ = start(out)
+    time.sleep(random.Random(100 + int(sig)).uniform(0.05, 0.6) * span)  # somewhere in training
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal")
+    assert proc.returncode == code, (proc.returncode, err[-3000:], sorted(p.name for p in out.iterdir()))
+    assert "Traceback" not in err and [line for line in err.splitlines() if "interrupted" in line], err[-2000:]
+    assert not list((out / "checkpoints").glob(".tmp-*")) if (out / "checkpoints").exists() else True
+    r = subprocess.run(_subprocess_args(teacher_dir, cfg, out) + ["--resume"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (fa, wa), (fb, wb) = _final(ref), _final(out)
+    assert fa == fb and all(torch.equal(wa[k], wb[k]) for k in wa)

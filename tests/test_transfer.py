@@ -1,0 +1,49 @@
+"""Weight transfer: which teacher projection lands in which SSD slice (C <- W_Q * scale, B <- W_K, x <- W_V,
+out <- W_O), for per-head B/C and for B/C shared by a group of heads."""
+
+import torch
+
+import mohawk
+from mohawk.teachers import adapter_for
+from tests.conftest import tiny_teacher
+
+
+def _per_kv_head(w, kv, h, d):
+    """(kv * d, ...) -> (h * d, ...): each KV head repeated for its query heads."""
+    return w.unflatten(0, (kv, d)).repeat_interleave(h // kv, 0).flatten(0, 1)
+
+
+def test_ssd_init_puts_queries_in_C_and_keys_in_B():
+    """A student whose B and C were swapped would compute C_t . B_s = k_t . q_s: this pins the assignment itself
+    and the scale that makes C_t . B_s equal the teacher's attention logits q_t . k_s / sqrt(d)."""
+    t = tiny_teacher("llama")  # 4 query heads, 2 KV heads of head_dim 8
+    adapter = adapter_for(t)
+    s = mohawk.from_teacher(adapter)
+    attn, mixer = t.model.layers[0].self_attn, s.model.layers[0].mixer
+    sl = mixer.in_proj_slices()
+    h, kv, d = 4, 2, 8
+    W = mixer.in_proj.weight
+    torch.testing.assert_close(W[sl["C"]], attn.q_proj.weight * attn.scaling)
+    torch.testing.assert_close(W[sl["B"]], _per_kv_head(attn.k_proj.weight, kv, h, d))
+    torch.testing.assert_close(W[sl["x"]], _per_kv_head(attn.v_proj.weight, kv, h, d))
+    # the pre-decay logits of the SSD matrix are the teacher's unrotated attention logits
+    u = torch.randn(1, 5, 32)
+    with torch.no_grad():
+        C = (u @ W[sl["C"]].T).unflatten(-1, (h, d))
+        B = (u @ W[sl["B"]].T).unflatten(-1, (h, d))
+        q = (u @ attn.q_proj.weight.T).unflatten(-1, (h, d))
+        k = (u @ _per_kv_head(attn.k_proj.weight, kv, h, d).T).unflatten(-1, (h, d))
+    torch.testing.assert_close(torch.einsum("bthn,bshn->bhts", C, B),
+                               torch.einsum("bthn,bshn->bhts", q, k) * attn.scaling)
+
+
+def test_grouped_ssd_init_takes_each_groups_first_query_head():
+    t = tiny_teacher("llama")
+    adapter = adapter_for(t)
+    s = mohawk.from_teacher(adapter, ssd_num_groups=2)  # one B/C per KV head
+    attn, mixer = t.model.layers[1].self_attn, s.model.layers[1].mixer
+    sl = mixer.in_proj_slices()
+    W = mixer.in_proj.weight
+    torch.testing.assert_close(W[sl["B"]], attn.k_proj.weight)
+    q = attn.q_proj.weight.unflatten(0, (4, 8))[::2].flatten(0, 1)
+    torch.testing.assert_close(W[sl["C"]], q * attn.scaling)
