@@ -1,4 +1,4 @@
-"""The command line: ``mohawk distill``, ``mohawk eval``, ``mohawk approx`` and ``mohawk generate``. User errors print as one line (``--debug`` shows
+"""The command line: ``mohawk distill``, ``mohawk eval``, ``mohawk approx``, ``mohawk generate`` and ``mohawk export``. User errors print as one line (``--debug`` shows
 the traceback) and exit with status 2."""
 
 from __future__ import annotations
@@ -220,6 +220,23 @@ def generate(
         out = lm.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id,
                           **kwargs)
     print(tok.decode(out[0], skip_special_tokens=True))
+
+
+@app.command()
+def export(
+    student: str = typer.Argument(..., help="A student directory (OUT/student of mohawk distill)."),
+    out: str = typer.Option(..., help="Directory to write the exported model into (new or empty)."),
+    format: str = typer.Option("bamba", help="bamba: a stock transformers BambaForCausalLM (Llama-family teacher, "
+                               "mamba2 mixers, pure or hybrid); remote-code: the student with its own code."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier export in --out."),
+):
+    """Write a student in a form stock software loads: BambaForCausalLM (transformers with no remote code; the engines
+    that serve Bamba, e.g. vLLM) or the self-contained remote-code format."""
+    from mohawk.export import export as run
+
+    info = run(student, out, fmt=format, overwrite=overwrite)
+    extra = f", logits within {info['max_logit_difference']:.1e} of the student" if "max_logit_difference" in info else ""
+    console.print(f"[green]done[/]: {out} ({info['format']}{extra})")
 
 
 def _check(**values) -> None:

@@ -50,7 +50,7 @@ class DistillConfig:
                             choices=("uniform", "first", "last"))
     mixer: str = option("ssd", "Matrix family replacing attention (the README's table says what each computes).",
                         group=WHAT,
-                        choices=("ssd", "ssm", "linear_attention", "toeplitz"))
+                        choices=("ssd", "ssm", "linear_attention", "toeplitz", "mamba2", "discrete_mamba2"))
     ssd_init: str = option("attention", "SSD projections from the attention ones (x<-V, B<-K, C<-Q, out<-O) or "
                            "random.", group=WHAT, choices=("attention", "random"))
     ssd_state_size: int | None = option(None, "SSD state size (default: the teacher's head_dim).", group=WHAT,

@@ -95,6 +95,7 @@ def init_ssd_from_attention(mixer, attn_weights: dict[str, torch.Tensor], config
     mixer.out_proj.weight.copy_(attn_weights["o_proj.weight"])
     if mixer.out_proj.bias is not None and "o_proj.bias" in attn_weights:
         mixer.out_proj.bias.copy_(attn_weights["o_proj.bias"])
+    mixer.after_attention_init()
 
 
 def from_teacher(teacher, attention_layers=None, *, mixer: str = "ssd", ssd_init: str = "attention",

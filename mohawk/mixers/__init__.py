@@ -13,15 +13,17 @@ convolution with an input-dependent kernel).
 """
 
 from mohawk.mixers.attention import Attention
+from mohawk.mixers.discrete_mamba2 import DiscreteMamba2Mixer
 from mohawk.mixers.linear_attention import LinearAttentionMixer, linear_attention_matrix
+from mohawk.mixers.mamba2 import Mamba2Mixer
 from mohawk.mixers.ssd import SSDMixer, ssd, ssd_chunked, ssd_materialized, ssd_matrix, ssd_step
 from mohawk.mixers.ssm import SSMMixer, ssm_chunked, ssm_materialized, ssm_matrix, ssm_step
 from mohawk.mixers.toeplitz import ToeplitzMixer, toeplitz_conv, toeplitz_matrix
 
 MIXERS = {"attention": Attention, "ssd": SSDMixer, "ssm": SSMMixer, "linear_attention": LinearAttentionMixer,
-          "toeplitz": ToeplitzMixer}
+          "toeplitz": ToeplitzMixer, "mamba2": Mamba2Mixer, "discrete_mamba2": DiscreteMamba2Mixer}
 STUDENT_MIXERS = tuple(k for k in MIXERS if k != "attention")
 
-__all__ = ["MIXERS", "STUDENT_MIXERS", "Attention", "SSDMixer", "SSMMixer", "LinearAttentionMixer", "ToeplitzMixer",
+__all__ = ["MIXERS", "STUDENT_MIXERS", "Attention", "DiscreteMamba2Mixer", "Mamba2Mixer", "SSDMixer", "SSMMixer", "LinearAttentionMixer", "ToeplitzMixer",
            "ssd", "ssd_chunked", "ssd_materialized", "ssd_matrix", "ssd_step", "ssm_chunked", "ssm_materialized",
            "ssm_matrix", "ssm_step", "linear_attention_matrix", "toeplitz_conv", "toeplitz_matrix"]

@@ -209,6 +209,7 @@ class SSDMixer(nn.Module):
     """
 
     has_dt = True  # input-dependent step and decay (False: linear attention, no decay)
+    fixed: dict = {}  # settings a subclass fixes whatever the config says (use_gate, conv_activation, ...)
 
     def __init__(self, config, layer_idx: int = 0):
         super().__init__()
@@ -225,6 +226,8 @@ class SSDMixer(nn.Module):
         self.gate_activation = config.ssd_gate_activation
         self.use_gate = config.ssd_gate
         self.config = config
+        for k, v in self.fixed.items():
+            setattr(self, k, v)
         self.conv_dim = self.d_inner + 2 * self.num_groups * self.state_size
         proj = (self.d_inner if self.use_gate else 0) + self.conv_dim + (self.num_heads if self.has_dt else 0)
         self.in_proj = nn.Linear(self.hidden_size, proj, bias=True)
@@ -285,6 +288,12 @@ class SSDMixer(nn.Module):
             init.zeros_(self.out_proj.bias)
         if self.norm is not None:
             init.ones_(self.norm.weight)
+
+    @torch.no_grad()
+    def after_attention_init(self) -> None:
+        """What the weight transfer sets after writing x, B, C and out_proj from the teacher's attention (see
+        mohawk.transfer.init_ssd_from_attention): nothing here; subclasses whose other parts would change the
+        attention-like output at the start neutralise them."""
 
     # -- shared pieces ----------------------------------------------------------------------------------------------
     def _act(self, t: Tensor, kind: str) -> Tensor:

@@ -57,6 +57,9 @@ class ToeplitzMixer(nn.Module):
         if self.out_proj.bias is not None:
             init.zeros_(self.out_proj.bias)
 
+    def after_attention_init(self) -> None:
+        """Nothing beyond x and out_proj to set after the transfer from attention (see SSDMixer)."""
+
     def _project(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """u -> kernel values (batch, heads, L) float32, x (batch, heads, L, head_dim)."""
         proj = aligned_linear(self.in_proj, u)

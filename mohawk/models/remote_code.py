@@ -24,6 +24,8 @@ FILES = {
     "ssm.py": "mixers/ssm.py",
     "linear_attention.py": "mixers/linear_attention.py",
     "toeplitz.py": "mixers/toeplitz.py",
+    "mamba2.py": "mixers/mamba2.py",
+    "discrete_mamba2.py": "mixers/discrete_mamba2.py",
     "kernels.py": "mixers/kernels/__init__.py",
     "ssd_triton.py": "mixers/kernels/ssd_triton.py",
 }
