@@ -168,7 +168,7 @@ class ResumePoint:
 # evaluation may change (a lower LR is the remedy for a diverging stage).
 RUN_DEFINING = ("teacher", "attention_layers", "num_attention_layers", "placement", "mixer", "ssd_init",
                 "ssd_state_size", "init", "data", "val_data", "text_field", "seq_len", "batch_size",
-                "tokens_per_update", "val_sequences", "stages", "stage1_tokens", "stage2_tokens", "stage3_tokens",
+                "tokens_per_update", "val_sequences", "stages", "tokens", "stage1_tokens", "stage2_tokens", "stage3_tokens",
                 "stage1_tile", "freeze_mlp", "temperature", "kd_weight", "ce_weight", "schedule", "warmup_fraction",
                 "decay_fraction", "weight_decay", "seed")
 

@@ -31,8 +31,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _DEBUG["on"] = debug
 
 
-def _distill(config: Optional[str], preset: Optional[str], resume: bool, overwrite: bool, quiet: bool,
-             lr: Optional[float], **fields):
+def _distill(config: Optional[str], preset: Optional[str], resume: bool, overwrite: bool, quiet: bool, **fields):
     """Distil a teacher into an SSD student (stages 1-3), save it to OUT/student and write OUT/report.md.
 
     With no arguments: SmolLM2-135M -> pure-SSD student on the bundled corpus, sized for a 2-core CPU (~10 min).
@@ -41,8 +40,6 @@ def _distill(config: Optional[str], preset: Optional[str], resume: bool, overwri
     from mohawk.config import DistillConfig
     from mohawk.distill import distill as run
 
-    if lr is not None:
-        fields.update(stage1_lr=lr, stage2_lr=lr, stage3_lr=lr)
     cfg = DistillConfig.from_sources(config, preset=preset, **fields)
     try:
         run(cfg, resume=resume, overwrite=overwrite, progress=not quiet, console=console,
@@ -95,9 +92,6 @@ def _register_distill() -> None:
                                                "wrote are removed).", rich_help_panel="Run")),
         inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                           default=typer.Option(False, help="No progress bars.", rich_help_panel="Run")),
-        inspect.Parameter("lr", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[float],
-                          default=typer.Option(None, help="Shortcut: the same peak LR for every stage (sets "
-                                               "stage1_lr, stage2_lr and stage3_lr).", rich_help_panel="Run")),
     ]
     params = run_params + _schema_parameters()
 

@@ -66,18 +66,30 @@ class DistillConfig:
     seq_len: int = option(128, "Tokens per training sequence.", group=DATA, above=1)
     batch_size: int = option(4, "Sequences per micro-batch (global: split over torchrun processes).", group=DATA,
                              above=0)
-    tokens_per_update: int | None = option(None, "Tokens per optimizer update, by gradient accumulation (default: "
-                                           "one micro-batch).", group=DATA, above=0)
+    tokens_per_update: int | None = option(None, "Tokens per optimizer update, by gradient accumulation, in every "
+                                           "stage (default: the recipe's per stage, from its token budget).",
+                                           group=DATA, above=0)
     val_sequences: int = option(24, "Held-out sequences for perplexity and agreement.", group=DATA, above=0)
     # -- stages and budgets ------------------------------------------------------------------------------------------
     stages: list[int] = option([1, 2, 3], "Stages to run: 1 matrix orientation, 2 hidden-state alignment, 3 "
                                "knowledge distillation (e.g. 3 alone: the KD-only baseline).", group=STAGES)
-    stage1_tokens: int = option(12288, "Token budget of stage 1 (matrix orientation).", group=STAGES, minimum=0)
-    stage2_tokens: int = option(12288, "Token budget of stage 2 (hidden-state alignment).", group=STAGES, minimum=0)
-    stage3_tokens: int = option(16384, "Token budget of stage 3 (knowledge distillation).", group=STAGES, minimum=0)
-    stage1_lr: float = option(1e-3, "Peak learning rate of stage 1.", group=STAGES, above=0)
-    stage2_lr: float = option(1e-3, "Peak learning rate of stage 2.", group=STAGES, above=0)
-    stage3_lr: float = option(3e-4, "Peak learning rate of stage 3.", group=STAGES, above=0)
+    tokens: int | None = option(None, "Total student tokens over the stages run, split by the recipe (mohawk.recipe: "
+                                "5% / 10% / 85%); stageN_tokens given explicitly are taken out first. Default: the "
+                                "CPU budget.", group=STAGES, above=0)
+    stage1_tokens: int | None = option(None, "Token budget of stage 1 (matrix orientation); default: from --tokens.",
+                                       group=STAGES, minimum=0)
+    stage2_tokens: int | None = option(None, "Token budget of stage 2 (hidden-state alignment); default: from "
+                                       "--tokens.", group=STAGES, minimum=0)
+    stage3_tokens: int | None = option(None, "Token budget of stage 3 (knowledge distillation); default: from "
+                                       "--tokens.", group=STAGES, minimum=0)
+    lr: float | None = option(None, "Peak learning rate of every stage whose stageN_lr is not given (default: the "
+                              "recipe's per stage).", group=STAGES, above=0)
+    stage1_lr: float | None = option(None, "Peak learning rate of stage 1 (default: the recipe's, 1e-3).",
+                                     group=STAGES, above=0)
+    stage2_lr: float | None = option(None, "Peak learning rate of stage 2 (default: the recipe's, 1e-3).",
+                                     group=STAGES, above=0)
+    stage3_lr: float | None = option(None, "Peak learning rate of stage 3 (default: the recipe's, 3e-4).",
+                                     group=STAGES, above=0)
     stage1_tile: int = option(0, "Stage-1 loss over blocks of this many rows (memory T x L instead of L x L per "
                               "layer, for long sequences); 0: whole matrices.", group=STAGES, minimum=0)
     freeze_mlp: bool = option(False, "Freeze the MLPs in stage 3 (the paper: little loss, half the trainable "
@@ -166,8 +178,8 @@ class DistillConfig:
         need(bool(self.stages) and all(s in (1, 2, 3) for s in self.stages) and len(set(self.stages)) == len(self.stages),
              "stages", "a non-empty subset of 1,2,3, no repeats")
         self.stages = sorted(self.stages)
-        for key in ("stage1_lr", "stage2_lr", "stage3_lr"):
-            need(getattr(self, key) < 1, key, "must be in (0, 1)")
+        for key in ("lr", "stage1_lr", "stage2_lr", "stage3_lr"):
+            need(getattr(self, key) is None or getattr(self, key) < 1, key, "must be in (0, 1)")
         need(self.warmup_fraction < 1 and self.decay_fraction <= 1 and self.warmup_fraction + self.decay_fraction <= 1,
              "warmup_fraction", "fractions in [0, 1], sum <= 1")
         need(self.kd_weight + self.ce_weight > 0, "kd_weight", ">= 0, kd_weight + ce_weight > 0")
@@ -184,21 +196,7 @@ class DistillConfig:
         need(self.tokens_per_update is None or self.tokens_per_update >= self.batch_size * self.seq_len,
              "tokens_per_update", "at least batch_size * seq_len")
 
-    # -- typed pieces ----------------------------------------------------------------------------------------------
-    @property
-    def micro_tokens(self) -> int:
-        return self.batch_size * self.seq_len
-
-    @property
-    def grad_accum(self) -> int:
-        return max(1, (self.tokens_per_update or self.micro_tokens) // self.micro_tokens)
-
-    def stage_tokens(self, stage: int) -> int:
-        return getattr(self, f"stage{stage}_tokens")
-
-    def stage_lr(self, stage: int) -> float:
-        return getattr(self, f"stage{stage}_lr")
-
+    # -- typed pieces (the per-stage budgets: mohawk.recipe.plan) ---------------------------------------------------
     def loop_settings(self):
         """What the training loop needs (mohawk.train.LoopSettings)."""
         from mohawk.train import LoopSettings

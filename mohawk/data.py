@@ -241,6 +241,26 @@ class TokenStream:
                 return
             epoch += 1
 
+    def size(self, sample_pieces: int = 64) -> dict:
+        """The stream's corpus size: characters (exact, one pass over the data) and tokens (estimated from the
+        characters per token of the first ``sample_pieces`` pieces): {"chars", "tokens", "exact": False}; for
+        Hugging Face sources, whose size is unknown here, {}."""
+        if any(isinstance(src, str) and src.startswith("hf:") for src in self.sources):
+            return {}
+        chars, sample_chars, sample_tokens, n = 0, 0, 0, 0
+        for doc in iter_documents(self.sources, self.field):
+            for p in pieces(doc, self.piece_chars):
+                if self.keep is not None and not self.keep(p):
+                    continue
+                chars += len(p)
+                if n < sample_pieces:
+                    sample_chars += len(p)
+                    sample_tokens += len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) + 1
+                    n += 1
+        if not sample_chars:
+            return {"chars": 0, "tokens": 0, "exact": False}
+        return {"chars": chars, "tokens": int(chars * sample_tokens / sample_chars), "exact": False}
+
     def batches(self, batch_size: int, skip: int = 0) -> Iterator[torch.Tensor]:
         """Infinite iterator of LongTensor (batch_size, seq_len), after skipping ``skip`` batches (resume)."""
         it = self.sequences()

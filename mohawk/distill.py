@@ -112,7 +112,7 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, out: 
     _, val_stream = make_streams(cfg.data, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed,
                                  field=cfg.text_field)
     val = take(val_stream, cfg.val_sequences)  # before anything is written: bad data fails here
-    budgets = recipe.budgets(cfg)
+    schedule = recipe.plan(cfg, parallel.world)
 
     if main:
         if overwrite and not resume:
@@ -124,6 +124,23 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, out: 
                    load_s=round(time.perf_counter() - t0, 1), val_tokens=int(val.numel()))
     console.print(f"student: {adapter.num_layers - len(attention_layers)} {cfg.mixer} + {len(attention_layers)} "
                   f"attention layers, {n_params / 1e6:.1f}M parameters")
+    if "data" not in summary:  # the corpus size, for the epochs each stage makes over it
+        summary["data"] = {"source": cfg.data, **_stage_stream(cfg, tokenizer, 0).size()}
+    corpus = summary["data"].get("tokens")
+    plan_rows = schedule.table()
+    for row in plan_rows:
+        row["epochs"] = recipe.epochs(row["tokens"], corpus)
+        console.print(f"stage {row['stage']}: {row['tokens']:,} tokens, {row['tokens_per_update']:,} per update "
+                      f"({row['micro_batch']} x {cfg.seq_len} x {row['grad_accum']}), {row['steps']} optimizer steps, "
+                      f"peak LR {row['lr']:g}" + (f", {row['epochs']:.2f} epochs over ~{corpus:,} tokens of "
+                                                  f"{cfg.data}" if row["epochs"] is not None else ""))
+    warnings = list(schedule.warnings)
+    warnings += [f"stage {r['stage']} makes {r['epochs']:.1f} epochs over its corpus (~{corpus:,} tokens): it "
+                 "sees the same text again; give more distinct text (e.g. --data gutenberg+modern) or fewer tokens"
+                 for r in plan_rows if r["epochs"] is not None and r["epochs"] > 1]
+    for w in warnings:
+        console.print(f"[yellow]warning[/]: {w}", highlight=False)
+    summary["plan"], summary["warnings"] = plan_rows, warnings
     if "transfer_only" not in summary and main:
         console.print(f"evaluating teacher and the weight-transfer-only student on {val.numel():,} held-out tokens")
         summary["teacher_eval"] = {"perplexity": perplexity(teacher, val, cfg.batch_size)}
@@ -150,7 +167,7 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, out: 
     for s in cfg.stages:
         if point.finished(s):
             continue
-        budget = budgets[s]
+        budget = schedule.budgets[s]
         if budget.tokens == 0:
             console.print(f"stage {s}: 0 tokens, skipped")
             continue
@@ -164,13 +181,15 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, out: 
                 console.print(f"stage {s}: student and teacher sharded over {parallel.world} processes (FSDP2)")
         # every rank draws the same global batches and keeps its rows: the run does not depend on the world size
         skip = point.batches(s, budget.grad_accum)
-        batches = map(parallel.shard, _stage_stream(cfg, tokenizer, s).batches(cfg.batch_size, skip=skip))
+        batches = map(parallel.shard, _stage_stream(cfg, tokenizer, s).batches(schedule.rows[s], skip=skip))
         t_stage = time.perf_counter()
         state = train_stage(stage, batches, budget, loop, checkpointer=ckpt, log=log, resume=mid, progress=progress,
                             parallel=parallel)
         prev = summary["stages"].get(str(s), {}).get("wall_s", 0.0) if mid else 0.0
         summary["stages"][str(s)] = {"tokens": state.tokens, "steps": state.step, "skipped": state.skipped,
                                      "rollbacks": state.rollbacks, "lr": budget.lr,
+                                     "tokens_per_update": budget.micro_tokens * budget.grad_accum,
+                                     "micro_batch": schedule.rows[s], "epochs": recipe.epochs(state.tokens, corpus),
                                      "wall_s": round(prev + time.perf_counter() - t_stage, 1)}
         if main:
             write_json(summary_path, summary)

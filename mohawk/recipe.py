@@ -1,11 +1,106 @@
-"""The recipe: what each stage trains with, from the configuration's budgets."""
+"""The recipe: from the budgets a user gives to what every stage trains with.
+
+Given a total (``tokens``) or per-stage token budgets, each stage gets
+
+- its tokens: explicit ``stageN_tokens`` win; a ``tokens`` total is split over the stages run by ``SHARES``
+  (renormalised over the stages run, the explicit ones taken out first); with neither, ``DEFAULT_TOKENS``;
+- tokens per update: explicit ``tokens_per_update`` wins (a warning if the stage then makes fewer than ``MIN_STEPS``
+  optimizer steps); else the budget over ``TARGET_STEPS[s]``, rounded down to whole micro-batches, between one
+  micro-batch and ``MAX_TOKENS_PER_UPDATE``;
+- a micro-batch of ``batch_size`` sequences, or fewer when even one micro-batch per update would leave the stage
+  under ``MIN_STEPS`` steps (the batch is the memory limit, not a target);
+- a peak LR: explicit ``stageN_lr``, else ``lr``, else ``LR[s]``.
+
+The constants are the measured choices (benchmarks/README.md and results/headline/ hold the sweeps behind them).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from mohawk.train import StageBudget
+
+SHARES = {1: 0.05, 2: 0.10, 3: 0.85}  # of a total budget, per stage
+DEFAULT_TOKENS = {1: 12288, 2: 12288, 3: 16384}  # the embedded CPU default, when no budget is given
+TARGET_STEPS = {1: 100, 2: 200, 3: 1000}  # optimizer steps a stage aims for, budget permitting
+MIN_STEPS = 20  # fewer optimizer steps than this is under-training: avoided, or warned about when forced
+MAX_TOKENS_PER_UPDATE = 131072
+LR = {1: 1e-3, 2: 1e-3, 3: 3e-4}  # peak learning rates
+
+
+@dataclass
+class Plan:
+    """The resolved schedule of every stage: ``budgets[s]`` (StageBudget), ``rows[s]`` sequences per micro-batch,
+    and ``warnings`` (one line each) for what the user forced below the recipe's minimum."""
+
+    budgets: dict[int, StageBudget] = field(default_factory=dict)
+    rows: dict[int, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def table(self) -> list[dict]:
+        """One row per stage with a budget: tokens, tokens per update, micro-batch, optimizer steps, peak LR."""
+        return [{"stage": s, "tokens": b.tokens, "tokens_per_update": b.micro_tokens * b.grad_accum,
+                 "micro_batch": self.rows[s], "grad_accum": b.grad_accum, "steps": b.steps, "lr": b.lr}
+                for s, b in sorted(self.budgets.items()) if b.tokens]
+
+
+def stage_tokens(cfg) -> dict[int, int]:
+    """Tokens of each stage in cfg.stages (see module docstring); stages not run get 0."""
+    run = list(cfg.stages)
+    given = {s: getattr(cfg, f"stage{s}_tokens") for s in run if getattr(cfg, f"stage{s}_tokens") is not None}
+    out = {s: 0 for s in (1, 2, 3)}
+    out.update(given)
+    rest = [s for s in run if s not in given]
+    if not rest:
+        return out
+    if cfg.tokens is None:
+        out.update({s: DEFAULT_TOKENS[s] for s in rest})
+        return out
+    left = max(0, cfg.tokens - sum(given.values()))
+    weight = sum(SHARES[s] for s in rest)
+    for s in rest:
+        out[s] = int(left * SHARES[s] / weight)
+    out[rest[-1]] += left - sum(out[s] for s in rest)  # the rounding remainder to the last stage
+    return out
+
+
+def plan(cfg, world: int = 1) -> Plan:
+    """The Plan of ``cfg`` (a DistillConfig) for a job of ``world`` processes (micro-batches split over them)."""
+    p = Plan()
+    tokens = stage_tokens(cfg)
+    for s in (1, 2, 3):
+        lr = getattr(cfg, f"stage{s}_lr") or cfg.lr or LR[s]
+        rows = cfg.batch_size
+        t = tokens[s]
+        if t and cfg.tokens_per_update is None:
+            # shrink the micro-batch only where one micro-batch per update would leave too few steps
+            while rows > world and t / (rows * cfg.seq_len) < MIN_STEPS:
+                rows = max(world, (rows // 2) // world * world)
+        micro = rows * cfg.seq_len
+        if cfg.tokens_per_update is not None:
+            accum = max(1, cfg.tokens_per_update // micro)
+        else:
+            want = min(MAX_TOKENS_PER_UPDATE, t / TARGET_STEPS[s]) if t else micro
+            accum = max(1, int(want // micro))
+        budget = StageBudget(tokens=t, micro_tokens=micro, grad_accum=accum, lr=lr)
+        if t and budget.steps < MIN_STEPS:
+            why = (f"--tokens-per-update {cfg.tokens_per_update}" if cfg.tokens_per_update is not None
+                   else f"{t:,} tokens at {rows} x {cfg.seq_len} tokens per micro-batch")
+            p.warnings.append(f"stage {s} makes only {budget.steps} optimizer steps ({why}); the recipe wants at "
+                              f"least {MIN_STEPS}: give it more tokens or fewer tokens per update")
+        p.budgets[s], p.rows[s] = budget, rows
+    return p
 
 
 def budgets(cfg) -> dict[int, StageBudget]:
-    """{stage: StageBudget} for stages 1-3 of ``cfg`` (a DistillConfig)."""
-    return {s: StageBudget(tokens=cfg.stage_tokens(s), micro_tokens=cfg.micro_tokens, grad_accum=cfg.grad_accum,
-                           lr=cfg.stage_lr(s)) for s in (1, 2, 3)}
+    """{stage: StageBudget} of ``cfg`` on one process (see plan)."""
+    return plan(cfg).budgets
+
+
+def epochs(tokens: int, corpus_tokens: int | None) -> float | None:
+    """Passes over a corpus of ``corpus_tokens`` that ``tokens`` make (None when the corpus size is unknown)."""
+    return None if not corpus_tokens else tokens / corpus_tokens
+
+
+__all__ = ["DEFAULT_TOKENS", "LR", "MAX_TOKENS_PER_UPDATE", "MIN_STEPS", "Plan", "SHARES", "TARGET_STEPS", "budgets",
+           "epochs", "plan", "stage_tokens"]

@@ -74,11 +74,18 @@ def _plot_perplexity(summary: dict, path: Path) -> bool:
     return True
 
 
-def _dist_summary(d: dict) -> str:
-    if not d:
+def _mean(d: dict) -> float | None:
+    return sum(d.values()) / len(d) if d else None
+
+
+def _dist_change(before: dict, after: dict) -> str:
+    """'6.73 -> 3.10 (-54%)' from per-layer distances before and after."""
+    b, a = _mean(before), _mean(after)
+    if b is None:
         return "-"
-    vals = list(d.values())
-    return f"{sum(vals) / len(vals):.4g}"
+    if a is None:
+        return f"{b:.4g} -> -"
+    return f"{b:.4g} -> {a:.4g} ({100 * (a - b) / b:+.0f}%)"
 
 
 def write_report(out: str | Path) -> Path:
@@ -122,16 +129,22 @@ def write_report(out: str | Path) -> Path:
         lines += ["", f"The distilled student's perplexity is **{fin['perplexity']:.2f}** against "
                   f"{tr['perplexity']:.2f} for the weight-transfer-only student: "
                   + ("distillation helped." if better else "distillation did NOT improve on weight transfer.")]
-    lines += ["", "## Stages", "", "| stage | tokens | optimizer steps | skipped updates / rollbacks | peak LR | wall time (s) | "
-              "first loss | last loss | mean per-layer distance before -> after |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Stages", "", "| stage | tokens | tokens per update | optimizer steps | epochs over the data | "
+              "skipped updates / rollbacks | peak LR | wall time (s) | first loss | last loss | "
+              "mean per-layer distance before -> after |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s, info in sorted(summary.get("stages", {}).items(), key=lambda kv: int(kv[0])):
         losses = [r["loss"] for r in rows if r["stage"] == int(s) and r.get("loss") is not None]
         key = {"1": "stage1", "2": "stage2"}.get(s)
-        dist = (f"{_dist_summary(before.get(key, {}))} -> {_dist_summary(after.get(key, {}))}" if key else "-")
+        dist = _dist_change(before.get(key, {}), after.get(key, {})) if key else "-"
         first = f"{losses[0]:.4g}" if losses else "-"
         last = f"{losses[-1]:.4g}" if losses else "-"
-        lines.append(f"| {s} {STAGE_NAMES[int(s)]} | {info['tokens']:,} | {info['steps']} | {info['skipped']} / {info.get('rollbacks', 0)} | "
-                     f"{info['lr']:g} | {info['wall_s']:.0f} | {first} | {last} | {dist} |")
+        tpu = f"{info['tokens_per_update']:,}" if info.get("tokens_per_update") else "-"
+        ep = f"{info['epochs']:.3g}" if info.get("epochs") is not None else "-"
+        lines.append(f"| {s} {STAGE_NAMES[int(s)]} | {info['tokens']:,} | {tpu} | {info['steps']} | {ep} | "
+                     f"{info['skipped']} / {info.get('rollbacks', 0)} | {info['lr']:g} | {info['wall_s']:.0f} | "
+                     f"{first} | {last} | {dist} |")
+    if summary.get("warnings"):
+        lines += ["", "Warnings of the run:", "", *[f"- {w}" for w in summary["warnings"]]]
     events = [r for r in rows if r.get("event")]
     if events:
         lines += ["", "Loss-spike guard events (a spike skips its update; repeated spikes roll back to the stage's "
