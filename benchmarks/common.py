@@ -67,16 +67,40 @@ def model_config(name: str):
     import transformers as tf
 
     if name == "phi-1_5":  # microsoft/phi-1_5's config.json
-        return tf.PhiConfig(vocab_size=51200, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
-                            num_attention_heads=32, partial_rotary_factor=0.5, max_position_embeddings=2048,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, tie_word_embeddings=False)
+        return tf.PhiConfig(
+            vocab_size=51200,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=24,
+            num_attention_heads=32,
+            partial_rotary_factor=0.5,
+            max_position_embeddings=2048,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attention_dropout=0.0,
+            tie_word_embeddings=False,
+        )
     if name == "smollm2-135m":  # HuggingFaceTB/SmolLM2-135M-Instruct's config.json
-        return tf.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                              num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                              rope_theta=100000.0, tie_word_embeddings=True)
+        return tf.LlamaConfig(
+            vocab_size=49152,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            max_position_embeddings=8192,
+            rope_theta=100000.0,
+            tie_word_embeddings=True,
+        )
     if name == "tiny":
-        return tf.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, max_position_embeddings=512)
+        return tf.LlamaConfig(
+            vocab_size=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+        )
     raise SystemExit(f"unknown --model {name}: phi-1_5, smollm2-135m or tiny")
 
 

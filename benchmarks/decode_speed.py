@@ -20,8 +20,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (arg_parser, command, device_name, fmt, model_config,  # noqa: E402
-                               random_teacher_and_student, sync, versions, write)
+from benchmarks.common import (  # noqa: E402
+    arg_parser,
+    command,
+    device_name,
+    fmt,
+    model_config,
+    random_teacher_and_student,
+    sync,
+    versions,
+    write,
+)
 from mohawk.models.cache import MohawkCache  # noqa: E402
 from mohawk.parallel import resolve_device  # noqa: E402
 
@@ -29,8 +38,12 @@ from mohawk.parallel import resolve_device  # noqa: E402
 def cache_bytes(cache) -> int:
     if isinstance(cache, MohawkCache):
         return cache.memory_bytes()
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
-               if isinstance(t, torch.Tensor))
+    return sum(
+        t.numel() * t.element_size()
+        for layer in cache.layers
+        for t in (layer.keys, layer.values)
+        if isinstance(t, torch.Tensor)
+    )
 
 
 @torch.no_grad()
@@ -45,8 +58,12 @@ def decode(model, cache, ids: torch.Tensor, new_tokens: int, device) -> dict:
     sync(device)
     t0 = time.perf_counter()
     if teacher:
-        backbone_kw = {("cache" if "cache" in inspect.signature(type(model.model).forward).parameters
-                        else "past_key_values"): cache, "use_cache": True}
+        backbone_kw = {
+            (
+                "cache" if "cache" in inspect.signature(type(model.model).forward).parameters else "past_key_values"
+            ): cache,
+            "use_cache": True,
+        }
         model.model(input_ids=ids, **backbone_kw)
     else:
         model.model(input_ids=ids, cache=cache)
@@ -58,9 +75,13 @@ def decode(model, cache, ids: torch.Tensor, new_tokens: int, device) -> dict:
         nxt = model(input_ids=nxt, **kw).logits[:, -1:].argmax(-1)
     sync(device)
     dt = time.perf_counter() - t0
-    return {"tokens_per_s": ids.shape[0] * new_tokens / dt, "ms_per_step": 1e3 * dt / new_tokens,
-            "prefill_s": prefill, "state_mib": cache_bytes(cache) / 2 ** 20,
-            "peak_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None}
+    return {
+        "tokens_per_s": ids.shape[0] * new_tokens / dt,
+        "ms_per_step": 1e3 * dt / new_tokens,
+        "prefill_s": prefill,
+        "state_mib": cache_bytes(cache) / 2**20,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
 
 
 def main():
@@ -81,8 +102,11 @@ def main():
         for b in map(int, args.batches.split(",")):
             ids = torch.randint(0, cfg.vocab_size, (b, L), device=device)
             row = {"context": L, "batch": b}
-            for name, model, make in (("teacher", teacher, lambda: DynamicCache(config=cfg)),
-                                      ("student", student, MohawkCache), ("student_eager", student, MohawkCache)):
+            for name, model, make in (
+                ("teacher", teacher, lambda: DynamicCache(config=cfg)),
+                ("student", student, MohawkCache),
+                ("student_eager", student, MohawkCache),
+            ):
                 student.config.decode_cuda_graph = name == "student"  # CUDA graph replay vs kernel by kernel
                 try:
                     decode(model, make(), ids[:, : min(L, 64)], 2, device)  # warm-up
@@ -96,25 +120,39 @@ def main():
             print(row, flush=True)
     dev = device_name(device)
     cmd = command()
-    payload = {"device": dev, "versions": versions("transformers", "triton", "mamba_ssm"), "command": cmd,
-               "model": args.model, "dtype": str(dtype), "new_tokens": args.new_tokens, "rows": rows}
-    lines = [f"# Decoding, {args.model}: SSD student (recurrent state) vs teacher (KV cache), {dev}", "",
-             f"- command: `{cmd}`", f"- versions: {payload['versions']}",
-             f"- {dtype}, random weights of the real dimensions; tokens/s over {args.new_tokens} greedy steps after "
-             "the prompt's prefill; state = KV cache (teacher) or conv + SSM state (student); the student decodes by "
-             "replaying one CUDA graph per step (mohawk.models.graphs; captured in the warm-up), the eager column "
-             "launches its kernels one by one", "",
-             "| context | batch | teacher tok/s | student tok/s | student / teacher | student without CUDA graph tok/s "
-             "| "
-             "teacher state MiB | student state MiB | teacher peak GiB | student peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    payload = {
+        "device": dev,
+        "versions": versions("transformers", "triton", "mamba_ssm"),
+        "command": cmd,
+        "model": args.model,
+        "dtype": str(dtype),
+        "new_tokens": args.new_tokens,
+        "rows": rows,
+    }
+    lines = [
+        f"# Decoding, {args.model}: SSD student (recurrent state) vs teacher (KV cache), {dev}",
+        "",
+        f"- command: `{cmd}`",
+        f"- versions: {payload['versions']}",
+        f"- {dtype}, random weights of the real dimensions; tokens/s over {args.new_tokens} greedy steps after "
+        "the prompt's prefill; state = KV cache (teacher) or conv + SSM state (student); the student decodes by "
+        "replaying one CUDA graph per step (mohawk.models.graphs; captured in the warm-up), the eager column "
+        "launches its kernels one by one",
+        "",
+        "| context | batch | teacher tok/s | student tok/s | student / teacher | student without CUDA graph tok/s "
+        "| "
+        "teacher state MiB | student state MiB | teacher peak GiB | student peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         t, s, e = (r.get(f"{k}_tokens_per_s") for k in ("teacher", "student", "student_eager"))
-        lines.append(f"| {r['context']} | {r['batch']} | {fmt(t, 0) if t else 'OOM'} | {fmt(s, 0) if s else 'OOM'} | "
-                     f"{f'{s / t:.2f}x' if s and t else '-'} | {fmt(e, 0) if e else 'OOM'} | "
-                     f"{fmt(r.get('teacher_state_mib'), 1)} | "
-                     f"{fmt(r.get('student_state_mib'), 1)} | {fmt(r.get('teacher_peak_gib'), 2)} | "
-                     f"{fmt(r.get('student_peak_gib'), 2)} |")
+        lines.append(
+            f"| {r['context']} | {r['batch']} | {fmt(t, 0) if t else 'OOM'} | {fmt(s, 0) if s else 'OOM'} | "
+            f"{f'{s / t:.2f}x' if s and t else '-'} | {fmt(e, 0) if e else 'OOM'} | "
+            f"{fmt(r.get('teacher_state_mib'), 1)} | "
+            f"{fmt(r.get('student_state_mib'), 1)} | {fmt(r.get('teacher_peak_gib'), 2)} | "
+            f"{fmt(r.get('student_peak_gib'), 2)} |"
+        )
     write(f"decode_speed-{args.model}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

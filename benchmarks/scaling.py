@@ -29,32 +29,65 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
-    common = [str(HERE / "stage_throughput.py"), "--model", args.model, "--stages", "3", "--no-baseline",
-              "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-              "--warmup", str(args.warmup), "--out", args.out]
+    common = [
+        str(HERE / "stage_throughput.py"),
+        "--model",
+        args.model,
+        "--stages",
+        "3",
+        "--no-baseline",
+        "--batch",
+        str(args.batch),
+        "--seq-len",
+        str(args.seq_len),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--out",
+        args.out,
+    ]
     results = {}
     for n in (1, args.gpus):
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"] if n > 1 else []
         subprocess.run([sys.executable, *launcher, *common], check=True)
-        latest = max(Path(args.out).glob(f"stage_throughput-{args.model}-*-{n}gpu.json"), key=lambda p: p.stat().st_mtime)
+        latest = max(
+            Path(args.out).glob(f"stage_throughput-{args.model}-*-{n}gpu.json"), key=lambda p: p.stat().st_mtime
+        )
         results[n] = json.loads(latest.read_text())
     one, many = (results[n]["rows"][-1] for n in (1, args.gpus))
     ratio = many["tokens_per_s"] / one["tokens_per_s"]
     dev = results[1]["device"]
     cmd = command()
-    payload = {"device": dev, "gpus": args.gpus, "model": args.model, "command": cmd, "ratio": ratio,
-               "one": one, "many": many, "runs": {str(n): r["command"] for n, r in results.items()},
-               "versions": results[1]["versions"]}
-    lines = [f"# Stage-3 scaling, {args.model}, 1 vs {args.gpus} x {dev}", "", f"- command: `{cmd}`",
-             f"- versions: {payload['versions']}",
-             f"- {args.batch} sequences of {args.seq_len} tokens per process; 1 process: plain loop; {args.gpus}: "
-             "torchrun, FSDP2 (student and teacher sharded); mean of the steady steps after the warm-up, set-up not "
-             "timed", "",
-             "| processes | global batch | tokens/s | step ms | MFU | speed-up |", "|---|---|---|---|---|---|"]
+    payload = {
+        "device": dev,
+        "gpus": args.gpus,
+        "model": args.model,
+        "command": cmd,
+        "ratio": ratio,
+        "one": one,
+        "many": many,
+        "runs": {str(n): r["command"] for n, r in results.items()},
+        "versions": results[1]["versions"],
+    }
+    lines = [
+        f"# Stage-3 scaling, {args.model}, 1 vs {args.gpus} x {dev}",
+        "",
+        f"- command: `{cmd}`",
+        f"- versions: {payload['versions']}",
+        f"- {args.batch} sequences of {args.seq_len} tokens per process; 1 process: plain loop; {args.gpus}: "
+        "torchrun, FSDP2 (student and teacher sharded); mean of the steady steps after the warm-up, set-up not "
+        "timed",
+        "",
+        "| processes | global batch | tokens/s | step ms | MFU | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
     for n, r in ((1, one), (args.gpus, many)):
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-        lines.append(f"| {n} | {r['batch']} | {fmt(r['tokens_per_s'], 0)} | {fmt(r['step_ms'], 1)} | {mfu} | "
-                     f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x |")
+        lines.append(
+            f"| {n} | {r['batch']} | {fmt(r['tokens_per_s'], 0)} | {fmt(r['step_ms'], 1)} | {mfu} | "
+            f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x |"
+        )
     write(f"scaling-{args.model}-{dev.split(' (')[0]}-{args.gpus}gpu", payload, lines, Path(args.out))
 
 

@@ -79,38 +79,62 @@ def bench(name, make, run, backward: bool):
 
 def report(rows: list[dict], device: str, vers: dict, cmd: str, tokens: int, h: int, p: int, n: int, out: Path):
     """Save ``rows`` (one dict per sequence length, as printed) as ssd_speed-<device>.json and .md under ``out``."""
-    payload = {"device": device, "versions": vers, "command": cmd, "heads": h, "head_dim": p, "state": n,
-               "dtype": "torch.bfloat16", "tokens_per_call": tokens, "rows": rows}
+    payload = {
+        "device": device,
+        "versions": vers,
+        "command": cmd,
+        "heads": h,
+        "head_dim": p,
+        "state": n,
+        "dtype": "torch.bfloat16",
+        "tokens_per_call": tokens,
+        "rows": rows,
+    }
 
     def ratio(a, b):
         return "-" if a is None or b is None else f"{a / b:.2f}x"
 
-    lines = [f"# SSD vs attention, {device}", "", f"- command: `{cmd}`", f"- versions: {vers}",
-             f"- {tokens:,} tokens per call (batch = tokens / L), {h} heads x {p}, state {n}, per-head B/C, "
-             "D skip, bf16; median of 5 timed calls after 2 warm-up calls", "",
-             "| L | batch | SDPA fwd ms | mohawk triton fwd ms | mamba-ssm fwd ms | mohawk torch fwd ms "
-             "| SDPA fwd+bwd ms | mohawk triton fwd+bwd ms | mamba-ssm fwd+bwd ms | mohawk torch fwd+bwd ms "
-             "| mohawk compiled fwd+bwd ms "
-             "| SDPA / triton (fwd+bwd) | mamba-ssm / triton (fwd+bwd) | mamba-ssm / triton (fwd) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# SSD vs attention, {device}",
+        "",
+        f"- command: `{cmd}`",
+        f"- versions: {vers}",
+        f"- {tokens:,} tokens per call (batch = tokens / L), {h} heads x {p}, state {n}, per-head B/C, "
+        "D skip, bf16; median of 5 timed calls after 2 warm-up calls",
+        "",
+        "| L | batch | SDPA fwd ms | mohawk triton fwd ms | mamba-ssm fwd ms | mohawk torch fwd ms "
+        "| SDPA fwd+bwd ms | mohawk triton fwd+bwd ms | mamba-ssm fwd+bwd ms | mohawk torch fwd+bwd ms "
+        "| mohawk compiled fwd+bwd ms "
+        "| SDPA / triton (fwd+bwd) | mamba-ssm / triton (fwd+bwd) | mamba-ssm / triton (fwd) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['L']} | {r['batch']} | {fmt(r['sdpa_fwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_ms'))} | "
-                     f"{fmt(r.get('mamba_ssm_fwd_ms'))} | {fmt(r['mohawk_torch_fwd_ms'])} | "
-                     f"{fmt(r['sdpa_fwd_bwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_bwd_ms'))} | "
-                     f"{fmt(r.get('mamba_ssm_fwd_bwd_ms'))} | {fmt(r['mohawk_torch_fwd_bwd_ms'])} | "
-                     f"{fmt(r.get('mohawk_compiled_fwd_bwd_ms'))} | "
-                     f"{ratio(r['sdpa_fwd_bwd_ms'], r.get('mohawk_triton_fwd_bwd_ms'))} | "
-                     f"{ratio(r.get('mamba_ssm_fwd_bwd_ms'), r.get('mohawk_triton_fwd_bwd_ms'))} | "
-                     f"{ratio(r.get('mamba_ssm_fwd_ms'), r.get('mohawk_triton_fwd_ms'))} |")
+        lines.append(
+            f"| {r['L']} | {r['batch']} | {fmt(r['sdpa_fwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_ms'))} | "
+            f"{fmt(r.get('mamba_ssm_fwd_ms'))} | {fmt(r['mohawk_torch_fwd_ms'])} | "
+            f"{fmt(r['sdpa_fwd_bwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_bwd_ms'))} | "
+            f"{fmt(r.get('mamba_ssm_fwd_bwd_ms'))} | {fmt(r['mohawk_torch_fwd_bwd_ms'])} | "
+            f"{fmt(r.get('mohawk_compiled_fwd_bwd_ms'))} | "
+            f"{ratio(r['sdpa_fwd_bwd_ms'], r.get('mohawk_triton_fwd_bwd_ms'))} | "
+            f"{ratio(r.get('mamba_ssm_fwd_bwd_ms'), r.get('mohawk_triton_fwd_bwd_ms'))} | "
+            f"{ratio(r.get('mamba_ssm_fwd_ms'), r.get('mohawk_triton_fwd_ms'))} |"
+        )
     if any(r.get("mohawk_two_pass_fwd_bwd_ms") for r in rows):
-        lines += ["", "State computation forced (`--two-pass`; the triton columns above use the default, \"auto\"):",
-                  "", "| L | walk fwd ms | two-pass fwd ms | walk fwd+bwd ms | two-pass fwd+bwd ms "
-                  "| walk / default (fwd) | walk / default (fwd+bwd) |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['L']} | {fmt(r.get('mohawk_walk_fwd_ms'))} | {fmt(r.get('mohawk_two_pass_fwd_ms'))} | "
-                  f"{fmt(r.get('mohawk_walk_fwd_bwd_ms'))} | {fmt(r.get('mohawk_two_pass_fwd_bwd_ms'))} | "
-                  f"{ratio(r.get('mohawk_walk_fwd_ms'), r.get('mohawk_triton_fwd_ms'))} | "
-                  f"{ratio(r.get('mohawk_walk_fwd_bwd_ms'), r.get('mohawk_triton_fwd_bwd_ms'))} |" for r in rows]
+        lines += [
+            "",
+            'State computation forced (`--two-pass`; the triton columns above use the default, "auto"):',
+            "",
+            "| L | walk fwd ms | two-pass fwd ms | walk fwd+bwd ms | two-pass fwd+bwd ms "
+            "| walk / default (fwd) | walk / default (fwd+bwd) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['L']} | {fmt(r.get('mohawk_walk_fwd_ms'))} | {fmt(r.get('mohawk_two_pass_fwd_ms'))} | "
+            f"{fmt(r.get('mohawk_walk_fwd_bwd_ms'))} | {fmt(r.get('mohawk_two_pass_fwd_bwd_ms'))} | "
+            f"{ratio(r.get('mohawk_walk_fwd_ms'), r.get('mohawk_triton_fwd_ms'))} | "
+            f"{ratio(r.get('mohawk_walk_fwd_bwd_ms'), r.get('mohawk_triton_fwd_bwd_ms'))} |"
+            for r in rows
+        ]
     write("ssd_speed-" + device, payload, lines, out)
 
 
@@ -121,9 +145,12 @@ def main():
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768,65536")
     ap.add_argument("--compiled", action="store_true", help="also time the PyTorch scan through torch.compile")
-    ap.add_argument("--two-pass", action="store_true",
-                    help="also time the Triton scan with its chunk states forced to the walk and to two passes "
-                         "(TUNING['state_pass'], TUNING['dstate_pass'])")
+    ap.add_argument(
+        "--two-pass",
+        action="store_true",
+        help="also time the Triton scan with its chunk states forced to the walk and to two passes "
+        "(TUNING['state_pass'], TUNING['dstate_pass'])",
+    )
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("ssd_speed needs a CUDA GPU")
@@ -147,27 +174,53 @@ def main():
             def qkv():
                 return [torch.randn(b, h, L, p, device="cuda", dtype=dtype, requires_grad=bwd) for _ in range(3)]
 
-            row[f"sdpa_{tag}_ms"] = bench("sdpa", qkv, lambda q, k, v: F.scaled_dot_product_attention(
-                q, k, v, is_causal=True), bwd)
+            row[f"sdpa_{tag}_ms"] = bench(
+                "sdpa", qkv, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), bwd
+            )
             if ssd_triton is not None:
-                row[f"mohawk_triton_{tag}_ms"] = bench("triton", lambda: inputs(b, L, h, p, n, dtype, bwd),
-                                                       lambda x, dt, A, B, C: ssd_triton(x, dt, A, B, C, D_SKIP), bwd)
+                row[f"mohawk_triton_{tag}_ms"] = bench(
+                    "triton",
+                    lambda: inputs(b, L, h, p, n, dtype, bwd),
+                    lambda x, dt, A, B, C: ssd_triton(x, dt, A, B, C, D_SKIP),
+                    bwd,
+                )
             for forced in ("walk", "two_pass") if ssd_triton is not None and args.two_pass else ():
                 default = dict(TUNING)
                 TUNING.update(state_pass=forced, dstate_pass=forced)
-                row[f"mohawk_{forced}_{tag}_ms"] = bench(forced, lambda: inputs(b, L, h, p, n, dtype, bwd),
-                                                         lambda x, dt, A, B, C: ssd_triton(x, dt, A, B, C, D_SKIP), bwd)
+                row[f"mohawk_{forced}_{tag}_ms"] = bench(
+                    forced,
+                    lambda: inputs(b, L, h, p, n, dtype, bwd),
+                    lambda x, dt, A, B, C: ssd_triton(x, dt, A, B, C, D_SKIP),
+                    bwd,
+                )
                 TUNING.update(default)
             if mamba_chunk_scan_combined is not None:
-                row[f"mamba_ssm_{tag}_ms"] = bench("mamba", lambda: inputs(b, L, h, p, n, dtype, bwd),
-                                                   lambda x, dt, A, B, C: mamba_chunk_scan_combined(
-                                                       x, dt, A, B, C, 64, D=D_SKIP), bwd)
-            row[f"mohawk_torch_{tag}_ms"] = (bench("torch", lambda: inputs(b, L, h, p, n, dtype, bwd),
-                                                   lambda x, dt, A, B, C: ssd_chunked(x, dt, A, B, C, D_SKIP),
-                                                   bwd) if L <= 16384 else None)
-            row[f"mohawk_compiled_{tag}_ms"] = (bench("compiled", lambda: inputs(b, L, h, p, n, dtype, bwd),
-                                                      lambda x, dt, A, B, C: compiled(x, dt, A, B, C, D_SKIP),
-                                                      bwd) if L <= 16384 and args.compiled else None)
+                row[f"mamba_ssm_{tag}_ms"] = bench(
+                    "mamba",
+                    lambda: inputs(b, L, h, p, n, dtype, bwd),
+                    lambda x, dt, A, B, C: mamba_chunk_scan_combined(x, dt, A, B, C, 64, D=D_SKIP),
+                    bwd,
+                )
+            row[f"mohawk_torch_{tag}_ms"] = (
+                bench(
+                    "torch",
+                    lambda: inputs(b, L, h, p, n, dtype, bwd),
+                    lambda x, dt, A, B, C: ssd_chunked(x, dt, A, B, C, D_SKIP),
+                    bwd,
+                )
+                if L <= 16384
+                else None
+            )
+            row[f"mohawk_compiled_{tag}_ms"] = (
+                bench(
+                    "compiled",
+                    lambda: inputs(b, L, h, p, n, dtype, bwd),
+                    lambda x, dt, A, B, C: compiled(x, dt, A, B, C, D_SKIP),
+                    bwd,
+                )
+                if L <= 16384 and args.compiled
+                else None
+            )
             torch.cuda.empty_cache()
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -16,8 +16,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (arg_parser, command, device_name, fmt, model_config,  # noqa: E402
-                               random_teacher_and_student, sync, versions, write)
+from benchmarks.common import (  # noqa: E402
+    arg_parser,
+    command,
+    device_name,
+    fmt,
+    model_config,
+    random_teacher_and_student,
+    sync,
+    versions,
+    write,
+)
 from mohawk.parallel import resolve_device  # noqa: E402
 from mohawk.stages.orientation import frobenius_distance, tiled_frobenius_distance  # noqa: E402
 
@@ -34,7 +43,7 @@ def measure(fn, device) -> dict:
         fn()
         sync(device)
         ms = 1e3 * (time.perf_counter() - t0)
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 30 if device.type == "cuda" else None
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**30 if device.type == "cuda" else None
         return {"ms": ms, "peak_gib": peak}
     except torch.OutOfMemoryError:
         return {"oom": True}
@@ -68,25 +77,41 @@ def main():
         def tiled():
             tiled_frobenius_distance(teacher, layer, u, args.tile).mean().backward()
 
-        row = {"L": L, **{f"naive_{k}": v for k, v in measure(naive, device).items()},
-               **{f"tiled_{k}": v for k, v in measure(tiled, device).items()}}
+        row = {
+            "L": L,
+            **{f"naive_{k}": v for k, v in measure(naive, device).items()},
+            **{f"tiled_{k}": v for k, v in measure(tiled, device).items()},
+        }
         rows.append(row)
         print(row, flush=True)
     dev = device_name(device)
     cmd = command()
-    payload = {"device": dev, "versions": versions(), "command": cmd, "model": args.model, "tile": args.tile,
-               "rows": rows}
-    lines = [f"# Stage-1 loss memory, {args.model} layer dimensions, {dev}", "", f"- command: `{cmd}`",
-             f"- versions: {payload['versions']}",
-             f"- one layer, batch 1, float32 matrices, forward + backward of the Frobenius distance; tiled: blocks "
-             f"of {args.tile} rows, recomputed in the backward pass; peak = allocated above the inputs", "",
-             "| L | naive peak GiB | tiled peak GiB | tiled / naive memory | naive ms | tiled ms |",
-             "|---|---|---|---|---|---|"]
+    payload = {
+        "device": dev,
+        "versions": versions(),
+        "command": cmd,
+        "model": args.model,
+        "tile": args.tile,
+        "rows": rows,
+    }
+    lines = [
+        f"# Stage-1 loss memory, {args.model} layer dimensions, {dev}",
+        "",
+        f"- command: `{cmd}`",
+        f"- versions: {payload['versions']}",
+        f"- one layer, batch 1, float32 matrices, forward + backward of the Frobenius distance; tiled: blocks "
+        f"of {args.tile} rows, recomputed in the backward pass; peak = allocated above the inputs",
+        "",
+        "| L | naive peak GiB | tiled peak GiB | tiled / naive memory | naive ms | tiled ms |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         n, t = r.get("naive_peak_gib"), r.get("tiled_peak_gib")
-        lines.append(f"| {r['L']} | {fmt(n) if not r.get('naive_oom') else 'OOM'} | "
-                     f"{fmt(t) if not r.get('tiled_oom') else 'OOM'} | {f'1/{n / t:.1f}' if n and t else '-'} | "
-                     f"{fmt(r.get('naive_ms'), 1)} | {fmt(r.get('tiled_ms'), 1)} |")
+        lines.append(
+            f"| {r['L']} | {fmt(n) if not r.get('naive_oom') else 'OOM'} | "
+            f"{fmt(t) if not r.get('tiled_oom') else 'OOM'} | {f'1/{n / t:.1f}' if n and t else '-'} | "
+            f"{fmt(r.get('naive_ms'), 1)} | {fmt(r.get('tiled_ms'), 1)} |"
+        )
     write(f"stage1_memory-{args.model}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

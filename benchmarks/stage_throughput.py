@@ -24,13 +24,22 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (arg_parser, command, device_name, fmt, model_config,  # noqa: E402
-                               random_teacher_and_student, sync, versions, write)
+from benchmarks.common import (  # noqa: E402
+    arg_parser,
+    command,
+    device_name,
+    fmt,
+    model_config,
+    random_teacher_and_student,
+    sync,
+    versions,
+    write,
+)
+from mohawk.checkpoint import Checkpointer  # noqa: E402
 from mohawk.config import DistillConfig  # noqa: E402
+from mohawk.metrics import MetricsLog  # noqa: E402
 from mohawk.parallel import Parallel  # noqa: E402
 from mohawk.stages import STAGES  # noqa: E402
-from mohawk.checkpoint import Checkpointer  # noqa: E402
-from mohawk.metrics import MetricsLog  # noqa: E402
 from mohawk.train import StageBudget, train_stage  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -39,8 +48,9 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 def counted_params(model) -> int:
     """Parameters doing matmuls: all but the input embedding (counted once when tied to the head)."""
     emb = model.get_input_embeddings().weight
-    tied = any(p is emb for n, p in model.named_parameters() if "lm_head" in n) or \
-        getattr(model.config, "tie_word_embeddings", False)
+    tied = any(p is emb for n, p in model.named_parameters() if "lm_head" in n) or getattr(
+        model.config, "tie_word_embeddings", False
+    )
     return sum(p.numel() for p in model.parameters()) - (0 if tied else emb.numel())
 
 
@@ -73,8 +83,9 @@ def time_teacher_training(teacher_cfg, device, batch: int, seq_len: int, steps: 
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(teacher_cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
-                                                                                                      enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     data = random_batches(teacher_cfg.vocab_size, batch, seq_len, device, seed=1)
     t0 = 0.0
     for i in range(warmup + steps):
@@ -126,14 +137,19 @@ def _budget(tokens: int, micro_tokens: int) -> StageBudget:
     return StageBudget(tokens=tokens, micro_tokens=micro_tokens, grad_accum=1, lr=1e-5)
 
 
-def steady_step_seconds(stage, batches, warmup: int, steps: int, micro_tokens: int, common: dict, device,
-                        each=None) -> float:
+def steady_step_seconds(
+    stage, batches, warmup: int, steps: int, micro_tokens: int, common: dict, device, each=None
+) -> float:
     """Mean seconds per training step of ``stage`` over ``steps`` steps that follow ``warmup`` steps inside one run of
     the training loop (its set-up, the warm-up, and the one step after them are not timed); ``each()`` at every
     step's start (see timed_batches)."""
     marks: list[float] = []
-    train_stage(stage, timed_batches(batches, warmup, warmup + steps, device, marks, each),
-                _budget((warmup + steps + 1) * micro_tokens, micro_tokens), **common)
+    train_stage(
+        stage,
+        timed_batches(batches, warmup, warmup + steps, device, marks, each),
+        _budget((warmup + steps + 1) * micro_tokens, micro_tokens),
+        **common,
+    )
     return (marks[1] - marks[0]) / steps
 
 
@@ -154,8 +170,10 @@ def profile_stage(stage, batches, steps: int, micro_tokens: int, common: dict, d
     table = avg.table(sort_by=key, row_limit=30, max_name_column_width=70)
     cpu_table = avg.table(sort_by="cpu_time_total", row_limit=40, max_name_column_width=70)
     kind = "GPU" if device.type == "cuda" else "CPU"
-    head = (f"{steps} steps: wall {wall:.3f} s ({1e3 * wall / steps:.1f} ms/step, profiler on), self {kind} time "
-            f"{busy:.3f} s ({100 * busy / wall:.0f}%)")
+    head = (
+        f"{steps} steps: wall {wall:.3f} s ({1e3 * wall / steps:.1f} ms/step, profiler on), self {kind} time "
+        f"{busy:.3f} s ({100 * busy / wall:.0f}%)"
+    )
     syncs = ""
     if device.type == "cuda":  # where the host waits for the GPU (each wait empties the launch queue)
         import collections
@@ -183,11 +201,20 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--freeze-mlp", action="store_true")
-    ap.add_argument("--compile", default="off", choices=["off", "fuse", "graphs"],
-                    help="as mohawk distill --compile: torch.compile blocks and loss, graphs: also CUDA graphs")
+    ap.add_argument(
+        "--compile",
+        default="off",
+        choices=["off", "fuse", "graphs"],
+        help="as mohawk distill --compile: torch.compile blocks and loss, graphs: also CUDA graphs",
+    )
     ap.add_argument("--teacher-bf16", action="store_true", help="teacher weights in bf16 (default fp32 + autocast)")
-    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                    help="also profile STEPS steady steps per stage: top kernels to <out>/profile-*.txt")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also profile STEPS steady steps per stage: top kernels to <out>/profile-*.txt",
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the teacher's own training step")
     args = ap.parse_args()
 
@@ -205,15 +232,27 @@ def main():
     teacher, adapter, student = random_teacher_and_student(tcfg, device)
     if args.teacher_bf16:
         teacher.to(torch.bfloat16)
-    dcfg = DistillConfig(seq_len=args.seq_len, freeze_mlp=args.freeze_mlp, spike_factor=0.0, log_every=10 ** 9,
-                         checkpoint_every=10 ** 9, compile=args.compile)
+    dcfg = DistillConfig(
+        seq_len=args.seq_len,
+        freeze_mlp=args.freeze_mlp,
+        spike_factor=0.0,
+        log_every=10**9,
+        checkpoint_every=10**9,
+        compile=args.compile,
+    )
     loop = dcfg.loop_settings()
     if baseline_s is not None:
         tokens = args.batch * args.seq_len
         fl = flops_per_token(0, student, teacher, args.seq_len)
-        rows.append({"what": "HF eager training step of the teacher", "batch": args.batch,
-                     "tokens_per_s": tokens / baseline_s, "step_ms": 1e3 * baseline_s,
-                     "mfu": fl * tokens / baseline_s / peak if peak else None})
+        rows.append(
+            {
+                "what": "HF eager training step of the teacher",
+                "batch": args.batch,
+                "tokens_per_s": tokens / baseline_s,
+                "step_ms": 1e3 * baseline_s,
+                "mfu": fl * tokens / baseline_s / peak if peak else None,
+            }
+        )
     for s in map(int, args.stages.split(",")):
         rows_per_rank = args.stage1_batch if s == 1 else args.batch
         global_rows = rows_per_rank * world
@@ -222,49 +261,76 @@ def main():
         if parallel.uses_fsdp(stage):
             parallel.shard_teacher(adapter)  # as mohawk distill does
         batches = map(parallel.shard, random_batches(tcfg.vocab_size, global_rows, args.seq_len, device, seed=s))
-        common = dict(loop=loop, checkpointer=Checkpointer(None), log=MetricsLog(None), progress=False,
-                      parallel=parallel)
+        common = dict(
+            loop=loop, checkpointer=Checkpointer(None), log=MetricsLog(None), progress=False, parallel=parallel
+        )
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         dt = steady_step_seconds(stage, batches, args.warmup, args.steps, micro_tokens, common, device)
-        trainable = sum(p.numel() for _, p in stage.parameters()) / max(1, sum(p.numel() for p in
-                                                                               student.parameters()))
+        trainable = sum(p.numel() for _, p in stage.parameters()) / max(1, sum(p.numel() for p in student.parameters()))
         fl = flops_per_token(s, student, teacher, args.seq_len, trainable)
         tps = micro_tokens / dt
-        rows.append({"what": f"stage {s} ({stage.name})", "batch": global_rows, "tokens_per_s": tps,
-                     "step_ms": 1e3 * dt, "mfu": fl * tps / world / peak if peak else None,
-                     "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda"
-                     else None})
+        rows.append(
+            {
+                "what": f"stage {s} ({stage.name})",
+                "batch": global_rows,
+                "tokens_per_s": tps,
+                "step_ms": 1e3 * dt,
+                "mfu": fl * tps / world / peak if peak else None,
+                "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            }
+        )
         if parallel.main:
             print(rows[-1], flush=True)
         if args.profile and parallel.main:
-            profile_stage(stage, batches, args.profile, micro_tokens, common, device,
-                          Path(args.out) / f"profile-{args.model}-stage{s}-compile_{args.compile}.txt")
+            profile_stage(
+                stage,
+                batches,
+                args.profile,
+                micro_tokens,
+                common,
+                device,
+                Path(args.out) / f"profile-{args.model}-stage{s}-compile_{args.compile}.txt",
+            )
     if not parallel.main:
         parallel.close()
         return
     base = rows[0]["tokens_per_s"] if baseline_s is not None else None
-    cmd = command("torchrun --nproc-per-node %d" % world if world > 1 else "python3")
-    payload = {"device": dev_name, "gpus": world, "compile": args.compile, "teacher_bf16": args.teacher_bf16,
-               "versions": versions("transformers", "triton", "mamba_ssm"),
-               "command": cmd, "model": args.model, "seq_len": args.seq_len, "rows": rows,
-               "student_parameters": sum(p.numel() for p in student.parameters()),
-               "teacher_parameters": sum(p.numel() for p in teacher.parameters())}
-    lines = [f"# Stage throughput, {args.model} ({payload['teacher_parameters'] / 1e9:.2f}B teacher, "
-             f"{payload['student_parameters'] / 1e9:.2f}B SSD student), {world} x {dev_name}", "",
-             f"- command: `{cmd}`", f"- versions: {payload['versions']}",
-             f"- {args.seq_len} tokens per sequence, batch = sequences per optimizer step over all processes; "
-             f"mean of {args.steps} steps after {args.warmup} warm-up steps in one run of the loop (its set-up not "
-             "timed); random weights and tokens; "
-             f"compile {args.compile}, teacher weights {'bf16' if args.teacher_bf16 else 'fp32'}",
-             "",
-             "| what | batch | tokens/s | step ms | MFU | vs teacher's HF step | peak GiB |",
-             "|---|---|---|---|---|---|---|"]
+    cmd = command(f"torchrun --nproc-per-node {world}" if world > 1 else "python3")
+    payload = {
+        "device": dev_name,
+        "gpus": world,
+        "compile": args.compile,
+        "teacher_bf16": args.teacher_bf16,
+        "versions": versions("transformers", "triton", "mamba_ssm"),
+        "command": cmd,
+        "model": args.model,
+        "seq_len": args.seq_len,
+        "rows": rows,
+        "student_parameters": sum(p.numel() for p in student.parameters()),
+        "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+    }
+    lines = [
+        f"# Stage throughput, {args.model} ({payload['teacher_parameters'] / 1e9:.2f}B teacher, "
+        f"{payload['student_parameters'] / 1e9:.2f}B SSD student), {world} x {dev_name}",
+        "",
+        f"- command: `{cmd}`",
+        f"- versions: {payload['versions']}",
+        f"- {args.seq_len} tokens per sequence, batch = sequences per optimizer step over all processes; "
+        f"mean of {args.steps} steps after {args.warmup} warm-up steps in one run of the loop (its set-up not "
+        "timed); random weights and tokens; "
+        f"compile {args.compile}, teacher weights {'bf16' if args.teacher_bf16 else 'fp32'}",
+        "",
+        "| what | batch | tokens/s | step ms | MFU | vs teacher's HF step | peak GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         rel = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-        lines.append(f"| {r['what']} | {r['batch']} | {fmt(r['tokens_per_s'], 0)} | {fmt(r['step_ms'], 1)} | {mfu} | "
-                     f"{rel} | {fmt(r.get('peak_mem_gib'), 1)} |")
+        lines.append(
+            f"| {r['what']} | {r['batch']} | {fmt(r['tokens_per_s'], 0)} | {fmt(r['step_ms'], 1)} | {mfu} | "
+            f"{rel} | {fmt(r.get('peak_mem_gib'), 1)} |"
+        )
     tag = (f"-compile_{args.compile}" if args.compile != "off" else "") + ("-bf16teacher" if args.teacher_bf16 else "")
     write(f"stage_throughput-{args.model}-{dev_name.split(' (')[0]}-{world}gpu{tag}", payload, lines, Path(args.out))
     parallel.close()

@@ -44,19 +44,27 @@ def write_experiments_report(out: Path, runs: list[dict], report: Path, tokens: 
     plots.mkdir(parents=True, exist_ok=True)
     rows = {r["name"]: (r, _load(out / r["name"])) for r in runs}
     teacher = next((d for _, d in rows.values() if d), None)
-    lines = ["# Experiments: the paper's claims at small scale", "",
-             f"Every run distils the default teacher (SmolLM2-135M-Instruct) on the bundled Gutenberg corpus with "
-             f"{tokens:,} student tokens unless the row says otherwise; validation on held-out books; zero-shot "
-             "tasks through lm-evaluation-harness on the vendored task files (first N items each, see the command). "
-             "Made by `python3 experiments/run_all.py` (the exact `mohawk distill` command of each run is listed "
-             "at the end). Wall times include the run's evaluation; the hybrid and SSM-student runs shared one GPU "
-             "three at a time (`--runs` streams in parallel), so compare wall times only within a group's solo runs.",
-             ""]
+    lines = [
+        "# Experiments: the paper's claims at small scale",
+        "",
+        f"Every run distils the default teacher (SmolLM2-135M-Instruct) on the bundled Gutenberg corpus with "
+        f"{tokens:,} student tokens unless the row says otherwise; validation on held-out books; zero-shot "
+        "tasks through lm-evaluation-harness on the vendored task files (first N items each, see the command). "
+        "Made by `python3 experiments/run_all.py` (the exact `mohawk distill` command of each run is listed "
+        "at the end). Wall times include the run's evaluation; the hybrid and SSM-student runs shared one GPU "
+        "three at a time (`--runs` streams in parallel), so compare wall times only within a group's solo runs.",
+        "",
+    ]
     if teacher:
         t_ev = teacher["evaluation"].get("scores", {}).get("teacher", {})
-        lines += [f"Teacher: perplexity {teacher['teacher_eval']['perplexity']:.2f}; zero-shot "
-                  + ", ".join(f"{t} {100 * v:.1f}" for t, v in zero_shot({'evaluation': {'scores': {'student': t_ev}}}).items())
-                  + f"; device {teacher.get('device')}.", ""]
+        lines += [
+            f"Teacher: perplexity {teacher['teacher_eval']['perplexity']:.2f}; zero-shot "
+            + ", ".join(
+                f"{t} {100 * v:.1f}" for t, v in zero_shot({"evaluation": {"scores": {"student": t_ev}}}).items()
+            )
+            + f"; device {teacher.get('device')}.",
+            "",
+        ]
     for g, title in GROUPS.items():
         group = [(r, d) for r, d in rows.values() if r["group"] == g]
         if g in "bde":  # compare against the MOHAWK reference run
@@ -65,8 +73,12 @@ def write_experiments_report(out: Path, runs: list[dict], report: Path, tokens: 
         if g == "c":
             ref = rows.get("stages-1-2-3")
             group = ([ref] if ref else []) + group
-        lines += [f"## {title}", "", "| run | student tokens (s1/s2/s3) | wall s | ppl | top-1 agree | KL | "
-                  "mean zero-shot acc | tasks |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {title}",
+            "",
+            "| run | student tokens (s1/s2/s3) | wall s | ppl | top-1 agree | KL | mean zero-shot acc | tasks |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r, d in group:
             if d is None:
                 failed = out / r["name"] / "FAILED"
@@ -80,8 +92,10 @@ def write_experiments_report(out: Path, runs: list[dict], report: Path, tokens: 
             mean = f"{100 * sum(zs.values()) / len(zs):.1f}" if zs else "-"
             tasks = ", ".join(f"{t} {100 * v:.1f}" for t, v in zs.items())
             f = d["final"]
-            lines.append(f"| {r['label']} | {toks} | {wall:.0f} | {f['perplexity']:.2f} | "
-                         f"{f['top1_agreement']:.3f} | {f['kl']:.3f} | {mean} | {tasks} |")
+            lines.append(
+                f"| {r['label']} | {toks} | {wall:.0f} | {f['perplexity']:.2f} | "
+                f"{f['top1_agreement']:.3f} | {f['kl']:.3f} | {mean} | {tasks} |"
+            )
         lines.append("")
         made = _plot(g, group, plots, plt)
         if made:

@@ -58,17 +58,28 @@ def plan(T: int, num_layers: int, auto_layers: list[int] | None) -> list[dict]:
     for where in ("first", "last"):
         add("c", f"attn-2-{where}", f"2 attention layers, {where}", num_attention_layers=2, placement=where)
     if auto_layers is not None:
-        add("c", "attn-2-auto", f"2 attention layers where stage-2 distance is worst {auto_layers}",
-            attention_layers=",".join(map(str, auto_layers)))
+        add(
+            "c",
+            "attn-2-auto",
+            f"2 attention layers where stage-2 distance is worst {auto_layers}",
+            attention_layers=",".join(map(str, auto_layers)),
+        )
     for mixer in ("ssm", "linear_attention", "toeplitz"):
         add("d", f"mixer-{mixer}", f"{mixer} student, 1+2+3", mixer=mixer)
     base = stage_tokens(T, (1, 2, 3))
     for f in (0.25, 4):
         tokens = {**base, "stage3_tokens": int(base["stage3_tokens"] * f)}
         add("e", f"stage3-x{f:g}", f"1+2+3, stage-3 tokens x{f:g}", tokens=tokens)
-    add("e", "scratch", "same student from scratch (random init, CE only)", (3,),
-        tokens={"stage1_tokens": 0, "stage2_tokens": 0, "stage3_tokens": T}, init="scratch", kd_weight=0.0,
-        ce_weight=1.0)
+    add(
+        "e",
+        "scratch",
+        "same student from scratch (random init, CE only)",
+        (3,),
+        tokens={"stage1_tokens": 0, "stage2_tokens": 0, "stage3_tokens": T},
+        init="scratch",
+        kd_weight=0.0,
+        ce_weight=1.0,
+    )
     return runs
 
 
@@ -118,9 +129,24 @@ def main():
         return
     groups = set(args.groups.split(","))
     names = set(args.runs.split(",")) if args.runs else None
-    common = ["--preset", "gpu", "--seq-len", "512", "--batch-size", "16", "--tokens-per-update", "65536",
-              "--val-sequences", "32", "--eval-tasks", "lm-eval", "--eval-limit", str(args.eval_limit), "--quiet",
-              *args.extra]
+    common = [
+        "--preset",
+        "gpu",
+        "--seq-len",
+        "512",
+        "--batch-size",
+        "16",
+        "--tokens-per-update",
+        "65536",
+        "--val-sequences",
+        "32",
+        "--eval-tasks",
+        "lm-eval",
+        "--eval-limit",
+        str(args.eval_limit),
+        "--quiet",
+        *args.extra,
+    ]
     t0 = time.time()
     order = [r["name"] for r in runs]
     if "attn-2-auto" not in order:

@@ -36,9 +36,11 @@ from mohawk.errors import MohawkError
 from mohawk.mixers.ssm import semiseparable
 
 FAMILIES = ("toeplitz", "low_rank", "ssd", "ssm")
-SOURCES = {"books": ASSETS / "gutenberg" / "validation.jsonl.xz",
-           "speeches": ASSETS / "samples" / "state_union.jsonl.xz",
-           "reviews": ASSETS / "samples" / "movie_reviews.jsonl.xz"}
+SOURCES = {
+    "books": ASSETS / "gutenberg" / "validation.jsonl.xz",
+    "speeches": ASSETS / "samples" / "state_union.jsonl.xz",
+    "reviews": ASSETS / "samples" / "movie_reviews.jsonl.xz",
+}
 
 
 # -- the families' matrices ------------------------------------------------------------------------------------------
@@ -46,7 +48,7 @@ def toeplitz_fit(A: Tensor) -> Tensor:
     """The Frobenius-closest causal Toeplitz matrix to each of A (m, L, L): every subdiagonal replaced by its mean."""
     m, L, _ = A.shape
     t = torch.arange(L, device=A.device)
-    lag = (t[:, None] - t[None, :])
+    lag = t[:, None] - t[None, :]
     causal = lag >= 0
     idx = lag.clamp(min=0).flatten().expand(m, -1)
     sums = A.new_zeros(m, L).scatter_add_(1, idx, (A * causal).flatten(1))
@@ -88,7 +90,7 @@ def fit_gd(A: Tensor, Q: Tensor, K: Tensor, w: Tensor | None, steps: int, lr: fl
         with torch.no_grad():  # these parameters produced this distance: keep them where it is the best yet
             better = sq.sqrt() < best
             best = torch.where(better, sq.sqrt(), best)
-            for b, p in zip(best_params, params):
+            for b, p in zip(best_params, params, strict=False):
                 b.copy_(torch.where(better.view(-1, 1, 1), p, b))
         if step == steps:
             break
@@ -98,14 +100,15 @@ def fit_gd(A: Tensor, Q: Tensor, K: Tensor, w: Tensor | None, steps: int, lr: fl
         sched.step()
     with torch.no_grad():
         M = matrix(best_params)
-    return Fit(best, M, dict(zip(("Q", "K", "w"), best_params)))
+    return Fit(best, M, dict(zip(("Q", "K", "w"), best_params, strict=False)))
 
 
 BLOCKS = {"low_rank": 32, "ssd": 64, "ssm": 16}  # block sizes of the fits (see benchmarks/README.md)
 
 
-def fit_families(A: Tensor, families=FAMILIES, state_size: int = 16, steps: int = 1000, lr: float = 1e-2
-                 ) -> dict[str, Fit]:
+def fit_families(
+    A: Tensor, families=FAMILIES, state_size: int = 16, steps: int = 1000, lr: float = 1e-2
+) -> dict[str, Fit]:
     """Fit every requested family to each matrix of A (m, L, L); the GD families are warm-started along the chain
     low_rank -> ssd -> ssm (a family that is asked for alone still runs the ones before it as its start)."""
     fits: dict[str, Fit] = {}
@@ -127,16 +130,24 @@ def fit_families(A: Tensor, families=FAMILIES, state_size: int = 16, steps: int 
         fit = fit_gd(A, fit.params["Q"], fit.params["K"], w, steps, lr, BLOCKS["ssd"])
         fits["ssd"] = fit
     if last >= 2:  # every channel starts with the SSD decay: starts at the SSD fit
-        fit = fit_gd(A, fit.params["Q"], fit.params["K"], fit.params["w"].expand(-1, -1, N).contiguous(), steps, lr,
-                     BLOCKS["ssm"])
+        fit = fit_gd(
+            A,
+            fit.params["Q"],
+            fit.params["K"],
+            fit.params["w"].expand(-1, -1, N).contiguous(),
+            steps,
+            lr,
+            BLOCKS["ssm"],
+        )
         fits["ssm"] = fit
     return {f: fits[f] for f in families}
 
 
 # -- sampling attention matrices -------------------------------------------------------------------------------------
 @torch.no_grad()
-def sample_attention(adapter, tokenizer, source: str, num: int, seq_len: int, seed: int = 0,
-                     batch_size: int = 4) -> tuple[Tensor, list[int], list[int]]:
+def sample_attention(
+    adapter, tokenizer, source: str, num: int, seq_len: int, seed: int = 0, batch_size: int = 4
+) -> tuple[Tensor, list[int], list[int]]:
     """``num`` attention matrices (num, L, L) from text ``source``: one random head per layer per sequence.
     Returns (matrices, layer of each, head of each)."""
     from mohawk.data import TokenStream
@@ -148,9 +159,11 @@ def sample_attention(adapter, tokenizer, source: str, num: int, seq_len: int, se
     stream = TokenStream(files, tokenizer, seq_len, seed=seed, repeat=False).sequences()
     rng = random.Random(seed)
     device = next(adapter.model.parameters()).device
-    mats, layers, heads = [], [], []
+    mats: list[Tensor] = []
+    layers: list[int] = []
+    heads: list[int] = []
     while len(mats) < num:
-        rows = [r for _, r in zip(range(batch_size), stream)]
+        rows = [r for _, r in zip(range(batch_size), stream, strict=False)]
         if not rows:
             raise MohawkError(f"text source {source!r} has too little text for {num} matrices of {seq_len} tokens")
         ids = torch.tensor(rows, device=device)
@@ -159,7 +172,7 @@ def sample_attention(adapter, tokenizer, source: str, num: int, seq_len: int, se
             for i in range(adapter.num_layers):
                 if len(mats) == num:
                     break
-                A = adapter.attention(i).materialize(caps.mixer_inputs[i][b: b + 1])[0]  # (heads, L, L)
+                A = adapter.attention(i).materialize(caps.mixer_inputs[i][b : b + 1])[0]  # (heads, L, L)
                 h = rng.randrange(A.shape[0])
                 mats.append(A[h].float())
                 layers.append(i)
@@ -213,37 +226,52 @@ def run_approx(cfg: ApproxConfig, console=None, command: str | None = None) -> P
     if max_pos and cfg.seq_len > max_pos:
         raise MohawkError(f"--seq-len {cfg.seq_len} is above the teacher's maximum of {max_pos} positions")
     per_source = math.ceil(cfg.num_matrices / len(sources))
-    results = {"config": asdict(cfg), "command": command or " ".join(["mohawk", *sys.argv[1:]]),
-               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-               f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
-               "versions": {"torch": torch.__version__, "python": platform.python_version()},
-               "families": families, "sources": sources, "distance": {}, "relative": {}, "by_layer": {},
-               "fit_s": {}, "num_layers": adapter.num_layers}
+    results = {
+        "config": asdict(cfg),
+        "command": command or " ".join(["mohawk", *sys.argv[1:]]),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "families": families,
+        "sources": sources,
+        "distance": {},
+        "relative": {},
+        "by_layer": {},
+        "fit_s": {},
+        "num_layers": adapter.num_layers,
+    }
     examples = {}
     with Progress(console=console, transient=True) as bar:
         for src in sources:
             task = bar.add_task(f"{src}: sampling {per_source} attention matrices", total=None)
             A, layers, _ = sample_attention(adapter, tokenizer, src, per_source, cfg.seq_len, seed=cfg.seed)
             bar.update(task, description=f"{src}: fitting {', '.join(families)} ({cfg.steps} steps)")
-            dists = {f: [] for f in families}
+            dists: dict[str, list[Tensor]] = {f: [] for f in families}
             for start in range(0, len(A), cfg.fit_batch):
-                chunk = A[start: start + cfg.fit_batch]
+                chunk = A[start : start + cfg.fit_batch]
                 t_fit = time.perf_counter()
                 fits = fit_families(chunk, families, cfg.state_size, cfg.steps, cfg.lr)
                 results["fit_s"][src] = results["fit_s"].get(src, 0.0) + time.perf_counter() - t_fit
                 for f, fit in fits.items():
                     dists[f].append(fit.distance.cpu())
                 if start == 0:
-                    examples[src] = {"attention": chunk[:3].cpu(), **{f: fit.matrix[:3].cpu() for f, fit in fits.items()}}
+                    examples[src] = {
+                        "attention": chunk[:3].cpu(),
+                        **{f: fit.matrix[:3].cpu() for f, fit in fits.items()},
+                    }
             bar.remove_task(task)
             norms = torch.linalg.matrix_norm(A).cpu()
             for f in families:
                 d = torch.cat(dists[f])
-                results["distance"].setdefault(f, {})[src] = {"mean": float(d.mean()), "std": float(d.std()),
-                                                              "n": len(d)}
+                results["distance"].setdefault(f, {})[src] = {
+                    "mean": float(d.mean()),
+                    "std": float(d.std()),
+                    "n": len(d),
+                }
                 results["relative"].setdefault(f, {})[src] = float((d / norms).mean())
                 per_layer = results["by_layer"].setdefault(f, {})
-                for layer, x in zip(layers, d.tolist()):
+                for layer, x in zip(layers, d.tolist(), strict=False):
                     per_layer.setdefault(str(layer), []).append(x)
             console.print(f"{src}: " + ", ".join(f"{f} {results['distance'][f][src]['mean']:.3f}" for f in families))
     for f in families:
@@ -288,7 +316,7 @@ def write_approx_report(out: Path, results: dict, examples: dict) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for f in families:
         pts = sorted((int(k), v) for k, v in results["by_layer"][f].items())
-        ax.plot(*zip(*pts), "o-", label=f, markersize=3)
+        ax.plot(*zip(*pts, strict=False), "o-", label=f, markersize=3)
     ax.set_xlabel("layer")
     ax.set_ylabel("mean Frobenius distance (log)")
     ax.set_yscale("log")
@@ -300,23 +328,35 @@ def write_approx_report(out: Path, results: dict, examples: dict) -> Path:
     plt.close(fig)
 
     c = results["config"]
-    lines = ["# Matrix-family study: how well does each family approximate attention?", "",
-             f"- command: `{results['command']}`",
-             f"- teacher: `{c['teacher']}`; {c['num_matrices']} matrices requested, {c['seq_len']} tokens each, one "
-             f"random head per layer per sequence; state size N = {c['state_size']}; {c['steps']} Adam steps per GD "
-             f"family (lr {c['lr']})",
-             f"- device: {results['device']}; versions: {results['versions']}; total {results['total_s']:.0f} s "
-             f"(fitting: {', '.join(f'{s} {t:.0f} s' for s, t in results['fit_s'].items())})", "",
-             "Frobenius distance ||A - M||_F, mean ± std over matrices (lower is better):", "",
-             "| family | " + " | ".join(sources) + " | mean relative distance |",
-             "|---|" + "---|" * (len(sources) + 1)]
+    lines = [
+        "# Matrix-family study: how well does each family approximate attention?",
+        "",
+        f"- command: `{results['command']}`",
+        f"- teacher: `{c['teacher']}`; {c['num_matrices']} matrices requested, {c['seq_len']} tokens each, one "
+        f"random head per layer per sequence; state size N = {c['state_size']}; {c['steps']} Adam steps per GD "
+        f"family (lr {c['lr']})",
+        f"- device: {results['device']}; versions: {results['versions']}; total {results['total_s']:.0f} s "
+        f"(fitting: {', '.join(f'{s} {t:.0f} s' for s, t in results['fit_s'].items())})",
+        "",
+        "Frobenius distance ||A - M||_F, mean ± std over matrices (lower is better):",
+        "",
+        "| family | " + " | ".join(sources) + " | mean relative distance |",
+        "|---|" + "---|" * (len(sources) + 1),
+    ]
     for f in families:
         cells = [f"{results['distance'][f][s]['mean']:.3f} ± {results['distance'][f][s]['std']:.3f}" for s in sources]
         rel = sum(results["relative"][f].values()) / len(sources)
         lines.append(f"| {f} | " + " | ".join(cells) + f" | {rel:.3f} |")
-    lines += ["", "Relative distance: ||A - M||_F / ||A||_F. Toeplitz is the closed-form least-squares fit; low_rank, "
-              "ssd and ssm are nested and warm-started along that chain (see `mohawk/approx.py`).", "",
-              "![fits](plots/heatmaps.png)", "", "![by layer](plots/distance_by_layer.png)", ""]
+    lines += [
+        "",
+        "Relative distance: ||A - M||_F / ||A||_F. Toeplitz is the closed-form least-squares fit; low_rank, "
+        "ssd and ssm are nested and warm-started along that chain (see `mohawk/approx.py`).",
+        "",
+        "![fits](plots/heatmaps.png)",
+        "",
+        "![by layer](plots/distance_by_layer.png)",
+        "",
+    ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

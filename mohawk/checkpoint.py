@@ -82,8 +82,9 @@ class Checkpointer:
         """True when every file listed in the manifest is present with its size and sha256."""
         try:
             manifest = json.loads((path / "manifest.json").read_text())
-            return bool(manifest) and all((path / n).stat().st_size == m["size"] and _sha256(path / n) == m["sha256"]
-                                          for n, m in manifest.items())
+            return bool(manifest) and all(
+                (path / n).stat().st_size == m["size"] and _sha256(path / n) == m["sha256"] for n, m in manifest.items()
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return False
 
@@ -116,8 +117,9 @@ def read_state(path: Path) -> dict:
             raise ValueError("incomplete")
         return state
     except (OSError, ValueError) as e:
-        raise MohawkError(f"checkpoint {path} is damaged (state.json: {e}); delete it to resume from the one "
-                          "before") from None
+        raise MohawkError(
+            f"checkpoint {path} is damaged (state.json: {e}); delete it to resume from the one before"
+        ) from None
 
 
 def _step_of(path: Path) -> int:
@@ -137,7 +139,7 @@ class ResumePoint:
     corrupt: list[Path] = field(default_factory=list)
 
     @classmethod
-    def find(cls, checkpointer: Checkpointer) -> "ResumePoint":
+    def find(cls, checkpointer: Checkpointer) -> ResumePoint:
         path = checkpointer.latest()
         return cls(path, read_state(path) if path else None, list(checkpointer.corrupt))
 
@@ -166,11 +168,38 @@ class ResumePoint:
 # Settings a resumed run must share with the run it continues: they decide what is trained on what, so changing
 # them midway would mix two experiments under one name. Learning rates, the spike guard, logging, devices and
 # evaluation may change (a lower LR is the remedy for a diverging stage).
-RUN_DEFINING = ("teacher", "attention_layers", "num_attention_layers", "placement", "mixer", "ssd_init",
-                "ssd_state_size", "init", "data", "val_data", "text_field", "seq_len", "batch_size",
-                "tokens_per_update", "val_sequences", "stages", "tokens", "stage1_tokens", "stage2_tokens", "stage3_tokens",
-                "stage1_tile", "freeze_mlp", "temperature", "kd_weight", "ce_weight", "schedule", "warmup_fraction",
-                "decay_fraction", "weight_decay", "seed")
+RUN_DEFINING = (
+    "teacher",
+    "attention_layers",
+    "num_attention_layers",
+    "placement",
+    "mixer",
+    "ssd_init",
+    "ssd_state_size",
+    "init",
+    "data",
+    "val_data",
+    "text_field",
+    "seq_len",
+    "batch_size",
+    "tokens_per_update",
+    "val_sequences",
+    "stages",
+    "tokens",
+    "stage1_tokens",
+    "stage2_tokens",
+    "stage3_tokens",
+    "stage1_tile",
+    "freeze_mlp",
+    "temperature",
+    "kd_weight",
+    "ce_weight",
+    "schedule",
+    "warmup_fraction",
+    "decay_fraction",
+    "weight_decay",
+    "seed",
+)
 
 
 def check_resume_config(saved_path: Path, cfg) -> None:
@@ -189,8 +218,10 @@ def check_resume_config(saved_path: Path, cfg) -> None:
     for key in RUN_DEFINING:
         if key in saved and saved[key] != now.get(key):
             flag = "--" + key.replace("_", "-")
-            raise MohawkError(f"cannot resume with {flag} {now.get(key)!r}: the run in {saved_path.parent} used "
-                              f"{saved[key]!r} (start a new run in another --out, or resume with the same setting)")
+            raise MohawkError(
+                f"cannot resume with {flag} {now.get(key)!r}: the run in {saved_path.parent} used "
+                f"{saved[key]!r} (start a new run in another --out, or resume with the same setting)"
+            )
 
 
 @contextmanager
@@ -235,14 +266,20 @@ def _dcp_load(student, optimizer, path: Path) -> None:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
-                                                         set_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_state_dict,
+        set_model_state_dict,
+        set_state_dict,
+    )
 
     try:
         keys = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
     except Exception as e:  # a .metadata that does not unpickle raises whatever pickle meets
-        raise MohawkError(f"checkpoint {path} is damaged ({type(e).__name__} reading its .metadata); delete it to "
-                          "resume from the one before") from e
+        raise MohawkError(
+            f"checkpoint {path} is damaged ({type(e).__name__} reading its .metadata); delete it to "
+            "resume from the one before"
+        ) from e
     with_optim = optimizer is not None and any(k.startswith("optim.") for k in keys)
     if with_optim:
         model_sd, optim_sd = get_state_dict(student, optimizer)
@@ -255,8 +292,12 @@ def _dcp_load(student, optimizer, path: Path) -> None:
     try:
         # partial: Adam has no state for parameters that never got a gradient (stage 1 leaves some mixer weights out)
         with _quiet_single_process(), _unwrapped_dcp_errors():
-            dcp.load(sd, checkpoint_id=str(path), planner=DefaultLoadPlanner(allow_partial_load=True),
-                     no_dist=not dist.is_initialized())
+            dcp.load(
+                sd,
+                checkpoint_id=str(path),
+                planner=DefaultLoadPlanner(allow_partial_load=True),
+                no_dist=not dist.is_initialized(),
+            )
         if with_optim:
             set_state_dict(student, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
         else:

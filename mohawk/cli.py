@@ -1,5 +1,5 @@
-"""The command line: ``mohawk distill``, ``mohawk eval``, ``mohawk approx``, ``mohawk generate`` and ``mohawk export``. User errors print as one line (``--debug`` shows
-the traceback) and exit with status 2."""
+"""The command line: ``mohawk distill``, ``eval``, ``approx``, ``generate`` and ``export``. User errors print as one
+line (``--debug`` shows the traceback) and exit with status 2; interrupts exit 130 (Ctrl-C) or 143 (SIGTERM)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import inspect
 import sys
 import typing
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -16,8 +15,13 @@ from rich.console import Console
 from mohawk.config import DistillConfig
 from mohawk.errors import MohawkError
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="MOHAWK: distil a pretrained Transformer into a Mamba-2 (SSD) student or hybrid.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="MOHAWK: distil a pretrained Transformer into a Mamba-2 (SSD) student or hybrid.",
+)
 console = Console(stderr=True)
 _DEBUG = {"on": False}
 
@@ -26,12 +30,23 @@ class Interrupted(Exception):
     """Ctrl-C during a run (click would otherwise turn it into a silent Abort)."""
 
 
+def _version(show: bool) -> None:
+    if show:
+        from mohawk import __version__
+
+        print(f"mohawk {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")):
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
     _DEBUG["on"] = debug
 
 
-def _distill(config: Optional[str], preset: Optional[str], resume: bool, overwrite: bool, quiet: bool, **fields):
+def _distill(config: str | None, preset: str | None, resume: bool, overwrite: bool, quiet: bool, **fields):
     """Distil a teacher into an SSD student (stages 1-3), save it to OUT/student and write OUT/report.md.
 
     With no arguments: SmolLM2-135M -> pure-SSD student on the bundled corpus, sized for a 2-core CPU (~10 min).
@@ -42,8 +57,14 @@ def _distill(config: Optional[str], preset: Optional[str], resume: bool, overwri
 
     cfg = DistillConfig.from_sources(config, preset=preset, **fields)
     try:
-        run(cfg, resume=resume, overwrite=overwrite, progress=not quiet, console=console,
-            command=" ".join(["mohawk", *sys.argv[1:]]))
+        run(
+            cfg,
+            resume=resume,
+            overwrite=overwrite,
+            progress=not quiet,
+            console=console,
+            command=" ".join(["mohawk", *sys.argv[1:]]),
+        )
     except KeyboardInterrupt:
         raise Interrupted() from None
 
@@ -59,39 +80,68 @@ def _schema_parameters() -> list[inspect.Parameter]:
         base = next(a for a in args if a is not type(None)) if type(None) in args else hint  # unwrap Optional
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         text = meta["help"] + (f" One of: {', '.join(meta['choices'])}." if meta.get("choices") else "")
         text += f" (default: {shown})" if shown not in (None, "") else ""
         if base is bool:
-            opt = typer.Option(None, f"{flag}/--no-{flag[2:]}", help=text, rich_help_panel=meta["group"],
-                               show_default=False)
+            opt = typer.Option(
+                None, f"{flag}/--no-{flag[2:]}", help=text, rich_help_panel=meta["group"], show_default=False
+            )
         else:
             kind = {int: int, float: float}.get(base, str)  # lists (stages) are given comma-separated
-            opt = typer.Option(None, flag, help=text, rich_help_panel=meta["group"], show_default=False,
-                               metavar=kind.__name__.upper())
+            opt = typer.Option(
+                None, flag, help=text, rich_help_panel=meta["group"], show_default=False, metavar=kind.__name__.upper()
+            )
             base = kind
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt,
-                                        annotation=Optional[base]))
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=base | None))
     return params
 
 
 def _register_distill() -> None:
     run_params = [
-        inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[str],
-                          default=typer.Argument(None, help="YAML config file (its keys are the option names, with "
-                                                 "underscores). Flags override it.")),
-        inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
-                          default=typer.Option(None, help="Named recipe: 'cpu' (the default budget) or 'gpu' "
-                                               "(full-quality recipe for one GPU).", rich_help_panel="Run")),
-        inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                          default=typer.Option(False, help="Continue the run in --out from its newest checkpoint.",
-                                               rich_help_panel="Run")),
-        inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                          default=typer.Option(False, help="Replace the earlier run in --out (only files mohawk "
-                                               "wrote are removed).", rich_help_panel="Run")),
-        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                          default=typer.Option(False, help="No progress bars.", rich_help_panel="Run")),
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=str | None,
+            default=typer.Argument(
+                None, help="YAML config file (its keys are the option names, with underscores). Flags override it."
+            ),
+        ),
+        inspect.Parameter(
+            "preset",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str | None,
+            default=typer.Option(
+                None,
+                help="Named recipe: 'cpu' (the default budget) or 'gpu' (full-quality recipe for one GPU).",
+                rich_help_panel="Run",
+            ),
+        ),
+        inspect.Parameter(
+            "resume",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=bool,
+            default=typer.Option(
+                False, help="Continue the run in --out from its newest checkpoint.", rich_help_panel="Run"
+            ),
+        ),
+        inspect.Parameter(
+            "overwrite",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=bool,
+            default=typer.Option(
+                False,
+                help="Replace the earlier run in --out (only files mohawk wrote are removed).",
+                rich_help_panel="Run",
+            ),
+        ),
+        inspect.Parameter(
+            "quiet",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=bool,
+            default=typer.Option(False, help="No progress bars.", rich_help_panel="Run"),
+        ),
     ]
     params = run_params + _schema_parameters()
 
@@ -99,7 +149,7 @@ def _register_distill() -> None:
         return _distill(**kwargs)
 
     distill.__doc__ = _distill.__doc__
-    distill.__signature__ = inspect.Signature(params)
+    distill.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     distill.__annotations__ = {p.name: p.annotation for p in params}
     app.command()(distill)
 
@@ -109,19 +159,25 @@ _register_distill()
 
 @app.command("eval")
 def eval_(
-    models: Optional[list[str]] = typer.Argument(None, help="Student directories (OUT/student) or any HF causal LM "
-                                                 "directories."),
+    models: list[str] | None = typer.Argument(
+        None, help="Student directories (OUT/student) or any HF causal LM directories."
+    ),
     teacher: str = typer.Option("smollm2-135m", help="Teacher to compare with (hub id, directory, .gguf), or 'none'."),
     data: str = typer.Option("bundled", help="Held-out text for perplexity, agreement and loss by position."),
-    tasks: str = typer.Option("ppl,agreement,position,passkey,continuations,lm-eval",
-                              help="Comma-separated: ppl, agreement, position, passkey, continuations, and "
-                              "lm-eval tasks hellaswag, piqa, winogrande, arc_easy, arc_challenge, openbookqa, "
-                              "lambada_openai ('lm-eval' = all of them, 'all' = everything)."),
-    limit: Optional[int] = typer.Option(None, help="Items per lm-eval task (default: all; try 200 on a CPU)."),
+    tasks: str = typer.Option(
+        "ppl,agreement,position,passkey,continuations,lm-eval",
+        help="Comma-separated: ppl, agreement, position, passkey, continuations, and "
+        "lm-eval tasks hellaswag, piqa, winogrande, arc_easy, arc_challenge, openbookqa, "
+        "lambada_openai ('lm-eval' = all of them, 'all' = everything).",
+    ),
+    limit: int | None = typer.Option(None, help="Items per lm-eval task (default: all; try 200 on a CPU)."),
     seq_len: int = typer.Option(512, help="Tokens per held-out sequence for perplexity and agreement."),
     val_sequences: int = typer.Option(16, help="Held-out sequences."),
-    train_len: Optional[int] = typer.Option(None, help="The students' training length (default: read from the "
-                                            "student's config): loss by position runs to 4x it, passkey to 8x."),
+    train_len: int | None = typer.Option(
+        None,
+        help="The students' training length (default: read from the "
+        "student's config): loss by position runs to 4x it, passkey to 8x.",
+    ),
     batch_size: int = typer.Option(8, help="Sequences per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, help="Seed for data order and passkeys."),
@@ -129,14 +185,31 @@ def eval_(
 ):
     """Evaluate the teacher and students side by side: perplexity, agreement with the teacher, loss by position,
     passkey retrieval, zero-shot tasks (lm-evaluation-harness on the vendored task files), greedy continuations."""
-    _check(limit=(limit, 1), seq_len=(seq_len, 2), val_sequences=(val_sequences, 1), train_len=(train_len, 2),
-           batch_size=(batch_size, 1), seed=(seed, 0))
+    _check(
+        limit=(limit, 1),
+        seq_len=(seq_len, 2),
+        val_sequences=(val_sequences, 1),
+        train_len=(train_len, 2),
+        batch_size=(batch_size, 1),
+        seed=(seed, 0),
+    )
     from mohawk.evaluation.present import print_table, write_eval_report
     from mohawk.evaluation.suite import evaluate
 
-    res = evaluate(models or [], teacher=teacher, data=data, tasks=tasks, limit=limit, seq_len=seq_len,
-                   val_sequences=val_sequences, train_len=train_len, batch_size=batch_size, device=device, seed=seed,
-                   console=console)
+    res = evaluate(
+        models or [],
+        teacher=teacher,
+        data=data,
+        tasks=tasks,
+        limit=limit,
+        seq_len=seq_len,
+        val_sequences=val_sequences,
+        train_len=train_len,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        console=console,
+    )
     print_table(res, console)
     path = write_eval_report(Path(out), res, " ".join(["mohawk", *sys.argv[1:]]))
     console.print(f"[green]done[/]: {path}")
@@ -144,27 +217,40 @@ def eval_(
 
 @app.command()
 def approx(
-    teacher: Optional[str] = typer.Option(None, help="Hub id, local directory or .gguf file (default: the bundled "
-                                          "SmolLM2-135M-Instruct)."),
-    data: Optional[str] = typer.Option(None, help="Comma-separated text sources: books, speeches, reviews (bundled) "
-                                       "or file paths. Each is a column of the table."),
-    num_matrices: Optional[int] = typer.Option(None, help="Attention matrices in all (split over the sources). "
-                                               "Default 1000 on a GPU, 60 on a CPU."),
-    seq_len: Optional[int] = typer.Option(None, help="Tokens per matrix. Default 512 on a GPU, 128 on a CPU."),
-    families: Optional[str] = typer.Option(None, help="Families to fit: toeplitz,low_rank,ssd,ssm (all by default)."),
-    state_size: Optional[int] = typer.Option(None, help="State size N shared by low_rank, ssd and ssm (default 16)."),
-    steps: Optional[int] = typer.Option(None, help="Adam steps per gradient-fit family. Default 4000 on a GPU (the "
-                                        "paper: 10000), 300 on a CPU."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate of the fits (default 0.01)."),
-    fit_batch: Optional[int] = typer.Option(None, help="Matrices fit at once (lower it when GPU memory is short)."),
+    teacher: str | None = typer.Option(
+        None, help="Hub id, local directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)."
+    ),
+    data: str | None = typer.Option(
+        None,
+        help="Comma-separated text sources: books, speeches, reviews (bundled) "
+        "or file paths. Each is a column of the table.",
+    ),
+    num_matrices: int | None = typer.Option(
+        None, help="Attention matrices in all (split over the sources). Default 1000 on a GPU, 60 on a CPU."
+    ),
+    seq_len: int | None = typer.Option(None, help="Tokens per matrix. Default 512 on a GPU, 128 on a CPU."),
+    families: str | None = typer.Option(None, help="Families to fit: toeplitz,low_rank,ssd,ssm (all by default)."),
+    state_size: int | None = typer.Option(None, help="State size N shared by low_rank, ssd and ssm (default 16)."),
+    steps: int | None = typer.Option(
+        None, help="Adam steps per gradient-fit family. Default 4000 on a GPU (the paper: 10000), 300 on a CPU."
+    ),
+    lr: float | None = typer.Option(None, help="Adam learning rate of the fits (default 0.01)."),
+    fit_batch: int | None = typer.Option(None, help="Matrices fit at once (lower it when GPU memory is short)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, help="Seed for text order and head choice."),
     out: str = typer.Option("runs/approx", help="Output directory: results.json, report.md, plots/."),
 ):
     """The matrix-family study (the paper's Table 6): sample the teacher's attention matrices on real text, fit causal
     Toeplitz, low-rank, SSD and general diagonal SSM matrices to them, report the Frobenius distances."""
-    _check(num_matrices=(num_matrices, 1), seq_len=(seq_len, 2), state_size=(state_size, 1), steps=(steps, 1),
-           lr=(lr, 0.0), fit_batch=(fit_batch, 1), seed=(seed, 0))
+    _check(
+        num_matrices=(num_matrices, 1),
+        seq_len=(seq_len, 2),
+        state_size=(state_size, 1),
+        steps=(steps, 1),
+        lr=(lr, 0.0),
+        fit_batch=(fit_batch, 1),
+        seed=(seed, 0),
+    )
     import torch
 
     from mohawk.approx import ApproxConfig, run_approx
@@ -174,14 +260,25 @@ def approx(
     cfg = ApproxConfig(device=device, seed=seed, out=out)
     if not gpu:  # a study sized for a CPU in a few minutes; the paper's sizes are the GPU defaults
         cfg.num_matrices, cfg.seq_len, cfg.steps = 60, 128, 300
-    given = dict(teacher=teacher, data=data, num_matrices=num_matrices, seq_len=seq_len, families=families,
-                 state_size=state_size, steps=steps, lr=lr, fit_batch=fit_batch)
+    given = dict(
+        teacher=teacher,
+        data=data,
+        num_matrices=num_matrices,
+        seq_len=seq_len,
+        families=families,
+        state_size=state_size,
+        steps=steps,
+        lr=lr,
+        fit_batch=fit_batch,
+    )
     for k, v in given.items():
         if v is not None:
             setattr(cfg, k, v)
     if not gpu and num_matrices is None:
-        console.print(f"[dim]CPU: a reduced study ({cfg.num_matrices} matrices x {cfg.seq_len} tokens, {cfg.steps} "
-                      "steps); on a GPU the defaults are the paper's 1000 x 512 (4000 steps)[/]")
+        console.print(
+            f"[dim]CPU: a reduced study ({cfg.num_matrices} matrices x {cfg.seq_len} tokens, {cfg.steps} "
+            "steps); on a GPU the defaults are the paper's 1000 x 512 (4000 steps)[/]"
+        )
     torch.manual_seed(seed)
     path = run_approx(cfg, console=console, command=" ".join(["mohawk", *sys.argv[1:]]))
     console.print(f"[green]done[/]: {path / 'report.md'}")
@@ -211,8 +308,9 @@ def generate(
         raise MohawkError("--prompt gives no tokens with this model's tokenizer")
     kwargs = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
     with torch.no_grad():
-        out = lm.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                          **kwargs)
+        out = lm.generate(
+            ids, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id, **kwargs
+        )
     print(tok.decode(out[0], skip_special_tokens=True))
 
 
@@ -220,8 +318,11 @@ def generate(
 def export(
     student: str = typer.Argument(..., help="A student directory (OUT/student of mohawk distill)."),
     out: str = typer.Option(..., help="Directory to write the exported model into (new or empty)."),
-    format: str = typer.Option("bamba", help="bamba: a stock transformers BambaForCausalLM (Llama-family teacher, "
-                               "mamba2 mixers, pure or hybrid); remote-code: the student with its own code."),
+    format: str = typer.Option(
+        "bamba",
+        help="bamba: a stock transformers BambaForCausalLM (Llama-family teacher, "
+        "mamba2 mixers, pure or hybrid); remote-code: the student with its own code.",
+    ),
     overwrite: bool = typer.Option(False, help="Replace an earlier export in --out."),
 ):
     """Write a student in a form stock software loads: BambaForCausalLM (transformers with no remote code; the engines
@@ -229,7 +330,9 @@ def export(
     from mohawk.export import export as run
 
     info = run(student, out, fmt=format, overwrite=overwrite)
-    extra = f", logits within {info['max_logit_difference']:.1e} of the student" if "max_logit_difference" in info else ""
+    extra = (
+        f", logits within {info['max_logit_difference']:.1e} of the student" if "max_logit_difference" in info else ""
+    )
     console.print(f"[green]done[/]: {out} ({info['format']}{extra})")
 
 
@@ -247,7 +350,7 @@ def _check(**values) -> None:
         if value < minimum or (isinstance(minimum, float) and not inclusive and value == minimum):
             relation = ">=" if isinstance(minimum, int) or inclusive else ">"
             raise MohawkError(f"bad value for {flag}: {value} (must be {relation} {minimum:g})")
-        if name == "seed" and value >= 2 ** 32:
+        if name == "seed" and value >= 2**32:
             raise MohawkError(f"bad value for {flag}: {value} (must be < 2**32)")
 
 

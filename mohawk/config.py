@@ -17,130 +17,231 @@ import yaml
 
 from mohawk.errors import MohawkError
 
+if typing.TYPE_CHECKING:
+    from mohawk.train import LoopSettings
+
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 
-def option(default, help: str, *, group: str, choices: tuple | None = None, minimum: float | None = None,
-           above: float | None = None, maximum: float | None = None):
+def option(
+    default: typing.Any,
+    help: str,
+    *,
+    group: str,
+    choices: tuple | None = None,
+    minimum: float | None = None,
+    above: float | None = None,
+    maximum: float | None = None,
+) -> typing.Any:
     """A schema field: ``default``, one line of ``help`` for --help and the docs, the --help panel ``group``,
     and the checks every value must pass (``choices``; ``minimum``: >= it; ``above``: > it; ``maximum``: <= it)."""
     meta = {"help": help, "group": group, "choices": choices, "minimum": minimum, "above": above, "maximum": maximum}
     if isinstance(default, list):
-        return field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
+        items = tuple(default)
+        return field(default_factory=lambda: list(items), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-WHAT, DATA, STAGES, LOSS, GUARD, EVAL, MACHINE = ("What to distil", "Data", "Stages and budgets",
-                                                  "Loss and schedule", "Loss-spike guard", "Evaluation",
-                                                  "Machinery")
+WHAT, DATA, STAGES, LOSS, GUARD, EVAL, MACHINE = (
+    "What to distil",
+    "Data",
+    "Stages and budgets",
+    "Loss and schedule",
+    "Loss-spike guard",
+    "Evaluation",
+    "Machinery",
+)
 
 
 @dataclass
 class DistillConfig:
     # -- what to distil ----------------------------------------------------------------------------------------------
-    teacher: str = option("smollm2-135m", "Teacher: hub id, local directory, .gguf file, or the bundled default "
-                          "smollm2-135m (SmolLM2-135M-Instruct).", group=WHAT)
-    trust_remote_code: bool = option(False, "Allow a teacher's own modelling code (off unless asked for).",
-                                     group=WHAT)
-    attention_layers: str = option("none", "Layers kept as attention: comma-separated indices, 'none' or 'all'.",
-                                   group=WHAT)
-    num_attention_layers: int | None = option(None, "Instead of --attention-layers: how many layers to keep as "
-                                              "attention (placed by --placement).", group=WHAT, minimum=0)
-    placement: str = option("uniform", "Where --num-attention-layers go.", group=WHAT,
-                            choices=("uniform", "first", "last"))
-    mixer: str = option("ssd", "Matrix family replacing attention (the README's table says what each computes).",
-                        group=WHAT,
-                        choices=("ssd", "ssm", "linear_attention", "toeplitz", "mamba2", "discrete_mamba2"))
-    ssd_init: str = option("attention", "SSD projections from the attention ones (x<-V, B<-K, C<-Q, out<-O) or "
-                           "random.", group=WHAT, choices=("attention", "random"))
-    ssd_state_size: int | None = option(None, "SSD state size (default: the teacher's head_dim).", group=WHAT,
-                                        above=0)
-    init: str = option("teacher", "teacher: weight transfer (MOHAWK); scratch: a randomly initialised student "
-                       "(the from-scratch baseline).", group=WHAT, choices=("teacher", "scratch"))
+    teacher: str = option(
+        "smollm2-135m",
+        "Teacher: hub id, local directory, .gguf file, or the bundled default smollm2-135m (SmolLM2-135M-Instruct).",
+        group=WHAT,
+    )
+    trust_remote_code: bool = option(False, "Allow a teacher's own modelling code (off unless asked for).", group=WHAT)
+    attention_layers: str = option(
+        "none", "Layers kept as attention: comma-separated indices, 'none' or 'all'.", group=WHAT
+    )
+    num_attention_layers: int | None = option(
+        None,
+        "Instead of --attention-layers: how many layers to keep as attention (placed by --placement).",
+        group=WHAT,
+        minimum=0,
+    )
+    placement: str = option(
+        "uniform", "Where --num-attention-layers go.", group=WHAT, choices=("uniform", "first", "last")
+    )
+    mixer: str = option(
+        "ssd",
+        "Matrix family replacing attention (the README's table says what each computes).",
+        group=WHAT,
+        choices=("ssd", "ssm", "linear_attention", "toeplitz", "mamba2", "discrete_mamba2"),
+    )
+    ssd_init: str = option(
+        "attention",
+        "SSD projections from the attention ones (x<-V, B<-K, C<-Q, out<-O) or random.",
+        group=WHAT,
+        choices=("attention", "random"),
+    )
+    ssd_state_size: int | None = option(None, "SSD state size (default: the teacher's head_dim).", group=WHAT, above=0)
+    init: str = option(
+        "teacher",
+        "teacher: weight transfer (MOHAWK); scratch: a randomly initialised student (the from-scratch baseline).",
+        group=WHAT,
+        choices=("teacher", "scratch"),
+    )
     # -- data --------------------------------------------------------------------------------------------------------
-    data: str = option("bundled", "Training text: 'bundled' (Gutenberg sample), a .txt/.jsonl/.parquet file or "
-                       "directory, or a Hugging Face dataset name.", group=DATA)
-    val_data: str | None = option(None, "Validation text (default: the held-out books of 'bundled', or a held-out "
-                                  "share of --data).", group=DATA)
+    data: str = option(
+        "bundled",
+        "Training text: 'bundled' (Gutenberg sample), a .txt/.jsonl/.parquet file or "
+        "directory, or a Hugging Face dataset name.",
+        group=DATA,
+    )
+    val_data: str | None = option(
+        None, "Validation text (default: the held-out books of 'bundled', or a held-out share of --data).", group=DATA
+    )
     text_field: str = option("text", "Field holding the text in .jsonl/.parquet rows.", group=DATA)
     seq_len: int = option(128, "Tokens per training sequence.", group=DATA, above=1)
-    batch_size: int = option(4, "Sequences per micro-batch (global: split over torchrun processes).", group=DATA,
-                             above=0)
-    tokens_per_update: int | None = option(None, "Tokens per optimizer update, by gradient accumulation, in every "
-                                           "stage (default: the recipe's per stage, from its token budget).",
-                                           group=DATA, above=0)
+    batch_size: int = option(
+        4, "Sequences per micro-batch (global: split over torchrun processes).", group=DATA, above=0
+    )
+    tokens_per_update: int | None = option(
+        None,
+        "Tokens per optimizer update, by gradient accumulation, in every "
+        "stage (default: the recipe's per stage, from its token budget).",
+        group=DATA,
+        above=0,
+    )
     val_sequences: int = option(24, "Held-out sequences for perplexity and agreement.", group=DATA, above=0)
     # -- stages and budgets ------------------------------------------------------------------------------------------
-    stages: list[int] = option([1, 2, 3], "Stages to run: 1 matrix orientation, 2 hidden-state alignment, 3 "
-                               "knowledge distillation (e.g. 3 alone: the KD-only baseline).", group=STAGES)
-    tokens: int | None = option(None, "Total student tokens over the stages run, split by the recipe (mohawk.recipe: "
-                                "5% / 10% / 85%); stageN_tokens given explicitly are taken out first. Default: the "
-                                "CPU budget.", group=STAGES, above=0)
-    stage1_tokens: int | None = option(None, "Token budget of stage 1 (matrix orientation); default: from --tokens.",
-                                       group=STAGES, minimum=0)
-    stage2_tokens: int | None = option(None, "Token budget of stage 2 (hidden-state alignment); default: from "
-                                       "--tokens.", group=STAGES, minimum=0)
-    stage3_tokens: int | None = option(None, "Token budget of stage 3 (knowledge distillation); default: from "
-                                       "--tokens.", group=STAGES, minimum=0)
-    lr: float | None = option(None, "Peak learning rate of every stage whose stageN_lr is not given (default: the "
-                              "recipe's per stage).", group=STAGES, above=0)
-    stage1_lr: float | None = option(None, "Peak learning rate of stage 1 (default: the recipe's, 1e-3).",
-                                     group=STAGES, above=0)
-    stage2_lr: float | None = option(None, "Peak learning rate of stage 2 (default: the recipe's, 1e-3).",
-                                     group=STAGES, above=0)
-    stage3_lr: float | None = option(None, "Peak learning rate of stage 3 (default: the recipe's, 3e-4).",
-                                     group=STAGES, above=0)
-    stage1_tile: int = option(0, "Stage-1 loss over blocks of this many rows (memory T x L instead of L x L per "
-                              "layer, for long sequences); 0: whole matrices.", group=STAGES, minimum=0)
-    freeze_mlp: bool = option(False, "Freeze the MLPs in stage 3 (the paper: little loss, half the trainable "
-                              "parameters).", group=STAGES)
+    stages: list[int] = option(
+        [1, 2, 3],
+        "Stages to run: 1 matrix orientation, 2 hidden-state alignment, 3 "
+        "knowledge distillation (e.g. 3 alone: the KD-only baseline).",
+        group=STAGES,
+    )
+    tokens: int | None = option(
+        None,
+        "Total student tokens over the stages run, split by the recipe (mohawk.recipe: "
+        "5% / 10% / 85%); stageN_tokens given explicitly are taken out first. Default: the "
+        "CPU budget.",
+        group=STAGES,
+        above=0,
+    )
+    stage1_tokens: int | None = option(
+        None, "Token budget of stage 1 (matrix orientation); default: from --tokens.", group=STAGES, minimum=0
+    )
+    stage2_tokens: int | None = option(
+        None, "Token budget of stage 2 (hidden-state alignment); default: from --tokens.", group=STAGES, minimum=0
+    )
+    stage3_tokens: int | None = option(
+        None, "Token budget of stage 3 (knowledge distillation); default: from --tokens.", group=STAGES, minimum=0
+    )
+    lr: float | None = option(
+        None,
+        "Peak learning rate of every stage whose stageN_lr is not given (default: the recipe's per stage).",
+        group=STAGES,
+        above=0,
+    )
+    stage1_lr: float | None = option(
+        None, "Peak learning rate of stage 1 (default: the recipe's, 1e-3).", group=STAGES, above=0
+    )
+    stage2_lr: float | None = option(
+        None, "Peak learning rate of stage 2 (default: the recipe's, 1e-3).", group=STAGES, above=0
+    )
+    stage3_lr: float | None = option(
+        None, "Peak learning rate of stage 3 (default: the recipe's, 3e-4).", group=STAGES, above=0
+    )
+    stage1_tile: int = option(
+        0,
+        "Stage-1 loss over blocks of this many rows (memory T x L instead of L x L per "
+        "layer, for long sequences); 0: whole matrices.",
+        group=STAGES,
+        minimum=0,
+    )
+    freeze_mlp: bool = option(
+        False, "Freeze the MLPs in stage 3 (the paper: little loss, half the trainable parameters).", group=STAGES
+    )
     # -- loss and schedule -------------------------------------------------------------------------------------------
     temperature: float = option(1.0, "Stage-3 KL temperature.", group=LOSS, above=0)
-    kd_weight: float = option(1.0, "Stage 3: weight of KL(teacher || student) (0 with --ce-weight 1: plain "
-                              "language modelling).", group=LOSS, minimum=0)
-    ce_weight: float = option(0.0, "Stage 3: weight of the next-token cross-entropy added to the KD loss.",
-                              group=LOSS, minimum=0)
-    schedule: str = option("wsd", "LR schedule: wsd (warmup-stable-decay, the paper's) or cosine.", group=LOSS,
-                           choices=("wsd", "cosine"))
-    warmup_fraction: float = option(0.1, "Share of each stage's steps spent warming up the LR.", group=LOSS,
-                                    minimum=0)
-    decay_fraction: float = option(0.2, "Share of each stage's steps spent decaying the LR to 0 (wsd).", group=LOSS,
-                                   minimum=0)
+    kd_weight: float = option(
+        1.0,
+        "Stage 3: weight of KL(teacher || student) (0 with --ce-weight 1: plain language modelling).",
+        group=LOSS,
+        minimum=0,
+    )
+    ce_weight: float = option(
+        0.0, "Stage 3: weight of the next-token cross-entropy added to the KD loss.", group=LOSS, minimum=0
+    )
+    schedule: str = option(
+        "wsd", "LR schedule: wsd (warmup-stable-decay, the paper's) or cosine.", group=LOSS, choices=("wsd", "cosine")
+    )
+    warmup_fraction: float = option(0.1, "Share of each stage's steps spent warming up the LR.", group=LOSS, minimum=0)
+    decay_fraction: float = option(
+        0.2, "Share of each stage's steps spent decaying the LR to 0 (wsd).", group=LOSS, minimum=0
+    )
     weight_decay: float = option(0.0, "AdamW weight decay of matrices.", group=LOSS, minimum=0)
     grad_clip: float = option(1.0, "Clip the gradient norm to this (0: off).", group=LOSS, minimum=0)
     # -- loss-spike guard --------------------------------------------------------------------------------------------
-    spike_factor: float = option(5.0, "Skip an update whose loss is non-finite or above this many times the running "
-                                 "median (0: only non-finite).", group=GUARD, minimum=0)
+    spike_factor: float = option(
+        5.0,
+        "Skip an update whose loss is non-finite or above this many times the running median (0: only non-finite).",
+        group=GUARD,
+        minimum=0,
+    )
     spike_window: int = option(32, "Losses in that running median.", group=GUARD, above=0)
-    spike_patience: int = option(3, "Spikes in a row that roll back to the stage's newest checkpoint taken before "
-                                 "them.", group=GUARD, above=0)
+    spike_patience: int = option(
+        3, "Spikes in a row that roll back to the stage's newest checkpoint taken before them.", group=GUARD, above=0
+    )
     rollback_lr_factor: float = option(0.5, "LR multiplier at each rollback.", group=GUARD, above=0)
-    max_rollbacks: int = option(3, "Rollbacks per stage before the run stops with an error.", group=GUARD,
-                                minimum=0)
+    max_rollbacks: int = option(3, "Rollbacks per stage before the run stops with an error.", group=GUARD, minimum=0)
     # -- evaluation --------------------------------------------------------------------------------------------------
-    eval_tasks: str = option("continuations", "Evaluation appended to the report besides perplexity and agreement: "
-                             "any of position, passkey, continuations and the lm-eval tasks (see `mohawk eval "
-                             "--help`); '' for none.", group=EVAL)
-    eval_limit: int | None = option(None, "Items per lm-eval task in that evaluation (default: all).", group=EVAL,
-                                    above=0)
+    eval_tasks: str = option(
+        "continuations",
+        "Evaluation appended to the report besides perplexity and agreement: "
+        "any of position, passkey, continuations and the lm-eval tasks (see `mohawk eval "
+        "--help`); '' for none.",
+        group=EVAL,
+    )
+    eval_limit: int | None = option(
+        None, "Items per lm-eval task in that evaluation (default: all).", group=EVAL, above=0
+    )
     # -- machinery ---------------------------------------------------------------------------------------------------
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", group=MACHINE)
-    compile: str = option("off", "CUDA, stages 2-3: fuse (torch.compile the blocks and the stage-3 loss) or graphs "
-                          "(also replay each block as a CUDA graph: fastest); not under FSDP2.", group=MACHINE,
-                          choices=("off", "fuse", "graphs"))
-    parallel: str = option("auto", "Under torchrun, stage 3: fsdp (FSDP2, student and teacher sharded; = auto) or "
-                           "ddp (replicated). Stages 1-2 use DDP.", group=MACHINE, choices=("auto", "ddp", "fsdp"))
-    seed: int = option(0, "Seed of data order and initialisation.", group=MACHINE, minimum=0, maximum=2 ** 32 - 1)
+    compile: str = option(
+        "off",
+        "CUDA, stages 2-3: fuse (torch.compile the blocks and the stage-3 loss) or graphs "
+        "(also replay each block as a CUDA graph: fastest); not under FSDP2.",
+        group=MACHINE,
+        choices=("off", "fuse", "graphs"),
+    )
+    parallel: str = option(
+        "auto",
+        "Under torchrun, stage 3: fsdp (FSDP2, student and teacher sharded; = auto) or "
+        "ddp (replicated). Stages 1-2 use DDP.",
+        group=MACHINE,
+        choices=("auto", "ddp", "fsdp"),
+    )
+    seed: int = option(0, "Seed of data order and initialisation.", group=MACHINE, minimum=0, maximum=2**32 - 1)
     log_every: int = option(1, "Write a metrics line every this many optimizer steps.", group=MACHINE, above=0)
     checkpoint_every: int = option(50, "Checkpoint every this many optimizer steps.", group=MACHINE, above=0)
     out: str = option("runs/mohawk", "Output directory.", group=MACHINE)
-    report_to: str = option("none", "Mirror the metrics to: none or tensorboard (OUT/tensorboard).", group=MACHINE,
-                            choices=("none", "tensorboard"))
+    report_to: str = option(
+        "none",
+        "Mirror the metrics to: none or tensorboard (OUT/tensorboard).",
+        group=MACHINE,
+        choices=("none", "tensorboard"),
+    )
     threads: int | None = option(None, "CPU threads for torch (default: torch's choice).", group=MACHINE, above=0)
 
     # -- loading ---------------------------------------------------------------------------------------------------
     @classmethod
-    def from_sources(cls, yaml_path: str | None = None, preset: str | None = None, **overrides) -> "DistillConfig":
+    def from_sources(
+        cls, yaml_path: str | None = None, preset: str | None = None, **overrides: typing.Any
+    ) -> DistillConfig:
         """Defaults <- preset YAML <- user YAML <- overrides (None values in overrides are ignored)."""
         values: dict = {}
         if preset:
@@ -155,7 +256,7 @@ class DistillConfig:
         return cls.from_dict(values)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "DistillConfig":
+    def from_dict(cls, values: dict) -> DistillConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = [k for k in values if k not in fields]
         if unknown:
@@ -175,29 +276,43 @@ class DistillConfig:
             if not ok:
                 raise MohawkError(f"bad value for {key}: {getattr(self, key)!r} ({allowed})")
 
-        need(bool(self.stages) and all(s in (1, 2, 3) for s in self.stages) and len(set(self.stages)) == len(self.stages),
-             "stages", "a non-empty subset of 1,2,3, no repeats")
+        need(
+            bool(self.stages)
+            and all(s in (1, 2, 3) for s in self.stages)
+            and len(set(self.stages)) == len(self.stages),
+            "stages",
+            "a non-empty subset of 1,2,3, no repeats",
+        )
         self.stages = sorted(self.stages)
         for key in ("lr", "stage1_lr", "stage2_lr", "stage3_lr"):
             need(getattr(self, key) is None or getattr(self, key) < 1, key, "must be in (0, 1)")
-        need(self.warmup_fraction < 1 and self.decay_fraction <= 1 and self.warmup_fraction + self.decay_fraction <= 1,
-             "warmup_fraction", "fractions in [0, 1], sum <= 1")
+        need(
+            self.warmup_fraction < 1 and self.decay_fraction <= 1 and self.warmup_fraction + self.decay_fraction <= 1,
+            "warmup_fraction",
+            "fractions in [0, 1], sum <= 1",
+        )
         need(self.kd_weight + self.ce_weight > 0, "kd_weight", ">= 0, kd_weight + ce_weight > 0")
         need(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", "0 (off) or > 1")
         need(self.rollback_lr_factor <= 1, "rollback_lr_factor", "in (0, 1]")
-        need(self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
-             "device", "auto, cpu, cuda or cuda:N")
+        need(
+            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+            "device",
+            "auto, cpu, cuda or cuda:N",
+        )
         try:
             from mohawk.evaluation.suite import parse_tasks
 
             parse_tasks(self.eval_tasks)
         except MohawkError as e:
             raise MohawkError(f"bad value for eval_tasks: {e}") from None
-        need(self.tokens_per_update is None or self.tokens_per_update >= self.batch_size * self.seq_len,
-             "tokens_per_update", "at least batch_size * seq_len")
+        need(
+            self.tokens_per_update is None or self.tokens_per_update >= self.batch_size * self.seq_len,
+            "tokens_per_update",
+            "at least batch_size * seq_len",
+        )
 
     # -- typed pieces (the per-stage budgets: mohawk.recipe.plan) ---------------------------------------------------
-    def loop_settings(self):
+    def loop_settings(self) -> LoopSettings:
         """What the training loop needs (mohawk.train.LoopSettings)."""
         from mohawk.train import LoopSettings
 
@@ -211,8 +326,10 @@ class DistillConfig:
         if stage == 3:
             from mohawk.stages.distillation import LossWeights
 
-            return {"weights": LossWeights(self.kd_weight, self.ce_weight, self.temperature),
-                    "freeze_mlp": self.freeze_mlp}
+            return {
+                "weights": LossWeights(self.kd_weight, self.ce_weight, self.temperature),
+                "freeze_mlp": self.freeze_mlp,
+            }
         return {}
 
     def to_dict(self) -> dict:
@@ -227,7 +344,7 @@ def schema() -> list[dataclasses.Field]:
     return list(dataclasses.fields(DistillConfig))
 
 
-def _check_field(f: dataclasses.Field, value) -> None:
+def _check_field(f: dataclasses.Field, value: typing.Any) -> None:
     meta = f.metadata
     if value is None:
         return
@@ -244,7 +361,7 @@ def _check_field(f: dataclasses.Field, value) -> None:
             raise MohawkError(f"bad value for {f.name}: {value!r} (must be <= {meta['maximum']:g})")
 
 
-def _or(choices) -> str:
+def _or(choices: typing.Iterable) -> str:
     choices = list(choices)
     return ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
 
@@ -267,7 +384,7 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _coerce(key: str, value, hint):
+def _coerce(key: str, value: typing.Any, hint: typing.Any) -> typing.Any:
     """Convert a YAML / CLI value to the field's type, or raise a MohawkError naming the key."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     optional = type(None) in args

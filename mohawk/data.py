@@ -19,6 +19,7 @@ import hashlib
 import json
 import lzma
 import random
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,9 +38,11 @@ TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
-def _open_text(path: Path):
-    opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}.get(path.suffix, open)
-    return opener(path, "rt", encoding="utf-8", errors="strict")
+def _open_text(path: Path) -> typing.TextIO:
+    if path.suffix in (".gz", ".xz", ".bz2"):
+        opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}[path.suffix]
+        return opener(path, "rt", encoding="utf-8", errors="strict")  # type: ignore[operator]
+    return open(path, encoding="utf-8", errors="strict")
 
 
 def _kind(path: Path) -> str:
@@ -140,14 +143,17 @@ def _hf_documents(name: str, field: str) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
-        raise MohawkError(f"{name!r} is not a local path; Hugging Face datasets need: pip install mohawk[data]") from None
+        raise MohawkError(
+            f"{name!r} is not a local path; Hugging Face datasets need: pip install mohawk[data]"
+        ) from None
     config = None
     if ":" in name:
         name, config = name.split(":", 1)
     try:
         ds = datasets.load_dataset(name, config, split="train", streaming=True)
     except Exception as e:
-        raise MohawkError(f"could not load dataset {name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MohawkError(f"could not load dataset {name!r}: {reason}") from None
     for row in ds:
         text = row.get(field)
         if isinstance(text, str) and text:
@@ -189,8 +195,7 @@ def holdout(sources: list, field: str = "text", val_every: int = 100, piece_char
     if not hashes:
         raise MohawkError("the data yields no full sequence: it is empty or shorter than --seq-len tokens")
     if len(set(hashes)) < 2:
-        raise MohawkError("the data is too small to hold out a validation split (one piece of text): give "
-                          "--val-data")
+        raise MohawkError("the data is too small to hold out a validation split (one piece of text): give --val-data")
     chosen = set(sorted(set(hashes))[: max(1, len(set(hashes)) // 10)])
     return lambda p: _piece_hash(p) in chosen
 
@@ -198,8 +203,19 @@ def holdout(sources: list, field: str = "text", val_every: int = 100, piece_char
 class TokenStream:
     """Deterministic packed sequences from a corpus; ``sequences()`` is an infinite iterator (new order each epoch)."""
 
-    def __init__(self, sources: list, tokenizer, seq_len: int, *, seed: int = 0, field: str = "text",
-                 keep=None, piece_chars: int = 4000, shuffle_buffer: int = 1024, repeat: bool = True):
+    def __init__(
+        self,
+        sources: list,
+        tokenizer,
+        seq_len: int,
+        *,
+        seed: int = 0,
+        field: str = "text",
+        keep=None,
+        piece_chars: int = 4000,
+        shuffle_buffer: int = 1024,
+        repeat: bool = True,
+    ):
         """``keep(piece) -> bool``: which pieces this stream uses (a train or validation split; None: all)."""
         self.sources, self.tokenizer, self.seq_len = sources, tokenizer, seq_len
         self.seed, self.field, self.keep = seed, field, keep
@@ -233,7 +249,7 @@ class TokenStream:
                 while len(buf) >= self.seq_len:
                     produced = True
                     yield buf[: self.seq_len]
-                    buf = buf[self.seq_len:]
+                    buf = buf[self.seq_len :]
             if not produced:
                 raise MohawkError("the data yields no full sequence: it is empty or shorter than --seq-len tokens")
             self.epochs += 1
@@ -271,18 +287,23 @@ class TokenStream:
             yield torch.tensor(rows, dtype=torch.long)
 
 
-def make_streams(source: str, tokenizer, seq_len: int, *, val_source: str | None = None, seed: int = 0,
-                 field: str = "text") -> tuple[TokenStream, TokenStream]:
+def make_streams(
+    source: str, tokenizer, seq_len: int, *, val_source: str | None = None, seed: int = 0, field: str = "text"
+) -> tuple[TokenStream, TokenStream]:
     """(train stream, validation stream) for a data source (see module docstring)."""
     if tokenizer is None:
         raise MohawkError("the teacher has no tokenizer: save one beside it (tokenizer.json) to train on text")
     train, val = split_sources(source, val_source)
     if val is None:
         held = holdout(train, field)
-        return (TokenStream(train, tokenizer, seq_len, seed=seed, field=field, keep=lambda p: not held(p)),
-                TokenStream(train, tokenizer, seq_len, seed=seed, field=field, keep=held, repeat=False))
-    return (TokenStream(train, tokenizer, seq_len, seed=seed, field=field),
-            TokenStream(val, tokenizer, seq_len, seed=seed, field=field, repeat=False))
+        return (
+            TokenStream(train, tokenizer, seq_len, seed=seed, field=field, keep=lambda p: not held(p)),
+            TokenStream(train, tokenizer, seq_len, seed=seed, field=field, keep=held, repeat=False),
+        )
+    return (
+        TokenStream(train, tokenizer, seq_len, seed=seed, field=field),
+        TokenStream(val, tokenizer, seq_len, seed=seed, field=field, repeat=False),
+    )
 
 
 def take(stream: TokenStream, n_sequences: int) -> torch.Tensor:
@@ -295,10 +316,22 @@ def take(stream: TokenStream, n_sequences: int) -> torch.Tensor:
         except StopIteration:
             break
     if not rows:
-        raise MohawkError(f"the validation data yields no full sequence of {stream.seq_len} tokens: give --val-data "
-                          "with more text, or a shorter --seq-len")
+        raise MohawkError(
+            f"the validation data yields no full sequence of {stream.seq_len} tokens: give --val-data "
+            "with more text, or a shorter --seq-len"
+        )
     return torch.tensor(rows, dtype=torch.long)
 
 
-__all__ = ["ASSETS", "CORPORA", "TokenStream", "holdout", "iter_documents", "make_streams", "pieces", "split_sources",
-           "take", "vendored"]
+__all__ = [
+    "ASSETS",
+    "CORPORA",
+    "TokenStream",
+    "holdout",
+    "iter_documents",
+    "make_streams",
+    "pieces",
+    "split_sources",
+    "take",
+    "vendored",
+]

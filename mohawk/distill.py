@@ -38,18 +38,25 @@ def choose_attention_layers(cfg: DistillConfig, num_layers: int) -> list[int]:
 
 
 def _stage_stream(cfg: DistillConfig, tokenizer, stage: int) -> TokenStream:
-    train, _ = make_streams(cfg.data, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed + stage,
-                            field=cfg.text_field)
+    train, _ = make_streams(
+        cfg.data, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed + stage, field=cfg.text_field
+    )
     return train
 
 
 def _evaluate(student, teacher, val, cfg) -> dict:
-    return {"perplexity": perplexity(student, val, cfg.batch_size),
-            **agreement(student, teacher, val, cfg.batch_size)}
+    return {"perplexity": perplexity(student, val, cfg.batch_size), **agreement(student, teacher, val, cfg.batch_size)}
 
 
-def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-            console: Console | None = None, command: str | None = None) -> Path:
+def distill(
+    cfg: DistillConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+    command: str | None = None,
+) -> Path:
     """Run the configured MOHAWK stages; returns the output directory. Under torchrun every rank runs this: the
     stages train data-parallel (mohawk.parallel), rank 0 alone writes files, evaluates and saves the student."""
     parallel, device = Parallel.from_env(cfg.device, cfg.parallel)
@@ -62,16 +69,35 @@ def distill(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False
             if resume and (out / "config.yaml").is_file():  # before anything in OUT is written
                 check_resume_config(out / "config.yaml", cfg)
         parallel.barrier()
-        return _distill(cfg, parallel, device, out, resume=resume, overwrite=overwrite, progress=progress,
-                        console=console, command=command)
+        return _distill(
+            cfg,
+            parallel,
+            device,
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            console=console,
+            command=command,
+        )
     finally:
         if lock is not None:
             lock.release()
         parallel.close()
 
 
-def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, out: Path, *, resume: bool,
-             overwrite: bool, progress: bool, console: Console | None, command: str | None) -> Path:
+def _distill(
+    cfg: DistillConfig,
+    parallel: Parallel,
+    device: torch.device,
+    out: Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    console: Console | None,
+    command: str | None,
+) -> Path:
     main = parallel.main
     console = console or Console(stderr=True)
     if not main:
@@ -82,8 +108,12 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, out: 
     summary_path = out / "summary.json"
     summary = read_json(summary_path, "run summary") if resume and summary_path.is_file() else {}
     summary.setdefault("command", command or " ".join(["mohawk", *sys.argv[1:]]))
-    summary.setdefault("device", torch.cuda.get_device_name(device) if device.type == "cuda"
-                       else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    summary.setdefault(
+        "device",
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+    )
     summary.setdefault("versions", {"torch": torch.__version__, "python": platform.python_version()})
     if parallel.active:
         summary["processes"] = parallel.world
@@ -102,15 +132,17 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, out: 
         mixers = ["attention" if i in attention_layers else cfg.mixer for i in range(adapter.num_layers)]
         torch.manual_seed(cfg.seed)
         p = next(teacher.parameters())
-        student = MohawkForCausalLM(adapter.student_config(mixers=mixers, **options)).to(device=p.device,
-                                                                                          dtype=p.dtype)
+        student = MohawkForCausalLM(adapter.student_config(mixers=mixers, **options))
+        student = student.to(device=p.device, dtype=p.dtype)  # type: ignore[call-arg]
     else:
         torch.manual_seed(cfg.seed)  # here, so that the student's init does not depend on how the teacher was loaded
-        student = from_teacher(adapter, attention_layers=attention_layers, mixer=cfg.mixer, ssd_init=cfg.ssd_init,
-                               **options)
+        student = from_teacher(
+            adapter, attention_layers=attention_layers, mixer=cfg.mixer, ssd_init=cfg.ssd_init, **options
+        )
     n_params = sum(p.numel() for p in student.parameters())
-    _, val_stream = make_streams(cfg.data, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed,
-                                 field=cfg.text_field)
+    _, val_stream = make_streams(
+        cfg.data, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed, field=cfg.text_field
+    )
     val = take(val_stream, cfg.val_sequences)  # before anything is written: bad data fails here
     schedule = recipe.plan(cfg, parallel.world)
 
@@ -119,25 +151,43 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, out: 
             rundir.clear(out, reads=[cfg.teacher, cfg.data, cfg.val_data])
         rundir.mark(out)
         cfg.save(out / "config.yaml")
-    summary.update(teacher=cfg.teacher, teacher_layers=adapter.num_layers, attention_layers=attention_layers,
-                   mixer=cfg.mixer, student_parameters=n_params, seq_len=cfg.seq_len,
-                   load_s=round(time.perf_counter() - t0, 1), val_tokens=int(val.numel()))
-    console.print(f"student: {adapter.num_layers - len(attention_layers)} {cfg.mixer} + {len(attention_layers)} "
-                  f"attention layers, {n_params / 1e6:.1f}M parameters")
+    summary.update(
+        teacher=cfg.teacher,
+        teacher_layers=adapter.num_layers,
+        attention_layers=attention_layers,
+        mixer=cfg.mixer,
+        student_parameters=n_params,
+        seq_len=cfg.seq_len,
+        load_s=round(time.perf_counter() - t0, 1),
+        val_tokens=int(val.numel()),
+    )
+    console.print(
+        f"student: {adapter.num_layers - len(attention_layers)} {cfg.mixer} + {len(attention_layers)} "
+        f"attention layers, {n_params / 1e6:.1f}M parameters"
+    )
     if "data" not in summary:  # the corpus size, for the epochs each stage makes over it
         summary["data"] = {"source": cfg.data, **_stage_stream(cfg, tokenizer, 0).size()}
     corpus = summary["data"].get("tokens")
     plan_rows = schedule.table()
     for row in plan_rows:
         row["epochs"] = recipe.epochs(row["tokens"], corpus)
-        console.print(f"stage {row['stage']}: {row['tokens']:,} tokens, {row['tokens_per_update']:,} per update "
-                      f"({row['micro_batch']} x {cfg.seq_len} x {row['grad_accum']}), {row['steps']} optimizer steps, "
-                      f"peak LR {row['lr']:g}" + (f", {row['epochs']:.2f} epochs over ~{corpus:,} tokens of "
-                                                  f"{cfg.data}" if row["epochs"] is not None else ""))
+        console.print(
+            f"stage {row['stage']}: {row['tokens']:,} tokens, {row['tokens_per_update']:,} per update "
+            f"({row['micro_batch']} x {cfg.seq_len} x {row['grad_accum']}), {row['steps']} optimizer steps, "
+            f"peak LR {row['lr']:g}"
+            + (
+                f", {row['epochs']:.2f} epochs over ~{corpus:,} tokens of {cfg.data}"
+                if row["epochs"] is not None
+                else ""
+            )
+        )
     warnings = list(schedule.warnings)
-    warnings += [f"stage {r['stage']} makes {r['epochs']:.1f} epochs over its corpus (~{corpus:,} tokens): it "
-                 "sees the same text again; give more distinct text (e.g. --data gutenberg+modern) or fewer tokens"
-                 for r in plan_rows if r["epochs"] is not None and r["epochs"] > 1]
+    warnings += [
+        f"stage {r['stage']} makes {r['epochs']:.1f} epochs over its corpus (~{corpus:,} tokens): it "
+        "sees the same text again; give more distinct text (e.g. --data gutenberg+modern) or fewer tokens"
+        for r in plan_rows
+        if r["epochs"] is not None and r["epochs"] > 1
+    ]
     for w in warnings:
         console.print(f"[yellow]warning[/]: {w}", highlight=False)
     summary["plan"], summary["warnings"] = plan_rows, warnings
@@ -150,8 +200,10 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, out: 
     parallel.barrier()
 
     ckpt = Checkpointer(out / "checkpoints", parallel=parallel)
-    log = MetricsLog(out / "metrics.jsonl" if main else None,
-                     out / "tensorboard" if cfg.report_to == "tensorboard" and main else None)
+    log = MetricsLog(
+        out / "metrics.jsonl" if main else None,
+        out / "tensorboard" if cfg.report_to == "tensorboard" and main else None,
+    )
     point = ResumePoint.find(ckpt) if resume else ResumePoint()
     for bad in point.corrupt:
         console.print(f"[yellow]checkpoint {bad.name} is incomplete or corrupt: skipped[/]")
@@ -183,21 +235,30 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, out: 
         skip = point.batches(s, budget.grad_accum)
         batches = map(parallel.shard, _stage_stream(cfg, tokenizer, s).batches(schedule.rows[s], skip=skip))
         t_stage = time.perf_counter()
-        state = train_stage(stage, batches, budget, loop, checkpointer=ckpt, log=log, resume=mid, progress=progress,
-                            parallel=parallel)
+        state = train_stage(
+            stage, batches, budget, loop, checkpointer=ckpt, log=log, resume=mid, progress=progress, parallel=parallel
+        )
         prev = summary["stages"].get(str(s), {}).get("wall_s", 0.0) if mid else 0.0
-        summary["stages"][str(s)] = {"tokens": state.tokens, "steps": state.step, "skipped": state.skipped,
-                                     "rollbacks": state.rollbacks, "lr": budget.lr,
-                                     "tokens_per_update": budget.micro_tokens * budget.grad_accum,
-                                     "micro_batch": schedule.rows[s], "epochs": recipe.epochs(state.tokens, corpus),
-                                     "wall_s": round(prev + time.perf_counter() - t_stage, 1)}
+        summary["stages"][str(s)] = {
+            "tokens": state.tokens,
+            "steps": state.step,
+            "skipped": state.skipped,
+            "rollbacks": state.rollbacks,
+            "lr": budget.lr,
+            "tokens_per_update": budget.micro_tokens * budget.grad_accum,
+            "micro_batch": schedule.rows[s],
+            "epochs": recipe.epochs(state.tokens, corpus),
+            "wall_s": round(prev + time.perf_counter() - t_stage, 1),
+        }
         if main:
             write_json(summary_path, summary)
 
-    student = parallel.gather(student)  # FSDP2 shards -> one plain model on rank 0
+    student = parallel.gather(student)  # type: ignore[assignment]  # FSDP2 shards -> one plain model on rank 0
     if not main:
         return out
-    if parallel.is_sharded(teacher):  # a sharded teacher runs only with every rank: rank 0 loads its own copy to evaluate
+    if parallel.is_sharded(
+        teacher
+    ):  # a sharded teacher runs only with every rank: rank 0 loads its own copy to evaluate
         del teacher, adapter
         teacher, _, adapter = load_teacher(cfg.teacher, device=device, trust_remote_code=cfg.trust_remote_code)
     console.print("evaluating the distilled student")
@@ -206,12 +267,34 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, out: 
     extra = [t for t in parse_tasks(cfg.eval_tasks) if t not in ("ppl", "agreement")]
     if extra:
         console.print(f"evaluating teacher and student: {', '.join(extra)}")
-        long_val = (long_sequences(cfg.data, tokenizer, cfg.seq_len, max_pos or 4 * cfg.seq_len, 4, seed=cfg.seed,
-                                   val_source=cfg.val_data, field=cfg.text_field) if "position" in extra else None)
-        res = run_suite({"teacher": teacher, "student": student}, tokenizer, teacher_key="teacher", tasks=extra,
-                        val=val, long_val=long_val, train_len=cfg.seq_len, max_len=max_pos or 1 << 20,
-                        limit=cfg.eval_limit, batch_size=cfg.batch_size, seed=cfg.seed,
-                        teacher_name=cfg.teacher)
+        long_val = (
+            long_sequences(
+                cfg.data,
+                tokenizer,
+                cfg.seq_len,
+                max_pos or 4 * cfg.seq_len,
+                4,
+                seed=cfg.seed,
+                val_source=cfg.val_data,
+                field=cfg.text_field,
+            )
+            if "position" in extra
+            else None
+        )
+        res = run_suite(
+            {"teacher": teacher, "student": student},
+            tokenizer,
+            teacher_key="teacher",
+            tasks=extra,
+            val=val,
+            long_val=long_val,
+            train_len=cfg.seq_len,
+            max_len=max_pos or 1 << 20,
+            limit=cfg.eval_limit,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            teacher_name=cfg.teacher,
+        )
         write_json(out / "evaluation.json", res)
     student.config.mohawk_train_seq_len = cfg.seq_len  # read by `mohawk eval` (loss by position, passkey lengths)
     student_dir = out / "student"
@@ -224,7 +307,9 @@ def _distill(cfg: DistillConfig, parallel: Parallel, device: torch.device, out: 
     from mohawk.report import write_report
 
     report = write_report(out)
-    console.print(f"[green]done[/]: teacher ppl {summary['teacher_eval']['perplexity']:.2f}, "
-                  f"transfer-only ppl {summary['transfer_only']['perplexity']:.2f}, "
-                  f"distilled ppl {summary['final']['perplexity']:.2f} -> {report}")
+    console.print(
+        f"[green]done[/]: teacher ppl {summary['teacher_eval']['perplexity']:.2f}, "
+        f"transfer-only ppl {summary['transfer_only']['perplexity']:.2f}, "
+        f"distilled ppl {summary['final']['perplexity']:.2f} -> {report}"
+    )
     return out

@@ -45,24 +45,42 @@ def bamba_config(student):
     elif c.sliding_window:
         why = "its attention uses a sliding window"
     if why:
-        raise MohawkError(f"no Bamba export for this student: {why}; supported: {SUPPORTED} (--format remote-code "
-                          "exports any student)")
+        raise MohawkError(
+            f"no Bamba export for this student: {why}; supported: {SUPPORTED} (--format remote-code "
+            "exports any student)"
+        )
     attn = c.attention_layers
     rope_theta, rotary_dim = _rope(student)
     mixer = next((layer.mixer for layer in student.model.layers if c.mixers[layer.mixer.layer_idx] == "mamba2"), None)
     return BambaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, hidden_act="silu", rms_norm_eps=c.norm_eps,
-        max_position_embeddings=c.max_position_embeddings, tie_word_embeddings=bool(c.tie_word_embeddings),
-        attn_layer_indices=attn or None, mamba_n_heads=c.num_attention_heads, mamba_d_head=c.head_dim,
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        hidden_act="silu",
+        rms_norm_eps=c.norm_eps,
+        max_position_embeddings=c.max_position_embeddings,
+        tie_word_embeddings=bool(c.tie_word_embeddings),
+        attn_layer_indices=attn or None,
+        mamba_n_heads=c.num_attention_heads,
+        mamba_d_head=c.head_dim,
         mamba_n_groups=mixer.num_groups if mixer else c.num_attention_heads,
-        mamba_d_state=mixer.state_size if mixer else c.ssd_state_size, mamba_d_conv=c.ssd_conv_kernel,
-        mamba_expand=c.num_attention_heads * c.head_dim // c.hidden_size, mamba_chunk_size=c.ssd_chunk_size,
-        mamba_conv_bias=True, mamba_proj_bias=True, attention_bias=bool(c.attention_qkv_bias or c.attention_out_bias),
-        mlp_bias=bool(c.mlp_bias), **{k: getattr(c, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")},
-        rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
-                         "partial_rotary_factor": rotary_dim / c.head_dim},
+        mamba_d_state=mixer.state_size if mixer else c.ssd_state_size,
+        mamba_d_conv=c.ssd_conv_kernel,
+        mamba_expand=c.num_attention_heads * c.head_dim // c.hidden_size,
+        mamba_chunk_size=c.ssd_chunk_size,
+        mamba_conv_bias=True,
+        mamba_proj_bias=True,
+        attention_bias=bool(c.attention_qkv_bias or c.attention_out_bias),
+        mlp_bias=bool(c.mlp_bias),
+        **{k: getattr(c, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": rope_theta,
+            "partial_rotary_factor": rotary_dim / c.head_dim,
+        },
     )
 
 
@@ -78,16 +96,21 @@ def _rope(student) -> tuple[float, int]:
     theta = float(inv[1] ** (-rotary / 2)) if inv.numel() > 1 else float(c.rope_theta)
     want = 1.0 / theta ** (torch.arange(0, rotary, 2, dtype=torch.double) / rotary)
     if not torch.allclose(inv, want, rtol=1e-5) or getattr(c, "rope_attention_scaling", 1.0) != 1.0:
-        raise MohawkError("no Bamba export for this student: its teacher's RoPE is not the default form (scaled "
-                          "frequencies); use --format remote-code")
+        raise MohawkError(
+            "no Bamba export for this student: its teacher's RoPE is not the default form (scaled "
+            "frequencies); use --format remote-code"
+        )
     return round(theta, 6), rotary
 
 
 def bamba_state_dict(student, config) -> dict[str, torch.Tensor]:
     """The student's weights under BambaForCausalLM's names (biases Bamba has and the student lacks are zeros)."""
     sd = {k: v.detach() for k, v in student.state_dict().items()}
-    out = {"model.embed_tokens.weight": sd["model.embed_tokens.weight"],
-           "model.final_layernorm.weight": sd["model.norm.weight"], "lm_head.weight": sd["lm_head.weight"]}
+    out = {
+        "model.embed_tokens.weight": sd["model.embed_tokens.weight"],
+        "model.final_layernorm.weight": sd["model.norm.weight"],
+        "lm_head.weight": sd["lm_head.weight"],
+    }
     for i, kind in enumerate(student.config.mixers):
         src, dst = f"model.layers.{i}.", f"model.layers.{i}."
         out[dst + "input_layernorm.weight"] = sd[src + "norm1.weight"]
@@ -104,8 +127,17 @@ def bamba_state_dict(student, config) -> dict[str, torch.Tensor]:
                     w = sd[m + f"{name}.weight"]
                     out[dst + f"self_attn.{name}.bias"] = sd.get(m + f"{name}.bias", w.new_zeros(w.shape[0]))
         else:
-            for name in ("in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D",
-                         "norm.weight", "out_proj.weight"):
+            for name in (
+                "in_proj.weight",
+                "in_proj.bias",
+                "conv1d.weight",
+                "conv1d.bias",
+                "dt_bias",
+                "A_log",
+                "D",
+                "norm.weight",
+                "out_proj.weight",
+            ):
                 out[dst + f"mamba.{name}"] = sd[m + name]
             w = sd[m + "out_proj.weight"]
             out[dst + "mamba.out_proj.bias"] = sd.get(m + "out_proj.bias", w.new_zeros(w.shape[0]))
@@ -123,8 +155,9 @@ def to_bamba(student):
     missing, unexpected = model.load_state_dict(bamba_state_dict(student, config), strict=False)
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
-        raise MohawkError(f"internal: the Bamba weight map is incomplete (missing {missing[:3]}, unexpected "
-                          f"{unexpected[:3]})")
+        raise MohawkError(
+            f"internal: the Bamba weight map is incomplete (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     if config.tie_word_embeddings:
         model.tie_weights()
     if not config.attn_layer_indices:
@@ -145,8 +178,9 @@ def check_equal(student, exported, vocab: int, tol: float = 1e-4) -> float:
         b = e(ids, use_cache=False).logits
     diff = float((a - b).abs().max())
     if not diff <= tol:
-        raise MohawkError(f"internal: the exported model's logits differ from the student's by {diff:.3g} "
-                          f"(> {tol:g}); nothing kept")
+        raise MohawkError(
+            f"internal: the exported model's logits differ from the student's by {diff:.3g} (> {tol:g}); nothing kept"
+        )
     return diff
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from mohawk.errors import MohawkError
@@ -23,7 +24,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise MohawkError("--report-to tensorboard needs the tensorboard package: pip install tensorboard")
+                raise MohawkError(
+                    "--report-to tensorboard needs the tensorboard package: pip install tensorboard"
+                ) from None
             self.tb = SummaryWriter(str(tensorboard_dir))
 
     def write(self, record: dict) -> None:
@@ -52,7 +55,7 @@ class MetricsLog:
         self.path.write_text("".join(x + "\n" for x in keep))
 
 
-def _records(path: Path):
+def _records(path: Path) -> Iterator[tuple[dict, str]]:
     for line in path.read_text().splitlines():
         try:
             r = json.loads(line)
@@ -67,7 +70,7 @@ def read_metrics(path: Path) -> list[dict]:
     return [r for r, _ in _records(path)] if path.is_file() else []
 
 
-def write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj: object) -> None:
     """Write JSON atomically (temporary file, fsync, rename): a crash leaves the old file or the new one."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w") as f:

@@ -45,7 +45,7 @@ class Parallel:
     strategy: str = "auto"  # stage 3 under world > 1: auto (= fsdp), ddp or fsdp
 
     @classmethod
-    def from_env(cls, device: str = "auto", strategy: str = "auto") -> tuple["Parallel", torch.device]:
+    def from_env(cls, device: str = "auto", strategy: str = "auto") -> tuple[Parallel, torch.device]:
         """Join the process group that torchrun described in the environment (NCCL on GPUs, gloo on CPUs) and pick
         this rank's device; a plain single-process ``Parallel`` when not under torchrun."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -62,8 +62,9 @@ class Parallel:
             dev = torch.device("cpu")
         if not dist.is_initialized():
             # long timeout: rank 0 alone writes checkpoints and summaries while the others wait
-            dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=60),
-                                    **({"device_id": dev} if cuda else {}))
+            dist.init_process_group(
+                "nccl" if cuda else "gloo", timeout=timedelta(minutes=60), **({"device_id": dev} if cuda else {})
+            )
         return cls(rank=rank, world=world, local_rank=local, strategy=strategy), dev
 
     @property
@@ -77,8 +78,10 @@ class Parallel:
     def check_batch_size(self, rows: int) -> None:
         """A MohawkError unless a global batch of ``rows`` sequences splits evenly over the processes."""
         if rows % self.world:
-            raise MohawkError(f"--batch-size {rows} does not split over {self.world} processes: use a multiple of "
-                              f"{self.world} (the batch size is global)")
+            raise MohawkError(
+                f"--batch-size {rows} does not split over {self.world} processes: use a multiple of "
+                f"{self.world} (the batch size is global)"
+            )
 
     def shard(self, batch: Tensor) -> Tensor:
         """This rank's rows of a global batch (batch, L) -> (batch / world, L)."""
@@ -141,13 +144,16 @@ class Parallel:
             return
         device = next(model.parameters()).device
         mesh = init_device_mesh(device.type, (self.world,))
-        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if device.type == "cuda" else MixedPrecisionPolicy())
+        mp = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if device.type == "cuda"
+            else MixedPrecisionPolicy()
+        )
         for layer in layers:
             fully_shard(layer, mesh=mesh, mp_policy=mp)
         fully_shard(model, mesh=mesh, mp_policy=mp)
 
-    def runner(self, stage) -> "StageRunner":
+    def runner(self, stage) -> StageRunner:
         """How train.py calls ``stage.loss`` on this job: directly, through DDP, or on the FSDP2-sharded student."""
         if not self.active or not any(p.requires_grad for p in stage.student.parameters()):
             return StageRunner(stage.loss)  # (nothing to train, e.g. all layers kept as attention: DDP would refuse)
@@ -161,8 +167,11 @@ class Parallel:
 
             return StageRunner(stage.loss, sync)
         device = next(stage.student.parameters()).device
-        ddp = nn.parallel.DistributedDataParallel(_StageModule(stage), find_unused_parameters=stage.partial_gradients,
-                                                  device_ids=[device.index] if device.type == "cuda" else None)
+        ddp = nn.parallel.DistributedDataParallel(
+            _StageModule(stage),
+            find_unused_parameters=stage.partial_gradients,
+            device_ids=[device.index] if device.type == "cuda" else None,
+        )
         return StageRunner(ddp, lambda last: nullcontext() if last else ddp.no_sync())
 
     def gather(self, student: nn.Module) -> nn.Module | None:

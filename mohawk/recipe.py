@@ -17,8 +17,12 @@ The constants are the measured choices (benchmarks/README.md and results/headlin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mohawk.train import StageBudget
+
+if TYPE_CHECKING:
+    from mohawk.config import DistillConfig
 
 SHARES = {1: 0.05, 2: 0.10, 3: 0.85}  # of a total budget, per stage
 DEFAULT_TOKENS = {1: 12288, 2: 12288, 3: 16384}  # the embedded CPU default, when no budget is given
@@ -39,12 +43,22 @@ class Plan:
 
     def table(self) -> list[dict]:
         """One row per stage with a budget: tokens, tokens per update, micro-batch, optimizer steps, peak LR."""
-        return [{"stage": s, "tokens": b.tokens, "tokens_per_update": b.micro_tokens * b.grad_accum,
-                 "micro_batch": self.rows[s], "grad_accum": b.grad_accum, "steps": b.steps, "lr": b.lr}
-                for s, b in sorted(self.budgets.items()) if b.tokens]
+        return [
+            {
+                "stage": s,
+                "tokens": b.tokens,
+                "tokens_per_update": b.micro_tokens * b.grad_accum,
+                "micro_batch": self.rows[s],
+                "grad_accum": b.grad_accum,
+                "steps": b.steps,
+                "lr": b.lr,
+            }
+            for s, b in sorted(self.budgets.items())
+            if b.tokens
+        ]
 
 
-def stage_tokens(cfg) -> dict[int, int]:
+def stage_tokens(cfg: DistillConfig) -> dict[int, int]:
     """Tokens of each stage in cfg.stages (see module docstring); stages not run get 0."""
     run = list(cfg.stages)
     given = {s: getattr(cfg, f"stage{s}_tokens") for s in run if getattr(cfg, f"stage{s}_tokens") is not None}
@@ -64,7 +78,7 @@ def stage_tokens(cfg) -> dict[int, int]:
     return out
 
 
-def plan(cfg, world: int = 1) -> Plan:
+def plan(cfg: DistillConfig, world: int = 1) -> Plan:
     """The Plan of ``cfg`` (a DistillConfig) for a job of ``world`` processes (micro-batches split over them)."""
     p = Plan()
     tokens = stage_tokens(cfg)
@@ -84,15 +98,20 @@ def plan(cfg, world: int = 1) -> Plan:
             accum = max(1, int(want // micro))
         budget = StageBudget(tokens=t, micro_tokens=micro, grad_accum=accum, lr=lr)
         if t and budget.steps < MIN_STEPS:
-            why = (f"--tokens-per-update {cfg.tokens_per_update}" if cfg.tokens_per_update is not None
-                   else f"{t:,} tokens at {rows} x {cfg.seq_len} tokens per micro-batch")
-            p.warnings.append(f"stage {s} makes only {budget.steps} optimizer steps ({why}); the recipe wants at "
-                              f"least {MIN_STEPS}: give it more tokens or fewer tokens per update")
+            why = (
+                f"--tokens-per-update {cfg.tokens_per_update}"
+                if cfg.tokens_per_update is not None
+                else f"{t:,} tokens at {rows} x {cfg.seq_len} tokens per micro-batch"
+            )
+            p.warnings.append(
+                f"stage {s} makes only {budget.steps} optimizer steps ({why}); the recipe wants at "
+                f"least {MIN_STEPS}: give it more tokens or fewer tokens per update"
+            )
         p.budgets[s], p.rows[s] = budget, rows
     return p
 
 
-def budgets(cfg) -> dict[int, StageBudget]:
+def budgets(cfg: DistillConfig) -> dict[int, StageBudget]:
     """{stage: StageBudget} of ``cfg`` on one process (see plan)."""
     return plan(cfg).budgets
 
@@ -102,5 +121,16 @@ def epochs(tokens: int, corpus_tokens: int | None) -> float | None:
     return None if not corpus_tokens else tokens / corpus_tokens
 
 
-__all__ = ["DEFAULT_TOKENS", "LR", "MAX_TOKENS_PER_UPDATE", "MIN_STEPS", "Plan", "SHARES", "TARGET_STEPS", "budgets",
-           "epochs", "plan", "stage_tokens"]
+__all__ = [
+    "DEFAULT_TOKENS",
+    "LR",
+    "MAX_TOKENS_PER_UPDATE",
+    "MIN_STEPS",
+    "Plan",
+    "SHARES",
+    "TARGET_STEPS",
+    "budgets",
+    "epochs",
+    "plan",
+    "stage_tokens",
+]

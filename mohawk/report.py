@@ -19,10 +19,10 @@ def _plot_losses(rows: list[dict], path: Path) -> bool:
     if not stages:
         return False
     fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.4), squeeze=False)
-    for ax, s in zip(axes[0], stages):
+    for ax, s in zip(axes[0], stages, strict=False):
         pts = [(r["tokens"], r["loss"]) for r in rows if r["stage"] == s and r.get("loss") is not None]
         if pts:
-            ax.plot(*zip(*pts), color="C%d" % s)
+            ax.plot(*zip(*pts, strict=False), color=f"C{s}")
         ax.set_title(f"stage {s}: {STAGE_NAMES[s]}")
         ax.set_xlabel("tokens")
         ax.set_ylabel("loss")
@@ -98,24 +98,39 @@ def write_report(out: str | Path) -> Path:
     before, after = summary.get("distances_before", {}), summary.get("distances_after", {})
     made = {
         "loss": _plot_losses(rows, plots / "loss.png"),
-        "stage1": _plot_distances(before, after, "stage1", "stage 1: ||A_teacher - M_student||_F per layer",
-                                  "Frobenius distance", plots / "stage1_distance.png"),
-        "stage2": _plot_distances(before, after, "stage2", "stage 2: block output distance per layer",
-                                  "mean L2 distance", plots / "stage2_distance.png"),
+        "stage1": _plot_distances(
+            before,
+            after,
+            "stage1",
+            "stage 1: ||A_teacher - M_student||_F per layer",
+            "Frobenius distance",
+            plots / "stage1_distance.png",
+        ),
+        "stage2": _plot_distances(
+            before,
+            after,
+            "stage2",
+            "stage 2: block output distance per layer",
+            "mean L2 distance",
+            plots / "stage2_distance.png",
+        ),
         "ppl": _plot_perplexity(summary, plots / "perplexity.png"),
     }
     t, tr, fin = summary.get("teacher_eval", {}), summary.get("transfer_only", {}), summary.get("final", {})
     n_attn = len(summary.get("attention_layers", []))
     lines = [
-        "# MOHAWK distillation report", "",
+        "# MOHAWK distillation report",
+        "",
         f"- command: `{summary.get('command', '?')}`",
         f"- teacher: `{summary.get('teacher')}` ({summary.get('teacher_layers')} layers); student: "
         f"{summary.get('teacher_layers', 0) - n_attn} {summary.get('mixer', 'ssd')} layers + {n_attn} attention layers "
         f"{summary.get('attention_layers', [])}, {summary.get('student_parameters', 0) / 1e6:.1f}M parameters",
         f"- device: {summary.get('device')}; versions: {summary.get('versions')}",
         f"- sequence length {summary.get('seq_len')}; validation on {summary.get('val_tokens', 0):,} held-out tokens; "
-        f"total wall time {summary.get('total_wall_s', 0):.0f} s", "",
-        "## Result", "",
+        f"total wall time {summary.get('total_wall_s', 0):.0f} s",
+        "",
+        "## Result",
+        "",
         "| model | validation perplexity | top-1 agreement with teacher | KL(teacher ‖ model) / token |",
         "|---|---|---|---|",
     ]
@@ -126,12 +141,21 @@ def write_report(out: str | Path) -> Path:
             lines.append(f"| {label} | {r['perplexity']:.2f} | {r['top1_agreement']:.3f} | {r['kl']:.3f} |")
     if tr and fin:
         better = fin["perplexity"] < tr["perplexity"]
-        lines += ["", f"The distilled student's perplexity is **{fin['perplexity']:.2f}** against "
-                  f"{tr['perplexity']:.2f} for the weight-transfer-only student: "
-                  + ("distillation helped." if better else "distillation did NOT improve on weight transfer.")]
-    lines += ["", "## Stages", "", "| stage | tokens | tokens per update | optimizer steps | epochs over the data | "
-              "skipped updates / rollbacks | peak LR | wall time (s) | first loss | last loss | "
-              "mean per-layer distance before -> after |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"The distilled student's perplexity is **{fin['perplexity']:.2f}** against "
+            f"{tr['perplexity']:.2f} for the weight-transfer-only student: "
+            + ("distillation helped." if better else "distillation did NOT improve on weight transfer."),
+        ]
+    lines += [
+        "",
+        "## Stages",
+        "",
+        "| stage | tokens | tokens per update | optimizer steps | epochs over the data | "
+        "skipped updates / rollbacks | peak LR | wall time (s) | first loss | last loss | "
+        "mean per-layer distance before -> after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for s, info in sorted(summary.get("stages", {}).items(), key=lambda kv: int(kv[0])):
         losses = [r["loss"] for r in rows if r["stage"] == int(s) and r.get("loss") is not None]
         key = {"1": "stage1", "2": "stage2"}.get(s)
@@ -140,23 +164,35 @@ def write_report(out: str | Path) -> Path:
         last = f"{losses[-1]:.4g}" if losses else "-"
         tpu = f"{info['tokens_per_update']:,}" if info.get("tokens_per_update") else "-"
         ep = f"{info['epochs']:.3g}" if info.get("epochs") is not None else "-"
-        lines.append(f"| {s} {STAGE_NAMES[int(s)]} | {info['tokens']:,} | {tpu} | {info['steps']} | {ep} | "
-                     f"{info['skipped']} / {info.get('rollbacks', 0)} | {info['lr']:g} | {info['wall_s']:.0f} | "
-                     f"{first} | {last} | {dist} |")
+        lines.append(
+            f"| {s} {STAGE_NAMES[int(s)]} | {info['tokens']:,} | {tpu} | {info['steps']} | {ep} | "
+            f"{info['skipped']} / {info.get('rollbacks', 0)} | {info['lr']:g} | {info['wall_s']:.0f} | "
+            f"{first} | {last} | {dist} |"
+        )
     if summary.get("warnings"):
         lines += ["", "Warnings of the run:", "", *[f"- {w}" for w in summary["warnings"]]]
     events = [r for r in rows if r.get("event")]
     if events:
-        lines += ["", "Loss-spike guard events (a spike skips its update; repeated spikes roll back to the stage's "
-                  "newest checkpoint with a lower LR):", ""]
+        lines += [
+            "",
+            "Loss-spike guard events (a spike skips its update; repeated spikes roll back to the stage's "
+            "newest checkpoint with a lower LR):",
+            "",
+        ]
         for r in events:
-            detail = (f"loss {r['spike_loss']} vs running median {r['median']}" if r["event"] == "spike"
-                      else f"restored {r['to']}, LR x{r['lr_scale']:g}")
+            detail = (
+                f"loss {r['spike_loss']} vs running median {r['median']}"
+                if r["event"] == "spike"
+                else f"restored {r['to']}, LR x{r['lr_scale']:g}"
+            )
             lines.append(f"- stage {r['stage']} step {r['step']}: {r['event']} ({detail})")
     lines += ["", "## Plots", ""]
-    captions = {"ppl": ("perplexity.png", "Validation perplexity"), "loss": ("loss.png", "Loss per stage"),
-                "stage1": ("stage1_distance.png", "Stage-1 distance per layer, before and after"),
-                "stage2": ("stage2_distance.png", "Stage-2 distance per layer, before and after")}
+    captions = {
+        "ppl": ("perplexity.png", "Validation perplexity"),
+        "loss": ("loss.png", "Loss per stage"),
+        "stage1": ("stage1_distance.png", "Stage-1 distance per layer, before and after"),
+        "stage2": ("stage2_distance.png", "Stage-2 distance per layer, before and after"),
+    }
     for key, (file, caption) in captions.items():
         if made[key]:
             lines += [f"![{caption}](plots/{file})", ""]
@@ -165,8 +201,10 @@ def write_report(out: str | Path) -> Path:
 
         res = read_json(out / "evaluation.json", "evaluation")
         lines += ["## Evaluation", "", *markdown(res, plot_results(res, plots)), ""]
-    lines += ["Numbers come from `summary.json` and `metrics.jsonl` in this directory; the student is in `student/` "
-              "(load with `import mohawk; AutoModelForCausalLM.from_pretrained(...)`)."]
+    lines += [
+        "Numbers come from `summary.json` and `metrics.jsonl` in this directory; the student is in `student/` "
+        "(load with `import mohawk; AutoModelForCausalLM.from_pretrained(...)`)."
+    ]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -13,8 +13,20 @@ from mohawk.errors import MohawkError
 MARKER = ".mohawk-run"  # written into every run directory: what --overwrite may treat as mohawk's
 LOCK = ".mohawk.lock"
 # what a run writes into its directory (everything --overwrite removes)
-OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.json", "report.md", "evaluation.json", "plots", "checkpoints",
-           "student", "tensorboard", ".summary.json.tmp", ".evaluation.json.tmp", MARKER)
+OUTPUTS = (
+    "config.yaml",
+    "metrics.jsonl",
+    "summary.json",
+    "report.md",
+    "evaluation.json",
+    "plots",
+    "checkpoints",
+    "student",
+    "tensorboard",
+    ".summary.json.tmp",
+    ".evaluation.json.tmp",
+    MARKER,
+)
 
 
 class RunLock:
@@ -22,9 +34,10 @@ class RunLock:
     run leaves no stale lock). A second run on the same directory gets one MohawkError line naming the holder."""
 
     def __init__(self, out: Path):
-        self.out, self.fd = out, None
+        self.out = out
+        self.fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         try:
             import fcntl
         except ImportError:  # no flock (Windows): one writer is the user's responsibility there
@@ -39,8 +52,10 @@ class RunLock:
         except OSError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise MohawkError(f"output directory {self.out} is in use by another mohawk run ({holder}); wait for it "
-                              "or choose another --out") from None
+            raise MohawkError(
+                f"output directory {self.out} is in use by another mohawk run ({holder}); wait for it "
+                "or choose another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         self.fd = fd
@@ -68,11 +83,15 @@ def claim(out: Path, *, resume: bool, overwrite: bool) -> RunLock:
         contents = [p for p in out.iterdir() if p.name != LOCK]
         if contents and not resume:
             if not overwrite:
-                raise MohawkError(f"output directory {out} is not empty: pass --resume to continue that run or "
-                                  "--overwrite to replace it")
+                raise MohawkError(
+                    f"output directory {out} is not empty: pass --resume to continue that run or "
+                    "--overwrite to replace it"
+                )
             if not is_run_directory(out):
-                raise MohawkError(f"--overwrite refused: {out} does not hold a mohawk run (no {MARKER} or "
-                                  "config.yaml + summary.json); choose a new or empty --out")
+                raise MohawkError(
+                    f"--overwrite refused: {out} does not hold a mohawk run (no {MARKER} or "
+                    "config.yaml + summary.json); choose a new or empty --out"
+                )
     except BaseException:
         lock.release()
         raise
@@ -90,8 +109,10 @@ def clear(out: Path, reads: list[str | None]) -> None:
     for path in targets:
         for r in reads:
             if r and _inside(Path(r), path):
-                raise MohawkError(f"--overwrite refused: it would delete {path}, which this run reads ({r}); move "
-                                  "it out of --out first")
+                raise MohawkError(
+                    f"--overwrite refused: it would delete {path}, which this run reads ({r}); move "
+                    "it out of --out first"
+                )
     for path in targets:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

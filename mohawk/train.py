@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import typing
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -84,9 +85,17 @@ class LoopState:
     lr: float = 0.0  # the stage's peak LR (a resume with another one starts a fresh rollback budget)
 
     def as_dict(self, done: bool) -> dict:
-        return {"stage": self.stage, "step": self.step, "tokens": self.tokens, "skipped": self.skipped,
-                "batches": self.batches, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale, "lr": self.lr,
-                "done": done}
+        return {
+            "stage": self.stage,
+            "step": self.step,
+            "tokens": self.tokens,
+            "skipped": self.skipped,
+            "batches": self.batches,
+            "rollbacks": self.rollbacks,
+            "lr_scale": self.lr_scale,
+            "lr": self.lr,
+            "done": done,
+        }
 
 
 class SpikeGuard:
@@ -94,7 +103,8 @@ class SpikeGuard:
     (needs ``min(window, 8)`` of them first; factor 0 checks only finiteness)."""
 
     def __init__(self, factor: float, window: int):
-        self.factor, self.window, self.history = factor, window, []
+        self.factor, self.window = factor, window
+        self.history: list[float] = []
 
     def is_spike(self, loss: float) -> bool:
         if not math.isfinite(loss):
@@ -104,7 +114,7 @@ class SpikeGuard:
         return False
 
     def accept(self, loss: float) -> None:
-        self.history = (self.history + [loss])[-self.window:]
+        self.history = (self.history + [loss])[-self.window :]
 
     @property
     def median(self) -> float | None:
@@ -120,9 +130,18 @@ def compile_mode(mode: str, stage, device: torch.device, parallel: Parallel) -> 
     return "fuse" if parallel.active and mode == "graphs" else mode
 
 
-def train_stage(stage, batches: Iterator[torch.Tensor], budget: StageBudget, loop: LoopSettings, *,
-                checkpointer: Checkpointer, log: MetricsLog, resume: Path | None = None, progress: bool = True,
-                parallel: Parallel | None = None) -> LoopState:
+def train_stage(
+    stage,
+    batches: Iterator[torch.Tensor],
+    budget: StageBudget,
+    loop: LoopSettings,
+    *,
+    checkpointer: Checkpointer,
+    log: MetricsLog,
+    resume: Path | None = None,
+    progress: bool = True,
+    parallel: Parallel | None = None,
+) -> LoopState:
     """Train ``stage`` for ``budget`` (see StageBudget); ``batches`` must already skip what a resumed run consumed.
 
     An update whose loss spikes (SpikeGuard) is skipped; ``loop.spike_patience`` spikes in a row roll the student and
@@ -139,9 +158,15 @@ def train_stage(stage, batches: Iterator[torch.Tensor], budget: StageBudget, loo
         p.requires_grad_(id(p) in trainable)
     params = [p for _, p in named]
     fused = bool(params) and all(p.is_cuda for p in params) and not parallel.is_sharded(student)
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": loop.weight_decay},
-                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=budget.lr, betas=(0.9, 0.95), fused=fused or None)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": loop.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=budget.lr,
+        betas=(0.9, 0.95),
+        fused=fused or None,
+    )
     runner, total_steps, accum = parallel.runner(stage), budget.steps, budget.grad_accum
     state = LoopState(stage=stage.number, lr=budget.lr)
 
@@ -158,16 +183,23 @@ def train_stage(stage, batches: Iterator[torch.Tensor], budget: StageBudget, loo
     else:
         save(done=False)  # the stage's starting point: the first rollback target
     guard = SpikeGuard(loop.spike_factor, loop.spike_window)
-    streak_start = None  # the step before the first spike of the current streak
+    streak_start: int | None = None  # the step before the first spike of the current streak
     device = next(student.parameters()).device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     student.train()
-    bar = Progress(TextColumn(f"stage {stage.number} {stage.name}"), BarColumn(),
-                   TextColumn("{task.completed:,.0f}/{task.total:,.0f} tok"), TextColumn("{task.fields[tps]:>7,.0f} tok/s"),
-                   TextColumn("loss {task.fields[loss]:.4g}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                   disable=not (progress and parallel.main))
-    task = bar.add_task("", total=total_steps * budget.micro_tokens * accum, completed=state.tokens, tps=0.0,
-                        loss=float("nan"))
+    bar = Progress(
+        TextColumn(f"stage {stage.number} {stage.name}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} tok"),
+        TextColumn("{task.fields[tps]:>7,.0f} tok/s"),
+        TextColumn("loss {task.fields[loss]:.4g}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not (progress and parallel.main),
+    )
+    task = bar.add_task(
+        "", total=total_steps * budget.micro_tokens * accum, completed=state.tokens, tps=0.0, loss=float("nan")
+    )
     t_start, tokens_start = time.perf_counter(), state.tokens
     mode = compile_mode(loop.compile, stage, device, parallel)
     # Replayed CUDA graphs write the gradients into the same memory at every backward: a ``.grad`` that *is* that
@@ -178,12 +210,16 @@ def train_stage(stage, batches: Iterator[torch.Tensor], budget: StageBudget, loo
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-    with bar, (stage.compiled(mode) if mode != "off" else nullcontext()):
+    with bar, stage.compiled(mode) if mode != "off" else nullcontext():
         while state.step < total_steps:
             for g in optimizer.param_groups:
-                g["lr"] = budget.lr * state.lr_scale * lr_factor(state.step, total_steps, loop.schedule,
-                                                                 loop.warmup_fraction, loop.decay_fraction)
-            loss_sum, metrics_sum = 0.0, {}
+                g["lr"] = (
+                    budget.lr
+                    * state.lr_scale
+                    * lr_factor(state.step, total_steps, loop.schedule, loop.warmup_fraction, loop.decay_fraction)
+                )
+            loss_sum: typing.Any = 0.0
+            metrics_sum: dict = {}
             for micro in range(accum):
                 if mode == "graphs":
                     torch.compiler.cudagraph_mark_step_begin()  # earlier replays' outputs are no longer needed
@@ -215,18 +251,34 @@ def train_stage(stage, batches: Iterator[torch.Tensor], budget: StageBudget, loo
             state.tokens += budget.micro_tokens * accum
             if spike:
                 state.skipped += 1
-                log.write({"stage": stage.number, "step": state.step, "tokens": state.tokens, "event": "spike",
-                           "spike_loss": loss_sum if math.isfinite(loss_sum) else str(loss_sum),
-                           "median": guard.median})
-                if state.step - streak_start >= loop.spike_patience:
+                log.write(
+                    {
+                        "stage": stage.number,
+                        "step": state.step,
+                        "tokens": state.tokens,
+                        "event": "spike",
+                        "spike_loss": loss_sum if math.isfinite(loss_sum) else str(loss_sum),
+                        "median": guard.median,
+                    }
+                )
+                if streak_start is not None and state.step - streak_start >= loop.spike_patience:
                     _roll_back(state, student, optimizer, checkpointer, loop, log, before_step=streak_start)
                     streak_start = None
             tps = max(0, state.tokens - tokens_start) / max(time.perf_counter() - t_start, 1e-9)
             bar.update(task, completed=state.tokens, tps=tps, loss=loss_sum)
             if not spike and (state.step % loop.log_every == 0 or state.step == total_steps):
-                log.write({"stage": stage.number, "step": state.step, "tokens": state.tokens, "loss": loss_sum,
-                           "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": tps, "skipped": state.skipped,
-                           **metrics_sum})
+                log.write(
+                    {
+                        "stage": stage.number,
+                        "step": state.step,
+                        "tokens": state.tokens,
+                        "loss": loss_sum,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "tokens_per_s": tps,
+                        "skipped": state.skipped,
+                        **metrics_sum,
+                    }
+                )
             # no checkpoint inside a spike streak: it could become the target of the rollback that ends the streak
             if state.step % loop.checkpoint_every == 0 and state.step < total_steps and streak_start is None:
                 save(done=False)
@@ -239,24 +291,44 @@ def train_stage(stage, batches: Iterator[torch.Tensor], budget: StageBudget, loo
     return state
 
 
-def _roll_back(state: LoopState, student, optimizer, checkpointer: Checkpointer, loop: LoopSettings,
-               log: MetricsLog, before_step: int) -> None:
+def _roll_back(
+    state: LoopState,
+    student,
+    optimizer,
+    checkpointer: Checkpointer,
+    loop: LoopSettings,
+    log: MetricsLog,
+    before_step: int,
+) -> None:
     """Restore this stage's newest good checkpoint of a step <= ``before_step``, lower the LR; fail after
     ``loop.max_rollbacks``."""
     if state.rollbacks >= loop.max_rollbacks:
-        raise MohawkError(f"stage {state.stage} diverged: the loss kept spiking after {state.rollbacks} rollbacks "
-                          f"(LR scaled down to {state.lr_scale:g}); resume with a lower learning rate "
-                          f"(--stage{state.stage}-lr) or raise --spike-factor")
+        raise MohawkError(
+            f"stage {state.stage} diverged: the loss kept spiking after {state.rollbacks} rollbacks "
+            f"(LR scaled down to {state.lr_scale:g}); resume with a lower learning rate "
+            f"(--stage{state.stage}-lr) or raise --spike-factor"
+        )
     target = checkpointer.latest(stage=state.stage, before_step=before_step)
     if target is None:
-        raise MohawkError(f"stage {state.stage}: the loss kept spiking and no checkpoint of this stage from before "
-                          "the spikes is left to roll back to")
+        raise MohawkError(
+            f"stage {state.stage}: the loss kept spiking and no checkpoint of this stage from before "
+            "the spikes is left to roll back to"
+        )
     saved = Checkpointer.load(target, student, optimizer)
     state.step, state.tokens = saved["step"], saved["tokens"]
     state.rollbacks += 1
     state.lr_scale *= loop.rollback_lr_factor
-    log.write({"stage": state.stage, "step": state.step, "tokens": state.tokens, "event": "rollback",
-               "to": target.name, "lr_scale": state.lr_scale, "rollbacks": state.rollbacks})
+    log.write(
+        {
+            "stage": state.stage,
+            "step": state.step,
+            "tokens": state.tokens,
+            "event": "rollback",
+            "to": target.name,
+            "lr_scale": state.lr_scale,
+            "rollbacks": state.rollbacks,
+        }
+    )
 
 
 def _to_floats(loss, metrics: dict) -> tuple[float, dict]:

@@ -29,13 +29,15 @@ def parse_attention_layers(attention_layers, num_layers: int) -> list[int]:
         try:
             attention_layers = [int(x) for x in attention_layers.split(",") if x.strip()]
         except ValueError:
-            raise MohawkError(f"attention layers must be 'all', 'none' or comma-separated integers, got "
-                              f"{attention_layers!r}") from None
+            raise MohawkError(
+                f"attention layers must be 'all', 'none' or comma-separated integers, got {attention_layers!r}"
+            ) from None
     layers = [int(i) for i in attention_layers]
     bad = [i for i in layers if not 0 <= i < num_layers]
     if bad:
-        raise MohawkError(f"attention layer index {bad[0]} is out of range: the teacher has {num_layers} layers "
-                          f"(0..{num_layers - 1})")
+        raise MohawkError(
+            f"attention layer index {bad[0]} is out of range: the teacher has {num_layers} layers (0..{num_layers - 1})"
+        )
     if len(set(layers)) != len(layers):
         dup = next(i for i in layers if layers.count(i) > 1)
         raise MohawkError(f"attention layer index {dup} is repeated")
@@ -70,7 +72,7 @@ def init_ssd_from_attention(mixer, attn_weights: dict[str, torch.Tensor], config
     s = mixer.in_proj_slices()
     h, kv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     g, n = getattr(mixer, "num_groups", None), getattr(mixer, "state_size", None)
-    scale = config.attention_scale if config.attention_scale is not None else d ** -0.5
+    scale = config.attention_scale if config.attention_scale is not None else d**-0.5
     W, b = mixer.in_proj.weight, mixer.in_proj.bias
 
     def per_head(t, heads_in, heads_out):  # (heads_in * d, ...) -> (heads_out * d, ...), repeating whole heads
@@ -98,8 +100,9 @@ def init_ssd_from_attention(mixer, attn_weights: dict[str, torch.Tensor], config
     mixer.after_attention_init()
 
 
-def from_teacher(teacher, attention_layers=None, *, mixer: str = "ssd", ssd_init: str = "attention",
-                 **student_options) -> MohawkForCausalLM:
+def from_teacher(
+    teacher, attention_layers=None, *, mixer: str = "ssd", ssd_init: str = "attention", **student_options
+) -> MohawkForCausalLM:
     """A student of ``teacher`` (an HF causal LM or a TeacherAdapter) with its non-mixer weights copied.
 
     attention_layers: None (no attention), "all" (the teacher itself, re-expressed), or layer indices kept as attention.
@@ -122,7 +125,7 @@ def from_teacher(teacher, attention_layers=None, *, mixer: str = "ssd", ssd_init
     to_load = {}
     for i in range(n):
         prefix = f"model.layers.{i}.mixer."
-        attn = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        attn = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
         if mixers[i] != "attention":
             if ssd_init == "attention":
                 init_ssd_from_attention(student.model.layers[i].mixer, attn, config)

@@ -41,15 +41,38 @@ def main_():
         tiny_tokenizer().save_pretrained(d / "teacher")
         tiny_corpus(d / "corpus.jsonl")
         t0 = time.time()
-        rc = main(["distill", "--teacher", str(d / "teacher"), "--data", str(d / "corpus.jsonl"), "--out",
-                   str(d / "out"), "--seq-len", "64", "--batch-size", "4", "--stage1-tokens", "2048",
-                   "--stage2-tokens", "2048", "--stage3-tokens", "4096", "--device", "cuda", "--quiet"])
+        rc = main(
+            [
+                "distill",
+                "--teacher",
+                str(d / "teacher"),
+                "--data",
+                str(d / "corpus.jsonl"),
+                "--out",
+                str(d / "out"),
+                "--seq-len",
+                "64",
+                "--batch-size",
+                "4",
+                "--stage1-tokens",
+                "2048",
+                "--stage2-tokens",
+                "2048",
+                "--stage3-tokens",
+                "4096",
+                "--device",
+                "cuda",
+                "--quiet",
+            ]
+        )
         summary = json.loads((d / "out" / "summary.json").read_text()) if rc == 0 else {}
-    print(f"| check | value |\n|---|---|\n| device | {torch.cuda.get_device_name()} |\n"
-          f"| torch | {torch.__version__} |\n| ssd cuda vs cpu fp64, rel. error | {rel:.2e} |\n"
-          f"| tiny distill on cuda, exit code | {rc} ({time.time() - t0:.0f} s) |\n"
-          f"| transfer-only -> distilled ppl | {summary.get('transfer_only', {}).get('perplexity', float('nan')):.2f}"
-          f" -> {summary.get('final', {}).get('perplexity', float('nan')):.2f} |")
+    print(
+        f"| check | value |\n|---|---|\n| device | {torch.cuda.get_device_name()} |\n"
+        f"| torch | {torch.__version__} |\n| ssd cuda vs cpu fp64, rel. error | {rel:.2e} |\n"
+        f"| tiny distill on cuda, exit code | {rc} ({time.time() - t0:.0f} s) |\n"
+        f"| transfer-only -> distilled ppl | {summary.get('transfer_only', {}).get('perplexity', float('nan')):.2f}"
+        f" -> {summary.get('final', {}).get('perplexity', float('nan')):.2f} |"
+    )
     return rc
 
 

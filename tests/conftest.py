@@ -20,8 +20,14 @@ def tiny_teacher(family: str, seed: int = 0, **overrides):
     import transformers as tf
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                  num_attention_heads=4, max_position_embeddings=512)
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+    )
     if family == "llama":
         cfg = tf.LlamaConfig(**common, num_key_value_heads=2, rope_theta=10000.0, tie_word_embeddings=False)
     elif family == "qwen2":
@@ -29,16 +35,24 @@ def tiny_teacher(family: str, seed: int = 0, **overrides):
     elif family == "mistral":
         cfg = tf.MistralConfig(**common, num_key_value_heads=1, sliding_window=None)
     elif family == "phi":
-        cfg = tf.PhiConfig(**common, partial_rotary_factor=0.5, resid_pdrop=0.0, embd_pdrop=0.0,
-                           attention_dropout=0.0)
+        cfg = tf.PhiConfig(**common, partial_rotary_factor=0.5, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
     elif family == "gpt_neox":
-        cfg = tf.GPTNeoXConfig(**common, rotary_pct=0.25, use_parallel_residual=True, hidden_dropout=0.0,
-                               attention_dropout=0.0)
+        cfg = tf.GPTNeoXConfig(
+            **common, rotary_pct=0.25, use_parallel_residual=True, hidden_dropout=0.0, attention_dropout=0.0
+        )
     elif family == "gpt_neox_seq":
         cfg = tf.GPTNeoXConfig(**common, rotary_pct=1.0, use_parallel_residual=False)
     elif family == "gpt2":
-        cfg = tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=512, resid_pdrop=0.0,
-                            embd_pdrop=0.0, attn_pdrop=0.0)
+        cfg = tf.GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=3,
+            n_head=4,
+            n_positions=512,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
     else:
         raise ValueError(family)
     cfg.initializer_range = 0.15  # larger than default: peaked teacher distributions, distinct attention patterns
@@ -68,8 +82,10 @@ def ids():
     return torch.randint(0, VOCAB, (2, 24))
 
 
-CORPUS_WORDS = ("the cat sat on a mat while some dog ran far away from old house near river and then it came "
-                "back home to eat bread with milk before night fell over quiet town").split()
+CORPUS_WORDS = (
+    "the cat sat on a mat while some dog ran far away from old house near river and then it came "
+    "back home to eat bread with milk before night fell over quiet town"
+).split()
 
 
 def tiny_corpus(path, n_docs: int = 60, seed: int = 0):

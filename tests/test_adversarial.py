@@ -17,9 +17,11 @@ from mohawk.cli import app, main
 from tests.conftest import tiny_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EDGE = {int: ["0", "-1", "1", "2", "99999999999999999999", "1.5", "abc", ""],
-        float: ["0", "-1", "inf", "nan", "-inf", "1e309", "abc", "1e-12"],
-        str: ["", " ", "🙂", "/", "a,b", "none", "-1", "/dev/null"]}
+EDGE = {
+    int: ["0", "-1", "1", "2", "99999999999999999999", "1.5", "abc", ""],
+    float: ["0", "-1", "inf", "nan", "-inf", "1e309", "abc", "1e-12"],
+    str: ["", " ", "🙂", "/", "a,b", "none", "-1", "/dev/null"],
+}
 
 
 def _stub(*args, **kwargs):
@@ -74,7 +76,7 @@ def test_every_option_of_every_command_fails_cleanly(monkeypatch, capsys):
     monkeypatch.setattr("mohawk.parallel.resolve_device", lambda name: __import__("torch").device("cpu"))
     cases = list(_fuzz_cases())
     assert len(cases) > 300 and {c for c, _ in cases} >= {"distill", "eval", "approx", "generate"}
-    for name, argv in cases:
+    for _name, argv in cases:
         try:
             rc = main(argv)
         except BaseException as e:  # noqa: B036 - the point is that nothing escapes
@@ -87,17 +89,20 @@ def test_every_option_of_every_command_fails_cleanly(monkeypatch, capsys):
             assert len(errors) == 1, (argv, out.err)
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["distill", "--seq-len", "1"], "seq_len"),
-    (["distill", "--batch-size", "0"], "batch_size"),
-    (["distill", "--temperature", "inf"], "temperature: inf (must be a finite number)"),
-    (["distill", "--val-sequences", "0"], "val_sequences"),
-    (["generate", "m", "--prompt", ""], "--prompt is empty"),
-    (["generate", "m", "--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens"),
-    (["generate", "m", "--prompt", "hi", "--temperature", "nan"], "--temperature"),
-    (["eval", "m", "--limit", "0"], "--limit"),
-    (["approx", "--seq-len", "1"], "--seq-len"),
-])
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["distill", "--seq-len", "1"], "seq_len"),
+        (["distill", "--batch-size", "0"], "batch_size"),
+        (["distill", "--temperature", "inf"], "temperature: inf (must be a finite number)"),
+        (["distill", "--val-sequences", "0"], "val_sequences"),
+        (["generate", "m", "--prompt", ""], "--prompt is empty"),
+        (["generate", "m", "--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["generate", "m", "--prompt", "hi", "--temperature", "nan"], "--temperature"),
+        (["eval", "m", "--limit", "0"], "--limit"),
+        (["approx", "--seq-len", "1"], "--seq-len"),
+    ],
+)
 def test_argument_edges_blame_the_right_option(argv, msg, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -112,11 +117,37 @@ def test_config_path_that_is_a_directory(tmp_path, capsys):
 
 # -- run directories ----------------------------------------------------------------------------------------------
 
+
 def _run(teacher_dir, out, *extra):
-    return main(["distill", "--teacher", str(teacher_dir), "--data", str(teacher_dir.parent / "corpus.jsonl"),
-                 "--out", str(out), "--seq-len", "16", "--batch-size", "2", "--stage1-tokens", "64",
-                 "--stage2-tokens", "64", "--stage3-tokens", "128", "--val-sequences", "2", "--quiet",
-                 "--device", "cpu", "--eval-tasks", "", *extra])
+    return main(
+        [
+            "distill",
+            "--teacher",
+            str(teacher_dir),
+            "--data",
+            str(teacher_dir.parent / "corpus.jsonl"),
+            "--out",
+            str(out),
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--stage1-tokens",
+            "64",
+            "--stage2-tokens",
+            "64",
+            "--stage3-tokens",
+            "128",
+            "--val-sequences",
+            "2",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--eval-tasks",
+            "",
+            *extra,
+        ]
+    )
 
 
 def _one_error(capsys) -> str:
@@ -134,8 +165,21 @@ def test_overwrite_never_deletes_what_the_run_reads(teacher_dir, tmp_path, capsy
     shutil.copytree(teacher_dir, out / "teacher")
     tiny_corpus(out / "corpus.jsonl")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    rc = main(["distill", "--teacher", str(out / "teacher"), "--data", str(out / "corpus.jsonl"), "--out", str(out),
-               "--overwrite", "--quiet", "--device", "cpu"])
+    rc = main(
+        [
+            "distill",
+            "--teacher",
+            str(out / "teacher"),
+            "--data",
+            str(out / "corpus.jsonl"),
+            "--out",
+            str(out),
+            "--overwrite",
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 2 and "--overwrite refused" in _one_error(capsys)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".mohawk.lock"} == before
 
@@ -157,8 +201,23 @@ def test_overwrite_refuses_when_the_teacher_lives_in_an_output(teacher_dir, tmp_
     assert _run(teacher_dir, out) == 0
     inside = out / "student" / "teacher"
     shutil.copytree(teacher_dir, inside)
-    rc = main(["distill", "--teacher", str(inside), "--data", str(teacher_dir.parent / "corpus.jsonl"),
-               "--out", str(out), "--overwrite", "--quiet", "--device", "cpu", "--seq-len", "16"])
+    rc = main(
+        [
+            "distill",
+            "--teacher",
+            str(inside),
+            "--data",
+            str(teacher_dir.parent / "corpus.jsonl"),
+            "--out",
+            str(out),
+            "--overwrite",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--seq-len",
+            "16",
+        ]
+    )
     assert rc == 2 and "which this run reads" in _one_error(capsys)
     assert (inside / "config.json").is_file()
 
@@ -190,8 +249,10 @@ def test_second_writer_is_refused_and_a_dead_one_leaves_no_lock(teacher_dir, tmp
     finally:
         holder.release()
     # a process that died holding the lock: its lock file stays, its flock is gone
-    code = f"from mohawk.rundir import RunLock; from pathlib import Path; RunLock(Path({str(out)!r})).acquire(); " \
-           "import os; os._exit(0)"
+    code = (
+        f"from mohawk.rundir import RunLock; from pathlib import Path; RunLock(Path({str(out)!r})).acquire(); "
+        "import os; os._exit(0)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": ROOT})
     assert (out / ".mohawk.lock").is_file()
     assert _run(teacher_dir, out) == 0
@@ -248,12 +309,12 @@ def test_damaged_checkpoint_metadata_is_one_line(teacher_dir, tmp_path, capsys):
     manifest = json.loads((latest / "manifest.json").read_text())
     manifest[".metadata"] = {"size": meta.stat().st_size, "sha256": hashlib.sha256(meta.read_bytes()).hexdigest()}
     (latest / "manifest.json").write_text(json.dumps(manifest))
-    assert _run(teacher_dir, out, "--stages", "1", "--stage1-tokens", "256", "--checkpoint-every", "2",
-                "--resume") == 2
+    assert _run(teacher_dir, out, "--stages", "1", "--stage1-tokens", "256", "--checkpoint-every", "2", "--resume") == 2
     assert "is damaged" in _one_error(capsys)
 
 
 # -- students that do not match their config ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("damage", ["more_layers", "fewer_layers", "wider_mlp", "truncated"])
 def test_student_that_does_not_match_its_weights_is_refused(teacher_dir, tmp_path, capsys, damage):
@@ -271,10 +332,25 @@ def test_student_that_does_not_match_its_weights_is_refused(teacher_dir, tmp_pat
         weights = student / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:1000])
     (student / "config.json").write_text(json.dumps(config))
-    for argv in (["generate", str(student), "--prompt", "the cat", "--device", "cpu"],
-                 ["eval", str(student), "--teacher", "none", "--tasks", "ppl", "--device", "cpu",
-                  "--data", str(teacher_dir.parent / "corpus.jsonl"), "--seq-len", "16", "--out",
-                  str(tmp_path / "e")]):
+    for argv in (
+        ["generate", str(student), "--prompt", "the cat", "--device", "cpu"],
+        [
+            "eval",
+            str(student),
+            "--teacher",
+            "none",
+            "--tasks",
+            "ppl",
+            "--device",
+            "cpu",
+            "--data",
+            str(teacher_dir.parent / "corpus.jsonl"),
+            "--seq-len",
+            "16",
+            "--out",
+            str(tmp_path / "e"),
+        ],
+    ):
         assert main(argv) == 2, argv
         assert "model" in _one_error(capsys)
 
@@ -295,8 +371,20 @@ eval_tasks: ''
 
 
 def _subprocess_args(teacher_dir, cfg, out):
-    return [sys.executable, "-m", "mohawk", "distill", str(cfg), "--teacher", str(teacher_dir), "--data",
-            str(teacher_dir.parent / "corpus.jsonl"), "--out", str(out), "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "mohawk",
+        "distill",
+        str(cfg),
+        "--teacher",
+        str(teacher_dir),
+        "--data",
+        str(teacher_dir.parent / "corpus.jsonl"),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
 
 
 def _final(out):
@@ -315,9 +403,11 @@ def test_signal_at_a_random_point_then_resume(teacher_dir, tmp_path, sig, code):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(RUN_YAML)
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+
     def start(out):
-        proc = subprocess.Popen(_subprocess_args(teacher_dir, cfg, out), env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            _subprocess_args(teacher_dir, cfg, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         deadline = time.time() + 120
         while not (out / "config.yaml").exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mohawk.approx import FAMILIES, fit_families, sample_attention, toeplitz_fit
-from mohawk.mixers.ssm import semiseparable
 from mohawk.cli import main
 from mohawk.mixers import ssd_matrix, ssm_matrix, toeplitz_matrix
+from mohawk.mixers.ssm import semiseparable
 from mohawk.teachers import adapter_for
 from tests.conftest import tiny_corpus, tiny_teacher, tiny_tokenizer
 
@@ -17,7 +17,10 @@ from tests.conftest import tiny_corpus, tiny_teacher, tiny_tokenizer
 def test_semiseparable_equals_the_mixers_reference(decay):
     g = torch.Generator().manual_seed(0)
     m, L, N = 2, 37, 3
-    Q, K = torch.randn(m, L, N, generator=g, dtype=torch.float64), torch.randn(m, L, N, generator=g, dtype=torch.float64)
+    Q, K = (
+        torch.randn(m, L, N, generator=g, dtype=torch.float64),
+        torch.randn(m, L, N, generator=g, dtype=torch.float64),
+    )
     # the mixers' matrices with dt = 1 (so no column factor) and one "head" per matrix
     dt = torch.ones(m, L, 1, dtype=torch.float64)
     if decay is None:
@@ -50,10 +53,12 @@ def test_toeplitz_fit_is_the_least_squares_solution():
 def _targets(L=16, N=3):
     g = torch.Generator().manual_seed(0)
     Q, K = torch.randn(4, L, N, generator=g) * 0.5, torch.randn(4, L, N, generator=g) * 0.5
-    return {"toeplitz": toeplitz_fit(torch.randn(4, L, L, generator=g)),
-            "low_rank": semiseparable(Q, K, None),
-            "ssd": semiseparable(Q, K, -torch.rand(4, L, 1, generator=g) * 0.3),
-            "ssm": semiseparable(Q, K, -torch.rand(4, L, N, generator=g) * 0.3)}
+    return {
+        "toeplitz": toeplitz_fit(torch.randn(4, L, L, generator=g)),
+        "low_rank": semiseparable(Q, K, None),
+        "ssd": semiseparable(Q, K, -torch.rand(4, L, 1, generator=g) * 0.3),
+        "ssm": semiseparable(Q, K, -torch.rand(4, L, N, generator=g) * 0.3),
+    }
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -90,8 +95,30 @@ def test_sampling_attention_matrices(tmp_path):
 def test_approx_command_on_a_tiny_teacher(teacher_dir, tmp_path):
     out = tmp_path / "approx"
     corpus = str(teacher_dir.parent / "corpus.jsonl")
-    assert main(["approx", "--teacher", str(teacher_dir), "--data", f"{corpus},reviews", "--num-matrices", "8",
-                 "--seq-len", "16", "--steps", "20", "--state-size", "4", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "approx",
+                "--teacher",
+                str(teacher_dir),
+                "--data",
+                f"{corpus},reviews",
+                "--num-matrices",
+                "8",
+                "--seq-len",
+                "16",
+                "--steps",
+                "20",
+                "--state-size",
+                "4",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     report = (out / "report.md").read_text()
     for f in FAMILIES:

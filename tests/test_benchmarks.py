@@ -7,12 +7,17 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.parametrize("script,args", [
-    ("stage_throughput", ["--model", "tiny", "--steps", "1", "--warmup", "1", "--seq-len", "32", "--batch", "2",
-                          "--profile", "2"]),
-    ("decode_speed", ["--model", "tiny", "--contexts", "16,48", "--batches", "2", "--new-tokens", "4"]),
-    ("stage1_memory", ["--model", "tiny", "--lengths", "32,64", "--tile", "8"]),
-])
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        (
+            "stage_throughput",
+            ["--model", "tiny", "--steps", "1", "--warmup", "1", "--seq-len", "32", "--batch", "2", "--profile", "2"],
+        ),
+        ("decode_speed", ["--model", "tiny", "--contexts", "16,48", "--batches", "2", "--new-tokens", "4"]),
+        ("stage1_memory", ["--model", "tiny", "--lengths", "32,64", "--tile", "8"]),
+    ],
+)
 def test_benchmark_writes_results(script, args, tmp_path, monkeypatch):
     import importlib
 
@@ -24,8 +29,12 @@ def test_benchmark_writes_results(script, args, tmp_path, monkeypatch):
     rows = json.loads(js.read_text())["rows"]
     assert "command" in json.loads(js.read_text()) and "| " in md.read_text()
     if script == "stage_throughput":
-        assert [r["what"].split(" (")[0] for r in rows] == ["HF eager training step of the teacher", "stage 1",
-                                                            "stage 2", "stage 3"]
+        assert [r["what"].split(" (")[0] for r in rows] == [
+            "HF eager training step of the teacher",
+            "stage 1",
+            "stage 2",
+            "stage 3",
+        ]
         assert all(r["tokens_per_s"] > 0 for r in rows)
         # --profile: steady steps only (set-up, first and last step left out), top operators per stage
         for stage in (1, 2, 3):
@@ -41,10 +50,10 @@ def test_benchmark_writes_results(script, args, tmp_path, monkeypatch):
 
 
 def test_flops_count_the_teacher_forward_and_trained_student():
-    from benchmarks.common import model_config
-    from benchmarks.stage_throughput import counted_params, flops_per_token
     from transformers import AutoModelForCausalLM
 
+    from benchmarks.common import model_config
+    from benchmarks.stage_throughput import counted_params, flops_per_token
     from mohawk.teachers import adapter_for
     from mohawk.transfer import from_teacher
 
@@ -65,10 +74,30 @@ def test_scaling_runs_one_and_two_processes(tmp_path, monkeypatch):
     from benchmarks import scaling
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).resolve().parent.parent),
-                                                      os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setattr(sys, "argv", ["benchmarks/scaling.py", "--gpus", "2", "--model", "tiny", "--batch", "2",
-                                      "--seq-len", "16", "--steps", "1", "--warmup", "1", "--out", str(tmp_path)])
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])
+    )
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "benchmarks/scaling.py",
+            "--gpus",
+            "2",
+            "--model",
+            "tiny",
+            "--batch",
+            "2",
+            "--seq-len",
+            "16",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     scaling.main()
     res = json.loads(next(tmp_path.glob("scaling-tiny-*-2gpu.json")).read_text())
     assert res["one"]["batch"] == 2 and res["many"]["batch"] == 4 and res["ratio"] > 0
@@ -97,14 +126,41 @@ def test_ssd_speed_report_writes_ratios(tmp_path):
     """ssd_speed needs a GPU to measure; its report (JSON + table with the ratios) is checked on rows like it prints."""
     from benchmarks.ssd_speed import report
 
-    row = {"L": 1024, "batch": 64, "sdpa_fwd_ms": 1.0, "mohawk_triton_fwd_ms": 0.5, "mamba_ssm_fwd_ms": 1.5,
-           "mohawk_torch_fwd_ms": None, "sdpa_fwd_bwd_ms": 6.0, "mohawk_triton_fwd_bwd_ms": 2.0,
-           "mamba_ssm_fwd_bwd_ms": None, "mohawk_torch_fwd_bwd_ms": 40.0, "mohawk_compiled_fwd_bwd_ms": None}
+    row = {
+        "L": 1024,
+        "batch": 64,
+        "sdpa_fwd_ms": 1.0,
+        "mohawk_triton_fwd_ms": 0.5,
+        "mamba_ssm_fwd_ms": 1.5,
+        "mohawk_torch_fwd_ms": None,
+        "sdpa_fwd_bwd_ms": 6.0,
+        "mohawk_triton_fwd_bwd_ms": 2.0,
+        "mamba_ssm_fwd_bwd_ms": None,
+        "mohawk_torch_fwd_bwd_ms": 40.0,
+        "mohawk_compiled_fwd_bwd_ms": None,
+    }
     report([row], "GPU X", {"torch": "t"}, "python3 benchmarks/ssd_speed.py", 65536, 32, 64, 64, tmp_path)
     assert json.loads((tmp_path / "ssd_speed-GPU_X.json").read_text())["rows"] == [row]
     last = (tmp_path / "ssd_speed-GPU_X.md").read_text().strip().splitlines()[-1]
     assert last.endswith("| 3.00x | - | 3.00x |"), last  # SDPA/triton fwd+bwd, mamba missing, mamba/triton fwd
-    report([{**row, "mohawk_two_pass_fwd_ms": 0.4, "mohawk_two_pass_fwd_bwd_ms": 1.0, "mohawk_walk_fwd_ms": 0.75,
-             "mohawk_walk_fwd_bwd_ms": 3.0}], "GPU X", {}, "c", 65536, 32, 64, 64, tmp_path)
+    report(
+        [
+            {
+                **row,
+                "mohawk_two_pass_fwd_ms": 0.4,
+                "mohawk_two_pass_fwd_bwd_ms": 1.0,
+                "mohawk_walk_fwd_ms": 0.75,
+                "mohawk_walk_fwd_bwd_ms": 3.0,
+            }
+        ],
+        "GPU X",
+        {},
+        "c",
+        65536,
+        32,
+        64,
+        64,
+        tmp_path,
+    )
     last = (tmp_path / "ssd_speed-GPU_X.md").read_text().strip().splitlines()[-1]
     assert last == "| 1024 | 0.75 | 0.40 | 3.00 | 1.00 | 1.50x | 1.50x |", last

@@ -11,8 +11,23 @@ import mohawk  # noqa: F401
 from mohawk import distill as distill_module
 from mohawk.cli import main
 
-FAST = ["--seq-len", "16", "--batch-size", "2", "--stage1-tokens", "128", "--stage2-tokens", "128",
-        "--stage3-tokens", "256", "--val-sequences", "4", "--quiet", "--device", "cpu"]
+FAST = [
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "2",
+    "--stage1-tokens",
+    "128",
+    "--stage2-tokens",
+    "128",
+    "--stage3-tokens",
+    "256",
+    "--val-sequences",
+    "4",
+    "--quiet",
+    "--device",
+    "cpu",
+]
 
 
 def run(teacher_dir, out, *extra):
@@ -23,9 +38,18 @@ def run(teacher_dir, out, *extra):
 def test_distill_end_to_end(teacher_dir, tmp_path):
     out = tmp_path / "run"
     assert run(teacher_dir, out) == 0
-    for f in ("config.yaml", "metrics.jsonl", "summary.json", "report.md", "plots/loss.png",
-              "plots/stage1_distance.png", "plots/stage2_distance.png", "plots/perplexity.png",
-              "student/config.json", "student/tokenizer.json"):
+    for f in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "report.md",
+        "plots/loss.png",
+        "plots/stage1_distance.png",
+        "plots/stage2_distance.png",
+        "plots/perplexity.png",
+        "student/config.json",
+        "student/tokenizer.json",
+    ):
         assert (out / f).is_file(), f
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in rows} == {1, 2, 3}
@@ -39,8 +63,9 @@ def test_distill_end_to_end(teacher_dir, tmp_path):
     assert f"{last3:.4g}" in report
     student = AutoModelForCausalLM.from_pretrained(out / "student")
     assert student.config.mixers == ["ssd"] * 3
-    assert main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "4",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    )
 
 
 def test_kd_only_hybrid_frozen_mlp(teacher_dir, tmp_path):
@@ -70,6 +95,7 @@ def test_resume_after_interruption(teacher_dir, tmp_path, monkeypatch):
                     if n == 3:
                         raise KeyboardInterrupt
                     yield b
+
         return Dying()
 
     monkeypatch.setattr(distill_module, "_stage_stream", dying_stream)
@@ -87,14 +113,17 @@ def test_resume_after_interruption(teacher_dir, tmp_path, monkeypatch):
     assert (out / "report.md").is_file()
 
 
-@pytest.mark.parametrize("extra,msg", [
-    (["--attention-layers", "7"], "out of range"),
-    (["--attention-layers", "1,1"], "repeated"),
-    (["--device", "cuda"], "no CUDA GPU"),
-    (["--seq-len", "100000"], "above the teacher's maximum"),
-    (["--stages", "4"], "bad value for stages"),
-    (["--teacher", "/no/such/teacher"], "could not load teacher"),
-])
+@pytest.mark.parametrize(
+    "extra,msg",
+    [
+        (["--attention-layers", "7"], "out of range"),
+        (["--attention-layers", "1,1"], "repeated"),
+        (["--device", "cuda"], "no CUDA GPU"),
+        (["--seq-len", "100000"], "above the teacher's maximum"),
+        (["--stages", "4"], "bad value for stages"),
+        (["--teacher", "/no/such/teacher"], "could not load teacher"),
+    ],
+)
 def test_bad_input_is_one_line(teacher_dir, tmp_path, capsys, extra, msg):
     if torch.cuda.is_available() and "cuda" in extra:
         pytest.skip("a GPU is present")
@@ -117,8 +146,17 @@ def test_unsupported_architecture_and_foreign_tokenizer(teacher_dir, tmp_path, c
     from tests.conftest import tiny_teacher, tiny_tokenizer
 
     opt = tmp_path / "opt"
-    OPTForCausalLM(OPTConfig(vocab_size=96, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
-                             word_embed_proj_dim=16, max_position_embeddings=64)).save_pretrained(opt)
+    OPTForCausalLM(
+        OPTConfig(
+            vocab_size=96,
+            hidden_size=16,
+            num_hidden_layers=1,
+            ffn_dim=32,
+            num_attention_heads=2,
+            word_embed_proj_dim=16,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(opt)
     tiny_tokenizer().save_pretrained(opt)
     assert main(["distill", "--teacher", str(opt), "--out", str(tmp_path / "o1"), *FAST]) == 2
     assert "unsupported teacher architecture 'opt'" in _one_error_line(capsys)
@@ -177,20 +215,45 @@ def test_debug_shows_the_traceback(teacher_dir, tmp_path):
     from mohawk.errors import MohawkError
 
     with pytest.raises(MohawkError, match="out of range"):
-        main(["--debug", "distill", "--teacher", str(teacher_dir), "--out", str(tmp_path / "d"), *FAST,
-              "--attention-layers", "9"])
+        main(
+            [
+                "--debug",
+                "distill",
+                "--teacher",
+                str(teacher_dir),
+                "--out",
+                str(tmp_path / "d"),
+                *FAST,
+                "--attention-layers",
+                "9",
+            ]
+        )
 
 
 @pytest.mark.parametrize("mixer", ["ssm", "linear_attention", "toeplitz"])
 def test_distill_with_each_family(teacher_dir, tmp_path, mixer):
     out = tmp_path / mixer
-    assert run(teacher_dir, out, "--mixer", mixer, "--stage1-tokens", "64", "--stage2-tokens", "64",
-               "--stage3-tokens", "64") == 0
+    assert (
+        run(
+            teacher_dir,
+            out,
+            "--mixer",
+            mixer,
+            "--stage1-tokens",
+            "64",
+            "--stage2-tokens",
+            "64",
+            "--stage3-tokens",
+            "64",
+        )
+        == 0
+    )
     student = AutoModelForCausalLM.from_pretrained(out / "student")
     assert student.config.mixers == [mixer] * 3
     assert f"3 {mixer} layers" in (out / "report.md").read_text()
-    assert main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "3",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    )
 
 
 @pytest.mark.gpu
@@ -204,5 +267,7 @@ def test_distill_on_cuda_with_compile_graphs(teacher_dir, tmp_path):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in rows} == {1, 2, 3} and all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
     assert math.isfinite(summary["final"]["perplexity"])
-    assert main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "8",
-                 "--device", "cuda"]) == 0
+    assert (
+        main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "8", "--device", "cuda"])
+        == 0
+    )

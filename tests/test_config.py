@@ -16,8 +16,12 @@ def test_yaml_and_overrides(tmp_path):
 
 
 def test_presets_load():
+    from mohawk.recipe import plan
+
     gpu = DistillConfig.from_sources(preset="gpu")
-    assert gpu.device == "cuda" and gpu.grad_accum == 131072 // (16 * 1024)
+    assert gpu.device == "cuda" and gpu.tokens and gpu.stage3_tokens is None
+    p = plan(gpu)
+    assert sum(b.tokens for b in p.budgets.values()) == gpu.tokens and not p.warnings
     assert DistillConfig.from_sources(preset="cpu").seq_len == 128
     with pytest.raises(MohawkError, match="unknown preset 'tpu'"):
         DistillConfig.from_sources(preset="tpu")
@@ -29,17 +33,20 @@ def test_saved_config_reloads(tmp_path):
     assert DistillConfig.from_sources(str(tmp_path / "c.yaml")) == cfg
 
 
-@pytest.mark.parametrize("values,msg", [
-    ({"stage_tokens": 5}, "unknown config key 'stage_tokens'"),
-    ({"seq_len": "long"}, "bad value for seq_len: 'long' \\(expected int\\)"),
-    ({"seq_len": 0}, "bad value for seq_len"),
-    ({"stages": [4]}, "bad value for stages"),
-    ({"schedule": "linear"}, "wsd or cosine"),
-    ({"freeze_mlp": "maybe"}, "bad value for freeze_mlp"),
-    ({"stage3_lr": 2.0}, "stage3_lr"),
-    ({"compile": "yes"}, "bad value for compile: 'yes' \\(off, fuse or graphs\\)"),
-    ({"stage1_tile": -1}, "bad value for stage1_tile"),
-])
+@pytest.mark.parametrize(
+    "values,msg",
+    [
+        ({"stage_tokens": 5}, "unknown config key 'stage_tokens'"),
+        ({"seq_len": "long"}, "bad value for seq_len: 'long' \\(expected int\\)"),
+        ({"seq_len": 0}, "bad value for seq_len"),
+        ({"stages": [4]}, "bad value for stages"),
+        ({"schedule": "linear"}, "wsd or cosine"),
+        ({"freeze_mlp": "maybe"}, "bad value for freeze_mlp"),
+        ({"stage3_lr": 2.0}, "stage3_lr"),
+        ({"compile": "yes"}, "bad value for compile: 'yes' \\(off, fuse or graphs\\)"),
+        ({"stage1_tile": -1}, "bad value for stage1_tile"),
+    ],
+)
 def test_bad_values(values, msg):
     with pytest.raises(MohawkError, match=msg):
         DistillConfig.from_dict(values)
@@ -55,16 +62,57 @@ def test_bad_yaml(tmp_path, text, msg):
 
 # one valid, non-default value per field: a new field must be added here, and so is checked from YAML and CLI alike
 SAMPLES = {
-    "teacher": "some/teacher", "trust_remote_code": True, "attention_layers": "1,3", "num_attention_layers": 2,
-    "placement": "last", "mixer": "ssm", "ssd_init": "random", "ssd_state_size": 16, "init": "scratch",
-    "data": "modern", "val_data": "val.jsonl", "text_field": "body", "seq_len": 64, "batch_size": 8,
-    "tokens_per_update": 2048, "val_sequences": 8, "stages": [2, 3], "tokens": 50_000_000, "stage1_tokens": 1000,
-    "stage2_tokens": 2000, "stage3_tokens": 3000, "lr": 5e-4, "stage1_lr": 2e-3, "stage2_lr": 3e-3, "stage3_lr": 1e-4, "stage1_tile": 32,
-    "freeze_mlp": True, "temperature": 2.0, "kd_weight": 0.5, "ce_weight": 0.25, "schedule": "cosine",
-    "warmup_fraction": 0.05, "decay_fraction": 0.3, "weight_decay": 0.01, "grad_clip": 0.5, "spike_factor": 4.0,
-    "spike_window": 16, "spike_patience": 2, "rollback_lr_factor": 0.25, "max_rollbacks": 1,
-    "eval_tasks": "position,passkey", "eval_limit": 50, "device": "cpu", "compile": "fuse", "parallel": "ddp",
-    "seed": 7, "log_every": 5, "checkpoint_every": 10, "out": "runs/x", "report_to": "tensorboard", "threads": 2,
+    "teacher": "some/teacher",
+    "trust_remote_code": True,
+    "attention_layers": "1,3",
+    "num_attention_layers": 2,
+    "placement": "last",
+    "mixer": "ssm",
+    "ssd_init": "random",
+    "ssd_state_size": 16,
+    "init": "scratch",
+    "data": "modern",
+    "val_data": "val.jsonl",
+    "text_field": "body",
+    "seq_len": 64,
+    "batch_size": 8,
+    "tokens_per_update": 2048,
+    "val_sequences": 8,
+    "stages": [2, 3],
+    "tokens": 50_000_000,
+    "stage1_tokens": 1000,
+    "stage2_tokens": 2000,
+    "stage3_tokens": 3000,
+    "lr": 5e-4,
+    "stage1_lr": 2e-3,
+    "stage2_lr": 3e-3,
+    "stage3_lr": 1e-4,
+    "stage1_tile": 32,
+    "freeze_mlp": True,
+    "temperature": 2.0,
+    "kd_weight": 0.5,
+    "ce_weight": 0.25,
+    "schedule": "cosine",
+    "warmup_fraction": 0.05,
+    "decay_fraction": 0.3,
+    "weight_decay": 0.01,
+    "grad_clip": 0.5,
+    "spike_factor": 4.0,
+    "spike_window": 16,
+    "spike_patience": 2,
+    "rollback_lr_factor": 0.25,
+    "max_rollbacks": 1,
+    "eval_tasks": "position,passkey",
+    "eval_limit": 50,
+    "device": "cpu",
+    "compile": "fuse",
+    "parallel": "ddp",
+    "seed": 7,
+    "log_every": 5,
+    "checkpoint_every": 10,
+    "out": "runs/x",
+    "report_to": "tensorboard",
+    "threads": 2,
 }
 
 

@@ -73,7 +73,10 @@ def test_vendored_corpora_and_mixes():
     train, val = vendored("gutenberg+modern")
     assert ASSETS / "gutenberg/train-001.jsonl.xz" in train and ASSETS / "modern/train.jsonl.xz" in train
     assert set(val) == {ASSETS / "gutenberg/validation.jsonl.xz", ASSETS / "modern/validation.jsonl.xz"}
-    assert vendored("bundled") == ([ASSETS / "gutenberg/train-000.jsonl.xz"], [ASSETS / "gutenberg/validation.jsonl.xz"])
+    assert vendored("bundled") == (
+        [ASSETS / "gutenberg/train-000.jsonl.xz"],
+        [ASSETS / "gutenberg/validation.jsonl.xz"],
+    )
     assert vendored("gutenberg+nope") is None
     s, _ = make_streams("modern", tiny_tokenizer(), 16)
     assert next(s.batches(2)).shape == (2, 16)
@@ -104,9 +107,15 @@ def test_bundled_corpus_has_train_and_validation():
     assert take(val, 3).shape == (3, 32)
 
 
-@pytest.mark.parametrize("content,msg", [(b"", "no full sequence"), (b"\xff\xfe\x00\x81binary", "not UTF-8"),
-                                         (b'{"text": "a"}\nnot json\n', "not valid JSON"),
-                                         (b'{"other": "x"}\n', "no field 'text'")])
+@pytest.mark.parametrize(
+    "content,msg",
+    [
+        (b"", "no full sequence"),
+        (b"\xff\xfe\x00\x81binary", "not UTF-8"),
+        (b'{"text": "a"}\nnot json\n', "not valid JSON"),
+        (b'{"other": "x"}\n', "no field 'text'"),
+    ],
+)
 def test_bad_files_give_clear_errors(tmp_path, content, msg):
     path = tmp_path / ("d.txt" if b"{" not in content else "d.jsonl")
     path.write_bytes(content)

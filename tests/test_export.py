@@ -40,16 +40,23 @@ def _student(tmp_path, family="llama", attention_layers=None, mixer="mamba2"):
     return student.eval(), d
 
 
-@pytest.mark.parametrize("family,attention_layers", [("llama", None), ("llama", [1]), ("qwen2", [0, 2]),
-                                                     ("mistral", [2])])
+@pytest.mark.parametrize(
+    "family,attention_layers", [("llama", None), ("llama", [1]), ("qwen2", [0, 2]), ("mistral", [2])]
+)
 def test_export_round_trip_in_plain_transformers(tmp_path, family, attention_layers):
     student, d = _student(tmp_path, family, attention_layers)
     out = tmp_path / "bamba"
     assert main(["export", str(d), "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BambaForCausalLM"]
     ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(3))
-    r = subprocess.run([sys.executable, "-c", PLAIN, str(out), json.dumps(ids.tolist())], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": ""}, cwd=tmp_path, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", PLAIN, str(out), json.dumps(ids.tolist())],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ""},
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["arch"] == "BambaForCausalLM"
@@ -64,7 +71,11 @@ def test_export_refuses_what_has_no_stock_form(tmp_path, capsys):
     _, d = _student(tmp_path, mixer="ssd")
     assert main(["export", str(d), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "its mixers are ssd" in err and "mamba2" in err and len([x for x in err.splitlines() if x.startswith("error:")]) == 1
+    assert (
+        "its mixers are ssd" in err
+        and "mamba2" in err
+        and len([x for x in err.splitlines() if x.startswith("error:")]) == 1
+    )
     phi = tmp_path / "phi"
     torch.manual_seed(0)
     s = mohawk.from_teacher(tiny_teacher("phi"), mixer="mamba2")

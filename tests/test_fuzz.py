@@ -23,11 +23,15 @@ def _random_bytes(rng: random.Random) -> bytes:
     if kind == 0:  # noise
         return bytes(rng.randrange(256) for _ in range(rng.randrange(0, 400)))
     if kind == 1:  # JSON-ish lines with damage
-        lines = [rng.choice(['{"text": "%s"}', '{"text": %s}', '["%s"]', '{"text": null}', '%s', '{"text": "a"'])
-                 .replace("%s", "word " * rng.randrange(50)) for _ in range(rng.randrange(1, 20))]
+        lines = [
+            rng.choice(['{"text": "%s"}', '{"text": %s}', '["%s"]', '{"text": null}', "%s", '{"text": "a"']).replace(
+                "%s", "word " * rng.randrange(50)
+            )
+            for _ in range(rng.randrange(1, 20))
+        ]
         return "\n".join(lines).encode()
     if kind == 2:  # text with invalid UTF-8 in the middle
-        return ("word " * 200).encode() + bytes([0xff, 0xfe, rng.randrange(256)]) + b"tail"
+        return ("word " * 200).encode() + bytes([0xFF, 0xFE, rng.randrange(256)]) + b"tail"
     return bytes(rng.randrange(32, 127) for _ in range(rng.randrange(0, 2000)))  # printable ASCII
 
 
@@ -54,13 +58,36 @@ def test_data_loader_fuzz(tmp_path, suffix):
 
 
 def _random_value(rng: random.Random, depth: int = 0):
-    choices = [lambda: rng.randrange(-10, 10 ** 6), lambda: rng.random() * 10 ** rng.randrange(-5, 5),
-               lambda: rng.choice([True, False, None, "", "none", "null", "auto", "1,2", "3", "nan", "inf", "-1",
-                                   "1e-3", "cpu", "cuda:7", "🙂"]),
-               lambda: "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randrange(8)))]
+    choices = [
+        lambda: rng.randrange(-10, 10**6),
+        lambda: rng.random() * 10 ** rng.randrange(-5, 5),
+        lambda: rng.choice(
+            [
+                True,
+                False,
+                None,
+                "",
+                "none",
+                "null",
+                "auto",
+                "1,2",
+                "3",
+                "nan",
+                "inf",
+                "-1",
+                "1e-3",
+                "cpu",
+                "cuda:7",
+                "🙂",
+            ]
+        ),
+        lambda: "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randrange(8))),
+    ]
     if depth < 2:
-        choices += [lambda: [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))],
-                    lambda: {str(_random_value(rng, depth + 1)): _random_value(rng, depth + 1) for _ in range(2)}]
+        choices += [
+            lambda: [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))],
+            lambda: {str(_random_value(rng, depth + 1)): _random_value(rng, depth + 1) for _ in range(2)},
+        ]
     return rng.choice(choices)()
 
 

@@ -34,7 +34,10 @@ def test_single_process_is_a_no_op():
     batch = torch.arange(12).view(4, 3)
     assert p.shard(batch) is batch and not p.active and p.main
     assert p.mean([1.0, 2.0]) == [1.0, 2.0]
-    assert p.mean_metrics(0.5, {"kl": 1.0, "layer_distance": {0: 2.0}}) == (0.5, {"kl": 1.0, "layer_distance": {0: 2.0}})
+    assert p.mean_metrics(0.5, {"kl": 1.0, "layer_distance": {0: 2.0}}) == (
+        0.5,
+        {"kl": 1.0, "layer_distance": {0: 2.0}},
+    )
 
 
 def test_shard_takes_this_ranks_rows_and_refuses_uneven_batches():
@@ -55,11 +58,27 @@ def test_stage3_strategy():
 
 
 def _distill(teacher_dir, cfg, out, nproc: int, *extra, check: bool = True):
-    base = ["-m", "mohawk", "distill", str(cfg), "--teacher", str(teacher_dir), "--data",
-            str(teacher_dir.parent / "corpus.jsonl"), "--out", str(out), "--quiet", *extra]
+    base = [
+        "-m",
+        "mohawk",
+        "distill",
+        str(cfg),
+        "--teacher",
+        str(teacher_dir),
+        "--data",
+        str(teacher_dir.parent / "corpus.jsonl"),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
     root = str(Path(__file__).resolve().parent.parent)  # this checkout's mohawk, installed or not
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
     r = subprocess.run([sys.executable, *launcher, *base], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 or not check, r.stderr[-3000:]
     return r

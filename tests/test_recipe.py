@@ -43,8 +43,7 @@ def test_every_stage_gets_enough_steps(total, seq_len, batch):
         assert b.micro_tokens * b.grad_accum <= max(recipe.MAX_TOKENS_PER_UPDATE, b.micro_tokens)
         if b.tokens >= MIN_STEPS * seq_len:
             assert b.steps >= MIN_STEPS, (s, b)
-    assert all("only" not in w for w in p.warnings) or any(b.tokens < MIN_STEPS * seq_len
-                                                           for b in p.budgets.values())
+    assert all("only" not in w for w in p.warnings) or any(b.tokens < MIN_STEPS * seq_len for b in p.budgets.values())
 
 
 def test_large_budgets_accumulate_towards_the_target_steps():
@@ -70,10 +69,34 @@ def test_distill_reports_epochs_and_warns_above_one(teacher_dir, tmp_path, capsy
     from mohawk.cli import main
 
     out = tmp_path / "run"
-    rc = main(["distill", "--teacher", str(teacher_dir), "--data", str(teacher_dir.parent / "corpus.jsonl"),
-               "--out", str(out), "--seq-len", "16", "--batch-size", "2", "--stage1-tokens", "64",
-               "--stage2-tokens", "64", "--stage3-tokens", "6000", "--val-sequences", "2", "--quiet",
-               "--device", "cpu", "--eval-tasks", ""])
+    rc = main(
+        [
+            "distill",
+            "--teacher",
+            str(teacher_dir),
+            "--data",
+            str(teacher_dir.parent / "corpus.jsonl"),
+            "--out",
+            str(out),
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--stage1-tokens",
+            "64",
+            "--stage2-tokens",
+            "64",
+            "--stage3-tokens",
+            "6000",
+            "--val-sequences",
+            "2",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--eval-tasks",
+            "",
+        ]
+    )
     assert rc == 0
     err = capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())

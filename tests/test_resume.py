@@ -26,8 +26,17 @@ device: cpu
 
 
 def _args(teacher_dir, cfg, out):
-    return ["distill", str(cfg), "--teacher", str(teacher_dir), "--data", str(teacher_dir.parent / "corpus.jsonl"),
-            "--out", str(out), "--quiet"]
+    return [
+        "distill",
+        str(cfg),
+        "--teacher",
+        str(teacher_dir),
+        "--data",
+        str(teacher_dir.parent / "corpus.jsonl"),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
 
 
 def _outcome(out):
@@ -45,8 +54,11 @@ def test_sigkill_then_resume_is_bitwise_equal(teacher_dir, tmp_path, kill_stage)
     try:
         assert main(_args(teacher_dir, cfg, tmp_path / "ref")) == 0
         out = tmp_path / "killed"
-        proc = subprocess.Popen([sys.executable, "-m", "mohawk", *_args(teacher_dir, cfg, out)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mohawk", *_args(teacher_dir, cfg, out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         marker = out / "checkpoints" / f"stage{kill_stage}-step0000003"
         deadline = time.time() + 120
         while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -59,7 +71,9 @@ def test_sigkill_then_resume_is_bitwise_equal(teacher_dir, tmp_path, kill_stage)
     finally:
         torch.set_num_threads(threads)
     (final_a, dist_a, losses_a, weights_a), (final_b, dist_b, losses_b, weights_b) = (
-        _outcome(tmp_path / "ref"), _outcome(out))
+        _outcome(tmp_path / "ref"),
+        _outcome(out),
+    )
     assert final_a == final_b and dist_a == dist_b
     assert losses_a == losses_b
     assert weights_a.keys() == weights_b.keys()

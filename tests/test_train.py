@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from mohawk.models import MohawkConfig, MohawkForCausalLM
 from mohawk.checkpoint import Checkpointer
 from mohawk.metrics import MetricsLog
+from mohawk.models import MohawkConfig, MohawkForCausalLM
 from mohawk.train import lr_factor
 
 
@@ -16,19 +16,25 @@ def test_wsd_schedule_shape():
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(x == 1.0 for x in f[10:80])
     assert f[80] == pytest.approx(1.0) and f[99] == pytest.approx(0.05)
-    assert all(a >= b for a, b in zip(f[80:], f[81:]))
+    assert all(a >= b for a, b in zip(f[80:], f[81:], strict=False))
 
 
 def test_cosine_schedule_shape():
     f = [lr_factor(s, 50, "cosine", 0.0, 0.0) for s in range(50)]
     assert f[0] == pytest.approx(1.0) and f[-1] < 0.01
-    assert all(a >= b for a, b in zip(f, f[1:]))
+    assert all(a >= b for a, b in zip(f, f[1:], strict=False))
 
 
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
-    cfg = MohawkConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=32, tie_word_embeddings=True)
+    cfg = MohawkConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        tie_word_embeddings=True,
+    )
     a, b = MohawkForCausalLM(cfg), MohawkForCausalLM(cfg)
     opt = torch.optim.AdamW(a.parameters())
     a(torch.randint(0, 40, (1, 8)), labels=torch.randint(0, 40, (1, 8))).loss.backward()
@@ -40,7 +46,7 @@ def test_checkpoint_round_trip(tmp_path):
     opt_b = torch.optim.AdamW(b.parameters())
     state = Checkpointer.load(ck.latest(), b, opt_b)
     assert state["step"] == 3
-    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=False):
         assert torch.equal(p, q), n
     assert b.lm_head.weight.data_ptr() == b.model.embed_tokens.weight.data_ptr()
     assert opt_b.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
@@ -56,8 +62,7 @@ def test_metrics_truncation(tmp_path):
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
-    cfg = MohawkConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=32)
+    cfg = MohawkConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     m = MohawkForCausalLM(cfg)
     ck = Checkpointer(tmp_path)
     first = ck.save(m, None, {"stage": 1, "step": 1, "tokens": 1, "done": False})
@@ -73,12 +78,14 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
 
 class ToyStage:
     """A next-token CE stage on a tiny student whose loss is multiplied by 1000 on chosen calls."""
+
     number, name, compilable, shards_student, partial_gradients = 1, "toy", False, False, False
 
     def __init__(self, spikes=()):
         torch.manual_seed(0)
-        cfg = MohawkConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=32)
+        cfg = MohawkConfig(
+            vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
         self.student, self.spikes, self.calls = MohawkForCausalLM(cfg), set(spikes), 0
 
     def parameters(self):
@@ -103,8 +110,15 @@ def _train_toy(tmp_path, spikes, **cfg_values):
     loop = DistillConfig.from_dict({"checkpoint_every": 5, "warmup_fraction": 0.0, **cfg_values}).loop_settings()
     stage = ToyStage(spikes)
     log = MetricsLog(tmp_path / "m.jsonl")
-    state = train_stage(stage, _toy_batches(), StageBudget(16 * 20, 16, 1, 1e-2), loop,
-                        checkpointer=Checkpointer(tmp_path / "ck"), log=log, progress=False)
+    state = train_stage(
+        stage,
+        _toy_batches(),
+        StageBudget(16 * 20, 16, 1, 1e-2),
+        loop,
+        checkpointer=Checkpointer(tmp_path / "ck"),
+        log=log,
+        progress=False,
+    )
     rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     return state, rows, stage
 
@@ -155,8 +169,11 @@ def test_checkpoint_of_another_student_is_one_clear_error(tmp_path):
 
     def make(layers):
         torch.manual_seed(0)
-        return MohawkForCausalLM(MohawkConfig(vocab_size=40, hidden_size=16, num_hidden_layers=layers,
-                                              num_attention_heads=2, intermediate_size=32))
+        return MohawkForCausalLM(
+            MohawkConfig(
+                vocab_size=40, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=32
+            )
+        )
 
     path = Checkpointer(tmp_path).save(make(1), None, {"stage": 1, "step": 0, "tokens": 0, "done": False})
     other = make(2)

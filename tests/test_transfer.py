@@ -33,8 +33,9 @@ def test_ssd_init_puts_queries_in_C_and_keys_in_B():
         B = (u @ W[sl["B"]].T).unflatten(-1, (h, d))
         q = (u @ attn.q_proj.weight.T).unflatten(-1, (h, d))
         k = (u @ _per_kv_head(attn.k_proj.weight, kv, h, d).T).unflatten(-1, (h, d))
-    torch.testing.assert_close(torch.einsum("bthn,bshn->bhts", C, B),
-                               torch.einsum("bthn,bshn->bhts", q, k) * attn.scaling)
+    torch.testing.assert_close(
+        torch.einsum("bthn,bshn->bhts", C, B), torch.einsum("bthn,bshn->bhts", q, k) * attn.scaling
+    )
 
 
 def test_grouped_ssd_init_takes_each_groups_first_query_head():

@@ -1,4 +1,4 @@
-"""Zero-shot tasks through lm-evaluation-harness, on task data vendored in mohawk/assets/eval (no hub access at run time).
+"""Zero-shot tasks through lm-evaluation-harness, on task data vendored in mohawk/assets/eval (no hub at run time).
 
 Each task is an lm-eval task config (written as YAML into a temporary directory, ``dataset_path: json`` pointing at
 the local file) with the harness's own prompts: HellaSwag, PIQA, WinoGrande, ARC-Easy, ARC-Challenge, OpenBookQA
@@ -21,18 +21,31 @@ from mohawk.data import ASSETS
 from mohawk.errors import MohawkError
 
 EVAL_DATA = ASSETS / "eval"
-_MC = {"output_type": "multiple_choice", "doc_to_choice": "choices", "doc_to_target": "gold",
-       "metrics": ["acc", "acc_norm"]}
+_MC = {
+    "output_type": "multiple_choice",
+    "doc_to_choice": "choices",
+    "doc_to_target": "gold",
+    "metrics": ["acc", "acc_norm"],
+}
 TASKS: dict[str, dict] = {
     "hellaswag": {**_MC, "doc_to_text": "{{query}}"},
     "piqa": {**_MC, "doc_to_text": "Question: {{goal}}\nAnswer:"},
-    "winogrande": {"output_type": "multiple_choice", "doc_to_text": "gold", "doc_to_choice": "options",
-                   "doc_to_target": "continuation", "metrics": ["acc"]},  # the options are the contexts
+    "winogrande": {
+        "output_type": "multiple_choice",
+        "doc_to_text": "gold",
+        "doc_to_choice": "options",
+        "doc_to_target": "continuation",
+        "metrics": ["acc"],
+    },  # the options are the contexts
     "arc_easy": {**_MC, "doc_to_text": "{{query}}\nAnswer:"},
     "arc_challenge": {**_MC, "doc_to_text": "{{query}}\nAnswer:"},
     "openbookqa": {**_MC, "doc_to_text": "query"},
-    "lambada_openai": {"output_type": "loglikelihood", "doc_to_text": "context",
-                       "doc_to_target": "{{' ' + continuation}}", "metrics": ["perplexity", "acc"]},
+    "lambada_openai": {
+        "output_type": "loglikelihood",
+        "doc_to_text": "context",
+        "doc_to_target": "{{' ' + continuation}}",
+        "metrics": ["perplexity", "acc"],
+    },
 }
 HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "perplexity": False}
 
@@ -40,14 +53,22 @@ HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "perplexity": False}
 def task_config(name: str, data_file: Path) -> dict:
     t = TASKS[name]
     agg = {"acc": "mean", "acc_norm": "mean", "perplexity": "perplexity"}
-    return {"task": f"mohawk_{name}", "dataset_path": "json", "dataset_name": None,
-            "dataset_kwargs": {"data_files": {"validation": str(data_file)}},
-            "output_type": t["output_type"], "validation_split": "validation", "test_split": None,
-            "doc_to_text": t["doc_to_text"], "doc_to_target": t["doc_to_target"],
-            **({"doc_to_choice": t["doc_to_choice"]} if "doc_to_choice" in t else {}),
-            "metric_list": [{"metric": m, "aggregation": agg[m], "higher_is_better": HIGHER_IS_BETTER[m]}
-                            for m in t["metrics"]],
-            "metadata": {"version": 1.0}}
+    return {
+        "task": f"mohawk_{name}",
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"validation": str(data_file)}},
+        "output_type": t["output_type"],
+        "validation_split": "validation",
+        "test_split": None,
+        "doc_to_text": t["doc_to_text"],
+        "doc_to_target": t["doc_to_target"],
+        **({"doc_to_choice": t["doc_to_choice"]} if "doc_to_choice" in t else {}),
+        "metric_list": [
+            {"metric": m, "aggregation": agg[m], "higher_is_better": HIGHER_IS_BETTER[m]} for m in t["metrics"]
+        ],
+        "metadata": {"version": 1.0},
+    }
 
 
 def write_tasks(directory: Path, tasks: list[str], data_files: dict[str, Path] | None = None) -> list[str]:
@@ -68,8 +89,17 @@ def write_tasks(directory: Path, tasks: list[str], data_files: dict[str, Path] |
     return names
 
 
-def run_tasks(model, tokenizer, tasks: list[str], *, limit: int | None = None, batch_size: int = 8,
-              device: str = "cpu", data_files: dict[str, Path] | None = None, seed: int = 0) -> dict[str, dict]:
+def run_tasks(
+    model,
+    tokenizer,
+    tasks: list[str],
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    data_files: dict[str, Path] | None = None,
+    seed: int = 0,
+) -> dict[str, dict]:
     """Score an HF causal LM (instance) on ``tasks``: {task: {metric: value, metric_stderr: value, n: docs}}.
     Accuracies are fractions in [0, 1]."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -84,13 +114,23 @@ def run_tasks(model, tokenizer, tasks: list[str], *, limit: int | None = None, b
         names = write_tasks(Path(tmp), tasks, data_files)
         manager = TaskManager(include_path=tmp, include_defaults=False)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
-        out = simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit, log_samples=False,
-                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                              fewshot_random_seed=seed, bootstrap_iters=1000, verbosity="ERROR")
+        out = simple_evaluate(
+            model=lm,
+            tasks=names,
+            task_manager=manager,
+            limit=limit,
+            log_samples=False,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            bootstrap_iters=1000,
+            verbosity="ERROR",
+        )
     results = {}
-    for name, lm_name in zip(tasks, names):
+    for name, lm_name in zip(tasks, names, strict=False):
         r = out["results"][lm_name]
-        row = {}
+        row: dict[str, float | int | None] = {}
         for m in TASKS[name]["metrics"]:
             row[m] = float(r[f"{m},none"])
             err = r.get(f"{m}_stderr,none")

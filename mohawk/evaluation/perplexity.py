@@ -11,7 +11,7 @@ from torch import Tensor
 
 def _batches(data: Tensor, batch_size: int):
     for i in range(0, data.shape[0], batch_size):
-        yield data[i:i + batch_size]
+        yield data[i : i + batch_size]
 
 
 @torch.no_grad()
@@ -51,7 +51,9 @@ def layer_distances(student, adapter, batch: Tensor) -> dict:
     batch = batch.to(next(student.parameters()).device)
     was_training = student.training
     student.eval()
-    out = {f"stage{s.number}": {i: float(d) for i, d in s.loss(batch)[1]["layer_distance"].items()}
-           for s in (MatrixOrientation(student, adapter), HiddenStateAlignment(student, adapter))}
+    out = {
+        f"stage{s.number}": {i: float(d) for i, d in s.loss(batch)[1]["layer_distance"].items()}
+        for s in (MatrixOrientation(student, adapter), HiddenStateAlignment(student, adapter))
+    }
     student.train(was_training)
     return out

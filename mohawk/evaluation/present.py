@@ -4,6 +4,7 @@ section, the plots, and the published scores of known teachers for reference."""
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 from mohawk.evaluation.harness import TASKS
@@ -13,12 +14,16 @@ from mohawk.evaluation.harness import TASKS
 PUBLISHED = {
     "smollm2-135m": {
         "source": "SmolLM2-135M-Instruct, full-precision weights: the Baseline column of "
-                  "https://huggingface.co/lldois/SmolLM2-135M-Reasoning-SLERP-Champion",
-        "scores": {"arc_challenge": ("acc_norm", 27.73), "arc_easy": ("acc", 54.12), "hellaswag": ("acc_norm", 42.99),
-                   "piqa": ("acc_norm", 66.92)},
+        "https://huggingface.co/lldois/SmolLM2-135M-Reasoning-SLERP-Champion",
+        "scores": {
+            "arc_challenge": ("acc_norm", 27.73),
+            "arc_easy": ("acc", 54.12),
+            "hellaswag": ("acc_norm", 42.99),
+            "piqa": ("acc_norm", 66.92),
+        },
         "caveat": "Gaps come from: our teacher is the Q4_1-quantised GGUF (4-bit weights) rather than the "
-                  "full-precision checkpoint; a --limit evaluates only the first items (large standard errors); ARC "
-                  "items are all 4-choice in the vendored files.",
+        "full-precision checkpoint; a --limit evaluates only the first items (large standard errors); ARC "
+        "items are all 4-choice in the vendored files.",
     },
 }
 
@@ -91,16 +96,20 @@ def plot_results(res: dict, plots: Path) -> dict[str, str]:
     plots.mkdir(parents=True, exist_ok=True)
     made = {}
     models = res["models"]
-    tasks = [t for t in res["tasks"] if t in TASKS and t != "lambada_openai"
-             and all(t in res["scores"][m] for m in models)]
+    tasks = [
+        t for t in res["tasks"] if t in TASKS and t != "lambada_openai" and all(t in res["scores"][m] for m in models)
+    ]
     if tasks:
         fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 2, 3.6))
         w = 0.8 / len(models)
         for i, m in enumerate(models):
             vals = [100 * headline(t, res["scores"][m][t])[1] for t in tasks]
             ax.bar([j + i * w for j in range(len(tasks))], vals, w, label=m)
-        ax.set_xticks([j + 0.4 - w / 2 for j in range(len(tasks))],
-                      [f"{t}\n({headline(t, res['scores'][models[0]][t])[0]})" for t in tasks], fontsize=8)
+        ax.set_xticks(
+            [j + 0.4 - w / 2 for j in range(len(tasks))],
+            [f"{t}\n({headline(t, res['scores'][models[0]][t])[0]})" for t in tasks],
+            fontsize=8,
+        )
         ax.set_ylabel("accuracy (%)")
         made["tasks"] = _save(fig, ax, plots / "tasks.png", grid_axis="y")
     if res["position"]:
@@ -143,26 +152,39 @@ def markdown(res: dict, made: dict[str, str], plots_prefix: str = "plots/") -> l
     lines = []
     rows = table_rows(res)
     if rows:
-        lines = ["| metric | " + " | ".join(m + (" (teacher)" if m == res["teacher"] else "") for m in models) + " |",
-                 "|---|" + "---|" * len(models)]
+        lines = [
+            "| metric | " + " | ".join(m + (" (teacher)" if m == res["teacher"] else "") for m in models) + " |",
+            "|---|" + "---|" * len(models),
+        ]
         lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
-        lines += ["", "Students show in brackets the percentage of the teacher's score they recover (for perplexity: "
-                  "teacher ppl / student ppl). Zero-shot accuracies come from lm-evaluation-harness on the vendored "
-                  "task files (mohawk/assets/eval)."]
+        lines += [
+            "",
+            "Students show in brackets the percentage of the teacher's score they recover (for perplexity: "
+            "teacher ppl / student ppl). Zero-shot accuracies come from lm-evaluation-harness on the vendored "
+            "task files (mohawk/assets/eval).",
+        ]
     teacher = res["teacher"]
-    published = PUBLISHED.get(res.get("teacher_name") or "")
+    published: dict[str, typing.Any] | None = PUBLISHED.get(res.get("teacher_name") or "")
     shown = [t for t in (published or {}).get("scores", {}) if teacher and t in res["scores"].get(teacher, {})]
-    if shown:
-        lines += ["", f"Teacher against its published lm-eval scores ({published['source']}):", "",
-                  "| task | metric | ours | published |", "|---|---|---|---|"]
+    if shown and published is not None:
+        lines += [
+            "",
+            f"Teacher against its published lm-eval scores ({published['source']}):",
+            "",
+            "| task | metric | ours | published |",
+            "|---|---|---|---|",
+        ]
         for t in shown:
             metric, pct = published["scores"][t]
             row = res["scores"][teacher][t]
             n = row.get("n")
             lines.append(f"| {t} | {metric} | {100 * row[metric]:.2f} (n={n}) | {pct:.2f} |")
         lines += ["", published["caveat"]]
-    for key, caption in (("tasks", "Zero-shot accuracy"), ("position", "Loss by token position"),
-                         ("passkey", "Passkey retrieval")):
+    for key, caption in (
+        ("tasks", "Zero-shot accuracy"),
+        ("position", "Loss by token position"),
+        ("passkey", "Passkey retrieval"),
+    ):
         if key in made:
             lines += ["", f"![{caption}]({plots_prefix}{made[key]})"]
     if res["continuations"]:
@@ -183,12 +205,15 @@ def write_eval_report(out: Path, res: dict, command: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=2))
     made = plot_results(res, out / "plots")
-    lines = ["# mohawk evaluation", "", f"- command: `{command}`",
-             f"- device: {res.get('device')}; versions: {res.get('versions')}; "
-             f"{res['val_tokens']:,} held-out tokens; wall time {res.get('wall_s', 0):.0f} s", "",
-             *markdown(res, made)]
+    lines = [
+        "# mohawk evaluation",
+        "",
+        f"- command: `{command}`",
+        f"- device: {res.get('device')}; versions: {res.get('versions')}; "
+        f"{res['val_tokens']:,} held-out tokens; wall time {res.get('wall_s', 0):.0f} s",
+        "",
+        *markdown(res, made),
+    ]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-

@@ -4,6 +4,7 @@ retrieval, lm-evaluation-harness zero-shot tasks, and greedy continuations."""
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import torch
@@ -42,26 +43,58 @@ def passkey_lengths(train_len: int, max_len: int) -> list[int]:
     return lengths or [min(512, max_len)]
 
 
-def long_sequences(data: str, tokenizer, train_len: int, max_len: int, n: int, *, seed: int = 0,
-                   val_source: str | None = None, field: str = "text") -> torch.Tensor:
+def long_sequences(
+    data: str,
+    tokenizer,
+    train_len: int,
+    max_len: int,
+    n: int,
+    *,
+    seed: int = 0,
+    val_source: str | None = None,
+    field: str = "text",
+) -> torch.Tensor:
     """n held-out sequences of 4x the training length (within max_len): the loss-by-position data (n, L)."""
     from mohawk.data import make_streams, take
 
-    _, stream = make_streams(data, tokenizer, min(4 * train_len, max_len), val_source=val_source, seed=seed,
-                             field=field)
+    _, stream = make_streams(
+        data, tokenizer, min(4 * train_len, max_len), val_source=val_source, seed=seed, field=field
+    )
     return take(stream, n)
 
 
-def run_suite(models: dict, tokenizer, *, teacher_key: str | None, tasks: list[str], val: torch.Tensor,
-              long_val: torch.Tensor | None, train_len: int, max_len: int, limit: int | None = None,
-              batch_size: int = 8, seed: int = 0, console=None, teacher_name: str | None = None) -> dict:
+def run_suite(
+    models: dict,
+    tokenizer,
+    *,
+    teacher_key: str | None,
+    tasks: list[str],
+    val: torch.Tensor,
+    long_val: torch.Tensor | None,
+    train_len: int,
+    max_len: int,
+    limit: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    console=None,
+    teacher_name: str | None = None,
+) -> dict:
     """Evaluate ``models`` ({name: HF causal LM}) on ``tasks``. val (n, L): held-out sequences for perplexity and
     agreement; long_val (n, 4 x train_len): for the loss-by-position curve. Returns the results dict."""
     say = console.print if console is not None else (lambda *a, **k: None)
     teacher = models.get(teacher_key) if teacher_key else None
-    res = {"models": list(models), "teacher": teacher_key, "tasks": tasks, "train_len": train_len,
-           "val_tokens": int(val.numel()), "scores": {m: {} for m in models}, "position": {}, "passkey": {},
-           "continuations": {}, "teacher_name": teacher_name if teacher_key else None}
+    res: dict[str, typing.Any] = {
+        "models": list(models),
+        "teacher": teacher_key,
+        "tasks": tasks,
+        "train_len": train_len,
+        "val_tokens": int(val.numel()),
+        "scores": {m: {} for m in models},
+        "position": {},
+        "passkey": {},
+        "continuations": {},
+        "teacher_name": teacher_name if teacher_key else None,
+    }
     harness = [t for t in tasks if t in TASKS]
     prompts = None
     if "continuations" in tasks:
@@ -87,19 +120,30 @@ def run_suite(models: dict, tokenizer, *, teacher_key: str | None, tasks: list[s
 
             say(f"{name}: lm-eval {', '.join(harness)}" + (f" (first {limit} items each)" if limit else ""))
             device = next(model.parameters()).device
-            for task, r in run_tasks(model, tokenizer, harness, limit=limit, batch_size=batch_size,
-                                     device=str(device), seed=seed).items():
+            for task, r in run_tasks(
+                model, tokenizer, harness, limit=limit, batch_size=batch_size, device=str(device), seed=seed
+            ).items():
                 scores[task] = r
         if prompts is not None:
             res["continuations"][name] = continuations(model, tokenizer, prompts)
     return res
 
 
-def evaluate(models: list[str], *, teacher: str | None = "smollm2-135m", data: str = "bundled",
-             tasks: str = "ppl,agreement,position,passkey,continuations,lm-eval", limit: int | None = None,
-             seq_len: int = 512, val_sequences: int = 16, train_len: int | None = None, batch_size: int = 8,
-             device: str = "auto", seed: int = 0, console=None,
-             ) -> dict:
+def evaluate(
+    models: list[str],
+    *,
+    teacher: str | None = "smollm2-135m",
+    data: str = "bundled",
+    tasks: str = "ppl,agreement,position,passkey,continuations,lm-eval",
+    limit: int | None = None,
+    seq_len: int = 512,
+    val_sequences: int = 16,
+    train_len: int | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    seed: int = 0,
+    console=None,
+) -> dict:
     """Load the teacher and each model directory and run the suite on them: the results dict (see run_suite; the
     CLI presents it with mohawk.evaluation.present)."""
     import platform
@@ -143,13 +187,28 @@ def evaluate(models: list[str], *, teacher: str | None = "smollm2-135m", data: s
         raise MohawkError(f"--seq-len {seq_len} is above the models' maximum of {max_len} positions")
     _, val_stream = make_streams(data, tokenizer, seq_len, seed=seed)
     val = take(val_stream, val_sequences)
-    long_val = (long_sequences(data, tokenizer, train_len, max_len, max(2, min(8, val_sequences)), seed=seed)
-                if "position" in task_list else None)
-    res = run_suite(loaded, tokenizer, teacher_key=teacher_key, tasks=task_list, val=val, long_val=long_val,
-                    train_len=train_len, max_len=max_len, limit=limit, batch_size=batch_size, seed=seed,
-                    console=console, teacher_name=teacher)
+    long_val = (
+        long_sequences(data, tokenizer, train_len, max_len, max(2, min(8, val_sequences)), seed=seed)
+        if "position" in task_list
+        else None
+    )
+    res = run_suite(
+        loaded,
+        tokenizer,
+        teacher_key=teacher_key,
+        tasks=task_list,
+        val=val,
+        long_val=long_val,
+        train_len=train_len,
+        max_len=max_len,
+        limit=limit,
+        batch_size=batch_size,
+        seed=seed,
+        console=console,
+        teacher_name=teacher,
+    )
     res["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.machine()})"
     res["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
-    res["paths"] = {"teacher": teacher, **dict(zip([k for k in loaded if k != teacher_key], models))}
+    res["paths"] = {"teacher": teacher, **dict(zip([k for k in loaded if k != teacher_key], models, strict=False))}
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     return res

@@ -7,7 +7,9 @@ The contract each mixer class keeps (one file per family, its materialized refer
 - ``value_stream(u) -> V (batch, heads, L, head_dim)``: what M multiplies, so that ``M @ V`` is the mixer's output
   per head before its output projection (and gate, where it has one).
 
-``MIXERS`` maps the kind names used in ``MohawkConfig.mixers`` to classes. Families: ``attention`` (the teacher's softmax attention), ``ssd`` (Mamba-2: scalar decay per head), ``ssm`` (general
+``MIXERS`` maps the kind names used in ``MohawkConfig.mixers`` to classes. Families: ``attention`` (the teacher's
+softmax attention), ``ssd`` (Mamba-2's SSD in the Phi-Mamba layer: scalar decay per head; the default), ``mamba2``
+(transformers' BambaMixer exactly: exportable), ``discrete_mamba2`` (Phi-Mamba's own), ``ssm`` (general
 diagonal SSM: a decay per state channel), ``linear_attention`` (causal low-rank: no decay), ``toeplitz`` (causal
 convolution with an input-dependent kernel).
 """
@@ -20,10 +22,37 @@ from mohawk.mixers.ssd import SSDMixer, ssd, ssd_chunked, ssd_materialized, ssd_
 from mohawk.mixers.ssm import SSMMixer, ssm_chunked, ssm_materialized, ssm_matrix, ssm_step
 from mohawk.mixers.toeplitz import ToeplitzMixer, toeplitz_conv, toeplitz_matrix
 
-MIXERS = {"attention": Attention, "ssd": SSDMixer, "ssm": SSMMixer, "linear_attention": LinearAttentionMixer,
-          "toeplitz": ToeplitzMixer, "mamba2": Mamba2Mixer, "discrete_mamba2": DiscreteMamba2Mixer}
+MIXERS = {
+    "attention": Attention,
+    "ssd": SSDMixer,
+    "ssm": SSMMixer,
+    "linear_attention": LinearAttentionMixer,
+    "toeplitz": ToeplitzMixer,
+    "mamba2": Mamba2Mixer,
+    "discrete_mamba2": DiscreteMamba2Mixer,
+}
 STUDENT_MIXERS = tuple(k for k in MIXERS if k != "attention")
 
-__all__ = ["MIXERS", "STUDENT_MIXERS", "Attention", "DiscreteMamba2Mixer", "Mamba2Mixer", "SSDMixer", "SSMMixer", "LinearAttentionMixer", "ToeplitzMixer",
-           "ssd", "ssd_chunked", "ssd_materialized", "ssd_matrix", "ssd_step", "ssm_chunked", "ssm_materialized",
-           "ssm_matrix", "ssm_step", "linear_attention_matrix", "toeplitz_conv", "toeplitz_matrix"]
+__all__ = [
+    "MIXERS",
+    "STUDENT_MIXERS",
+    "Attention",
+    "DiscreteMamba2Mixer",
+    "Mamba2Mixer",
+    "SSDMixer",
+    "SSMMixer",
+    "LinearAttentionMixer",
+    "ToeplitzMixer",
+    "ssd",
+    "ssd_chunked",
+    "ssd_materialized",
+    "ssd_matrix",
+    "ssd_step",
+    "ssm_chunked",
+    "ssm_materialized",
+    "ssm_matrix",
+    "ssm_step",
+    "linear_attention_matrix",
+    "toeplitz_conv",
+    "toeplitz_matrix",
+]

@@ -31,7 +31,7 @@ class Attention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
-        self.scale = config.attention_scale if config.attention_scale is not None else self.head_dim ** -0.5
+        self.scale = config.attention_scale if config.attention_scale is not None else self.head_dim**-0.5
         self.sliding_window = config.sliding_window
         self.rotary_dim = config.rotary_dim if config.position_embedding == "rope" else 0
         self.rope_scaling = config.rope_attention_scaling
@@ -53,7 +53,7 @@ class Attention(nn.Module):
         cos, sin = emb.cos() * self.rope_scaling, emb.sin() * self.rope_scaling
         if cos.dim() == 3:
             cos, sin = cos[:, None], sin[:, None]
-        rot, keep = t[..., : self.rotary_dim], t[..., self.rotary_dim:]
+        rot, keep = t[..., : self.rotary_dim], t[..., self.rotary_dim :]
         rot = (rot.float() * cos + rotate_half(rot.float()) * sin).to(t.dtype)
         return torch.cat((rot, keep), dim=-1)
 

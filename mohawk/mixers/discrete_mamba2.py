@@ -44,8 +44,13 @@ class DiscreteMamba2Mixer(SSDMixer):
 
     def in_proj_slices(self) -> dict[str, slice]:
         """The official layout: x, B, C, then z, then the decay logits ("dt")."""
-        sizes = {"x": self.d_inner, "B": self.num_groups * self.state_size, "C": self.num_groups * self.state_size,
-                 "z": self.d_inner, "dt": self.num_heads}
+        sizes = {
+            "x": self.d_inner,
+            "B": self.num_groups * self.state_size,
+            "C": self.num_groups * self.state_size,
+            "z": self.d_inner,
+            "dt": self.num_heads,
+        }
         out, start = {}, 0
         for k, s in sizes.items():
             out[k] = slice(start, start + s)
@@ -64,8 +69,9 @@ class DiscreteMamba2Mixer(SSDMixer):
         w = torch.randn_like(self.in_proj.weight, device="cpu") * std
         bias = torch.zeros_like(self.in_proj.bias, device="cpu")
         w[s["dt"]] = 0.0
-        rate = torch.exp(torch.rand(self.num_heads) * (math.log(c.ssd_dt_max) - math.log(c.ssd_dt_min))
-                         + math.log(c.ssd_dt_min))
+        rate = torch.exp(
+            torch.rand(self.num_heads) * (math.log(c.ssd_dt_max) - math.log(c.ssd_dt_min)) + math.log(c.ssd_dt_min)
+        )
         bias[s["dt"]] = rate + torch.log(-torch.expm1(-rate))  # inverse softplus: -log a = rate
         init.copy_(self.in_proj.weight, w)
         init.copy_(self.in_proj.bias, bias)
@@ -97,7 +103,7 @@ class DiscreteMamba2Mixer(SSDMixer):
         """u -> z, xBC before the conv, and the step dt = softplus(decay logits) (b, L, heads), -log a_t."""
         proj = aligned_linear(self.in_proj, u)
         s = self.in_proj_slices()
-        return proj[..., s["z"]], proj[..., s["x"].start: s["C"].stop], F.softplus(proj[..., s["dt"]].float())
+        return proj[..., s["z"]], proj[..., s["x"].start : s["C"].stop], F.softplus(proj[..., s["dt"]].float())
 
     def A(self) -> Tensor:
         return -torch.ones(self.num_heads, device=self.D.device)
@@ -108,10 +114,20 @@ class DiscreteMamba2Mixer(SSDMixer):
     def _matrix_rows(self, dt: Tensor, B: Tensor, C: Tensor, r0: int, r1: int) -> Tensor:
         return ssd_matrix_rows(dt, self.A(), B, C, r0, r1) / dt[:, :r1].transpose(1, 2)[:, :, None, :]
 
-    def _scan(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, return_final_state: bool,
-              initial_state: Tensor | None = None):
-        out = ssd((x.float() / dt[..., None]).to(x.dtype), dt, self.A(), B, C, None, chunk_size=self.chunk_size,
-                  initial_state=initial_state, return_final_state=return_final_state)
+    def _scan(
+        self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, return_final_state: bool, initial_state: Tensor | None = None
+    ):
+        out = ssd(
+            (x.float() / dt[..., None]).to(x.dtype),
+            dt,
+            self.A(),
+            B,
+            C,
+            None,
+            chunk_size=self.chunk_size,
+            initial_state=initial_state,
+            return_final_state=return_final_state,
+        )
         y, state = out if return_final_state else (out, None)
         y = y + x * self.D.to(x.dtype)[:, None]
         return (y, state) if return_final_state else y

@@ -70,8 +70,8 @@ def segsum_rows(x: Tensor, r0: int, r1: int) -> Tensor:
     if r0 == 0:
         return inner
     # columns s < r0: sum_{s < r <= r0} x_r + sum_{r0 < r <= t} x_r
-    before = torch.flip(torch.cumsum(torch.flip(xb[..., 1: r0 + 1], [-1]), -1), [-1])  # (..., r0): s = 0..r0-1
-    within = torch.cumsum(xb[..., r0:r1], -1) - xb[..., r0: r0 + 1]  # (..., T): sum_{r0 < r <= t}
+    before = torch.flip(torch.cumsum(torch.flip(xb[..., 1 : r0 + 1], [-1]), -1), [-1])  # (..., r0): s = 0..r0-1
+    within = torch.cumsum(xb[..., r0:r1], -1) - xb[..., r0 : r0 + 1]  # (..., T): sum_{r0 < r <= t}
     return torch.cat([within[..., :, None] + before[..., None, :], inner], dim=-1)
 
 
@@ -119,7 +119,7 @@ def ssd_chunked(
         dt = F.pad(dt, (0, 0, 0, pad))
         B = F.pad(B, (0, 0, 0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, 0, 0, pad))
-    c, l = (L + pad) // chunk_size, chunk_size
+    c, l = (L + pad) // chunk_size, chunk_size  # noqa: E741 - the einsum subscripts' names
     f32 = torch.float32
     Bh = _expand_groups(B, h).to(f32).reshape(b, c, l, h, n)
     Ch = _expand_groups(C, h).to(f32).reshape(b, c, l, h, n)
@@ -190,10 +190,12 @@ def ssd(
 
     kernel = ssd_kernel(x)
     if kernel is not None:
-        return kernel(x, dt, A, B, C, D, chunk_size=chunk_size, initial_state=initial_state,
-                      return_final_state=return_final_state)
-    return ssd_chunked(x, dt, A, B, C, D, chunk_size=chunk_size, initial_state=initial_state,
-                       return_final_state=return_final_state)
+        return kernel(
+            x, dt, A, B, C, D, chunk_size=chunk_size, initial_state=initial_state, return_final_state=return_final_state
+        )
+    return ssd_chunked(
+        x, dt, A, B, C, D, chunk_size=chunk_size, initial_state=initial_state, return_final_state=return_final_state
+    )
 
 
 class SSDMixer(nn.Module):
@@ -231,8 +233,14 @@ class SSDMixer(nn.Module):
         self.conv_dim = self.d_inner + 2 * self.num_groups * self.state_size
         proj = (self.d_inner if self.use_gate else 0) + self.conv_dim + (self.num_heads if self.has_dt else 0)
         self.in_proj = nn.Linear(self.hidden_size, proj, bias=True)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.conv_kernel, groups=self.conv_dim,
-                                padding=self.conv_kernel - 1, bias=True)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim,
+            self.conv_dim,
+            self.conv_kernel,
+            groups=self.conv_dim,
+            padding=self.conv_kernel - 1,
+            bias=True,
+        )
         if self.has_dt:
             self.dt_bias = nn.Parameter(torch.zeros(self.num_heads))
             self.A_log = nn.Parameter(torch.zeros(self.decay_shape()))
@@ -243,9 +251,13 @@ class SSDMixer(nn.Module):
     # -- parameter layout -------------------------------------------------------------------------------------------
     def in_proj_slices(self) -> dict[str, slice]:
         """Rows of in_proj.weight holding z, x, B, C and dt."""
-        sizes = {"z": self.d_inner if self.use_gate else 0, "x": self.d_inner,
-                 "B": self.num_groups * self.state_size, "C": self.num_groups * self.state_size,
-                 "dt": self.num_heads if self.has_dt else 0}
+        sizes = {
+            "z": self.d_inner if self.use_gate else 0,
+            "x": self.d_inner,
+            "B": self.num_groups * self.state_size,
+            "C": self.num_groups * self.state_size,
+            "dt": self.num_heads if self.has_dt else 0,
+        }
         out, start = {}, 0
         for k, s in sizes.items():
             out[k] = slice(start, start + s)
@@ -277,8 +289,9 @@ class SSDMixer(nn.Module):
         init.copy_(self.conv1d.weight, conv)
         init.zeros_(self.conv1d.bias)
         if self.has_dt:
-            dt = torch.exp(torch.rand(self.num_heads) * (math.log(c.ssd_dt_max) - math.log(c.ssd_dt_min))
-                           + math.log(c.ssd_dt_min))
+            dt = torch.exp(
+                torch.rand(self.num_heads) * (math.log(c.ssd_dt_max) - math.log(c.ssd_dt_min)) + math.log(c.ssd_dt_min)
+            )
             init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
             lo, hi = c.ssd_A_init_range
             init.copy_(self.A_log, torch.log(torch.empty(self.decay_shape()).uniform_(lo, hi)))
@@ -310,7 +323,7 @@ class SSDMixer(nn.Module):
         proj = aligned_linear(self.in_proj, u)
         s = self.in_proj_slices()
         z = proj[..., s["z"]] if self.use_gate else None
-        xbc = proj[..., s["x"].start: s["C"].stop]
+        xbc = proj[..., s["x"].start : s["C"].stop]
         if not self.has_dt:
             return z, xbc, proj.new_ones(*proj.shape[:-1], self.num_heads, dtype=torch.float32)
         dt = F.softplus(proj[..., s["dt"]].float() + self.dt_bias.float())
@@ -325,7 +338,7 @@ class SSDMixer(nn.Module):
             k = self.conv_kernel
             padded = F.pad(xbc, (0, 0, k - 1, 0)).float()  # float32 sums, as the conv accumulates
             w = self.conv1d.weight[:, 0, :].float()
-            out = sum(padded[:, j: j + L] * w[:, j] for j in range(k)) + self.conv1d.bias.float()
+            out = sum(padded[:, j : j + L] * w[:, j] for j in range(k)) + self.conv1d.bias.float()
             return self._act(out.to(xbc.dtype), self.conv_activation)
         if conv_state is None:
             out = self.conv1d(xbc.transpose(1, 2))[..., :L]
@@ -353,10 +366,20 @@ class SSDMixer(nn.Module):
     def _matrix(self, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
         return ssd_matrix(dt, self.A(), B, C)
 
-    def _scan(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, return_final_state: bool,
-              initial_state: Tensor | None = None):
-        return ssd(x, dt, self.A(), B, C, self.D, chunk_size=self.chunk_size, initial_state=initial_state,
-                   return_final_state=return_final_state)
+    def _scan(
+        self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, return_final_state: bool, initial_state: Tensor | None = None
+    ):
+        return ssd(
+            x,
+            dt,
+            self.A(),
+            B,
+            C,
+            self.D,
+            chunk_size=self.chunk_size,
+            initial_state=initial_state,
+            return_final_state=return_final_state,
+        )
 
     def _step(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, state: Tensor):
         return ssd_step(x, dt, self.A(), B, C, state, self.D)
@@ -409,7 +432,7 @@ class SSDMixer(nn.Module):
             history = torch.cat([conv_state.to(history.dtype), history], dim=-1)
         padded = F.pad(history, (max(0, k - history.shape[-1]), 0))
         # the last k inputs, copied: a view would keep the whole chunk's (b, conv_dim, L) alive in the cache
-        cache.set_state(self.layer_idx, padded[..., padded.shape[-1] - k:].contiguous(), state)
+        cache.set_state(self.layer_idx, padded[..., padded.shape[-1] - k :].contiguous(), state)
         return self._finish(y, z)
 
     def _forward_recurrent(self, u, z, xbc_raw, dt, cache) -> Tensor:

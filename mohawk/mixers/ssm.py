@@ -41,7 +41,7 @@ def semiseparable(Q: Tensor, K: Tensor, log_a: Tensor | None = None, block: int 
     pad = (-L) % block
     if pad:
         Q, K, log_a = (F.pad(x, (0, 0, 0, pad)) for x in (Q, K, log_a))
-    nb, l = (L + pad) // block, block
+    nb, l = (L + pad) // block, block  # noqa: E741 - the einsum subscripts' names
     cum = torch.cumsum(log_a, dim=1).view(m, nb, l, -1)  # (m, nb, l, n'), non-increasing along the sequence
     Qb, Kb = Q.view(m, nb, l, N), K.view(m, nb, l, N)
     end = cum[:, :, -1]  # (m, nb, n'): cumulated log-decay at the end of each block
@@ -54,7 +54,7 @@ def semiseparable(Q: Tensor, K: Tensor, log_a: Tensor | None = None, block: int 
     off = torch.einsum("mijtn,mjsn->mitjs", Qs, Ks)
     # diagonal blocks: exp of segment sums inside each block
     t = torch.arange(l, device=Q.device)
-    inside = (t[:, None] >= t[None, :])
+    inside = t[:, None] >= t[None, :]
     seg = (cum[:, :, :, None] - cum[:, :, None, :]).masked_fill(~inside[None, None, :, :, None], -math.inf)
     diag = torch.einsum("mitn,misn,mitsn->mits", Qb, Kb, torch.exp(seg))
     eye = torch.eye(nb, device=Q.device, dtype=Q.dtype)
@@ -81,8 +81,18 @@ def ssm_materialized(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
     return y if D is None else y + x * D[:, None]
 
 
-def ssm_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, *,
-                chunk_size: int = 16, initial_state: Tensor | None = None, return_final_state: bool = False):
+def ssm_chunked(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    *,
+    chunk_size: int = 16,
+    initial_state: Tensor | None = None,
+    return_final_state: bool = False,
+):
     """Chunked scan, exact: products inside chunks (the decay tensor is (chunk, chunk, state) per head, hence the
     smaller default chunk than SSD's), a recurrence over chunk states between them. States: (batch, heads,
     head_dim, state), float32."""
@@ -93,7 +103,7 @@ def ssm_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
     if pad:  # dt = 0 on padding: no decay, no input
         x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
         B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
-    c, l = (L + pad) // chunk_size, chunk_size
+    c, l = (L + pad) // chunk_size, chunk_size  # noqa: E741 - the einsum subscripts' names
     Bh = _expand_groups(B, h).to(f32).reshape(b, c, l, h, n)
     Ch = _expand_groups(C, h).to(f32).reshape(b, c, l, h, n)
     xdt = (x.to(f32) * dt.to(f32)[..., None]).reshape(b, c, l, h, p)
@@ -146,10 +156,20 @@ class SSMMixer(SSDMixer):
         # rows < r1 depend only on the first r1 tokens; no row-block formula here, so no memory saving either
         return self._matrix(dt[:, :r1], B[:, :r1], C[:, :r1])[:, :, r0:r1]
 
-    def _scan(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, return_final_state: bool,
-              initial_state: Tensor | None = None):
-        return ssm_chunked(x, dt, self.A(), B, C, self.D, chunk_size=min(self.chunk_size, 16),
-                           initial_state=initial_state, return_final_state=return_final_state)
+    def _scan(
+        self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, return_final_state: bool, initial_state: Tensor | None = None
+    ):
+        return ssm_chunked(
+            x,
+            dt,
+            self.A(),
+            B,
+            C,
+            self.D,
+            chunk_size=min(self.chunk_size, 16),
+            initial_state=initial_state,
+            return_final_state=return_final_state,
+        )
 
     def _step(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, state: Tensor):
         return ssm_step(x, dt, self.A(), B, C, state, self.D)

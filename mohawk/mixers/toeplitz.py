@@ -91,7 +91,9 @@ class ToeplitzMixer(nn.Module):
             if start == 0:
                 y = toeplitz_conv(c_all, x_all)
             else:  # the new tokens from the whole history: y_t = sum_k c[k] x[t - k]
-                ys = [torch.einsum("bhk,bhkp->bhp", c_all[..., : t + 1].flip(-1).float(), x_all[:, :, : t + 1].float())
-                      for t in range(start, start + u.shape[1])]
+                ys = [
+                    torch.einsum("bhk,bhkp->bhp", c_all[..., : t + 1].flip(-1).float(), x_all[:, :, : t + 1].float())
+                    for t in range(start, start + u.shape[1])
+                ]
                 y = torch.stack(ys, dim=2).to(x.dtype)
         return self.out_proj(y.transpose(1, 2).flatten(-2))

@@ -21,7 +21,6 @@ from torch import Tensor
 
 from mohawk.models.cache import MohawkCache
 
-
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (parameter addresses, {key: graph})
 
 
@@ -120,7 +119,7 @@ def decode_graph(model, cache, input_ids: Tensor) -> DecodeGraph:
     store = _GRAPHS.get(model)
     if store is None or store[0] != params:  # new, or parameters moved: every old graph reads stale addresses
         store = _GRAPHS[model] = (params, {})
-    graphs = store[1]
+    graphs: dict = store[1]
     if key not in graphs:
         graphs[key] = DecodeGraph(model, cache, capture=input_ids.is_cuda)
     return graphs[key]

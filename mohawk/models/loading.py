@@ -14,10 +14,9 @@ def load_model(path: str, device: torch.device | str = "cpu", *, tokenizer: bool
     MohawkError for a directory that holds no model, unreadable or truncated weights, weights whose shapes differ
     from the config, and for weights missing from the checkpoint or left over in it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     import mohawk  # noqa: F401  (registers the student with the Auto classes)
-
-    from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report would repeat, as a table, what the error line says
@@ -30,8 +29,11 @@ def load_model(path: str, device: torch.device | str = "cpu", *, tokenizer: bool
         raise MohawkError(f"could not load model {path!r}: {first}") from e
     finally:
         hf_logging.set_verbosity(level)
-    problems = [("missing", info.get("missing_keys") or []), ("unexpected", info.get("unexpected_keys") or []),
-                ("mismatched", [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []])]
+    problems = [
+        ("missing", info.get("missing_keys") or []),
+        ("unexpected", info.get("unexpected_keys") or []),
+        ("mismatched", [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]),
+    ]
     bad = [(kind, sorted(keys)) for kind, keys in problems if keys]
     if bad:
         detail = "; ".join(f"{len(keys)} {kind} (e.g. {keys[0]})" for kind, keys in bad)

@@ -16,8 +16,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from mohawk.mixers import MIXERS, Attention, SSDMixer, ToeplitzMixer
 from mohawk.mixers.attention import default_inv_freq
 from mohawk.models.cache import MohawkCache
-from mohawk.models.graphs import decode_graph, graphs_supported
 from mohawk.models.configuration_mohawk import MohawkConfig
+from mohawk.models.graphs import decode_graph, graphs_supported
 
 
 class RMSNorm(nn.Module):
@@ -42,7 +42,7 @@ def make_norm(config: MohawkConfig) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """"gated": down(act(gate(x)) * up(x)) (Llama); "plain": fc2(act(fc1(x))) (Phi, GPT-NeoX, GPT-2)."""
+    """ "gated": down(act(gate(x)) * up(x)) (Llama); "plain": fc2(act(fc1(x))) (Phi, GPT-NeoX, GPT-2)."""
 
     def __init__(self, config: MohawkConfig):
         super().__init__()
@@ -111,8 +111,11 @@ class MohawkModel(MohawkPreTrainedModel):
     def __init__(self, config: MohawkConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.embed_positions = (nn.Embedding(config.max_position_embeddings, config.hidden_size)
-                                if config.position_embedding == "learned" else None)
+        self.embed_positions = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            if config.position_embedding == "learned"
+            else None
+        )
         self.layers = nn.ModuleList([MohawkBlock(config, i) for i in range(config.num_hidden_layers)])
         self.norm = make_norm(config)
         self.post_init()
@@ -123,8 +126,15 @@ class MohawkModel(MohawkPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def forward(self, input_ids=None, inputs_embeds=None, position_ids=None, cache: MohawkCache | None = None,
-                output_hidden_states: bool = False, keep_last: int = 0):
+    def forward(
+        self,
+        input_ids=None,
+        inputs_embeds=None,
+        position_ids=None,
+        cache: MohawkCache | None = None,
+        output_hidden_states: bool = False,
+        keep_last: int = 0,
+    ):
         """input_ids (batch, L) -> final hidden states (batch, L, hidden), or only the last ``keep_last`` positions
         (generation: the prompt's other positions need no final norm) [, all block inputs + final output]."""
         source = input_ids if inputs_embeds is None else inputs_embeds
@@ -140,8 +150,12 @@ class MohawkModel(MohawkPreTrainedModel):
         first_kept = L - keep_last if 0 < keep_last < L else 0
         outs = []
         for i in range(0, L, step):
-            pos = position_ids[:, i: i + step]
-            x = self.embed_tokens(input_ids[:, i: i + step]) if inputs_embeds is None else inputs_embeds[:, i: i + step]
+            pos = position_ids[:, i : i + step]
+            x = (
+                self.embed_tokens(input_ids[:, i : i + step])
+                if inputs_embeds is None
+                else inputs_embeds[:, i : i + step]
+            )
             if self.embed_positions is not None:
                 x = x + self.embed_positions(pos)
             for layer in self.layers:
@@ -149,7 +163,7 @@ class MohawkModel(MohawkPreTrainedModel):
                     hidden_states.append(x)
                 x = layer(x, position_ids=pos, cache=cache)
             if i + x.shape[1] > first_kept:
-                outs.append(x[:, max(0, first_kept - i):])
+                outs.append(x[:, max(0, first_kept - i) :])
         h = self.norm(torch.cat(outs, dim=1) if len(outs) > 1 else outs[0])
         if output_hidden_states:
             hidden_states.append(h)
@@ -199,9 +213,20 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
             if bool((~m[:, :-1] & m[:, 1:]).any()):
                 raise ValueError("MohawkForCausalLM does not support left padding; pad on the right")
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None, return_dict=None,
-                logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        output_hidden_states=None,
+        return_dict=None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
         self._check_padding(attention_mask)
         cache = past_key_values if use_cache is not False else None
         if use_cache and cache is None:
@@ -210,8 +235,14 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
         if graph is not None:
             return CausalLMOutputWithPast(None, graph.run(cache, input_ids, cache.tokens), cache, None)
         keep = logits_to_keep if isinstance(logits_to_keep, int) and labels is None and not output_hidden_states else 0
-        h, hidden_states = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
-                                      cache=cache, output_hidden_states=bool(output_hidden_states), keep_last=keep)
+        h, hidden_states = self.model(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+            cache=cache,
+            output_hidden_states=bool(output_hidden_states),
+            keep_last=keep,
+        )
         logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
         if labels is not None:
@@ -221,23 +252,41 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
 
     def _decode_graph(self, cache, input_ids, inputs_embeds, position_ids, labels, output_hidden_states):
         """The CUDA graph that runs this one-token decoding step (see mohawk.models.graphs), or None: eager."""
-        if (cache is None or input_ids is None or inputs_embeds is not None or position_ids is not None
-                or labels is not None or output_hidden_states or input_ids.shape[1] != 1
-                or not getattr(self.config, "decode_cuda_graph", False) or torch.is_grad_enabled()
-                or not graphs_supported(input_ids.device) or cache.kv
-                or len(cache.ssm) != self.config.num_hidden_layers or torch.compiler.is_compiling()
-                or hasattr(self.lm_head.weight, "device_mesh")  # FSDP-sharded: each step gathers weights
-                or (input_ids.is_cuda and torch.cuda.is_current_stream_capturing())):
+        if (
+            cache is None
+            or input_ids is None
+            or inputs_embeds is not None
+            or position_ids is not None
+            or labels is not None
+            or output_hidden_states
+            or input_ids.shape[1] != 1
+            or not getattr(self.config, "decode_cuda_graph", False)
+            or torch.is_grad_enabled()
+            or not graphs_supported(input_ids.device)
+            or cache.kv
+            or len(cache.ssm) != self.config.num_hidden_layers
+            or torch.compiler.is_compiling()
+            or hasattr(self.lm_head.weight, "device_mesh")  # FSDP-sharded: each step gathers weights
+            or (input_ids.is_cuda and torch.cuda.is_current_stream_capturing())
+        ):
             return None
         return decode_graph(self, cache, input_ids)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None,
-                                      use_cache=True, cache=None, **kwargs):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        past_key_values=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        use_cache=True,
+        cache=None,
+        **kwargs,
+    ):
         if use_cache is False:
             return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
         if past_key_values is None:  # transformers >= 5.24 hands the cache back as `cache`
             past_key_values = cache if isinstance(cache, MohawkCache) else MohawkCache()
         if past_key_values.tokens:
-            input_ids = input_ids[:, past_key_values.tokens:]
+            input_ids = input_ids[:, past_key_values.tokens :]
         extra = {"logits_to_keep": kwargs["logits_to_keep"]} if kwargs.get("logits_to_keep") else {}
         return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": True, **extra}

@@ -10,8 +10,10 @@ import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent
-AUTO_MAP = {"AutoConfig": "configuration_mohawk.MohawkConfig",
-            "AutoModelForCausalLM": "modeling_mohawk.MohawkForCausalLM"}
+AUTO_MAP = {
+    "AutoConfig": "configuration_mohawk.MohawkConfig",
+    "AutoModelForCausalLM": "modeling_mohawk.MohawkForCausalLM",
+}
 # flat module name -> source file in the package
 FILES = {
     "configuration_mohawk.py": "models/configuration_mohawk.py",

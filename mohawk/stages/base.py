@@ -7,7 +7,6 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-
 COMPILE_BACKEND = "inductor"  # torch.compile's backend for Stage.compiled (tests use "aot_eager": no code generation)
 
 
@@ -40,8 +39,11 @@ class Stage:
 
     def mixer_parameters(self) -> list[tuple[str, Tensor]]:
         """Parameters of the mixers that replace attention (stages 1 and 2 train only these)."""
-        return [(f"model.layers.{i}.mixer.{n}", p) for i in self.layers
-                for n, p in self.student.model.layers[i].mixer.named_parameters()]
+        return [
+            (f"model.layers.{i}.mixer.{n}", p)
+            for i in self.layers
+            for n, p in self.student.model.layers[i].mixer.named_parameters()
+        ]
 
     def parameters(self) -> list[tuple[str, Tensor]]:
         return self.mixer_parameters()
@@ -59,8 +61,11 @@ class Stage:
         """Within the block, the modules of ``compiled_modules()`` run through torch.compile (shapes fixed; ``mode``,
         see compile_options; "off": nothing); on exit they are plain modules again, so evaluation and generation with
         other shapes do not recompile."""
-        modules = [m for m in self.compiled_modules() if getattr(m, "_compiled_call_impl", None) is None] \
-            if mode != "off" else []
+        modules = (
+            [m for m in self.compiled_modules() if getattr(m, "_compiled_call_impl", None) is None]
+            if mode != "off"
+            else []
+        )
         for m in modules:
             m.compile(**compile_options(mode))
         try:

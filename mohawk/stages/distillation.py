@@ -26,11 +26,17 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     """T^2 * KL(teacher || student) per token, averaged: logits (batch, L, vocab)."""
     t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return (t.exp() * (t - s)).sum(-1).mean() * temperature ** 2
+    return (t.exp() * (t - s)).sum(-1).mean() * temperature**2
 
 
-def distillation_loss(student_logits: Tensor, teacher_logits: Tensor | None, ids: Tensor, temperature: float,
-                      kd_weight: float, ce_weight: float) -> tuple[Tensor, Tensor, Tensor]:
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    ids: Tensor,
+    temperature: float,
+    kd_weight: float,
+    ce_weight: float,
+) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, KL, CE) of stage 3 from logits (batch, L, vocab) and the token ids (batch, L).
 
     One function so that ``torch.compile`` can fuse it: eager, the float32 copies and softmaxes of two
@@ -42,7 +48,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor | None, ids
     return kd_weight * kl + ce_weight * ce, kl, ce
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_loss(backend: str):
     return torch.compile(distillation_loss, dynamic=False, backend=backend)
 

@@ -37,11 +37,11 @@ def tiled_frobenius_distance(teacher, student, u: Tensor, tile: int) -> Tensor:
         fa = teacher.matrix_factors(u)
     fm = student.matrix_factors(u)
     L = u.shape[1]
-    total = 0
+    total: Tensor | float = 0.0
     for r0 in range(0, L, tile):
         r1 = min(L, r0 + tile)
         total = total + checkpoint(_tile_squared_distance, teacher, student, fa, fm, r0, r1, use_reentrant=False)
-    return total.sqrt()
+    return torch.as_tensor(total).sqrt()
 
 
 class MatrixOrientation(Stage):

@@ -79,8 +79,11 @@ class TeacherAdapter:
         for name, module in self.model.named_modules():
             if name.endswith("rotary_emb") and hasattr(module, "inv_freq"):
                 inv_freq = module.inv_freq.detach().float().cpu()
-                return {"rotary_dim": 2 * inv_freq.numel(), "inv_freq": inv_freq,
-                        "rope_attention_scaling": float(getattr(module, "attention_scaling", 1.0))}
+                return {
+                    "rotary_dim": 2 * inv_freq.numel(),
+                    "inv_freq": inv_freq,
+                    "rope_attention_scaling": float(getattr(module, "attention_scaling", 1.0)),
+                }
         return {"rotary_dim": 0, "inv_freq": None, "rope_attention_scaling": 1.0}
 
     def student_config(self, mixers: list[str] | None = None, **overrides):
@@ -117,7 +120,7 @@ class TeacherAdapter:
 
             cfg = self.student_config(mixers=["attention"] * self.num_layers)
             attn = Attention(cfg, i)
-            weights = {k[len("mixer."):]: v for k, v in self.layer_weights(i).items() if k.startswith("mixer.")}
+            weights = {k[len("mixer.") :]: v for k, v in self.layer_weights(i).items() if k.startswith("mixer.")}
             inv_freq = self.rope()["inv_freq"]
             if inv_freq is not None:
                 weights["inv_freq"] = inv_freq
@@ -133,12 +136,21 @@ class TeacherAdapter:
         caps = Captures()
         handles = []
         for layer in self.layers():
-            handles.append(layer.register_forward_pre_hook(
-                lambda m, a, kw: caps.block_inputs.append(_first_tensor(a, kw)), with_kwargs=True))
-            handles.append(self.attention_module(layer).register_forward_pre_hook(
-                lambda m, a, kw: caps.mixer_inputs.append(_first_tensor(a, kw)), with_kwargs=True))
-            handles.append(layer.register_forward_hook(
-                lambda m, a, out: caps.block_outputs.append(out[0] if isinstance(out, tuple) else out)))
+            handles.append(
+                layer.register_forward_pre_hook(
+                    lambda m, a, kw: caps.block_inputs.append(_first_tensor(a, kw)), with_kwargs=True
+                )
+            )
+            handles.append(
+                self.attention_module(layer).register_forward_pre_hook(
+                    lambda m, a, kw: caps.mixer_inputs.append(_first_tensor(a, kw)), with_kwargs=True
+                )
+            )
+            handles.append(
+                layer.register_forward_hook(
+                    lambda m, a, out: caps.block_outputs.append(out[0] if isinstance(out, tuple) else out)
+                )
+            )
         try:
             # without logits wanted, skip most of the LM head (a large share of a small teacher's forward)
             kwargs = {} if logits else {"logits_to_keep": 1}

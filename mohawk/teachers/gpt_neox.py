@@ -18,22 +18,35 @@ class GPTNeoXAdapter(TeacherAdapter):
     def config_kwargs(self) -> dict:
         c, attn = self.config, self.layers()[0].attention
         return dict(
-            vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-            num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+            vocab_size=c.vocab_size,
+            hidden_size=c.hidden_size,
+            intermediate_size=c.intermediate_size,
+            num_hidden_layers=c.num_hidden_layers,
+            num_attention_heads=c.num_attention_heads,
             head_dim=attn.head_size,
             block_type="parallel" if c.use_parallel_residual else "sequential",
-            norm_type="layernorm", norm_eps=c.layer_norm_eps, norm_bias=True,
-            mlp_type="plain", hidden_act=c.hidden_act, mlp_bias=True,
-            position_embedding="rope", max_position_embeddings=c.max_position_embeddings,
+            norm_type="layernorm",
+            norm_eps=c.layer_norm_eps,
+            norm_bias=True,
+            mlp_type="plain",
+            hidden_act=c.hidden_act,
+            mlp_bias=True,
+            position_embedding="rope",
+            max_position_embeddings=c.max_position_embeddings,
             attention_qkv_bias=attn.query_key_value.bias is not None,
-            attention_out_bias=attn.dense.bias is not None, attention_scale=attn.scaling,
-            lm_head_bias=False, tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+            attention_out_bias=attn.dense.bias is not None,
+            attention_scale=attn.scaling,
+            lm_head_bias=False,
+            tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
         )
 
     def global_weights(self):
         m = self.model
-        return {"model.embed_tokens.weight": m.gpt_neox.embed_in.weight,
-                **norm_weights("model.norm", m.gpt_neox.final_layer_norm), "lm_head.weight": m.get_output_embeddings().weight}
+        return {
+            "model.embed_tokens.weight": m.gpt_neox.embed_in.weight,
+            **norm_weights("model.norm", m.gpt_neox.final_layer_norm),
+            "lm_head.weight": m.get_output_embeddings().weight,
+        }
 
     def layer_weights(self, i):
         layer = self.layers()[i]

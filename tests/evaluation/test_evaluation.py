@@ -13,11 +13,11 @@ import torch.nn.functional as F
 
 import mohawk
 from mohawk.cli import main
+from mohawk.errors import MohawkError
 from mohawk.evaluation import perplexity
 from mohawk.evaluation.harness import write_tasks
 from mohawk.evaluation.long_context import loss_by_position, passkey_prompt
 from mohawk.evaluation.suite import parse_tasks, passkey_lengths
-from mohawk.errors import MohawkError
 from tests.conftest import VOCAB, tiny_teacher, tiny_tokenizer
 
 FIVE = [  # PIQA layout: goal, two solutions, gold
@@ -46,7 +46,7 @@ def _hand_scores(model, tok):
             w_ids = tok(ctx + " " + choice, add_special_tokens=False).input_ids
             ids = torch.tensor([w_ids])
             logp = model(ids).logits[0, :-1].float().log_softmax(-1)
-            cont = w_ids[len(c_ids):]
+            cont = w_ids[len(c_ids) :]
             lls.append(sum(float(logp[len(c_ids) - 1 + i, t]) for i, t in enumerate(cont)))
         acc += int(max(range(2), key=lambda i: lls[i]) == d["gold"])
         acc_norm += int(max(range(2), key=lambda i: lls[i] / len(d["choices"][i])) == d["gold"])
@@ -110,8 +110,22 @@ def test_eval_command_is_deterministic(teacher_dir, tmp_path, capsys):
     s.save_pretrained(student)
     tiny_tokenizer().save_pretrained(student)
     corpus = str(teacher_dir.parent / "corpus.jsonl")
-    args = ["eval", str(student), "--teacher", str(teacher_dir), "--data", corpus, "--seq-len", "16",
-            "--val-sequences", "4", "--tasks", "ppl,agreement,position,passkey,continuations", "--device", "cpu"]
+    args = [
+        "eval",
+        str(student),
+        "--teacher",
+        str(teacher_dir),
+        "--data",
+        corpus,
+        "--seq-len",
+        "16",
+        "--val-sequences",
+        "4",
+        "--tasks",
+        "ppl,agreement,position,passkey,continuations",
+        "--device",
+        "cpu",
+    ]
     assert main([*args, "--out", str(tmp_path / "e1")]) == 0
     assert main([*args, "--out", str(tmp_path / "e2")]) == 0
     a, b = (json.loads((tmp_path / e / "results.json").read_text()) for e in ("e1", "e2"))
@@ -133,9 +147,29 @@ def test_lm_eval_cli_runs_on_a_student_directory(teacher_dir, tmp_path):
     tasks = tmp_path / "tasks"
     write_tasks(tasks, ["piqa"], {"piqa": _piqa_file(tmp_path)})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "m")}
-    r = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
-                        f"pretrained={student},trust_remote_code=True", "--include_path", str(tasks), "--tasks",
-                        "mohawk_piqa", "--device", "cpu", "--batch_size", "2", "--output_path",
-                        str(tmp_path / "lm_eval_out")], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lm_eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={student},trust_remote_code=True",
+            "--include_path",
+            str(tasks),
+            "--tasks",
+            "mohawk_piqa",
+            "--device",
+            "cpu",
+            "--batch_size",
+            "2",
+            "--output_path",
+            str(tmp_path / "lm_eval_out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "mohawk_piqa" in r.stdout and "acc" in r.stdout

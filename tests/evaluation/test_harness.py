@@ -10,16 +10,25 @@ from mohawk.evaluation.harness import TASKS, write_tasks
 
 FIRST = {
     "hellaswag": ("Roof shingle removal: A man is sitting on a roof. He", " is using wrap to wrap a pair of skis."),
-    "piqa": ("Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:",
-             " Provide the guinea pig with a cage full of a few inches of bedding made of ripped paper strips, you will "
-             "also need to supply it with a water bottle and a food dish."),
-    "arc_easy": ("Question: Which statement best explains why photosynthesis is the foundation of most food webs?\n"
-                 "Answer:", " Sunlight is the source of energy for nearly all ecosystems."),
-    "arc_challenge": ("Question: An astronomer observes that a planet rotates faster after a meteorite impact. Which is "
-                      "the most likely effect of this increase in rotation?\nAnswer:", " Planetary density will decrease."),
-    "openbookqa": ("A person wants to start saving money so that they can afford a nice vacation at the end of the "
-                   "year. After looking over their budget and expenses, they decide the best way to save money is to",
-                   " make more phone calls"),
+    "piqa": (
+        "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:",
+        " Provide the guinea pig with a cage full of a few inches of bedding made of ripped paper strips, you will "
+        "also need to supply it with a water bottle and a food dish.",
+    ),
+    "arc_easy": (
+        "Question: Which statement best explains why photosynthesis is the foundation of most food webs?\nAnswer:",
+        " Sunlight is the source of energy for nearly all ecosystems.",
+    ),
+    "arc_challenge": (
+        "Question: An astronomer observes that a planet rotates faster after a meteorite impact. Which is "
+        "the most likely effect of this increase in rotation?\nAnswer:",
+        " Planetary density will decrease.",
+    ),
+    "openbookqa": (
+        "A person wants to start saving money so that they can afford a nice vacation at the end of the "
+        "year. After looking over their budget and expenses, they decide the best way to save money is to",
+        " make more phone calls",
+    ),
     "winogrande": ("Sarah was a much better surgeon than Maria so Sarah", " always got the easier cases."),
     "lambada_openai": (None, " signs"),
 }

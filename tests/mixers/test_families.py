@@ -4,8 +4,19 @@ recurrent decoding, and each layer's materialize(u) @ value_stream(u) == its out
 import pytest
 import torch
 
-from mohawk.mixers import (LinearAttentionMixer, SSMMixer, ToeplitzMixer, linear_attention_matrix, ssd_matrix,
-                           ssm_chunked, ssm_materialized, ssm_matrix, ssm_step, toeplitz_conv, toeplitz_matrix)
+from mohawk.mixers import (
+    LinearAttentionMixer,
+    SSMMixer,
+    ToeplitzMixer,
+    linear_attention_matrix,
+    ssd_matrix,
+    ssm_chunked,
+    ssm_materialized,
+    ssm_matrix,
+    ssm_step,
+    toeplitz_conv,
+    toeplitz_matrix,
+)
 from mohawk.models import MohawkCache
 from tests.mixers.test_mixers import before_out_proj, config
 
@@ -81,7 +92,7 @@ def test_family_layer_materialize_and_decoding(cls):
     torch.testing.assert_close(y, before_out_proj(mixer, u), atol=1e-4, rtol=1e-4)
     full = mixer(u)
     cache = MohawkCache()
-    parts = [mixer(u[:, :7], cache=cache)] + [mixer(u[:, t:t + 1], cache=cache) for t in range(7, 19)]
+    parts = [mixer(u[:, :7], cache=cache)] + [mixer(u[:, t : t + 1], cache=cache) for t in range(7, 19)]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
 
 
@@ -91,5 +102,6 @@ def test_ssm_blockwise_matrix_equals_the_reference():
 
     _, dt, A, B, C, _ = ssm_inputs(L=45)
     for block in (8, 32, 64):
-        torch.testing.assert_close(ssm_matrix_blockwise(dt, A, B, C, block).double(), ssm_matrix(dt, A, B, C),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            ssm_matrix_blockwise(dt, A, B, C, block).double(), ssm_matrix(dt, A, B, C), atol=1e-5, rtol=1e-5
+        )

@@ -17,7 +17,8 @@ from mohawk.mixers.kernels.ssd_triton import TUNING, ssd_scan, ssd_triton  # noq
 
 needs_interpreter_or_gpu = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
-    reason="Triton kernels need a GPU or TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+    reason="Triton kernels need a GPU or TRITON_INTERPRET=1 (tests/conftest.py sets it)",
+)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -48,12 +49,15 @@ def _grads(y, args, seed=1):
 
 
 @needs_interpreter_or_gpu
-@pytest.mark.parametrize("b,L,h,p,groups,n,chunk", [
-    (2, 50, 2, 16, 2, 16, 16),   # per-head B/C (Phi-Mamba), L not a multiple of the chunk
-    (1, 70, 4, 32, 2, 16, 32),   # grouped B/C: two heads read each group
-    (1, 33, 2, 20, 1, 24, 16),   # head_dim and state not powers of two (masked tiles), one group
-    (1, 7, 2, 16, 2, 16, 64),    # shorter than one chunk
-])
+@pytest.mark.parametrize(
+    "b,L,h,p,groups,n,chunk",
+    [
+        (2, 50, 2, 16, 2, 16, 16),  # per-head B/C (Phi-Mamba), L not a multiple of the chunk
+        (1, 70, 4, 32, 2, 16, 32),  # grouped B/C: two heads read each group
+        (1, 33, 2, 20, 1, 24, 16),  # head_dim and state not powers of two (masked tiles), one group
+        (1, 7, 2, 16, 2, 16, 64),  # shorter than one chunk
+    ],
+)
 def test_triton_scan_matches_reference_forward_and_grads(b, L, h, p, groups, n, chunk, state_pass):
     args = _inputs(b, L, h, p, groups, n)
     x, dt, A, B, C, D = args
@@ -61,7 +65,7 @@ def test_triton_scan_matches_reference_forward_and_grads(b, L, h, p, groups, n, 
     y_ref = ssd_materialized(x, dt, A, B, C, D)
     assert y.shape == y_ref.shape and y.dtype == x.dtype
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
-    for name, g, g_ref in zip("x dt A B C D".split(), _grads(y, args), _grads(y_ref, args)):
+    for name, g, g_ref in zip("x dt A B C D".split(), _grads(y, args), _grads(y_ref, args), strict=False):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4 * g_ref.abs().max().item(), msg=name)
 
 
@@ -76,7 +80,7 @@ def test_triton_scan_carries_state_in_and_out_with_gradients(state_pass):
         torch.testing.assert_close(s, s_ref, rtol=1e-4, atol=1e-4)
     gs = torch.randn(s0.shape, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     grads = [torch.autograd.grad(y.sum() + (s * gs).sum(), args + [s0]) for y, s in outs]
-    for g, g_ref in zip(*grads):
+    for g, g_ref in zip(*grads, strict=False):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4 * g_ref.abs().max().item())
     # two halves with the state handed over == one call
     x, dt, A, B, C, D = [a.detach() for a in args]
@@ -95,8 +99,9 @@ def test_triton_scan_reads_strided_views_without_copies():
     assert not B.is_contiguous()
     dt = F.softplus(torch.randn(b, L, h)).to(DEVICE)
     A = -torch.ones(h, device=DEVICE)
-    torch.testing.assert_close(ssd_triton(x, dt, A, B, C, chunk_size=16), ssd_materialized(x, dt, A, B, C),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        ssd_triton(x, dt, A, B, C, chunk_size=16), ssd_materialized(x, dt, A, B, C), rtol=1e-4, atol=1e-4
+    )
 
 
 @needs_interpreter_or_gpu
@@ -105,9 +110,11 @@ def test_custom_op_registration_passes_opcheck():
     x, dt, A, B, C, D = _inputs(1, 20, 2, 16, 1, 16, seed=7)
     s0 = torch.randn(1, 2, 16, 16, device=DEVICE, requires_grad=True)
     for skip, state in ((None, None), (D, s0)):
-        torch.library.opcheck(ssd_scan, (x, dt, A, B, C, skip, state, 16),
-                              test_utils=("test_schema", "test_faketensor", "test_autograd_registration",
-                                          "test_aot_dispatch_dynamic"))
+        torch.library.opcheck(
+            ssd_scan,
+            (x, dt, A, B, C, skip, state, 16),
+            test_utils=("test_schema", "test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic"),
+        )
 
 
 @needs_interpreter_or_gpu
@@ -121,7 +128,7 @@ def test_triton_scan_inside_torch_compile():
     y = torch.compile(f, backend="aot_eager" if DEVICE == "cpu" else "inductor", fullgraph=True)(*args)
     y_ref = f(*args)
     torch.testing.assert_close(y, y_ref)
-    for g, g_ref in zip(_grads(y, args), _grads(y_ref, args)):
+    for g, g_ref in zip(_grads(y, args), _grads(y_ref, args), strict=False):
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
@@ -143,7 +150,7 @@ def test_state_pass_choice(monkeypatch):
     monkeypatch.setitem(TUNING, "dstate_pass", "walk")
     assert not _two_pass("dstate_pass", 1)
     monkeypatch.setitem(TUNING, "dstate_pass", "two_pass")
-    assert _two_pass("dstate_pass", 10 ** 6)
+    assert _two_pass("dstate_pass", 10**6)
     monkeypatch.setitem(TUNING, "state_pass", "two-pass")
     with pytest.raises(ValueError, match="state_pass"):
         _two_pass("state_pass", 1)
@@ -199,7 +206,7 @@ def test_gpu_kernel_matches_reference_forward_and_grads(choice, monkeypatch):
     (y_k, g_k), (y_r, g_r) = outs
     scale = y_r.abs().max()
     assert (y_k - y_r).abs().max() / scale < 3e-2
-    for gk, gr in zip(g_k, g_r):
+    for gk, gr in zip(g_k, g_r, strict=False):
         assert (gk - gr).abs().max() / gr.abs().max() < 5e-2
 
 
@@ -214,7 +221,7 @@ def test_padded_projection_equals_the_plain_one_with_gradients():
     torch.testing.assert_close(y, y_ref)
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, (u, lin.weight, lin.bias), g)
-    for a, b in zip(grads, torch.autograd.grad(y_ref, (u, lin.weight, lin.bias), g)):
+    for a, b in zip(grads, torch.autograd.grad(y_ref, (u, lin.weight, lin.bias), g), strict=False):
         torch.testing.assert_close(a, b)
     assert kernels.aligned_linear(lin, u).is_contiguous()  # on the CPU: the plain projection
 

@@ -13,8 +13,16 @@ MIXERS = [Mamba2Mixer, DiscreteMamba2Mixer]
 
 
 def config(**kw):
-    base = dict(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=64, ssd_state_size=6, ssd_chunk_size=8)
+    base = dict(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        ssd_state_size=6,
+        ssd_chunk_size=8,
+    )
     base.update(kw)
     return MohawkConfig(**base)
 
@@ -59,7 +67,7 @@ def test_recurrent_and_pieces_equal_one_pass(cls):
         cache = MohawkCache()
         steps = []
         for t in range(19):
-            steps.append(m(u[:, t: t + 1], cache=cache))
+            steps.append(m(u[:, t : t + 1], cache=cache))
         torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
         cache = MohawkCache()
         pieces = [m(u[:, a:b], cache=cache) for a, b in ((0, 5), (5, 6), (6, 19))]
@@ -72,14 +80,36 @@ def test_mamba2_is_bambas_mixer():
     from transformers.models.bamba.modeling_bamba import BambaMixer
 
     m = make(Mamba2Mixer, ssd_num_groups=2)
-    bc = BambaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                     mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=2, mamba_d_state=6, mamba_d_conv=4,
-                     mamba_expand=1, mamba_chunk_size=8, mamba_proj_bias=True, rms_norm_eps=m.norm.eps,
-                     intermediate_size=64, vocab_size=50)
+    bc = BambaConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        mamba_n_heads=4,
+        mamba_d_head=8,
+        mamba_n_groups=2,
+        mamba_d_state=6,
+        mamba_d_conv=4,
+        mamba_expand=1,
+        mamba_chunk_size=8,
+        mamba_proj_bias=True,
+        rms_norm_eps=m.norm.eps,
+        intermediate_size=64,
+        vocab_size=50,
+    )
     ref = BambaMixer(bc, layer_idx=0).eval()
     with torch.no_grad():
-        for name in ("in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D",
-                     "norm.weight", "out_proj.weight"):
+        for name in (
+            "in_proj.weight",
+            "in_proj.bias",
+            "conv1d.weight",
+            "conv1d.bias",
+            "dt_bias",
+            "A_log",
+            "D",
+            "norm.weight",
+            "out_proj.weight",
+        ):
             ref.get_parameter(name).copy_(m.get_parameter(name))
         ref.out_proj.bias.zero_()
         u = torch.randn(2, 19, 32)
@@ -90,11 +120,12 @@ def _discrete_reference(m, u):
     """Phi-Mamba's recurrence written out: h = a h + x B^T, y = h C + D x, out = out_proj(RMSNorm(y + z))."""
     s = m.in_proj_slices()
     proj = F.linear(u, m.in_proj.weight, m.in_proj.bias)
-    xbc = proj[..., s["x"].start: s["C"].stop]
+    xbc = proj[..., s["x"].start : s["C"].stop]
     z = proj[..., s["z"]]
     a = torch.exp(-F.softplus(proj[..., s["dt"]]))  # (b, L, h)
-    xbc = F.conv1d(xbc.transpose(1, 2), m.conv1d.weight, m.conv1d.bias, padding=3,
-                   groups=xbc.shape[-1])[..., : u.shape[1]].transpose(1, 2)
+    xbc = F.conv1d(xbc.transpose(1, 2), m.conv1d.weight, m.conv1d.bias, padding=3, groups=xbc.shape[-1])[
+        ..., : u.shape[1]
+    ].transpose(1, 2)
     x, B, C = m._split(xbc)
     rep = m.num_heads // m.num_groups
     B, C = B.repeat_interleave(rep, -2), C.repeat_interleave(rep, -2)

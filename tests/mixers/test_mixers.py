@@ -8,8 +8,15 @@ from mohawk.models import MohawkConfig
 
 
 def config(**kw):
-    base = dict(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=64, rotary_dim=4)
+    base = dict(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        rotary_dim=4,
+    )
     base.update(kw)
     return MohawkConfig(**base)
 
@@ -73,7 +80,7 @@ def test_ssd_forward_with_cache_equals_full():
     u = torch.randn(2, 12, 32)
     full = mixer(u)
     cache = MohawkCache()
-    parts = [mixer(u[:, :5], cache=cache)] + [mixer(u[:, t:t + 1], cache=cache) for t in range(5, 12)]
+    parts = [mixer(u[:, :5], cache=cache)] + [mixer(u[:, t : t + 1], cache=cache) for t in range(5, 12)]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
 
 

@@ -52,8 +52,9 @@ def test_initial_state_splits_a_sequence():
     x, dt, A, B, C, D = inputs(L=90, dtype=torch.float32)
     full, final = ssd_chunked(x, dt, A, B, C, D, chunk_size=16, return_final_state=True)
     y1, s1 = ssd_chunked(x[:, :37], dt[:, :37], A, B[:, :37], C[:, :37], D, chunk_size=16, return_final_state=True)
-    y2, s2 = ssd_chunked(x[:, 37:], dt[:, 37:], A, B[:, 37:], C[:, 37:], D, chunk_size=16, initial_state=s1,
-                         return_final_state=True)
+    y2, s2 = ssd_chunked(
+        x[:, 37:], dt[:, 37:], A, B[:, 37:], C[:, 37:], D, chunk_size=16, initial_state=s1, return_final_state=True
+    )
     torch.testing.assert_close(torch.cat([y1, y2], 1), full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(s2, final, atol=1e-5, rtol=1e-5)
 
@@ -69,7 +70,7 @@ def test_matrix_definition():
             for s in range(6):
                 want = 0.0
                 if s <= t:
-                    want = (C[0, t, grp] @ B[0, s, grp]) * torch.prod(a[0, s + 1:t + 1, head]) * dt[0, s, head]
+                    want = (C[0, t, grp] @ B[0, s, grp]) * torch.prod(a[0, s + 1 : t + 1, head]) * dt[0, s, head]
                 assert abs(M[0, head, t, s].item() - float(want)) < 1e-10
 
 
@@ -79,7 +80,7 @@ def test_gradients_agree():
     g_ref = torch.autograd.grad((ref * torch.cos(ref)).sum(), args)
     y = ssd_chunked(*args, chunk_size=16)
     g = torch.autograd.grad((y * torch.cos(y)).sum(), args)
-    for a, b in zip(g, g_ref):
+    for a, b in zip(g, g_ref, strict=False):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 

@@ -122,11 +122,13 @@ def test_captured_graph_equals_eager_on_cuda():
     m = student(("ssd", "ssd", "ssd"), ssd_conv_init="random").cuda()
     ids = torch.randint(0, 64, (4, 70), device="cuda")
     m.config.decode_cuda_graph = False
-    want = m.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0, output_logits=True,
-                      return_dict_in_generate=True)
+    want = m.generate(
+        ids, max_new_tokens=16, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True
+    )
     m.config.decode_cuda_graph = True
-    got = m.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0, output_logits=True,
-                     return_dict_in_generate=True)
+    got = m.generate(
+        ids, max_new_tokens=16, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True
+    )
     assert next(iter(graphs._GRAPHS[m][1].values())).graph is not None
     assert torch.equal(got.sequences, want.sequences)
     torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), atol=1e-5, rtol=1e-5)

@@ -11,8 +11,16 @@ from tests.conftest import tiny_teacher
 
 def student(mixers=("ssd", "attention", "ssd"), **kw):
     torch.manual_seed(0)
-    cfg = MohawkConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=len(mixers),
-                       num_attention_heads=4, num_key_value_heads=2, mixers=list(mixers), **kw)
+    cfg = MohawkConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=len(mixers),
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        mixers=list(mixers),
+        **kw,
+    )
     return MohawkForCausalLM(cfg).eval()
 
 
@@ -47,7 +55,7 @@ def test_incremental_logits_equal_full_pass():
         full = m(ids).logits
         cache = MohawkCache()
         first = m(ids[:, :6], past_key_values=cache, use_cache=True).logits
-        steps = [m(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits for t in range(6, 15)]
+        steps = [m(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(6, 15)]
     torch.testing.assert_close(torch.cat([first] + steps, 1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -61,13 +69,15 @@ def test_prompt_in_pieces_equals_one_pass(mixers, monkeypatch):
     ids = torch.randint(0, 64, (2, 23))
     steps = []
     real = SSDMixer._forward_recurrent
-    monkeypatch.setattr(SSDMixer, "_forward_recurrent",
-                        lambda self, u, *a: steps.append(u.shape[1]) or real(self, u, *a))
+    monkeypatch.setattr(
+        SSDMixer, "_forward_recurrent", lambda self, u, *a: steps.append(u.shape[1]) or real(self, u, *a)
+    )
     with torch.no_grad():
         full = m(ids).logits
         cache = MohawkCache()
-        pieces = [m(ids[:, a:b], past_key_values=cache, use_cache=True).logits
-                  for a, b in [(0, 2), (2, 9), (9, 10), (10, 23)]]
+        pieces = [
+            m(ids[:, a:b], past_key_values=cache, use_cache=True).logits for a, b in [(0, 2), (2, 9), (9, 10), (10, 23)]
+        ]
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
     ssd_family = sum(isinstance(layer.mixer, SSDMixer) for layer in m.model.layers)
     assert steps == [1] * ssd_family  # the (9, 10) piece, once per SSD-family layer
@@ -128,8 +138,10 @@ def test_hybrid_from_teacher_generates_like_itself(tmp_path):
     s.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     ids = torch.randint(0, 96, (1, 6))
-    assert torch.equal(s.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0),
-                       loaded.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0))
+    assert torch.equal(
+        s.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0),
+        loaded.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0),
+    )
 
 
 def test_student_loads_without_mohawk_through_remote_code(tmp_path):
@@ -142,9 +154,15 @@ def test_student_loads_without_mohawk_through_remote_code(tmp_path):
     from mohawk.models import MohawkConfig, MohawkForCausalLM
 
     torch.manual_seed(0)
-    cfg = MohawkConfig(vocab_size=50, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=2, intermediate_size=64,
-                       mixers=["ssd", "attention", "ssm", "toeplitz"])
+    cfg = MohawkConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        mixers=["ssd", "attention", "ssm", "toeplitz"],
+    )
     model = MohawkForCausalLM(cfg).eval()
     model.save_pretrained(tmp_path / "student")
     ids = torch.randint(0, 50, (1, 12))
@@ -179,12 +197,19 @@ def test_generate_feeds_one_token_per_step_after_the_prompt():
     """The decoding cache must come back at every step (transformers has renamed its key): after the prompt, each
     forward sees one new token, not the whole sequence again."""
     torch.manual_seed(0)
-    cfg = MohawkConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, mixers=["ssd", "attention"])
+    cfg = MohawkConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        mixers=["ssd", "attention"],
+    )
     model = MohawkForCausalLM(cfg).eval()
     lengths = []
-    hook = model.model.register_forward_pre_hook(lambda m, a, kw: lengths.append(kw["input_ids"].shape[1]),
-                                                 with_kwargs=True)
+    hook = model.model.register_forward_pre_hook(
+        lambda m, a, kw: lengths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
     out = model.generate(torch.randint(0, 50, (1, 10)), max_new_tokens=4, do_sample=False)
     hook.remove()
     assert out.shape == (1, 14) and lengths == [10, 1, 1, 1]

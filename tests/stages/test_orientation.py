@@ -27,8 +27,9 @@ def test_row_blocks_are_rows_of_the_matrix(mixer):
         with torch.no_grad():
             full, factors = module.materialize(u), module.matrix_factors(u)
             for r0, r1 in [(0, 7), (7, 14), (14, 29), (28, 29)]:
-                torch.testing.assert_close(module.matrix_rows(factors, r0, r1), full[:, :, r0:r1, :r1],
-                                           atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(
+                    module.matrix_rows(factors, r0, r1), full[:, :, r0:r1, :r1], atol=1e-5, rtol=1e-5
+                )
 
 
 @pytest.mark.parametrize("mixer", STUDENT_MIXERS)
@@ -43,7 +44,7 @@ def test_tiled_distance_equals_naive_with_gradients(mixer, tile):
     tiled = tiled_frobenius_distance(teacher, layer, u, tile).mean()
     g_tiled = torch.autograd.grad(tiled, list(layer.parameters()), allow_unused=True)
     torch.testing.assert_close(tiled, naive, atol=1e-5, rtol=1e-5)
-    for a, b in zip(g_naive, g_tiled):
+    for a, b in zip(g_naive, g_tiled, strict=False):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)

@@ -6,7 +6,7 @@ import torch
 import mohawk
 from mohawk.errors import MohawkError
 from mohawk.teachers import adapter_for
-from tests.conftest import FAMILIES, VOCAB, tiny_teacher
+from tests.conftest import VOCAB, tiny_teacher
 
 
 def test_all_attention_student_reproduces_teacher_logits(teacher, ids):
@@ -60,8 +60,11 @@ def test_ssd_student_copies_everything_but_mixers(ids):
 def test_unsupported_architecture_is_one_clear_error():
     import transformers as tf
 
-    bert = tf.BertForMaskedLM(tf.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1,
-                                            num_attention_heads=4, intermediate_size=64))
+    bert = tf.BertForMaskedLM(
+        tf.BertConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
+        )
+    )
     with pytest.raises(MohawkError, match="unsupported teacher architecture 'bert'; supported: gpt2, gpt_neox"):
         mohawk.from_teacher(bert)
 

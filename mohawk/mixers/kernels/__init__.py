@@ -54,8 +54,9 @@ def _triton_scan():
 
 
 def _mamba_run(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=None, return_final_state=False):
-    return _mamba_chunk_scan()(x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state,
-                               return_final_states=return_final_state)
+    return _mamba_chunk_scan()(
+        x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, return_final_states=return_final_state
+    )
 
 
 KERNELS = ("auto", "triton", "mamba", "torch")

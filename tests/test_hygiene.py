@@ -1,0 +1,43 @@
+"""The code's form, checked like its behaviour: ruff (lint and format) over the repository and mypy over mohawk/,
+with the settings in pyproject.toml; a finding fails the suite (and so CI)."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*cmd):
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is in the test extra: pip install -e '.[test]'")
+def test_ruff_lint_and_format_are_clean():
+    lint = _run("ruff", "check", ".")
+    assert lint.returncode == 0, lint.stdout[-3000:]
+    fmt = _run("ruff", "format", "--check", ".")
+    assert fmt.returncode == 0, fmt.stdout[-3000:] + "\nrun: ruff format ."
+
+
+def test_mypy_is_clean():
+    pytest.importorskip("mypy", reason="mypy is in the test extra: pip install -e '.[test]'")
+    r = _run(sys.executable, "-m", "mypy")
+    assert r.returncode == 0, r.stdout[-3000:]
+
+
+def test_version_is_one_and_shown():
+    import re
+
+    import mohawk
+    from mohawk.cli import main
+
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert mohawk.__version__ == version
+    assert f"## {version}" in (ROOT / "CHANGELOG.md").read_text()
+    out = _run(sys.executable, "-m", "mohawk", "--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"mohawk {version}"
+    assert main(["--version"]) == 0
