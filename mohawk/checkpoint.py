@@ -178,6 +178,8 @@ RUN_DEFINING = (
     "ssd_state_size",
     "init",
     "data",
+    "teacher_tokens",
+    "teacher_temperature",
     "val_data",
     "text_field",
     "seq_len",

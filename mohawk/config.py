@@ -96,10 +96,18 @@ class DistillConfig:
     # -- data --------------------------------------------------------------------------------------------------------
     data: str = option(
         "bundled",
-        "Training text: 'bundled' (Gutenberg sample), a .txt/.jsonl/.parquet file or "
-        "directory, or a Hugging Face dataset name.",
+        "Training text: 'bundled' (a Gutenberg shard, ~12M tokens), 'gutenberg' (two shards), 'modern' (NLTK modern "
+        "English), 'teacher' (text the teacher samples itself, see --teacher-tokens), a .txt/.jsonl/.parquet file or "
+        "directory, or a Hugging Face dataset name; 'a+b' mixes them.",
         group=DATA,
     )
+    teacher_tokens: int | None = option(
+        None,
+        "For --data teacher: tokens of teacher-written text to sample (default: the run's total token budget).",
+        group=DATA,
+        above=0,
+    )
+    teacher_temperature: float = option(1.0, "For --data teacher: the sampling temperature.", group=DATA, above=0)
     val_data: str | None = option(
         None, "Validation text (default: the held-out books of 'bundled', or a held-out share of --data).", group=DATA
     )

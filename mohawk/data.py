@@ -121,10 +121,20 @@ def vendored(source: str) -> tuple[list[Path], list[Path]] | None:
 
 
 def split_sources(source: str, val_source: str | None) -> tuple[list, list | None]:
-    """(train sources, validation sources or None to hold out pieces of the training source)."""
+    """(train sources, validation sources or None to hold out pieces of the training source). ``a+b`` joins vendored
+    corpora and local paths; the validation files are the vendored parts' (none: pieces of the training data are
+    held out)."""
     named = vendored(source)
     if named is not None:
         return named[0], (_files(val_source) if val_source else named[1])
+    if "+" in source:
+        train: list = []
+        val: list = []
+        for part in source.split("+"):
+            v = vendored(part)
+            train += v[0] if v else _files(part)
+            val += v[1] if v else []
+        return train, (_files(val_source) if val_source else (val or None))
     path = Path(source)
     looks_local = path.exists() or source.startswith((".", "/", "~")) or path.suffix != ""
     train = _files(source) if looks_local else [f"hf:{source}"]

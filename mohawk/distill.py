@@ -37,11 +37,44 @@ def choose_attention_layers(cfg: DistillConfig, num_layers: int) -> list[int]:
     return parse_attention_layers(cfg.attention_layers, num_layers)
 
 
-def _stage_stream(cfg: DistillConfig, tokenizer, stage: int) -> TokenStream:
+def _stage_stream(cfg: DistillConfig, tokenizer, stage: int, data: str) -> TokenStream:
     train, _ = make_streams(
-        cfg.data, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed + stage, field=cfg.text_field
+        data, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed + stage, field=cfg.text_field
     )
     return train
+
+
+def teacher_text(cfg: DistillConfig, teacher, tokenizer, out: Path, total: int, console, parallel: Parallel) -> str:
+    """cfg.data with 'teacher' replaced by OUT/teacher-text.jsonl.xz, sampled from the teacher first (rank 0; reused
+    when an earlier call wrote it with the same settings)."""
+    parts = cfg.data.split("+")
+    if "teacher" not in parts:
+        return cfg.data
+    from mohawk.teachers.sample import write_corpus
+
+    path = out / "teacher-text.jsonl.xz"
+    if parallel.main:
+        tokens = cfg.teacher_tokens or total
+        console.print(f"sampling ~{tokens:,} tokens of text from the teacher into {path}")
+        stats = write_corpus(
+            teacher,
+            tokenizer,
+            path,
+            tokens,
+            new_tokens=max(16, cfg.seq_len - 32),
+            temperature=cfg.teacher_temperature,
+            seed=cfg.seed,
+            batch_size=64 if next(teacher.parameters()).is_cuda else 8,
+            on_progress=lambda n, s: console.print(
+                f"  {n:,} tokens, {n / max(s, 1e-9):,.0f} tokens/s", highlight=False
+            ),
+        )
+        console.print(
+            f"teacher text: {stats['tokens']:,} tokens in {stats['seconds']:.0f} s "
+            f"({stats['tokens_per_s']:,.0f} tokens/s)"
+        )
+    parallel.barrier()
+    return "+".join(str(path) if p == "teacher" else p for p in parts)
 
 
 def _evaluate(student, teacher, val, cfg) -> dict:
@@ -140,11 +173,13 @@ def _distill(
             adapter, attention_layers=attention_layers, mixer=cfg.mixer, ssd_init=cfg.ssd_init, **options
         )
     n_params = sum(p.numel() for p in student.parameters())
+    schedule = recipe.plan(cfg, parallel.world)
+    vendored_val = "+".join(p for p in cfg.data.split("+") if p != "teacher") or "bundled"
+    val_source = cfg.data if "teacher" not in cfg.data.split("+") else vendored_val
     _, val_stream = make_streams(
-        cfg.data, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed, field=cfg.text_field
+        val_source, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed, field=cfg.text_field
     )
     val = take(val_stream, cfg.val_sequences)  # before anything is written: bad data fails here
-    schedule = recipe.plan(cfg, parallel.world)
 
     if main:
         if overwrite and not resume:
@@ -165,8 +200,10 @@ def _distill(
         f"student: {adapter.num_layers - len(attention_layers)} {cfg.mixer} + {len(attention_layers)} "
         f"attention layers, {n_params / 1e6:.1f}M parameters"
     )
+    total = sum(b.tokens for s, b in schedule.budgets.items() if s in cfg.stages)
+    data = teacher_text(cfg, teacher, tokenizer, out, total, console, parallel)
     if "data" not in summary:  # the corpus size, for the epochs each stage makes over it
-        summary["data"] = {"source": cfg.data, **_stage_stream(cfg, tokenizer, 0).size()}
+        summary["data"] = {"source": cfg.data, **_stage_stream(cfg, tokenizer, 0, data).size()}
     corpus = summary["data"].get("tokens")
     plan_rows = schedule.table()
     for row in plan_rows:
@@ -233,7 +270,7 @@ def _distill(
                 console.print(f"stage {s}: student and teacher sharded over {parallel.world} processes (FSDP2)")
         # every rank draws the same global batches and keeps its rows: the run does not depend on the world size
         skip = point.batches(s, budget.grad_accum)
-        batches = map(parallel.shard, _stage_stream(cfg, tokenizer, s).batches(schedule.rows[s], skip=skip))
+        batches = map(parallel.shard, _stage_stream(cfg, tokenizer, s, data).batches(schedule.rows[s], skip=skip))
         t_stage = time.perf_counter()
         state = train_stage(
             stage, batches, budget, loop, checkpointer=ckpt, log=log, resume=mid, progress=progress, parallel=parallel
@@ -269,7 +306,7 @@ def _distill(
         console.print(f"evaluating teacher and student: {', '.join(extra)}")
         long_val = (
             long_sequences(
-                cfg.data,
+                val_source,
                 tokenizer,
                 cfg.seq_len,
                 max_pos or 4 * cfg.seq_len,

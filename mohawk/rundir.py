@@ -23,6 +23,8 @@ OUTPUTS = (
     "checkpoints",
     "student",
     "tensorboard",
+    "teacher-text.jsonl.xz",
+    "teacher-text.jsonl.xz.json",
     ".summary.json.tmp",
     ".evaluation.json.tmp",
     MARKER,

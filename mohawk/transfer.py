@@ -67,8 +67,14 @@ def _adapter(teacher) -> TeacherAdapter:
 
 
 @torch.no_grad()
-def init_ssd_from_attention(mixer, attn_weights: dict[str, torch.Tensor], config) -> None:
-    """Write an attention layer's projections into an SSDMixer (see module docstring); biases likewise."""
+def init_ssd_from_attention(
+    mixer, attn_weights: dict[str, torch.Tensor], config, input_norm: torch.Tensor | None = None
+) -> None:
+    """Write an attention layer's projections into an SSDMixer (see module docstring); biases likewise.
+
+    ``input_norm``: the weight of the norm before the layer, for a data-free estimate of the value stream's RMS per
+    feature, sqrt(sum_i W_V[j, i]^2 g_i^2), which mixers with a norm on their output use to start at the attention
+    output's scale (see after_attention_init)."""
     s = mixer.in_proj_slices()
     h, kv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     g, n = getattr(mixer, "num_groups", None), getattr(mixer, "state_size", None)
@@ -97,7 +103,9 @@ def init_ssd_from_attention(mixer, attn_weights: dict[str, torch.Tensor], config
     mixer.out_proj.weight.copy_(attn_weights["o_proj.weight"])
     if mixer.out_proj.bias is not None and "o_proj.bias" in attn_weights:
         mixer.out_proj.bias.copy_(attn_weights["o_proj.bias"])
-    mixer.after_attention_init()
+    gain = input_norm.float() ** 2 if input_norm is not None else torch.ones(v_w.shape[1])
+    v_rms = per_head((v_w.float() ** 2 * gain).sum(1).sqrt(), kv, h)
+    mixer.after_attention_init(v_rms)
 
 
 def from_teacher(
@@ -128,7 +136,12 @@ def from_teacher(
         attn = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
         if mixers[i] != "attention":
             if ssd_init == "attention":
-                init_ssd_from_attention(student.model.layers[i].mixer, attn, config)
+                init_ssd_from_attention(
+                    student.model.layers[i].mixer,
+                    attn,
+                    config,
+                    input_norm=weights.get(f"model.layers.{i}.norm1.weight"),
+                )
             for k in attn:
                 weights.pop(prefix + k)
     for k, v in weights.items():

@@ -271,3 +271,34 @@ def test_distill_on_cuda_with_compile_graphs(teacher_dir, tmp_path):
         main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "8", "--device", "cuda"])
         == 0
     )
+
+
+def test_distill_on_teacher_written_text(teacher_dir, tmp_path):
+    """--data teacher+CORPUS: the teacher samples its own text into OUT first, the stages train on both, validation
+    stays on the held-out share of the real corpus."""
+    import lzma
+
+    out = tmp_path / "tt"
+    data = str(teacher_dir.parent / "corpus.jsonl")
+    assert (
+        main(
+            [
+                "distill",
+                "--teacher",
+                str(teacher_dir),
+                "--data",
+                f"teacher+{data}",
+                "--teacher-tokens",
+                "800",
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(x) for x in lzma.open(out / "teacher-text.jsonl.xz", "rt")]
+    assert len(rows) == -(-800 // (32 + 16))  # prompts of 32 tokens, continued by seq_len - 32 (at least 16)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["source"] == f"teacher+{data}" and summary["data"]["tokens"] > 0
+    assert "final" in summary

@@ -72,6 +72,8 @@ SAMPLES = {
     "ssd_state_size": 16,
     "init": "scratch",
     "data": "modern",
+    "teacher_tokens": 5000,
+    "teacher_temperature": 0.8,
     "val_data": "val.jsonl",
     "text_field": "body",
     "seq_len": 64,

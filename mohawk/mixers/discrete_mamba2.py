@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mohawk.mixers.kernels import aligned_linear
+from mohawk.mixers.mamba2 import ATTENTION_OUTPUT_RATIO
 from mohawk.mixers.ssd import SSDMixer, ssd, ssd_matrix, ssd_matrix_rows, ssd_step
 
 
@@ -86,7 +87,7 @@ class DiscreteMamba2Mixer(SSDMixer):
         init.ones_(self.norm.weight)
 
     @torch.no_grad()
-    def after_attention_init(self) -> None:
+    def after_attention_init(self, v_rms: Tensor | None = None) -> None:
         """Attention-like at the start: no residual z into the norm (z rows 0), no D skip, and C scaled by each head's
         initial rate 1 - a: SSD's matrix carries a factor dt (its step) that this one lacks, and without it a decay
         near 1 sums the history at ~1 / (1 - a) times the weight a softmax row gives it."""
@@ -98,6 +99,8 @@ class DiscreteMamba2Mixer(SSDMixer):
         per_group = rate.view(self.num_groups, -1).mean(-1).repeat_interleave(self.state_size)
         self.in_proj.weight[s["C"]] *= per_group[:, None].to(self.in_proj.weight.dtype)
         self.in_proj.bias[s["C"]] *= per_group.to(self.in_proj.bias.dtype)
+        if v_rms is not None:  # the output norm at the attention output's scale (see mohawk.mixers.mamba2)
+            self.norm.weight.copy_(ATTENTION_OUTPUT_RATIO * v_rms.to(self.norm.weight))
 
     def _project(self, u: Tensor):
         """u -> z, xBC before the conv, and the step dt = softplus(decay logits) (b, L, heads), -log a_t."""

@@ -22,6 +22,10 @@ from torch import Tensor, nn
 
 from mohawk.mixers.ssd import SSDMixer
 
+# The teacher's attention output RMS over the value-stream RMS estimate sqrt(sum_i W_V[j, i]^2 g_i^2), as measured by
+# benchmarks/attention_output_scale.py (its result file has the per-layer values).
+ATTENTION_OUTPUT_RATIO = 0.2
+
 
 class GatedRMSNorm(nn.Module):
     """``weight * rmsnorm_per_group(y * silu(z))`` in float32, groups of ``group_size`` features (BambaRMSNormGated)."""
@@ -47,6 +51,13 @@ class Mamba2Mixer(SSDMixer):
     def __init__(self, config, layer_idx: int = 0):
         super().__init__(config, layer_idx)
         self.norm = GatedRMSNorm(self.d_inner, self.d_inner // self.num_groups, eps=config.norm_eps)
+
+    @torch.no_grad()
+    def after_attention_init(self, v_rms: Tensor | None = None) -> None:
+        """The norm's weight at the scale of the teacher's attention output, ATTENTION_OUTPUT_RATIO x the value
+        stream's RMS (the norm sets every group's RMS to 1, where a softmax average of values is smaller)."""
+        if v_rms is not None:
+            self.norm.weight.copy_(ATTENTION_OUTPUT_RATIO * v_rms.to(self.norm.weight))
 
     def _finish(self, y: Tensor, z: Tensor | None) -> Tensor:
         return self.out_proj(self.norm(y.flatten(-2), z))

@@ -303,10 +303,11 @@ class SSDMixer(nn.Module):
             init.ones_(self.norm.weight)
 
     @torch.no_grad()
-    def after_attention_init(self) -> None:
+    def after_attention_init(self, v_rms: Tensor | None = None) -> None:
         """What the weight transfer sets after writing x, B, C and out_proj from the teacher's attention (see
-        mohawk.transfer.init_ssd_from_attention): nothing here; subclasses whose other parts would change the
-        attention-like output at the start neutralise them."""
+        mohawk.transfer.init_ssd_from_attention; ``v_rms`` (d_inner,): an estimate of the value stream's RMS per
+        feature): nothing here; subclasses whose other parts would change the attention-like output at the start
+        neutralise them."""
 
     # -- shared pieces ----------------------------------------------------------------------------------------------
     def _act(self, t: Tensor, kind: str) -> Tensor:

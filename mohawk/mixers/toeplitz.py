@@ -57,7 +57,7 @@ class ToeplitzMixer(nn.Module):
         if self.out_proj.bias is not None:
             init.zeros_(self.out_proj.bias)
 
-    def after_attention_init(self) -> None:
+    def after_attention_init(self, v_rms: Tensor | None = None) -> None:
         """Nothing beyond x and out_proj to set after the transfer from attention (see SSDMixer)."""
 
     def _project(self, u: Tensor) -> tuple[Tensor, Tensor]:

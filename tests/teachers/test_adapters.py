@@ -1,5 +1,7 @@
 """Teacher adapters: exact re-expression of every family, attention matrices, captures, errors."""
 
+import json
+
 import pytest
 import torch
 
@@ -99,3 +101,25 @@ def test_real_smollm2_teacher_loads_and_speaks():
     assert "Paris" in tok.decode(out[0])
     s = mohawk.from_teacher(adapter, attention_layers="all")
     torch.testing.assert_close(s(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_teacher_writes_a_corpus_and_reuses_it(tmp_path):
+    """--data teacher's sampler: about the asked tokens, samples that start with vendored-text prompts, seeded, and
+    a second call with the same settings reuses the file."""
+    import lzma
+
+    from mohawk.teachers.sample import write_corpus
+    from tests.conftest import tiny_tokenizer
+
+    teacher, tok = tiny_teacher("llama"), tiny_tokenizer()
+    path = tmp_path / "t.jsonl.xz"
+    stats = write_corpus(teacher, tok, path, 600, new_tokens=20, prompt_tokens=4, batch_size=4, seed=1)
+    rows = [json.loads(x) for x in lzma.open(path, "rt")]
+    assert stats["samples"] == len(rows) == -(-600 // 24) and 0 < stats["tokens"] <= 600 + 24
+    assert all(r["text"] for r in rows)
+    again = tmp_path / "u.jsonl.xz"
+    write_corpus(teacher, tok, again, 600, new_tokens=20, prompt_tokens=4, batch_size=4, seed=1)
+    assert lzma.open(again, "rt").read() == lzma.open(path, "rt").read()  # seeded
+    mtime = path.stat().st_mtime_ns
+    assert write_corpus(teacher, tok, path, 600, new_tokens=20, prompt_tokens=4, batch_size=4, seed=1) == stats
+    assert path.stat().st_mtime_ns == mtime  # reused, not resampled

@@ -1,0 +1,131 @@
+"""Text the teacher writes itself (``--data teacher``): batched sampling with a static KV cache, which transformers
+compiles into CUDA graphs on a GPU (``generate(cache_implementation="static")``), written as a jsonl.xz corpus.
+
+Each sample continues a short prompt (the first ``prompt_tokens`` tokens of a piece of vendored text, so that the
+samples start in many places) for ``new_tokens`` tokens at temperature ``temperature`` (no top-k / top-p: the teacher's
+own distribution). All prompts of a batch have the same length, so the compiled step never recompiles; the last
+batch is padded with repeats and cut."""
+
+from __future__ import annotations
+
+import json
+import lzma
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from mohawk.errors import MohawkError
+
+
+def prompts(tokenizer, n: int, length: int, source: str = "modern+gutenberg", seed: int = 0) -> list[list[int]]:
+    """``n`` prompts of exactly ``length`` token ids, from the starts of seeded-shuffled pieces of ``source``."""
+    from mohawk.data import iter_documents, pieces, split_sources
+
+    train, _ = split_sources(source, None)
+    rng = random.Random(seed)
+    out: list[list[int]] = []
+    docs = list(iter_documents(train))
+    rng.shuffle(docs)
+    for doc in docs:
+        for p in pieces(doc, 2000):
+            ids = tokenizer(p[:400], add_special_tokens=False)["input_ids"]
+            if len(ids) >= length:
+                out.append(ids[:length])
+            if len(out) >= 4 * n:
+                break
+        if len(out) >= 4 * n:
+            break
+    if not out:
+        raise MohawkError(f"no prompts of {length} tokens in {source!r}")
+    rng.shuffle(out)
+    return [out[i % len(out)] for i in range(n)]
+
+
+@torch.no_grad()
+def sample(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    new_tokens: int,
+    batch_size: int,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> Iterator[tuple[str, int]]:
+    """The teacher's continuations of ``prompt_ids`` (prompt included), decoded, with their lengths in tokens (up to
+    the first end of text): one (text, tokens) per prompt."""
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    torch.manual_seed(seed)
+    for i in range(0, len(prompt_ids), batch_size):
+        rows = prompt_ids[i : i + batch_size]
+        ids = torch.tensor(rows + [rows[-1]] * (batch_size - len(rows)), device=device)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=new_tokens,
+            pad_token_id=eos,
+            cache_implementation="static",
+        )
+        for row in out[: len(rows)]:
+            new = row[ids.shape[1] :]
+            stop = (new == eos).nonzero()
+            n = int(stop[0, 0]) if len(stop) else len(new)  # tokens written before the first end of text
+            yield tokenizer.decode(row, skip_special_tokens=True), ids.shape[1] + n
+
+
+def write_corpus(
+    model,
+    tokenizer,
+    path: Path,
+    tokens: int,
+    *,
+    new_tokens: int = 480,
+    prompt_tokens: int = 32,
+    batch_size: int = 64,
+    temperature: float = 1.0,
+    seed: int = 0,
+    on_progress: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Sample about ``tokens`` tokens from the teacher into ``path`` (jsonl.xz, {"text": ...} per sample), reusing a
+    complete earlier file made with the same settings; returns {"tokens", "samples", "seconds", "tokens_per_s"}."""
+    meta_path = path.with_name(path.name + ".json")
+    settings = {
+        "tokens": tokens,
+        "new_tokens": new_tokens,
+        "prompt_tokens": prompt_tokens,
+        "temperature": temperature,
+        "seed": seed,
+    }
+    if path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("settings") == settings:
+            return meta["stats"]
+    per_sample = prompt_tokens + new_tokens
+    n = max(1, -(-tokens // per_sample))
+    starts = prompts(tokenizer, n, prompt_tokens, seed=seed)
+    t0, done, samples = time.perf_counter(), 0, 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    with lzma.open(tmp, "wt", encoding="utf-8") as f:
+        for text, n_tokens in sample(model, tokenizer, starts, new_tokens, batch_size, temperature, seed):
+            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+            samples += 1
+            done += n_tokens
+            if on_progress is not None and samples % batch_size == 0:
+                on_progress(done, time.perf_counter() - t0)
+    tmp.replace(path)
+    seconds = time.perf_counter() - t0
+    stats = {
+        "tokens": done,
+        "samples": samples,
+        "seconds": round(seconds, 1),
+        "tokens_per_s": round(done / max(seconds, 1e-9), 1),
+    }
+    meta_path.write_text(json.dumps({"settings": settings, "stats": stats}))
+    return stats
