@@ -182,6 +182,9 @@ def eval_(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, help="Seed for data order and passkeys."),
     out: str = typer.Option("runs/eval", help="Output directory: results.json, report.md, plots/."),
+    score_teacher: bool = typer.Option(
+        True, help="Also score the teacher on the tasks (--no-score-teacher: it is only the reference of agreement)."
+    ),
 ):
     """Evaluate the teacher and students side by side: perplexity, agreement with the teacher, loss by position,
     passkey retrieval, zero-shot tasks (lm-evaluation-harness on the vendored task files), greedy continuations."""
@@ -209,6 +212,7 @@ def eval_(
         device=device,
         seed=seed,
         console=console,
+        score_teacher=score_teacher,
     )
     print_table(res, console)
     path = write_eval_report(Path(out), res, " ".join(["mohawk", *sys.argv[1:]]))

@@ -44,6 +44,7 @@ def test_benchmark_writes_results(script, args, tmp_path, monkeypatch):
         assert [r["L"] for r in rows] == [32, 64] and all(r["naive_ms"] > 0 and r["tiled_ms"] > 0 for r in rows)
     else:
         assert len(rows) == 2 and all(r["teacher_tokens_per_s"] > 0 and r["student_tokens_per_s"] > 0 for r in rows)
+        assert all(r["teacher_static_tokens_per_s"] > 0 for r in rows)  # the static-cache baseline ran too
         # the teacher's KV cache grows with the context, the student's state does not
         assert rows[1]["teacher_state_mib"] > 2 * rows[0]["teacher_state_mib"]
         assert rows[1]["student_state_mib"] == rows[0]["student_state_mib"] > 0

@@ -78,9 +78,11 @@ def run_suite(
     seed: int = 0,
     console=None,
     teacher_name: str | None = None,
+    score_teacher: bool = True,
 ) -> dict:
     """Evaluate ``models`` ({name: HF causal LM}) on ``tasks``. val (n, L): held-out sequences for perplexity and
-    agreement; long_val (n, 4 x train_len): for the loss-by-position curve. Returns the results dict."""
+    agreement; long_val (n, 4 x train_len): for the loss-by-position curve; ``score_teacher`` False: the teacher
+    serves only as the reference of agreement (its perplexity is still measured). Returns the results dict."""
     say = console.print if console is not None else (lambda *a, **k: None)
     teacher = models.get(teacher_key) if teacher_key else None
     res: dict[str, typing.Any] = {
@@ -103,6 +105,9 @@ def run_suite(
     for name, model in models.items():
         model.eval()
         scores = res["scores"][name]
+        if name == teacher_key and not score_teacher:
+            scores["perplexity"] = perplexity(model, val, batch_size)
+            continue
         if "ppl" in tasks:
             say(f"{name}: perplexity on {val.numel():,} held-out tokens")
             scores["perplexity"] = perplexity(model, val, batch_size)
@@ -143,6 +148,7 @@ def evaluate(
     device: str = "auto",
     seed: int = 0,
     console=None,
+    score_teacher: bool = True,
 ) -> dict:
     """Load the teacher and each model directory and run the suite on them: the results dict (see run_suite; the
     CLI presents it with mohawk.evaluation.present)."""
@@ -206,6 +212,7 @@ def evaluate(
         seed=seed,
         console=console,
         teacher_name=teacher,
+        score_teacher=score_teacher,
     )
     res["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.machine()})"
     res["versions"] = {"torch": torch.__version__, "python": platform.python_version()}

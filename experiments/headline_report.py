@@ -1,0 +1,216 @@
+"""results/headline/: results.json, README.md and plots from the runs of experiments/headline.py (nothing else)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mohawk.evaluation.present import headline
+from mohawk.metrics import write_json
+
+ZERO_SHOT = ("hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "lambada_openai")
+
+
+def _eval(out: Path, name: str) -> dict | None:
+    p = out / "eval" / name / "results.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _scores(res: dict, key: str) -> dict:
+    return res["scores"].get(key, {})
+
+
+def model_row(name: str, tokens: int | None, attention: list[int], scores: dict, summary: dict | None) -> dict:
+    """The results.json entry of a model: tasks {task: {acc, acc_norm, n}}, mean of the headline metrics."""
+    tasks, heads = {}, []
+    for t in ZERO_SHOT:
+        r = scores.get(t)
+        if not isinstance(r, dict):
+            continue
+        tasks[t] = {"acc": r.get("acc"), "acc_norm": r.get("acc_norm"), "n": r.get("n")}
+        heads.append(headline(t, r)[1])
+    row = {
+        "name": name,
+        "tokens": tokens,
+        "attention_layers": attention,
+        "tasks": tasks,
+        "mean": sum(heads) / len(heads) if len(heads) == len(ZERO_SHOT) else None,
+        "perplexity": scores.get("perplexity"),
+        "top1_agreement": scores.get("top1_agreement"),
+        "passkey": None,
+    }
+    if summary:
+        row["stages"] = summary.get("stages")
+    return row
+
+
+def write_headline(out: Path, results: Path, models: dict) -> Path:
+    """results.json + README.md (+ plots/recovery.png) under ``results`` from the runs in ``out``."""
+    results.mkdir(parents=True, exist_ok=True)
+    rows = []
+    t_res = _eval(out, "teacher")
+    if t_res:
+        t = model_row("teacher", None, [], _scores(t_res, "teacher"), None)
+        t["passkey"] = t_res["passkey"].get("teacher")
+        rows.append(t)
+    for name, (tokens, _) in models.items():
+        res = _eval(out, name)
+        summary_path = out / name / "summary.json"
+        if not res or not summary_path.is_file():
+            continue
+        summary = json.loads(summary_path.read_text())
+        key = next(m for m in res["models"] if m != res["teacher"])
+        row = model_row(name, tokens, summary.get("attention_layers", []), _scores(res, key), summary)
+        row["passkey"] = res["passkey"].get(key)
+        rows.append(row)
+    sweep = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else None
+    payload = {
+        "metric": "mean over the seven tasks of acc_norm (hellaswag, piqa, arc_challenge, openbookqa) or acc "
+        "(winogrande, arc_easy, lambada_openai), full sets",
+        "models": rows,
+        "sweep": sweep,
+    }
+    write_json(results / "results.json", payload)
+    lines = _markdown(rows, sweep, out, models)
+    if any(r["name"] != "teacher" for r in rows):
+        _plot(rows, results / "recovery.png")
+        lines += ["", "![recovery vs tokens](recovery.png)"]
+    (results / "README.md").write_text("\n".join(lines) + "\n")
+    return results / "README.md"
+
+
+def _pct(x, t):
+    return f" ({100 * x / t:.1f}%)" if x is not None and t else ""
+
+
+def _markdown(rows: list[dict], sweep: dict | None, out: Path, models: dict) -> list[str]:
+    teacher = next((r for r in rows if r["name"] == "teacher"), None)
+    lines = [
+        "# Headline: SmolLM2-135M-Instruct distilled into SSD students",
+        "",
+        "Teacher and students on the seven zero-shot tasks, full sets (lm-evaluation-harness on the vendored "
+        "files), held-out perplexity and top-1 agreement on 32 x 512 held-out tokens of Gutenberg books, passkey "
+        "retrieval to 8x the training length. Students: `mohawk distill` with the recipe, one seed (0), "
+        "sequence length 512; commands below. Percentages are of the teacher's score (perplexity: teacher / "
+        "student).",
+        "",
+    ]
+    head = "| model | tokens | attention layers | " + " | ".join(ZERO_SHOT) + " | mean | perplexity | agreement |"
+    lines += [head, "|" + "---|" * (len(ZERO_SHOT) + 6)]
+    for r in rows:
+        cells = []
+        for t in ZERO_SHOT:
+            v = r["tasks"].get(t)
+            x = headline(t, v)[1] if v else None
+            tx = headline(t, teacher["tasks"][t])[1] if teacher and t in teacher["tasks"] and r is not teacher else None
+            cells.append("-" if x is None else f"{x:.3f}{_pct(x, tx)}")
+        mean = r["mean"]
+        mean_cell = (
+            "-"
+            if mean is None
+            else f"{mean:.4f}{_pct(mean, teacher['mean'] if teacher and r is not teacher else None)}"
+        )
+        ppl = r["perplexity"]
+        ppl_cell = (
+            "-"
+            if ppl is None
+            else f"{ppl:.2f}"
+            + (
+                f" ({100 * teacher['perplexity'] / ppl:.1f}%)"
+                if teacher and r is not teacher and teacher["perplexity"]
+                else ""
+            )
+        )
+        agree = "-" if r["top1_agreement"] is None else f"{r['top1_agreement']:.3f}"
+        tokens = "-" if r["tokens"] is None else f"{r['tokens'] / 1e6:g}M"
+        lines.append(
+            f"| {r['name']} | {tokens} | {r['attention_layers'] or '-'} | "
+            + " | ".join(cells)
+            + f" | {mean_cell} | {ppl_cell} | {agree} |"
+        )
+    if any(r.get("passkey") for r in rows):
+        lengths = sorted({int(k) for r in rows for k in (r.get("passkey") or {})})
+        lines += [
+            "",
+            "Passkey retrieval (accuracy over 5 keys):",
+            "",
+            "| model | " + " | ".join(map(str, lengths)) + " |",
+            "|---|" + "---|" * len(lengths),
+        ]
+        for r in rows:
+            pk = r.get("passkey") or {}
+            lines.append(f"| {r['name']} | " + " | ".join(f"{pk.get(str(n), '-')}" for n in lengths) + " |")
+    students = [r for r in rows if r.get("stages")]
+    if students:
+        lines += [
+            "",
+            "Training of each student (optimizer steps, epochs over the ~12M-token corpus, seed 0):",
+            "",
+            "| model | stage | tokens | tokens per update | steps | epochs | peak LR | wall s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in students:
+            for s, st in sorted(r["stages"].items()):
+                ep = st.get("epochs")
+                lines.append(
+                    f"| {r['name']} | {s} | {st['tokens']:,} | {st.get('tokens_per_update', 0):,} | "
+                    f"{st['steps']} | {'-' if ep is None else f'{ep:.3f}'} | {st['lr']:g} | {st['wall_s']:.0f} |"
+                )
+    if sweep:
+        lines += [
+            "",
+            f"## The stage-3 sweep behind the recipe ({sweep['runs'][0]['tokens']:,} stage-3 tokens after "
+            "shared stages 1-2)"
+            if sweep.get("runs")
+            else "## Sweep",
+            "",
+            f"Stages 1-2 once: {sweep.get('stages12', {}).get('budgets')}; mean distances before -> after: "
+            f"{sweep.get('stages12', {}).get('distance_before')} -> {sweep.get('stages12', {}).get('distance_after')}.",
+            f"Teacher perplexity on the same held-out tokens: {sweep.get('teacher_perplexity', 0):.2f}.",
+            "",
+            "| tokens per update | peak LR | steps | perplexity | agreement | seconds |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in sweep.get("runs", []):
+            mark = " **best**" if sweep.get("best") == r else ""
+            lines.append(
+                f"| {r['tokens_per_update']:,} | {r['lr']:g} | {r['steps']} | {r['perplexity']:.2f}{mark} | "
+                f"{r['top1_agreement']:.3f} | {r['seconds']:.0f} |"
+            )
+    lines += ["", "## Commands", ""]
+    for name in ["sweep", *models, *[f"eval-{n}" for n in ["teacher", *models]]]:
+        p = out / f"{name}.command.txt"
+        if p.is_file():
+            lines.append(f"- `{p.read_text().strip()}`")
+    return lines
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teacher = next((r for r in rows if r["name"] == "teacher"), None)
+    pure = sorted(
+        (r for r in rows if r["name"] != "teacher" and not r["attention_layers"] and r["tokens"]),
+        key=lambda r: r["tokens"],
+    )
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if teacher and teacher["perplexity"]:
+        xs = [r["tokens"] / 1e6 for r in pure]
+        ax.plot(xs, [100 * teacher["perplexity"] / r["perplexity"] for r in pure], "o-", label="perplexity")
+        if teacher["mean"]:
+            pts = [(r["tokens"] / 1e6, 100 * r["mean"] / teacher["mean"]) for r in pure if r["mean"]]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "s-", label="zero-shot mean")
+    ax.axhline(100, color="grey", lw=1, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("student tokens (millions)")
+    ax.set_ylabel("% of the teacher")
+    ax.set_title("pure-SSD student: recovery vs tokens")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
