@@ -193,6 +193,7 @@ RUN_DEFINING = (
     "stage3_tokens",
     "stage1_tile",
     "freeze_mlp",
+    "mixer_lr_scale",
     "temperature",
     "kd_weight",
     "ce_weight",

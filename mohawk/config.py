@@ -173,6 +173,13 @@ class DistillConfig:
     freeze_mlp: bool = option(
         False, "Freeze the MLPs in stage 3 (the paper: little loss, half the trainable parameters).", group=STAGES
     )
+    mixer_lr_scale: float = option(
+        1.0,
+        "Stage 3: the replacing mixers train at this many times the stage's LR (the weights that came from the "
+        "teacher keep it).",
+        group=STAGES,
+        above=0,
+    )
     # -- loss and schedule -------------------------------------------------------------------------------------------
     temperature: float = option(1.0, "Stage-3 KL temperature.", group=LOSS, above=0)
     kd_weight: float = option(
@@ -337,6 +344,7 @@ class DistillConfig:
             return {
                 "weights": LossWeights(self.kd_weight, self.ce_weight, self.temperature),
                 "freeze_mlp": self.freeze_mlp,
+                "mixer_lr_scale": self.mixer_lr_scale,
             }
         return {}
 

@@ -158,10 +158,13 @@ def train_stage(
         p.requires_grad_(id(p) in trainable)
     params = [p for _, p in named]
     fused = bool(params) and all(p.is_cuda for p in params) and not parallel.is_sharded(student)
+    groups: dict[tuple[bool, float], list] = {}  # (decays, lr scale) -> parameters
+    for n, p in named:
+        groups.setdefault((p.dim() >= 2, stage.lr_scale(n)), []).append(p)
     optimizer = torch.optim.AdamW(
         [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": loop.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": ps, "weight_decay": loop.weight_decay if decays else 0.0, "lr_scale": scale}
+            for (decays, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
         ],
         lr=budget.lr,
         betas=(0.9, 0.95),
@@ -215,6 +218,7 @@ def train_stage(
             for g in optimizer.param_groups:
                 g["lr"] = (
                     budget.lr
+                    * g["lr_scale"]
                     * state.lr_scale
                     * lr_factor(state.step, total_steps, loop.schedule, loop.warmup_fraction, loop.decay_fraction)
                 )

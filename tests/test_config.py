@@ -91,6 +91,7 @@ SAMPLES = {
     "stage3_lr": 1e-4,
     "stage1_tile": 32,
     "freeze_mlp": True,
+    "mixer_lr_scale": 3.0,
     "temperature": 2.0,
     "kd_weight": 0.5,
     "ce_weight": 0.25,

@@ -48,6 +48,10 @@ class Stage:
     def parameters(self) -> list[tuple[str, Tensor]]:
         return self.mixer_parameters()
 
+    def lr_scale(self, name: str) -> float:
+        """The factor on the stage's LR for parameter ``name`` (1: the stage's LR)."""
+        return 1.0
+
     def loss(self, batch: Tensor) -> tuple[Tensor, dict]:
         raise NotImplementedError
 

@@ -67,9 +67,17 @@ class KnowledgeDistillation(Stage):
     name = "knowledge distillation"
     shards_student = True
 
-    def __init__(self, student, adapter, weights: LossWeights = LossWeights(), freeze_mlp: bool = False):
+    def __init__(
+        self,
+        student,
+        adapter,
+        weights: LossWeights = LossWeights(),
+        freeze_mlp: bool = False,
+        mixer_lr_scale: float = 1.0,
+    ):
         super().__init__(student, adapter)
-        self.weights, self.freeze_mlp = weights, freeze_mlp
+        self.weights, self.freeze_mlp, self.mixer_lr_scale = weights, freeze_mlp, mixer_lr_scale
+        self._replaced = tuple(f"model.layers.{i}.mixer." for i in self.layers)
         self.loss_fn = distillation_loss
 
     def compiled_modules(self):
@@ -84,6 +92,10 @@ class KnowledgeDistillation(Stage):
                 yield
             finally:
                 self.loss_fn = distillation_loss
+
+    def lr_scale(self, name: str) -> float:
+        """mixer_lr_scale for the mixers that replace attention (new weights), 1 for what came from the teacher."""
+        return self.mixer_lr_scale if name.startswith(self._replaced) else 1.0
 
     def parameters(self):
         return [(n, p) for n, p in self.student.named_parameters() if not (self.freeze_mlp and ".mlp." in n)]

@@ -199,3 +199,42 @@ def test_stage2_loss_is_the_block_output_distance():
         want += d
     assert set(metrics["layer_distance"]) == {0, 2}
     assert abs(float(loss) - want) < 1e-4
+
+
+def test_stage3_mixer_lr_scale_reaches_the_optimizer(tmp_path):
+    """The replacing mixers' parameters train at mixer_lr_scale x the LR, everything from the teacher at the LR."""
+    import json
+
+    adapter = adapter_for(tiny_teacher("llama"))
+    student = mohawk.from_teacher(adapter, attention_layers=[1])
+    stage = KnowledgeDistillation(student, adapter, mixer_lr_scale=4.0)
+    seen = {}
+    real = torch.optim.AdamW
+
+    def spy(groups, **kw):
+        opt = real(groups, **kw)
+        seen["opt"] = opt
+        return opt
+
+    batch = torch.randint(0, VOCAB, (2, 8))
+    torch.optim.AdamW, saved = spy, torch.optim.AdamW
+    try:
+        train_stage(
+            stage,
+            iter([batch] * 2),
+            StageBudget(32, 16, 1, 1e-3),
+            LoopSettings(warmup_fraction=0.0, decay_fraction=0.0, checkpoint_every=1000),
+            checkpointer=Checkpointer(None),
+            log=MetricsLog(tmp_path / "m.jsonl"),
+            progress=False,
+        )
+    finally:
+        torch.optim.AdamW = saved
+    names = {id(p): n for n, p in student.named_parameters()}
+    for g in seen["opt"].param_groups:
+        for p in g["params"]:
+            n = names[id(p)]
+            replaced = n.startswith(("model.layers.0.mixer.", "model.layers.2.mixer."))
+            assert g["lr_scale"] == (4.0 if replaced else 1.0), n
+            assert g["lr"] == pytest.approx(1e-3 * g["lr_scale"]), n
+    assert json.loads((tmp_path / "m.jsonl").read_text().splitlines()[-1])["lr"] > 0
