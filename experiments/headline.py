@@ -59,6 +59,7 @@ MODELS = {
     "hybrid4-10M": (10_000_000, ["--attention-layers", "3,11,18,26"]),
     "ssd-5M": (5_000_000, []),
     "ssd-2M": (2_000_000, []),
+    "ssd-20M": (20_000_000, []),
 }
 GRID = [(tpu, lr) for tpu in (8192, 32768) for lr in (2e-4, 5e-4, 1e-3)]
 TASKS = "ppl,agreement,passkey,lm-eval"
