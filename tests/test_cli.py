@@ -84,8 +84,8 @@ def test_resume_after_interruption(teacher_dir, tmp_path, monkeypatch):
     out = tmp_path / "res"
     real = distill_module._stage_stream
 
-    def dying_stream(cfg, tok, stage):  # the run dies during stage 2, after its first checkpoint
-        stream = real(cfg, tok, stage)
+    def dying_stream(cfg, tok, stage, data):  # the run dies during stage 2, after its first checkpoint
+        stream = real(cfg, tok, stage, data)
         if stage != 2:
             return stream
 
