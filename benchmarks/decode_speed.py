@@ -167,6 +167,11 @@ def main():
                 torch.cuda.empty_cache()
             rows.append(row)
             print(row, flush=True)
+            save(args, device, dtype, rows)  # after every row: a run cut short keeps what it measured
+
+
+def save(args, device, dtype, rows: list[dict]) -> None:
+    """Write the rows so far as benchmarks/results/decode_speed-<model>-<device>.{json,md}."""
     dev = device_name(device)
     cmd = command()
     payload = {

@@ -246,7 +246,10 @@ def evaluate(args) -> None:
 def report(args) -> Path:
     from experiments.headline_report import write_headline
 
-    return write_headline(Path(args.out), Path(args.results), MODELS)
+    decode = Path(args.decode) if args.decode else None
+    return write_headline(
+        Path(args.out), Path(args.results), MODELS, decode=decode if decode and decode.is_file() else None
+    )
 
 
 def main():
@@ -259,6 +262,11 @@ def main():
     ap.add_argument("--only", default=None, help="train/eval: comma-separated model names")
     ap.add_argument("--max-minutes", type=float, default=None, help="train: start no new run after this long")
     ap.add_argument("--results", default="results/headline", help="report: where results.json and README.md go")
+    ap.add_argument(
+        "--decode",
+        default="benchmarks/results/decode_speed-smollm2-135m-NVIDIA_H200.json",
+        help="report: a benchmarks/decode_speed.py result to quote (decode tokens/s)",
+    )
     args = ap.parse_args()
     print({"sweep": sweep, "train": train, "eval": evaluate, "report": report}[args.phase](args))
 

@@ -44,8 +44,9 @@ def model_row(name: str, tokens: int | None, attention: list[int], scores: dict,
     return row
 
 
-def write_headline(out: Path, results: Path, models: dict) -> Path:
-    """results.json + README.md (+ plots/recovery.png) under ``results`` from the runs in ``out``."""
+def write_headline(out: Path, results: Path, models: dict, decode: Path | None = None) -> Path:
+    """results.json + README.md (+ plots/recovery.png) under ``results`` from the runs in ``out``; ``decode``: a
+    benchmarks/decode_speed.py JSON whose rows the README quotes."""
     results.mkdir(parents=True, exist_ok=True)
     rows = []
     t_res = _eval(out, "teacher")
@@ -64,7 +65,9 @@ def write_headline(out: Path, results: Path, models: dict) -> Path:
         row["passkey"] = res["passkey"].get(key)
         rows.append(row)
     sweep = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else None
+    speed = json.loads(decode.read_text()) if decode else None
     payload = {
+        "decode": speed,
         "metric": "mean over the seven tasks of acc_norm (hellaswag, piqa, arc_challenge, openbookqa) or acc "
         "(winogrande, arc_easy, lambada_openai), full sets",
         "models": rows,
@@ -72,8 +75,10 @@ def write_headline(out: Path, results: Path, models: dict) -> Path:
     }
     write_json(results / "results.json", payload)
     lines = _markdown(rows, sweep, out, models)
+    if speed:
+        lines += _decode_lines(speed, decode)
     if any(r["name"] != "teacher" for r in rows):
-        _plot(rows, results / "recovery.png")
+        _plot(rows, results / "recovery.png", sweep)
         lines += ["", "![recovery vs tokens](recovery.png)"]
     (results / "README.md").write_text("\n".join(lines) + "\n")
     return results / "README.md"
@@ -177,15 +182,70 @@ def _markdown(rows: list[dict], sweep: dict | None, out: Path, models: dict) -> 
                 f"| {r['tokens_per_update']:,} | {r['lr']:g} | {r['steps']} | {r['perplexity']:.2f}{mark} | "
                 f"{r['top1_agreement']:.3f} | {r['seconds']:.0f} |"
             )
+    lines += _goals(rows)
+    done = {r["name"] for r in rows}
+    missing = [n for n in models if n not in done]
+    if missing:
+        lines += ["", f"Planned in experiments/headline.py but without results in these runs: {', '.join(missing)}."]
     lines += ["", "## Commands", ""]
     for name in ["sweep", *models, *[f"eval-{n}" for n in ["teacher", *models]]]:
         p = out / f"{name}.command.txt"
-        if p.is_file():
+        if p.is_file() and (name == "sweep" or name.removeprefix("eval-") in done):
             lines.append(f"- `{p.read_text().strip()}`")
     return lines
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def _decode_lines(speed: dict, path: Path) -> list[str]:
+    """Decode tokens/s of the pure-SSD student vs the teacher at its best (static KV cache + CUDA graphs)."""
+    out = [
+        "",
+        f"## Decoding speed ({speed['device']}, {speed['dtype']}, {speed['new_tokens']} greedy steps after the prompt)",
+        "",
+        f"From `{path.name}` (`{speed['command']}`): random weights of the same dimensions, since speed does not "
+        "depend on the weights; the teacher decodes with transformers' static KV cache compiled into CUDA graphs.",
+        "",
+        "| context | batch | teacher tok/s | pure-SSD student tok/s | ratio | teacher KV cache MiB "
+        "| student state MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in speed["rows"]:
+        t, s = r.get("teacher_static_tokens_per_s"), r.get("student_tokens_per_s")
+        out.append(
+            f"| {r['context']} | {r['batch']} | {t:,.0f} | {s:,.0f} | {s / t:.2f}x | "
+            f"{r['teacher_state_mib']:,.1f} | {r['student_state_mib']:,.1f} |"
+            if t and s
+            else f"| {r['context']} | {r['batch']} | - | - | - | - | - |"
+        )
+    return out
+
+
+def _goals(rows: list[dict]) -> list[str]:
+    """Lines checking each student against the goals: mean zero-shot >= 95% (pure) / 98% (4 attention layers) of the
+    teacher's, held-out perplexity within 5% of the teacher's."""
+    teacher = next((r for r in rows if r["name"] == "teacher"), None)
+    students = [r for r in rows if r["name"] != "teacher"]
+    if not teacher or not students:
+        return []
+    out = ["", "## Against the goals", "", "| model | goal | measured | met |", "|---|---|---|---|"]
+    for r in students:
+        n_attn = len(r["attention_layers"] or [])
+        if r["mean"] is not None and teacher["mean"] and n_attn in (0, 4):
+            need = 0.95 if n_attn == 0 else 0.98
+            got = r["mean"] / teacher["mean"]
+            out.append(
+                f"| {r['name']} | mean zero-shot >= {need:.0%} of the teacher's | {got:.1%} | "
+                f"{'yes' if got >= need else f'no, {100 * (need - got):.1f} points short'} |"
+            )
+        if r["perplexity"] and teacher["perplexity"]:
+            excess = r["perplexity"] / teacher["perplexity"] - 1
+            out.append(
+                f"| {r['name']} | perplexity within 5% of the teacher's | {excess:+.1%} | "
+                f"{'yes' if excess <= 0.05 else 'no'} |"
+            )
+    return out
+
+
+def _plot(rows: list[dict], path: Path, sweep: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,7 +259,12 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     if teacher and teacher["perplexity"]:
         xs = [r["tokens"] / 1e6 for r in pure]
-        ax.plot(xs, [100 * teacher["perplexity"] / r["perplexity"] for r in pure], "o-", label="perplexity")
+        ys = [100 * teacher["perplexity"] / r["perplexity"] for r in pure]
+        best = (sweep or {}).get("best")
+        if best and sweep:  # the sweep's best student (stages 1-2 + its stage 3): a perplexity-only point
+            total = best["tokens"] + sum(b["tokens"] for b in sweep.get("stages12", {}).get("budgets", []))
+            xs, ys = [total / 1e6, *xs], [100 * sweep["teacher_perplexity"] / best["perplexity"], *ys]
+        ax.plot(xs, ys, "o-", label="perplexity")
         if teacher["mean"]:
             pts = [(r["tokens"] / 1e6, 100 * r["mean"] / teacher["mean"]) for r in pure if r["mean"]]
             if pts:

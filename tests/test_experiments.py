@@ -26,7 +26,11 @@ def _write_eval(out, name, key, scores):
 
 def test_headline_report_from_run_files(tmp_path):
     out, results = tmp_path / "runs", tmp_path / "results"
-    models = {"ssd-2M": (2_000_000, []), "hybrid2-2M": (2_000_000, ["--attention-layers", "7,22"])}
+    models = {
+        "ssd-2M": (2_000_000, []),
+        "hybrid2-2M": (2_000_000, ["--attention-layers", "7,22"]),
+        "ssd-5M": (5_000_000, []),  # planned, never run: listed as missing, its command left out
+    }
     _write_eval(out, "teacher", "teacher", {**_task_scores(0.40), "perplexity": 44.0})
     for name, base, attn in (("ssd-2M", 0.36, []), ("hybrid2-2M", 0.38, [7, 22])):
         _write_eval(out, name, "student", {**_task_scores(base), "perplexity": 50.0, "top1_agreement": 0.7})
@@ -64,3 +68,10 @@ def test_headline_report_from_run_files(tmp_path):
     assert f"{ssd['mean']:.4f} ({100 * ssd['mean'] / rows['teacher']['mean']:.1f}%)" in text
     assert "50.00 (88.0%)" in text and "mohawk distill --out ssd-2M" in text and "| ssd-2M | 3 | 1,700,000 |" in text
     assert (results / "recovery.png").is_file()
+    # goals: the pure student's mean against 95% of the teacher's, perplexity within 5% (50 vs 44 is +13.6%)
+    ratio = ssd["mean"] / rows["teacher"]["mean"]
+    short = f"no, {100 * (0.95 - ratio):.1f} points short"
+    assert f"| ssd-2M | mean zero-shot >= 95% of the teacher's | {ratio:.1%} | {short} |" in text
+    assert "| ssd-2M | perplexity within 5% of the teacher's | +13.6% | no |" in text
+    assert "hybrid2-2M | mean zero-shot" not in text  # the goals name pure and 4-attention-layer students only
+    assert "without results in these runs: ssd-5M." in text
