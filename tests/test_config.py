@@ -92,6 +92,7 @@ SAMPLES = {
     "stage1_tile": 32,
     "freeze_mlp": True,
     "mixer_lr_scale": 3.0,
+    "loss_chunk": 256,
     "temperature": 2.0,
     "kd_weight": 0.5,
     "ce_weight": 0.25,

@@ -35,6 +35,29 @@ def test_packing_is_deterministic_and_full(tmp_path):
     assert torch.equal(next(TokenStream([path], tok, 16, seed=3).batches(4, skip=3)), fourth)
 
 
+def test_sequences_start_with_bos_when_the_tokenizer_adds_it(tmp_path):
+    """Gemma's tokenizer puts BOS before every text and the model expects it: every packed sequence starts with it,
+    the rest is the same token stream; a tokenizer that adds none (SmolLM2's) gets none."""
+    from tokenizers import processors
+
+    path = tiny_corpus(tmp_path / "c.jsonl")
+    plain = tiny_tokenizer()
+    with_bos = tiny_tokenizer()
+    with_bos.add_special_tokens({"bos_token": "<bos>"})
+    bos = with_bos.bos_token_id
+    with_bos.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", bos)]
+    )
+    assert with_bos("the cat")["input_ids"][0] == bos
+    a = TokenStream([path], plain, 16, seed=0).sequences()
+    b = TokenStream([path], with_bos, 16, seed=0).sequences()
+    flat_a = [t for _ in range(6) for t in next(a)]
+    seqs_b = [next(b) for _ in range(6)]
+    assert all(len(x) == 16 and x[0] == bos and bos not in x[1:] for x in seqs_b)
+    assert [t for x in seqs_b for t in x[1:]] == flat_a[: 6 * 15]
+    assert bos not in flat_a
+
+
 def test_holdout_is_disjoint(tmp_path):
     path = tiny_corpus(tmp_path / "c.jsonl", n_docs=300)
     held = holdout([path], val_every=5)

@@ -48,3 +48,24 @@ def test_grouped_ssd_init_takes_each_groups_first_query_head():
     torch.testing.assert_close(W[sl["B"]], attn.k_proj.weight)
     q = attn.q_proj.weight.unflatten(0, (4, 8))[::2].flatten(0, 1)
     torch.testing.assert_close(W[sl["C"]], q * attn.scaling)
+
+
+def test_qk_norm_folds_in_at_the_heads_rms():
+    """A projection + per-head RMSNorm as one linear map: on inputs of per-feature RMS g it gives each head the RMS the
+    norm would (the norm weight's), and keeps each head's direction."""
+    from mohawk.transfer import _fold_head_norm
+
+    torch.manual_seed(0)
+    heads, d, hidden = 3, 16, 64
+    w = torch.randn(heads * d, hidden) * torch.rand(heads, 1, 1).repeat(1, d, 1).flatten(0, 1) * 5
+    g = torch.rand(hidden) * 3 + 0.1
+    norm = torch.rand(d) + 0.5
+    folded = _fold_head_norm(w, norm, g**2, d)
+    u = torch.randn(20000, hidden) * g
+    q = (u @ w.t()).unflatten(1, (heads, d))
+    target = q / q.pow(2).mean(-1, keepdim=True).sqrt() * norm
+    got = (u @ folded.t()).unflatten(1, (heads, d))
+    rms = lambda t: t.pow(2).mean((0, 2)).sqrt()  # noqa: E731
+    torch.testing.assert_close(rms(got), rms(target), rtol=0.05, atol=0)
+    cos = torch.nn.functional.cosine_similarity(got, target, dim=-1)
+    assert cos.min() > 0.999  # the same direction per token: only the per-token scale differs

@@ -1,6 +1,7 @@
 """Softmax attention exactly as the teacher computes it: causal mask (optionally a sliding window), RoPE over the first
 ``rotary_dim`` channels of each head (full or partial, rotate-half layout as in Llama / Phi / GPT-NeoX), the teacher's
-scale, and grouped-query attention (each K/V head serves num_heads // num_kv_heads query heads).
+scale, grouped-query attention (each K/V head serves num_heads // num_kv_heads query heads) and optionally RMSNorm
+over each head's queries and keys before RoPE (Gemma 3); the sliding window can differ per layer (config.layer_types).
 
 The mixing matrix is softmax(Q K^T * scale + mask), (batch, heads, L, L); it multiplies the value stream V (each query
 head's K/V head repeated), so ``materialize(u) @ value_stream(u)`` equals the attention output before o_proj.
@@ -11,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mohawk.mixers.norm import RMSNorm
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -32,7 +35,7 @@ class Attention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.scale = config.attention_scale if config.attention_scale is not None else self.head_dim**-0.5
-        self.sliding_window = config.sliding_window
+        self.sliding_window = config.layer_sliding_window(layer_idx)
         self.rotary_dim = config.rotary_dim if config.position_embedding == "rope" else 0
         self.rope_scaling = config.rope_attention_scaling
         hidden, h, kv, d = config.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
@@ -40,6 +43,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, kv * d, bias=config.attention_qkv_bias)
         self.v_proj = nn.Linear(hidden, kv * d, bias=config.attention_qkv_bias)
         self.o_proj = nn.Linear(h * d, hidden, bias=config.attention_out_bias)
+        if getattr(config, "qk_norm", False):  # Gemma 3: each head's queries and keys normalised before RoPE
+            f32 = config.norm_type == "rmsnorm_f32"
+            self.q_norm = RMSNorm(d, eps=config.norm_eps, weight_in_float32=f32)
+            self.k_norm = RMSNorm(d, eps=config.norm_eps, weight_in_float32=f32)
         # Persistent, so that a teacher's exact frequencies (any RoPE scaling scheme) travel with the checkpoint.
         self.register_buffer("inv_freq", default_inv_freq(self.rotary_dim, config.rope_theta), persistent=True)
 
@@ -63,6 +70,8 @@ class Attention(nn.Module):
         q = self.q_proj(u).view(b, L, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(u).view(b, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(u).view(b, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         return self._rope(q, positions), self._rope(k, positions), v
 
     def _repeat_kv(self, t: Tensor) -> Tensor:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-BLOCK_TYPES = ("sequential", "parallel", "parallel_shared_norm")
-NORM_TYPES = ("layernorm", "rmsnorm")
+BLOCK_TYPES = ("sequential", "parallel", "parallel_shared_norm", "sandwich")
+NORM_TYPES = ("layernorm", "rmsnorm", "rmsnorm_f32")
+LAYER_TYPES = ("sliding_attention", "full_attention")
 MLP_TYPES = ("gated", "plain")
 POSITION_EMBEDDINGS = ("rope", "learned", "none")
 
@@ -16,9 +17,15 @@ class MohawkConfig(PretrainedConfig):
     Block layout (copied from the teacher):
       block_type: "sequential" (Llama, Qwen2, Mistral, GPT-2, GPT-NeoX without parallel residual: two norms,
         h += mixer(norm1 h); h += mlp(norm2 h)), "parallel" (GPT-NeoX: h + mixer(norm1 h) + mlp(norm2 h)) or
-        "parallel_shared_norm" (Phi: one norm feeds mixer and MLP).
-      norm_type "layernorm" | "rmsnorm"; mlp_type "gated" (down(act(gate x) * up x)) | "plain" (fc2(act(fc1 x))).
+        "parallel_shared_norm" (Phi: one norm feeds mixer and MLP) or "sandwich" (Gemma: h += post_mixer_norm(
+        mixer(norm1 h)); h += post_mlp_norm(mlp(norm2 h))).
+      norm_type "layernorm" | "rmsnorm" | "rmsnorm_f32" (the weight multiplies in float32: Gemma); mlp_type "gated"
+        (down(act(gate x) * up x)) | "plain" (fc2(act(fc1 x))).
       position_embedding "rope" (in attention layers) | "learned" (GPT-2's wpe) | "none".
+      embedding_multiplier: token embeddings are multiplied by it (Gemma: sqrt(hidden_size)).
+      qk_norm: attention normalises each head's queries and keys (norm_type, over head_dim) before RoPE (Gemma 3).
+      layer_types: per layer "sliding_attention" (uses sliding_window) | "full_attention"; None: every layer uses
+        sliding_window. Each attention layer's RoPE frequencies are its own (a persistent inv_freq buffer).
     Mixers: ``mixers`` is a list with one kind per layer, "ssd" or "attention" (default: all "ssd").
     SSD options (the Phi-Mamba choices are the defaults): ssd_state_size (default head_dim), ssd_num_groups
       (B/C groups; default one per head), ssd_conv_kernel, ssd_conv_init "identity" | "random", ssd_conv_activation
@@ -58,6 +65,9 @@ class MohawkConfig(PretrainedConfig):
         attention_out_bias: bool = False,
         attention_scale: float | None = None,
         sliding_window: int | None = None,
+        layer_types: list[str] | None = None,
+        qk_norm: bool = False,
+        embedding_multiplier: float = 1.0,
         lm_head_bias: bool = False,
         tie_word_embeddings: bool = False,
         ssd_state_size: int | None = None,
@@ -102,6 +112,9 @@ class MohawkConfig(PretrainedConfig):
         self.attention_out_bias = attention_out_bias
         self.attention_scale = attention_scale
         self.sliding_window = sliding_window
+        self.layer_types = list(layer_types) if layer_types is not None else None
+        self.qk_norm = qk_norm
+        self.embedding_multiplier = float(embedding_multiplier)
         self.lm_head_bias = lm_head_bias
         self.ssd_state_size = ssd_state_size or self.head_dim
         self.ssd_num_groups = ssd_num_groups or self.num_attention_heads
@@ -140,10 +153,23 @@ class MohawkConfig(PretrainedConfig):
             raise ValueError(f"MohawkConfig.mixers has {len(self.mixers)} entries for {self.num_hidden_layers} layers")
         for kind in self.mixers:
             check("mixers[...]", kind, tuple(MIXERS))
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_hidden_layers:
+                raise ValueError(
+                    f"MohawkConfig.layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers"
+                )
+            for kind in self.layer_types:
+                check("layer_types[...]", kind, LAYER_TYPES)
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         if self.num_attention_heads % self.ssd_num_groups:
             raise ValueError("num_attention_heads must be a multiple of ssd_num_groups")
+
+    def layer_sliding_window(self, i: int) -> int | None:
+        """The sliding window of layer i's attention (None: it sees the whole prefix)."""
+        if self.layer_types is not None and self.layer_types[i] == "full_attention":
+            return None
+        return self.sliding_window
 
     @property
     def attention_layers(self) -> list[int]:

@@ -15,30 +15,18 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mohawk.mixers import MIXERS, Attention, SSDMixer, ToeplitzMixer
 from mohawk.mixers.attention import default_inv_freq
+from mohawk.mixers.norm import RMSNorm
 from mohawk.models.cache import MohawkCache
 from mohawk.models.configuration_mohawk import MohawkConfig
 from mohawk.models.graphs import decode_graph, graphs_supported
 
 
-class RMSNorm(nn.Module):
-    """RMSNorm computed in float32, as Llama-family teachers do."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
-def make_norm(config: MohawkConfig) -> nn.Module:
-    if config.norm_type == "rmsnorm":
-        return RMSNorm(config.hidden_size, eps=config.norm_eps)
-    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
+def make_norm(config: MohawkConfig, dim: int | None = None) -> nn.Module:
+    """The teacher's norm over ``dim`` features (default hidden_size)."""
+    dim = dim or config.hidden_size
+    if config.norm_type in ("rmsnorm", "rmsnorm_f32"):
+        return RMSNorm(dim, eps=config.norm_eps, weight_in_float32=config.norm_type == "rmsnorm_f32")
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.norm_bias)
 
 
 class MLP(nn.Module):
@@ -68,6 +56,8 @@ class MohawkBlock(nn.Module):
         self.block_type = config.block_type
         self.norm1 = make_norm(config)
         self.norm2 = make_norm(config) if config.block_type != "parallel_shared_norm" else None
+        if config.block_type == "sandwich":  # Gemma: a norm after the mixer and after the MLP too
+            self.post_mixer_norm, self.post_mlp_norm = make_norm(config), make_norm(config)
         self.mixer = MIXERS[config.mixers[layer_idx]](config, layer_idx)
         self.mlp = MLP(config)
 
@@ -78,6 +68,9 @@ class MohawkBlock(nn.Module):
         if self.block_type == "sequential":
             h = h + m
             return h + self.mlp(self.norm2(h))
+        if self.block_type == "sandwich":
+            h = h + self.post_mixer_norm(m)
+            return h + self.post_mlp_norm(self.mlp(self.norm2(h)))
         return h + m + self.mlp(u if self.norm2 is None else self.norm2(h))
 
 
@@ -156,6 +149,8 @@ class MohawkModel(MohawkPreTrainedModel):
                 if inputs_embeds is None
                 else inputs_embeds[:, i : i + step]
             )
+            if self.config.embedding_multiplier != 1.0:  # Gemma: x sqrt(hidden), rounded to the weights' dtype
+                x = x * torch.tensor(self.config.embedding_multiplier, dtype=self.embed_tokens.weight.dtype)
             if self.embed_positions is not None:
                 x = x + self.embed_positions(pos)
             for layer in self.layers:

@@ -22,6 +22,7 @@ FILES = {
     "cache.py": "models/cache.py",
     "mixers.py": "mixers/__init__.py",
     "attention.py": "mixers/attention.py",
+    "norm.py": "mixers/norm.py",
     "ssd.py": "mixers/ssd.py",
     "ssm.py": "mixers/ssm.py",
     "linear_attention.py": "mixers/linear_attention.py",

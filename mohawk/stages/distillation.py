@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mohawk.errors import MohawkError
 from mohawk.stages import base
 from mohawk.stages.base import Stage
+from mohawk.stages.fused_loss import fused_distillation_loss
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -74,9 +76,11 @@ class KnowledgeDistillation(Stage):
         weights: LossWeights = LossWeights(),
         freeze_mlp: bool = False,
         mixer_lr_scale: float = 1.0,
+        loss_chunk: int = 0,
     ):
         super().__init__(student, adapter)
         self.weights, self.freeze_mlp, self.mixer_lr_scale = weights, freeze_mlp, mixer_lr_scale
+        self.loss_chunk = loss_chunk
         self._replaced = tuple(f"model.layers.{i}.mixer." for i in self.layers)
         self.loss_fn = distillation_loss
 
@@ -102,6 +106,8 @@ class KnowledgeDistillation(Stage):
 
     def loss(self, batch: Tensor) -> tuple[Tensor, dict]:
         kd_w, ce_w, T = self.weights.kd, self.weights.ce, self.weights.temperature
+        if self.loss_chunk:
+            return self._chunked_loss(batch, kd_w, ce_w, T)
         teacher_logits = None
         if kd_w:  # kd_weight 0: no teacher forward needed
             # the teacher first: with compile "graphs", its CUDA-graph replays would overwrite the student's
@@ -111,3 +117,20 @@ class KnowledgeDistillation(Stage):
         logits = self.student(batch, use_cache=False).logits
         loss, kl, ce = self.loss_fn(logits, teacher_logits, batch, T, kd_w, ce_w)
         return loss, ({"kl": kl.detach(), "ce": ce.detach()} if kd_w else {"ce": ce.detach()})
+
+    def _chunked_loss(self, batch: Tensor, kd_w: float, ce_w: float, T: float) -> tuple[Tensor, dict]:
+        """The same loss from the final hidden states, the LM heads applied loss_chunk tokens at a time
+        (mohawk.stages.fused_loss): no (batch, L, vocab) logits."""
+        head, teacher = self.student.lm_head, self.adapter.model
+        if hasattr(head.weight, "device_mesh"):
+            raise MohawkError("--loss-chunk needs the LM head whole: not with FSDP2 (use --parallel ddp)")
+        teacher_hidden = teacher_head = None
+        if kd_w:
+            with torch.no_grad():
+                teacher_hidden = teacher.base_model(input_ids=batch, use_cache=False).last_hidden_state
+            teacher_head = teacher.get_output_embeddings()
+        hidden, _ = self.student.model(input_ids=batch)
+        loss, kl, ce = fused_distillation_loss(
+            hidden, head, teacher_hidden, teacher_head, batch, T, kd_w, ce_w, self.loss_chunk
+        )
+        return loss, ({"kl": kl, "ce": ce} if kd_w else {"ce": ce})

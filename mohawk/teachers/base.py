@@ -86,6 +86,11 @@ class TeacherAdapter:
                 }
         return {"rotary_dim": 0, "inv_freq": None, "rope_attention_scaling": 1.0}
 
+    def layer_inv_freq(self, i: int):
+        """Layer i's RoPE inverse frequencies (rotary_dim / 2,), or None without RoPE; one for all layers unless a
+        family has per-layer RoPE (Gemma 3: local and global bases)."""
+        return self.rope()["inv_freq"]
+
     def student_config(self, mixers: list[str] | None = None, **overrides):
         from mohawk.models import MohawkConfig
 
@@ -105,10 +110,10 @@ class TeacherAdapter:
     def student_state_dict(self) -> dict[str, Tensor]:
         """The teacher's weights under the student's parameter names (attention layers as attention)."""
         sd = dict(self.global_weights())
-        inv_freq = self.rope()["inv_freq"]
         for i in range(self.num_layers):
             for k, v in self.layer_weights(i).items():
                 sd[f"model.layers.{i}.{k}"] = v
+            inv_freq = self.layer_inv_freq(i)
             if inv_freq is not None:
                 sd[f"model.layers.{i}.mixer.inv_freq"] = inv_freq
         return {k: v.detach() for k, v in sd.items()}
@@ -121,7 +126,7 @@ class TeacherAdapter:
             cfg = self.student_config(mixers=["attention"] * self.num_layers)
             attn = Attention(cfg, i)
             weights = {k[len("mixer.") :]: v for k, v in self.layer_weights(i).items() if k.startswith("mixer.")}
-            inv_freq = self.rope()["inv_freq"]
+            inv_freq = self.layer_inv_freq(i)
             if inv_freq is not None:
                 weights["inv_freq"] = inv_freq
             missing, unexpected = attn.load_state_dict(weights, strict=False)

