@@ -18,7 +18,7 @@ import yaml
 from mohawk.errors import MohawkError
 
 if typing.TYPE_CHECKING:
-    from mohawk.train import LoopSettings
+    from mohawk.schedule import LoopSettings
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -336,8 +336,8 @@ class DistillConfig:
 
     # -- typed pieces (the per-stage budgets: mohawk.recipe.plan) ---------------------------------------------------
     def loop_settings(self) -> LoopSettings:
-        """What the training loop needs (mohawk.train.LoopSettings)."""
-        from mohawk.train import LoopSettings
+        """What the training loop needs (mohawk.schedule.LoopSettings)."""
+        from mohawk.schedule import LoopSettings
 
         names = {f.name for f in dataclasses.fields(LoopSettings)}
         return LoopSettings(**{k: v for k, v in self.to_dict().items() if k in names})

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mohawk.train import StageBudget
+from mohawk.schedule import StageBudget
 
 if TYPE_CHECKING:
     from mohawk.config import DistillConfig

@@ -7,12 +7,10 @@ and the flags ``compilable`` / ``shards_student``."""
 from __future__ import annotations
 
 import math
-import statistics
 import time
 import typing
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,103 +20,9 @@ from mohawk.checkpoint import Checkpointer
 from mohawk.errors import MohawkError
 from mohawk.metrics import MetricsLog
 from mohawk.parallel import Parallel, flatten_metrics, unflatten_metrics
+from mohawk.schedule import LoopSettings, LoopState, SpikeGuard, StageBudget, lr_factor
 
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """How the loop trains any stage (the DistillConfig fields of the same names)."""
-
-    schedule: str = "wsd"
-    warmup_fraction: float = 0.1
-    decay_fraction: float = 0.2
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    spike_factor: float = 5.0
-    spike_window: int = 32
-    spike_patience: int = 3
-    rollback_lr_factor: float = 0.5
-    max_rollbacks: int = 3
-    log_every: int = 1
-    checkpoint_every: int = 50
-    compile: str = "off"
-
-
-@dataclass(frozen=True)
-class StageBudget:
-    """One stage's budget: ``tokens`` in updates of ``grad_accum`` micro-batches of ``micro_tokens``, peak ``lr``."""
-
-    tokens: int
-    micro_tokens: int
-    grad_accum: int
-    lr: float
-
-    @property
-    def steps(self) -> int:
-        """Optimizer steps: the token budget rounded up to whole updates."""
-        return max(1, math.ceil(self.tokens / (self.micro_tokens * self.grad_accum)))
-
-
-def lr_factor(step: int, total: int, schedule: str = "wsd", warmup: float = 0.1, decay: float = 0.2) -> float:
-    """Multiplier of the peak LR at optimizer step ``step`` of ``total``: linear warmup, then constant and a linear
-    decay to 0 over the last ``decay`` fraction (WSD, the paper's) or a cosine decay to 0."""
-    n_warm = int(total * warmup)
-    if step < n_warm:
-        return (step + 1) / n_warm
-    if schedule == "cosine":
-        progress = (step - n_warm) / max(1, total - n_warm)
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    n_decay = int(total * decay)
-    if n_decay and step >= total - n_decay:
-        return (total - step) / n_decay
-    return 1.0
-
-
-@dataclass
-class LoopState:
-    stage: int
-    step: int = 0  # optimizer steps done
-    tokens: int = 0
-    skipped: int = 0  # updates skipped for a non-finite or spiking loss
-    batches: int = 0  # micro-batches drawn from the data (more than step * grad_accum after a rollback)
-    rollbacks: int = 0
-    lr_scale: float = 1.0  # multiplied by rollback_lr_factor at each rollback
-    lr: float = 0.0  # the stage's peak LR (a resume with another one starts a fresh rollback budget)
-
-    def as_dict(self, done: bool) -> dict:
-        return {
-            "stage": self.stage,
-            "step": self.step,
-            "tokens": self.tokens,
-            "skipped": self.skipped,
-            "batches": self.batches,
-            "rollbacks": self.rollbacks,
-            "lr_scale": self.lr_scale,
-            "lr": self.lr,
-            "done": done,
-        }
-
-
-class SpikeGuard:
-    """Flags a loss that is non-finite or above ``factor`` x the median of the last ``window`` accepted losses
-    (needs ``min(window, 8)`` of them first; factor 0 checks only finiteness)."""
-
-    def __init__(self, factor: float, window: int):
-        self.factor, self.window = factor, window
-        self.history: list[float] = []
-
-    def is_spike(self, loss: float) -> bool:
-        if not math.isfinite(loss):
-            return True
-        if self.factor and len(self.history) >= min(self.window, 8):
-            return loss > self.factor * statistics.median(self.history)
-        return False
-
-    def accept(self, loss: float) -> None:
-        self.history = (self.history + [loss])[-self.window :]
-
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.history) if self.history else None
+__all__ = ["LoopSettings", "LoopState", "SpikeGuard", "StageBudget", "compile_mode", "lr_factor", "train_stage"]
 
 
 def compile_mode(mode: str, stage, device: torch.device, parallel: Parallel) -> str:

@@ -8,7 +8,7 @@ import torch
 from mohawk.checkpoint import Checkpointer
 from mohawk.metrics import MetricsLog
 from mohawk.models import MohawkConfig, MohawkForCausalLM
-from mohawk.train import lr_factor
+from mohawk.schedule import lr_factor
 
 
 def test_wsd_schedule_shape():
@@ -153,7 +153,7 @@ def test_divergence_fails_after_max_rollbacks(tmp_path):
 
 
 def test_nan_loss_is_a_spike_even_with_factor_off(tmp_path):
-    from mohawk.train import SpikeGuard
+    from mohawk.schedule import SpikeGuard
 
     g = SpikeGuard(0.0, 4)
     for x in (1.0, 2.0, 3.0):
@@ -229,3 +229,12 @@ def test_graphs_mode_loop_keeps_gradient_buffers_and_numerics(monkeypatch, tmp_p
         losses[mode] = kd_losses(tmp_path / mode, after=no_gradients)
     assert len(marks) == 6  # one per micro-batch of the graphs run
     torch.testing.assert_close(torch.tensor(losses["graphs"]), torch.tensor(losses["off"]), rtol=1e-4, atol=1e-5)
+
+
+def test_rollback_never_targets_a_checkpoint_taken_in_the_streak(tmp_path):
+    """A streak of spikes over a checkpoint step (9, 10, 11 with checkpoints every 5): the run rolls back to the
+    checkpoint before the streak (step 5), not into the spike."""
+    state, rows, _ = _train_toy(tmp_path, spikes={9, 10, 11})
+    events = [(r["event"], r["step"]) for r in rows if r.get("event")]
+    assert events == [("spike", 9), ("spike", 10), ("spike", 11), ("rollback", 5)]
+    assert state.rollbacks == 1 and state.step == 20
