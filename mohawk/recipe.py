@@ -9,7 +9,8 @@ Given a total (``tokens``) or per-stage token budgets, each stage gets
   micro-batch and ``MAX_TOKENS_PER_UPDATE``;
 - a micro-batch of ``batch_size`` sequences, or fewer when even one micro-batch per update would leave the stage
   under ``MIN_STEPS`` steps (the batch is the memory limit, not a target);
-- a peak LR: explicit ``stageN_lr``, else ``lr``, else ``LR[s]``.
+- a peak LR: explicit ``stageN_lr``, else ``lr``, else ``DEFAULT_LR[s]`` for a stage on ``DEFAULT_TOKENS``, else
+  ``LR[s]``.
 
 The constants are the measured choices (benchmarks/README.md and results/headline/ hold the sweeps behind them).
 """
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
     from mohawk.config import DistillConfig
 
 SHARES = {1: 0.05, 2: 0.10, 3: 0.85}  # of a total budget, per stage
-DEFAULT_TOKENS = {1: 12288, 2: 12288, 3: 16384}  # the embedded CPU default, when no budget is given
+DEFAULT_TOKENS = {1: 4096, 2: 24576, 3: 16384}  # the embedded CPU default, when no budget is given
+DEFAULT_LR = {2: 3e-3}  # ... and its stage-2 LR: measured on 2 cores (48 steps), see results/default-cpu
 TARGET_STEPS = {1: 100, 2: 200, 3: 1000}  # optimizer steps a stage aims for, budget permitting
 MIN_STEPS = 20  # fewer optimizer steps than this is under-training: avoided, or warned about when forced
 MAX_TOKENS_PER_UPDATE = 131072
@@ -82,8 +84,10 @@ def plan(cfg: DistillConfig, world: int = 1) -> Plan:
     """The Plan of ``cfg`` (a DistillConfig) for a job of ``world`` processes (micro-batches split over them)."""
     p = Plan()
     tokens = stage_tokens(cfg)
+    on_default = cfg.tokens is None  # stages without a budget of their own run on DEFAULT_TOKENS
     for s in (1, 2, 3):
-        lr = getattr(cfg, f"stage{s}_lr") or cfg.lr or LR[s]
+        default = on_default and getattr(cfg, f"stage{s}_tokens") is None
+        lr = getattr(cfg, f"stage{s}_lr") or cfg.lr or (DEFAULT_LR.get(s) if default else None) or LR[s]
         rows = cfg.batch_size
         t = tokens[s]
         if t and cfg.tokens_per_update is None:
@@ -122,6 +126,7 @@ def epochs(tokens: int, corpus_tokens: int | None) -> float | None:
 
 
 __all__ = [
+    "DEFAULT_LR",
     "DEFAULT_TOKENS",
     "LR",
     "MAX_TOKENS_PER_UPDATE",
