@@ -129,6 +129,15 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
 
 
+def tiny_distill_argv(teacher_dir, out, *extra) -> list[str]:
+    """``mohawk distill`` arguments for a seconds-long CPU run of the teacher_dir fixture on its corpus (later flags
+    in ``extra`` override these)."""
+    data = str(teacher_dir.parent / "corpus.jsonl")
+    fast = ["--seq-len", "16", "--batch-size", "2", "--stage1-tokens", "64", "--stage2-tokens", "64"]
+    fast += ["--stage3-tokens", "128", "--val-sequences", "2", "--quiet", "--device", "cpu", "--eval-tasks", ""]
+    return ["distill", "--teacher", str(teacher_dir), "--data", data, "--out", str(out), *fast, *extra]
+
+
 @pytest.fixture
 def teacher_dir(tmp_path):
     """A tiny Llama-family teacher with a tokenizer, saved like a hub checkpoint, and a small corpus."""

@@ -14,7 +14,7 @@ import pytest
 import typer.main
 
 from mohawk.cli import app, main
-from tests.conftest import tiny_corpus
+from tests.conftest import tiny_corpus, tiny_distill_argv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EDGE = {
@@ -119,35 +119,7 @@ def test_config_path_that_is_a_directory(tmp_path, capsys):
 
 
 def _run(teacher_dir, out, *extra):
-    return main(
-        [
-            "distill",
-            "--teacher",
-            str(teacher_dir),
-            "--data",
-            str(teacher_dir.parent / "corpus.jsonl"),
-            "--out",
-            str(out),
-            "--seq-len",
-            "16",
-            "--batch-size",
-            "2",
-            "--stage1-tokens",
-            "64",
-            "--stage2-tokens",
-            "64",
-            "--stage3-tokens",
-            "128",
-            "--val-sequences",
-            "2",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--eval-tasks",
-            "",
-            *extra,
-        ]
-    )
+    return main(tiny_distill_argv(teacher_dir, out, *extra))
 
 
 def _one_error(capsys) -> str:

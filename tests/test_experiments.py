@@ -75,3 +75,19 @@ def test_headline_report_from_run_files(tmp_path):
     assert "| ssd-2M | perplexity within 5% of the teacher's | +13.6% | no |" in text
     assert "hybrid2-2M | mean zero-shot" not in text  # the goals name pure and 4-attention-layer students only
     assert "without results in these runs: ssd-5M." in text
+
+
+def test_init_distances_per_layer_with_and_without_the_qk_norm_fold(tmp_path):
+    from experiments.init_distances import measure
+    from tests.conftest import tiny_teacher, tiny_tokenizer
+
+    d = tmp_path / "gemma"
+    tiny_teacher("gemma3").save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    res = measure(str(d), seq_len=16, sequences=4)
+    assert res["layer_types"] == ["sliding_attention", "full_attention", "sliding_attention"]
+    for v in ("default", "no_qk_norm_fold"):
+        assert sorted(res[v]["stage1"]) == sorted(res[v]["stage2"]) == [0, 1, 2]
+        assert res[v]["transfer_only_perplexity"] > 1
+    assert res["default"]["stage1"] != res["no_qk_norm_fold"]["stage1"]  # the fold changes the SSD's B and C
+    assert res["default"]["stage2"][0] != res["no_qk_norm_fold"]["stage2"][0]

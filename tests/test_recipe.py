@@ -8,6 +8,7 @@ import pytest
 from mohawk import recipe
 from mohawk.config import DistillConfig
 from mohawk.recipe import MIN_STEPS, SHARES, plan, stage_tokens
+from tests.conftest import tiny_distill_argv
 
 
 def cfg(**kw):
@@ -80,34 +81,7 @@ def test_distill_reports_epochs_and_warns_above_one(teacher_dir, tmp_path, capsy
     from mohawk.cli import main
 
     out = tmp_path / "run"
-    rc = main(
-        [
-            "distill",
-            "--teacher",
-            str(teacher_dir),
-            "--data",
-            str(teacher_dir.parent / "corpus.jsonl"),
-            "--out",
-            str(out),
-            "--seq-len",
-            "16",
-            "--batch-size",
-            "2",
-            "--stage1-tokens",
-            "64",
-            "--stage2-tokens",
-            "64",
-            "--stage3-tokens",
-            "6000",
-            "--val-sequences",
-            "2",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--eval-tasks",
-            "",
-        ]
-    )
+    rc = main(tiny_distill_argv(teacher_dir, out, "--stage3-tokens", "6000"))
     assert rc == 0
     err = capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())

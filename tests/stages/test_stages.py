@@ -238,3 +238,16 @@ def test_stage3_mixer_lr_scale_reaches_the_optimizer(tmp_path):
             assert g["lr_scale"] == (4.0 if replaced else 1.0), n
             assert g["lr"] == pytest.approx(1e-3 * g["lr_scale"]), n
     assert json.loads((tmp_path / "m.jsonl").read_text().splitlines()[-1])["lr"] > 0
+
+
+def test_mixers_behind_a_large_gain_norm_get_the_lr_divided_by_it():
+    """Stages 1-2: a mixer fed by a norm of weight RMS g > 1 (Gemma: 14-50) trains at LR / g; g <= 1 keeps the LR."""
+    teacher = tiny_teacher("llama")
+    student = mohawk.from_teacher(teacher)
+    with torch.no_grad():
+        student.model.layers[0].norm1.weight.fill_(0.5)
+        student.model.layers[1].norm1.weight.fill_(20.0)
+    stage = MatrixOrientation(student, adapter_for(teacher))
+    assert stage.lr_scale("model.layers.0.mixer.in_proj.weight") == 1.0
+    assert stage.lr_scale("model.layers.1.mixer.in_proj.weight") == pytest.approx(1 / 20)
+    assert stage.lr_scale("model.layers.1.mlp.up_proj.weight") == 1.0
