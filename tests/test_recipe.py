@@ -93,3 +93,9 @@ def test_distill_reports_epochs_and_warns_above_one(teacher_dir, tmp_path, capsy
     assert any("stage 3 makes" in w and "epochs over its corpus" in w for w in summary["warnings"])
     report = (out / "report.md").read_text()
     assert "epochs over the data" in report and f"{e3:.3g}" in report
+
+
+def test_the_cpu_preset_is_the_no_argument_default():
+    preset = plan(DistillConfig.from_sources(None, preset="cpu"))
+    default = plan(cfg())
+    assert preset.budgets == default.budgets and preset.rows == default.rows
