@@ -31,6 +31,7 @@ class _FusedHeadDistillation(torch.autograd.Function):
             hs = h[i : i + chunk]
             s = F.linear(hs, weight, bias).float()
             g = torch.zeros_like(s)
+            ls = None
             if th is not None:
                 t = F.linear(th[i : i + chunk], t_weight, t_bias).float()
                 lt, ls = F.log_softmax(t / T, dim=-1), F.log_softmax(s / T, dim=-1)
@@ -39,7 +40,7 @@ class _FusedHeadDistillation(torch.autograd.Function):
                 g += (kd_weight * T / N) * (ls.exp() - pt)
             tgt = targets[i : i + chunk]
             valid = tgt >= 0
-            lsm = F.log_softmax(s, dim=-1)
+            lsm = ls if ls is not None and T == 1 else F.log_softmax(s, dim=-1)  # at T = 1: the KL's log-softmax
             rows, cols = valid.nonzero().squeeze(1), tgt[valid]
             ce_sum -= lsm[rows, cols].sum()
             if ce_weight and n_ce:
