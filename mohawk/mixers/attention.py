@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mohawk.mixers.norm import RMSNorm
+from mohawk.mixers.norm import make_norm
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -43,10 +43,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, kv * d, bias=config.attention_qkv_bias)
         self.v_proj = nn.Linear(hidden, kv * d, bias=config.attention_qkv_bias)
         self.o_proj = nn.Linear(h * d, hidden, bias=config.attention_out_bias)
-        if getattr(config, "qk_norm", False):  # Gemma 3: each head's queries and keys normalised before RoPE
-            f32 = config.norm_type == "rmsnorm_f32"
-            self.q_norm = RMSNorm(d, eps=config.norm_eps, weight_in_float32=f32)
-            self.k_norm = RMSNorm(d, eps=config.norm_eps, weight_in_float32=f32)
+        self.qk_norm = config.qk_norm
+        if self.qk_norm:  # Gemma 3: each head's queries and keys normalised before RoPE
+            self.q_norm, self.k_norm = make_norm(config, d), make_norm(config, d)
         # Persistent, so that a teacher's exact frequencies (any RoPE scaling scheme) travel with the checkpoint.
         self.register_buffer("inv_freq", default_inv_freq(self.rotary_dim, config.rope_theta), persistent=True)
 
@@ -70,7 +69,7 @@ class Attention(nn.Module):
         q = self.q_proj(u).view(b, L, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(u).view(b, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(u).view(b, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        if hasattr(self, "q_norm"):
+        if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         return self._rope(q, positions), self._rope(k, positions), v
 

@@ -1,5 +1,6 @@
-"""RMSNorm as the teachers compute it, in float32: the weight multiplies after the cast back (Llama) or before it
-(``weight_in_float32``: Gemma, whose ``1 + w`` weight the adapter stores as a plain weight)."""
+"""The teachers' norms: RMSNorm as they compute it, in float32, the weight multiplying after the cast back (Llama) or
+before it (``weight_in_float32``: Gemma, whose ``1 + w`` weight the adapter stores as a plain weight); ``make_norm``
+picks the one a MohawkConfig names."""
 
 from __future__ import annotations
 
@@ -23,3 +24,11 @@ class RMSNorm(nn.Module):
         if self.weight_in_float32:
             return (self.weight.float() * x).to(dtype)
         return self.weight * x.to(dtype)
+
+
+def make_norm(config, dim: int | None = None) -> nn.Module:
+    """The teacher's norm (config.norm_type) over ``dim`` features (default config.hidden_size)."""
+    dim = dim or config.hidden_size
+    if config.norm_type in ("rmsnorm", "rmsnorm_f32"):
+        return RMSNorm(dim, eps=config.norm_eps, weight_in_float32=config.norm_type == "rmsnorm_f32")
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.norm_bias)

@@ -15,18 +15,10 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mohawk.mixers import MIXERS, Attention, SSDMixer, ToeplitzMixer
 from mohawk.mixers.attention import default_inv_freq
-from mohawk.mixers.norm import RMSNorm
+from mohawk.mixers.norm import RMSNorm, make_norm
 from mohawk.models.cache import MohawkCache
 from mohawk.models.configuration_mohawk import MohawkConfig
 from mohawk.models.graphs import decode_graph, graphs_supported
-
-
-def make_norm(config: MohawkConfig, dim: int | None = None) -> nn.Module:
-    """The teacher's norm over ``dim`` features (default hidden_size)."""
-    dim = dim or config.hidden_size
-    if config.norm_type in ("rmsnorm", "rmsnorm_f32"):
-        return RMSNorm(dim, eps=config.norm_eps, weight_in_float32=config.norm_type == "rmsnorm_f32")
-    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.norm_bias)
 
 
 class MLP(nn.Module):

@@ -38,7 +38,7 @@ class Stage:
         self.layers = [i for i, kind in enumerate(student.config.mixers) if kind != "attention"]
         # the RMS of the norm weight in front of each replaced mixer, when above 1 (Gemma: 14-50; Llama-family and
         # SmolLM2: below 1): Adam moves every weight by about the LR whatever its input's scale, so a mixer fed by a
-        # large-gain norm gets the LR divided by that gain (see input_scaled_lr)
+        # large-gain norm gets the LR divided by that gain (see lr_scale)
         self._input_gain = {
             i: max(1.0, float(student.model.layers[i].norm1.weight.detach().float().pow(2).mean().sqrt()))
             for i in self.layers
@@ -58,9 +58,6 @@ class Stage:
     def lr_scale(self, name: str) -> float:
         """The factor on the stage's LR for parameter ``name``: 1 / the gain of the norm feeding its mixer where that
         gain exceeds 1, else 1 (the stage's LR)."""
-        return self.input_scaled_lr(name)
-
-    def input_scaled_lr(self, name: str) -> float:
         if name.startswith("model.layers.") and ".mixer." in name:
             i = int(name.split(".")[2])
             return 1.0 / self._input_gain.get(i, 1.0)
