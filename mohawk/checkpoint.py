@@ -191,6 +191,8 @@ RUN_DEFINING = (
     "stage1_tokens",
     "stage2_tokens",
     "stage3_tokens",
+    "stage4_tokens",
+    "recall_data",
     "stage1_tile",
     "freeze_mlp",
     "mixer_lr_scale",

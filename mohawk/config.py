@@ -73,7 +73,11 @@ class DistillConfig:
         minimum=0,
     )
     placement: str = option(
-        "uniform", "Where --num-attention-layers go.", group=WHAT, choices=("uniform", "first", "last")
+        "uniform",
+        "Where --num-attention-layers go: uniform, first, last, or retrieval (the layers whose heads copy from "
+        "context best, by an induction probe of the teacher: mohawk.evaluation.retrieval).",
+        group=WHAT,
+        choices=("uniform", "first", "last", "retrieval"),
     )
     mixer: str = option(
         "ssd",
@@ -129,7 +133,7 @@ class DistillConfig:
     stages: list[int] = option(
         [1, 2, 3],
         "Stages to run: 1 matrix orientation, 2 hidden-state alignment, 3 "
-        "knowledge distillation (e.g. 3 alone: the KD-only baseline).",
+        "knowledge distillation (e.g. 3 alone: the KD-only baseline), 4 the recall phase (see --stage4-tokens).",
         group=STAGES,
     )
     tokens: int | None = option(
@@ -155,6 +159,19 @@ class DistillConfig:
         group=STAGES,
         above=0,
     )
+    stage4_tokens: int | None = option(
+        None,
+        "Token budget of stage 4, the recall phase: stage 3's loss on --recall-data with only the replacing mixers "
+        "training (attention layers, MLPs, embeddings and norms frozen); given, it adds stage 4 to --stages.",
+        group=STAGES,
+        minimum=0,
+    )
+    recall_data: str = option(
+        "recall",
+        "Stage 4's text: 'recall' (synthetic key-value facts queried later, made on the fly: mohawk.synthetic) or "
+        "any --data source.",
+        group=STAGES,
+    )
     stage1_lr: float | None = option(
         None, "Peak learning rate of stage 1 (default: the recipe's, 1e-3).", group=STAGES, above=0
     )
@@ -163,6 +180,9 @@ class DistillConfig:
     )
     stage3_lr: float | None = option(
         None, "Peak learning rate of stage 3 (default: the recipe's, 3e-4).", group=STAGES, above=0
+    )
+    stage4_lr: float | None = option(
+        None, "Peak learning rate of stage 4 (default: the recipe's, 3e-4).", group=STAGES, above=0
     )
     stage1_tile: int = option(
         0,
@@ -301,13 +321,15 @@ class DistillConfig:
 
         need(
             bool(self.stages)
-            and all(s in (1, 2, 3) for s in self.stages)
+            and all(s in (1, 2, 3, 4) for s in self.stages)
             and len(set(self.stages)) == len(self.stages),
             "stages",
-            "a non-empty subset of 1,2,3, no repeats",
+            "a non-empty subset of 1,2,3,4, no repeats",
         )
+        if self.stage4_tokens and 4 not in self.stages:
+            self.stages.append(4)
         self.stages = sorted(self.stages)
-        for key in ("lr", "stage1_lr", "stage2_lr", "stage3_lr"):
+        for key in ("lr", "stage1_lr", "stage2_lr", "stage3_lr", "stage4_lr"):
             need(getattr(self, key) is None or getattr(self, key) < 1, key, "must be in (0, 1)")
         need(
             self.warmup_fraction < 1 and self.decay_fraction <= 1 and self.warmup_fraction + self.decay_fraction <= 1,
@@ -346,15 +368,15 @@ class DistillConfig:
         """Keyword arguments of stage ``stage``'s class (mohawk.stages)."""
         if stage == 1:
             return {"tile": self.stage1_tile}
-        if stage == 3:
+        if stage in (3, 4):
             from mohawk.stages.distillation import LossWeights
 
-            return {
+            options = {
                 "weights": LossWeights(self.kd_weight, self.ce_weight, self.temperature),
-                "freeze_mlp": self.freeze_mlp,
                 "mixer_lr_scale": self.mixer_lr_scale,
                 "loss_chunk": self.loss_chunk,
             }
+            return {**options, "freeze_mlp": self.freeze_mlp} if stage == 3 else options
         return {}
 
     def to_dict(self) -> dict:

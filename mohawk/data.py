@@ -1,6 +1,7 @@
 """Corpus -> tokenized, packed, deterministic batches (batch, seq_len), streamed so any corpus size works.
 
-Sources: a vendored corpus by name (see CORPORA: "bundled", "gutenberg", "modern"; "a+b" mixes them), a local file
+Sources: a vendored corpus by name (see CORPORA: "bundled", "gutenberg", "modern"; "a+b" mixes them), "recall"
+(synthetic key-value retrieval text made from a seed, mohawk.synthetic), a local file
 or directory (.txt, .jsonl / .json, optionally .gz / .xz / .bz2 compressed, .parquet), or a Hugging Face dataset name
 (loaded through ``datasets`` in streaming mode). Documents are cut into pieces of about ``piece_chars`` characters at
 paragraph breaks, shuffled in a seeded buffer, tokenized, joined with the EOS token and packed into fixed-length
@@ -34,6 +35,7 @@ CORPORA = {
     "gutenberg": (["gutenberg/train-000.jsonl.xz", "gutenberg/train-001.jsonl.xz"], ["gutenberg/validation.jsonl.xz"]),
     "modern": (["modern/train.jsonl.xz"], ["modern/validation.jsonl.xz"]),
 }
+SYNTHETIC_RECALL = "recall"  # generated key-value retrieval text (mohawk.synthetic)
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
@@ -124,6 +126,8 @@ def split_sources(source: str, val_source: str | None) -> tuple[list, list | Non
     """(train sources, validation sources or None to hold out pieces of the training source). ``a+b`` joins vendored
     corpora and local paths; the validation files are the vendored parts' (none: pieces of the training data are
     held out)."""
+    if source == SYNTHETIC_RECALL:  # generated text (mohawk.synthetic): its own held-out documents
+        return [f"synthetic:{source}:0"], (_files(val_source) if val_source else [f"synthetic:{source}:1"])
     named = vendored(source)
     if named is not None:
         return named[0], (_files(val_source) if val_source else named[1])
@@ -131,6 +135,9 @@ def split_sources(source: str, val_source: str | None) -> tuple[list, list | Non
         train: list = []
         val: list = []
         for part in source.split("+"):
+            if part == SYNTHETIC_RECALL:
+                train.append(f"synthetic:{part}:0")
+                continue
             v = vendored(part)
             train += v[0] if v else _files(part)
             val += v[1] if v else []
@@ -145,6 +152,11 @@ def iter_documents(sources: list, field: str = "text") -> Iterator[str]:
     for src in sources:
         if isinstance(src, str) and src.startswith("hf:"):
             yield from _hf_documents(src[3:], field)
+        elif isinstance(src, str) and src.startswith("synthetic:"):
+            from mohawk.synthetic import recall_documents
+
+            seed = int(src.rsplit(":", 1)[1])
+            yield from recall_documents(seed, count=20_000 if seed == 0 else 200)
         else:
             yield from _read_file(Path(src), field)
 

@@ -23,18 +23,25 @@ from mohawk.evaluation import agreement, layer_distances, perplexity
 from mohawk.evaluation.suite import long_sequences, parse_tasks, run_suite
 from mohawk.metrics import MetricsLog, read_json, write_json
 from mohawk.parallel import Parallel
-from mohawk.stages import STAGES
+from mohawk.stages import STAGES, RecallPhase
 from mohawk.teachers import load_teacher
 from mohawk.train import train_stage
 from mohawk.transfer import copy_non_mixer_weights, from_teacher, parse_attention_layers, place_attention_layers
 
 
-def choose_attention_layers(cfg: DistillConfig, num_layers: int) -> list[int]:
+def choose_attention_layers(cfg: DistillConfig, adapter) -> tuple[list[int], dict | None]:
+    """The layers kept as attention, and the retrieval probe's answer when --placement retrieval chose them."""
     if cfg.num_attention_layers is not None:
         if cfg.attention_layers not in ("none", ""):
             raise MohawkError("give either --attention-layers or --num-attention-layers, not both")
-        return place_attention_layers(cfg.num_attention_layers, num_layers, cfg.placement)
-    return parse_attention_layers(cfg.attention_layers, num_layers)
+        if cfg.placement == "retrieval":
+            from mohawk.evaluation.retrieval import probe_layers, retrieval_layers
+
+            place_attention_layers(cfg.num_attention_layers, adapter.num_layers)  # the count's check
+            probe = probe_layers(adapter, seed=cfg.seed)
+            return retrieval_layers(probe, cfg.num_attention_layers), probe
+        return place_attention_layers(cfg.num_attention_layers, adapter.num_layers, cfg.placement), None
+    return parse_attention_layers(cfg.attention_layers, adapter.num_layers), None
 
 
 def _stage_stream(cfg: DistillConfig, tokenizer, stage: int, data: str) -> TokenStream:
@@ -157,7 +164,9 @@ def _distill(
     max_pos = getattr(adapter.student_config(), "max_position_embeddings", None)
     if max_pos and cfg.seq_len > max_pos:
         raise MohawkError(f"--seq-len {cfg.seq_len} is above the teacher's maximum of {max_pos} positions")
-    attention_layers = choose_attention_layers(cfg, adapter.num_layers)
+    attention_layers, probe = choose_attention_layers(cfg, adapter)
+    if probe is not None:
+        summary["retrieval_probe"] = probe
     options = {"ssd_state_size": cfg.ssd_state_size} if cfg.ssd_state_size else {}
     if cfg.init == "scratch":  # the baseline: the same architecture, randomly initialised, no weight transfer
         from mohawk.models import MohawkForCausalLM
@@ -206,8 +215,8 @@ def _distill(
         summary["data"] = {"source": cfg.data, **_stage_stream(cfg, tokenizer, 0, data).size()}
     corpus = summary["data"].get("tokens")
     plan_rows = schedule.table()
-    for row in plan_rows:
-        row["epochs"] = recipe.epochs(row["tokens"], corpus)
+    for row in plan_rows:  # stage 4 reads --recall-data, not the corpus measured here
+        row["epochs"] = recipe.epochs(row["tokens"], corpus) if row["stage"] != RecallPhase.number else None
         console.print(
             f"stage {row['stage']}: {row['tokens']:,} tokens, {row['tokens_per_update']:,} per update "
             f"({row['micro_batch']} x {cfg.seq_len} x {row['grad_accum']}), {row['steps']} optimizer steps, "
@@ -262,7 +271,7 @@ def _distill(
             continue
         mid = point.continues(s)
         stage = STAGES[s](student, adapter, **cfg.stage_options(s))
-        if stage.shards_student and mid is None and cfg.init == "teacher":
+        if stage.transfers_weights and mid is None and cfg.init == "teacher":
             copy_non_mixer_weights(student, adapter)  # the weight transfer (a no-op after frozen stages 1-2)
         if parallel.uses_fsdp(stage):
             parallel.shard_teacher(adapter)
@@ -270,7 +279,8 @@ def _distill(
                 console.print(f"stage {s}: student and teacher sharded over {parallel.world} processes (FSDP2)")
         # every rank draws the same global batches and keeps its rows: the run does not depend on the world size
         skip = point.batches(s, budget.grad_accum)
-        batches = map(parallel.shard, _stage_stream(cfg, tokenizer, s, data).batches(schedule.rows[s], skip=skip))
+        stream = _stage_stream(cfg, tokenizer, s, cfg.recall_data if s == RecallPhase.number else data)
+        batches = map(parallel.shard, stream.batches(schedule.rows[s], skip=skip))
         t_stage = time.perf_counter()
         state = train_stage(
             stage, batches, budget, loop, checkpointer=ckpt, log=log, resume=mid, progress=progress, parallel=parallel
@@ -284,7 +294,7 @@ def _distill(
             "lr": budget.lr,
             "tokens_per_update": budget.micro_tokens * budget.grad_accum,
             "micro_batch": schedule.rows[s],
-            "epochs": recipe.epochs(state.tokens, corpus),
+            "epochs": recipe.epochs(state.tokens, corpus) if s != RecallPhase.number else None,
             "wall_s": round(prev + time.perf_counter() - t_stage, 1),
         }
         if main:

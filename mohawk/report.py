@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from mohawk.metrics import read_json, read_metrics  # noqa: E402
 
-STAGE_NAMES = {1: "matrix orientation", 2: "hidden-state alignment", 3: "knowledge distillation"}
+STAGE_NAMES = {1: "matrix orientation", 2: "hidden-state alignment", 3: "knowledge distillation", 4: "recall phase"}
 
 
 def _plot_losses(rows: list[dict], path: Path) -> bool:

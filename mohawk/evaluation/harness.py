@@ -94,14 +94,16 @@ def run_tasks(
     tokenizer,
     tasks: list[str],
     *,
-    limit: int | None = None,
+    limit: int | dict[str, int | None] | None = None,
     batch_size: int = 8,
     device: str = "cpu",
     data_files: dict[str, Path] | None = None,
     seed: int = 0,
+    items: bool = False,
 ) -> dict[str, dict]:
     """Score an HF causal LM (instance) on ``tasks``: {task: {metric: value, metric_stderr: value, n: docs}}.
-    Accuracies are fractions in [0, 1]."""
+    Accuracies are fractions in [0, 1]. ``limit``: the first N items of every task, or {task: N or None (all)};
+    ``items``: also each item's scores in document order, {"items": {metric: [score, ...]}} (for paired bootstraps)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -110,31 +112,39 @@ def run_tasks(
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise MohawkError("zero-shot tasks need lm-evaluation-harness: pip install 'mohawk[eval]'") from None
-    with tempfile.TemporaryDirectory(prefix="mohawk-tasks-") as tmp:
-        names = write_tasks(Path(tmp), tasks, data_files)
-        manager = TaskManager(include_path=tmp, include_defaults=False)
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
-        out = simple_evaluate(
-            model=lm,
-            tasks=names,
-            task_manager=manager,
-            limit=limit,
-            log_samples=False,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-            bootstrap_iters=1000,
-            verbosity="ERROR",
-        )
+    limits = limit if isinstance(limit, dict) else {t: limit for t in tasks}
+    groups: dict[int | None, list[str]] = {}
+    for t in tasks:  # one harness call per distinct limit
+        groups.setdefault(limits.get(t), []).append(t)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
     results = {}
-    for name, lm_name in zip(tasks, names, strict=False):
-        r = out["results"][lm_name]
-        row: dict[str, float | int | None] = {}
-        for m in TASKS[name]["metrics"]:
-            row[m] = float(r[f"{m},none"])
-            err = r.get(f"{m}_stderr,none")
-            row[f"{m}_stderr"] = float(err) if isinstance(err, (int, float)) else None
-        row["n"] = int(out["n-samples"][lm_name]["effective"])
-        results[name] = row
+    for group_limit, group in groups.items():
+        with tempfile.TemporaryDirectory(prefix="mohawk-tasks-") as tmp:
+            names = write_tasks(Path(tmp), group, data_files)
+            manager = TaskManager(include_path=tmp, include_defaults=False)
+            out = simple_evaluate(
+                model=lm,
+                tasks=names,
+                task_manager=manager,
+                limit=group_limit,
+                log_samples=items,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+                bootstrap_iters=1000,
+                verbosity="ERROR",
+            )
+        for name, lm_name in zip(group, names, strict=True):
+            r = out["results"][lm_name]
+            row: dict = {}
+            for m in TASKS[name]["metrics"]:
+                row[m] = float(r[f"{m},none"])
+                err = r.get(f"{m}_stderr,none")
+                row[f"{m}_stderr"] = float(err) if isinstance(err, (int, float)) else None
+            row["n"] = int(out["n-samples"][lm_name]["effective"])
+            if items:
+                samples = sorted(out["samples"][lm_name], key=lambda x: x["doc_id"])
+                row["items"] = {m: [float(x[m]) for x in samples] for m in TASKS[name]["metrics"]}
+            results[name] = row
     return results

@@ -35,37 +35,128 @@ def loss_by_position(model, data: Tensor, batch_size: int = 4, bins: int = 32) -
     }
 
 
-def passkey_prompt(tokenizer, length: int, key: str, depth: float) -> list[int]:
-    """A prompt of about ``length`` tokens: filler with "The pass key is KEY." at relative ``depth``, then the
-    question; the answer is the next tokens."""
-    needle = f"The pass key is {key}. Remember it. {key} is the pass key. "
-    question = "What is the pass key? The pass key is"
-    fixed = len(tokenizer(INTRO + needle + question, add_special_tokens=False)["input_ids"])
-    per_filler = len(tokenizer(FILLER * 8, add_special_tokens=False)["input_ids"]) / 8
-    n = max(0, round((length - fixed) / per_filler))
+def natural_filler(chars: int = 200_000) -> str:
+    """About ``chars`` characters of held-out book text (the bundled corpus's validation books): the natural filler
+    of the passkey test, text a model cannot compress into a short repeated pattern."""
+    from mohawk.data import ASSETS, CORPORA, iter_documents
+
+    text, files = [], [ASSETS / rel for rel in CORPORA["bundled"][1]]
+    n = 0
+    for doc in iter_documents(files):
+        text.append(doc)
+        n += len(doc)
+        if n >= chars:
+            break
+    return "\n\n".join(text)[:chars]
+
+
+def passkey_prompt(tokenizer, length: int, key: str, depth: float, filler: str = FILLER, offset: int = 0) -> list[int]:
+    """The ids of a prompt of about ``length`` tokens: the intro, filler tokens with "The pass key is KEY." at relative
+    ``depth`` among them, then the question; the answer (" KEY") is the next tokens. ``filler``: FILLER (repeated) or
+    a long natural text whose tokens are taken from ``offset`` on."""
+
+    def enc(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    intro, needle = enc(INTRO), enc(f" The pass key is {key}. Remember it. {key} is the pass key. ")
+    question = enc(" What is the pass key? The pass key is")
+    n = max(0, length - len(intro) - len(needle) - len(question))
+    if filler == FILLER:
+        stream = enc(filler * (1 + n // max(1, len(enc(filler)))))
+    else:  # tokenize only about what is needed (a few characters per token), more if that falls short
+        stream = enc(filler[offset : offset + 6 * n + 64])
+        stream = stream if len(stream) >= n else enc(filler[offset:])
+    if len(stream) < n:
+        raise ValueError(f"the filler holds {len(stream)} tokens, {n} are needed")
     before = int(n * depth)
-    text = INTRO + FILLER * before + needle + FILLER * (n - before) + question
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return intro + stream[:before] + needle + stream[before:n] + question
+
+
+def _compact(text: str) -> str:
+    """The answer without white space (tokenizers differ in the spaces they decode between digits)."""
+    return "".join(text.split())
+
+
+def _digits_right(key: str, text: str) -> float:
+    """Share of the key's characters that the answer ``text`` reproduces in place (compared left-aligned, without
+    white space): "89892" for 88892 scores 0.8."""
+    return sum(a == b for a, b in zip(key, _compact(text)[: len(key)], strict=False)) / len(key)  # short: wrong
 
 
 @torch.no_grad()
-def passkey_accuracy(model, tokenizer, lengths: list[int], trials: int = 5, seed: int = 0) -> dict:
-    """Greedy passkey retrieval: {length: fraction of trials whose 5-digit key appears in the first 8 generated
-    tokens}. Keys and depths are seeded, identical for every model."""
-    device = next(model.parameters()).device
-    out = {}
-    for length in lengths:
-        rng = random.Random(seed + length)
-        hits = 0
-        for _ in range(trials):
-            key = str(rng.randrange(10000, 100000))
-            ids = torch.tensor([passkey_prompt(tokenizer, length, key, rng.random())], device=device)
-            gen = model.generate(
-                ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id
-            )
-            hits += key in tokenizer.decode(gen[0, ids.shape[1] :])
-        out[length] = hits / trials
+def greedy(model, ids: Tensor, new_tokens: int, use_cache: bool = True) -> list[int]:
+    """``new_tokens`` greedy tokens after ``ids`` (1, L): through generate (the model's cached decoding) or, with
+    ``use_cache`` False, one full forward over the whole prefix per token (the reference the cache must match)."""
+    if use_cache:
+        pad = getattr(model.config, "pad_token_id", None)
+        pad = pad if pad is not None else getattr(model.config, "eos_token_id", None) or 0
+        mask = torch.ones_like(ids)
+        gen = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+        return gen[0, ids.shape[1] :].tolist()
+    out: list[int] = []
+    for _ in range(new_tokens):
+        logits = model(input_ids=ids, use_cache=False).logits[0, -1]
+        nxt = int(logits.argmax())
+        out.append(nxt)
+        ids = torch.cat([ids, ids.new_tensor([[nxt]])], dim=1)
     return out
+
+
+@torch.no_grad()
+def passkey_scores(
+    model,
+    tokenizer,
+    lengths: list[int],
+    trials: int = 20,
+    seed: int = 0,
+    fillers: tuple[str, ...] = ("repeat", "natural"),
+    new_tokens: int = 8,
+    check_cache: bool = True,
+) -> dict:
+    """Passkey retrieval, measured three ways for each filler and length over ``trials`` seeded keys and depths
+    (identical for every model): ``hits`` (share of greedy answers holding the 5-digit key in their first
+    ``new_tokens`` tokens), ``digits`` (share of the key's digits reproduced in place: partial credit), and from one
+    teacher-forced forward ``key_logprob`` (mean log-probability of the answer's tokens " KEY", summed over them) and
+    ``token_acc`` (share of answer tokens that are the argmax). ``generations``: the decoded answers.
+    With ``check_cache``, the first trial of each length is also decoded without a cache (full forwards):
+    ``cache_agrees`` is False if the cached greedy tokens differ (a decode-path fault, not a capability).
+
+    Returns {filler: {length: {hits, digits, key_logprob, token_acc, trials, cache_agrees, generations}}}."""
+    device = next(model.parameters()).device
+    texts = {"repeat": FILLER, "natural": natural_filler() if "natural" in fillers else ""}
+    out: dict = {}
+    for filler in fillers:
+        out[filler] = {}
+        for length in lengths:
+            rng = random.Random(seed + length)
+            row = {"hits": 0.0, "digits": 0.0, "key_logprob": 0.0, "token_acc": 0.0, "trials": trials}
+            gens, agrees = [], None
+            for t in range(trials):
+                key = str(rng.randrange(10000, 100000))
+                depth, offset = rng.random(), rng.randrange(max(1, len(texts[filler]) // 2))
+                prompt = passkey_prompt(tokenizer, length, key, depth, texts[filler], offset)
+                answer = tokenizer(f" {key}", add_special_tokens=False)["input_ids"]
+                ids = torch.tensor([prompt + answer], device=device)
+                logp = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0].float(), -1)
+                pos = torch.arange(len(prompt) - 1, len(prompt) + len(answer) - 1, device=device)
+                target = ids[0, len(prompt) :]
+                row["key_logprob"] += float(logp[pos, target].sum()) / trials
+                row["token_acc"] += float((logp[pos].argmax(-1) == target).float().mean()) / trials
+                gen = greedy(model, ids[:, : len(prompt)], new_tokens)
+                text = tokenizer.decode(gen, skip_special_tokens=True)
+                row["hits"] += (key in _compact(text)) / trials
+                row["digits"] += _digits_right(key, text) / trials
+                gens.append({"key": key, "depth": round(depth, 3), "answer": text})
+                if check_cache and t == 0:
+                    agrees = gen == greedy(model, ids[:, : len(prompt)], new_tokens, use_cache=False)
+            out[filler][str(length)] = {**row, "cache_agrees": agrees, "generations": gens}
+    return out
+
+
+def passkey_accuracy(model, tokenizer, lengths: list[int], trials: int = 5, seed: int = 0) -> dict:
+    """{length: share of greedy answers holding the key} with the repeated filler (see passkey_scores)."""
+    res = passkey_scores(model, tokenizer, lengths, trials, seed, fillers=("repeat",), check_cache=False)["repeat"]
+    return {length: res[str(length)]["hits"] for length in lengths}
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import torch
 
 from mohawk.errors import MohawkError
 from mohawk.evaluation.harness import TASKS
-from mohawk.evaluation.long_context import continuations, loss_by_position, passkey_accuracy
+from mohawk.evaluation.long_context import continuations, loss_by_position, passkey_scores
 from mohawk.evaluation.perplexity import agreement, perplexity
 
 BUILTIN = ("ppl", "agreement", "position", "passkey", "continuations")
@@ -73,16 +73,23 @@ def run_suite(
     long_val: torch.Tensor | None,
     train_len: int,
     max_len: int,
-    limit: int | None = None,
+    limit: int | dict[str, int | None] | None = None,
     batch_size: int = 8,
     seed: int = 0,
     console=None,
     teacher_name: str | None = None,
     score_teacher: bool = True,
+    passkey_trials: int = 20,
+    passkey_at: list[int] | None = None,
+    items: bool = False,
 ) -> dict:
     """Evaluate ``models`` ({name: HF causal LM}) on ``tasks``. val (n, L): held-out sequences for perplexity and
     agreement; long_val (n, 4 x train_len): for the loss-by-position curve; ``score_teacher`` False: the teacher
-    serves only as the reference of agreement (its perplexity is still measured). Returns the results dict."""
+    serves only as the reference of agreement (its perplexity is still measured); ``limit``: items per lm-eval task
+    (an int, or {task: N or None}); passkey: ``passkey_trials`` keys at each of ``passkey_at`` lengths (default:
+    passkey_lengths) with both fillers (see passkey_scores); ``items``: keep per-item zero-shot scores. Returns the
+    results dict: res["passkey"][model] = {length: hits with the repeated filler}, res["passkey_detail"][model] =
+    passkey_scores' full answer."""
     say = console.print if console is not None else (lambda *a, **k: None)
     teacher = models.get(teacher_key) if teacher_key else None
     res: dict[str, typing.Any] = {
@@ -94,6 +101,7 @@ def run_suite(
         "scores": {m: {} for m in models},
         "position": {},
         "passkey": {},
+        "passkey_detail": {},
         "continuations": {},
         "teacher_name": teacher_name if teacher_key else None,
     }
@@ -117,16 +125,25 @@ def run_suite(
             say(f"{name}: loss by position up to {long_val.shape[1]} tokens")
             res["position"][name] = loss_by_position(model, long_val, max(1, batch_size // 2))
         if "passkey" in tasks:
-            lengths = passkey_lengths(train_len, max_len)
-            say(f"{name}: passkey retrieval at {lengths} tokens")
-            res["passkey"][name] = {str(k): v for k, v in passkey_accuracy(model, tokenizer, lengths, 5, seed).items()}
+            lengths = passkey_at or passkey_lengths(train_len, max_len)
+            say(f"{name}: passkey retrieval at {lengths} tokens, {passkey_trials} keys each, two fillers")
+            detail = passkey_scores(model, tokenizer, lengths, passkey_trials, seed)
+            res["passkey_detail"][name] = detail
+            res["passkey"][name] = {k: v["hits"] for k, v in detail["repeat"].items()}
         if harness:
             from mohawk.evaluation.harness import run_tasks
 
             say(f"{name}: lm-eval {', '.join(harness)}" + (f" (first {limit} items each)" if limit else ""))
             device = next(model.parameters()).device
             for task, r in run_tasks(
-                model, tokenizer, harness, limit=limit, batch_size=batch_size, device=str(device), seed=seed
+                model,
+                tokenizer,
+                harness,
+                limit=limit,
+                batch_size=batch_size,
+                device=str(device),
+                seed=seed,
+                items=items,
             ).items():
                 scores[task] = r
         if prompts is not None:
@@ -140,7 +157,7 @@ def evaluate(
     teacher: str | None = "smollm2-135m",
     data: str = "bundled",
     tasks: str = "ppl,agreement,position,passkey,continuations,lm-eval",
-    limit: int | None = None,
+    limit: int | dict[str, int | None] | None = None,
     seq_len: int = 512,
     val_sequences: int = 16,
     train_len: int | None = None,
@@ -149,6 +166,9 @@ def evaluate(
     seed: int = 0,
     console=None,
     score_teacher: bool = True,
+    passkey_trials: int = 20,
+    passkey_at: list[int] | None = None,
+    items: bool = False,
 ) -> dict:
     """Load the teacher and each model directory and run the suite on them: the results dict (see run_suite; the
     CLI presents it with mohawk.evaluation.present)."""
@@ -213,6 +233,9 @@ def evaluate(
         console=console,
         teacher_name=teacher,
         score_teacher=score_teacher,
+        passkey_trials=passkey_trials,
+        passkey_at=passkey_at,
+        items=items,
     )
     res["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.machine()})"
     res["versions"] = {"torch": torch.__version__, "python": platform.python_version()}

@@ -1,4 +1,5 @@
-"""The three MOHAWK stages. A stage = which student parameters train + a loss over one teacher forward's captures.
+"""The three MOHAWK stages, and the recall phase after them. A stage = which student parameters train + a loss over
+one teacher forward's captures.
 
 Every stage has ``parameters()`` (the trainable (name, tensor) pairs) and ``loss(batch) -> (loss, metrics)``;
 train.py runs any of them with the same loop. Stages know nothing of the teacher's family (the adapter hides it).
@@ -7,7 +8,8 @@ train.py runs any of them with the same loop. Stages know nothing of the teacher
 from mohawk.stages.alignment import HiddenStateAlignment
 from mohawk.stages.distillation import KnowledgeDistillation
 from mohawk.stages.orientation import MatrixOrientation
+from mohawk.stages.recall import RecallPhase
 
-STAGES = {1: MatrixOrientation, 2: HiddenStateAlignment, 3: KnowledgeDistillation}
+STAGES = {1: MatrixOrientation, 2: HiddenStateAlignment, 3: KnowledgeDistillation, 4: RecallPhase}
 
-__all__ = ["STAGES", "HiddenStateAlignment", "KnowledgeDistillation", "MatrixOrientation"]
+__all__ = ["STAGES", "HiddenStateAlignment", "KnowledgeDistillation", "MatrixOrientation", "RecallPhase"]

@@ -25,13 +25,15 @@ class Stage:
 
     - ``compilable``: its loss runs student blocks that ``compiled()`` can wrap (torch.compile, CUDA graphs);
     - ``shards_student``: under torchrun it trains the whole student sharded with FSDP2 (else replicated, DDP);
-    - ``partial_gradients``: some of its trainable parameters get no gradient (DDP must look for unused ones)."""
+    - ``partial_gradients``: some of its trainable parameters get no gradient (DDP must look for unused ones);
+    - ``transfers_weights``: before it starts, the student's non-mixer weights are copied from the teacher."""
 
     number = 0
     name = ""
     compilable = True
     shards_student = False
     partial_gradients = False
+    transfers_weights = False
 
     def __init__(self, student, adapter):
         self.student, self.adapter = student, adapter

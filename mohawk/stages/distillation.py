@@ -68,6 +68,7 @@ class KnowledgeDistillation(Stage):
     number = 3
     name = "knowledge distillation"
     shards_student = True
+    transfers_weights = True
 
     def __init__(
         self,

@@ -1,0 +1,193 @@
+"""Recall screening (issue: students that can copy): several 10M-token distillations at once on one GPU, then each
+student screened on the metrics that separate arms cheaply.
+
+    python3 -m experiments.recall probe  --out runs/recall [--teacher T]      # retrieval probe + sampler speed
+    python3 -m experiments.recall train  --out runs/recall [--only A,B] [--concurrent 7]
+    python3 -m experiments.recall screen --out runs/recall [--concurrent 4]
+    python3 -m experiments.recall report --out runs/recall --results results/recall
+
+The screen: full LAMBADA, the first 2,000 HellaSwag items, perplexity / agreement on 256 held-out sequences, and
+passkey v2 (20 keys at 512 / 1,024 / 2,048 tokens, repeated and natural filler; generated hits, per-digit credit,
+the key's teacher-forced log-probability, a cache == no-cache check). Per-item scores are kept, so the report gives
+paired bootstrap intervals for every student / teacher ratio and the above-chance recovery
+(student - chance) / (teacher - chance). Every run keeps its command in OUT/NAME.command.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SEQ_LEN, BATCH, TOKENS = 512, 16, 10_000_000
+STAGE3_LR = "0.0005"  # results/headline: the best stage-3 LR of the sweep at 8,192 tokens per update
+# arm -> extra `mohawk distill` flags (every arm: TOKENS student tokens with the recipe, seed 0)
+ARMS = {
+    "ssd": [],
+    "ssd-recall": ["--stage4-tokens", "500000"],
+    "ssd-gutenberg-modern": ["--data", "gutenberg+modern"],
+    "hybrid4-uniform": ["--num-attention-layers", "4", "--placement", "uniform"],
+    "hybrid4-retrieval": ["--num-attention-layers", "4", "--placement", "retrieval"],
+    "hybrid2-retrieval": ["--num-attention-layers", "2", "--placement", "retrieval"],
+    "mamba2": ["--mixer", "mamba2"],
+}
+SCREEN_LIMITS = {"hellaswag": 2000, "lambada_openai": None}
+PASSKEY_AT, PASSKEY_TRIALS, VAL_SEQUENCES = [512, 1024, 2048], 20, 256
+CHANCE = {"hellaswag": 0.25, "lambada_openai": 0.0}  # a random guess (lambada: exact next-word match)
+
+
+def distill_command(name: str, args) -> list[str]:
+    """The `mohawk distill` argv of arm ``name`` (its own --data replaces the default)."""
+    flags = ARMS[name]
+    data = [] if "--data" in flags else ["--data", "bundled"]
+    compile_mode = "graphs" if args.device == "cuda" else "off"
+    return [
+        "mohawk", "distill", "--teacher", args.teacher, "--out", str(Path(args.out) / name),
+        "--tokens", str(args.tokens), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), *data,
+        "--val-sequences", "32", "--device", args.device, "--compile", compile_mode, "--eval-tasks", "",
+        "--quiet", "--checkpoint-every", "200", "--stage3-lr", STAGE3_LR, "--seed", str(args.seed), *flags,
+    ]  # fmt: skip
+
+
+def _launch(cmds: dict[str, tuple[list[str], Path]], concurrent: int) -> dict[str, int]:
+    """Run {name: (argv, log)} with at most ``concurrent`` at once; {name: exit status}."""
+    waiting, running, codes = list(cmds), {}, {}
+    while waiting or running:
+        while waiting and len(running) < concurrent:
+            name = waiting.pop(0)
+            argv, log = cmds[name]
+            print(f"start {name}: {' '.join(argv)}", flush=True)
+            running[name] = subprocess.Popen(argv, stdout=log.open("a"), stderr=subprocess.STDOUT)
+        for name, proc in list(running.items()):
+            if proc.poll() is not None:
+                codes[name] = proc.returncode
+                print(f"{name}: exit {proc.returncode} at {time.strftime('%H:%M:%S')}", flush=True)
+                del running[name]
+        time.sleep(2)
+    return codes
+
+
+def probe(args) -> Path:
+    """The teacher's retrieval probe (which layers --placement retrieval keeps) and the teacher-text sampler's speed:
+    OUT/probe.json."""
+    import torch
+
+    from mohawk.evaluation.retrieval import probe_layers, retrieval_layers
+    from mohawk.teachers import load_teacher
+    from mohawk.teachers.sample import write_corpus
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher, tok, adapter = load_teacher(args.teacher, device=args.device)
+    t0 = time.perf_counter()
+    res = probe_layers(adapter, seed=args.seed)
+    res["seconds"] = round(time.perf_counter() - t0, 2)
+    res["chosen"] = {k: retrieval_layers(res, k) for k in (1, 2, 4, 8)}
+    res["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    if args.sample_tokens:
+        stats = write_corpus(
+            teacher, tok, out / "sampler-text.jsonl.xz", args.sample_tokens, new_tokens=SEQ_LEN - 32, seed=args.seed,
+            batch_size=64 if args.device == "cuda" else 4,
+        )  # fmt: skip
+        res["sampler"] = {k: v for k, v in stats.items() if k in ("tokens", "seconds", "tokens_per_s")}
+    (out / "probe.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps({k: v for k, v in res.items() if k != "heads"}), flush=True)
+    return out / "probe.json"
+
+
+def train(args) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in ARMS if not args.only or n in args.only.split(",")]
+    cmds = {}
+    for name in names:
+        run = out / name
+        if (run / "student" / "config.json").is_file():
+            continue
+        argv = distill_command(name, args)
+        (out / f"{name}.command.txt").write_text(" ".join(argv) + "\n")
+        resume = ["--resume"] if (run / "config.yaml").is_file() else []
+        cmds[name] = ([sys.executable, "-m", "mohawk", *argv[1:], *resume], out / f"{name}.log")
+    return _launch(cmds, args.concurrent)
+
+
+def screen_one(args) -> Path:
+    """Screen one model (--model DIR, or the teacher alone with --model teacher): OUT/screen/NAME/results.json."""
+    from mohawk.evaluation.suite import evaluate
+
+    dest = Path(args.dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    student = args.model != "teacher"
+    res = evaluate(
+        [args.model] if student else [],
+        teacher=args.teacher,
+        tasks="ppl,agreement,passkey,hellaswag,lambada_openai" if student else "ppl,passkey,hellaswag,lambada_openai",
+        limit=SCREEN_LIMITS if args.limit is None else args.limit,
+        seq_len=args.seq_len,
+        val_sequences=VAL_SEQUENCES if args.device == "cuda" else 2,
+        train_len=args.seq_len,
+        batch_size=64 if args.device == "cuda" else 4,
+        device=args.device,
+        seed=args.seed,
+        score_teacher=not student,
+        passkey_trials=args.passkey_trials,
+        passkey_at=PASSKEY_AT if args.device == "cuda" else [64],
+        items=True,
+    )
+    (dest / "results.json").write_text(json.dumps(res))
+    return dest / "results.json"
+
+
+def screen(args) -> dict:
+    out = Path(args.out)
+    names = ["teacher", *[n for n in ARMS if (out / n / "student" / "config.json").is_file()]]
+    cmds = {}
+    for name in names:
+        dest = out / "screen" / name
+        if (dest / "results.json").is_file():
+            continue
+        model = "teacher" if name == "teacher" else str(out / name / "student")
+        argv = [sys.executable, "-m", "experiments.recall", "screen-one", "--model", model, "--dest", str(dest)]
+        argv += ["--teacher", args.teacher, "--device", args.device, "--passkey-trials", str(args.passkey_trials)]
+        argv += ["--seq-len", str(args.seq_len)] + (["--limit", str(args.limit)] if args.limit else [])
+        (out / f"screen-{name}.command.txt").write_text(" ".join(argv[1:]) + "\n")
+        cmds[name] = (argv, out / f"screen-{name}.log")
+    return _launch(cmds, args.concurrent)
+
+
+def report(args) -> Path:
+    from experiments.recall_report import write_recall_report
+
+    return write_recall_report(Path(args.out), Path(args.results), ARMS)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("phase", choices=["probe", "train", "screen", "screen-one", "report"])
+    ap.add_argument("--out", default="runs/recall")
+    ap.add_argument("--teacher", default="smollm2-135m")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tokens", type=int, default=TOKENS, help="train: student tokens per arm")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seq-len", type=int, default=SEQ_LEN, help="train: tokens per sequence")
+    ap.add_argument("--batch-size", type=int, default=BATCH, help="train: sequences per micro-batch")
+    ap.add_argument("--only", default=None, help="train: comma-separated arm names")
+    ap.add_argument("--concurrent", type=int, default=4, help="train/screen: processes at once on the GPU")
+    ap.add_argument("--sample-tokens", type=int, default=200_000, help="probe: teacher-text tokens to time (0: none)")
+    ap.add_argument("--passkey-trials", type=int, default=PASSKEY_TRIALS)
+    ap.add_argument(
+        "--limit", type=int, default=None, help="screen: items per task (a CPU dry run; default: the screen's)"
+    )
+    ap.add_argument("--model", help="screen-one: a student directory or 'teacher'")
+    ap.add_argument("--dest", help="screen-one: where results.json goes")
+    ap.add_argument("--results", default="results/recall", help="report: where results.json and README.md go")
+    args = ap.parse_args()
+    phases = {"probe": probe, "train": train, "screen": screen, "screen-one": screen_one, "report": report}
+    print(phases[args.phase](args))
+
+
+if __name__ == "__main__":
+    main()
