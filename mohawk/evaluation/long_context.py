@@ -61,8 +61,8 @@ def passkey_prompt(tokenizer, length: int, key: str, depth: float, filler: str =
     intro, needle = enc(INTRO), enc(f" The pass key is {key}. Remember it. {key} is the pass key. ")
     question = enc(" What is the pass key? The pass key is")
     n = max(0, length - len(intro) - len(needle) - len(question))
-    if filler == FILLER:
-        stream = enc(filler * (1 + n // max(1, len(enc(filler)))))
+    if filler == FILLER:  # copies to spare: a copy inside the repetition can take fewer tokens than one alone
+        stream = enc(filler * (2 + 2 * n // max(1, len(enc(filler)))))
     else:  # tokenize only about what is needed (a few characters per token), more if that falls short
         stream = enc(filler[offset : offset + 6 * n + 64])
         stream = stream if len(stream) >= n else enc(filler[offset:])

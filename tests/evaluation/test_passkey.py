@@ -87,6 +87,20 @@ def test_prompt_hides_the_key_at_its_depth_and_has_the_asked_length(tok):
     assert len(natural) == 300 and natural != passkey_prompt(tok, 300, "48213", 0.5)
 
 
+class JoiningTokenizer:
+    """Words as ids, except that the filler alone costs twice its words (as BPE merges across a sentence boundary can
+    make one copy of a text longer than the same copy inside a repetition)."""
+
+    def __call__(self, text, add_special_tokens=False):
+        ids = [hash(w) % 1000 for w in text.split()]
+        return {"input_ids": ids * 2 if text == FILLER else ids}
+
+
+def test_the_repeated_filler_is_long_enough_whatever_one_copy_costs_alone():
+    for length in (300, 517, 2048):
+        assert len(passkey_prompt(JoiningTokenizer(), length, "48213", 0.5)) == length
+
+
 def test_a_copying_model_scores_one_and_agrees_with_itself_uncached(tok):
     res = passkey_scores(Copier(len(tok)), tok, [128, 256], trials=3, fillers=("repeat",))["repeat"]
     for row in res.values():
