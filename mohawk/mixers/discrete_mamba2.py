@@ -141,3 +141,9 @@ class DiscreteMamba2Mixer(SSDMixer):
 
     def _finish(self, y: Tensor, z: Tensor | None) -> Tensor:
         return self.out_proj(self.norm(y.flatten(-2) + z))
+
+    def _fused_step_settings(self) -> dict | None:
+        return {"x_over_dt": True, "gate": "add", "out_dtype": None}  # x B^T without dt; z is a residual
+
+    def _finish_gated(self, g: Tensor) -> Tensor:
+        return self.out_proj(self.norm(g))

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mohawk.mixers.kernels import aligned_linear
+from mohawk.mixers.kernels.decode_step import use_decode_kernel
 
 
 def _expand_groups(t: Tensor, heads: int) -> Tensor:
@@ -436,9 +437,56 @@ class SSDMixer(nn.Module):
         cache.set_state(self.layer_idx, padded[..., padded.shape[-1] - k :].contiguous(), state)
         return self._finish(y, z)
 
+    # the fused decoding step's settings (mohawk.mixers.kernels.decode_step), or None where this family's step is
+    # not SSD's (the diagonal SSM's per-channel decay)
+    def _fused_step_settings(self) -> dict | None:
+        if type(self)._step is not SSDMixer._step:
+            return None
+        gate = "none" if self.use_gate is False else ("mul_silu" if self.gate_activation == "silu" else "mul")
+        return {"x_over_dt": False, "gate": gate, "out_dtype": None}
+
+    def _finish_gated(self, g: Tensor) -> Tensor:
+        """g (b, L, d_inner): y after the gate the fused step applied -> the rest of ``_finish``."""
+        return self.out_proj(self.norm(g) if self.norm is not None else g)
+
+    def _forward_fused(self, z, xbc_raw, dt, cache, settings: dict) -> Tensor:
+        """One token through the fused Triton step: conv shift, state update, D skip and gate in one kernel; the
+        cached conv window and state are updated in place."""
+        from mohawk.mixers.kernels.decode_step import decode_step
+
+        conv_state, state = cache.get_state(self.layer_idx)
+        out_dtype = settings["out_dtype"] or xbc_raw.dtype
+        y = decode_step(
+            xbc_raw[:, 0],
+            conv_state,
+            self.conv1d.weight[:, 0, :],
+            self.conv1d.bias,
+            dt[:, 0],
+            self.A(),
+            self.D,
+            state,
+            z[:, 0] if z is not None else None,
+            heads=self.num_heads,
+            groups=self.num_groups,
+            conv_silu=self.conv_activation == "silu",
+            x_over_dt=settings["x_over_dt"],
+            gate=settings["gate"],
+            out_dtype=out_dtype,
+        )
+        return self._finish_gated(y.flatten(-2)[:, None])
+
     def _forward_recurrent(self, u, z, xbc_raw, dt, cache) -> Tensor:
         """Token by token from the cached conv window and SSM state (decoding): O(1) memory in the context length."""
         conv_state, state = cache.get_state(self.layer_idx)
+        settings = self._fused_step_settings() if u.shape[1] == 1 else None
+        if (
+            settings is not None
+            and state.dtype == torch.float32
+            and state.is_contiguous()
+            and self.conv_kernel >= 2
+            and use_decode_kernel(u)
+        ):
+            return self._forward_fused(z, xbc_raw, dt, cache, settings)
         w = self.conv1d.weight[:, 0, :]  # (conv_dim, k)
         ys = []
         for t in range(u.shape[1]):
