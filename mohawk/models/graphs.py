@@ -193,6 +193,26 @@ def release(model) -> None:
     _GRAPHS.pop(model, None)
 
 
+class _Clock:
+    """Device-synchronised lap times into ``out`` (nothing, and no synchronisation, when ``out`` is None)."""
+
+    def __init__(self, device: torch.device, out: dict | None):
+        self.device, self.out = device, out
+        self.t = self._now() if out is not None else 0.0
+
+    def _now(self) -> float:
+        import time
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        if self.out is not None:
+            t = self._now()
+            self.out[name], self.t = t - self.t, t
+
+
 def kv_capacity_for(prompt: int, max_new_tokens: int, steps: int, multiple: int = 256) -> int:
     """Static KV positions a generation needs: the prompt, then whole blocks of ``steps`` decoding steps; rounded up
     to ``multiple`` so that prompts of similar lengths share a captured graph."""
@@ -211,6 +231,7 @@ def generate_fast(
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     steps: int = 16,
+    timings: dict | None = None,
 ) -> Tensor:
     """Greedy (``sampling`` None) or sampled (``(temperature, top_k)``) generation: (batch, prompt) ->
     (batch, prompt + new), as ``GenerationMixin.generate`` returns it (tokens after a sequence's EOS are
@@ -222,8 +243,10 @@ def generate_fast(
     b, L = input_ids.shape
     steps = max(1, min(steps, max_new_tokens - 1))
     cache = MohawkCache(kv_capacity=kv_capacity_for(L, max_new_tokens, steps))
+    clock = _Clock(input_ids.device, timings)
     h, _ = model.model(input_ids=input_ids, cache=cache, keep_last=1)
     first = choose_tokens(model.lm_head(h[:, -1]), sampling)[:, None]
+    clock.mark("prefill_s")
     eos = None
     if eos_token_id is not None:
         eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=first.device)
@@ -236,6 +259,10 @@ def generate_fast(
         blocks.append(tokens)
         made += steps
         nxt = tokens[:, -1:]
+    clock.mark("decode_s")
+    if timings is not None:
+        state = sum(t.numel() * t.element_size() for pair in cache.ssm.values() for t in pair)
+        timings.update(decode_steps=made - 1, state_bytes=state, kv_bytes=cache.memory_bytes(used=True) - state)
     new = torch.cat(blocks, 1)[:, :max_new_tokens]
     if eos is not None:
         is_eos = torch.isin(new, eos)
