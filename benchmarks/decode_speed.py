@@ -174,6 +174,7 @@ def main():
     ap.add_argument("--block", type=int, default=16, help="decoding steps per graph replay (the multi-step figure)")
     ap.add_argument("--bandwidth-gbs", type=float, default=4800.0, help="memory bandwidth for the roofline (H200)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--compile", action="store_true", help="torch.compile the step's norms and MLPs before capture")
     args = ap.parse_args()
     rows_wanted = parse_rows(args)
 
@@ -188,6 +189,8 @@ def main():
         with torch.device(device):
             hybrid = from_teacher(adapter, place_attention_layers(min(4, n - 1), n))
         students["hybrid4"] = hybrid.to(dtype).eval()
+    for st in students.values():
+        st.config.decode_compile = args.compile
     teacher_rows: dict[tuple[int, int], dict] = {}  # a (context, batch) measured once, shared by the students
     rows = []
     for name, L, b in rows_wanted:
@@ -215,6 +218,7 @@ def main():
                 r = {"oom": True}
             row.update({f"student_{kind}_{k}": v for k, v in r.items()})
         row["student_kernels_per_step"] = student_kernels(student, b, device)
+        row["student_compiled"] = any(g.compiled for g in graphs._GRAPHS.get(student, (None, {}))[1].values())
         graphs.release(student)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -235,6 +239,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "dtype": str(dtype),
         "new_tokens": args.new_tokens,
         "block": args.block,
+        "compile": args.compile,
         "bandwidth_gbs": args.bandwidth_gbs,
         "rows": rows,
     }
@@ -247,7 +252,12 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         f"{args.new_tokens - 1} greedy steps after the first token; the teacher decodes with transformers' static KV "
         "cache, its step compiled into CUDA graphs (`generate(cache_implementation='static')`); the students through "
         f"`generate`'s fast path: one graph replay per {args.block} steps ('block'), or per step ('1 step'), tokens "
-        "chosen on the device, the fused SSD step, a static KV cache for attention layers",
+        "chosen on the device, the fused SSD step, a static KV cache for attention layers"
+        + (
+            ", the norms and MLPs torch.compile'd before capture ('compiled' says where that worked)"
+            if args.compile
+            else ""
+        ),
         f"- roofline: (weights + state or KV bytes a step reads and writes) / {args.bandwidth_gbs:,.0f} GB/s; "
         "'x roofline' = measured / roofline; TTFT = prefill to the first token; kernels = CUDA kernels in one student "
         "step (torch.profiler over one replay of the one-step graph)",
@@ -264,7 +274,8 @@ def save(args, device, dtype, rows: list[dict]) -> None:
             f"| {r['student']} | {r['context']} | {r['batch']} | {fmt(t, 3) if t else 'OOM'} | "
             f"{fmt(s, 3) if s else 'OOM'} | {fmt(s1, 3) if s1 else 'OOM'} | {f'{t / s:.2f}x' if s and t else '-'} | "
             f"{fmt(r.get('student_block_tokens_per_s'), 0)} | {fmt(roof, 3)} / {fmt(r.get('teacher_roofline_ms'), 3)} "
-            f"| {f'{s / roof:.1f}x' if s and roof else '-'} | {r.get('student_kernels_per_step') or '-'} | "
+            f"| {f'{s / roof:.1f}x' if s and roof else '-'} | {r.get('student_kernels_per_step') or '-'}"
+            f"{' (compiled)' if r.get('student_compiled') else ''} | "
             f"{fmt(r.get('teacher_ttft_ms'), 1)} / {fmt(r.get('student_block_ttft_ms'), 1)} | "
             f"{fmt(r.get('teacher_state_mib'), 1)} / {fmt(r.get('student_block_state_mib'), 1)} | "
             f"{fmt(r.get('teacher_peak_gib'), 2)} / {fmt(r.get('student_block_peak_gib'), 2)} |"

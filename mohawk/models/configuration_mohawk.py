@@ -37,6 +37,8 @@ class MohawkConfig(PretrainedConfig):
       (students whose every layer has a fixed-size state; see mohawk.models.graphs).
     decode_block_steps: decoding steps per CUDA-graph replay in ``generate`` on CUDA (the host looks at the tokens,
       for EOS, once per block; see mohawk.models.graphs.generate_fast).
+    decode_compile: torch.compile the blocks' norms and MLPs of the decoding step before capturing it (falls back to
+      the uncompiled step, with a warning, where compiling fails).
     """
 
     model_type = "mohawk"
@@ -87,6 +89,7 @@ class MohawkConfig(PretrainedConfig):
         prefill_chunk: int = 2048,
         decode_cuda_graph: bool = True,
         decode_block_steps: int = 16,
+        decode_compile: bool = False,
         initializer_range: float = 0.02,
         teacher_model_type: str | None = None,
         **kwargs,
@@ -134,6 +137,7 @@ class MohawkConfig(PretrainedConfig):
         self.prefill_chunk = prefill_chunk
         self.decode_cuda_graph = decode_cuda_graph
         self.decode_block_steps = decode_block_steps
+        self.decode_compile = decode_compile
         self.initializer_range = initializer_range
         self.teacher_model_type = teacher_model_type
         self._validate()

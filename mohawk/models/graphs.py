@@ -17,6 +17,9 @@ reloading).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
 import weakref
 
 import torch
@@ -25,6 +28,7 @@ from torch import Tensor
 from mohawk.models.cache import MohawkCache
 
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (parameter addresses, {key: graph})
+_COMPILED: dict[type, object] = {}  # module class -> its forward, torch.compile'd (shared by every instance)
 
 
 def graphs_supported(device: torch.device) -> bool:
@@ -67,6 +71,7 @@ class DecodeGraph:
 
     def __init__(self, model, cache, capture: bool = True, steps: int = 1, sampling: tuple | None = None):
         self.model = weakref.ref(model)  # the model holds its graphs (through _GRAPHS), not the other way round
+        self.compiled = bool(getattr(model.config, "decode_compile", False)) and capture
         any_state = next(iter([*cache.ssm.values(), *cache.kv.values()]))[1]
         batch, device = any_state.shape[0], any_state.device
         self.steps, self.sampling = steps, sampling
@@ -84,18 +89,52 @@ class DecodeGraph:
             self._capture(device)
 
     def _capture(self, device: torch.device) -> None:
-        # warm-up on a side stream (lazy initialisations, cuBLAS workspaces), then capture; both only touch the
-        # graph's own buffers, whose contents are replaced when a cache adopts them
+        # warm-up on a side stream (lazy initialisations, cuBLAS workspaces, torch.compile), then capture; both only
+        # touch the graph's own buffers, whose contents are replaced when a cache adopts them
         with torch.cuda.device(device):
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._body()
+                try:
+                    for _ in range(2):
+                        with self._compiled():
+                            self._body()
+                except Exception as e:  # noqa: BLE001 - any compiler failure: the step runs uncompiled
+                    if not self.compiled:
+                        raise
+                    warnings.warn(f"torch.compile of the decoding step failed, uncompiled: {e!r}", stacklevel=2)
+                    self.compiled = False
+                    for _ in range(2):
+                        self._body()
             torch.cuda.current_stream().wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            with self._compiled(), torch.cuda.graph(self.graph):
                 self.logits = self._body()
+
+    @contextlib.contextmanager
+    def _compiled(self):
+        """While open, and when ``self.compiled``: the blocks' norms and MLPs run their torch.compile'd forward
+        (elementwise chains fused into a few kernels; the mixers and their caches stay eager)."""
+        if not self.compiled:
+            yield
+            return
+        model = self.model()
+        parts = [model.model.norm] + [
+            m
+            for layer in model.model.layers
+            for m in (getattr(layer, n, None) for n in ("norm1", "norm2", "post_mixer_norm", "post_mlp_norm", "mlp"))
+            if m is not None
+        ]
+        for m in parts:
+            cls = type(m)
+            if cls not in _COMPILED:
+                _COMPILED[cls] = torch.compile(cls.forward, dynamic=False)
+            m.forward = functools.partial(_COMPILED[cls], m)
+        try:
+            yield
+        finally:
+            for m in parts:
+                m.__dict__.pop("forward", None)
 
     @staticmethod
     def param_pointers(model) -> tuple[int, ...]:

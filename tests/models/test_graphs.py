@@ -217,6 +217,35 @@ def test_graph_refuses_a_full_static_kv_cache(graphs_on_cpu):
         steps(m, cache, torch.randint(0, 64, (1, 1)))
 
 
+def test_compiled_parts_of_the_step(monkeypatch):
+    """decode_compile: inside the graph's step the norms and MLPs run their compiled forward (one compile per class,
+    shared by the layers), the mixers do not; outside it the model is untouched."""
+    compiled = []
+
+    def fake_compile(fn, dynamic=None):
+        compiled.append(fn.__qualname__)
+        return lambda *a, **k: calls.append(fn.__qualname__) or fn(*a, **k)
+
+    calls: list[str] = []
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(graphs, "_COMPILED", {})
+    m = student(HYBRID, ssd_conv_init="random", decode_compile=True)
+    ids = torch.randint(0, 64, (2, 5))
+    with torch.no_grad():
+        want, _ = m.model(input_ids=ids, cache=MohawkCache())
+        g = graphs.DecodeGraph(m, prefill(m, ids), capture=False)
+        g.compiled = True
+        with g._compiled():
+            got, _ = m.model(input_ids=ids, cache=MohawkCache())
+        assert sorted(compiled) == ["MLP.forward", "RMSNorm.forward"]
+        assert calls.count("MLP.forward") == 4 and calls.count("RMSNorm.forward") == 2 * 4 + 1
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+        assert all("forward" not in x.__dict__ for x in m.modules())
+        calls.clear()
+        m.model(input_ids=ids, cache=MohawkCache())
+    assert not calls  # restored
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_captured_graph_equals_eager_on_cuda():
@@ -238,12 +267,28 @@ def test_captured_graph_equals_eager_on_cuda():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("block", [1, 8])
-def test_captured_hybrid_blocks_equal_eager_on_cuda(block):
-    """Captured on a GPU: a hybrid's multi-step graph (static KV cache, tokens chosen on the device) generates what
-    transformers' eager loop generates."""
-    m = student(HYBRID, ssd_conv_init="random", decode_block_steps=block).cuda()
+def test_captured_hybrid_blocks_equal_eager_on_cuda(block, monkeypatch):
+    """Captured on a GPU: a hybrid's multi-step graph (static KV cache, tokens chosen on the device, the fused SSD
+    step) generates what transformers' eager loop generates (float64 with the PyTorch scan for the prompt: the two
+    attention paths' rounding cannot flip a token)."""
+    monkeypatch.setenv("MOHAWK_SSD_KERNEL", "torch")
+    m = student(HYBRID, ssd_conv_init="random", decode_block_steps=block).cuda().double()
     ids = torch.randint(0, 64, (4, 70), device="cuda")
     want = hf_generate(m, ids, max_new_tokens=24)
     got = m.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=0)
     assert any(g.graph is not None and g.steps == block for g in graphs._GRAPHS[m][1].values())
     assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_captured_step_on_cuda():
+    """decode_compile: the norms and MLPs compiled before capture; the logits stay those of the eager loop."""
+    m = student(HYBRID, ssd_conv_init="random", decode_compile=True).cuda()
+    ids = torch.randint(0, 64, (2, 40), device="cuda")
+    kw = {"max_new_tokens": 8, "output_logits": True, "return_dict_in_generate": True}
+    want = hf_generate(m, ids, **kw)
+    cache = MohawkCache(kv_capacity=64)  # static: HF's loop replays a (compiled) one-step graph
+    got = m.generate(ids, do_sample=False, pad_token_id=0, past_key_values=cache, **kw)
+    assert any(g.compiled and g.graph is not None for g in graphs._GRAPHS[m][1].values())
+    torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), atol=1e-4, rtol=1e-4)
