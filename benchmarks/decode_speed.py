@@ -87,8 +87,24 @@ def student_kernels(model, batch: int, device) -> int | None:
     ]
     if not found or found[-1].graph is None:
         return None
-    n = count_kernels(found[-1].graph.replay, device)
-    return n if n else count_kernels(found[-1]._body, device)  # a profiler blind to graph nodes: the same step eagerly
+    try:
+        n = count_kernels(found[-1].graph.replay, device)
+        return n if n else count_kernels(found[-1]._body, device)  # a profiler blind to graph nodes: the step eagerly
+    except Exception:  # noqa: BLE001 - a count is not worth the run
+        return None
+
+
+def measure_student(student, ids, args, steps: int, device) -> dict:
+    """student_decode after a warm-up call (which captures the graphs), with the step's memory roofline."""
+    try:
+        student_decode(student, ids, args.new_tokens, steps, device)  # captures
+        r = student_decode(student, ids, args.new_tokens, steps, device)
+    except torch.OutOfMemoryError:
+        return {"oom": True}
+    except Exception as e:  # noqa: BLE001 - one failed measurement must not lose the run
+        return {"error": repr(e)[:300]}
+    r["roofline_ms"] = 1e3 * (weight_bytes(student) + r.pop("step_bytes")) / (args.bandwidth_gbs * 1e9)
+    return r
 
 
 class _StepClock:
@@ -204,18 +220,19 @@ def main():
                 teacher_rows[(L, b)] = teacher_static(teacher, ids, args.new_tokens, device)
             except torch.OutOfMemoryError:
                 teacher_rows[(L, b)] = {"oom": True}
+            except Exception as e:  # noqa: BLE001 - one failed measurement must not lose the run
+                teacher_rows[(L, b)] = {"error": repr(e)[:300]}
         row.update({f"teacher_{k}": v for k, v in teacher_rows[(L, b)].items()})
         kv = teacher_kv_bytes(cfg, b, L + args.new_tokens // 2, dtype)
         row["teacher_state_mib"] = kv / 2**20
         row["teacher_roofline_ms"] = 1e3 * (weight_bytes(teacher) + kv) / (args.bandwidth_gbs * 1e9)
         for kind, steps in (("block", args.block), ("1step", 1)):
-            try:
-                student_decode(student, ids, args.new_tokens, steps, device)  # captures
-                r = student_decode(student, ids, args.new_tokens, steps, device)
-                step_bytes = r.pop("step_bytes")
-                r["roofline_ms"] = 1e3 * (weight_bytes(student) + step_bytes) / (args.bandwidth_gbs * 1e9)
-            except torch.OutOfMemoryError:
-                r = {"oom": True}
+            r = measure_student(student, ids, args, steps, device)
+            if "error" in r and student.config.decode_compile:  # compiled capture failed: the uncompiled step
+                student.config.decode_compile = False
+                graphs.release(student)
+                r = {**measure_student(student, ids, args, steps, device), "compile_error": r["error"]}
+                student.config.decode_compile = args.compile
             row.update({f"student_{kind}_{k}": v for k, v in r.items()})
         row["student_kernels_per_step"] = student_kernels(student, b, device)
         row["student_compiled"] = any(g.compiled for g in graphs._GRAPHS.get(student, (None, {}))[1].values())
@@ -270,9 +287,11 @@ def save(args, device, dtype, rows: list[dict]) -> None:
     for r in rows:
         t, s, s1 = (r.get(f"{k}_ms_per_step") for k in ("teacher", "student_block", "student_1step"))
         roof = r.get("student_block_roofline_ms")
+        ms = {k: fmt(r[f"{k}_ms_per_step"], 3) if f"{k}_ms_per_step" in r else "OOM" if r.get(f"{k}_oom") else "error"
+              for k in ("teacher", "student_block", "student_1step")}  # fmt: skip
         lines.append(
-            f"| {r['student']} | {r['context']} | {r['batch']} | {fmt(t, 3) if t else 'OOM'} | "
-            f"{fmt(s, 3) if s else 'OOM'} | {fmt(s1, 3) if s1 else 'OOM'} | {f'{t / s:.2f}x' if s and t else '-'} | "
+            f"| {r['student']} | {r['context']} | {r['batch']} | {ms['teacher']} | "
+            f"{ms['student_block']} | {ms['student_1step']} | {f'{t / s:.2f}x' if s and t else '-'} | "
             f"{fmt(r.get('student_block_tokens_per_s'), 0)} | {fmt(roof, 3)} / {fmt(r.get('teacher_roofline_ms'), 3)} "
             f"| {f'{s / roof:.1f}x' if s and roof else '-'} | {r.get('student_kernels_per_step') or '-'}"
             f"{' (compiled)' if r.get('student_compiled') else ''} | "
