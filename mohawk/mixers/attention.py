@@ -151,7 +151,8 @@ class Attention(nn.Module):
         kv = self.num_kv_heads
         # grouped query heads as the rows of one product per K/V head: the buffer is read once, not repeated
         qg = q.reshape(b, kv, h // kv, d)
-        scores = (qg @ kb.transpose(-1, -2)).float() * self.scale  # (b, kv, h // kv, capacity)
+        scores = qg @ kb.transpose(-1, -2)  # (b, kv, h // kv, capacity)
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * self.scale
         kpos = torch.arange(kb.shape[2], device=q.device)
         qpos = pos[:, -1:]  # (1 or b, 1)
         valid = kpos <= qpos

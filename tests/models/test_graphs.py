@@ -163,9 +163,11 @@ def test_block_equals_single_steps_and_stops_at_eos(graphs_on_cpu, monkeypatch):
     m = student(("ssd", "attention", "discrete_mamba2"), ssd_conv_init="random", decode_block_steps=4)
     ids = torch.randint(0, 64, (3, 5))
     free = hf_generate(m, ids, max_new_tokens=30)
-    eos = [int(t) for t in free[:, 5 + 2]]  # each row's third new token ends it
+    eos = [int(free[r, 5 + 1 + r]) for r in range(3)]  # row r ends by its (r + 2)-th new token
     want = hf_generate(m, ids, max_new_tokens=30, eos_token_id=eos)
-    assert want.shape[1] <= 5 + 3 < free.shape[1]
+    assert want.shape[1] <= 5 + 4 < free.shape[1]
+    ended = torch.isin(want[:, 5:], torch.tensor(eos)).long().argmax(1)
+    assert int(ended.min()) < want.shape[1] - 6  # a row ended before the others: padding follows its EOS
     calls = []
     run_block = graphs.DecodeGraph.run_block
     monkeypatch.setattr(graphs.DecodeGraph, "run_block", lambda *a: calls.append(1) or run_block(*a))
