@@ -65,7 +65,8 @@ class Mamba2Mixer(SSDMixer):
         return self.out_proj(self.norm(y.flatten(-2), z))
 
     def _fused_step_settings(self) -> dict | None:
-        return {"x_over_dt": False, "gate": "mul_silu", "out_dtype": torch.float32}  # the norm gates in float32
+        settings = {"x_over_dt": False, "gate": "mul_silu", "dt_mode": "softplus_bias", "a_mode": "neg_exp"}
+        return {**settings, "out_dtype": torch.float32}  # the norm gates in float32
 
     def _finish_gated(self, g: Tensor) -> Tensor:
         return self.out_proj(self.norm.normalize(g, self.out_proj.weight.dtype))

@@ -38,23 +38,41 @@ def _inputs(b, heads, p, groups, n, k, dtype=torch.float32, seed=0, device=DEVIC
     return {key: v.to(device, torch.float32 if key in keep32 else dtype) for key, v in t.items()}
 
 
-CASES = [  # (b, heads, p, groups, n, k, conv_silu, x_over_dt, gate, with D)
-    (2, 4, 8, 4, 8, 4, False, False, "mul", True),  # SSD (Phi-Mamba): a B/C group per head
-    (3, 4, 6, 1, 5, 4, True, False, "mul_silu", True),  # Mamba-2: one group, sizes not powers of two
-    (1, 6, 8, 2, 16, 2, False, True, "add", True),  # Discrete Mamba-2, a 2-wide conv
-    (2, 2, 4, 2, 4, 3, True, False, "none", False),  # no gate, no D
+CASES = [  # (b, heads, p, groups, n, k, conv_silu, x_over_dt, gate, with D, dt_mode, a_mode)
+    (2, 4, 8, 4, 8, 4, False, False, "mul", True, "softplus_bias", "neg_exp"),  # SSD: a B/C group per head
+    (3, 4, 6, 1, 5, 4, True, False, "mul_silu", True, "softplus_bias", "neg_exp"),  # Mamba-2: one group, odd sizes
+    (1, 6, 8, 2, 16, 2, False, True, "add", True, "softplus", "minus_one"),  # Discrete Mamba-2, a 2-wide conv
+    (2, 2, 4, 2, 4, 3, True, False, "none", False, "ones", "zero"),  # linear attention; no gate, no D
+    (2, 4, 8, 2, 8, 4, False, False, "mul", True, "given", "given"),  # dt and A computed outside
 ]
+
+
+def _case(case, dtype=torch.float32, device=DEVICE):
+    """(reference inputs, kernel inputs (a copy), keyword settings) for one of CASES."""
+    b, heads, p, groups, n, k, silu, x_over_dt, gate, with_d, dt_mode, a_mode = case
+    ref = _inputs(b, heads, p, groups, n, k, dtype=dtype, device=device)
+    g = torch.Generator().manual_seed(1)
+    ref["dt_bias"] = torch.randn(heads, generator=g).to(device)
+    if dt_mode != "given":  # raw logits: softplus in the step (large ones too, past softplus's threshold 20)
+        ref["dt"] = (torch.randn(ref["dt"].shape, generator=g) * 4 - 3).to(device, dtype)
+        ref["dt"][0, 0] = 25.0
+    if a_mode == "neg_exp":
+        ref["A"] = torch.randn(heads, generator=g).to(device)  # A_log
+    ref["dt"], ref["A"] = (
+        (None if dt_mode == "ones" else ref["dt"]),
+        (None if a_mode in ("minus_one", "zero") else ref["A"]),
+    )
+    if not with_d:
+        ref["D"] = None
+    ker = {key: v.clone() if v is not None else None for key, v in ref.items()}
+    kw = {"heads": heads, "groups": groups, "conv_silu": silu, "x_over_dt": x_over_dt, "gate": gate}
+    return ref, ker, {**kw, "dt_mode": dt_mode, "a_mode": a_mode}
 
 
 @needs_interpreter_or_gpu
 @pytest.mark.parametrize("case", CASES)
 def test_kernel_equals_reference(case):
-    b, heads, p, groups, n, k, silu, x_over_dt, gate, with_d = case
-    ref = _inputs(b, heads, p, groups, n, k)
-    ker = {key: v.clone() for key, v in ref.items()}
-    kw = {"heads": heads, "groups": groups, "conv_silu": silu, "x_over_dt": x_over_dt, "gate": gate}
-    if not with_d:
-        ref["D"] = ker["D"] = None
+    ref, ker, kw = _case(case)
     want = ds.decode_step_reference(**ref, **kw)
     got = ds.decode_step(**ker, **kw)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
@@ -136,14 +154,9 @@ def test_kernel_choice(monkeypatch):
 @pytest.mark.parametrize("case", CASES)
 def test_kernel_equals_reference_bf16_on_cuda(case):
     """Compiled on a GPU, bfloat16 activations (float32 state), the sizes of SmolLM2's SSD layers for the first."""
-    b, heads, p, groups, n, k, silu, x_over_dt, gate, with_d = case
     if case is CASES[0]:
-        b, heads, p, groups, n = 16, 9, 64, 9, 64
-    ref = _inputs(b, heads, p, groups, n, k, dtype=torch.bfloat16, device="cuda")
-    ker = {key: v.clone() for key, v in ref.items()}
-    kw = {"heads": heads, "groups": groups, "conv_silu": silu, "x_over_dt": x_over_dt, "gate": gate}
-    if not with_d:
-        ref["D"] = ker["D"] = None
+        case = (16, 9, 64, 9, 64, *case[5:])
+    ref, ker, kw = _case(case, dtype=torch.bfloat16, device="cuda")
     want = ds.decode_step_reference(**ref, **kw)
     got = ds.decode_step(**ker, **kw)
     torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)

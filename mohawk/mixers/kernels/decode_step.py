@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 GATES = {"none": 0, "mul": 1, "mul_silu": 2, "add": 3}
+DT_MODES = {"given": 0, "softplus_bias": 1, "softplus": 2, "ones": 3}  # dt, softplus(dt + dt_bias), softplus(dt), 1
+A_MODES = {"given": 0, "neg_exp": 1, "minus_one": 2, "zero": 3}  # A, -exp(A_log), -1, 0
 
 
 def decode_step_reference(
@@ -33,8 +35,8 @@ def decode_step_reference(
     conv_state: Tensor,
     conv_weight: Tensor,
     conv_bias: Tensor | None,
-    dt: Tensor,
-    A: Tensor,
+    dt: Tensor | None,
+    A: Tensor | None,
     D: Tensor | None,
     state: Tensor,
     z: Tensor | None,
@@ -45,11 +47,16 @@ def decode_step_reference(
     x_over_dt: bool = False,
     gate: str = "none",
     out_dtype: torch.dtype | None = None,
+    dt_mode: str = "given",
+    a_mode: str = "given",
+    dt_bias: Tensor | None = None,
 ) -> Tensor:
     """One step in PyTorch (float32 arithmetic): xbc (batch, conv_dim) new conv inputs, conv_state (batch, conv_dim,
     k - 1), conv_weight (conv_dim, k), dt (batch, heads) after softplus, A and D (heads,), state (batch, heads,
     head_dim, state) float32, z (batch, heads * head_dim) -> y (batch, heads, head_dim) in ``out_dtype`` (default
-    xbc's); conv_state and state are updated in place."""
+    xbc's); conv_state and state are updated in place. ``dt_mode`` / ``a_mode`` (DT_MODES / A_MODES) say what dt and
+    A hold: the step and decay themselves ("given"), or what the layer makes them from (softplus(dt + dt_bias),
+    -exp(A_log), ...), so that those few elementwise kernels happen inside this one."""
     f32 = torch.float32
     b, conv_dim = xbc.shape
     n = state.shape[-1]
@@ -65,8 +72,19 @@ def decode_step_reference(
     x = x.view(b, heads, p)
     B = B.view(b, groups, n).repeat_interleave(heads // groups, dim=1)
     C = C.view(b, groups, n).repeat_interleave(heads // groups, dim=1)
-    dt = dt.to(f32)
-    a = torch.exp(dt * A.to(f32))[..., None, None]
+    if dt_mode == "ones":
+        dt32 = torch.ones(b, heads, device=xbc.device)
+    else:
+        assert dt is not None and (dt_bias is not None or dt_mode != "softplus_bias")
+        dt32 = dt.to(f32) + dt_bias.to(f32) if dt_bias is not None and dt_mode == "softplus_bias" else dt.to(f32)
+        dt32 = dt32 if dt_mode == "given" else F.softplus(dt32)
+    if a_mode in ("minus_one", "zero"):
+        A32 = torch.full((heads,), -1.0 if a_mode == "minus_one" else 0.0, device=xbc.device)
+    else:
+        assert A is not None
+        A32 = -torch.exp(A.to(f32)) if a_mode == "neg_exp" else A.to(f32)
+    dt = dt32
+    a = torch.exp(dt * A32)[..., None, None]
     inp = x if x_over_dt else x * dt[..., None]
     new = state * a + inp[..., None] * B[:, :, None, :]
     state.copy_(new)
@@ -86,6 +104,14 @@ except ImportError:  # pragma: no cover
     triton = None
 
 if triton is not None:
+
+    @triton.jit
+    def _softplus(x):
+        """log(1 + e^x) (x above 20: x, as torch's softplus), log1p by log(u) y / (u - 1): accurate for small y."""
+        y = tl.exp(x)
+        u = 1.0 + y
+        lp = tl.where(u == 1.0, y, tl.log(u) * (y / (u - 1.0)))
+        return tl.where(x > 20.0, x, lp)
 
     @triton.jit
     def _conv(
@@ -116,11 +142,11 @@ if triton is not None:
     @triton.jit
     def decode_step_kernel(
         xbc_ptr, s_xb, conv_ptr, s_cb, s_cc, s_ck, w_ptr, cb_ptr,
-        dt_ptr, s_dtb, A_ptr, D_ptr, st_ptr, s_sb, s_sh, s_sp, z_ptr, s_zb, y_ptr, s_yb,
+        dt_ptr, s_dtb, dtb_ptr, A_ptr, D_ptr, st_ptr, s_sb, s_sh, s_sp, z_ptr, s_zb, y_ptr, s_yb,
         P, N, D_INNER, GN,
         HPG: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
         HAS_BIAS: tl.constexpr, SILU: tl.constexpr, X_OVER_DT: tl.constexpr, HAS_D: tl.constexpr,
-        GATE: tl.constexpr,
+        GATE: tl.constexpr, DT_MODE: tl.constexpr, A_MODE: tl.constexpr,
     ):  # fmt: skip
         bi = tl.program_id(0)
         g = tl.program_id(1)
@@ -145,8 +171,22 @@ if triton is not None:
             x, shx = _conv(xbc_ptr, conv_ptr, w_ptr, cb_ptr, chx, mp, s_cc, s_ck, K, KB, HAS_BIAS, SILU)
             tl.debug_barrier()
             tl.store(conv_ptr + chx[:, None] * s_cc + k[None, :] * s_ck, shx, mask=mp[:, None] & km)
-            dt = tl.load(dt_ptr + bi * s_dtb + h).to(tl.float32)
-            a = tl.exp(dt * tl.load(A_ptr + h).to(tl.float32))
+            if DT_MODE == 0:
+                dt = tl.load(dt_ptr + bi * s_dtb + h).to(tl.float32)
+            elif DT_MODE == 1:
+                dt = _softplus(tl.load(dt_ptr + bi * s_dtb + h).to(tl.float32) + tl.load(dtb_ptr + h).to(tl.float32))
+            elif DT_MODE == 2:
+                dt = _softplus(tl.load(dt_ptr + bi * s_dtb + h).to(tl.float32))
+            else:
+                dt = 1.0
+            if A_MODE == 0:
+                a = tl.exp(dt * tl.load(A_ptr + h).to(tl.float32))
+            elif A_MODE == 1:
+                a = tl.exp(-dt * tl.exp(tl.load(A_ptr + h).to(tl.float32)))
+            elif A_MODE == 2:
+                a = tl.exp(-dt)
+            else:
+                a = 1.0
             sp = st_ptr + bi * s_sb + h * s_sh + offs_p[:, None] * s_sp + offs_n[None, :]
             smask = mp[:, None] & mn[None, :]
             s = tl.load(sp, mask=smask, other=0.0)
@@ -175,8 +215,8 @@ def decode_step(
     conv_state: Tensor,
     conv_weight: Tensor,
     conv_bias: Tensor | None,
-    dt: Tensor,
-    A: Tensor,
+    dt: Tensor | None,
+    A: Tensor | None,
     D: Tensor | None,
     state: Tensor,
     z: Tensor | None,
@@ -187,12 +227,16 @@ def decode_step(
     x_over_dt: bool = False,
     gate: str = "none",
     out_dtype: torch.dtype | None = None,
+    dt_mode: str = "given",
+    a_mode: str = "given",
+    dt_bias: Tensor | None = None,
 ) -> Tensor:
     """:func:`decode_step_reference` in one Triton kernel (same arguments and in-place updates).
     state must be float32 with a unit last stride; conv_weight (conv_dim, k) contiguous."""
     b, conv_dim = xbc.shape
     _, _, p, n = state.shape
     k = conv_weight.shape[-1]
+    dt_arg = dt if dt is not None else state
     assert state.dtype == torch.float32 and state.stride(-1) == 1 and xbc.stride(-1) == 1
     assert conv_state.shape == (b, conv_dim, k - 1) and k >= 2 and heads % groups == 0
     conv_weight = conv_weight.reshape(conv_dim, k).contiguous()
@@ -203,12 +247,14 @@ def decode_step(
     decode_step_kernel[(b, groups)](
         xbc, xbc.stride(0), conv_state, conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         conv_weight, conv_bias if conv_bias is not None else conv_weight,
-        dt, dt.stride(0), A, D if D is not None else A, state, state.stride(0), state.stride(1), state.stride(2),
+        dt_arg, dt_arg.stride(0), dt_bias if dt_bias is not None else state, A if A is not None else state,
+        D if D is not None else state, state, state.stride(0), state.stride(1), state.stride(2),
         zz, zz.stride(0), y, heads * p,
         p, n, heads * p, groups * n,
         HPG=heads // groups, K=k, KB=triton.next_power_of_2(k), BP=triton.next_power_of_2(p),
         BN=triton.next_power_of_2(n), HAS_BIAS=conv_bias is not None, SILU=conv_silu, X_OVER_DT=x_over_dt,
-        HAS_D=D is not None, GATE=GATES[gate if z is not None else "none"],
+        HAS_D=D is not None, GATE=GATES[gate if z is not None else "none"], DT_MODE=DT_MODES[dt_mode],
+        A_MODE=A_MODES[a_mode],
     )  # fmt: skip
     return y
 
