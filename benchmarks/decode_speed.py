@@ -1,17 +1,22 @@
-"""Decoding speed and memory: the SSD student's recurrent step (constant state) vs its teacher with a KV cache, after
-a prompt of 1k-32k tokens, batch 1 and 16, bf16, random weights of the real dimensions (``--model smollm2-135m`` or
-``phi-1_5``; ``tiny`` for a CPU smoke test).
+"""Decoding speed as a server sees it: students (pure SSD, and a hybrid keeping 4 attention layers) decoding through
+``generate``'s fast path (CUDA graphs of several steps, tokens chosen on the device, the fused SSD step, a static KV
+cache for attention layers) against the teacher at its best (transformers' static KV cache, its step compiled into
+CUDA graphs), after a prompt of 1k-32k tokens, batch 1-64, bf16, random weights of the real dimensions
+(``--model smollm2-135m`` or ``phi-1_5``; ``tiny`` with ``--device cpu`` for a smoke test).
 
-    python3 benchmarks/decode_speed.py [--model smollm2-135m] [--contexts 1024,4096,16384,32768] [--batches 1,16]
+    python3 benchmarks/decode_speed.py [--model smollm2-135m] [--students pure,hybrid4] \\
+        [--contexts 1024,4096,16384,32768] [--batches 1,16,64] [--rows pure:4096x1,hybrid4:32768x16] [--block 16]
 
-Per (context, batch): tokens/s over ``--new-tokens`` greedy steps after the prefill, and the decoding state's size
-(the teacher's KV cache grows with the context, the student's SSM state does not) and peak GPU memory.
-Writes benchmarks/results/decode_speed-<model>-<device>.{json,md}.
+Per (student, context, batch): ms per decoding step (a step = one token for each sequence) of the teacher, of the
+student replaying one ``--block``-step graph per ``--block`` tokens and of the student replaying a one-step graph per
+token (what the architecture gains vs what the decoding loop gains), each beside its memory roofline (weights + the
+state or KV bytes a step reads and writes, over ``--bandwidth-gbs``); the time to first token (prefill); the CUDA
+kernels in one student step (torch.profiler over one replay of the one-step graph); the decoding state's size and peak
+GPU memory. Writes benchmarks/results/decode_speed-<model>-<device>.{json,md} after every row.
 """
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 from pathlib import Path
@@ -31,57 +36,75 @@ from benchmarks.common import (  # noqa: E402
     versions,
     write,
 )
-from mohawk.models.cache import MohawkCache  # noqa: E402
+from mohawk.models import graphs  # noqa: E402
 from mohawk.parallel import resolve_device  # noqa: E402
+from mohawk.transfer import from_teacher, place_attention_layers  # noqa: E402
+
+STUDENTS = ("pure", "hybrid4")
 
 
-def cache_bytes(cache) -> int:
-    if isinstance(cache, MohawkCache):
-        return cache.memory_bytes()
-    return sum(
-        t.numel() * t.element_size()
-        for layer in cache.layers
-        for t in (layer.keys, layer.values)
-        if isinstance(t, torch.Tensor)
-    )
+def weight_bytes(model) -> int:
+    """Bytes of the parameters (tied ones once): what a decoding step reads at least once."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def count_kernels(fn, device) -> int | None:
+    """CUDA kernels launched by ``fn()`` (a graph replay or an eager step), from torch.profiler; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync(device)
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
 @torch.no_grad()
-def decode(model, cache, ids: torch.Tensor, new_tokens: int, device) -> dict:
-    """Prefill ``ids`` through the backbone (no logits for the prompt), then ``new_tokens`` greedy one-token steps."""
-    teacher = not isinstance(cache, MohawkCache)
-    # transformers 5.24 renamed the models' ``past_key_values`` argument to ``cache``
-    name = "cache" if teacher and "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
-    kw = {name: cache, "use_cache": True}
+def student_decode(model, ids: torch.Tensor, new_tokens: int, steps: int, device) -> dict:
+    """``generate``'s fast path (mohawk.models.graphs.generate_fast), greedy, no EOS: ms per step over the
+    ``new_tokens - 1`` steps after the first token, time to first token (prefill)."""
+    t: dict = {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    sync(device)
-    t0 = time.perf_counter()
-    if teacher:
-        backbone_kw = {
-            (
-                "cache" if "cache" in inspect.signature(type(model.model).forward).parameters else "past_key_values"
-            ): cache,
-            "use_cache": True,
-        }
-        model.model(input_ids=ids, **backbone_kw)
-    else:
-        model.model(input_ids=ids, cache=cache)
-    sync(device)
-    prefill = time.perf_counter() - t0
-    nxt = ids[:, -1:]
-    t0 = time.perf_counter()
-    for _ in range(new_tokens):
-        nxt = model(input_ids=nxt, **kw).logits[:, -1:].argmax(-1)
-    sync(device)
-    dt = time.perf_counter() - t0
+    graphs.generate_fast(model, ids, new_tokens, steps=steps, timings=t)
     return {
-        "tokens_per_s": ids.shape[0] * new_tokens / dt,
-        "ms_per_step": 1e3 * dt / new_tokens,
-        "prefill_s": prefill,
-        "state_mib": cache_bytes(cache) / 2**20,
+        "ms_per_step": 1e3 * t["decode_s"] / t["decode_steps"],
+        "tokens_per_s": ids.shape[0] * t["decode_steps"] / t["decode_s"],
+        "ttft_ms": 1e3 * t["prefill_s"],
+        "state_mib": (t["state_bytes"] + t["kv_bytes"]) / 2**20,
+        "step_bytes": 2 * t["state_bytes"] + t["kv_bytes"],  # the fixed state read and written, the KV read
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
+
+
+def student_kernels(model, batch: int, device) -> int | None:
+    """CUDA kernels in one decoding step: one replay of ``model``'s one-step greedy graph for ``batch``."""
+    store = graphs._GRAPHS.get(model)
+    found = [
+        g for g in (store[1].values() if store else ()) if g.steps == 1 and g.sampling is None and len(g.ids) == batch
+    ]
+    if not found or found[-1].graph is None:
+        return None
+    try:
+        n = count_kernels(found[-1].graph.replay, device)
+        return n if n else count_kernels(found[-1]._body, device)  # a profiler blind to graph nodes: the step eagerly
+    except Exception:  # noqa: BLE001 - a count is not worth the run
+        return None
+
+
+def measure_student(student, ids, args, steps: int, device) -> dict:
+    """student_decode after a warm-up call (which captures the graphs), with the step's memory roofline."""
+    try:
+        student_decode(student, ids, args.new_tokens, steps, device)  # captures
+        r = student_decode(student, ids, args.new_tokens, steps, device)
+    except torch.OutOfMemoryError:
+        return {"oom": True}
+    except Exception as e:  # noqa: BLE001 - one failed measurement must not lose the run
+        return {"error": repr(e)[:300]}
+    r["roofline_ms"] = 1e3 * (weight_bytes(student) + r.pop("step_bytes")) / (args.bandwidth_gbs * 1e9)
+    return r
 
 
 class _StepClock:
@@ -97,15 +120,17 @@ class _StepClock:
 
 
 @torch.no_grad()
-def decode_static(model, ids: torch.Tensor, new_tokens: int, device) -> dict:
+def teacher_static(model, ids: torch.Tensor, new_tokens: int, device) -> dict:
     """The teacher as a tuned serving loop decodes: transformers' static KV cache, whose one-token forward generate
-    compiles (torch.compile, mode reduce-overhead: CUDA graphs) on a GPU; tokens/s over the steps after the first
-    (the prefill and the first step are left out; call once before to compile)."""
+    compiles (torch.compile, mode reduce-overhead: CUDA graphs) on a GPU; ms per step over the steps after the first,
+    time to first token (call once before to compile)."""
     from transformers import LogitsProcessorList
 
     clock = _StepClock(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
     model.generate(
         ids,
         attention_mask=torch.ones_like(ids),
@@ -119,55 +144,104 @@ def decode_static(model, ids: torch.Tensor, new_tokens: int, device) -> dict:
     steps = len(clock.marks) - 1
     dt = clock.marks[-1] - clock.marks[0]
     return {
-        "tokens_per_s": ids.shape[0] * steps / dt,
         "ms_per_step": 1e3 * dt / steps,
+        "tokens_per_s": ids.shape[0] * steps / dt,
+        "ttft_ms": 1e3 * (clock.marks[0] - t0),
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
+
+
+def teacher_kv_bytes(cfg, batch: int, tokens: int, dtype: torch.dtype) -> int:
+    """KV cache bytes of ``tokens`` positions: what the teacher's step reads (its static cache masks the rest)."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    return (
+        2 * cfg.num_hidden_layers * batch * kv_heads * tokens * head_dim * torch.tensor([], dtype=dtype).element_size()
+    )
+
+
+def parse_rows(args) -> list[tuple[str, int, int]]:
+    """(student, context, batch) to measure: ``--rows`` if given, else students x contexts x batches."""
+    if args.rows:
+        out = []
+        for item in args.rows.split(","):
+            name, _, shape = item.partition(":")
+            L, _, b = shape.partition("x")
+            if name not in STUDENTS or not L.isdigit() or not b.isdigit():
+                raise SystemExit(f"--rows item {item!r}: expected STUDENT:CONTEXTxBATCH, STUDENT in {STUDENTS}")
+            out.append((name, int(L), int(b)))
+        return out
+    return [
+        (s, int(L), int(b))
+        for s in args.students.split(",")
+        for L in args.contexts.split(",")
+        for b in args.batches.split(",")
+    ]
 
 
 def main():
     ap = arg_parser(__doc__)
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--students", default="pure,hybrid4", help="pure (all SSD) and/or hybrid4 (4 attention layers)")
     ap.add_argument("--contexts", default="1024,4096,16384,32768")
-    ap.add_argument("--batches", default="1,16")
-    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--rows", default="", help="instead of the grid: STUDENT:CONTEXTxBATCH,... e.g. pure:4096x1")
+    ap.add_argument("--new-tokens", type=int, default=65, help="tokens generated per measurement (1 + whole blocks)")
+    ap.add_argument("--block", type=int, default=16, help="decoding steps per graph replay (the multi-step figure)")
+    ap.add_argument("--bandwidth-gbs", type=float, default=4800.0, help="memory bandwidth for the roofline (H200)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--compile", action="store_true", help="torch.compile the step's norms and MLPs before capture")
     args = ap.parse_args()
-    from transformers import DynamicCache
+    rows_wanted = parse_rows(args)
 
-    device = resolve_device("auto")
+    device = resolve_device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = model_config(args.model)
-    teacher, _, student = random_teacher_and_student(cfg, device, dtype)
+    teacher, adapter, pure = random_teacher_and_student(cfg, device, dtype)
+    students = {"pure": pure}
+    if any(name == "hybrid4" for name, _, _ in rows_wanted):
+        n = cfg.num_hidden_layers
+        torch.manual_seed(0)
+        with torch.device(device):
+            hybrid = from_teacher(adapter, place_attention_layers(min(4, n - 1), n))
+        students["hybrid4"] = hybrid.to(dtype).eval()
+    for st in students.values():
+        st.config.decode_compile = args.compile
+    teacher_rows: dict[tuple[int, int], dict] = {}  # a (context, batch) measured once, shared by the students
     rows = []
-    for L in map(int, args.contexts.split(",")):
-        for b in map(int, args.batches.split(",")):
-            ids = torch.randint(0, cfg.vocab_size, (b, L), device=device)
-            row = {"context": L, "batch": b}
-            for name, model, make in (
-                ("teacher", teacher, lambda: DynamicCache(config=cfg)),
-                ("student", student, MohawkCache),
-                ("student_eager", student, MohawkCache),
-            ):
-                student.config.decode_cuda_graph = name == "student"  # CUDA graph replay vs kernel by kernel
-                try:
-                    decode(model, make(), ids[:, : min(L, 64)], 2, device)  # warm-up
-                    r = decode(model, make(), ids, args.new_tokens, device)
-                except torch.OutOfMemoryError:
-                    r = {"oom": True}
-                row.update({f"{name}_{k}": v for k, v in r.items()})
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            try:  # the strongest teacher baseline: static cache + CUDA graphs (compiled in the warm-up call)
-                decode_static(teacher, ids, args.new_tokens, device)
-                r = decode_static(teacher, ids, args.new_tokens, device)
+    for name, L, b in rows_wanted:
+        student = students[name]
+        ids = torch.randint(0, cfg.vocab_size, (b, L), device=device)
+        row: dict = {"student": name, "context": L, "batch": b, "block": args.block}
+        row["attention_layers"] = list(student.config.attention_layers)
+        if (L, b) not in teacher_rows:
+            try:
+                teacher_static(teacher, ids, args.new_tokens, device)  # compiles
+                teacher_rows[(L, b)] = teacher_static(teacher, ids, args.new_tokens, device)
             except torch.OutOfMemoryError:
-                r = {"oom": True}
-            row.update({f"teacher_static_{k}": v for k, v in r.items()})
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            rows.append(row)
-            print(row, flush=True)
-            save(args, device, dtype, rows)  # after every row: a run cut short keeps what it measured
+                teacher_rows[(L, b)] = {"oom": True}
+            except Exception as e:  # noqa: BLE001 - one failed measurement must not lose the run
+                teacher_rows[(L, b)] = {"error": repr(e)[:300]}
+        row.update({f"teacher_{k}": v for k, v in teacher_rows[(L, b)].items()})
+        kv = teacher_kv_bytes(cfg, b, L + args.new_tokens // 2, dtype)
+        row["teacher_state_mib"] = kv / 2**20
+        row["teacher_roofline_ms"] = 1e3 * (weight_bytes(teacher) + kv) / (args.bandwidth_gbs * 1e9)
+        for kind, steps in (("block", args.block), ("1step", 1)):
+            r = measure_student(student, ids, args, steps, device)
+            if "error" in r and student.config.decode_compile:  # compiled capture failed: the uncompiled step
+                student.config.decode_compile = False
+                graphs.release(student)
+                r = {**measure_student(student, ids, args, steps, device), "compile_error": r["error"]}
+                student.config.decode_compile = args.compile
+            row.update({f"student_{kind}_{k}": v for k, v in r.items()})
+        row["student_kernels_per_step"] = student_kernels(student, b, device)
+        row["student_compiled"] = any(g.compiled for g in graphs._GRAPHS.get(student, (None, {}))[1].values())
+        graphs.release(student)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        rows.append(row)
+        print(row, flush=True)
+        save(args, device, dtype, rows)  # after every row: a run cut short keeps what it measured
 
 
 def save(args, device, dtype, rows: list[dict]) -> None:
@@ -181,35 +255,49 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "model": args.model,
         "dtype": str(dtype),
         "new_tokens": args.new_tokens,
+        "block": args.block,
+        "compile": args.compile,
+        "bandwidth_gbs": args.bandwidth_gbs,
         "rows": rows,
     }
     lines = [
-        f"# Decoding, {args.model}: SSD student (recurrent state) vs teacher (KV cache), {dev}",
+        f"# Decoding, {args.model}: students (generate's fast path) vs the static-cache + CUDA-graph teacher, {dev}",
         "",
         f"- command: `{cmd}`",
         f"- versions: {payload['versions']}",
-        f"- {dtype}, random weights of the real dimensions; tokens/s over {args.new_tokens} greedy steps after "
-        "the prompt's prefill; state = KV cache (teacher) or conv + SSM state (student); the student decodes by "
-        "replaying one CUDA graph per step (mohawk.models.graphs; captured in the warm-up), the eager column "
-        "launches its kernels one by one",
+        f"- {dtype}, random weights of the real dimensions; ms per decoding step (one token per sequence) over "
+        f"{args.new_tokens - 1} greedy steps after the first token; the teacher decodes with transformers' static KV "
+        "cache, its step compiled into CUDA graphs (`generate(cache_implementation='static')`); the students through "
+        f"`generate`'s fast path: one graph replay per {args.block} steps ('block'), or per step ('1 step'), tokens "
+        "chosen on the device, the fused SSD step, a static KV cache for attention layers"
+        + (
+            ", the norms and MLPs torch.compile'd before capture ('compiled' says where that worked)"
+            if args.compile
+            else ""
+        ),
+        f"- roofline: (weights + state or KV bytes a step reads and writes) / {args.bandwidth_gbs:,.0f} GB/s; "
+        "'x roofline' = measured / roofline; TTFT = prefill to the first token; kernels = CUDA kernels in one student "
+        "step (torch.profiler over one replay of the one-step graph)",
         "",
-        "- the baseline is the teacher with transformers' static KV cache and its decoding step compiled into CUDA "
-        "graphs (`generate(cache_implementation='static')`); 'teacher eager' is its plain DynamicCache loop",
-        "",
-        "| context | batch | teacher static+graphs tok/s | student tok/s | student / teacher static | teacher eager "
-        "tok/s | student without CUDA graph tok/s | "
-        "teacher state MiB | student state MiB | teacher peak GiB | student peak GiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| student | context | batch | teacher ms/step | student ms/step (block) | student ms/step (1 step) | "
+        "speed-up vs teacher | student tok/s | roofline ms (student / teacher) | x roofline (student) | "
+        "kernels/step | TTFT ms (teacher / student) | state MiB (teacher / student) | peak GiB (teacher / student) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        t, s, e = (r.get(f"{k}_tokens_per_s") for k in ("teacher", "student", "student_eager"))
-        ts = r.get("teacher_static_tokens_per_s")
+        t, s, s1 = (r.get(f"{k}_ms_per_step") for k in ("teacher", "student_block", "student_1step"))
+        roof = r.get("student_block_roofline_ms")
+        ms = {k: fmt(r[f"{k}_ms_per_step"], 3) if f"{k}_ms_per_step" in r else "OOM" if r.get(f"{k}_oom") else "error"
+              for k in ("teacher", "student_block", "student_1step")}  # fmt: skip
         lines.append(
-            f"| {r['context']} | {r['batch']} | {fmt(ts, 0) if ts else 'OOM'} | {fmt(s, 0) if s else 'OOM'} | "
-            f"{f'{s / ts:.2f}x' if s and ts else '-'} | {fmt(t, 0) if t else 'OOM'} | {fmt(e, 0) if e else 'OOM'} | "
-            f"{fmt(r.get('teacher_state_mib'), 1)} | "
-            f"{fmt(r.get('student_state_mib'), 1)} | {fmt(r.get('teacher_peak_gib'), 2)} | "
-            f"{fmt(r.get('student_peak_gib'), 2)} |"
+            f"| {r['student']} | {r['context']} | {r['batch']} | {ms['teacher']} | "
+            f"{ms['student_block']} | {ms['student_1step']} | {f'{t / s:.2f}x' if s and t else '-'} | "
+            f"{fmt(r.get('student_block_tokens_per_s'), 0)} | {fmt(roof, 3)} / {fmt(r.get('teacher_roofline_ms'), 3)} "
+            f"| {f'{s / roof:.1f}x' if s and roof else '-'} | {r.get('student_kernels_per_step') or '-'}"
+            f"{' (compiled)' if r.get('student_compiled') else ''} | "
+            f"{fmt(r.get('teacher_ttft_ms'), 1)} / {fmt(r.get('student_block_ttft_ms'), 1)} | "
+            f"{fmt(r.get('teacher_state_mib'), 1)} / {fmt(r.get('student_block_state_mib'), 1)} | "
+            f"{fmt(r.get('teacher_peak_gib'), 2)} / {fmt(r.get('student_block_peak_gib'), 2)} |"
         )
     write(f"decode_speed-{args.model}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 

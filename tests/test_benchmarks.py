@@ -14,7 +14,11 @@ import pytest
             "stage_throughput",
             ["--model", "tiny", "--steps", "1", "--warmup", "1", "--seq-len", "32", "--batch", "2", "--profile", "2"],
         ),
-        ("decode_speed", ["--model", "tiny", "--contexts", "16,48", "--batches", "2", "--new-tokens", "4"]),
+        (
+            "decode_speed",
+            ["--model", "tiny", "--device", "cpu", "--contexts", "16,48", "--batches", "2", "--new-tokens", "5"]
+            + ["--block", "2"],
+        ),
         ("stage1_memory", ["--model", "tiny", "--lengths", "32,64", "--tile", "8"]),
         ("kd_loss", ["--tokens", "64", "--vocab", "2048", "--hidden", "16", "--chunks", "16", "--repeats", "1"]),
     ],
@@ -46,12 +50,28 @@ def test_benchmark_writes_results(script, args, tmp_path, monkeypatch):
         assert all(r["seconds"] > 0 for r in rows)
     elif script == "stage1_memory":
         assert [r["L"] for r in rows] == [32, 64] and all(r["naive_ms"] > 0 and r["tiled_ms"] > 0 for r in rows)
-    else:
-        assert len(rows) == 2 and all(r["teacher_tokens_per_s"] > 0 and r["student_tokens_per_s"] > 0 for r in rows)
-        assert all(r["teacher_static_tokens_per_s"] > 0 for r in rows)  # the static-cache baseline ran too
-        # the teacher's KV cache grows with the context, the student's state does not
-        assert rows[1]["teacher_state_mib"] > 2 * rows[0]["teacher_state_mib"]
-        assert rows[1]["student_state_mib"] == rows[0]["student_state_mib"] > 0
+    else:  # pure and hybrid students over the grid, each against the static-cache teacher
+        assert [(r["student"], r["context"]) for r in rows] == [
+            ("pure", 16),
+            ("pure", 48),
+            ("hybrid4", 16),
+            ("hybrid4", 48),
+        ]
+        for r in rows:
+            assert r["teacher_ms_per_step"] > 0 and r["teacher_ttft_ms"] > 0 and r["teacher_roofline_ms"] > 0
+            for kind in ("block", "1step"):
+                assert r[f"student_{kind}_ms_per_step"] > 0 and r[f"student_{kind}_ttft_ms"] > 0
+                assert 0 < r[f"student_{kind}_roofline_ms"] < r[f"student_{kind}_ms_per_step"]
+        pure, hybrid = rows[:2], rows[2:]
+        assert [r["attention_layers"] for r in rows] == [[], [], [1], [1]]
+        # the teacher's KV cache grows with the context, the pure student's state does not, the hybrid's KV does
+        assert pure[1]["teacher_state_mib"] > 2 * pure[0]["teacher_state_mib"]
+        assert pure[1]["student_block_state_mib"] == pure[0]["student_block_state_mib"] > 0
+        assert (
+            hybrid[1]["student_block_state_mib"]
+            > hybrid[0]["student_block_state_mib"]
+            > pure[0]["student_block_state_mib"]
+        )
 
 
 def test_flops_count_the_teacher_forward_and_trained_student():

@@ -118,7 +118,10 @@ class Attention(nn.Module):
         """u (batch, L, hidden) -> (batch, L, hidden); with ``cache`` (a MohawkCache) appends to and reads its KV."""
         b, L, _ = u.shape
         offset = cache.seq_length(self.layer_idx) if cache is not None else 0
-        q, k, v = self._qkv(u, self._positions(u, position_ids, offset))
+        positions = self._positions(u, position_ids, offset)
+        q, k, v = self._qkv(u, positions)
+        if cache is not None and cache.kv_capacity is not None:
+            return self.o_proj(self._attend_static(q, k, v, positions, cache).transpose(1, 2).reshape(b, L, -1))
         if cache is not None:
             k, v = cache.update_kv(self.layer_idx, k, v)
         k, v = self._repeat_kv(k), self._repeat_kv(v)
@@ -128,3 +131,33 @@ class Attention(nn.Module):
             mask = self._mask(L, k.shape[2], u.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.o_proj(y.transpose(1, 2).reshape(b, L, -1))
+
+    def _attend_static(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, cache) -> Tensor:
+        """Attention through a static KV cache (MohawkCache.kv_capacity): q (b, h, L, d), k and v (b, kv, L, d) at
+        ``positions`` -> (b, h, L, d). One token reads the whole buffer under a mask computed on the device from its
+        position (no host value: capturable in a CUDA graph); a prompt (several tokens, eager) reads the positions
+        written so far."""
+        b, h, L, d = q.shape
+        pos = positions.reshape(-1, L)  # (1 or b, L)
+        if L > 1:  # a prompt, run eagerly: its end is known on the host
+            end = int(pos[0, -1]) + 1
+            cache.check_capacity(end)
+            kb, vb = cache.write_kv(self.layer_idx, k, v, pos[0])
+            kk, vv = self._repeat_kv(kb[:, :, :end]), self._repeat_kv(vb[:, :, :end])
+            if end == L and self.sliding_window is None:
+                return F.scaled_dot_product_attention(q, kk, vv, is_causal=True, scale=self.scale)
+            return F.scaled_dot_product_attention(q, kk, vv, attn_mask=self._mask(L, end, q.device), scale=self.scale)
+        kb, vb = cache.write_kv(self.layer_idx, k, v, pos[0])
+        kv = self.num_kv_heads
+        # grouped query heads as the rows of one product per K/V head: the buffer is read once, not repeated
+        qg = q.reshape(b, kv, h // kv, d)
+        scores = qg @ kb.transpose(-1, -2)  # (b, kv, h // kv, capacity)
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * self.scale
+        kpos = torch.arange(kb.shape[2], device=q.device)
+        qpos = pos[:, -1:]  # (1 or b, 1)
+        valid = kpos <= qpos
+        if self.sliding_window is not None:
+            valid &= kpos > qpos - self.sliding_window
+        scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+        y = scores.softmax(-1).to(vb.dtype) @ vb  # (b, kv, h // kv, d)
+        return y.reshape(b, h, 1, d)

@@ -36,8 +36,10 @@ class GatedRMSNorm(nn.Module):
         self.group_size, self.eps = group_size, eps
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
-        dtype = y.dtype
-        h = y.float() * F.silu(z.float())
+        return self.normalize(y.float() * F.silu(z.float()), y.dtype)
+
+    def normalize(self, h: Tensor, dtype: torch.dtype) -> Tensor:
+        """The norm of an already gated h = y * silu(z) (float32), returned in ``dtype``."""
         g = h.unflatten(-1, (-1, self.group_size))
         g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * g.flatten(-2).to(dtype)
@@ -61,3 +63,10 @@ class Mamba2Mixer(SSDMixer):
 
     def _finish(self, y: Tensor, z: Tensor | None) -> Tensor:
         return self.out_proj(self.norm(y.flatten(-2), z))
+
+    def _fused_step_settings(self) -> dict | None:
+        settings = {"x_over_dt": False, "gate": "mul_silu", "dt_mode": "softplus_bias", "a_mode": "neg_exp"}
+        return {**settings, "out_dtype": torch.float32}  # the norm gates in float32
+
+    def _finish_gated(self, g: Tensor) -> Tensor:
+        return self.out_proj(self.norm.normalize(g, self.out_proj.weight.dtype))

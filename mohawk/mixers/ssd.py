@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mohawk.mixers.kernels import aligned_linear
+from mohawk.mixers.kernels.decode_step import use_decode_kernel
 
 
 def _expand_groups(t: Tensor, heads: int) -> Tensor:
@@ -417,6 +418,9 @@ class SSDMixer(nn.Module):
         """u (batch, L, hidden) -> (batch, L, hidden). With ``cache`` (a MohawkCache), carries conv and SSM state: one
         token takes the recurrent step, several tokens the chunked scan from the cached state (a prompt fed in
         pieces, see MohawkModel's prefill_chunk)."""
+        fused = self._fused_settings_for(u, cache)
+        if fused is not None:
+            return self._forward_fused(u, cache, fused)
         z, xbc_raw, dt = self._project(u)
         cached = cache is not None and cache.has_state(self.layer_idx)
         if cached and u.shape[1] == 1:
@@ -435,6 +439,63 @@ class SSDMixer(nn.Module):
         # the last k inputs, copied: a view would keep the whole chunk's (b, conv_dim, L) alive in the cache
         cache.set_state(self.layer_idx, padded[..., padded.shape[-1] - k :].contiguous(), state)
         return self._finish(y, z)
+
+    # the fused decoding step's settings (mohawk.mixers.kernels.decode_step), or None where this family's step is
+    # not SSD's (the diagonal SSM's per-channel decay)
+    def _fused_step_settings(self) -> dict | None:
+        if type(self)._step is not SSDMixer._step:
+            return None
+        gate = "none" if self.use_gate is False else ("mul_silu" if self.gate_activation == "silu" else "mul")
+        modes = (
+            {"dt_mode": "softplus_bias", "a_mode": "neg_exp"} if self.has_dt else {"dt_mode": "ones", "a_mode": "zero"}
+        )
+        return {"x_over_dt": False, "gate": gate, "out_dtype": None, **modes}
+
+    def _finish_gated(self, g: Tensor) -> Tensor:
+        """g (b, L, d_inner): y after the gate the fused step applied -> the rest of ``_finish``."""
+        return self.out_proj(self.norm(g) if self.norm is not None else g)
+
+    def _fused_settings_for(self, u: Tensor, cache) -> dict | None:
+        """The fused step's settings when this one-token step can take it, else None."""
+        if cache is None or u.shape[1] != 1 or not cache.has_state(self.layer_idx) or self.conv_kernel < 2:
+            return None
+        settings = self._fused_step_settings()
+        state = cache.get_state(self.layer_idx)[1]
+        if settings is None or state.dtype != torch.float32 or not state.is_contiguous() or not use_decode_kernel(u):
+            return None
+        return settings
+
+    def _forward_fused(self, u: Tensor, cache, settings: dict) -> Tensor:
+        """One token (u (b, 1, hidden)) through the fused Triton step: from in_proj's raw output, the dt softplus,
+        the decay, conv shift, state update, D skip and gate in one kernel; the cached conv window and state are
+        updated in place."""
+        from mohawk.mixers.kernels.decode_step import decode_step
+
+        proj = aligned_linear(self.in_proj, u)[:, 0]
+        s = self.in_proj_slices()
+        z = proj[:, s["z"]] if settings["gate"] != "none" else None
+        conv_state, state = cache.get_state(self.layer_idx)
+        y = decode_step(
+            proj[:, s["x"].start : s["C"].stop],
+            conv_state,
+            self.conv1d.weight[:, 0, :],
+            self.conv1d.bias,
+            proj[:, s["dt"]] if settings["dt_mode"] != "ones" else None,
+            self.A_log if settings["a_mode"] == "neg_exp" else None,
+            self.D,
+            state,
+            z,
+            heads=self.num_heads,
+            groups=self.num_groups,
+            conv_silu=self.conv_activation == "silu",
+            x_over_dt=settings["x_over_dt"],
+            gate=settings["gate"],
+            out_dtype=settings["out_dtype"] or proj.dtype,
+            dt_mode=settings["dt_mode"],
+            a_mode=settings["a_mode"],
+            dt_bias=self.dt_bias if settings["dt_mode"] == "softplus_bias" else None,
+        )
+        return self._finish_gated(y.flatten(-2)[:, None])
 
     def _forward_recurrent(self, u, z, xbc_raw, dt, cache) -> Tensor:
         """Token by token from the cached conv window and SSM state (decoding): O(1) memory in the context length."""

@@ -35,6 +35,10 @@ class MohawkConfig(PretrainedConfig):
       the prefill's memory does not grow with the prompt (0: in one piece).
     decode_cuda_graph: on CUDA, decode one token at a time by replaying a captured CUDA graph of the whole step
       (students whose every layer has a fixed-size state; see mohawk.models.graphs).
+    decode_block_steps: decoding steps per CUDA-graph replay in ``generate`` on CUDA (the host looks at the tokens,
+      for EOS, once per block; see mohawk.models.graphs.generate_fast).
+    decode_compile: torch.compile the blocks' norms and MLPs of the decoding step before capturing it (falls back to
+      the uncompiled step, with a warning, where compiling fails).
     """
 
     model_type = "mohawk"
@@ -84,6 +88,8 @@ class MohawkConfig(PretrainedConfig):
         ssd_chunk_size: int = 64,
         prefill_chunk: int = 2048,
         decode_cuda_graph: bool = True,
+        decode_block_steps: int = 16,
+        decode_compile: bool = False,
         initializer_range: float = 0.02,
         teacher_model_type: str | None = None,
         **kwargs,
@@ -130,6 +136,8 @@ class MohawkConfig(PretrainedConfig):
         self.ssd_chunk_size = ssd_chunk_size
         self.prefill_chunk = prefill_chunk
         self.decode_cuda_graph = decode_cuda_graph
+        self.decode_block_steps = decode_block_steps
+        self.decode_compile = decode_compile
         self.initializer_range = initializer_range
         self.teacher_model_type = teacher_model_type
         self._validate()

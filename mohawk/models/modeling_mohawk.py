@@ -18,7 +18,7 @@ from mohawk.mixers.attention import default_inv_freq
 from mohawk.mixers.norm import RMSNorm, make_norm
 from mohawk.models.cache import MohawkCache
 from mohawk.models.configuration_mohawk import MohawkConfig
-from mohawk.models.graphs import decode_graph, graphs_supported
+from mohawk.models.graphs import decode_graph, generate_fast, graphs_supported
 
 
 class MLP(nn.Module):
@@ -124,6 +124,8 @@ class MohawkModel(MohawkPreTrainedModel):
         (generation: the prompt's other positions need no final norm) [, all block inputs + final output]."""
         source = input_ids if inputs_embeds is None else inputs_embeds
         L = source.shape[1]
+        if cache is not None and not cache.static:  # (a graph's own buffers are checked where it replays)
+            cache.check_capacity(cache.tokens + L)
         if position_ids is None:
             offset = cache.tokens if cache is not None else 0
             position_ids = torch.arange(offset, offset + L, device=source.device)[None]
@@ -250,14 +252,94 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
             or not getattr(self.config, "decode_cuda_graph", False)
             or torch.is_grad_enabled()
             or not graphs_supported(input_ids.device)
-            or cache.kv
-            or len(cache.ssm) != self.config.num_hidden_layers
+            or (cache.kv and cache.kv_capacity is None)  # a growing KV cache has no fixed addresses
+            or len(cache.ssm) + len(cache.kv) != self.config.num_hidden_layers
             or torch.compiler.is_compiling()
             or hasattr(self.lm_head.weight, "device_mesh")  # FSDP-sharded: each step gathers weights
             or (input_ids.is_cuda and torch.cuda.is_current_stream_capturing())
         ):
             return None
         return decode_graph(self, cache, input_ids)
+
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        """``GenerationMixin.generate``; on CUDA, plain greedy or sampled generation (temperature, top-k) takes
+        :func:`mohawk.models.graphs.generate_fast`: tokens chosen inside CUDA graphs of ``config.decode_block_steps``
+        steps each, a static KV cache for attention layers. Anything else (beams, logits processors, streamers,
+        dict outputs, ...) goes to transformers' loop."""
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        plan = None if generation_config is not None else self._fast_plan(ids, kwargs)
+        if plan is None:
+            return super().generate(inputs, generation_config=generation_config, **kwargs)
+        return generate_fast(self, ids, **plan)
+
+    _FAST_KWARGS = frozenset(
+        {"input_ids", "attention_mask", "max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p"}
+        | {"pad_token_id", "eos_token_id", "use_cache"}
+    )
+    # generation settings the fast path does not implement, with the value that means "off"
+    _FAST_OFF = {
+        "num_beams": 1,
+        "num_return_sequences": 1,
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
+        "min_new_tokens": 0,
+        "min_length": 0,
+        "min_p": None,
+        "typical_p": 1.0,
+        "epsilon_cutoff": 0.0,
+        "eta_cutoff": 0.0,
+        "bad_words_ids": None,
+        "suppress_tokens": None,
+        "begin_suppress_tokens": None,
+        "forced_bos_token_id": None,
+        "forced_eos_token_id": None,
+        "sequence_bias": None,
+        "output_logits": False,
+        "output_scores": False,
+        "return_dict_in_generate": False,
+    }
+
+    def _fast_plan(self, ids, kwargs) -> dict | None:
+        """generate_fast's arguments when this call can take it, else None."""
+        if (
+            not isinstance(ids, Tensor)
+            or ids.dim() != 2
+            or not set(kwargs) <= self._FAST_KWARGS
+            or kwargs.get("use_cache", True) is False
+            or not getattr(self.config, "decode_cuda_graph", False)
+            or not graphs_supported(ids.device)
+            or any(
+                kind not in ("attention", "ssd", "ssm", "linear_attention", "mamba2", "discrete_mamba2")
+                for kind in self.config.mixers
+            )
+            or hasattr(self.lm_head.weight, "device_mesh")
+        ):
+            return None
+        gc = self.generation_config
+        if any(getattr(gc, k, off) not in (None, off) for k, off in self._FAST_OFF.items()):
+            return None
+        mask = kwargs.get("attention_mask")
+        if mask is not None and not bool(mask.bool().all()):
+            return None
+        new = kwargs.get("max_new_tokens", gc.max_new_tokens)
+        if new is None:
+            new = kwargs.get("max_length", gc.max_length) - ids.shape[1]
+        if new is None or new < 1:
+            return None
+        sampling = None
+        if kwargs.get("do_sample", gc.do_sample):
+            top_p = kwargs.get("top_p", gc.top_p)
+            if top_p is not None and top_p < 1.0:
+                return None
+            temperature = kwargs.get("temperature", gc.temperature)
+            sampling = (float(1.0 if temperature is None else temperature), int(kwargs.get("top_k", gc.top_k) or 0))
+        return {
+            "max_new_tokens": int(new),
+            "sampling": sampling,
+            "eos_token_id": kwargs.get("eos_token_id", gc.eos_token_id),
+            "pad_token_id": kwargs.get("pad_token_id", gc.pad_token_id),
+            "steps": int(getattr(self.config, "decode_block_steps", 16)),
+        }
 
     def prepare_inputs_for_generation(
         self,

@@ -31,15 +31,18 @@ FILES = {
     "discrete_mamba2.py": "mixers/discrete_mamba2.py",
     "kernels.py": "mixers/kernels/__init__.py",
     "ssd_triton.py": "mixers/kernels/ssd_triton.py",
+    "decode_step.py": "mixers/kernels/decode_step.py",
+    "errors.py": "errors.py",
 }
 
 
 def flatten_imports(source: str) -> str:
     """``from mohawk.mixers.ssd import`` -> ``from .ssd import``, ``from mohawk.mixers import`` -> ``from .mixers
     import``, ``from mohawk.models.X import`` -> ``from .X import``, ``from mohawk.mixers.kernels.X import`` ->
-    ``from .X import``."""
+    ``from .X import``, ``from mohawk.errors import`` -> ``from .errors import``."""
     source = re.sub(r"from mohawk\.(?:mixers|models)\.(?:\w+\.)*(\w+) import", r"from .\1 import", source)
     source = re.sub(r"from mohawk\.mixers import", "from .mixers import", source)
+    source = re.sub(r"from mohawk\.errors import", "from .errors import", source)
     if re.search(r"^\s*(from|import) mohawk\b", source, flags=re.MULTILINE):
         leftover = re.search(r"^\s*(?:from|import) mohawk\S*", source, flags=re.MULTILINE).group(0).strip()
         raise RuntimeError(f"remote code would still import the mohawk package: {leftover!r}")

@@ -5,6 +5,7 @@ CUDA (marker gpu) the captured graph must give what the eager step gives."""
 import pytest
 import torch
 
+from mohawk.errors import MohawkError
 from mohawk.models import MohawkCache, graphs
 from mohawk.models import modeling_mohawk as modeling
 from tests.models.test_modeling import student
@@ -116,6 +117,137 @@ def test_reorder_cache_is_in_place():
     assert cache.get_state(1)[1] is ssm and torch.equal(ssm, want) and cache.get_state(1)[0] is conv
 
 
+HYBRID = ("ssd", "attention", "mamba2", "attention")
+
+
+def hf_generate(m, ids, **kw):
+    """transformers' own loop, eager, with a growing KV cache: the reference for the fast path."""
+    m.config.decode_cuda_graph = False
+    try:
+        return m.generate(ids, do_sample=False, pad_token_id=0, **kw)
+    finally:
+        m.config.decode_cuda_graph = True
+
+
+@pytest.mark.parametrize("block", [1, 4])
+def test_graphed_hybrid_generates_what_eager_generates(graphs_on_cpu, block):
+    """A hybrid's attention layers decode from a static KV cache inside the graph: the same tokens as the eager loop
+    with a growing cache (a wrong mask, position or KV write changes them)."""
+    m = student(HYBRID, ssd_conv_init="random", decode_block_steps=block, sliding_window=5)
+    ids = torch.randint(0, 64, (3, 6))
+    want = hf_generate(m, ids, max_new_tokens=13)
+    got = m.generate(ids, max_new_tokens=13, do_sample=False, pad_token_id=0)
+    assert torch.equal(got, want)
+    (g,) = graphs._GRAPHS[m][1].values()  # one graph decoded it all
+    assert g.steps == block and sorted(g.buffers.kv) == [1, 3] and g.buffers.kv_capacity == 256
+
+
+def test_one_step_graph_with_static_kv_equals_eager_logits(graphs_on_cpu):
+    """HF's loop (one step, logits out) also replays a graph for a hybrid once its cache is static."""
+    m = student(HYBRID, ssd_conv_init="random")
+    ids, nxt = torch.randint(0, 64, (2, 9)), torch.randint(0, 64, (2, 5))
+    m.config.decode_cuda_graph = False
+    want = steps(m, prefill(m, ids), nxt)
+    m.config.decode_cuda_graph = True
+    cache = MohawkCache(kv_capacity=16)
+    with torch.no_grad():
+        m(ids, past_key_values=cache, use_cache=True)
+    got = steps(m, cache, nxt)
+    assert len(graphs._GRAPHS[m][1]) == 1 and cache.tokens == 14
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_block_equals_single_steps_and_stops_at_eos(graphs_on_cpu, monkeypatch):
+    """Blocks of 4 steps give what single steps give: tokens after each sequence's EOS become padding, and the host
+    stops launching blocks once every sequence has ended (one block here)."""
+    m = student(("ssd", "attention", "discrete_mamba2"), ssd_conv_init="random", decode_block_steps=4)
+    ids = torch.randint(0, 64, (3, 5))
+    free = hf_generate(m, ids, max_new_tokens=30)
+    eos = [int(free[r, 5 + 1 + r]) for r in range(3)]  # row r ends by its (r + 2)-th new token
+    want = hf_generate(m, ids, max_new_tokens=30, eos_token_id=eos)
+    assert want.shape[1] <= 5 + 4 < free.shape[1]
+    ended = torch.isin(want[:, 5:], torch.tensor(eos)).long().argmax(1)
+    assert int(ended.min()) < want.shape[1] - 6  # a row ended before the others: padding follows its EOS
+    calls = []
+    run_block = graphs.DecodeGraph.run_block
+    monkeypatch.setattr(graphs.DecodeGraph, "run_block", lambda *a: calls.append(1) or run_block(*a))
+    got = m.generate(ids, max_new_tokens=30, do_sample=False, pad_token_id=0, eos_token_id=eos)
+    assert torch.equal(got, want) and len(calls) == 1
+    m.config.decode_block_steps = 1
+    assert torch.equal(m.generate(ids, max_new_tokens=30, do_sample=False, pad_token_id=0, eos_token_id=eos), want)
+
+
+def test_sampling_in_the_graph(graphs_on_cpu):
+    """Sampling chooses on the device: top-k 1 is greedy; otherwise tokens vary with the seed, within the top k."""
+    m = student(("ssd", "attention"), ssd_conv_init="random", decode_block_steps=3)
+    ids = torch.randint(0, 64, (2, 4))
+    greedy = hf_generate(m, ids, max_new_tokens=9)
+    assert torch.equal(m.generate(ids, max_new_tokens=9, do_sample=True, top_k=1, pad_token_id=0), greedy)
+    torch.manual_seed(1)
+    a = m.generate(ids, max_new_tokens=9, do_sample=True, top_k=0, temperature=5.0, pad_token_id=0)
+    torch.manual_seed(2)
+    b = m.generate(ids, max_new_tokens=9, do_sample=True, top_k=0, temperature=5.0, pad_token_id=0)
+    assert a.shape == b.shape == greedy.shape and not torch.equal(a, b)
+    logits = torch.tensor([[0.0, 5.0, 4.0, -1.0]]).repeat(200, 1)
+    drawn = graphs.choose_tokens(logits, (1.0, 2))
+    assert set(drawn.tolist()) == {1, 2}
+
+
+def test_static_kv_cache_refuses_to_grow():
+    m = student(("ssd", "attention"))
+    cache = MohawkCache(kv_capacity=8)
+    with torch.no_grad():
+        m(torch.randint(0, 64, (1, 6)), past_key_values=cache, use_cache=True)
+        for _ in range(2):
+            m(torch.randint(0, 64, (1, 1)), past_key_values=cache, use_cache=True)
+        assert cache.kv[1][0].shape[2] == 8 and cache.tokens == 8
+        with pytest.raises(MohawkError, match="static KV cache full: 9 tokens do not fit in its 8 positions"):
+            m(torch.randint(0, 64, (1, 1)), past_key_values=cache, use_cache=True)
+        with pytest.raises(MohawkError, match="static KV cache full"):
+            m(torch.randint(0, 64, (1, 9)), past_key_values=MohawkCache(kv_capacity=8), use_cache=True)
+
+
+def test_graph_refuses_a_full_static_kv_cache(graphs_on_cpu):
+    m = student(("ssd", "attention"))
+    cache = prefill(m, torch.randint(0, 64, (1, 2)))
+    cache = MohawkCache(kv_capacity=4)
+    with torch.no_grad():
+        m(torch.randint(0, 64, (1, 2)), past_key_values=cache, use_cache=True)
+    steps(m, cache, torch.randint(0, 64, (1, 2)))
+    assert len(graphs._GRAPHS[m][1]) == 1
+    with pytest.raises(MohawkError, match="static KV cache full"):
+        steps(m, cache, torch.randint(0, 64, (1, 1)))
+
+
+def test_compiled_parts_of_the_step(monkeypatch):
+    """decode_compile: inside the graph's step the norms and MLPs run their compiled forward (one compile per class,
+    shared by the layers), the mixers do not; outside it the model is untouched."""
+    compiled = []
+
+    def fake_compile(fn, dynamic=None):
+        compiled.append(fn.__qualname__)
+        return lambda *a, **k: calls.append(fn.__qualname__) or fn(*a, **k)
+
+    calls: list[str] = []
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(graphs, "_COMPILED", {})
+    m = student(HYBRID, ssd_conv_init="random", decode_compile=True)
+    ids = torch.randint(0, 64, (2, 5))
+    with torch.no_grad():
+        want, _ = m.model(input_ids=ids, cache=MohawkCache())
+        g = graphs.DecodeGraph(m, prefill(m, ids), capture=False)
+        g.compiled = True
+        with g._compiled():
+            got, _ = m.model(input_ids=ids, cache=MohawkCache())
+        assert sorted(compiled) == ["MLP.forward", "RMSNorm.forward"]
+        assert calls.count("MLP.forward") == 4 and calls.count("RMSNorm.forward") == 2 * 4 + 1
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+        assert all("forward" not in x.__dict__ for x in m.modules())
+        calls.clear()
+        m.model(input_ids=ids, cache=MohawkCache())
+    assert not calls  # restored
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_captured_graph_equals_eager_on_cuda():
@@ -132,3 +264,33 @@ def test_captured_graph_equals_eager_on_cuda():
     assert next(iter(graphs._GRAPHS[m][1].values())).graph is not None
     assert torch.equal(got.sequences, want.sequences)
     torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("block", [1, 8])
+def test_captured_hybrid_blocks_equal_eager_on_cuda(block, monkeypatch):
+    """Captured on a GPU: a hybrid's multi-step graph (static KV cache, tokens chosen on the device, the fused SSD
+    step) generates what transformers' eager loop generates (float64 with the PyTorch scan for the prompt: the two
+    attention paths' rounding cannot flip a token)."""
+    monkeypatch.setenv("MOHAWK_SSD_KERNEL", "torch")
+    m = student(HYBRID, ssd_conv_init="random", decode_block_steps=block).cuda().double()
+    ids = torch.randint(0, 64, (4, 70), device="cuda")
+    want = hf_generate(m, ids, max_new_tokens=24)
+    got = m.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=0)
+    assert any(g.graph is not None and g.steps == block for g in graphs._GRAPHS[m][1].values())
+    assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_captured_step_on_cuda():
+    """decode_compile: the norms and MLPs compiled before capture; the logits stay those of the eager loop."""
+    m = student(HYBRID, ssd_conv_init="random", decode_compile=True).cuda()
+    ids = torch.randint(0, 64, (2, 40), device="cuda")
+    kw = {"max_new_tokens": 8, "output_logits": True, "return_dict_in_generate": True}
+    want = hf_generate(m, ids, **kw)
+    cache = MohawkCache(kv_capacity=64)  # static: HF's loop replays a (compiled) one-step graph
+    got = m.generate(ids, do_sample=False, pad_token_id=0, past_key_values=cache, **kw)
+    assert any(g.compiled and g.graph is not None for g in graphs._GRAPHS[m][1].values())
+    torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), atol=1e-4, rtol=1e-4)
