@@ -1,6 +1,7 @@
-"""mohawk export: a mamba2 student of a Llama-family teacher becomes a stock BambaForCausalLM that plain transformers
-loads without mohawk (checked in a subprocess where `import mohawk` fails): logits within 1e-4, the same greedy
-tokens; students with no stock form get one error line naming what is supported."""
+"""mohawk export: a mamba2 student of a Llama-family teacher becomes a stock GraniteMoeHybridForCausalLM (the default)
+or BambaForCausalLM that plain transformers loads without mohawk (checked in a subprocess where `import mohawk` fails):
+logits within 1e-4, the same greedy tokens, generated with the cache; students with no stock form get one error line
+naming what is supported. The output directory rules (issue 33) are at the end."""
 
 import json
 import os
@@ -21,10 +22,14 @@ import torch
 from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
 ids = torch.tensor(json.loads(sys.argv[2]))
+use_cache = model.generation_config.use_cache is not False
 with torch.no_grad():
     logits = model(ids).logits
-    gen = model.generate(ids[:, :6], max_new_tokens=10, do_sample=False)
-print(json.dumps({"arch": type(model).__name__, "logits": logits.tolist(), "gen": gen.tolist()}))
+    out = model.generate(ids[:, :6], max_new_tokens=10, do_sample=False, use_cache=use_cache,
+                         return_dict_in_generate=True)
+cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+print(json.dumps({"arch": type(model).__name__, "logits": logits.tolist(), "gen": out.sequences.tolist(),
+                  "cache": type(cache).__name__ if cache is not None else None}))
 """
 
 
@@ -40,15 +45,8 @@ def _student(tmp_path, family="llama", attention_layers=None, mixer="mamba2"):
     return student.eval(), d
 
 
-@pytest.mark.parametrize(
-    "family,attention_layers", [("llama", None), ("llama", [1]), ("qwen2", [0, 2]), ("mistral", [2])]
-)
-def test_export_round_trip_in_plain_transformers(tmp_path, family, attention_layers):
-    student, d = _student(tmp_path, family, attention_layers)
-    out = tmp_path / "bamba"
-    assert main(["export", str(d), "--out", str(out)]) == 0
-    assert json.loads((out / "config.json").read_text())["architectures"] == ["BambaForCausalLM"]
-    ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(3))
+def _plain(tmp_path, out, ids):
+    """What plain transformers computes from the export in ``out`` (a process where mohawk is not importable)."""
     r = subprocess.run(
         [sys.executable, "-c", PLAIN, str(out), json.dumps(ids.tolist())],
         capture_output=True,
@@ -58,13 +56,62 @@ def test_export_round_trip_in_plain_transformers(tmp_path, family, attention_lay
         timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert got["arch"] == "BambaForCausalLM"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "fmt,family,attention_layers",
+    [
+        ("granite-hybrid", "llama", None),
+        ("granite-hybrid", "llama", [1]),
+        ("granite-hybrid", "qwen2", [0, 2]),
+        ("granite-hybrid", "mistral", [2]),
+        ("bamba", "llama", None),
+    ],
+)
+def test_export_round_trip_in_plain_transformers(tmp_path, fmt, family, attention_layers):
+    student, d = _student(tmp_path, family, attention_layers)
+    out = tmp_path / "export"
+    argv = ["export", str(d), "--out", str(out)] + ([] if fmt == "granite-hybrid" else ["--format", fmt])
+    assert main(argv) == 0  # granite-hybrid is the default for these students
+    config = json.loads((out / "config.json").read_text())
+    arch = "GraniteMoeHybridForCausalLM" if fmt == "granite-hybrid" else "BambaForCausalLM"
+    assert config["architectures"] == [arch]
+    n = student.config.num_hidden_layers
+    if fmt == "granite-hybrid":
+        # the names vLLM and llama.cpp's converter read; a pure student gains the pass-through attention layer
+        want_types = ["attention" if i in (attention_layers or []) else "mamba" for i in range(n)]
+        assert config["layer_types"] == want_types + ([] if attention_layers else ["attention"])
+        assert config["num_local_experts"] == 0 and config["shared_intermediate_size"] == config["intermediate_size"]
+    else:
+        assert config["attn_layer_indices"] == (attention_layers or [])  # a list, never null: converters iterate it
+    ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(3))
+    got = _plain(tmp_path, out, ids)
+    assert got["arch"] == arch
     with torch.no_grad():
         want = student(ids).logits
         gen = student.generate(ids[:, :6], max_new_tokens=10, do_sample=False)
     assert (torch.tensor(got["logits"]) - want).abs().max() < 1e-4
     assert got["gen"] == gen.tolist()
+    if fmt == "granite-hybrid" or attention_layers:  # generated with the recurrent (+ KV) cache
+        assert got["cache"] is not None
+
+
+def test_granite_all_mamba_form_equals_the_student(tmp_path):
+    """pass_through=False: the all-Mamba GraniteMoeHybrid (engines that accept it) computes the same logits; plain
+    transformers then generates without a cache, which its hybrid cache refuses for a model with no attention."""
+    from mohawk.export import export
+
+    student, d = _student(tmp_path)
+    out = tmp_path / "pure"
+    export(str(d), str(out), "granite-hybrid", pass_through=False)
+    assert json.loads((out / "config.json").read_text())["layer_types"] == ["mamba"] * student.config.num_hidden_layers
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(4))
+    got = _plain(tmp_path, out, ids)
+    with torch.no_grad():
+        assert (torch.tensor(got["logits"]) - student(ids).logits).abs().max() < 1e-4
+        assert got["gen"] == student.generate(ids[:, :6], max_new_tokens=10, do_sample=False).tolist()
+    assert got["cache"] is None
 
 
 def test_export_refuses_what_has_no_stock_form(tmp_path, capsys):
@@ -98,4 +145,5 @@ def test_export_output_directory_rules_and_remote_code(tmp_path, capsys):
     assert main(["export", str(d), "--out", str(rc), "--format", "remote-code"]) == 0
     assert (rc / "modeling_mohawk.py").is_file() and (rc / "mamba2.py").is_file()
     assert main(["export", str(d), "--out", str(rc), "--overwrite"]) == 0  # an earlier export may be replaced
-    assert json.loads((rc / "config.json").read_text())["model_type"] == "bamba"
+    assert json.loads((rc / "config.json").read_text())["model_type"] == "granitemoehybrid"
+    assert not (rc / "modeling_mohawk.py").exists()  # the earlier export's own files went with it
