@@ -3,8 +3,10 @@ or BambaForCausalLM that plain transformers loads without mohawk (checked in a s
 logits within 1e-4, the same greedy tokens, generated with the cache; students with no stock form get one error line
 naming what is supported. The output directory rules (issue 33) are at the end."""
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -147,3 +149,153 @@ def test_export_output_directory_rules_and_remote_code(tmp_path, capsys):
     assert main(["export", str(d), "--out", str(rc), "--overwrite"]) == 0  # an earlier export may be replaced
     assert json.loads((rc / "config.json").read_text())["model_type"] == "granitemoehybrid"
     assert not (rc / "modeling_mohawk.py").exists()  # the earlier export's own files went with it
+
+
+# -- the output directory (issue 33): each test below failed with the export before the staging/lock/marker rules --
+
+
+def _loads(out) -> bool:
+    """Whether plain transformers finds a model config in ``out`` (what makes a partial directory dangerous)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(out)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def test_overwrite_removes_only_what_the_export_wrote(tmp_path):
+    _, d = _student(tmp_path)
+    out = tmp_path / "out"
+    assert main(["export", str(d), "--out", str(out), "--format", "remote-code"]) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "data").mkdir()
+    (out / "data" / "corpus.txt").write_text("mine too")
+    assert main(["export", str(d), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "data" / "corpus.txt").read_text() == "mine too"
+    assert not (out / "modeling_mohawk.py").exists()  # the earlier export's file is gone, the user's stay
+    assert json.loads((out / "config.json").read_text())["model_type"] == "granitemoehybrid"
+
+
+def test_a_student_inside_out_is_refused_and_kept(tmp_path, capsys):
+    out = tmp_path / "out"
+    _, d = _student(out)  # out/student
+    assert main(["export", str(d), "--out", str(tmp_path / "first")]) == 0
+    for name in ("config.json", "model.safetensors"):  # an earlier export beside the student
+        (out / name).write_bytes((tmp_path / "first" / name).read_bytes())
+    (out / ".mohawk-export").write_text(json.dumps({"format": "granite-hybrid"}) + "\n")
+    before = sorted(p.name for p in d.iterdir())
+    assert main(["export", str(d), "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "one inside the other" in err and len([x for x in err.splitlines() if x.startswith("error:")]) == 1
+    assert sorted(p.name for p in d.iterdir()) == before and (out / "config.json").exists()
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2  # --out inside the input: refused too
+
+
+def test_interrupted_export_is_never_loadable_and_the_same_command_finishes_it(tmp_path, monkeypatch, capsys):
+    import mohawk.export as ex
+
+    _, d = _student(tmp_path)
+    out = tmp_path / "out"
+    argv = ["export", str(d), "--out", str(out)]
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    # 1. Ctrl-C while the files are written (staging): nothing in --out to load, no leftovers
+    monkeypatch.setattr(ex, "_legacy_layer_names", interrupted)
+    assert main(argv) == 130
+    monkeypatch.undo()
+    assert not _loads(out) and not (out / ex.STAGING).exists()
+    # 2. killed (no clean-up at all) while moving into place, after two files
+    assert main(argv) == 0
+    real, remove, moves = ex._move, ex._remove, []
+
+    def killed(src, dst):
+        if len(moves) == 2:
+            raise KeyboardInterrupt
+        moves.append(src)
+        real(src, dst)
+
+    monkeypatch.setattr(ex, "_move", killed)
+    monkeypatch.setattr(ex, "_remove", lambda p: None if p.name == ex.STAGING else remove(p))
+    assert main([*argv, "--overwrite"]) == 130
+    monkeypatch.undo()
+    assert not _loads(out)  # config.json went first and was not back yet
+    # the command that was running finishes it (an interrupted export is replaced without asking)
+    capsys.readouterr()
+    assert main([*argv, "--overwrite"]) == 0 and _loads(out)
+    assert main(argv) == 2 and "pass --overwrite" in capsys.readouterr().err  # a complete one is not
+    assert not (out / ex.STAGING).exists()
+
+
+def test_full_disk_is_one_line_and_keeps_the_earlier_export(tmp_path, monkeypatch, capsys):
+    import safetensors
+    import transformers.modeling_utils as mu
+
+    import mohawk.export as ex
+
+    _, d = _student(tmp_path)
+    out = tmp_path / "out"
+    assert main(["export", str(d), "--out", str(out), "--format", "bamba"]) == 0
+    earlier = (out / "model.safetensors").read_bytes()
+
+    def full(*_a, **_k):  # what safetensors raises when the device is full
+        raise safetensors.SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+
+    monkeypatch.setattr(mu, "safe_save_file", full)
+    capsys.readouterr()
+    assert main(["export", str(d), "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left" in err and len([x for x in err.splitlines() if x.startswith("error:")]) == 1
+    assert (out / "model.safetensors").read_bytes() == earlier and _loads(out)
+    assert not (out / ex.STAGING).exists()
+    monkeypatch.undo()
+
+    def enospc(*_a, **_k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ex, "_move", enospc)  # full while moving into place: one line, and the rerun finishes it
+    assert main(["export", str(d), "--out", str(out), "--overwrite"]) == 2
+    assert "no space left" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["export", str(d), "--out", str(out), "--overwrite"]) == 0 and _loads(out)
+
+
+def test_export_into_an_empty_mount_point_keeps_the_directory(tmp_path, monkeypatch):
+    _, d = _student(tmp_path)
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    inode = mount.stat().st_ino
+    real_rmtree, real_rmdir = shutil.rmtree, os.rmdir
+
+    def busy(real):
+        def refuse(path, *a, **k):
+            if os.path.realpath(path) == os.path.realpath(mount):
+                raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(path))
+            return real(path, *a, **k)
+
+        return refuse
+
+    monkeypatch.setattr(shutil, "rmtree", busy(real_rmtree))
+    monkeypatch.setattr(os, "rmdir", busy(real_rmdir))
+    assert main(["export", str(d), "--out", str(mount)]) == 0
+    assert mount.stat().st_ino == inode and _loads(mount)
+
+
+def test_a_second_export_into_one_out_is_refused(tmp_path, capsys):
+    from mohawk.rundir import RunLock
+
+    _, d = _student(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    held = RunLock(out).acquire()  # another export (or run) is writing there
+    try:
+        assert main(["export", str(d), "--out", str(out)]) == 2
+        assert "in use" in capsys.readouterr().err and not (out / "config.json").exists()
+    finally:
+        held.release()
+    assert main(["export", str(d), "--out", str(out)]) == 0
