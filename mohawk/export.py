@@ -181,6 +181,8 @@ def _rope(student) -> tuple[float, int]:
         return float(c.rope_theta), rotary
     inv = layers[0].inv_freq.detach().double().cpu()
     theta = float(inv[1] ** (-rotary / 2)) if inv.numel() > 1 else float(c.rope_theta)
+    if abs(theta - float(c.rope_theta)) <= 1e-5 * float(c.rope_theta):  # inv_freq is float32: the configured value
+        theta = float(c.rope_theta)
     want = 1.0 / theta ** (torch.arange(0, rotary, 2, dtype=torch.double) / rotary)
     if not torch.allclose(inv, want, rtol=1e-5) or getattr(c, "rope_attention_scaling", 1.0) != 1.0:
         raise MohawkError(
@@ -329,13 +331,15 @@ def check_equal(student, exported, vocab: int, tol: float = 1e-4) -> float:
     return diff
 
 
-def _legacy_layer_names(path: Path) -> None:
-    """Rewrite config.json's ``layer_types`` with the names IBM's checkpoints, vLLM and llama.cpp's converter read
-    ("mamba", "attention"); transformers 5 maps them back when it loads. Drops ``time_step_limit`` when it is the
-    default (0, inf), which transformers writes as a non-standard JSON object."""
+def _for_engines(path: Path) -> None:
+    """Rewrite config.json in the form IBM's checkpoints have, which vLLM, MLX, older transformers and llama.cpp's
+    converter read: ``layer_types`` named "mamba" / "attention" (transformers 5 maps them to its own names when it
+    loads) and a top-level ``rope_theta`` beside ``rope_parameters``. Drops ``time_step_limit`` when it is the default
+    (0, inf), which transformers writes as a non-standard JSON object."""
     cfg = json.loads(path.read_text())
     names = {"linear_attention": "mamba", "full_attention": "attention"}
     cfg["layer_types"] = [names.get(t, t) for t in cfg["layer_types"]]
+    cfg["rope_theta"] = cfg["rope_parameters"]["rope_theta"]
     limit = cfg.get("time_step_limit")
     if isinstance(limit, list) and limit[0] == 0.0 and isinstance(limit[1], dict):
         cfg.pop("time_step_limit")
@@ -454,7 +458,7 @@ def export(student_dir: str, out: str, fmt: str = "auto", overwrite: bool = Fals
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
             if fmt == "granite-hybrid":
-                _legacy_layer_names(staging / "config.json")
+                _for_engines(staging / "config.json")
         except BaseException as e:
             _remove(staging)
             err = _disk_error(e, dest)

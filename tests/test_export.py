@@ -85,6 +85,7 @@ def test_export_round_trip_in_plain_transformers(tmp_path, fmt, family, attentio
         want_types = ["attention" if i in (attention_layers or []) else "mamba" for i in range(n)]
         assert config["layer_types"] == want_types + ([] if attention_layers else ["attention"])
         assert config["num_local_experts"] == 0 and config["shared_intermediate_size"] == config["intermediate_size"]
+        assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == student.config.rope_theta
     else:
         assert config["attn_layer_indices"] == (attention_layers or [])  # a list, never null: converters iterate it
     ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(3))
@@ -204,7 +205,7 @@ def test_interrupted_export_is_never_loadable_and_the_same_command_finishes_it(t
         raise KeyboardInterrupt
 
     # 1. Ctrl-C while the files are written (staging): nothing in --out to load, no leftovers
-    monkeypatch.setattr(ex, "_legacy_layer_names", interrupted)
+    monkeypatch.setattr(ex, "_for_engines", interrupted)
     assert main(argv) == 130
     monkeypatch.undo()
     assert not _loads(out) and not (out / ex.STAGING).exists()
