@@ -333,12 +333,13 @@ def check_equal(student, exported, vocab: int, tol: float = 1e-4) -> float:
 
 def _for_engines(path: Path) -> None:
     """Rewrite config.json in the form IBM's checkpoints have, which vLLM, MLX, older transformers and llama.cpp's
-    converter read: ``layer_types`` named "mamba" / "attention" (transformers 5 maps them to its own names when it
-    loads) and a top-level ``rope_theta`` beside ``rope_parameters``. Drops ``time_step_limit`` when it is the default
-    (0, inf), which transformers writes as a non-standard JSON object."""
+    converter read: ``layer_types`` (GraniteMoeHybrid) named "mamba" / "attention" (transformers 5 maps them to its
+    own names when it loads) and a top-level ``rope_theta`` beside ``rope_parameters``. Drops ``time_step_limit`` when
+    it is the default (0, inf), which transformers writes as a non-standard JSON object."""
     cfg = json.loads(path.read_text())
     names = {"linear_attention": "mamba", "full_attention": "attention"}
-    cfg["layer_types"] = [names.get(t, t) for t in cfg["layer_types"]]
+    if cfg.get("layer_types"):
+        cfg["layer_types"] = [names.get(t, t) for t in cfg["layer_types"]]
     cfg["rope_theta"] = cfg["rope_parameters"]["rope_theta"]
     limit = cfg.get("time_step_limit")
     if isinstance(limit, list) and limit[0] == 0.0 and isinstance(limit[1], dict):
@@ -457,7 +458,7 @@ def export(student_dir: str, out: str, fmt: str = "auto", overwrite: bool = Fals
         try:
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
-            if fmt == "granite-hybrid":
+            if fmt != "remote-code":
                 _for_engines(staging / "config.json")
         except BaseException as e:
             _remove(staging)

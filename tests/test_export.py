@@ -88,6 +88,7 @@ def test_export_round_trip_in_plain_transformers(tmp_path, fmt, family, attentio
         assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == student.config.rope_theta
     else:
         assert config["attn_layer_indices"] == (attention_layers or [])  # a list, never null: converters iterate it
+        assert config["rope_theta"] == student.config.rope_theta
     ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(3))
     got = _plain(tmp_path, out, ids)
     assert got["arch"] == arch
