@@ -301,3 +301,53 @@ def test_a_second_export_into_one_out_is_refused(tmp_path, capsys):
     finally:
         held.release()
     assert main(["export", str(d), "--out", str(out)]) == 0
+
+
+KILLER = r"""
+import os, signal, sys
+import mohawk.export as ex
+step, after = sys.argv[1], int(sys.argv[2])
+real, calls = getattr(ex, step), []
+
+def dying(*a, **k):
+    if len(calls) == after:
+        os.kill(os.getpid(), signal.SIGKILL)  # no finally, no clean-up: what kill -9 leaves
+    calls.append(a)
+    return real(*a, **k)
+
+setattr(ex, step, dying)
+from mohawk.cli import main
+main(sys.argv[3:])
+"""
+
+
+@pytest.mark.parametrize("step,after", [("_for_engines", 0), ("_move", 2)])
+def test_kill_9_leaves_nothing_loadable_and_the_same_command_finishes(tmp_path, step, after):
+    _, d = _student(tmp_path)
+    out = tmp_path / "out"
+    argv = ["export", str(d), "--out", str(out)]
+    if step == "_move":  # killed while replacing an earlier export
+        assert main(argv) == 0
+        argv.append("--overwrite")
+    r = subprocess.run(
+        [sys.executable, "-c", KILLER, step, str(after), *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))},
+        timeout=300,
+    )
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert not _loads(out)
+    assert main(argv) == 0 and _loads(out)
+
+
+def test_auto_falls_back_to_bamba_for_what_granite_cannot_hold(tmp_path, capsys):
+    torch.manual_seed(0)
+    student = mohawk.from_teacher(tiny_teacher("llama", mlp_bias=True), attention_layers=[1], mixer="mamba2")
+    d = tmp_path / "student"
+    student.save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    assert main(["export", str(d), "--out", str(tmp_path / "g"), "--format", "granite-hybrid"]) == 2
+    assert "MLP has biases" in capsys.readouterr().err
+    assert main(["export", str(d), "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["architectures"] == ["BambaForCausalLM"]
