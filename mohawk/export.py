@@ -393,7 +393,7 @@ def _disk_error(e: BaseException, dest: Path) -> MohawkError | None:
     """A MohawkError for a write the file system refused (full disk included: safetensors reports it as its own
     error type), else None."""
     text = str(e)
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in text or "StorageFull" in text:
+    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or "StorageFull" in text:
         return MohawkError(f"no space left on the device of {dest}: the export was not written (nothing else changed)")
     if isinstance(e, OSError):
         where = f": {e.filename}" if e.filename else ""
