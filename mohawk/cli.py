@@ -323,14 +323,15 @@ def export(
     student: str = typer.Argument(..., help="A student directory (OUT/student of mohawk distill)."),
     out: str = typer.Option(..., help="Directory to write the exported model into (new or empty)."),
     format: str = typer.Option(
-        "bamba",
-        help="bamba: a stock transformers BambaForCausalLM (Llama-family teacher, "
-        "mamba2 mixers, pure or hybrid); remote-code: the student with its own code.",
+        "auto",
+        help="granite-hybrid: a stock transformers GraniteMoeHybridForCausalLM (Llama-family teacher, mamba2 mixers, "
+        "pure or hybrid); bamba: the same as BambaForCausalLM (older engines); remote-code: the student with its own "
+        "code; auto: granite-hybrid where it applies, else bamba.",
     ),
-    overwrite: bool = typer.Option(False, help="Replace an earlier export in --out."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier export in --out (only the files it wrote)."),
 ):
-    """Write a student in a form stock software loads: BambaForCausalLM (transformers with no remote code; the engines
-    that serve Bamba, e.g. vLLM) or the self-contained remote-code format."""
+    """Write a student in a form stock software loads: GraniteMoeHybridForCausalLM or BambaForCausalLM (transformers
+    with no remote code; the engines that serve them) or the self-contained remote-code format."""
     from mohawk.export import export as run
 
     info = run(student, out, fmt=format, overwrite=overwrite)

@@ -83,7 +83,7 @@ class DistillConfig:
         "ssd",
         "Matrix family replacing attention (the README's table says what each computes).",
         group=WHAT,
-        choices=("ssd", "ssm", "linear_attention", "toeplitz", "mamba2", "discrete_mamba2"),
+        choices=("ssd", "ssm", "linear_attention", "toeplitz", "mamba2", "discrete_mamba2", "discrete_mamba2_cab9fe3"),
     )
     ssd_init: str = option(
         "attention",

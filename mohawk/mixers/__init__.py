@@ -9,13 +9,13 @@ The contract each mixer class keeps (one file per family, its materialized refer
 
 ``MIXERS`` maps the kind names used in ``MohawkConfig.mixers`` to classes. Families: ``attention`` (the teacher's
 softmax attention), ``ssd`` (Mamba-2's SSD in the Phi-Mamba layer: scalar decay per head; the default), ``mamba2``
-(transformers' BambaMixer exactly: exportable), ``discrete_mamba2`` (Phi-Mamba's own), ``ssm`` (general
-diagonal SSM: a decay per state channel), ``linear_attention`` (causal low-rank: no decay), ``toeplitz`` (causal
-convolution with an input-dependent kernel).
+(transformers' BambaMixer exactly: exportable), ``discrete_mamba2`` (Phi-Mamba's own, as its code has it now;
+``discrete_mamba2_cab9fe3``: its first form), ``ssm`` (general diagonal SSM: a decay per state channel),
+``linear_attention`` (causal low-rank: no decay), ``toeplitz`` (causal convolution with an input-dependent kernel).
 """
 
 from mohawk.mixers.attention import Attention
-from mohawk.mixers.discrete_mamba2 import DiscreteMamba2Mixer
+from mohawk.mixers.discrete_mamba2 import DiscreteMamba2Cab9fe3Mixer, DiscreteMamba2Mixer
 from mohawk.mixers.linear_attention import LinearAttentionMixer, linear_attention_matrix
 from mohawk.mixers.mamba2 import Mamba2Mixer
 from mohawk.mixers.ssd import SSDMixer, ssd, ssd_chunked, ssd_materialized, ssd_matrix, ssd_step
@@ -30,6 +30,7 @@ MIXERS = {
     "toeplitz": ToeplitzMixer,
     "mamba2": Mamba2Mixer,
     "discrete_mamba2": DiscreteMamba2Mixer,
+    "discrete_mamba2_cab9fe3": DiscreteMamba2Cab9fe3Mixer,
 }
 STUDENT_MIXERS = tuple(k for k in MIXERS if k != "attention")
 
@@ -38,6 +39,7 @@ __all__ = [
     "STUDENT_MIXERS",
     "Attention",
     "DiscreteMamba2Mixer",
+    "DiscreteMamba2Cab9fe3Mixer",
     "Mamba2Mixer",
     "SSDMixer",
     "SSMMixer",

@@ -1,4 +1,4 @@
-"""SSD, the Mamba-2 matrix mixer: the whole algorithm on one page, three equivalent ways, plus the Phi-Mamba layer.
+"""SSD, the Mamba-2 matrix mixer: the whole algorithm on one page, three equivalent ways, plus mohawk's default layer.
 
 Notation (mamba_ssm's layout): x (batch, L, heads, head_dim), dt (batch, L, heads) after softplus, A (heads,) negative,
 B and C (batch, L, groups, state) with heads a multiple of groups (head h reads group h // (heads // groups)).
@@ -200,15 +200,25 @@ def ssd(
 
 
 class SSDMixer(nn.Module):
-    """The Phi-Mamba sequence mixer: the Mamba-2 layer set up to stand in for an attention layer.
+    """mohawk's default student mixer (``ssd``): Mamba-2's continuous-time SSD inside a layer set up to stand in for
+    an attention layer. It is neither official layer exactly.
 
-    u (batch, L, hidden) -> in_proj -> [z | x | B | C | dt] -> causal depthwise conv over (x, B, C) -> SSD ->
-    optional gate (y * act(z)) -> optional RMSNorm -> out_proj -> (batch, L, hidden).
+    u (batch, L, hidden) -> in_proj -> [z | x | B | C | dt] -> causal depthwise conv over (x, B, C) -> activation ->
+    SSD with dt = softplus(dt + dt_bias), A = -exp(A_log), + D x -> optional gate (y * act(z)) -> optional RMSNorm ->
+    out_proj -> (batch, L, hidden).
 
-    The paper's choices are the defaults: conv initialised to identity with no activation after it (so x, B, C are
-    plain projections of u, like V, K, Q), the gate initialised to 1 (weight 0, bias 1, no activation: no effect), no
-    norm before out_proj. ``materialize(u)`` gives the mixing matrix (batch, heads, L, L) that multiplies the value
-    stream x (after the conv), D on its diagonal, so that ``M @ x`` is y before the gate and out_proj.
+    The parameterisation is Mamba-2's (state-spaces/mamba ``Mamba2``: a learned step dt per head and token that scales
+    the input and sets the decay exp(dt A), A per head, dt initialised in [dt_min, dt_max], A in A_init_range). The
+    defaults depart from the official Mamba-2 layer where the MOHAWK initialisation from attention needs x, B, C to
+    be plain projections of u (like V, K, Q): the conv starts at identity (Mamba-2: random) with no activation after
+    it (Mamba-2: SiLU), the gate y * z has no activation and starts at 1 (weight 0, bias 1; Mamba-2: y * SiLU(z)), no
+    norm before out_proj (Mamba-2: a grouped RMSNorm of the gated y), D starts at 0 (Mamba-2: 1), and in_proj has a
+    bias. They also depart from the paper's own student, Phi-Mamba's Discrete Mamba-2 (``discrete_mamba2``), which has
+    no dt: its decay is a_t = exp(-softplus(.)) with A = -1 and the input is not scaled by a step. ``mamba2`` is the
+    official Mamba-2 layer as transformers' Bamba computes it.
+
+    ``materialize(u)`` gives the mixing matrix (batch, heads, L, L) that multiplies the value stream x (after the
+    conv), D on its diagonal, so that ``M @ x`` is y before the gate and out_proj.
     """
 
     has_dt = True  # input-dependent step and decay (False: linear attention, no decay)
@@ -267,7 +277,7 @@ class SSDMixer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, std: float | None = None) -> None:
-        """The paper's initialisation: identity conv, gate = 1, dt in [dt_min, dt_max], A in A_init_range, D = 0.
+        """The default initialisation: identity conv, gate = 1, dt in [dt_min, dt_max], A in A_init_range, D = 0.
 
         Written through transformers' init helpers, which leave tensors loaded from a checkpoint untouched."""
         from transformers import initialization as init
