@@ -552,12 +552,16 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
     lines += [
         "## Queue: planned runs without results",
         "",
-        f"{len(todo)} of {n_plan} runs. To run the first N at once on one GPU machine and collect their small files "
+        f"{len(todo)} of {n_plan} runs queued. To run the first N at once on one GPU machine and collect their small files "
         "into `$OUT/experiments` (then copy them to `results/experiments/10m/` and rerun `--report`):",
         "",
         "```bash",
         f"python3 experiments/run_all.py --commands N --root {root} > queue.sh   # then: bash queue.sh",
         "```",
+        "",
+        "Options: `--teacher PATH` (the teacher as a file on that machine, e.g. the Q4_1 GGUF of results/headline; "
+        "every command gets it), `--gpus K` (run i on GPU i mod K), `--mohawk 'python3 -m mohawk'` (no console "
+        "script there). The commands of each run, as the queue gives them:",
         "",
     ]
     for r in todo:
@@ -570,6 +574,15 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
     lines += _history(history or results.parent / "runs")
     report.write_text("\n".join(lines) + "\n")
     return report
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        return str(path.resolve().relative_to(repo))
+    except ValueError:
+        return str(path)
 
 
 def _history(runs: Path) -> list[str]:
@@ -598,7 +611,7 @@ def _history(runs: Path) -> list[str]:
         "",
         "The earlier campaign (H100, one seed, 2M student tokens, 64k tokens per update: a handful of optimizer "
         "steps per stage, zero-shot on the first 200 items per task). Under-trained: kept for the record, not for "
-        f"the verdicts. Files in `{runs.relative_to(runs.parents[1]) if len(runs.parents) > 1 else runs}/`.",
+        f"the verdicts. Files in `{_shown(runs)}/`.",
         "",
         "| run | optimizer steps s1 / s2 / s3 | perplexity | top-1 agreement | mean zero-shot (200 items) | command |",
         "|---|---|---|---|---|---|",

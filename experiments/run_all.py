@@ -177,17 +177,20 @@ def eval_flags(run: Run, which: str) -> dict:
     return {"tasks": "lm-eval", **common}
 
 
-def commands(run: Run, root: str, dry: Dry | None = None, mohawk: str = "mohawk") -> list[str]:
+def commands(
+    run: Run, root: str, dry: Dry | None = None, mohawk: str = "mohawk", teacher: str | None = None
+) -> list[str]:
     """The shell commands of ``run`` writing under ``root``: `mohawk distill` (unless the teacher run), then its
-    evaluations."""
+    evaluations; ``teacher``: a teacher path for every command (default: mohawk's default teacher)."""
     d = f"{root}/{run.name}"
     cmds = []
+    given = {"teacher": teacher} if teacher else {}
     if run.arm is not None:
-        flags = distill_flags(run)
+        flags = {**distill_flags(run), **given}
         flags = dry.distill(flags) if dry else flags
         cmds.append(shlex.join([*shlex.split(mohawk), "distill", *_argv(flags), "--out", d]))
     for which in run.evals:
-        flags = eval_flags(run, which)
+        flags = {**eval_flags(run, which), **given}
         flags = dry.eval(flags) if dry else flags
         model = [] if run.arm is None else [f"{d}/student"]
         cmds.append(shlex.join([*shlex.split(mohawk), "eval", *model, *_argv(flags), "--out", f"{d}/{which}"]))
@@ -211,22 +214,32 @@ def queue(results: Path = RESULTS) -> list[Run]:
     return sorted(todo, key=lambda r: (r.arm is not None, r.seed))
 
 
-def script(runs: list[Run], root: str, collect_into: str | None, dry: Dry | None = None, mohawk: str = "mohawk") -> str:
-    """A bash script running ``runs`` at once (each run's commands in order, a log per run), waiting for all, then
-    copying their small files into ``collect_into``."""
+def script(
+    runs: list[Run],
+    root: str,
+    collect_into: str | None,
+    dry: Dry | None = None,
+    mohawk: str = "mohawk",
+    teacher: str | None = None,
+    gpus: int = 1,
+) -> str:
+    """A bash script running ``runs`` at once (each run's commands in order, a log per run; with ``gpus`` > 1 run i
+    on GPU i mod gpus), waiting for all, then copying their small files into ``collect_into``."""
     lines = ["set -u", f"mkdir -p {shlex.quote(root)}"]
-    for r in runs:
-        chain = " && ".join(commands(r, root, dry, mohawk))
-        lines.append(f"( {chain} ) > {shlex.quote(f'{root}/{r.name}.log')} 2>&1 &")
+    for i, r in enumerate(runs):
+        chain = " && ".join(commands(r, root, dry, mohawk, teacher))
+        env = f"export CUDA_VISIBLE_DEVICES={i % gpus}; " if gpus > 1 else ""
+        lines.append(f"( {env}{chain} ) > {shlex.quote(f'{root}/{r.name}.log')} 2>&1 &")
     lines.append("wait")
     if collect_into:
         me = "python3 experiments/run_all.py"
         same = f" --cpu-dry-run {shlex.quote(dry.teacher)} --data {shlex.quote(dry.data)}" if dry else ""
+        same += f" --teacher {shlex.quote(teacher)}" if teacher else ""
         lines.append(f"{me} --collect {shlex.quote(root)} --into {collect_into}{same}")
     return "\n".join(lines) + "\n"
 
 
-def collect(root: Path, into: Path, dry: Dry | None = None) -> list[str]:
+def collect(root: Path, into: Path, dry: Dry | None = None, teacher: str | None = None) -> list[str]:
     """Copy the small files (SMALL) of every planned run found under ``root`` into ``into``/NAME, with command.txt
     (the run's commands, as run under ``root``); returns the names of the runs copied complete."""
     copied = []
@@ -244,7 +257,7 @@ def collect(root: Path, into: Path, dry: Dry | None = None) -> list[str]:
                 dst.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(log, dst / "log.txt")
         if dst.is_dir():
-            (dst / "command.txt").write_text("\n".join(commands(r, str(root), dry)) + "\n")
+            (dst / "command.txt").write_text("\n".join(commands(r, str(root), dry, teacher=teacher)) + "\n")
         if made(r, into):
             copied.append(r.name)
     return copied
@@ -264,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-dry-run", metavar="TEACHER", help="tiny CPU commands with this teacher (needs --data)")
     ap.add_argument("--data", help="the corpus of a CPU dry run")
     ap.add_argument("--mohawk", default="mohawk", help="how to call mohawk (e.g. 'python3 -m mohawk')")
+    ap.add_argument("--teacher", help="the teacher of every command (default: mohawk's, smollm2-135m)")
+    ap.add_argument("--gpus", type=int, default=1, help="spread the script's runs over this many GPUs")
     args = ap.parse_args(argv)
     results = Path(args.results)
     dry = Dry(args.cpu_dry_run, args.data or "bundled") if args.cpu_dry_run else None
@@ -282,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             runs = [by_name[n] for n in names]
         else:
             runs = queue(results)[: args.commands]
-        print(script(runs, args.root, args.into, dry, args.mohawk), end="")
+        print(script(runs, args.root, args.into, dry, args.mohawk, args.teacher, args.gpus), end="")
     if args.collect:
-        done = collect(Path(args.collect), Path(args.into), dry)
+        done = collect(Path(args.collect), Path(args.into), dry, args.teacher)
         print(f"collected {len(done)} complete runs into {args.into}: {', '.join(done) or '-'}", file=sys.stderr)
     if args.report:
         from experiments.report import write_experiments_report

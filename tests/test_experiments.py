@@ -266,6 +266,10 @@ def test_commands_script_runs_n_at_once_and_collects(tmp_path, capsys):
     assert "--tasks ppl,agreement,passkey,lambada_openai" in chain[1] and "--limit" not in chain[1]
     assert run_all.main(["--runs", "alloc-30-s2", "--root", "/r"]) == 0
     assert "--stage1-tokens 1000000 --stage2-tokens 2000000 --stage3-tokens 7000000" in capsys.readouterr().out
+    assert run_all.main(["--commands", "3", "--results", str(results), "--gpus", "2", "--teacher", "/t.gguf"]) == 0
+    jobs = [line for line in capsys.readouterr().out.splitlines() if line.endswith("&")]
+    assert [j.split(";")[0] for j in jobs] == [f"( export CUDA_VISIBLE_DEVICES={i}" for i in (0, 1, 0)]
+    assert all(c.count("--teacher /t.gguf") == 1 for j in jobs for c in j.split(" && "))
 
 
 @pytest.mark.slow
