@@ -552,8 +552,8 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
     lines += [
         "## Queue: planned runs without results",
         "",
-        f"{len(todo)} of {n_plan} runs queued. To run the first N at once on one GPU machine and collect their small files "
-        "into `$OUT/experiments` (then copy them to `results/experiments/10m/` and rerun `--report`):",
+        f"{len(todo)} of {n_plan} runs queued. To run the first N at once on one GPU machine and collect their small "
+        "files into `$OUT/experiments` (then copy them to `results/experiments/10m/` and rerun `--report`):",
         "",
         "```bash",
         f"python3 experiments/run_all.py --commands N --root {root} > queue.sh   # then: bash queue.sh",
