@@ -1,177 +1,312 @@
-"""The paper's claims, measured with `mohawk distill` at equal token budgets (issue: experiments).
+"""The paper's claims at 10M student tokens with the recipe, 3 seeds per arm (issue 34): the run queue and its report.
 
-    python3 experiments/run_all.py --out runs/experiments [--tokens 2000000] [--groups a,b,c,d,e] [--max-minutes 9]
-    python3 experiments/run_all.py --out runs/experiments --report results/EXPERIMENTS.md   # tables + plots only
+    python3 experiments/run_all.py --list                        # every planned run: made (results/...) or queued
+    python3 experiments/run_all.py --commands 4 --root /tmp/exp  # a shell script running the first 4 queued runs at
+                                                                 #   once (& + wait), then collecting their small files
+                                                                 #   into $OUT/experiments (for one GPU call)
+    python3 experiments/run_all.py --collect /tmp/exp --into results/experiments/10m   # small files of finished runs
+    python3 experiments/run_all.py --report                      # results/EXPERIMENTS.md from the committed files
+    python3 experiments/run_all.py --commands 2 --root /tmp/dry --cpu-dry-run TEACHER_DIR --data CORPUS
+                                                                 # the same commands, tiny and on the CPU
 
-Every run is one `mohawk distill` command (printed in the report), evaluated on held-out perplexity, agreement with
-the teacher and the lm-eval zero-shot tasks (`--eval-limit` items each). Runs whose summary is complete are skipped
-and a run cut off is resumed (`--resume`), so the script can be called repeatedly, e.g. one 10-minute GPU call at a time
-with `--max-minutes`.
-
-Groups (T = --tokens student tokens per run; stage split 10% / 20% / 70% when all three stages run):
-  a  stage ablation {3}, {2,3}, {1,2,3}, {1,3} at T tokens
-  b  stage 3 with MLPs frozen vs trained
-  c  hybrids: 1, 2, 4 and half the layers kept as attention (uniform); 2 layers first, last, and where the pure-SSD
-     student's stage-2 distance is worst ("auto")
-  d  matrix families: ssm, linear_attention, toeplitz students (ssd is a's {1,2,3} run)
-  e  stage-3 tokens x0.25 and x4; the same student trained from scratch (random init, next-token CE, T tokens)
+A run is one `mohawk distill` (SmolLM2-135M teacher, pure SSD, `--preset gpu --tokens 10000000`: the recipe's split,
+LRs and steps; 256 validation sequences) followed by its screening evaluation with `mohawk eval` on the saved student:
+full LAMBADA + passkey + perplexity and agreement on 256 sequences (screen/), the first 2,000 HellaSwag items
+(screen-hellaswag/), and for the arms a claim rests on the full zero-shot sets (eval-full/). One reference run,
+"teacher", scores the teacher on the same sets. A run counts as made when its summary.json (with "final") and every
+evaluation it plans are under results/experiments/10m/NAME/.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import shlex
+import shutil
 import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # so that `experiments.report` imports
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # so that `experiments.report` and `mohawk` import from this tree
 
-SPLIT = {1: 0.1, 2: 0.2}
-
-
-def stage_tokens(T: int, stages: tuple[int, ...]) -> dict:
-    s = {k: 0 for k in (1, 2, 3)}
-    for k in stages:
-        if k in SPLIT:
-            s[k] = int(T * SPLIT[k])
-    s[3] = T - s[1] - s[2] if 3 in stages else 0
-    return {f"stage{k}_tokens": v for k, v in s.items()}
-
-
-def plan(T: int, num_layers: int, auto_layers: list[int] | None) -> list[dict]:
-    """Every run: {"group", "name", "args": {flag: value}, "label"}."""
-    runs = []
-
-    def add(group, name, label, stages=(1, 2, 3), tokens=None, **flags):
-        args = {"stages": ",".join(map(str, stages)), **(tokens or stage_tokens(T, stages)), **flags}
-        runs.append({"group": group, "name": name, "label": label, "args": args})
-
-    add("a", "stages-3", "stage 3 only (KD)", (3,))
-    add("a", "stages-2-3", "stages 2+3", (2, 3))
-    add("a", "stages-1-2-3", "stages 1+2+3 (MOHAWK)", (1, 2, 3))
-    add("a", "stages-1-3", "stages 1+3", (1, 3))
-    add("b", "frozen-mlp", "1+2+3, MLPs frozen in stage 3", freeze_mlp=True)
-    for k in (1, 2, 4, num_layers // 2):
-        add("c", f"attn-{k}-uniform", f"{k} attention layers, uniform", num_attention_layers=k, placement="uniform")
-    for where in ("first", "last"):
-        add("c", f"attn-2-{where}", f"2 attention layers, {where}", num_attention_layers=2, placement=where)
-    if auto_layers is not None:
-        add(
-            "c",
-            "attn-2-auto",
-            f"2 attention layers where stage-2 distance is worst {auto_layers}",
-            attention_layers=",".join(map(str, auto_layers)),
-        )
-    for mixer in ("ssm", "linear_attention", "toeplitz"):
-        add("d", f"mixer-{mixer}", f"{mixer} student, 1+2+3", mixer=mixer)
-    base = stage_tokens(T, (1, 2, 3))
-    for f in (0.25, 4):
-        tokens = {**base, "stage3_tokens": int(base["stage3_tokens"] * f)}
-        add("e", f"stage3-x{f:g}", f"1+2+3, stage-3 tokens x{f:g}", tokens=tokens)
-    add(
-        "e",
-        "scratch",
-        "same student from scratch (random init, CE only)",
-        (3,),
-        tokens={"stage1_tokens": 0, "stage2_tokens": 0, "stage3_tokens": T},
-        init="scratch",
-        kd_weight=0.0,
-        ce_weight=1.0,
-    )
-    return runs
+RESULTS = REPO / "results" / "experiments" / "10m"
+REPORT = REPO / "results" / "EXPERIMENTS.md"
+TOKENS = 10_000_000
+SEEDS = (0, 1, 2)
+FAMILIES = ("ssm", "linear_attention", "toeplitz")  # the other matrix families of the paper, as students
+# the files of a run that are committed (small; no student weights, no checkpoints)
+SMALL = (
+    "summary.json",
+    "metrics.jsonl",
+    "config.yaml",
+    "evaluation.json",
+    "screen/results.json",
+    "screen-hellaswag/results.json",
+    "eval-full/results.json",
+)
 
 
-def command(run: dict, out: Path, common: list[str]) -> list[str]:
-    cmd = ["mohawk", "distill", "--out", str(out / run["name"]), *common]
-    for k, v in run["args"].items():
+def allocation(share: float, total: int = TOKENS) -> dict[str, int]:
+    """Explicit stage tokens giving stages 1+2 ``share`` of ``total``, split 1:2 between them as the recipe does
+    (5% / 10%), stage 3 the rest: the three always sum to ``total``."""
+    s12 = round(total * share)
+    s1 = s12 // 3
+    return {"stage1_tokens": s1, "stage2_tokens": s12 - s1, "stage3_tokens": total - s12}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration: its `mohawk distill` flags (beyond the common ones), the seeds it runs with, whether it
+    gets the full zero-shot sets, and its label in the report."""
+
+    name: str
+    label: str
+    flags: dict = field(default_factory=dict)
+    seeds: tuple[int, ...] = SEEDS
+    full_eval: bool = False
+
+
+ARMS = [
+    Arm("mohawk", "1+2+3 (MOHAWK, the recipe: 5 / 10 / 85%)", full_eval=True),
+    Arm("stages-2-3", "2+3", {"stages": "2,3"}),
+    Arm("stages-1-3", "1+3", {"stages": "1,3"}),
+    Arm("stages-3", "3 only (KD)", {"stages": "3"}, full_eval=True),
+    Arm("frozen-mlp", "1+2+3, MLPs frozen in stage 3", {"freeze_mlp": True}, full_eval=True),
+    Arm("init-random", "paper's init (mixers random), 1+2+3", {"ssd_init": "random"}),
+    Arm("init-random-2-3", "paper's init (mixers random), 2+3", {"ssd_init": "random", "stages": "2,3"}),
+    Arm("alloc-5", "1+2+3 at 1.7 / 3.3 / 95% (stage 1+2 share 5%)", allocation(0.05)),
+    Arm("alloc-30", "1+2+3 at 10 / 20 / 70% (stage 1+2 share 30%)", allocation(0.30)),
+    *[Arm(f"mixer-{m}", f"{m} student, 1+2+3", {"mixer": m}, (0,)) for m in FAMILIES],
+]
+ARM = {a.name: a for a in ARMS}
+
+
+@dataclass(frozen=True)
+class Run:
+    arm: Arm | None  # None: the teacher's reference evaluation
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return "teacher" if self.arm is None else f"{self.arm.name}-s{self.seed}"
+
+    @property
+    def evals(self) -> tuple[str, ...]:
+        """The evaluations this run makes (subdirectories of the run)."""
+        full = self.arm is None or self.arm.full_eval
+        return ("screen", "screen-hellaswag", *(("eval-full",) if full else ()))
+
+
+def plan() -> list[Run]:
+    """Every planned run, the teacher's reference first, then each arm's seeds."""
+    return [Run(None), *[Run(a, s) for a in ARMS for s in a.seeds]]
+
+
+@dataclass(frozen=True)
+class Dry:
+    """A CPU dry run: the same commands on a tiny teacher and corpus, a few thousand tokens, a few items."""
+
+    teacher: str
+    data: str
+    tokens: int = 4096
+
+    def distill(self, flags: dict) -> dict:
+        scale = self.tokens / TOKENS
+        out = {k: max(1, round(v * scale)) if k.endswith("_tokens") and v else v for k, v in flags.items()}
+        return {
+            **out,
+            "teacher": self.teacher,
+            "data": self.data,
+            "tokens": self.tokens,
+            "device": "cpu",
+            "compile": "off",
+            "seq_len": 16,
+            "batch_size": 2,
+            "val_sequences": 4,
+        }
+
+    def eval(self, flags: dict) -> dict:
+        return {
+            **flags,
+            "limit": 4,
+            "teacher": self.teacher,
+            "data": self.data,
+            "device": "cpu",
+            "seq_len": 16,
+            "batch_size": 2,
+            "val_sequences": 4,
+        }
+
+
+def _argv(flags: dict) -> list[str]:
+    out = []
+    for k, v in flags.items():
         flag = "--" + k.replace("_", "-")
         if v is True:
-            cmd.append(flag)
+            out.append(flag)
+        elif v is False:
+            out.append(flag.replace("--", "--no-", 1))
         else:
-            cmd += [flag, str(v)]
-    return cmd
+            out += [flag, str(v)]
+    return out
 
 
-def auto_layers(out: Path, k: int = 2) -> list[int] | None:
-    """The k layers whose stage-2 distance stays worst in the pure-SSD MOHAWK run."""
-    summary = out / "stages-1-2-3" / "summary.json"
-    if not summary.is_file():
-        return None
-    d = json.loads(summary.read_text()).get("distances_after", {}).get("stage2", {})
-    return sorted(int(i) for i in sorted(d, key=lambda i: -d[i])[:k]) if d else None
+def distill_flags(run: Run) -> dict:
+    assert run.arm is not None
+    return {
+        "preset": "gpu",
+        "tokens": TOKENS,
+        "seed": run.seed,
+        "val_sequences": 256,
+        "eval_tasks": "",
+        "quiet": True,
+        **run.arm.flags,
+    }
 
 
-def done(path: Path) -> bool:
-    s = path / "summary.json"
-    return s.is_file() and "final" in json.loads(s.read_text()) and (path / "report.md").is_file()
+def eval_flags(run: Run, which: str) -> dict:
+    """`mohawk eval` flags of one of the run's evaluations (see Run.evals)."""
+    common = {"batch_size": 16, "seed": run.seed}
+    if run.arm is not None:
+        common["score_teacher"] = False  # the teacher's scores: the "teacher" run, once
+    if which == "screen":
+        return {"tasks": "ppl,agreement,passkey,lambada_openai", "val_sequences": 256, "seq_len": 512, **common}
+    if which == "screen-hellaswag":
+        return {"tasks": "hellaswag", "limit": 2000, **common}
+    return {"tasks": "lm-eval", **common}
 
 
-def main():
+def commands(
+    run: Run, root: str, dry: Dry | None = None, mohawk: str = "mohawk", teacher: str | None = None
+) -> list[str]:
+    """The shell commands of ``run`` writing under ``root``: `mohawk distill` (unless the teacher run), then its
+    evaluations; ``teacher``: a teacher path for every command (default: mohawk's default teacher)."""
+    d = f"{root}/{run.name}"
+    cmds = []
+    given = {"teacher": teacher} if teacher else {}
+    if run.arm is not None:
+        flags = {**distill_flags(run), **given}
+        flags = dry.distill(flags) if dry else flags
+        cmds.append(shlex.join([*shlex.split(mohawk), "distill", *_argv(flags), "--out", d]))
+    for which in run.evals:
+        flags = {**eval_flags(run, which), **given}
+        flags = dry.eval(flags) if dry else flags
+        model = [] if run.arm is None else [f"{d}/student"]
+        cmds.append(shlex.join([*shlex.split(mohawk), "eval", *model, *_argv(flags), "--out", f"{d}/{which}"]))
+    return cmds
+
+
+def made(run: Run, results: Path = RESULTS) -> bool:
+    """The run's summary (finished) and every evaluation it plans are under ``results``/NAME."""
+    d = results / run.name
+    if run.arm is not None:
+        s = d / "summary.json"
+        if not s.is_file() or "final" not in json.loads(s.read_text()):
+            return False
+    return all((d / w / "results.json").is_file() for w in run.evals)
+
+
+def queue(results: Path = RESULTS) -> list[Run]:
+    """Planned runs without results, in plan order: seed 0 of every arm first, then seeds 1, 2 (so that a partial
+    campaign has every arm once before it has any arm three times)."""
+    todo = [r for r in plan() if not made(r, results)]
+    return sorted(todo, key=lambda r: (r.arm is not None, r.seed))
+
+
+def script(
+    runs: list[Run],
+    root: str,
+    collect_into: str | None,
+    dry: Dry | None = None,
+    mohawk: str = "mohawk",
+    teacher: str | None = None,
+    gpus: int = 1,
+) -> str:
+    """A bash script running ``runs`` at once (each run's commands in order, a log per run; with ``gpus`` > 1 run i
+    on GPU i mod gpus), waiting for all, then copying their small files into ``collect_into``."""
+    lines = ["set -u", f"mkdir -p {shlex.quote(root)}"]
+    for i, r in enumerate(runs):
+        chain = " && ".join(commands(r, root, dry, mohawk, teacher))
+        env = f"export CUDA_VISIBLE_DEVICES={i % gpus}; " if gpus > 1 else ""
+        lines.append(f"( {env}{chain} ) > {shlex.quote(f'{root}/{r.name}.log')} 2>&1 &")
+    lines.append("wait")
+    if collect_into:
+        me = "python3 experiments/run_all.py"
+        same = f" --cpu-dry-run {shlex.quote(dry.teacher)} --data {shlex.quote(dry.data)}" if dry else ""
+        same += f" --teacher {shlex.quote(teacher)}" if teacher else ""
+        lines.append(f"{me} --collect {shlex.quote(root)} --into {collect_into}{same}")
+    return "\n".join(lines) + "\n"
+
+
+def collect(root: Path, into: Path, dry: Dry | None = None, teacher: str | None = None) -> list[str]:
+    """Copy the small files (SMALL) of every planned run found under ``root`` into ``into``/NAME, with command.txt
+    (the run's commands, as run under ``root``); returns the names of the runs copied complete."""
+    copied = []
+    for r in plan():
+        src = root / r.name
+        if not src.is_dir():
+            continue
+        dst = into / r.name
+        for rel in SMALL:
+            if (src / rel).is_file():
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / rel, dst / rel)
+        for log in (root / f"{r.name}.log",):
+            if log.is_file():
+                dst.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, dst / "log.txt")
+        if dst.is_dir():
+            (dst / "command.txt").write_text("\n".join(commands(r, str(root), dry, teacher=teacher)) + "\n")
+        if made(r, into):
+            copied.append(r.name)
+    return copied
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="runs/experiments")
-    ap.add_argument("--tokens", type=int, default=2_000_000, help="student tokens per run (T)")
-    ap.add_argument("--groups", default="a,b,c,d,e")
-    ap.add_argument("--runs", default=None, help="comma-separated run names (default: all of --groups)")
-    ap.add_argument("--max-minutes", type=float, default=None, help="start no new run after this long")
-    ap.add_argument("--eval-limit", type=int, default=500)
-    ap.add_argument("--num-layers", type=int, default=30, help="the teacher's layers (SmolLM2-135M: 30)")
-    ap.add_argument("--report", default=None, help="write the markdown report (and plots beside it) and exit")
-    ap.add_argument("extra", nargs="*", help="further `mohawk distill` flags for every run, after --")
-    args = ap.parse_args()
-    out = Path(args.out)
-    runs = plan(args.tokens, args.num_layers, auto_layers(out))
+    ap.add_argument("--list", action="store_true", help="every planned run and whether it is made")
+    ap.add_argument("--commands", type=int, metavar="N", help="a script running the first N queued runs at once")
+    ap.add_argument("--runs", help="comma-separated run names instead of the queue's first N")
+    ap.add_argument("--root", default="/tmp/mohawk-exp", help="where the commands write their runs")
+    ap.add_argument("--into", default="$OUT/experiments", help="where --commands' script collects (--collect: to)")
+    ap.add_argument("--collect", metavar="ROOT", help="copy the small files of the runs under ROOT to --into")
+    ap.add_argument("--report", action="store_true", help="write results/EXPERIMENTS.md from --results")
+    ap.add_argument("--results", default=str(RESULTS), help="the committed run files")
+    ap.add_argument("--report-path", default=str(REPORT))
+    ap.add_argument("--cpu-dry-run", metavar="TEACHER", help="tiny CPU commands with this teacher (needs --data)")
+    ap.add_argument("--data", help="the corpus of a CPU dry run")
+    ap.add_argument("--mohawk", default="mohawk", help="how to call mohawk (e.g. 'python3 -m mohawk')")
+    ap.add_argument("--teacher", help="the teacher of every command (default: mohawk's, smollm2-135m)")
+    ap.add_argument("--gpus", type=int, default=1, help="spread the script's runs over this many GPUs")
+    args = ap.parse_args(argv)
+    results = Path(args.results)
+    dry = Dry(args.cpu_dry_run, args.data or "bundled") if args.cpu_dry_run else None
+    if args.list:
+        for r in plan():
+            print(f"{r.name:24s} {'made' if made(r, results) else 'queued'}")
+        q = queue(results)
+        print(f"{len(plan()) - len(q)} of {len(plan())} runs made; {len(q)} queued")
+    if args.commands is not None or args.runs:
+        if args.runs:
+            names = args.runs.split(",")
+            by_name = {r.name: r for r in plan()}
+            unknown = [n for n in names if n not in by_name]
+            if unknown:
+                ap.error(f"unknown run {unknown[0]!r}; --list shows them")
+            runs = [by_name[n] for n in names]
+        else:
+            runs = queue(results)[: args.commands]
+        print(script(runs, args.root, args.into, dry, args.mohawk, args.teacher, args.gpus), end="")
+    if args.collect:
+        done = collect(Path(args.collect), Path(args.into), dry, args.teacher)
+        print(f"collected {len(done)} complete runs into {args.into}: {', '.join(done) or '-'}", file=sys.stderr)
     if args.report:
         from experiments.report import write_experiments_report
 
-        print(write_experiments_report(out, runs, Path(args.report), args.tokens))
-        return
-    groups = set(args.groups.split(","))
-    names = set(args.runs.split(",")) if args.runs else None
-    common = [
-        "--preset",
-        "gpu",
-        "--seq-len",
-        "512",
-        "--batch-size",
-        "16",
-        "--tokens-per-update",
-        "65536",
-        "--val-sequences",
-        "32",
-        "--eval-tasks",
-        "lm-eval",
-        "--eval-limit",
-        str(args.eval_limit),
-        "--quiet",
-        *args.extra,
-    ]
-    t0 = time.time()
-    order = [r["name"] for r in runs]
-    if "attn-2-auto" not in order:
-        order.insert(order.index("attn-2-last") + 1, "attn-2-auto")
-    for name in order:
-        # re-planned each time: "attn-2-auto" exists once the pure-SSD MOHAWK run has measured its distances
-        run = next((r for r in plan(args.tokens, args.num_layers, auto_layers(out)) if r["name"] == name), None)
-        if run is None:
-            print(f"{name}: skipped (needs the stages-1-2-3 run first)")
-            continue
-        if run["group"] not in groups or (names and run["name"] not in names):
-            continue
-        path = out / run["name"]
-        if done(path):
-            continue
-        if args.max_minutes and (time.time() - t0) / 60 > args.max_minutes:
-            print(f"time budget reached; {run['name']} and later runs left for the next call")
-            break
-        cmd = command(run, out, common) + (["--resume"] if path.exists() else [])
-        print(" ".join(cmd), flush=True)
-        t = time.time()
-        r = subprocess.run([sys.executable, "-m", "mohawk", *cmd[1:]])
-        (path / "command.txt").write_text(" ".join(c for c in cmd if c != "--resume") + "\n")
-        print(f"{run['name']}: exit {r.returncode} in {time.time() - t:.0f} s", flush=True)
+        print(write_experiments_report(results, Path(args.report_path)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

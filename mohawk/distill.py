@@ -84,6 +84,17 @@ def teacher_text(cfg: DistillConfig, teacher, tokenizer, out: Path, total: int, 
     return "+".join(str(path) if p == "teacher" else p for p in parts)
 
 
+def _record_stage_distances(summary: dict, stage: int, student, adapter, batch, overwrite: bool = True) -> None:
+    """summary["distances_after_stage"][str(stage)] = layer_distances right after stage 1 or 2 (stage 3's are
+    summary["distances_after"], measured on the gathered student at the end). ``overwrite`` False keeps a value an
+    earlier invocation recorded (a resumed run)."""
+    if stage not in (1, 2):
+        return
+    after = summary.setdefault("distances_after_stage", {})
+    if overwrite or str(stage) not in after:
+        after[str(stage)] = layer_distances(student, adapter, batch)
+
+
 def _evaluate(student, teacher, val, cfg) -> dict:
     return {"perplexity": perplexity(student, val, cfg.batch_size), **agreement(student, teacher, val, cfg.batch_size)}
 
@@ -264,6 +275,8 @@ def _distill(
     loop = cfg.loop_settings()
     for s in cfg.stages:
         if point.finished(s):
+            if main and point.state and point.state["stage"] == s:  # the student loaded is the one after stage s
+                _record_stage_distances(summary, s, student, adapter, val[: cfg.batch_size], overwrite=False)
             continue
         budget = schedule.budgets[s]
         if budget.tokens == 0:
@@ -298,6 +311,7 @@ def _distill(
             "wall_s": round(prev + time.perf_counter() - t_stage, 1),
         }
         if main:
+            _record_stage_distances(summary, s, student, adapter, val[: cfg.batch_size])
             write_json(summary_path, summary)
 
     student = parallel.gather(student)  # type: ignore[assignment]  # FSDP2 shards -> one plain model on rank 0

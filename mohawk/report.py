@@ -34,15 +34,22 @@ def _plot_losses(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def _plot_distances(before: dict, after: dict, key: str, title: str, ylabel: str, path: Path) -> bool:
-    b, a = before.get(key, {}), after.get(key, {})
+def _plot_distances(before: dict, stage: dict, after: dict, key: str, title: str, ylabel: str, path: Path) -> bool:
+    """Per-layer distances ``key`` (stage1 | stage2) after weight transfer, right after their own stage (``stage``)
+    and at the end of the run (``after``)."""
+    b = before.get(key, {})
     if not b:
         return False
     layers = sorted(int(k) for k in b)
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    ax.plot(layers, [b[str(i)] if str(i) in b else b[i] for i in layers], "o-", label="after weight transfer only")
-    if a:
-        ax.plot(layers, [a[str(i)] if str(i) in a else a[i] for i in layers], "s-", label="after distillation")
+    curves = (
+        (b, "o-", "after weight transfer only"),
+        (stage.get(key, {}), "^-", f"right after {key.replace('stage', 'stage ')}"),
+        (after.get(key, {}), "s-", "at the end of the run"),
+    )
+    for d, style, label in curves:
+        if d:
+            ax.plot(layers, [d[str(i)] if str(i) in d else d[i] for i in layers], style, label=label)
     ax.set_xlabel("layer")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -79,13 +86,26 @@ def _mean(d: dict) -> float | None:
 
 
 def _dist_change(before: dict, after: dict) -> str:
-    """'6.73 -> 3.10 (-54%)' from per-layer distances before and after."""
+    """'6.73 -> 3.10 (-54%)' from per-layer distances before and after ('-' where before is missing, 'not measured'
+    where after is)."""
     b, a = _mean(before), _mean(after)
     if b is None:
         return "-"
     if a is None:
-        return f"{b:.4g} -> -"
+        return f"{b:.4g} -> not measured"
     return f"{b:.4g} -> {a:.4g} ({100 * (a - b) / b:+.0f}%)"
+
+
+def stage_distance_cells(summary: dict, stage: int) -> tuple[str, str]:
+    """The Stages table's two distance cells of stage 1 or 2: (mean per-layer distance after weight transfer ->
+    right after this stage, the same distance at the end of the run); ('-', '-') for stage 3."""
+    if stage not in (1, 2):
+        return "-", "-"
+    key = f"stage{stage}"
+    before = summary.get("distances_before", {}).get(key, {})
+    own = summary.get("distances_after_stage", {}).get(str(stage), {}).get(key, {})
+    end = _mean(summary.get("distances_after", {}).get(key, {}))
+    return _dist_change(before, own), "-" if end is None else f"{end:.4g}"
 
 
 def write_report(out: str | Path) -> Path:
@@ -96,10 +116,12 @@ def write_report(out: str | Path) -> Path:
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     before, after = summary.get("distances_before", {}), summary.get("distances_after", {})
+    own = {f"stage{k}": v.get(f"stage{k}", {}) for k, v in summary.get("distances_after_stage", {}).items()}
     made = {
         "loss": _plot_losses(rows, plots / "loss.png"),
         "stage1": _plot_distances(
             before,
+            own,
             after,
             "stage1",
             "stage 1: ||A_teacher - M_student||_F per layer",
@@ -108,6 +130,7 @@ def write_report(out: str | Path) -> Path:
         ),
         "stage2": _plot_distances(
             before,
+            own,
             after,
             "stage2",
             "stage 2: block output distance per layer",
@@ -153,13 +176,12 @@ def write_report(out: str | Path) -> Path:
         "",
         "| stage | tokens | tokens per update | optimizer steps | epochs over the data | "
         "skipped updates / rollbacks | peak LR | wall time (s) | first loss | last loss | "
-        "mean per-layer distance before -> after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "its distance: after weight transfer -> right after the stage | its distance at the end of the run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s, info in sorted(summary.get("stages", {}).items(), key=lambda kv: int(kv[0])):
         losses = [r["loss"] for r in rows if r["stage"] == int(s) and r.get("loss") is not None]
-        key = {"1": "stage1", "2": "stage2"}.get(s)
-        dist = _dist_change(before.get(key, {}), after.get(key, {})) if key else "-"
+        dist, end = stage_distance_cells(summary, int(s))
         first = f"{losses[0]:.4g}" if losses else "-"
         last = f"{losses[-1]:.4g}" if losses else "-"
         tpu = f"{info['tokens_per_update']:,}" if info.get("tokens_per_update") else "-"
@@ -167,7 +189,7 @@ def write_report(out: str | Path) -> Path:
         lines.append(
             f"| {s} {STAGE_NAMES[int(s)]} | {info['tokens']:,} | {tpu} | {info['steps']} | {ep} | "
             f"{info['skipped']} / {info.get('rollbacks', 0)} | {info['lr']:g} | {info['wall_s']:.0f} | "
-            f"{first} | {last} | {dist} |"
+            f"{first} | {last} | {dist} | {end} |"
         )
     if summary.get("warnings"):
         lines += ["", "Warnings of the run:", "", *[f"- {w}" for w in summary["warnings"]]]
@@ -190,8 +212,8 @@ def write_report(out: str | Path) -> Path:
     captions = {
         "ppl": ("perplexity.png", "Validation perplexity"),
         "loss": ("loss.png", "Loss per stage"),
-        "stage1": ("stage1_distance.png", "Stage-1 distance per layer, before and after"),
-        "stage2": ("stage2_distance.png", "Stage-2 distance per layer, before and after"),
+        "stage1": ("stage1_distance.png", "Stage-1 distance per layer: after transfer, after stage 1, at the end"),
+        "stage2": ("stage2_distance.png", "Stage-2 distance per layer: after transfer, after stage 2, at the end"),
     }
     for key, (file, caption) in captions.items():
         if made[key]:

@@ -1,7 +1,16 @@
-"""The headline report is made from the runs' files alone: results.json's schema, the table's numbers, the plot."""
+"""The experiment reports are made from the runs' files alone. Headline: results.json's schema, the table's numbers,
+the plot. Issue 34 (run_all, report): seed statistics, the rank correlation, equal token totals per arm, the queue of
+planned-but-missing runs with their commands, verdicts that follow the numbers, the CPU dry run of the GPU commands."""
 
 import json
+import math
+import shlex
+from pathlib import Path
 
+import pytest
+
+from experiments import report as xr
+from experiments import run_all
 from experiments.headline_report import ZERO_SHOT, write_headline
 
 
@@ -91,3 +100,200 @@ def test_init_distances_per_layer_with_and_without_the_qk_norm_fold(tmp_path):
         assert res[v]["transfer_only_perplexity"] > 1
     assert res["default"]["stage1"] != res["no_qk_norm_fold"]["stage1"]  # the fold changes the SSD's B and C
     assert res["default"]["stage2"][0] != res["no_qk_norm_fold"]["stage2"][0]
+
+
+# -- issue 34: experiments/run_all.py and experiments/report.py -------------------------------------------------------
+
+
+def test_seed_statistics_and_noise():
+    s = xr.Stat.of([1.0, 2.0, 3.0])
+    assert s.mean == 2.0 and s.n == 3
+    assert s.hi - s.mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)  # t(0.975, 2) * sd / sqrt(n), sd = 1
+    assert s.text() == "2.00 ± 2.48"
+    one = xr.Stat.of([5.0])
+    assert (one.lo, one.hi, one.n) == (5.0, 5.0, 1) and one.text() == "5.00 (1 seed)"
+    far, near = xr.Stat.of([10.0, 10.1, 9.9]), xr.Stat.of([2.5, 3.0, 3.5])
+    assert xr.compare(far, s, higher=True) == "better" and xr.compare(far, s, higher=False) == "worse"
+    assert xr.compare(near, s, higher=True) == "within noise"  # overlapping intervals
+    assert xr.compare(one, s, higher=True) == "within noise"  # one seed: no interval, no claim of a difference
+    assert xr.compare(None, s, higher=True) is None
+
+
+def test_spearman_against_a_hand_count_and_scipy():
+    # ranks of y = [1, 2, 3, 5, 4]: d^2 sums to 2, rho = 1 - 6 * 2 / (5 * 24) = 0.9
+    rho, p = xr.spearman([1, 2, 3, 4, 5], [10, 20, 30, 50, 40])
+    assert rho == pytest.approx(0.9) and 0 < p < 0.1
+    assert xr.ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    import random
+
+    rng = random.Random(0)
+    x = [rng.randint(0, 6) for _ in range(40)]  # ties
+    y = [v + rng.gauss(0, 3) for v in x]
+    want = xr.spearman(x, y)
+    got = xr.spearman_own(x, y)
+    assert got[0] == pytest.approx(want[0], abs=1e-12) and got[1] == pytest.approx(want[1], rel=0.05)
+    assert xr.spearman([1, 2, 3, 4, 5], [5, 4, 3, 2, 1])[0] == pytest.approx(-1.0)
+
+
+def test_every_arm_trains_on_the_same_total_and_the_shares_it_names():
+    from mohawk import recipe
+    from mohawk.config import DistillConfig
+
+    for arm in run_all.ARMS:
+        flags = run_all.distill_flags(run_all.Run(arm, 0))
+        assert flags.pop("preset") == "gpu" and flags.pop("quiet")
+        cfg = DistillConfig.from_sources(preset="gpu", **flags)
+        t = recipe.stage_tokens(cfg)
+        assert sum(t.values()) == run_all.TOKENS, arm.name
+        stages = [int(s) for s in str(arm.flags.get("stages", "1,2,3")).split(",")]
+        assert [s for s in (1, 2, 3) if t[s]] == stages, arm.name
+    share = {
+        a: recipe.stage_tokens(DistillConfig.from_sources(preset="gpu", **run_all.ARM[a].flags))
+        for a in ("alloc-5", "alloc-30", "mohawk")
+    }
+    for name, want in (("alloc-5", 0.05), ("alloc-30", 0.30), ("mohawk", 0.15)):
+        t = share[name]
+        assert (t[1] + t[2]) / run_all.TOKENS == pytest.approx(want, abs=1e-6) and t[2] == pytest.approx(
+            2 * t[1], abs=2
+        )
+    assert run_all.Run(run_all.ARM["frozen-mlp"], 1).name == "frozen-mlp-s1"
+
+
+def _fake_run(results, name, ppl, lam, hella, d1=None, d2=None, zero_shot=None, stages=(1, 2, 3)):
+    d = results / name
+    d.mkdir(parents=True)
+    summary = {
+        "final": {"perplexity": ppl, "top1_agreement": 0.7, "kl": 0.5},
+        "stages": {str(s): {"tokens": 1000 * s} for s in stages},
+        "distances_before": {"stage1": {"0": 9.0}},
+        "distances_after_stage": {
+            **({"1": {"stage1": {"0": d1, "1": d1}}} if d1 is not None else {}),
+            **({"2": {"stage2": {"0": d2}}} if d2 is not None else {}),
+        },
+        "command": f"mohawk distill --out {name}",
+    }
+    (d / "summary.json").write_text(json.dumps(summary))
+    student = name
+
+    def res(scores, passkey=None):
+        return {
+            "models": ["teacher", student],
+            "teacher": "teacher",
+            "scores": {student: scores},
+            "passkey": {student: passkey or {}},
+        }
+
+    (d / "screen").mkdir()
+    (d / "screen" / "results.json").write_text(
+        json.dumps(
+            res({"perplexity": ppl, "top1_agreement": 0.7, "lambada_openai": {"acc": lam}}, {"512": 0.2, "1024": 0.0})
+        )
+    )
+    (d / "screen-hellaswag").mkdir()
+    (d / "screen-hellaswag" / "results.json").write_text(
+        json.dumps(res({"hellaswag": {"acc": hella - 0.05, "acc_norm": hella}}))
+    )
+    if zero_shot is not None:
+        (d / "eval-full").mkdir()
+        scores = {t: {"acc": zero_shot, "acc_norm": zero_shot} for t in xr.ZERO_SHOT}
+        (d / "eval-full" / "results.json").write_text(json.dumps(res(scores)))
+
+
+def _campaign(results, ablation_best: str):
+    """Every arm with its seeds except stages-3-s2 (missing); the ``ablation_best`` arm scores highest (0.40 against
+    0.30, + 0.002 per seed), and every run's distances and perplexity fall as its accuracy rises."""
+    for arm in run_all.ARMS:
+        for seed in arm.seeds:
+            if arm.name == "stages-3" and seed == 2:
+                continue
+            base = 0.40 if arm.name == ablation_best else 0.30
+            q = base + 0.002 * seed
+            _fake_run(
+                results,
+                f"{arm.name}-s{seed}",
+                ppl=100 - 100 * q,
+                lam=q,
+                hella=q,
+                d1=2 + 10 * (0.4 - q) if arm.flags.get("stages", "1").startswith("1") else None,
+                d2=20 + 50 * (0.4 - q),
+                zero_shot=q if arm.full_eval else None,
+            )
+
+
+def test_report_tables_verdicts_and_queue(tmp_path):
+    results, report = tmp_path / "10m", tmp_path / "EXPERIMENTS.md"
+    _campaign(results, ablation_best="mohawk")
+    text = xr.write_experiments_report(results, report, history=tmp_path / "none").read_text()
+    # seed statistics in the table: mohawk's screen mean over seeds 0.400, 0.402, 0.404 (x100)
+    s = xr.Stat.of([40.0, 40.2, 40.4])
+    assert f"| {run_all.ARM['mohawk'].label} | 3 of 3 |" in text and s.text(1, 1) in text
+    assert f"| {run_all.ARM['stages-3'].label} | 2 of 3 |" in text
+    assert "| 1. stage ablation | reproduced |" in text
+    # the missing run is queued with its exact commands; made runs are not
+    queued = text[text.index("## Queue") : text.index("## Commands of the runs made")]
+    assert "- `stages-3-s2`:" in queued and "- `teacher`:" in queued and "`mohawk-s0`" not in queued
+    for c in run_all.commands(run_all.Run(run_all.ARM["stages-3"], 2), "/tmp/mohawk-exp"):
+        assert c in queued
+    assert "--stages 3 --out /tmp/mohawk-exp/stages-3-s2" in queued
+    assert [r.name for r in run_all.queue(results)] == ["teacher", "stages-3-s2"]
+    # distance vs quality: lower distance, better run, in every run built here: significant, expected signs
+    assert "| 5. distance predicts quality | reproduced |" in text
+    assert (tmp_path / "experiments_plots" / "distance_quality.png").is_file()
+
+
+def test_verdict_flips_with_the_numbers(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _campaign(a, ablation_best="mohawk")
+    _campaign(b, ablation_best="stages-3")
+    ta = xr.write_experiments_report(a, tmp_path / "a.md", history=tmp_path / "none").read_text()
+    tb = xr.write_experiments_report(b, tmp_path / "b.md", history=tmp_path / "none").read_text()
+    assert "| 1. stage ablation | reproduced |" in ta and "| 1. stage ablation | contradicted |" in tb
+    assert "| 4. stage 1+2 share | reproduced |" in ta and "| 4. stage 1+2 share | contradicted |" in tb
+    # frozen MLPs (0.30): beyond noise worse than trained MOHAWK in a (0.40), within noise of it in b (both 0.30)
+    assert "| 2. frozen MLPs | contradicted |" in ta and "| 2. frozen MLPs | reproduced |" in tb
+
+
+def test_commands_script_runs_n_at_once_and_collects(tmp_path, capsys):
+    results = tmp_path / "10m"
+    assert run_all.main(["--commands", "3", "--results", str(results), "--root", "/r"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    jobs = [line for line in out if line.endswith("&")]
+    assert len(jobs) == 3 and out[-2] == "wait" and "--collect /r --into $OUT/experiments" in out[-1]
+    assert jobs[1].startswith("( mohawk distill --preset gpu --tokens 10000000 --seed 0 --val-sequences 256")
+    chain = jobs[1][2 : jobs[1].index(" ) >")].split(" && ")
+    assert chain == run_all.commands(run_all.Run(run_all.ARM["mohawk"], 0), "/r")
+    assert shlex.split(chain[2])[:3] == ["mohawk", "eval", "/r/mohawk-s0/student"] and "--limit 2000" in chain[2]
+    assert "--tasks ppl,agreement,passkey,lambada_openai" in chain[1] and "--limit" not in chain[1]
+    assert run_all.main(["--runs", "alloc-30-s2", "--root", "/r"]) == 0
+    assert "--stage1-tokens 1000000 --stage2-tokens 2000000 --stage3-tokens 7000000" in capsys.readouterr().out
+    assert run_all.main(["--commands", "3", "--results", str(results), "--gpus", "2", "--teacher", "/t.gguf"]) == 0
+    jobs = [line for line in capsys.readouterr().out.splitlines() if line.endswith("&")]
+    assert [j.split(";")[0] for j in jobs] == [f"( export CUDA_VISIBLE_DEVICES={i}" for i in (0, 1, 0)]
+    assert all(c.count("--teacher /t.gguf") == 1 for j in jobs for c in j.split(" && "))
+
+
+@pytest.mark.slow
+def test_cpu_dry_run_of_a_queued_run_end_to_end(teacher_dir, tmp_path, capsys):
+    """The exact GPU commands of a run, shrunk (tiny teacher, 4,096 tokens, 4 items per task) and run on the CPU:
+    distill, both screening evaluations, the collection of its small files and the report that counts it made."""
+    import os
+    import subprocess
+    import sys
+
+    root, results = tmp_path / "runs", tmp_path / "10m"
+    corpus = teacher_dir.parent / "corpus.jsonl"
+    argv = ["--runs", "alloc-5-s0", "--root", str(root), "--into", str(results), "--results", str(results)]
+    argv += ["--cpu-dry-run", str(teacher_dir), "--data", str(corpus), "--mohawk", f"{sys.executable} -m mohawk"]
+    assert run_all.main(argv) == 0
+    script = capsys.readouterr().out
+    repo = Path(run_all.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    subprocess.run(["bash", "-c", script], cwd=repo, env=env, check=True, timeout=1200)
+    log = (root / "alloc-5-s0.log").read_text()
+    assert "stage 1: 68 tokens" in log and "stage 3: 3,891 tokens" in log  # the 5% share, scaled to 4,096 tokens
+    run = run_all.Run(run_all.ARM["alloc-5"], 0)
+    assert run_all.made(run, results) and (results / "alloc-5-s0" / "command.txt").is_file()
+    assert not (results / "alloc-5-s0" / "student").exists()  # small files only
+    text = xr.write_experiments_report(results, tmp_path / "E.md", history=tmp_path / "none").read_text()
+    assert "| 1+2+3 at 1.7 / 3.3 / 95% (stage 1+2 share 5%) | 1 of 3 |" in text
+    assert "- `alloc-5-s0`:" not in text[text.index("## Queue") : text.index("## Commands of the runs made")]
