@@ -111,9 +111,11 @@ def write_recall_report(out: Path, results: Path, arms: dict, chance: dict | Non
     results.mkdir(parents=True, exist_ok=True)
     (results / "results.json").write_text(json.dumps(doc, indent=1))
     t = doc["teacher"]
+    notes = out / "NOTES.md"
     lines = [
         "# Recall screening: SmolLM2-135M-Instruct students at 10M tokens",
         "",
+        *([notes.read_text().strip(), ""] if notes.is_file() else []),
         "Screen of each arm (experiments/recall.py; one seed, 0): full LAMBADA (acc), the first 2,000 HellaSwag items "
         "(acc_norm), perplexity and top-1 agreement on 256 x 512 held-out tokens, and passkey v2 (20 keys per length, "
         "repeated and natural filler). Percentages: of the teacher's score, with a 95% paired bootstrap interval over "
@@ -130,7 +132,24 @@ def write_recall_report(out: Path, results: Path, arms: dict, chance: dict | Non
         lines.append(
             f"| {arm} | {row['attention_layers'] or '-'} | {cells[0]} | {cells[1]} | {ppl} | {row['agreement']:.3f} |"
         )
-    lines += ["", "Passkey v2 (hits / per-digit credit / mean log-probability of the key, teacher-forced):", ""]
+    probe = _load(out / "probe.json")
+    if probe:
+        top = sorted(probe["layers"].items(), key=lambda kv: -kv[1])[:8]
+        lines += [
+            "",
+            f"Retrieval probe of the teacher ({probe['batch']} x 2 x {probe['n']} repeated random tokens, "
+            f"{probe['seconds']} s on {probe.get('device', '?')}): best head's induction score per layer, highest "
+            "first: "
+            + ", ".join(f"{i}: {v:.3f}" for i, v in top)
+            + ". `--placement retrieval` keeps "
+            + "; ".join(f"{k} -> {v}" for k, v in probe["chosen"].items())
+            + ".",
+        ]
+    lines += [
+        "",
+        "Passkey v2 (hits / per-digit credit / log-probability of the key's tokens, teacher-forced, mean over keys):",
+        "",
+    ]
     rows = [("teacher", t), *doc["models"].items()]
     fillers = sorted({f for _, r in rows for f in r["passkey"]})
     lengths = sorted({int(n) for _, r in rows for f in r["passkey"].values() for n in f}, key=int)

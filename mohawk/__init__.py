@@ -14,5 +14,5 @@ AutoModelForCausalLM.register(MohawkConfig, MohawkForCausalLM, exist_ok=True)
 from mohawk.teachers import load_teacher  # noqa: E402
 from mohawk.transfer import from_teacher  # noqa: E402
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["MohawkCache", "MohawkConfig", "MohawkError", "MohawkForCausalLM", "from_teacher", "load_teacher", "ssd"]

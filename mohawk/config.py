@@ -73,9 +73,9 @@ class DistillConfig:
         minimum=0,
     )
     placement: str = option(
-        "uniform",
-        "Where --num-attention-layers go: uniform, first, last, or retrieval (the layers whose heads copy from "
-        "context best, by an induction probe of the teacher: mohawk.evaluation.retrieval).",
+        "retrieval",
+        "Where --num-attention-layers go: retrieval (the layers whose heads copy from context best, by an induction "
+        "probe of the teacher: mohawk.evaluation.retrieval; results/recall), uniform, first or last.",
         group=WHAT,
         choices=("uniform", "first", "last", "retrieval"),
     )
