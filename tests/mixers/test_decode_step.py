@@ -109,6 +109,7 @@ def test_reference_equals_the_mixer_step():
         (("ssd", "attention", "ssd"), {"ssd_conv_activation": "silu", "ssd_gate_activation": "silu"}),
         (("mamba2", "mamba2"), {"ssd_num_groups": 2}),
         (("discrete_mamba2", "linear_attention"), {"ssd_norm": True}),
+        (("discrete_mamba2_cab9fe3", "discrete_mamba2_cab9fe3"), {"ssd_norm": True}),
     ],
 )
 def test_students_decode_the_same_through_the_kernel(monkeypatch, mixers, kw):
