@@ -2,12 +2,12 @@
 call (batch = tokens / L), for
 
 - ``sdpa``: causal scaled_dot_product_attention (flash attention on a recent GPU), q/k/v (b, h, L, d);
-- ``mohawk_triton``: mohawk's own Triton scan (mohawk/mixers/kernels/ssd_triton.py: what ``mohawk.ssd`` runs on CUDA),
-  called as ``mohawk.ssd`` calls it (x * dt, dt * A and the D skip fused into its kernels), with its default
-  ``TUNING`` (state_pass "auto");
-- with ``--two-pass``, the same scan with its chunk states forced to ``mohawk_walk`` (one walk of matmuls per
-  (sequence, head), forward and gradient) and ``mohawk_two_pass`` (each chunk's own contribution in parallel, then an
-  elementwise walk, forward and gradient): what "auto" chooses between;
+- ``mohawk_triton``: mohawk's own Triton scan (mohawk/mixers/kernels/ssd_*.py: what ``mohawk.ssd`` runs on CUDA),
+  called as ``mohawk.ssd`` calls it (x * dt, dt * A and the D skip fused into its kernels), with its default launch
+  (forward states "auto");
+- with ``--two-pass``, the same scan with its forward chunk states forced (``ssd_launch.forced_launch``) to
+  ``mohawk_walk`` (one walk of matmuls per (sequence, head)) and ``mohawk_two_pass`` (each chunk's own contribution in
+  parallel, then an elementwise walk): what "auto" chooses between (the state gradients always walk);
 - ``mamba_ssm``: mamba-ssm's Triton SSD kernel ``mamba_chunk_scan_combined`` (MOHAWK_SSD_KERNEL=mamba);
 - ``mohawk_torch``: mohawk's PyTorch chunked scan (the fallback and reference), where memory allows;
 - ``mohawk_compiled`` (with ``--compiled``): that scan through ``torch.compile``, where memory allows (one compilation
@@ -148,14 +148,13 @@ def main():
     ap.add_argument(
         "--two-pass",
         action="store_true",
-        help="also time the Triton scan with its chunk states forced to the walk and to two passes "
-        "(TUNING['state_pass'], TUNING['dstate_pass'])",
+        help="also time the Triton scan with its forward chunk states forced to the walk and to two passes",
     )
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("ssd_speed needs a CUDA GPU")
     from mohawk.mixers.kernels import _mamba_chunk_scan, _triton_scan
-    from mohawk.mixers.kernels.ssd_triton import TUNING
+    from mohawk.mixers.kernels.ssd_launch import forced_launch
 
     mamba_chunk_scan_combined = _mamba_chunk_scan()  # None when mamba-ssm is not installed
     ssd_triton = _triton_scan()
@@ -185,15 +184,13 @@ def main():
                     bwd,
                 )
             for forced in ("walk", "two_pass") if ssd_triton is not None and args.two_pass else ():
-                default = dict(TUNING)
-                TUNING.update(state_pass=forced, dstate_pass=forced)
-                row[f"mohawk_{forced}_{tag}_ms"] = bench(
-                    forced,
-                    lambda: inputs(b, L, h, p, n, dtype, bwd),
-                    lambda x, dt, A, B, C: ssd_triton(x, dt, A, B, C, D_SKIP),
-                    bwd,
-                )
-                TUNING.update(default)
+                with forced_launch(forced):
+                    row[f"mohawk_{forced}_{tag}_ms"] = bench(
+                        forced,
+                        lambda: inputs(b, L, h, p, n, dtype, bwd),
+                        lambda x, dt, A, B, C: ssd_triton(x, dt, A, B, C, D_SKIP),
+                        bwd,
+                    )
             if mamba_chunk_scan_combined is not None:
                 row[f"mamba_ssm_{tag}_ms"] = bench(
                     "mamba",

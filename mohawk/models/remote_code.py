@@ -31,6 +31,12 @@ FILES = {
     "discrete_mamba2.py": "mixers/discrete_mamba2.py",
     "kernels.py": "mixers/kernels/__init__.py",
     "ssd_triton.py": "mixers/kernels/ssd_triton.py",
+    "ssd_launch.py": "mixers/kernels/ssd_launch.py",
+    "ssd_chunk_state.py": "mixers/kernels/ssd_chunk_state.py",
+    "ssd_state_passing.py": "mixers/kernels/ssd_state_passing.py",
+    "ssd_chunk_scan.py": "mixers/kernels/ssd_chunk_scan.py",
+    "ssd_state_passing_bwd.py": "mixers/kernels/ssd_state_passing_bwd.py",
+    "ssd_chunk_scan_bwd.py": "mixers/kernels/ssd_chunk_scan_bwd.py",
 }
 
 
