@@ -3,20 +3,18 @@ o_proj) over the RMS of V, and the RMS of V over the data-free estimate sqrt(sum
 norm's weight). Their product is mohawk.mixers.mamba2.ATTENTION_OUTPUT_RATIO, the scale at which the mixers with an
 output norm (mamba2, discrete_mamba2) start after the weight transfer.
 
-    python3 benchmarks/attention_output_scale.py [--teacher smollm2-135m] [--sequences 4] [--seq-len 128]
+    python3 -m benchmarks.attention_output_scale [--teacher smollm2-135m] [--sequences 4] [--seq-len 128]
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import arg_parser, command, device_name, versions, write  # noqa: E402
-from mohawk.data import make_streams, take  # noqa: E402
-from mohawk.teachers import load_teacher  # noqa: E402
+from benchmarks.common import arg_parser, command, device_name, versions, write
+from mohawk.data import make_streams, take
+from mohawk.teachers import load_teacher
 
 
 def main():

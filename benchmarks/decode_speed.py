@@ -2,7 +2,7 @@
 a prompt of 1k-32k tokens, batch 1 and 16, bf16, random weights of the real dimensions (``--model smollm2-135m`` or
 ``phi-1_5``; ``tiny`` for a CPU smoke test).
 
-    python3 benchmarks/decode_speed.py [--model smollm2-135m] [--contexts 1024,4096,16384,32768] [--batches 1,16]
+    python3 -m benchmarks.decode_speed [--model smollm2-135m] [--contexts 1024,4096,16384,32768] [--batches 1,16]
 
 Per (context, batch): tokens/s over ``--new-tokens`` greedy steps after the prefill, and the decoding state's size
 (the teacher's KV cache grows with the context, the student's SSM state does not) and peak GPU memory.
@@ -12,15 +12,12 @@ Writes benchmarks/results/decode_speed-<model>-<device>.{json,md}.
 from __future__ import annotations
 
 import inspect
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     arg_parser,
     command,
     device_name,
@@ -31,8 +28,8 @@ from benchmarks.common import (  # noqa: E402
     versions,
     write,
 )
-from mohawk.models.cache import MohawkCache  # noqa: E402
-from mohawk.parallel import resolve_device  # noqa: E402
+from mohawk.models.cache import MohawkCache
+from mohawk.parallel import resolve_device
 
 
 def cache_bytes(cache) -> int:

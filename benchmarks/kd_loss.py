@@ -2,7 +2,7 @@
 LM-head + KD loss (``--loss-chunk``), forward + backward, Gemma 3 270M's head (hidden 640, vocabulary 262,144) by
 default.
 
-    python3 benchmarks/kd_loss.py [--tokens 2048] [--chunks 512,2048] [--hidden 640] [--vocab 262144]
+    python3 -m benchmarks.kd_loss [--tokens 2048] [--chunks 512,2048] [--hidden 640] [--vocab 262144]
 
 Each variant runs in its own process (peak memory: CUDA's max allocated, or on the CPU the process's peak RSS
 above its baseline); time is the median of ``--repeats`` runs. Writes benchmarks/results/kd_loss-<device>.{json,md}.
@@ -20,12 +20,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import arg_parser, command, device_name, sync, versions, write  # noqa: E402
-from mohawk.parallel import resolve_device  # noqa: E402
-from mohawk.stages.distillation import distillation_loss  # noqa: E402
-from mohawk.stages.fused_loss import fused_distillation_loss  # noqa: E402
+from benchmarks.common import arg_parser, command, device_name, sync, versions, write
+from mohawk.parallel import resolve_device
+from mohawk.stages.distillation import distillation_loss
+from mohawk.stages.fused_loss import fused_distillation_loss
 
 
 def _peak_rss_mib() -> float:
@@ -88,7 +86,7 @@ def main():
         return
     rows = []
     for chunk in [0, *map(int, args.chunks.split(","))]:
-        cmd = [sys.executable, __file__, "--variant", str(chunk), "--tokens", str(args.tokens)]
+        cmd = [sys.executable, "-m", "benchmarks.kd_loss", "--variant", str(chunk), "--tokens", str(args.tokens)]
         cmd += ["--hidden", str(args.hidden), "--vocab", str(args.vocab), "--repeats", str(args.repeats)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))

@@ -16,7 +16,7 @@ call (batch = tokens / L), for
 Per-head B and C (groups = heads, state = head_dim), as the Phi-Mamba student has. Prints a markdown table and writes
 benchmarks/results/ssd_speed-<device>.{json,md}. Run on a GPU:
 
-    python3 benchmarks/ssd_speed.py [--tokens 65536] [--heads 32] [--head-dim 64] [--lengths 1024,...] [--compiled]
+    python3 -m benchmarks.ssd_speed [--tokens 65536] [--heads 32] [--head-dim 64] [--lengths 1024,...] [--compiled]
         [--two-pass]
 """
 
@@ -30,10 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import arg_parser, command, device_name, fmt, versions, write  # noqa: E402
-from mohawk.mixers.ssd import ssd_chunked  # noqa: E402
+from benchmarks.common import arg_parser, command, device_name, fmt, versions, write
+from mohawk.mixers.ssd import ssd_chunked
 
 D_SKIP = None  # set in main: a (heads,) D for every SSD call
 

@@ -1,22 +1,19 @@
 """Stage-1 peak memory and time, whole matrices vs row tiles: one layer of a model's dimensions (teacher attention
 matrix vs SSD student matrix, Frobenius distance, forward + backward), batch 1, at 1k-16k tokens.
 
-    python3 benchmarks/stage1_memory.py [--model smollm2-135m] [--lengths 1024,2048,4096,8192,16384] [--tile 256]
+    python3 -m benchmarks.stage1_memory [--model smollm2-135m] [--lengths 1024,2048,4096,8192,16384] [--tile 256]
 
 Writes benchmarks/results/stage1_memory-<model>-<device>.{json,md}.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     arg_parser,
     command,
     device_name,
@@ -27,8 +24,8 @@ from benchmarks.common import (  # noqa: E402
     versions,
     write,
 )
-from mohawk.parallel import resolve_device  # noqa: E402
-from mohawk.stages.orientation import frobenius_distance, tiled_frobenius_distance  # noqa: E402
+from mohawk.parallel import resolve_device
+from mohawk.stages.orientation import frobenius_distance, tiled_frobenius_distance
 
 
 def measure(fn, device) -> dict:

@@ -3,7 +3,7 @@ Hugging Face eager training step of the teacher itself, in the same run. Random 
 the real model's dimensions (no download): ``phi-1_5`` (1.4B, the paper's teacher), ``smollm2-135m``, or ``tiny``
 (a CPU smoke test).
 
-    python3 benchmarks/stage_throughput.py --model phi-1_5 --stages 1,2,3 [--batch 8] [--seq-len 1024] [--steps 10]
+    python3 -m benchmarks.stage_throughput --model phi-1_5 --stages 1,2,3 [--batch 8] [--seq-len 1024] [--steps 10]
     torchrun --nproc-per-node 2 benchmarks/stage_throughput.py --model phi-1_5 --stages 3    # FSDP2 over 2 GPUs
     (benchmarks/scaling.py runs both and writes the ratio)
 
@@ -15,16 +15,13 @@ GPU's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s). Writes benchmarks/results/st
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     arg_parser,
     command,
     device_name,
@@ -35,12 +32,12 @@ from benchmarks.common import (  # noqa: E402
     versions,
     write,
 )
-from mohawk.checkpoint import Checkpointer  # noqa: E402
-from mohawk.config import DistillConfig  # noqa: E402
-from mohawk.metrics import MetricsLog  # noqa: E402
-from mohawk.parallel import Parallel  # noqa: E402
-from mohawk.stages import STAGES  # noqa: E402
-from mohawk.train import StageBudget, train_stage  # noqa: E402
+from mohawk.checkpoint import Checkpointer
+from mohawk.config import DistillConfig
+from mohawk.metrics import MetricsLog
+from mohawk.parallel import Parallel
+from mohawk.stages import STAGES
+from mohawk.train import StageBudget, train_stage
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 

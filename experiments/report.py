@@ -50,7 +50,7 @@ def write_experiments_report(out: Path, runs: list[dict], report: Path, tokens: 
         f"Every run distils the default teacher (SmolLM2-135M-Instruct) on the bundled Gutenberg corpus with "
         f"{tokens:,} student tokens unless the row says otherwise; validation on held-out books; zero-shot "
         "tasks through lm-evaluation-harness on the vendored task files (first N items each, see the command). "
-        "Made by `python3 experiments/run_all.py` (the exact `mohawk distill` command of each run is listed "
+        "Made by `python3 -m experiments.run_all` (the exact `mohawk distill` command of each run is listed "
         "at the end). Wall times include the run's evaluation; the hybrid and SSM-student runs shared one GPU "
         "three at a time (`--runs` streams in parallel), so compare wall times only within a group's solo runs.",
         "",

@@ -1,7 +1,7 @@
 """The paper's claims, measured with `mohawk distill` at equal token budgets (issue: experiments).
 
-    python3 experiments/run_all.py --out runs/experiments [--tokens 2000000] [--groups a,b,c,d,e] [--max-minutes 9]
-    python3 experiments/run_all.py --out runs/experiments --report results/EXPERIMENTS.md   # tables + plots only
+    python3 -m experiments.run_all --out runs/experiments [--tokens 2000000] [--groups a,b,c,d,e] [--max-minutes 9]
+    python3 -m experiments.run_all --out runs/experiments --report results/EXPERIMENTS.md   # tables + plots only
 
 Every run is one `mohawk distill` command (printed in the report), evaluated on held-out perplexity, agreement with
 the teacher and the lm-eval zero-shot tasks (`--eval-limit` items each). Runs whose summary is complete are skipped
@@ -25,8 +25,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # so that `experiments.report` imports
 
 SPLIT = {1: 0.1, 2: 0.2}
 

@@ -62,3 +62,12 @@ def test_license_is_the_apache_text_pyproject_names():
     text = (ROOT / "LICENSE").read_text()
     assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+
+
+def test_scripts_run_as_modules_without_path_hacks():
+    """benchmarks/, experiments/ and scripts/ run as ``python3 -m benchmarks.NAME`` from the root: none edits sys.path
+    (a script that did would hide a broken import of the package it sits in)."""
+    scripts = [p for d in ("benchmarks", "experiments", "scripts") for p in (ROOT / d).rglob("*.py")]
+    assert [p.name for p in scripts if "sys.path.insert" in p.read_text()] == []
+    r = _run(sys.executable, "-m", "benchmarks.ssd_speed", "--help")
+    assert r.returncode == 0 and "--two-pass" in r.stdout, r.stderr[-2000:]
