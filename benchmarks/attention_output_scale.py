@@ -14,6 +14,7 @@ import torch
 
 from benchmarks.common import arg_parser, command, device_name, versions, write
 from mohawk.data import make_streams, take
+from mohawk.evaluation.present import markdown_table
 from mohawk.teachers import load_teacher
 
 
@@ -54,14 +55,15 @@ def main():
         f"- device: {device_name()}; versions: {versions('transformers')}",
         f"- {args.sequences} held-out sequences of {args.seq_len} tokens; mean output / estimate: **{mean:.3f}**",
         "",
-        "| layer | output / value RMS | value RMS / estimate | output / estimate |",
-        "|---|---|---|---|",
     ]
-    lines += [
-        f"| {r['layer']} | {r['output_over_value']:.3f} | {r['value_over_estimate']:.3f} | "
-        f"{r['output_over_estimate']:.3f} |"
-        for r in rows
-    ]
+    lines += markdown_table(
+        ["layer", "output / value RMS", "value RMS / estimate", "output / estimate"],
+        [
+            [r["layer"], f"{r['output_over_value']:.3f}", f"{r['value_over_estimate']:.3f}"]
+            + [f"{r['output_over_estimate']:.3f}"]
+            for r in rows
+        ],
+    )
     write(
         f"attention_output_scale-{args.teacher}",
         {"rows": rows, "mean": mean, "command": command()},

@@ -28,6 +28,7 @@ from benchmarks.common import (
     versions,
     write,
 )
+from mohawk.evaluation.present import markdown_table
 from mohawk.models.cache import MohawkCache
 from mohawk.parallel import resolve_device
 
@@ -193,21 +194,20 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "- the baseline is the teacher with transformers' static KV cache and its decoding step compiled into CUDA "
         "graphs (`generate(cache_implementation='static')`); 'teacher eager' is its plain DynamicCache loop",
         "",
-        "| context | batch | teacher static+graphs tok/s | student tok/s | student / teacher static | teacher eager "
-        "tok/s | student without CUDA graph tok/s | "
-        "teacher state MiB | student state MiB | teacher peak GiB | student peak GiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    header = ["context", "batch", "teacher static+graphs tok/s", "student tok/s", "student / teacher static"]
+    header += ["teacher eager tok/s", "student without CUDA graph tok/s", "teacher state MiB", "student state MiB"]
+    table = []
     for r in rows:
         t, s, e = (r.get(f"{k}_tokens_per_s") for k in ("teacher", "student", "student_eager"))
         ts = r.get("teacher_static_tokens_per_s")
-        lines.append(
-            f"| {r['context']} | {r['batch']} | {fmt(ts, 0) if ts else 'OOM'} | {fmt(s, 0) if s else 'OOM'} | "
-            f"{f'{s / ts:.2f}x' if s and ts else '-'} | {fmt(t, 0) if t else 'OOM'} | {fmt(e, 0) if e else 'OOM'} | "
-            f"{fmt(r.get('teacher_state_mib'), 1)} | "
-            f"{fmt(r.get('student_state_mib'), 1)} | {fmt(r.get('teacher_peak_gib'), 2)} | "
-            f"{fmt(r.get('student_peak_gib'), 2)} |"
+        table.append(
+            [r["context"], r["batch"], fmt(ts, 0) if ts else "OOM", fmt(s, 0) if s else "OOM"]
+            + [f"{s / ts:.2f}x" if s and ts else "-", fmt(t, 0) if t else "OOM", fmt(e, 0) if e else "OOM"]
+            + [fmt(r.get("teacher_state_mib"), 1), fmt(r.get("student_state_mib"), 1)]
+            + [fmt(r.get("teacher_peak_gib"), 2), fmt(r.get("student_peak_gib"), 2)]
         )
+    lines += markdown_table([*header, "teacher peak GiB", "student peak GiB"], table)
     write(f"decode_speed-{args.model}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

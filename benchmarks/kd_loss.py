@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import arg_parser, command, device_name, sync, versions, write
+from mohawk.evaluation.present import markdown_table
 from mohawk.parallel import resolve_device
 from mohawk.stages.distillation import distillation_loss
 from mohawk.stages.fused_loss import fused_distillation_loss
@@ -111,15 +112,15 @@ def main():
         "- forward + backward of KL(teacher || student) through both LM heads; peak memory above the inputs (CUDA: max "
         "allocated; CPU: the process's peak RSS, coarser); time: median of the repeats",
         "",
-        "| loss | peak MiB | memory vs plain | time vs plain | loss value |",
-        "|---|---|---|---|---|",
     ]
+    table = []
     for r in rows:
         name = "plain (materialised logits)" if not r["chunk"] else f"chunked, {r['chunk']} tokens"
         mem = f"{r['peak_mib'] / plain['peak_mib']:.2f}x" if plain["peak_mib"] > 0 else "-"
-        lines.append(
-            f"| {name} | {r['peak_mib']:,.0f} | {mem} | {r['seconds'] / plain['seconds']:.2f}x | {r['loss']:.6f} |"
+        table.append(
+            [name, f"{r['peak_mib']:,.0f}", mem, f"{r['seconds'] / plain['seconds']:.2f}x", f"{r['loss']:.6f}"]
         )
+    lines += markdown_table(["loss", "peak MiB", "memory vs plain", "time vs plain", "loss value"], table)
     write(f"kd_loss-{dev.split(' (')[0].replace(' ', '_')}", payload, lines, Path(args.out))
 
 

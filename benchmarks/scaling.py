@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.common import arg_parser, command, fmt, write
+from mohawk.evaluation.present import markdown_table
 
 
 def main():
@@ -76,15 +77,13 @@ def main():
         "torchrun, FSDP2 (student and teacher sharded); mean of the steady steps after the warm-up, set-up not "
         "timed",
         "",
-        "| processes | global batch | tokens/s | step ms | MFU | speed-up |",
-        "|---|---|---|---|---|---|",
     ]
+    table = []
     for n, r in ((1, one), (args.gpus, many)):
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-        lines.append(
-            f"| {n} | {r['batch']} | {fmt(r['tokens_per_s'], 0)} | {fmt(r['step_ms'], 1)} | {mfu} | "
-            f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x |"
-        )
+        speed_up = f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x"
+        table.append([n, r["batch"], fmt(r["tokens_per_s"], 0), fmt(r["step_ms"], 1), mfu, speed_up])
+    lines += markdown_table(["processes", "global batch", "tokens/s", "step ms", "MFU", "speed-up"], table)
     write(f"scaling-{args.model}-{dev.split(' (')[0]}-{args.gpus}gpu", payload, lines, Path(args.out))
 
 

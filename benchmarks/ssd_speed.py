@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import arg_parser, command, device_name, fmt, versions, write
+from mohawk.evaluation.present import markdown_table
 from mohawk.mixers.ssd import ssd_chunked
 
 D_SKIP = None  # set in main: a (heads,) D for every SSD call
@@ -100,39 +101,37 @@ def report(rows: list[dict], device: str, vers: dict, cmd: str, tokens: int, h: 
         f"- {tokens:,} tokens per call (batch = tokens / L), {h} heads x {p}, state {n}, per-head B/C, "
         "D skip, bf16; median of 5 timed calls after 2 warm-up calls",
         "",
-        "| L | batch | SDPA fwd ms | mohawk triton fwd ms | mamba-ssm fwd ms | mohawk torch fwd ms "
-        "| SDPA fwd+bwd ms | mohawk triton fwd+bwd ms | mamba-ssm fwd+bwd ms | mohawk torch fwd+bwd ms "
-        "| mohawk compiled fwd+bwd ms "
-        "| SDPA / triton (fwd+bwd) | mamba-ssm / triton (fwd+bwd) | mamba-ssm / triton (fwd) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['L']} | {r['batch']} | {fmt(r['sdpa_fwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_ms'))} | "
-            f"{fmt(r.get('mamba_ssm_fwd_ms'))} | {fmt(r['mohawk_torch_fwd_ms'])} | "
-            f"{fmt(r['sdpa_fwd_bwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_bwd_ms'))} | "
-            f"{fmt(r.get('mamba_ssm_fwd_bwd_ms'))} | {fmt(r['mohawk_torch_fwd_bwd_ms'])} | "
-            f"{fmt(r.get('mohawk_compiled_fwd_bwd_ms'))} | "
-            f"{ratio(r['sdpa_fwd_bwd_ms'], r.get('mohawk_triton_fwd_bwd_ms'))} | "
-            f"{ratio(r.get('mamba_ssm_fwd_bwd_ms'), r.get('mohawk_triton_fwd_bwd_ms'))} | "
-            f"{ratio(r.get('mamba_ssm_fwd_ms'), r.get('mohawk_triton_fwd_ms'))} |"
-        )
+    header = ["L", "batch"]
+    for tag in ("fwd", "fwd+bwd"):
+        header += [f"SDPA {tag} ms", f"mohawk triton {tag} ms", f"mamba-ssm {tag} ms", f"mohawk torch {tag} ms"]
+    header += ["mohawk compiled fwd+bwd ms", "SDPA / triton (fwd+bwd)", "mamba-ssm / triton (fwd+bwd)"]
+    table = [
+        [r["L"], r["batch"], fmt(r["sdpa_fwd_ms"]), fmt(r.get("mohawk_triton_fwd_ms"))]
+        + [fmt(r.get("mamba_ssm_fwd_ms")), fmt(r["mohawk_torch_fwd_ms"])]
+        + [fmt(r["sdpa_fwd_bwd_ms"]), fmt(r.get("mohawk_triton_fwd_bwd_ms"))]
+        + [fmt(r.get("mamba_ssm_fwd_bwd_ms")), fmt(r["mohawk_torch_fwd_bwd_ms"])]
+        + [fmt(r.get("mohawk_compiled_fwd_bwd_ms")), ratio(r["sdpa_fwd_bwd_ms"], r.get("mohawk_triton_fwd_bwd_ms"))]
+        + [ratio(r.get("mamba_ssm_fwd_bwd_ms"), r.get("mohawk_triton_fwd_bwd_ms"))]
+        + [ratio(r.get("mamba_ssm_fwd_ms"), r.get("mohawk_triton_fwd_ms"))]
+        for r in rows
+    ]
+    lines += markdown_table([*header, "mamba-ssm / triton (fwd)"], table)
     if any(r.get("mohawk_two_pass_fwd_bwd_ms") for r in rows):
         lines += [
             "",
             'State computation forced (`--two-pass`; the triton columns above use the default, "auto"):',
             "",
-            "| L | walk fwd ms | two-pass fwd ms | walk fwd+bwd ms | two-pass fwd+bwd ms "
-            "| walk / default (fwd) | walk / default (fwd+bwd) |",
-            "|---|---|---|---|---|---|---|",
         ]
-        lines += [
-            f"| {r['L']} | {fmt(r.get('mohawk_walk_fwd_ms'))} | {fmt(r.get('mohawk_two_pass_fwd_ms'))} | "
-            f"{fmt(r.get('mohawk_walk_fwd_bwd_ms'))} | {fmt(r.get('mohawk_two_pass_fwd_bwd_ms'))} | "
-            f"{ratio(r.get('mohawk_walk_fwd_ms'), r.get('mohawk_triton_fwd_ms'))} | "
-            f"{ratio(r.get('mohawk_walk_fwd_bwd_ms'), r.get('mohawk_triton_fwd_bwd_ms'))} |"
+        header = ["L", "walk fwd ms", "two-pass fwd ms", "walk fwd+bwd ms", "two-pass fwd+bwd ms"]
+        table = [
+            [r["L"], fmt(r.get("mohawk_walk_fwd_ms")), fmt(r.get("mohawk_two_pass_fwd_ms"))]
+            + [fmt(r.get("mohawk_walk_fwd_bwd_ms")), fmt(r.get("mohawk_two_pass_fwd_bwd_ms"))]
+            + [ratio(r.get("mohawk_walk_fwd_ms"), r.get("mohawk_triton_fwd_ms"))]
+            + [ratio(r.get("mohawk_walk_fwd_bwd_ms"), r.get("mohawk_triton_fwd_bwd_ms"))]
             for r in rows
         ]
+        lines += markdown_table([*header, "walk / default (fwd)", "walk / default (fwd+bwd)"], table)
     write("ssd_speed-" + device, payload, lines, out)
 
 

@@ -24,6 +24,7 @@ from benchmarks.common import (
     versions,
     write,
 )
+from mohawk.evaluation.present import markdown_table
 from mohawk.parallel import resolve_device
 from mohawk.stages.orientation import frobenius_distance, tiled_frobenius_distance
 
@@ -99,16 +100,16 @@ def main():
         f"- one layer, batch 1, float32 matrices, forward + backward of the Frobenius distance; tiled: blocks "
         f"of {args.tile} rows, recomputed in the backward pass; peak = allocated above the inputs",
         "",
-        "| L | naive peak GiB | tiled peak GiB | tiled / naive memory | naive ms | tiled ms |",
-        "|---|---|---|---|---|---|",
     ]
+    table = []
     for r in rows:
         n, t = r.get("naive_peak_gib"), r.get("tiled_peak_gib")
-        lines.append(
-            f"| {r['L']} | {fmt(n) if not r.get('naive_oom') else 'OOM'} | "
-            f"{fmt(t) if not r.get('tiled_oom') else 'OOM'} | {f'1/{n / t:.1f}' if n and t else '-'} | "
-            f"{fmt(r.get('naive_ms'), 1)} | {fmt(r.get('tiled_ms'), 1)} |"
+        table.append(
+            [r["L"], fmt(n) if not r.get("naive_oom") else "OOM", fmt(t) if not r.get("tiled_oom") else "OOM"]
+            + [f"1/{n / t:.1f}" if n and t else "-", fmt(r.get("naive_ms"), 1), fmt(r.get("tiled_ms"), 1)]
         )
+    header = ["L", "naive peak GiB", "tiled peak GiB", "tiled / naive memory", "naive ms", "tiled ms"]
+    lines += markdown_table(header, table)
     write(f"stage1_memory-{args.model}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

@@ -34,6 +34,7 @@ from benchmarks.common import (
 )
 from mohawk.checkpoint import Checkpointer
 from mohawk.config import DistillConfig
+from mohawk.evaluation.present import markdown_table
 from mohawk.metrics import MetricsLog
 from mohawk.parallel import Parallel
 from mohawk.stages import STAGES
@@ -318,16 +319,17 @@ def main():
         "timed); random weights and tokens; "
         f"compile {args.compile}, teacher weights {'bf16' if args.teacher_bf16 else 'fp32'}",
         "",
-        "| what | batch | tokens/s | step ms | MFU | vs teacher's HF step | peak GiB |",
-        "|---|---|---|---|---|---|---|",
     ]
+    table = []
     for r in rows:
         rel = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-        lines.append(
-            f"| {r['what']} | {r['batch']} | {fmt(r['tokens_per_s'], 0)} | {fmt(r['step_ms'], 1)} | {mfu} | "
-            f"{rel} | {fmt(r.get('peak_mem_gib'), 1)} |"
+        table.append(
+            [r["what"], r["batch"], fmt(r["tokens_per_s"], 0), fmt(r["step_ms"], 1), mfu, rel]
+            + [fmt(r.get("peak_mem_gib"), 1)]
         )
+    header = ["what", "batch", "tokens/s", "step ms", "MFU", "vs teacher's HF step", "peak GiB"]
+    lines += markdown_table(header, table)
     tag = (f"-compile_{args.compile}" if args.compile != "off" else "") + ("-bf16teacher" if args.teacher_bf16 else "")
     write(f"stage_throughput-{args.model}-{dev_name.split(' (')[0]}-{world}gpu{tag}", payload, lines, Path(args.out))
     parallel.close()

@@ -40,6 +40,8 @@ def write_experiments_report(out: Path, runs: list[dict], report: Path, tokens: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mohawk.evaluation.present import markdown_table
+
     plots = report.parent / "experiments_plots"
     plots.mkdir(parents=True, exist_ok=True)
     rows = {r["name"]: (r, _load(out / r["name"])) for r in runs}
@@ -73,17 +75,12 @@ def write_experiments_report(out: Path, runs: list[dict], report: Path, tokens: 
         if g == "c":
             ref = rows.get("stages-1-2-3")
             group = ([ref] if ref else []) + group
-        lines += [
-            f"## {title}",
-            "",
-            "| run | student tokens (s1/s2/s3) | wall s | ppl | top-1 agree | KL | mean zero-shot acc | tasks |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
+        table = []
         for r, d in group:
             if d is None:
                 failed = out / r["name"] / "FAILED"
                 why = f"failed: {failed.read_text().strip()}" if failed.is_file() else "not run"
-                lines.append(f"| {r['label']} | - | - | {why} | | | | |")
+                table.append([r["label"], "-", "-", why, "", "", "", ""])
                 continue
             st = d.get("stages", {})
             toks = "/".join(f"{st.get(str(k), {}).get('tokens', 0) / 1e6:.2f}M" for k in (1, 2, 3))
@@ -92,11 +89,10 @@ def write_experiments_report(out: Path, runs: list[dict], report: Path, tokens: 
             mean = f"{100 * sum(zs.values()) / len(zs):.1f}" if zs else "-"
             tasks = ", ".join(f"{t} {100 * v:.1f}" for t, v in zs.items())
             f = d["final"]
-            lines.append(
-                f"| {r['label']} | {toks} | {wall:.0f} | {f['perplexity']:.2f} | "
-                f"{f['top1_agreement']:.3f} | {f['kl']:.3f} | {mean} | {tasks} |"
-            )
-        lines.append("")
+            table.append([r["label"], toks, f"{wall:.0f}", f"{f['perplexity']:.2f}", f"{f['top1_agreement']:.3f}"])
+            table[-1] += [f"{f['kl']:.3f}", mean, tasks]
+        header = ["run", "student tokens (s1/s2/s3)", "wall s", "ppl", "top-1 agree", "KL", "mean zero-shot acc"]
+        lines += [f"## {title}", "", *markdown_table([*header, "tasks"], table), ""]
         made = _plot(g, group, plots, plt)
         if made:
             lines += [f"![{title}]({plots.name}/{made})", ""]

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mohawk.evaluation.present import markdown_table  # noqa: E402
 from mohawk.metrics import read_json, read_metrics  # noqa: E402
 
 STAGE_NAMES = {1: "matrix orientation", 2: "hidden-state alignment", 3: "knowledge distillation"}
@@ -19,10 +20,10 @@ def _plot_losses(rows: list[dict], path: Path) -> bool:
     if not stages:
         return False
     fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.4), squeeze=False)
-    for ax, s in zip(axes[0], stages, strict=False):
+    for ax, s in zip(axes[0], stages, strict=True):
         pts = [(r["tokens"], r["loss"]) for r in rows if r["stage"] == s and r.get("loss") is not None]
         if pts:
-            ax.plot(*zip(*pts, strict=False), color=f"C{s}")
+            ax.plot(*zip(*pts, strict=True), color=f"C{s}")
         ax.set_title(f"stage {s}: {STAGE_NAMES[s]}")
         ax.set_xlabel("tokens")
         ax.set_ylabel("loss")
@@ -131,14 +132,13 @@ def write_report(out: str | Path) -> Path:
         "",
         "## Result",
         "",
-        "| model | validation perplexity | top-1 agreement with teacher | KL(teacher ‖ model) / token |",
-        "|---|---|---|---|",
     ]
-    if t:
-        lines.append(f"| teacher | {t['perplexity']:.2f} | 1.000 | 0 |")
+    results = [["teacher", f"{t['perplexity']:.2f}", "1.000", "0"]] if t else []
     for label, r in (("student after weight transfer only", tr), ("distilled student", fin)):
         if r:
-            lines.append(f"| {label} | {r['perplexity']:.2f} | {r['top1_agreement']:.3f} | {r['kl']:.3f} |")
+            results.append([label, f"{r['perplexity']:.2f}", f"{r['top1_agreement']:.3f}", f"{r['kl']:.3f}"])
+    header = ["model", "validation perplexity", "top-1 agreement with teacher", "KL(teacher ‖ model) / token"]
+    lines += markdown_table(header, results)
     if tr and fin:
         better = fin["perplexity"] < tr["perplexity"]
         lines += [
@@ -151,11 +151,8 @@ def write_report(out: str | Path) -> Path:
         "",
         "## Stages",
         "",
-        "| stage | tokens | tokens per update | optimizer steps | epochs over the data | "
-        "skipped updates / rollbacks | peak LR | wall time (s) | first loss | last loss | "
-        "mean per-layer distance before -> after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    stages = []
     for s, info in sorted(summary.get("stages", {}).items(), key=lambda kv: int(kv[0])):
         losses = [r["loss"] for r in rows if r["stage"] == int(s) and r.get("loss") is not None]
         key = {"1": "stage1", "2": "stage2"}.get(s)
@@ -164,11 +161,14 @@ def write_report(out: str | Path) -> Path:
         last = f"{losses[-1]:.4g}" if losses else "-"
         tpu = f"{info['tokens_per_update']:,}" if info.get("tokens_per_update") else "-"
         ep = f"{info['epochs']:.3g}" if info.get("epochs") is not None else "-"
-        lines.append(
-            f"| {s} {STAGE_NAMES[int(s)]} | {info['tokens']:,} | {tpu} | {info['steps']} | {ep} | "
-            f"{info['skipped']} / {info.get('rollbacks', 0)} | {info['lr']:g} | {info['wall_s']:.0f} | "
-            f"{first} | {last} | {dist} |"
+        stages.append(
+            [f"{s} {STAGE_NAMES[int(s)]}", f"{info['tokens']:,}", tpu, info["steps"], ep]
+            + [f"{info['skipped']} / {info.get('rollbacks', 0)}", f"{info['lr']:g}", f"{info['wall_s']:.0f}"]
+            + [first, last, dist]
         )
+    header = ["stage", "tokens", "tokens per update", "optimizer steps", "epochs over the data"]
+    header += ["skipped updates / rollbacks", "peak LR", "wall time (s)", "first loss", "last loss"]
+    lines += markdown_table([*header, "mean per-layer distance before -> after"], stages)
     if summary.get("warnings"):
         lines += ["", "Warnings of the run:", "", *[f"- {w}" for w in summary["warnings"]]]
     events = [r for r in rows if r.get("event")]

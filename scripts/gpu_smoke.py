@@ -14,7 +14,7 @@ import torch
 
 import mohawk
 from mohawk.cli import main
-from tests.conftest import tiny_corpus, tiny_teacher, tiny_tokenizer
+from tests.utils import tiny_corpus, tiny_teacher, tiny_tokenizer
 
 
 def ssd_check():

@@ -128,7 +128,7 @@ def run_tasks(
             verbosity="ERROR",
         )
     results = {}
-    for name, lm_name in zip(tasks, names, strict=False):
+    for name, lm_name in zip(tasks, names, strict=True):
         r = out["results"][lm_name]
         row: dict[str, float | int | None] = {}
         for m in TASKS[name]["metrics"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import typing
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mohawk.evaluation.harness import TASKS
@@ -35,6 +36,17 @@ def headline(task: str, row) -> tuple[str, float, bool]:
             return "acc_norm", row["acc_norm"], True
         return "acc", row["acc"], True
     return task, row, task not in ("perplexity", "kl")
+
+
+def markdown_table(header: Sequence[object], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A markdown table as lines: the header, the rule, one line per row; cells as ``str`` gives them. Every row must
+    have the header's length (a short row would shift its cells under the wrong columns)."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"a row of {len(row)} cells under {len(header)} columns: {row!r}")
+        lines.append("| " + " | ".join(map(str, row)) + " |")
+    return lines
 
 
 def table_rows(res: dict) -> list[tuple[str, list[str]]]:
@@ -152,11 +164,8 @@ def markdown(res: dict, made: dict[str, str], plots_prefix: str = "plots/") -> l
     lines = []
     rows = table_rows(res)
     if rows:
-        lines = [
-            "| metric | " + " | ".join(m + (" (teacher)" if m == res["teacher"] else "") for m in models) + " |",
-            "|---|" + "---|" * len(models),
-        ]
-        lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+        header = ["metric", *(m + (" (teacher)" if m == res["teacher"] else "") for m in models)]
+        lines = markdown_table(header, [[label, *cells] for label, cells in rows])
         lines += [
             "",
             "Students show in brackets the percentage of the teacher's score they recover (for perplexity: "
@@ -171,14 +180,13 @@ def markdown(res: dict, made: dict[str, str], plots_prefix: str = "plots/") -> l
             "",
             f"Teacher against its published lm-eval scores ({published['source']}):",
             "",
-            "| task | metric | ours | published |",
-            "|---|---|---|---|",
         ]
+        cells = []
         for t in shown:
             metric, pct = published["scores"][t]
             row = res["scores"][teacher][t]
-            n = row.get("n")
-            lines.append(f"| {t} | {metric} | {100 * row[metric]:.2f} (n={n}) | {pct:.2f} |")
+            cells.append([t, metric, f"{100 * row[metric]:.2f} (n={row.get('n')})", f"{pct:.2f}"])
+        lines += markdown_table(["task", "metric", "ours", "published"], cells)
         lines += ["", published["caveat"]]
     for key, caption in (
         ("tasks", "Zero-shot accuracy"),

@@ -66,7 +66,7 @@ def test_triton_scan_matches_reference_forward_and_grads(b, L, h, p, groups, n, 
     y_ref = ssd_materialized(x, dt, A, B, C, D)
     assert y.shape == y_ref.shape and y.dtype == x.dtype
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
-    for name, g, g_ref in zip("x dt A B C D".split(), _grads(y, args), _grads(y_ref, args), strict=False):
+    for name, g, g_ref in zip("x dt A B C D".split(), _grads(y, args), _grads(y_ref, args), strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4 * g_ref.abs().max().item(), msg=name)
 
 
@@ -81,7 +81,7 @@ def test_triton_scan_carries_state_in_and_out_with_gradients(state_pass):
         torch.testing.assert_close(s, s_ref, rtol=1e-4, atol=1e-4)
     gs = torch.randn(s0.shape, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     grads = [torch.autograd.grad(y.sum() + (s * gs).sum(), args + [s0]) for y, s in outs]
-    for g, g_ref in zip(*grads, strict=False):
+    for g, g_ref in zip(*grads, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4 * g_ref.abs().max().item())
     # two halves with the state handed over == one call
     x, dt, A, B, C, D = [a.detach() for a in args]
@@ -129,7 +129,7 @@ def test_triton_scan_inside_torch_compile():
     y = torch.compile(f, backend="aot_eager" if DEVICE == "cpu" else "inductor", fullgraph=True)(*args)
     y_ref = f(*args)
     torch.testing.assert_close(y, y_ref)
-    for g, g_ref in zip(_grads(y, args), _grads(y_ref, args), strict=False):
+    for g, g_ref in zip(_grads(y, args), _grads(y_ref, args), strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
@@ -215,7 +215,7 @@ def _gpu_kernel_matches_reference(choice, monkeypatch):
     (y_k, g_k), (y_r, g_r) = outs
     scale = y_r.abs().max()
     assert (y_k - y_r).abs().max() / scale < 3e-2
-    for gk, gr in zip(g_k, g_r, strict=False):
+    for gk, gr in zip(g_k, g_r, strict=True):
         assert (gk - gr).abs().max() / gr.abs().max() < 5e-2
 
 
@@ -230,7 +230,7 @@ def test_padded_projection_equals_the_plain_one_with_gradients():
     torch.testing.assert_close(y, y_ref)
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, (u, lin.weight, lin.bias), g)
-    for a, b in zip(grads, torch.autograd.grad(y_ref, (u, lin.weight, lin.bias), g), strict=False):
+    for a, b in zip(grads, torch.autograd.grad(y_ref, (u, lin.weight, lin.bias), g), strict=True):
         torch.testing.assert_close(a, b)
     assert kernels.aligned_linear(lin, u).is_contiguous()  # on the CPU: the plain projection
 
