@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -15,7 +16,7 @@ from mohawk.metrics import read_json, read_metrics  # noqa: E402
 STAGE_NAMES = {1: "matrix orientation", 2: "hidden-state alignment", 3: "knowledge distillation"}
 
 
-def _plot_losses(rows: list[dict], path: Path) -> bool:
+def _plot_losses(rows: list[dict[str, Any]], path: Path) -> bool:
     stages = sorted({r["stage"] for r in rows})
     if not stages:
         return False
@@ -35,7 +36,9 @@ def _plot_losses(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def _plot_distances(before: dict, after: dict, key: str, title: str, ylabel: str, path: Path) -> bool:
+def _plot_distances(
+    before: dict[str, Any], after: dict[str, Any], key: str, title: str, ylabel: str, path: Path
+) -> bool:
     b, a = before.get(key, {}), after.get(key, {})
     if not b:
         return False
@@ -56,7 +59,7 @@ def _plot_distances(before: dict, after: dict, key: str, title: str, ylabel: str
     return True
 
 
-def _plot_perplexity(summary: dict, path: Path) -> bool:
+def _plot_perplexity(summary: dict[str, Any], path: Path) -> bool:
     names, values = [], []
     for label, key in (("teacher", "teacher_eval"), ("transfer only", "transfer_only"), ("distilled", "final")):
         if key in summary:
@@ -75,11 +78,11 @@ def _plot_perplexity(summary: dict, path: Path) -> bool:
     return True
 
 
-def _mean(d: dict) -> float | None:
+def _mean(d: dict[str, Any]) -> float | None:
     return sum(d.values()) / len(d) if d else None
 
 
-def _dist_change(before: dict, after: dict) -> str:
+def _dist_change(before: dict[str, Any], after: dict[str, Any]) -> str:
     """'6.73 -> 3.10 (-54%)' from per-layer distances before and after."""
     b, a = _mean(before), _mean(after)
     if b is None:

@@ -14,11 +14,15 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mohawk.data import ASSETS
 from mohawk.errors import MohawkError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 EVAL_DATA = ASSETS / "eval"
 _MC = {
@@ -27,7 +31,7 @@ _MC = {
     "doc_to_target": "gold",
     "metrics": ["acc", "acc_norm"],
 }
-TASKS: dict[str, dict] = {
+TASKS: dict[str, dict[str, Any]] = {
     "hellaswag": {**_MC, "doc_to_text": "{{query}}"},
     "piqa": {**_MC, "doc_to_text": "Question: {{goal}}\nAnswer:"},
     "winogrande": {
@@ -50,7 +54,7 @@ TASKS: dict[str, dict] = {
 HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "perplexity": False}
 
 
-def task_config(name: str, data_file: Path) -> dict:
+def task_config(name: str, data_file: Path) -> dict[str, Any]:
     t = TASKS[name]
     agg = {"acc": "mean", "acc_norm": "mean", "perplexity": "perplexity"}
     return {
@@ -90,8 +94,8 @@ def write_tasks(directory: Path, tasks: list[str], data_files: dict[str, Path] |
 
 
 def run_tasks(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     tasks: list[str],
     *,
     limit: int | None = None,
@@ -99,7 +103,7 @@ def run_tasks(
     device: str = "cpu",
     data_files: dict[str, Path] | None = None,
     seed: int = 0,
-) -> dict[str, dict]:
+) -> dict[str, dict[str, Any]]:
     """Score an HF causal LM (instance) on ``tasks``: {task: {metric: value, metric_stderr: value, n: docs}}.
     Accuracies are fractions in [0, 1]."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -61,7 +61,7 @@ def two_pass_states(bh: int) -> bool:
 
 def tile(size: int) -> int:
     """Power-of-two tile covering ``size`` (tl.dot needs >= 16)."""
-    return max(16, triton.next_power_of_2(size))
+    return max(16, int(triton.next_power_of_2(size)))
 
 
 def walk_block_p(bh: int, p: int) -> int:
