@@ -92,37 +92,31 @@ def _dist_change(before: dict[str, Any], after: dict[str, Any]) -> str:
     return f"{b:.4g} -> {a:.4g} ({100 * (a - b) / b:+.0f}%)"
 
 
-def write_report(out: str | Path) -> Path:
-    """Write OUT/report.md and OUT/plots/*.png; returns the report path."""
-    out = Path(out)
-    summary = read_json(out / "summary.json", "run summary")
-    rows = read_metrics(out / "metrics.jsonl")
-    plots = out / "plots"
-    plots.mkdir(exist_ok=True)
+def _plots(summary: dict[str, Any], rows: list[dict[str, Any]], plots: Path) -> list[str]:
+    """Draw the run's plots into ``plots``; the markdown lines showing those that were drawn."""
     before, after = summary.get("distances_before", {}), summary.get("distances_after", {})
-    made = {
-        "loss": _plot_losses(rows, plots / "loss.png"),
-        "stage1": _plot_distances(
-            before,
-            after,
-            "stage1",
-            "stage 1: ||A_teacher - M_student||_F per layer",
-            "Frobenius distance",
-            plots / "stage1_distance.png",
-        ),
-        "stage2": _plot_distances(
-            before,
-            after,
-            "stage2",
-            "stage 2: block output distance per layer",
-            "mean L2 distance",
-            plots / "stage2_distance.png",
-        ),
-        "ppl": _plot_perplexity(summary, plots / "perplexity.png"),
+    drawn = {
+        ("perplexity.png", "Validation perplexity"): _plot_perplexity(summary, plots / "perplexity.png"),
+        ("loss.png", "Loss per stage"): _plot_losses(rows, plots / "loss.png"),
     }
-    t, tr, fin = summary.get("teacher_eval", {}), summary.get("transfer_only", {}), summary.get("final", {})
+    for n, title, ylabel in (
+        (1, "stage 1: ||A_teacher - M_student||_F per layer", "Frobenius distance"),
+        (2, "stage 2: block output distance per layer", "mean L2 distance"),
+    ):
+        file = f"stage{n}_distance.png"
+        caption = f"Stage-{n} distance per layer, before and after"
+        drawn[file, caption] = _plot_distances(before, after, f"stage{n}", title, ylabel, plots / file)
+    lines = ["", "## Plots", ""]
+    for (file, caption), made in drawn.items():
+        if made:
+            lines += [f"![{caption}](plots/{file})", ""]
+    return lines
+
+
+def _header_lines(summary: dict[str, Any]) -> list[str]:
+    """The run's command, models, device and sizes."""
     n_attn = len(summary.get("attention_layers", []))
-    lines = [
+    return [
         "# MOHAWK distillation report",
         "",
         f"- command: `{summary.get('command', '?')}`",
@@ -132,16 +126,18 @@ def write_report(out: str | Path) -> Path:
         f"- device: {summary.get('device')}; versions: {summary.get('versions')}",
         f"- sequence length {summary.get('seq_len')}; validation on {summary.get('val_tokens', 0):,} held-out tokens; "
         f"total wall time {summary.get('total_wall_s', 0):.0f} s",
-        "",
-        "## Result",
-        "",
     ]
+
+
+def _result_lines(summary: dict[str, Any]) -> list[str]:
+    """Teacher, weight-transfer-only and distilled student side by side, and whether distillation helped."""
+    t, tr, fin = summary.get("teacher_eval", {}), summary.get("transfer_only", {}), summary.get("final", {})
     results = [["teacher", f"{t['perplexity']:.2f}", "1.000", "0"]] if t else []
     for label, r in (("student after weight transfer only", tr), ("distilled student", fin)):
         if r:
             results.append([label, f"{r['perplexity']:.2f}", f"{r['top1_agreement']:.3f}", f"{r['kl']:.3f}"])
     header = ["model", "validation perplexity", "top-1 agreement with teacher", "KL(teacher ‖ model) / token"]
-    lines += markdown_table(header, results)
+    lines = ["", "## Result", "", *markdown_table(header, results)]
     if tr and fin:
         better = fin["perplexity"] < tr["perplexity"]
         lines += [
@@ -150,11 +146,12 @@ def write_report(out: str | Path) -> Path:
             f"{tr['perplexity']:.2f} for the weight-transfer-only student: "
             + ("distillation helped." if better else "distillation did NOT improve on weight transfer."),
         ]
-    lines += [
-        "",
-        "## Stages",
-        "",
-    ]
+    return lines
+
+
+def _stage_lines(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """One table row per stage, the run's warnings and the loss-spike guard's events."""
+    before, after = summary.get("distances_before", {}), summary.get("distances_after", {})
     stages = []
     for s, info in sorted(summary.get("stages", {}).items(), key=lambda kv: int(kv[0])):
         losses = [r["loss"] for r in rows if r["stage"] == int(s) and r.get("loss") is not None]
@@ -171,7 +168,7 @@ def write_report(out: str | Path) -> Path:
         )
     header = ["stage", "tokens", "tokens per update", "optimizer steps", "epochs over the data"]
     header += ["skipped updates / rollbacks", "peak LR", "wall time (s)", "first loss", "last loss"]
-    lines += markdown_table([*header, "mean per-layer distance before -> after"], stages)
+    lines = ["", "## Stages", "", *markdown_table([*header, "mean per-layer distance before -> after"], stages)]
     if summary.get("warnings"):
         lines += ["", "Warnings of the run:", "", *[f"- {w}" for w in summary["warnings"]]]
     events = [r for r in rows if r.get("event")]
@@ -189,16 +186,17 @@ def write_report(out: str | Path) -> Path:
                 else f"restored {r['to']}, LR x{r['lr_scale']:g}"
             )
             lines.append(f"- stage {r['stage']} step {r['step']}: {r['event']} ({detail})")
-    lines += ["", "## Plots", ""]
-    captions = {
-        "ppl": ("perplexity.png", "Validation perplexity"),
-        "loss": ("loss.png", "Loss per stage"),
-        "stage1": ("stage1_distance.png", "Stage-1 distance per layer, before and after"),
-        "stage2": ("stage2_distance.png", "Stage-2 distance per layer, before and after"),
-    }
-    for key, (file, caption) in captions.items():
-        if made[key]:
-            lines += [f"![{caption}](plots/{file})", ""]
+    return lines
+
+
+def write_report(out: str | Path) -> Path:
+    """Write OUT/report.md and OUT/plots/*.png; returns the report path."""
+    out = Path(out)
+    summary = read_json(out / "summary.json", "run summary")
+    rows = read_metrics(out / "metrics.jsonl")
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    lines = _header_lines(summary) + _result_lines(summary) + _stage_lines(summary, rows) + _plots(summary, rows, plots)
     if (out / "evaluation.json").is_file():
         from mohawk.evaluation.present import markdown, plot_results
 
