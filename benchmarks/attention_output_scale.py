@@ -3,20 +3,19 @@ o_proj) over the RMS of V, and the RMS of V over the data-free estimate sqrt(sum
 norm's weight). Their product is mohawk.mixers.mamba2.ATTENTION_OUTPUT_RATIO, the scale at which the mixers with an
 output norm (mamba2, discrete_mamba2) start after the weight transfer.
 
-    python3 benchmarks/attention_output_scale.py [--teacher smollm2-135m] [--sequences 4] [--seq-len 128]
+    python3 -m benchmarks.attention_output_scale [--teacher smollm2-135m] [--sequences 4] [--seq-len 128]
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import arg_parser, command, device_name, versions, write  # noqa: E402
-from mohawk.data import make_streams, take  # noqa: E402
-from mohawk.teachers import load_teacher  # noqa: E402
+from benchmarks.common import arg_parser, command, device_name, versions, write
+from mohawk.data import make_streams, take
+from mohawk.evaluation.present import markdown_table
+from mohawk.teachers import load_teacher
 
 
 def main():
@@ -56,14 +55,15 @@ def main():
         f"- device: {device_name()}; versions: {versions('transformers')}",
         f"- {args.sequences} held-out sequences of {args.seq_len} tokens; mean output / estimate: **{mean:.3f}**",
         "",
-        "| layer | output / value RMS | value RMS / estimate | output / estimate |",
-        "|---|---|---|---|",
     ]
-    lines += [
-        f"| {r['layer']} | {r['output_over_value']:.3f} | {r['value_over_estimate']:.3f} | "
-        f"{r['output_over_estimate']:.3f} |"
-        for r in rows
-    ]
+    lines += markdown_table(
+        ["layer", "output / value RMS", "value RMS / estimate", "output / estimate"],
+        [
+            [r["layer"], f"{r['output_over_value']:.3f}", f"{r['value_over_estimate']:.3f}"]
+            + [f"{r['output_over_estimate']:.3f}"]
+            for r in rows
+        ],
+    )
     write(
         f"attention_output_scale-{args.teacher}",
         {"rows": rows, "mean": mean, "command": command()},

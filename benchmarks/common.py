@@ -40,13 +40,14 @@ def device_name(device: torch.device | None = None) -> str:
 
 
 def command(prefix: str = "python3") -> str:
-    """The command line that ran this script, as a user would type it."""
+    """The command line that ran this script, as a user would type it: ``python3 -m benchmarks.NAME ARGS`` (the
+    scripts run as modules of the repository, from its root)."""
     script = Path(sys.argv[0]).resolve()
     try:
-        script = script.relative_to(Path.cwd().resolve())
+        module = ".".join(script.relative_to(Path(__file__).resolve().parent.parent).with_suffix("").parts)
     except ValueError:
-        pass
-    return " ".join([prefix, str(script), *sys.argv[1:]])
+        return " ".join([prefix, str(script), *sys.argv[1:]])
+    return " ".join([prefix, "-m", module, *sys.argv[1:]])
 
 
 def write(stem: str, payload: dict, lines: list[str], out: Path = RESULTS) -> Path:

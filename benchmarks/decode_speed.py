@@ -4,7 +4,7 @@ cache for attention layers) against the teacher at its best (transformers' stati
 CUDA graphs), after a prompt of 1k-32k tokens, batch 1-64, bf16, random weights of the real dimensions
 (``--model smollm2-135m`` or ``phi-1_5``; ``tiny`` with ``--device cpu`` for a smoke test).
 
-    python3 benchmarks/decode_speed.py [--model smollm2-135m] [--students pure,hybrid4] \\
+    python3 -m benchmarks.decode_speed [--model smollm2-135m] [--students pure,hybrid4] \\
         [--contexts 1024,4096,16384,32768] [--batches 1,16,64] [--rows pure:4096x1,hybrid4:32768x16] [--block 16]
 
 Per (student, context, batch): ms per decoding step (a step = one token for each sequence) of the teacher, of the
@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     arg_parser,
     command,
     device_name,
@@ -36,9 +35,9 @@ from benchmarks.common import (  # noqa: E402
     versions,
     write,
 )
-from mohawk.models import graphs  # noqa: E402
-from mohawk.parallel import resolve_device  # noqa: E402
-from mohawk.transfer import from_teacher, place_attention_layers  # noqa: E402
+from mohawk.models import graphs
+from mohawk.parallel import resolve_device
+from mohawk.transfer import from_teacher, place_attention_layers
 
 STUDENTS = ("pure", "hybrid4")
 

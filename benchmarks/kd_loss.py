@@ -2,7 +2,7 @@
 LM-head + KD loss (``--loss-chunk``), forward + backward, Gemma 3 270M's head (hidden 640, vocabulary 262,144) by
 default.
 
-    python3 benchmarks/kd_loss.py [--tokens 2048] [--chunks 512,2048] [--hidden 640] [--vocab 262144]
+    python3 -m benchmarks.kd_loss [--tokens 2048] [--chunks 512,2048] [--hidden 640] [--vocab 262144]
 
 Each variant runs in its own process (peak memory: CUDA's max allocated, or on the CPU the process's peak RSS
 above its baseline); time is the median of ``--repeats`` runs. Writes benchmarks/results/kd_loss-<device>.{json,md}.
@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import arg_parser, command, device_name, sync, versions, write  # noqa: E402
-from mohawk.parallel import resolve_device  # noqa: E402
-from mohawk.stages.distillation import distillation_loss  # noqa: E402
-from mohawk.stages.fused_loss import fused_distillation_loss  # noqa: E402
+from benchmarks.common import arg_parser, command, device_name, sync, versions, write
+from mohawk.evaluation.present import markdown_table
+from mohawk.parallel import resolve_device
+from mohawk.stages.distillation import distillation_loss
+from mohawk.stages.fused_loss import fused_distillation_loss
 
 
 def _peak_rss_mib() -> float:
@@ -88,7 +87,7 @@ def main():
         return
     rows = []
     for chunk in [0, *map(int, args.chunks.split(","))]:
-        cmd = [sys.executable, __file__, "--variant", str(chunk), "--tokens", str(args.tokens)]
+        cmd = [sys.executable, "-m", "benchmarks.kd_loss", "--variant", str(chunk), "--tokens", str(args.tokens)]
         cmd += ["--hidden", str(args.hidden), "--vocab", str(args.vocab), "--repeats", str(args.repeats)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
@@ -113,15 +112,15 @@ def main():
         "- forward + backward of KL(teacher || student) through both LM heads; peak memory above the inputs (CUDA: max "
         "allocated; CPU: the process's peak RSS, coarser); time: median of the repeats",
         "",
-        "| loss | peak MiB | memory vs plain | time vs plain | loss value |",
-        "|---|---|---|---|---|",
     ]
+    table = []
     for r in rows:
         name = "plain (materialised logits)" if not r["chunk"] else f"chunked, {r['chunk']} tokens"
         mem = f"{r['peak_mib'] / plain['peak_mib']:.2f}x" if plain["peak_mib"] > 0 else "-"
-        lines.append(
-            f"| {name} | {r['peak_mib']:,.0f} | {mem} | {r['seconds'] / plain['seconds']:.2f}x | {r['loss']:.6f} |"
+        table.append(
+            [name, f"{r['peak_mib']:,.0f}", mem, f"{r['seconds'] / plain['seconds']:.2f}x", f"{r['loss']:.6f}"]
         )
+    lines += markdown_table(["loss", "peak MiB", "memory vs plain", "time vs plain", "loss value"], table)
     write(f"kd_loss-{dev.split(' (')[0].replace(' ', '_')}", payload, lines, Path(args.out))
 
 

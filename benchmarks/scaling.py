@@ -1,7 +1,7 @@
 """Data-parallel scaling of stage 3: tokens/s on 1 process and on N processes of the same machine (torchrun, FSDP2),
 same batch per process, measured back to back by ``stage_throughput.py``; writes the ratio.
 
-    python3 benchmarks/scaling.py --gpus 2 [--model phi-1_5] [--batch 8] [--seq-len 1024] [--steps 10]
+    python3 -m benchmarks.scaling --gpus 2 [--model phi-1_5] [--batch 8] [--seq-len 1024] [--steps 10]
 
 Writes benchmarks/results/scaling-<model>-<device>-<N>gpu.{json,md} (and the two stage_throughput results).
 """
@@ -13,11 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import arg_parser, command, fmt, write  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
+from benchmarks.common import arg_parser, command, fmt, write
+from mohawk.evaluation.present import markdown_table
 
 
 def main():
@@ -30,7 +27,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
     common = [
-        str(HERE / "stage_throughput.py"),
+        "-m",
+        "benchmarks.stage_throughput",
         "--model",
         args.model,
         "--stages",
@@ -79,15 +77,13 @@ def main():
         "torchrun, FSDP2 (student and teacher sharded); mean of the steady steps after the warm-up, set-up not "
         "timed",
         "",
-        "| processes | global batch | tokens/s | step ms | MFU | speed-up |",
-        "|---|---|---|---|---|---|",
     ]
+    table = []
     for n, r in ((1, one), (args.gpus, many)):
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-        lines.append(
-            f"| {n} | {r['batch']} | {fmt(r['tokens_per_s'], 0)} | {fmt(r['step_ms'], 1)} | {mfu} | "
-            f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x |"
-        )
+        speed_up = f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x"
+        table.append([n, r["batch"], fmt(r["tokens_per_s"], 0), fmt(r["step_ms"], 1), mfu, speed_up])
+    lines += markdown_table(["processes", "global batch", "tokens/s", "step ms", "MFU", "speed-up"], table)
     write(f"scaling-{args.model}-{dev.split(' (')[0]}-{args.gpus}gpu", payload, lines, Path(args.out))
 
 

@@ -2,12 +2,12 @@
 call (batch = tokens / L), for
 
 - ``sdpa``: causal scaled_dot_product_attention (flash attention on a recent GPU), q/k/v (b, h, L, d);
-- ``mohawk_triton``: mohawk's own Triton scan (mohawk/mixers/kernels/ssd_triton.py: what ``mohawk.ssd`` runs on CUDA),
-  called as ``mohawk.ssd`` calls it (x * dt, dt * A and the D skip fused into its kernels), with its default
-  ``TUNING`` (state_pass "auto");
-- with ``--two-pass``, the same scan with its chunk states forced to ``mohawk_walk`` (one walk of matmuls per
-  (sequence, head), forward and gradient) and ``mohawk_two_pass`` (each chunk's own contribution in parallel, then an
-  elementwise walk, forward and gradient): what "auto" chooses between;
+- ``mohawk_triton``: mohawk's own Triton scan (mohawk/mixers/kernels/ssd_*.py: what ``mohawk.ssd`` runs on CUDA),
+  called as ``mohawk.ssd`` calls it (x * dt, dt * A and the D skip fused into its kernels), with its default launch
+  (forward states "auto");
+- with ``--two-pass``, the same scan with its forward chunk states forced (``ssd_launch.forced_launch``) to
+  ``mohawk_walk`` (one walk of matmuls per (sequence, head)) and ``mohawk_two_pass`` (each chunk's own contribution in
+  parallel, then an elementwise walk): what "auto" chooses between (the state gradients always walk);
 - ``mamba_ssm``: mamba-ssm's Triton SSD kernel ``mamba_chunk_scan_combined`` (MOHAWK_SSD_KERNEL=mamba);
 - ``mohawk_torch``: mohawk's PyTorch chunked scan (the fallback and reference), where memory allows;
 - ``mohawk_compiled`` (with ``--compiled``): that scan through ``torch.compile``, where memory allows (one compilation
@@ -16,7 +16,7 @@ call (batch = tokens / L), for
 Per-head B and C (groups = heads, state = head_dim), as the Phi-Mamba student has. Prints a markdown table and writes
 benchmarks/results/ssd_speed-<device>.{json,md}. Run on a GPU:
 
-    python3 benchmarks/ssd_speed.py [--tokens 65536] [--heads 32] [--head-dim 64] [--lengths 1024,...] [--compiled]
+    python3 -m benchmarks.ssd_speed [--tokens 65536] [--heads 32] [--head-dim 64] [--lengths 1024,...] [--compiled]
         [--two-pass]
 """
 
@@ -30,10 +30,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import arg_parser, command, device_name, fmt, versions, write  # noqa: E402
-from mohawk.mixers.ssd import ssd_chunked  # noqa: E402
+from benchmarks.common import arg_parser, command, device_name, fmt, versions, write
+from mohawk.evaluation.present import markdown_table
+from mohawk.mixers.ssd import ssd_chunked
 
 D_SKIP = None  # set in main: a (heads,) D for every SSD call
 
@@ -102,39 +101,37 @@ def report(rows: list[dict], device: str, vers: dict, cmd: str, tokens: int, h: 
         f"- {tokens:,} tokens per call (batch = tokens / L), {h} heads x {p}, state {n}, per-head B/C, "
         "D skip, bf16; median of 5 timed calls after 2 warm-up calls",
         "",
-        "| L | batch | SDPA fwd ms | mohawk triton fwd ms | mamba-ssm fwd ms | mohawk torch fwd ms "
-        "| SDPA fwd+bwd ms | mohawk triton fwd+bwd ms | mamba-ssm fwd+bwd ms | mohawk torch fwd+bwd ms "
-        "| mohawk compiled fwd+bwd ms "
-        "| SDPA / triton (fwd+bwd) | mamba-ssm / triton (fwd+bwd) | mamba-ssm / triton (fwd) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['L']} | {r['batch']} | {fmt(r['sdpa_fwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_ms'))} | "
-            f"{fmt(r.get('mamba_ssm_fwd_ms'))} | {fmt(r['mohawk_torch_fwd_ms'])} | "
-            f"{fmt(r['sdpa_fwd_bwd_ms'])} | {fmt(r.get('mohawk_triton_fwd_bwd_ms'))} | "
-            f"{fmt(r.get('mamba_ssm_fwd_bwd_ms'))} | {fmt(r['mohawk_torch_fwd_bwd_ms'])} | "
-            f"{fmt(r.get('mohawk_compiled_fwd_bwd_ms'))} | "
-            f"{ratio(r['sdpa_fwd_bwd_ms'], r.get('mohawk_triton_fwd_bwd_ms'))} | "
-            f"{ratio(r.get('mamba_ssm_fwd_bwd_ms'), r.get('mohawk_triton_fwd_bwd_ms'))} | "
-            f"{ratio(r.get('mamba_ssm_fwd_ms'), r.get('mohawk_triton_fwd_ms'))} |"
-        )
+    header = ["L", "batch"]
+    for tag in ("fwd", "fwd+bwd"):
+        header += [f"SDPA {tag} ms", f"mohawk triton {tag} ms", f"mamba-ssm {tag} ms", f"mohawk torch {tag} ms"]
+    header += ["mohawk compiled fwd+bwd ms", "SDPA / triton (fwd+bwd)", "mamba-ssm / triton (fwd+bwd)"]
+    table = [
+        [r["L"], r["batch"], fmt(r["sdpa_fwd_ms"]), fmt(r.get("mohawk_triton_fwd_ms"))]
+        + [fmt(r.get("mamba_ssm_fwd_ms")), fmt(r["mohawk_torch_fwd_ms"])]
+        + [fmt(r["sdpa_fwd_bwd_ms"]), fmt(r.get("mohawk_triton_fwd_bwd_ms"))]
+        + [fmt(r.get("mamba_ssm_fwd_bwd_ms")), fmt(r["mohawk_torch_fwd_bwd_ms"])]
+        + [fmt(r.get("mohawk_compiled_fwd_bwd_ms")), ratio(r["sdpa_fwd_bwd_ms"], r.get("mohawk_triton_fwd_bwd_ms"))]
+        + [ratio(r.get("mamba_ssm_fwd_bwd_ms"), r.get("mohawk_triton_fwd_bwd_ms"))]
+        + [ratio(r.get("mamba_ssm_fwd_ms"), r.get("mohawk_triton_fwd_ms"))]
+        for r in rows
+    ]
+    lines += markdown_table([*header, "mamba-ssm / triton (fwd)"], table)
     if any(r.get("mohawk_two_pass_fwd_bwd_ms") for r in rows):
         lines += [
             "",
             'State computation forced (`--two-pass`; the triton columns above use the default, "auto"):',
             "",
-            "| L | walk fwd ms | two-pass fwd ms | walk fwd+bwd ms | two-pass fwd+bwd ms "
-            "| walk / default (fwd) | walk / default (fwd+bwd) |",
-            "|---|---|---|---|---|---|---|",
         ]
-        lines += [
-            f"| {r['L']} | {fmt(r.get('mohawk_walk_fwd_ms'))} | {fmt(r.get('mohawk_two_pass_fwd_ms'))} | "
-            f"{fmt(r.get('mohawk_walk_fwd_bwd_ms'))} | {fmt(r.get('mohawk_two_pass_fwd_bwd_ms'))} | "
-            f"{ratio(r.get('mohawk_walk_fwd_ms'), r.get('mohawk_triton_fwd_ms'))} | "
-            f"{ratio(r.get('mohawk_walk_fwd_bwd_ms'), r.get('mohawk_triton_fwd_bwd_ms'))} |"
+        header = ["L", "walk fwd ms", "two-pass fwd ms", "walk fwd+bwd ms", "two-pass fwd+bwd ms"]
+        table = [
+            [r["L"], fmt(r.get("mohawk_walk_fwd_ms")), fmt(r.get("mohawk_two_pass_fwd_ms"))]
+            + [fmt(r.get("mohawk_walk_fwd_bwd_ms")), fmt(r.get("mohawk_two_pass_fwd_bwd_ms"))]
+            + [ratio(r.get("mohawk_walk_fwd_ms"), r.get("mohawk_triton_fwd_ms"))]
+            + [ratio(r.get("mohawk_walk_fwd_bwd_ms"), r.get("mohawk_triton_fwd_bwd_ms"))]
             for r in rows
         ]
+        lines += markdown_table([*header, "walk / default (fwd)", "walk / default (fwd+bwd)"], table)
     write("ssd_speed-" + device, payload, lines, out)
 
 
@@ -148,14 +145,13 @@ def main():
     ap.add_argument(
         "--two-pass",
         action="store_true",
-        help="also time the Triton scan with its chunk states forced to the walk and to two passes "
-        "(TUNING['state_pass'], TUNING['dstate_pass'])",
+        help="also time the Triton scan with its forward chunk states forced to the walk and to two passes",
     )
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("ssd_speed needs a CUDA GPU")
     from mohawk.mixers.kernels import _mamba_chunk_scan, _triton_scan
-    from mohawk.mixers.kernels.ssd_triton import TUNING
+    from mohawk.mixers.kernels.ssd_launch import forced_launch
 
     mamba_chunk_scan_combined = _mamba_chunk_scan()  # None when mamba-ssm is not installed
     ssd_triton = _triton_scan()
@@ -185,15 +181,13 @@ def main():
                     bwd,
                 )
             for forced in ("walk", "two_pass") if ssd_triton is not None and args.two_pass else ():
-                default = dict(TUNING)
-                TUNING.update(state_pass=forced, dstate_pass=forced)
-                row[f"mohawk_{forced}_{tag}_ms"] = bench(
-                    forced,
-                    lambda: inputs(b, L, h, p, n, dtype, bwd),
-                    lambda x, dt, A, B, C: ssd_triton(x, dt, A, B, C, D_SKIP),
-                    bwd,
-                )
-                TUNING.update(default)
+                with forced_launch(forced):
+                    row[f"mohawk_{forced}_{tag}_ms"] = bench(
+                        forced,
+                        lambda: inputs(b, L, h, p, n, dtype, bwd),
+                        lambda x, dt, A, B, C: ssd_triton(x, dt, A, B, C, D_SKIP),
+                        bwd,
+                    )
             if mamba_chunk_scan_combined is not None:
                 row[f"mamba_ssm_{tag}_ms"] = bench(
                     "mamba",

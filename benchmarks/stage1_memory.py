@@ -1,22 +1,19 @@
 """Stage-1 peak memory and time, whole matrices vs row tiles: one layer of a model's dimensions (teacher attention
 matrix vs SSD student matrix, Frobenius distance, forward + backward), batch 1, at 1k-16k tokens.
 
-    python3 benchmarks/stage1_memory.py [--model smollm2-135m] [--lengths 1024,2048,4096,8192,16384] [--tile 256]
+    python3 -m benchmarks.stage1_memory [--model smollm2-135m] [--lengths 1024,2048,4096,8192,16384] [--tile 256]
 
 Writes benchmarks/results/stage1_memory-<model>-<device>.{json,md}.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     arg_parser,
     command,
     device_name,
@@ -27,8 +24,9 @@ from benchmarks.common import (  # noqa: E402
     versions,
     write,
 )
-from mohawk.parallel import resolve_device  # noqa: E402
-from mohawk.stages.orientation import frobenius_distance, tiled_frobenius_distance  # noqa: E402
+from mohawk.evaluation.present import markdown_table
+from mohawk.parallel import resolve_device
+from mohawk.stages.orientation import frobenius_distance, tiled_frobenius_distance
 
 
 def measure(fn, device) -> dict:
@@ -102,16 +100,16 @@ def main():
         f"- one layer, batch 1, float32 matrices, forward + backward of the Frobenius distance; tiled: blocks "
         f"of {args.tile} rows, recomputed in the backward pass; peak = allocated above the inputs",
         "",
-        "| L | naive peak GiB | tiled peak GiB | tiled / naive memory | naive ms | tiled ms |",
-        "|---|---|---|---|---|---|",
     ]
+    table = []
     for r in rows:
         n, t = r.get("naive_peak_gib"), r.get("tiled_peak_gib")
-        lines.append(
-            f"| {r['L']} | {fmt(n) if not r.get('naive_oom') else 'OOM'} | "
-            f"{fmt(t) if not r.get('tiled_oom') else 'OOM'} | {f'1/{n / t:.1f}' if n and t else '-'} | "
-            f"{fmt(r.get('naive_ms'), 1)} | {fmt(r.get('tiled_ms'), 1)} |"
+        table.append(
+            [r["L"], fmt(n) if not r.get("naive_oom") else "OOM", fmt(t) if not r.get("tiled_oom") else "OOM"]
+            + [f"1/{n / t:.1f}" if n and t else "-", fmt(r.get("naive_ms"), 1), fmt(r.get("tiled_ms"), 1)]
         )
+    header = ["L", "naive peak GiB", "tiled peak GiB", "tiled / naive memory", "naive ms", "tiled ms"]
+    lines += markdown_table(header, table)
     write(f"stage1_memory-{args.model}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

@@ -3,7 +3,7 @@ Hugging Face eager training step of the teacher itself, in the same run. Random 
 the real model's dimensions (no download): ``phi-1_5`` (1.4B, the paper's teacher), ``smollm2-135m``, or ``tiny``
 (a CPU smoke test).
 
-    python3 benchmarks/stage_throughput.py --model phi-1_5 --stages 1,2,3 [--batch 8] [--seq-len 1024] [--steps 10]
+    python3 -m benchmarks.stage_throughput --model phi-1_5 --stages 1,2,3 [--batch 8] [--seq-len 1024] [--steps 10]
     torchrun --nproc-per-node 2 benchmarks/stage_throughput.py --model phi-1_5 --stages 3    # FSDP2 over 2 GPUs
     (benchmarks/scaling.py runs both and writes the ratio)
 
@@ -15,16 +15,13 @@ GPU's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s). Writes benchmarks/results/st
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     arg_parser,
     command,
     device_name,
@@ -35,12 +32,13 @@ from benchmarks.common import (  # noqa: E402
     versions,
     write,
 )
-from mohawk.checkpoint import Checkpointer  # noqa: E402
-from mohawk.config import DistillConfig  # noqa: E402
-from mohawk.metrics import MetricsLog  # noqa: E402
-from mohawk.parallel import Parallel  # noqa: E402
-from mohawk.stages import STAGES  # noqa: E402
-from mohawk.train import StageBudget, train_stage  # noqa: E402
+from mohawk.checkpoint import Checkpointer
+from mohawk.config import DistillConfig
+from mohawk.evaluation.present import markdown_table
+from mohawk.metrics import MetricsLog
+from mohawk.parallel import Parallel
+from mohawk.stages import STAGES
+from mohawk.train import StageBudget, train_stage
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -321,16 +319,17 @@ def main():
         "timed); random weights and tokens; "
         f"compile {args.compile}, teacher weights {'bf16' if args.teacher_bf16 else 'fp32'}",
         "",
-        "| what | batch | tokens/s | step ms | MFU | vs teacher's HF step | peak GiB |",
-        "|---|---|---|---|---|---|---|",
     ]
+    table = []
     for r in rows:
         rel = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-        lines.append(
-            f"| {r['what']} | {r['batch']} | {fmt(r['tokens_per_s'], 0)} | {fmt(r['step_ms'], 1)} | {mfu} | "
-            f"{rel} | {fmt(r.get('peak_mem_gib'), 1)} |"
+        table.append(
+            [r["what"], r["batch"], fmt(r["tokens_per_s"], 0), fmt(r["step_ms"], 1), mfu, rel]
+            + [fmt(r.get("peak_mem_gib"), 1)]
         )
+    header = ["what", "batch", "tokens/s", "step ms", "MFU", "vs teacher's HF step", "peak GiB"]
+    lines += markdown_table(header, table)
     tag = (f"-compile_{args.compile}" if args.compile != "off" else "") + ("-bf16teacher" if args.teacher_bf16 else "")
     write(f"stage_throughput-{args.model}-{dev_name.split(' (')[0]}-{world}gpu{tag}", payload, lines, Path(args.out))
     parallel.close()

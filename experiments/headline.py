@@ -1,9 +1,9 @@
 """The headline result and the sweep behind the recipe (issue: quality), on one GPU.
 
-    python3 experiments/headline.py sweep  --out runs/headline [--teacher T] [--tokens 2000000]
-    python3 experiments/headline.py train  --out runs/headline [--teacher T] [--only NAME,...]
-    python3 experiments/headline.py eval   --out runs/headline [--teacher T] [--only NAME,...]
-    python3 experiments/headline.py report --out runs/headline --results results/headline
+    python3 -m experiments.headline sweep  --out runs/headline [--teacher T] [--tokens 2000000]
+    python3 -m experiments.headline train  --out runs/headline [--teacher T] [--only NAME,...]
+    python3 -m experiments.headline eval   --out runs/headline [--teacher T] [--only NAME,...]
+    python3 -m experiments.headline report --out runs/headline --results results/headline
 
 ``sweep`` trains stages 1-2 once (the recipe's 5% / 10% of ``--tokens``), then stage 3 (85%) from that point for each
 (tokens per update, peak LR) of the grid, in one process, and records held-out perplexity and agreement per run
@@ -22,8 +22,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SEQ_LEN, BATCH = 512, 16
 
@@ -90,7 +88,7 @@ def sweep(args) -> Path:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.command.txt").write_text(" ".join(["python3", "experiments/headline.py", *sys.argv[1:]]) + "\n")
+    (out / "sweep.command.txt").write_text(" ".join(["python3", "-m", "experiments.headline", *sys.argv[1:]]) + "\n")
     path = out / "sweep.json"
     done = json.loads(path.read_text()) if path.is_file() else {"runs": []}
     teacher, tok, adapter = load_teacher(args.teacher, device=args.device)

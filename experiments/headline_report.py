@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mohawk.evaluation.present import headline
+from mohawk.evaluation.present import headline, markdown_table
 from mohawk.metrics import write_json
 
 ZERO_SHOT = ("hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "lambada_openai")
@@ -100,8 +100,7 @@ def _markdown(rows: list[dict], sweep: dict | None, out: Path, models: dict) -> 
         "student).",
         "",
     ]
-    head = "| model | tokens | attention layers | " + " | ".join(ZERO_SHOT) + " | mean | perplexity | agreement |"
-    lines += [head, "|" + "---|" * (len(ZERO_SHOT) + 6)]
+    table = []
     for r in rows:
         cells = []
         for t in ZERO_SHOT:
@@ -128,39 +127,33 @@ def _markdown(rows: list[dict], sweep: dict | None, out: Path, models: dict) -> 
         )
         agree = "-" if r["top1_agreement"] is None else f"{r['top1_agreement']:.3f}"
         tokens = "-" if r["tokens"] is None else f"{r['tokens'] / 1e6:g}M"
-        lines.append(
-            f"| {r['name']} | {tokens} | {r['attention_layers'] or '-'} | "
-            + " | ".join(cells)
-            + f" | {mean_cell} | {ppl_cell} | {agree} |"
-        )
+        table.append([r["name"], tokens, r["attention_layers"] or "-", *cells, mean_cell, ppl_cell, agree])
+    header = ["model", "tokens", "attention layers", *ZERO_SHOT, "mean", "perplexity", "agreement"]
+    lines += markdown_table(header, table)
     if any(r.get("passkey") for r in rows):
         lengths = sorted({int(k) for r in rows for k in (r.get("passkey") or {})})
         lines += [
             "",
             "Passkey retrieval (accuracy over 5 keys):",
             "",
-            "| model | " + " | ".join(map(str, lengths)) + " |",
-            "|---|" + "---|" * len(lengths),
         ]
-        for r in rows:
-            pk = r.get("passkey") or {}
-            lines.append(f"| {r['name']} | " + " | ".join(f"{pk.get(str(n), '-')}" for n in lengths) + " |")
+        passkeys = [[r["name"], *((r.get("passkey") or {}).get(str(n), "-") for n in lengths)] for r in rows]
+        lines += markdown_table(["model", *lengths], passkeys)
     students = [r for r in rows if r.get("stages")]
     if students:
         lines += [
             "",
             "Training of each student (optimizer steps, epochs over the ~12M-token corpus, seed 0):",
             "",
-            "| model | stage | tokens | tokens per update | steps | epochs | peak LR | wall s |",
-            "|---|---|---|---|---|---|---|---|",
         ]
-        for r in students:
-            for s, st in sorted(r["stages"].items()):
-                ep = st.get("epochs")
-                lines.append(
-                    f"| {r['name']} | {s} | {st['tokens']:,} | {st.get('tokens_per_update', 0):,} | "
-                    f"{st['steps']} | {'-' if ep is None else f'{ep:.3f}'} | {st['lr']:g} | {st['wall_s']:.0f} |"
-                )
+        training = [
+            [r["name"], s, f"{st['tokens']:,}", f"{st.get('tokens_per_update', 0):,}", st["steps"]]
+            + ["-" if st.get("epochs") is None else f"{st['epochs']:.3f}", f"{st['lr']:g}", f"{st['wall_s']:.0f}"]
+            for r in students
+            for s, st in sorted(r["stages"].items())
+        ]
+        header = ["model", "stage", "tokens", "tokens per update", "steps", "epochs", "peak LR", "wall s"]
+        lines += markdown_table(header, training)
     if sweep:
         lines += [
             "",
@@ -173,15 +166,15 @@ def _markdown(rows: list[dict], sweep: dict | None, out: Path, models: dict) -> 
             f"{sweep.get('stages12', {}).get('distance_before')} -> {sweep.get('stages12', {}).get('distance_after')}.",
             f"Teacher perplexity on the same held-out tokens: {sweep.get('teacher_perplexity', 0):.2f}.",
             "",
-            "| tokens per update | peak LR | steps | perplexity | agreement | seconds |",
-            "|---|---|---|---|---|---|",
         ]
-        for r in sweep.get("runs", []):
-            mark = " **best**" if sweep.get("best") == r else ""
-            lines.append(
-                f"| {r['tokens_per_update']:,} | {r['lr']:g} | {r['steps']} | {r['perplexity']:.2f}{mark} | "
-                f"{r['top1_agreement']:.3f} | {r['seconds']:.0f} |"
-            )
+        runs = [
+            [f"{r['tokens_per_update']:,}", f"{r['lr']:g}", r["steps"]]
+            + [f"{r['perplexity']:.2f}" + (" **best**" if sweep.get("best") == r else "")]
+            + [f"{r['top1_agreement']:.3f}", f"{r['seconds']:.0f}"]
+            for r in sweep.get("runs", [])
+        ]
+        header = ["tokens per update", "peak LR", "steps", "perplexity", "agreement", "seconds"]
+        lines += markdown_table(header, runs)
     lines += _goals(rows)
     done = {r["name"] for r in rows}
     missing = [n for n in models if n not in done]
@@ -204,19 +197,15 @@ def _decode_lines(speed: dict, path: Path) -> list[str]:
         f"From `{path.name}` (`{speed['command']}`): random weights of the same dimensions, since speed does not "
         "depend on the weights; the teacher decodes with transformers' static KV cache compiled into CUDA graphs.",
         "",
-        "| context | batch | teacher tok/s | pure-SSD student tok/s | ratio | teacher KV cache MiB "
-        "| student state MiB |",
-        "|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for r in speed["rows"]:
         t, s = r.get("teacher_static_tokens_per_s"), r.get("student_tokens_per_s")
-        out.append(
-            f"| {r['context']} | {r['batch']} | {t:,.0f} | {s:,.0f} | {s / t:.2f}x | "
-            f"{r['teacher_state_mib']:,.1f} | {r['student_state_mib']:,.1f} |"
-            if t and s
-            else f"| {r['context']} | {r['batch']} | - | - | - | - | - |"
-        )
-    return out
+        cells = [f"{t:,.0f}", f"{s:,.0f}", f"{s / t:.2f}x"] if t and s else ["-"] * 3
+        cells += [f"{r['teacher_state_mib']:,.1f}", f"{r['student_state_mib']:,.1f}"] if t and s else ["-"] * 2
+        rows.append([r["context"], r["batch"], *cells])
+    header = ["context", "batch", "teacher tok/s", "pure-SSD student tok/s", "ratio", "teacher KV cache MiB"]
+    return out + markdown_table([*header, "student state MiB"], rows)
 
 
 def _goals(rows: list[dict]) -> list[str]:
@@ -226,23 +215,19 @@ def _goals(rows: list[dict]) -> list[str]:
     students = [r for r in rows if r["name"] != "teacher"]
     if not teacher or not students:
         return []
-    out = ["", "## Against the goals", "", "| model | goal | measured | met |", "|---|---|---|---|"]
+    goals = []
     for r in students:
         n_attn = len(r["attention_layers"] or [])
         if r["mean"] is not None and teacher["mean"] and n_attn in (0, 4):
             need = 0.95 if n_attn == 0 else 0.98
             got = r["mean"] / teacher["mean"]
-            out.append(
-                f"| {r['name']} | mean zero-shot >= {need:.0%} of the teacher's | {got:.1%} | "
-                f"{'yes' if got >= need else f'no, {100 * (need - got):.1f} points short'} |"
-            )
+            met = "yes" if got >= need else f"no, {100 * (need - got):.1f} points short"
+            goals.append([r["name"], f"mean zero-shot >= {need:.0%} of the teacher's", f"{got:.1%}", met])
         if r["perplexity"] and teacher["perplexity"]:
             excess = r["perplexity"] / teacher["perplexity"] - 1
-            out.append(
-                f"| {r['name']} | perplexity within 5% of the teacher's | {excess:+.1%} | "
-                f"{'yes' if excess <= 0.05 else 'no'} |"
-            )
-    return out
+            met = "yes" if excess <= 0.05 else "no"
+            goals.append([r["name"], "perplexity within 5% of the teacher's", f"{excess:+.1%}", met])
+    return ["", "## Against the goals", "", *markdown_table(["model", "goal", "measured", "met"], goals)]
 
 
 def _plot(rows: list[dict], path: Path, sweep: dict | None = None) -> None:

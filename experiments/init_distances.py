@@ -2,7 +2,7 @@
 teacher's and the transfer-only student's held-out perplexity, for one or more teachers; for QK-norm teachers
 (Gemma 3) also without folding the QK-norm into the SSD's B and C (``mohawk.transfer._fold_head_norm``).
 
-    python3 experiments/init_distances.py --teachers gemma3-270m,smollm2-135m --out results/gemma3-270m/init.json
+    python3 -m experiments.init_distances --teachers gemma3-270m,smollm2-135m --out results/gemma3-270m/init.json
 
 CPU is enough: 8 x 128 held-out tokens of the bundled Gutenberg validation books (4 for the distances), seed 0.
 """
@@ -16,12 +16,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import mohawk  # noqa: E402
-import mohawk.transfer as transfer  # noqa: E402
-from mohawk.data import make_streams, take  # noqa: E402
-from mohawk.evaluation import layer_distances, perplexity  # noqa: E402
+import mohawk
+import mohawk.transfer as transfer
+from mohawk.data import make_streams, take
+from mohawk.evaluation import layer_distances, perplexity
 
 
 def measure(name: str, seq_len: int, sequences: int) -> dict:

@@ -336,7 +336,7 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
         "*beyond noise* only when their intervals do not overlap, else the difference is *within noise*. Verdicts are "
         "computed from these numbers by `experiments/report.py`.",
         "",
-        f"Made by `python3 experiments/run_all.py --report` from the files under `results/experiments/10m/` "
+        f"Made by `python3 -m experiments.run_all --report` from the files under `results/experiments/10m/` "
         f"({n_plan - len(todo)} of {n_plan} planned runs made; the queue is at the end).",
         "",
     ]
@@ -556,7 +556,7 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
         "files into `$OUT/experiments` (then copy them to `results/experiments/10m/` and rerun `--report`):",
         "",
         "```bash",
-        f"python3 experiments/run_all.py --commands N --root {root} > queue.sh   # then: bash queue.sh",
+        f"python3 -m experiments.run_all --commands N --root {root} > queue.sh   # then: bash queue.sh",
         "```",
         "",
         "Options: `--teacher PATH` (the teacher as a file on that machine, e.g. the Q4_1 GGUF of results/headline; "

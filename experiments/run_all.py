@@ -1,12 +1,12 @@
 """The paper's claims at 10M student tokens with the recipe, 3 seeds per arm (issue 34): the run queue and its report.
 
-    python3 experiments/run_all.py --list                        # every planned run: made (results/...) or queued
-    python3 experiments/run_all.py --commands 4 --root /tmp/exp  # a shell script running the first 4 queued runs at
+    python3 -m experiments.run_all --list                        # every planned run: made (results/...) or queued
+    python3 -m experiments.run_all --commands 4 --root /tmp/exp  # a shell script running the first 4 queued runs at
                                                                  #   once (& + wait), then collecting their small files
                                                                  #   into $OUT/experiments (for one GPU call)
-    python3 experiments/run_all.py --collect /tmp/exp --into results/experiments/10m   # small files of finished runs
-    python3 experiments/run_all.py --report                      # results/EXPERIMENTS.md from the committed files
-    python3 experiments/run_all.py --commands 2 --root /tmp/dry --cpu-dry-run TEACHER_DIR --data CORPUS
+    python3 -m experiments.run_all --collect /tmp/exp --into results/experiments/10m   # small files of finished runs
+    python3 -m experiments.run_all --report                      # results/EXPERIMENTS.md from the committed files
+    python3 -m experiments.run_all --commands 2 --root /tmp/dry --cpu-dry-run TEACHER_DIR --data CORPUS
                                                                  # the same commands, tiny and on the CPU
 
 A run is one `mohawk distill` (SmolLM2-135M teacher, pure SSD, `--preset gpu --tokens 10000000`: the recipe's split,
@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # so that `experiments.report` and `mohawk` import from this tree
 
 RESULTS = REPO / "results" / "experiments" / "10m"
 REPORT = REPO / "results" / "EXPERIMENTS.md"
@@ -232,7 +231,7 @@ def script(
         lines.append(f"( {env}{chain} ) > {shlex.quote(f'{root}/{r.name}.log')} 2>&1 &")
     lines.append("wait")
     if collect_into:
-        me = "python3 experiments/run_all.py"
+        me = "python3 -m experiments.run_all"
         same = f" --cpu-dry-run {shlex.quote(dry.teacher)} --data {shlex.quote(dry.data)}" if dry else ""
         same += f" --teacher {shlex.quote(teacher)}" if teacher else ""
         lines.append(f"{me} --collect {shlex.quote(root)} --into {collect_into}{same}")

@@ -1,29 +1,25 @@
 """Stage 1 alone on a teacher at a few peak LRs: the student's mean and per-layer stage-1 distance before and after
 2,048 tokens (16 steps of one 128-token sequence), seed 0; CPU is enough.
 
-    python3 experiments/stage1_probe.py --teacher gemma3-270m --lrs 1e-3,1e-4,1e-5
+    python3 -m experiments.stage1_probe --teacher gemma3-270m --lrs 1e-3,1e-4,1e-5
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import mohawk  # noqa: E402
-from mohawk.checkpoint import Checkpointer  # noqa: E402
-from mohawk.config import DistillConfig  # noqa: E402
-from mohawk.data import make_streams, take  # noqa: E402
-from mohawk.evaluation import layer_distances  # noqa: E402
-from mohawk.metrics import MetricsLog  # noqa: E402
-from mohawk.stages import STAGES  # noqa: E402
-from mohawk.train import StageBudget, train_stage  # noqa: E402
+import mohawk
+from mohawk.checkpoint import Checkpointer
+from mohawk.config import DistillConfig
+from mohawk.data import make_streams, take
+from mohawk.evaluation import layer_distances
+from mohawk.metrics import MetricsLog
+from mohawk.stages import STAGES
+from mohawk.train import StageBudget, train_stage
 
 
 def main():

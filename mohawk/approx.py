@@ -18,6 +18,7 @@ not optimizer luck. The distance reported per matrix is the best one reached dur
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import platform
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from mohawk.data import ASSETS
 from mohawk.errors import MohawkError
+from mohawk.evaluation.present import markdown_table
 from mohawk.mixers.ssm import semiseparable
 
 FAMILIES = ("toeplitz", "low_rank", "ssd", "ssm")
@@ -90,7 +92,7 @@ def fit_gd(A: Tensor, Q: Tensor, K: Tensor, w: Tensor | None, steps: int, lr: fl
         with torch.no_grad():  # these parameters produced this distance: keep them where it is the best yet
             better = sq.sqrt() < best
             best = torch.where(better, sq.sqrt(), best)
-            for b, p in zip(best_params, params, strict=False):
+            for b, p in zip(best_params, params, strict=True):
                 b.copy_(torch.where(better.view(-1, 1, 1), p, b))
         if step == steps:
             break
@@ -100,7 +102,7 @@ def fit_gd(A: Tensor, Q: Tensor, K: Tensor, w: Tensor | None, steps: int, lr: fl
         sched.step()
     with torch.no_grad():
         M = matrix(best_params)
-    return Fit(best, M, dict(zip(("Q", "K", "w"), best_params, strict=False)))
+    return Fit(best, M, dict(zip(("Q", "K", "w")[: len(params)], best_params, strict=True)))
 
 
 BLOCKS = {"low_rank": 32, "ssd": 64, "ssm": 16}  # block sizes of the fits (see benchmarks/README.md)
@@ -163,7 +165,7 @@ def sample_attention(
     layers: list[int] = []
     heads: list[int] = []
     while len(mats) < num:
-        rows = [r for _, r in zip(range(batch_size), stream, strict=False)]
+        rows = list(itertools.islice(stream, batch_size))
         if not rows:
             raise MohawkError(f"text source {source!r} has too little text for {num} matrices of {seq_len} tokens")
         ids = torch.tensor(rows, device=device)
@@ -271,7 +273,7 @@ def run_approx(cfg: ApproxConfig, console=None, command: str | None = None) -> P
                 }
                 results["relative"].setdefault(f, {})[src] = float((d / norms).mean())
                 per_layer = results["by_layer"].setdefault(f, {})
-                for layer, x in zip(layers, d.tolist(), strict=False):
+                for layer, x in zip(layers, d.tolist(), strict=True):
                     per_layer.setdefault(str(layer), []).append(x)
             console.print(f"{src}: " + ", ".join(f"{f} {results['distance'][f][src]['mean']:.3f}" for f in families))
     for f in families:
@@ -316,7 +318,7 @@ def write_approx_report(out: Path, results: dict, examples: dict) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for f in families:
         pts = sorted((int(k), v) for k, v in results["by_layer"][f].items())
-        ax.plot(*zip(*pts, strict=False), "o-", label=f, markersize=3)
+        ax.plot(*zip(*pts, strict=True), "o-", label=f, markersize=3)
     ax.set_xlabel("layer")
     ax.set_ylabel("mean Frobenius distance (log)")
     ax.set_yscale("log")
@@ -340,13 +342,12 @@ def write_approx_report(out: Path, results: dict, examples: dict) -> Path:
         "",
         "Frobenius distance ||A - M||_F, mean ± std over matrices (lower is better):",
         "",
-        "| family | " + " | ".join(sources) + " | mean relative distance |",
-        "|---|" + "---|" * (len(sources) + 1),
     ]
+    rows = []
     for f in families:
         cells = [f"{results['distance'][f][s]['mean']:.3f} ± {results['distance'][f][s]['std']:.3f}" for s in sources]
-        rel = sum(results["relative"][f].values()) / len(sources)
-        lines.append(f"| {f} | " + " | ".join(cells) + f" | {rel:.3f} |")
+        rows.append([f, *cells, f"{sum(results['relative'][f].values()) / len(sources):.3f}"])
+    lines += markdown_table(["family", *sources, "mean relative distance"], rows)
     lines += [
         "",
         "Relative distance: ||A - M||_F / ||A||_F. Toeplitz is the closed-form least-squares fit; low_rank, "

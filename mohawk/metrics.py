@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from mohawk.errors import MohawkError
 
@@ -29,7 +30,7 @@ class MetricsLog:
                 ) from None
             self.tb = SummaryWriter(str(tensorboard_dir))
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
         with self.path.open("a") as f:
@@ -55,7 +56,7 @@ class MetricsLog:
         self.path.write_text("".join(x + "\n" for x in keep))
 
 
-def _records(path: Path) -> Iterator[tuple[dict, str]]:
+def _records(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
     for line in path.read_text().splitlines():
         try:
             r = json.loads(line)
@@ -65,7 +66,7 @@ def _records(path: Path) -> Iterator[tuple[dict, str]]:
             yield r, line
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl (lines cut by a crash are skipped); [] when there is none."""
     return [r for r, _ in _records(path)] if path.is_file() else []
 
@@ -80,7 +81,7 @@ def write_json(path: Path, obj: object) -> None:
     tmp.replace(path)
 
 
-def read_json(path: Path, what: str) -> dict:
+def read_json(path: Path, what: str) -> dict[str, Any]:
     """A JSON object written by mohawk, or one MohawkError line when it is missing or damaged."""
     try:
         obj = json.loads(path.read_text())

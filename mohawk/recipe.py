@@ -18,7 +18,7 @@ The constants are the measured choices (benchmarks/README.md and results/headlin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mohawk.schedule import StageBudget
 
@@ -44,7 +44,7 @@ class Plan:
     rows: dict[int, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
-    def table(self) -> list[dict]:
+    def table(self) -> list[dict[str, Any]]:
         """One row per stage with a budget: tokens, tokens per update, micro-batch, optimizer steps, peak LR."""
         return [
             {

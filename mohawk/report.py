@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mohawk.evaluation.present import markdown_table  # noqa: E402
 from mohawk.metrics import read_json, read_metrics  # noqa: E402
 
 STAGE_NAMES = {1: "matrix orientation", 2: "hidden-state alignment", 3: "knowledge distillation", 4: "recall phase"}
 
 
-def _plot_losses(rows: list[dict], path: Path) -> bool:
+def _plot_losses(rows: list[dict[str, Any]], path: Path) -> bool:
     stages = sorted({r["stage"] for r in rows})
     if not stages:
         return False
     fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.4), squeeze=False)
-    for ax, s in zip(axes[0], stages, strict=False):
+    for ax, s in zip(axes[0], stages, strict=True):
         pts = [(r["tokens"], r["loss"]) for r in rows if r["stage"] == s and r.get("loss") is not None]
         if pts:
-            ax.plot(*zip(*pts, strict=False), color=f"C{s}")
+            ax.plot(*zip(*pts, strict=True), color=f"C{s}")
         ax.set_title(f"stage {s}: {STAGE_NAMES[s]}")
         ax.set_xlabel("tokens")
         ax.set_ylabel("loss")
@@ -34,7 +36,9 @@ def _plot_losses(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def _plot_distances(before: dict, stage: dict, after: dict, key: str, title: str, ylabel: str, path: Path) -> bool:
+def _plot_distances(
+    before: dict[str, Any], stage: dict[str, Any], after: dict[str, Any], key: str, title: str, ylabel: str, path: Path
+) -> bool:
     """Per-layer distances ``key`` (stage1 | stage2) after weight transfer, right after their own stage (``stage``)
     and at the end of the run (``after``)."""
     b = before.get(key, {})
@@ -62,7 +66,7 @@ def _plot_distances(before: dict, stage: dict, after: dict, key: str, title: str
     return True
 
 
-def _plot_perplexity(summary: dict, path: Path) -> bool:
+def _plot_perplexity(summary: dict[str, Any], path: Path) -> bool:
     names, values = [], []
     for label, key in (("teacher", "teacher_eval"), ("transfer only", "transfer_only"), ("distilled", "final")):
         if key in summary:
@@ -81,11 +85,11 @@ def _plot_perplexity(summary: dict, path: Path) -> bool:
     return True
 
 
-def _mean(d: dict) -> float | None:
+def _mean(d: dict[str, Any]) -> float | None:
     return sum(d.values()) / len(d) if d else None
 
 
-def _dist_change(before: dict, after: dict) -> str:
+def _dist_change(before: dict[str, Any], after: dict[str, Any]) -> str:
     """'6.73 -> 3.10 (-54%)' from per-layer distances before and after ('-' where before is missing, 'not measured'
     where after is)."""
     b, a = _mean(before), _mean(after)
@@ -96,9 +100,9 @@ def _dist_change(before: dict, after: dict) -> str:
     return f"{b:.4g} -> {a:.4g} ({100 * (a - b) / b:+.0f}%)"
 
 
-def stage_distance_cells(summary: dict, stage: int) -> tuple[str, str]:
+def stage_distance_cells(summary: dict[str, Any], stage: int) -> tuple[str, str]:
     """The Stages table's two distance cells of stage 1 or 2: (mean per-layer distance after weight transfer ->
-    right after this stage, the same distance at the end of the run); ('-', '-') for stage 3."""
+    right after this stage, the same distance at the end of the run); ('-', '-') for the other stages."""
     if stage not in (1, 2):
         return "-", "-"
     key = f"stage{stage}"
@@ -108,40 +112,32 @@ def stage_distance_cells(summary: dict, stage: int) -> tuple[str, str]:
     return _dist_change(before, own), "-" if end is None else f"{end:.4g}"
 
 
-def write_report(out: str | Path) -> Path:
-    """Write OUT/report.md and OUT/plots/*.png; returns the report path."""
-    out = Path(out)
-    summary = read_json(out / "summary.json", "run summary")
-    rows = read_metrics(out / "metrics.jsonl")
-    plots = out / "plots"
-    plots.mkdir(exist_ok=True)
+def _plots(summary: dict[str, Any], rows: list[dict[str, Any]], plots: Path) -> list[str]:
+    """Draw the run's plots into ``plots``; the markdown lines showing those that were drawn."""
     before, after = summary.get("distances_before", {}), summary.get("distances_after", {})
     own = {f"stage{k}": v.get(f"stage{k}", {}) for k, v in summary.get("distances_after_stage", {}).items()}
-    made = {
-        "loss": _plot_losses(rows, plots / "loss.png"),
-        "stage1": _plot_distances(
-            before,
-            own,
-            after,
-            "stage1",
-            "stage 1: ||A_teacher - M_student||_F per layer",
-            "Frobenius distance",
-            plots / "stage1_distance.png",
-        ),
-        "stage2": _plot_distances(
-            before,
-            own,
-            after,
-            "stage2",
-            "stage 2: block output distance per layer",
-            "mean L2 distance",
-            plots / "stage2_distance.png",
-        ),
-        "ppl": _plot_perplexity(summary, plots / "perplexity.png"),
+    drawn = {
+        ("perplexity.png", "Validation perplexity"): _plot_perplexity(summary, plots / "perplexity.png"),
+        ("loss.png", "Loss per stage"): _plot_losses(rows, plots / "loss.png"),
     }
-    t, tr, fin = summary.get("teacher_eval", {}), summary.get("transfer_only", {}), summary.get("final", {})
+    for n, title, ylabel in (
+        (1, "stage 1: ||A_teacher - M_student||_F per layer", "Frobenius distance"),
+        (2, "stage 2: block output distance per layer", "mean L2 distance"),
+    ):
+        file = f"stage{n}_distance.png"
+        caption = f"Stage-{n} distance per layer: after transfer, after stage {n}, at the end"
+        drawn[file, caption] = _plot_distances(before, own, after, f"stage{n}", title, ylabel, plots / file)
+    lines = ["", "## Plots", ""]
+    for (file, caption), made in drawn.items():
+        if made:
+            lines += [f"![{caption}](plots/{file})", ""]
+    return lines
+
+
+def _header_lines(summary: dict[str, Any]) -> list[str]:
+    """The run's command, models, device and sizes."""
     n_attn = len(summary.get("attention_layers", []))
-    lines = [
+    return [
         "# MOHAWK distillation report",
         "",
         f"- command: `{summary.get('command', '?')}`",
@@ -151,17 +147,18 @@ def write_report(out: str | Path) -> Path:
         f"- device: {summary.get('device')}; versions: {summary.get('versions')}",
         f"- sequence length {summary.get('seq_len')}; validation on {summary.get('val_tokens', 0):,} held-out tokens; "
         f"total wall time {summary.get('total_wall_s', 0):.0f} s",
-        "",
-        "## Result",
-        "",
-        "| model | validation perplexity | top-1 agreement with teacher | KL(teacher ‖ model) / token |",
-        "|---|---|---|---|",
     ]
-    if t:
-        lines.append(f"| teacher | {t['perplexity']:.2f} | 1.000 | 0 |")
+
+
+def _result_lines(summary: dict[str, Any]) -> list[str]:
+    """Teacher, weight-transfer-only and distilled student side by side, and whether distillation helped."""
+    t, tr, fin = summary.get("teacher_eval", {}), summary.get("transfer_only", {}), summary.get("final", {})
+    results = [["teacher", f"{t['perplexity']:.2f}", "1.000", "0"]] if t else []
     for label, r in (("student after weight transfer only", tr), ("distilled student", fin)):
         if r:
-            lines.append(f"| {label} | {r['perplexity']:.2f} | {r['top1_agreement']:.3f} | {r['kl']:.3f} |")
+            results.append([label, f"{r['perplexity']:.2f}", f"{r['top1_agreement']:.3f}", f"{r['kl']:.3f}"])
+    header = ["model", "validation perplexity", "top-1 agreement with teacher", "KL(teacher ‖ model) / token"]
+    lines = ["", "## Result", "", *markdown_table(header, results)]
     if tr and fin:
         better = fin["perplexity"] < tr["perplexity"]
         lines += [
@@ -170,15 +167,12 @@ def write_report(out: str | Path) -> Path:
             f"{tr['perplexity']:.2f} for the weight-transfer-only student: "
             + ("distillation helped." if better else "distillation did NOT improve on weight transfer."),
         ]
-    lines += [
-        "",
-        "## Stages",
-        "",
-        "| stage | tokens | tokens per update | optimizer steps | epochs over the data | "
-        "skipped updates / rollbacks | peak LR | wall time (s) | first loss | last loss | "
-        "its distance: after weight transfer -> right after the stage | its distance at the end of the run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    return lines
+
+
+def _stage_lines(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """One table row per stage, the run's warnings and the loss-spike guard's events."""
+    stages = []
     for s, info in sorted(summary.get("stages", {}).items(), key=lambda kv: int(kv[0])):
         losses = [r["loss"] for r in rows if r["stage"] == int(s) and r.get("loss") is not None]
         dist, end = stage_distance_cells(summary, int(s))
@@ -186,11 +180,15 @@ def write_report(out: str | Path) -> Path:
         last = f"{losses[-1]:.4g}" if losses else "-"
         tpu = f"{info['tokens_per_update']:,}" if info.get("tokens_per_update") else "-"
         ep = f"{info['epochs']:.3g}" if info.get("epochs") is not None else "-"
-        lines.append(
-            f"| {s} {STAGE_NAMES[int(s)]} | {info['tokens']:,} | {tpu} | {info['steps']} | {ep} | "
-            f"{info['skipped']} / {info.get('rollbacks', 0)} | {info['lr']:g} | {info['wall_s']:.0f} | "
-            f"{first} | {last} | {dist} | {end} |"
+        stages.append(
+            [f"{s} {STAGE_NAMES[int(s)]}", f"{info['tokens']:,}", tpu, info["steps"], ep]
+            + [f"{info['skipped']} / {info.get('rollbacks', 0)}", f"{info['lr']:g}", f"{info['wall_s']:.0f}"]
+            + [first, last, dist, end]
         )
+    header = ["stage", "tokens", "tokens per update", "optimizer steps", "epochs over the data"]
+    header += ["skipped updates / rollbacks", "peak LR", "wall time (s)", "first loss", "last loss"]
+    header += ["its distance: after weight transfer -> right after the stage", "its distance at the end of the run"]
+    lines = ["", "## Stages", "", *markdown_table(header, stages)]
     if summary.get("warnings"):
         lines += ["", "Warnings of the run:", "", *[f"- {w}" for w in summary["warnings"]]]
     events = [r for r in rows if r.get("event")]
@@ -208,16 +206,17 @@ def write_report(out: str | Path) -> Path:
                 else f"restored {r['to']}, LR x{r['lr_scale']:g}"
             )
             lines.append(f"- stage {r['stage']} step {r['step']}: {r['event']} ({detail})")
-    lines += ["", "## Plots", ""]
-    captions = {
-        "ppl": ("perplexity.png", "Validation perplexity"),
-        "loss": ("loss.png", "Loss per stage"),
-        "stage1": ("stage1_distance.png", "Stage-1 distance per layer: after transfer, after stage 1, at the end"),
-        "stage2": ("stage2_distance.png", "Stage-2 distance per layer: after transfer, after stage 2, at the end"),
-    }
-    for key, (file, caption) in captions.items():
-        if made[key]:
-            lines += [f"![{caption}](plots/{file})", ""]
+    return lines
+
+
+def write_report(out: str | Path) -> Path:
+    """Write OUT/report.md and OUT/plots/*.png; returns the report path."""
+    out = Path(out)
+    summary = read_json(out / "summary.json", "run summary")
+    rows = read_metrics(out / "metrics.jsonl")
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    lines = _header_lines(summary) + _result_lines(summary) + _stage_lines(summary, rows) + _plots(summary, rows, plots)
     if (out / "evaluation.json").is_file():
         from mohawk.evaluation.present import markdown, plot_results
 

@@ -1,7 +1,7 @@
 """GPU smoke check: a tiny teacher distilled end to end on CUDA (bf16 autocast path), and the student's SSD forward on
 CUDA against the CPU float32 reference. Prints a short table; run on a GPU machine:
 
-    python3 scripts/gpu_smoke.py
+    python3 -m scripts.gpu_smoke
 """
 
 import json
@@ -12,11 +12,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import mohawk  # noqa: E402
-from mohawk.cli import main  # noqa: E402
-from tests.conftest import tiny_corpus, tiny_teacher, tiny_tokenizer  # noqa: E402
+import mohawk
+from mohawk.cli import main
+from tests.utils import tiny_corpus, tiny_teacher, tiny_tokenizer
 
 
 def ssd_check():

@@ -1,4 +1,5 @@
-"""Tiny random-weight teachers of every supported family, built from transformers configs (no downloads)."""
+"""Fixtures over the builders of tests/utils.py (tiny teachers, a teacher directory with its corpus); sets
+TRITON_INTERPRET where there is no GPU."""
 
 from __future__ import annotations
 
@@ -12,77 +13,14 @@ if not torch.cuda.is_available():
     # kernel module is imported, since @triton.jit reads it when it decorates
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-VOCAB = 96
-
-
-def tiny_teacher(family: str, seed: int = 0, **overrides):
-    """A small random teacher of ``family`` in eval mode, float32."""
-    import transformers as tf
-
-    torch.manual_seed(seed)
-    common = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        max_position_embeddings=512,
-    )
-    if family == "llama":
-        cfg = tf.LlamaConfig(**common, num_key_value_heads=2, rope_theta=10000.0, tie_word_embeddings=False)
-    elif family == "qwen2":
-        cfg = tf.Qwen2Config(**common, num_key_value_heads=2, tie_word_embeddings=True)
-    elif family == "mistral":
-        cfg = tf.MistralConfig(**common, num_key_value_heads=1, sliding_window=None)
-    elif family == "phi":
-        cfg = tf.PhiConfig(**common, partial_rotary_factor=0.5, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
-    elif family == "gpt_neox":
-        cfg = tf.GPTNeoXConfig(
-            **common, rotary_pct=0.25, use_parallel_residual=True, hidden_dropout=0.0, attention_dropout=0.0
-        )
-    elif family == "gpt_neox_seq":
-        cfg = tf.GPTNeoXConfig(**common, rotary_pct=1.0, use_parallel_residual=False)
-    elif family == "gpt2":
-        cfg = tf.GPT2Config(
-            vocab_size=VOCAB,
-            n_embd=32,
-            n_layer=3,
-            n_head=4,
-            n_positions=512,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-    elif family == "gemma3":  # as the Gemma 3 GGUF loads: sliding and global layers, head_dim != hidden / heads
-        cfg = tf.Gemma3TextConfig(
-            **common,
-            num_key_value_heads=1,
-            head_dim=16,
-            query_pre_attn_scalar=12,
-            sliding_window=8,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-            rope_parameters={
-                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
-            },
-            attention_dropout=0.0,
-        )
-    else:
-        raise ValueError(family)
-    cfg.initializer_range = 0.15  # larger than default: peaked teacher distributions, distinct attention patterns
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    cfg._attn_implementation = "eager"
-    model = tf.AutoModelForCausalLM.from_config(cfg).float().eval()
-    # random (not default-initialised) norms and biases, so that copying them is actually tested
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or "ln" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-FAMILIES = ["llama", "qwen2", "mistral", "phi", "gpt_neox", "gpt_neox_seq", "gpt2", "gemma3"]
+from tests.utils import (  # noqa: F401  (re-exported for the modules that still import them from here)
+    FAMILIES,
+    VOCAB,
+    tiny_corpus,
+    tiny_distill_argv,
+    tiny_teacher,
+    tiny_tokenizer,
+)
 
 
 @pytest.fixture(params=FAMILIES)
@@ -94,48 +32,6 @@ def teacher(request):
 def ids():
     torch.manual_seed(1)
     return torch.randint(0, VOCAB, (2, 24))
-
-
-CORPUS_WORDS = (
-    "the cat sat on a mat while some dog ran far away from old house near river and then it came "
-    "back home to eat bread with milk before night fell over quiet town"
-).split()
-
-
-def tiny_corpus(path, n_docs: int = 60, seed: int = 0):
-    """A jsonl file of random sentences over a small vocabulary."""
-    import json
-    import random
-
-    rng = random.Random(seed)
-    with open(path, "w") as f:
-        for _ in range(n_docs):
-            words = [rng.choice(CORPUS_WORDS) for _ in range(rng.randint(40, 120))]
-            f.write(json.dumps({"text": " ".join(words) + "."}) + "\n")
-    return path
-
-
-def tiny_tokenizer():
-    """A word-level fast tokenizer over CORPUS_WORDS (+ '.', unk, eos), vocabulary < VOCAB."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<eos>": 1, ".": 2}
-    for w in CORPUS_WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    assert len(vocab) < VOCAB
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
-
-
-def tiny_distill_argv(teacher_dir, out, *extra) -> list[str]:
-    """``mohawk distill`` arguments for a seconds-long CPU run of the teacher_dir fixture on its corpus (later flags
-    in ``extra`` override these)."""
-    data = str(teacher_dir.parent / "corpus.jsonl")
-    fast = ["--seq-len", "16", "--batch-size", "2", "--stage1-tokens", "64", "--stage2-tokens", "64"]
-    fast += ["--stage3-tokens", "128", "--val-sequences", "2", "--quiet", "--device", "cpu", "--eval-tasks", ""]
-    return ["distill", "--teacher", str(teacher_dir), "--data", data, "--out", str(out), *fast, *extra]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from mohawk.cli import main
 from mohawk.mixers import ssd_matrix, ssm_matrix, toeplitz_matrix
 from mohawk.mixers.ssm import semiseparable
 from mohawk.teachers import adapter_for
-from tests.conftest import tiny_corpus, tiny_teacher, tiny_tokenizer
+from tests.utils import tiny_corpus, tiny_teacher, tiny_tokenizer
 
 
 @pytest.mark.parametrize("decay", [None, "ssd", "ssm"])

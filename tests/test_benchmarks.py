@@ -189,3 +189,12 @@ def test_ssd_speed_report_writes_ratios(tmp_path):
     )
     last = (tmp_path / "ssd_speed-GPU_X.md").read_text().strip().splitlines()[-1]
     assert last == "| 1024 | 0.75 | 0.40 | 3.00 | 1.00 | 1.50x | 1.50x |", last
+
+
+def test_command_is_the_module_invocation(monkeypatch):
+    """Result files quote the command that made them: run as a module from the root, it reads as one."""
+    from benchmarks.common import command
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.setattr(sys, "argv", [str(root / "benchmarks" / "ssd_speed.py"), "--two-pass", "--tokens", "8"])
+    assert command() == "python3 -m benchmarks.ssd_speed --two-pass --tokens 8"

@@ -165,6 +165,23 @@ def test_help_lists_every_field(capsys):
         assert "--" + f.name.replace("_", "-") in text, f.name
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="cli.py builds the app with rich_markup_mode=None, so typer formats --help with click, which drops the "
+    "panels; rich_markup_mode='rich' there shows them (then remove this mark)",
+)
+def test_help_shows_the_schema_groups(capsys, monkeypatch):
+    """The README promises `mohawk distill --help` grouped as the schema declares (one panel per group)."""
+    from mohawk.cli import main
+    from mohawk.config import schema
+
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(["distill", "--help"]) == 0
+    text = capsys.readouterr().out
+    for group in dict.fromkeys(f.metadata["group"] for f in schema()):
+        assert f"─ {group} ─" in text, group
+
+
 def test_flags_override_yaml_and_no_flag_keeps_it(tmp_path, monkeypatch):
     path = tmp_path / "c.yaml"
     path.write_text("seq_len: 64\nfreeze_mlp: true\n")

@@ -88,7 +88,7 @@ def test_headline_report_from_run_files(tmp_path):
 
 def test_init_distances_per_layer_with_and_without_the_qk_norm_fold(tmp_path):
     from experiments.init_distances import measure
-    from tests.conftest import tiny_teacher, tiny_tokenizer
+    from tests.utils import tiny_teacher, tiny_tokenizer
 
     d = tmp_path / "gemma"
     tiny_teacher("gemma3").save_pretrained(d)

@@ -12,7 +12,7 @@ import yaml
 from mohawk.config import DistillConfig
 from mohawk.data import make_streams
 from mohawk.errors import MohawkError
-from tests.conftest import tiny_tokenizer
+from tests.utils import tiny_tokenizer
 
 SUFFIXES = ["txt", "jsonl", "json", "jsonl.gz", "jsonl.xz", "txt.bz2", "parquet"]
 COMPRESS = {"gz": gzip.compress, "xz": lzma.compress, "bz2": bz2.compress}

@@ -8,7 +8,7 @@ import pytest
 from mohawk import recipe
 from mohawk.config import DistillConfig
 from mohawk.recipe import MIN_STEPS, SHARES, plan, stage_tokens
-from tests.conftest import tiny_distill_argv
+from tests.utils import tiny_distill_argv
 
 
 def cfg(**kw):

@@ -1,7 +1,6 @@
-"""Security rules checked on the source: weights through safetensors, torch.load only with weights_only=True,
-remote code only when the user passes --trust-remote-code."""
+"""Security rules: weights saved through safetensors (checked on the source and on a saved student), torch.load only
+with weights_only=True, remote code only when the user passes --trust-remote-code."""
 
-import re
 from pathlib import Path
 
 from mohawk.config import DistillConfig
@@ -64,7 +63,61 @@ def test_remote_code_is_opt_in():
                     assert not (kw.arg == "trust_remote_code" and hard_coded), f"{path}:{node.lineno}"
 
 
-def test_weights_are_saved_as_safetensors():
+def unsafe_saves(text: str) -> list[int]:
+    """Line numbers of calls in ``text`` that would pickle weights: ``torch.save``, ``pickle.dump(s)``, and any call
+    passing ``safe_serialization`` other than True."""
+    import ast
+
+    bad = []
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        owner = f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else None
+        if isinstance(f, ast.Attribute) and (owner, f.attr) in {
+            ("torch", "save"),
+            ("pickle", "dump"),
+            ("pickle", "dumps"),
+        }:
+            bad.append(node.lineno)
+        elif any(
+            kw.arg == "safe_serialization" and not (isinstance(kw.value, ast.Constant) and kw.value.value is True)
+            for kw in node.keywords
+        ):
+            bad.append(node.lineno)
+    return bad
+
+
+def test_the_unsafe_save_check_can_fail():
+    """The check must flag each way of pickling weights, including the one the earlier regex let through (a dict
+    that names an optimizer next to the model's weights)."""
+    assert unsafe_saves("import torch\ntorch.save(model.state_dict(), 'w.pt')\n") == [2]
+    assert unsafe_saves("torch.save({'optimizer': o.state_dict(), 'model': m.state_dict()}, p)\n") == [1]
+    assert unsafe_saves("m.save_pretrained(d, safe_serialization=False)\n") == [1]
+    assert unsafe_saves("m.save_pretrained(d, safe_serialization=flag)\n") == [1]
+    assert unsafe_saves("import pickle\npickle.dump(sd, f)\n") == [2]
+    assert unsafe_saves("m.save_pretrained(d)\nsave_file(sd, 'w.safetensors')\n") == []
+
+
+def test_no_weights_are_pickled():
     for path, text in _sources().items():
-        for call in re.finditer(r"torch\.save\(([^\n]*)", text):
-            assert "optimizer" in call.group(1), f"{path}: only optimizer state may be pickled ({call.group(0)})"
+        assert unsafe_saves(text) == [], path
+
+
+def test_a_saved_student_is_safetensors_only(tmp_path):
+    """What save_pretrained writes (the student/ of every run) holds its weights in model.safetensors, equal to the
+    model's, and no file that loading would unpickle (an override writing pytorch_model.bin fails here)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.utils import tiny_student
+
+    model = tiny_student(("ssd", "attention"))
+    model.save_pretrained(tmp_path)
+    assert not [p.name for p in tmp_path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle")]
+    saved = load_file(tmp_path / "model.safetensors")
+    state = model.state_dict()
+    assert set(saved) <= set(state) and saved
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, state[name]), name
+    assert "model.embed_tokens.weight" in saved and any(".mixer." in n for n in saved)

@@ -5,7 +5,7 @@ import torch
 
 import mohawk
 from mohawk.teachers import adapter_for
-from tests.conftest import tiny_teacher
+from tests.utils import tiny_teacher
 
 
 def _per_kv_head(w, kv, h, d):

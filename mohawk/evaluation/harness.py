@@ -14,11 +14,15 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mohawk.data import ASSETS
 from mohawk.errors import MohawkError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 EVAL_DATA = ASSETS / "eval"
 _MC = {
@@ -27,7 +31,7 @@ _MC = {
     "doc_to_target": "gold",
     "metrics": ["acc", "acc_norm"],
 }
-TASKS: dict[str, dict] = {
+TASKS: dict[str, dict[str, Any]] = {
     "hellaswag": {**_MC, "doc_to_text": "{{query}}"},
     "piqa": {**_MC, "doc_to_text": "Question: {{goal}}\nAnswer:"},
     "winogrande": {
@@ -50,7 +54,7 @@ TASKS: dict[str, dict] = {
 HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "perplexity": False}
 
 
-def task_config(name: str, data_file: Path) -> dict:
+def task_config(name: str, data_file: Path) -> dict[str, Any]:
     t = TASKS[name]
     agg = {"acc": "mean", "acc_norm": "mean", "perplexity": "perplexity"}
     return {
@@ -90,8 +94,8 @@ def write_tasks(directory: Path, tasks: list[str], data_files: dict[str, Path] |
 
 
 def run_tasks(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     tasks: list[str],
     *,
     limit: int | dict[str, int | None] | None = None,
@@ -100,7 +104,7 @@ def run_tasks(
     data_files: dict[str, Path] | None = None,
     seed: int = 0,
     items: bool = False,
-) -> dict[str, dict]:
+) -> dict[str, dict[str, Any]]:
     """Score an HF causal LM (instance) on ``tasks``: {task: {metric: value, metric_stderr: value, n: docs}}.
     Accuracies are fractions in [0, 1]. ``limit``: the first N items of every task, or {task: N or None (all)};
     ``items``: also each item's scores in document order, {"items": {metric: [score, ...]}} (for paired bootstraps)."""
@@ -117,7 +121,7 @@ def run_tasks(
     for t in tasks:  # one harness call per distinct limit
         groups.setdefault(limits.get(t), []).append(t)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for group_limit, group in groups.items():
         with tempfile.TemporaryDirectory(prefix="mohawk-tasks-") as tmp:
             names = write_tasks(Path(tmp), group, data_files)
@@ -137,7 +141,7 @@ def run_tasks(
             )
         for name, lm_name in zip(group, names, strict=True):
             r = out["results"][lm_name]
-            row: dict = {}
+            row: dict[str, Any] = {}
             for m in TASKS[name]["metrics"]:
                 row[m] = float(r[f"{m},none"])
                 err = r.get(f"{m}_stderr,none")

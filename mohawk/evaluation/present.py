@@ -4,10 +4,16 @@ section, the plots, and the published scores of known teachers for reference."""
 from __future__ import annotations
 
 import json
-import typing
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from mohawk.evaluation.harness import TASKS
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from rich.console import Console
 
 # Published lm-eval 0-shot scores, keyed by the teacher name given to mohawk (shown only for that teacher):
 # task -> (metric, percent)
@@ -28,7 +34,7 @@ PUBLISHED = {
 }
 
 
-def headline(task: str, row) -> tuple[str, float, bool]:
+def headline(task: str, row: dict[str, Any]) -> tuple[str, float, bool]:
     """(metric name, value, higher is better) shown for a task's result row."""
     if isinstance(row, dict):
         if "acc_norm" in row and task in ("hellaswag", "arc_challenge", "openbookqa", "piqa"):
@@ -37,7 +43,18 @@ def headline(task: str, row) -> tuple[str, float, bool]:
     return task, row, task not in ("perplexity", "kl")
 
 
-def table_rows(res: dict) -> list[tuple[str, list[str]]]:
+def markdown_table(header: Sequence[object], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A markdown table as lines: the header, the rule, one line per row; cells as ``str`` gives them. Every row must
+    have the header's length (a short row would shift its cells under the wrong columns)."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"a row of {len(row)} cells under {len(header)} columns: {row!r}")
+        lines.append("| " + " | ".join(map(str, row)) + " |")
+    return lines
+
+
+def table_rows(res: dict[str, Any]) -> list[tuple[str, list[str]]]:
     """Rows of the side-by-side table: (label, one cell per model), students with % of the teacher recovered."""
     models, teacher = res["models"], res["teacher"]
     keys = []
@@ -74,7 +91,7 @@ def table_rows(res: dict) -> list[tuple[str, list[str]]]:
     return rows
 
 
-def print_table(res: dict, console) -> None:
+def print_table(res: dict[str, Any], console: Console) -> None:
     from rich.table import Table
 
     table = Table(title="evaluation (students: % of the teacher recovered)")
@@ -86,7 +103,7 @@ def print_table(res: dict, console) -> None:
     console.print(table)
 
 
-def plot_results(res: dict, plots: Path) -> dict[str, str]:
+def plot_results(res: dict[str, Any], plots: Path) -> dict[str, str]:
     """tasks.png (zero-shot bars), position.png (loss by position), passkey.png; returns {key: file name}."""
     import matplotlib
 
@@ -134,7 +151,7 @@ def plot_results(res: dict, plots: Path) -> dict[str, str]:
     return made
 
 
-def _save(fig, ax, path: Path, grid_axis: str = "both") -> str:
+def _save(fig: Figure, ax: Axes, path: Path, grid_axis: Literal["both", "x", "y"] = "both") -> str:
     """Grid, legend, tight layout, save, close; returns the file name."""
     import matplotlib.pyplot as plt
 
@@ -146,17 +163,14 @@ def _save(fig, ax, path: Path, grid_axis: str = "both") -> str:
     return path.name
 
 
-def markdown(res: dict, made: dict[str, str], plots_prefix: str = "plots/") -> list[str]:
+def markdown(res: dict[str, Any], made: dict[str, str], plots_prefix: str = "plots/") -> list[str]:
     """The evaluation section (table, published teacher scores, plots, continuations) as markdown lines."""
     models = res["models"]
     lines = []
     rows = table_rows(res)
     if rows:
-        lines = [
-            "| metric | " + " | ".join(m + (" (teacher)" if m == res["teacher"] else "") for m in models) + " |",
-            "|---|" + "---|" * len(models),
-        ]
-        lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+        header = ["metric", *(m + (" (teacher)" if m == res["teacher"] else "") for m in models)]
+        lines = markdown_table(header, [[label, *cells] for label, cells in rows])
         lines += [
             "",
             "Students show in brackets the percentage of the teacher's score they recover (for perplexity: "
@@ -164,21 +178,20 @@ def markdown(res: dict, made: dict[str, str], plots_prefix: str = "plots/") -> l
             "task files (mohawk/assets/eval).",
         ]
     teacher = res["teacher"]
-    published: dict[str, typing.Any] | None = PUBLISHED.get(res.get("teacher_name") or "")
+    published: dict[str, Any] | None = PUBLISHED.get(res.get("teacher_name") or "")
     shown = [t for t in (published or {}).get("scores", {}) if teacher and t in res["scores"].get(teacher, {})]
     if shown and published is not None:
         lines += [
             "",
             f"Teacher against its published lm-eval scores ({published['source']}):",
             "",
-            "| task | metric | ours | published |",
-            "|---|---|---|---|",
         ]
+        cells = []
         for t in shown:
             metric, pct = published["scores"][t]
             row = res["scores"][teacher][t]
-            n = row.get("n")
-            lines.append(f"| {t} | {metric} | {100 * row[metric]:.2f} (n={n}) | {pct:.2f} |")
+            cells.append([t, metric, f"{100 * row[metric]:.2f} (n={row.get('n')})", f"{pct:.2f}"])
+        lines += markdown_table(["task", "metric", "ours", "published"], cells)
         lines += ["", published["caveat"]]
     for key, caption in (
         ("tasks", "Zero-shot accuracy"),
@@ -201,7 +214,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def write_eval_report(out: Path, res: dict, command: str) -> Path:
+def write_eval_report(out: Path, res: dict[str, Any], command: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=2))
     made = plot_results(res, out / "plots")

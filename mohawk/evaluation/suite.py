@@ -239,6 +239,6 @@ def evaluate(
     )
     res["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.machine()})"
     res["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
-    res["paths"] = {"teacher": teacher, **dict(zip([k for k in loaded if k != teacher_key], models, strict=False))}
+    res["paths"] = {"teacher": teacher, **dict(zip([k for k in loaded if k != teacher_key], models, strict=True))}
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     return res

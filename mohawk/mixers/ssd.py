@@ -94,6 +94,71 @@ def ssd_materialized(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
     return y
 
 
+def chunked_scan(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    *,
+    chunk_size: int,
+    initial_state: Tensor | None = None,
+    return_final_state: bool = False,
+):
+    """Chunked scan in PyTorch, exact, O(L * chunk_size) memory, any length: SSD's for A (heads,) (one decay per head
+    and step), the diagonal SSM's (mixers/ssm.py) for A (heads, state) (one per state channel).
+
+    Quadratic attention-like products inside chunks of ``chunk_size`` tokens, a linear recurrence over chunk states
+    between them. initial_state and the returned final state: (batch, heads, head_dim, state), float32.
+    """
+    b, L, h, p = x.shape
+    n = B.shape[-1]
+    dtype, f32 = x.dtype, torch.float32
+    pad = (-L) % chunk_size
+    if pad:  # dt = 0 on padding: decay 1 and no input, so the state passes through unchanged
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        dt = F.pad(dt, (0, 0, 0, pad))
+        B = F.pad(B, (0, 0, 0, 0, 0, pad))
+        C = F.pad(C, (0, 0, 0, 0, 0, pad))
+    c, l = (L + pad) // chunk_size, chunk_size  # noqa: E741 - the einsum subscripts' names
+    Bh = _expand_groups(B, h).to(f32).reshape(b, c, l, h, n)
+    Ch = _expand_groups(C, h).to(f32).reshape(b, c, l, h, n)
+    xdt = (x.to(f32) * dt.to(f32)[..., None]).reshape(b, c, l, h, p)
+    if A.dim() == 2:  # a decay per state channel: the decay tensors carry n after h
+        Adt = (dt.to(f32)[..., None] * A.to(f32)).reshape(b, c, l, h, n).permute(0, 3, 4, 1, 2)  # (b, h, n, c, l)
+        d = "bhn"
+    else:
+        Adt = (dt.to(f32) * A.to(f32)).reshape(b, c, l, h).permute(0, 3, 1, 2)  # (b, h, c, l)
+        d = "bh"
+    cum = torch.cumsum(Adt, dim=-1)
+
+    # 1. within chunks: y = (C B^T o decay) x
+    decay = torch.exp(segsum(Adt))  # (b, h, [n,] c, l, l)
+    y = torch.einsum(f"bclhn,bcshn,{d}cls,bcshp->bclhp", Ch, Bh, decay, xdt)
+
+    # 2. the state each chunk adds, decayed to its end
+    to_end = torch.exp(cum[..., -1:] - cum)  # (b, h, [n,] c, l)
+    chunk_states = torch.einsum(f"bclhn,{d}cl,bclhp->bchpn", Bh, to_end, xdt)
+
+    # 3. carry states across chunks (sequential: O(c) memory)
+    state = x.new_zeros(b, h, p, n, dtype=f32) if initial_state is None else initial_state.to(f32)
+    chunk_decay = torch.exp(cum[..., -1])  # (b, h, [n,] c)
+    states_in = []
+    for i in range(c):
+        states_in.append(state)
+        state = state * chunk_decay[..., i].reshape(b, h, 1, -1) + chunk_states[:, i]  # (b, h, 1, n or 1)
+    states_in = torch.stack(states_in, dim=1)  # (b, c, h, p, n): the state entering each chunk
+
+    # 4. contribution of the incoming state to each position
+    y = y + torch.einsum(f"bclhn,bchpn,{d}cl->bclhp", Ch, states_in, torch.exp(cum))
+    y = y.reshape(b, c * l, h, p)[:, :L]
+    if D is not None:
+        y = y + x[:, :L].to(f32) * D.to(f32)[:, None]
+    y = y.to(dtype)
+    return (y, state) if return_final_state else y
+
+
 def ssd_chunked(
     x: Tensor,
     dt: Tensor,
@@ -106,52 +171,11 @@ def ssd_chunked(
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
 ):
-    """Chunked SSD scan in PyTorch: exact, O(L * chunk_size) memory, any length.
-
-    Quadratic attention-like products inside chunks of ``chunk_size`` tokens, a linear recurrence over chunk states
-    between them. initial_state and the returned final state: (batch, heads, head_dim, state), float32.
-    """
-    b, L, h, p = x.shape
-    n = B.shape[-1]
-    dtype = x.dtype
-    pad = (-L) % chunk_size
-    if pad:  # dt = 0 on padding: decay 1 and no input, so the state passes through unchanged
-        x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        dt = F.pad(dt, (0, 0, 0, pad))
-        B = F.pad(B, (0, 0, 0, 0, 0, pad))
-        C = F.pad(C, (0, 0, 0, 0, 0, pad))
-    c, l = (L + pad) // chunk_size, chunk_size  # noqa: E741 - the einsum subscripts' names
-    f32 = torch.float32
-    Bh = _expand_groups(B, h).to(f32).reshape(b, c, l, h, n)
-    Ch = _expand_groups(C, h).to(f32).reshape(b, c, l, h, n)
-    xdt = (x.to(f32) * dt.to(f32)[..., None]).reshape(b, c, l, h, p)
-    Adt = (dt.to(f32) * A.to(f32)).reshape(b, c, l, h).permute(0, 3, 1, 2)  # (b, h, c, l)
-    cum = torch.cumsum(Adt, dim=-1)
-
-    # 1. within chunks: y = (C B^T o decay) x
-    decay = torch.exp(segsum(Adt))  # (b, h, c, l, l)
-    y = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", Ch, Bh, decay, xdt)
-
-    # 2. the state each chunk adds, decayed to its end
-    to_end = torch.exp(cum[..., -1:] - cum)  # (b, h, c, l)
-    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bh, to_end, xdt)
-
-    # 3. carry states across chunks (sequential: O(c) memory)
-    state = x.new_zeros(b, h, p, n, dtype=f32) if initial_state is None else initial_state.to(f32)
-    chunk_decay = torch.exp(cum[..., -1])  # (b, h, c)
-    states_in = []
-    for i in range(c):
-        states_in.append(state)
-        state = state * chunk_decay[:, :, i, None, None] + chunk_states[:, i]
-    states_in = torch.stack(states_in, dim=1)  # (b, c, h, p, n): the state entering each chunk
-
-    # 4. contribution of the incoming state to each position
-    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, states_in, torch.exp(cum))
-    y = y.reshape(b, c * l, h, p)[:, :L]
-    if D is not None:
-        y = y + x[:, :L].to(f32) * D.to(f32)[:, None]
-    y = y.to(dtype)
-    return (y, state) if return_final_state else y
+    """SSD's chunked scan in PyTorch (:func:`chunked_scan` with A (heads,)): exact, O(L * chunk_size) memory, any
+    length. initial_state and the returned final state: (batch, heads, head_dim, state), float32."""
+    return chunked_scan(
+        x, dt, A, B, C, D, chunk_size=chunk_size, initial_state=initial_state, return_final_state=return_final_state
+    )
 
 
 def ssd_step(

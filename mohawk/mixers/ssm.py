@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mohawk.mixers.ssd import SSDMixer, _expand_groups, segsum
+from mohawk.mixers.ssd import SSDMixer, _expand_groups, chunked_scan, segsum
 
 
 def ssm_matrix(dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
@@ -93,40 +93,12 @@ def ssm_chunked(
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
 ):
-    """Chunked scan, exact: products inside chunks (the decay tensor is (chunk, chunk, state) per head, hence the
-    smaller default chunk than SSD's), a recurrence over chunk states between them. States: (batch, heads,
-    head_dim, state), float32."""
-    b, L, h, p = x.shape
-    n = B.shape[-1]
-    dtype, f32 = x.dtype, torch.float32
-    pad = (-L) % chunk_size
-    if pad:  # dt = 0 on padding: no decay, no input
-        x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
-        B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
-    c, l = (L + pad) // chunk_size, chunk_size  # noqa: E741 - the einsum subscripts' names
-    Bh = _expand_groups(B, h).to(f32).reshape(b, c, l, h, n)
-    Ch = _expand_groups(C, h).to(f32).reshape(b, c, l, h, n)
-    xdt = (x.to(f32) * dt.to(f32)[..., None]).reshape(b, c, l, h, p)
-    Adt = (dt.to(f32)[..., None] * A.to(f32)).reshape(b, c, l, h, n).permute(0, 3, 4, 1, 2)  # (b, h, n, c, l)
-    cum = torch.cumsum(Adt, dim=-1)
-
-    decay = torch.exp(segsum(Adt))  # (b, h, n, c, l, l)
-    y = torch.einsum("bclhn,bcshn,bhncls,bcshp->bclhp", Ch, Bh, decay, xdt)
-    to_end = torch.exp(cum[..., -1:] - cum)  # (b, h, n, c, l)
-    chunk_states = torch.einsum("bclhn,bhncl,bclhp->bchpn", Bh, to_end, xdt)
-    state = x.new_zeros(b, h, p, n, dtype=f32) if initial_state is None else initial_state.to(f32)
-    chunk_decay = torch.exp(cum[..., -1])  # (b, h, n, c)
-    states_in = []
-    for i in range(c):
-        states_in.append(state)
-        state = state * chunk_decay[:, :, None, :, i] + chunk_states[:, i]
-    states_in = torch.stack(states_in, dim=1)  # (b, c, h, p, n)
-    y = y + torch.einsum("bclhn,bchpn,bhncl->bclhp", Ch, states_in, torch.exp(cum))
-    y = y.reshape(b, c * l, h, p)[:, :L]
-    if D is not None:
-        y = y + x[:, :L].to(f32) * D.to(f32)[:, None]
-    y = y.to(dtype)
-    return (y, state) if return_final_state else y
+    """Chunked scan, exact (:func:`mohawk.mixers.ssd.chunked_scan` with A (heads, state)): the decay tensor is (chunk,
+    chunk, state) per head, hence the smaller default chunk than SSD's. States: (batch, heads, head_dim, state),
+    float32."""
+    return chunked_scan(
+        x, dt, A, B, C, D, chunk_size=chunk_size, initial_state=initial_state, return_final_state=return_final_state
+    )
 
 
 def ssm_step(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor, D: Tensor | None = None):

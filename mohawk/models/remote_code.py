@@ -33,6 +33,12 @@ FILES = {
     "ssd_triton.py": "mixers/kernels/ssd_triton.py",
     "decode_step.py": "mixers/kernels/decode_step.py",
     "errors.py": "errors.py",
+    "ssd_launch.py": "mixers/kernels/ssd_launch.py",
+    "ssd_chunk_state.py": "mixers/kernels/ssd_chunk_state.py",
+    "ssd_state_passing.py": "mixers/kernels/ssd_state_passing.py",
+    "ssd_chunk_scan.py": "mixers/kernels/ssd_chunk_scan.py",
+    "ssd_state_passing_bwd.py": "mixers/kernels/ssd_state_passing_bwd.py",
+    "ssd_chunk_scan_bwd.py": "mixers/kernels/ssd_chunk_scan_bwd.py",
 }
 
 

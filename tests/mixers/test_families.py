@@ -18,7 +18,7 @@ from mohawk.mixers import (
     toeplitz_matrix,
 )
 from mohawk.models import MohawkCache
-from tests.mixers.test_mixers import before_out_proj, config
+from tests.utils import before_out_proj, tiny_mixer_config
 
 
 def ssm_inputs(b=2, L=23, h=4, p=3, g=2, n=5, seed=0):
@@ -83,7 +83,7 @@ def test_toeplitz_fft_equals_matrix():
 @pytest.mark.parametrize("cls", [SSMMixer, LinearAttentionMixer, ToeplitzMixer])
 def test_family_layer_materialize_and_decoding(cls):
     torch.manual_seed(0)
-    mixer = cls(config(ssd_gate=False, ssd_state_size=6))
+    mixer = cls(tiny_mixer_config(ssd_gate=False, ssd_state_size=6))
     mixer.reset_parameters()
     u = torch.randn(2, 19, 32)
     M = mixer.materialize(u)

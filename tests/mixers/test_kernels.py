@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from mohawk.mixers import kernels, ssd, ssd_chunked, ssd_materialized
 
 triton = pytest.importorskip("triton")  # noqa: F841  (installed with mohawk[test]; CUDA builds of torch bring it)
-from mohawk.mixers.kernels.ssd_triton import TUNING, ssd_scan, ssd_triton  # noqa: E402
+from mohawk.mixers.kernels.ssd_launch import forced_launch, two_pass_states, walk_block_p  # noqa: E402
+from mohawk.mixers.kernels.ssd_triton import ssd_scan, ssd_triton  # noqa: E402
 
 needs_interpreter_or_gpu = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
@@ -32,15 +33,15 @@ def _inputs(b, L, h, p, groups, n, seed=0, dtype=torch.float32):
     return [t.to(DEVICE, dtype if t.dim() == 4 else torch.float32).requires_grad_() for t in (x, dt, A, B, C, D)]
 
 
-@pytest.fixture(params=["walk", "two_pass", "two_pass-walk"])
-def state_pass(request, monkeypatch):
-    """Both ways the kernel finds the chunk states (forward-gradient): one sequential walk of matmuls per (sequence,
-    head), or each chunk's own contribution in parallel and then an elementwise walk; "two_pass-walk" is what
-    "auto" takes for few sequences."""
-    fwd, _, bwd = request.param.partition("-")
-    monkeypatch.setitem(TUNING, "state_pass", fwd)
-    monkeypatch.setitem(TUNING, "dstate_pass", bwd or fwd)
-    return request.param
+@pytest.fixture(params=["walk", "two_pass", "walk-16"])
+def state_pass(request):
+    """Both ways the kernel finds the forward chunk states: one sequential walk of matmuls per (sequence, head), or
+    each chunk's own contribution in parallel and then an elementwise walk (what "auto" takes for few sequences);
+    "walk-16": the walks (states and their gradients) over head_dim blocks of 16, as a GPU splits head_dim when the
+    (sequence, head) pairs are few."""
+    states, _, block = request.param.partition("-")
+    with forced_launch(states, int(block) if block else None):
+        yield request.param
 
 
 def _grads(y, args, seed=1):
@@ -65,7 +66,7 @@ def test_triton_scan_matches_reference_forward_and_grads(b, L, h, p, groups, n, 
     y_ref = ssd_materialized(x, dt, A, B, C, D)
     assert y.shape == y_ref.shape and y.dtype == x.dtype
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
-    for name, g, g_ref in zip("x dt A B C D".split(), _grads(y, args), _grads(y_ref, args), strict=False):
+    for name, g, g_ref in zip("x dt A B C D".split(), _grads(y, args), _grads(y_ref, args), strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4 * g_ref.abs().max().item(), msg=name)
 
 
@@ -80,7 +81,7 @@ def test_triton_scan_carries_state_in_and_out_with_gradients(state_pass):
         torch.testing.assert_close(s, s_ref, rtol=1e-4, atol=1e-4)
     gs = torch.randn(s0.shape, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     grads = [torch.autograd.grad(y.sum() + (s * gs).sum(), args + [s0]) for y, s in outs]
-    for g, g_ref in zip(*grads, strict=False):
+    for g, g_ref in zip(*grads, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4 * g_ref.abs().max().item())
     # two halves with the state handed over == one call
     x, dt, A, B, C, D = [a.detach() for a in args]
@@ -128,7 +129,7 @@ def test_triton_scan_inside_torch_compile():
     y = torch.compile(f, backend="aot_eager" if DEVICE == "cpu" else "inductor", fullgraph=True)(*args)
     y_ref = f(*args)
     torch.testing.assert_close(y, y_ref)
-    for g, g_ref in zip(_grads(y, args), _grads(y_ref, args), strict=False):
+    for g, g_ref in zip(_grads(y, args), _grads(y_ref, args), strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
@@ -141,19 +142,25 @@ def test_kernel_choice(monkeypatch):
     assert kernels._triton_scan() is ssd_triton  # what auto / triton pick on a GPU
 
 
-def test_state_pass_choice(monkeypatch):
-    from mohawk.mixers.kernels.ssd_triton import _two_pass
+def test_state_pass_choice():
+    assert two_pass_states(32) and two_pass_states(128) and not two_pass_states(129)  # "auto": few pairs, two passes
+    with forced_launch("walk"):
+        assert not two_pass_states(1)
+    with forced_launch("two_pass"):
+        assert two_pass_states(10**6)
+    assert two_pass_states(128) and not two_pass_states(129)  # restored on leaving the block
+    with pytest.raises(ValueError, match="states"), forced_launch("two-pass"):
+        pass
 
-    monkeypatch.setitem(TUNING, "two_pass_programs", 128)
-    monkeypatch.setitem(TUNING, "state_pass", "auto")
-    assert _two_pass("state_pass", 32) and _two_pass("state_pass", 128) and not _two_pass("state_pass", 129)
-    monkeypatch.setitem(TUNING, "dstate_pass", "walk")
-    assert not _two_pass("dstate_pass", 1)
-    monkeypatch.setitem(TUNING, "dstate_pass", "two_pass")
-    assert _two_pass("dstate_pass", 10**6)
-    monkeypatch.setitem(TUNING, "state_pass", "two-pass")
-    with pytest.raises(ValueError, match="state_pass"):
-        _two_pass("state_pass", 1)
+
+def test_walk_block_choice():
+    """The walks split head_dim (64 here) when the (sequence, head) programs are few; forced_launch overrides."""
+    assert walk_block_p(256, 64) == 64 and walk_block_p(64, 64) == 32 and walk_block_p(8, 64) == 32
+    assert walk_block_p(8, 128) == 32 and walk_block_p(64, 128) == 64 and walk_block_p(8, 20) == 32
+    with forced_launch(block_p=16):
+        assert walk_block_p(10**6, 64) == 16 and walk_block_p(1, 8) == 16
+    with pytest.raises(ValueError, match="block_p"), forced_launch(block_p=24):
+        pass
 
 
 def test_loader_skips_a_broken_package_init(tmp_path, monkeypatch):
@@ -181,9 +188,11 @@ def test_loader_skips_a_broken_package_init(tmp_path, monkeypatch):
 def test_gpu_kernel_matches_reference_forward_and_grads(choice, monkeypatch):
     """bf16 through the chosen kernel vs the float32 PyTorch scan; torch forced: no kernel."""
     choice, _, state_pass = choice.partition("-")
-    if state_pass:
-        monkeypatch.setitem(TUNING, "state_pass", state_pass)
-        monkeypatch.setitem(TUNING, "dstate_pass", state_pass)
+    with forced_launch(state_pass or "auto"):
+        _gpu_kernel_matches_reference(choice, monkeypatch)
+
+
+def _gpu_kernel_matches_reference(choice, monkeypatch):
     monkeypatch.setenv("MOHAWK_SSD_KERNEL", "torch")
     assert kernels.ssd_kernel(torch.zeros(1, device="cuda")) is None
     monkeypatch.setenv("MOHAWK_SSD_KERNEL", choice)
@@ -206,7 +215,7 @@ def test_gpu_kernel_matches_reference_forward_and_grads(choice, monkeypatch):
     (y_k, g_k), (y_r, g_r) = outs
     scale = y_r.abs().max()
     assert (y_k - y_r).abs().max() / scale < 3e-2
-    for gk, gr in zip(g_k, g_r, strict=False):
+    for gk, gr in zip(g_k, g_r, strict=True):
         assert (gk - gr).abs().max() / gr.abs().max() < 5e-2
 
 
@@ -221,7 +230,7 @@ def test_padded_projection_equals_the_plain_one_with_gradients():
     torch.testing.assert_close(y, y_ref)
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, (u, lin.weight, lin.bias), g)
-    for a, b in zip(grads, torch.autograd.grad(y_ref, (u, lin.weight, lin.bias), g), strict=False):
+    for a, b in zip(grads, torch.autograd.grad(y_ref, (u, lin.weight, lin.bias), g), strict=True):
         torch.testing.assert_close(a, b)
     assert kernels.aligned_linear(lin, u).is_contiguous()  # on the CPU: the plain projection
 

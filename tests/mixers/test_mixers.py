@@ -4,36 +4,13 @@ import pytest
 import torch
 
 from mohawk.mixers import Attention, SSDMixer
-from mohawk.models import MohawkConfig
-
-
-def config(**kw):
-    base = dict(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        rotary_dim=4,
-    )
-    base.update(kw)
-    return MohawkConfig(**base)
-
-
-def before_out_proj(mixer, u):
-    captured = {}
-    out_proj = mixer.o_proj if isinstance(mixer, Attention) else mixer.out_proj
-    h = out_proj.register_forward_pre_hook(lambda m, a: captured.setdefault("y", a[0]))
-    mixer(u)
-    h.remove()
-    return captured["y"]
+from tests.utils import before_out_proj, tiny_mixer_config
 
 
 @pytest.mark.parametrize("kw", [{}, {"sliding_window": 5}, {"num_key_value_heads": 4, "rotary_dim": 8}])
 def test_attention_materialize_matches_forward(kw):
     torch.manual_seed(0)
-    mixer = Attention(config(**kw))
+    mixer = Attention(tiny_mixer_config(**kw))
     u = torch.randn(2, 17, 32)
     M = mixer.materialize(u)
     assert M.shape == (2, 4, 17, 17)
@@ -46,7 +23,7 @@ def test_attention_materialize_matches_forward(kw):
 @pytest.mark.parametrize("kw", [{}, {"ssd_num_groups": 2, "ssd_state_size": 5}, {"ssd_conv_init": "random"}])
 def test_ssd_materialize_matches_forward(kw):
     torch.manual_seed(0)
-    mixer = SSDMixer(config(ssd_gate=False, **kw))
+    mixer = SSDMixer(tiny_mixer_config(ssd_gate=False, **kw))
     mixer.reset_parameters()
     with torch.no_grad():
         mixer.D.normal_()
@@ -60,7 +37,7 @@ def test_ssd_materialize_matches_forward(kw):
 def test_ssd_paper_initialisation():
     """Identity conv (no activation), gate exactly 1, no norm: x, B, C are plain projections and y is ungated."""
     torch.manual_seed(0)
-    mixer = SSDMixer(config())
+    mixer = SSDMixer(tiny_mixer_config())
     mixer.reset_parameters()
     u = torch.randn(1, 9, 32)
     z, xbc, _ = mixer._project(u)
@@ -75,7 +52,7 @@ def test_ssd_forward_with_cache_equals_full():
     from mohawk.models import MohawkCache
 
     torch.manual_seed(0)
-    mixer = SSDMixer(config(ssd_conv_init="random", ssd_conv_activation="silu", ssd_gate_activation="silu"))
+    mixer = SSDMixer(tiny_mixer_config(ssd_conv_init="random", ssd_conv_activation="silu", ssd_gate_activation="silu"))
     mixer.reset_parameters()
     u = torch.randn(2, 12, 32)
     full = mixer(u)
@@ -86,7 +63,7 @@ def test_ssd_forward_with_cache_equals_full():
 
 def test_compiled_conv_path_equals_conv1d(monkeypatch):
     """Inside torch.compile the causal depthwise conv is k shifted multiply-adds (fused by inductor); same values."""
-    cfg = config(ssd_conv_init="random", ssd_conv_activation="silu")
+    cfg = tiny_mixer_config(ssd_conv_init="random", ssd_conv_activation="silu")
     mixer = SSDMixer(cfg)
     mixer.reset_parameters()
     with torch.no_grad():

@@ -80,7 +80,7 @@ def test_gradients_agree():
     g_ref = torch.autograd.grad((ref * torch.cos(ref)).sum(), args)
     y = ssd_chunked(*args, chunk_size=16)
     g = torch.autograd.grad((y * torch.cos(y)).sum(), args)
-    for a, b in zip(g, g_ref, strict=False):
+    for a, b in zip(g, g_ref, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 

@@ -6,22 +6,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import mohawk
 from mohawk.models import MohawkCache, MohawkConfig, MohawkForCausalLM
-from tests.conftest import tiny_teacher
-
-
-def student(mixers=("ssd", "attention", "ssd"), **kw):
-    torch.manual_seed(0)
-    cfg = MohawkConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=len(mixers),
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        mixers=list(mixers),
-        **kw,
-    )
-    return MohawkForCausalLM(cfg).eval()
+from tests.utils import tiny_student as student  # tests/models/test_graphs.py imports it from here
+from tests.utils import tiny_teacher
 
 
 def test_registered_with_auto_classes():

@@ -7,7 +7,7 @@ import torch
 import mohawk
 from mohawk.stages.distillation import KnowledgeDistillation, LossWeights, distillation_loss
 from mohawk.stages.fused_loss import fused_distillation_loss
-from tests.conftest import VOCAB, tiny_teacher
+from tests.utils import VOCAB, tiny_teacher
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64])

@@ -9,7 +9,7 @@ from mohawk.mixers import STUDENT_MIXERS
 from mohawk.stages import MatrixOrientation
 from mohawk.stages.orientation import frobenius_distance, tiled_frobenius_distance
 from mohawk.teachers import adapter_for
-from tests.conftest import VOCAB, tiny_teacher
+from tests.utils import VOCAB, tiny_teacher
 
 
 def _setup(mixer: str, family: str = "llama"):
@@ -44,7 +44,7 @@ def test_tiled_distance_equals_naive_with_gradients(mixer, tile):
     tiled = tiled_frobenius_distance(teacher, layer, u, tile).mean()
     g_tiled = torch.autograd.grad(tiled, list(layer.parameters()), allow_unused=True)
     torch.testing.assert_close(tiled, naive, atol=1e-5, rtol=1e-5)
-    for a, b in zip(g_naive, g_tiled, strict=False):
+    for a, b in zip(g_naive, g_tiled, strict=True):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)

@@ -10,7 +10,7 @@ from mohawk.stages import HiddenStateAlignment, KnowledgeDistillation, MatrixOri
 from mohawk.stages.distillation import LossWeights, kd_loss
 from mohawk.teachers import adapter_for
 from mohawk.train import LoopSettings, StageBudget, train_stage
-from tests.conftest import FAMILIES, VOCAB, tiny_teacher
+from tests.utils import FAMILIES, VOCAB, kd_losses, tiny_teacher
 
 
 def _train(stage, batch, tmp_path, steps=12, lr=3e-3):
@@ -130,41 +130,8 @@ def test_compiled_stage_gives_the_eager_loss_and_gradients(cls, monkeypatch):
     assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in stage.compiled_modules())
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
     assert len(results[1][1]) == len(results[0][1]) > 0
-    for g1, g0 in zip(results[1][1], results[0][1], strict=False):
+    for g1, g0 in zip(results[1][1], results[0][1], strict=True):
         torch.testing.assert_close(g1, g0, atol=1e-5, rtol=1e-4)
-
-
-def kd_losses(out, device: str = "cpu", compile_mode: str = "off", seq_len: int = 16, updates: int = 3, after=None):
-    """Logged losses of stage 3 on a tiny Llama teacher (same seeds every call): 2 rows x ``seq_len`` per micro-batch,
-    2 micro-batches per update; ``after(student)`` runs once training is done."""
-    import json
-
-    torch.manual_seed(0)
-    adapter = adapter_for(tiny_teacher("llama").to(device))
-    student = mohawk.from_teacher(adapter).to(device)
-    loop = LoopSettings(
-        log_every=1,
-        checkpoint_every=1000,
-        warmup_fraction=0.0,
-        decay_fraction=0.0,
-        spike_factor=0.0,
-        compile=compile_mode,
-    )
-    g = torch.Generator().manual_seed(1)
-    batches = iter([torch.randint(0, VOCAB, (2, seq_len), generator=g) for _ in range(2 * updates)])
-    log = out.with_suffix(".jsonl")
-    train_stage(
-        KnowledgeDistillation(student, adapter),
-        batches,
-        StageBudget(4 * seq_len * updates, 2 * seq_len, 2, 1e-3),
-        loop,
-        checkpointer=Checkpointer(None),
-        log=MetricsLog(log),
-        progress=False,
-    )
-    if after is not None:
-        after(student)
-    return [json.loads(line)["loss"] for line in log.read_text().splitlines()]
 
 
 @pytest.mark.gpu

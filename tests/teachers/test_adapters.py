@@ -8,7 +8,7 @@ import torch
 import mohawk
 from mohawk.errors import MohawkError
 from mohawk.teachers import adapter_for
-from tests.conftest import VOCAB, tiny_teacher
+from tests.utils import VOCAB, tiny_teacher
 
 
 def test_all_attention_student_reproduces_teacher_logits(teacher, ids):
@@ -111,7 +111,7 @@ def test_teacher_writes_a_corpus_and_reuses_it(tmp_path):
     import lzma
 
     from mohawk.teachers.sample import write_corpus
-    from tests.conftest import tiny_tokenizer
+    from tests.utils import tiny_tokenizer
 
     teacher, tok = tiny_teacher("llama"), tiny_tokenizer()
     path = tmp_path / "t.jsonl.xz"

@@ -12,7 +12,7 @@ from mohawk.errors import MohawkError
 from mohawk.stages import STAGES
 from mohawk.teachers import adapter_for
 from mohawk.teachers.load import resolve_teacher
-from tests.conftest import VOCAB, tiny_teacher
+from tests.utils import VOCAB, tiny_teacher
 
 
 @pytest.fixture

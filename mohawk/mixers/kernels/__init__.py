@@ -1,5 +1,6 @@
-"""GPU paths behind the PyTorch reference implementations: mohawk's own Triton SSD scan (ssd_triton.py) and, as an
-alternative, mamba-ssm's. Each loader returns None where it cannot run (CPU, no Triton, no optional dependency), and
+"""GPU paths behind the PyTorch reference implementations: mohawk's own Triton SSD scan (ssd_triton.py, over one
+file per step: ssd_chunk_state, ssd_state_passing, ssd_chunk_scan and their gradients) and, as an alternative,
+mamba-ssm's. Each loader returns None where it cannot run (CPU, no Triton, no optional dependency), and
 the caller falls back to the exact PyTorch path."""
 
 from __future__ import annotations

@@ -1,0 +1,67 @@
+"""mohawk.checkpoint: the one checkpoint format (round trip, keep-last, corrupt and foreign checkpoints)."""
+
+import pytest
+import torch
+
+from mohawk.checkpoint import Checkpointer
+from mohawk.errors import MohawkError
+from mohawk.models import MohawkConfig, MohawkForCausalLM
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    cfg = MohawkConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        tie_word_embeddings=True,
+    )
+    a, b = MohawkForCausalLM(cfg), MohawkForCausalLM(cfg)
+    opt = torch.optim.AdamW(a.parameters())
+    a(torch.randint(0, 40, (1, 8)), labels=torch.randint(0, 40, (1, 8))).loss.backward()
+    opt.step()
+    ck = Checkpointer(tmp_path, keep=2)
+    for step in (1, 2, 3):
+        ck.save(a, opt, {"stage": 2, "step": step, "tokens": 8 * step, "done": False})
+    assert [p.name for p in ck.list()] == ["stage2-step0000002", "stage2-step0000003"]
+    opt_b = torch.optim.AdamW(b.parameters())
+    state = Checkpointer.load(ck.latest(), b, opt_b)
+    assert state["step"] == 3
+    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), n
+    assert b.lm_head.weight.data_ptr() == b.model.embed_tokens.weight.data_ptr()
+    assert opt_b.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
+    cfg = MohawkConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    m = MohawkForCausalLM(cfg)
+    ck = Checkpointer(tmp_path)
+    first = ck.save(m, None, {"stage": 1, "step": 1, "tokens": 1, "done": False})
+    second = ck.save(m, None, {"stage": 1, "step": 2, "tokens": 2, "done": False})
+    assert ck.verify(first) and ck.verify(second) and ck.latest() == second
+    shard = next(second.glob("*.distcp"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])  # truncated by a crash or a full disk
+    assert ck.latest() == first and ck.corrupt == [second]
+    (tmp_path / "stage1-step0000003").mkdir()  # a directory with no manifest is skipped too
+    assert Checkpointer(tmp_path).latest() == first
+
+
+def test_checkpoint_of_another_student_is_one_clear_error(tmp_path):
+    def make(layers):
+        torch.manual_seed(0)
+        return MohawkForCausalLM(
+            MohawkConfig(
+                vocab_size=40, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=32
+            )
+        )
+
+    path = Checkpointer(tmp_path).save(make(1), None, {"stage": 1, "step": 0, "tokens": 0, "done": False})
+    other = make(2)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(MohawkError, match="does not match this student"):
+        Checkpointer.load(path, other)
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in before.items())  # nothing half-loaded
