@@ -17,12 +17,10 @@ GPU memory. Writes benchmarks/results/decode_speed-<model>-<device>.{json,md} af
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import torch
-
 
 from benchmarks.common import (
     arg_parser,
