@@ -120,7 +120,7 @@ def test_resume_after_interruption(teacher_dir, tmp_path, monkeypatch):
         (["--attention-layers", "1,1"], "repeated"),
         (["--device", "cuda"], "no CUDA GPU"),
         (["--seq-len", "100000"], "above the teacher's maximum"),
-        (["--stages", "4"], "bad value for stages"),
+        (["--stages", "5"], "bad value for stages"),
         (["--teacher", "/no/such/teacher"], "could not load teacher"),
     ],
 )
