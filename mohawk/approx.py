@@ -150,12 +150,15 @@ def sample_attention(
 ) -> tuple[Tensor, list[int], list[int]]:
     """``num`` attention matrices (num, L, L) from text ``source``: one random head per layer per sequence.
     Returns (matrices, layer of each, head of each)."""
-    from mohawk.data import TokenStream
+    from mohawk.data import TokenStream, split_sources
 
-    path = SOURCES.get(source, Path(source))
-    if not path.exists():
-        raise MohawkError(f"text source {source!r} not found: use {', '.join(SOURCES)} or a file path")
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = [SOURCES[source]] if source in SOURCES else split_sources(source, None)[0]
+    hub = [f for f in files if isinstance(f, str)]
+    if hub:
+        raise MohawkError(
+            f"text source {hub[0][3:]!r}: no such file or directory (use {', '.join(SOURCES)}, a vendored corpus or "
+            "local paths)"
+        )
     stream = TokenStream(files, tokenizer, seq_len, seed=seed, repeat=False).sequences()
     rng = random.Random(seed)
     device = next(adapter.model.parameters()).device
@@ -210,7 +213,9 @@ def run_approx(cfg: ApproxConfig, console=None, command: str | None = None) -> P
     bad = [f for f in families if f not in FAMILIES]
     if bad or not families:
         raise MohawkError(f"unknown family {bad[0] if bad else '(none)'!r}: use {', '.join(FAMILIES)}")
-    sources = [s.strip() for s in cfg.data.split(",") if s.strip()]
+    sources = [s.strip() for s in cfg.data.split(",")]
+    if not all(sources):
+        raise MohawkError(f"bad value for --data: {cfg.data!r} (an empty column: give sources joined by ',')")
     for key in ("num_matrices", "seq_len", "state_size", "fit_batch"):
         if getattr(cfg, key) <= 0:
             raise MohawkError(f"bad value for {key}: {getattr(cfg, key)} (must be > 0)")

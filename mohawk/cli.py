@@ -226,8 +226,8 @@ def approx(
     ),
     data: str | None = typer.Option(
         None,
-        help="Comma-separated text sources: books, speeches, reviews (bundled) "
-        "or file paths. Each is a column of the table.",
+        help="Comma-separated text sources, each a column of the table: books, speeches, reviews (bundled) or a "
+        "value of distill's --data (vendored corpora, local files or directories, joined by '+').",
     ),
     num_matrices: int | None = typer.Option(
         None, help="Attention matrices in all (split over the sources). Default 1000 on a GPU, 60 on a CPU."

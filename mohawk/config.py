@@ -328,6 +328,11 @@ class DistillConfig:
             parse_tasks(self.eval_tasks)
         except MohawkError as e:
             raise MohawkError(f"bad value for eval_tasks: {e}") from None
+        from mohawk.data import data_parts
+
+        data_parts(self.data, "--data")
+        if self.val_data is not None:
+            data_parts(self.val_data, "--val-data")
         need(
             self.tokens_per_update is None or self.tokens_per_update >= self.batch_size * self.seq_len,
             "tokens_per_update",

@@ -17,7 +17,7 @@ from rich.console import Console
 from mohawk import recipe, rundir
 from mohawk.checkpoint import Checkpointer, ResumePoint, check_resume_config
 from mohawk.config import DistillConfig
-from mohawk.data import TokenStream, make_streams, take
+from mohawk.data import TokenStream, data_parts, input_paths, make_streams, take
 from mohawk.errors import MohawkError
 from mohawk.evaluation import agreement, layer_distances, perplexity
 from mohawk.evaluation.suite import long_sequences, parse_tasks, run_suite
@@ -47,7 +47,7 @@ def _stage_stream(cfg: DistillConfig, tokenizer, stage: int, data: str) -> Token
 def teacher_text(cfg: DistillConfig, teacher, tokenizer, out: Path, total: int, console, parallel: Parallel) -> str:
     """cfg.data with 'teacher' replaced by OUT/teacher-text.jsonl.xz, sampled from the teacher first (rank 0; reused
     when an earlier call wrote it with the same settings)."""
-    parts = cfg.data.split("+")
+    parts = data_parts(cfg.data)
     if "teacher" not in parts:
         return cfg.data
     from mohawk.teachers.sample import write_corpus
@@ -98,6 +98,7 @@ def distill(
         parallel.check_batch_size(cfg.batch_size)
         out = Path(cfg.out)
         if parallel.main:
+            rundir.check_inputs(out, [*input_paths(cfg.data), *input_paths(cfg.val_data)])
             lock = rundir.claim(out, resume=resume, overwrite=overwrite)
             if resume and (out / "config.yaml").is_file():  # before anything in OUT is written
                 check_resume_config(out / "config.yaml", cfg)
@@ -174,8 +175,8 @@ def _distill(
         )
     n_params = sum(p.numel() for p in student.parameters())
     schedule = recipe.plan(cfg, parallel.world)
-    vendored_val = "+".join(p for p in cfg.data.split("+") if p != "teacher") or "bundled"
-    val_source = cfg.data if "teacher" not in cfg.data.split("+") else vendored_val
+    vendored_val = "+".join(p for p in data_parts(cfg.data) if p != "teacher") or "bundled"
+    val_source = cfg.data if "teacher" not in data_parts(cfg.data) else vendored_val
     _, val_stream = make_streams(
         val_source, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed, field=cfg.text_field
     )
@@ -183,7 +184,7 @@ def _distill(
 
     if main:
         if overwrite and not resume:
-            rundir.clear(out, reads=[cfg.teacher, cfg.data, cfg.val_data])
+            rundir.clear(out, reads=[cfg.teacher, *input_paths(cfg.data), *input_paths(cfg.val_data)])
         rundir.mark(out)
         cfg.save(out / "config.yaml")
     summary.update(

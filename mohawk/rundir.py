@@ -104,10 +104,23 @@ def is_run_directory(out: Path) -> bool:
     return (out / MARKER).is_file() or ((out / "config.yaml").is_file() and (out / "summary.json").is_file())
 
 
-def clear(out: Path, reads: list[str | None]) -> None:
-    """``--overwrite``: remove the outputs of the earlier run in OUT (OUTPUTS), unless one of them holds a path this
-    run reads (``reads``: teacher, data...), which is refused naming it. Files mohawk did not write stay."""
-    targets = [out / name for name in OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+def check_inputs(out: Path, reads: list[str | None]) -> None:
+    """Refuse an input directory that holds OUT: the run would read the files it writes (metrics.jsonl,
+    summary.json, ... are data files by their names)."""
+    for r in reads:
+        if r and Path(r).expanduser().is_dir() and _inside(out, Path(r).expanduser()):
+            raise MohawkError(
+                f"the output directory {out} lies inside {r}, which this run reads: it would read its own "
+                "outputs; choose an --out outside it"
+            )
+
+
+def clear(out: Path, reads: list[str | None], outputs: tuple[str, ...] = OUTPUTS) -> None:
+    """``--overwrite``: remove the outputs of the earlier run in OUT (``outputs``), unless one of them holds a path
+    this run reads (``reads``: teacher, every part of the data...), which is refused naming it. Files mohawk did not
+    write stay."""
+    targets = [out / name for name in outputs if (out / name).exists() or (out / name).is_symlink()]
+    targets += [p for p in out.glob(".tmp-*") if p.name not in outputs]  # what an interrupted write left behind
     for path in targets:
         for r in reads:
             if r and _inside(Path(r), path):

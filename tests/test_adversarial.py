@@ -404,3 +404,28 @@ def test_signal_at_a_random_point_then_resume(teacher_dir, tmp_path, sig, code):
     assert r.returncode == 0, r.stderr[-2000:]
     (fa, wa), (fb, wb) = _final(ref), _final(out)
     assert fa == fb and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# -- inputs and outputs (issue 33) -----------------------------------------------------------------------------------
+
+
+def test_overwrite_keeps_a_data_file_that_is_one_part_of_a_mix(teacher_dir, tmp_path, capsys):
+    """--data A+OUT/student/b.jsonl --overwrite: the second part lives in an output --overwrite would remove."""
+    out = tmp_path / "run"
+    assert _run(teacher_dir, out) == 0
+    inside = tiny_corpus(out / "student" / "b.jsonl", seed=1)
+    data = f"{teacher_dir.parent / 'corpus.jsonl'}+{inside}"
+    assert _run(teacher_dir, out, "--data", data, "--overwrite") == 2
+    assert "which this run reads" in _one_error(capsys) and inside.is_file()
+
+
+def test_a_data_directory_holding_the_output_is_refused(teacher_dir, tmp_path, capsys):
+    """--data DIR --out DIR/run would train on the run's own metrics.jsonl and summary.json (and --data '' on
+    everything under the current directory)."""
+    data = tmp_path / "texts"
+    data.mkdir()
+    tiny_corpus(data / "a.jsonl")
+    assert _run(teacher_dir, data / "run", "--data", str(data)) == 2
+    assert "would read its own outputs" in _one_error(capsys) and not (data / "run").exists()
+    assert _run(teacher_dir, tmp_path / "r2", "--data", f"{data}+") == 2
+    assert "empty part" in _one_error(capsys) and not (tmp_path / "r2").exists()
