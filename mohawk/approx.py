@@ -145,20 +145,29 @@ def fit_families(
 
 # -- sampling attention matrices -------------------------------------------------------------------------------------
 @torch.no_grad()
-def sample_attention(
-    adapter, tokenizer, source: str, num: int, seq_len: int, seed: int = 0, batch_size: int = 4
-) -> tuple[Tensor, list[int], list[int]]:
-    """``num`` attention matrices (num, L, L) from text ``source``: one random head per layer per sequence.
-    Returns (matrices, layer of each, head of each)."""
-    from mohawk.data import TokenStream, split_sources
+def source_files(source: str) -> list[Path]:
+    """The files of one text source (a column of the study): books, speeches, reviews, or a value of --data (vendored
+    corpora, local files or directories joined by '+'; no hub datasets)."""
+    from mohawk.data import split_sources
 
     files = [SOURCES[source]] if source in SOURCES else split_sources(source, None)[0]
     hub = [f for f in files if isinstance(f, str)]
     if hub:
         raise MohawkError(
-            f"text source {hub[0][3:]!r}: no such file or directory (use {', '.join(SOURCES)}, a vendored corpus or "
-            "local paths)"
+            f"--data: no such file or directory: {hub[0][3:]} (a column is {', '.join(SOURCES)}, a vendored corpus "
+            "or local paths)"
         )
+    return files
+
+
+def sample_attention(
+    adapter, tokenizer, source: str, num: int, seq_len: int, seed: int = 0, batch_size: int = 4
+) -> tuple[Tensor, list[int], list[int]]:
+    """``num`` attention matrices (num, L, L) from text ``source``: one random head per layer per sequence.
+    Returns (matrices, layer of each, head of each)."""
+    from mohawk.data import TokenStream
+
+    files = source_files(source)
     stream = TokenStream(files, tokenizer, seq_len, seed=seed, repeat=False).sequences()
     rng = random.Random(seed)
     device = next(adapter.model.parameters()).device
@@ -216,6 +225,8 @@ def run_approx(cfg: ApproxConfig, console=None, command: str | None = None) -> P
     sources = [s.strip() for s in cfg.data.split(",")]
     if not all(sources):
         raise MohawkError(f"bad value for --data: {cfg.data!r} (an empty column: give sources joined by ',')")
+    for src in sources:  # every column's files before the teacher loads
+        source_files(src)
     for key in ("num_matrices", "seq_len", "state_size", "fit_batch"):
         if getattr(cfg, key) <= 0:
             raise MohawkError(f"bad value for {key}: {getattr(cfg, key)} (must be > 0)")

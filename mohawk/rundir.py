@@ -25,6 +25,8 @@ OUTPUTS = (
     "tensorboard",
     "teacher-text.jsonl.xz",
     "teacher-text.jsonl.xz.json",
+    ".teacher-text.jsonl.xz.tmp",
+    ".teacher-text.jsonl.xz.json.tmp",
     ".summary.json.tmp",
     ".evaluation.json.tmp",
     MARKER,

@@ -429,3 +429,93 @@ def test_a_data_directory_holding_the_output_is_refused(teacher_dir, tmp_path, c
     assert "would read its own outputs" in _one_error(capsys) and not (data / "run").exists()
     assert _run(teacher_dir, tmp_path / "r2", "--data", f"{data}+") == 2
     assert "empty part" in _one_error(capsys) and not (tmp_path / "r2").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["distill", "--teacher", "{p}", "--quiet"],
+        ["distill", "--data", "{p}", "--teacher", "{teacher}", "--quiet"],
+        ["distill", "--val-data", "{p}", "--teacher", "{teacher}", "--quiet"],
+        ["eval", "{p}", "--teacher", "none"],
+        ["eval", "--teacher", "{p}"],
+        ["eval", "{student}", "--teacher", "none", "--data", "{p}"],
+        ["approx", "--teacher", "{p}"],
+        ["approx", "--teacher", "{teacher}", "--data", "books,{p}"],
+        ["generate", "{p}", "--prompt", "hi"],
+        ["export", "{p}", "--out", "{tmp}/x"],
+    ],
+)
+@pytest.mark.parametrize("shape", ["abs", "dot", "nested", "parent"])
+def test_a_missing_local_path_is_no_such_file(teacher_dir, tmp_path, capsys, monkeypatch, argv, shape):
+    """A path-like argument that does not exist names the path; it is never sent to the hub ("Repo id must be in the
+    form ...")."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    p = {
+        "abs": str(tmp_path / "nope"),
+        "dot": "./nope",
+        "nested": "a/b/nope",
+        "parent": "runs/nope",  # two parts like a hub id, but runs/ exists here
+    }[shape]
+    student = tmp_path / "student"
+    if "{student}" in argv:
+        from tests.conftest import tiny_teacher, tiny_tokenizer
+
+        tiny_teacher("llama").save_pretrained(student)
+        tiny_tokenizer().save_pretrained(student)
+    values = dict(p=p, teacher=str(teacher_dir), student=str(student), tmp=str(tmp_path))
+    args = [a.format(**values) for a in argv]
+    if args[0] in ("distill", "eval", "approx"):
+        args += ["--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(args) == 2
+    line = _one_error(capsys)
+    assert f"no such file or directory: {p}" in line and "Repo id" not in line, line
+
+
+def test_a_hub_id_stays_a_hub_id(tmp_path, monkeypatch):
+    from mohawk.errors import looks_local
+
+    monkeypatch.chdir(tmp_path)
+    for hub in ("gpt2", "microsoft/phi-1_5", "Qwen/Qwen2.5-0.5B", "HuggingFaceTB/SmolLM2-135M"):
+        assert not looks_local(hub), hub
+    (tmp_path / "microsoft").mkdir()
+    assert looks_local("microsoft/phi-1_5")  # a local directory of that name: the path is meant
+    for path in ("/x", "./x", "../x", "~/x", "a/b/c", "a\\b", "x.gguf"):
+        assert looks_local(path, (".gguf",)), path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_an_object", "another_file"])
+def test_teacher_text_cache_with_a_damaged_sidecar_is_sampled_again(tmp_path, monkeypatch, damage):
+    """The sidecar of OUT/teacher-text.jsonl.xz cut by a crash (a JSON traceback before), or vouching for another
+    file (a run killed between the corpus and its sidecar): the corpus is sampled again, never reused blindly."""
+    from mohawk.teachers import sample
+    from tests.conftest import tiny_teacher, tiny_tokenizer
+
+    monkeypatch.setattr(sample, "prompts", lambda tok, n, length, seed=0: [[3 + i % 20] * length for i in range(n)])
+    model, tok, path = tiny_teacher("llama"), tiny_tokenizer(), tmp_path / "teacher-text.jsonl.xz"
+    kw = dict(new_tokens=8, prompt_tokens=4, batch_size=2, seed=0)
+    first = sample.write_corpus(model, tok, path, 24, **kw)
+    assert sample.write_corpus(model, tok, path, 24, **kw) == first  # reused: same stats, no new sampling
+    sidecar = path.with_name(path.name + ".json")
+    text = sidecar.read_text()
+    if damage == "truncated":
+        sidecar.write_text(text[: len(text) // 2])
+    elif damage == "not_an_object":
+        sidecar.write_text("[1, 2]")
+    else:
+        import lzma
+
+        with lzma.open(path, "wt") as f:
+            f.write('{"text": "another corpus"}\n')
+    calls = []
+    real = sample.sample
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(sample, "sample", counted)
+    again = sample.write_corpus(model, tok, path, 24, **kw)
+    assert calls and again["samples"] == first["samples"]
+    assert json.loads(sidecar.read_text())["stats"] == again
