@@ -209,15 +209,8 @@ class ApproxConfig:
     out: str = "runs/approx"
 
 
-def run_approx(cfg: ApproxConfig, console=None, command: str | None = None) -> Path:
-    """Sample, fit, and write OUT/results.json, OUT/report.md and OUT/plots/*.png."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from mohawk.parallel import resolve_device
-    from mohawk.teachers import load_teacher
-
-    console = console or Console(stderr=True)
+def _check(cfg: ApproxConfig) -> tuple[list[str], list[str]]:
+    """(families, sources) of ``cfg`` once every setting is checked (one MohawkError naming the first bad one)."""
     families = [f.strip() for f in cfg.families.split(",") if f.strip()]
     bad = [f for f in families if f not in FAMILIES]
     if bad or not families:
@@ -232,9 +225,33 @@ def run_approx(cfg: ApproxConfig, console=None, command: str | None = None) -> P
             raise MohawkError(f"bad value for {key}: {getattr(cfg, key)} (must be > 0)")
     if cfg.steps < 0 or not 0 < cfg.lr < 10:
         raise MohawkError("bad value for steps or lr: steps >= 0 and 0 < lr < 10")
+    return families, sources
+
+
+def run_approx(cfg: ApproxConfig, console=None, command: str | None = None, overwrite: bool = False) -> Path:
+    """Sample, fit, and write OUT/results.json, OUT/report.md and OUT/plots/*.png (OUT claimed first, as
+    mohawk.rundir.output says; an earlier study there is replaced only with ``overwrite``)."""
+    from mohawk.data import input_paths
+    from mohawk.rundir import output
+
+    _, sources = _check(cfg)
+    data = [p for s in sources if s and s not in SOURCES for p in input_paths(s)]
+    with output(Path(cfg.out), "approx", overwrite=overwrite, reads=[cfg.teacher, *data], data=data):
+        return _run_approx(cfg, console, command)
+
+
+def _run_approx(cfg: ApproxConfig, console=None, command: str | None = None) -> Path:
+    """run_approx inside its claimed output directory."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from mohawk.parallel import resolve_device
+    from mohawk.teachers import load_teacher
+
+    console = console or Console(stderr=True)
+    families, sources = _check(cfg)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     teacher, tokenizer, adapter = load_teacher(cfg.teacher, device=device)
@@ -293,8 +310,11 @@ def run_approx(cfg: ApproxConfig, console=None, command: str | None = None) -> P
     for f in families:
         results["by_layer"][f] = {k: sum(v) / len(v) for k, v in results["by_layer"][f].items()}
     results["total_s"] = round(time.perf_counter() - t0, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    write_approx_report(out, results, examples)
+    from mohawk.rundir import staged
+
+    with staged(out) as tmp:
+        write_approx_report(tmp, results, examples)
+        (tmp / "results.json").write_text(json.dumps(results, indent=2))
     return out
 
 

@@ -185,6 +185,7 @@ def eval_(
     score_teacher: bool = typer.Option(
         True, help="Also score the teacher on the tasks (--no-score-teacher: it is only the reference of agreement)."
     ),
+    overwrite: bool = typer.Option(False, help="Replace an earlier evaluation in --out (only its own files)."),
 ):
     """Evaluate the teacher and students side by side: perplexity, agreement with the teacher, loss by position,
     passkey retrieval, zero-shot tasks (lm-evaluation-harness on the vendored task files), greedy continuations."""
@@ -196,7 +197,7 @@ def eval_(
         batch_size=(batch_size, 1),
         seed=(seed, 0),
     )
-    from mohawk.evaluation.present import print_table, write_eval_report
+    from mohawk.evaluation.present import print_table
     from mohawk.evaluation.suite import evaluate
 
     res = evaluate(
@@ -213,10 +214,12 @@ def eval_(
         seed=seed,
         console=console,
         score_teacher=score_teacher,
+        out=out,
+        overwrite=overwrite,
+        command=" ".join(["mohawk", *sys.argv[1:]]),
     )
     print_table(res, console)
-    path = write_eval_report(Path(out), res, " ".join(["mohawk", *sys.argv[1:]]))
-    console.print(f"[green]done[/]: {path}")
+    console.print(f"[green]done[/]: {Path(out) / 'report.md'}")
 
 
 @app.command()
@@ -243,6 +246,7 @@ def approx(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, help="Seed for text order and head choice."),
     out: str = typer.Option("runs/approx", help="Output directory: results.json, report.md, plots/."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier study in --out (only its own files)."),
 ):
     """The matrix-family study (the paper's Table 6): sample the teacher's attention matrices on real text, fit causal
     Toeplitz, low-rank, SSD and general diagonal SSM matrices to them, report the Frobenius distances."""
@@ -284,7 +288,7 @@ def approx(
             "steps); on a GPU the defaults are the paper's 1000 x 512 (4000 steps)[/]"
         )
     torch.manual_seed(seed)
-    path = run_approx(cfg, console=console, command=" ".join(["mohawk", *sys.argv[1:]]))
+    path = run_approx(cfg, console=console, command=" ".join(["mohawk", *sys.argv[1:]]), overwrite=overwrite)
     console.print(f"[green]done[/]: {path / 'report.md'}")
 
 
@@ -413,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(signal.SIGTERM, previous)
     if rv in (130, 143):  # typer turns Ctrl-C into an exit code of 130
         hint = ": continue with --resume (the newest checkpoint is kept)" if "distill" in argv[:2] else ""
+        if {"eval", "approx"} & set(argv[:2]):
+            hint = ": run the same command again (the earlier files in --out are kept)"
         console.print(f"[yellow]interrupted[/]{hint}", highlight=False)
         return rv
     return rv if isinstance(rv, int) else 0

@@ -519,3 +519,98 @@ def test_teacher_text_cache_with_a_damaged_sidecar_is_sampled_again(tmp_path, mo
     again = sample.write_corpus(model, tok, path, 24, **kw)
     assert calls and again["samples"] == first["samples"]
     assert json.loads(sidecar.read_text())["stats"] == again
+
+
+# -- eval and approx write like distill --------------------------------------------------------------------------------
+
+
+def _eval_argv(teacher_dir, out, *extra):
+    data = str(teacher_dir.parent / "corpus.jsonl")
+    fast = ["--teacher", "none", "--tasks", "ppl", "--data", data, "--seq-len", "16", "--val-sequences", "2"]
+    return ["eval", str(teacher_dir), *fast, "--device", "cpu", "--out", str(out), *extra]
+
+
+def _approx_argv(teacher_dir, out, *extra):
+    data = str(teacher_dir.parent / "corpus.jsonl")
+    fast = ["--num-matrices", "2", "--seq-len", "8", "--steps", "2", "--families", "toeplitz", "--data", data]
+    return ["approx", "--teacher", str(teacher_dir), *fast, "--device", "cpu", "--out", str(out), *extra]
+
+
+def _files(out):
+    return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".mohawk.lock"}
+
+
+def test_eval_never_replaces_a_distill_runs_report(teacher_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _run(teacher_dir, run) == 0
+    before = _files(run)
+    for extra in ([], ["--overwrite"]):
+        assert main(_eval_argv(teacher_dir, run, *extra)) == 2
+        assert "holds a mohawk distill run" in _one_error(capsys)
+        assert main(_approx_argv(teacher_dir, run, *extra)) == 2
+        assert "holds a mohawk distill run" in _one_error(capsys)
+    assert _files(run) == before
+
+
+@pytest.mark.parametrize("argv", [_eval_argv, _approx_argv])
+def test_eval_and_approx_outputs_follow_distills_rules(teacher_dir, tmp_path, capsys, argv):
+    """A second run into the same --out needs --overwrite, which keeps the user's files; a second writer is refused;
+    a data directory holding --out is refused."""
+    from mohawk.rundir import RunLock
+
+    out = tmp_path / "out"
+    assert main(argv(teacher_dir, out)) == 0
+    assert {"results.json", "report.md", ".mohawk-run"} <= {p.name for p in out.iterdir()}
+    (out / "notes.txt").write_text("mine")
+    assert main(argv(teacher_dir, out)) == 2
+    assert "pass --overwrite" in _one_error(capsys)
+    holder = RunLock(out).acquire()
+    try:
+        assert main(argv(teacher_dir, out, "--overwrite")) == 2
+        assert "in use by another mohawk run" in _one_error(capsys)
+    finally:
+        holder.release()
+    assert main(argv(teacher_dir, out, "--overwrite")) == 0
+    assert (out / "notes.txt").read_text() == "mine" and not list(out.glob(".tmp-*"))
+    data = tmp_path / "texts"
+    data.mkdir()
+    tiny_corpus(data / "a.jsonl")
+    corpus = str(teacher_dir.parent / "corpus.jsonl")
+    args = [str(data) if a == corpus else a for a in argv(teacher_dir, data / "o")]
+    assert main(args) == 2 and "would read its own outputs" in _one_error(capsys)
+
+
+@pytest.mark.parametrize("argv", [_eval_argv, _approx_argv])
+@pytest.mark.parametrize("fault", ["disk_full", "interrupt"])
+def test_eval_and_approx_fail_without_losing_and_rerun(teacher_dir, tmp_path, capsys, monkeypatch, argv, fault):
+    """A full disk while the outputs are written (ENOSPC) or Ctrl-C: one line, exit 2 / 130, the earlier outputs
+    unchanged, no temporary left; the command the message suggests (the same one) then succeeds."""
+    import errno
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    assert main(argv(teacher_dir, out)) == 0
+    before = _files(out)
+    real = Path.write_text
+
+    def failing(self, *a, **k):
+        if self.name == "report.md":
+            if fault == "disk_full":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", failing)
+    rc = main(argv(teacher_dir, out, "--overwrite", "--seed", "1"))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if fault == "disk_full":
+        assert rc == 2
+        (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+        assert "No space left on device" in line and "run the same command again" in line
+    else:
+        assert rc == 130 and "run the same command again" in err
+    assert _files(out) == before and not list(out.glob(".tmp-*"))
+    monkeypatch.setattr(Path, "write_text", real)
+    assert main(argv(teacher_dir, out, "--overwrite", "--seed", "1")) == 0
+    assert _files(out) != before
