@@ -221,6 +221,17 @@ class DistillConfig:
     )
     rollback_lr_factor: float = option(0.5, "LR multiplier at each rollback.", group=GUARD, above=0)
     max_rollbacks: int = option(3, "Rollbacks per stage before the run stops with an error.", group=GUARD, minimum=0)
+    divergence_factor: float = option(
+        4.0,
+        "Roll back (and after max_rollbacks stop) a stage whose smoothed loss (median of its last 8 losses) stays "
+        "above this many times its best smoothed loss: a steady climb no single spike shows; checkpoints are taken "
+        "only within sqrt(this) of the best (0: off).",
+        group=GUARD,
+        minimum=0,
+    )
+    divergence_patience: int = option(
+        10, "Updates in a row above that line before the stage counts as diverged.", group=GUARD, above=0
+    )
     # -- evaluation --------------------------------------------------------------------------------------------------
     eval_tasks: str = option(
         "continuations",
@@ -316,6 +327,7 @@ class DistillConfig:
         )
         need(self.kd_weight + self.ce_weight > 0, "kd_weight", ">= 0, kd_weight + ce_weight > 0")
         need(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", "0 (off) or > 1")
+        need(self.divergence_factor == 0 or self.divergence_factor > 1, "divergence_factor", "0 (off) or > 1")
         need(self.rollback_lr_factor <= 1, "rollback_lr_factor", "in (0, 1]")
         need(
             self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),

@@ -614,3 +614,90 @@ def test_eval_and_approx_fail_without_losing_and_rerun(teacher_dir, tmp_path, ca
     monkeypatch.setattr(Path, "write_text", real)
     assert main(argv(teacher_dir, out, "--overwrite", "--seed", "1")) == 0
     assert _files(out) != before
+
+
+# -- divergence the spike guard cannot see ---------------------------------------------------------------------------
+
+
+class _ClimbingStage:
+    """Next-token CE of a tiny student, times exp(heat): every update at an LR above 0.05 adds 0.1 x (LR - 0.05) to
+    heat, a buffer of the student (so checkpoints and rollbacks carry it). At a high LR the loss climbs ~5% per update:
+    steadily, never 5x its running median in one step; at a low one it trains normally."""
+
+    number, name, compilable, shards_student, partial_gradients = 1, "climb", False, False, False
+    optimizers: list = []
+
+    def __init__(self):
+        from mohawk.models import MohawkConfig, MohawkForCausalLM
+
+        torch = __import__("torch")
+        torch.manual_seed(0)
+        cfg = MohawkConfig(
+            vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+        self.student = MohawkForCausalLM(cfg)
+        self.student.register_buffer("heat", torch.zeros(()))
+
+    def parameters(self):
+        return list(self.student.named_parameters())
+
+    def lr_scale(self, name):
+        return 1.0
+
+    def loss(self, batch):
+        lr = self.optimizers[-1].param_groups[0]["lr"]
+        self.student.heat += 0.1 * max(0.0, lr - 0.05)
+        return self.student(batch, labels=batch).loss * self.student.heat.exp(), {}
+
+
+def test_a_steady_climb_stops_before_the_checkpoints_break_and_the_advice_works(tmp_path, monkeypatch):
+    """LR 0.5 makes the loss climb without one spike: the divergence guard rolls back (to a checkpoint from before
+    the climb, LR halved: still climbing) and, its rollback spent, stops with the LR to resume with; resuming from the
+    newest kept checkpoint at that LR completes the stage with the loss back near its best."""
+    import re
+    import statistics
+
+    import torch
+
+    from mohawk.checkpoint import Checkpointer
+    from mohawk.config import DistillConfig
+    from mohawk.errors import MohawkError
+    from mohawk.metrics import MetricsLog
+    from mohawk.train import StageBudget, train_stage
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            _ClimbingStage.optimizers.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+
+    def batches():
+        g = torch.Generator().manual_seed(1)
+        while True:
+            yield torch.randint(0, 40, (2, 8), generator=g)
+
+    settings = {"checkpoint_every": 5, "warmup_fraction": 0.0, "decay_fraction": 0.0, "max_rollbacks": 1}
+    loop = DistillConfig.from_dict(settings)
+    ckpt, log = Checkpointer(tmp_path / "ck"), MetricsLog(tmp_path / "m.jsonl")
+    run = dict(checkpointer=ckpt, log=log, progress=False)
+    with pytest.raises(MohawkError) as e:
+        train_stage(_ClimbingStage(), batches(), StageBudget(16 * 200, 16, 1, 0.5), loop.loop_settings(), **run)
+    rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if r.get("event") == "spike"]  # the spike guard saw nothing
+    assert [r["event"] for r in rows if r.get("event")] == ["divergence", "rollback", "divergence"]
+    message = str(e.value)
+    assert "stage 1 diverged" in message and "climbed" in message and "after 1 rollbacks" in message
+    lr = float(re.search(r"--resume --stage1-lr (\S+)", message).group(1))
+    best = statistics.median([r["loss"] for r in rows if "loss" in r][:8])  # the guard's first smoothed loss
+    kept = ckpt.list()
+    assert kept and all(json.loads((k / "state.json").read_text())["step"] < 200 for k in kept)
+    # follow the advice: resume the stage from its newest checkpoint at the suggested LR
+    state = train_stage(
+        _ClimbingStage(), batches(), StageBudget(16 * 200, 16, 1, lr), loop.loop_settings(), resume=kept[-1], **run
+    )
+    assert state.step == 200
+    rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    resumed = [r["loss"] for r in rows if "loss" in r and r["lr"] <= lr]
+    assert resumed and max(resumed) < 4 * best  # the kept checkpoint is from before the climb
+    assert statistics.mean(resumed[-8:]) < statistics.mean(resumed[:8])  # and at the advised LR it climbs no more
