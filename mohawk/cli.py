@@ -46,7 +46,15 @@ def _main(
     _DEBUG["on"] = debug
 
 
-def _distill(config: str | None, preset: str | None, resume: bool, overwrite: bool, quiet: bool, **fields):
+def _distill(
+    config: str | None,
+    preset: str | None,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+    allow_changed_inputs: bool,
+    **fields,
+):
     """Distil a teacher into an SSD student (stages 1-3), save it to OUT/student and write OUT/report.md.
 
     With no arguments: SmolLM2-135M -> pure-SSD student on the bundled corpus, sized for a 2-core CPU (~10 min).
@@ -64,6 +72,7 @@ def _distill(config: str | None, preset: str | None, resume: bool, overwrite: bo
             progress=not quiet,
             console=console,
             command=" ".join(["mohawk", *sys.argv[1:]]),
+            allow_changed_inputs=allow_changed_inputs,
         )
     except KeyboardInterrupt:
         raise Interrupted() from None
@@ -133,6 +142,17 @@ def _register_distill() -> None:
             default=typer.Option(
                 False,
                 help="Replace the earlier run in --out (only files mohawk wrote are removed).",
+                rich_help_panel="Run",
+            ),
+        ),
+        inspect.Parameter(
+            "allow_changed_inputs",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=bool,
+            default=typer.Option(
+                False,
+                help="With --resume: continue although the teacher or data files changed since the run started "
+                "(the report records it).",
                 rich_help_panel="Run",
             ),
         ),

@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 
 from mohawk import recipe, rundir
-from mohawk.checkpoint import Checkpointer, ResumePoint, check_resume_config
+from mohawk.checkpoint import Checkpointer, ResumePoint, check_resume_config, check_resume_inputs, input_fingerprint
 from mohawk.config import DistillConfig
 from mohawk.data import TokenStream, data_parts, input_paths, make_streams, take
 from mohawk.errors import MohawkError
@@ -89,11 +89,14 @@ def distill(
     progress: bool = True,
     console: Console | None = None,
     command: str | None = None,
+    allow_changed_inputs: bool = False,
 ) -> Path:
     """Run the configured MOHAWK stages; returns the output directory. Under torchrun every rank runs this: the
     stages train data-parallel (mohawk.parallel), rank 0 alone writes files, evaluates and saves the student."""
     parallel, device = Parallel.from_env(cfg.device, cfg.parallel)
     lock = None
+    inputs: dict = {}
+    changed: list[str] = []
     try:
         parallel.check_batch_size(cfg.batch_size)
         out = Path(cfg.out)
@@ -102,6 +105,8 @@ def distill(
             lock = rundir.claim(out, resume=resume, overwrite=overwrite)
             if resume and (out / "config.yaml").is_file():  # before anything in OUT is written
                 check_resume_config(out / "config.yaml", cfg)
+            inputs = input_fingerprint(cfg)
+            changed = check_resume_inputs(out / "inputs.json", inputs, allow_changed_inputs) if resume else []
         parallel.barrier()
         return _distill(
             cfg,
@@ -113,6 +118,7 @@ def distill(
             progress=progress,
             console=console,
             command=command,
+            inputs=(inputs, changed),
         )
     finally:
         if lock is not None:
@@ -131,6 +137,7 @@ def _distill(
     progress: bool,
     console: Console | None,
     command: str | None,
+    inputs: tuple[dict, list[str]] = ({}, []),
 ) -> Path:
     main = parallel.main
     console = console or Console(stderr=True)
@@ -187,6 +194,8 @@ def _distill(
             rundir.clear(out, reads=[cfg.teacher, *input_paths(cfg.data), *input_paths(cfg.val_data)])
         rundir.mark(out)
         cfg.save(out / "config.yaml")
+        if not resume or not (out / "inputs.json").is_file() or inputs[1]:  # what the run now reads
+            write_json(out / "inputs.json", inputs[0])
     summary.update(
         teacher=cfg.teacher,
         teacher_layers=adapter.num_layers,
@@ -226,6 +235,8 @@ def _distill(
         for r in plan_rows
         if r["epochs"] is not None and r["epochs"] > 1
     ]
+    summary["input_changes"] = summary.get("input_changes", []) + [f"resumed with {c}" for c in inputs[1]]
+    warnings += summary["input_changes"]  # --allow-changed-inputs: the report says what changed under the run
     for w in warnings:
         console.print(f"[yellow]warning[/]: {w}", highlight=False)
     summary["plan"], summary["warnings"] = plan_rows, warnings

@@ -20,6 +20,8 @@ LOCK = ".mohawk.lock"
 # what a run writes into its directory (everything --overwrite removes)
 OUTPUTS = (
     "config.yaml",
+    "inputs.json",
+    ".inputs.json.tmp",
     "metrics.jsonl",
     "summary.json",
     "report.md",
