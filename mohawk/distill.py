@@ -346,10 +346,10 @@ def _distill(
         )
         write_json(out / "evaluation.json", res)
     student.config.mohawk_train_seq_len = cfg.seq_len  # read by `mohawk eval` (loss by position, passkey lengths)
-    student_dir = out / "student"
-    student.save_pretrained(student_dir)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(student_dir)
+    with rundir.staged(out, again="continue with --resume") as tmp:  # a cut save never leaves half a student
+        student.save_pretrained(tmp / "student")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp / "student")
     summary["total_wall_s"] = round(time.perf_counter() - t0, 1)  # this invocation
     write_json(summary_path, summary)
 

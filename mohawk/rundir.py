@@ -20,6 +20,7 @@ LOCK = ".mohawk.lock"
 # what a run writes into its directory (everything --overwrite removes)
 OUTPUTS = (
     "config.yaml",
+    ".config.yaml.tmp",
     "inputs.json",
     ".inputs.json.tmp",
     "metrics.jsonl",
@@ -189,10 +190,11 @@ def check_reads(out: Path, reads: list[str | None], outputs: tuple[str, ...]) ->
 
 
 @contextmanager
-def staged(out: Path) -> Iterator[Path]:
+def staged(out: Path, again: str = "run the same command again") -> Iterator[Path]:
     """A temporary directory OUT/.tmp-PID to write a command's outputs into; when the block ends without an error
     each of its entries replaces the one of the same name in OUT (a directory as a whole), else it is removed and OUT
-    keeps what it held. A full disk or an interrupt leaves the earlier outputs, never half of new ones."""
+    keeps what it held. A full disk or an interrupt leaves the earlier outputs, never half of new ones; the error
+    says to make room and ``again``."""
     for stale in out.glob(".tmp-*"):  # left by a killed writer (OUT is locked: no live one)
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out / f".tmp-{os.getpid()}"
@@ -211,7 +213,7 @@ def staged(out: Path) -> Iterator[Path]:
     except OSError as e:  # a full disk, a quota, a directory turned read-only
         raise MohawkError(
             f"could not write the outputs into {out} ({e.strerror or e}); its earlier files are kept: make room and "
-            "run the same command again"
+            f"{again}"
         ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
