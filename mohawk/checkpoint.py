@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mohawk.config import run_defining
 from mohawk.errors import MohawkError
 from mohawk.parallel import Parallel
 
@@ -165,44 +166,8 @@ class ResumePoint:
         return self.path if self.state and self.state["done"] else None
 
 
-# Settings a resumed run must share with the run it continues: they decide what is trained on what, so changing
-# them midway would mix two experiments under one name. Learning rates, the spike guard, logging, devices and
-# evaluation may change (a lower LR is the remedy for a diverging stage).
-RUN_DEFINING = (
-    "teacher",
-    "attention_layers",
-    "num_attention_layers",
-    "placement",
-    "mixer",
-    "ssd_init",
-    "ssd_state_size",
-    "init",
-    "data",
-    "teacher_tokens",
-    "teacher_temperature",
-    "val_data",
-    "text_field",
-    "seq_len",
-    "batch_size",
-    "tokens_per_update",
-    "val_sequences",
-    "stages",
-    "tokens",
-    "stage1_tokens",
-    "stage2_tokens",
-    "stage3_tokens",
-    "stage1_tile",
-    "freeze_mlp",
-    "mixer_lr_scale",
-    "temperature",
-    "kd_weight",
-    "ce_weight",
-    "schedule",
-    "warmup_fraction",
-    "decay_fraction",
-    "weight_decay",
-    "seed",
-)
+# Settings a resumed run must share with the run it continues: declared in the schema (mohawk.config, defines_run)
+RUN_DEFINING = run_defining()
 
 
 def check_resume_config(saved_path: Path, cfg) -> None:

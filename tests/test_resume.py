@@ -115,3 +115,20 @@ def test_resume_notices_changed_inputs(teacher_dir, tmp_path, capsys, change):
     assert main(tiny_distill_argv(teacher_dir, out, "--resume", "--allow-changed-inputs")) == 0
     assert "changed since the run started" in (out / "report.md").read_text()
     assert main(tiny_distill_argv(teacher_dir, out, "--resume")) == 0  # the run now reads the new inputs
+
+
+def test_run_defining_settings_come_from_the_schema():
+    """Which settings a resume must keep is declared per field (defines_run); every other field is one a resume may
+    change, and that list is spelled out here so a new field is classified on purpose."""
+    from mohawk.checkpoint import RUN_DEFINING
+    from mohawk.config import schema
+
+    may_change = {
+        "trust_remote_code", "lr", "stage1_lr", "stage2_lr", "stage3_lr", "loss_chunk", "grad_clip", "spike_factor",
+        "spike_window", "spike_patience", "rollback_lr_factor", "max_rollbacks", "divergence_factor",
+        "divergence_patience", "eval_tasks", "eval_limit", "device", "compile", "parallel", "log_every",
+        "checkpoint_every", "out", "report_to", "threads",
+    }  # fmt: skip
+    names = [f.name for f in schema()]
+    assert set(RUN_DEFINING) == set(names) - may_change
+    assert list(RUN_DEFINING) == [n for n in names if n in RUN_DEFINING]  # schema order: the first change is named
