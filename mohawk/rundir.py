@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -151,7 +151,7 @@ def is_run_directory(out: Path) -> bool:
     return kind_of(out) == "distill"
 
 
-def check_inputs(out: Path, reads: list[str | None]) -> None:
+def check_inputs(out: Path, reads: Sequence[str | None]) -> None:
     """Refuse an input directory that holds OUT: the run would read the files it writes (metrics.jsonl,
     summary.json, ... are data files by their names)."""
     for r in reads:
@@ -162,7 +162,7 @@ def check_inputs(out: Path, reads: list[str | None]) -> None:
             )
 
 
-def clear(out: Path, reads: list[str | None], outputs: tuple[str, ...] = OUTPUTS) -> None:
+def clear(out: Path, reads: Sequence[str | None], outputs: tuple[str, ...] = OUTPUTS) -> None:
     """``--overwrite``: remove the outputs of the earlier run in OUT (``outputs``), unless one of them holds a path
     this run reads (``reads``: teacher, every part of the data...), which is refused naming it. Files mohawk did not
     write stay."""
@@ -174,7 +174,7 @@ def clear(out: Path, reads: list[str | None], outputs: tuple[str, ...] = OUTPUTS
             path.unlink()
 
 
-def check_reads(out: Path, reads: list[str | None], outputs: tuple[str, ...]) -> list[Path]:
+def check_reads(out: Path, reads: Sequence[str | None], outputs: tuple[str, ...]) -> list[Path]:
     """The existing ``outputs`` in OUT (and temporaries an interrupted write left), after refusing any of them that
     holds a path this run reads."""
     targets = [out / name for name in outputs if (out / name).exists() or (out / name).is_symlink()]
@@ -232,7 +232,9 @@ def _inside(path: Path, parent: Path) -> bool:
 
 
 @contextmanager
-def output(out: Path, kind: str, *, overwrite: bool, reads: list[str | None], data: list[str]) -> Iterator[None]:
+def output(
+    out: Path, kind: str, *, overwrite: bool, reads: Sequence[str | None], data: Sequence[str]
+) -> Iterator[None]:
     """The whole life of ``mohawk eval`` / ``approx``'s --out: inputs checked (a data directory holding OUT, an input
     inside an output that would be replaced), OUT claimed (see ``claim``) and marked, locked until the block ends.
     The outputs themselves are written through ``staged``."""
