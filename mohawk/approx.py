@@ -147,6 +147,21 @@ def fit_families(
 
 # -- sampling attention matrices -------------------------------------------------------------------------------------
 @torch.no_grad()
+def source_files(source: str) -> list[Path]:
+    """The files of one text source (a column of the study): books, speeches, reviews, or a value of --data (vendored
+    corpora, local files or directories joined by '+'; no hub datasets)."""
+    from mohawk.data import split_sources
+
+    files = [SOURCES[source]] if source in SOURCES else split_sources(source, None)[0]
+    hub = [f for f in files if isinstance(f, str)]
+    if hub:
+        raise MohawkError(
+            f"--data: no such file or directory: {hub[0][3:]} (a column is {', '.join(SOURCES)}, a vendored corpus "
+            "or local paths)"
+        )
+    return files
+
+
 def sample_attention(
     adapter, tokenizer, source: str, num: int, seq_len: int, seed: int = 0, batch_size: int = 4
 ) -> tuple[Tensor, list[int], list[int]]:
@@ -154,10 +169,7 @@ def sample_attention(
     Returns (matrices, layer of each, head of each)."""
     from mohawk.data import TokenStream
 
-    path = SOURCES.get(source, Path(source))
-    if not path.exists():
-        raise MohawkError(f"text source {source!r} not found: use {', '.join(SOURCES)} or a file path")
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = source_files(source)
     stream = TokenStream(files, tokenizer, seq_len, seed=seed, repeat=False).sequences()
     rng = random.Random(seed)
     device = next(adapter.model.parameters()).device
@@ -199,8 +211,39 @@ class ApproxConfig:
     out: str = "runs/approx"
 
 
-def run_approx(cfg: ApproxConfig, console=None, command: str | None = None) -> Path:
-    """Sample, fit, and write OUT/results.json, OUT/report.md and OUT/plots/*.png."""
+def _check(cfg: ApproxConfig) -> tuple[list[str], list[str]]:
+    """(families, sources) of ``cfg`` once every setting is checked (one MohawkError naming the first bad one)."""
+    families = [f.strip() for f in cfg.families.split(",") if f.strip()]
+    bad = [f for f in families if f not in FAMILIES]
+    if bad or not families:
+        raise MohawkError(f"unknown family {bad[0] if bad else '(none)'!r}: use {', '.join(FAMILIES)}")
+    sources = [s.strip() for s in cfg.data.split(",")]
+    if not all(sources):
+        raise MohawkError(f"bad value for --data: {cfg.data!r} (an empty column: give sources joined by ',')")
+    for src in sources:  # every column's files before the teacher loads
+        source_files(src)
+    for key in ("num_matrices", "seq_len", "state_size", "fit_batch"):
+        if getattr(cfg, key) <= 0:
+            raise MohawkError(f"bad value for {key}: {getattr(cfg, key)} (must be > 0)")
+    if cfg.steps < 0 or not 0 < cfg.lr < 10:
+        raise MohawkError("bad value for steps or lr: steps >= 0 and 0 < lr < 10")
+    return families, sources
+
+
+def run_approx(cfg: ApproxConfig, console=None, command: str | None = None, overwrite: bool = False) -> Path:
+    """Sample, fit, and write OUT/results.json, OUT/report.md and OUT/plots/*.png (OUT claimed first, as
+    mohawk.rundir.output says; an earlier study there is replaced only with ``overwrite``)."""
+    from mohawk.data import input_paths
+    from mohawk.rundir import output
+
+    _, sources = _check(cfg)
+    data = [p for s in sources if s and s not in SOURCES for p in input_paths(s)]
+    with output(Path(cfg.out), "approx", overwrite=overwrite, reads=[cfg.teacher, *data], data=data):
+        return _run_approx(cfg, console, command)
+
+
+def _run_approx(cfg: ApproxConfig, console=None, command: str | None = None) -> Path:
+    """run_approx inside its claimed output directory."""
     from rich.console import Console
     from rich.progress import Progress
 
@@ -208,19 +251,9 @@ def run_approx(cfg: ApproxConfig, console=None, command: str | None = None) -> P
     from mohawk.teachers import load_teacher
 
     console = console or Console(stderr=True)
-    families = [f.strip() for f in cfg.families.split(",") if f.strip()]
-    bad = [f for f in families if f not in FAMILIES]
-    if bad or not families:
-        raise MohawkError(f"unknown family {bad[0] if bad else '(none)'!r}: use {', '.join(FAMILIES)}")
-    sources = [s.strip() for s in cfg.data.split(",") if s.strip()]
-    for key in ("num_matrices", "seq_len", "state_size", "fit_batch"):
-        if getattr(cfg, key) <= 0:
-            raise MohawkError(f"bad value for {key}: {getattr(cfg, key)} (must be > 0)")
-    if cfg.steps < 0 or not 0 < cfg.lr < 10:
-        raise MohawkError("bad value for steps or lr: steps >= 0 and 0 < lr < 10")
+    families, sources = _check(cfg)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     teacher, tokenizer, adapter = load_teacher(cfg.teacher, device=device)
@@ -279,8 +312,11 @@ def run_approx(cfg: ApproxConfig, console=None, command: str | None = None) -> P
     for f in families:
         results["by_layer"][f] = {k: sum(v) / len(v) for k, v in results["by_layer"][f].items()}
     results["total_s"] = round(time.perf_counter() - t0, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    write_approx_report(out, results, examples)
+    from mohawk.rundir import staged
+
+    with staged(out) as tmp:
+        write_approx_report(tmp, results, examples)
+        (tmp / "results.json").write_text(json.dumps(results, indent=2))
     return out
 
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mohawk.config import run_defining
 from mohawk.errors import MohawkError
 from mohawk.parallel import Parallel
 
@@ -165,46 +166,8 @@ class ResumePoint:
         return self.path if self.state and self.state["done"] else None
 
 
-# Settings a resumed run must share with the run it continues: they decide what is trained on what, so changing
-# them midway would mix two experiments under one name. Learning rates, the spike guard, logging, devices and
-# evaluation may change (a lower LR is the remedy for a diverging stage).
-RUN_DEFINING = (
-    "teacher",
-    "attention_layers",
-    "num_attention_layers",
-    "placement",
-    "mixer",
-    "ssd_init",
-    "ssd_state_size",
-    "init",
-    "data",
-    "teacher_tokens",
-    "teacher_temperature",
-    "val_data",
-    "text_field",
-    "seq_len",
-    "batch_size",
-    "tokens_per_update",
-    "val_sequences",
-    "stages",
-    "tokens",
-    "stage1_tokens",
-    "stage2_tokens",
-    "stage3_tokens",
-    "stage4_tokens",
-    "recall_data",
-    "stage1_tile",
-    "freeze_mlp",
-    "mixer_lr_scale",
-    "temperature",
-    "kd_weight",
-    "ce_weight",
-    "schedule",
-    "warmup_fraction",
-    "decay_fraction",
-    "weight_decay",
-    "seed",
-)
+# Settings a resumed run must share with the run it continues: declared in the schema (mohawk.config, defines_run)
+RUN_DEFINING = run_defining()
 
 
 def check_resume_config(saved_path: Path, cfg) -> None:
@@ -327,3 +290,52 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def input_fingerprint(cfg) -> dict:
+    """What a run reads, to notice a change on resume: {"teacher": ..., "data": ...}, each {file: [size, sha256]}
+    over the local files read (the teacher's directory or .gguf; every file of --data and --val-data, the vendored
+    ones included), or {"hub": name} for what the hub serves. Text the teacher writes (``teacher``) is the run's own
+    output, not an input."""
+    from mohawk.data import data_parts, split_sources
+    from mohawk.teachers.load import resolve_teacher
+
+    teacher = Path(resolve_teacher(cfg.teacher)).expanduser()
+    if teacher.is_file():
+        files = [teacher]
+    elif teacher.is_dir():
+        files = sorted(f for f in teacher.iterdir() if f.is_file() and not f.name.startswith("."))
+    else:
+        files = []
+    parts = [p for p in data_parts(cfg.data) if p != "teacher"]
+    train, val = split_sources("+".join(parts), cfg.val_data) if parts else ([], None)
+    data = [*train, *(val or [])]
+
+    def prints(paths) -> dict:
+        return {str(f): (f"hub:{f[3:]}" if isinstance(f, str) else [f.stat().st_size, _sha256(f)]) for f in paths}
+
+    return {"teacher": prints(files) if files else {"hub": cfg.teacher}, "data": prints(data)}
+
+
+def check_resume_inputs(saved_path: Path, now: dict, allow: bool) -> list[str]:
+    """The inputs that changed since the run in OUT started (saved_path: its inputs.json), as lines; a MohawkError
+    naming the first one unless ``allow``. A run without inputs.json (older mohawk) is not checked."""
+    if not saved_path.is_file():
+        return []
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, ValueError):
+        raise MohawkError(f"cannot resume: {saved_path} is damaged; resume with --allow-changed-inputs") from None
+    changes = []
+    for kind in ("teacher", "data"):
+        before, after = saved.get(kind, {}), now.get(kind, {})
+        for name in sorted(set(before) | set(after)):
+            if before.get(name) != after.get(name):
+                what = "added" if name not in before else "removed" if name not in after else "changed"
+                changes.append(f"{kind} {name} {what} since the run started")
+    if changes and not allow:
+        raise MohawkError(
+            f"cannot resume: {changes[0]}{f' (and {len(changes) - 1} more)' if len(changes) > 1 else ''}; "
+            "continue anyway with --allow-changed-inputs (the report records it), or start a new run"
+        )
+    return changes

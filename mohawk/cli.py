@@ -46,7 +46,15 @@ def _main(
     _DEBUG["on"] = debug
 
 
-def _distill(config: str | None, preset: str | None, resume: bool, overwrite: bool, quiet: bool, **fields):
+def _distill(
+    config: str | None,
+    preset: str | None,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+    allow_changed_inputs: bool,
+    **fields,
+):
     """Distil a teacher into an SSD student (stages 1-3), save it to OUT/student and write OUT/report.md.
 
     With no arguments: SmolLM2-135M -> pure-SSD student on the bundled corpus, sized for a 2-core CPU (~10 min).
@@ -64,6 +72,7 @@ def _distill(config: str | None, preset: str | None, resume: bool, overwrite: bo
             progress=not quiet,
             console=console,
             command=" ".join(["mohawk", *sys.argv[1:]]),
+            allow_changed_inputs=allow_changed_inputs,
         )
     except KeyboardInterrupt:
         raise Interrupted() from None
@@ -137,6 +146,17 @@ def _register_distill() -> None:
             ),
         ),
         inspect.Parameter(
+            "allow_changed_inputs",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=bool,
+            default=typer.Option(
+                False,
+                help="With --resume: continue although the teacher or data files changed since the run started "
+                "(the report records it).",
+                rich_help_panel="Run",
+            ),
+        ),
+        inspect.Parameter(
             "quiet",
             inspect.Parameter.KEYWORD_ONLY,
             annotation=bool,
@@ -185,6 +205,7 @@ def eval_(
     score_teacher: bool = typer.Option(
         True, help="Also score the teacher on the tasks (--no-score-teacher: it is only the reference of agreement)."
     ),
+    overwrite: bool = typer.Option(False, help="Replace an earlier evaluation in --out (only its own files)."),
 ):
     """Evaluate the teacher and students side by side: perplexity, agreement with the teacher, loss by position,
     passkey retrieval, zero-shot tasks (lm-evaluation-harness on the vendored task files), greedy continuations."""
@@ -196,7 +217,7 @@ def eval_(
         batch_size=(batch_size, 1),
         seed=(seed, 0),
     )
-    from mohawk.evaluation.present import print_table, write_eval_report
+    from mohawk.evaluation.present import print_table
     from mohawk.evaluation.suite import evaluate
 
     res = evaluate(
@@ -213,10 +234,12 @@ def eval_(
         seed=seed,
         console=console,
         score_teacher=score_teacher,
+        out=out,
+        overwrite=overwrite,
+        command=" ".join(["mohawk", *sys.argv[1:]]),
     )
     print_table(res, console)
-    path = write_eval_report(Path(out), res, " ".join(["mohawk", *sys.argv[1:]]))
-    console.print(f"[green]done[/]: {path}")
+    console.print(f"[green]done[/]: {Path(out) / 'report.md'}")
 
 
 @app.command()
@@ -226,8 +249,8 @@ def approx(
     ),
     data: str | None = typer.Option(
         None,
-        help="Comma-separated text sources: books, speeches, reviews (bundled) "
-        "or file paths. Each is a column of the table.",
+        help="Comma-separated text sources, each a column of the table: books, speeches, reviews (bundled) or a "
+        "value of distill's --data (vendored corpora, local files or directories, joined by '+').",
     ),
     num_matrices: int | None = typer.Option(
         None, help="Attention matrices in all (split over the sources). Default 1000 on a GPU, 60 on a CPU."
@@ -243,6 +266,7 @@ def approx(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, help="Seed for text order and head choice."),
     out: str = typer.Option("runs/approx", help="Output directory: results.json, report.md, plots/."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier study in --out (only its own files)."),
 ):
     """The matrix-family study (the paper's Table 6): sample the teacher's attention matrices on real text, fit causal
     Toeplitz, low-rank, SSD and general diagonal SSM matrices to them, report the Frobenius distances."""
@@ -284,7 +308,7 @@ def approx(
             "steps); on a GPU the defaults are the paper's 1000 x 512 (4000 steps)[/]"
         )
     torch.manual_seed(seed)
-    path = run_approx(cfg, console=console, command=" ".join(["mohawk", *sys.argv[1:]]))
+    path = run_approx(cfg, console=console, command=" ".join(["mohawk", *sys.argv[1:]]), overwrite=overwrite)
     console.print(f"[green]done[/]: {path / 'report.md'}")
 
 
@@ -414,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(signal.SIGTERM, previous)
     if rv in (130, 143):  # typer turns Ctrl-C into an exit code of 130
         hint = ": continue with --resume (the newest checkpoint is kept)" if "distill" in argv[:2] else ""
+        if {"eval", "approx"} & set(argv[:2]):
+            hint = ": run the same command again (the earlier files in --out are kept)"
         console.print(f"[yellow]interrupted[/]{hint}", highlight=False)
         return rv
     return rv if isinstance(rv, int) else 0

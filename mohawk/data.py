@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from mohawk.errors import MohawkError
+from mohawk.errors import MohawkError, looks_local
 
 ASSETS = Path(__file__).resolve().parent / "assets"  # vendored corpora, task files and samples (package data)
 # name -> (training files, validation files) under ASSETS; "a+b" joins corpora
@@ -92,17 +92,40 @@ def _read_file(path: Path, field: str) -> Iterator[str]:
         raise MohawkError(f"{path}: cannot read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
-def _files(source: str) -> list[Path]:
-    path = Path(source)
+DATA_SUFFIXES = (".gz", ".xz", ".bz2", ".parquet", *TEXT_SUFFIXES, *JSON_SUFFIXES)
+
+
+def data_parts(spec: str, flag: str = "--data") -> list[str]:
+    """The parts of a data value, the grammar every command reads: ``a+b+...``, each part a vendored corpus name
+    (CORPORA), ``recall`` (generated key-value text), ``teacher`` (text the teacher writes, ``mohawk distill`` only),
+    a local file or directory, or a Hugging Face dataset name (``name`` or ``name:config``). A value that exists as a
+    path is one part even if it holds a ``+``. An empty value or an empty part (``''``, ``a+``, ``+b``, ``a++b``) is
+    a MohawkError naming ``flag``: it would otherwise read whatever lies in the current directory."""
+    if spec and Path(spec).expanduser().exists():
+        return [spec]
+    parts = spec.split("+")
+    if not spec.strip() or any(not p.strip() for p in parts):
+        raise MohawkError(
+            f"bad value for {flag}: {spec!r} (an empty part: give corpus names, paths or dataset names joined by '+')"
+        )
+    return parts
+
+
+def _is_local(part: str) -> bool:
+    return looks_local(part.split(":", 1)[0] if not part.startswith(("/", ".", "~")) else part, DATA_SUFFIXES)
+
+
+def _files(source: str, flag: str = "--data") -> list[Path]:
+    path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        files = [p for p in files if p.suffix in (".gz", ".xz", ".bz2", ".parquet", *TEXT_SUFFIXES, *JSON_SUFFIXES)]
+        files = [p for p in files if p.suffix in DATA_SUFFIXES]
         if not files:
             raise MohawkError(f"data directory {source} holds no .txt/.jsonl/.parquet files")
         return files
     if path.is_file():
         return [path]
-    raise MohawkError(f"data not found: {source} (a file, a directory, 'bundled', or a Hugging Face dataset name)")
+    raise MohawkError(f"{flag}: no such file or directory: {source}")
 
 
 def vendored(source: str) -> tuple[list[Path], list[Path]] | None:
@@ -122,30 +145,46 @@ def vendored(source: str) -> tuple[list[Path], list[Path]] | None:
     return train, val
 
 
+def _resolve(spec: str, flag: str) -> tuple[list, list]:
+    """(files or "hf:NAME" sources, the vendored parts' validation files) of a data value (see data_parts)."""
+    train: list = []
+    val: list = []
+    for part in data_parts(spec, flag):
+        if part == SYNTHETIC_RECALL:  # generated text (mohawk.synthetic), with its own held-out documents
+            train.append(f"synthetic:{part}:0")
+            val.append(f"synthetic:{part}:1")
+            continue
+        v = vendored(part)
+        if v is not None:
+            train += [f for f in v[0] if f not in train]
+            val += [f for f in v[1] if f not in val]
+        elif _is_local(part):
+            train += _files(part, flag)
+        else:
+            train.append(f"hf:{part}")
+    return train, val
+
+
 def split_sources(source: str, val_source: str | None) -> tuple[list, list | None]:
-    """(train sources, validation sources or None to hold out pieces of the training source). ``a+b`` joins vendored
-    corpora and local paths; the validation files are the vendored parts' (none: pieces of the training data are
-    held out)."""
-    if source == SYNTHETIC_RECALL:  # generated text (mohawk.synthetic): its own held-out documents
-        return [f"synthetic:{source}:0"], (_files(val_source) if val_source else [f"synthetic:{source}:1"])
-    named = vendored(source)
-    if named is not None:
-        return named[0], (_files(val_source) if val_source else named[1])
-    if "+" in source:
-        train: list = []
-        val: list = []
-        for part in source.split("+"):
-            if part == SYNTHETIC_RECALL:
-                train.append(f"synthetic:{part}:0")
-                continue
-            v = vendored(part)
-            train += v[0] if v else _files(part)
-            val += v[1] if v else []
-        return train, (_files(val_source) if val_source else (val or None))
-    path = Path(source)
-    looks_local = path.exists() or source.startswith((".", "/", "~")) or path.suffix != ""
-    train = _files(source) if looks_local else [f"hf:{source}"]
-    return train, (_files(val_source) if val_source else None)
+    """(train sources, validation sources or None to hold out pieces of the training source), both read with the
+    grammar of ``data_parts``. The validation files are ``val_source``'s (a vendored corpus gives its validation
+    files), else the vendored parts' of ``source``; none: pieces of the training data are held out."""
+    train, val = _resolve(source, "--data")
+    if val_source:
+        vtrain, vval = _resolve(val_source, "--val-data")
+        return train, (vval or vtrain)
+    return train, (val or None)
+
+
+def input_paths(spec: str | None) -> list[str]:
+    """The local paths a data value reads (what an output directory must not delete or contain); [] for None."""
+    if not spec:
+        return []
+    try:
+        parts = data_parts(spec)
+    except MohawkError:
+        return []
+    return [p for p in parts if p not in CORPORA and p not in ("teacher", SYNTHETIC_RECALL) and _is_local(p)]
 
 
 def iter_documents(sources: list, field: str = "text") -> Iterator[str]:
@@ -363,6 +402,8 @@ def take(stream: TokenStream, n_sequences: int) -> torch.Tensor:
 __all__ = [
     "ASSETS",
     "CORPORA",
+    "data_parts",
+    "input_paths",
     "TokenStream",
     "holdout",
     "iter_documents",

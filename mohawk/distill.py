@@ -15,9 +15,9 @@ import torch
 from rich.console import Console
 
 from mohawk import recipe, rundir
-from mohawk.checkpoint import Checkpointer, ResumePoint, check_resume_config
+from mohawk.checkpoint import Checkpointer, ResumePoint, check_resume_config, check_resume_inputs, input_fingerprint
 from mohawk.config import DistillConfig
-from mohawk.data import TokenStream, make_streams, take
+from mohawk.data import TokenStream, data_parts, input_paths, make_streams, take
 from mohawk.errors import MohawkError
 from mohawk.evaluation import agreement, layer_distances, perplexity
 from mohawk.evaluation.suite import long_sequences, parse_tasks, run_suite
@@ -54,7 +54,7 @@ def _stage_stream(cfg: DistillConfig, tokenizer, stage: int, data: str) -> Token
 def teacher_text(cfg: DistillConfig, teacher, tokenizer, out: Path, total: int, console, parallel: Parallel) -> str:
     """cfg.data with 'teacher' replaced by OUT/teacher-text.jsonl.xz, sampled from the teacher first (rank 0; reused
     when an earlier call wrote it with the same settings)."""
-    parts = cfg.data.split("+")
+    parts = data_parts(cfg.data)
     if "teacher" not in parts:
         return cfg.data
     from mohawk.teachers.sample import write_corpus
@@ -107,18 +107,24 @@ def distill(
     progress: bool = True,
     console: Console | None = None,
     command: str | None = None,
+    allow_changed_inputs: bool = False,
 ) -> Path:
     """Run the configured MOHAWK stages; returns the output directory. Under torchrun every rank runs this: the
     stages train data-parallel (mohawk.parallel), rank 0 alone writes files, evaluates and saves the student."""
     parallel, device = Parallel.from_env(cfg.device, cfg.parallel)
     lock = None
+    inputs: dict = {}
+    changed: list[str] = []
     try:
         parallel.check_batch_size(cfg.batch_size)
         out = Path(cfg.out)
         if parallel.main:
+            rundir.check_inputs(out, [*input_paths(cfg.data), *input_paths(cfg.val_data)])
             lock = rundir.claim(out, resume=resume, overwrite=overwrite)
             if resume and (out / "config.yaml").is_file():  # before anything in OUT is written
                 check_resume_config(out / "config.yaml", cfg)
+            inputs = input_fingerprint(cfg)
+            changed = check_resume_inputs(out / "inputs.json", inputs, allow_changed_inputs) if resume else []
         parallel.barrier()
         return _distill(
             cfg,
@@ -130,6 +136,7 @@ def distill(
             progress=progress,
             console=console,
             command=command,
+            inputs=(inputs, changed),
         )
     finally:
         if lock is not None:
@@ -148,6 +155,7 @@ def _distill(
     progress: bool,
     console: Console | None,
     command: str | None,
+    inputs: tuple[dict, list[str]] = ({}, []),
 ) -> Path:
     main = parallel.main
     console = console or Console(stderr=True)
@@ -194,8 +202,8 @@ def _distill(
         )
     n_params = sum(p.numel() for p in student.parameters())
     schedule = recipe.plan(cfg, parallel.world)
-    vendored_val = "+".join(p for p in cfg.data.split("+") if p != "teacher") or "bundled"
-    val_source = cfg.data if "teacher" not in cfg.data.split("+") else vendored_val
+    vendored_val = "+".join(p for p in data_parts(cfg.data) if p != "teacher") or "bundled"
+    val_source = cfg.data if "teacher" not in data_parts(cfg.data) else vendored_val
     _, val_stream = make_streams(
         val_source, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed, field=cfg.text_field
     )
@@ -203,9 +211,11 @@ def _distill(
 
     if main:
         if overwrite and not resume:
-            rundir.clear(out, reads=[cfg.teacher, cfg.data, cfg.val_data])
+            rundir.clear(out, reads=[cfg.teacher, *input_paths(cfg.data), *input_paths(cfg.val_data)])
         rundir.mark(out)
         cfg.save(out / "config.yaml")
+        if not resume or not (out / "inputs.json").is_file() or inputs[1]:  # what the run now reads
+            write_json(out / "inputs.json", inputs[0])
     summary.update(
         teacher=cfg.teacher,
         teacher_layers=adapter.num_layers,
@@ -245,6 +255,8 @@ def _distill(
         for r in plan_rows
         if r["epochs"] is not None and r["epochs"] > 1
     ]
+    summary["input_changes"] = summary.get("input_changes", []) + [f"resumed with {c}" for c in inputs[1]]
+    warnings += summary["input_changes"]  # --allow-changed-inputs: the report says what changed under the run
     for w in warnings:
         console.print(f"[yellow]warning[/]: {w}", highlight=False)
     summary["plan"], summary["warnings"] = plan_rows, warnings
@@ -358,10 +370,10 @@ def _distill(
         )
         write_json(out / "evaluation.json", res)
     student.config.mohawk_train_seq_len = cfg.seq_len  # read by `mohawk eval` (loss by position, passkey lengths)
-    student_dir = out / "student"
-    student.save_pretrained(student_dir)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(student_dir)
+    with rundir.staged(out, again="continue with --resume") as tmp:  # a cut save never leaves half a student
+        student.save_pretrained(tmp / "student")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp / "student")
     summary["total_wall_s"] = round(time.perf_counter() - t0, 1)  # this invocation
     write_json(summary_path, summary)
 

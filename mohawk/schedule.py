@@ -22,6 +22,8 @@ class LoopSettings:
     spike_patience: int = 3
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 3
+    divergence_factor: float = 4.0
+    divergence_patience: int = 10
     log_every: int = 1
     checkpoint_every: int = 50
     compile: str = "off"
@@ -103,3 +105,38 @@ class SpikeGuard:
     @property
     def median(self) -> float | None:
         return statistics.median(self.history) if self.history else None
+
+
+class DivergenceGuard:
+    """Flags a steady climb, which the spike guard cannot see (each loss only a little above the last): the smoothed
+    loss (median of the last ``window`` accepted losses) above ``factor`` x the best smoothed loss of the stage for
+    ``patience`` updates in a row (factor 0: off). ``calm``: the smoothed loss is within sqrt(factor) of the best,
+    the only time the loop takes a checkpoint, so that the checkpoints a divergence leaves are from before the climb
+    (a short window: the median lags a climb by window / 2 updates)."""
+
+    def __init__(self, factor: float, patience: int, window: int = 8):
+        self.factor, self.patience, self.window = factor, patience, window
+        self.history: list[float] = []
+        self.best: float | None = None
+        self.smoothed: float | None = None
+        self.above = 0
+
+    def update(self, loss: float) -> bool:
+        """Record an accepted loss; True when the stage has diverged."""
+        self.history = (self.history + [loss])[-self.window :]
+        if not self.factor or len(self.history) < self.window:
+            return False
+        self.smoothed = statistics.median(self.history)
+        self.best = self.smoothed if self.best is None else min(self.best, self.smoothed)
+        self.above = self.above + 1 if self.smoothed > self.factor * self.best else 0
+        return self.above >= self.patience
+
+    @property
+    def calm(self) -> bool:
+        if not self.factor or self.smoothed is None or self.best is None:
+            return True
+        return self.smoothed <= math.sqrt(self.factor) * self.best
+
+    def restart(self) -> None:
+        """After a rollback: the climbing losses leave the window; the stage's best stays."""
+        self.history, self.above, self.smoothed = [], 0, None

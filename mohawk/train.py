@@ -20,9 +20,18 @@ from mohawk.checkpoint import Checkpointer
 from mohawk.errors import MohawkError
 from mohawk.metrics import MetricsLog
 from mohawk.parallel import Parallel, flatten_metrics, unflatten_metrics
-from mohawk.schedule import LoopSettings, LoopState, SpikeGuard, StageBudget, lr_factor
+from mohawk.schedule import DivergenceGuard, LoopSettings, LoopState, SpikeGuard, StageBudget, lr_factor
 
-__all__ = ["LoopSettings", "LoopState", "SpikeGuard", "StageBudget", "compile_mode", "lr_factor", "train_stage"]
+__all__ = [
+    "DivergenceGuard",
+    "LoopSettings",
+    "LoopState",
+    "SpikeGuard",
+    "StageBudget",
+    "compile_mode",
+    "lr_factor",
+    "train_stage",
+]
 
 
 def compile_mode(mode: str, stage, device: torch.device, parallel: Parallel) -> str:
@@ -90,6 +99,7 @@ def train_stage(
     else:
         save(done=False)  # the stage's starting point: the first rollback target
     guard = SpikeGuard(loop.spike_factor, loop.spike_window)
+    climb = DivergenceGuard(loop.divergence_factor, loop.divergence_patience)
     streak_start: int | None = None  # the step before the first spike of the current streak
     device = next(student.parameters()).device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -145,13 +155,14 @@ def train_stage(
                 loss_sum = loss_sum + loss.detach() / accum  # tensors: no device sync per micro-batch
                 _accumulate(metrics_sum, metrics, 1 / accum)
             loss_sum, metrics_sum = parallel.mean_metrics(*_to_floats(loss_sum, metrics_sum))
-            spike = guard.is_spike(loss_sum)
+            spike, diverged = guard.is_spike(loss_sum), False
             if not spike:
                 if loop.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, loop.grad_clip)
                 optimizer.step()
                 guard.accept(loss_sum)
                 streak_start = None
+                diverged = climb.update(loss_sum)
             elif streak_start is None:
                 streak_start = state.step
             optimizer.zero_grad(set_to_none=not keep_grads)
@@ -170,8 +181,27 @@ def train_stage(
                     }
                 )
                 if streak_start is not None and state.step - streak_start >= loop.spike_patience:
-                    _roll_back(state, student, optimizer, checkpointer, loop, log, before_step=streak_start)
+                    why = f"the loss kept spiking ({loop.spike_patience} updates in a row)"
+                    _roll_back(state, student, optimizer, checkpointer, loop, log, streak_start, why, budget.lr)
                     streak_start = None
+            if diverged:
+                log.write(
+                    {
+                        "stage": stage.number,
+                        "step": state.step,
+                        "tokens": state.tokens,
+                        "event": "divergence",
+                        "smoothed_loss": climb.smoothed,
+                        "best": climb.best,
+                    }
+                )
+                why = (
+                    f"its smoothed loss climbed to {climb.smoothed:.4g}, above {loop.divergence_factor:g} x its best "
+                    f"({climb.best:.4g}) for {loop.divergence_patience} updates"
+                )
+                # the climb's start: no checkpoint was taken while the smoothed loss stayed above the line
+                _roll_back(state, student, optimizer, checkpointer, loop, log, state.step, why, budget.lr)
+                climb.restart()
             tps = max(0, state.tokens - tokens_start) / max(time.perf_counter() - t_start, 1e-9)
             bar.update(task, completed=state.tokens, tps=tps, loss=loss_sum)
             if not spike and (state.step % loop.log_every == 0 or state.step == total_steps):
@@ -188,7 +218,13 @@ def train_stage(
                     }
                 )
             # no checkpoint inside a spike streak: it could become the target of the rollback that ends the streak
-            if state.step % loop.checkpoint_every == 0 and state.step < total_steps and streak_start is None:
+            # nor while the smoothed loss is well above the stage's best: the kept ones stay from before a climb
+            if (
+                state.step % loop.checkpoint_every == 0
+                and state.step < total_steps
+                and streak_start is None
+                and climb.calm
+            ):
                 save(done=False)
     student.eval()
     for p in student.parameters():
@@ -207,20 +243,22 @@ def _roll_back(
     loop: LoopSettings,
     log: MetricsLog,
     before_step: int,
+    why: str,
+    peak_lr: float,
 ) -> None:
-    """Restore this stage's newest good checkpoint of a step <= ``before_step``, lower the LR; fail after
-    ``loop.max_rollbacks``."""
+    """Restore this stage's newest good checkpoint of a step <= ``before_step``, lower the LR; after
+    ``loop.max_rollbacks`` stop with a MohawkError saying ``why`` and which lower LR to resume with."""
     if state.rollbacks >= loop.max_rollbacks:
+        lower = peak_lr * state.lr_scale / 10
         raise MohawkError(
-            f"stage {state.stage} diverged: the loss kept spiking after {state.rollbacks} rollbacks "
-            f"(LR scaled down to {state.lr_scale:g}); resume with a lower learning rate "
-            f"(--stage{state.stage}-lr) or raise --spike-factor"
+            f"stage {state.stage} diverged: {why}, after {state.rollbacks} rollbacks (LR scaled down to "
+            f"{state.lr_scale:g}); its checkpoints are from before: resume with a lower learning rate, e.g. "
+            f"--resume --stage{state.stage}-lr {lower:.3g} (or raise --spike-factor / --divergence-factor)"
         )
     target = checkpointer.latest(stage=state.stage, before_step=before_step)
     if target is None:
         raise MohawkError(
-            f"stage {state.stage}: the loss kept spiking and no checkpoint of this stage from before "
-            "the spikes is left to roll back to"
+            f"stage {state.stage}: {why}, and no checkpoint of this stage from before it is left to roll back to"
         )
     saved = Checkpointer.load(target, student, optimizer)
     state.step, state.tokens = saved["step"], saved["tokens"]

@@ -245,7 +245,7 @@ def test_output_directory_failing_mid_run_is_one_line(teacher_dir, tmp_path, cap
 
     def refusing(path, obj):
         calls.append(path)
-        if len(calls) > 1:
+        if [c.name for c in calls].count("summary.json") > 1:  # the first summary is written, then the disk refuses
             raise PermissionError(13, "Permission denied", str(path))
         return real(path, obj)
 
@@ -404,3 +404,324 @@ def test_signal_at_a_random_point_then_resume(teacher_dir, tmp_path, sig, code):
     assert r.returncode == 0, r.stderr[-2000:]
     (fa, wa), (fb, wb) = _final(ref), _final(out)
     assert fa == fb and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# -- inputs and outputs (issue 33) -----------------------------------------------------------------------------------
+
+
+def test_overwrite_keeps_a_data_file_that_is_one_part_of_a_mix(teacher_dir, tmp_path, capsys):
+    """--data A+OUT/student/b.jsonl --overwrite: the second part lives in an output --overwrite would remove."""
+    out = tmp_path / "run"
+    assert _run(teacher_dir, out) == 0
+    inside = tiny_corpus(out / "student" / "b.jsonl", seed=1)
+    data = f"{teacher_dir.parent / 'corpus.jsonl'}+{inside}"
+    assert _run(teacher_dir, out, "--data", data, "--overwrite") == 2
+    assert "which this run reads" in _one_error(capsys) and inside.is_file()
+
+
+def test_a_data_directory_holding_the_output_is_refused(teacher_dir, tmp_path, capsys):
+    """--data DIR --out DIR/run would train on the run's own metrics.jsonl and summary.json (and --data '' on
+    everything under the current directory)."""
+    data = tmp_path / "texts"
+    data.mkdir()
+    tiny_corpus(data / "a.jsonl")
+    assert _run(teacher_dir, data / "run", "--data", str(data)) == 2
+    assert "would read its own outputs" in _one_error(capsys) and not (data / "run").exists()
+    assert _run(teacher_dir, tmp_path / "r2", "--data", f"{data}+") == 2
+    assert "empty part" in _one_error(capsys) and not (tmp_path / "r2").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["distill", "--teacher", "{p}", "--quiet"],
+        ["distill", "--data", "{p}", "--teacher", "{teacher}", "--quiet"],
+        ["distill", "--val-data", "{p}", "--teacher", "{teacher}", "--quiet"],
+        ["eval", "{p}", "--teacher", "none"],
+        ["eval", "--teacher", "{p}"],
+        ["eval", "{student}", "--teacher", "none", "--data", "{p}"],
+        ["approx", "--teacher", "{p}"],
+        ["approx", "--teacher", "{teacher}", "--data", "books,{p}"],
+        ["generate", "{p}", "--prompt", "hi"],
+        ["export", "{p}", "--out", "{tmp}/x"],
+    ],
+)
+@pytest.mark.parametrize("shape", ["abs", "dot", "nested", "parent"])
+def test_a_missing_local_path_is_no_such_file(teacher_dir, tmp_path, capsys, monkeypatch, argv, shape):
+    """A path-like argument that does not exist names the path; it is never sent to the hub ("Repo id must be in the
+    form ...")."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    p = {
+        "abs": str(tmp_path / "nope"),
+        "dot": "./nope",
+        "nested": "a/b/nope",
+        "parent": "runs/nope",  # two parts like a hub id, but runs/ exists here
+    }[shape]
+    student = tmp_path / "student"
+    if "{student}" in argv:
+        from tests.conftest import tiny_teacher, tiny_tokenizer
+
+        tiny_teacher("llama").save_pretrained(student)
+        tiny_tokenizer().save_pretrained(student)
+    values = dict(p=p, teacher=str(teacher_dir), student=str(student), tmp=str(tmp_path))
+    args = [a.format(**values) for a in argv]
+    if args[0] in ("distill", "eval", "approx"):
+        args += ["--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(args) == 2
+    line = _one_error(capsys)
+    assert f"no such file or directory: {p}" in line and "Repo id" not in line, line
+
+
+def test_a_hub_id_stays_a_hub_id(tmp_path, monkeypatch):
+    from mohawk.errors import looks_local
+
+    monkeypatch.chdir(tmp_path)
+    for hub in ("gpt2", "microsoft/phi-1_5", "Qwen/Qwen2.5-0.5B", "HuggingFaceTB/SmolLM2-135M"):
+        assert not looks_local(hub), hub
+    (tmp_path / "microsoft").mkdir()
+    assert looks_local("microsoft/phi-1_5")  # a local directory of that name: the path is meant
+    for path in ("/x", "./x", "../x", "~/x", "a/b/c", "a\\b", "x.gguf"):
+        assert looks_local(path, (".gguf",)), path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_an_object", "another_file"])
+def test_teacher_text_cache_with_a_damaged_sidecar_is_sampled_again(tmp_path, monkeypatch, damage):
+    """The sidecar of OUT/teacher-text.jsonl.xz cut by a crash (a JSON traceback before), or vouching for another
+    file (a run killed between the corpus and its sidecar): the corpus is sampled again, never reused blindly."""
+    from mohawk.teachers import sample
+    from tests.conftest import tiny_teacher, tiny_tokenizer
+
+    monkeypatch.setattr(sample, "prompts", lambda tok, n, length, seed=0: [[3 + i % 20] * length for i in range(n)])
+    model, tok, path = tiny_teacher("llama"), tiny_tokenizer(), tmp_path / "teacher-text.jsonl.xz"
+    kw = dict(new_tokens=8, prompt_tokens=4, batch_size=2, seed=0)
+    first = sample.write_corpus(model, tok, path, 24, **kw)
+    assert sample.write_corpus(model, tok, path, 24, **kw) == first  # reused: same stats, no new sampling
+    sidecar = path.with_name(path.name + ".json")
+    text = sidecar.read_text()
+    if damage == "truncated":
+        sidecar.write_text(text[: len(text) // 2])
+    elif damage == "not_an_object":
+        sidecar.write_text("[1, 2]")
+    else:
+        import lzma
+
+        with lzma.open(path, "wt") as f:
+            f.write('{"text": "another corpus"}\n')
+    calls = []
+    real = sample.sample
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(sample, "sample", counted)
+    again = sample.write_corpus(model, tok, path, 24, **kw)
+    assert calls and again["samples"] == first["samples"]
+    assert json.loads(sidecar.read_text())["stats"] == again
+
+
+# -- eval and approx write like distill --------------------------------------------------------------------------------
+
+
+def _eval_argv(teacher_dir, out, *extra):
+    data = str(teacher_dir.parent / "corpus.jsonl")
+    fast = ["--teacher", "none", "--tasks", "ppl", "--data", data, "--seq-len", "16", "--val-sequences", "2"]
+    return ["eval", str(teacher_dir), *fast, "--device", "cpu", "--out", str(out), *extra]
+
+
+def _approx_argv(teacher_dir, out, *extra):
+    data = str(teacher_dir.parent / "corpus.jsonl")
+    fast = ["--num-matrices", "2", "--seq-len", "8", "--steps", "2", "--families", "toeplitz", "--data", data]
+    return ["approx", "--teacher", str(teacher_dir), *fast, "--device", "cpu", "--out", str(out), *extra]
+
+
+def _files(out):
+    return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".mohawk.lock"}
+
+
+def test_eval_never_replaces_a_distill_runs_report(teacher_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _run(teacher_dir, run) == 0
+    before = _files(run)
+    for extra in ([], ["--overwrite"]):
+        assert main(_eval_argv(teacher_dir, run, *extra)) == 2
+        assert "holds a mohawk distill run" in _one_error(capsys)
+        assert main(_approx_argv(teacher_dir, run, *extra)) == 2
+        assert "holds a mohawk distill run" in _one_error(capsys)
+    assert _files(run) == before
+
+
+@pytest.mark.parametrize("argv", [_eval_argv, _approx_argv])
+def test_eval_and_approx_outputs_follow_distills_rules(teacher_dir, tmp_path, capsys, argv):
+    """A second run into the same --out needs --overwrite, which keeps the user's files; a second writer is refused;
+    a data directory holding --out is refused."""
+    from mohawk.rundir import RunLock
+
+    out = tmp_path / "out"
+    assert main(argv(teacher_dir, out)) == 0
+    assert {"results.json", "report.md", ".mohawk-run"} <= {p.name for p in out.iterdir()}
+    (out / "notes.txt").write_text("mine")
+    assert main(argv(teacher_dir, out)) == 2
+    assert "pass --overwrite" in _one_error(capsys)
+    holder = RunLock(out).acquire()
+    try:
+        assert main(argv(teacher_dir, out, "--overwrite")) == 2
+        assert "in use by another mohawk run" in _one_error(capsys)
+    finally:
+        holder.release()
+    assert main(argv(teacher_dir, out, "--overwrite")) == 0
+    assert (out / "notes.txt").read_text() == "mine" and not list(out.glob(".tmp-*"))
+    data = tmp_path / "texts"
+    data.mkdir()
+    tiny_corpus(data / "a.jsonl")
+    corpus = str(teacher_dir.parent / "corpus.jsonl")
+    args = [str(data) if a == corpus else a for a in argv(teacher_dir, data / "o")]
+    assert main(args) == 2 and "would read its own outputs" in _one_error(capsys)
+
+
+@pytest.mark.parametrize("argv", [_eval_argv, _approx_argv])
+@pytest.mark.parametrize("fault", ["disk_full", "interrupt"])
+def test_eval_and_approx_fail_without_losing_and_rerun(teacher_dir, tmp_path, capsys, monkeypatch, argv, fault):
+    """A full disk while the outputs are written (ENOSPC) or Ctrl-C: one line, exit 2 / 130, the earlier outputs
+    unchanged, no temporary left; the command the message suggests (the same one) then succeeds."""
+    import errno
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    assert main(argv(teacher_dir, out)) == 0
+    before = _files(out)
+    real = Path.write_text
+
+    def failing(self, *a, **k):
+        if self.name == "report.md":
+            if fault == "disk_full":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", failing)
+    rc = main(argv(teacher_dir, out, "--overwrite", "--seed", "1"))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if fault == "disk_full":
+        assert rc == 2
+        (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+        assert "No space left on device" in line and "run the same command again" in line
+    else:
+        assert rc == 130 and "run the same command again" in err
+    assert _files(out) == before and not list(out.glob(".tmp-*"))
+    monkeypatch.setattr(Path, "write_text", real)
+    assert main(argv(teacher_dir, out, "--overwrite", "--seed", "1")) == 0
+    assert _files(out) != before
+
+
+# -- divergence the spike guard cannot see ---------------------------------------------------------------------------
+
+
+class _ClimbingStage:
+    """Next-token CE of a tiny student, times exp(heat): every update at an LR above 0.05 adds 0.1 x (LR - 0.05) to
+    heat, a buffer of the student (so checkpoints and rollbacks carry it). At a high LR the loss climbs ~5% per update:
+    steadily, never 5x its running median in one step; at a low one it trains normally."""
+
+    number, name, compilable, shards_student, partial_gradients = 1, "climb", False, False, False
+    optimizers: list = []
+
+    def __init__(self):
+        from mohawk.models import MohawkConfig, MohawkForCausalLM
+
+        torch = __import__("torch")
+        torch.manual_seed(0)
+        cfg = MohawkConfig(
+            vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+        self.student = MohawkForCausalLM(cfg)
+        self.student.register_buffer("heat", torch.zeros(()))
+
+    def parameters(self):
+        return list(self.student.named_parameters())
+
+    def lr_scale(self, name):
+        return 1.0
+
+    def loss(self, batch):
+        lr = self.optimizers[-1].param_groups[0]["lr"]
+        self.student.heat += 0.1 * max(0.0, lr - 0.05)
+        return self.student(batch, labels=batch).loss * self.student.heat.exp(), {}
+
+
+def test_a_steady_climb_stops_before_the_checkpoints_break_and_the_advice_works(tmp_path, monkeypatch):
+    """LR 0.5 makes the loss climb without one spike: the divergence guard rolls back (to a checkpoint from before
+    the climb, LR halved: still climbing) and, its rollback spent, stops with the LR to resume with; resuming from the
+    newest kept checkpoint at that LR completes the stage with the loss back near its best."""
+    import re
+    import statistics
+
+    import torch
+
+    from mohawk.checkpoint import Checkpointer
+    from mohawk.config import DistillConfig
+    from mohawk.errors import MohawkError
+    from mohawk.metrics import MetricsLog
+    from mohawk.train import StageBudget, train_stage
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            _ClimbingStage.optimizers.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+
+    def batches():
+        g = torch.Generator().manual_seed(1)
+        while True:
+            yield torch.randint(0, 40, (2, 8), generator=g)
+
+    settings = {"checkpoint_every": 5, "warmup_fraction": 0.0, "decay_fraction": 0.0, "max_rollbacks": 1}
+    loop = DistillConfig.from_dict(settings)
+    ckpt, log = Checkpointer(tmp_path / "ck"), MetricsLog(tmp_path / "m.jsonl")
+    run = dict(checkpointer=ckpt, log=log, progress=False)
+    with pytest.raises(MohawkError) as e:
+        train_stage(_ClimbingStage(), batches(), StageBudget(16 * 200, 16, 1, 0.5), loop.loop_settings(), **run)
+    rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if r.get("event") == "spike"]  # the spike guard saw nothing
+    assert [r["event"] for r in rows if r.get("event")] == ["divergence", "rollback", "divergence"]
+    message = str(e.value)
+    assert "stage 1 diverged" in message and "climbed" in message and "after 1 rollbacks" in message
+    lr = float(re.search(r"--resume --stage1-lr (\S+)", message).group(1))
+    best = statistics.median([r["loss"] for r in rows if "loss" in r][:8])  # the guard's first smoothed loss
+    kept = ckpt.list()
+    assert kept and all(json.loads((k / "state.json").read_text())["step"] < 200 for k in kept)
+    # follow the advice: resume the stage from its newest checkpoint at the suggested LR
+    state = train_stage(
+        _ClimbingStage(), batches(), StageBudget(16 * 200, 16, 1, lr), loop.loop_settings(), resume=kept[-1], **run
+    )
+    assert state.step == 200
+    rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    resumed = [r["loss"] for r in rows if "loss" in r and r["lr"] <= lr]
+    assert resumed and max(resumed) < 4 * best  # the kept checkpoint is from before the climb
+    assert statistics.mean(resumed[-8:]) < statistics.mean(resumed[:8])  # and at the advised LR it climbs no more
+
+
+def test_disk_full_while_saving_the_student_leaves_no_half_student(teacher_dir, tmp_path, capsys, monkeypatch):
+    """The student is saved into OUT/.tmp-PID and renamed: a full disk midway leaves no OUT/student that would load
+    as a broken model, and the --resume the error names finishes the run."""
+    import errno
+
+    from mohawk.models import MohawkForCausalLM
+
+    real = MohawkForCausalLM.save_pretrained
+
+    def filling_disk(self, path, *a, **k):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text("{}")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(MohawkForCausalLM, "save_pretrained", filling_disk)
+    out = tmp_path / "run"
+    assert _run(teacher_dir, out) == 2
+    line = _one_error(capsys)
+    assert "No space left on device" in line and "continue with --resume" in line
+    assert not (out / "student").exists() and not list(out.glob(".tmp-*"))
+    monkeypatch.setattr(MohawkForCausalLM, "save_pretrained", real)
+    assert _run(teacher_dir, out, "--resume") == 0 and (out / "student" / "config.json").is_file()

@@ -121,7 +121,7 @@ def test_resume_after_interruption(teacher_dir, tmp_path, monkeypatch):
         (["--device", "cuda"], "no CUDA GPU"),
         (["--seq-len", "100000"], "above the teacher's maximum"),
         (["--stages", "5"], "bad value for stages"),
-        (["--teacher", "/no/such/teacher"], "could not load teacher"),
+        (["--teacher", "/no/such/teacher"], "no such file or directory: /no/such/teacher"),
     ],
 )
 def test_bad_input_is_one_line(teacher_dir, tmp_path, capsys, extra, msg):

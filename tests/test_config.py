@@ -106,6 +106,8 @@ SAMPLES = {
     "spike_patience": 2,
     "rollback_lr_factor": 0.25,
     "max_rollbacks": 1,
+    "divergence_factor": 8.0,
+    "divergence_patience": 3,
     "eval_tasks": "position,passkey",
     "eval_limit": 50,
     "device": "cpu",

@@ -148,8 +148,45 @@ def test_bad_files_give_clear_errors(tmp_path, content, msg):
 
 
 def test_missing_and_unsupported_paths(tmp_path):
-    with pytest.raises(MohawkError, match="data not found"):
+    with pytest.raises(MohawkError, match="no such file or directory: .*nope.jsonl"):
         make_streams(str(tmp_path / "nope.jsonl"), tiny_tokenizer(), 8)
     (tmp_path / "x.csv").write_text("a,b")
     with pytest.raises(MohawkError, match="unsupported data file"):
         next(make_streams(str(tmp_path / "x.csv"), tiny_tokenizer(), 8)[0].batches(1))
+
+
+@pytest.mark.parametrize("spec", ["", " ", "+", "modern+", "+modern", "modern++bundled"])
+def test_an_empty_part_of_data_is_an_error(tmp_path, monkeypatch, spec):
+    """An empty part once read as Path('') = the current directory: every data file under it became training text."""
+    from mohawk.config import DistillConfig
+
+    monkeypatch.chdir(tmp_path)
+    tiny_corpus(tmp_path / "stray.jsonl")
+    with pytest.raises(MohawkError, match="empty part"):
+        make_streams(spec, tiny_tokenizer(), 8)
+    with pytest.raises(MohawkError, match="bad value for --data"):
+        DistillConfig.from_dict({"data": spec})
+    if spec:  # an empty --val-data means "none given"
+        with pytest.raises(MohawkError, match="bad value for --val-data"):
+            DistillConfig.from_dict({"val_data": spec})
+
+
+def test_data_grammar_parts_and_local_paths(tmp_path, monkeypatch):
+    """One grammar: vendored names, local paths (also in mixes, with their validation from the vendored part) and hub
+    names; a path-like part that does not exist is "no such file or directory", never a dataset lookup; a path that
+    holds a '+' is one part."""
+    from mohawk.data import ASSETS, data_parts, input_paths, split_sources
+
+    monkeypatch.chdir(tmp_path)
+    corpus = tiny_corpus(tmp_path / "c.jsonl")
+    plus = tiny_corpus(tmp_path / "a+b.jsonl")
+    assert data_parts("a+b") == ["a", "b"] and data_parts(str(plus)) == [str(plus)]
+    train, val = split_sources(f"modern+{corpus}", None)
+    assert train == [ASSETS / "modern/train.jsonl.xz", corpus] and val == [ASSETS / "modern/validation.jsonl.xz"]
+    assert split_sources("user/some-dataset", None) == (["hf:user/some-dataset"], None)
+    assert split_sources("wikitext:wikitext-2-raw-v1", None)[0] == ["hf:wikitext:wikitext-2-raw-v1"]
+    for missing in ("./nope", "sub/dir/x", "~/no-such-mohawk-file", "nope.jsonl", str(tmp_path / "nope")):
+        with pytest.raises(MohawkError, match=f"no such file or directory: {missing}"):
+            split_sources(f"bundled+{missing}", None)
+    assert input_paths(f"teacher+bundled+{corpus}+user/ds") == [str(corpus)]
+    assert split_sources(str(corpus), "modern")[1] == [ASSETS / "modern/validation.jsonl.xz"]

@@ -215,18 +215,21 @@ def _one_line(text: str) -> str:
 
 
 def write_eval_report(out: Path, res: dict[str, Any], command: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(res, indent=2))
-    made = plot_results(res, out / "plots")
-    lines = [
-        "# mohawk evaluation",
-        "",
-        f"- command: `{command}`",
-        f"- device: {res.get('device')}; versions: {res.get('versions')}; "
-        f"{res['val_tokens']:,} held-out tokens; wall time {res.get('wall_s', 0):.0f} s",
-        "",
-        *markdown(res, made),
-    ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """OUT/results.json, OUT/report.md and OUT/plots/, written into a temporary sibling and renamed into place
+    (mohawk.rundir.staged): an interrupted or failed write leaves the earlier files."""
+    from mohawk.rundir import staged
+
+    with staged(out) as tmp:
+        made = plot_results(res, tmp / "plots")
+        lines = [
+            "# mohawk evaluation",
+            "",
+            f"- command: `{command}`",
+            f"- device: {res.get('device')}; versions: {res.get('versions')}; "
+            f"{res['val_tokens']:,} held-out tokens; wall time {res.get('wall_s', 0):.0f} s",
+            "",
+            *markdown(res, made),
+        ]
+        (tmp / "report.md").write_text("\n".join(lines) + "\n")
+        (tmp / "results.json").write_text(json.dumps(res, indent=2))
+    return out / "report.md"

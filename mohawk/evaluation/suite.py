@@ -169,9 +169,52 @@ def evaluate(
     passkey_trials: int = 20,
     passkey_at: list[int] | None = None,
     items: bool = False,
+    out: str | None = None,
+    overwrite: bool = False,
+    command: str = "mohawk eval",
 ) -> dict:
     """Load the teacher and each model directory and run the suite on them: the results dict (see run_suite; the
-    CLI presents it with mohawk.evaluation.present)."""
+    CLI presents it with mohawk.evaluation.present). With ``out``: OUT is claimed first (mohawk.rundir.output: one
+    writer, no other command's run, an earlier evaluation replaced only with ``overwrite``) and results.json,
+    report.md and plots/ are written into it."""
+    settings = {k: v for k, v in locals().items() if k not in ("out", "overwrite", "command")}
+    if out is None:
+        return _evaluate(**settings)
+    from mohawk.data import input_paths
+    from mohawk.errors import require_local
+    from mohawk.evaluation.present import write_eval_report
+    from mohawk.rundir import output
+
+    parse_tasks(tasks)  # what can be refused is refused before OUT is touched
+    for m in models:
+        require_local(m, "model")
+    reads = [*models, teacher, *input_paths(data)]
+    with output(Path(out), "eval", overwrite=overwrite, reads=reads, data=input_paths(data)):
+        res = _evaluate(**settings)
+        write_eval_report(Path(out), res, command)
+    return res
+
+
+def _evaluate(
+    *,
+    models,
+    teacher,
+    data,
+    tasks,
+    limit,
+    seq_len,
+    val_sequences,
+    train_len,
+    batch_size,
+    device,
+    seed,
+    console,
+    score_teacher,
+    passkey_trials,
+    passkey_at,
+    items,
+) -> dict:
+    """evaluate() without an output directory: the results dict."""
     import platform
     import time
 

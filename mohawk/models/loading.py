@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mohawk.errors import MohawkError
+from mohawk.errors import MohawkError, require_local
 
 
 def load_model(path: str, device: torch.device | str = "cpu", *, tokenizer: bool = False):
@@ -17,6 +17,8 @@ def load_model(path: str, device: torch.device | str = "cpu", *, tokenizer: bool
     from transformers.utils import logging as hf_logging
 
     import mohawk  # noqa: F401  (registers the student with the Auto classes)
+
+    require_local(path, "model")
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report would repeat, as a table, what the error line says

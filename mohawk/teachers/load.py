@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mohawk.errors import MohawkError
+from mohawk.errors import MohawkError, require_local
 from mohawk.teachers.base import TeacherAdapter
 from mohawk.teachers.gemma3 import Gemma3Adapter
 from mohawk.teachers.gpt2 import GPT2Adapter
@@ -145,13 +145,14 @@ def load_teacher(
 
     source: hub id, local directory, path to a .gguf file, or None / "smollm2-135m" for the bundled default."""
     source = resolve_teacher(source)
-    path = Path(source)
-    if source.endswith(".gguf"):
-        if not path.is_file():
-            raise MohawkError(f"teacher GGUF file not found: {source}")
+    require_local(source, "--teacher", (".gguf",))
+    path = Path(source).expanduser()
+    if path.is_file() and source.endswith(".gguf"):
         model, tokenizer = _load_gguf(path, trust_remote_code)
+    elif path.is_file():
+        raise MohawkError(f"--teacher {source}: a file that is no .gguf; give a model directory, a .gguf or a hub id")
     else:
-        model, tokenizer = _load_hf(source, trust_remote_code)
+        model, tokenizer = _load_hf(str(path) if path.exists() else source, trust_remote_code)
     adapter = adapter_for(model)
     check_tokenizer(model, tokenizer, source)
     model.to(device=device, dtype=dtype or torch.float32).eval().requires_grad_(False)

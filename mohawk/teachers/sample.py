@@ -8,6 +8,7 @@ batch is padded with repeats and cut."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import lzma
 import random
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from mohawk.errors import MohawkError
+from mohawk.metrics import write_json
 
 
 def prompts(tokenizer, n: int, length: int, source: str = "modern+gutenberg", seed: int = 0) -> list[list[int]]:
@@ -94,7 +96,9 @@ def write_corpus(
     on_progress: Callable[[int, float], None] | None = None,
 ) -> dict:
     """Sample about ``tokens`` tokens from the teacher into ``path`` (jsonl.xz, {"text": ...} per sample), reusing a
-    complete earlier file made with the same settings; returns {"tokens", "samples", "seconds", "tokens_per_s"}."""
+    complete earlier file made with the same settings; returns {"tokens", "samples", "seconds", "tokens_per_s"}.
+    The file is written to a temporary sibling and renamed; its sidecar ``path.json`` (settings, stats, the file's
+    size and sha256) is written last, atomically, so a file is reused only when the sidecar vouches for it."""
     meta_path = path.with_name(path.name + ".json")
     settings = {
         "tokens": tokens,
@@ -103,23 +107,27 @@ def write_corpus(
         "temperature": temperature,
         "seed": seed,
     }
-    if path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("settings") == settings:
-            return meta["stats"]
+    reused = _reusable(path, meta_path, settings)
+    if reused is not None:
+        return reused
     per_sample = prompt_tokens + new_tokens
     n = max(1, -(-tokens // per_sample))
     starts = prompts(tokenizer, n, prompt_tokens, seed=seed)
     t0, done, samples = time.perf_counter(), 0, 0
     tmp = path.with_name(f".{path.name}.tmp")
-    with lzma.open(tmp, "wt", encoding="utf-8") as f:
-        for text, n_tokens in sample(model, tokenizer, starts, new_tokens, batch_size, temperature, seed):
-            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-            samples += 1
-            done += n_tokens
-            if on_progress is not None and samples % batch_size == 0:
-                on_progress(done, time.perf_counter() - t0)
-    tmp.replace(path)
+    meta_path.unlink(missing_ok=True)  # the old sidecar must never describe the new file
+    try:
+        with lzma.open(tmp, "wt", encoding="utf-8") as f:
+            for text, n_tokens in sample(model, tokenizer, starts, new_tokens, batch_size, temperature, seed):
+                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+                samples += 1
+                done += n_tokens
+                if on_progress is not None and samples % batch_size == 0:
+                    on_progress(done, time.perf_counter() - t0)
+        tmp.replace(path)
+    except BaseException:  # a full disk or an interrupt: no partial file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     seconds = time.perf_counter() - t0
     stats = {
         "tokens": done,
@@ -127,5 +135,30 @@ def write_corpus(
         "seconds": round(seconds, 1),
         "tokens_per_s": round(done / max(seconds, 1e-9), 1),
     }
-    meta_path.write_text(json.dumps({"settings": settings, "stats": stats}))
+    write_json(meta_path, {"settings": settings, "stats": stats, "file": _identity(path)})
     return stats
+
+
+def _identity(path: Path) -> dict:
+    """Size and sha256 of ``path``: what the sidecar vouches for."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def _reusable(path: Path, meta_path: Path, settings: dict) -> dict | None:
+    """The stats of an earlier corpus in ``path`` made with ``settings``, or None (none, other settings, a sidecar
+    that is damaged or does not describe the file): then the corpus is sampled again."""
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("settings") != settings or not isinstance(meta.get("stats"), dict):
+        return None
+    if meta.get("file") != _identity(path):
+        return None
+    return meta["stats"]
