@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",
     help="MOHAWK: distil a pretrained Transformer into a Mamba-2 (SSD) student or hybrid.",
 )
 console = Console(stderr=True)
