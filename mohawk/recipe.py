@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mohawk.config import DistillConfig
 
 SHARES = {1: 0.05, 2: 0.10, 3: 0.85, 4: 0.05}  # of a total budget, per stage (renormalised over the stages run)
-DEFAULT_TOKENS = {1: 4096, 2: 24576, 3: 16384, 4: 4096}  # the embedded CPU default, when no budget is given
+DEFAULT_TOKENS = {1: 4096, 2: 24576, 3: 16384}  # the embedded CPU default, when no budget is given (stage 4: 4,096)
 DEFAULT_LR = {2: 3e-3}  # ... and its stage-2 LR: measured on 2 cores (48 steps), see results/default-cpu
 TARGET_STEPS = {1: 100, 2: 200, 3: 1000, 4: 200}  # optimizer steps a stage aims for, budget permitting
 MIN_STEPS = 20  # fewer optimizer steps than this is under-training: avoided, or warned about when forced
@@ -65,13 +65,13 @@ def stage_tokens(cfg: DistillConfig) -> dict[int, int]:
     """Tokens of each stage in cfg.stages (see module docstring); stages not run get 0."""
     run = list(cfg.stages)
     given = {s: getattr(cfg, f"stage{s}_tokens") for s in run if getattr(cfg, f"stage{s}_tokens") is not None}
-    out = {s: 0 for s in STAGE_NUMBERS}
+    out = {s: 0 for s in STAGE_NUMBERS if s < 4 or s in run}  # the recall phase only where it runs
     out.update(given)
     rest = [s for s in run if s not in given]
     if not rest:
         return out
     if cfg.tokens is None:
-        out.update({s: DEFAULT_TOKENS[s] for s in rest})
+        out.update({s: DEFAULT_TOKENS.get(s, DEFAULT_TOKENS[1]) for s in rest})
         return out
     left = max(0, cfg.tokens - sum(given.values()))
     weight = sum(SHARES[s] for s in rest)
@@ -86,7 +86,7 @@ def plan(cfg: DistillConfig, world: int = 1) -> Plan:
     p = Plan()
     tokens = stage_tokens(cfg)
     on_default = cfg.tokens is None  # stages without a budget of their own run on DEFAULT_TOKENS
-    for s in STAGE_NUMBERS:
+    for s in tokens:
         default = on_default and getattr(cfg, f"stage{s}_tokens") is None
         lr = getattr(cfg, f"stage{s}_lr") or cfg.lr or (DEFAULT_LR.get(s) if default else None) or LR[s]
         rows = cfg.batch_size

@@ -124,8 +124,8 @@ def test_run_defining_settings_come_from_the_schema():
     from mohawk.config import schema
 
     may_change = {
-        "trust_remote_code", "lr", "stage1_lr", "stage2_lr", "stage3_lr", "loss_chunk", "grad_clip", "spike_factor",
-        "spike_window", "spike_patience", "rollback_lr_factor", "max_rollbacks", "divergence_factor",
+        "trust_remote_code", "lr", "stage1_lr", "stage2_lr", "stage3_lr", "stage4_lr", "loss_chunk", "grad_clip",
+        "spike_factor", "spike_window", "spike_patience", "rollback_lr_factor", "max_rollbacks", "divergence_factor",
         "divergence_patience", "eval_tasks", "eval_limit", "device", "compile", "parallel", "log_every",
         "checkpoint_every", "out", "report_to", "threads",
     }  # fmt: skip

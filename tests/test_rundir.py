@@ -22,10 +22,11 @@ def test_claim_refuses_what_is_not_a_run_to_overwrite(tmp_path):
     (out / "notes.txt").write_text("mine")
     with pytest.raises(MohawkError, match="not empty"):
         claim(out, resume=False, overwrite=False)
-    with pytest.raises(MohawkError, match="does not hold a mohawk run"):
+    with pytest.raises(MohawkError, match="does not hold a mohawk"):
         claim(out, resume=False, overwrite=True)
     mark(out)
     claim(out, resume=False, overwrite=True).release()  # a marked run directory may be overwritten
+    (out / "config.yaml").write_text("seed: 0\n")  # resume needs a run to continue
     claim(out, resume=True, overwrite=False).release()
     RunLock(out).acquire().release()  # every refusal above let go of the lock
 
