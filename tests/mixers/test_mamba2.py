@@ -6,25 +6,14 @@ import pytest
 import torch
 
 from mohawk.mixers import DiscreteMamba2Mixer, Mamba2Mixer
-from mohawk.models import MohawkConfig
 from mohawk.models.cache import MohawkCache
+from tests.utils import tiny_mixer_config
 
 MIXERS = [Mamba2Mixer, DiscreteMamba2Mixer]
 
 
 def config(**kw):
-    base = dict(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        ssd_state_size=6,
-        ssd_chunk_size=8,
-    )
-    base.update(kw)
-    return MohawkConfig(**base)
+    return tiny_mixer_config(**{"ssd_state_size": 6, "ssd_chunk_size": 8, **kw})
 
 
 def make(cls, **kw):
