@@ -32,6 +32,13 @@ ARMS = {
     "hybrid4-uniform": ["--num-attention-layers", "4", "--placement", "uniform"],
     "hybrid4-retrieval": ["--num-attention-layers", "4", "--placement", "retrieval"],
     "hybrid2-retrieval": ["--num-attention-layers", "2", "--placement", "retrieval"],
+    "hybrid2-uniform": ["--num-attention-layers", "2", "--placement", "uniform"],
+    "hybrid2-first": ["--num-attention-layers", "2", "--placement", "first"],
+    "hybrid4-first": ["--num-attention-layers", "4", "--placement", "first"],
+    "hybrid4-retrieval-recall": [
+        "--num-attention-layers", "4", "--placement", "retrieval",
+        "--stage4-tokens", "500000", "--recall-data", "recall+bundled", "--stage4-lr", "0.0001",
+    ],  # fmt: skip
     "mamba2": ["--mixer", "mamba2"],
 }
 SCREEN_LIMITS = {"hellaswag": 2000, "lambada_openai": None}
