@@ -99,7 +99,7 @@ def probe(args) -> Path:
             teacher, tok, out / "sampler-text.jsonl.xz", args.sample_tokens, new_tokens=SEQ_LEN - 32, seed=args.seed,
             batch_size=64 if args.device == "cuda" else 4,
         )  # fmt: skip
-        res["sampler"] = {k: v for k, v in stats.items() if k in ("tokens", "seconds", "tokens_per_s")}
+        res["sampler"] = {k: v for k, v in stats.items() if k != "samples"}
     (out / "probe.json").write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != "heads"}), flush=True)
     return out / "probe.json"

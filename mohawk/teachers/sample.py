@@ -96,7 +96,9 @@ def write_corpus(
     on_progress: Callable[[int, float], None] | None = None,
 ) -> dict:
     """Sample about ``tokens`` tokens from the teacher into ``path`` (jsonl.xz, {"text": ...} per sample), reusing a
-    complete earlier file made with the same settings; returns {"tokens", "samples", "seconds", "tokens_per_s"}.
+    complete earlier file made with the same settings; returns {"tokens", "samples", "seconds", "tokens_per_s",
+    "first_batch_s", "steady_tokens_per_s"} (the rate after the first batch, which pays for compiling the static-cache
+    step; None with a single batch).
     The file is written to a temporary sibling and renamed; its sidecar ``path.json`` (settings, stats, the file's
     size and sha256) is written last, atomically, so a file is reused only when the sidecar vouches for it."""
     meta_path = path.with_name(path.name + ".json")
@@ -114,6 +116,7 @@ def write_corpus(
     n = max(1, -(-tokens // per_sample))
     starts = prompts(tokenizer, n, prompt_tokens, seed=seed)
     t0, done, samples = time.perf_counter(), 0, 0
+    first: tuple[int, float] | None = None  # (tokens, seconds) when the first batch was written
     tmp = path.with_name(f".{path.name}.tmp")
     meta_path.unlink(missing_ok=True)  # the old sidecar must never describe the new file
     try:
@@ -122,8 +125,10 @@ def write_corpus(
                 f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
                 samples += 1
                 done += n_tokens
-                if on_progress is not None and samples % batch_size == 0:
-                    on_progress(done, time.perf_counter() - t0)
+                if samples % batch_size == 0:
+                    first = first or (done, time.perf_counter() - t0)
+                    if on_progress is not None:
+                        on_progress(done, time.perf_counter() - t0)
         tmp.replace(path)
     except BaseException:  # a full disk or an interrupt: no partial file stays behind
         tmp.unlink(missing_ok=True)
@@ -134,6 +139,10 @@ def write_corpus(
         "samples": samples,
         "seconds": round(seconds, 1),
         "tokens_per_s": round(done / max(seconds, 1e-9), 1),
+        "first_batch_s": round(first[1], 1) if first else round(seconds, 1),
+        "steady_tokens_per_s": round((done - first[0]) / max(seconds - first[1], 1e-9), 1)
+        if first and done > first[0]
+        else None,
     }
     write_json(meta_path, {"settings": settings, "stats": stats, "file": _identity(path)})
     return stats

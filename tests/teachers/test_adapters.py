@@ -119,6 +119,7 @@ def test_teacher_writes_a_corpus_and_reuses_it(tmp_path):
     rows = [json.loads(x) for x in lzma.open(path, "rt")]
     assert stats["samples"] == len(rows) == -(-600 // 24) and 0 < stats["tokens"] <= 600 + 24
     assert all(r["text"] for r in rows)
+    assert 0 < stats["first_batch_s"] <= stats["seconds"] and stats["steady_tokens_per_s"] > 0  # 7 batches
     again = tmp_path / "u.jsonl.xz"
     write_corpus(teacher, tok, again, 600, new_tokens=20, prompt_tokens=4, batch_size=4, seed=1)
     assert lzma.open(again, "rt").read() == lzma.open(path, "rt").read()  # seeded
