@@ -35,6 +35,8 @@ ARMS = {
     "hybrid2-uniform": ["--num-attention-layers", "2", "--placement", "uniform"],
     "hybrid2-first": ["--num-attention-layers", "2", "--placement", "first"],
     "hybrid4-first": ["--num-attention-layers", "4", "--placement", "first"],
+    "hybrid6-retrieval": ["--num-attention-layers", "6", "--placement", "retrieval"],
+    "hybrid8-retrieval": ["--num-attention-layers", "8", "--placement", "retrieval"],
     "hybrid4-retrieval-recall": [
         "--num-attention-layers", "4", "--placement", "retrieval",
         "--stage4-tokens", "500000", "--recall-data", "recall+bundled", "--stage4-lr", "0.0001",
