@@ -27,12 +27,12 @@ if TYPE_CHECKING:
 
 SHARES = {1: 0.05, 2: 0.10, 3: 0.85, 4: 0.05}  # of a total budget, per stage (renormalised over the stages run)
 DEFAULT_TOKENS = {1: 4096, 2: 24576, 3: 16384}  # the embedded CPU default, when no budget is given (stage 4: 4,096)
-DEFAULT_LR = {2: 3e-3}  # ... and its stage-2 LR: measured on 2 cores (48 steps), see results/default-cpu
+DEFAULT_LR = {2: 3e-3, 3: 3e-4}  # ... and its LRs: measured on 2 cores (48 / 32 steps), see results/default-cpu
 TARGET_STEPS = {1: 100, 2: 200, 3: 1000, 4: 200}  # optimizer steps a stage aims for, budget permitting
 MIN_STEPS = 20  # fewer optimizer steps than this is under-training: avoided, or warned about when forced
 MAX_TOKENS_PER_UPDATE = 131072
 STAGE_NUMBERS = (1, 2, 3, 4)
-LR = {1: 1e-3, 2: 1e-3, 3: 3e-4, 4: 3e-4}  # peak learning rates
+LR = {1: 1e-3, 2: 1e-3, 3: 5e-4, 4: 3e-4}  # peak LRs; stage 3: the best of the results/headline sweep
 
 
 @dataclass

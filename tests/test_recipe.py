@@ -21,13 +21,14 @@ def test_no_budget_is_the_cpu_default():
     # stage 1's 4,096 tokens: one sequence per micro-batch, so that it still makes MIN_STEPS updates
     assert [b.grad_accum for b in p.budgets.values()] == [1, 1, 1] and p.rows == {1: 1, 2: 4, 3: 4}
     assert min(b.steps for b in p.budgets.values()) >= MIN_STEPS and not p.warnings
-    assert {s: b.lr for s, b in p.budgets.items()} == {1: recipe.LR[1], 2: recipe.DEFAULT_LR[2], 3: recipe.LR[3]}
+    assert {s: b.lr for s, b in p.budgets.items()} == {1: recipe.LR[1], 2: recipe.DEFAULT_LR[2], 3: recipe.DEFAULT_LR[3]}
 
 
 def test_the_default_stage2_lr_only_rides_on_the_default_budget():
     """DEFAULT_LR was measured with DEFAULT_TOKENS: a budget of one's own gets the recipe's LR; explicit LRs win."""
     assert plan(cfg(stage2_tokens=50_000)).budgets[2].lr == recipe.LR[2]
     assert plan(cfg(tokens=2_000_000)).budgets[2].lr == recipe.LR[2]
+    assert plan(cfg(tokens=2_000_000)).budgets[3].lr == recipe.LR[3] == 5e-4  # results/headline's best
     assert plan(cfg(stage3_tokens=50_000)).budgets[2].lr == recipe.DEFAULT_LR[2]  # stage 2 still on the default
     assert plan(cfg(lr=5e-4)).budgets[2].lr == 5e-4 and plan(cfg(stage2_lr=1e-4)).budgets[2].lr == 1e-4
 
@@ -74,7 +75,7 @@ def test_explicit_flags_win():
     p = plan(cfg(tokens=1_000_000, stage3_tokens=4096, stage2_lr=5e-3, lr=2e-4, batch_size=2, seq_len=64))
     assert p.budgets[3].tokens == 4096 and p.budgets[2].lr == 5e-3 and p.budgets[1].lr == 2e-4
     assert p.budgets[3].lr == 2e-4
-    assert plan(cfg()).budgets[3].lr == recipe.LR[3]
+    assert plan(cfg()).budgets[3].lr == recipe.DEFAULT_LR[3]
 
 
 def test_distill_reports_epochs_and_warns_above_one(teacher_dir, tmp_path, capsys):
