@@ -24,6 +24,7 @@ from pathlib import Path
 
 SEQ_LEN, BATCH, TOKENS = 512, 16, 10_000_000
 STAGE3_LR = "0.0005"  # results/headline: the best stage-3 LR of the sweep at 8,192 tokens per update
+RECALL_MIX = ["--stage4-tokens", "500000", "--recall-data", "recall+bundled", "--stage4-lr", "0.0001"]
 # arm -> extra `mohawk distill` flags (every arm: TOKENS student tokens with the recipe, seed 0)
 ARMS = {
     "ssd": [],
@@ -37,10 +38,7 @@ ARMS = {
     "hybrid4-first": ["--num-attention-layers", "4", "--placement", "first"],
     "hybrid6-retrieval": ["--num-attention-layers", "6", "--placement", "retrieval"],
     "hybrid8-retrieval": ["--num-attention-layers", "8", "--placement", "retrieval"],
-    "hybrid4-retrieval-recall": [
-        "--num-attention-layers", "4", "--placement", "retrieval",
-        "--stage4-tokens", "500000", "--recall-data", "recall+bundled", "--stage4-lr", "0.0001",
-    ],  # fmt: skip
+    "hybrid4-retrieval-recall": ["--num-attention-layers", "4", "--placement", "retrieval", *RECALL_MIX],
     "mamba2": ["--mixer", "mamba2"],
 }
 SCREEN_LIMITS = {"hellaswag": 2000, "lambada_openai": None}

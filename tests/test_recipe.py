@@ -21,7 +21,8 @@ def test_no_budget_is_the_cpu_default():
     # stage 1's 4,096 tokens: one sequence per micro-batch, so that it still makes MIN_STEPS updates
     assert [b.grad_accum for b in p.budgets.values()] == [1, 1, 1] and p.rows == {1: 1, 2: 4, 3: 4}
     assert min(b.steps for b in p.budgets.values()) >= MIN_STEPS and not p.warnings
-    assert {s: b.lr for s, b in p.budgets.items()} == {1: recipe.LR[1], 2: recipe.DEFAULT_LR[2], 3: recipe.DEFAULT_LR[3]}
+    lrs = {1: recipe.LR[1], 2: recipe.DEFAULT_LR[2], 3: recipe.DEFAULT_LR[3]}
+    assert {s: b.lr for s, b in p.budgets.items()} == lrs
 
 
 def test_the_default_stage2_lr_only_rides_on_the_default_budget():
