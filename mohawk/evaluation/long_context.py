@@ -28,10 +28,11 @@ def loss_by_position(model, data: Tensor, batch_size: int = 4, bins: int = 32) -
         ce = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # (b, L - 1)
         total += ce.sum(0).double().cpu()
     per_pos = total / data.shape[0]
-    edges = torch.linspace(0, len(per_pos), bins + 1).long()
+    edges = torch.linspace(0, len(per_pos), bins + 1).long().tolist()
+    spans = [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]  # fewer positions than bins: no empty
     return {
-        "position": [int((a + b) // 2) + 1 for a, b in zip(edges[:-1], edges[1:], strict=False)],
-        "loss": [float(per_pos[a:b].mean()) for a, b in zip(edges[:-1], edges[1:], strict=False) if b > a],
+        "position": [(a + b) // 2 + 1 for a, b in spans],
+        "loss": [float(per_pos[a:b].mean()) for a, b in spans],
     }
 
 

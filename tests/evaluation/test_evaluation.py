@@ -64,6 +64,8 @@ def test_perplexity_is_exp_mean_ce():
     curve = loss_by_position(model, data, batch_size=2, bins=9)
     ce = F.cross_entropy(logits.transpose(1, 2), data[:, 1:], reduction="none").mean(0)
     assert curve["loss"] == pytest.approx(ce.tolist(), rel=1e-5) and len(curve["position"]) == 9
+    few = loss_by_position(model, data[:, :6], batch_size=2, bins=9)  # 5 positions in 9 bins: no empty bin kept
+    assert few["position"] == [1, 2, 3, 4, 5] and few["loss"] == pytest.approx(ce[:5].tolist(), rel=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "ssd-student"])
@@ -88,10 +90,30 @@ def test_task_parsing_and_lengths():
     assert passkey_lengths(128, 8192) == [512, 1024] and passkey_lengths(1024, 4096) == [512, 1024, 2048, 4096]
 
 
-def test_passkey_prompt_hides_the_key():
-    tok = tiny_tokenizer()
-    ids = passkey_prompt(tok, 200, "the cat", 0.5)
-    assert 150 < len(ids) < 250
+class _CharTokenizer:
+    """One token per character: positions in the prompt are positions in its text."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("natural", [False, True])
+def test_passkey_prompt_puts_the_key_at_its_depth(depth, natural):
+    """Exactly ``length`` tokens: the intro, filler, the needle once at ``depth`` of the filler, filler, the question;
+    the natural filler is read from ``offset`` on."""
+    from mohawk.evaluation.long_context import FILLER, INTRO
+
+    text = "".join(chr(97 + i % 26) for i in range(5000))
+    ids = passkey_prompt(_CharTokenizer(), 600, "73915", depth, **({"filler": text, "offset": 7} if natural else {}))
+    prompt = "".join(map(chr, ids))
+    needle = " The pass key is 73915. Remember it. 73915 is the pass key. "
+    question = " What is the pass key? The pass key is"
+    n = 600 - len(INTRO) - len(needle) - len(question)
+    assert len(ids) == 600 and prompt.startswith(INTRO) and prompt.endswith(question)
+    assert prompt.count("73915") == 2 and prompt.index(needle) == len(INTRO) + int(n * depth)
+    filler = prompt[len(INTRO) :].replace(needle, "", 1)[: -len(question)]
+    assert filler == (text[7 : 7 + n] if natural else (FILLER * 100)[:n])
 
 
 def test_vendored_task_files_are_written_as_lm_eval_configs(tmp_path):
