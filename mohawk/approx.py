@@ -4,16 +4,17 @@ matrices of a real Transformer?
 Attention matrices are sampled from the teacher on real text (one random head per layer per sequence, as in the
 paper) and each family is fit to each matrix, all matrices at once:
 
-- ``toeplitz``  M[t, s] = c[t - s]: the closed-form least-squares fit (c[k] = mean of the k-th subdiagonal).
-- ``low_rank``  M = L o (Q K^T), Q, K (L, N): causal low-rank, i.e. linear attention.
-- ``ssd``       M[t, s] = Q_t . K_s * prod_{r=s+1..t} a_r: one decay per step (Mamba-2).
-- ``ssm``       M[t, s] = sum_n Q_t[n] K_s[n] prod_{r=s+1..t} a_r[n]: a decay per step and state channel (general
-                diagonal SSM, semiseparable of order N).
+- ``toeplitz``          M[t, s] = c[t - s]: the closed-form least-squares fit (c[k] = mean of the k-th subdiagonal).
+- ``linear_attention``  M = L o (Q K^T), Q, K (L, N): causal low rank (the mixer of that name; once ``low_rank``).
+- ``ssd``               M[t, s] = Q_t . K_s * prod_{r=s+1..t} a_r: one decay per step (Mamba-2).
+- ``ssm``               M[t, s] = sum_n Q_t[n] K_s[n] prod_{r=s+1..t} a_r[n]: a decay per step and state channel
+                        (general diagonal SSM, semiseparable of order N).
 
-The last three share the state size N and are fit by Adam on the Frobenius distance. They are nested (low_rank is ssd
-with a = 1, ssd is ssm with equal channels), and each fit starts from the previous family's solution (low_rank from
-the truncated SVD), so a richer family never ends further away than a poorer one: the ordering measures expressivity,
-not optimizer luck. The distance reported per matrix is the best one reached during the fit.
+The last three share the state size N and are fit by Adam on the Frobenius distance. They are nested
+(linear_attention is ssd with a = 1, ssd is ssm with equal channels), and each fit starts from the previous family's
+solution (linear_attention from the truncated SVD), so a richer family never ends further away than a poorer one:
+the ordering measures expressivity, not optimizer luck. The distance reported per matrix is the best one reached
+during the fit.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mohawk.config import APPROX_FAMILIES as FAMILIES
+from mohawk.config import ApproxConfig as ApproxConfig
 from mohawk.data import ASSETS
 from mohawk.errors import MohawkError
 from mohawk.evaluation.present import markdown_table
 from mohawk.mixers.ssm import semiseparable
 
-FAMILIES = ("toeplitz", "low_rank", "ssd", "ssm")
 SOURCES = {
     "books": ASSETS / "gutenberg" / "validation.jsonl.xz",
     "speeches": ASSETS / "samples" / "state_union.jsonl.xz",
@@ -105,29 +107,29 @@ def fit_gd(A: Tensor, Q: Tensor, K: Tensor, w: Tensor | None, steps: int, lr: fl
     return Fit(best, M, dict(zip(("Q", "K", "w")[: len(params)], best_params, strict=True)))
 
 
-BLOCKS = {"low_rank": 32, "ssd": 64, "ssm": 16}  # block sizes of the fits (see benchmarks/README.md)
+BLOCKS = {"linear_attention": 32, "ssd": 64, "ssm": 16}  # block sizes of the fits (see benchmarks/README.md)
 
 
 def fit_families(
     A: Tensor, families=FAMILIES, state_size: int = 16, steps: int = 1000, lr: float = 1e-2
 ) -> dict[str, Fit]:
     """Fit every requested family to each matrix of A (m, L, L); the GD families are warm-started along the chain
-    low_rank -> ssd -> ssm (a family that is asked for alone still runs the ones before it as its start)."""
+    linear_attention -> ssd -> ssm (a family that is asked for alone still runs the ones before it as its start)."""
     fits: dict[str, Fit] = {}
     if "toeplitz" in families:
         M = toeplitz_fit(A)
         fits["toeplitz"] = Fit(frobenius(A, M), M, {})
-    chain = [f for f in ("low_rank", "ssd", "ssm") if f in families]
+    chain = [f for f in ("linear_attention", "ssd", "ssm") if f in families]
     if not chain:
         return fits
-    last = {"low_rank": 0, "ssd": 1, "ssm": 2}[chain[-1]]
+    last = {"linear_attention": 0, "ssd": 1, "ssm": 2}[chain[-1]]
     N = min(state_size, A.shape[-1])
     U, S, V = torch.svd_lowrank(A, q=min(N + 16, A.shape[-1]), niter=6)  # randomized: much faster than a full SVD
     root = S[:, :N].sqrt()[:, None, :]
     Q, K = U[..., :N] * root, V[..., :N] * root
-    fit = fit_gd(A, Q, K, None, steps, lr, BLOCKS["low_rank"])
-    fits["low_rank"] = fit
-    if last >= 1:  # a_t = exp(-softplus(-14)) ~ 1 - 1e-6: starts (almost exactly) at the low-rank fit
+    fit = fit_gd(A, Q, K, None, steps, lr, BLOCKS["linear_attention"])
+    fits["linear_attention"] = fit
+    if last >= 1:  # a_t = exp(-softplus(-14)) ~ 1 - 1e-6: starts (almost exactly) at the linear-attention fit
         w = torch.full_like(A[:, :, :1], -14.0)
         fit = fit_gd(A, fit.params["Q"], fit.params["K"], w, steps, lr, BLOCKS["ssd"])
         fits["ssd"] = fit
@@ -146,22 +148,15 @@ def fit_families(
 
 
 # -- sampling attention matrices -------------------------------------------------------------------------------------
-@torch.no_grad()
-def source_files(source: str) -> list[Path]:
-    """The files of one text source (a column of the study): books, speeches, reviews, or a value of --data (vendored
-    corpora, local files or directories joined by '+'; no hub datasets)."""
+def source_files(source: str) -> list:
+    """The sources of one text column of the study: books, speeches, reviews, or a value of --data (read as
+    ``mohawk distill`` reads it, except 'teacher': mohawk.data.split_sources)."""
     from mohawk.data import split_sources
 
-    files = [SOURCES[source]] if source in SOURCES else split_sources(source, None)[0]
-    hub = [f for f in files if isinstance(f, str)]
-    if hub:
-        raise MohawkError(
-            f"--data: no such file or directory: {hub[0][3:]} (a column is {', '.join(SOURCES)}, a vendored corpus "
-            "or local paths)"
-        )
-    return files
+    return [SOURCES[source]] if source in SOURCES else split_sources(source, None)[0]
 
 
+@torch.no_grad()
 def sample_attention(
     adapter, tokenizer, source: str, num: int, seq_len: int, seed: int = 0, batch_size: int = 4
 ) -> tuple[Tensor, list[int], list[int]]:
@@ -195,39 +190,14 @@ def sample_attention(
 
 
 # -- the study -------------------------------------------------------------------------------------------------------
-@dataclass
-class ApproxConfig:
-    teacher: str = "smollm2-135m"
-    data: str = "books,speeches,reviews"  # comma-separated text sources
-    num_matrices: int = 1000
-    seq_len: int = 512
-    families: str = ",".join(FAMILIES)
-    state_size: int = 16
-    steps: int = 4000  # Adam steps per fit (the paper: 10000)
-    lr: float = 1e-2
-    fit_batch: int = 1000  # matrices fit at once (lower it if memory is short)
-    device: str = "auto"
-    seed: int = 0
-    out: str = "runs/approx"
-
-
 def _check(cfg: ApproxConfig) -> tuple[list[str], list[str]]:
-    """(families, sources) of ``cfg`` once every setting is checked (one MohawkError naming the first bad one)."""
-    families = [f.strip() for f in cfg.families.split(",") if f.strip()]
-    bad = [f for f in families if f not in FAMILIES]
-    if bad or not families:
-        raise MohawkError(f"unknown family {bad[0] if bad else '(none)'!r}: use {', '.join(FAMILIES)}")
+    """(families, sources) of ``cfg`` once every setting is checked and every column's files found (one MohawkError
+    naming the first bad one)."""
+    cfg.validate()
     sources = [s.strip() for s in cfg.data.split(",")]
-    if not all(sources):
-        raise MohawkError(f"bad value for --data: {cfg.data!r} (an empty column: give sources joined by ',')")
     for src in sources:  # every column's files before the teacher loads
         source_files(src)
-    for key in ("num_matrices", "seq_len", "state_size", "fit_batch"):
-        if getattr(cfg, key) <= 0:
-            raise MohawkError(f"bad value for {key}: {getattr(cfg, key)} (must be > 0)")
-    if cfg.steps < 0 or not 0 < cfg.lr < 10:
-        raise MohawkError("bad value for steps or lr: steps >= 0 and 0 < lr < 10")
-    return families, sources
+    return cfg.families.split(","), sources
 
 
 def run_approx(cfg: ApproxConfig, console=None, command: str | None = None, overwrite: bool = False) -> Path:
@@ -386,8 +356,8 @@ def write_approx_report(out: Path, results: dict, examples: dict) -> Path:
     lines += markdown_table(["family", *sources, "mean relative distance"], rows)
     lines += [
         "",
-        "Relative distance: ||A - M||_F / ||A||_F. Toeplitz is the closed-form least-squares fit; low_rank, "
-        "ssd and ssm are nested and warm-started along that chain (see `mohawk/approx.py`).",
+        "Relative distance: ||A - M||_F / ||A||_F. Toeplitz is the closed-form least-squares fit; linear_attention "
+        "(causal low rank), ssd and ssm are nested and warm-started along that chain (see `mohawk/approx.py`).",
         "",
         "![fits](plots/heatmaps.png)",
         "",

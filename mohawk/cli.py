@@ -3,7 +3,6 @@ line (``--debug`` shows the traceback) and exit with status 2; interrupts exit 1
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import sys
 import typing
@@ -12,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from mohawk.config import DistillConfig
+from mohawk.config import ApproxConfig, DistillConfig, EvalConfig
 from mohawk.errors import MohawkError
 
 app = typer.Typer(
@@ -78,21 +77,26 @@ def _distill(
         raise Interrupted() from None
 
 
-def _schema_parameters() -> list[inspect.Parameter]:
-    """One ``--flag`` per DistillConfig field (default None: "not given", so YAML and presets keep their values)."""
-    from mohawk.config import schema
+def _schema_parameters(cls: type) -> list[inspect.Parameter]:
+    """One ``--flag`` per field of schema ``cls`` (default None: "not given", so the schema's default, or for distill
+    the YAML's and the preset's value, stays)."""
+    from mohawk.config import default_of, schema
 
     params = []
-    for f in schema():
-        hint = typing.get_type_hints(DistillConfig)[f.name]
+    hints = typing.get_type_hints(cls)
+    for f in schema(cls):
+        hint = hints[f.name]
         args = typing.get_args(hint)
         base = next(a for a in args if a is not type(None)) if type(None) in args else hint  # unwrap Optional
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+        default = default_of(f)
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         text = meta["help"] + (f" One of: {', '.join(meta['choices'])}." if meta.get("choices") else "")
-        text += f" (default: {shown})" if shown not in (None, "") else ""
+        if meta["cpu"] is not None:
+            text += f" (default: {shown} on a GPU, {meta['cpu']} on a CPU)"
+        elif shown not in (None, ""):
+            text += f" (default: {shown})"
         if base is bool:
             opt = typer.Option(
                 None, f"{flag}/--no-{flag[2:]}", help=text, rich_help_panel=meta["group"], show_default=False
@@ -107,8 +111,46 @@ def _schema_parameters() -> list[inspect.Parameter]:
     return params
 
 
-def _register_distill() -> None:
-    run_params = [
+def _register(name: str, body: typing.Callable, cls: type, leading: list[inspect.Parameter]) -> None:
+    """Add command ``name``: ``leading`` parameters (the command's own) and the flags of schema ``cls``, all passed
+    to ``body`` as keywords (its docstring is the command's help)."""
+    params = leading + _schema_parameters(cls)
+
+    def command(**kwargs):
+        return body(**kwargs)
+
+    command.__doc__ = body.__doc__
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    app.command(name)(command)
+
+
+def _given(fields: dict) -> dict:
+    """The flags the user gave (typer passes None for the others)."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _load(cls: type, values: dict, **kwargs: typing.Any) -> typing.Any:
+    """``cls.from_dict(values, **kwargs)`` with each warning it gives printed as one ``warning:`` line."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = cls.from_dict(values, **kwargs)  # type: ignore[attr-defined]
+    for w in caught:
+        console.print(f"[yellow]warning[/]: {w.message}", highlight=False)
+    return cfg
+
+
+def _flag(name: str, annotation: typing.Any, option: typing.Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option)
+
+
+_register(
+    "distill",
+    _distill,
+    DistillConfig,
+    [
         inspect.Parameter(
             "config",
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -117,199 +159,119 @@ def _register_distill() -> None:
                 None, help="YAML config file (its keys are the option names, with underscores). Flags override it."
             ),
         ),
-        inspect.Parameter(
+        _flag(
             "preset",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=str | None,
-            default=typer.Option(
+            str | None,
+            typer.Option(
                 None,
                 help="Named recipe: 'cpu' (the default budget) or 'gpu' (full-quality recipe for one GPU).",
                 rich_help_panel="Run",
             ),
         ),
-        inspect.Parameter(
+        _flag(
             "resume",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=bool,
-            default=typer.Option(
-                False, help="Continue the run in --out from its newest checkpoint.", rich_help_panel="Run"
-            ),
+            bool,
+            typer.Option(False, help="Continue the run in --out from its newest checkpoint.", rich_help_panel="Run"),
         ),
-        inspect.Parameter(
+        _flag(
             "overwrite",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=bool,
-            default=typer.Option(
+            bool,
+            typer.Option(
                 False,
                 help="Replace the earlier run in --out (only files mohawk wrote are removed).",
                 rich_help_panel="Run",
             ),
         ),
-        inspect.Parameter(
+        _flag(
             "allow_changed_inputs",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=bool,
-            default=typer.Option(
+            bool,
+            typer.Option(
                 False,
                 help="With --resume: continue although the teacher or data files changed since the run started "
                 "(the report records it).",
                 rich_help_panel="Run",
             ),
         ),
-        inspect.Parameter(
-            "quiet",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=bool,
-            default=typer.Option(False, help="No progress bars.", rich_help_panel="Run"),
-        ),
-    ]
-    params = run_params + _schema_parameters()
-
-    def distill(**kwargs):
-        return _distill(**kwargs)
-
-    distill.__doc__ = _distill.__doc__
-    distill.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    distill.__annotations__ = {p.name: p.annotation for p in params}
-    app.command()(distill)
+        _flag("quiet", bool, typer.Option(False, help="No progress bars.", rich_help_panel="Run")),
+    ],
+)
 
 
-_register_distill()
-
-
-@app.command("eval")
-def eval_(
-    models: list[str] | None = typer.Argument(
-        None, help="Student directories (OUT/student) or any HF causal LM directories."
-    ),
-    teacher: str = typer.Option("smollm2-135m", help="Teacher to compare with (hub id, directory, .gguf), or 'none'."),
-    data: str = typer.Option("bundled", help="Held-out text for perplexity, agreement and loss by position."),
-    tasks: str = typer.Option(
-        "ppl,agreement,position,passkey,continuations,lm-eval",
-        help="Comma-separated: ppl, agreement, position, passkey, continuations, and "
-        "lm-eval tasks hellaswag, piqa, winogrande, arc_easy, arc_challenge, openbookqa, "
-        "lambada_openai ('lm-eval' = all of them, 'all' = everything).",
-    ),
-    limit: int | None = typer.Option(None, help="Items per lm-eval task (default: all; try 200 on a CPU)."),
-    seq_len: int = typer.Option(512, help="Tokens per held-out sequence for perplexity and agreement."),
-    val_sequences: int = typer.Option(16, help="Held-out sequences."),
-    train_len: int | None = typer.Option(
-        None,
-        help="The students' training length (default: read from the "
-        "student's config): loss by position runs to 4x it, passkey to 8x.",
-    ),
-    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0, help="Seed for data order and passkeys."),
-    out: str = typer.Option("runs/eval", help="Output directory: results.json, report.md, plots/."),
-    score_teacher: bool = typer.Option(
-        True, help="Also score the teacher on the tasks (--no-score-teacher: it is only the reference of agreement)."
-    ),
-    overwrite: bool = typer.Option(False, help="Replace an earlier evaluation in --out (only its own files)."),
-):
+def _eval(models: list[str] | None, overwrite: bool, **fields):
     """Evaluate the teacher and students side by side: perplexity, agreement with the teacher, loss by position,
     passkey retrieval, zero-shot tasks (lm-evaluation-harness on the vendored task files), greedy continuations."""
-    _check(
-        limit=(limit, 1),
-        seq_len=(seq_len, 2),
-        val_sequences=(val_sequences, 1),
-        train_len=(train_len, 2),
-        batch_size=(batch_size, 1),
-        seed=(seed, 0),
-    )
+    cfg = _load(EvalConfig, _given(fields))
     from mohawk.evaluation.present import print_table
     from mohawk.evaluation.suite import evaluate
 
     res = evaluate(
         models or [],
-        teacher=teacher,
-        data=data,
-        tasks=tasks,
-        limit=limit,
-        seq_len=seq_len,
-        val_sequences=val_sequences,
-        train_len=train_len,
-        batch_size=batch_size,
-        device=device,
-        seed=seed,
+        **cfg.to_dict(),
         console=console,
-        score_teacher=score_teacher,
-        out=out,
         overwrite=overwrite,
         command=" ".join(["mohawk", *sys.argv[1:]]),
     )
     print_table(res, console)
-    console.print(f"[green]done[/]: {Path(out) / 'report.md'}")
+    console.print(f"[green]done[/]: {Path(cfg.out) / 'report.md'}")
 
 
-@app.command()
-def approx(
-    teacher: str | None = typer.Option(
-        None, help="Hub id, local directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)."
-    ),
-    data: str | None = typer.Option(
-        None,
-        help="Comma-separated text sources, each a column of the table: books, speeches, reviews (bundled) or a "
-        "value of distill's --data (vendored corpora, local files or directories, joined by '+').",
-    ),
-    num_matrices: int | None = typer.Option(
-        None, help="Attention matrices in all (split over the sources). Default 1000 on a GPU, 60 on a CPU."
-    ),
-    seq_len: int | None = typer.Option(None, help="Tokens per matrix. Default 512 on a GPU, 128 on a CPU."),
-    families: str | None = typer.Option(None, help="Families to fit: toeplitz,low_rank,ssd,ssm (all by default)."),
-    state_size: int | None = typer.Option(None, help="State size N shared by low_rank, ssd and ssm (default 16)."),
-    steps: int | None = typer.Option(
-        None, help="Adam steps per gradient-fit family. Default 4000 on a GPU (the paper: 10000), 300 on a CPU."
-    ),
-    lr: float | None = typer.Option(None, help="Adam learning rate of the fits (default 0.01)."),
-    fit_batch: int | None = typer.Option(None, help="Matrices fit at once (lower it when GPU memory is short)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0, help="Seed for text order and head choice."),
-    out: str = typer.Option("runs/approx", help="Output directory: results.json, report.md, plots/."),
-    overwrite: bool = typer.Option(False, help="Replace an earlier study in --out (only its own files)."),
-):
+_register(
+    "eval",
+    _eval,
+    EvalConfig,
+    [
+        inspect.Parameter(
+            "models",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=list[str] | None,
+            default=typer.Argument(None, help="Student directories (OUT/student) or any HF causal LM directories."),
+        ),
+        _flag(
+            "overwrite",
+            bool,
+            typer.Option(
+                False, help="Replace an earlier evaluation in --out (only its own files).", rich_help_panel="Run"
+            ),
+        ),
+    ],
+)
+
+
+def _approx(overwrite: bool, **fields):
     """The matrix-family study (the paper's Table 6): sample the teacher's attention matrices on real text, fit causal
-    Toeplitz, low-rank, SSD and general diagonal SSM matrices to them, report the Frobenius distances."""
-    _check(
-        num_matrices=(num_matrices, 1),
-        seq_len=(seq_len, 2),
-        state_size=(state_size, 1),
-        steps=(steps, 1),
-        lr=(lr, 0.0),
-        fit_batch=(fit_batch, 1),
-        seed=(seed, 0),
-    )
+    Toeplitz, linear attention (causal low rank), SSD and general diagonal SSM matrices to them, report the Frobenius
+    distances."""
     import torch
 
-    from mohawk.approx import ApproxConfig, run_approx
+    from mohawk.approx import run_approx
     from mohawk.parallel import resolve_device
 
-    gpu = resolve_device(device).type == "cuda"
-    cfg = ApproxConfig(device=device, seed=seed, out=out)
-    if not gpu:  # a study sized for a CPU in a few minutes; the paper's sizes are the GPU defaults
-        cfg.num_matrices, cfg.seq_len, cfg.steps = 60, 128, 300
-    given = dict(
-        teacher=teacher,
-        data=data,
-        num_matrices=num_matrices,
-        seq_len=seq_len,
-        families=families,
-        state_size=state_size,
-        steps=steps,
-        lr=lr,
-        fit_batch=fit_batch,
-    )
-    for k, v in given.items():
-        if v is not None:
-            setattr(cfg, k, v)
-    if not gpu and num_matrices is None:
-        console.print(
-            f"[dim]CPU: a reduced study ({cfg.num_matrices} matrices x {cfg.seq_len} tokens, {cfg.steps} "
-            "steps); on a GPU the defaults are the paper's 1000 x 512 (4000 steps)[/]"
-        )
-    torch.manual_seed(seed)
+    given = _given(fields)
+    cfg = _load(ApproxConfig, given)
+    if resolve_device(cfg.device).type != "cuda":  # a study sized for a CPU in a few minutes
+        cfg = ApproxConfig.from_dict({**given, "families": cfg.families}, cpu=True)
+        if "num_matrices" not in given:
+            console.print(
+                f"[dim]CPU: a reduced study ({cfg.num_matrices} matrices x {cfg.seq_len} tokens, {cfg.steps} "
+                "steps); on a GPU the defaults are the paper's 1000 x 512 (4000 steps)[/]"
+            )
+    torch.manual_seed(cfg.seed)
     path = run_approx(cfg, console=console, command=" ".join(["mohawk", *sys.argv[1:]]), overwrite=overwrite)
     console.print(f"[green]done[/]: {path / 'report.md'}")
+
+
+_register(
+    "approx",
+    _approx,
+    ApproxConfig,
+    [
+        _flag(
+            "overwrite",
+            bool,
+            typer.Option(False, help="Replace an earlier study in --out (only its own files).", rich_help_panel="Run"),
+        )
+    ],
+)
 
 
 @app.command()

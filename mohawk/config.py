@@ -1,24 +1,24 @@
-"""DistillConfig: the one schema of a MOHAWK run. Every field is declared once here, with its type, default, help and
-allowed values; YAML files, presets and the flags of ``mohawk distill`` (generated from these fields by cli.py) all
-use the same names. The resolved configuration is saved into the output directory as config.yaml.
+"""The schemas of the commands, every field declared once here with its type, default, help and allowed values:
+DistillConfig (a MOHAWK run: YAML files, presets and the flags of ``mohawk distill`` use its names; the resolved
+configuration is saved into the output directory as config.yaml), EvalConfig (``mohawk eval``) and ApproxConfig
+(``mohawk approx``). cli.py generates each command's flags from its schema.
 
-The loop and the stages never read this class: they receive typed pieces of it (``loop_settings()``,
-``stage_options(s)``; the per-stage budgets come from mohawk.recipe)."""
+The loop and the stages never read DistillConfig: they receive typed pieces of it (``loop_settings()``, a
+LoopSettings whose defaults are the schema's; ``stage_options(s)``; the per-stage budgets come from mohawk.recipe).
+This module imports no module that imports it (mohawk.schedule re-exports LoopSettings from here)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from mohawk.errors import MohawkError
-
-if typing.TYPE_CHECKING:
-    from mohawk.schedule import LoopSettings
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -33,10 +33,12 @@ def option(
     above: float | None = None,
     maximum: float | None = None,
     defines_run: bool = False,
+    cpu: typing.Any = None,
 ) -> typing.Any:
     """A schema field: ``default``, one line of ``help`` for --help and the docs, the --help panel ``group``,
-    the checks every value must pass (``choices``; ``minimum``: >= it; ``above``: > it; ``maximum``: <= it), and
-    ``defines_run``: what is trained on what depends on it, so a resumed run must keep it (see ``run_defining``)."""
+    the checks every value must pass (``choices``; ``minimum``: >= it; ``above``: > it; ``maximum``: <= it),
+    ``defines_run``: what is trained on what depends on it, so a resumed run must keep it (see ``run_defining``), and
+    ``cpu``: the default on a machine without a GPU, where it differs (see ``from_dict``)."""
     meta = {
         "help": help,
         "group": group,
@@ -45,11 +47,66 @@ def option(
         "above": above,
         "maximum": maximum,
         "defines_run": defines_run,
+        "cpu": cpu,
     }
     if isinstance(default, list):
         items = tuple(default)
         return field(default_factory=lambda: list(items), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def default_of(field_: dataclasses.Field) -> typing.Any:
+    """The default value a schema field declares."""
+    if field_.default_factory is not dataclasses.MISSING:
+        return field_.default_factory()
+    return field_.default
+
+
+S = typing.TypeVar("S", bound="_Schema")
+
+
+class _Schema:
+    """Loading and checking, the same for every schema (a dataclass of ``option`` fields)."""
+
+    # an error names the --flag the user typed; DistillConfig's name the key, which a YAML file may have given
+    flags: typing.ClassVar[bool] = True
+
+    @classmethod
+    def label(cls, name: str) -> str:
+        """How an error names field ``name``: ``--seq-len``, or ``seq_len`` where ``flags`` is off."""
+        return "--" + name.replace("_", "-") if cls.flags else name
+
+    @classmethod
+    def from_dict(cls: type[S], values: dict, cpu: bool = False) -> S:
+        """The schema's values: ``values`` over the defaults (with ``cpu``: a field's ``cpu`` default where it
+        declares one), each converted to its field's type, then checked (``validate``)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = [k for k in values if k not in fields]
+        if unknown:
+            raise MohawkError(f"unknown config key {unknown[0]!r}; known keys: {', '.join(fields)}")
+        if cpu:
+            values = {**{k: f.metadata["cpu"] for k, f in fields.items() if f.metadata["cpu"] is not None}, **values}
+        hints = typing.get_type_hints(cls)
+        cfg = cls(**{k: _coerce(cls.label(k), v, hints[k]) for k, v in values.items()})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Each field against its declared checks, then ``check``."""
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            _check_field(self.label(f.name), f, getattr(self, f.name))
+        self.check()
+
+    def check(self) -> None:
+        """The rules that tie fields together or need more than the declared checks."""
+
+    def need(self, ok: bool, key: str, allowed: str) -> None:
+        """A MohawkError naming field ``key`` (its value and ``allowed``) unless ``ok``."""
+        if not ok:
+            raise MohawkError(f"bad value for {self.label(key)}: {getattr(self, key)!r} ({allowed})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 
 WHAT, DATA, STAGES, LOSS, GUARD, EVAL, MACHINE = (
@@ -64,7 +121,9 @@ WHAT, DATA, STAGES, LOSS, GUARD, EVAL, MACHINE = (
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(_Schema):
+    flags: typing.ClassVar[bool] = False
+
     # -- what to distil ----------------------------------------------------------------------------------------------
     teacher: str = option(
         "smollm2-135m",
@@ -371,28 +430,8 @@ class DistillConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
 
-    @classmethod
-    def from_dict(cls, values: dict) -> DistillConfig:
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = [k for k in values if k not in fields]
-        if unknown:
-            raise MohawkError(f"unknown config key {unknown[0]!r}; known keys: {', '.join(fields)}")
-        hints = typing.get_type_hints(cls)
-        coerced = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
-        cfg = cls(**coerced)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        """Each field against its declared checks, then the rules that tie fields together."""
-        for f in dataclasses.fields(self):
-            _check_field(f, getattr(self, f.name))
-
-        def need(ok: bool, key: str, allowed: str) -> None:
-            if not ok:
-                raise MohawkError(f"bad value for {key}: {getattr(self, key)!r} ({allowed})")
-
-        need(
+    def check(self) -> None:
+        self.need(
             bool(self.stages)
             and all(s in (1, 2, 3, 4) for s in self.stages)
             and len(set(self.stages)) == len(self.stages),
@@ -403,33 +442,25 @@ class DistillConfig:
             self.stages.append(4)
         self.stages = sorted(self.stages)
         for key in ("lr", "stage1_lr", "stage2_lr", "stage3_lr", "stage4_lr"):
-            need(getattr(self, key) is None or getattr(self, key) < 1, key, "must be in (0, 1)")
-        need(
+            self.need(getattr(self, key) is None or getattr(self, key) < 1, key, "must be in (0, 1)")
+        self.need(
             self.warmup_fraction < 1 and self.decay_fraction <= 1 and self.warmup_fraction + self.decay_fraction <= 1,
             "warmup_fraction",
             "fractions in [0, 1], sum <= 1",
         )
-        need(self.kd_weight + self.ce_weight > 0, "kd_weight", ">= 0, kd_weight + ce_weight > 0")
-        need(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", "0 (off) or > 1")
-        need(self.divergence_factor == 0 or self.divergence_factor > 1, "divergence_factor", "0 (off) or > 1")
-        need(self.rollback_lr_factor <= 1, "rollback_lr_factor", "in (0, 1]")
-        need(
-            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
-            "device",
-            "auto, cpu, cuda or cuda:N",
-        )
-        try:
-            from mohawk.evaluation.suite import parse_tasks
-
-            parse_tasks(self.eval_tasks)
-        except MohawkError as e:
-            raise MohawkError(f"bad value for eval_tasks: {e}") from None
+        self.need(self.kd_weight + self.ce_weight > 0, "kd_weight", ">= 0, kd_weight + ce_weight > 0")
+        self.need(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", "0 (off) or > 1")
+        self.need(self.divergence_factor == 0 or self.divergence_factor > 1, "divergence_factor", "0 (off) or > 1")
+        self.need(self.rollback_lr_factor <= 1, "rollback_lr_factor", "in (0, 1]")
+        self.need(_is_device(self.device), "device", DEVICES)
+        _check_tasks(self, "eval_tasks")
         from mohawk.data import data_parts
 
         data_parts(self.data, "--data")
         if self.val_data is not None:
-            data_parts(self.val_data, "--val-data")
-        need(
+            data_parts(self.val_data, "--val-data", teacher_text=False)
+        data_parts(self.recall_data, "--recall-data", teacher_text=False)
+        self.need(
             self.tokens_per_update is None or self.tokens_per_update >= self.batch_size * self.seq_len,
             "tokens_per_update",
             "at least batch_size * seq_len",
@@ -437,9 +468,7 @@ class DistillConfig:
 
     # -- typed pieces (the per-stage budgets: mohawk.recipe.plan) ---------------------------------------------------
     def loop_settings(self) -> LoopSettings:
-        """What the training loop needs (mohawk.schedule.LoopSettings)."""
-        from mohawk.schedule import LoopSettings
-
+        """What the training loop needs."""
         names = {f.name for f in dataclasses.fields(LoopSettings)}
         return LoopSettings(**{k: v for k, v in self.to_dict().items() if k in names})
 
@@ -458,14 +487,148 @@ class DistillConfig:
             return {**options, "freeze_mlp": self.freeze_mlp} if stage == 3 else options
         return {}
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     def save(self, path: Path) -> None:
         """Write the config as YAML atomically (a temporary sibling renamed into place)."""
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
         tmp.replace(path)
+
+
+def _schema_default(name: str) -> typing.Any:
+    return default_of(DistillConfig.__dataclass_fields__[name])
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the loop trains any stage: the DistillConfig fields of the same names, with their defaults."""
+
+    schedule: str = _schema_default("schedule")
+    warmup_fraction: float = _schema_default("warmup_fraction")
+    decay_fraction: float = _schema_default("decay_fraction")
+    weight_decay: float = _schema_default("weight_decay")
+    grad_clip: float = _schema_default("grad_clip")
+    spike_factor: float = _schema_default("spike_factor")
+    spike_window: int = _schema_default("spike_window")
+    spike_patience: int = _schema_default("spike_patience")
+    rollback_lr_factor: float = _schema_default("rollback_lr_factor")
+    max_rollbacks: int = _schema_default("max_rollbacks")
+    divergence_factor: float = _schema_default("divergence_factor")
+    divergence_patience: int = _schema_default("divergence_patience")
+    log_every: int = _schema_default("log_every")
+    checkpoint_every: int = _schema_default("checkpoint_every")
+    compile: str = _schema_default("compile")
+
+
+MODELS, SEQUENCES = "What to evaluate", "Held-out text"
+
+
+@dataclass
+class EvalConfig(_Schema):
+    """The settings of ``mohawk eval`` (mohawk.evaluation.suite.evaluate's keyword arguments of the same names)."""
+
+    teacher: str = option(
+        "smollm2-135m", "Teacher to compare with (hub id, directory, .gguf), or 'none'.", group=MODELS
+    )
+    tasks: str = option(
+        "ppl,agreement,position,passkey,continuations,lm-eval",
+        "Comma-separated: ppl, agreement, position, passkey, continuations, and the lm-eval tasks hellaswag, piqa, "
+        "winogrande, arc_easy, arc_challenge, openbookqa, lambada_openai ('lm-eval' = all of them, 'all' = "
+        "everything).",
+        group=MODELS,
+    )
+    limit: int | None = option(None, "Items per lm-eval task (default: all; try 200 on a CPU).", group=MODELS, above=0)
+    score_teacher: bool = option(
+        True,
+        "Also score the teacher on the tasks (--no-score-teacher: it is only the reference of agreement).",
+        group=MODELS,
+    )
+    data: str = option(
+        "bundled",
+        "Held-out text for perplexity, agreement and loss by position: a value of distill's --data (vendored "
+        "corpora, 'recall', local files or directories, Hugging Face datasets; 'a+b' mixes them), except 'teacher'.",
+        group=SEQUENCES,
+    )
+    seq_len: int = option(512, "Tokens per held-out sequence for perplexity and agreement.", group=SEQUENCES, above=1)
+    val_sequences: int = option(16, "Held-out sequences.", group=SEQUENCES, above=0)
+    train_len: int | None = option(
+        None,
+        "The students' training length (default: read from the student's config): loss by position runs to 4x "
+        "it, passkey to 8x.",
+        group=SEQUENCES,
+        above=1,
+    )
+    batch_size: int = option(8, "Sequences per forward pass.", group=SEQUENCES, above=0)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.", group=MACHINE)
+    seed: int = option(0, "Seed for data order and passkeys.", group=MACHINE, minimum=0, maximum=2**32 - 1)
+    out: str = option("runs/eval", "Output directory: results.json, report.md, plots/.", group=MACHINE)
+
+    def check(self) -> None:
+        from mohawk.data import data_parts
+
+        self.need(_is_device(self.device), "device", DEVICES)
+        _check_tasks(self, "tasks")
+        data_parts(self.data, self.label("data"), teacher_text=False)
+
+
+# The families of the matrix-family study, named as the student mixers that compute them (mohawk.mixers); the
+# older names are read, with a warning.
+APPROX_FAMILIES = ("toeplitz", "linear_attention", "ssd", "ssm")
+RENAMED_FAMILIES = {"low_rank": "linear_attention"}
+STUDY, FITS = "The study", "Fits"
+
+
+@dataclass
+class ApproxConfig(_Schema):
+    """The settings of ``mohawk approx`` (mohawk.approx.run_approx); the CPU defaults size the study for a few
+    minutes of a CPU, the others are the paper's."""
+
+    teacher: str = option(
+        "smollm2-135m",
+        "Hub id, local directory or .gguf file; smollm2-135m: the bundled SmolLM2-135M-Instruct.",
+        group=STUDY,
+    )
+    data: str = option(
+        "books,speeches,reviews",
+        "Comma-separated text sources, each a column of the table: books, speeches, reviews (bundled) or a value "
+        "of distill's --data except 'teacher' (vendored corpora, 'recall', local files or directories, Hugging Face "
+        "datasets; 'a+b' mixes them).",
+        group=STUDY,
+    )
+    num_matrices: int = option(
+        1000, "Attention matrices in all (split over the sources).", group=STUDY, above=0, cpu=60
+    )
+    seq_len: int = option(512, "Tokens per matrix.", group=STUDY, above=1, cpu=128)
+    families: str = option(
+        ",".join(APPROX_FAMILIES),
+        f"Comma-separated families to fit: {', '.join(APPROX_FAMILIES)} (the --mixer names of distill).",
+        group=FITS,
+    )
+    state_size: int = option(16, "State size N shared by linear_attention, ssd and ssm.", group=FITS, above=0)
+    steps: int = option(4000, "Adam steps per gradient-fit family (the paper: 10000).", group=FITS, minimum=0, cpu=300)
+    lr: float = option(0.01, "Adam learning rate of the fits.", group=FITS, above=0, maximum=10)
+    fit_batch: int = option(1000, "Matrices fit at once (lower it when GPU memory is short).", group=FITS, above=0)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.", group=MACHINE)
+    seed: int = option(0, "Seed for text order and head choice.", group=MACHINE, minimum=0, maximum=2**32 - 1)
+    out: str = option("runs/approx", "Output directory: results.json, report.md, plots/.", group=MACHINE)
+
+    def check(self) -> None:
+        from mohawk.data import data_parts
+
+        self.need(_is_device(self.device), "device", DEVICES)
+        families = [f.strip() for f in self.families.split(",") if f.strip()]
+        for old in dict.fromkeys(f for f in families if f in RENAMED_FAMILIES):
+            new = RENAMED_FAMILIES[old]
+            warnings.warn(f"{self.label('families')}: {old} is now called {new}", FutureWarning, stacklevel=2)
+        families = list(dict.fromkeys(RENAMED_FAMILIES.get(f, f) for f in families))
+        self.need(bool(families), "families", f"none given: use {_or(APPROX_FAMILIES)}")
+        for f in families:
+            if f not in APPROX_FAMILIES:
+                raise MohawkError(f"bad value for {self.label('families')}: {f!r} ({_or(APPROX_FAMILIES)})")
+        self.families = ",".join(families)
+        columns = [c.strip() for c in self.data.split(",")]
+        self.need(all(columns), "data", "an empty column: give sources joined by ','")
+        for column in columns:
+            data_parts(column, self.label("data"), teacher_text=False)
 
 
 def run_defining() -> tuple[str, ...]:
@@ -475,26 +638,44 @@ def run_defining() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(DistillConfig) if f.metadata["defines_run"])
 
 
-def schema() -> list[dataclasses.Field]:
-    """The fields of DistillConfig, in declaration order (what the CLI and the docs are generated from)."""
-    return list(dataclasses.fields(DistillConfig))
+def schema(cls: type = DistillConfig) -> list[dataclasses.Field]:
+    """The fields of a schema (DistillConfig by default), in declaration order (what the CLI and the docs are
+    generated from)."""
+    return list(dataclasses.fields(cls))
 
 
-def _check_field(f: dataclasses.Field, value: typing.Any) -> None:
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def _is_device(device: str) -> bool:
+    return device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+
+
+def _check_tasks(cfg: _Schema, key: str) -> None:
+    from mohawk.evaluation.suite import parse_tasks
+
+    try:
+        parse_tasks(getattr(cfg, key))
+    except MohawkError as e:
+        raise MohawkError(f"bad value for {cfg.label(key)}: {e}") from None
+
+
+def _check_field(label: str, f: dataclasses.Field, value: typing.Any) -> None:
+    """A MohawkError naming ``label`` when ``value`` fails one of field ``f``'s declared checks (None passes)."""
     meta = f.metadata
     if value is None:
         return
     if meta.get("choices") and value not in meta["choices"]:
-        raise MohawkError(f"bad value for {f.name}: {value!r} ({_or(meta['choices'])})")
+        raise MohawkError(f"bad value for {label}: {value!r} ({_or(meta['choices'])})")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
-            raise MohawkError(f"bad value for {f.name}: {value!r} (must be a finite number)")
+            raise MohawkError(f"bad value for {label}: {value!r} (must be a finite number)")
         if meta.get("minimum") is not None and value < meta["minimum"]:
-            raise MohawkError(f"bad value for {f.name}: {value!r} (must be >= {meta['minimum']:g})")
+            raise MohawkError(f"bad value for {label}: {value!r} (must be >= {meta['minimum']:g})")
         if meta.get("above") is not None and value <= meta["above"]:
-            raise MohawkError(f"bad value for {f.name}: {value!r} (must be > {meta['above']:g})")
+            raise MohawkError(f"bad value for {label}: {value!r} (must be > {meta['above']:g})")
         if meta.get("maximum") is not None and value > meta["maximum"]:
-            raise MohawkError(f"bad value for {f.name}: {value!r} (must be <= {meta['maximum']:g})")
+            raise MohawkError(f"bad value for {label}: {value!r} (must be <= {meta['maximum']:g})")
 
 
 def _or(choices: typing.Iterable) -> str:

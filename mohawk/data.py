@@ -36,6 +36,7 @@ CORPORA = {
     "modern": (["modern/train.jsonl.xz"], ["modern/validation.jsonl.xz"]),
 }
 SYNTHETIC_RECALL = "recall"  # generated key-value retrieval text (mohawk.synthetic)
+TEACHER_TEXT = "teacher"  # text the teacher writes, sampled by mohawk distill (mohawk.teachers.sample)
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
@@ -95,18 +96,24 @@ def _read_file(path: Path, field: str) -> Iterator[str]:
 DATA_SUFFIXES = (".gz", ".xz", ".bz2", ".parquet", *TEXT_SUFFIXES, *JSON_SUFFIXES)
 
 
-def data_parts(spec: str, flag: str = "--data") -> list[str]:
+def data_parts(spec: str, flag: str = "--data", *, teacher_text: bool = True) -> list[str]:
     """The parts of a data value, the grammar every command reads: ``a+b+...``, each part a vendored corpus name
-    (CORPORA), ``recall`` (generated key-value text), ``teacher`` (text the teacher writes, ``mohawk distill`` only),
-    a local file or directory, or a Hugging Face dataset name (``name`` or ``name:config``). A value that exists as a
-    path is one part even if it holds a ``+``. An empty value or an empty part (``''``, ``a+``, ``+b``, ``a++b``) is
-    a MohawkError naming ``flag``: it would otherwise read whatever lies in the current directory."""
+    (CORPORA), ``recall`` (generated key-value text), ``teacher`` (text the teacher writes: only where
+    ``teacher_text``, i.e. ``mohawk distill``'s --data), a local file or directory, or a Hugging Face dataset name
+    (``name`` or ``name:config``). A value that exists as a path is one part even if it holds a ``+``. An empty value
+    or an empty part (``''``, ``a+``, ``+b``, ``a++b``) is a MohawkError naming ``flag``: it would otherwise read
+    whatever lies in the current directory."""
     if spec and Path(spec).expanduser().exists():
         return [spec]
     parts = spec.split("+")
     if not spec.strip() or any(not p.strip() for p in parts):
         raise MohawkError(
             f"bad value for {flag}: {spec!r} (an empty part: give corpus names, paths or dataset names joined by '+')"
+        )
+    if not teacher_text and TEACHER_TEXT in parts:
+        raise MohawkError(
+            f"bad value for {flag}: {spec!r} ('{TEACHER_TEXT}', text the teacher writes, is a source of mohawk "
+            "distill's --data only)"
         )
     return parts
 
@@ -149,7 +156,7 @@ def _resolve(spec: str, flag: str) -> tuple[list, list]:
     """(files or "hf:NAME" sources, the vendored parts' validation files) of a data value (see data_parts)."""
     train: list = []
     val: list = []
-    for part in data_parts(spec, flag):
+    for part in data_parts(spec, flag, teacher_text=False):  # mohawk distill replaces 'teacher' first
         if part == SYNTHETIC_RECALL:  # generated text (mohawk.synthetic), with its own held-out documents
             train.append(f"synthetic:{part}:0")
             val.append(f"synthetic:{part}:1")
@@ -184,7 +191,7 @@ def input_paths(spec: str | None) -> list[str]:
         parts = data_parts(spec)
     except MohawkError:
         return []
-    return [p for p in parts if p not in CORPORA and p not in ("teacher", SYNTHETIC_RECALL) and _is_local(p)]
+    return [p for p in parts if p not in CORPORA and p not in (TEACHER_TEXT, SYNTHETIC_RECALL) and _is_local(p)]
 
 
 def iter_documents(sources: list, field: str = "text") -> Iterator[str]:

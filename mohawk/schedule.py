@@ -1,5 +1,6 @@
-"""What the training loop (mohawk.train) runs on: its settings, each stage's budget, the LR schedule, the loss-spike
-guard and the loop's state, which checkpoints save."""
+"""What the training loop (mohawk.train) runs on: its settings (LoopSettings, declared with the schema in
+mohawk.config), each stage's budget, the LR schedule, the loss-spike guard and the loop's state, which checkpoints
+save."""
 
 from __future__ import annotations
 
@@ -7,26 +8,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """How the loop trains any stage (the DistillConfig fields of the same names)."""
-
-    schedule: str = "wsd"
-    warmup_fraction: float = 0.1
-    decay_fraction: float = 0.2
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    spike_factor: float = 5.0
-    spike_window: int = 32
-    spike_patience: int = 3
-    rollback_lr_factor: float = 0.5
-    max_rollbacks: int = 3
-    divergence_factor: float = 4.0
-    divergence_patience: int = 10
-    log_every: int = 1
-    checkpoint_every: int = 50
-    compile: str = "off"
+from mohawk.config import LoopSettings as LoopSettings  # the loop's settings: the schema's fields
 
 
 @dataclass(frozen=True)

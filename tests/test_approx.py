@@ -55,7 +55,7 @@ def _targets(L=16, N=3):
     Q, K = torch.randn(4, L, N, generator=g) * 0.5, torch.randn(4, L, N, generator=g) * 0.5
     return {
         "toeplitz": toeplitz_fit(torch.randn(4, L, L, generator=g)),
-        "low_rank": semiseparable(Q, K, None),
+        "linear_attention": semiseparable(Q, K, None),
         "ssd": semiseparable(Q, K, -torch.rand(4, L, 1, generator=g) * 0.3),
         "ssm": semiseparable(Q, K, -torch.rand(4, L, N, generator=g) * 0.3),
     }
@@ -67,10 +67,10 @@ def test_a_matrix_of_the_family_is_recovered(family):
     fits = fit_families(A, FAMILIES, state_size=3, steps=1500, lr=3e-2)
     rel = {f: fit.distance / torch.linalg.matrix_norm(A) for f, fit in fits.items()}
     assert rel[family].median() < 1e-3, rel[family]
-    # nesting, guaranteed by the warm starts: ssm <= ssd <= low_rank (up to float32 rounding of the different block
-    # computations and ssd's start at a = 1 - 1e-6)
+    # nesting, guaranteed by the warm starts: ssm <= ssd <= linear_attention (up to float32 rounding of the different
+    # block computations and ssd's start at a = 1 - 1e-6)
     assert (fits["ssm"].distance <= fits["ssd"].distance * (1 + 1e-4) + 1e-5).all()
-    assert (fits["ssd"].distance <= fits["low_rank"].distance * (1 + 1e-4) + 1e-5).all()
+    assert (fits["ssd"].distance <= fits["linear_attention"].distance * (1 + 1e-4) + 1e-5).all()
     if family in ("ssd", "ssm"):
         assert (rel[family] < rel["toeplitz"]).all()
 

@@ -197,3 +197,65 @@ def test_schema_mixers_are_the_student_mixers():
 
     choices = next(f for f in schema() if f.name == "mixer").metadata["choices"]
     assert tuple(choices) == tuple(STUDENT_MIXERS)
+
+
+def test_loop_settings_are_the_schemas_fields_with_its_defaults():
+    """LoopSettings declares no default of its own: one written into it that drifts from DistillConfig's fails here,
+    and so does a loop setting loop_settings() drops."""
+    import dataclasses
+    import typing
+
+    from mohawk.config import default_of
+    from mohawk.schedule import LoopSettings
+
+    fields = {f.name: f for f in dataclasses.fields(DistillConfig)}
+    loop_hints, hints = typing.get_type_hints(LoopSettings), typing.get_type_hints(DistillConfig)
+    for f in dataclasses.fields(LoopSettings):
+        assert loop_hints[f.name] == hints[f.name], f.name
+        assert f.default == default_of(fields[f.name]), f.name
+        assert getattr(DistillConfig.from_dict({f.name: SAMPLES[f.name]}).loop_settings(), f.name) == SAMPLES[f.name]
+    assert LoopSettings() == DistillConfig().loop_settings()
+
+
+def test_config_imports_nothing_that_imports_it():
+    """mohawk.config is the bottom of the package (mohawk.schedule imports it for LoopSettings): no module it imports,
+    even inside a function, imports it back, directly or through others."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "mohawk"
+    modules = {
+        ".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in root.rglob("*.py")
+    }
+
+    def imports(module: str) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(modules[module].read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        return found & set(modules)
+
+    seen, todo = set(), sorted(imports("mohawk.config"))
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += imports(module)
+    assert "mohawk.config" not in seen, sorted(seen)
+
+
+def test_evaluate_defaults_are_eval_configs():
+    """evaluate() (the Python API; mohawk.evaluation.suite cannot import the schema that imports it) keeps the
+    defaults `mohawk eval` has."""
+    import inspect
+
+    from mohawk.config import EvalConfig, default_of, schema
+    from mohawk.evaluation.suite import evaluate
+
+    params = inspect.signature(evaluate).parameters
+    for f in schema(EvalConfig):
+        if f.name != "out":  # evaluate(out=None): no output directory
+            assert params[f.name].default == default_of(f), f.name
