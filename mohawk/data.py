@@ -36,6 +36,7 @@ CORPORA = {
     "modern": (["modern/train.jsonl.xz"], ["modern/validation.jsonl.xz"]),
 }
 SYNTHETIC_RECALL = "recall"  # generated key-value retrieval text (mohawk.synthetic)
+TEACHER_TEXT = "teacher"  # text the teacher writes before the stages (mohawk distill)
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
@@ -111,6 +112,21 @@ def data_parts(spec: str, flag: str = "--data") -> list[str]:
     return parts
 
 
+def writes_teacher_text(spec: str) -> bool:
+    """The data value has a ``teacher`` part: text the teacher writes first."""
+    return TEACHER_TEXT in data_parts(spec)
+
+
+def without_teacher_text(spec: str) -> str | None:
+    """The data value without its ``teacher`` part; None when nothing else is left."""
+    return "+".join(p for p in data_parts(spec) if p != TEACHER_TEXT) or None
+
+
+def with_teacher_text(spec: str, path: Path) -> str:
+    """The data value with its ``teacher`` part replaced by ``path``, the corpus the teacher wrote."""
+    return "+".join(str(path) if p == TEACHER_TEXT else p for p in data_parts(spec))
+
+
 def _is_local(part: str) -> bool:
     return looks_local(part.split(":", 1)[0] if not part.startswith(("/", ".", "~")) else part, DATA_SUFFIXES)
 
@@ -184,7 +200,7 @@ def input_paths(spec: str | None) -> list[str]:
         parts = data_parts(spec)
     except MohawkError:
         return []
-    return [p for p in parts if p not in CORPORA and p not in ("teacher", SYNTHETIC_RECALL) and _is_local(p)]
+    return [p for p in parts if p not in CORPORA and p not in (TEACHER_TEXT, SYNTHETIC_RECALL) and _is_local(p)]
 
 
 def iter_documents(sources: list, field: str = "text") -> Iterator[str]:
@@ -402,6 +418,7 @@ def take(stream: TokenStream, n_sequences: int) -> torch.Tensor:
 __all__ = [
     "ASSETS",
     "CORPORA",
+    "TEACHER_TEXT",
     "data_parts",
     "input_paths",
     "TokenStream",
@@ -412,4 +429,7 @@ __all__ = [
     "split_sources",
     "take",
     "vendored",
+    "with_teacher_text",
+    "without_teacher_text",
+    "writes_teacher_text",
 ]
