@@ -1,8 +1,10 @@
-"""Checkpoints and the resume point: where a run's training state is stored and where an interrupted run goes on.
+"""Checkpoints and the resume point: where a run's state is stored and where an interrupted run goes on.
 
-``Checkpointer`` writes OUT/checkpoints/stage{S}-step{N}/; ``ResumePoint`` reads the newest good one and tells the
-pipeline which stages are finished, which one continues, and how many batches it already consumed;
-``check_resume_config`` refuses a resume whose settings would change the run's meaning."""
+``Checkpointer`` writes OUT/checkpoints/stage{S}-step{N}/ (the student, the optimizer, the training loop's state and
+the ``RunRecord``: what the run measured so far); ``ResumePoint`` reads the newest good one and tells the pipeline
+which stages are finished, which one continues, how many batches it already consumed and what earlier invocations
+measured. A resume reads nothing else of OUT (summary.json is a report); ``check_resume_config`` and
+``check_resume_inputs`` refuse a resume whose settings or inputs would change the run's meaning."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,18 +23,45 @@ from mohawk.errors import MohawkError
 from mohawk.parallel import Parallel
 
 
+class RunRecord:
+    """What a run carries from one invocation to the next besides the student and the optimizer: the entries
+    ``keys`` of ``results`` (a dict the pipeline fills as it measures) and the wall time spent in the stage in
+    progress. Checkpointer writes it into every checkpoint (run.json); ResumePoint reads it back."""
+
+    def __init__(self, results: dict, keys: tuple[str, ...]):
+        self.results, self.keys = results, keys
+        self._before = 0.0
+        self._since: float | None = None  # when this invocation started the stage
+
+    def start_stage(self, wall_s: float = 0.0) -> None:
+        """Time a stage from now on, on top of the ``wall_s`` seconds earlier invocations spent in it."""
+        self._before, self._since = wall_s, time.perf_counter()
+
+    def stage_wall_s(self) -> float:
+        """Seconds spent in the stage in progress, over all invocations."""
+        return self._before + (time.perf_counter() - self._since if self._since is not None else 0.0)
+
+    def to_json(self) -> dict:
+        return {
+            "results": {k: self.results[k] for k in self.keys if k in self.results},
+            "stage_wall_s": self.stage_wall_s(),
+        }
+
+
 class Checkpointer:
     """OUT/checkpoints/stage{S}-step{N}/: the student (and the optimizer, once it has state) written through
     torch.distributed.checkpoint (DCP: ``*.distcp`` shards + ``.metadata``, keyed by parameter name, so a checkpoint
-    written by N processes, sharded or not, loads on M), plus state.json and manifest.json (size and sha256 of each
-    file). Written to a temporary directory, fsynced, then renamed, so a crash never leaves a half checkpoint under a
-    real name; ``latest()`` skips (and reports) checkpoints that fail their manifest, falling back to the previous one.
-    Keeps the newest ``keep``. Under torchrun every rank calls ``save``/``load``; rank 0 alone writes the small files
-    (the directory must be on storage all ranks share). DCP's .metadata is a pickle: load only your own checkpoints."""
+    written by N processes, sharded or not, loads on M), plus state.json (the training loop's), run.json (``record``,
+    when given) and manifest.json (size and sha256 of each file). Written to a temporary directory, fsynced, then
+    renamed, so a crash never leaves a half checkpoint under a real name; ``latest()`` skips (and reports) checkpoints
+    that fail their manifest, falling back to the previous one. Keeps the newest ``keep``. Under torchrun every rank
+    calls ``save``/``load``; rank 0 alone writes the small files (the directory must be on storage all ranks share).
+    DCP's .metadata is a pickle: load only your own checkpoints."""
 
-    def __init__(self, root: Path | None, keep: int = 2, parallel=None):
+    def __init__(self, root: Path | None, keep: int = 2, parallel=None, record: RunRecord | None = None):
         self.root, self.keep = root, keep  # root None: checkpoints off (benchmarks)
         self.parallel = parallel or Parallel()
+        self.record = record
         self.corrupt: list[Path] = []  # checkpoints that latest() had to skip
 
     def save(self, student, optimizer, state: dict) -> Path | None:
@@ -49,6 +79,8 @@ class Checkpointer:
             _dcp_save(student, optimizer, tmp)
             if main:
                 (tmp / "state.json").write_text(json.dumps(state))
+                if self.record is not None:
+                    (tmp / "run.json").write_text(json.dumps(self.record.to_json()))
                 for f in tmp.iterdir():
                     _fsync(f)
                 manifest = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
@@ -123,6 +155,22 @@ def read_state(path: Path) -> dict:
         ) from None
 
 
+def read_record(path: Path) -> dict:
+    """The checkpoint's run.json (see RunRecord): {"results": ..., "stage_wall_s": ...}; empty for a checkpoint
+    written without one."""
+    try:
+        record = json.loads((path / "run.json").read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("results"), dict):
+            raise ValueError("not a run record")
+        return {"results": record["results"], "stage_wall_s": float(record.get("stage_wall_s", 0.0))}
+    except FileNotFoundError:
+        return {"results": {}, "stage_wall_s": 0.0}
+    except (OSError, ValueError, TypeError) as e:
+        raise MohawkError(
+            f"checkpoint {path} is damaged (run.json: {e}); delete it to resume from the one before"
+        ) from None
+
+
 def _step_of(path: Path) -> int:
     try:
         return int(path.name.rsplit("-step", 1)[1])
@@ -133,16 +181,23 @@ def _step_of(path: Path) -> int:
 @dataclass
 class ResumePoint:
     """Where a resumed run continues: the newest good checkpoint (``path``) and its state.json (``state``); both
-    None for a fresh run. ``corrupt``: the newer checkpoints skipped because they failed their manifest."""
+    None for a fresh run. ``results`` and ``stage_wall_s``: its run.json (RunRecord), what earlier invocations
+    measured and the seconds they spent in the checkpoint's stage. ``corrupt``: the newer checkpoints skipped because
+    they failed their manifest."""
 
     path: Path | None = None
     state: dict | None = None
     corrupt: list[Path] = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+    stage_wall_s: float = 0.0
 
     @classmethod
     def find(cls, checkpointer: Checkpointer) -> ResumePoint:
         path = checkpointer.latest()
-        return cls(path, read_state(path) if path else None, list(checkpointer.corrupt))
+        if path is None:
+            return cls(corrupt=list(checkpointer.corrupt))
+        record = read_record(path)
+        return cls(path, read_state(path), list(checkpointer.corrupt), record["results"], record["stage_wall_s"])
 
     def finished(self, stage: int) -> bool:
         """Stage ``stage`` was completed before the interruption."""
@@ -297,7 +352,7 @@ def input_fingerprint(cfg) -> dict:
     over the local files read (the teacher's directory or .gguf; every file of --data and --val-data, the vendored
     ones included), or {"hub": name} for what the hub serves. Text the teacher writes (``teacher``) is the run's own
     output, not an input."""
-    from mohawk.data import data_parts, split_sources
+    from mohawk.data import split_sources, without_teacher_text
     from mohawk.teachers.load import resolve_teacher
 
     teacher = Path(resolve_teacher(cfg.teacher)).expanduser()
@@ -307,8 +362,8 @@ def input_fingerprint(cfg) -> dict:
         files = sorted(f for f in teacher.iterdir() if f.is_file() and not f.name.startswith("."))
     else:
         files = []
-    parts = [p for p in data_parts(cfg.data) if p != "teacher"]
-    train, val = split_sources("+".join(parts), cfg.val_data) if parts else ([], None)
+    rest = without_teacher_text(cfg.data)
+    train, val = split_sources(rest, cfg.val_data) if rest else ([], None)
     data = [*train, *(val or [])]
 
     def prints(paths) -> dict:

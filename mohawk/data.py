@@ -118,6 +118,21 @@ def data_parts(spec: str, flag: str = "--data", *, teacher_text: bool = True) ->
     return parts
 
 
+def writes_teacher_text(spec: str) -> bool:
+    """The data value has a ``teacher`` part: text the teacher writes first."""
+    return TEACHER_TEXT in data_parts(spec)
+
+
+def without_teacher_text(spec: str) -> str | None:
+    """The data value without its ``teacher`` part; None when nothing else is left."""
+    return "+".join(p for p in data_parts(spec) if p != TEACHER_TEXT) or None
+
+
+def with_teacher_text(spec: str, path: Path) -> str:
+    """The data value with its ``teacher`` part replaced by ``path``, the corpus the teacher wrote."""
+    return "+".join(str(path) if p == TEACHER_TEXT else p for p in data_parts(spec))
+
+
 def _is_local(part: str) -> bool:
     return looks_local(part.split(":", 1)[0] if not part.startswith(("/", ".", "~")) else part, DATA_SUFFIXES)
 
@@ -409,6 +424,7 @@ def take(stream: TokenStream, n_sequences: int) -> torch.Tensor:
 __all__ = [
     "ASSETS",
     "CORPORA",
+    "TEACHER_TEXT",
     "data_parts",
     "input_paths",
     "TokenStream",
@@ -419,4 +435,7 @@ __all__ = [
     "split_sources",
     "take",
     "vendored",
+    "with_teacher_text",
+    "without_teacher_text",
+    "writes_teacher_text",
 ]

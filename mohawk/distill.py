@@ -1,8 +1,11 @@
-"""``mohawk distill``: config -> recipe -> teacher -> student (weight transfer) -> stages 1..3 -> student/ ->
-evaluation -> report.
+"""``mohawk distill`` as a recipe: claim OUT -> load the teacher -> build the student (weight transfer) -> plan ->
+baseline evaluation -> stages 1..4 -> evaluation -> student/ -> report. ``DistillRecipe`` holds what the steps share,
+one method per step; ``_distill`` calls them in order.
 
 Output directory layout: config.yaml, metrics.jsonl, summary.json, checkpoints/, student/ (HF format + tokenizer),
-evaluation.json, report.md, plots/*.png (and the marker .mohawk-run, the lock .mohawk.lock)."""
+evaluation.json, report.md, plots/*.png (and the marker .mohawk-run, the lock .mohawk.lock). A resumed run reads its
+state from the checkpoints alone (mohawk.checkpoint: the student, the optimizer and the RunRecord of what earlier
+invocations measured); summary.json is the report of the run, written, never read."""
 
 from __future__ import annotations
 
@@ -15,18 +18,47 @@ import torch
 from rich.console import Console
 
 from mohawk import recipe, rundir
-from mohawk.checkpoint import Checkpointer, ResumePoint, check_resume_config, check_resume_inputs, input_fingerprint
+from mohawk.checkpoint import (
+    Checkpointer,
+    ResumePoint,
+    RunRecord,
+    check_resume_config,
+    check_resume_inputs,
+    input_fingerprint,
+)
 from mohawk.config import DistillConfig
-from mohawk.data import TokenStream, data_parts, input_paths, make_streams, take
+from mohawk.data import (
+    TokenStream,
+    input_paths,
+    make_streams,
+    take,
+    with_teacher_text,
+    without_teacher_text,
+    writes_teacher_text,
+)
 from mohawk.errors import MohawkError
 from mohawk.evaluation import agreement, layer_distances, perplexity
 from mohawk.evaluation.suite import long_sequences, parse_tasks, run_suite
-from mohawk.metrics import MetricsLog, read_json, write_json
+from mohawk.metrics import MetricsLog, write_json
 from mohawk.parallel import Parallel
-from mohawk.stages import STAGES, RecallPhase
+from mohawk.stages import STAGES
 from mohawk.teachers import load_teacher
 from mohawk.train import train_stage
 from mohawk.transfer import copy_non_mixer_weights, from_teacher, parse_attention_layers, place_attention_layers
+
+# the summary's entries a resumed run takes over from the invocations before it (through its checkpoint's RunRecord)
+CARRIED = (
+    "command",
+    "device",
+    "versions",
+    "data",
+    "input_changes",
+    "teacher_eval",
+    "transfer_only",
+    "distances_before",
+    "stages",
+    "distances_after_stage",
+)
 
 
 def choose_attention_layers(cfg: DistillConfig, adapter) -> tuple[list[int], dict | None]:
@@ -54,8 +86,7 @@ def _stage_stream(cfg: DistillConfig, tokenizer, stage: int, data: str) -> Token
 def teacher_text(cfg: DistillConfig, teacher, tokenizer, out: Path, total: int, console, parallel: Parallel) -> str:
     """cfg.data with 'teacher' replaced by OUT/teacher-text.jsonl.xz, sampled from the teacher first (rank 0; reused
     when an earlier call wrote it with the same settings)."""
-    parts = data_parts(cfg.data)
-    if "teacher" not in parts:
+    if not writes_teacher_text(cfg.data):
         return cfg.data
     from mohawk.teachers.sample import write_corpus
 
@@ -81,22 +112,7 @@ def teacher_text(cfg: DistillConfig, teacher, tokenizer, out: Path, total: int, 
             f"({stats['tokens_per_s']:,.0f} tokens/s)"
         )
     parallel.barrier()
-    return "+".join(str(path) if p == "teacher" else p for p in parts)
-
-
-def _record_stage_distances(summary: dict, stage: int, student, adapter, batch, overwrite: bool = True) -> None:
-    """summary["distances_after_stage"][str(stage)] = layer_distances right after stage 1 or 2 (stage 3's are
-    summary["distances_after"], measured on the gathered student at the end). ``overwrite`` False keeps a value an
-    earlier invocation recorded (a resumed run)."""
-    if stage not in (1, 2):
-        return
-    after = summary.setdefault("distances_after_stage", {})
-    if overwrite or str(stage) not in after:
-        after[str(stage)] = layer_distances(student, adapter, batch)
-
-
-def _evaluate(student, teacher, val, cfg) -> dict:
-    return {"perplexity": perplexity(student, val, cfg.batch_size), **agreement(student, teacher, val, cfg.batch_size)}
+    return with_teacher_text(cfg.data, path)
 
 
 def distill(
@@ -157,232 +173,349 @@ def _distill(
     command: str | None,
     inputs: tuple[dict, list[str]] = ({}, []),
 ) -> Path:
-    main = parallel.main
-    console = console or Console(stderr=True)
-    if not main:
-        console = Console(stderr=True, quiet=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    summary_path = out / "summary.json"
-    summary = read_json(summary_path, "run summary") if resume and summary_path.is_file() else {}
-    summary.setdefault("command", command or " ".join(["mohawk", *sys.argv[1:]]))
-    summary.setdefault(
-        "device",
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-    )
-    summary.setdefault("versions", {"torch": torch.__version__, "python": platform.python_version()})
-    if parallel.active:
-        summary["processes"] = parallel.world
-    t0 = time.perf_counter()
+    """The recipe's steps in order, in the claimed OUT; ``inputs``: the input fingerprint and what changed in it
+    since the run started (see distill)."""
+    run = DistillRecipe(cfg, parallel, device, out, console=console, progress=progress)
+    run.open(resume, command)
+    run.load_teacher()
+    run.build_student()
+    run.load_validation()  # before anything is written: bad data fails here
+    run.write_run_files(resume, overwrite, inputs[0], inputs[1])
+    run.describe()
+    run.plan(inputs[1])
+    run.measure_baseline()
+    run.train_stages(resume)
+    if not run.gather_student():  # the other ranks are done
+        return out
+    run.evaluate()
+    run.save_student()
+    run.report()
+    return out
 
-    console.print(f"[bold]mohawk[/] loading teacher {cfg.teacher} on {device}")
-    teacher, tokenizer, adapter = load_teacher(cfg.teacher, device=device, trust_remote_code=cfg.trust_remote_code)
-    max_pos = getattr(adapter.student_config(), "max_position_embeddings", None)
-    if max_pos and cfg.seq_len > max_pos:
-        raise MohawkError(f"--seq-len {cfg.seq_len} is above the teacher's maximum of {max_pos} positions")
-    attention_layers, probe = choose_attention_layers(cfg, adapter)
-    if probe is not None:
-        summary["retrieval_probe"] = probe
-    options = {"ssd_state_size": cfg.ssd_state_size} if cfg.ssd_state_size else {}
-    if cfg.init == "scratch":  # the baseline: the same architecture, randomly initialised, no weight transfer
-        from mohawk.models import MohawkForCausalLM
 
-        mixers = ["attention" if i in attention_layers else cfg.mixer for i in range(adapter.num_layers)]
-        torch.manual_seed(cfg.seed)
-        p = next(teacher.parameters())
-        student = MohawkForCausalLM(adapter.student_config(mixers=mixers, **options))
-        student = student.to(device=p.device, dtype=p.dtype)  # type: ignore[call-arg]
-    else:
-        torch.manual_seed(cfg.seed)  # here, so that the student's init does not depend on how the teacher was loaded
-        student = from_teacher(
-            adapter, attention_layers=attention_layers, mixer=cfg.mixer, ssd_init=cfg.ssd_init, **options
+class DistillRecipe:
+    """One invocation of ``mohawk distill`` in a claimed OUT, as steps over shared state: the config, the teacher,
+    the student, the plan, the held-out data and ``summary`` (summary.json, whose CARRIED entries also go into every
+    checkpoint through ``record``). Under torchrun every rank runs every step; rank 0 alone prints and writes."""
+
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        parallel: Parallel,
+        device: torch.device,
+        out: Path,
+        *,
+        console: Console | None = None,
+        progress: bool = True,
+    ):
+        self.cfg, self.parallel, self.device, self.out, self.progress = cfg, parallel, device, out, progress
+        self.main = parallel.main
+        self.console = (console or Console(stderr=True)) if self.main else Console(stderr=True, quiet=True)
+        self.schedule = recipe.plan(cfg, parallel.world)
+        self.summary: dict = {}
+        self.record = RunRecord(self.summary, CARRIED)
+        self.checkpointer = Checkpointer(out / "checkpoints", parallel=parallel, record=self.record)
+        self.point = ResumePoint()
+
+    def open(self, resume: bool, command: str | None) -> None:
+        """Threads and seed; with ``resume`` the checkpoint to continue from and the results it carries; this
+        invocation's command, device and versions (the first invocation's, on resume)."""
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        torch.manual_seed(self.cfg.seed)
+        if resume:
+            self.point = ResumePoint.find(self.checkpointer)
+            self.summary.update(self.point.results)
+        self.summary.setdefault("command", command or " ".join(["mohawk", *sys.argv[1:]]))
+        self.summary.setdefault(
+            "device",
+            torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         )
-    n_params = sum(p.numel() for p in student.parameters())
-    schedule = recipe.plan(cfg, parallel.world)
-    vendored_val = "+".join(p for p in data_parts(cfg.data) if p != "teacher") or "bundled"
-    val_source = cfg.data if "teacher" not in data_parts(cfg.data) else vendored_val
-    _, val_stream = make_streams(
-        val_source, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed, field=cfg.text_field
-    )
-    val = take(val_stream, cfg.val_sequences)  # before anything is written: bad data fails here
+        self.summary.setdefault("versions", {"torch": torch.__version__, "python": platform.python_version()})
+        if self.parallel.active:
+            self.summary["processes"] = self.parallel.world
+        self.t0 = time.perf_counter()
 
-    if main:
+    def load_teacher(self) -> None:
+        """The teacher, its tokenizer and adapter; --seq-len within its positions."""
+        cfg = self.cfg
+        self.console.print(f"[bold]mohawk[/] loading teacher {cfg.teacher} on {self.device}")
+        self.teacher, self.tokenizer, self.adapter = load_teacher(
+            cfg.teacher, device=self.device, trust_remote_code=cfg.trust_remote_code
+        )
+        self.max_pos = getattr(self.adapter.student_config(), "max_position_embeddings", None)
+        if self.max_pos and cfg.seq_len > self.max_pos:
+            raise MohawkError(f"--seq-len {cfg.seq_len} is above the teacher's maximum of {self.max_pos} positions")
+
+    def build_student(self) -> None:
+        """The student: the teacher's weights transferred into the chosen layers' mixers (--init teacher), or the
+        same architecture randomly initialised (--init scratch, the baseline)."""
+        cfg, adapter = self.cfg, self.adapter
+        self.attention_layers, probe = choose_attention_layers(cfg, adapter)
+        if probe is not None:
+            self.summary["retrieval_probe"] = probe
+        options = {"ssd_state_size": cfg.ssd_state_size} if cfg.ssd_state_size else {}
+        torch.manual_seed(cfg.seed)  # here, so that the student's init does not depend on how the teacher was loaded
+        if cfg.init == "scratch":
+            from mohawk.models import MohawkForCausalLM
+
+            mixers = ["attention" if i in self.attention_layers else cfg.mixer for i in range(adapter.num_layers)]
+            p = next(self.teacher.parameters())
+            student = MohawkForCausalLM(adapter.student_config(mixers=mixers, **options))
+            self.student = student.to(device=p.device, dtype=p.dtype)  # type: ignore[call-arg]
+        else:
+            self.student = from_teacher(
+                adapter, attention_layers=self.attention_layers, mixer=cfg.mixer, ssd_init=cfg.ssd_init, **options
+            )
+
+    def load_validation(self) -> None:
+        """The held-out sequences every evaluation reads: of the corpus without the teacher's own text."""
+        cfg = self.cfg
+        self.val_source = without_teacher_text(cfg.data) or "bundled"
+        _, stream = make_streams(
+            self.val_source, self.tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed, field=cfg.text_field
+        )
+        self.val = take(stream, cfg.val_sequences)
+
+    def write_run_files(self, resume: bool, overwrite: bool, fingerprint: dict, changed: list[str]) -> None:
+        """OUT's marker, config.yaml and inputs.json (what the run now reads), OUT cleared first with --overwrite
+        (rank 0)."""
+        cfg, out = self.cfg, self.out
+        if not self.main:
+            return
         if overwrite and not resume:
             rundir.clear(out, reads=[cfg.teacher, *input_paths(cfg.data), *input_paths(cfg.val_data)])
         rundir.mark(out)
         cfg.save(out / "config.yaml")
-        if not resume or not (out / "inputs.json").is_file() or inputs[1]:  # what the run now reads
-            write_json(out / "inputs.json", inputs[0])
-    summary.update(
-        teacher=cfg.teacher,
-        teacher_layers=adapter.num_layers,
-        attention_layers=attention_layers,
-        mixer=cfg.mixer,
-        student_parameters=n_params,
-        seq_len=cfg.seq_len,
-        load_s=round(time.perf_counter() - t0, 1),
-        val_tokens=int(val.numel()),
-    )
-    console.print(
-        f"student: {adapter.num_layers - len(attention_layers)} {cfg.mixer} + {len(attention_layers)} "
-        f"attention layers, {n_params / 1e6:.1f}M parameters"
-    )
-    total = sum(b.tokens for s, b in schedule.budgets.items() if s in cfg.stages)
-    data = teacher_text(cfg, teacher, tokenizer, out, total, console, parallel)
-    if "data" not in summary:  # the corpus size, for the epochs each stage makes over it
-        summary["data"] = {"source": cfg.data, **_stage_stream(cfg, tokenizer, 0, data).size()}
-    corpus = summary["data"].get("tokens")
-    plan_rows = schedule.table()
-    for row in plan_rows:  # stage 4 reads --recall-data, not the corpus measured here
-        row["epochs"] = recipe.epochs(row["tokens"], corpus) if row["stage"] != RecallPhase.number else None
-        console.print(
-            f"stage {row['stage']}: {row['tokens']:,} tokens, {row['tokens_per_update']:,} per update "
-            f"({row['micro_batch']} x {cfg.seq_len} x {row['grad_accum']}), {row['steps']} optimizer steps, "
-            f"peak LR {row['lr']:g}"
-            + (
-                f", {row['epochs']:.2f} epochs over ~{corpus:,} tokens of {cfg.data}"
-                if row["epochs"] is not None
-                else ""
+        if not resume or not (out / "inputs.json").is_file() or changed:
+            write_json(out / "inputs.json", fingerprint)
+
+    def describe(self) -> None:
+        """The run's facts into the summary; the student's layers on the console."""
+        cfg, n_attention = self.cfg, len(self.attention_layers)
+        n_params = sum(p.numel() for p in self.student.parameters())
+        self.summary.update(
+            teacher=cfg.teacher,
+            teacher_layers=self.adapter.num_layers,
+            attention_layers=self.attention_layers,
+            mixer=cfg.mixer,
+            student_parameters=n_params,
+            seq_len=cfg.seq_len,
+            load_s=round(time.perf_counter() - self.t0, 1),
+            val_tokens=int(self.val.numel()),
+        )
+        self.console.print(
+            f"student: {self.adapter.num_layers - n_attention} {cfg.mixer} + {n_attention} "
+            f"attention layers, {n_params / 1e6:.1f}M parameters"
+        )
+
+    def plan(self, changed: list[str]) -> None:
+        """The training text (the teacher's sampled first where --data asks for it) and its size; the plan and its
+        warnings, those of inputs that ``changed`` under the run (--allow-changed-inputs) included, printed and
+        into the summary."""
+        cfg, summary = self.cfg, self.summary
+        total = sum(b.tokens for s, b in self.schedule.budgets.items() if s in cfg.stages)
+        self.data = teacher_text(cfg, self.teacher, self.tokenizer, self.out, total, self.console, self.parallel)
+        if "data" not in summary:  # the corpus size, for the epochs each stage makes over it
+            summary["data"] = {"source": cfg.data, **_stage_stream(cfg, self.tokenizer, 0, self.data).size()}
+        self.corpus = summary["data"].get("tokens")
+        rows, warnings = self.schedule.show(cfg, self.corpus, self.console)
+        summary["input_changes"] = summary.get("input_changes", []) + [f"resumed with {c}" for c in changed]
+        warnings += summary["input_changes"]
+        for w in warnings:
+            self.console.print(f"[yellow]warning[/]: {w}", highlight=False)
+        summary["plan"], summary["warnings"] = rows, warnings
+
+    def measure_baseline(self) -> None:
+        """The teacher and the weight-transfer-only student on the held-out data, and the layer distances before
+        training (rank 0; an earlier invocation's measurement is kept)."""
+        if "transfer_only" not in self.summary and self.main:
+            self.console.print(
+                f"evaluating teacher and the weight-transfer-only student on {self.val.numel():,} held-out tokens"
             )
+            scores = run_suite(
+                {"teacher": self.teacher, "student": self.student},
+                self.tokenizer,
+                teacher_key="teacher",
+                tasks=["ppl", "agreement"],
+                val=self.val,
+                long_val=None,
+                train_len=self.cfg.seq_len,
+                max_len=self.max_pos or 1 << 20,
+                batch_size=self.cfg.batch_size,
+            )["scores"]
+            self.summary["teacher_eval"], self.summary["transfer_only"] = scores["teacher"], scores["student"]
+            self.summary["distances_before"] = self._distances()
+            self._write_summary()
+        self.parallel.barrier()
+
+    def train_stages(self, resume: bool) -> None:
+        """Each stage of --stages in order: one the resume point finished is skipped (the student after it loaded),
+        the one it interrupted continues from its checkpoint."""
+        cfg, point, main = self.cfg, self.point, self.main
+        log = MetricsLog(
+            self.out / "metrics.jsonl" if main else None,
+            self.out / "tensorboard" if cfg.report_to == "tensorboard" and main else None,
         )
-    warnings = list(schedule.warnings)
-    warnings += [
-        f"stage {r['stage']} makes {r['epochs']:.1f} epochs over its corpus (~{corpus:,} tokens): it "
-        "sees the same text again; give more distinct text (e.g. --data gutenberg+modern) or fewer tokens"
-        for r in plan_rows
-        if r["epochs"] is not None and r["epochs"] > 1
-    ]
-    summary["input_changes"] = summary.get("input_changes", []) + [f"resumed with {c}" for c in inputs[1]]
-    warnings += summary["input_changes"]  # --allow-changed-inputs: the report says what changed under the run
-    for w in warnings:
-        console.print(f"[yellow]warning[/]: {w}", highlight=False)
-    summary["plan"], summary["warnings"] = plan_rows, warnings
-    if "transfer_only" not in summary and main:
-        console.print(f"evaluating teacher and the weight-transfer-only student on {val.numel():,} held-out tokens")
-        summary["teacher_eval"] = {"perplexity": perplexity(teacher, val, cfg.batch_size)}
-        summary["transfer_only"] = _evaluate(student, teacher, val, cfg)
-        summary["distances_before"] = layer_distances(student, adapter, val[: cfg.batch_size])
-        write_json(summary_path, summary)
-    parallel.barrier()
+        for bad in point.corrupt:
+            self.console.print(f"[yellow]checkpoint {bad.name} is incomplete or corrupt: skipped[/]")
+        if point.state and point.path is not None:
+            self.console.print(f"resuming from {point.path.name}")
+            if point.student_after:
+                Checkpointer.load(point.student_after, self.student)
+        if resume:
+            log.truncate_after(point.state["stage"], point.state["step"]) if point.state else log.truncate_after(0, 0)
+        self.summary.setdefault("stages", {})
+        for s in cfg.stages:
+            if point.finished(s):
+                self._complete_finished(s)
+            elif self.schedule.budgets[s].tokens == 0:
+                self.console.print(f"stage {s}: 0 tokens, skipped")
+            else:
+                self._train(s, log)
 
-    ckpt = Checkpointer(out / "checkpoints", parallel=parallel)
-    log = MetricsLog(
-        out / "metrics.jsonl" if main else None,
-        out / "tensorboard" if cfg.report_to == "tensorboard" and main else None,
-    )
-    point = ResumePoint.find(ckpt) if resume else ResumePoint()
-    for bad in point.corrupt:
-        console.print(f"[yellow]checkpoint {bad.name} is incomplete or corrupt: skipped[/]")
-    if point.state:
-        console.print(f"resuming from {point.path.name}")
-        if point.student_after:
-            Checkpointer.load(point.student_after, student)
-    if resume:
-        log.truncate_after(point.state["stage"], point.state["step"]) if point.state else log.truncate_after(0, 0)
-
-    summary.setdefault("stages", {})
-    loop = cfg.loop_settings()
-    for s in cfg.stages:
-        if point.finished(s):
-            if main and point.state and point.state["stage"] == s:  # the student loaded is the one after stage s
-                _record_stage_distances(summary, s, student, adapter, val[: cfg.batch_size], overwrite=False)
-            continue
-        budget = schedule.budgets[s]
-        if budget.tokens == 0:
-            console.print(f"stage {s}: 0 tokens, skipped")
-            continue
-        mid = point.continues(s)
-        stage = STAGES[s](student, adapter, **cfg.stage_options(s))
+    def _train(self, s: int, log: MetricsLog) -> None:
+        """Train stage ``s`` (from the resume point's checkpoint where it interrupted ``s``); its results and the
+        layer distances after it into the summary."""
+        cfg, parallel, budget = self.cfg, self.parallel, self.schedule.budgets[s]
+        mid = self.point.continues(s)
+        stage = STAGES[s](self.student, self.adapter, **cfg.stage_options(s))
         if stage.transfers_weights and mid is None and cfg.init == "teacher":
-            copy_non_mixer_weights(student, adapter)  # the weight transfer (a no-op after frozen stages 1-2)
+            copy_non_mixer_weights(self.student, self.adapter)  # the weight transfer (a no-op after frozen stages 1-2)
         if parallel.uses_fsdp(stage):
-            parallel.shard_teacher(adapter)
-            if parallel.is_sharded(teacher):
-                console.print(f"stage {s}: student and teacher sharded over {parallel.world} processes (FSDP2)")
+            parallel.shard_teacher(self.adapter)
+            if parallel.is_sharded(self.teacher):
+                self.console.print(f"stage {s}: student and teacher sharded over {parallel.world} processes (FSDP2)")
         # every rank draws the same global batches and keeps its rows: the run does not depend on the world size
-        skip = point.batches(s, budget.grad_accum)
-        stream = _stage_stream(cfg, tokenizer, s, cfg.recall_data if s == RecallPhase.number else data)
-        batches = map(parallel.shard, stream.batches(schedule.rows[s], skip=skip))
-        t_stage = time.perf_counter()
+        stream = _stage_stream(cfg, self.tokenizer, s, cfg.recall_data if s == recipe.RECALL_STAGE else self.data)
+        skip = self.point.batches(s, budget.grad_accum)
+        batches = map(parallel.shard, stream.batches(self.schedule.rows[s], skip=skip))
+        self.record.start_stage(self.point.stage_wall_s if mid else 0.0)
         state = train_stage(
-            stage, batches, budget, loop, checkpointer=ckpt, log=log, resume=mid, progress=progress, parallel=parallel
+            stage,
+            batches,
+            budget,
+            cfg.loop_settings(),
+            checkpointer=self.checkpointer,
+            log=log,
+            resume=mid,
+            progress=self.progress,
+            parallel=parallel,
         )
-        prev = summary["stages"].get(str(s), {}).get("wall_s", 0.0) if mid else 0.0
-        summary["stages"][str(s)] = {
-            "tokens": state.tokens,
-            "steps": state.step,
-            "skipped": state.skipped,
-            "rollbacks": state.rollbacks,
-            "lr": budget.lr,
-            "tokens_per_update": budget.micro_tokens * budget.grad_accum,
-            "micro_batch": schedule.rows[s],
-            "epochs": recipe.epochs(state.tokens, corpus) if s != RecallPhase.number else None,
-            "wall_s": round(prev + time.perf_counter() - t_stage, 1),
-        }
-        if main:
-            _record_stage_distances(summary, s, student, adapter, val[: cfg.batch_size])
-            write_json(summary_path, summary)
+        self.summary["stages"][str(s)] = self._stage_result(s, state.as_dict(done=True), self.record.stage_wall_s())
+        if self.main:
+            if s in (1, 2):  # stage 3's are "distances_after", measured on the gathered student at the end
+                self.summary.setdefault("distances_after_stage", {})[str(s)] = self._distances()
+            self._write_summary()
 
-    student = parallel.gather(student)  # type: ignore[assignment]  # FSDP2 shards -> one plain model on rank 0
-    if not main:
-        return out
-    if parallel.is_sharded(
-        teacher
-    ):  # a sharded teacher runs only with every rank: rank 0 loads its own copy to evaluate
-        del teacher, adapter
-        teacher, _, adapter = load_teacher(cfg.teacher, device=device, trust_remote_code=cfg.trust_remote_code)
-    console.print("evaluating the distilled student")
-    summary["final"] = _evaluate(student, teacher, val, cfg)
-    summary["distances_after"] = layer_distances(student, adapter, val[: cfg.batch_size])
-    extra = [t for t in parse_tasks(cfg.eval_tasks) if t not in ("ppl", "agreement")]
-    if extra:
-        console.print(f"evaluating teacher and student: {', '.join(extra)}")
-        long_val = (
-            long_sequences(
-                val_source,
-                tokenizer,
+    def _complete_finished(self, s: int) -> None:
+        """A stage the resume point finished: where the point is that stage's end (the student loaded is the one
+        it left), the results and distances the record lacks (a run cut before its next checkpoint), from it."""
+        state = self.point.state
+        if not (self.main and state and state["stage"] == s):
+            return
+        if str(s) not in self.summary["stages"]:
+            self.summary["stages"][str(s)] = self._stage_result(s, state, self.point.stage_wall_s)
+        if s in (1, 2) and str(s) not in self.summary.get("distances_after_stage", {}):
+            self.summary.setdefault("distances_after_stage", {})[str(s)] = self._distances()
+
+    def _stage_result(self, s: int, state: dict, wall_s: float) -> dict:
+        """summary["stages"][str(s)]: what stage ``s`` trained, from its final loop state."""
+        budget = self.schedule.budgets[s]
+        return {
+            "tokens": state["tokens"],
+            "steps": state["step"],
+            "skipped": state.get("skipped", 0),
+            "rollbacks": state.get("rollbacks", 0),
+            "lr": state.get("lr", budget.lr),
+            "tokens_per_update": budget.micro_tokens * budget.grad_accum,
+            "micro_batch": self.schedule.rows[s],
+            "epochs": recipe.epochs(state["tokens"], self.corpus) if s != recipe.RECALL_STAGE else None,
+            "wall_s": round(wall_s, 1),
+        }
+
+    def gather_student(self) -> bool:
+        """FSDP2 shards -> one plain student on rank 0; True on rank 0, the rank that goes on."""
+        self.student = self.parallel.gather(self.student)
+        return self.main
+
+    def evaluate(self) -> None:
+        """The distilled student against the teacher: perplexity, agreement and layer distances into the summary,
+        the other --eval-tasks (mohawk.evaluation.suite) into evaluation.json."""
+        cfg, bs = self.cfg, self.cfg.batch_size
+        if self.parallel.is_sharded(self.teacher):  # a sharded teacher runs only with every rank: load a copy
+            del self.teacher, self.adapter
+            self.teacher, _, self.adapter = load_teacher(
+                cfg.teacher, device=self.device, trust_remote_code=cfg.trust_remote_code
+            )
+        self.console.print("evaluating the distilled student")
+        # not run_suite: it would measure the teacher's perplexity again, which the baseline has
+        final = {"perplexity": perplexity(self.student, self.val, bs)}
+        self.summary["final"] = {**final, **agreement(self.student, self.teacher, self.val, bs)}
+        self.summary["distances_after"] = self._distances()
+        extra = [t for t in parse_tasks(cfg.eval_tasks) if t not in ("ppl", "agreement")]
+        if extra:
+            self.console.print(f"evaluating teacher and student: {', '.join(extra)}")
+            write_json(self.out / "evaluation.json", self._suite(extra))
+
+    def _suite(self, tasks: list[str]) -> dict:
+        """The evaluation suite's ``tasks`` on the teacher and the student."""
+        cfg = self.cfg
+        long_val = None
+        if "position" in tasks:
+            long_len = self.max_pos or 4 * cfg.seq_len
+            long_val = long_sequences(
+                self.val_source,
+                self.tokenizer,
                 cfg.seq_len,
-                max_pos or 4 * cfg.seq_len,
+                long_len,
                 4,
                 seed=cfg.seed,
                 val_source=cfg.val_data,
                 field=cfg.text_field,
             )
-            if "position" in extra
-            else None
-        )
-        res = run_suite(
-            {"teacher": teacher, "student": student},
-            tokenizer,
+        return run_suite(
+            {"teacher": self.teacher, "student": self.student},
+            self.tokenizer,
             teacher_key="teacher",
-            tasks=extra,
-            val=val,
+            tasks=tasks,
+            val=self.val,
             long_val=long_val,
             train_len=cfg.seq_len,
-            max_len=max_pos or 1 << 20,
+            max_len=self.max_pos or 1 << 20,
             limit=cfg.eval_limit,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
             teacher_name=cfg.teacher,
         )
-        write_json(out / "evaluation.json", res)
-    student.config.mohawk_train_seq_len = cfg.seq_len  # read by `mohawk eval` (loss by position, passkey lengths)
-    with rundir.staged(out, again="continue with --resume") as tmp:  # a cut save never leaves half a student
-        student.save_pretrained(tmp / "student")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp / "student")
-    summary["total_wall_s"] = round(time.perf_counter() - t0, 1)  # this invocation
-    write_json(summary_path, summary)
 
-    from mohawk.report import write_report
+    def save_student(self) -> None:
+        """OUT/student: the student in HF format with the teacher's tokenizer."""
+        self.student.config.mohawk_train_seq_len = self.cfg.seq_len  # read by `mohawk eval`
+        with rundir.staged(self.out, again="continue with --resume") as tmp:  # a cut save never leaves half a student
+            self.student.save_pretrained(tmp / "student")
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp / "student")
 
-    report = write_report(out)
-    console.print(
-        f"[green]done[/]: teacher ppl {summary['teacher_eval']['perplexity']:.2f}, "
-        f"transfer-only ppl {summary['transfer_only']['perplexity']:.2f}, "
-        f"distilled ppl {summary['final']['perplexity']:.2f} -> {report}"
-    )
-    return out
+    def report(self) -> None:
+        """summary.json with this invocation's wall time, report.md and plots/, and the closing line."""
+        from mohawk.report import write_report
+
+        self.summary["total_wall_s"] = round(time.perf_counter() - self.t0, 1)  # this invocation
+        self._write_summary()
+        report = write_report(self.out)
+        s = self.summary
+        self.console.print(
+            f"[green]done[/]: teacher ppl {s['teacher_eval']['perplexity']:.2f}, "
+            f"transfer-only ppl {s['transfer_only']['perplexity']:.2f}, "
+            f"distilled ppl {s['final']['perplexity']:.2f} -> {report}"
+        )
+
+    def _distances(self) -> dict:
+        """The stage-1 and stage-2 layer distances of the student now (mohawk.evaluation.layer_distances)."""
+        return layer_distances(self.student, self.adapter, self.val[: self.cfg.batch_size])
+
+    def _write_summary(self) -> None:
+        write_json(self.out / "summary.json", self.summary)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from mohawk.schedule import StageBudget
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from mohawk.config import DistillConfig
 
 SHARES = {1: 0.05, 2: 0.10, 3: 0.85, 4: 0.05}  # of a total budget, per stage (renormalised over the stages run)
@@ -33,6 +35,7 @@ MIN_STEPS = 20  # fewer optimizer steps than this is under-training: avoided, or
 MAX_TOKENS_PER_UPDATE = 131072
 STAGE_NUMBERS = (1, 2, 3, 4)
 LR = {1: 1e-3, 2: 1e-3, 3: 5e-4, 4: 3e-4}  # peak LRs; stage 3: the best of the results/headline sweep
+RECALL_STAGE = 4  # the recall phase: it trains on --recall-data, not on the corpus
 
 
 @dataclass
@@ -59,6 +62,31 @@ class Plan:
             for s, b in sorted(self.budgets.items())
             if b.tokens
         ]
+
+    def show(
+        self, cfg: DistillConfig, corpus_tokens: int | None, console: Console
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Print one line per stage of ``table()`` on ``console``; returns the table, each row with the epochs its
+        stage makes over a corpus of ``corpus_tokens`` (None for the recall phase), and the plan's warnings, a stage
+        that repeats its corpus included."""
+        rows = self.table()
+        for row in rows:
+            row["epochs"] = epochs(row["tokens"], corpus_tokens) if row["stage"] != RECALL_STAGE else None
+            line = (
+                f"stage {row['stage']}: {row['tokens']:,} tokens, {row['tokens_per_update']:,} per update "
+                f"({row['micro_batch']} x {cfg.seq_len} x {row['grad_accum']}), {row['steps']} optimizer steps, "
+                f"peak LR {row['lr']:g}"
+            )
+            if row["epochs"] is not None:
+                line += f", {row['epochs']:.2f} epochs over ~{corpus_tokens:,} tokens of {cfg.data}"
+            console.print(line)
+        warnings = self.warnings + [
+            f"stage {r['stage']} makes {r['epochs']:.1f} epochs over its corpus (~{corpus_tokens:,} tokens): it "
+            "sees the same text again; give more distinct text (e.g. --data gutenberg+modern) or fewer tokens"
+            for r in rows
+            if r["epochs"] is not None and r["epochs"] > 1
+        ]
+        return rows, warnings
 
 
 def stage_tokens(cfg: DistillConfig) -> dict[int, int]:
@@ -133,6 +161,7 @@ __all__ = [
     "MAX_TOKENS_PER_UPDATE",
     "MIN_STEPS",
     "Plan",
+    "RECALL_STAGE",
     "SHARES",
     "TARGET_STEPS",
     "budgets",

@@ -13,14 +13,7 @@ if not torch.cuda.is_available():
     # kernel module is imported, since @triton.jit reads it when it decorates
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from tests.utils import (  # noqa: F401  (re-exported for the modules that still import them from here)
-    FAMILIES,
-    VOCAB,
-    tiny_corpus,
-    tiny_distill_argv,
-    tiny_teacher,
-    tiny_tokenizer,
-)
+from tests.utils import FAMILIES, VOCAB, tiny_corpus, tiny_teacher, tiny_tokenizer
 
 
 @pytest.fixture(params=FAMILIES)

@@ -1,6 +1,7 @@
 """What a careless or unlucky user can do to mohawk, and what must follow: one ``error:`` line and exit status 2 for
-bad input (never a traceback), 130 / 143 with one ``interrupted`` line for Ctrl-C / SIGTERM, nothing the user wrote
-deleted, one writer per output directory, and a resumed run that ends where an uninterrupted one does."""
+bad input (never a traceback), 130 / 143 with one ``interrupted`` line for Ctrl-C / SIGTERM, and a resumed run that
+ends where an uninterrupted one does. Output directories (--overwrite, one writer): tests/test_rundir.py; damaged
+checkpoints: tests/test_checkpoint.py."""
 
 import json
 import os
@@ -14,7 +15,7 @@ import pytest
 import typer.main
 
 from mohawk.cli import app, main
-from tests.conftest import tiny_corpus, tiny_distill_argv
+from tests.utils import one_error_line, tiny_distill_argv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EDGE = {
@@ -115,83 +116,11 @@ def test_config_path_that_is_a_directory(tmp_path, capsys):
     assert "is a directory" in capsys.readouterr().err
 
 
-# -- run directories ----------------------------------------------------------------------------------------------
+# -- resuming, and a disk that refuses writes -------------------------------------------------------------------
 
 
 def _run(teacher_dir, out, *extra):
     return main(tiny_distill_argv(teacher_dir, out, *extra))
-
-
-def _one_error(capsys) -> str:
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    return errors[0]
-
-
-def test_overwrite_never_deletes_what_the_run_reads(teacher_dir, tmp_path, capsys):
-    """--out holding the teacher and the corpus: --overwrite refuses (it is no mohawk run), and keeps everything."""
-    import shutil
-
-    out = tmp_path / "mixed"
-    shutil.copytree(teacher_dir, out / "teacher")
-    tiny_corpus(out / "corpus.jsonl")
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    rc = main(
-        [
-            "distill",
-            "--teacher",
-            str(out / "teacher"),
-            "--data",
-            str(out / "corpus.jsonl"),
-            "--out",
-            str(out),
-            "--overwrite",
-            "--quiet",
-            "--device",
-            "cpu",
-        ]
-    )
-    assert rc == 2 and "--overwrite refused" in _one_error(capsys)
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".mohawk.lock"} == before
-
-
-def test_overwrite_removes_only_mohawks_outputs(teacher_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert _run(teacher_dir, out) == 0
-    (out / "notes.txt").write_text("mine")
-    (out / "student" / "README.md").write_text("also mine, but inside an output: replaced with it")
-    assert _run(teacher_dir, out, "--overwrite", "--seed", "3") == 0
-    assert (out / "notes.txt").read_text() == "mine"
-    assert not (out / "student" / "README.md").exists() and (out / "student" / "config.json").is_file()
-
-
-def test_overwrite_refuses_when_the_teacher_lives_in_an_output(teacher_dir, tmp_path, capsys):
-    import shutil
-
-    out = tmp_path / "run"
-    assert _run(teacher_dir, out) == 0
-    inside = out / "student" / "teacher"
-    shutil.copytree(teacher_dir, inside)
-    rc = main(
-        [
-            "distill",
-            "--teacher",
-            str(inside),
-            "--data",
-            str(teacher_dir.parent / "corpus.jsonl"),
-            "--out",
-            str(out),
-            "--overwrite",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--seq-len",
-            "16",
-        ]
-    )
-    assert rc == 2 and "which this run reads" in _one_error(capsys)
-    assert (inside / "config.json").is_file()
 
 
 def test_refused_resume_writes_nothing(teacher_dir, tmp_path, capsys):
@@ -199,7 +128,7 @@ def test_refused_resume_writes_nothing(teacher_dir, tmp_path, capsys):
     assert _run(teacher_dir, out) == 0
     files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".mohawk.lock"}
     assert _run(teacher_dir, out, "--resume", "--seq-len", "8") == 2
-    assert "cannot resume with --seq-len 8" in _one_error(capsys)
+    assert "cannot resume with --seq-len 8" in one_error_line(capsys)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".mohawk.lock"} == files
 
 
@@ -207,34 +136,6 @@ def test_resume_may_change_the_learning_rate(teacher_dir, tmp_path):
     out = tmp_path / "run"
     assert _run(teacher_dir, out) == 0
     assert _run(teacher_dir, out, "--resume", "--lr", "1e-4") == 0
-
-
-def test_second_writer_is_refused_and_a_dead_one_leaves_no_lock(teacher_dir, tmp_path, capsys):
-    from mohawk.rundir import RunLock
-
-    out = tmp_path / "run"
-    out.mkdir()
-    holder = RunLock(out).acquire()
-    try:
-        assert _run(teacher_dir, out) == 2
-        assert "in use by another mohawk run" in _one_error(capsys)
-    finally:
-        holder.release()
-    # a process that died holding the lock: its lock file stays, its flock is gone
-    code = (
-        f"from mohawk.rundir import RunLock; from pathlib import Path; RunLock(Path({str(out)!r})).acquire(); "
-        "import os; os._exit(0)"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": ROOT})
-    assert (out / ".mohawk.lock").is_file()
-    assert _run(teacher_dir, out) == 0
-
-
-def test_unusable_output_paths(teacher_dir, tmp_path, capsys):
-    afile = tmp_path / "file"
-    afile.write_text("x")
-    assert _run(teacher_dir, afile / "sub") == 2
-    assert "output" in _one_error(capsys)
 
 
 def test_output_directory_failing_mid_run_is_one_line(teacher_dir, tmp_path, capsys, monkeypatch):
@@ -253,36 +154,8 @@ def test_output_directory_failing_mid_run_is_one_line(teacher_dir, tmp_path, cap
     monkeypatch.setattr("mohawk.distill.write_json", refusing)
     out = tmp_path / "run"
     assert _run(teacher_dir, out) == 2
-    assert "Permission denied" in _one_error(capsys)
+    assert "Permission denied" in one_error_line(capsys)
     assert (out / "config.yaml").is_file() and (out / "summary.json").is_file()
-
-
-def test_damaged_summary_is_one_line(teacher_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert _run(teacher_dir, out) == 0
-    text = (out / "summary.json").read_text()
-    (out / "summary.json").write_text(text[: len(text) // 2])
-    assert _run(teacher_dir, out, "--resume") == 2
-    line = _one_error(capsys)
-    assert "summary" in line and "damaged" in line
-
-
-def test_damaged_checkpoint_metadata_is_one_line(teacher_dir, tmp_path, capsys):
-    """A checkpoint whose manifest matches but whose .metadata does not unpickle (written so by a broken disk)."""
-    import hashlib
-
-    from mohawk.checkpoint import Checkpointer
-
-    out = tmp_path / "run"
-    assert _run(teacher_dir, out, "--stages", "1", "--stage1-tokens", "256", "--checkpoint-every", "2") == 0
-    latest = Checkpointer(out / "checkpoints").latest()
-    meta = latest / ".metadata"
-    meta.write_bytes(b"\x80\x04not a pickle")
-    manifest = json.loads((latest / "manifest.json").read_text())
-    manifest[".metadata"] = {"size": meta.stat().st_size, "sha256": hashlib.sha256(meta.read_bytes()).hexdigest()}
-    (latest / "manifest.json").write_text(json.dumps(manifest))
-    assert _run(teacher_dir, out, "--stages", "1", "--stage1-tokens", "256", "--checkpoint-every", "2", "--resume") == 2
-    assert "is damaged" in _one_error(capsys)
 
 
 # -- students that do not match their config ------------------------------------------------------------------------
@@ -324,7 +197,7 @@ def test_student_that_does_not_match_its_weights_is_refused(teacher_dir, tmp_pat
         ],
     ):
         assert main(argv) == 2, argv
-        assert "model" in _one_error(capsys)
+        assert "model" in one_error_line(capsys)
 
 
 # -- signals ----------------------------------------------------------------------------------------------------------
@@ -409,28 +282,6 @@ def test_signal_at_a_random_point_then_resume(teacher_dir, tmp_path, sig, code):
 # -- inputs and outputs (issue 33) -----------------------------------------------------------------------------------
 
 
-def test_overwrite_keeps_a_data_file_that_is_one_part_of_a_mix(teacher_dir, tmp_path, capsys):
-    """--data A+OUT/student/b.jsonl --overwrite: the second part lives in an output --overwrite would remove."""
-    out = tmp_path / "run"
-    assert _run(teacher_dir, out) == 0
-    inside = tiny_corpus(out / "student" / "b.jsonl", seed=1)
-    data = f"{teacher_dir.parent / 'corpus.jsonl'}+{inside}"
-    assert _run(teacher_dir, out, "--data", data, "--overwrite") == 2
-    assert "which this run reads" in _one_error(capsys) and inside.is_file()
-
-
-def test_a_data_directory_holding_the_output_is_refused(teacher_dir, tmp_path, capsys):
-    """--data DIR --out DIR/run would train on the run's own metrics.jsonl and summary.json (and --data '' on
-    everything under the current directory)."""
-    data = tmp_path / "texts"
-    data.mkdir()
-    tiny_corpus(data / "a.jsonl")
-    assert _run(teacher_dir, data / "run", "--data", str(data)) == 2
-    assert "would read its own outputs" in _one_error(capsys) and not (data / "run").exists()
-    assert _run(teacher_dir, tmp_path / "r2", "--data", f"{data}+") == 2
-    assert "empty part" in _one_error(capsys) and not (tmp_path / "r2").exists()
-
-
 @pytest.mark.parametrize(
     "argv",
     [
@@ -460,7 +311,7 @@ def test_a_missing_local_path_is_no_such_file(teacher_dir, tmp_path, capsys, mon
     }[shape]
     student = tmp_path / "student"
     if "{student}" in argv:
-        from tests.conftest import tiny_teacher, tiny_tokenizer
+        from tests.utils import tiny_teacher, tiny_tokenizer
 
         tiny_teacher("llama").save_pretrained(student)
         tiny_tokenizer().save_pretrained(student)
@@ -469,7 +320,7 @@ def test_a_missing_local_path_is_no_such_file(teacher_dir, tmp_path, capsys, mon
     if args[0] in ("distill", "eval", "approx"):
         args += ["--out", str(tmp_path / "out"), "--device", "cpu"]
     assert main(args) == 2
-    line = _one_error(capsys)
+    line = one_error_line(capsys)
     assert f"no such file or directory: {p}" in line and "Repo id" not in line, line
 
 
@@ -490,7 +341,7 @@ def test_teacher_text_cache_with_a_damaged_sidecar_is_sampled_again(tmp_path, mo
     """The sidecar of OUT/teacher-text.jsonl.xz cut by a crash (a JSON traceback before), or vouching for another
     file (a run killed between the corpus and its sidecar): the corpus is sampled again, never reused blindly."""
     from mohawk.teachers import sample
-    from tests.conftest import tiny_teacher, tiny_tokenizer
+    from tests.utils import tiny_teacher, tiny_tokenizer
 
     monkeypatch.setattr(sample, "prompts", lambda tok, n, length, seed=0: [[3 + i % 20] * length for i in range(n)])
     model, tok, path = tiny_teacher("llama"), tiny_tokenizer(), tmp_path / "teacher-text.jsonl.xz"
@@ -519,101 +370,6 @@ def test_teacher_text_cache_with_a_damaged_sidecar_is_sampled_again(tmp_path, mo
     again = sample.write_corpus(model, tok, path, 24, **kw)
     assert calls and again["samples"] == first["samples"]
     assert json.loads(sidecar.read_text())["stats"] == again
-
-
-# -- eval and approx write like distill --------------------------------------------------------------------------------
-
-
-def _eval_argv(teacher_dir, out, *extra):
-    data = str(teacher_dir.parent / "corpus.jsonl")
-    fast = ["--teacher", "none", "--tasks", "ppl", "--data", data, "--seq-len", "16", "--val-sequences", "2"]
-    return ["eval", str(teacher_dir), *fast, "--device", "cpu", "--out", str(out), *extra]
-
-
-def _approx_argv(teacher_dir, out, *extra):
-    data = str(teacher_dir.parent / "corpus.jsonl")
-    fast = ["--num-matrices", "2", "--seq-len", "8", "--steps", "2", "--families", "toeplitz", "--data", data]
-    return ["approx", "--teacher", str(teacher_dir), *fast, "--device", "cpu", "--out", str(out), *extra]
-
-
-def _files(out):
-    return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".mohawk.lock"}
-
-
-def test_eval_never_replaces_a_distill_runs_report(teacher_dir, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert _run(teacher_dir, run) == 0
-    before = _files(run)
-    for extra in ([], ["--overwrite"]):
-        assert main(_eval_argv(teacher_dir, run, *extra)) == 2
-        assert "holds a mohawk distill run" in _one_error(capsys)
-        assert main(_approx_argv(teacher_dir, run, *extra)) == 2
-        assert "holds a mohawk distill run" in _one_error(capsys)
-    assert _files(run) == before
-
-
-@pytest.mark.parametrize("argv", [_eval_argv, _approx_argv])
-def test_eval_and_approx_outputs_follow_distills_rules(teacher_dir, tmp_path, capsys, argv):
-    """A second run into the same --out needs --overwrite, which keeps the user's files; a second writer is refused;
-    a data directory holding --out is refused."""
-    from mohawk.rundir import RunLock
-
-    out = tmp_path / "out"
-    assert main(argv(teacher_dir, out)) == 0
-    assert {"results.json", "report.md", ".mohawk-run"} <= {p.name for p in out.iterdir()}
-    (out / "notes.txt").write_text("mine")
-    assert main(argv(teacher_dir, out)) == 2
-    assert "pass --overwrite" in _one_error(capsys)
-    holder = RunLock(out).acquire()
-    try:
-        assert main(argv(teacher_dir, out, "--overwrite")) == 2
-        assert "in use by another mohawk run" in _one_error(capsys)
-    finally:
-        holder.release()
-    assert main(argv(teacher_dir, out, "--overwrite")) == 0
-    assert (out / "notes.txt").read_text() == "mine" and not list(out.glob(".tmp-*"))
-    data = tmp_path / "texts"
-    data.mkdir()
-    tiny_corpus(data / "a.jsonl")
-    corpus = str(teacher_dir.parent / "corpus.jsonl")
-    args = [str(data) if a == corpus else a for a in argv(teacher_dir, data / "o")]
-    assert main(args) == 2 and "would read its own outputs" in _one_error(capsys)
-
-
-@pytest.mark.parametrize("argv", [_eval_argv, _approx_argv])
-@pytest.mark.parametrize("fault", ["disk_full", "interrupt"])
-def test_eval_and_approx_fail_without_losing_and_rerun(teacher_dir, tmp_path, capsys, monkeypatch, argv, fault):
-    """A full disk while the outputs are written (ENOSPC) or Ctrl-C: one line, exit 2 / 130, the earlier outputs
-    unchanged, no temporary left; the command the message suggests (the same one) then succeeds."""
-    import errno
-    from pathlib import Path
-
-    out = tmp_path / "out"
-    assert main(argv(teacher_dir, out)) == 0
-    before = _files(out)
-    real = Path.write_text
-
-    def failing(self, *a, **k):
-        if self.name == "report.md":
-            if fault == "disk_full":
-                raise OSError(errno.ENOSPC, "No space left on device")
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Path, "write_text", failing)
-    rc = main(argv(teacher_dir, out, "--overwrite", "--seed", "1"))
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    if fault == "disk_full":
-        assert rc == 2
-        (line,) = [x for x in err.splitlines() if x.startswith("error:")]
-        assert "No space left on device" in line and "run the same command again" in line
-    else:
-        assert rc == 130 and "run the same command again" in err
-    assert _files(out) == before and not list(out.glob(".tmp-*"))
-    monkeypatch.setattr(Path, "write_text", real)
-    assert main(argv(teacher_dir, out, "--overwrite", "--seed", "1")) == 0
-    assert _files(out) != before
 
 
 # -- divergence the spike guard cannot see ---------------------------------------------------------------------------
@@ -720,7 +476,7 @@ def test_disk_full_while_saving_the_student_leaves_no_half_student(teacher_dir, 
     monkeypatch.setattr(MohawkForCausalLM, "save_pretrained", filling_disk)
     out = tmp_path / "run"
     assert _run(teacher_dir, out) == 2
-    line = _one_error(capsys)
+    line = one_error_line(capsys)
     assert "No space left on device" in line and "continue with --resume" in line
     assert not (out / "student").exists() and not list(out.glob(".tmp-*"))
     monkeypatch.setattr(MohawkForCausalLM, "save_pretrained", real)

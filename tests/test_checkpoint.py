@@ -1,11 +1,16 @@
-"""mohawk.checkpoint: the one checkpoint format (round trip, keep-last, corrupt and foreign checkpoints)."""
+"""mohawk.checkpoint: the one checkpoint format (round trip, keep-last, corrupt, damaged and foreign checkpoints) and
+the run record a resume reads from it."""
+
+import json
 
 import pytest
 import torch
 
-from mohawk.checkpoint import Checkpointer
+from mohawk.checkpoint import Checkpointer, ResumePoint, RunRecord
+from mohawk.cli import main
 from mohawk.errors import MohawkError
 from mohawk.models import MohawkConfig, MohawkForCausalLM
+from tests.utils import one_error_line, rewrite_checkpoint_file, tiny_distill_argv
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -65,3 +70,39 @@ def test_checkpoint_of_another_student_is_one_clear_error(tmp_path):
     with pytest.raises(MohawkError, match="does not match this student"):
         Checkpointer.load(path, other)
     assert all(torch.equal(v, other.state_dict()[k]) for k, v in before.items())  # nothing half-loaded
+
+
+def test_run_record_rides_in_every_checkpoint(tmp_path):
+    """Each checkpoint holds the record's carried entries as they were when it was written, and the wall time of its
+    stage over all invocations; the resume point reads them back. A checkpoint written without a record reads as an
+    empty one; a damaged run.json is one clear error."""
+    cfg = MohawkConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    m = MohawkForCausalLM(cfg)
+    results = {"stages": {"1": {"tokens": 4}}, "final": {"perplexity": 9.0}}
+    record = RunRecord(results, ("stages", "data"))
+    ck = Checkpointer(tmp_path / "a", record=record)
+    record.start_stage(wall_s=5.0)  # an earlier invocation spent 5 s in the stage
+    first = ck.save(m, None, {"stage": 2, "step": 1, "tokens": 1, "done": False})
+    results["data"] = {"tokens": 10}
+    second = ck.save(m, None, {"stage": 2, "step": 2, "tokens": 2, "done": False})
+    assert json.loads((first / "run.json").read_text())["results"] == {"stages": {"1": {"tokens": 4}}}
+    point = ResumePoint.find(Checkpointer(tmp_path / "a"))
+    assert point.path == second and point.results == {"stages": {"1": {"tokens": 4}}, "data": {"tokens": 10}}
+    assert 5.0 <= point.stage_wall_s < 60 and Checkpointer.verify(second)
+    assert "run.json" in json.loads((second / "manifest.json").read_text())  # a damaged one fails verification
+    Checkpointer(tmp_path / "b").save(m, None, {"stage": 1, "step": 0, "tokens": 0, "done": False})
+    bare = ResumePoint.find(Checkpointer(tmp_path / "b"))
+    assert bare.state is not None and bare.results == {} and bare.stage_wall_s == 0.0
+    rewrite_checkpoint_file(second, "run.json", b'{"results": [1, 2]}')
+    with pytest.raises(MohawkError, match="is damaged"):
+        ResumePoint.find(Checkpointer(tmp_path / "a"))
+
+
+def test_damaged_checkpoint_metadata_is_one_line(teacher_dir, tmp_path, capsys):
+    """A checkpoint whose manifest matches but whose .metadata does not unpickle (written so by a broken disk)."""
+    out = tmp_path / "run"
+    args = ["--stages", "1", "--stage1-tokens", "256", "--checkpoint-every", "2"]
+    assert main(tiny_distill_argv(teacher_dir, out, *args)) == 0
+    rewrite_checkpoint_file(Checkpointer(out / "checkpoints").latest(), ".metadata", b"\x80\x04not a pickle")
+    assert main(tiny_distill_argv(teacher_dir, out, *args, "--resume")) == 2
+    assert "is damaged" in one_error_line(capsys)

@@ -10,7 +10,7 @@ import torch
 
 from mohawk.data import TokenStream, holdout, make_streams, pieces, take
 from mohawk.errors import MohawkError
-from tests.conftest import tiny_corpus, tiny_tokenizer
+from tests.utils import tiny_corpus, tiny_tokenizer
 
 
 def test_pieces_cut_at_paragraphs():

@@ -15,7 +15,7 @@ import torch
 
 import mohawk
 from mohawk.cli import main
-from tests.conftest import VOCAB, tiny_teacher, tiny_tokenizer
+from tests.utils import VOCAB, tiny_teacher, tiny_tokenizer
 
 PLAIN = r"""
 import json, sys

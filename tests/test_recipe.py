@@ -101,3 +101,12 @@ def test_the_cpu_preset_is_the_no_argument_default():
     preset = plan(DistillConfig.from_sources(None, preset="cpu"))
     default = plan(cfg())
     assert preset.budgets == default.budgets and preset.rows == default.rows
+
+
+def test_the_recall_stage_is_the_recall_phase():
+    """The plan gives the recall phase no epochs over the corpus: it trains on --recall-data."""
+    from mohawk.stages import RecallPhase
+
+    assert recipe.RECALL_STAGE == RecallPhase.number
+    rows = [r for r in plan(cfg(stages="3,4")).table() if r["stage"] == recipe.RECALL_STAGE]
+    assert rows and rows[0]["tokens"] > 0

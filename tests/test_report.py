@@ -1,13 +1,14 @@
 """Stage distances are labelled truly: each stage's distance is measured right after that stage, the end-of-run value
-is its own column, and a resumed run keeps the value its first invocation measured."""
+is its own column, and a resumed run keeps the value its first invocation measured (from the checkpoint's record)."""
 
 import json
 
 import mohawk.distill
+from mohawk.checkpoint import Checkpointer
 from mohawk.cli import main
 from mohawk.errors import MohawkError
 from mohawk.report import stage_distance_cells, write_report
-from tests.conftest import tiny_distill_argv
+from tests.utils import rewrite_checkpoint_file, tiny_distill_argv
 
 
 def _mean(d: dict) -> float:
@@ -28,19 +29,35 @@ def test_stage_cells_take_after_stage_values_not_end_values():
     assert stage_distance_cells(old, 1) == ("8 -> not measured", "7")
 
 
-def _interrupt_at_stage_2(teacher_dir, out, monkeypatch) -> dict:
-    """Run until stage 2 would start (stage 1 finished and checkpointed), then fail; returns the summary."""
-    real = mohawk.distill.train_stage
+def _interrupt_in_stage_2(teacher_dir, out, monkeypatch, checkpointed: bool) -> None:
+    """Run until stage 2 starts (stage 1 finished and checkpointed), then fail; ``checkpointed``: Ctrl-C at stage
+    2's first batch, after its first checkpoint."""
+    real_train, real_stream = mohawk.distill.train_stage, mohawk.distill._stage_stream
 
     def stop_at_stage_2(stage, *a, **k):
         if stage.number == 2:
             raise MohawkError("interrupted")
-        return real(stage, *a, **k)
+        return real_train(stage, *a, **k)
 
-    monkeypatch.setattr(mohawk.distill, "train_stage", stop_at_stage_2)
-    assert main(tiny_distill_argv(teacher_dir, out)) == 2
-    monkeypatch.setattr(mohawk.distill, "train_stage", real)
-    return json.loads((out / "summary.json").read_text())
+    def dying_stream(cfg, tok, stage, data):
+        stream = real_stream(cfg, tok, stage, data)
+        if stage != 2:
+            return stream
+
+        class Dying:
+            def batches(self, *a, **kw):
+                raise KeyboardInterrupt
+                yield
+
+        return Dying()
+
+    if checkpointed:
+        monkeypatch.setattr(mohawk.distill, "_stage_stream", dying_stream)
+    else:
+        monkeypatch.setattr(mohawk.distill, "train_stage", stop_at_stage_2)
+    assert main(tiny_distill_argv(teacher_dir, out)) == (130 if checkpointed else 2)
+    monkeypatch.setattr(mohawk.distill, "train_stage", real_train)
+    monkeypatch.setattr(mohawk.distill, "_stage_stream", real_stream)
 
 
 def test_stage_distances_right_after_each_stage_and_through_resume(teacher_dir, tmp_path, monkeypatch):
@@ -59,25 +76,28 @@ def test_stage_distances_right_after_each_stage_and_through_resume(teacher_dir, 
     assert f"-> {_mean(own['1']['stage1']):.4g} (" in row1 and row1.endswith(f"| {_mean(end['stage1']):.4g} |")
     assert f"-> {_mean(own['2']['stage2']):.4g} (" in row2 and row2.endswith(f"| {_mean(end['stage2']):.4g} |")
 
-    # resumed after stage 1: a value the first invocation recorded is kept (marked here, so a re-measurement of the
-    # student after stage 2 or 3 would show) ...
+    # resumed in stage 2: the value the first invocation recorded in the checkpoint is kept (marked there, so a
+    # re-measurement of the student after stage 2 or 3 would show); summary.json is not read ...
     out = tmp_path / "kept"
-    first = _interrupt_at_stage_2(teacher_dir, out, monkeypatch)
-    assert first["distances_after_stage"] == {"1": own["1"]}
-    first["distances_after_stage"]["1"]["stage1"]["0"] = 123.0
-    (out / "summary.json").write_text(json.dumps(first))
+    _interrupt_in_stage_2(teacher_dir, out, monkeypatch, checkpointed=True)
+    latest = Checkpointer(out / "checkpoints").latest()
+    assert latest.name == "stage2-step0000000"
+    record = json.loads((latest / "run.json").read_text())
+    assert record["results"]["distances_after_stage"] == {"1": own["1"]}
+    record["results"]["distances_after_stage"]["1"]["stage1"]["0"] = 123.0
+    rewrite_checkpoint_file(latest, "run.json", json.dumps(record).encode())
+    (out / "summary.json").write_text(json.dumps({"distances_after_stage": {"1": {"stage1": {"0": -1.0}}}}))
     assert main(tiny_distill_argv(teacher_dir, out, "--resume")) == 0
     got = json.loads((out / "summary.json").read_text())["distances_after_stage"]
-    assert got["1"] == first["distances_after_stage"]["1"] and got["2"] == own["2"]
+    assert got["1"] == record["results"]["distances_after_stage"]["1"] and got["2"] == own["2"]
     cell = stage_distance_cells(json.loads((out / "summary.json").read_text()), 1)[0]
     assert f"| {cell} |" in write_report(out).read_text() and _mean(got["1"]["stage1"]) > 30
 
-    # ... and one the summary lacks (killed between stage 1's last checkpoint and the summary) is measured on the
+    # ... and one the record lacks (cut between stage 1's last checkpoint and stage 2's first) is measured on the
     # student loaded from stage 1's checkpoint: the reference's value
     out = tmp_path / "refilled"
-    first = _interrupt_at_stage_2(teacher_dir, out, monkeypatch)
-    del first["distances_after_stage"]
-    (out / "summary.json").write_text(json.dumps(first))
+    _interrupt_in_stage_2(teacher_dir, out, monkeypatch, checkpointed=False)
+    assert Checkpointer(out / "checkpoints").latest().name.startswith("stage1-")
     assert main(tiny_distill_argv(teacher_dir, out, "--resume")) == 0
     assert json.loads((out / "summary.json").read_text())["distances_after_stage"] == own
 

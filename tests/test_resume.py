@@ -81,7 +81,7 @@ def test_sigkill_then_resume_is_bitwise_equal(teacher_dir, tmp_path, kill_stage)
 
 
 def test_resume_where_there_is_no_run_is_refused(teacher_dir, tmp_path, capsys):
-    from tests.conftest import tiny_distill_argv
+    from tests.utils import tiny_distill_argv
 
     empty, foreign = tmp_path / "empty", tmp_path / "foreign"
     foreign.mkdir()
@@ -97,7 +97,7 @@ def test_resume_where_there_is_no_run_is_refused(teacher_dir, tmp_path, capsys):
 def test_resume_notices_changed_inputs(teacher_dir, tmp_path, capsys, change):
     """The corpus (or the teacher) changed in place since the run started: --resume refuses in one line, or with
     --allow-changed-inputs continues and the report says so."""
-    from tests.conftest import tiny_corpus, tiny_distill_argv
+    from tests.utils import tiny_corpus, tiny_distill_argv
 
     out = tmp_path / "run"
     assert main(tiny_distill_argv(teacher_dir, out)) == 0

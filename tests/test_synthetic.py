@@ -28,7 +28,7 @@ def test_the_same_seed_gives_the_same_text():
 
 def test_recall_is_a_data_source_with_its_own_held_out_documents():
     from mohawk.data import make_streams, take
-    from tests.conftest import tiny_tokenizer
+    from tests.utils import tiny_tokenizer
 
     train, val = make_streams("recall", tiny_tokenizer(), 32)
     t, v = take(train, 4), take(val, 4)

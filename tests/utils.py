@@ -1,7 +1,8 @@
 """Tiny models, tokenizers and corpora for the tests, in one place (as transformers.testing_utils): random-weight
 teachers of every supported family built from transformers configs (no downloads), tiny students and mixer configs,
-a word-level tokenizer and its corpus, the arguments of a seconds-long ``mohawk distill`` and a short stage-3 run.
-Test modules import these from here, never from one another."""
+a word-level tokenizer and its corpus, the arguments of a seconds-long ``mohawk distill`` and a short stage-3 run,
+the error line of a failed command and a checkpoint edited behind mohawk's back. Test modules import these from here,
+never from conftest or from one another."""
 
 from __future__ import annotations
 
@@ -122,6 +123,26 @@ def tiny_distill_argv(teacher_dir, out, *extra) -> list[str]:
     return ["distill", "--teacher", str(teacher_dir), "--data", data, "--out", str(out), *fast, *extra]
 
 
+def one_error_line(capsys) -> str:
+    """The one ``error:`` line a failed command printed on stderr (asserting there is one, and no traceback)."""
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def rewrite_checkpoint_file(checkpoint, name: str, data: bytes) -> None:
+    """Replace file ``name`` of a checkpoint directory and its manifest entry, so that it passes verification (as a
+    hand edit, or a disk that broke the file before the manifest was written, would leave it)."""
+    import hashlib
+    import json
+
+    (checkpoint / name).write_bytes(data)
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
 def tiny_student(mixers=("ssd", "attention", "ssd"), **kw):
     """A random MohawkForCausalLM in eval mode with the given mixer per layer (seed 0)."""
     from mohawk.models import MohawkConfig, MohawkForCausalLM
@@ -155,6 +176,36 @@ def tiny_mixer_config(**kw):
     )
     base.update(kw)
     return MohawkConfig(**base)
+
+
+def tiny_mixer(cls, **kw):
+    """A mixer of class ``cls`` on tiny_mixer_config with a small SSD (state 6, chunk 8; ``kw`` overrides), its
+    parameters moved off their initial values so that every part of the layer matters, in eval mode (seed 0)."""
+    torch.manual_seed(0)
+    m = cls(tiny_mixer_config(**{"ssd_state_size": 6, "ssd_chunk_size": 8, **kw}))
+    m.reset_parameters()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def train_briefly(stage, batch, tmp_path, steps: int = 12, lr: float = 3e-3) -> None:
+    """``steps`` updates of ``stage`` on the same ``batch`` (constant LR, checkpoints under tmp_path/ck)."""
+    from mohawk.checkpoint import Checkpointer
+    from mohawk.metrics import MetricsLog
+    from mohawk.train import LoopSettings, StageBudget, train_stage
+
+    loop = LoopSettings(log_every=100, checkpoint_every=1000, warmup_fraction=0.0, decay_fraction=0.0)
+    train_stage(
+        stage,
+        iter([batch] * steps),
+        StageBudget(steps * batch.numel(), batch.numel(), 1, lr),
+        loop,
+        checkpointer=Checkpointer(tmp_path / "ck"),
+        log=MetricsLog(tmp_path / "m.jsonl"),
+        progress=False,
+    )
 
 
 def before_out_proj(mixer, u):

@@ -18,7 +18,7 @@ from mohawk.evaluation import perplexity
 from mohawk.evaluation.harness import write_tasks
 from mohawk.evaluation.long_context import loss_by_position, passkey_prompt
 from mohawk.evaluation.suite import parse_tasks, passkey_lengths
-from tests.conftest import VOCAB, tiny_teacher, tiny_tokenizer
+from tests.utils import VOCAB, tiny_teacher, tiny_tokenizer
 
 FIVE = [  # PIQA layout: goal, two solutions, gold
     {"goal": "the cat sat on", "choices": ["a mat", "the river"], "gold": 0},

@@ -131,7 +131,7 @@ def test_a_decode_path_that_differs_from_full_forwards_is_flagged(tok):
 
 def test_cached_greedy_equals_full_forwards_on_a_hybrid_student_past_one_prefill_chunk():
     from mohawk.transfer import from_teacher
-    from tests.conftest import tiny_teacher
+    from tests.utils import tiny_teacher
 
     torch.manual_seed(0)
     student = from_teacher(tiny_teacher("llama"), attention_layers=[1]).eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mohawk.evaluation.retrieval import induction_score, probe_layers, repeated_random_tokens, retrieval_layers
-from tests.conftest import tiny_teacher
+from tests.utils import tiny_teacher
 
 
 def induction_matrix(n: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mohawk.mixers.kernels import decode_step as ds
 from mohawk.models import MohawkCache
-from tests.models.test_modeling import student
+from tests.utils import tiny_student as student
 
 pytest.importorskip("triton")
 needs_interpreter_or_gpu = pytest.mark.skipif(

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from mohawk.mixers import MIXERS, DiscreteMamba2Cab9fe3Mixer, DiscreteMamba2Mixer
 from mohawk.mixers.discrete_mamba2 import GATE_ONE
 from mohawk.models.cache import MohawkCache
-from tests.mixers.test_mamba2 import make
+from tests.utils import tiny_mixer as make
 
 FORMS = [DiscreteMamba2Mixer, DiscreteMamba2Cab9fe3Mixer]
 

@@ -7,23 +7,9 @@ import torch
 
 from mohawk.mixers import DiscreteMamba2Mixer, Mamba2Mixer
 from mohawk.models.cache import MohawkCache
-from tests.utils import tiny_mixer_config
+from tests.utils import tiny_mixer as make
 
 MIXERS = [Mamba2Mixer, DiscreteMamba2Mixer]
-
-
-def config(**kw):
-    return tiny_mixer_config(**{"ssd_state_size": 6, "ssd_chunk_size": 8, **kw})
-
-
-def make(cls, **kw):
-    torch.manual_seed(0)
-    m = cls(config(**kw))
-    m.reset_parameters()
-    with torch.no_grad():  # away from the initial values, so that every part of the layer matters
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m.eval()
 
 
 def _y(mixer, u):

@@ -8,7 +8,7 @@ import torch
 from mohawk.errors import MohawkError
 from mohawk.models import MohawkCache, graphs
 from mohawk.models import modeling_mohawk as modeling
-from tests.models.test_modeling import student
+from tests.utils import tiny_student as student
 
 
 @pytest.fixture

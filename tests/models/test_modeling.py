@@ -6,7 +6,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import mohawk
 from mohawk.models import MohawkCache, MohawkConfig, MohawkForCausalLM
-from tests.utils import tiny_student as student  # tests/models/test_graphs.py imports it from here
+from tests.utils import tiny_student as student
 from tests.utils import tiny_teacher
 
 

@@ -10,8 +10,7 @@ from mohawk.config import DistillConfig
 from mohawk.stages import STAGES, RecallPhase
 from mohawk.teachers import adapter_for
 from mohawk.transfer import from_teacher
-from tests.conftest import VOCAB, tiny_teacher
-from tests.stages.test_stages import _train
+from tests.utils import VOCAB, tiny_teacher, train_briefly
 
 
 def test_only_the_replacing_mixers_train_and_the_loss_falls(tmp_path):
@@ -26,7 +25,7 @@ def test_only_the_replacing_mixers_train_and_the_loss_falls(tmp_path):
     batch = torch.randint(0, VOCAB, (2, 16))
     with torch.no_grad():
         loss0 = float(stage.loss(batch)[0])
-    _train(stage, batch, tmp_path, lr=3e-3)
+    train_briefly(stage, batch, tmp_path, lr=3e-3)
     with torch.no_grad():
         assert float(stage.loss(batch)[0]) < loss0
     moved = {n for n, p in student.named_parameters() if not torch.equal(before[n], p.detach())}

@@ -10,21 +10,7 @@ from mohawk.stages import HiddenStateAlignment, KnowledgeDistillation, MatrixOri
 from mohawk.stages.distillation import LossWeights, kd_loss
 from mohawk.teachers import adapter_for
 from mohawk.train import LoopSettings, StageBudget, train_stage
-from tests.utils import FAMILIES, VOCAB, kd_losses, tiny_teacher
-
-
-def _train(stage, batch, tmp_path, steps=12, lr=3e-3):
-    loop = LoopSettings(log_every=100, checkpoint_every=1000, warmup_fraction=0.0, decay_fraction=0.0)
-    batches = iter([batch] * steps)
-    train_stage(
-        stage,
-        batches,
-        StageBudget(steps * batch.numel(), batch.numel(), 1, lr),
-        loop,
-        checkpointer=Checkpointer(tmp_path / "ck"),
-        log=MetricsLog(tmp_path / "m.jsonl"),
-        progress=False,
-    )
+from tests.utils import FAMILIES, VOCAB, kd_losses, tiny_teacher, train_briefly
 
 
 def _assert_each_stage_lowers_its_loss(student, adapter, tmp_path):
@@ -33,7 +19,7 @@ def _assert_each_stage_lowers_its_loss(student, adapter, tmp_path):
         stage = cls(student, adapter)
         with torch.no_grad():
             before = float(stage.loss(batch)[0])
-        _train(stage, batch, tmp_path / cls.__name__, lr=5e-4 if cls is KnowledgeDistillation else 3e-3)
+        train_briefly(stage, batch, tmp_path / cls.__name__, lr=5e-4 if cls is KnowledgeDistillation else 3e-3)
         with torch.no_grad():
             after = float(stage.loss(batch)[0])
         assert after < before, (cls.__name__, before, after)

@@ -1,0 +1,267 @@
+"""`mohawk distill` end to end on a tiny teacher (mohawk.distill): outputs, report numbers, variants, resume (from
+the checkpoints alone: summary.json is a report), a full disk while checkpointing."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from mohawk import distill as distill_module
+from mohawk.cli import main
+from mohawk.errors import MohawkError
+from tests.utils import one_error_line, tiny_distill_argv
+
+# longer stages than tiny_distill_argv's, more held-out sequences, and the default evaluation
+LONGER = ["--stage1-tokens", "128", "--stage2-tokens", "128", "--stage3-tokens", "256", "--val-sequences", "4"]
+LONGER += ["--eval-tasks", "continuations"]
+
+
+def run(teacher_dir, out, *extra):
+    return main(tiny_distill_argv(teacher_dir, out, *LONGER, *extra))
+
+
+def test_distill_end_to_end(teacher_dir, tmp_path):
+    out = tmp_path / "run"
+    assert run(teacher_dir, out) == 0
+    for f in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "report.md",
+        "plots/loss.png",
+        "plots/stage1_distance.png",
+        "plots/stage2_distance.png",
+        "plots/perplexity.png",
+        "student/config.json",
+        "student/tokenizer.json",
+    ):
+        assert (out / f).is_file(), f
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {1, 2, 3}
+    assert all("layer_distance" in r for r in rows if r["stage"] in (1, 2))
+    summary = json.loads((out / "summary.json").read_text())
+    report = (out / "report.md").read_text()
+    # the report's numbers are the summary's and the metrics' numbers
+    assert f"{summary['final']['perplexity']:.2f}" in report
+    assert f"{summary['transfer_only']['perplexity']:.2f}" in report
+    last3 = [r["loss"] for r in rows if r["stage"] == 3][-1]
+    assert f"{last3:.4g}" in report
+    student = AutoModelForCausalLM.from_pretrained(out / "student")
+    assert student.config.mixers == ["ssd"] * 3
+    assert (
+        main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    )
+
+
+def test_kd_only_hybrid_frozen_mlp(teacher_dir, tmp_path):
+    out = tmp_path / "kd"
+    assert run(teacher_dir, out, "--stages", "3", "--attention-layers", "1", "--freeze-mlp") == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {3}
+    student = AutoModelForCausalLM.from_pretrained(out / "student")
+    assert student.config.mixers == ["ssd", "attention", "ssd"]
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    assert torch.equal(student.model.layers[2].mlp.up_proj.weight, teacher.model.layers[2].mlp.up_proj.weight)
+    assert not torch.equal(student.model.norm.weight, teacher.model.norm.weight)
+
+
+def test_resume_after_interruption(teacher_dir, tmp_path, monkeypatch):
+    out = tmp_path / "res"
+    real = distill_module._stage_stream
+
+    def dying_stream(cfg, tok, stage, data):  # the run dies during stage 2, after its first checkpoint
+        stream = real(cfg, tok, stage, data)
+        if stage != 2:
+            return stream
+
+        class Dying:
+            def batches(self, *a, **kw):
+                for n, b in enumerate(stream.batches(*a, **kw)):
+                    if n == 3:
+                        raise KeyboardInterrupt
+                    yield b
+
+        return Dying()
+
+    monkeypatch.setattr(distill_module, "_stage_stream", dying_stream)
+    assert run(teacher_dir, out, "--stage2-tokens", "256", "--tokens-per-update", "32") == 130
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert "stage1-step0000004" in ckpts and not (out / "student").exists()
+    monkeypatch.setattr(distill_module, "_stage_stream", real)
+    # a second run without --resume refuses to touch the directory
+    assert run(teacher_dir, out) == 2
+    assert run(teacher_dir, out, "--resume", "--stage2-tokens", "256", "--tokens-per-update", "32") == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for s in (1, 2, 3):
+        steps = [r["step"] for r in rows if r["stage"] == s]
+        assert steps == list(range(1, len(steps) + 1)), (s, steps)
+    assert (out / "report.md").is_file()
+
+
+def test_disk_full_while_checkpointing_keeps_earlier_files(teacher_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from mohawk import checkpoint
+    from mohawk.checkpoint import Checkpointer
+
+    real, calls = checkpoint._dcp_save, []
+
+    def filling_disk(student, optimizer, path):
+        calls.append(path)
+        if len(calls) > 1:  # the stage's first checkpoint fits, the next one does not
+            from torch.distributed.checkpoint import filesystem
+
+            def full(*a, **kw):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            with pytest.MonkeyPatch.context() as inner:
+                inner.setattr(filesystem.FileSystem, "create_stream", full)  # where DCP opens its shard files
+                return real(student, optimizer, path)
+        return real(student, optimizer, path)
+
+    monkeypatch.setattr(checkpoint, "_dcp_save", filling_disk)
+    out = tmp_path / "full"
+    assert run(teacher_dir, out, "--stage1-tokens", "2048") == 2
+    line = one_error_line(capsys)
+    assert "could not write checkpoint" in line and "No space left on device" in line
+    kept = Checkpointer(out / "checkpoints").list()
+    assert [p.name for p in kept] == ["stage1-step0000000"] and Checkpointer.verify(kept[0])
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    for f in ("config.yaml", "summary.json"):
+        assert (out / f).is_file()
+    monkeypatch.setattr(checkpoint, "_dcp_save", real)
+    assert run(teacher_dir, out, "--stage1-tokens", "2048", "--resume") == 0  # and the run goes on from there
+
+
+@pytest.mark.parametrize("mixer", ["ssm", "linear_attention", "toeplitz"])
+def test_distill_with_each_family(teacher_dir, tmp_path, mixer):
+    out = tmp_path / mixer
+    assert (
+        run(
+            teacher_dir,
+            out,
+            "--mixer",
+            mixer,
+            "--stage1-tokens",
+            "64",
+            "--stage2-tokens",
+            "64",
+            "--stage3-tokens",
+            "64",
+        )
+        == 0
+    )
+    student = AutoModelForCausalLM.from_pretrained(out / "student")
+    assert student.config.mixers == [mixer] * 3
+    assert f"3 {mixer} layers" in (out / "report.md").read_text()
+    assert (
+        main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_distill_on_cuda_with_compile_graphs(teacher_dir, tmp_path):
+    """The GPU path end to end: three stages with --compile graphs and two micro-batches per update, then the
+    evaluation and generation (CUDA-graph decoding) of the saved student."""
+    out = tmp_path / "gpu"
+    assert run(teacher_dir, out, "--device", "cuda", "--compile", "graphs", "--tokens-per-update", "64") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {1, 2, 3} and all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert math.isfinite(summary["final"]["perplexity"])
+    assert (
+        main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "8", "--device", "cuda"])
+        == 0
+    )
+
+
+def test_distill_on_teacher_written_text(teacher_dir, tmp_path):
+    """--data teacher+CORPUS: the teacher samples its own text into OUT first, the stages train on both, validation
+    stays on the held-out share of the real corpus."""
+    import lzma
+
+    out = tmp_path / "tt"
+    data = str(teacher_dir.parent / "corpus.jsonl")
+    assert run(teacher_dir, out, "--data", f"teacher+{data}", "--teacher-tokens", "800") == 0
+    rows = [json.loads(x) for x in lzma.open(out / "teacher-text.jsonl.xz", "rt")]
+    assert len(rows) == -(-800 // (32 + 16))  # prompts of 32 tokens, continued by seq_len - 32 (at least 16)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["source"] == f"teacher+{data}" and summary["data"]["tokens"] > 0
+    assert "final" in summary
+
+
+def _outcome(out):
+    """A finished run's summary without its wall times, its logged losses and its student's weights."""
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("load_s", "total_wall_s"):
+        summary.pop(key)
+    for stage in summary["stages"].values():
+        stage.pop("wall_s")
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["stage"], r["step"], r["loss"], r["lr"]) for r in rows if "loss" in r]
+    return summary, losses, load_file(out / "student" / "model.safetensors")
+
+
+def _cut_in_stage_2(teacher_dir, out, monkeypatch, where: str, *args) -> None:
+    """Run until stage 2 starts ("between_stages": stage 1 finished and checkpointed) or until it drew two
+    batches ("mid_stage": after its checkpoints of steps 0 to 2), then stop as an error or Ctrl-C would."""
+    real_train, real_stream = distill_module.train_stage, distill_module._stage_stream
+
+    def stop_at_stage_2(stage, *a, **k):
+        if stage.number == 2:
+            raise MohawkError("stopped")
+        return real_train(stage, *a, **k)
+
+    def dying_stream(cfg, tok, stage, data):
+        stream = real_stream(cfg, tok, stage, data)
+        if stage != 2:
+            return stream
+
+        class Dying:
+            def batches(self, *a, **kw):
+                for n, b in enumerate(stream.batches(*a, **kw)):
+                    if n == 2:
+                        raise KeyboardInterrupt
+                    yield b
+
+        return Dying()
+
+    if where == "between_stages":
+        monkeypatch.setattr(distill_module, "train_stage", stop_at_stage_2)
+    else:
+        monkeypatch.setattr(distill_module, "_stage_stream", dying_stream)
+    assert main(tiny_distill_argv(teacher_dir, out, *args)) == (2 if where == "between_stages" else 130)
+    monkeypatch.setattr(distill_module, "train_stage", real_train)
+    monkeypatch.setattr(distill_module, "_stage_stream", real_stream)
+
+
+@pytest.mark.parametrize("where", ["between_stages", "mid_stage"])
+def test_resume_without_the_summary_ends_as_an_uninterrupted_run(teacher_dir, tmp_path, monkeypatch, where):
+    """summary.json deleted before --resume: the resumed run's summary (stages, distances, evaluations), losses and
+    student equal an uninterrupted run's, what earlier invocations measured coming from the checkpoint."""
+    args = ["--checkpoint-every", "1"]
+    ref, out = tmp_path / "ref", tmp_path / "cut"
+    assert main(tiny_distill_argv(teacher_dir, ref, *args)) == 0
+    _cut_in_stage_2(teacher_dir, out, monkeypatch, where, *args)
+    assert not (out / "student").exists()
+    (out / "summary.json").unlink()
+    assert main(tiny_distill_argv(teacher_dir, out, *args, "--resume")) == 0
+    (summary_a, losses_a, weights_a), (summary_b, losses_b, weights_b) = _outcome(ref), _outcome(out)
+    assert summary_b == summary_a
+    assert losses_b == losses_a
+    assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_a_damaged_summary_does_not_stop_a_resume(teacher_dir, tmp_path):
+    """summary.json cut in half (a crash while it was written): --resume never reads it and writes it whole."""
+    out = tmp_path / "run"
+    assert main(tiny_distill_argv(teacher_dir, out)) == 0
+    text = (out / "summary.json").read_text()
+    (out / "summary.json").write_text(text[: len(text) // 2])
+    assert main(tiny_distill_argv(teacher_dir, out, "--resume")) == 0
+    before, after = json.loads(text), json.loads((out / "summary.json").read_text())
+    assert after["final"] == before["final"] and after["stages"].keys() == before["stages"].keys() == {"1", "2", "3"}
