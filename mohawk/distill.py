@@ -204,10 +204,14 @@ def _distill(
     schedule = recipe.plan(cfg, parallel.world)
     vendored_val = "+".join(p for p in data_parts(cfg.data) if p != "teacher") or "bundled"
     val_source = cfg.data if "teacher" not in data_parts(cfg.data) else vendored_val
-    _, val_stream = make_streams(
+    train_text, val_stream = make_streams(
         val_source, tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed, field=cfg.text_field
     )
     val = take(val_stream, cfg.val_sequences)  # before anything is written: bad data fails here
+    if cfg.init != "scratch" and cfg.ssd_init == "attention":  # families other than SSD: their matrix's scale
+        from mohawk.transfer import calibrate
+
+        calibrate(student, adapter, train_text)
 
     if main:
         if overwrite and not resume:
