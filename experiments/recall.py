@@ -36,8 +36,16 @@ ARMS = {
     "hybrid2-first": ["--num-attention-layers", "2", "--placement", "first"],
     "hybrid4-first": ["--num-attention-layers", "4", "--placement", "first"],
     "hybrid4-retrieval-recall": [
-        "--num-attention-layers", "4", "--placement", "retrieval",
-        "--stage4-tokens", "500000", "--recall-data", "recall+bundled", "--stage4-lr", "0.0001",
+        "--num-attention-layers",
+        "4",
+        "--placement",
+        "retrieval",
+        "--stage4-tokens",
+        "500000",
+        "--recall-data",
+        "recall+bundled",
+        "--stage4-lr",
+        "0.0001",
     ],  # fmt: skip
     "mamba2": ["--mixer", "mamba2"],
 }
