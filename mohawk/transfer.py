@@ -7,7 +7,8 @@ does), so that before any training each SSD layer is a decayed linear attention 
 (the other families take what applies to them: x and out_proj for Toeplitz, all four for SSM and linear attention).
 ``ssd_init="random"`` keeps Mamba-2's random projections instead.
 
-The families other than SSD then get their matrix rescaled (``scale_to_attention``, on a calibration batch): without
+The families other than SSD then get their matrix rescaled (``scale_to_attention`` on a calibration batch; `mohawk
+distill` calls it through ``calibrate``): without
 it linear attention (no decay, no dt) starts tens of times farther from the attention matrix than the SSD, Toeplitz
 (a random kernel) a few times; the SSD is left as transferred.
 """
@@ -128,20 +129,12 @@ def init_ssd_from_attention(
 
 
 def from_teacher(
-    teacher,
-    attention_layers=None,
-    *,
-    mixer: str = "ssd",
-    ssd_init: str = "attention",
-    calibration: torch.Tensor | None = None,
-    **student_options,
+    teacher, attention_layers=None, *, mixer: str = "ssd", ssd_init: str = "attention", **student_options
 ) -> MohawkForCausalLM:
     """A student of ``teacher`` (an HF causal LM or a TeacherAdapter) with its non-mixer weights copied.
 
     attention_layers: None (no attention), "all" (the teacher itself, re-expressed), or layer indices kept as attention.
     mixer: the family replacing attention elsewhere: ssd (default), ssm, linear_attention or toeplitz.
-    calibration: token ids (batch, L), L the length stage 1 will train at: with ``ssd_init="attention"``, the
-    families other than SSD are rescaled on them (``scale_to_attention``); None leaves them as transferred.
     student_options: MohawkConfig fields (ssd_state_size, ssd_conv_kernel, ...)."""
     from mohawk.mixers import STUDENT_MIXERS
 
@@ -179,10 +172,7 @@ def from_teacher(
         to_load[k] = v
     student.load_state_dict(to_load, strict=False)
     p = next(adapter.model.parameters())
-    student = student.to(device=p.device, dtype=p.dtype)
-    if calibration is not None and ssd_init == "attention":
-        scale_to_attention(student, adapter, calibration)
-    return student
+    return student.to(device=p.device, dtype=p.dtype)
 
 
 CALIBRATION_SEQUENCES = 4  # enough: the scales from 2 and from 4 sequences give the same held-out distances
