@@ -111,7 +111,9 @@ def markdown(res: dict, command: str) -> str:
         "[0.001, 0.1] shrink its matrix), so *comparable* means every student starts near 1, none close to the "
         "attention matrix. Linear attention (no decay, no dt: each row sums raw q . k logits over the whole prefix) "
         "and Toeplitz (a random kernel: nothing of the teacher's maps to it) start far above 1 as transferred; the "
-        "factor brings them to at most about 1. It is fitted at the length given (`mohawk distill`: `--seq-len`): "
+        "factor brings them to at most about 1 (Toeplitz's random kernel, about orthogonal to attention, gets a "
+        "factor near 0 of either sign: the rescale all but zeroes it, M = 0 being the best it can do). "
+        "It is fitted at the length given (`mohawk distill`: `--seq-len`): "
         "linear attention's rows grow with the prefix, so its factor depends on the length. A negative factor flips "
         "the sign of a group whose matrix points away from the attention's.",
     ]
