@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -306,7 +307,9 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
     """Write ``report`` (results/EXPERIMENTS.md) and its plot from the run directories under ``results`` (one per
     planned run, see experiments/run_all.py); ``history``: the earlier 2M-token runs (default: results/experiments/
     runs beside ``results``)."""
-    from experiments.run_all import ARM, ARMS, TOKENS, commands, plan, queue
+    from experiments.run_all import ARM, ARMS, FAMILY_INIT, TOKENS, commands, plan, queue
+
+    family_init = Path(os.path.relpath(FAMILY_INIT, report.parent))
 
     planned = {a.name: len(a.seeds) for a in ARMS}
     label = {a.name: a.label for a in ARMS}
@@ -512,7 +515,8 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
         "The paper: the family that approximates attention better (lower stage-1 distance) makes the better "
         "student. One seed per family (seed 0, the SSD's seed-0 run beside them), so no interval: the verdict asks "
         "for the ranks to agree (Spearman rho >= 0.8 between the stage-1 distance after stage 1 and perplexity; "
-        "<= -0.8 contradicts).",
+        "<= -0.8 contradicts). The families' matrices are rescaled at transfer so that their stage-1 distance starts "
+        f"comparable to the SSD's ([{family_init.name}]({family_init})).",
         "",
         "| student | stage-1 distance after transfer | after stage 1 | stage-2 distance after stage 2 | perplexity | "
         "screen mean |",
@@ -561,7 +565,10 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
         "",
         "Options: `--teacher PATH` (the teacher as a file on that machine, e.g. the Q4_1 GGUF of results/headline; "
         "every command gets it), `--gpus K` (run i on GPU i mod K), `--mohawk 'python3 -m mohawk'` (no console "
-        "script there). The commands of each run, as the queue gives them:",
+        "script there). The family arms (`mixer-*`, one seed) rescale their students' matrices at transfer by "
+        "default, so that their stage-1 distance starts comparable to the SSD's: the distances at initialisation "
+        f"before and after, per layer, and the command, in [{family_init.name}]({family_init}). The commands of each "
+        "run, as the queue gives them:",
         "",
     ]
     for r in todo:

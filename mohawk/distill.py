@@ -180,6 +180,7 @@ def _distill(
     run.load_teacher()
     run.build_student()
     run.load_validation()  # before anything is written: bad data fails here
+    run.scale_mixers()
     run.write_run_files(resume, overwrite, inputs[0], inputs[1])
     run.describe()
     run.plan(inputs[1])
@@ -274,10 +275,18 @@ class DistillRecipe:
         """The held-out sequences every evaluation reads: of the corpus without the teacher's own text."""
         cfg = self.cfg
         self.val_source = without_teacher_text(cfg.data) or "bundled"
-        _, stream = make_streams(
+        self.train_text, stream = make_streams(
             self.val_source, self.tokenizer, cfg.seq_len, val_source=cfg.val_data, seed=cfg.seed, field=cfg.text_field
         )
         self.val = take(stream, cfg.val_sequences)
+
+    def scale_mixers(self) -> None:
+        """Families other than SSD transferred from attention: their matrices rescaled to the teacher's attention on
+        the first training sequences (mohawk.transfer.calibrate; results/families-init.md)."""
+        if self.cfg.init != "scratch" and self.cfg.ssd_init == "attention":
+            from mohawk.transfer import calibrate
+
+            calibrate(self.student, self.adapter, self.train_text)
 
     def write_run_files(self, resume: bool, overwrite: bool, fingerprint: dict, changed: list[str]) -> None:
         """OUT's marker, config.yaml and inputs.json (what the run now reads), OUT cleared first with --overwrite

@@ -6,6 +6,11 @@ default from the attention projections (C <- W_Q * scale, B <- W_K, x <- W_V, ou
 does), so that before any training each SSD layer is a decayed linear attention over the teacher's own features
 (the other families take what applies to them: x and out_proj for Toeplitz, all four for SSM and linear attention).
 ``ssd_init="random"`` keeps Mamba-2's random projections instead.
+
+The families other than SSD then get their matrix rescaled (``scale_to_attention`` on a calibration batch; `mohawk
+distill` calls it through ``calibrate``): without
+it linear attention (no decay, no dt) starts tens of times farther from the attention matrix than the SSD, Toeplitz
+(a random kernel) a few times; the SSD is left as transferred.
 """
 
 from __future__ import annotations
@@ -168,6 +173,60 @@ def from_teacher(
     student.load_state_dict(to_load, strict=False)
     p = next(adapter.model.parameters())
     return student.to(device=p.device, dtype=p.dtype)
+
+
+CALIBRATION_SEQUENCES = 4  # enough: the scales from 2 and from 4 sequences give the same held-out distances
+
+
+def calibrate(student: MohawkForCausalLM, teacher, stream) -> dict:
+    """``scale_to_attention`` on the first CALIBRATION_SEQUENCES of ``stream`` (a mohawk.data.TokenStream at the
+    length stage 1 trains at) when the student has a mixer to rescale; {} without reading the stream otherwise."""
+    if not any(getattr(layer.mixer, "attention_scaled_rows", None) for layer in student.model.layers):
+        return {}
+    from mohawk.data import take
+
+    return scale_to_attention(student, teacher, take(stream, CALIBRATION_SEQUENCES))
+
+
+@torch.no_grad()
+def scale_to_attention(student: MohawkForCausalLM, teacher, input_ids: torch.Tensor, tile: int = 256) -> dict:
+    """Rescale every mixer whose class names ``attention_scaled_rows`` (ssm, linear_attention, toeplitz; not ssd) by
+    the factor per group of heads that minimises its stage-1 distance on ``input_ids`` (batch, L).
+
+    Stage 1 fits M to the attention matrix A in Frobenius norm. Over a scalar a per group, sum ||A - a M||_F^2 is a
+    quadratic in a, least at a = <A, M> / ||M||_F^2 (sums over the group's heads and the batch), where the distance
+    is ||A|| sqrt(1 - cos^2(A, M)) <= ||A||: never farther than M = 0, which is about where the transferred SSD
+    starts (its steps dt in [0.001, 0.1] shrink M). M is linear in the rows named (C for the SSD-like families, the
+    Toeplitz kernel), so a multiplies those rows of in_proj and their bias: exact with the default conv (zero bias,
+    no activation after it) and D = 0, as transferred. Returns {layer: [a per group]}."""
+    adapter = _adapter(teacher)
+    device = next(student.parameters()).device
+    caps = adapter.capture(input_ids.to(device), logits=False)
+    scales = {}
+    for i, layer in enumerate(student.model.layers):
+        mixer = layer.mixer
+        rows = getattr(mixer, "attention_scaled_rows", None)
+        if rows is None:
+            continue
+        u = caps.mixer_inputs[i]
+        attn = adapter.attention(i)
+        fa, fm = attn.matrix_factors(u), mixer.matrix_factors(u)
+        am = mm = 0.0
+        for r0 in range(0, u.shape[1], tile):  # rows in blocks: no (L, L) matrix per head at long lengths
+            r1 = min(u.shape[1], r0 + tile)
+            A, M = attn.matrix_rows(fa, r0, r1).float(), mixer.matrix_rows(fm, r0, r1).float()
+            am = am + (A * M).sum((0, 2, 3))  # (heads,)
+            mm = mm + (M * M).sum((0, 2, 3))
+        groups = getattr(mixer, "num_groups", mixer.num_heads)
+        am, mm = am.view(groups, -1).sum(1), mm.view(groups, -1).sum(1)
+        a = torch.where(mm > 0, am / mm.clamp_min(torch.finfo(mm.dtype).tiny), torch.ones_like(mm))  # (groups,)
+        sl = mixer.in_proj_slices()[rows]
+        per_row = a.repeat_interleave((sl.stop - sl.start) // groups)
+        W, b = mixer.in_proj.weight, mixer.in_proj.bias
+        W[sl] = (W[sl].float() * per_row[:, None]).to(W.dtype)
+        b[sl] = (b[sl].float() * per_row).to(b.dtype)
+        scales[i] = a.tolist()
+    return scales
 
 
 def transferable_keys(student: MohawkForCausalLM) -> list[str]:

@@ -297,3 +297,34 @@ def test_cpu_dry_run_of_a_queued_run_end_to_end(teacher_dir, tmp_path, capsys):
     text = xr.write_experiments_report(results, tmp_path / "E.md", history=tmp_path / "none").read_text()
     assert "| 1+2+3 at 1.7 / 3.3 / 95% (stage 1+2 share 5%) | 1 of 3 |" in text
     assert "- `alloc-5-s0`:" not in text[text.index("## Queue") : text.index("## Commands of the runs made")]
+
+
+def test_family_arms_use_the_rescaled_init_and_the_report_links_its_table(tmp_path):
+    """The mixer-* arms: one seed each, the attention init (under which distill rescales their matrices, no flag
+    needed), each family one whose matrix is rescaled; the report's queue links the before/after table, which is
+    committed."""
+    from mohawk.mixers import MIXERS
+
+    fams = [a for a in run_all.ARMS if a.name.startswith("mixer-")]
+    assert [a.flags["mixer"] for a in fams] == list(run_all.FAMILIES)
+    for a in fams:
+        assert a.seeds == (0,) and "ssd_init" not in a.flags and "init" not in a.flags
+        assert MIXERS[a.flags["mixer"]].attention_scaled_rows is not None
+    assert MIXERS["ssd"].attention_scaled_rows is None
+    text = xr.write_experiments_report(tmp_path / "10m", tmp_path / "E.md", history=tmp_path / "none").read_text()
+    queued = text[text.index("## Queue") : text.index("## Commands of the runs made")]
+    link = queued[queued.index("[families-init.md](") + len("[families-init.md](") :].split(")")[0]
+    assert (tmp_path / link).resolve() == run_all.FAMILY_INIT.resolve() and run_all.FAMILY_INIT.is_file()
+
+
+def test_family_init_distances_before_and_after_the_rescale(teacher_dir):
+    from experiments.family_init import markdown, measure
+    from mohawk.teachers import load_teacher
+
+    _, tok, adapter = load_teacher(str(teacher_dir))
+    res = measure(adapter, tok, seq_len=16, sequences=2)
+    assert res["ssd"]["before"] == res["ssd"]["after"]  # the SSD is not rescaled
+    for fam in ("linear_attention", "toeplitz"):
+        assert sum(res[fam]["after"]) < sum(res[fam]["before"])
+    text = markdown({16: res}, "python3 -m experiments.family_init")
+    assert "| 16 | linear_attention |" in text and "## Per layer at 16 tokens" in text

@@ -1,11 +1,13 @@
 """Weight transfer: which teacher projection lands in which SSD slice (C <- W_Q * scale, B <- W_K, x <- W_V,
-out <- W_O), for per-head B/C and for B/C shared by a group of heads."""
+out <- W_O), for per-head B/C and for B/C shared by a group of heads; the rescale of the other families' matrices
+(mohawk.transfer.scale_to_attention), the SSD left as transferred."""
 
+import pytest
 import torch
 
 import mohawk
 from mohawk.teachers import adapter_for
-from tests.utils import tiny_teacher
+from tests.utils import VOCAB, tiny_teacher
 
 
 def _per_kv_head(w, kv, h, d):
@@ -69,3 +71,91 @@ def test_qk_norm_folds_in_at_the_heads_rms():
     torch.testing.assert_close(rms(got), rms(target), rtol=0.05, atol=0)
     cos = torch.nn.functional.cosine_similarity(got, target, dim=-1)
     assert cos.min() > 0.999  # the same direction per token: only the per-token scale differs
+
+
+def _distances(student, adapter, ids) -> torch.Tensor:
+    """Per layer ||A - M||_F / ||A||_F over the batch and heads: (layers,)."""
+    caps = adapter.capture(ids, logits=False)
+    out = []
+    with torch.no_grad():
+        for i, layer in enumerate(student.model.layers):
+            u = caps.mixer_inputs[i]
+            A, M = adapter.attention(i).materialize(u), layer.mixer.materialize(u)
+            out.append(((A - M).square().sum() / A.square().sum()).sqrt())
+    return torch.stack(out)
+
+
+def _calibration_and_held_out():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, VOCAB, (2, 32), generator=g), torch.randint(0, VOCAB, (2, 32), generator=g)
+
+
+@pytest.mark.parametrize(
+    "mixer, options",
+    [("ssm", {}), ("ssm", {"ssd_num_groups": 2}), ("linear_attention", {}), ("toeplitz", {})],
+)
+def test_scaled_init_brings_each_family_to_the_least_squares_scale(mixer, options):
+    """On the calibration batch the rescaled matrix is the best multiple of the transferred one: no farther from
+    attention than M = 0 (relative distance <= 1) and lower than unscaled, at a minimum in the factor (0.8x or
+    1.25x it is farther, as would be an inverted or doubled factor); linear attention and Toeplitz, far above 1 as
+    transferred, come to about 1 on held-out tokens too."""
+    from mohawk.transfer import scale_to_attention
+
+    adapter = adapter_for(tiny_teacher("llama"))
+    cal, held = _calibration_and_held_out()
+    torch.manual_seed(0)
+    plain = mohawk.from_teacher(adapter, mixer=mixer, **options)
+    torch.manual_seed(0)
+    scaled = mohawk.from_teacher(adapter, mixer=mixer, **options)
+    scale_to_attention(scaled, adapter, cal)
+    before, after = _distances(plain, adapter, cal), _distances(scaled, adapter, cal)
+    assert (after <= 1 + 1e-5).all() and (after <= before + 1e-5).all()
+    assert after.mean() < before.mean() - 1e-3
+    rows = scaled.model.layers[0].mixer.attention_scaled_rows
+    for f in (0.8, 1.25):
+        off = mohawk.from_teacher(adapter, mixer=mixer, **options)
+        off.load_state_dict(scaled.state_dict())
+        m = off.model.layers[0].mixer
+        sl = m.in_proj_slices()[rows]
+        with torch.no_grad():
+            m.in_proj.weight[sl] *= f
+            m.in_proj.bias[sl] *= f
+        assert _distances(off, adapter, cal)[0] > after[0]
+    if mixer != "ssm":  # ssm starts near 1 like the SSD; these two far above it
+        held_before, held_after = _distances(plain, adapter, held), _distances(scaled, adapter, held)
+        assert (held_before > 1.2).all() and (held_after < 1.1).all()
+
+
+def test_scaling_twice_changes_nothing():
+    """The factors of an already rescaled student are 1 (the least-squares factor of the optimum is 1)."""
+    from mohawk.transfer import scale_to_attention
+
+    adapter = adapter_for(tiny_teacher("llama"))
+    cal, _ = _calibration_and_held_out()
+    torch.manual_seed(0)
+    scaled = mohawk.from_teacher(adapter, mixer="linear_attention")
+    assert scale_to_attention(scaled, adapter, cal)
+    again = scale_to_attention(scaled, adapter, cal)
+    assert sorted(again) == [0, 1, 2]
+    for factors in again.values():
+        assert factors == pytest.approx([1.0] * len(factors), rel=1e-4)
+
+
+def test_ssd_is_not_rescaled():
+    """The default SSD student is left bit-for-bit as transferred, and `distill`'s calibration reads no text for
+    it."""
+    from mohawk.transfer import calibrate, scale_to_attention
+
+    adapter = adapter_for(tiny_teacher("llama"))
+    cal, _ = _calibration_and_held_out()
+    torch.manual_seed(0)
+    given = mohawk.from_teacher(adapter)
+    a = {k: v.clone() for k, v in given.state_dict().items()}
+    assert scale_to_attention(given, adapter, cal) == {}
+
+    class Unread:
+        def sequences(self):
+            raise AssertionError("read")
+
+    assert calibrate(given, adapter, Unread()) == {}
+    assert all(torch.equal(a[k], v) for k, v in given.state_dict().items())

@@ -22,6 +22,7 @@ class LinearAttentionMixer(SSDMixer):
     """The Phi-Mamba layer with a causal low-rank mixer (no decay, no dt): same projections, conv, gate, D skip."""
 
     has_dt = False
+    attention_scaled_rows = "C"  # undecayed q . k logits summed over the prefix: far larger than attention's rows
 
     def A(self) -> Tensor:
         return self.D.new_zeros(self.num_heads, dtype=torch.float32)

@@ -247,6 +247,9 @@ class SSDMixer(nn.Module):
 
     has_dt = True  # input-dependent step and decay (False: linear attention, no decay)
     fixed: dict = {}  # settings a subclass fixes whatever the config says (use_gate, conv_activation, ...)
+    # the in_proj rows M is linear in that mohawk.transfer.scale_to_attention rescales after the transfer; None: the
+    # SSD starts as transferred
+    attention_scaled_rows: str | None = None
 
     def __init__(self, config, layer_idx: int = 0):
         super().__init__()

@@ -118,6 +118,8 @@ def ssm_step(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tens
 class SSMMixer(SSDMixer):
     """The Phi-Mamba layer with a diagonal (per state channel) decay: A_log is (heads, state)."""
 
+    attention_scaled_rows = "C"
+
     def decay_shape(self) -> tuple[int, ...]:
         return (self.num_heads, self.state_size)
 

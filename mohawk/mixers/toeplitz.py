@@ -35,6 +35,8 @@ def toeplitz_conv(c: Tensor, x: Tensor) -> Tensor:
 class ToeplitzMixer(nn.Module):
     """u (batch, L, hidden) -> in_proj -> [x | kernel] -> y = M(kernel) x per head -> out_proj."""
 
+    attention_scaled_rows = "kernel"  # the kernel is random after the transfer: rescaled to the attention's size
+
     def __init__(self, config, layer_idx: int = 0):
         super().__init__()
         self.layer_idx, self.config = layer_idx, config
