@@ -137,9 +137,9 @@ def write_corpus(
     stats = {
         "tokens": done,
         "samples": samples,
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 3),
         "tokens_per_s": round(done / max(seconds, 1e-9), 1),
-        "first_batch_s": round(first[1], 1) if first else round(seconds, 1),
+        "first_batch_s": round(first[1], 3) if first else round(seconds, 3),
         "steady_tokens_per_s": round((done - first[0]) / max(seconds - first[1], 1e-9), 1)
         if first and done > first[0]
         else None,
