@@ -90,6 +90,8 @@ class Checkpointer:
         except (OSError, RuntimeError) as e:  # torch's writers report a full disk as a RuntimeError
             if main:
                 shutil.rmtree(tmp, ignore_errors=True)
+            if _caused_by_interrupt(e):  # Ctrl-C inside a writer thread arrives wrapped: it stays an interrupt
+                raise KeyboardInterrupt from e
             reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:200] or type(e).__name__
             raise MohawkError(f"could not write checkpoint {final} ({reason}); earlier checkpoints are kept") from e
         except BaseException:  # an interrupt mid-write: no half checkpoint stays behind
@@ -245,6 +247,21 @@ def check_resume_config(saved_path: Path, cfg) -> None:
                 f"cannot resume with {flag} {now.get(key)!r}: the run in {saved_path.parent} used "
                 f"{saved[key]!r} (start a new run in another --out, or resume with the same setting)"
             )
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is anywhere in ``e``'s chain of causes and contexts."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        if isinstance(x, KeyboardInterrupt):
+            return True
+        seen.add(id(x))
+        stack += [x.__cause__, x.__context__]
+    return False
 
 
 @contextmanager

@@ -106,3 +106,25 @@ def test_damaged_checkpoint_metadata_is_one_line(teacher_dir, tmp_path, capsys):
     rewrite_checkpoint_file(Checkpointer(out / "checkpoints").latest(), ".metadata", b"\x80\x04not a pickle")
     assert main(tiny_distill_argv(teacher_dir, out, *args, "--resume")) == 2
     assert "is damaged" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("interrupt", [True, False])
+def test_a_failed_write_is_an_error_unless_an_interrupt_caused_it(tmp_path, monkeypatch, interrupt):
+    """A writer's RuntimeError is one MohawkError line, but one raised while handling Ctrl-C (how a writer thread
+    reports it) stays a KeyboardInterrupt, so the run exits 130 as interrupted; no temporary folder stays either way."""
+    from mohawk import checkpoint
+
+    def failing(student, optimizer, path):
+        try:
+            if interrupt:
+                raise KeyboardInterrupt
+            raise OSError(28, "No space left on device")
+        except BaseException as e:
+            raise RuntimeError("writer thread failed") from e
+
+    monkeypatch.setattr(checkpoint, "_dcp_save", failing)
+    model = torch.nn.Linear(2, 2)
+    ck = Checkpointer(tmp_path, keep=2)
+    with pytest.raises(KeyboardInterrupt if interrupt else MohawkError):
+        ck.save(model, torch.optim.SGD(model.parameters(), lr=0.1), {"stage": 1, "step": 1, "tokens": 1, "done": False})
+    assert list(tmp_path.iterdir()) == []
