@@ -136,7 +136,7 @@ def _load(cls: type, values: dict, **kwargs: typing.Any) -> typing.Any:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cfg = cls.from_dict(values, **kwargs)  # type: ignore[attr-defined]
+        cfg = cls.from_dict(values, from_file=(), **kwargs)  # type: ignore[attr-defined]  # errors name flags
     for w in caught:
         console.print(f"[yellow]warning[/]: {w.message}", highlight=False)
     return cfg
@@ -249,7 +249,7 @@ def _approx(overwrite: bool, **fields):
     given = _given(fields)
     cfg = _load(ApproxConfig, given)
     if resolve_device(cfg.device).type != "cuda":  # a study sized for a CPU in a few minutes
-        cfg = ApproxConfig.from_dict({**given, "families": cfg.families}, cpu=True)
+        cfg = ApproxConfig.from_dict({**given, "families": cfg.families}, cpu=True, from_file=())
         if "num_matrices" not in given:
             console.print(
                 f"[dim]CPU: a reduced study ({cfg.num_matrices} matrices x {cfg.seq_len} tokens, {cfg.steps} "

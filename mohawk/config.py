@@ -68,18 +68,21 @@ S = typing.TypeVar("S", bound="_Schema")
 class _Schema:
     """Loading and checking, the same for every schema (a dataclass of ``option`` fields)."""
 
-    # an error names the --flag the user typed; DistillConfig's name the key, which a YAML file may have given
-    flags: typing.ClassVar[bool] = True
+    # the fields an error names as YAML keys (set per instance by from_dict); it names the rest as --flags
+    from_file: typing.ClassVar[frozenset[str]] = frozenset()
+
+    def label(self, name: str) -> str:
+        """How an error names field ``name``: ``seq_len`` where a YAML file gave it, else the flag ``--seq-len``."""
+        return _label(name, self.from_file)
 
     @classmethod
-    def label(cls, name: str) -> str:
-        """How an error names field ``name``: ``--seq-len``, or ``seq_len`` where ``flags`` is off."""
-        return "--" + name.replace("_", "-") if cls.flags else name
-
-    @classmethod
-    def from_dict(cls: type[S], values: dict, cpu: bool = False) -> S:
+    def from_dict(
+        cls: type[S], values: dict, cpu: bool = False, from_file: typing.Iterable[str] | None = None
+    ) -> S:
         """The schema's values: ``values`` over the defaults (with ``cpu``: a field's ``cpu`` default where it
-        declares one), each converted to its field's type, then checked (``validate``)."""
+        declares one), each converted to its field's type, then checked (``validate``). ``from_file``: for a
+        command line, the keys that a YAML file gave (errors name the others as flags); None (a Python caller's
+        dict): errors name every field as its key."""
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = [k for k in values if k not in fields]
         if unknown:
@@ -87,7 +90,9 @@ class _Schema:
         if cpu:
             values = {**{k: f.metadata["cpu"] for k, f in fields.items() if f.metadata["cpu"] is not None}, **values}
         hints = typing.get_type_hints(cls)
-        cfg = cls(**{k: _coerce(cls.label(k), v, hints[k]) for k, v in values.items()})
+        keys = frozenset(fields if from_file is None else from_file)
+        cfg = cls(**{k: _coerce(_label(k, keys), v, hints[k]) for k, v in values.items()})
+        setattr(cfg, "from_file", keys)  # noqa: B010 (an instance value over the ClassVar default)
         cfg.validate()
         return cfg
 
@@ -122,8 +127,6 @@ WHAT, DATA, STAGES, LOSS, GUARD, EVAL, MACHINE = (
 
 @dataclass
 class DistillConfig(_Schema):
-    flags: typing.ClassVar[bool] = False
-
     # -- what to distil ----------------------------------------------------------------------------------------------
     teacher: str = option(
         "smollm2-135m",
@@ -427,8 +430,8 @@ class DistillConfig(_Schema):
             values.update(_read_yaml(path))
         if yaml_path:
             values.update(_read_yaml(Path(yaml_path)))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(values)
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        return cls.from_dict({**values, **flags}, from_file=set(values) - set(flags))
 
     def check(self) -> None:
         self.need(
@@ -658,6 +661,11 @@ def _check_tasks(cfg: _Schema, key: str) -> None:
         parse_tasks(getattr(cfg, key))
     except MohawkError as e:
         raise MohawkError(f"bad value for {cfg.label(key)}: {e}") from None
+
+
+def _label(name: str, from_file: frozenset[str]) -> str:
+    """``seq_len`` for a key a YAML file gave, else the flag ``--seq-len``."""
+    return name if name in from_file else "--" + name.replace("_", "-")
 
 
 def _check_field(label: str, f: dataclasses.Field, value: typing.Any) -> None:

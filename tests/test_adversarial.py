@@ -93,10 +93,10 @@ def test_every_option_of_every_command_fails_cleanly(monkeypatch, capsys):
 @pytest.mark.parametrize(
     "argv,msg",
     [
-        (["distill", "--seq-len", "1"], "seq_len"),
-        (["distill", "--batch-size", "0"], "batch_size"),
-        (["distill", "--temperature", "inf"], "temperature: inf (must be a finite number)"),
-        (["distill", "--val-sequences", "0"], "val_sequences"),
+        (["distill", "--seq-len", "1"], "--seq-len"),
+        (["distill", "--batch-size", "0"], "--batch-size"),
+        (["distill", "--temperature", "inf"], "--temperature: inf (must be a finite number)"),
+        (["distill", "--val-sequences", "0"], "--val-sequences"),
         (["generate", "m", "--prompt", ""], "--prompt is empty"),
         (["generate", "m", "--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens"),
         (["generate", "m", "--prompt", "hi", "--temperature", "nan"], "--temperature"),

@@ -38,7 +38,7 @@ def run(teacher_dir, out, *extra):
         (["--attention-layers", "1,1"], "repeated"),
         (["--device", "cuda"], "no CUDA GPU"),
         (["--seq-len", "100000"], "above the teacher's maximum"),
-        (["--stages", "5"], "bad value for stages"),
+        (["--stages", "5"], "bad value for --stages: [5]"),
         (["--teacher", "/no/such/teacher"], "no such file or directory: /no/such/teacher"),
     ],
 )
@@ -47,6 +47,21 @@ def test_bad_input_is_one_line(teacher_dir, tmp_path, capsys, extra, msg):
         pytest.skip("a GPU is present")
     assert run(teacher_dir, tmp_path / "bad", *extra) == 2
     assert msg in one_error_line(capsys)
+
+
+def test_errors_name_what_the_user_typed(tmp_path, capsys):
+    """A bad value given as a flag is named as that flag; the same value from a YAML file is named as its key; a
+    flag given beside the file wins and is named as a flag."""
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("seq_len: 0\n")
+    assert main(["distill", "--seq-len", "0"]) == 2
+    assert "bad value for --seq-len: 0" in one_error_line(capsys)
+    assert main(["distill", str(yaml_file)]) == 2
+    assert "bad value for seq_len: 0" in one_error_line(capsys)
+    assert main(["distill", str(yaml_file), "--seq-len", "-3"]) == 2
+    assert "bad value for --seq-len: -3" in one_error_line(capsys)
+    assert main(["eval", "--batch-size", "0"]) == 2
+    assert "bad value for --batch-size: 0" in one_error_line(capsys)
 
 
 def test_unsupported_architecture_and_foreign_tokenizer(teacher_dir, tmp_path, capsys):
