@@ -76,9 +76,7 @@ class _Schema:
         return _label(name, self.from_file)
 
     @classmethod
-    def from_dict(
-        cls: type[S], values: dict, cpu: bool = False, from_file: typing.Iterable[str] | None = None
-    ) -> S:
+    def from_dict(cls: type[S], values: dict, cpu: bool = False, from_file: typing.Iterable[str] | None = None) -> S:
         """The schema's values: ``values`` over the defaults (with ``cpu``: a field's ``cpu`` default where it
         declares one), each converted to its field's type, then checked (``validate``). ``from_file``: for a
         command line, the keys that a YAML file gave (errors name the others as flags); None (a Python caller's
