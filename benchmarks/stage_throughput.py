@@ -37,7 +37,7 @@ from mohawk.config import DistillConfig
 from mohawk.evaluation.present import markdown_table
 from mohawk.metrics import MetricsLog
 from mohawk.parallel import Parallel
-from mohawk.stages import STAGES
+from mohawk.stages import build as build_stage
 from mohawk.train import StageBudget, train_stage
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -255,7 +255,7 @@ def main():
         rows_per_rank = args.stage1_batch if s == 1 else args.batch
         global_rows = rows_per_rank * world
         micro_tokens = global_rows * args.seq_len
-        stage = STAGES[s](student, adapter, **dcfg.stage_options(s))
+        stage = build_stage(s, student, adapter, dcfg)
         if parallel.uses_fsdp(stage):
             parallel.shard_teacher(adapter)  # as mohawk distill does
         batches = map(parallel.shard, random_batches(tcfg.vocab_size, global_rows, args.seq_len, device, seed=s))

@@ -82,6 +82,7 @@ def sweep(args) -> Path:
     from mohawk.evaluation import agreement, layer_distances, perplexity
     from mohawk.metrics import MetricsLog, write_json
     from mohawk.stages import STAGES
+    from mohawk.stages import build as build_stage
     from mohawk.teachers import load_teacher
     from mohawk.train import StageBudget, train_stage
     from mohawk.transfer import copy_non_mixer_weights, from_teacher
@@ -111,7 +112,7 @@ def sweep(args) -> Path:
     t0 = time.perf_counter()
     for s in (1, 2):  # the recipe's stages 1-2, once
         b = plan.budgets[s]
-        stage = STAGES[s](student, adapter, **cfg.stage_options(s))
+        stage = build_stage(s, student, adapter, cfg)
         train, _ = make_streams("bundled", tok, SEQ_LEN, seed=s)
         train_stage(
             stage,

@@ -4,7 +4,8 @@ configuration is saved into the output directory as config.yaml), EvalConfig (``
 (``mohawk approx``). cli.py generates each command's flags from its schema.
 
 The loop and the stages never read DistillConfig: they receive typed pieces of it (``loop_settings()``, a
-LoopSettings whose defaults are the schema's; ``stage_options(s)``; the per-stage budgets come from mohawk.recipe).
+LoopSettings whose defaults are the schema's; mohawk.stages.build reads a stage's options; the per-stage budgets
+come from mohawk.recipe).
 This module imports no module that imports it (mohawk.schedule re-exports LoopSettings from here)."""
 
 from __future__ import annotations
@@ -472,21 +473,6 @@ class DistillConfig(_Schema):
         """What the training loop needs."""
         names = {f.name for f in dataclasses.fields(LoopSettings)}
         return LoopSettings(**{k: v for k, v in self.to_dict().items() if k in names})
-
-    def stage_options(self, stage: int) -> dict:
-        """Keyword arguments of stage ``stage``'s class (mohawk.stages)."""
-        if stage == 1:
-            return {"tile": self.stage1_tile}
-        if stage in (3, 4):
-            from mohawk.stages.distillation import LossWeights
-
-            options = {
-                "weights": LossWeights(self.kd_weight, self.ce_weight, self.temperature),
-                "mixer_lr_scale": self.mixer_lr_scale,
-                "loss_chunk": self.loss_chunk,
-            }
-            return {**options, "freeze_mlp": self.freeze_mlp} if stage == 3 else options
-        return {}
 
     def save(self, path: Path) -> None:
         """Write the config as YAML atomically (a temporary sibling renamed into place)."""

@@ -41,7 +41,7 @@ from mohawk.evaluation import agreement, layer_distances, perplexity
 from mohawk.evaluation.suite import long_sequences, parse_tasks, run_suite
 from mohawk.metrics import MetricsLog, write_json
 from mohawk.parallel import Parallel
-from mohawk.stages import STAGES
+from mohawk.stages import build as build_stage
 from mohawk.teachers import load_teacher
 from mohawk.train import train_stage
 from mohawk.transfer import copy_non_mixer_weights, from_teacher, parse_attention_layers, place_attention_layers
@@ -390,7 +390,7 @@ class DistillRecipe:
         layer distances after it into the summary."""
         cfg, parallel, budget = self.cfg, self.parallel, self.schedule.budgets[s]
         mid = self.point.continues(s)
-        stage = STAGES[s](self.student, self.adapter, **cfg.stage_options(s))
+        stage = build_stage(s, self.student, self.adapter, cfg)
         if stage.transfers_weights and mid is None and cfg.init == "teacher":
             copy_non_mixer_weights(self.student, self.adapter)  # the weight transfer (a no-op after frozen stages 1-2)
         if parallel.uses_fsdp(stage):

@@ -62,6 +62,27 @@ def test_stages_train_only_their_parameters():
     assert not any(".mlp." in n for n in frozen) and "model.embed_tokens.weight" in frozen
 
 
+def test_build_gives_each_stage_the_runs_options():
+    """mohawk.stages.build hands each stage its own fields of the run's configuration (and no other stage's)."""
+    from mohawk.config import DistillConfig
+    from mohawk.stages import RecallPhase, build
+
+    adapter = adapter_for(tiny_teacher("llama"))
+    student = mohawk.from_teacher(adapter, attention_layers=[0])
+    cfg = DistillConfig.from_dict(
+        {"stage1_tile": 3, "kd_weight": 0.7, "ce_weight": 0.2, "temperature": 2.0, "freeze_mlp": True}
+    )
+    cfg.loss_chunk, cfg.mixer_lr_scale = 16, 0.5
+    one, two, three, four = (build(s, student, adapter, cfg) for s in (1, 2, 3, 4))
+    assert isinstance(one, MatrixOrientation) and one.tile == 3
+    assert isinstance(two, HiddenStateAlignment) and isinstance(four, RecallPhase)
+    assert three.weights == LossWeights(0.7, 0.2, 2.0) == four.weights
+    assert three.freeze_mlp and (three.loss_chunk, three.mixer_lr_scale) == (16, 0.5) == (
+        four.loss_chunk,
+        four.mixer_lr_scale,
+    )
+
+
 def test_kd_loss_is_kl():
     s, t = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
     want = torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="sum") / 6
