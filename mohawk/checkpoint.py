@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+import typing
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -204,7 +205,9 @@ class ResumePoint:
     def finished(self, stage: int) -> bool:
         """Stage ``stage`` was completed before the interruption."""
         s = self.state
-        return bool(s) and (stage < s["stage"] or (stage == s["stage"] and s["done"]))
+        if not s:
+            return False
+        return stage < s["stage"] or (stage == s["stage"] and s["done"])
 
     def continues(self, stage: int) -> Path | None:
         """The checkpoint to continue ``stage`` from, when the interruption came in its middle."""
@@ -213,9 +216,10 @@ class ResumePoint:
 
     def batches(self, stage: int, grad_accum: int) -> int:
         """Micro-batches ``stage`` already drew from its data (to skip them)."""
-        if self.continues(stage) is None:
+        s = self.state
+        if not s or self.continues(stage) is None:
             return 0
-        return self.state.get("batches", self.state["step"] * grad_accum)
+        return int(s.get("batches", s["step"] * grad_accum))
 
     @property
     def student_after(self) -> Path | None:
@@ -321,6 +325,7 @@ def _dcp_load(student, optimizer, path: Path) -> None:
             "resume from the one before"
         ) from e
     with_optim = optimizer is not None and any(k.startswith("optim.") for k in keys)
+    sd: dict[str, typing.Any]
     if with_optim:
         model_sd, optim_sd = get_state_dict(student, optimizer)
         sd = {"model": model_sd, "optim": optim_sd}

@@ -13,6 +13,7 @@ Without torchrun (WORLD_SIZE unset or 1) everything here is a no-op.
 from __future__ import annotations
 
 import os
+import typing
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -62,9 +63,8 @@ class Parallel:
             dev = torch.device("cpu")
         if not dist.is_initialized():
             # long timeout: rank 0 alone writes checkpoints and summaries while the others wait
-            dist.init_process_group(
-                "nccl" if cuda else "gloo", timeout=timedelta(minutes=60), **({"device_id": dev} if cuda else {})
-            )
+            device_id: dict[str, typing.Any] = {"device_id": dev} if cuda else {}
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=60), **device_id)
         return cls(rank=rank, world=world, local_rank=local, strategy=strategy), dev
 
     @property
@@ -186,7 +186,7 @@ class Parallel:
         from mohawk.models import MohawkForCausalLM
 
         p = next(student.parameters())
-        plain = MohawkForCausalLM(student.config)
+        plain: typing.Any = MohawkForCausalLM(typing.cast(typing.Any, student).config)
         plain.load_state_dict(full)
         return plain.to(device=p.device, dtype=p.dtype).eval()
 

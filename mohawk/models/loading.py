@@ -3,6 +3,8 @@ match its config is an error, not a model with silently re-initialised or droppe
 
 from __future__ import annotations
 
+import typing
+
 import torch
 
 from mohawk.errors import MohawkError, require_local
@@ -23,7 +25,8 @@ def load_model(path: str, device: torch.device | str = "cpu", *, tokenizer: bool
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report would repeat, as a table, what the error line says
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+        loaded: typing.Any = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+        model, info = loaded  # (model, loading info) with output_loading_info
     except Exception as e:  # OSError, ValueError, safetensors' SafetensorError, RuntimeError on shape mismatches
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         if "ignore_mismatched_sizes" in first:
