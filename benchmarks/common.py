@@ -105,9 +105,9 @@ def model_config(name: str):
     raise SystemExit(f"unknown --model {name}: phi-1_5, smollm2-135m or tiny")
 
 
-def random_teacher_and_student(cfg, device: torch.device, dtype: torch.dtype | None = None):
-    """(teacher, its adapter, SSD student) with random weights from the transformers ``cfg`` (seed 0), built on
-    ``device``; the teacher frozen in eval mode, both cast to ``dtype`` when given."""
+def random_teacher_and_student(cfg, device: torch.device, dtype: torch.dtype | None = None, mixer: str = "ssd"):
+    """(teacher, its adapter, pure student of ``mixer``) with random weights from the transformers ``cfg`` (seed 0),
+    built on ``device``; the teacher frozen in eval mode, both cast to ``dtype`` when given."""
     from transformers import AutoModelForCausalLM
 
     from mohawk.teachers import adapter_for
@@ -118,7 +118,7 @@ def random_teacher_and_student(cfg, device: torch.device, dtype: torch.dtype | N
     with torch.device(device):
         teacher = AutoModelForCausalLM.from_config(cfg).eval().requires_grad_(False)
         adapter = adapter_for(teacher)
-        student = from_teacher(adapter)
+        student = from_teacher(adapter, mixer=mixer)
     if dtype is not None:
         teacher, student = teacher.to(dtype), student.to(dtype).eval()
     return teacher, adapter, student

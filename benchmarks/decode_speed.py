@@ -45,8 +45,9 @@ def weight_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def count_kernels(fn, device) -> int | None:
-    """CUDA kernels launched by ``fn()`` (a graph replay or an eager step), from torch.profiler; None off CUDA."""
+def profile_step(fn, device, top: int = 0) -> dict | None:
+    """The CUDA kernels launched by ``fn()`` (a graph replay or an eager step), from torch.profiler: their number and,
+    with ``top``, the ``top`` kernels by GPU time [{name, us, calls}]; None off CUDA."""
     if device.type != "cuda":
         return None
     from torch.profiler import ProfilerActivity, profile
@@ -55,7 +56,16 @@ def count_kernels(fn, device) -> int | None:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         sync(device)
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by_name: dict[str, list[float]] = {}
+    for e in kernels:
+        by_name.setdefault(e.name, []).append(e.device_time_total)
+    ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return {
+        "kernels": len(kernels),
+        "gpu_us": sum(sum(t) for t in by_name.values()),
+        "top": [{"name": n[:120], "us": round(sum(t), 1), "calls": len(t)} for n, t in ranked],
+    }
 
 
 @torch.no_grad()
@@ -76,8 +86,8 @@ def student_decode(model, ids: torch.Tensor, new_tokens: int, steps: int, device
     }
 
 
-def student_kernels(model, batch: int, device) -> int | None:
-    """CUDA kernels in one decoding step: one replay of ``model``'s one-step greedy graph for ``batch``."""
+def student_step_profile(model, batch: int, device, top: int = 0) -> dict | None:
+    """profile_step of one decoding step: one replay of ``model``'s one-step greedy graph for ``batch``."""
     store = graphs._GRAPHS.get(model)
     found = [
         g for g in (store[1].values() if store else ()) if g.steps == 1 and g.sampling is None and len(g.ids) == batch
@@ -85,8 +95,9 @@ def student_kernels(model, batch: int, device) -> int | None:
     if not found or found[-1].graph is None:
         return None
     try:
-        n = count_kernels(found[-1].graph.replay, device)
-        return n if n else count_kernels(found[-1]._body, device)  # a profiler blind to graph nodes: the step eagerly
+        p = profile_step(found[-1].graph.replay, device, top)
+        # a profiler blind to graph nodes: the step eagerly
+        return p if p and p["kernels"] else profile_step(found[-1]._body, device, top)
     except Exception:  # noqa: BLE001 - a count is not worth the run
         return None
 
@@ -188,19 +199,21 @@ def main():
     ap.add_argument("--bandwidth-gbs", type=float, default=4800.0, help="memory bandwidth for the roofline (H200)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--compile", action="store_true", help="torch.compile the step's norms and MLPs before capture")
+    ap.add_argument("--mixer", default="ssd", help="the students' mixer family (ssd, mamba2, discrete_mamba2, ...)")
+    ap.add_argument("--profile", type=int, default=0, help="N: also the N kernels of one step with most GPU time")
     args = ap.parse_args()
     rows_wanted = parse_rows(args)
 
     device = resolve_device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = model_config(args.model)
-    teacher, adapter, pure = random_teacher_and_student(cfg, device, dtype)
+    teacher, adapter, pure = random_teacher_and_student(cfg, device, dtype, mixer=args.mixer)
     students = {"pure": pure}
     if any(name == "hybrid4" for name, _, _ in rows_wanted):
         n = cfg.num_hidden_layers
         torch.manual_seed(0)
         with torch.device(device):
-            hybrid = from_teacher(adapter, place_attention_layers(min(4, n - 1), n))
+            hybrid = from_teacher(adapter, place_attention_layers(min(4, n - 1), n), mixer=args.mixer)
         students["hybrid4"] = hybrid.to(dtype).eval()
     for st in students.values():
         st.config.decode_compile = args.compile
@@ -209,8 +222,9 @@ def main():
     for name, L, b in rows_wanted:
         student = students[name]
         ids = torch.randint(0, cfg.vocab_size, (b, L), device=device)
-        row: dict = {"student": name, "context": L, "batch": b, "block": args.block}
+        row: dict = {"student": name, "mixer": args.mixer, "context": L, "batch": b, "block": args.block}
         row["attention_layers"] = list(student.config.attention_layers)
+        row["layer_kinds"] = sorted(set(student.config.mixers))
         if (L, b) not in teacher_rows:
             try:
                 teacher_static(teacher, ids, args.new_tokens, device)  # compiles
@@ -231,7 +245,10 @@ def main():
                 r = {**measure_student(student, ids, args, steps, device), "compile_error": r["error"]}
                 student.config.decode_compile = args.compile
             row.update({f"student_{kind}_{k}": v for k, v in r.items()})
-        row["student_kernels_per_step"] = student_kernels(student, b, device)
+        prof = student_step_profile(student, b, device, args.profile) or {}
+        row["student_kernels_per_step"] = prof.get("kernels")
+        if args.profile:
+            row["student_step_gpu_us"], row["student_top_kernels"] = prof.get("gpu_us"), prof.get("top")
         row["student_compiled"] = any(g.compiled for g in graphs._GRAPHS.get(student, (None, {}))[1].values())
         graphs.release(student)
         if device.type == "cuda":
@@ -258,7 +275,8 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "rows": rows,
     }
     lines = [
-        f"# Decoding, {args.model}: students (generate's fast path) vs the static-cache + CUDA-graph teacher, {dev}",
+        f"# Decoding, {args.model}, {args.mixer} students (generate's fast path) vs the static-cache + CUDA-graph "
+        f"teacher, {dev}",
         "",
         f"- command: `{cmd}`",
         f"- versions: {payload['versions']}",
@@ -296,7 +314,19 @@ def save(args, device, dtype, rows: list[dict]) -> None:
             f"{fmt(r.get('teacher_state_mib'), 1)} / {fmt(r.get('student_block_state_mib'), 1)} | "
             f"{fmt(r.get('teacher_peak_gib'), 2)} / {fmt(r.get('student_block_peak_gib'), 2)} |"
         )
-    write(f"decode_speed-{args.model}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
+    for r in rows:
+        if r.get("student_top_kernels"):
+            lines += [
+                "",
+                f"Kernels of one {r['student']} step at {r['context']} x {r['batch']} by GPU time "
+                f"({r['student_kernels_per_step']} kernels, {fmt(r.get('student_step_gpu_us'), 1)} us in all):",
+                "",
+                "| kernel | us | calls |",
+                "|---|---|---|",
+                *(f"| `{k['name']}` | {k['us']} | {k['calls']} |" for k in r["student_top_kernels"]),
+            ]
+    mixer = "" if args.mixer == "ssd" else f"-{args.mixer}"
+    write(f"decode_speed-{args.model}{mixer}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,29 @@ def test_benchmark_writes_results(script, args, tmp_path, monkeypatch):
         )
 
 
+def test_decode_speed_other_mixer_and_kernel_profile(tmp_path, monkeypatch):
+    """--mixer builds the students of that family (a benchmark that ignored it would time SSD students under a
+    mamba2 file name); a row's kernel profile renders as its own table, kernels by GPU time."""
+    from benchmarks import decode_speed
+
+    args = ["--model", "tiny", "--device", "cpu", "--rows", "pure:16x1", "--new-tokens", "3", "--block", "2"]
+    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--mixer", "mamba2", "--out", str(tmp_path)])
+    decode_speed.main()
+    (js,) = tmp_path.glob("decode_speed-tiny-mamba2-*.json")
+    (row,) = json.loads(js.read_text())["rows"]
+    assert row["layer_kinds"] == ["mamba2"] and row["student_block_ms_per_step"] > 0
+
+    top = [{"name": "decode_step_kernel", "us": 40.5, "calls": 30}, {"name": "gemv", "us": 20.0, "calls": 90}]
+    row.update(student_kernels_per_step=120, student_step_gpu_us=60.5, student_top_kernels=top)
+    ns = decode_speed.arg_parser("").parse_args(["--out", str(tmp_path / "md")])
+    ns.__dict__.update(model="tiny", mixer="mamba2", new_tokens=3, block=2, compile=False, bandwidth_gbs=1.0)
+    decode_speed.save(ns, decode_speed.resolve_device("cpu"), decode_speed.torch.float32, [row])
+    (md,) = (tmp_path / "md").glob("*.md")
+    text = md.read_text()
+    assert "(120 kernels, 60.5 us in all)" in text
+    assert text.index("| `decode_step_kernel` | 40.5 | 30 |") < text.index("| `gemv` | 20.0 | 90 |")
+
+
 def test_flops_count_the_teacher_forward_and_trained_student():
     from transformers import AutoModelForCausalLM
 
