@@ -177,7 +177,8 @@ class MohawkConfig(PretrainedConfig):
         for i, groups in enumerate(self.attention_groups):
             if any(not 0 <= g < self.num_key_value_heads for g in groups) or len(set(groups)) != len(groups):
                 raise ValueError(
-                    f"MohawkConfig.attention_groups[{i}]={groups}: distinct KV groups in 0..{self.num_key_value_heads - 1}"
+                    f"MohawkConfig.attention_groups[{i}]={groups}: "
+                    f"distinct KV groups in 0..{self.num_key_value_heads - 1}"
                 )
         if self.layer_types is not None:
             if len(self.layer_types) != self.num_hidden_layers:
