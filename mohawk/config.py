@@ -565,9 +565,6 @@ class EvalConfig(_Schema):
         from mohawk.data import data_parts
 
         self.need(_is_device(self.device), "device", DEVICES)
-        from mohawk.transfer import parse_attention_heads
-
-        parse_attention_heads(self.attention_heads, name=self.label("attention_heads"))
         _check_tasks(self, "tasks")
         data_parts(self.data, self.label("data"), teacher_text=False)
 
@@ -617,9 +614,6 @@ class ApproxConfig(_Schema):
         from mohawk.data import data_parts
 
         self.need(_is_device(self.device), "device", DEVICES)
-        from mohawk.transfer import parse_attention_heads
-
-        parse_attention_heads(self.attention_heads, name=self.label("attention_heads"))
         families = [f.strip() for f in self.families.split(",") if f.strip()]
         for old in dict.fromkeys(f for f in families if f in RENAMED_FAMILIES):
             new = RENAMED_FAMILIES[old]

@@ -12,7 +12,7 @@ over the concatenated heads. ``materialize`` and ``value_stream`` give all h hea
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -58,18 +58,18 @@ class HeadsMixer(nn.Module):
         rest = [g for g in range(kv) if g not in kept]
         size = self.num_heads // kv
         self.attention_heads, self.student_heads = group_heads(kept, size), group_heads(rest, size)
-        self.attention = Attention(part_config(config, kept, True), layer_idx) if kept else None
+        self.attention: Any = Attention(part_config(config, kept, True), layer_idx) if kept else None
         family = MIXERS[config.heads_family]
-        self.student = family(part_config(config, rest, False), layer_idx) if rest else None
+        self.student: Any = family(part_config(config, rest, False), layer_idx) if rest else None
         order = torch.tensor(self.attention_heads + self.student_heads).argsort()
         self.register_buffer("order", order, persistent=False)  # concatenated parts -> the teacher's head order
 
-    def _parts(self):
+    def _parts(self) -> list[Any]:  # the mixers, each keeping the contract
         return [p for p in (self.attention, self.student) if p is not None]
 
     def _join(self, tensors: list[Tensor]) -> Tensor:
         """Per-part (batch, part heads, ...) -> (batch, heads, ...) in the teacher's head order."""
-        return torch.cat(tensors, dim=1).index_select(1, self.order.to(tensors[0].device))
+        return torch.cat(tensors, dim=1).index_select(1, cast(Tensor, self.order))
 
     def materialize(self, u: Tensor, position_ids: Tensor | None = None) -> Tensor:
         """Mixing matrices of all heads, float32 (batch, heads, L, L): the attention part's exact."""
@@ -100,7 +100,7 @@ class Replaced(NamedTuple):
     """The part of a layer's mixer that replaces attention: ``module`` (None: nothing is replaced), the teacher's
     query ``heads`` it computes (None: all) and its parameters' name ``prefix`` under the mixer."""
 
-    module: nn.Module | None
+    module: Any  # a mixer, or None
     heads: list[int] | None
     prefix: str
 

@@ -55,7 +55,7 @@ class Stage:
 
     def mixer_parameters(self) -> list[tuple[str, Tensor]]:
         """Parameters of the mixers that replace attention (stages 1 and 2 train only these)."""
-        out = []
+        out: list[tuple[str, Tensor]] = []
         for i in self.layers:
             part = replaced_part(self.student.model.layers[i].mixer)
             if part.module is not None:
