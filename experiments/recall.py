@@ -40,6 +40,9 @@ ARMS = {
     "hybrid8-retrieval": ["--num-attention-layers", "8", "--placement", "retrieval"],
     "hybrid4-retrieval-recall": ["--num-attention-layers", "4", "--placement", "retrieval", *RECALL_MIX],
     "mamba2": ["--mixer", "mamba2"],
+    # head-level hybrids at the KV budget of the layer-level arms (N layers x the teacher's KV heads, as KV groups)
+    "hybrid4h-retrieval": ["--num-attention-layers", "4", "--placement", "retrieval-heads"],
+    "hybrid2h-retrieval": ["--num-attention-layers", "2", "--placement", "retrieval-heads"],
 }
 SCREEN_LIMITS = {"hellaswag": 2000, "lambada_openai": None}
 PASSKEY_AT, PASSKEY_TRIALS, VAL_SEQUENCES = [512, 1024, 2048], 20, 256
@@ -78,11 +81,11 @@ def _launch(cmds: dict[str, tuple[list[str], Path]], concurrent: int) -> dict[st
 
 
 def probe(args) -> Path:
-    """The teacher's retrieval probe (which layers --placement retrieval keeps) and the teacher-text sampler's speed:
-    OUT/probe.json."""
+    """The teacher's retrieval probe (which layers --placement retrieval keeps, which KV groups retrieval-heads keeps)
+    and the teacher-text sampler's speed: OUT/probe.json."""
     import torch
 
-    from mohawk.evaluation.retrieval import probe_layers, retrieval_layers
+    from mohawk.evaluation.retrieval import probe_layers, retrieval_heads, retrieval_layers
     from mohawk.teachers import load_teacher
     from mohawk.teachers.sample import write_corpus
 
@@ -93,6 +96,9 @@ def probe(args) -> Path:
     res = probe_layers(adapter, seed=args.seed)
     res["seconds"] = round(time.perf_counter() - t0, 2)
     res["chosen"] = {k: retrieval_layers(res, k) for k in (1, 2, 4, 8)}
+    kv = adapter.student_config().num_key_value_heads
+    size = adapter.student_config().num_attention_heads // kv
+    res["chosen_heads"] = {k: retrieval_heads(res, k * kv, size) for k in (2, 4)}
     res["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     if args.sample_tokens:
         stats = write_corpus(

@@ -148,9 +148,18 @@ class DistillConfig(_Schema):
     placement: str = option(
         "retrieval",
         "Where --num-attention-layers go: retrieval (the layers whose heads copy from context best, by an induction "
-        "probe of the teacher: mohawk.evaluation.retrieval; results/recall), uniform, first or last.",
+        "probe of the teacher: mohawk.evaluation.retrieval; results/recall), uniform, first or last; "
+        "retrieval-heads: the same KV budget (N x the teacher's KV heads) as the best KV groups of any layers, by "
+        "the same probe (a head-level hybrid).",
         group=WHAT,
-        choices=("uniform", "first", "last", "retrieval"),
+        choices=("uniform", "first", "last", "retrieval", "retrieval-heads"),
+        defines_run=True,
+    )
+    attention_heads: str = option(
+        "",
+        "KV groups kept as attention inside otherwise replaced layers (a head-level hybrid): 'layer:group,...;...', "
+        "e.g. 17:0,2;18:1; a layer keeping every group is an attention layer.",
+        group=WHAT,
         defines_run=True,
     )
     mixer: str = option(
@@ -455,6 +464,9 @@ class DistillConfig(_Schema):
         self.need(self.divergence_factor == 0 or self.divergence_factor > 1, "divergence_factor", "0 (off) or > 1")
         self.need(self.rollback_lr_factor <= 1, "rollback_lr_factor", "in (0, 1]")
         self.need(_is_device(self.device), "device", DEVICES)
+        from mohawk.transfer import parse_attention_heads
+
+        parse_attention_heads(self.attention_heads, name=self.label("attention_heads"))
         _check_tasks(self, "eval_tasks")
         from mohawk.data import data_parts
 

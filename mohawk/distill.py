@@ -44,7 +44,14 @@ from mohawk.parallel import Parallel
 from mohawk.stages import build as build_stage
 from mohawk.teachers import load_teacher
 from mohawk.train import train_stage
-from mohawk.transfer import copy_non_mixer_weights, from_teacher, parse_attention_layers, place_attention_layers
+from mohawk.transfer import (
+    copy_non_mixer_weights,
+    from_teacher,
+    layer_mixers,
+    parse_attention_heads,
+    parse_attention_layers,
+    place_attention_layers,
+)
 
 # the summary's entries a resumed run takes over from the invocations before it (through its checkpoint's RunRecord)
 CARRIED = (
@@ -61,19 +68,29 @@ CARRIED = (
 )
 
 
-def choose_attention_layers(cfg: DistillConfig, adapter) -> tuple[list[int], dict | None]:
-    """The layers kept as attention, and the retrieval probe's answer when --placement retrieval chose them."""
-    if cfg.num_attention_layers is not None:
-        if cfg.attention_layers not in ("none", ""):
-            raise MohawkError("give either --attention-layers or --num-attention-layers, not both")
-        if cfg.placement == "retrieval":
-            from mohawk.evaluation.retrieval import probe_layers, retrieval_layers
+def choose_attention(cfg: DistillConfig, adapter) -> tuple[list[int], dict[int, list[int]], dict | None]:
+    """The layers kept as attention, the KV groups kept as attention inside other layers ({layer: groups}) and the
+    retrieval probe's answer when a retrieval placement chose them."""
+    num_kv = adapter.student_config().num_key_value_heads
+    heads = parse_attention_heads(cfg.attention_heads, adapter.num_layers, num_kv, cfg.label("attention_heads"))
+    if cfg.num_attention_layers is None:
+        return parse_attention_layers(cfg.attention_layers, adapter.num_layers), heads, None
+    if cfg.attention_layers not in ("none", ""):
+        raise MohawkError("give either --attention-layers or --num-attention-layers, not both")
+    if cfg.placement not in ("retrieval", "retrieval-heads"):
+        return place_attention_layers(cfg.num_attention_layers, adapter.num_layers, cfg.placement), heads, None
+    from mohawk.evaluation.retrieval import probe_layers, retrieval_heads, retrieval_layers
 
-            place_attention_layers(cfg.num_attention_layers, adapter.num_layers)  # the count's check
-            probe = probe_layers(adapter, seed=cfg.seed)
-            return retrieval_layers(probe, cfg.num_attention_layers), probe
-        return place_attention_layers(cfg.num_attention_layers, adapter.num_layers, cfg.placement), None
-    return parse_attention_layers(cfg.attention_layers, adapter.num_layers), None
+    place_attention_layers(cfg.num_attention_layers, adapter.num_layers)  # the count's check
+    if cfg.placement == "retrieval-heads" and heads:
+        raise MohawkError("give either --attention-heads or --placement retrieval-heads, not both")
+    probe = probe_layers(adapter, seed=cfg.seed)
+    if cfg.placement == "retrieval":
+        return retrieval_layers(probe, cfg.num_attention_layers), heads, probe
+    size = adapter.student_config().num_attention_heads // num_kv
+    chosen = retrieval_heads(probe, cfg.num_attention_layers * num_kv, size)
+    whole = [i for i, groups in chosen.items() if len(groups) == num_kv]
+    return whole, {i: g for i, g in chosen.items() if i not in whole}, probe
 
 
 def _stage_stream(cfg: DistillConfig, tokenizer, stage: int, data: str) -> TokenStream:
@@ -254,7 +271,7 @@ class DistillRecipe:
         """The student: the teacher's weights transferred into the chosen layers' mixers (--init teacher), or the
         same architecture randomly initialised (--init scratch, the baseline)."""
         cfg, adapter = self.cfg, self.adapter
-        self.attention_layers, probe = choose_attention_layers(cfg, adapter)
+        self.attention_layers, self.attention_heads, probe = choose_attention(cfg, adapter)
         if probe is not None:
             self.summary["retrieval_probe"] = probe
         options = {"ssd_state_size": cfg.ssd_state_size} if cfg.ssd_state_size else {}
@@ -262,13 +279,21 @@ class DistillRecipe:
         if cfg.init == "scratch":
             from mohawk.models import MohawkForCausalLM
 
-            mixers = ["attention" if i in self.attention_layers else cfg.mixer for i in range(adapter.num_layers)]
+            num_kv = adapter.student_config().num_key_value_heads
+            mixers, groups = layer_mixers(
+                adapter.num_layers, self.attention_layers, self.attention_heads, cfg.mixer, num_kv
+            )
+            config = adapter.student_config(mixers=mixers, attention_groups=groups, heads_family=cfg.mixer, **options)
             p = next(self.teacher.parameters())
-            student = MohawkForCausalLM(adapter.student_config(mixers=mixers, **options))
-            self.student = student.to(device=p.device, dtype=p.dtype)  # type: ignore[call-arg]
+            self.student = MohawkForCausalLM(config).to(device=p.device, dtype=p.dtype)  # type: ignore[call-arg]
         else:
             self.student = from_teacher(
-                adapter, attention_layers=self.attention_layers, mixer=cfg.mixer, ssd_init=cfg.ssd_init, **options
+                adapter,
+                attention_layers=self.attention_layers,
+                attention_heads=self.attention_heads,
+                mixer=cfg.mixer,
+                ssd_init=cfg.ssd_init,
+                **options,
             )
 
     def load_validation(self) -> None:
@@ -315,9 +340,13 @@ class DistillRecipe:
             load_s=round(time.perf_counter() - self.t0, 1),
             val_tokens=int(self.val.numel()),
         )
+        heads = ""
+        if self.attention_heads:  # JSON keys: strings
+            self.summary["attention_heads"] = {str(i): g for i, g in self.attention_heads.items()}
+            heads = f" (KV groups kept as attention inside layers {self.summary['attention_heads']})"
         self.console.print(
             f"student: {self.adapter.num_layers - n_attention} {cfg.mixer} + {n_attention} "
-            f"attention layers, {n_params / 1e6:.1f}M parameters"
+            f"attention layers{heads}, {n_params / 1e6:.1f}M parameters"
         )
 
     def plan(self, changed: list[str]) -> None:

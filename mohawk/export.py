@@ -66,6 +66,8 @@ def _unsupported(student, fmt: str) -> str | None:
     teacher = getattr(c, "teacher_model_type", None)
     if teacher not in (None, "llama", "qwen2", "mistral"):
         return f"its teacher is a {teacher!r} model"
+    if "heads" in kinds:
+        return "it keeps attention heads inside replaced layers (a head-level hybrid: no stock layer mixes the two)"
     if kinds - {"mamba2"}:
         return f"its mixers are {', '.join(sorted(kinds - {'mamba2'}))}"
     if (c.block_type, c.norm_type, c.mlp_type, c.position_embedding) != ("sequential", "rmsnorm", "gated", "rope"):

@@ -134,6 +134,14 @@ def _plots(summary: dict[str, Any], rows: list[dict[str, Any]], plots: Path) -> 
     return lines
 
 
+def _heads_note(summary: dict[str, Any]) -> str:
+    """The KV groups a head-level hybrid keeps as attention inside replaced layers, or nothing."""
+    heads = summary.get("attention_heads")
+    if not heads:
+        return ""
+    return " and KV groups " + "; ".join(f"{i}: {','.join(map(str, g))}" for i, g in heads.items()) + " inside layers"
+
+
 def _header_lines(summary: dict[str, Any]) -> list[str]:
     """The run's command, models, device and sizes."""
     n_attn = len(summary.get("attention_layers", []))
@@ -143,7 +151,8 @@ def _header_lines(summary: dict[str, Any]) -> list[str]:
         f"- command: `{summary.get('command', '?')}`",
         f"- teacher: `{summary.get('teacher')}` ({summary.get('teacher_layers')} layers); student: "
         f"{summary.get('teacher_layers', 0) - n_attn} {summary.get('mixer', 'ssd')} layers + {n_attn} attention layers "
-        f"{summary.get('attention_layers', [])}, {summary.get('student_parameters', 0) / 1e6:.1f}M parameters",
+        f"{summary.get('attention_layers', [])}{_heads_note(summary)}, "
+        f"{summary.get('student_parameters', 0) / 1e6:.1f}M parameters",
         f"- device: {summary.get('device')}; versions: {summary.get('versions')}",
         f"- sequence length {summary.get('seq_len')}; validation on {summary.get('val_tokens', 0):,} held-out tokens; "
         f"total wall time {summary.get('total_wall_s', 0):.0f} s",

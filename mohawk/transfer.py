@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from mohawk.errors import MohawkError
+from mohawk.mixers.heads import replaced_part
 from mohawk.models import MohawkForCausalLM
 from mohawk.teachers.base import TeacherAdapter
 
@@ -47,6 +48,93 @@ def parse_attention_layers(attention_layers, num_layers: int) -> list[int]:
         dup = next(i for i in layers if layers.count(i) > 1)
         raise MohawkError(f"attention layer index {dup} is repeated")
     return sorted(layers)
+
+
+def parse_attention_heads(
+    value, num_layers: int | None = None, num_kv: int | None = None, name: str = "attention_heads"
+):
+    """None or "" -> {}; "17:0,2;18:1" or {17: [0, 2], 18: [1]} -> {layer: sorted KV groups kept as attention},
+    checked against ``num_layers`` and ``num_kv`` where given; a MohawkError naming ``name`` (the flag) otherwise."""
+
+    def bad(why: str):
+        return MohawkError(f"bad value for {name}: {value!r} ({why})")
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {}
+    if isinstance(value, str):
+        try:
+            pairs = [part.split(":") for part in value.split(";") if part.strip()]
+            value_map = {int(k): [int(g) for g in v.split(",") if g.strip()] for k, v in pairs}
+        except ValueError:
+            raise bad("layer:group,group;layer:group, e.g. 17:0,2;18:1") from None
+        if len(value_map) != len(pairs):
+            raise bad("a layer is repeated")
+    else:
+        value_map = {int(k): [int(g) for g in v] for k, v in dict(value).items()}
+    for layer, groups in value_map.items():
+        if not groups or len(set(groups)) != len(groups):
+            raise bad(f"layer {layer} needs distinct KV groups")
+        if num_layers is not None and not 0 <= layer < num_layers:
+            raise bad(f"layer {layer} is out of range: the teacher has {num_layers} layers")
+        if num_kv is not None and not all(0 <= g < num_kv for g in groups):
+            raise bad(f"layer {layer}: KV groups are 0..{num_kv - 1} in this teacher")
+    return {layer: sorted(groups) for layer, groups in sorted(value_map.items())}
+
+
+def layer_mixers(
+    num_layers: int, attention_layers: list[int], attention_heads: dict[int, list[int]], family: str, num_kv: int
+) -> tuple[list[str], list[list[int]]]:
+    """Each layer's mixer kind and its KV groups kept as attention (MohawkConfig's mixers and attention_groups): a
+    layer in ``attention_layers`` or keeping every group is "attention", one keeping none ``family``, else "heads"."""
+    both = sorted(set(attention_layers) & set(attention_heads))
+    if both:
+        raise MohawkError(f"layer {both[0]} is kept whole as attention and by heads: give it one way")
+    mixers, groups = [], []
+    for i in range(num_layers):
+        kept = attention_heads.get(i, [])
+        whole = i in attention_layers or len(kept) == num_kv
+        mixers.append("attention" if whole else "heads" if kept else family)
+        groups.append(kept if mixers[-1] == "heads" else [])
+    return mixers, groups
+
+
+def slice_attention(attn: dict[str, torch.Tensor], groups: list[int], config) -> dict[str, torch.Tensor]:
+    """An attention layer's weights (Attention's names) restricted to the query and KV heads of KV ``groups``: rows
+    of q/k/v_proj, columns of o_proj; the rest (o_proj's bias, QK norms, inv_freq) as they are."""
+    from mohawk.mixers.heads import group_heads
+
+    h, kv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+
+    def rows(heads):
+        return torch.tensor([i * d + j for i in heads for j in range(d)], dtype=torch.long)
+
+    q_rows, kv_rows = rows(group_heads(groups, h // kv)), rows(groups)
+    out = {}
+    for k, t in attn.items():
+        if k.startswith("q_proj."):
+            out[k] = t[q_rows]
+        elif k.startswith(("k_proj.", "v_proj.")):
+            out[k] = t[kv_rows]
+        elif k == "o_proj.weight":
+            out[k] = t[:, q_rows]
+        else:
+            out[k] = t
+    return out
+
+
+def _heads_weights(mixer, attn: dict, config, ssd_init: str, input_norm) -> dict[str, torch.Tensor]:
+    """A "heads" layer from the teacher's attention weights ``attn``: its attention part's weights (to load, names
+    under the mixer), its student part initialised in place from its own heads' projections (``ssd_init``)."""
+    from mohawk.mixers.heads import part_config
+
+    kv = config.num_key_value_heads
+    kept = config.attention_groups[mixer.layer_idx]
+    rest = [g for g in range(kv) if g not in kept]
+    if ssd_init == "attention":
+        init_ssd_from_attention(
+            mixer.student, slice_attention(attn, rest, config), part_config(config, rest, False), input_norm
+        )
+    return {f"attention.{k}": v for k, v in slice_attention(attn, kept, config).items()}
 
 
 def place_attention_layers(num: int, num_layers: int, placement: str = "uniform") -> list[int]:
@@ -129,11 +217,19 @@ def init_ssd_from_attention(
 
 
 def from_teacher(
-    teacher, attention_layers=None, *, mixer: str = "ssd", ssd_init: str = "attention", **student_options
+    teacher,
+    attention_layers=None,
+    *,
+    mixer: str = "ssd",
+    ssd_init: str = "attention",
+    attention_heads=None,
+    **student_options,
 ) -> MohawkForCausalLM:
     """A student of ``teacher`` (an HF causal LM or a TeacherAdapter) with its non-mixer weights copied.
 
     attention_layers: None (no attention), "all" (the teacher itself, re-expressed), or layer indices kept as attention.
+    attention_heads: {layer: KV groups} (or "17:0,2;18:1") kept as attention inside otherwise replaced layers (a
+    head-level hybrid, mohawk.mixers.heads; a layer keeping every group is an attention layer).
     mixer: the family replacing attention elsewhere: ssd (default), ssm, linear_attention or toeplitz.
     student_options: MohawkConfig fields (ssd_state_size, ssd_conv_kernel, ...)."""
     from mohawk.mixers import STUDENT_MIXERS
@@ -144,8 +240,11 @@ def from_teacher(
         raise MohawkError(f"unknown mixer {mixer!r}: use one of {', '.join(STUDENT_MIXERS)}")
     adapter = _adapter(teacher)
     n = adapter.num_layers
-    keep = set(parse_attention_layers(attention_layers, n))
-    mixers = ["attention" if i in keep else mixer for i in range(n)]
+    num_kv = adapter.student_config().num_key_value_heads
+    heads = parse_attention_heads(attention_heads, n, num_kv)
+    mixers, groups = layer_mixers(n, parse_attention_layers(attention_layers, n), heads, mixer, num_kv)
+    if heads:
+        student_options = {**student_options, "attention_groups": groups, "heads_family": mixer}
     config = adapter.student_config(mixers=mixers, **student_options)
     student = MohawkForCausalLM(config)
     weights = adapter.student_state_dict()
@@ -154,13 +253,19 @@ def from_teacher(
     for i in range(n):
         prefix = f"model.layers.{i}.mixer."
         attn = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-        if mixers[i] != "attention":
+        norm = weights.get(f"model.layers.{i}.norm1.weight")
+        if mixers[i] == "heads":
+            part = _heads_weights(student.model.layers[i].mixer, attn, config, ssd_init, norm)
+            for k in attn:
+                weights.pop(prefix + k)
+            weights.update({prefix + k: v for k, v in part.items()})
+        elif mixers[i] != "attention":
             if ssd_init == "attention":
                 init_ssd_from_attention(
                     student.model.layers[i].mixer,
                     attn,
                     config,
-                    input_norm=weights.get(f"model.layers.{i}.norm1.weight"),
+                    input_norm=norm,
                 )
             for k in attn:
                 weights.pop(prefix + k)
@@ -181,7 +286,9 @@ CALIBRATION_SEQUENCES = 4  # enough: the scales from 2 and from 4 sequences give
 def calibrate(student: MohawkForCausalLM, teacher, stream) -> dict:
     """``scale_to_attention`` on the first CALIBRATION_SEQUENCES of ``stream`` (a mohawk.data.TokenStream at the
     length stage 1 trains at) when the student has a mixer to rescale; {} without reading the stream otherwise."""
-    if not any(getattr(layer.mixer, "attention_scaled_rows", None) for layer in student.model.layers):
+    if not any(
+        getattr(replaced_part(layer.mixer).module, "attention_scaled_rows", None) for layer in student.model.layers
+    ):
         return {}
     from mohawk.data import take
 
@@ -204,7 +311,7 @@ def scale_to_attention(student: MohawkForCausalLM, teacher, input_ids: torch.Ten
     caps = adapter.capture(input_ids.to(device), logits=False)
     scales = {}
     for i, layer in enumerate(student.model.layers):
-        mixer = layer.mixer
+        mixer, heads, _ = replaced_part(layer.mixer)
         rows = getattr(mixer, "attention_scaled_rows", None)
         if rows is None:
             continue
@@ -215,6 +322,7 @@ def scale_to_attention(student: MohawkForCausalLM, teacher, input_ids: torch.Ten
         for r0 in range(0, u.shape[1], tile):  # rows in blocks: no (L, L) matrix per head at long lengths
             r1 = min(u.shape[1], r0 + tile)
             A, M = attn.matrix_rows(fa, r0, r1).float(), mixer.matrix_rows(fm, r0, r1).float()
+            A = A if heads is None else A[:, heads]
             am = am + (A * M).sum((0, 2, 3))  # (heads,)
             mm = mm + (M * M).sum((0, 2, 3))
         groups = getattr(mixer, "num_groups", mixer.num_heads)

@@ -65,6 +65,7 @@ SAMPLES = {
     "teacher": "some/teacher",
     "trust_remote_code": True,
     "attention_layers": "1,3",
+    "attention_heads": "17:0,2;18:1",
     "num_attention_layers": 2,
     "placement": "last",
     "mixer": "ssm",

@@ -265,3 +265,41 @@ def test_a_damaged_summary_does_not_stop_a_resume(teacher_dir, tmp_path):
     assert main(tiny_distill_argv(teacher_dir, out, "--resume")) == 0
     before, after = json.loads(text), json.loads((out / "summary.json").read_text())
     assert after["final"] == before["final"] and after["stages"].keys() == before["stages"].keys() == {"1", "2", "3"}
+
+
+def test_distill_head_level_hybrid_by_retrieval_heads(teacher_dir, tmp_path):
+    """--placement retrieval-heads keeps the KV budget of --num-attention-layers (1 layer x 2 KV groups) as the
+    probe's best groups: the run's summary, report and saved student agree on them, and the student generates.
+    Catches the placement not reaching the student (plain SSD layers) or a budget off by the group count."""
+    out = tmp_path / "heads"
+    argv = tiny_distill_argv(teacher_dir, out, "--num-attention-layers", "1", "--placement", "retrieval-heads")
+    assert main([*argv, "--stage1-tile", "8"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    student = AutoModelForCausalLM.from_pretrained(out / "student")
+    c = student.config
+    heads = {int(i): g for i, g in summary.get("attention_heads", {}).items()}
+    assert c.attention_heads == heads and c.attention_layers == summary["attention_layers"]
+    assert 2 * len(c.attention_layers) + sum(map(len, heads.values())) == 2  # the budget: 2 KV groups
+    assert "retrieval_probe" in summary
+    assert (
+        main(["generate", str(out / "student"), "--prompt", "the cat", "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    )
+
+
+def test_distill_explicit_attention_heads(teacher_dir, tmp_path):
+    """--attention-heads 1:1 gives layer 1 a head-level mixer keeping KV group 1, recorded in the summary/report."""
+    out = tmp_path / "explicit"
+    assert main(tiny_distill_argv(teacher_dir, out, "--attention-heads", "1:1", "--stages", "1,2")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["attention_heads"] == {"1": [1]} and summary["attention_layers"] == []
+    assert AutoModelForCausalLM.from_pretrained(out / "student").config.mixers == ["ssd", "heads", "ssd"]
+    assert "KV groups 1: 1 inside layers" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("value, why", [("1-0", "e.g. 17:0,2"), ("1:5", "KV groups are 0..1")])
+def test_bad_attention_heads_is_one_error_naming_the_flag(teacher_dir, tmp_path, capsys, value, why):
+    """A malformed value fails when the flags are read, one out of the teacher's range once it is loaded: each one
+    error line naming --attention-heads."""
+    assert main(tiny_distill_argv(teacher_dir, tmp_path / "bad", "--attention-heads", value)) == 2
+    line = one_error_line(capsys)
+    assert "--attention-heads" in line and why in line

@@ -328,3 +328,23 @@ def test_family_init_distances_before_and_after_the_rescale(teacher_dir):
         assert sum(res[fam]["after"]) < sum(res[fam]["before"])
     text = markdown({16: res}, "python3 -m experiments.family_init")
     assert "| 16 | linear_attention |" in text and "## Per layer at 16 tokens" in text
+
+
+def test_every_recall_arm_is_a_valid_distill_command(monkeypatch):
+    """experiments.recall's arms, the head-level ones included, are `mohawk distill` commands the schema accepts
+    (a misspelt flag or placement would only fail on the GPU)."""
+    import argparse
+
+    from experiments import recall
+    from mohawk import distill as distill_module
+    from mohawk.cli import main
+
+    args = argparse.Namespace(
+        teacher="t", out="runs/recall", tokens=1000, seq_len=64, batch_size=2, device="cpu", seed=0
+    )
+    seen = []
+    monkeypatch.setattr(distill_module, "distill", lambda cfg, **kw: seen.append(cfg))
+    for name in recall.ARMS:
+        assert main(recall.distill_command(name, args)[1:]) == 0, name
+    placements = {name: cfg.placement for name, cfg in zip(recall.ARMS, seen, strict=True)}
+    assert placements["hybrid4h-retrieval"] == placements["hybrid2h-retrieval"] == "retrieval-heads"

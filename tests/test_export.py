@@ -351,3 +351,21 @@ def test_auto_falls_back_to_bamba_for_what_granite_cannot_hold(tmp_path, capsys)
     assert "MLP has biases" in capsys.readouterr().err
     assert main(["export", str(d), "--out", str(tmp_path / "a")]) == 0
     assert json.loads((tmp_path / "a" / "config.json").read_text())["architectures"] == ["BambaForCausalLM"]
+
+
+def test_export_refuses_a_head_level_hybrid_and_names_remote_code(tmp_path, capsys):
+    """Catches a head-level student (attention and mamba2 heads in one layer) exported as if its mixed layer were a
+    plain mamba2 or attention layer: each stock format refuses it in one error line pointing to remote-code, which
+    exports it."""
+    torch.manual_seed(0)
+    s = mohawk.from_teacher(tiny_teacher("llama"), attention_heads="1:0", mixer="mamba2")
+    d = tmp_path / "student"
+    s.save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    for fmt in ("auto", "bamba", "granite-hybrid"):
+        assert main(["export", str(d), "--out", str(tmp_path / fmt), "--format", fmt]) == 2
+        err = capsys.readouterr().err
+        errors = [x for x in err.splitlines() if x.startswith("error:")]
+        assert len(errors) == 1 and "head-level hybrid" in errors[0] and "--format remote-code" in errors[0], err
+    assert main(["export", str(d), "--out", str(tmp_path / "rc"), "--format", "remote-code"]) == 0
+    assert (tmp_path / "rc" / "heads.py").is_file()

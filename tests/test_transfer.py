@@ -159,3 +159,46 @@ def test_ssd_is_not_rescaled():
 
     assert calibrate(given, adapter, Unread()) == {}
     assert all(torch.equal(a[k], v) for k, v in given.state_dict().items())
+
+
+def test_head_level_hybrid_slices_each_groups_projections():
+    """Catches q/k/v/o sliced by the wrong heads or groups: keeping KV group 1 of layer 1 of a tiny Llama (query
+    heads 2, 3), its attention part computes the teacher's matrices of those heads exactly, and the SSD part over
+    heads 0, 1 is initialised as the plain SSD student's rows and columns of those heads."""
+    t = tiny_teacher("llama")  # 4 query heads, 2 KV groups of head_dim 8
+    adapter = adapter_for(t)
+    s = mohawk.from_teacher(adapter, attention_heads="1:1")
+    plain = mohawk.from_teacher(adapter)
+    assert s.config.mixers == ["ssd", "heads", "ssd"] and s.config.attention_groups == [[], [1], []]
+    mixer, full = s.model.layers[1].mixer, plain.model.layers[1].mixer
+    u = adapter.capture(torch.randint(0, VOCAB, (2, 12)), logits=False).mixer_inputs[1]
+    with torch.no_grad():
+        torch.testing.assert_close(mixer.materialize(u)[:, 2:], adapter.attention(1).materialize(u)[:, 2:])
+    d, part = 8, mixer.student
+    sl, fsl = part.in_proj_slices(), full.in_proj_slices()
+    for name in ("x", "B", "C"):  # per-head B/C (groups = heads): the first two heads' rows
+        rows = part.in_proj.weight[sl[name]]
+        torch.testing.assert_close(rows, full.in_proj.weight[fsl[name]][: 2 * d], atol=0, rtol=0)
+    torch.testing.assert_close(part.out_proj.weight, full.out_proj.weight[:, : 2 * d], atol=0, rtol=0)
+
+
+def test_keeping_every_group_is_the_teacher():
+    """Catches a layer keeping all its groups built as a heads mixer with an empty student part: it becomes an
+    attention layer, and a student keeping every group of every layer computes the teacher's logits."""
+    t = tiny_teacher("llama")
+    s = mohawk.from_teacher(t, attention_heads={i: [0, 1] for i in range(3)})
+    assert s.config.mixers == ["attention"] * 3
+    ids = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(s(ids).logits, t(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_attention_heads_are_refused():
+    from mohawk.errors import MohawkError
+
+    t = tiny_teacher("llama")
+    for value, why in [("1:2", "KV groups are 0..1"), ("3:0", "out of range"), ("1:0;1:1", "repeated"), ("x", "e.g.")]:
+        with pytest.raises(MohawkError, match=why):
+            mohawk.from_teacher(t, attention_heads=value)
+    with pytest.raises(MohawkError, match="kept whole as attention and by heads"):
+        mohawk.from_teacher(t, attention_layers=[1], attention_heads="1:0")

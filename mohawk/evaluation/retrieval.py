@@ -6,7 +6,7 @@ feeds the teacher sequences of random tokens repeated once, ``[r_1..r_n, r_1..r_
 attention it puts, from each position ``t`` of the second copy, on position ``t - n + 1`` (the token after the
 earlier occurrence of the current one). Random tokens leave nothing to predict but by copying, so the score measures
 the copy circuit alone. A layer's score is its best head's: one retrieving head is reason enough to keep the layer
-as attention.
+as attention. ``retrieval_heads`` ranks KV groups instead, for head-level hybrids (``--placement retrieval-heads``).
 """
 
 from __future__ import annotations
@@ -50,3 +50,18 @@ def retrieval_layers(probe: dict, num: int) -> list[int]:
     the earlier layer."""
     ranked = sorted(probe["layers"], key=lambda i: (-probe["layers"][i], i))
     return sorted(ranked[:num])
+
+
+def retrieval_heads(probe: dict, num: int, group_size: int) -> dict[int, list[int]]:
+    """The ``num`` KV groups with the highest scores of ``probe`` over all layers, a group scoring its best query
+    head's (query head j reads group j // group_size): {layer: sorted groups}; ties go to the earlier layer, then
+    group."""
+    scores = {
+        (i, g): max(heads[g * group_size : (g + 1) * group_size])
+        for i, heads in probe["heads"].items()
+        for g in range(len(heads) // group_size)
+    }
+    chosen: dict[int, list[int]] = {}
+    for i, g in sorted(sorted(scores, key=lambda k: (-scores[k], *k))[:num]):
+        chosen.setdefault(i, []).append(g)
+    return chosen

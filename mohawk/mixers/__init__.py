@@ -12,10 +12,13 @@ softmax attention), ``ssd`` (Mamba-2's SSD in the Phi-Mamba layer: scalar decay 
 (transformers' BambaMixer exactly: exportable), ``discrete_mamba2`` (Phi-Mamba's own, as its code has it now;
 ``discrete_mamba2_cab9fe3``: its first form), ``ssm`` (general diagonal SSM: a decay per state channel),
 ``linear_attention`` (causal low-rank: no decay), ``toeplitz`` (causal convolution with an input-dependent kernel).
+``heads`` is no family but a head-level hybrid: some KV groups of a layer stay attention, the other heads are one of
+the families (``STUDENT_MIXERS``).
 """
 
 from mohawk.mixers.attention import Attention
 from mohawk.mixers.discrete_mamba2 import DiscreteMamba2Cab9fe3Mixer, DiscreteMamba2Mixer
+from mohawk.mixers.heads import HeadsMixer
 from mohawk.mixers.linear_attention import LinearAttentionMixer, linear_attention_matrix
 from mohawk.mixers.mamba2 import Mamba2Mixer
 from mohawk.mixers.ssd import SSDMixer, ssd, ssd_chunked, ssd_materialized, ssd_matrix, ssd_step
@@ -31,8 +34,9 @@ MIXERS = {
     "mamba2": Mamba2Mixer,
     "discrete_mamba2": DiscreteMamba2Mixer,
     "discrete_mamba2_cab9fe3": DiscreteMamba2Cab9fe3Mixer,
+    "heads": HeadsMixer,
 }
-STUDENT_MIXERS = tuple(k for k in MIXERS if k != "attention")
+STUDENT_MIXERS = tuple(k for k in MIXERS if k not in ("attention", "heads"))
 
 __all__ = [
     "MIXERS",
@@ -40,6 +44,7 @@ __all__ = [
     "Attention",
     "DiscreteMamba2Mixer",
     "DiscreteMamba2Cab9fe3Mixer",
+    "HeadsMixer",
     "Mamba2Mixer",
     "SSDMixer",
     "SSMMixer",

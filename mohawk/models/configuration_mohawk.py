@@ -26,7 +26,9 @@ class MohawkConfig(PretrainedConfig):
       qk_norm: attention normalises each head's queries and keys (norm_type, over head_dim) before RoPE (Gemma 3).
       layer_types: per layer "sliding_attention" (uses sliding_window) | "full_attention"; None: every layer uses
         sliding_window. Each attention layer's RoPE frequencies are its own (a persistent inv_freq buffer).
-    Mixers: ``mixers`` is a list with one kind per layer, "ssd" or "attention" (default: all "ssd").
+    Mixers: ``mixers`` is a list with one kind per layer, "ssd" or "attention" (default: all "ssd"), or "heads": a
+      head-level hybrid (mohawk.mixers.heads) keeping the KV groups ``attention_groups[layer]`` as attention, the other
+      heads a ``heads_family`` mixer. attention_groups: one list of KV-group indices per layer (None: none anywhere).
     SSD options (the Phi-Mamba choices are the defaults): ssd_state_size (default head_dim), ssd_num_groups
       (B/C groups; default one per head), ssd_conv_kernel, ssd_conv_init "identity" | "random", ssd_conv_activation
       and ssd_gate_activation "identity" | "silu", ssd_gate (a gate initialised to 1), ssd_norm (RMSNorm before
@@ -53,6 +55,8 @@ class MohawkConfig(PretrainedConfig):
         num_key_value_heads: int | None = None,
         head_dim: int | None = None,
         mixers: list[str] | None = None,
+        attention_groups: list[list[int]] | None = None,
+        heads_family: str = "ssd",
         block_type: str = "sequential",
         norm_type: str = "rmsnorm",
         norm_eps: float = 1e-5,
@@ -102,6 +106,9 @@ class MohawkConfig(PretrainedConfig):
         self.num_key_value_heads = num_key_value_heads or num_attention_heads
         self.head_dim = head_dim or hidden_size // num_attention_heads
         self.mixers = list(mixers) if mixers is not None else ["ssd"] * num_hidden_layers
+        groups = attention_groups if attention_groups is not None else [[]] * num_hidden_layers
+        self.attention_groups = [sorted(int(g) for g in layer) for layer in groups]
+        self.heads_family = heads_family
         self.block_type = block_type
         self.norm_type = norm_type
         self.norm_eps = norm_eps
@@ -144,7 +151,7 @@ class MohawkConfig(PretrainedConfig):
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
     def _validate(self) -> None:
-        from mohawk.mixers import MIXERS
+        from mohawk.mixers import MIXERS, STUDENT_MIXERS
 
         def check(name, value, allowed):
             if value not in allowed:
@@ -161,6 +168,18 @@ class MohawkConfig(PretrainedConfig):
             raise ValueError(f"MohawkConfig.mixers has {len(self.mixers)} entries for {self.num_hidden_layers} layers")
         for kind in self.mixers:
             check("mixers[...]", kind, tuple(MIXERS))
+        check("heads_family", self.heads_family, STUDENT_MIXERS)
+        if len(self.attention_groups) != self.num_hidden_layers:
+            raise ValueError(
+                f"MohawkConfig.attention_groups has {len(self.attention_groups)} entries for {self.num_hidden_layers} "
+                "layers"
+            )
+        for i, groups in enumerate(self.attention_groups):
+            if any(not 0 <= g < self.num_key_value_heads for g in groups) or len(set(groups)) != len(groups):
+                raise ValueError(
+                    f"MohawkConfig.attention_groups[{i}]={groups}: "
+                    f"distinct KV groups in 0..{self.num_key_value_heads - 1}"
+                )
         if self.layer_types is not None:
             if len(self.layer_types) != self.num_hidden_layers:
                 raise ValueError(
@@ -182,3 +201,8 @@ class MohawkConfig(PretrainedConfig):
     @property
     def attention_layers(self) -> list[int]:
         return [i for i, kind in enumerate(self.mixers) if kind == "attention"]
+
+    @property
+    def attention_heads(self) -> dict[int, list[int]]:
+        """{layer: KV groups kept as attention} of the head-level hybrid layers ("heads")."""
+        return {i: self.attention_groups[i] for i, kind in enumerate(self.mixers) if kind == "heads"}

@@ -253,7 +253,7 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
             or torch.is_grad_enabled()
             or not graphs_supported(input_ids.device)
             or (cache.kv and cache.kv_capacity is None)  # a growing KV cache has no fixed addresses
-            or len(cache.ssm) + len(cache.kv) != self.config.num_hidden_layers
+            or len(cache.ssm.keys() | cache.kv.keys()) != self.config.num_hidden_layers  # (a "heads" layer: both)
             or torch.compiler.is_compiling()
             or hasattr(self.lm_head.weight, "device_mesh")  # FSDP-sharded: each step gathers weights
             or (input_ids.is_cuda and torch.cuda.is_current_stream_capturing())
@@ -299,6 +299,14 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
         "return_dict_in_generate": False,
     }
 
+    def _layer_kinds(self) -> set[str]:
+        """The mixer kinds the layers run, a head-level hybrid's two parts counted as theirs."""
+        c = self.config
+        kinds = set(c.mixers) - {"heads"}
+        if "heads" in c.mixers:
+            kinds |= {"attention", getattr(c, "heads_family", "ssd")}
+        return kinds
+
     def _fast_plan(self, ids, kwargs) -> dict | None:
         """generate_fast's arguments when this call can take it, else None."""
         if (
@@ -310,7 +318,7 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
             or not graphs_supported(ids.device)
             or any(
                 kind not in ("attention", "ssd", "ssm", "linear_attention", "mamba2", "discrete_mamba2")
-                for kind in self.config.mixers
+                for kind in self._layer_kinds()
             )
             or hasattr(self.lm_head.weight, "device_mesh")
         ):

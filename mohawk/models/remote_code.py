@@ -29,6 +29,7 @@ FILES = {
     "toeplitz.py": "mixers/toeplitz.py",
     "mamba2.py": "mixers/mamba2.py",
     "discrete_mamba2.py": "mixers/discrete_mamba2.py",
+    "heads.py": "mixers/heads.py",
     "kernels.py": "mixers/kernels/__init__.py",
     "ssd_triton.py": "mixers/kernels/ssd_triton.py",
     "decode_step.py": "mixers/kernels/decode_step.py",

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from mohawk.mixers.heads import replaced_part
+
 COMPILE_BACKEND = "inductor"  # torch.compile's backend for Stage.compiled (tests use "aot_eager": no code generation)
 
 
@@ -46,13 +48,19 @@ class Stage:
             for i in self.layers
         }
 
+    def replaced_prefix(self, i: int) -> str:
+        """The name prefix of layer i's parameters that replace attention (a head-level hybrid's student part only:
+        the heads it keeps as attention are the teacher's, like an attention layer)."""
+        return f"model.layers.{i}.mixer.{replaced_part(self.student.model.layers[i].mixer).prefix}"
+
     def mixer_parameters(self) -> list[tuple[str, Tensor]]:
         """Parameters of the mixers that replace attention (stages 1 and 2 train only these)."""
-        return [
-            (f"model.layers.{i}.mixer.{n}", p)
-            for i in self.layers
-            for n, p in self.student.model.layers[i].mixer.named_parameters()
-        ]
+        out: list[tuple[str, Tensor]] = []
+        for i in self.layers:
+            part = replaced_part(self.student.model.layers[i].mixer)
+            if part.module is not None:
+                out += [(self.replaced_prefix(i) + n, p) for n, p in part.module.named_parameters()]
+        return out
 
     def parameters(self) -> list[tuple[str, Tensor]]:
         return self.mixer_parameters()

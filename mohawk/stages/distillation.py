@@ -82,7 +82,7 @@ class KnowledgeDistillation(Stage):
         super().__init__(student, adapter)
         self.weights, self.freeze_mlp, self.mixer_lr_scale = weights, freeze_mlp, mixer_lr_scale
         self.loss_chunk = loss_chunk
-        self._replaced = tuple(f"model.layers.{i}.mixer." for i in self.layers)
+        self._replaced = tuple(self.replaced_prefix(i) for i in self.layers)
         self.loss_fn = distillation_loss
 
     def compiled_modules(self):

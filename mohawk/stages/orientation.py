@@ -3,7 +3,8 @@
     loss_l = mean over (batch, heads) of || A_teacher,l(u_l) - M_student,l(u_l) ||_F
 
 u_l is the teacher's hidden state entering layer l's attention (after its norm); one teacher forward feeds all layers;
-only the replacing mixers' parameters train.
+only the replacing mixers' parameters train. A head-level hybrid (mohawk.mixers.heads) fits its student part to the
+teacher's matrices of the heads it computes; the heads it keeps as attention are exact.
 
 With ``stage1_tile`` = T > 0 the squared distance is summed over blocks of T rows, each block of both matrices
 built from per-token factors (Q, K; dt, B, C) and recomputed in the backward pass (activation checkpointing), so
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from mohawk.mixers.heads import replaced_part
 from mohawk.stages.base import Stage
 
 
@@ -24,15 +26,21 @@ def frobenius_distance(A: Tensor, M: Tensor) -> Tensor:
     return torch.linalg.matrix_norm(A.float() - M.float(), ord="fro")
 
 
-def _tile_squared_distance(teacher, student, fa, fm, r0: int, r1: int) -> Tensor:
+def _heads(A: Tensor, heads: list[int] | None) -> Tensor:
+    """The teacher's matrices (batch, heads, ...) of the query ``heads`` a student part computes (None: all)."""
+    return A if heads is None else A[:, heads]
+
+
+def _tile_squared_distance(teacher, student, fa, fm, r0: int, r1: int, heads=None) -> Tensor:
     with torch.no_grad():
-        A = teacher.matrix_rows(fa, r0, r1)
+        A = _heads(teacher.matrix_rows(fa, r0, r1), heads)
     return (A - student.matrix_rows(fm, r0, r1).float()).square().sum((-2, -1))
 
 
-def tiled_frobenius_distance(teacher, student, u: Tensor, tile: int) -> Tensor:
-    """|| A(u) - M(u) ||_F (batch, heads) for a teacher attention and a student mixer, ``tile`` rows at a time; equal
-    to ``frobenius_distance(teacher.materialize(u), student.materialize(u))`` without either L x L matrix."""
+def tiled_frobenius_distance(teacher, student, u: Tensor, tile: int, heads: list[int] | None = None) -> Tensor:
+    """|| A(u) - M(u) ||_F (batch, heads) for a teacher attention and a student mixer (computing the teacher's query
+    ``heads``; None: all), ``tile`` rows at a time; equal to ``frobenius_distance(teacher.materialize(u),
+    student.materialize(u))`` without either L x L matrix."""
     with torch.no_grad():
         fa = teacher.matrix_factors(u)
     fm = student.matrix_factors(u)
@@ -40,7 +48,7 @@ def tiled_frobenius_distance(teacher, student, u: Tensor, tile: int) -> Tensor:
     total: Tensor | float = 0.0
     for r0 in range(0, L, tile):
         r1 = min(L, r0 + tile)
-        total = total + checkpoint(_tile_squared_distance, teacher, student, fa, fm, r0, r1, use_reentrant=False)
+        total = total + checkpoint(_tile_squared_distance, teacher, student, fa, fm, r0, r1, heads, use_reentrant=False)
     return torch.as_tensor(total).sqrt()
 
 
@@ -62,12 +70,14 @@ class MatrixOrientation(Stage):
         per_layer = {}
         for i in self.layers:
             u = caps.mixer_inputs[i]
-            teacher, student = self.adapter.attention(i), self.student.model.layers[i].mixer
+            teacher, (student, heads, _) = self.adapter.attention(i), replaced_part(self.student.model.layers[i].mixer)
+            if student is None:
+                continue
             if tile and tile < u.shape[1]:
-                per_layer[i] = tiled_frobenius_distance(teacher, student, u, tile).mean()
+                per_layer[i] = tiled_frobenius_distance(teacher, student, u, tile, heads).mean()
             else:
                 with torch.no_grad():
-                    A = teacher.materialize(u)
+                    A = _heads(teacher.materialize(u), heads)
                 per_layer[i] = frobenius_distance(A, student.materialize(u)).mean()
         total = self._total(per_layer, batch.float())
         return total, {"layer_distance": {i: v.detach() for i, v in per_layer.items()}}

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from mohawk.evaluation.retrieval import induction_score, probe_layers, repeated_random_tokens, retrieval_layers
+from mohawk.evaluation.retrieval import (
+    induction_score,
+    probe_layers,
+    repeated_random_tokens,
+    retrieval_heads,
+    retrieval_layers,
+)
 from tests.utils import tiny_teacher
 
 
@@ -60,3 +66,15 @@ def test_the_probe_ranks_a_planted_induction_head_first(monkeypatch):
     assert probe["heads"][1][2] == 1.0 and max(probe["heads"][0] + probe["heads"][2]) < 0.5
     assert retrieval_layers(probe, 1) == [1] and 1 in retrieval_layers(probe, 2)
     assert retrieval_layers({"layers": {0: 0.3, 1: 0.9, 2: 0.3}}, 2) == [0, 1]  # a tie goes to the earlier layer
+    # head-level: query head 2 reads KV group 1 (2 query heads per group), ranked first of the 6 groups
+    assert retrieval_heads(probe, 1, 2) == {1: [1]}
+    assert sum(map(len, retrieval_heads(probe, 4, 2).values())) == 4 and 1 in retrieval_heads(probe, 4, 2)[1]
+
+
+def test_retrieval_heads_score_a_group_by_its_best_head():
+    """Catches a group scored by its mean head or by the wrong heads (query head j reads group j // size), and
+    ties broken other than by the earlier layer, then group."""
+    probe = {"heads": {0: [0.1, 0.2, 0.3, 0.1], 1: [0.05, 0.6, 0.2, 0.2], 2: [0.3, 0.0, 0.0, 0.3]}}
+    assert retrieval_heads(probe, 1, 2) == {1: [0]}  # best head 0.6, though group 1's mean is higher
+    assert retrieval_heads(probe, 3, 2) == {0: [1], 1: [0], 2: [0]}  # 0.3 three ways: layer 0, then layer 2 group 0
+    assert retrieval_heads(probe, 6, 2) == {0: [0, 1], 1: [0, 1], 2: [0, 1]}

@@ -294,3 +294,23 @@ def test_compiled_captured_step_on_cuda():
     got = m.generate(ids, do_sample=False, pad_token_id=0, past_key_values=cache, **kw)
     assert any(g.compiled and g.graph is not None for g in graphs._GRAPHS[m][1].values())
     torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), atol=1e-4, rtol=1e-4)
+
+
+def test_graphed_head_level_hybrid_generates_what_eager_generates(graphs_on_cpu):
+    """A head-level hybrid layer holds a KV cache and a state under one index: the graph path must count it as one
+    layer (else it decodes eagerly) and give the eager loop's tokens (a part's state not carried changes them)."""
+    m = student(("heads", "ssd", "heads"), attention_groups=[[1], [], [0]], ssd_conv_init="random")
+    ids = torch.randint(0, 64, (2, 6))
+    want = hf_generate(m, ids, max_new_tokens=9)
+    got = m.generate(ids, max_new_tokens=9, do_sample=False, pad_token_id=0)
+    assert torch.equal(got, want)
+    (g,) = graphs._GRAPHS[m][1].values()
+    assert sorted(g.buffers.kv) == [0, 2] and sorted(g.buffers.ssm) == [0, 1, 2]
+    m.config.decode_cuda_graph = False
+    nxt = torch.randint(0, 64, (2, 4))
+    eager = steps(m, prefill(m, ids), nxt)
+    m.config.decode_cuda_graph = True
+    cache = MohawkCache(kv_capacity=16)
+    with torch.no_grad():
+        m(ids, past_key_values=cache, use_cache=True)
+    torch.testing.assert_close(steps(m, cache, nxt), eager, atol=1e-5, rtol=1e-5)

@@ -133,7 +133,7 @@ def test_hybrid_from_teacher_generates_like_itself(tmp_path):
 def test_student_loads_without_mohawk_through_remote_code(tmp_path):
     """save_pretrained writes the code and auto_map: a process where `import mohawk` fails loads the student with
     trust_remote_code=True and computes the same logits, also where Triton is absent (the Triton scan's file travels
-    along but is optional)."""
+    along but is optional); a head-level hybrid layer (mixers/heads.py) travels too."""
     import subprocess
     import sys
 
@@ -143,11 +143,12 @@ def test_student_loads_without_mohawk_through_remote_code(tmp_path):
     cfg = MohawkConfig(
         vocab_size=50,
         hidden_size=32,
-        num_hidden_layers=4,
+        num_hidden_layers=5,
         num_attention_heads=4,
         num_key_value_heads=2,
         intermediate_size=64,
-        mixers=["ssd", "attention", "ssm", "toeplitz"],
+        mixers=["ssd", "attention", "ssm", "toeplitz", "heads"],
+        attention_groups=[[], [], [], [], [1]],
     )
     model = MohawkForCausalLM(cfg).eval()
     model.save_pretrained(tmp_path / "student")

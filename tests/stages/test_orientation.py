@@ -57,3 +57,23 @@ def test_stage_loss_with_tiles_matches_whole_matrices():
     tiled, m_tiled = MatrixOrientation(student, adapter, tile=6).loss(batch)
     torch.testing.assert_close(tiled, naive, atol=1e-5, rtol=1e-5)
     assert m_tiled["layer_distance"].keys() == m_naive["layer_distance"].keys()
+
+
+def test_tiled_stage1_of_a_head_level_hybrid_equals_whole_matrices():
+    """Catches the tiled path comparing the student part with the wrong teacher heads: --stage1-tile gives the loss
+    and gradients of whole matrices for a layer keeping some heads as attention."""
+    torch.manual_seed(0)
+    adapter = adapter_for(tiny_teacher("llama"))
+    student = mohawk.from_teacher(adapter, attention_heads={0: [1], 2: [0]})
+    batch = torch.randint(0, VOCAB, (2, 21))
+    params = [p for _, p in MatrixOrientation(student, adapter).parameters()]
+    results = []
+    for tile in (0, 8):
+        loss, _ = MatrixOrientation(student, adapter, tile=tile).loss(batch)
+        results.append((loss, torch.autograd.grad(loss, params, allow_unused=True)))
+    (whole, g_whole), (tiled, g_tiled) = results
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_whole, g_tiled, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)

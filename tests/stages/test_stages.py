@@ -225,3 +225,33 @@ def test_mixers_behind_a_large_gain_norm_get_the_lr_divided_by_it():
     assert stage.lr_scale("model.layers.0.mixer.in_proj.weight") == 1.0
     assert stage.lr_scale("model.layers.1.mixer.in_proj.weight") == pytest.approx(1 / 20)
     assert stage.lr_scale("model.layers.1.mlp.up_proj.weight") == 1.0
+
+
+def test_head_level_hybrid_trains_only_its_replacing_heads(tmp_path):
+    """Catches a head-level layer's kept attention heads trained (or given optimizer state) in stages 1-2, or given
+    stage 3's mixer LR, and a stage-1 loss over heads that are exact (a zero distance: NaN gradients): stages 1 and
+    2 train only the student part, stage 3 scales only its LR, and every stage lowers its loss."""
+    from mohawk.stages.orientation import frobenius_distance
+
+    adapter = adapter_for(tiny_teacher("llama"))
+    student = mohawk.from_teacher(adapter, attention_layers=[0], attention_heads={1: [0]})
+    for cls in (MatrixOrientation, HiddenStateAlignment):
+        names = {n for n, _ in cls(student, adapter).parameters()}
+        assert any(n.startswith("model.layers.1.mixer.student.") for n in names)
+        assert not any(n.startswith(("model.layers.0.", "model.layers.1.mixer.attention.")) for n in names)
+    stage3 = KnowledgeDistillation(student, adapter, mixer_lr_scale=4.0)
+    assert stage3.lr_scale("model.layers.1.mixer.attention.q_proj.weight") == 1.0
+    assert stage3.lr_scale("model.layers.1.mixer.student.in_proj.weight") == 4.0
+    batch = torch.randint(0, VOCAB, (2, 16))
+    stage1 = MatrixOrientation(student, adapter)
+    loss, info = stage1.loss(batch)
+    u = adapter.capture(batch, logits=False).mixer_inputs[1]
+    with torch.no_grad():
+        want = frobenius_distance(
+            adapter.attention(1).materialize(u)[:, 2:], student.model.layers[1].mixer.student.materialize(u)
+        )
+    torch.testing.assert_close(info["layer_distance"][1], want.mean())
+    loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in student.parameters())
+    student.zero_grad(set_to_none=True)
+    _assert_each_stage_lowers_its_loss(student, adapter, tmp_path)
