@@ -40,6 +40,9 @@ ARMS = {
     "hybrid8-retrieval": ["--num-attention-layers", "8", "--placement", "retrieval"],
     "hybrid4-retrieval-recall": ["--num-attention-layers", "4", "--placement", "retrieval", *RECALL_MIX],
     "mamba2": ["--mixer", "mamba2"],
+    # the deployable-students comparison: the official Discrete Mamba-2, and the exportable mixer as a hybrid
+    "discrete_mamba2": ["--mixer", "discrete_mamba2"],
+    "mamba2-hybrid4-retrieval": ["--mixer", "mamba2", "--num-attention-layers", "4", "--placement", "retrieval"],
     # head-level hybrids at the KV budget of the layer-level arms (N layers x the teacher's KV heads, as KV groups)
     "hybrid4h-retrieval": ["--num-attention-layers", "4", "--placement", "retrieval-heads"],
     "hybrid2h-retrieval": ["--num-attention-layers", "2", "--placement", "retrieval-heads"],
