@@ -40,6 +40,8 @@ ARMS = {
     "hybrid8-retrieval": ["--num-attention-layers", "8", "--placement", "retrieval"],
     "hybrid4-retrieval-recall": ["--num-attention-layers", "4", "--placement", "retrieval", *RECALL_MIX],
     "mamba2": ["--mixer", "mamba2"],
+    # a state twice the head_dim (128): more room to hold what must be copied, the same initial matrix
+    "ssd-state128": ["--ssd-state-size", "128"],
     # the deployable-students comparison: the official Discrete Mamba-2, and the exportable mixer as a hybrid
     "discrete_mamba2": ["--mixer", "discrete_mamba2"],
     "mamba2-hybrid4-retrieval": ["--mixer", "mamba2", "--num-attention-layers", "4", "--placement", "retrieval"],

@@ -177,7 +177,12 @@ class DistillConfig(_Schema):
         defines_run=True,
     )
     ssd_state_size: int | None = option(
-        None, "SSD state size (default: the teacher's head_dim).", group=WHAT, above=0, defines_run=True
+        None,
+        "SSD state size (default: the teacher's head_dim). Wider: the first head_dim channels start from the keys "
+        "and queries, the others with C = 0, so the initial matrix is the same.",
+        group=WHAT,
+        above=0,
+        defines_run=True,
     )
     init: str = option(
         "teacher",

@@ -202,13 +202,23 @@ def init_ssd_from_attention(
         )
         q_b = k_b = None
     write(s["x"], per_head(v_w, kv, h), None if v_b is None else per_head(v_b, kv, h))
-    if "B" in s and n == d and (g == h or g == kv):  # families with B and C (not Toeplitz)
-        write(s["B"], per_head(k_w, kv, g), None if k_b is None else per_head(k_b, kv, g))
+    if "B" in s and n is not None and n >= d and (g == h or g == kv):  # families with B and C (not Toeplitz)
+        # a state wider than head_dim: each group's first d channels take the keys and queries, the others start
+        # with C = 0 (the matrix is the transferred one) and B random (so C's gradient is not zero there)
+        first_d = (torch.arange(g)[:, None] * n + torch.arange(d)[None, :]).flatten()
+        rows_B, rows_C = first_d + s["B"].start, first_d + s["C"].start
+        if n > d:
+            extra = torch.ones(g * n, dtype=torch.bool)
+            extra[first_d] = False
+            W[s["C"].start + extra.nonzero().flatten()] = 0.0
+            if b is not None:
+                b[s["C"]] = 0.0
+        write(rows_B, per_head(k_w, kv, g), None if k_b is None else per_head(k_b, kv, g))
         if g == h:
-            write(s["C"], q_w * scale, None if q_b is None else q_b * scale)
+            write(rows_C, q_w * scale, None if q_b is None else q_b * scale)
         else:  # one C per group: the group's first query head
             first = q_w.unflatten(0, (h, d))[:: h // g].flatten(0, 1)
-            write(s["C"], first * scale, None if q_b is None else q_b.unflatten(0, (h, d))[:: h // g].flatten() * scale)
+            write(rows_C, first * scale, None if q_b is None else q_b.unflatten(0, (h, d))[:: h // g].flatten() * scale)
     mixer.out_proj.weight.copy_(attn_weights["o_proj.weight"])
     if mixer.out_proj.bias is not None and "o_proj.bias" in attn_weights:
         mixer.out_proj.bias.copy_(attn_weights["o_proj.bias"])

@@ -52,6 +52,33 @@ def test_grouped_ssd_init_takes_each_groups_first_query_head():
     torch.testing.assert_close(W[sl["C"]], q * attn.scaling)
 
 
+@pytest.mark.parametrize("groups", [None, 2])
+def test_wider_state_starts_from_the_same_matrix(groups):
+    """A state wider than head_dim (16 > 8): each group's first 8 channels take the keys and queries, C is 0 on the
+    others, so the SSD matrix equals the head_dim student's. Catches a wider state left random (no attention init, as
+    before), keys written into the wrong rows of a group, and extra channels with B and C both 0 (no gradient ever)."""
+    t = tiny_teacher("llama")
+    adapter = adapter_for(t)
+    opts = {} if groups is None else {"ssd_num_groups": groups}
+    narrow, wide = mohawk.from_teacher(adapter, **opts), mohawk.from_teacher(adapter, ssd_state_size=16, **opts)
+    m1, m2 = narrow.model.layers[1].mixer, wide.model.layers[1].mixer
+    s1, s2 = m1.in_proj_slices(), m2.in_proj_slices()
+    g = m2.num_groups
+    with torch.no_grad():  # the rest of the mixer as the narrow one's (its random dt rows, A, D)
+        for k in ("z", "x", "dt"):
+            m2.in_proj.weight[s2[k]] = m1.in_proj.weight[s1[k]]
+            m2.in_proj.bias[s2[k]] = m1.in_proj.bias[s1[k]]
+        for name in ("dt_bias", "A_log", "D"):
+            getattr(m2, name).copy_(getattr(m1, name))
+    B2, C2 = (m2.in_proj.weight[s2[k]].unflatten(0, (g, 16)) for k in ("B", "C"))
+    torch.testing.assert_close(B2[:, :8].flatten(0, 1), m1.in_proj.weight[s1["B"]])
+    torch.testing.assert_close(C2[:, :8].flatten(0, 1), m1.in_proj.weight[s1["C"]])
+    assert (C2[:, 8:] == 0).all() and (B2[:, 8:] != 0).all()
+    u = torch.randn(2, 12, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m2.materialize(u), m1.materialize(u))
+
+
 def test_qk_norm_folds_in_at_the_heads_rms():
     """A projection + per-head RMSNorm as one linear map: on inputs of per-feature RMS g it gives each head the RMS the
     norm would (the norm weight's), and keeps each head's direction."""
