@@ -31,7 +31,7 @@ def test_all_groups_kept_is_the_attention_layer():
         torch.testing.assert_close(m.materialize(u), attn.materialize(u), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["ssd", "ssm", "toeplitz"])
+@pytest.mark.parametrize("family", ["ssd", "ssm", "toeplitz", "linear_attention", "mamba2", "discrete_mamba2"])
 def test_no_group_kept_is_the_family_mixer(family):
     """Catches a dropped output bias, B/C groups split wrongly or a head count off: with no group kept the mixer is
     the plain family mixer over all heads."""
