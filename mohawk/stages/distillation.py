@@ -41,7 +41,8 @@ def copyable(ids: Tensor, context: int = 2) -> Tensor:
     gram = same[:, context:, context:]
     for k in range(1, context + 1):  # the k-th token back must match too
         gram = gram & same[:, context - k : L - k, context - k : L - k]
-    out[:, context:] = gram.tril(diagonal=-1).any(-1)
+    pos = torch.arange(n, device=ids.device)
+    out[:, context:] = (gram & (pos[None, :] < pos[:, None])).any(-1)  # ending at s < j
     return out
 
 
