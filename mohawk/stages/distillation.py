@@ -30,8 +30,8 @@ def copyable(ids: Tensor, context: int = 2) -> Tensor:
     also ends at some earlier position s < j of the same row (so ids[j] could be copied from after s's context, as
     an induction head does). Positions 0..context are never copyable.
 
-    Cost: context + 1 (batch, L - context, L - context) bool comparisons, O(batch x L^2) memory (16 x 2,048 tokens:
-    64 MiB); no loop over positions."""
+    Cost: one (batch, L, L) token comparison and context ANDs of its shifted views, O(batch x L^2) time and memory
+    (a few bool tensors of 64 MiB at 16 x 2,048 tokens); no loop over positions."""
     b, L = ids.shape
     n = L - context
     out = torch.zeros(b, L, dtype=torch.bool, device=ids.device)
