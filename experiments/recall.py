@@ -48,6 +48,9 @@ ARMS = {
     # head-level hybrids at the KV budget of the layer-level arms (N layers x the teacher's KV heads, as KV groups)
     "hybrid4h-retrieval": ["--num-attention-layers", "4", "--placement", "retrieval-heads"],
     "hybrid2h-retrieval": ["--num-attention-layers", "2", "--placement", "retrieval-heads"],
+    # the KD loss weighted 1 + 4 on positions whose next token can be copied from earlier in the sequence
+    "ssd-copy4": ["--copy-weight", "4"],
+    "hybrid4-retrieval-copy4": ["--num-attention-layers", "4", "--placement", "retrieval", "--copy-weight", "4"],
 }
 SCREEN_LIMITS = {"hellaswag": 2000, "lambada_openai": None}
 PASSKEY_AT, PASSKEY_TRIALS, VAL_SEQUENCES = [512, 1024, 2048], 20, 256

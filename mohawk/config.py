@@ -348,6 +348,21 @@ class DistillConfig(_Schema):
         minimum=0,
         defines_run=True,
     )
+    copy_weight: float = option(
+        0.0,
+        "Stages 3-4: KD weight added on positions whose next token repeats an earlier n-gram (copying from context); "
+        "0 = plain KD.",
+        group=LOSS,
+        minimum=0,
+        defines_run=True,
+    )
+    copy_context: int = option(
+        2,
+        "With --copy-weight: the tokens before a position that must match too (the n-gram is copy_context + 1 long).",
+        group=LOSS,
+        minimum=0,
+        defines_run=True,
+    )
     schedule: str = option(
         "wsd",
         "LR schedule: wsd (warmup-stable-decay, the paper's) or cosine.",
@@ -465,6 +480,9 @@ class DistillConfig(_Schema):
             "fractions in [0, 1], sum <= 1",
         )
         self.need(self.kd_weight + self.ce_weight > 0, "kd_weight", ">= 0, kd_weight + ce_weight > 0")
+        self.need(
+            self.copy_weight == 0 or self.kd_weight > 0, "copy_weight", "it weights the KD loss: needs kd_weight > 0"
+        )
         self.need(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", "0 (off) or > 1")
         self.need(self.divergence_factor == 0 or self.divergence_factor > 1, "divergence_factor", "0 (off) or > 1")
         self.need(self.rollback_lr_factor <= 1, "rollback_lr_factor", "in (0, 1]")

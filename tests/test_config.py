@@ -45,6 +45,8 @@ def test_saved_config_reloads(tmp_path):
         ({"stage3_lr": 2.0}, "stage3_lr"),
         ({"compile": "yes"}, "bad value for compile: 'yes' \\(off, fuse or graphs\\)"),
         ({"stage1_tile": -1}, "bad value for stage1_tile"),
+        ({"copy_weight": -1.0}, "bad value for copy_weight: -1.0 \\(must be >= 0\\)"),
+        ({"copy_weight": 2.0, "kd_weight": 0.0, "ce_weight": 1.0}, "copy_weight: 2.0 \\(it weights the KD loss"),
     ],
 )
 def test_bad_values(values, msg):
@@ -100,6 +102,8 @@ SAMPLES = {
     "temperature": 2.0,
     "kd_weight": 0.5,
     "ce_weight": 0.25,
+    "copy_weight": 4.0,
+    "copy_context": 3,
     "schedule": "cosine",
     "warmup_fraction": 0.05,
     "decay_fraction": 0.3,

@@ -303,3 +303,24 @@ def test_bad_attention_heads_is_one_error_naming_the_flag(teacher_dir, tmp_path,
     assert main(tiny_distill_argv(teacher_dir, tmp_path / "bad", "--attention-heads", value)) == 2
     line = one_error_line(capsys)
     assert "--attention-heads" in line and why in line
+
+
+def test_copy_weight_logs_the_copyable_share_in_stages_3_and_4(teacher_dir, tmp_path):
+    """--copy-weight reaches both KD stages: catches an option that the config accepts but build() drops (no
+    copy_share), one that reaches stage 3 but not the recall phase, and a mask that finds nothing to copy in the
+    synthetic key-value text."""
+    out = tmp_path / "copy"
+    argv = tiny_distill_argv(teacher_dir, out, "--stages", "3", "--stage4-tokens", "64", "--copy-weight", "2")
+    assert main(argv) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    for stage in (3, 4):
+        shares = [r["copy_share"] for r in rows if r["stage"] == stage]
+        assert shares and all(0 <= s <= 1 for s in shares), stage
+    assert max(r["copy_share"] for r in rows if r["stage"] == 4) > 0  # the recall text asks for keys it gave
+
+
+def test_negative_copy_weight_is_one_error_naming_the_flag(teacher_dir, tmp_path, capsys):
+    """Catches a copy weight declared without its limit (a negative weight would make the KL's weights cancel)."""
+    assert main(tiny_distill_argv(teacher_dir, tmp_path / "bad", "--copy-weight", "-1")) == 2
+    line = one_error_line(capsys)
+    assert "--copy-weight" in line and ">= 0" in line

@@ -27,7 +27,7 @@ def build(stage: int, student, adapter, cfg: DistillConfig):
         options = {"tile": cfg.stage1_tile}
     elif stage in (3, 4):
         options = {
-            "weights": LossWeights(cfg.kd_weight, cfg.ce_weight, cfg.temperature),
+            "weights": LossWeights(cfg.kd_weight, cfg.ce_weight, cfg.temperature, cfg.copy_weight, cfg.copy_context),
             "mixer_lr_scale": cfg.mixer_lr_scale,
             "loss_chunk": cfg.loss_chunk,
         }

@@ -7,6 +7,8 @@ the next), as Liger Kernel's fused linear losses do. Exact: the same loss and gr
 
 d loss / d s = kd_weight * T * (softmax(s / T) - softmax(t / T)) / N + ce_weight * (softmax(s) - onehot) / N_ce, so
 the backward pass only scales what the forward pass accumulated: dh (N, hidden), dW (vocab, hidden), db (vocab,).
+With per-token KL weights w (N,), the KL mean is sum(w * KL) / sum(w) and token i's KL gradient has w_i / sum(w) for
+1 / N.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from torch import Tensor
 
 class _FusedHeadDistillation(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, th, t_weight, t_bias, targets, temperature, kd_weight, ce_weight, chunk):
+    def forward(
+        ctx, h, weight, bias, th, t_weight, t_bias, targets, temperature, kd_weight, ce_weight, chunk, kl_weights
+    ):
         N = h.shape[0]
+        W = None if kl_weights is None else kl_weights.sum()
         n_ce = int((targets >= 0).sum())
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
@@ -36,8 +41,13 @@ class _FusedHeadDistillation(torch.autograd.Function):
                 t = F.linear(th[i : i + chunk], t_weight, t_bias).float()
                 lt, ls = F.log_softmax(t / T, dim=-1), F.log_softmax(s / T, dim=-1)
                 pt = lt.exp()
-                kl_sum += (pt * (lt - ls)).sum()
-                g += (kd_weight * T / N) * (ls.exp() - pt)
+                if kl_weights is None:
+                    kl_sum += (pt * (lt - ls)).sum()
+                    g += (kd_weight * T / N) * (ls.exp() - pt)
+                else:
+                    w = kl_weights[i : i + chunk, None]
+                    kl_sum += (w * pt * (lt - ls)).sum()
+                    g += (kd_weight * T / W) * w * (ls.exp() - pt)
             tgt = targets[i : i + chunk]
             valid = tgt >= 0
             lsm = ls if ls is not None and T == 1 else F.log_softmax(s, dim=-1)  # at T = 1: the KL's log-softmax
@@ -52,7 +62,7 @@ class _FusedHeadDistillation(torch.autograd.Function):
             grad_w += g.t().float() @ hs.float()
             if grad_b is not None:
                 grad_b += g.float().sum(0)
-        kl = kl_sum * T**2 / N  # T^2 KL, as distillation_loss reports it
+        kl = kl_sum * T**2 / (N if W is None else W)  # T^2 KL, as distillation_loss reports it
         ce = ce_sum / max(n_ce, 1)
         loss = kd_weight * kl + ce_weight * ce
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype), None if grad_b is None else grad_b.to(bias.dtype))
@@ -66,7 +76,7 @@ class _FusedHeadDistillation(torch.autograd.Function):
             grad_h * grad_loss,
             grad_w * grad_loss,
             None if grad_b is None else grad_b * grad_loss,
-            *([None] * 8),
+            *([None] * 9),
         )
 
 
@@ -80,14 +90,28 @@ def fused_distillation_loss(
     kd_weight: float,
     ce_weight: float,
     chunk: int = 1024,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, KL, CE) of stage 3 from the final hidden states, student (batch, L, hidden) and teacher (batch, L,
-    teacher hidden) or None, their LM heads and the token ids (batch, L); see the module docstring."""
+    teacher hidden) or None, their LM heads and the token ids (batch, L); ``weights`` (batch, L): the KL's
+    per-position weights, as distillation_loss takes them (None: the plain mean). See the module docstring."""
     b, L, _ = hidden.shape
     targets = torch.cat([ids[:, 1:], ids.new_full((b, 1), -1)], dim=1).flatten()  # no next token at the end
     th = None if teacher_hidden is None else teacher_hidden.flatten(0, 1).detach()
     tw = None if teacher_head is None else teacher_head.weight.detach()
     tb = None if teacher_head is None or teacher_head.bias is None else teacher_head.bias.detach()
+    kl_weights = None if weights is None else weights.flatten().float()
     return _FusedHeadDistillation.apply(
-        hidden.flatten(0, 1), head.weight, head.bias, th, tw, tb, targets, temperature, kd_weight, ce_weight, chunk
+        hidden.flatten(0, 1),
+        head.weight,
+        head.bias,
+        th,
+        tw,
+        tb,
+        targets,
+        temperature,
+        kd_weight,
+        ce_weight,
+        chunk,
+        kl_weights,
     )

@@ -255,3 +255,160 @@ def test_head_level_hybrid_trains_only_its_replacing_heads(tmp_path):
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in student.parameters())
     student.zero_grad(set_to_none=True)
     _assert_each_stage_lowers_its_loss(student, adapter, tmp_path)
+
+
+def test_copyable_marks_the_repeated_tokens_after_their_context():
+    """Catches an off-by-one in the n-gram window (marking the first `context` tokens of a repeat, or the token after
+    it), a mask that matches single tokens whatever came before, one that lets a position match itself (s <= j: every
+    position from `context` on would be marked), and rows that see each other's tokens."""
+    from mohawk.stages.distillation import copyable
+
+    ids = torch.tensor(
+        [
+            [5, 1, 2, 3, 4, 9, 8, 1, 2, 3, 4, 6],  # "1 2 3 4" again at 7..10: with context 2, 9 and 10 are copyable
+            [7, 1, 2, 3, 8, 6, 2, 3, 9, 6, 1, 3],  # "2 3" again after 6 (not 1): 7 not; "1" again: 10 not; 3 at 11
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],  # no repeats
+            [5, 1, 2, 3, 4, 9, 8, 7, 6, 5, 4, 3],  # row 0's first half: nothing copyable within its own row
+        ]
+    )
+    got = copyable(ids, context=2)
+    assert got.shape == ids.shape and got.dtype == torch.bool
+    assert got[0].nonzero().flatten().tolist() == [9, 10]
+    assert not got[1].any() and not got[2].any() and not got[3].any()
+    assert copyable(ids, context=1)[1].nonzero().flatten().tolist() == [7]  # "2 3" repeats: 1 token of context
+    assert copyable(ids, context=0)[1].nonzero().flatten().tolist() == [6, 7, 9, 10, 11]  # any repeated token
+    same = torch.full((1, 6), 4)  # one token repeated: every position once it has `context` tokens before it
+    for context in (0, 1, 2, 3):
+        want = [j for j in range(6) if j > context]
+        assert copyable(same, context)[0].nonzero().flatten().tolist() == want
+        assert not copyable(same, context)[0, : context + 1].any()
+    assert not copyable(ids[:, :3], context=2).any()  # too short for a repeat
+
+
+def test_copy_weights_shift_to_the_predicting_position():
+    """Catches weights put on the copyable position itself instead of the logit that predicts it (one to its left),
+    and a weight on the last logit (it predicts nothing)."""
+    from mohawk.stages.distillation import copy_weights
+
+    ids = torch.tensor([[5, 1, 2, 3, 4, 9, 8, 1, 2, 3, 4, 3]])  # copyable: 9, 10
+    w, share = copy_weights(ids, 4.0, context=2)
+    assert w.tolist() == [[1.0] * 8 + [5.0, 5.0] + [1.0, 1.0]]
+    assert float(share) == pytest.approx(2 / 11)
+
+
+def _weighted_case(seed=0):
+    from mohawk.stages.distillation import copy_weights
+
+    torch.manual_seed(seed)
+    s, t = torch.randn(2, 12, VOCAB, dtype=torch.float64), torch.randn(2, 12, VOCAB, dtype=torch.float64) * 2
+    ids = torch.randint(0, 4, (2, 12))  # few symbols: many repeats
+    return s, t, ids, copy_weights(ids, 3.0, context=1)[0]
+
+
+def test_weighted_kd_is_the_weighted_mean_of_the_token_kl():
+    """Catches a weighted sum divided by the token count (not by sum(w)), weights applied to the CE too, and weights
+    that reach the KL unshifted or not at all."""
+    from mohawk.stages.distillation import distillation_loss
+
+    s, t, ids, w = _weighted_case()
+    assert 0 < int((w > 1).sum()) < w.numel()
+    T = 2.0
+    lt, ls = (t / T).log_softmax(-1), (s / T).log_softmax(-1)
+    kl_token = (lt.exp() * (lt - ls)).sum(-1) * T**2  # (batch, L)
+    want_kl = (w * kl_token).sum() / w.sum()
+    want_ce = torch.nn.functional.cross_entropy(s[:, :-1].reshape(-1, VOCAB).float(), ids[:, 1:].reshape(-1))
+    loss, kl, ce = distillation_loss(s, t, ids, T, 0.7, 0.3, w)
+    torch.testing.assert_close(kl, want_kl.float())
+    torch.testing.assert_close(ce, want_ce)
+    torch.testing.assert_close(loss, 0.7 * kl + 0.3 * ce)
+    assert abs(float(kl) - float(kl_token.mean())) > 1e-3  # the weights change something here
+
+
+def _todays_loss(student_logits, teacher_logits, ids, temperature, kd_weight, ce_weight):
+    """Stage 3's loss as it was before per-token weights: the reference for copy weight 0."""
+    ce = torch.nn.functional.cross_entropy(student_logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+    t = torch.nn.functional.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    s = torch.nn.functional.log_softmax(student_logits.float() / temperature, dim=-1)
+    kl = (t.exp() * (t - s)).sum(-1).mean() * temperature**2
+    return kd_weight * kl + ce_weight * ce, kl, ce
+
+
+def test_no_weights_is_todays_loss_bit_for_bit():
+    """Catches an unweighted path that no longer computes today's loss in today's order (another reduction, T^2 or
+    the weights applied elsewhere): without weights the loss is today's exactly, eager and compiled (aot_eager).
+    That the stage passes no weights at copy weight 0 is test_copy_weight_zero_passes_no_weights."""
+    from mohawk.stages.distillation import _compiled_loss, distillation_loss
+
+    s, t, ids, _ = _weighted_case()
+    s, t = s.float(), t.float()
+    for got, want in [
+        (distillation_loss(s, t, ids, 2.0, 0.7, 0.3), _todays_loss(s, t, ids, 2.0, 0.7, 0.3)),
+        (distillation_loss(s, t, ids, 2.0, 0.7, 0.3, None), _todays_loss(s, t, ids, 2.0, 0.7, 0.3)),
+        (
+            _compiled_loss("aot_eager")(s, t, ids, 2.0, 0.7, 0.3, None),
+            torch.compile(_todays_loss, dynamic=False, backend="aot_eager")(s, t, ids, 2.0, 0.7, 0.3),
+        ),
+    ]:
+        assert all(torch.equal(x, y) for x, y in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("chunk", [0, 5])
+@pytest.mark.parametrize("mode", ["off", "fuse"])
+def test_copy_weight_zero_passes_no_weights(chunk, mode, monkeypatch):
+    """Catches a stage that builds weights (ones) at copy weight 0, which would change the compiled graph and cost a
+    mask per batch: both loss paths, eager and compiled, get None, so the loss is today's bit for bit
+    (test_no_weights_is_todays_loss_bit_for_bit); at weight 2 they get the (batch, L) weights and the stage logs
+    copy_share."""
+    from mohawk.stages import base, distillation
+
+    monkeypatch.setattr(base, "COMPILE_BACKEND", "aot_eager")
+    seen = []
+    fused = distillation.fused_distillation_loss
+    monkeypatch.setattr(distillation, "fused_distillation_loss", lambda *a, **kw: seen.append(a[-1]) or fused(*a, **kw))
+    adapter = adapter_for(tiny_teacher("llama"))
+    batch = torch.randint(0, 6, (2, 16))  # a small alphabet: repeats
+    for copy in (0.0, 2.0):
+        stage = KnowledgeDistillation(
+            mohawk.from_teacher(adapter), adapter, LossWeights(0.8, 0.2, copy=copy, copy_context=1), loss_chunk=chunk
+        )
+        with stage.compiled(mode):
+            stage.loss_fn = lambda *a, f=stage.loss_fn: seen.append(a[-1]) or f(*a)
+            _, metrics = stage.loss(batch)
+        weights = seen.pop()
+        if copy:
+            assert weights.shape == batch.shape and 0 < float(metrics["copy_share"]) < 1
+        else:
+            assert weights is None and "copy_share" not in metrics
+    assert not seen
+
+
+def test_compiled_weighted_loss_equals_eager(monkeypatch):
+    """Catches weights that the compiled loss drops or traces as constants of the first batch: the compiled stage
+    (aot_eager) gives the eager loss and gradients with copy weight 2, on two different batches."""
+    from mohawk.stages import base
+
+    monkeypatch.setattr(base, "COMPILE_BACKEND", "aot_eager")
+    adapter = adapter_for(tiny_teacher("llama"))
+    torch.manual_seed(0)
+    batches = [torch.randint(0, n, (2, 16)) for n in (3, 8)]  # alphabets of 3 and 8: different shares
+    runs = {}
+    for mode in ("off", "fuse"):
+        torch.manual_seed(1)
+        stage = KnowledgeDistillation(
+            mohawk.from_teacher(adapter), adapter, LossWeights(0.8, 0.2, copy=2.0, copy_context=1)
+        )
+        with stage.compiled(mode):
+            out = []
+            for batch in batches:
+                stage.student.zero_grad(set_to_none=True)
+                loss, metrics = stage.loss(batch)
+                loss.backward()
+                grads = [p.grad.clone() for p in stage.student.parameters() if p.grad is not None]
+                out.append((loss.detach(), float(metrics["copy_share"]), grads))
+        runs[mode] = out
+    assert runs["off"][0][1] != runs["off"][1][1]  # the batches weigh differently
+    for (l0, c0, g0), (l1, c1, g1) in zip(runs["off"], runs["fuse"], strict=True):
+        torch.testing.assert_close(l1, l0, atol=1e-5, rtol=1e-5)
+        assert c0 == c1
+        for x, y in zip(g1, g0, strict=True):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
