@@ -318,7 +318,12 @@ def to_granite(student, pass_through: bool = True):
 
 
 def check_equal(student, exported, vocab: int, tol: float = 1e-4) -> float:
-    """Max |logit difference| of the two models on random tokens (float32); MohawkError above ``tol``."""
+    """Max |logit difference| of the two models on random tokens (float32); MohawkError when both it and the relative
+    difference ||a - b|| / ||a|| exceed ``tol``.
+
+    The relative test is for real teachers: SmolLM2's residual stream reaches ~2e4, where float32 steps are ~2e-3, so
+    attention computed by another kernel (the stock model's) moves logits by ~1e-3 (relative ~6e-6); a weight mapped
+    wrong moves them by percents."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (2, 48), generator=g)
     s, e = student.float().eval(), exported.float().eval()
@@ -326,9 +331,11 @@ def check_equal(student, exported, vocab: int, tol: float = 1e-4) -> float:
         a = s(ids, use_cache=False).logits
         b = e(ids, use_cache=False).logits
     diff = float((a - b).abs().max())
-    if not diff <= tol:
+    rel = float((a - b).norm() / a.norm().clamp_min(1e-30))
+    if not (diff <= tol or rel <= tol):
         raise MohawkError(
-            f"internal: the exported model's logits differ from the student's by {diff:.3g} (> {tol:g}); nothing kept"
+            f"internal: the exported model's logits differ from the student's by {diff:.3g} (relative {rel:.2g}, "
+            f"> {tol:g}); nothing kept"
         )
     return diff
 

@@ -369,3 +369,31 @@ def test_export_refuses_a_head_level_hybrid_and_names_remote_code(tmp_path, caps
         assert len(errors) == 1 and "head-level hybrid" in errors[0] and "--format remote-code" in errors[0], err
     assert main(["export", str(d), "--out", str(tmp_path / "rc"), "--format", "remote-code"]) == 0
     assert (tmp_path / "rc" / "heads.py").is_file()
+
+
+class _Logits(torch.nn.Module):
+    """A stand-in model: fixed logits (batch, L, vocab) times ``scale``, plus ``offset`` at one entry."""
+
+    def __init__(self, scale: float, offset: float = 0.0):
+        super().__init__()
+        self.scale, self.offset = scale, offset
+
+    def forward(self, ids, use_cache=False):
+        g = torch.Generator().manual_seed(1)
+        logits = torch.randn(*ids.shape, 64, generator=g) * self.scale
+        logits[0, 0, 0] += self.offset
+        return type("Out", (), {"logits": logits})()
+
+
+def test_export_check_allows_float_noise_on_large_logits_and_refuses_a_wrong_map():
+    """A hybrid of the real SmolLM2 teacher differs from its export by ~2e-3 on logits up to ~36 (relative 6e-6:
+    its residual stream reaches ~2e4, where float32 steps are ~2e-3); an absolute-only 1e-4 refused every such
+    export. A difference that is large relative to the logits (a weight mapped wrong) is still refused."""
+    from mohawk.export import check_equal
+
+    assert check_equal(_Logits(30.0), _Logits(30.0, offset=2e-3), vocab=64) == pytest.approx(2e-3, rel=1e-3)
+    assert check_equal(_Logits(0.1), _Logits(0.1, offset=5e-5), vocab=64) <= 1e-4  # small logits: absolute test
+    with pytest.raises(mohawk.MohawkError, match="relative"):
+        check_equal(_Logits(30.0), _Logits(30.0, offset=30.0), vocab=64)
+    with pytest.raises(mohawk.MohawkError):
+        check_equal(_Logits(0.1), _Logits(0.1, offset=0.05), vocab=64)
