@@ -258,3 +258,18 @@ def kd_losses(out, device: str = "cpu", compile_mode: str = "off", seq_len: int 
     if after is not None:
         after(student)
     return [json.loads(line)["loss"] for line in log.read_text().splitlines()]
+
+
+def logits_through_cache(model, ids: torch.Tensor, prompt: int):
+    """(full-pass logits, the same from a MohawkCache fed ``ids[:, :prompt]`` then one token at a time, the cache):
+    what every cached-decoding test compares; ids (batch, L) -> logits (batch, L, vocab) twice."""
+    from mohawk.models import MohawkCache
+
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = MohawkCache()
+        first = model(ids[:, :prompt], past_key_values=cache, use_cache=True).logits
+        steps = [
+            model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(prompt, ids.shape[1])
+        ]
+    return full, torch.cat([first, *steps], 1), cache

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mohawk.mixers import MIXERS, Attention, HeadsMixer, SSDMixer
-from mohawk.models import MohawkCache, MohawkForCausalLM
-from tests.utils import tiny_mixer_config, tiny_student
+from mohawk.models import MohawkForCausalLM
+from tests.utils import logits_through_cache, tiny_mixer_config, tiny_student
 
 
 def heads_mixer(groups, **kw) -> HeadsMixer:
@@ -95,13 +95,8 @@ def test_cached_decoding_equals_full_forward():
     """Catches the two parts' caches colliding under one layer index, or a part missing its cache: a prompt fed in
     chunks and then token by token gives the full forward's logits, each heads layer holding a KV cache and a state."""
     m = heads_student(prefill_chunk=4)
-    ids = torch.randint(0, 64, (2, 15))
-    with torch.no_grad():
-        full = m(ids).logits
-        cache = MohawkCache()
-        prompt = m(ids[:, :9], past_key_values=cache, use_cache=True).logits
-        steps = [m(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(9, 15)]
-    torch.testing.assert_close(torch.cat([prompt, *steps], 1), full, atol=1e-5, rtol=1e-4)
+    full, cached, cache = logits_through_cache(m, torch.randint(0, 64, (2, 15)), prompt=9)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-4)
     assert sorted(cache.kv) == [0, 1, 2] and sorted(cache.ssm) == [0, 2]
     assert cache.kv[0][0].shape[1] == 1  # the KV heads of the kept group only
 

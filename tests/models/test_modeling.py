@@ -6,8 +6,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import mohawk
 from mohawk.models import MohawkCache, MohawkConfig, MohawkForCausalLM
+from tests.utils import logits_through_cache, tiny_teacher
 from tests.utils import tiny_student as student
-from tests.utils import tiny_teacher
 
 
 def test_registered_with_auto_classes():
@@ -36,13 +36,8 @@ def test_generate_with_cache_equals_without(mixers):
 
 def test_incremental_logits_equal_full_pass():
     m = student(("ssd", "attention"), ssd_conv_init="random", ssd_conv_activation="silu")
-    ids = torch.randint(0, 64, (1, 15))
-    with torch.no_grad():
-        full = m(ids).logits
-        cache = MohawkCache()
-        first = m(ids[:, :6], past_key_values=cache, use_cache=True).logits
-        steps = [m(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(6, 15)]
-    torch.testing.assert_close(torch.cat([first] + steps, 1), full, atol=1e-5, rtol=1e-5)
+    full, cached, _ = logits_through_cache(m, torch.randint(0, 64, (1, 15)), prompt=6)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mixers", [("ssd", "attention"), ("ssm", "linear_attention"), ("toeplitz", "ssd")])
