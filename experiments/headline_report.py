@@ -11,6 +11,23 @@ from mohawk.metrics import write_json
 ZERO_SHOT = ("hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "lambada_openai")
 
 
+# The runs the headline still waits for (issue: recall and the headline at 20M / 50M tokens, 3 seeds)
+QUEUE = [
+    "",
+    "## Runs still to make",
+    "",
+    "The students of the table are one seed at 10M tokens. Still to run on the GPU, after the recall screen picks its "
+    "winners (results/recall/README.md, and results/README.md's GPU queue for the next session's calls): each at 20M "
+    "and 50M tokens on data that does not repeat (`gutenberg+modern`, ~30M tokens: 0.57 epochs at 20M; 50M needs the "
+    "two Gutenberg shards not vendored yet), seeds 0, 1, 2, then `python3 -m experiments.headline` to regenerate this "
+    "page with the recovery curve over 2M / 10M / 20M / 50M:",
+    "",
+    "- `mohawk distill --preset gpu --tokens 20000000 --data gutenberg+modern --seed S --out runs/headline/ssd-20M-sS`",
+    "- `mohawk distill --preset gpu --tokens 20000000 --data gutenberg+modern --num-attention-layers 4 --seed S "
+    "--out runs/headline/hybrid4-20M-sS` (placement: the probe's layers, or `retrieval-heads` if it wins the screen)",
+]
+
+
 def _eval(out: Path, name: str) -> dict | None:
     p = out / "eval" / name / "results.json"
     return json.loads(p.read_text()) if p.is_file() else None
@@ -180,6 +197,7 @@ def _markdown(rows: list[dict], sweep: dict | None, out: Path, models: dict) -> 
     missing = [n for n in models if n not in done]
     if missing:
         lines += ["", f"Planned in experiments/headline.py but without results in these runs: {', '.join(missing)}."]
+    lines += QUEUE
     lines += ["", "## Commands", ""]
     for name in ["sweep", *models, *[f"eval-{n}" for n in ["teacher", *models]]]:
         p = out / f"{name}.command.txt"
