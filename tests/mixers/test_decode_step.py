@@ -137,6 +137,33 @@ def test_students_decode_the_same_through_the_kernel(monkeypatch, mixers, kw):
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
 
 
+@needs_interpreter_or_gpu
+def test_head_level_hybrid_decodes_the_same_through_the_kernel(monkeypatch):
+    """A heads layer's SSD part takes the fused step too (its sub-config has fewer heads and B/C groups): the kernel
+    runs for it at every step, beside its attention part's KV cache, and the logits equal the eager step's. Catches a
+    kernel launched with the whole layer's head count, or a heads layer that silently skips the kernel."""
+    from mohawk.mixers import SSDMixer
+
+    m = student(("heads", "attention", "ssd"), attention_groups=[[1], [], []], ssd_conv_init="random").to(DEVICE)
+    ids, nxt = torch.randint(0, 64, (2, 7), device=DEVICE), torch.randint(0, 64, (2, 4), device=DEVICE)
+    calls = []
+    fused = SSDMixer._forward_fused
+
+    def runs(choice):
+        monkeypatch.setenv("MOHAWK_DECODE_KERNEL", choice)
+        m.config.decode_cuda_graph = False
+        cache = MohawkCache()
+        with torch.no_grad():
+            m(ids, past_key_values=cache, use_cache=True)
+            return torch.cat([m(t[:, None], past_key_values=cache, use_cache=True).logits for t in nxt.T], 1)
+
+    want = runs("torch")
+    monkeypatch.setattr(SSDMixer, "_forward_fused", lambda *a: calls.append(a[0].num_heads) or fused(*a))
+    got = runs("triton")
+    assert calls == [2, 4] * nxt.shape[1]  # the heads layer's 2 SSD heads, then the plain layer's 4, every step
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
 def test_kernel_choice(monkeypatch):
     x = torch.zeros(1)
     monkeypatch.setenv("MOHAWK_DECODE_KERNEL", "auto")
