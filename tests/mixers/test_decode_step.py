@@ -102,6 +102,17 @@ def test_reference_equals_the_mixer_step():
     torch.testing.assert_close(conv, cache.get_state(0)[0], atol=0, rtol=0)
 
 
+def _decode(m, ids, nxt, monkeypatch, choice: str):
+    """Logits (batch, steps, vocab) of ``m`` decoding the tokens ``nxt`` (batch, steps) one at a time after the
+    prompt ``ids``, eagerly (no CUDA graph), with the decode step chosen by MOHAWK_DECODE_KERNEL=``choice``."""
+    monkeypatch.setenv("MOHAWK_DECODE_KERNEL", choice)
+    m.config.decode_cuda_graph = False
+    cache = MohawkCache()
+    with torch.no_grad():
+        m(ids, past_key_values=cache, use_cache=True)
+        return torch.cat([m(t[:, None], past_key_values=cache, use_cache=True).logits for t in nxt.T], 1)
+
+
 @needs_interpreter_or_gpu
 @pytest.mark.parametrize(
     "mixers,kw",
@@ -119,19 +130,11 @@ def test_students_decode_the_same_through_the_kernel(monkeypatch, mixers, kw):
     calls = []
     fused = type(m.model.layers[0].mixer)._forward_fused
 
-    def runs(choice):
-        monkeypatch.setenv("MOHAWK_DECODE_KERNEL", choice)
-        m.config.decode_cuda_graph = False
-        cache = MohawkCache()
-        with torch.no_grad():
-            m(ids, past_key_values=cache, use_cache=True)
-            return torch.cat([m(t[:, None], past_key_values=cache, use_cache=True).logits for t in nxt.T], 1)
-
-    want = runs("torch")
+    want = _decode(m, ids, nxt, monkeypatch, "torch")
     monkeypatch.setattr(
         type(m.model.layers[0].mixer), "_forward_fused", lambda *a: calls.append(1) or fused(*a), raising=True
     )
-    got = runs("triton")
+    got = _decode(m, ids, nxt, monkeypatch, "triton")
     cls = type(m.model.layers[0].mixer)
     assert len(calls) == nxt.shape[1] * sum(isinstance(x.mixer, cls) for x in m.model.layers)  # kernel at every step
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
@@ -149,17 +152,9 @@ def test_head_level_hybrid_decodes_the_same_through_the_kernel(monkeypatch):
     calls = []
     fused = SSDMixer._forward_fused
 
-    def runs(choice):
-        monkeypatch.setenv("MOHAWK_DECODE_KERNEL", choice)
-        m.config.decode_cuda_graph = False
-        cache = MohawkCache()
-        with torch.no_grad():
-            m(ids, past_key_values=cache, use_cache=True)
-            return torch.cat([m(t[:, None], past_key_values=cache, use_cache=True).logits for t in nxt.T], 1)
-
-    want = runs("torch")
+    want = _decode(m, ids, nxt, monkeypatch, "torch")
     monkeypatch.setattr(SSDMixer, "_forward_fused", lambda *a: calls.append(a[0].num_heads) or fused(*a))
-    got = runs("triton")
+    got = _decode(m, ids, nxt, monkeypatch, "triton")
     assert calls == [2, 4] * nxt.shape[1]  # the heads layer's 2 SSD heads, then the plain layer's 4, every step
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
 
