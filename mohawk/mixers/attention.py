@@ -148,13 +148,19 @@ class Attention(nn.Module):
                 return F.scaled_dot_product_attention(q, kk, vv, is_causal=True, scale=self.scale)
             return F.scaled_dot_product_attention(q, kk, vv, attn_mask=self._mask(L, end, q.device), scale=self.scale)
         kb, vb = cache.write_kv(self.layer_idx, k, v, pos[0])
+        return self._attend_one(q, kb, vb, pos[:, -1:])
+
+    def _attend_one(self, q: Tensor, kb: Tensor, vb: Tensor, qpos: Tensor) -> Tensor:
+        """One query per sequence, q (b, h, 1, d) at positions qpos (1 or b, 1), over whole static KV buffers
+        kb, vb (b, kv, capacity, d), the positions past qpos masked -> (b, h, 1, d). Pure: the decoding step can
+        compile it (mohawk.models.graphs)."""
+        b, h, _, d = q.shape
         kv = self.num_kv_heads
         # grouped query heads as the rows of one product per K/V head: the buffer is read once, not repeated
         qg = q.reshape(b, kv, h // kv, d)
         scores = qg @ kb.transpose(-1, -2)  # (b, kv, h // kv, capacity)
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * self.scale
         kpos = torch.arange(kb.shape[2], device=q.device)
-        qpos = pos[:, -1:]  # (1 or b, 1)
         valid = kpos <= qpos
         if self.sliding_window is not None:
             valid &= kpos > qpos - self.sliding_window

@@ -25,10 +25,11 @@ import weakref
 import torch
 from torch import Tensor
 
+from mohawk.mixers.attention import Attention
 from mohawk.models.cache import MohawkCache
 
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (parameter addresses, {key: graph})
-_COMPILED: dict[type, object] = {}  # module class -> its forward, torch.compile'd (shared by every instance)
+_COMPILED: dict[tuple[type, str], object] = {}  # (module class, method) -> torch.compile'd, shared by instances
 
 
 def graphs_supported(device: torch.device) -> bool:
@@ -113,28 +114,30 @@ class DecodeGraph:
 
     @contextlib.contextmanager
     def _compiled(self):
-        """While open, and when ``self.compiled``: the blocks' norms and MLPs run their torch.compile'd forward
-        (elementwise chains fused into a few kernels; the mixers and their caches stay eager)."""
+        """While open, and when ``self.compiled``: the blocks' norms and MLPs run their torch.compile'd forward, and
+        the attention layers their projections + RoPE (``_qkv``) and one-token attention (``_attend_one``) compiled
+        (elementwise chains fused into a few kernels; the KV writes and the SSD mixers with their caches stay eager)."""
         if not self.compiled:
             yield
             return
         model = self.model()
-        parts = [model.model.norm] + [
-            m
+        parts = [(model.model.norm, "forward")] + [
+            (m, "forward")
             for layer in model.model.layers
             for m in (getattr(layer, n, None) for n in ("norm1", "norm2", "post_mixer_norm", "post_mlp_norm", "mlp"))
             if m is not None
         ]
-        for m in parts:
-            cls = type(m)
-            if cls not in _COMPILED:
-                _COMPILED[cls] = torch.compile(cls.forward, dynamic=False)
-            m.forward = functools.partial(_COMPILED[cls], m)
+        parts += [(m, name) for m in model.modules() if isinstance(m, Attention) for name in ("_qkv", "_attend_one")]
+        for m, name in parts:
+            key = (type(m), name)
+            if key not in _COMPILED:
+                _COMPILED[key] = torch.compile(getattr(type(m), name), dynamic=False)
+            setattr(m, name, functools.partial(_COMPILED[key], m))
         try:
             yield
         finally:
-            for m in parts:
-                m.__dict__.pop("forward", None)
+            for m, name in parts:
+                m.__dict__.pop(name, None)
 
     @staticmethod
     def param_pointers(model) -> tuple[int, ...]:

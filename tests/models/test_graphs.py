@@ -220,8 +220,9 @@ def test_graph_refuses_a_full_static_kv_cache(graphs_on_cpu):
 
 
 def test_compiled_parts_of_the_step(monkeypatch):
-    """decode_compile: inside the graph's step the norms and MLPs run their compiled forward (one compile per class,
-    shared by the layers), the mixers do not; outside it the model is untouched."""
+    """decode_compile: inside the graph's step the norms and MLPs run their compiled forward and the attention layers
+    their compiled projections (one compile per class and method, shared by the layers), the SSD mixers do not;
+    outside it the model is untouched."""
     compiled = []
 
     def fake_compile(fn, dynamic=None):
@@ -239,13 +240,40 @@ def test_compiled_parts_of_the_step(monkeypatch):
         g.compiled = True
         with g._compiled():
             got, _ = m.model(input_ids=ids, cache=MohawkCache())
-        assert sorted(compiled) == ["MLP.forward", "RMSNorm.forward"]
+        assert sorted(compiled) == ["Attention._attend_one", "Attention._qkv", "MLP.forward", "RMSNorm.forward"]
         assert calls.count("MLP.forward") == 4 and calls.count("RMSNorm.forward") == 2 * 4 + 1
+        assert calls.count("Attention._qkv") == 2  # the two attention layers (a prompt: no one-token attention)
         torch.testing.assert_close(got, want, atol=0, rtol=0)
-        assert all("forward" not in x.__dict__ for x in m.modules())
+        assert all(not {"forward", "_qkv", "_attend_one"} & x.__dict__.keys() for x in m.modules())
         calls.clear()
         m.model(input_ids=ids, cache=MohawkCache())
     assert not calls  # restored
+
+
+def test_compiled_one_token_attention_equals_eager(monkeypatch):
+    """The compiled step's attention through the static KV cache (``_attend_one``, compiled here by an identity that
+    records its calls) gives the eager step's logits: catches a split of ``_attend_static`` that changed the math, or
+    a one-token path that never reaches the compiled method."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic=None: lambda *a: calls.append(fn.__name__) or fn(*a))
+    monkeypatch.setattr(graphs, "_COMPILED", {})
+    m = student(HYBRID, ssd_conv_init="random")
+    ids, nxt = torch.randint(0, 64, (2, 9)), torch.randint(0, 64, (2, 4))
+
+    def static_prefill():
+        cache = MohawkCache(kv_capacity=16)
+        with torch.no_grad():
+            m(ids, past_key_values=cache, use_cache=True)
+        return cache
+
+    want = steps(m, static_prefill(), nxt)
+    cache = static_prefill()
+    g = graphs.DecodeGraph(m, cache, capture=False, sampling="logits")
+    g.compiled = True
+    with torch.no_grad(), g._compiled():
+        got = torch.cat([g.run(cache, t[:, None], 9 + i) for i, t in enumerate(nxt.T)], 1)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    assert calls.count("_attend_one") == 2 * nxt.shape[1]  # both attention layers, every step
 
 
 @pytest.mark.gpu
