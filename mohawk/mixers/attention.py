@@ -137,7 +137,7 @@ class Attention(nn.Module):
         ``positions`` -> (b, h, L, d). One token reads the whole buffer under a mask computed on the device from its
         position (no host value: capturable in a CUDA graph); a prompt (several tokens, eager) reads the positions
         written so far."""
-        b, h, L, d = q.shape
+        L = q.shape[2]
         pos = positions.reshape(-1, L)  # (1 or b, L)
         if L > 1:  # a prompt, run eagerly: its end is known on the host
             end = int(pos[0, -1]) + 1
