@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from mohawk.errors import MohawkError
-from mohawk.mixers.heads import replaced_part
+from mohawk.mixers.heads import replaced_part, select_heads
 from mohawk.models import MohawkForCausalLM
 from mohawk.teachers.base import TeacherAdapter
 
@@ -331,8 +331,8 @@ def scale_to_attention(student: MohawkForCausalLM, teacher, input_ids: torch.Ten
         am = mm = 0.0
         for r0 in range(0, u.shape[1], tile):  # rows in blocks: no (L, L) matrix per head at long lengths
             r1 = min(u.shape[1], r0 + tile)
-            A, M = attn.matrix_rows(fa, r0, r1).float(), mixer.matrix_rows(fm, r0, r1).float()
-            A = A if heads is None else A[:, heads]
+            A = select_heads(attn.matrix_rows(fa, r0, r1), heads).float()
+            M = mixer.matrix_rows(fm, r0, r1).float()
             am = am + (A * M).sum((0, 2, 3))  # (heads,)
             mm = mm + (M * M).sum((0, 2, 3))
         groups = getattr(mixer, "num_groups", mixer.num_heads)

@@ -105,6 +105,11 @@ class Replaced(NamedTuple):
     prefix: str
 
 
+def select_heads(A: Tensor, heads: list[int] | None) -> Tensor:
+    """The teacher's matrices (batch, heads, ...) of the query ``heads`` a replaced part computes (None: all)."""
+    return A if heads is None else A[:, heads]
+
+
 def replaced_part(mixer: nn.Module) -> Replaced:
     """What stages 1 and 2 fit of ``mixer``: a head-level hybrid's student part, any other replacing mixer whole."""
     if isinstance(mixer, HeadsMixer):

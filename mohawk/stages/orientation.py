@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from mohawk.mixers.heads import replaced_part
+from mohawk.mixers.heads import replaced_part, select_heads
 from mohawk.stages.base import Stage
 
 
@@ -26,14 +26,9 @@ def frobenius_distance(A: Tensor, M: Tensor) -> Tensor:
     return torch.linalg.matrix_norm(A.float() - M.float(), ord="fro")
 
 
-def _heads(A: Tensor, heads: list[int] | None) -> Tensor:
-    """The teacher's matrices (batch, heads, ...) of the query ``heads`` a student part computes (None: all)."""
-    return A if heads is None else A[:, heads]
-
-
 def _tile_squared_distance(teacher, student, fa, fm, r0: int, r1: int, heads=None) -> Tensor:
     with torch.no_grad():
-        A = _heads(teacher.matrix_rows(fa, r0, r1), heads)
+        A = select_heads(teacher.matrix_rows(fa, r0, r1), heads)
     return (A - student.matrix_rows(fm, r0, r1).float()).square().sum((-2, -1))
 
 
@@ -77,7 +72,7 @@ class MatrixOrientation(Stage):
                 per_layer[i] = tiled_frobenius_distance(teacher, student, u, tile, heads).mean()
             else:
                 with torch.no_grad():
-                    A = _heads(teacher.materialize(u), heads)
+                    A = select_heads(teacher.materialize(u), heads)
                 per_layer[i] = frobenius_distance(A, student.materialize(u)).mean()
         total = self._total(per_layer, batch.float())
         return total, {"layer_distance": {i: v.detach() for i, v in per_layer.items()}}
