@@ -52,7 +52,7 @@ def measure(adapter, tok, seq_len: int, sequences: int) -> dict:
             for layer in student.model.layers:
                 layer.mixer.attention_scaled_rows = "C"
         before = relative_distances(student, adapter, val)
-        factors = [a for f in calibrate(student, adapter, train).values() for a in f]
+        factors = [a for f in calibrate(student, adapter, train).get("scales", {}).values() for a in f]
         res[name] = {"before": before, "after": relative_distances(student, adapter, val), "factors": factors}
         print(seq_len, name, f"{sum(before) / len(before):.3f} -> {_mean(res[name]['after']):.3f}", flush=True)
     return res

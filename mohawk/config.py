@@ -184,6 +184,14 @@ class DistillConfig(_Schema):
         above=0,
         defines_run=True,
     )
+    proj_bias: bool = option(
+        True,
+        "A bias on the mamba2 mixer's input projection. --no-proj-bias: none, as llama.cpp's Mamba-2 layers have "
+        "(mohawk export --format gguf needs it); the gate then starts open along a direction fitted to the "
+        "teacher's inputs on the first training sequences.",
+        group=WHAT,
+        defines_run=True,
+    )
     init: str = option(
         "teacher",
         "teacher: weight transfer (MOHAWK); scratch: a randomly initialised student (the from-scratch baseline).",
@@ -480,6 +488,7 @@ class DistillConfig(_Schema):
             "fractions in [0, 1], sum <= 1",
         )
         self.need(self.kd_weight + self.ce_weight > 0, "kd_weight", ">= 0, kd_weight + ce_weight > 0")
+        self.need(self.proj_bias or self.mixer == "mamba2", "proj_bias", "--no-proj-bias needs --mixer mamba2")
         self.need(
             self.copy_weight == 0 or self.kd_weight > 0, "copy_weight", "it weights the KD loss: needs kd_weight > 0"
         )

@@ -274,7 +274,9 @@ class DistillRecipe:
         self.attention_layers, self.attention_heads, probe = choose_attention(cfg, adapter)
         if probe is not None:
             self.summary["retrieval_probe"] = probe
-        options = {"ssd_state_size": cfg.ssd_state_size} if cfg.ssd_state_size else {}
+        options: dict = {"ssd_state_size": cfg.ssd_state_size} if cfg.ssd_state_size else {}
+        if not cfg.proj_bias:
+            options["ssd_proj_bias"] = False
         torch.manual_seed(cfg.seed)  # here, so that the student's init does not depend on how the teacher was loaded
         if cfg.init == "scratch":
             from mohawk.models import MohawkForCausalLM
@@ -306,12 +308,19 @@ class DistillRecipe:
         self.val = take(stream, cfg.val_sequences)
 
     def scale_mixers(self) -> None:
-        """Families other than SSD transferred from attention: their matrices rescaled to the teacher's attention on
-        the first training sequences (mohawk.transfer.calibrate; results/families-init.md)."""
+        """The data-dependent start, on the first training sequences (mohawk.transfer.calibrate): families other
+        than SSD transferred from attention get their matrices rescaled to the teacher's attention
+        (results/families-init.md); mamba2 mixers without an in_proj bias open their gates."""
         if self.cfg.init != "scratch" and self.cfg.ssd_init == "attention":
             from mohawk.transfer import calibrate
 
-            calibrate(self.student, self.adapter, self.train_text)
+            gates = calibrate(self.student, self.adapter, self.train_text).get("gates")
+            if gates:  # how open the gates start: a share below 1 is calibration tokens where one starts closed
+                self.summary["gates_opened"] = {
+                    "layers": len(gates),
+                    "min_cosine": min(g["min_cosine"] for g in gates.values()),
+                    "min_positive": min(g["positive"] for g in gates.values()),
+                }
 
     def write_run_files(self, resume: bool, overwrite: bool, fingerprint: dict, changed: list[str]) -> None:
         """OUT's marker, config.yaml and inputs.json (what the run now reads), OUT cleared first with --overwrite

@@ -114,10 +114,17 @@ def _common(student) -> dict:
         mamba_expand=c.num_attention_heads * c.head_dim // c.hidden_size,
         mamba_chunk_size=c.ssd_chunk_size,
         mamba_conv_bias=True,
-        mamba_proj_bias=True,
+        mamba_proj_bias=_proj_bias(student),
         attention_bias=bool(c.attention_qkv_bias or c.attention_out_bias),
         **{k: getattr(c, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")},
     )
+
+
+def _proj_bias(student) -> bool:
+    """Whether any mamba2 mixer has an in_proj or out_proj bias (the stock layers have both or neither; the one
+    it lacks is written as zeros)."""
+    mixers = [layer.mixer for layer, kind in zip(student.model.layers, student.config.mixers) if kind == "mamba2"]
+    return any(m.in_proj.bias is not None or m.out_proj.bias is not None for m in mixers)
 
 
 def bamba_config(student):
@@ -194,25 +201,28 @@ def _rope(student) -> tuple[float, int]:
     return round(theta, 6), rotary
 
 
-_MAMBA = ("in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D", "norm.weight")
+_MAMBA = ("in_proj.weight", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight")
 
 
-def _mixer_weights(sd: dict, kind: str, src: str, dst: str, attn: str, bias: bool) -> dict[str, torch.Tensor]:
+def _mixer_weights(
+    sd: dict, kind: str, src: str, dst: str, attn: str, bias: bool, proj_bias: bool
+) -> dict[str, torch.Tensor]:
     """One layer's mixer under the stock names: attention under ``dst + attn`` (``bias``: every projection carries
-    one, zeros where the student has none), Mamba-2 under ``dst + "mamba."``."""
+    one, zeros where the student has none), Mamba-2 under ``dst + "mamba."`` (``proj_bias``: in_proj and out_proj
+    carry one, zeros where the student has none)."""
     out = {}
     m = src + "mixer."
-    if kind == "attention":
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            w = sd[m + f"{name}.weight"]
-            out[dst + f"{attn}.{name}.weight"] = w
-            if bias:
-                out[dst + f"{attn}.{name}.bias"] = sd.get(m + f"{name}.bias", w.new_zeros(w.shape[0]))
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj") if kind == "attention" else ("in_proj", "out_proj")
+    if kind != "attention":
+        out.update({dst + f"mamba.{name}": sd[m + name] for name in _MAMBA})
+        dst, bias = dst + "mamba.", proj_bias
     else:
-        for name in (*_MAMBA, "out_proj.weight"):
-            out[dst + f"mamba.{name}"] = sd[m + name]
-        w = sd[m + "out_proj.weight"]
-        out[dst + "mamba.out_proj.bias"] = sd.get(m + "out_proj.bias", w.new_zeros(w.shape[0]))
+        dst = dst + f"{attn}."
+    for name in projections:
+        w = sd[m + f"{name}.weight"]
+        out[dst + f"{name}.weight"] = w
+        if bias:
+            out[dst + f"{name}.bias"] = sd.get(m + f"{name}.bias", w.new_zeros(w.shape[0]))
     return out
 
 
@@ -232,7 +242,7 @@ def bamba_state_dict(student, config) -> dict[str, torch.Tensor]:
             for p in ("weight", "bias"):
                 if src + f"mlp.{name}.{p}" in sd:
                     out[dst + f"feed_forward.{name}.{p}"] = sd[src + f"mlp.{name}.{p}"]
-        out.update(_mixer_weights(sd, kind, src, dst, "self_attn", config.attention_bias))
+        out.update(_mixer_weights(sd, kind, src, dst, "self_attn", config.attention_bias, config.mamba_proj_bias))
     if config.tie_word_embeddings:
         out.pop("lm_head.weight")
     return out
@@ -271,7 +281,9 @@ def granite_state_dict(student, config) -> dict[str, torch.Tensor]:
             [sd[src + "mlp.gate_proj.weight"], sd[src + "mlp.up_proj.weight"]]
         )
         out[dst + "shared_mlp.output_linear.weight"] = sd[src + "mlp.down_proj.weight"]
-        out.update(_mixer_weights(sd, kinds[i], src, dst, "self_attn", config.attention_bias))
+        out.update(
+            _mixer_weights(sd, kinds[i], src, dst, "self_attn", config.attention_bias, config.mamba_proj_bias)
+        )
     if config.tie_word_embeddings:
         out.pop("lm_head.weight")
     return out

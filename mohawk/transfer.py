@@ -169,6 +169,17 @@ def _fold_head_norm(w: torch.Tensor, norm: torch.Tensor, gain: torch.Tensor, d: 
     )
 
 
+def _bias_through_conv(mixer, rows: torch.Tensor, bias: torch.Tensor) -> None:
+    """Add an in_proj bias of ``rows`` (x, B or C rows) to the conv's bias instead: exact while the conv is at
+    identity (one tap, the current token's), as transferred."""
+    conv = mixer.conv1d.weight[:, 0]  # (conv_dim, k)
+    channels = torch.as_tensor(rows).flatten() if not isinstance(rows, slice) else torch.arange(rows.start, rows.stop)
+    channels = channels - mixer.in_proj_slices()["x"].start
+    if conv[channels, :-1].any():
+        raise MohawkError("internal: an in_proj bias moved into a conv that is not at identity")
+    mixer.conv1d.bias[channels] += (bias.float() * conv[channels, -1].float()).to(mixer.conv1d.bias.dtype)
+
+
 @torch.no_grad()
 def init_ssd_from_attention(
     mixer, attn_weights: dict[str, torch.Tensor], config, input_norm: torch.Tensor | None = None
@@ -189,8 +200,10 @@ def init_ssd_from_attention(
 
     def write(rows, weight, bias):
         W[rows] = weight.to(W.dtype)
-        if bias is not None:
+        if bias is not None and b is not None:
             b[rows] = bias.to(b.dtype)
+        elif bias is not None:  # no in_proj bias: x, B, C rows take theirs through the conv's bias
+            _bias_through_conv(mixer, rows, bias)
 
     q_w, q_b = attn_weights["q_proj.weight"], attn_weights.get("q_proj.bias")
     k_w, k_b = attn_weights["k_proj.weight"], attn_weights.get("k_proj.bias")
@@ -233,6 +246,7 @@ def from_teacher(
     mixer: str = "ssd",
     ssd_init: str = "attention",
     attention_heads=None,
+    calibration_ids: torch.Tensor | None = None,
     **student_options,
 ) -> MohawkForCausalLM:
     """A student of ``teacher`` (an HF causal LM or a TeacherAdapter) with its non-mixer weights copied.
@@ -241,7 +255,10 @@ def from_teacher(
     attention_heads: {layer: KV groups} (or "17:0,2;18:1") kept as attention inside otherwise replaced layers (a
     head-level hybrid, mohawk.mixers.heads; a layer keeping every group is an attention layer).
     mixer: the family replacing attention elsewhere: ssd (default), ssm, linear_attention or toeplitz.
-    student_options: MohawkConfig fields (ssd_state_size, ssd_conv_kernel, ...)."""
+    student_options: MohawkConfig fields (ssd_state_size, ssd_conv_kernel, ...).
+    calibration_ids: (batch, L) teacher tokens on which mamba2 mixers without an in_proj bias (ssd_proj_bias=False)
+    open their gates (``fit_gates``); default: RANDOM_CALIBRATION seeded random tokens, which misses some text
+    tokens of the first layer's inputs (mohawk distill refits on its first training sequences: ``calibrate``)."""
     from mohawk.mixers import STUDENT_MIXERS
 
     if ssd_init not in ("attention", "random"):
@@ -287,22 +304,83 @@ def from_teacher(
         to_load[k] = v
     student.load_state_dict(to_load, strict=False)
     p = next(adapter.model.parameters())
-    return student.to(device=p.device, dtype=p.dtype)
+    student = student.to(device=p.device, dtype=p.dtype)
+    if ssd_init == "attention" and any(_gate_to_open(replaced_part(x.mixer).module) for x in student.model.layers):
+        if calibration_ids is None:
+            b, length = RANDOM_CALIBRATION
+            g = torch.Generator().manual_seed(0)
+            calibration_ids = torch.randint(0, config.vocab_size, (b, min(length, config.max_position_embeddings)), generator=g)
+        fit_gates(student, adapter, calibration_ids)
+    return student
 
 
 CALIBRATION_SEQUENCES = 4  # enough: the scales from 2 and from 4 sequences give the same held-out distances
+RANDOM_CALIBRATION = (4, 256)  # from_teacher's gate calibration when given no text: seeded random tokens
 
 
 def calibrate(student: MohawkForCausalLM, teacher, stream) -> dict:
-    """``scale_to_attention`` on the first CALIBRATION_SEQUENCES of ``stream`` (a mohawk.data.TokenStream at the
-    length stage 1 trains at) when the student has a mixer to rescale; {} without reading the stream otherwise."""
-    if not any(
-        getattr(replaced_part(layer.mixer).module, "attention_scaled_rows", None) for layer in student.model.layers
-    ):
+    """The data-dependent part of the start, on the first CALIBRATION_SEQUENCES of ``stream`` (a
+    mohawk.data.TokenStream at the length stage 1 trains at): ``fit_gates`` for mixers without an in_proj bias, then
+    ``scale_to_attention`` for the families it rescales; {} without reading the stream when neither applies.
+    Returns {"gates": ..., "scales": ...} (what each found), the keys that applied."""
+    parts = [replaced_part(layer.mixer).module for layer in student.model.layers]
+    gates = any(_gate_to_open(m) for m in parts)
+    scales = any(getattr(m, "attention_scaled_rows", None) for m in parts)
+    if not (gates or scales):
         return {}
     from mohawk.data import take
 
-    return scale_to_attention(student, teacher, take(stream, CALIBRATION_SEQUENCES))
+    ids = take(stream, CALIBRATION_SEQUENCES)
+    out = {}
+    if gates:
+        out["gates"] = fit_gates(student, teacher, ids)
+    if scales:
+        out["scales"] = scale_to_attention(student, teacher, ids)
+    return out
+
+
+def _gate_to_open(mixer) -> bool:
+    return bool(getattr(mixer, "gate_opens_without_bias", False)) and mixer.in_proj.bias is None
+
+
+def gate_direction(u: torch.Tensor, steps: int = 300) -> tuple[torch.Tensor, float, dict]:
+    """A unit direction w (hidden,) with w . u > 0 for every row of ``u`` (..., hidden), where one exists: from the
+    mean of the unit rows, ``steps`` Adam steps on a soft minimum (temperature 50) of the cosines. Returns w, the
+    scale s that puts the median of s * (w . u) at 1 (the biased gate's z), and {"min_cosine", "positive"}: the
+    smallest cosine and the share of rows with w . u > 0."""
+    x = u.detach().float().reshape(-1, u.shape[-1])
+    unit = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    mean = unit.mean(0)
+    with torch.enable_grad():
+        w = (mean / mean.norm().clamp_min(1e-12)).clone().requires_grad_(True)
+        opt = torch.optim.Adam([w], lr=1e-2)
+        for _ in range(steps):
+            loss = torch.logsumexp(-50.0 * (unit @ w) / w.norm(), 0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    w = (w / w.norm()).detach()
+    cos = unit @ w
+    scale = 1.0 / float((x @ w).median().clamp_min(1e-6))
+    return w, scale, {"min_cosine": round(float(cos.min()), 4), "positive": float((cos > 0).float().mean())}
+
+
+@torch.no_grad()
+def fit_gates(student: MohawkForCausalLM, teacher, input_ids: torch.Tensor) -> dict:
+    """Open the gate of every mixer without an in_proj bias (mamba2 with ``ssd_proj_bias=False``) along
+    ``gate_direction`` of the teacher's inputs to its layer on ``input_ids`` (batch, L) (Mamba2Mixer.open_gate).
+    Returns {layer: {"min_cosine", "positive"}}: a share below 1 is where the gate starts closed or reversed."""
+    layers = [i for i, layer in enumerate(student.model.layers) if _gate_to_open(replaced_part(layer.mixer).module)]
+    if not layers:
+        return {}
+    device = next(student.parameters()).device
+    caps = _adapter(teacher).capture(input_ids.to(device), logits=False)
+    out = {}
+    for i in layers:
+        w, scale, stats = gate_direction(caps.mixer_inputs[i])
+        replaced_part(student.model.layers[i].mixer).module.open_gate(w, scale)
+        out[i] = stats
+    return out
 
 
 @torch.no_grad()

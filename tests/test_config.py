@@ -63,6 +63,7 @@ def test_bad_yaml(tmp_path, text, msg):
 
 
 # one valid, non-default value per field: a new field must be added here, and so is checked from YAML and CLI alike
+# (with the other values a sample needs to be valid in COMPANIONS)
 SAMPLES = {
     "teacher": "some/teacher",
     "trust_remote_code": True,
@@ -73,6 +74,7 @@ SAMPLES = {
     "mixer": "ssm",
     "ssd_init": "random",
     "ssd_state_size": 16,
+    "proj_bias": False,
     "init": "scratch",
     "data": "modern",
     "teacher_tokens": 5000,
@@ -130,6 +132,9 @@ SAMPLES = {
 }
 
 
+COMPANIONS = {"proj_bias": {"mixer": "mamba2"}}
+
+
 def _cli_config(monkeypatch, argv):
     """The DistillConfig that `mohawk distill ARGV` would run with."""
     from mohawk import distill as distill_module
@@ -150,13 +155,15 @@ def test_every_field_round_trips_yaml_and_cli(tmp_path, monkeypatch):
     for name, value in SAMPLES.items():
         assert getattr(defaults, name) != value, name  # the sample must change something
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump({name: value}))
+        companions = COMPANIONS.get(name, {})
+        path.write_text(yaml.safe_dump({name: value, **companions}))
         from_yaml = DistillConfig.from_sources(str(path))
+        argv = [a for k, v in companions.items() for a in ("--" + k.replace("_", "-"), str(v))]
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
-            argv = [flag]
+            argv.append(flag if value else "--no-" + name.replace("_", "-"))
         else:
-            argv = [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+            argv += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
         from_cli = _cli_config(monkeypatch, argv)
         assert getattr(from_yaml, name) == value == getattr(from_cli, name), name
         assert from_yaml == from_cli, name

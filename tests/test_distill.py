@@ -162,6 +162,18 @@ def test_distill_with_each_family(teacher_dir, tmp_path, mixer):
     )
 
 
+def test_distill_mamba2_without_projection_biases(teacher_dir, tmp_path):
+    """--no-proj-bias: the student's mamba2 layers have no in_proj bias and calibrate opened their gates on the
+    first training sequences (the summary says how far)."""
+    out = tmp_path / "free"
+    assert run(teacher_dir, out, "--mixer", "mamba2", "--no-proj-bias") == 0
+    opened = json.loads((out / "summary.json").read_text())["gates_opened"]
+    assert opened["layers"] == 3 and opened["min_positive"] > 0.5
+    student = AutoModelForCausalLM.from_pretrained(out / "student")
+    assert all(layer.mixer.in_proj.bias is None for layer in student.model.layers)
+    assert not student.config.ssd_proj_bias
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_distill_on_cuda_with_compile_graphs(teacher_dir, tmp_path):

@@ -35,9 +35,9 @@ print(json.dumps({"arch": type(model).__name__, "logits": logits.tolist(), "gen"
 """
 
 
-def _student(tmp_path, family="llama", attention_layers=None, mixer="mamba2"):
+def _student(tmp_path, family="llama", attention_layers=None, mixer="mamba2", **options):
     torch.manual_seed(0)
-    student = mohawk.from_teacher(tiny_teacher(family), attention_layers=attention_layers, mixer=mixer)
+    student = mohawk.from_teacher(tiny_teacher(family), attention_layers=attention_layers, mixer=mixer, **options)
     with torch.no_grad():  # a trained-looking student: every weight moved off its initial value
         for p in student.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -62,17 +62,18 @@ def _plain(tmp_path, out, ids):
 
 
 @pytest.mark.parametrize(
-    "fmt,family,attention_layers",
+    "fmt,family,attention_layers,proj_bias",
     [
-        ("granite-hybrid", "llama", None),
-        ("granite-hybrid", "llama", [1]),
-        ("granite-hybrid", "qwen2", [0, 2]),
-        ("granite-hybrid", "mistral", [2]),
-        ("bamba", "llama", None),
+        ("granite-hybrid", "llama", None, True),
+        ("granite-hybrid", "llama", [1], True),
+        ("granite-hybrid", "qwen2", [0, 2], True),
+        ("granite-hybrid", "qwen2", [1], False),  # mamba2 without projection biases (--no-proj-bias)
+        ("granite-hybrid", "mistral", [2], True),
+        ("bamba", "llama", None, True),
     ],
 )
-def test_export_round_trip_in_plain_transformers(tmp_path, fmt, family, attention_layers):
-    student, d = _student(tmp_path, family, attention_layers)
+def test_export_round_trip_in_plain_transformers(tmp_path, fmt, family, attention_layers, proj_bias):
+    student, d = _student(tmp_path, family, attention_layers, ssd_proj_bias=proj_bias)
     out = tmp_path / "export"
     argv = ["export", str(d), "--out", str(out)] + ([] if fmt == "granite-hybrid" else ["--format", fmt])
     assert main(argv) == 0  # granite-hybrid is the default for these students
@@ -86,6 +87,7 @@ def test_export_round_trip_in_plain_transformers(tmp_path, fmt, family, attentio
         assert config["layer_types"] == want_types + ([] if attention_layers else ["attention"])
         assert config["num_local_experts"] == 0 and config["shared_intermediate_size"] == config["intermediate_size"]
         assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == student.config.rope_theta
+        assert config["mamba_proj_bias"] is proj_bias
     else:
         assert config["attn_layer_indices"] == (attention_layers or [])  # a list, never null: converters iterate it
         assert config["rope_theta"] == student.config.rope_theta

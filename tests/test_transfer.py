@@ -229,3 +229,71 @@ def test_bad_attention_heads_are_refused():
             mohawk.from_teacher(t, attention_heads=value)
     with pytest.raises(MohawkError, match="kept whole as attention and by heads"):
         mohawk.from_teacher(t, attention_layers=[1], attention_heads="1:0")
+
+
+def test_gate_direction_finds_a_half_space_the_mean_misses():
+    """Rows that all lie in the half-space x0 > 0, most of them far along x1 and a few along -x1: their mean points
+    along x1, where the few are negative; the fit must find a direction positive on every row."""
+    from mohawk.transfer import gate_direction
+
+    g = torch.Generator().manual_seed(0)
+    many = torch.tensor([0.2, 1.0, 0.0]) + 0.01 * torch.randn(200, 3, generator=g)
+    few = torch.tensor([0.2, -1.0, 0.0]) + 0.01 * torch.randn(20, 3, generator=g)
+    u = torch.cat([many, few])[None] * 7.0  # (1, 220, 3): any shape with hidden last
+    mean = u[0] / u[0].norm(dim=-1, keepdim=True)
+    assert ((mean @ mean.mean(0)) <= 0).any()  # the starting point fails
+    w, scale, stats = gate_direction(u)
+    assert stats["positive"] == 1.0 and stats["min_cosine"] > 0 and ((u[0] @ w) > 0).all()
+    torch.testing.assert_close(w.norm(), torch.tensor(1.0))
+    torch.testing.assert_close((scale * (u[0] @ w)).median(), torch.tensor(1.0))
+
+
+def _mixer_parts(student, layer=0):
+    return student.model.layers[layer].mixer
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # qwen2: q/k/v biases, which move into the conv's bias
+def test_bias_free_mamba2_starts_as_the_biased_one(family):
+    """Same transfer without an in_proj bias: the value, key and query streams after the conv are the biased
+    student's (its q/k/v biases through the conv's), every gate row is one direction, and with the norm's eps
+    negligible each layer's output is the biased student's on the teacher's calibration inputs, where every gate is
+    open (a positive factor)."""
+    from mohawk.transfer import fit_gates
+
+    t = tiny_teacher(family)
+    adapter = adapter_for(t)
+    cal, _ = _calibration_and_held_out()
+    torch.manual_seed(0)
+    biased = mohawk.from_teacher(adapter, mixer="mamba2")
+    free = mohawk.from_teacher(adapter, mixer="mamba2", ssd_proj_bias=False, calibration_ids=cal)
+    keep = {k: v for k, v in biased.state_dict().items() if not k.endswith("in_proj.bias")}
+    keep = {k: v for k, v in keep.items() if not k.endswith("conv1d.bias")}  # the free student's own (q/k/v biases)
+    free.load_state_dict(keep, strict=False)  # the biased student's random dt rows and decays too
+    stats = fit_gates(free, adapter, cal)
+    assert sorted(stats) == [0, 1, 2] and all(s["positive"] == 1.0 for s in stats.values())
+    caps = adapter.capture(cal, logits=False)
+    for i in range(3):
+        a, b = _mixer_parts(biased, i), _mixer_parts(free, i)
+        assert b.in_proj.bias is None
+        z = b.in_proj.weight[b.in_proj_slices()["z"]]
+        assert torch.equal(z, z[:1].expand_as(z))
+        u = caps.mixer_inputs[i]
+        with torch.no_grad():
+            torch.testing.assert_close(b._conv(b._project(u)[1]), a._conv(a._project(u)[1]), atol=1e-6, rtol=1e-5)
+            assert (b._project(u)[0] > 0).all()
+            a.norm.eps = b.norm.eps = 1e-30
+            torch.testing.assert_close(b(u), a(u), atol=1e-5, rtol=1e-4)
+
+
+def test_bias_free_needs_a_gate_a_norm_removes():
+    t = tiny_teacher("llama")
+    with pytest.raises(ValueError, match="ssd_proj_bias=False"):
+        mohawk.from_teacher(adapter_for(t), mixer="ssd", ssd_proj_bias=False)
+
+
+def test_bias_free_gates_open_on_random_tokens_without_calibration():
+    """from_teacher alone (no calibration_ids) opens the gates on seeded random tokens: deterministic."""
+    t = tiny_teacher("llama")
+    a, b = (mohawk.from_teacher(adapter_for(t), mixer="mamba2", ssd_proj_bias=False) for _ in range(2))
+    za, zb = (m.model.layers[1].mixer.in_proj.weight[m.model.layers[1].mixer.in_proj_slices()["z"]] for m in (a, b))
+    assert torch.equal(za, zb) and za.abs().sum() > 0

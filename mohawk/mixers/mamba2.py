@@ -12,6 +12,12 @@ part is mohawk's (reference, chunked scan, Triton kernel, one-token step), so ``
 the value stream x after the conv and SiLU, D on its diagonal; the gate and the norm come after it. Initialised from
 the teacher's attention like the SSD mixer (x <- V, B <- K, C <- Q * scale, out <- O, conv at identity, decay near
 1); the gate (weight 0, bias 1) is a constant, which the norm removes.
+
+Without the in_proj bias (``ssd_proj_bias=False``, the form llama.cpp loads, whose Mamba-2 projections have no
+biases) the gate cannot be a constant; it starts as one positive value per token instead, every z row the same
+direction w of the inputs (``open_gate``; mohawk.transfer.fit_gates fits w to the teacher's inputs so that w . u > 0 on
+every calibration token). The norm removes any positive per-token factor, so the layer starts as the biased one does
+wherever w . u > 0.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class Mamba2Mixer(SSDMixer):
     """Bamba's Mamba-2 mixer over mohawk's SSD (see module docstring)."""
 
     fixed = {"use_gate": True, "conv_activation": "silu"}
+    gate_opens_without_bias = True
 
     def __init__(self, config, layer_idx: int = 0):
         super().__init__(config, layer_idx)
@@ -60,6 +67,15 @@ class Mamba2Mixer(SSDMixer):
         stream's RMS (the norm sets every group's RMS to 1, where a softmax average of values is smaller)."""
         if v_rms is not None:
             self.norm.weight.copy_(ATTENTION_OUTPUT_RATIO * v_rms.to(self.norm.weight))
+
+    @torch.no_grad()
+    def open_gate(self, direction: Tensor, scale: float) -> None:
+        """Every gate row of in_proj = ``scale * direction`` (hidden,): z = scale * (direction . u) in every channel,
+        one value per token, which the group norm removes wherever it is positive (see module docstring)."""
+        rows = self.in_proj.weight[self.in_proj_slices()["z"]]
+        rows.copy_((scale * direction.float()).to(rows)[None].expand_as(rows))
+        if self.in_proj.bias is not None:
+            self.in_proj.bias[self.in_proj_slices()["z"]] = 0.0
 
     def _finish(self, y: Tensor, z: Tensor | None) -> Tensor:
         return self.out_proj(self.norm(y.flatten(-2), z))

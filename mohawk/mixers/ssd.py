@@ -250,6 +250,9 @@ class SSDMixer(nn.Module):
     # the in_proj rows M is linear in that mohawk.transfer.scale_to_attention rescales after the transfer; None: the
     # SSD starts as transferred
     attention_scaled_rows: str | None = None
+    # whether in_proj may go without a bias (ssd_proj_bias=False): only where a per-group norm follows the gate, which
+    # then starts open from a direction of the inputs instead (Mamba2Mixer.open_gate)
+    gate_opens_without_bias = False
 
     def __init__(self, config, layer_idx: int = 0):
         super().__init__()
@@ -270,7 +273,9 @@ class SSDMixer(nn.Module):
             setattr(self, k, v)
         self.conv_dim = self.d_inner + 2 * self.num_groups * self.state_size
         proj = (self.d_inner if self.use_gate else 0) + self.conv_dim + (self.num_heads if self.has_dt else 0)
-        self.in_proj = nn.Linear(self.hidden_size, proj, bias=True)
+        if not config.ssd_proj_bias and not self.gate_opens_without_bias:
+            raise ValueError(f"ssd_proj_bias=False: the {type(self).__name__}'s gate starts open through its bias")
+        self.in_proj = nn.Linear(self.hidden_size, proj, bias=config.ssd_proj_bias)
         self.conv1d = nn.Conv1d(
             self.conv_dim,
             self.conv_dim,
@@ -313,12 +318,13 @@ class SSDMixer(nn.Module):
         std = c.initializer_range if std is None else std
         s = self.in_proj_slices()
         w = torch.randn_like(self.in_proj.weight, device="cpu") * std
-        bias = torch.zeros_like(self.in_proj.bias, device="cpu")
-        if self.use_gate:
-            w[s["z"]] = 0.0
-            bias[s["z"]] = 1.0
-        init.copy_(self.in_proj.weight, w)
-        init.copy_(self.in_proj.bias, bias)
+        if self.in_proj.bias is not None:
+            bias = torch.zeros_like(self.in_proj.bias, device="cpu")
+            if self.use_gate:
+                w[s["z"]] = 0.0
+                bias[s["z"]] = 1.0
+            init.copy_(self.in_proj.bias, bias)
+        init.copy_(self.in_proj.weight, w)  # without a bias the gate's rows stay random (Mamba-2's default)
         conv = torch.zeros_like(self.conv1d.weight, device="cpu")
         if c.ssd_conv_init == "identity":
             conv[:, 0, -1] = 1.0

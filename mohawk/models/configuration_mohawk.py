@@ -32,7 +32,8 @@ class MohawkConfig(PretrainedConfig):
     SSD options (the Phi-Mamba choices are the defaults): ssd_state_size (default head_dim), ssd_num_groups
       (B/C groups; default one per head), ssd_conv_kernel, ssd_conv_init "identity" | "random", ssd_conv_activation
       and ssd_gate_activation "identity" | "silu", ssd_gate (a gate initialised to 1), ssd_norm (RMSNorm before
-      out_proj), ssd_dt_min/max and ssd_A_init_range for the decay initialisation, ssd_chunk_size for the scan.
+      out_proj), ssd_dt_min/max and ssd_A_init_range for the decay initialisation, ssd_chunk_size for the scan,
+      ssd_proj_bias (a bias on in_proj; False only where a norm follows the gate, i.e. mamba2: what llama.cpp loads).
     prefill_chunk: with a cache (generation), a longer prompt goes through the model this many tokens at a time, so
       the prefill's memory does not grow with the prompt (0: in one piece).
     decode_cuda_graph: on CUDA, decode one token at a time by replaying a captured CUDA graph of the whole step
@@ -90,6 +91,7 @@ class MohawkConfig(PretrainedConfig):
         ssd_dt_max: float = 0.1,
         ssd_A_init_range: tuple[float, float] = (1.0, 16.0),
         ssd_chunk_size: int = 64,
+        ssd_proj_bias: bool = True,
         prefill_chunk: int = 2048,
         decode_cuda_graph: bool = True,
         decode_block_steps: int = 16,
@@ -141,6 +143,7 @@ class MohawkConfig(PretrainedConfig):
         self.ssd_dt_max = ssd_dt_max
         self.ssd_A_init_range = tuple(ssd_A_init_range)
         self.ssd_chunk_size = ssd_chunk_size
+        self.ssd_proj_bias = bool(ssd_proj_bias)
         self.prefill_chunk = prefill_chunk
         self.decode_cuda_graph = decode_cuda_graph
         self.decode_block_steps = decode_block_steps
