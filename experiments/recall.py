@@ -45,6 +45,8 @@ ARMS = {
     # the deployable-students comparison: the official Discrete Mamba-2, and the exportable mixer as a hybrid
     "discrete_mamba2": ["--mixer", "discrete_mamba2"],
     "mamba2-hybrid4-retrieval": ["--mixer", "mamba2", "--num-attention-layers", "4", "--placement", "retrieval"],
+    # the form llama.cpp loads (mohawk export --format gguf): no projection biases, the gate opened along a direction
+    "mamba2-nobias": ["--mixer", "mamba2", "--no-proj-bias"],
     # head-level hybrids at the KV budget of the layer-level arms (N layers x the teacher's KV heads, as KV groups)
     "hybrid4h-retrieval": ["--num-attention-layers", "4", "--placement", "retrieval-heads"],
     "hybrid2h-retrieval": ["--num-attention-layers", "2", "--placement", "retrieval-heads"],

@@ -312,15 +312,22 @@ def export(
         "auto",
         help="granite-hybrid: a stock transformers GraniteMoeHybridForCausalLM (Llama-family teacher, mamba2 mixers, "
         "pure or hybrid); bamba: the same as BambaForCausalLM (older engines); remote-code: the student with its own "
-        "code; auto: granite-hybrid where it applies, else bamba.",
+        "code; gguf: one model.gguf for llama.cpp (mamba2 students distilled with --no-proj-bias); auto: "
+        "granite-hybrid where it applies, else bamba.",
     ),
     overwrite: bool = typer.Option(False, help="Replace an earlier export in --out (only the files it wrote)."),
+    vocab_gguf: str = typer.Option(
+        None,
+        help="--format gguf: a GGUF of the student's teacher, whose tokenizer fields the export copies (default: the "
+        "default teacher's GGUF; llama.cpp's convert_hf_to_gguf.py makes one from any Hugging Face teacher).",
+    ),
 ):
     """Write a student in a form stock software loads: GraniteMoeHybridForCausalLM or BambaForCausalLM (transformers
-    with no remote code; the engines that serve them) or the self-contained remote-code format."""
+    with no remote code; the engines that serve them), a GGUF for llama.cpp, or the self-contained remote-code
+    format."""
     from mohawk.export import export as run
 
-    info = run(student, out, fmt=format, overwrite=overwrite)
+    info = run(student, out, fmt=format, overwrite=overwrite, vocab_gguf=vocab_gguf)
     extra = (
         f", logits within {info['max_logit_difference']:.1e} of the student" if "max_logit_difference" in info else ""
     )

@@ -15,6 +15,8 @@
 - ``bamba``: the same students as a ``BambaForCausalLM`` (for engines that still serve Bamba, e.g. vLLM up to 0.23);
   a pure student runs without a cache there (``use_cache`` false), for the reason above.
 - ``remote-code``: any student, as mohawk saves it, with its own modelling code (``trust_remote_code=True``).
+- ``gguf``: one ``model.gguf`` that llama.cpp runs, for the Granite students without projection biases
+  (mohawk.export_gguf).
 
 Both stock forms compute the student's function (mohawk.mixers.mamba2 is BambaMixer's computation; blocks, norms, MLP,
 RoPE and head map one to one); the export checks the logits of both on random tokens before it writes.
@@ -38,7 +40,7 @@ import torch
 
 from mohawk.errors import MohawkError
 
-FORMATS = ("auto", "granite-hybrid", "bamba", "remote-code")
+FORMATS = ("auto", "granite-hybrid", "bamba", "remote-code", "gguf")
 MARKER = ".mohawk-export"
 STAGING = ".mohawk-export-staging"
 SUPPORTED = "Llama-family teachers (llama, qwen2, mistral, SmolLM2) with mamba2 mixers (mohawk distill --mixer mamba2)"
@@ -123,7 +125,9 @@ def _common(student) -> dict:
 def _proj_bias(student) -> bool:
     """Whether any mamba2 mixer has an in_proj or out_proj bias (the stock layers have both or neither; the one
     it lacks is written as zeros)."""
-    mixers = [layer.mixer for layer, kind in zip(student.model.layers, student.config.mixers) if kind == "mamba2"]
+    mixers = [
+        layer.mixer for layer, kind in zip(student.model.layers, student.config.mixers, strict=True) if kind == "mamba2"
+    ]
     return any(m.in_proj.bias is not None or m.out_proj.bias is not None for m in mixers)
 
 
@@ -281,9 +285,7 @@ def granite_state_dict(student, config) -> dict[str, torch.Tensor]:
             [sd[src + "mlp.gate_proj.weight"], sd[src + "mlp.up_proj.weight"]]
         )
         out[dst + "shared_mlp.output_linear.weight"] = sd[src + "mlp.down_proj.weight"]
-        out.update(
-            _mixer_weights(sd, kinds[i], src, dst, "self_attn", config.attention_bias, config.mamba_proj_bias)
-        )
+        out.update(_mixer_weights(sd, kinds[i], src, dst, "self_attn", config.attention_bias, config.mamba_proj_bias))
     if config.tie_word_embeddings:
         out.pop("lm_head.weight")
     return out
@@ -422,9 +424,17 @@ def _disk_error(e: BaseException, dest: Path) -> MohawkError | None:
     return None
 
 
-def export(student_dir: str, out: str, fmt: str = "auto", overwrite: bool = False, pass_through: bool = True) -> dict:
+def export(
+    student_dir: str,
+    out: str,
+    fmt: str = "auto",
+    overwrite: bool = False,
+    pass_through: bool = True,
+    vocab_gguf: str | None = None,
+) -> dict:
     """Write ``student_dir``'s student into ``out`` in format ``fmt`` (``auto``: granite-hybrid when the student has
-    that form, else bamba, else an error naming remote-code); returns what was checked and written."""
+    that form, else bamba, else an error naming remote-code; ``gguf``: with the tokenizer of ``vocab_gguf``, see
+    mohawk.export_gguf); returns what was checked and written."""
     from mohawk.models.loading import load_model
     from mohawk.rundir import LOCK, RunLock
 
@@ -445,7 +455,13 @@ def export(student_dir: str, out: str, fmt: str = "auto", overwrite: bool = Fals
     if fmt == "auto":
         fmt = next((f for f in ("granite-hybrid", "bamba") if _unsupported(student, f) is None), "granite-hybrid")
     info: dict = {"format": fmt, "student": str(student_dir)}
-    if fmt == "remote-code":
+    if fmt == "gguf":
+        from mohawk import export_gguf
+
+        export_gguf.require(student)
+        vocab = export_gguf.resolve_vocab(vocab_gguf, tokenizer, student.config.vocab_size)
+        model = student
+    elif fmt == "remote-code":
         model = student
     else:
         model = to_granite(student, pass_through) if fmt == "granite-hybrid" else to_bamba(student)
@@ -477,9 +493,12 @@ def export(student_dir: str, out: str, fmt: str = "auto", overwrite: bool = Fals
         _remove(staging)
         staging.mkdir()
         try:
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            if fmt != "remote-code":
+            if fmt == "gguf":
+                info.update(export_gguf.write(student, tokenizer, staging / "model.gguf", vocab))
+            else:
+                model.save_pretrained(staging)
+                tokenizer.save_pretrained(staging)
+            if fmt not in ("remote-code", "gguf"):
                 _for_engines(staging / "config.json")
         except BaseException as e:
             _remove(staging)

@@ -309,7 +309,9 @@ def from_teacher(
         if calibration_ids is None:
             b, length = RANDOM_CALIBRATION
             g = torch.Generator().manual_seed(0)
-            calibration_ids = torch.randint(0, config.vocab_size, (b, min(length, config.max_position_embeddings)), generator=g)
+            calibration_ids = torch.randint(
+                0, config.vocab_size, (b, min(length, config.max_position_embeddings)), generator=g
+            )
         fit_gates(student, adapter, calibration_ids)
     return student
 
