@@ -221,3 +221,28 @@ def test_command_is_the_module_invocation(monkeypatch):
     root = Path(__file__).resolve().parent.parent
     monkeypatch.setattr(sys, "argv", [str(root / "benchmarks" / "ssd_speed.py"), "--two-pass", "--tokens", "8"])
     assert command() == "python3 -m benchmarks.ssd_speed --two-pass --tokens 8"
+
+
+def test_llamacpp_decode_reads_llama_bench_rows_and_writes_ratios():
+    """llamacpp_decode needs a llama.cpp build to measure; its reading of llama-bench's JSON (generation rows only,
+    per model and depth) and its table of ratios to the teacher are checked on rows like llama-bench prints."""
+    from benchmarks.llamacpp_decode import speeds, table
+
+    def row(model, depth, ts, n_prompt=0, n_gen=32):
+        return {
+            "model_filename": f"/x/{model}.gguf",
+            "n_depth": depth,
+            "avg_ts": ts,
+            "n_prompt": n_prompt,
+            "n_gen": n_gen,
+        }
+
+    rows = [row("teacher", 0, 100.0), row("teacher", 4096, 40.0), row("teacher", 0, 999.0, n_prompt=512, n_gen=0)]
+    rows += [row("pure", 0, 80.0), row("pure", 4096, 100.0), row("hybrid", 0, 90.0)]
+    found = speeds(rows)
+    assert found == {"teacher": {0: 100.0, 4096: 40.0}, "pure": {0: 80.0, 4096: 100.0}, "hybrid": {0: 90.0}}
+    lines = table(found, "teacher")
+    assert lines[0] == "| model | depth 0 | depth 4,096 |"
+    assert lines[2] == "| teacher | 100.0 | 40.0 |"
+    assert lines[3] == "| pure | 80.0 (0.80x) | 100.0 (2.50x) |"
+    assert lines[4] == "| hybrid | 90.0 (0.90x) | - |"
