@@ -20,25 +20,31 @@ from pathlib import Path
 from benchmarks.common import arg_parser, command, device_name, versions, write
 
 
-def speeds(rows: list[dict]) -> dict[str, dict[int, float]]:
-    """llama-bench's JSON rows -> {model file stem: {depth: mean generated tokens/s}} (generation rows only)."""
-    out: dict[str, dict[int, float]] = {}
+def speeds(rows: list[dict]) -> dict[str, dict[int, tuple[float, float]]]:
+    """llama-bench's JSON rows -> {model file stem: {depth: (mean, stddev) of generated tokens/s}} (generation rows
+    only)."""
+    out: dict[str, dict[int, tuple[float, float]]] = {}
     for r in rows:
         if r.get("n_gen", 0) > 0 and r.get("n_prompt", 0) == 0:
-            out.setdefault(Path(r["model_filename"]).stem, {})[int(r.get("n_depth", 0))] = float(r["avg_ts"])
+            ts = (float(r["avg_ts"]), float(r.get("stddev_ts", 0.0)))
+            out.setdefault(Path(r["model_filename"]).stem, {})[int(r.get("n_depth", 0))] = ts
     return out
 
 
-def table(found: dict[str, dict[int, float]], teacher: str) -> list[str]:
-    """Markdown: tokens/s per model and depth, and each student's ratio to the teacher at that depth."""
+def table(found: dict[str, dict[int, tuple[float, float]]], teacher: str) -> list[str]:
+    """Markdown: tokens/s (mean ± stddev over repetitions) per model and depth, and each student's ratio of means to
+    the teacher's at that depth."""
     depths = sorted(found[teacher])
     lines = ["| model | " + " | ".join(f"depth {d:,}" for d in depths) + " |", "|---|" + "---|" * len(depths)]
     for name, by_depth in found.items():
         cells = []
         for d in depths:
-            ts = by_depth.get(d)
-            ratio = "" if name == teacher or ts is None else f" ({ts / found[teacher][d]:.2f}x)"
-            cells.append("-" if ts is None else f"{ts:,.1f}{ratio}")
+            if d not in by_depth:
+                cells.append("-")
+                continue
+            mean, std = by_depth[d]
+            ratio = "" if name == teacher else f" ({mean / found[teacher][d][0]:.2f}x)"
+            cells.append(f"{mean:,.1f} ± {std:.1f}{ratio}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -104,7 +110,7 @@ def main() -> None:
         f"Command: `{command()}`",
         "",
         f"Generated tokens/s after a context of each depth ({a.new_tokens} tokens, {a.repetitions} repetitions, "
-        f"{a.threads} threads); in brackets the ratio to the teacher in the same run.",
+        f"{a.threads} threads; mean ± stddev over repetitions); in brackets the ratio to the teacher in the same run.",
         "",
         *table(found, teacher.stem),
     ]

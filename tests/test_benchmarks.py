@@ -233,6 +233,7 @@ def test_llamacpp_decode_reads_llama_bench_rows_and_writes_ratios():
             "model_filename": f"/x/{model}.gguf",
             "n_depth": depth,
             "avg_ts": ts,
+            "stddev_ts": ts / 100,
             "n_prompt": n_prompt,
             "n_gen": n_gen,
         }
@@ -240,9 +241,13 @@ def test_llamacpp_decode_reads_llama_bench_rows_and_writes_ratios():
     rows = [row("teacher", 0, 100.0), row("teacher", 4096, 40.0), row("teacher", 0, 999.0, n_prompt=512, n_gen=0)]
     rows += [row("pure", 0, 80.0), row("pure", 4096, 100.0), row("hybrid", 0, 90.0)]
     found = speeds(rows)
-    assert found == {"teacher": {0: 100.0, 4096: 40.0}, "pure": {0: 80.0, 4096: 100.0}, "hybrid": {0: 90.0}}
+    assert found == {
+        "teacher": {0: (100.0, 1.0), 4096: (40.0, 0.4)},
+        "pure": {0: (80.0, 0.8), 4096: (100.0, 1.0)},
+        "hybrid": {0: (90.0, 0.9)},
+    }
     lines = table(found, "teacher")
     assert lines[0] == "| model | depth 0 | depth 4,096 |"
-    assert lines[2] == "| teacher | 100.0 | 40.0 |"
-    assert lines[3] == "| pure | 80.0 (0.80x) | 100.0 (2.50x) |"
-    assert lines[4] == "| hybrid | 90.0 (0.90x) | - |"
+    assert lines[2] == "| teacher | 100.0 ± 1.0 | 40.0 ± 0.4 |"
+    assert lines[3] == "| pure | 80.0 ± 0.8 (0.80x) | 100.0 ± 1.0 (2.50x) |"
+    assert lines[4] == "| hybrid | 90.0 ± 0.9 (0.90x) | - |"

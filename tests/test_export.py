@@ -15,7 +15,7 @@ import torch
 
 import mohawk
 from mohawk.cli import main
-from tests.utils import VOCAB, tiny_teacher, tiny_tokenizer
+from tests.utils import VOCAB, saved_student, tiny_teacher, tiny_tokenizer
 
 PLAIN = r"""
 import json, sys
@@ -36,15 +36,7 @@ print(json.dumps({"arch": type(model).__name__, "logits": logits.tolist(), "gen"
 
 
 def _student(tmp_path, family="llama", attention_layers=None, mixer="mamba2", **options):
-    torch.manual_seed(0)
-    student = mohawk.from_teacher(tiny_teacher(family), attention_layers=attention_layers, mixer=mixer, **options)
-    with torch.no_grad():  # a trained-looking student: every weight moved off its initial value
-        for p in student.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    d = tmp_path / "student"
-    student.save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return student.eval(), d
+    return saved_student(tmp_path, family, attention_layers=attention_layers, mixer=mixer, **options)
 
 
 def _plain(tmp_path, out, ids):

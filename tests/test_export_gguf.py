@@ -12,7 +12,7 @@ import torch
 
 import mohawk
 from mohawk.cli import main
-from tests.utils import VOCAB, one_error_line, tiny_teacher, tiny_tokenizer
+from tests.utils import VOCAB, one_error_line, saved_student, tiny_tokenizer
 
 
 def _rope_halves(x, pos, theta=10000.0):
@@ -75,18 +75,10 @@ def _tokens():
 
 
 def _student(tmp_path, attention_layers, proj_bias=False, groups=None):
-    torch.manual_seed(0)
     options = {"ssd_num_groups": groups} if groups else {}
-    s = mohawk.from_teacher(
-        tiny_teacher("llama"), attention_layers=attention_layers, mixer="mamba2", ssd_proj_bias=proj_bias, **options
+    return saved_student(
+        tmp_path, attention_layers=attention_layers, mixer="mamba2", ssd_proj_bias=proj_bias, **options
     )
-    with torch.no_grad():  # every weight off its initial value
-        for p in s.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    d = tmp_path / "student"
-    s.save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return s.eval(), d
 
 
 def _granite_from_gguf(path):
@@ -208,7 +200,7 @@ def test_gguf_padding_is_zero_heads_in_groups_of_their_own(tmp_path):
     assert math.isclose(float(t["blk.0.ssm_a"][H:].mean()), -1.0)
 
 
-def test_gguf_refusals_are_one_line(tmp_path, capsys):
+def test_gguf_refusals_are_one_line(tmp_path, capsys, monkeypatch):
     student, d = _student(tmp_path, [1], proj_bias=True)
     vocab = _vocab_gguf(tmp_path / "vocab.gguf", _tokens())
     assert main(["export", str(d), "--out", str(tmp_path / "a"), "--format", "gguf", "--vocab-gguf", str(vocab)]) != 0
@@ -218,3 +210,30 @@ def test_gguf_refusals_are_one_line(tmp_path, capsys):
     assert main(["export", str(d), "--out", str(tmp_path / "b"), "--format", "gguf", "--vocab-gguf", str(other)]) != 0
     assert "not the student tokenizer's" in one_error_line(capsys)
     assert not (tmp_path / "b" / "model.gguf").exists()
+    from mohawk import export_gguf
+
+    monkeypatch.setattr(export_gguf, "default_vocab", lambda: None)  # no default teacher installed
+    assert main(["export", str(d), "--out", str(tmp_path / "c"), "--format", "gguf"]) != 0
+    assert "needs --vocab-gguf" in one_error_line(capsys)
+
+
+@pytest.mark.slow
+def test_real_teacher_student_exports_with_the_default_vocab(tmp_path):
+    """A --no-proj-bias hybrid of the real SmolLM2 teacher: the default teacher's GGUF gives the tokenizer (its
+    tokens are the student's), and the file rebuilt as a stock model gives the student's logits."""
+    from mohawk.export import export
+    from mohawk.teachers.load import load_teacher
+
+    teacher, tok, _ = load_teacher(None)
+    torch.manual_seed(0)
+    s = mohawk.from_teacher(teacher, attention_layers=[17, 18, 20, 23], mixer="mamba2", ssd_proj_bias=False).eval()
+    s.save_pretrained(tmp_path / "student")
+    tok.save_pretrained(tmp_path / "student")
+    info = export(str(tmp_path / "student"), str(tmp_path / "gguf"), "gguf")
+    assert info["vocab_gguf"].endswith(".gguf")
+    model, kv = _granite_from_gguf(tmp_path / "gguf" / "model.gguf")
+    assert kv["tokenizer.ggml.pre"] == "smollm" and len(kv["tokenizer.ggml.tokens"]) == 49152
+    ids = tok("The capital of France is Paris. The capital of Germany is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        want, got = s(ids).logits, model(ids).logits
+    assert float((got - want).norm() / want.norm()) < 1e-4

@@ -273,3 +273,19 @@ def logits_through_cache(model, ids: torch.Tensor, prompt: int):
             model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(prompt, ids.shape[1])
         ]
     return full, torch.cat([first, *steps], 1), cache
+
+
+def saved_student(tmp_path, family: str = "llama", **from_teacher_kw):
+    """``mohawk.from_teacher(tiny_teacher(family), **from_teacher_kw)`` (seed 0) with every weight moved off its
+    initial value (a trained-looking student), saved with the tiny tokenizer to tmp_path/student: (student, dir)."""
+    import mohawk
+
+    torch.manual_seed(0)
+    student = mohawk.from_teacher(tiny_teacher(family), **from_teacher_kw)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    d = tmp_path / "student"
+    student.save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    return student.eval(), d
