@@ -74,10 +74,10 @@ def _tokens():
     return [t for t, _ in sorted(tiny_tokenizer().get_vocab().items(), key=lambda kv: kv[1])]
 
 
-def _student(tmp_path, attention_layers, proj_bias=False, groups=None):
+def _student(tmp_path, attention_layers, proj_bias=False, groups=None, family="llama"):
     options = {"ssd_num_groups": groups} if groups else {}
     return saved_student(
-        tmp_path, attention_layers=attention_layers, mixer="mamba2", ssd_proj_bias=proj_bias, **options
+        tmp_path, family, attention_layers=attention_layers, mixer="mamba2", ssd_proj_bias=proj_bias, **options
     )
 
 
@@ -95,7 +95,9 @@ def _granite_from_gguf(path):
     m_heads, d_inner = kv[f"{a}.ssm.time_step_rank"], kv[f"{a}.ssm.inner_size"]
     assert kv[f"{a}.rope.scaling.finetuned"] is True  # RoPE on in llama.cpp's attention layers
     kv_n = max(kv_heads)
+    bias = any(name.endswith("attn_q.bias") for name in t)  # Qwen2's q/k/v biases
     config = GraniteMoeHybridConfig(
+        attention_bias=bias,
         vocab_size=t["token_embd.weight"].shape[0],
         hidden_size=hidden,
         intermediate_size=kv[f"{a}.feed_forward_length"],
@@ -143,6 +145,11 @@ def _granite_from_gguf(path):
             sd[o + "self_attn.k_proj.weight"] = halves(t[b + "attn_k.weight"], kv_heads[i])
             sd[o + "self_attn.v_proj.weight"] = t[b + "attn_v.weight"]
             sd[o + "self_attn.o_proj.weight"] = t[b + "attn_output.weight"]
+            if bias:
+                sd[o + "self_attn.q_proj.bias"] = halves(t[b + "attn_q.bias"], heads)
+                sd[o + "self_attn.k_proj.bias"] = halves(t[b + "attn_k.bias"], kv_heads[i])
+                sd[o + "self_attn.v_proj.bias"] = t[b + "attn_v.bias"]
+                sd[o + "self_attn.o_proj.bias"] = torch.zeros(hidden)
         else:
             m = o + "mamba."
             sd[m + "in_proj.weight"] = t[b + "ssm_in.weight"]
@@ -161,9 +168,12 @@ def _granite_from_gguf(path):
     return model, kv
 
 
-@pytest.mark.parametrize("attention_layers,groups", [(None, None), ([1], None), ([2], 2)])
-def test_gguf_rebuilt_as_a_stock_model_equals_the_student(tmp_path, attention_layers, groups):
-    student, d = _student(tmp_path, attention_layers, groups=groups)
+@pytest.mark.parametrize(
+    "family,attention_layers,groups",
+    [("llama", None, None), ("llama", [1], None), ("llama", [2], 2), ("qwen2", [0], None)],
+)
+def test_gguf_rebuilt_as_a_stock_model_equals_the_student(tmp_path, family, attention_layers, groups):
+    student, d = _student(tmp_path, attention_layers, groups=groups, family=family)
     vocab = _vocab_gguf(tmp_path / "vocab.gguf", _tokens())
     out = tmp_path / "gguf"
     assert main(["export", str(d), "--out", str(out), "--format", "gguf", "--vocab-gguf", str(vocab)]) == 0
