@@ -177,7 +177,8 @@ def _bias_through_conv(mixer, rows: torch.Tensor, bias: torch.Tensor) -> None:
     channels = channels - mixer.in_proj_slices()["x"].start
     if conv[channels, :-1].any():
         raise MohawkError("internal: an in_proj bias moved into a conv that is not at identity")
-    mixer.conv1d.bias[channels] += (bias.float() * conv[channels, -1].float()).to(mixer.conv1d.bias.dtype)
+    channels = channels.to(conv.device)
+    mixer.conv1d.bias[channels] += (bias.to(conv.device).float() * conv[channels, -1].float()).to(conv.dtype)
 
 
 @torch.no_grad()
@@ -199,16 +200,16 @@ def init_ssd_from_attention(
         return t.unflatten(0, (heads_in, d)).repeat_interleave(heads_out // heads_in, dim=0).flatten(0, 1)
 
     def write(rows, weight, bias):
-        W[rows] = weight.to(W.dtype)
+        W[rows] = weight.to(W.device, W.dtype)
         if bias is not None and b is not None:
-            b[rows] = bias.to(b.dtype)
+            b[rows] = bias.to(b.device, b.dtype)
         elif bias is not None:  # no in_proj bias: x, B, C rows take theirs through the conv's bias
             _bias_through_conv(mixer, rows, bias)
 
     q_w, q_b = attn_weights["q_proj.weight"], attn_weights.get("q_proj.bias")
     k_w, k_b = attn_weights["k_proj.weight"], attn_weights.get("k_proj.bias")
     v_w, v_b = attn_weights["v_proj.weight"], attn_weights.get("v_proj.bias")
-    gain = input_norm.float() ** 2 if input_norm is not None else torch.ones(v_w.shape[1])
+    gain = input_norm.float() ** 2 if input_norm is not None else torch.ones(v_w.shape[1], device=v_w.device)
     if "q_norm.weight" in attn_weights:  # QK-norm (Gemma 3): fold it in at the heads' estimated RMS
         q_w, k_w = (
             _fold_head_norm(w, attn_weights[f"{name}_norm.weight"], gain, d) for w, name in ((q_w, "q"), (k_w, "k"))

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One GPU campaign of experiments/recall.py on the device machine, in calls that follow each other within its idle
+# window (results/README.md, "GPU queue", says why the teacher travels in two parts). Each call runs one step:
+#   bash scripts/gpu_campaign.sh part-a            # wheels into /tmp/site, the GGUF's first part into $KEEP
+#   bash scripts/gpu_campaign.sh part-b            # second part, joined and checked, teacher converted once
+#   bash scripts/gpu_campaign.sh train ARM,ARM [N [ARGS]] # tree copied to $KEEP/repo; N distillations at once (setsid)
+#   bash scripts/gpu_campaign.sh screen [N [ARGS]] # once training has ended: the screen, N at once (setsid)
+#   bash scripts/gpu_campaign.sh wait SECONDS      # follow what runs; then the small files tarred to $OUT
+# Started jobs outlive the call (setsid), so `wait` in the next call picks them up.
+set -uo pipefail
+KEEP=${KEEP:-/tmp/keep}
+GGUF=$KEEP/SmolLM2-135M-Instruct.Q4_1.gguf
+GGUF_BYTES=98362432
+export PYTHONPATH=/tmp/site:$KEEP/repo MOHAWK_CACHE=$KEEP/cache PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+OUT=${OUT:-$KEEP/out}
+mkdir -p "$KEEP" "$OUT"
+
+follow() {  # follow(seconds): print progress until no campaign job runs or the time is up, then tar the small files
+  local until=$((SECONDS + $1))
+  while pgrep -f "experiments.recall (train|screen)" >/dev/null && ((SECONDS < until)); do sleep 10; done
+  pgrep -af "experiments.recall (train|screen)" | head -3 || true
+  tail -n 4 "$KEEP"/campaign-*.log 2>/dev/null
+  nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+  (cd "$KEEP/runs" 2>/dev/null && find . \( -name summary.json -o -name metrics.jsonl -o -name report.md \
+    -o -name config.yaml -o -name results.json -o -name '*.log' -o -name '*.command.txt' -o -name probe.json \) \
+    -newer "$KEEP/started" -print0 | tar czf "$OUT/runs.tgz" --null -T -) && ls -la "$OUT"
+}
+
+launch() {  # launch(log, argv...): start argv in its own session in $KEEP/repo, so that it outlives this call
+  local log=$1; shift
+  (cd "$KEEP/repo" && setsid nohup "$@" >"$log" 2>&1 </dev/null &)
+}
+
+case "${1:-}" in
+  part-a)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    cp .gpu-a/gguf.part-a "$KEEP/part-a" && ls -la "$KEEP"
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader ;;
+  part-b)
+    cat "$KEEP/part-a" .gpu-b/gguf.part-b > "$GGUF" && rm "$KEEP/part-a"
+    [ "$(stat -c %s "$GGUF")" = "$GGUF_BYTES" ] || { echo "joined GGUF has the wrong size"; exit 2; }
+    PYTHONPATH=$PYTHONPATH:$PWD python3 -c "from mohawk.teachers import load_teacher; load_teacher('$GGUF')" \
+      && ls "$MOHAWK_CACHE"/gguf ;;
+  train)
+    rm -rf "$KEEP/repo" && cp -r . "$KEEP/repo" && mkdir -p "$KEEP/runs" && touch "$KEEP/started"
+    cp -rnp results/recall/runs/. "$KEEP/runs/"  # the committed screens (the teacher's) are not run again
+    launch "$KEEP/campaign-train.log" python3 -m experiments.recall train --out "$KEEP/runs" --teacher "$GGUF" \
+      --only "$2" --concurrent "${3:-5}" "${@:4}"
+    sleep 5; cat "$KEEP/campaign-train.log" ;;
+  screen)
+    if pgrep -f "experiments.recall train" >/dev/null; then echo "training still runs: wait first"; exit 3; fi
+    launch "$KEEP/campaign-screen.log" python3 -m experiments.recall screen --out "$KEEP/runs" --teacher "$GGUF" \
+      --concurrent "${2:-3}" "${@:3}"
+    sleep 5; cat "$KEEP/campaign-screen.log" ;;
+  wait) follow "${2:-540}" ;;
+  *) echo "usage: $0 part-a | part-b | train ARMS [N] | screen [N] | wait [SECONDS]"; exit 2 ;;
+esac
