@@ -187,6 +187,15 @@ def parse_rows(args) -> list[tuple[str, int, int]]:
     ]
 
 
+# data-sheet HBM bandwidth (GB/s) by GPU name: the roofline is the time to move a step's bytes at this rate
+HBM_GBS = {"H200": 4800.0, "H100 80GB HBM3": 3350.0, "H100 NVL": 3900.0, "H100 PCIe": 2000.0, "A100-SXM4-80GB": 2039.0}
+
+
+def hbm_bandwidth_gbs(device: str) -> float:
+    """The HBM bandwidth of the GPU named ``device`` (GB/s); the H200's for an unknown device or the CPU."""
+    return next((gbs for name, gbs in HBM_GBS.items() if name in device), HBM_GBS["H200"])
+
+
 def main():
     ap = arg_parser(__doc__)
     ap.add_argument("--model", default="smollm2-135m")
@@ -196,7 +205,10 @@ def main():
     ap.add_argument("--rows", default="", help="instead of the grid: STUDENT:CONTEXTxBATCH,... e.g. pure:4096x1")
     ap.add_argument("--new-tokens", type=int, default=65, help="tokens generated per measurement (1 + whole blocks)")
     ap.add_argument("--block", type=int, default=16, help="decoding steps per graph replay (the multi-step figure)")
-    ap.add_argument("--bandwidth-gbs", type=float, default=4800.0, help="memory bandwidth for the roofline (H200)")
+    ap.add_argument(
+        "--bandwidth-gbs", type=float, default=None,
+        help="memory bandwidth for the roofline (default: the GPU's data-sheet HBM bandwidth, H100 3,350, H200 4,800)",
+    )  # fmt: skip
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--compile", action="store_true", help="torch.compile the step's norms and MLPs before capture")
     ap.add_argument("--mixer", default="ssd", help="the students' mixer family (ssd, mamba2, discrete_mamba2, ...)")
@@ -205,6 +217,8 @@ def main():
     rows_wanted = parse_rows(args)
 
     device = resolve_device(args.device)
+    if args.bandwidth_gbs is None:
+        args.bandwidth_gbs = hbm_bandwidth_gbs(device_name(device))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = model_config(args.model)
     teacher, adapter, pure = random_teacher_and_student(cfg, device, dtype, mixer=args.mixer)

@@ -58,6 +58,7 @@ def collect(out: Path, arms: dict, chance: dict) -> dict:
         row = _row(res, key, t_scores, chance)
         summary = _load(out / arm / "summary.json") or {}
         row["attention_layers"] = summary.get("attention_layers")
+        row["attention_heads"] = summary.get("attention_heads") or {}
         row["mixer"] = summary.get("mixer")
         row["stages"] = summary.get("stages", {})
         row["command"] = (
@@ -96,6 +97,14 @@ def _row(res: dict, key: str, t_scores: dict | None, chance: dict) -> dict:
     return row
 
 
+def _attention(row: dict) -> str:
+    """What a student keeps as attention: whole layers, then KV groups by layer (head-level hybrids)."""
+    parts = [str(row["attention_layers"])] if row["attention_layers"] else []
+    if row.get("attention_heads"):
+        parts.append("KV groups " + ", ".join(f"{i}: {g}" for i, g in row["attention_heads"].items()))
+    return " + ".join(parts) or "-"
+
+
 def _pct(cell: dict) -> str:
     if "ratio" not in cell:
         return f"{cell['score']:.3f}"
@@ -129,9 +138,7 @@ def write_recall_report(out: Path, results: Path, arms: dict, chance: dict | Non
     for arm, row in doc["models"].items():
         cells = [_pct(row["tasks"][k]) if k in row["tasks"] else "-" for k in ("lambada_openai", "hellaswag")]
         ppl = f"{row['perplexity']:.2f} ({100 * (row['perplexity'] / t['perplexity'] - 1):+.1f}%)"
-        lines.append(
-            f"| {arm} | {row['attention_layers'] or '-'} | {cells[0]} | {cells[1]} | {ppl} | {row['agreement']:.3f} |"
-        )
+        lines.append(f"| {arm} | {_attention(row)} | {cells[0]} | {cells[1]} | {ppl} | {row['agreement']:.3f} |")
     probe = _load(out / "probe.json")
     if probe:
         top = sorted(probe["layers"].items(), key=lambda kv: -kv[1])[:8]

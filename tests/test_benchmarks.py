@@ -251,3 +251,13 @@ def test_llamacpp_decode_reads_llama_bench_rows_and_writes_ratios():
     assert lines[2] == "| teacher | 100.0 ± 1.0 | 40.0 ± 0.4 |"
     assert lines[3] == "| pure | 80.0 ± 0.8 (0.80x) | 100.0 ± 1.0 (2.50x) |"
     assert lines[4] == "| hybrid | 90.0 ± 0.9 (0.90x) | - |"
+
+
+def test_decode_speed_roofline_uses_the_gpus_own_bandwidth():
+    """The roofline divides by the measured GPU's HBM bandwidth (an H100 file at the H200's rate would claim a
+    roofline 1.43x too fast); an unknown device falls back to the H200's."""
+    from benchmarks.decode_speed import hbm_bandwidth_gbs
+
+    assert hbm_bandwidth_gbs("NVIDIA H100 80GB HBM3") == 3350.0
+    assert hbm_bandwidth_gbs("NVIDIA H200") == 4800.0
+    assert hbm_bandwidth_gbs("cpu") == 4800.0

@@ -348,3 +348,50 @@ def test_every_recall_arm_is_a_valid_distill_command(monkeypatch):
         assert main(recall.distill_command(name, args)[1:]) == 0, name
     placements = {name: cfg.placement for name, cfg in zip(recall.ARMS, seen, strict=True)}
     assert placements["hybrid4h-retrieval"] == placements["hybrid2h-retrieval"] == "retrieval-heads"
+
+
+def _screen(path: Path, name: str, lambada: list[float], hellaswag: list[float], ppl: float, passkey_hits: float):
+    """A screen results.json as experiments.recall screen-one writes it (per-item scores kept)."""
+    scores = {
+        "perplexity": ppl,
+        "top1_agreement": 0.5,
+        "lambada_openai": {"acc": sum(lambada) / len(lambada), "n": len(lambada), "items": {"acc": lambada}},
+        "hellaswag": {
+            "acc_norm": sum(hellaswag) / len(hellaswag),
+            "n": len(hellaswag),
+            "items": {"acc_norm": hellaswag},
+        },
+    }
+    detail = {"repeat": {"512": {"hits": passkey_hits, "digits": passkey_hits, "key_logprob": -1.0, "token_acc": 1.0,
+                                 "cache_agrees": True, "trials": 2, "generations": [{"answer": "12345"}]}}}  # fmt: skip
+    models = [name] if name == "teacher" else ["teacher", name]
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(
+        json.dumps({"models": models, "scores": {name: scores}, "passkey_detail": {name: detail}})
+    )
+
+
+def test_recall_report_ratios_heads_and_missing_arms(tmp_path):
+    """The recall report: each arm's ratio to the teacher from paired items, what it keeps as attention (layers and
+    head-level KV groups), and planned arms without a screen listed as missing."""
+    from experiments.recall_report import write_recall_report
+
+    out = tmp_path / "runs"
+    _screen(out / "screen" / "teacher", "teacher", [1, 1, 0, 1], [1, 0, 1, 1], 40.0, 1.0)
+    _screen(out / "screen" / "heads", "student", [1, 0, 0, 1], [1, 0, 1, 0], 44.0, 0.5)
+    (out / "heads").mkdir()
+    (out / "heads" / "summary.json").write_text(
+        json.dumps({"attention_layers": [24], "attention_heads": {"17": [1], "20": [1, 2]}, "stages": {}})
+    )
+    readme = write_recall_report(
+        out, tmp_path / "results", {"heads": [], "planned": []}, {"hellaswag": 0.25, "lambada_openai": 0.0}
+    )
+    text = readme.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| heads |"))
+    assert "[24] + KV groups 17: [1], 20: [1, 2]" in row
+    assert "0.500 (67%" in row  # lambada 2/4 against the teacher's 3/4
+    assert "44.00 (+10.0%)" in row
+    assert "Planned in experiments/recall.py without a screen yet: planned." in text
+    doc = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert doc["missing"] == ["planned"]
+    assert doc["models"]["heads"]["tasks"]["lambada_openai"]["ratio"][0] == pytest.approx(2 / 3, abs=1e-4)
