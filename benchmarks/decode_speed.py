@@ -17,6 +17,7 @@ GPU memory. Writes benchmarks/results/decode_speed-<model>-<device>.{json,md} af
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -213,7 +214,15 @@ def main():
     ap.add_argument("--compile", action="store_true", help="torch.compile the step's norms and MLPs before capture")
     ap.add_argument("--mixer", default="ssd", help="the students' mixer family (ssd, mamba2, discrete_mamba2, ...)")
     ap.add_argument("--profile", type=int, default=0, help="N: also the N kernels of one step with most GPU time")
+    ap.add_argument(
+        "--decode-proj", choices=("plain", "split"), default=None,
+        help="the students' in_proj in a decoding step: one product, or split before the dt rows so the rest is "
+        "aligned (sets MOHAWK_DECODE_PROJ; default: the environment's, else plain)",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.decode_proj:
+        os.environ["MOHAWK_DECODE_PROJ"] = args.decode_proj
+    args.decode_proj = os.environ.get("MOHAWK_DECODE_PROJ", "plain")
     rows_wanted = parse_rows(args)
 
     device = resolve_device(args.device)
@@ -276,6 +285,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
     """Write the rows so far as benchmarks/results/decode_speed-<model>-<device>.{json,md}."""
     dev = device_name(device)
     cmd = command()
+    split = getattr(args, "decode_proj", "plain") == "split"
     payload = {
         "device": dev,
         "versions": versions("transformers", "triton", "mamba_ssm"),
@@ -286,6 +296,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "block": args.block,
         "compile": args.compile,
         "bandwidth_gbs": args.bandwidth_gbs,
+        "decode_proj": "split" if split else "plain",
         "rows": rows,
     }
     lines = [
@@ -303,7 +314,8 @@ def save(args, device, dtype, rows: list[dict]) -> None:
             ", the norms and MLPs torch.compile'd before capture ('compiled' says where that worked)"
             if args.compile
             else ""
-        ),
+        )
+        + (", in_proj split before its dt rows (`--decode-proj split`)" if split else ""),
         f"- roofline: (weights + state or KV bytes a step reads and writes) / {args.bandwidth_gbs:,.0f} GB/s; "
         "'x roofline' = measured / roofline; TTFT = prefill to the first token; kernels = CUDA kernels in one student "
         "step (torch.profiler over one replay of the one-step graph)",
@@ -339,7 +351,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
                 "|---|---|---|",
                 *(f"| `{k['name']}` | {k['us']} | {k['calls']} |" for k in r["student_top_kernels"]),
             ]
-    mixer = "" if args.mixer == "ssd" else f"-{args.mixer}"
+    mixer = ("" if args.mixer == "ssd" else f"-{args.mixer}") + ("-split" if split else "")
     write(f"decode_speed-{args.model}{mixer}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

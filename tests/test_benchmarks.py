@@ -261,3 +261,17 @@ def test_decode_speed_roofline_uses_the_gpus_own_bandwidth():
     assert hbm_bandwidth_gbs("NVIDIA H100 80GB HBM3") == 3350.0
     assert hbm_bandwidth_gbs("NVIDIA H200") == 4800.0
     assert hbm_bandwidth_gbs("cpu") == 4800.0
+
+
+def test_decode_speed_split_projection_is_its_own_file(tmp_path, monkeypatch):
+    """--decode-proj split sets MOHAWK_DECODE_PROJ for the run and names its file and payload apart, so the A/B of
+    the aligned decode projection never overwrites the plain figures."""
+    from benchmarks import decode_speed
+
+    monkeypatch.setenv("MOHAWK_DECODE_PROJ", "plain")  # restored after the test: main() sets it
+    args = ["--model", "tiny", "--device", "cpu", "--rows", "pure:16x1", "--new-tokens", "3", "--block", "2"]
+    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--decode-proj", "split", "--out", str(tmp_path)])
+    decode_speed.main()
+    (js,) = tmp_path.glob("decode_speed-tiny-split-*.json")
+    assert json.loads(js.read_text())["decode_proj"] == "split"
+    assert "in_proj split before its dt rows" in next(tmp_path.glob("*.md")).read_text()

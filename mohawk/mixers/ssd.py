@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mohawk.mixers.kernels import aligned_linear
+from mohawk.mixers.kernels import aligned_linear, split_linear, splits_decode_projection
 from mohawk.mixers.kernels.decode_step import use_decode_kernel
 
 
@@ -514,8 +514,13 @@ class SSDMixer(nn.Module):
         updated in place."""
         from mohawk.mixers.kernels.decode_step import decode_step
 
-        proj = aligned_linear(self.in_proj, u)[:, 0]
         s = self.in_proj_slices()
+        at = s["dt"].start  # every layout puts dt last
+        if splits_decode_projection(self.in_proj.out_features, at):
+            proj, dt = split_linear(self.in_proj, u[:, 0], at)
+        else:
+            proj = aligned_linear(self.in_proj, u)[:, 0]
+            dt = proj[:, s["dt"]]
         z = proj[:, s["z"]] if settings["gate"] != "none" else None
         conv_state, state = cache.get_state(self.layer_idx)
         y = decode_step(
@@ -523,7 +528,7 @@ class SSDMixer(nn.Module):
             conv_state,
             self.conv1d.weight[:, 0, :],
             self.conv1d.bias,
-            proj[:, s["dt"]] if settings["dt_mode"] != "ones" else None,
+            dt if settings["dt_mode"] != "ones" else None,
             self.A_log if settings["a_mode"] == "neg_exp" else None,
             self.D,
             state,
