@@ -3,7 +3,7 @@
 # window (results/README.md, "GPU queue", says why the teacher travels in two parts). Each call runs one step:
 #   bash scripts/gpu_campaign.sh part-a            # wheels into /tmp/site, the GGUF's first part into $KEEP
 #   bash scripts/gpu_campaign.sh part-b            # second part, joined and checked, teacher converted once
-#   bash scripts/gpu_campaign.sh train ARM,ARM [N [ARGS]] # tree copied to $KEEP/repo; N distillations at once (setsid)
+#   bash scripts/gpu_campaign.sh train ARM,ARM [N [ARGS]] # tree copied to $KEEP/repo; N at once (0: by GPU memory)
 #   bash scripts/gpu_campaign.sh screen [N [ARGS]] # once training has ended: the screen, N at once (setsid)
 #   bash scripts/gpu_campaign.sh wait SECONDS      # follow what runs; then the small files tarred to $OUT
 # Started jobs outlive the call (setsid), so `wait` in the next call picks them up.
@@ -45,12 +45,12 @@ case "${1:-}" in
     rm -rf "$KEEP/repo" && cp -r . "$KEEP/repo" && mkdir -p "$KEEP/runs" && touch "$KEEP/started"
     cp -rnp results/recall/runs/. "$KEEP/runs/"  # the committed screens (the teacher's) are not run again
     launch "$KEEP/campaign-train.log" python3 -m experiments.recall train --out "$KEEP/runs" --teacher "$GGUF" \
-      --only "$2" --concurrent "${3:-5}" "${@:4}"
+      --only "$2" --concurrent "${3:-0}" "${@:4}"
     sleep 5; cat "$KEEP/campaign-train.log" ;;
   screen)
     if pgrep -f "experiments.recall train" >/dev/null; then echo "training still runs: wait first"; exit 3; fi
     launch "$KEEP/campaign-screen.log" python3 -m experiments.recall screen --out "$KEEP/runs" --teacher "$GGUF" \
-      --concurrent "${2:-3}" "${@:3}"
+      --concurrent "${2:-0}" "${@:3}"
     sleep 5; cat "$KEEP/campaign-screen.log" ;;
   wait) follow "${2:-540}" ;;
   *) echo "usage: $0 part-a | part-b | train ARMS [N] | screen [N] | wait [SECONDS]"; exit 2 ;;

@@ -395,3 +395,35 @@ def test_recall_report_ratios_heads_and_missing_arms(tmp_path):
     doc = json.loads((tmp_path / "results" / "results.json").read_text())
     assert doc["missing"] == ["planned"]
     assert doc["models"]["heads"]["tasks"]["lambada_openai"]["ratio"][0] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_recall_concurrency_follows_gpu_memory():
+    """--concurrent 0 runs as many as the GPU's memory held in the campaigns: 3 distillations / 2 screens on an H100
+    (three screens ran out of memory there), 5 / 3 on an H200 (seven distillations and five screens did not fit)."""
+    from experiments.recall import auto_concurrent
+
+    assert (auto_concurrent("train", 79.2), auto_concurrent("screen", 79.2)) == (3, 2)
+    assert (auto_concurrent("train", 139.8), auto_concurrent("screen", 139.8)) == (5, 3)
+    assert auto_concurrent("screen", None) == auto_concurrent("train", 8.0) == 1
+
+
+def test_recall_launch_requeues_a_run_that_ran_out_of_memory(tmp_path, monkeypatch):
+    """A run that dies of CUDA out-of-memory beside others runs again once, with --resume and one fewer at once; a run
+    that fails otherwise keeps its exit status (no retry loop hides a real error)."""
+    import sys
+
+    from experiments import recall
+
+    monkeypatch.setattr(recall, "POLL_S", 0.05)
+    oom_once = (
+        "import pathlib, sys; m = pathlib.Path(sys.argv[1]); first = not m.exists(); m.touch(); "
+        "print('torch.OutOfMemoryError: CUDA out of memory.' if first else 'resumed ' + ' '.join(sys.argv[2:])); "
+        "sys.exit(1 if first else 0)"
+    )
+    cmds = {
+        "oom": ([sys.executable, "-c", oom_once, str(tmp_path / "marker")], tmp_path / "oom.log"),
+        "bad": ([sys.executable, "-c", "import sys; print('ValueError'); sys.exit(3)"], tmp_path / "bad.log"),
+    }
+    codes = recall._launch(cmds, 2, resume="--resume")
+    assert codes == {"oom": 0, "bad": 3}
+    assert "resumed --resume" in (tmp_path / "oom.log").read_text()
