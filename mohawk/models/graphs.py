@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from mohawk.mixers.attention import Attention
+from mohawk.mixers.ssd import SSDMixer
 from mohawk.models.cache import MohawkCache
 
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (parameter addresses, {key: graph})
@@ -115,8 +116,9 @@ class DecodeGraph:
     @contextlib.contextmanager
     def _compiled(self):
         """While open, and when ``self.compiled``: the blocks' norms and MLPs run their torch.compile'd forward, and
-        the attention layers their projections + RoPE (``_qkv``) and one-token attention (``_attend_one``) compiled
-        (elementwise chains fused into a few kernels; the KV writes and the SSD mixers with their caches stay eager)."""
+        the attention layers their projections + RoPE (``_qkv``) and one-token attention (``_attend_one``) compiled,
+        and the SSD mixers with an output norm their norm + out_proj after the fused step (``_finish_gated``)
+        (elementwise chains fused into a few kernels; the KV writes and the mixers' cached steps stay eager)."""
         if not self.compiled:
             yield
             return
@@ -128,6 +130,8 @@ class DecodeGraph:
             if m is not None
         ]
         parts += [(m, name) for m in model.modules() if isinstance(m, Attention) for name in ("_qkv", "_attend_one")]
+        # a mixer's output norm after the fused step (mamba2's grouped RMSNorm: ~7 elementwise kernels a layer eager)
+        parts += [(m, "_finish_gated") for m in model.modules() if isinstance(m, SSDMixer) and m.norm is not None]
         for m, name in parts:
             key = (type(m), name)
             if key not in _COMPILED:
