@@ -259,14 +259,12 @@ def test_compiled_parts_of_the_step(monkeypatch):
     assert not calls  # restored
 
 
-def test_compiled_one_token_attention_equals_eager(monkeypatch):
-    """The compiled step's attention through the static KV cache (``_attend_one``, compiled here by an identity that
-    records its calls) gives the eager step's logits: catches a split of ``_attend_static`` that changed the math, or
-    a one-token path that never reaches the compiled method."""
+def _compiled_steps_and_eager(m, monkeypatch):
+    """Logits of 4 one-token steps of ``m`` after a 9-token prompt through the static KV cache: (graph step with its
+    parts "compiled" by an identity that records each compiled function's calls, eager steps, the calls, the tokens)."""
     calls: list[str] = []
     monkeypatch.setattr(torch, "compile", lambda fn, dynamic=None: lambda *a: calls.append(fn.__name__) or fn(*a))
     monkeypatch.setattr(graphs, "_COMPILED", {})
-    m = student(HYBRID, ssd_conv_init="random")
     ids, nxt = torch.randint(0, 64, (2, 9)), torch.randint(0, 64, (2, 4))
 
     def static_prefill():
@@ -281,6 +279,14 @@ def test_compiled_one_token_attention_equals_eager(monkeypatch):
     g.compiled = True
     with torch.no_grad(), g._compiled():
         got = torch.cat([g.run(cache, t[:, None], 9 + i) for i, t in enumerate(nxt.T)], 1)
+    return got, want, calls, nxt
+
+
+def test_compiled_one_token_attention_equals_eager(monkeypatch):
+    """The compiled step's attention through the static KV cache (``_attend_one``, compiled here by an identity that
+    records its calls) gives the eager step's logits: catches a split of ``_attend_static`` that changed the math, or
+    a one-token path that never reaches the compiled method."""
+    got, want, calls, nxt = _compiled_steps_and_eager(student(HYBRID, ssd_conv_init="random"), monkeypatch)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     assert calls.count("_attend_one") == 2 * nxt.shape[1]  # both attention layers, every step
 
@@ -293,25 +299,9 @@ def test_compiled_mamba2_output_norm_equals_eager(monkeypatch):
     compiled (here by an identity that records its calls): the logits of the eager step, the compiled norm reached at
     every step of both mixers, and the model untouched afterwards. Catches a compiled step that leaves the norm's
     elementwise chain eager (the H100 profile: 547 kernels a step against the ssd student's 337)."""
-    calls: list[str] = []
-    monkeypatch.setattr(torch, "compile", lambda fn, dynamic=None: lambda *a: calls.append(fn.__name__) or fn(*a))
-    monkeypatch.setattr(graphs, "_COMPILED", {})
     monkeypatch.setenv("MOHAWK_DECODE_KERNEL", "triton")
     m = student(("mamba2", "attention", "mamba2"), ssd_conv_init="random")
-    ids, nxt = torch.randint(0, 64, (2, 9)), torch.randint(0, 64, (2, 4))
-
-    def static_prefill():
-        cache = MohawkCache(kv_capacity=16)
-        with torch.no_grad():
-            m(ids, past_key_values=cache, use_cache=True)
-        return cache
-
-    want = steps(m, static_prefill(), nxt)
-    cache = static_prefill()
-    g = graphs.DecodeGraph(m, cache, capture=False, sampling="logits")
-    g.compiled = True
-    with torch.no_grad(), g._compiled():
-        got = torch.cat([g.run(cache, t[:, None], 9 + i) for i, t in enumerate(nxt.T)], 1)
+    got, want, calls, nxt = _compiled_steps_and_eager(m, monkeypatch)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert calls.count("_finish_gated") == 2 * nxt.shape[1]
     assert all("_finish_gated" not in x.__dict__ for x in m.modules())
