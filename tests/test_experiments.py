@@ -4,6 +4,7 @@ planned-but-missing runs with their commands, verdicts that follow the numbers, 
 
 import json
 import math
+import os
 import shlex
 from pathlib import Path
 
@@ -427,3 +428,35 @@ def test_recall_launch_requeues_a_run_that_ran_out_of_memory(tmp_path, monkeypat
     codes = recall._launch(cmds, 2, resume="--resume")
     assert codes == {"oom": 0, "bad": 3}
     assert "resumed --resume" in (tmp_path / "oom.log").read_text()
+
+
+def test_gpu_campaign_script_steps(tmp_path):
+    """scripts/gpu_campaign.sh parses, refuses an unknown step with its usage, refuses to screen while training still
+    runs, and `wait` tars the small files of the runs started since `train` (not the committed ones copied in)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_campaign.sh"
+    env = {"PATH": "/usr/bin:/bin", "KEEP": str(tmp_path / "keep"), "OUT": str(tmp_path / "out")}
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    bad = subprocess.run(["bash", str(script), "fly"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage:" in bad.stdout
+    runs = tmp_path / "keep" / "runs"
+    (runs / "old").mkdir(parents=True)
+    (runs / "old" / "summary.json").write_text("{}")
+    os.utime(runs / "old" / "summary.json", (1, 1))
+    (tmp_path / "keep" / "started").touch()
+    (runs / "new").mkdir()
+    for name in ("summary.json", "model.safetensors"):
+        (runs / "new" / name).write_text("{}")
+    done = subprocess.run(["bash", str(script), "wait", "0"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    listed = subprocess.run(["tar", "tzf", str(tmp_path / "out" / "runs.tgz")], capture_output=True, text=True)
+    assert listed.stdout.split() == ["./new/summary.json"]
+    # a process whose command line holds what the script's pgrep looks for
+    training = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "experiments.recall train"])
+    try:
+        early = subprocess.run(["bash", str(script), "screen"], env=env, capture_output=True, text=True)
+    finally:
+        training.kill()
+    assert early.returncode == 3 and "training still runs" in early.stdout
