@@ -174,11 +174,11 @@ def _bias_through_conv(mixer, rows: torch.Tensor, bias: torch.Tensor) -> None:
     identity (one tap, the current token's), as transferred."""
     conv = mixer.conv1d.weight[:, 0]  # (conv_dim, k)
     channels = torch.as_tensor(rows).flatten() if not isinstance(rows, slice) else torch.arange(rows.start, rows.stop)
-    channels = channels - mixer.in_proj_slices()["x"].start
+    channels = (channels - mixer.in_proj_slices()["x"].start).to(conv.device)
     if conv[channels, :-1].any():
         raise MohawkError("internal: an in_proj bias moved into a conv that is not at identity")
-    channels = channels.to(conv.device)
-    mixer.conv1d.bias[channels] += (bias.to(conv.device).float() * conv[channels, -1].float()).to(conv.dtype)
+    bias = bias.to(conv.device).float()
+    mixer.conv1d.bias[channels] += (bias * conv[channels, -1].float()).to(mixer.conv1d.bias.dtype)
 
 
 @torch.no_grad()
