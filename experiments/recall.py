@@ -51,6 +51,20 @@ ARMS = {
     # head-level hybrids at the KV budget of the layer-level arms (N layers x the teacher's KV heads, as KV groups)
     "hybrid4h-retrieval": ["--num-attention-layers", "4", "--placement", "retrieval-heads"],
     "hybrid2h-retrieval": ["--num-attention-layers", "2", "--placement", "retrieval-heads"],
+    # trained at the longest passkey length (2,048; 4 sequences per update keep 8,192 tokens per update; stage 1 in
+    # 256-row tiles): hybrid4-retrieval copies at 512 / 1,024 and loses keys at 2,048, four times its training length
+    "hybrid4-retrieval-len2048": [
+        "--num-attention-layers",
+        "4",
+        "--placement",
+        "retrieval",
+        "--seq-len",
+        "2048",
+        "--batch-size",
+        "4",
+        "--stage1-tile",
+        "256",
+    ],  # fmt: skip
     # the KD loss weighted 1 + 4 on positions whose next token can be copied from earlier in the sequence
     "ssd-copy4": ["--copy-weight", "4"],
     "hybrid4-retrieval-copy4": ["--num-attention-layers", "4", "--placement", "retrieval", "--copy-weight", "4"],
@@ -61,13 +75,14 @@ CHANCE = {"hellaswag": 0.25, "lambada_openai": 0.0}  # a random guess (lambada: 
 
 
 def distill_command(name: str, args) -> list[str]:
-    """The `mohawk distill` argv of arm ``name`` (its own --data replaces the default)."""
+    """The `mohawk distill` argv of arm ``name`` (its own --data, --seq-len or --batch-size replace the defaults)."""
     flags = ARMS[name]
-    data = [] if "--data" in flags else ["--data", "bundled"]
+    defaults = {"--data": "bundled", "--seq-len": str(args.seq_len), "--batch-size": str(args.batch_size)}
+    own = [x for flag, value in defaults.items() if flag not in flags for x in (flag, value)]
     compile_mode = "graphs" if args.device == "cuda" else "off"
     return [
         "mohawk", "distill", "--teacher", args.teacher, "--out", str(Path(args.out) / name),
-        "--tokens", str(args.tokens), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), *data,
+        "--tokens", str(args.tokens), *own,
         "--val-sequences", "32", "--device", args.device, "--compile", compile_mode, "--eval-tasks", "",
         "--quiet", "--checkpoint-every", "200", "--stage3-lr", STAGE3_LR, "--seed", str(args.seed), *flags,
     ]  # fmt: skip

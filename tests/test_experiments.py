@@ -347,8 +347,17 @@ def test_every_recall_arm_is_a_valid_distill_command(monkeypatch):
     monkeypatch.setattr(distill_module, "distill", lambda cfg, **kw: seen.append(cfg))
     for name in recall.ARMS:
         assert main(recall.distill_command(name, args)[1:]) == 0, name
-    placements = {name: cfg.placement for name, cfg in zip(recall.ARMS, seen, strict=True)}
-    assert placements["hybrid4h-retrieval"] == placements["hybrid2h-retrieval"] == "retrieval-heads"
+    cfgs = dict(zip(recall.ARMS, seen, strict=True))
+    assert cfgs["hybrid4h-retrieval"].placement == cfgs["hybrid2h-retrieval"].placement == "retrieval-heads"
+    long = cfgs["hybrid4-retrieval-len2048"]  # its own length replaces the campaign's, the update stays 8,192 tokens
+    assert (long.seq_len, long.batch_size, long.stage1_tile) == (2048, 4, 256)
+    assert (cfgs["ssd"].seq_len, cfgs["ssd"].batch_size, cfgs["ssd-gutenberg-modern"].data) == (
+        64,
+        2,
+        "gutenberg+modern",
+    )
+    argv = recall.distill_command("hybrid4-retrieval-len2048", args)
+    assert argv.count("--seq-len") == argv.count("--batch-size") == argv.count("--data") == 1
 
 
 def _screen(path: Path, name: str, lambada: list[float], hellaswag: list[float], ppl: float, passkey_hits: float):
