@@ -306,7 +306,7 @@ def from_teacher(
     student.load_state_dict(to_load, strict=False)
     p = next(adapter.model.parameters())
     student = student.to(device=p.device, dtype=p.dtype)
-    if ssd_init == "attention" and any(_gate_to_open(replaced_part(x.mixer).module) for x in student.model.layers):
+    if ssd_init == "attention" and _gated_layers(student):
         if calibration_ids is None:
             b, length = RANDOM_CALIBRATION
             g = torch.Generator().manual_seed(0)
@@ -326,9 +326,8 @@ def calibrate(student: MohawkForCausalLM, teacher, stream) -> dict:
     mohawk.data.TokenStream at the length stage 1 trains at): ``fit_gates`` for mixers without an in_proj bias, then
     ``scale_to_attention`` for the families it rescales; {} without reading the stream when neither applies.
     Returns {"gates": ..., "scales": ...} (what each found), the keys that applied."""
-    parts = [replaced_part(layer.mixer).module for layer in student.model.layers]
-    gates = any(_gate_to_open(m) for m in parts)
-    scales = any(getattr(m, "attention_scaled_rows", None) for m in parts)
+    gates = bool(_gated_layers(student))
+    scales = any(getattr(replaced_part(x.mixer).module, "attention_scaled_rows", None) for x in student.model.layers)
     if not (gates or scales):
         return {}
     from mohawk.data import take
@@ -342,8 +341,10 @@ def calibrate(student: MohawkForCausalLM, teacher, stream) -> dict:
     return out
 
 
-def _gate_to_open(mixer) -> bool:
-    return bool(getattr(mixer, "gate_opens_without_bias", False)) and mixer.in_proj.bias is None
+def _gated_layers(student: MohawkForCausalLM) -> list[int]:
+    """Layers whose (replaced part's) mixer opens its gate from data: a mamba2 mixer without an in_proj bias."""
+    parts = [replaced_part(layer.mixer).module for layer in student.model.layers]
+    return [i for i, m in enumerate(parts) if getattr(m, "gate_opens_without_bias", False) and m.in_proj.bias is None]
 
 
 def gate_direction(u: torch.Tensor, steps: int = 300) -> tuple[torch.Tensor, float, dict]:
@@ -373,7 +374,7 @@ def fit_gates(student: MohawkForCausalLM, teacher, input_ids: torch.Tensor) -> d
     """Open the gate of every mixer without an in_proj bias (mamba2 with ``ssd_proj_bias=False``) along
     ``gate_direction`` of the teacher's inputs to its layer on ``input_ids`` (batch, L) (Mamba2Mixer.open_gate).
     Returns {layer: {"min_cosine", "positive"}}: a share below 1 is where the gate starts closed or reversed."""
-    layers = [i for i, layer in enumerate(student.model.layers) if _gate_to_open(replaced_part(layer.mixer).module)]
+    layers = _gated_layers(student)
     if not layers:
         return {}
     device = next(student.parameters()).device
