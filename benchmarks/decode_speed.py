@@ -136,6 +136,9 @@ def teacher_static(model, ids: torch.Tensor, new_tokens: int, device) -> dict:
     from transformers import LogitsProcessorList
 
     clock = _StepClock(device)
+    # generate sizes a static cache to the longest length any earlier call asked for: without this reset a row after
+    # a 32k one would time the teacher attending over a 32k cache
+    model.__dict__.pop("_previous_max_cache_length", None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)

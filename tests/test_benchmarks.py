@@ -275,3 +275,18 @@ def test_decode_speed_split_projection_is_its_own_file(tmp_path, monkeypatch):
     (js,) = tmp_path.glob("decode_speed-tiny-split-*.json")
     assert json.loads(js.read_text())["decode_proj"] == "split"
     assert "in_proj split before its dt rows" in next(tmp_path.glob("*.md")).read_text()
+
+
+def test_decode_speed_teacher_cache_is_sized_to_each_row():
+    """Each row's teacher decodes from a static cache of its own length: transformers keeps the longest length any
+    earlier generate asked for, so without a reset a 4k row after a 32k one timed the teacher over a 32k cache."""
+    from benchmarks import decode_speed
+    from benchmarks.common import model_config, random_teacher_and_student
+
+    device = decode_speed.resolve_device("cpu")
+    teacher, _, _ = random_teacher_and_student(model_config("tiny"), device)
+    long, short = (decode_speed.torch.randint(0, 100, (1, n)) for n in (40, 8))
+    decode_speed.teacher_static(teacher, long, 3, device)
+    assert teacher._previous_max_cache_length >= 40 + 2
+    decode_speed.teacher_static(teacher, short, 3, device)
+    assert teacher._previous_max_cache_length <= 8 + 3
