@@ -116,11 +116,14 @@ def _pow2_at_most(v: int) -> int:
     return 1 << max(0, v.bit_length() - 1)
 
 
-def block_sizes(batch: int, n: int, k: int) -> tuple[int, int, int]:
-    """(BB, BLOCK_N, BLOCK_K): BLOCK_N for about 128 programs or more (an H100 has 132 SMs: a GEMV needs every one
-    reading to near its bandwidth), BLOCK_K so that a (BB, BLOCK_N, BLOCK_K) product stays ~4K floats (registers)."""
+def block_sizes(batch: int, n: int, k: int, block_n: int | None = None) -> tuple[int, int, int]:
+    """(BB, BLOCK_N, BLOCK_K): BLOCK_N (unless given) for about 128 programs or more (an H100 has 132 SMs: a GEMV
+    needs every one reading to near its bandwidth), BLOCK_K so that a (BB, BLOCK_N, BLOCK_K) product stays ~4K
+    floats (registers)."""
     bb = triton.next_power_of_2(batch)
-    block_n = min(32, max(2, _pow2_at_most(n // 128)))
+    if block_n is None and os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter runs programs one by one
+        block_n = min(64, triton.next_power_of_2(n))
+    block_n = block_n or min(32, max(2, _pow2_at_most(n // 128)))
     block_k = min(256, triton.next_power_of_2(k), max(16, _pow2_at_most(4096 // (bb * block_n))))
     return bb, block_n, block_k
 
@@ -136,20 +139,19 @@ def decode_matvec(
     up_bias: Tensor | None = None,
     residual: Tensor | None = None,
     block_n: int | None = None,
+    block_k: int | None = None,
 ) -> Tensor:
-    """:func:`decode_matvec_reference` in one Triton kernel (same arguments; ``block_n``: outputs per program,
-    a power of two, default :func:`block_sizes`'s). Rows of x, weight, up_weight and residual need a unit last
-    stride; ``up_bias`` is given exactly when ``bias`` is."""
+    """:func:`decode_matvec_reference` in one Triton kernel (same arguments; ``block_n`` outputs per program and
+    ``block_k`` inputs per iteration, powers of two, default :func:`block_sizes`'s). Rows of x, weight, up_weight
+    and residual need a unit last stride; ``up_bias`` is given exactly when ``bias`` is."""
     b, k = x.shape
     n = weight.shape[0]
     assert weight.shape == (n, k) and x.stride(-1) == 1 and weight.stride(-1) == 1
     assert up_weight is None or (up_weight.shape == (n, k) and up_weight.stride(-1) == 1)
     assert (up_weight is None or bias is None) or up_bias is not None
     assert residual is None or (residual.shape == (b, n) and residual.stride(-1) == 1)
-    bb, bn, bk = block_sizes(b, n, k)
-    if block_n is not None:
-        bn = block_n
-        bk = min(256, triton.next_power_of_2(k), max(16, _pow2_at_most(4096 // (bb * bn))))
+    bb, bn, bk = block_sizes(b, n, k, block_n)
+    bk = block_k or bk
     out_dtype = residual.dtype if residual is not None else x.dtype
     y = torch.empty(b, n, dtype=out_dtype, device=x.device)
     w2 = up_weight if up_weight is not None else weight
@@ -168,16 +170,21 @@ def decode_matvec(
 CHOICES = ("plain", "fused")
 
 
-def fuses_decode_matvec(h: Tensor) -> bool:
-    """Whether a one-token step of h (batch, 1, hidden) takes :func:`decode_matvec` for its block's products.
-    MOHAWK_DECODE_MATVEC chooses: ``plain`` (default: cuBLAS products, separate norms and adds) or ``fused``, which
-    applies on CUDA (or in Triton's interpreter, TRITON_INTERPRET=1: tests) to at most MAX_BATCH sequences, without
-    gradients (no backward) or autocast (whose casts the plain products would make)."""
+def decode_matvec_choice() -> str:
+    """MOHAWK_DECODE_MATVEC: ``plain`` (default: cuBLAS products, separate norms and adds) or ``fused``."""
     choice = os.environ.get("MOHAWK_DECODE_MATVEC", "plain")
     if choice not in CHOICES:
         raise ValueError(f"MOHAWK_DECODE_MATVEC={choice!r}: expected one of {', '.join(CHOICES)}")
+    return choice
+
+
+def fuses_decode_matvec(h: Tensor) -> bool:
+    """Whether a one-token step of h (batch, 1, hidden) takes :func:`decode_matvec` for its block's products: with
+    MOHAWK_DECODE_MATVEC=fused, on CUDA (or in Triton's interpreter, TRITON_INTERPRET=1: tests), for at most
+    MAX_BATCH sequences, without gradients (no backward), autocast (whose casts the plain products would make) or
+    torch.compile around it (a compiled caller keeps its own products)."""
     return (
-        choice == "fused"
+        decode_matvec_choice() == "fused"
         and triton is not None
         and (h.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
         and h.dim() == 3
@@ -185,4 +192,5 @@ def fuses_decode_matvec(h: Tensor) -> bool:
         and h.shape[0] <= MAX_BATCH
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled(h.device.type)
+        and not torch.compiler.is_compiling()
     )
