@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end on a tiny model on the CPU and write their JSON + markdown."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -275,3 +276,18 @@ def test_decode_speed_split_projection_is_its_own_file(tmp_path, monkeypatch):
     (js,) = tmp_path.glob("decode_speed-tiny-split-*.json")
     assert json.loads(js.read_text())["decode_proj"] == "split"
     assert "in_proj split before its dt rows" in next(tmp_path.glob("*.md")).read_text()
+
+
+def test_decode_speed_fused_matvec_is_its_own_file(tmp_path, monkeypatch):
+    """--decode-matvec fused sets MOHAWK_DECODE_MATVEC for the run and names its file, payload and text apart, so the
+    A/B of the fused block products never overwrites the plain figures."""
+    from benchmarks import decode_speed
+
+    monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "plain")  # restored after the test: main() sets it
+    args = ["--model", "tiny", "--device", "cpu", "--rows", "pure:16x1", "--new-tokens", "3", "--block", "2"]
+    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--decode-matvec", "fused", "--out", str(tmp_path)])
+    decode_speed.main()
+    assert os.environ["MOHAWK_DECODE_MATVEC"] == "fused"
+    (js,) = tmp_path.glob("decode_speed-tiny-fused-*.json")
+    assert json.loads(js.read_text())["decode_matvec"] == "fused"
+    assert "(`--decode-matvec fused`)" in next(tmp_path.glob("*.md")).read_text()

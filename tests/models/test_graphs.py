@@ -453,7 +453,7 @@ def test_fused_matvec_keeps_the_plain_path_where_it_does_not_apply(monkeypatch):
 @needs_kernels
 def test_compiled_output_norm_with_fused_matvec(monkeypatch):
     """decode_compile with MOHAWK_DECODE_MATVEC=fused: a mamba2 mixer's output norm alone is compiled
-    (``_out_input``), its out_proj and the residual add being the fused kernel; the logits of the plain compiled step."""
+    (``_out_input``), its out_proj and the residual add being the fused kernel; the plain compiled step's logits."""
     monkeypatch.setenv("MOHAWK_DECODE_KERNEL", "triton")
     m = _perturbed(student(("mamba2", "attention", "mamba2"), ssd_conv_init="random"))
     monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "plain")
