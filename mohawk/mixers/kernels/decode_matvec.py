@@ -12,8 +12,10 @@ latency, not memory (benchmarks/README.md: 11 kernels a layer, each ~4 us). A se
 
 with n(x) = x / sqrt(mean(x^2) + eps) * w the block's RMSNorm (mohawk.mixers.norm.RMSNorm), x (batch, K) for batch
 up to :data:`MAX_BATCH`, W (N, K) for any N (SmolLM2's SSD in_proj has 2,313 rows). Each program computes a BLOCK_N
-slice of outputs for every sequence, reading its rows of W once; it recomputes the norm's statistics of the few
-(batch, K) inputs itself (a few KB, from cache) rather than waiting on another kernel. Arithmetic is float32 from
+slice of outputs for every sequence: it loads its whole rows of W at once (a GEMV this small is bound by memory
+latency: all loads in flight beats a loop over K), then reuses them from registers for each sequence, recomputing the
+norm's statistics of its (K,) input itself (a few KB, from cache) rather than waiting on another kernel. K is meant to
+be a hidden or intermediate size (up to ~16K: the rows must fit the program's registers). Arithmetic is float32 from
 bf16 / float32 inputs; the output has x's dtype (the residual's with one). :func:`decode_matvec_reference` computes the
 same in PyTorch; the tests hold them equal in Triton's interpreter (TRITON_INTERPRET=1) and compiled on a GPU.
 """
@@ -26,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-MAX_BATCH = 16  # sequences from which a decoding step keeps cuBLAS: its GEMMs use tensor cores, these kernels don't
+# sequences up to which a decoding step may take these kernels: each sequence is another pass of float32 FMAs over
+# a program's rows, where cuBLAS's GEMMs would use tensor cores (an estimate, to be measured)
+MAX_BATCH = 16
 
 
 def decode_matvec_reference(
@@ -67,65 +71,58 @@ if triton is not None:
     def decode_matvec_kernel(
         x_ptr, s_xb, nw_ptr, w_ptr, s_wn, b_ptr, w2_ptr, s_w2n, b2_ptr, r_ptr, s_rb, y_ptr, s_yb,
         B, N, K, eps,
-        BB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        BLOCK_N: tl.constexpr, KB: tl.constexpr,
         NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
     ):  # fmt: skip
-        offs_b = tl.arange(0, BB)
-        mb = offs_b < B
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         mn = offs_n < N
-        offs_k0 = tl.arange(0, BLOCK_K)
-        if NORM:  # every program the statistics of all rows: (batch, K) is a few KB, cheaper than a second kernel
-            ss = tl.zeros((BB,), dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                offs_k = k0 + offs_k0
-                m = mb[:, None] & (offs_k < K)[None, :]
-                xk = tl.load(x_ptr + offs_b[:, None] * s_xb + offs_k[None, :], mask=m, other=0.0).to(tl.float32)
-                ss += tl.sum(xk * xk, axis=1)
-            rstd = tl.rsqrt(ss / K + eps)
-        acc = tl.zeros((BB, BLOCK_N), dtype=tl.float32)
-        acc2 = tl.zeros((BB, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + offs_k0
-            mk = offs_k < K
-            xk = tl.load(
-                x_ptr + offs_b[:, None] * s_xb + offs_k[None, :], mask=mb[:, None] & mk[None, :], other=0.0
-            ).to(tl.float32)
-            if NORM:
-                xk = xk * rstd[:, None] * tl.load(nw_ptr + offs_k, mask=mk, other=0.0).to(tl.float32)[None, :]
-            wm = mn[:, None] & mk[None, :]
-            w = tl.load(w_ptr + offs_n[:, None] * s_wn + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
-            # (BB, 1, BLOCK_K) x (1, BLOCK_N, BLOCK_K) summed over K: a few sequences are too few rows for tl.dot
-            acc += tl.sum(xk[:, None, :] * w[None, :, :], axis=2)
-            if GATED:
-                w2 = tl.load(w2_ptr + offs_n[:, None] * s_w2n + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
-                acc2 += tl.sum(xk[:, None, :] * w2[None, :, :], axis=2)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)[None, :]
-            if GATED:
-                acc2 += tl.load(b2_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)[None, :]
+        offs_k = tl.arange(0, KB)
+        mk = offs_k < K
+        # the program's rows of W, whole (KB >= K): every load of the kernel in flight at once (a GEMV is bound by
+        # memory latency at this size, not by a K loop's arithmetic), then reused from registers for each sequence
+        wm = mn[:, None] & mk[None, :]
+        w = tl.load(w_ptr + offs_n[:, None] * s_wn + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
         if GATED:
-            acc = acc * tl.sigmoid(acc) * acc2
-        om = mb[:, None] & mn[None, :]
-        if RESIDUAL:
-            acc += tl.load(r_ptr + offs_b[:, None] * s_rb + offs_n[None, :], mask=om, other=0.0).to(tl.float32)
-        tl.store(y_ptr + offs_b[:, None] * s_yb + offs_n[None, :], acc, mask=om)
+            w2 = tl.load(w2_ptr + offs_n[:, None] * s_w2n + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
+        if NORM:
+            nw = tl.load(nw_ptr + offs_k, mask=mk, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)
+            if GATED:
+                bias2 = tl.load(b2_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)
+        for bi in range(0, B):
+            x = tl.load(x_ptr + bi * s_xb + offs_k, mask=mk, other=0.0).to(tl.float32)
+            if NORM:  # the row's statistics here: (batch, K) is a few KB from cache, cheaper than another kernel
+                x = x * tl.rsqrt(tl.sum(x * x, axis=0) / K + eps) * nw
+            y = tl.sum(w * x[None, :], axis=1)
+            if HAS_BIAS:
+                y += bias
+            if GATED:
+                up = tl.sum(w2 * x[None, :], axis=1)
+                if HAS_BIAS:
+                    up += bias2
+                y = y * tl.sigmoid(y) * up
+            if RESIDUAL:
+                y += tl.load(r_ptr + bi * s_rb + offs_n, mask=mn, other=0.0).to(tl.float32)
+            tl.store(y_ptr + bi * s_yb + offs_n, y, mask=mn)
+
+
+TILE = 8192  # weight elements a program holds (float32 registers: 64 a thread at 4 warps)
 
 
 def _pow2_at_most(v: int) -> int:
     return 1 << max(0, v.bit_length() - 1)
 
 
-def block_sizes(batch: int, n: int, k: int, block_n: int | None = None) -> tuple[int, int, int]:
-    """(BB, BLOCK_N, BLOCK_K): BLOCK_N (unless given) for about 128 programs or more (an H100 has 132 SMs: a GEMV
-    needs every one reading to near its bandwidth), BLOCK_K so that a (BB, BLOCK_N, BLOCK_K) product stays ~4K
-    floats (registers)."""
-    bb = triton.next_power_of_2(batch)
-    if block_n is None and os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter runs programs one by one
-        block_n = min(64, triton.next_power_of_2(n))
-    block_n = block_n or min(32, max(2, _pow2_at_most(n // 128)))
-    block_k = min(256, triton.next_power_of_2(k), max(16, _pow2_at_most(4096 // (bb * block_n))))
-    return bb, block_n, block_k
+def block_sizes(n: int, k: int, gated: bool = False) -> tuple[int, int]:
+    """(BLOCK_N, KB): KB = next power of two >= K (a program reads whole rows), BLOCK_N rows for about 128 programs or
+    more (an H100 has 132 SMs: a GEMV needs all of them reading) within TILE elements of weight (both weights' for
+    the gated kernel). Triton's interpreter runs programs one by one: there, as few as fit."""
+    kb = triton.next_power_of_2(k)
+    fit = max(1, TILE // (kb * (2 if gated else 1)))
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return min(fit, triton.next_power_of_2(n)), kb
+    return min(fit, max(1, _pow2_at_most(n // 128))), kb
 
 
 def decode_matvec(
@@ -139,30 +136,29 @@ def decode_matvec(
     up_bias: Tensor | None = None,
     residual: Tensor | None = None,
     block_n: int | None = None,
-    block_k: int | None = None,
 ) -> Tensor:
-    """:func:`decode_matvec_reference` in one Triton kernel (same arguments; ``block_n`` outputs per program and
-    ``block_k`` inputs per iteration, powers of two, default :func:`block_sizes`'s). Rows of x, weight, up_weight
-    and residual need a unit last stride; ``up_bias`` is given exactly when ``bias`` is."""
+    """:func:`decode_matvec_reference` in one Triton kernel (same arguments; ``block_n``: output rows per program, a
+    power of two, default :func:`block_sizes`'s). Rows of x, weight, up_weight and residual need a unit last stride;
+    ``up_bias`` is given exactly when ``bias`` is."""
     b, k = x.shape
     n = weight.shape[0]
     assert weight.shape == (n, k) and x.stride(-1) == 1 and weight.stride(-1) == 1
     assert up_weight is None or (up_weight.shape == (n, k) and up_weight.stride(-1) == 1)
     assert (up_weight is None or bias is None) or up_bias is not None
     assert residual is None or (residual.shape == (b, n) and residual.stride(-1) == 1)
-    bb, bn, bk = block_sizes(b, n, k, block_n)
-    bk = block_k or bk
-    out_dtype = residual.dtype if residual is not None else x.dtype
-    y = torch.empty(b, n, dtype=out_dtype, device=x.device)
-    w2 = up_weight if up_weight is not None else weight
+    gated = up_weight is not None
+    bn, kb = block_sizes(n, k, gated)
+    bn = block_n or bn
+    y = torch.empty(b, n, dtype=residual.dtype if residual is not None else x.dtype, device=x.device)
+    w2 = up_weight if gated else weight
     r = residual if residual is not None else y
     decode_matvec_kernel[(triton.cdiv(n, bn),)](
         x, x.stride(0), norm_weight if norm_weight is not None else weight, weight, weight.stride(0),
         bias if bias is not None else weight, w2, w2.stride(0), up_bias if up_bias is not None else weight,
         r, r.stride(0), y, y.stride(0),
         b, n, k, eps,
-        BB=bb, BLOCK_N=bn, BLOCK_K=bk, NORM=norm_weight is not None, HAS_BIAS=bias is not None,
-        GATED=up_weight is not None, RESIDUAL=residual is not None,
+        BLOCK_N=bn, KB=kb, NORM=norm_weight is not None, HAS_BIAS=bias is not None, GATED=gated,
+        RESIDUAL=residual is not None, num_warps=8 if bn * kb * (2 if gated else 1) > TILE // 2 else 4,
     )  # fmt: skip
     return y
 
