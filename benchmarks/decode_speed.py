@@ -34,6 +34,7 @@ from benchmarks.common import (
     versions,
     write,
 )
+from mohawk.mixers.kernels.decode_matvec import MAX_BATCH
 from mohawk.models import graphs
 from mohawk.parallel import resolve_device
 from mohawk.transfer import from_teacher, place_attention_layers
@@ -222,10 +223,19 @@ def main():
         help="the students' in_proj in a decoding step: one product, or split before the dt rows so the rest is "
         "aligned (sets MOHAWK_DECODE_PROJ; default: the environment's, else plain)",
     )  # fmt: skip
+    ap.add_argument(
+        "--decode-matvec", choices=("plain", "fused"), default=None,
+        help="a decoding step's block products: cuBLAS with separate norms and residual adds, or fused Triton "
+        "kernels (norm + in_proj, norm + gate + up, out_proj / down + residual; sets MOHAWK_DECODE_MATVEC; default: "
+        "the environment's, else plain)",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.decode_proj:
         os.environ["MOHAWK_DECODE_PROJ"] = args.decode_proj
     args.decode_proj = os.environ.get("MOHAWK_DECODE_PROJ", "plain")
+    if args.decode_matvec:
+        os.environ["MOHAWK_DECODE_MATVEC"] = args.decode_matvec
+    args.decode_matvec = os.environ.get("MOHAWK_DECODE_MATVEC", "plain")
     rows_wanted = parse_rows(args)
 
     device = resolve_device(args.device)
@@ -289,6 +299,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
     dev = device_name(device)
     cmd = command()
     split = getattr(args, "decode_proj", "plain") == "split"
+    fused = getattr(args, "decode_matvec", "plain") == "fused"
     payload = {
         "device": dev,
         "versions": versions("transformers", "triton", "mamba_ssm"),
@@ -300,6 +311,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "compile": args.compile,
         "bandwidth_gbs": args.bandwidth_gbs,
         "decode_proj": "split" if split else "plain",
+        "decode_matvec": "fused" if fused else "plain",
         "rows": rows,
     }
     lines = [
@@ -318,7 +330,13 @@ def save(args, device, dtype, rows: list[dict]) -> None:
             if args.compile
             else ""
         )
-        + (", in_proj split before its dt rows (`--decode-proj split`)" if split else ""),
+        + (", in_proj split before its dt rows (`--decode-proj split`)" if split else "")
+        + (
+            ", each block's norms, products and residual adds in fused Triton matvec kernels up to batch "
+            f"{MAX_BATCH} (`--decode-matvec fused`)"
+            if fused
+            else ""
+        ),
         f"- roofline: (weights + state or KV bytes a step reads and writes) / {args.bandwidth_gbs:,.0f} GB/s; "
         "'x roofline' = measured / roofline; TTFT = prefill to the first token; kernels = CUDA kernels in one student "
         "step (torch.profiler over one replay of the one-step graph)",
@@ -355,6 +373,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
                 *(f"| `{k['name']}` | {k['us']} | {k['calls']} |" for k in r["student_top_kernels"]),
             ]
     mixer = ("" if args.mixer == "ssd" else f"-{args.mixer}") + ("-split" if split else "")
+    mixer += "-fused" if fused else ""
     write(f"decode_speed-{args.model}{mixer}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end on a tiny model on the CPU and write their JSON + markdown."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -290,3 +291,18 @@ def test_decode_speed_teacher_cache_is_sized_to_each_row():
     assert teacher._previous_max_cache_length >= 40 + 2
     decode_speed.teacher_static(teacher, short, 3, device)
     assert teacher._previous_max_cache_length <= 8 + 3
+
+
+def test_decode_speed_fused_matvec_is_its_own_file(tmp_path, monkeypatch):
+    """--decode-matvec fused sets MOHAWK_DECODE_MATVEC for the run and names its file, payload and text apart, so the
+    A/B of the fused block products never overwrites the plain figures."""
+    from benchmarks import decode_speed
+
+    monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "plain")  # restored after the test: main() sets it
+    args = ["--model", "tiny", "--device", "cpu", "--rows", "pure:16x1", "--new-tokens", "3", "--block", "2"]
+    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--decode-matvec", "fused", "--out", str(tmp_path)])
+    decode_speed.main()
+    assert os.environ["MOHAWK_DECODE_MATVEC"] == "fused"
+    (js,) = tmp_path.glob("decode_speed-tiny-fused-*.json")
+    assert json.loads(js.read_text())["decode_matvec"] == "fused"
+    assert "(`--decode-matvec fused`)" in next(tmp_path.glob("*.md")).read_text()

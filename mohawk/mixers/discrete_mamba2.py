@@ -174,8 +174,8 @@ class DiscreteMamba2Mixer(SSDMixer):
         # x B^T without dt, dt = softplus(decay logits), A = -1; the SiLU gate
         return {"x_over_dt": True, "gate": "mul_silu", "out_dtype": None, "dt_mode": "softplus", "a_mode": "minus_one"}
 
-    def _finish_gated(self, g: Tensor) -> Tensor:
-        return self.out_proj(g)
+    def _out_input(self, g: Tensor) -> Tensor:
+        return g  # the official layer has no norm (``_finish`` ignores ssd_norm)
 
 
 class DiscreteMamba2Cab9fe3Mixer(DiscreteMamba2Mixer):
@@ -197,5 +197,5 @@ class DiscreteMamba2Cab9fe3Mixer(DiscreteMamba2Mixer):
         # x B^T without dt, dt = softplus(decay logits), A = -1; z is a residual into the norm
         return {"x_over_dt": True, "gate": "add", "out_dtype": None, "dt_mode": "softplus", "a_mode": "minus_one"}
 
-    def _finish_gated(self, g: Tensor) -> Tensor:
-        return self.out_proj(self.norm(g))
+    def _out_input(self, g: Tensor) -> Tensor:
+        return self.norm(g)

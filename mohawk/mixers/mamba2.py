@@ -84,5 +84,5 @@ class Mamba2Mixer(SSDMixer):
         settings = {"x_over_dt": False, "gate": "mul_silu", "dt_mode": "softplus_bias", "a_mode": "neg_exp"}
         return {**settings, "out_dtype": torch.float32}  # the norm gates in float32
 
-    def _finish_gated(self, g: Tensor) -> Tensor:
-        return self.out_proj(self.norm.normalize(g, self.out_proj.weight.dtype))
+    def _out_input(self, g: Tensor) -> Tensor:
+        return self.norm.normalize(g, self.out_proj.weight.dtype)

@@ -494,9 +494,14 @@ class SSDMixer(nn.Module):
         )
         return {"x_over_dt": False, "gate": gate, "out_dtype": None, **modes}
 
+    def _out_input(self, g: Tensor) -> Tensor:
+        """g (b, L, d_inner): y after the gate the fused step applied -> what out_proj reads (after the output norm
+        where there is one)."""
+        return self.norm(g) if self.norm is not None else g
+
     def _finish_gated(self, g: Tensor) -> Tensor:
         """g (b, L, d_inner): y after the gate the fused step applied -> the rest of ``_finish``."""
-        return self.out_proj(self.norm(g) if self.norm is not None else g)
+        return self.out_proj(self._out_input(g))
 
     def _fused_settings_for(self, u: Tensor, cache) -> dict | None:
         """The fused step's settings when this one-token step can take it, else None."""
@@ -508,15 +513,27 @@ class SSDMixer(nn.Module):
             return None
         return settings
 
-    def _forward_fused(self, u: Tensor, cache, settings: dict) -> Tensor:
+    def residual_step(self, h: Tensor, norm, cache) -> Tensor | None:
+        """``h + self(norm(h), cache=cache)`` for one token h (b, 1, hidden) through the fused step, the block's
+        RMSNorm ``norm`` folded into in_proj and the residual add into out_proj (MOHAWK_DECODE_MATVEC=fused:
+        mohawk.mixers.kernels.decode_matvec); None where the fused step does not apply."""
+        settings = self._fused_settings_for(h, cache)
+        return None if settings is None else self._forward_fused(h, cache, settings, norm)
+
+    def _forward_fused(self, u: Tensor, cache, settings: dict, norm=None) -> Tensor:
         """One token (u (b, 1, hidden)) through the fused Triton step: from in_proj's raw output, the dt softplus,
         the decay, conv shift, state update, D skip and gate in one kernel; the cached conv window and state are
-        updated in place."""
+        updated in place. With ``norm`` (:meth:`residual_step`), u is the block's input h and this returns
+        ``h + mixer(norm(h))``, norm + in_proj and out_proj + residual each one kernel."""
+        from mohawk.mixers.kernels.decode_matvec import decode_matvec
         from mohawk.mixers.kernels.decode_step import decode_step
 
         s = self.in_proj_slices()
         at = s["dt"].start  # every layout puts dt last
-        if splits_decode_projection(self.in_proj.out_features, at):
+        if norm is not None:  # any row count: no unaligned GEMM to split around
+            proj = decode_matvec(u[:, 0], self.in_proj.weight, self.in_proj.bias, norm_weight=norm.weight, eps=norm.eps)
+            dt = proj[:, s["dt"]]
+        elif splits_decode_projection(self.in_proj.out_features, at):
             proj, dt = split_linear(self.in_proj, u[:, 0], at)
         else:
             proj = aligned_linear(self.in_proj, u)[:, 0]
@@ -543,6 +560,9 @@ class SSDMixer(nn.Module):
             a_mode=settings["a_mode"],
             dt_bias=self.dt_bias if settings["dt_mode"] == "softplus_bias" else None,
         )
+        if norm is not None:
+            g = self._out_input(y.flatten(-2)[:, None])[:, 0]
+            return decode_matvec(g, self.out_proj.weight, self.out_proj.bias, residual=u[:, 0])[:, None]
         return self._finish_gated(y.flatten(-2)[:, None])
 
     def _forward_recurrent(self, u, z, xbc_raw, dt, cache) -> Tensor:

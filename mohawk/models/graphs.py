@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from mohawk.mixers.attention import Attention
+from mohawk.mixers.kernels.decode_matvec import decode_matvec_choice
 from mohawk.mixers.ssd import SSDMixer
 from mohawk.models.cache import MohawkCache
 
@@ -117,8 +118,9 @@ class DecodeGraph:
     def _compiled(self):
         """While open, and when ``self.compiled``: the blocks' norms and MLPs run their torch.compile'd forward, and
         the attention layers their projections + RoPE (``_qkv``) and one-token attention (``_attend_one``) compiled,
-        and the SSD mixers with an output norm their norm + out_proj after the fused step (``_finish_gated``)
-        (elementwise chains fused into a few kernels; the KV writes and the mixers' cached steps stay eager)."""
+        and the SSD mixers with an output norm their norm + out_proj after the fused step (``_finish_gated``; the norm
+        alone, ``_out_input``, with MOHAWK_DECODE_MATVEC=fused) (elementwise chains fused into a few kernels; the KV
+        writes, the mixers' cached steps and the fused matvec kernels stay eager)."""
         if not self.compiled:
             yield
             return
@@ -130,8 +132,10 @@ class DecodeGraph:
             if m is not None
         ]
         parts += [(m, name) for m in model.modules() if isinstance(m, Attention) for name in ("_qkv", "_attend_one")]
-        # a mixer's output norm after the fused step (mamba2's grouped RMSNorm: ~7 elementwise kernels a layer eager)
-        parts += [(m, "_finish_gated") for m in model.modules() if isinstance(m, SSDMixer) and m.norm is not None]
+        # a mixer's output norm after the fused step (mamba2's grouped RMSNorm: ~7 elementwise kernels a layer eager);
+        # with MOHAWK_DECODE_MATVEC=fused the norm alone, out_proj being a Triton kernel with the residual add
+        finish = "_out_input" if decode_matvec_choice() == "fused" else "_finish_gated"
+        parts += [(m, finish) for m in model.modules() if isinstance(m, SSDMixer) and m.norm is not None]
         for m, name in parts:
             key = (type(m), name)
             if key not in _COMPILED:
@@ -223,6 +227,7 @@ def decode_graph(model, cache, input_ids: Tensor, steps: int = 1, sampling: tupl
         torch.is_autocast_enabled(input_ids.device.type),
         steps,
         sampling,
+        decode_matvec_choice(),  # a graph captured with the other products must not be replayed
     )
     params = DecodeGraph.param_pointers(model)
     store = _GRAPHS.get(model)

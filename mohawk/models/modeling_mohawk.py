@@ -15,6 +15,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mohawk.mixers import MIXERS, Attention, SSDMixer, ToeplitzMixer
 from mohawk.mixers.attention import default_inv_freq
+from mohawk.mixers.kernels.decode_matvec import fuses_decode_matvec
 from mohawk.mixers.norm import RMSNorm, make_norm
 from mohawk.models.cache import MohawkCache
 from mohawk.models.configuration_mohawk import MohawkConfig
@@ -27,6 +28,8 @@ class MLP(nn.Module):
     def __init__(self, config: MohawkConfig):
         super().__init__()
         self.gated = config.mlp_type == "gated"
+        # whether residual_step applies: its kernel computes the gate's activation as SiLU
+        self.fusable = not self.gated or config.hidden_act in ("silu", "swish")
         h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
         self.act = ACT2FN[config.hidden_act]
         if self.gated:
@@ -38,6 +41,24 @@ class MLP(nn.Module):
         if self.gated:
             return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
         return self.down_proj(self.act(self.up_proj(x)))
+
+    def residual_step(self, h: Tensor, norm: RMSNorm) -> Tensor:
+        """``h + self(norm(h))`` for one token h (batch, 1, hidden) (MOHAWK_DECODE_MATVEC=fused, see
+        mohawk.mixers.kernels.decode_matvec): norm, gate, up and SiLU in one kernel, down and the residual add in
+        another; a plain MLP's activation runs between its two products."""
+        from mohawk.mixers.kernels.decode_matvec import decode_matvec
+
+        x = h[:, 0]
+        if self.gated:
+            a = decode_matvec(
+                x, self.gate_proj.weight, self.gate_proj.bias, norm_weight=norm.weight, eps=norm.eps,
+                up_weight=self.up_proj.weight, up_bias=self.up_proj.bias,
+            )  # fmt: skip
+        else:
+            a = self.act(
+                decode_matvec(x, self.up_proj.weight, self.up_proj.bias, norm_weight=norm.weight, eps=norm.eps)
+            )
+        return decode_matvec(a, self.down_proj.weight, self.down_proj.bias, residual=x)[:, None]
 
 
 class MohawkBlock(nn.Module):
@@ -55,15 +76,29 @@ class MohawkBlock(nn.Module):
 
     def forward(self, h: Tensor, position_ids: Tensor | None = None, cache=None) -> Tensor:
         """h (batch, L, hidden) -> (batch, L, hidden)."""
+        if self.block_type == "sequential":
+            # a one-token step with MOHAWK_DECODE_MATVEC=fused: each half's norm, products and residual add in the
+            # fused kernels (an SSD-family mixer's through its fused step; other mixers keep their own path)
+            fused = self._fuses_decode(h)
+            m = self.mixer.residual_step(h, self.norm1, cache) if fused and isinstance(self.mixer, SSDMixer) else None
+            h = m if m is not None else h + self.mixer(self.norm1(h), position_ids=position_ids, cache=cache)
+            return self.mlp.residual_step(h, self.norm2) if fused else h + self.mlp(self.norm2(h))
         u = self.norm1(h)
         m = self.mixer(u, position_ids=position_ids, cache=cache)
-        if self.block_type == "sequential":
-            h = h + m
-            return h + self.mlp(self.norm2(h))
         if self.block_type == "sandwich":
             h = h + self.post_mixer_norm(m)
             return h + self.post_mlp_norm(self.mlp(self.norm2(h)))
         return h + m + self.mlp(u if self.norm2 is None else self.norm2(h))
+
+    def _fuses_decode(self, h: Tensor) -> bool:
+        """Whether this sequential block's one-token step takes the fused matvec kernels: both norms mohawk's
+        RMSNorm (its weight multiplies as stored, Gemma's 1 + w included) and an MLP the kernels compute."""
+        return (
+            isinstance(self.norm1, RMSNorm)
+            and isinstance(self.norm2, RMSNorm)
+            and self.mlp.fusable
+            and fuses_decode_matvec(h)
+        )
 
 
 class MohawkPreTrainedModel(PreTrainedModel):

@@ -33,6 +33,7 @@ FILES = {
     "kernels.py": "mixers/kernels/__init__.py",
     "ssd_triton.py": "mixers/kernels/ssd_triton.py",
     "decode_step.py": "mixers/kernels/decode_step.py",
+    "decode_matvec.py": "mixers/kernels/decode_matvec.py",
     "errors.py": "errors.py",
     "ssd_launch.py": "mixers/kernels/ssd_launch.py",
     "ssd_chunk_state.py": "mixers/kernels/ssd_chunk_state.py",

@@ -247,9 +247,9 @@ def test_compiled_parts_of_the_step(monkeypatch):
             "Attention._attend_one",
             "Attention._qkv",
             "MLP.forward",
-            "Mamba2Mixer._finish_gated",
             "RMSNorm.forward",
-        ]  # fmt: skip  (the ssd mixer has no output norm: nothing of it compiled)
+            "SSDMixer._finish_gated",
+        ]  # fmt: skip  (the mamba2 mixer's; the ssd mixer has no output norm: nothing of it compiled)
         assert calls.count("MLP.forward") == 4 and calls.count("RMSNorm.forward") == 2 * 4 + 1
         assert calls.count("Attention._qkv") == 2  # the two attention layers (a prompt: no one-token attention)
         torch.testing.assert_close(got, want, atol=0, rtol=0)
@@ -373,3 +373,114 @@ def test_graphed_head_level_hybrid_generates_what_eager_generates(graphs_on_cpu)
     with torch.no_grad():
         m(ids, past_key_values=cache, use_cache=True)
     torch.testing.assert_close(steps(m, cache, nxt), eager, atol=1e-5, rtol=1e-5)
+
+
+needs_kernels = pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1", reason="needs the Triton kernels"
+)
+
+
+def _count_matvec(monkeypatch) -> list:
+    """Records every decode_matvec launch (the mixers and MLP import it from its module at each call)."""
+    from mohawk.mixers.kernels import decode_matvec as dm
+
+    calls, launch = [], dm.decode_matvec
+    monkeypatch.setattr(dm, "decode_matvec", lambda *a, **k: calls.append(a[1].shape) or launch(*a, **k))
+    return calls
+
+
+def _perturbed(m):
+    """``m`` with its norms' weights and every bias moved off their initial ones and zeros: a kernel that skipped a
+    norm weight or a bias would still match an untouched model."""
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith((".bias", "norm1.weight", "norm2.weight")):
+                p.add_(0.3 * torch.randn_like(p))
+    return m
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "mixers,kw,per_step",
+    [
+        (("ssd", "ssd", "ssd"), {"mlp_bias": True, "attention_out_bias": True, "ssd_gate_activation": "silu"}, 12),
+        (HYBRID, {}, 12),  # attention layers: only their MLP half fused
+        (("ssm", "ssd"), {"mlp_type": "plain", "hidden_act": "gelu_new"}, 6),  # ssm: no fused step, plain MLP
+    ],
+)
+def test_fused_matvec_decodes_what_plain_decodes(graphs_on_cpu, monkeypatch, mixers, kw, per_step):
+    """MOHAWK_DECODE_MATVEC=fused: each sequential block's one-token step takes the fused kernels (norm + in_proj,
+    out_proj + residual for an SSD-family mixer with the fused step; norm + gate + up, down + residual for the MLP),
+    launched exactly as often as that implies, and gives the plain step's logits and greedy tokens, a pure student
+    and a hybrid. Catches a path silently not taken and a wrong norm, bias, gate or residual in it."""
+    monkeypatch.setenv("MOHAWK_DECODE_KERNEL", "triton")
+    m = _perturbed(student(mixers, ssd_conv_init="random", **kw))
+    ids, nxt = torch.randint(0, 64, (2, 6)), torch.randint(0, 64, (2, 3))
+    calls = _count_matvec(monkeypatch)
+    out = {}
+    for choice in ("plain", "fused"):
+        monkeypatch.setenv("MOHAWK_DECODE_MATVEC", choice)
+        cache = MohawkCache(kv_capacity=16)  # static: the one-step graph's path
+        with torch.no_grad():
+            m(ids, past_key_values=cache, use_cache=True)
+        out[choice] = steps(m, cache, nxt), m.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert len(calls) == (0 if choice == "plain" else per_step * (nxt.shape[1] + 4))
+    assert {key[-1] for key in graphs._GRAPHS[m][1]} == {"plain", "fused"}  # one graph each: none replayed stale
+    torch.testing.assert_close(out["fused"][0], out["plain"][0], atol=1e-4, rtol=1e-4)
+    assert torch.equal(out["fused"][1], out["plain"][1])
+
+
+@needs_kernels
+def test_fused_matvec_keeps_the_plain_path_where_it_does_not_apply(monkeypatch):
+    """Blocks the kernels do not compute exactly decode as before with MOHAWK_DECODE_MATVEC=fused: LayerNorm blocks,
+    a parallel block, a non-SiLU gated MLP, more than MAX_BATCH sequences, prompts; none launches a kernel."""
+    from mohawk.mixers.kernels.decode_matvec import MAX_BATCH
+
+    calls = _count_matvec(monkeypatch)  # (the mixers' eager step: a block fused wrongly still launches its MLP's)
+    cases = [({"norm_type": "layernorm"}, 2), ({"block_type": "parallel"}, 2), ({"hidden_act": "gelu_new"}, 2)]
+    for kw, b in [*cases, ({}, MAX_BATCH + 1)]:
+        m = student(("ssd", "ssd"), ssd_conv_init="random", **kw)
+        ids, nxt = torch.randint(0, 64, (b, 5)), torch.randint(0, 64, (b, 2))
+        monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "plain")
+        want = steps(m, prefill(m, ids), nxt)
+        monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "fused")
+        torch.testing.assert_close(steps(m, prefill(m, ids), nxt), want, atol=0, rtol=0)
+    assert not calls
+    steps(m, prefill(m, ids[:MAX_BATCH]), nxt[:MAX_BATCH])  # the same blocks at MAX_BATCH: their MLPs are fused
+    assert len(calls) == 2 * 2 * nxt.shape[1]
+
+
+@needs_kernels
+def test_compiled_output_norm_with_fused_matvec(monkeypatch):
+    """decode_compile with MOHAWK_DECODE_MATVEC=fused: a mamba2 mixer's output norm alone is compiled
+    (``_out_input``), its out_proj and the residual add being the fused kernel; the plain compiled step's logits."""
+    monkeypatch.setenv("MOHAWK_DECODE_KERNEL", "triton")
+    m = _perturbed(student(("mamba2", "attention", "mamba2"), ssd_conv_init="random"))
+    monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "plain")
+    torch.manual_seed(0)  # (the helper draws its tokens: the same ones both times)
+    want, _, plain_calls, nxt = _compiled_steps_and_eager(m, monkeypatch)
+    torch.manual_seed(0)
+    monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "fused")
+    got, _, calls, _ = _compiled_steps_and_eager(m, monkeypatch)
+    assert plain_calls.count("_finish_gated") == calls.count("_out_input") == 2 * nxt.shape[1]
+    assert "_finish_gated" not in calls and all("_out_input" not in x.__dict__ for x in m.modules())
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mixers", [("ssd", "ssd", "ssd"), HYBRID])
+def test_captured_fused_matvec_equals_plain_on_cuda(mixers, monkeypatch):
+    """Captured on a GPU in bfloat16 (compiled parts included): the fused kernels inside the CUDA graph decode the
+    plain graph's greedy tokens, for a pure student and a hybrid."""
+    m = _perturbed(student(mixers, ssd_conv_init="random", decode_compile=True, mlp_bias=True)).cuda().bfloat16()
+    ids = torch.randint(0, 64, (4, 40), device="cuda")
+    calls = _count_matvec(monkeypatch)
+    out = {}
+    for choice in ("plain", "fused"):
+        monkeypatch.setenv("MOHAWK_DECODE_MATVEC", choice)
+        kw = {"max_new_tokens": 12, "output_logits": True, "return_dict_in_generate": True}
+        cache = MohawkCache(kv_capacity=64)
+        out[choice] = m.generate(ids, do_sample=False, pad_token_id=0, past_key_values=cache, **kw)
+    assert calls and any(g.graph is not None and k[-1] == "fused" for k, g in graphs._GRAPHS[m][1].items())
+    torch.testing.assert_close(torch.stack(out["fused"].logits), torch.stack(out["plain"].logits), atol=5e-2, rtol=5e-2)

@@ -1,0 +1,192 @@
+"""A block's matrix-vector products of one decoding step, each fused with its neighbours into one Triton kernel, and
+their PyTorch reference.
+
+At a few sequences a decoding step's projections read far more weight than activation, and each is a separate
+cuBLAS GEMV with a norm, an activation or a residual add as separate kernels around it: the step is bound by kernel
+latency, not memory (benchmarks/README.md: 11 kernels a layer, each ~4 us). A sequential block (Llama:
+``h = h + mixer(norm1(h)); h = h + mlp(norm2(h))``) needs only three kinds of product, which are one kernel each here:
+
+    norm + matvec       y = n(x) W^T (+ b)                              the mixer's in_proj, norm1 folded in
+    gated MLP up        a = silu(n(x) Wg^T (+ bg)) * (n(x) Wu^T (+ bu))  gate and up with norm2 folded in
+    matvec + residual   h' = h + y W^T (+ b)                            out_proj and down_proj, the residual add in
+
+with n(x) = x / sqrt(mean(x^2) + eps) * w the block's RMSNorm (mohawk.mixers.norm.RMSNorm), x (batch, K) for batch
+up to :data:`MAX_BATCH`, W (N, K) for any N (SmolLM2's SSD in_proj has 2,313 rows). Each program computes a BLOCK_N
+slice of outputs for every sequence: it loads its whole rows of W at once (a GEMV this small is bound by memory
+latency: all loads in flight beats a loop over K), then reuses them from registers for each sequence, recomputing the
+norm's statistics of its (K,) input itself (a few KB, from cache) rather than waiting on another kernel. K is meant to
+be a hidden or intermediate size (up to ~16K: the rows must fit the program's registers). Arithmetic is float32 from
+bf16 / float32 inputs; the output has x's dtype (the residual's with one). :func:`decode_matvec_reference` computes the
+same in PyTorch; the tests hold them equal in Triton's interpreter (TRITON_INTERPRET=1) and compiled on a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# sequences up to which a decoding step may take these kernels: each sequence is another pass of float32 FMAs over
+# a program's rows, where cuBLAS's GEMMs would use tensor cores (an estimate, to be measured)
+MAX_BATCH = 16
+
+
+def decode_matvec_reference(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    norm_weight: Tensor | None = None,
+    eps: float = 1e-6,
+    up_weight: Tensor | None = None,
+    up_bias: Tensor | None = None,
+    residual: Tensor | None = None,
+) -> Tensor:
+    """x (batch, K), weight (N, K) -> (batch, N) in float32 arithmetic: ``y = n(x) weight^T + bias`` with n the
+    RMSNorm of weight ``norm_weight`` (identity if None); with ``up_weight`` (N, K), ``silu(y) * (n(x) up_weight^T +
+    up_bias)``; with ``residual`` (batch, N), ``residual + y``. Returned in x's dtype (the residual's with one)."""
+    f32 = torch.float32
+    u = x.to(f32)
+    if norm_weight is not None:
+        u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + eps) * norm_weight.to(f32)
+    y = F.linear(u, weight.to(f32), None if bias is None else bias.to(f32))
+    if up_weight is not None:
+        y = F.silu(y) * F.linear(u, up_weight.to(f32), None if up_bias is None else up_bias.to(f32))
+    if residual is not None:
+        return (residual.to(f32) + y).to(residual.dtype)
+    return y.to(x.dtype)
+
+
+try:  # Triton comes with CUDA builds of torch; without it the plain products are used
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def decode_matvec_kernel(
+        x_ptr, s_xb, nw_ptr, w_ptr, s_wn, b_ptr, w2_ptr, s_w2n, b2_ptr, r_ptr, s_rb, y_ptr, s_yb,
+        B, N, K, eps,
+        BLOCK_N: tl.constexpr, KB: tl.constexpr,
+        NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
+    ):  # fmt: skip
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mn = offs_n < N
+        offs_k = tl.arange(0, KB)
+        mk = offs_k < K
+        # the program's rows of W, whole (KB >= K): every load of the kernel in flight at once (a GEMV is bound by
+        # memory latency at this size, not by a K loop's arithmetic), then reused from registers for each sequence
+        wm = mn[:, None] & mk[None, :]
+        w = tl.load(w_ptr + offs_n[:, None] * s_wn + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
+        if GATED:
+            w2 = tl.load(w2_ptr + offs_n[:, None] * s_w2n + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
+        if NORM:
+            nw = tl.load(nw_ptr + offs_k, mask=mk, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)
+            if GATED:
+                bias2 = tl.load(b2_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)
+        for bi in range(0, B):
+            x = tl.load(x_ptr + bi * s_xb + offs_k, mask=mk, other=0.0).to(tl.float32)
+            if NORM:  # the row's statistics here: (batch, K) is a few KB from cache, cheaper than another kernel
+                x = x * tl.rsqrt(tl.sum(x * x, axis=0) / K + eps) * nw
+            y = tl.sum(w * x[None, :], axis=1)
+            if HAS_BIAS:
+                y += bias
+            if GATED:
+                up = tl.sum(w2 * x[None, :], axis=1)
+                if HAS_BIAS:
+                    up += bias2
+                y = y * tl.sigmoid(y) * up
+            if RESIDUAL:
+                y += tl.load(r_ptr + bi * s_rb + offs_n, mask=mn, other=0.0).to(tl.float32)
+            tl.store(y_ptr + bi * s_yb + offs_n, y, mask=mn)
+
+
+TILE = 8192  # weight elements a program holds (float32 registers: 64 a thread at 4 warps)
+
+
+def _pow2_at_most(v: int) -> int:
+    return 1 << max(0, v.bit_length() - 1)
+
+
+def block_sizes(n: int, k: int, gated: bool = False) -> tuple[int, int]:
+    """(BLOCK_N, KB): KB = next power of two >= K (a program reads whole rows), BLOCK_N rows for about 128 programs or
+    more (an H100 has 132 SMs: a GEMV needs all of them reading) within TILE elements of weight (both weights' for
+    the gated kernel). Triton's interpreter runs programs one by one: there, as few as fit."""
+    kb = triton.next_power_of_2(k)
+    fit = max(1, TILE // (kb * (2 if gated else 1)))
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return min(fit, triton.next_power_of_2(n)), kb
+    return min(fit, max(1, _pow2_at_most(n // 128))), kb
+
+
+def decode_matvec(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    norm_weight: Tensor | None = None,
+    eps: float = 1e-6,
+    up_weight: Tensor | None = None,
+    up_bias: Tensor | None = None,
+    residual: Tensor | None = None,
+    block_n: int | None = None,
+) -> Tensor:
+    """:func:`decode_matvec_reference` in one Triton kernel (same arguments; ``block_n``: output rows per program, a
+    power of two, default :func:`block_sizes`'s). Rows of x, weight, up_weight and residual need a unit last stride;
+    ``up_bias`` is given exactly when ``bias`` is."""
+    b, k = x.shape
+    n = weight.shape[0]
+    assert weight.shape == (n, k) and x.stride(-1) == 1 and weight.stride(-1) == 1
+    assert up_weight is None or (up_weight.shape == (n, k) and up_weight.stride(-1) == 1)
+    assert (up_weight is None or bias is None) or up_bias is not None
+    assert residual is None or (residual.shape == (b, n) and residual.stride(-1) == 1)
+    gated = up_weight is not None
+    bn, kb = block_sizes(n, k, gated)
+    bn = block_n or bn
+    y = torch.empty(b, n, dtype=residual.dtype if residual is not None else x.dtype, device=x.device)
+    w2 = up_weight if gated else weight
+    r = residual if residual is not None else y
+    decode_matvec_kernel[(triton.cdiv(n, bn),)](
+        x, x.stride(0), norm_weight if norm_weight is not None else weight, weight, weight.stride(0),
+        bias if bias is not None else weight, w2, w2.stride(0), up_bias if up_bias is not None else weight,
+        r, r.stride(0), y, y.stride(0),
+        b, n, k, eps,
+        BLOCK_N=bn, KB=kb, NORM=norm_weight is not None, HAS_BIAS=bias is not None, GATED=gated,
+        RESIDUAL=residual is not None, num_warps=8 if bn * kb * (2 if gated else 1) > TILE // 2 else 4,
+    )  # fmt: skip
+    return y
+
+
+CHOICES = ("plain", "fused")
+
+
+def decode_matvec_choice() -> str:
+    """MOHAWK_DECODE_MATVEC: ``plain`` (default: cuBLAS products, separate norms and adds) or ``fused``."""
+    choice = os.environ.get("MOHAWK_DECODE_MATVEC", "plain")
+    if choice not in CHOICES:
+        raise ValueError(f"MOHAWK_DECODE_MATVEC={choice!r}: expected one of {', '.join(CHOICES)}")
+    return choice
+
+
+def fuses_decode_matvec(h: Tensor) -> bool:
+    """Whether a one-token step of h (batch, 1, hidden) takes :func:`decode_matvec` for its block's products: with
+    MOHAWK_DECODE_MATVEC=fused, on CUDA (or in Triton's interpreter, TRITON_INTERPRET=1: tests), for at most
+    MAX_BATCH sequences, without gradients (no backward), autocast (whose casts the plain products would make) or
+    torch.compile around it (a compiled caller keeps its own products)."""
+    return (
+        decode_matvec_choice() == "fused"
+        and triton is not None
+        and (h.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+        and h.dim() == 3
+        and h.shape[1] == 1
+        and h.shape[0] <= MAX_BATCH
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled(h.device.type)
+        and not torch.compiler.is_compiling()
+    )
