@@ -219,20 +219,12 @@ def main():
     ap.add_argument("--mixer", default="ssd", help="the students' mixer family (ssd, mamba2, discrete_mamba2, ...)")
     ap.add_argument("--profile", type=int, default=0, help="N: also the N kernels of one step with most GPU time")
     ap.add_argument(
-        "--decode-proj", choices=("plain", "split"), default=None,
-        help="the students' in_proj in a decoding step: one product, or split before the dt rows so the rest is "
-        "aligned (sets MOHAWK_DECODE_PROJ; default: the environment's, else plain)",
-    )  # fmt: skip
-    ap.add_argument(
         "--decode-matvec", choices=("plain", "fused"), default=None,
         help="a decoding step's block products: cuBLAS with separate norms and residual adds, or fused Triton "
         "kernels (norm + in_proj, norm + gate + up, out_proj / down + residual; sets MOHAWK_DECODE_MATVEC; default: "
         "the environment's, else plain)",
     )  # fmt: skip
     args = ap.parse_args()
-    if args.decode_proj:
-        os.environ["MOHAWK_DECODE_PROJ"] = args.decode_proj
-    args.decode_proj = os.environ.get("MOHAWK_DECODE_PROJ", "plain")
     if args.decode_matvec:
         os.environ["MOHAWK_DECODE_MATVEC"] = args.decode_matvec
     args.decode_matvec = os.environ.get("MOHAWK_DECODE_MATVEC", "plain")
@@ -298,7 +290,6 @@ def save(args, device, dtype, rows: list[dict]) -> None:
     """Write the rows so far as benchmarks/results/decode_speed-<model>-<device>.{json,md}."""
     dev = device_name(device)
     cmd = command()
-    split = getattr(args, "decode_proj", "plain") == "split"
     fused = getattr(args, "decode_matvec", "plain") == "fused"
     payload = {
         "device": dev,
@@ -310,7 +301,6 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "block": args.block,
         "compile": args.compile,
         "bandwidth_gbs": args.bandwidth_gbs,
-        "decode_proj": "split" if split else "plain",
         "decode_matvec": "fused" if fused else "plain",
         "rows": rows,
     }
@@ -330,7 +320,6 @@ def save(args, device, dtype, rows: list[dict]) -> None:
             if args.compile
             else ""
         )
-        + (", in_proj split before its dt rows (`--decode-proj split`)" if split else "")
         + (
             ", each block's norms, products and residual adds in fused Triton matvec kernels up to batch "
             f"{MAX_BATCH} (`--decode-matvec fused`)"
@@ -372,8 +361,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
                 "|---|---|---|",
                 *(f"| `{k['name']}` | {k['us']} | {k['calls']} |" for k in r["student_top_kernels"]),
             ]
-    mixer = ("" if args.mixer == "ssd" else f"-{args.mixer}") + ("-split" if split else "")
-    mixer += "-fused" if fused else ""
+    mixer = ("" if args.mixer == "ssd" else f"-{args.mixer}") + ("-fused" if fused else "")
     write(f"decode_speed-{args.model}{mixer}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

@@ -264,20 +264,6 @@ def test_decode_speed_roofline_uses_the_gpus_own_bandwidth():
     assert hbm_bandwidth_gbs("cpu") == 4800.0
 
 
-def test_decode_speed_split_projection_is_its_own_file(tmp_path, monkeypatch):
-    """--decode-proj split sets MOHAWK_DECODE_PROJ for the run and names its file and payload apart, so the A/B of
-    the aligned decode projection never overwrites the plain figures."""
-    from benchmarks import decode_speed
-
-    monkeypatch.setenv("MOHAWK_DECODE_PROJ", "plain")  # restored after the test: main() sets it
-    args = ["--model", "tiny", "--device", "cpu", "--rows", "pure:16x1", "--new-tokens", "3", "--block", "2"]
-    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--decode-proj", "split", "--out", str(tmp_path)])
-    decode_speed.main()
-    (js,) = tmp_path.glob("decode_speed-tiny-split-*.json")
-    assert json.loads(js.read_text())["decode_proj"] == "split"
-    assert "in_proj split before its dt rows" in next(tmp_path.glob("*.md")).read_text()
-
-
 def test_decode_speed_teacher_cache_is_sized_to_each_row():
     """Each row's teacher decodes from a static cache of its own length: transformers keeps the longest length any
     earlier generate asked for, so without a reset a 4k row after a 32k one timed the teacher over a 32k cache."""

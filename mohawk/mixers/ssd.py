@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mohawk.mixers.kernels import aligned_linear, split_linear, splits_decode_projection
+from mohawk.mixers.kernels import aligned_linear
 from mohawk.mixers.kernels.decode_step import use_decode_kernel
 
 
@@ -529,15 +529,11 @@ class SSDMixer(nn.Module):
         from mohawk.mixers.kernels.decode_step import decode_step
 
         s = self.in_proj_slices()
-        at = s["dt"].start  # every layout puts dt last
-        if norm is not None:  # any row count: no unaligned GEMM to split around
+        if norm is not None:
             proj = decode_matvec(u[:, 0], self.in_proj.weight, self.in_proj.bias, norm_weight=norm.weight, eps=norm.eps)
-            dt = proj[:, s["dt"]]
-        elif splits_decode_projection(self.in_proj.out_features, at):
-            proj, dt = split_linear(self.in_proj, u[:, 0], at)
         else:
             proj = aligned_linear(self.in_proj, u)[:, 0]
-            dt = proj[:, s["dt"]]
+        dt = proj[:, s["dt"]]
         z = proj[:, s["z"]] if settings["gate"] != "none" else None
         conv_state, state = cache.get_state(self.layer_idx)
         y = decode_step(

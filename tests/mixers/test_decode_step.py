@@ -2,7 +2,6 @@
 Triton's interpreter on the CPU (float32) and, marked gpu, compiled in bfloat16; the reference against the mixers'
 own eager step; and whole students decoding through the kernel as they do without it."""
 
-import importlib
 import os
 
 import pytest
@@ -158,33 +157,6 @@ def test_head_level_hybrid_decodes_the_same_through_the_kernel(monkeypatch):
     got = _decode(m, ids, nxt, monkeypatch, "triton")
     assert calls == [2, 4] * nxt.shape[1]  # the heads layer's 2 SSD heads, then the plain layer's 4, every step
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
-
-
-@needs_interpreter_or_gpu
-@pytest.mark.parametrize("mixers", [("ssd", "ssd"), ("discrete_mamba2", "discrete_mamba2")])
-def test_split_decode_projection_gives_the_same_logits(monkeypatch, mixers):
-    """MOHAWK_DECODE_PROJ=split computes in_proj as two products (the rows before dt, then dt) at every fused step;
-    the logits equal one product's. Catches a split at the wrong row (dt read from z or C) in either layout (ssd: z
-    first; discrete_mamba2: z after C), or a split that never runs."""
-    from mohawk.mixers import kernels
-
-    m = student(mixers, ssd_conv_init="random").to(DEVICE)
-    mixer = m.model.layers[0].mixer
-    at = mixer.in_proj_slices()["dt"].start
-    assert mixer.in_proj.out_features % kernels.ALIGN and at % kernels.ALIGN == 0  # the case the split is for
-    ids, nxt = torch.randint(0, 64, (2, 7), device=DEVICE), torch.randint(0, 64, (2, 4), device=DEVICE)
-    monkeypatch.setenv("MOHAWK_DECODE_PROJ", "plain")
-    want = _decode(m, ids, nxt, monkeypatch, "triton")
-    calls, split = [], kernels.split_linear
-    module = importlib.import_module("mohawk.mixers.ssd")  # the package's `ssd` names the function
-    monkeypatch.setattr(module, "split_linear", lambda *a: calls.append(a[2]) or split(*a))
-    monkeypatch.setenv("MOHAWK_DECODE_PROJ", "split")
-    got = _decode(m, ids, nxt, monkeypatch, "triton")
-    assert calls == [at] * (len(m.model.layers) * nxt.shape[1])
-    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
-    monkeypatch.setenv("MOHAWK_DECODE_PROJ", "fast")
-    with pytest.raises(ValueError, match="MOHAWK_DECODE_PROJ"):
-        kernels.splits_decode_projection(10, 8)
 
 
 def test_kernel_choice(monkeypatch):

@@ -104,29 +104,6 @@ def padded_linear(linear: torch.nn.Linear, u: Tensor) -> Tensor:
     return F.linear(u, w, b)[..., :n]
 
 
-PROJECTIONS = ("plain", "split")
-
-
-def splits_decode_projection(out_features: int, at: int) -> bool:
-    """Whether a decoding step computes its in_proj as two products split at row ``at`` (:func:`split_linear`).
-    MOHAWK_DECODE_PROJ chooses: ``plain`` (default: one product) or ``split``, which applies where out_features is
-    not a multiple of ALIGN and ``at`` is: the aligned rows then avoid the unaligned GEMM a decoding step of SmolLM2's
-    student spends most time in at batch 64 (benchmarks/README.md), without a padded copy of the weight."""
-    choice = os.environ.get("MOHAWK_DECODE_PROJ", "plain")
-    if choice not in PROJECTIONS:
-        raise ValueError(f"MOHAWK_DECODE_PROJ={choice!r}: expected one of {', '.join(PROJECTIONS)}")
-    return choice == "split" and out_features % ALIGN != 0 and at % ALIGN == 0 and 0 < at < out_features
-
-
-def split_linear(linear: torch.nn.Linear, u: Tensor, at: int) -> tuple[Tensor, Tensor]:
-    """``linear(u)`` as its outputs [:at] and [at:], (..., at) and (..., out_features - at): two products over
-    contiguous row blocks of the weight (views: nothing copied)."""
-    import torch.nn.functional as F
-
-    w, b = linear.weight, linear.bias
-    return F.linear(u, w[:at], None if b is None else b[:at]), F.linear(u, w[at:], None if b is None else b[at:])
-
-
 def aligned_linear(linear: torch.nn.Linear, u: Tensor) -> Tensor:
     """``linear(u)``; inside torch.compile on the GPU, with its output features padded to a multiple of ALIGN where
     they are not.
