@@ -68,23 +68,46 @@ ARMS = {
     # the KD loss weighted 1 + 4 on positions whose next token can be copied from earlier in the sequence
     "ssd-copy4": ["--copy-weight", "4"],
     "hybrid4-retrieval-copy4": ["--num-attention-layers", "4", "--placement", "retrieval", "--copy-weight", "4"],
+    # what the official Mamba-2 layer's parts cost the ssd mixer (mamba2 = both, plus a per-group norm)
+    "ssd-conv-silu": ["--conv-activation", "silu"],
+    "ssd-gate-norm": ["--gate-norm"],
 }
+# the headline: 20M tokens on gutenberg+modern (0.61 epochs in stage 3, nothing repeated), seeds 0, 1, 2
+HEADLINE = {
+    "ssd": [],
+    "hybrid4-retrieval": ["--num-attention-layers", "4", "--placement", "retrieval"],
+    "hybrid6-retrieval": ["--num-attention-layers", "6", "--placement", "retrieval"],
+}
+for _base, _flags in HEADLINE.items():
+    for _seed in range(3):
+        ARMS[f"{_base}-gm20-s{_seed}"] = [
+            *_flags,
+            "--data",
+            "gutenberg+modern",
+            "--tokens",
+            "20000000",
+            "--seed",
+            str(_seed),
+        ]
 SCREEN_LIMITS = {"hellaswag": 2000, "lambada_openai": None}
 PASSKEY_AT, PASSKEY_TRIALS, VAL_SEQUENCES = [512, 1024, 2048], 20, 256
 CHANCE = {"hellaswag": 0.25, "lambada_openai": 0.0}  # a random guess (lambada: exact next-word match)
 
 
 def distill_command(name: str, args) -> list[str]:
-    """The `mohawk distill` argv of arm ``name`` (its own --data, --seq-len or --batch-size replace the defaults)."""
+    """The `mohawk distill` argv of arm ``name`` (its own --tokens, --data, --seq-len, --batch-size or --seed replace
+    the defaults)."""
     flags = ARMS[name]
-    defaults = {"--data": "bundled", "--seq-len": str(args.seq_len), "--batch-size": str(args.batch_size)}
+    defaults = {
+        "--tokens": str(args.tokens), "--data": "bundled", "--seq-len": str(args.seq_len),
+        "--batch-size": str(args.batch_size), "--seed": str(args.seed),
+    }  # fmt: skip
     own = [x for flag, value in defaults.items() if flag not in flags for x in (flag, value)]
     compile_mode = "graphs" if args.device == "cuda" else "off"
     return [
-        "mohawk", "distill", "--teacher", args.teacher, "--out", str(Path(args.out) / name),
-        "--tokens", str(args.tokens), *own,
+        "mohawk", "distill", "--teacher", args.teacher, "--out", str(Path(args.out) / name), *own,
         "--val-sequences", "32", "--device", args.device, "--compile", compile_mode, "--eval-tasks", "",
-        "--quiet", "--checkpoint-every", "200", "--stage3-lr", STAGE3_LR, "--seed", str(args.seed), *flags,
+        "--quiet", "--checkpoint-every", "200", "--stage3-lr", STAGE3_LR, *flags,
     ]  # fmt: skip
 
 

@@ -184,6 +184,21 @@ class DistillConfig(_Schema):
         above=0,
         defines_run=True,
     )
+    conv_activation: str = option(
+        "identity",
+        "Activation after the ssd mixer's conv: identity (default: B and C start as the teacher's K and Q) or silu "
+        "(the official Mamba-2 layer's; with --gate-norm, the ssd mixer takes all of Mamba-2's layer parts).",
+        group=WHAT,
+        choices=("identity", "silu"),
+        defines_run=True,
+    )
+    gate_norm: bool = option(
+        False,
+        "The ssd mixer's output as the official Mamba-2 layer's: y * SiLU(z) (default: y * z), then an RMSNorm "
+        "before out_proj.",
+        group=WHAT,
+        defines_run=True,
+    )
     proj_bias: bool = option(
         True,
         "A bias on the mamba2 mixer's input projection. --no-proj-bias: none, as llama.cpp's Mamba-2 layers have "
@@ -489,6 +504,8 @@ class DistillConfig(_Schema):
         )
         self.need(self.kd_weight + self.ce_weight > 0, "kd_weight", ">= 0, kd_weight + ce_weight > 0")
         self.need(self.proj_bias or self.mixer == "mamba2", "proj_bias", "--no-proj-bias needs --mixer mamba2")
+        for key, off in (("conv_activation", "identity"), ("gate_norm", False)):
+            self.need(getattr(self, key) == off or self.mixer == "ssd", key, "applies to --mixer ssd only")
         self.need(
             self.copy_weight == 0 or self.kd_weight > 0, "copy_weight", "it weights the KD loss: needs kd_weight > 0"
         )

@@ -277,6 +277,10 @@ class DistillRecipe:
         options: dict = {"ssd_state_size": cfg.ssd_state_size} if cfg.ssd_state_size else {}
         if not cfg.proj_bias:
             options["ssd_proj_bias"] = False
+        if cfg.conv_activation != "identity":
+            options["ssd_conv_activation"] = cfg.conv_activation
+        if cfg.gate_norm:
+            options.update(ssd_gate_activation="silu", ssd_norm=True)
         torch.manual_seed(cfg.seed)  # here, so that the student's init does not depend on how the teacher was loaded
         if cfg.init == "scratch":
             from mohawk.models import MohawkForCausalLM

@@ -47,6 +47,8 @@ def test_saved_config_reloads(tmp_path):
         ({"stage1_tile": -1}, "bad value for stage1_tile"),
         ({"copy_weight": -1.0}, "bad value for copy_weight: -1.0 \\(must be >= 0\\)"),
         ({"copy_weight": 2.0, "kd_weight": 0.0, "ce_weight": 1.0}, "copy_weight: 2.0 \\(it weights the KD loss"),
+        ({"gate_norm": True, "mixer": "mamba2"}, "gate_norm: True \\(applies to --mixer ssd only"),
+        ({"conv_activation": "silu", "mixer": "ssm"}, "conv_activation: 'silu' \\(applies to --mixer ssd only"),
     ],
 )
 def test_bad_values(values, msg):
@@ -74,6 +76,8 @@ SAMPLES = {
     "mixer": "ssm",
     "ssd_init": "random",
     "ssd_state_size": 16,
+    "conv_activation": "silu",
+    "gate_norm": True,
     "proj_bias": False,
     "init": "scratch",
     "data": "modern",
@@ -132,7 +136,7 @@ SAMPLES = {
 }
 
 
-COMPANIONS = {"proj_bias": {"mixer": "mamba2"}}
+COMPANIONS = {"proj_bias": {"mixer": "mamba2"}, "conv_activation": {"mixer": "ssd"}, "gate_norm": {"mixer": "ssd"}}
 
 
 def _cli_config(monkeypatch, argv):

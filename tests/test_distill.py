@@ -174,6 +174,18 @@ def test_distill_mamba2_without_projection_biases(teacher_dir, tmp_path):
     assert not student.config.ssd_proj_bias
 
 
+def test_distill_ssd_with_mamba2_layer_parts(teacher_dir, tmp_path):
+    """--conv-activation silu and --gate-norm give the ssd mixer the official Mamba-2 layer's SiLU after the conv,
+    SiLU gate and norm before out_proj (the ablation of what --mixer mamba2 costs); the saved student keeps them."""
+    out = tmp_path / "parts"
+    assert run(teacher_dir, out, "--conv-activation", "silu", "--gate-norm") == 0
+    student = AutoModelForCausalLM.from_pretrained(out / "student")
+    c = student.config
+    assert (c.ssd_conv_activation, c.ssd_gate_activation, c.ssd_norm) == ("silu", "silu", True)
+    assert all(layer.mixer.norm is not None for layer in student.model.layers if c.mixers[0] == "ssd")
+    assert math.isfinite(json.loads((out / "summary.json").read_text())["final"]["perplexity"])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_distill_on_cuda_with_compile_graphs(teacher_dir, tmp_path):

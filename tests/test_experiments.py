@@ -358,6 +358,16 @@ def test_every_recall_arm_is_a_valid_distill_command(monkeypatch):
     )
     argv = recall.distill_command("hybrid4-retrieval-len2048", args)
     assert argv.count("--seq-len") == argv.count("--batch-size") == argv.count("--data") == 1
+    seeded = cfgs["hybrid4-retrieval-gm20-s2"]  # a headline arm's own budget, data and seed replace the campaign's
+    assert (seeded.tokens, seeded.seed, seeded.data, seeded.num_attention_layers) == (
+        20_000_000,
+        2,
+        "gutenberg+modern",
+        4,
+    )
+    argv = recall.distill_command("ssd-gm20-s1", args)
+    assert argv.count("--tokens") == argv.count("--seed") == 1
+    assert cfgs["ssd-gate-norm"].gate_norm and cfgs["ssd-conv-silu"].conv_activation == "silu"
 
 
 def _screen(path: Path, name: str, lambada: list[float], hellaswag: list[float], ppl: float, passkey_hits: float):
