@@ -214,6 +214,7 @@ def main():
         help="also profile STEPS steady steps per stage: top kernels to <out>/profile-*.txt",
     )
     ap.add_argument("--no-baseline", action="store_true", help="skip the teacher's own training step")
+    ap.add_argument("--mixer", default="ssd", help="the student's mixer family (ssd, mamba2, discrete_mamba2, ...)")
     args = ap.parse_args()
 
     parallel, device = Parallel.from_env("auto")
@@ -227,7 +228,7 @@ def main():
     if not args.no_baseline and parallel.main and world == 1:
         baseline_s = time_teacher_training(tcfg, device, args.batch, args.seq_len, args.steps, args.warmup)
 
-    teacher, adapter, student = random_teacher_and_student(tcfg, device)
+    teacher, adapter, student = random_teacher_and_student(tcfg, device, mixer=args.mixer)
     if args.teacher_bf16:
         teacher.to(torch.bfloat16)
     dcfg = DistillConfig(
@@ -303,6 +304,7 @@ def main():
         "versions": versions("transformers", "triton", "mamba_ssm"),
         "command": cmd,
         "model": args.model,
+        "mixer": args.mixer,
         "seq_len": args.seq_len,
         "rows": rows,
         "student_parameters": sum(p.numel() for p in student.parameters()),
@@ -310,7 +312,7 @@ def main():
     }
     lines = [
         f"# Stage throughput, {args.model} ({payload['teacher_parameters'] / 1e9:.2f}B teacher, "
-        f"{payload['student_parameters'] / 1e9:.2f}B SSD student), {world} x {dev_name}",
+        f"{payload['student_parameters'] / 1e9:.2f}B {args.mixer} student), {world} x {dev_name}",
         "",
         f"- command: `{cmd}`",
         f"- versions: {payload['versions']}",
@@ -331,6 +333,7 @@ def main():
     header = ["what", "batch", "tokens/s", "step ms", "MFU", "vs teacher's HF step", "peak GiB"]
     lines += markdown_table(header, table)
     tag = (f"-compile_{args.compile}" if args.compile != "off" else "") + ("-bf16teacher" if args.teacher_bf16 else "")
+    tag += "" if args.mixer == "ssd" else f"-{args.mixer}"
     write(f"stage_throughput-{args.model}-{dev_name.split(' (')[0]}-{world}gpu{tag}", payload, lines, Path(args.out))
     parallel.close()
 

@@ -292,3 +292,22 @@ def test_decode_speed_fused_matvec_is_its_own_file(tmp_path, monkeypatch):
     (js,) = tmp_path.glob("decode_speed-tiny-fused-*.json")
     assert json.loads(js.read_text())["decode_matvec"] == "fused"
     assert "(`--decode-matvec fused`)" in next(tmp_path.glob("*.md")).read_text()
+
+
+def test_stage_throughput_times_the_mixer_it_is_given(tmp_path, monkeypatch):
+    """--mixer trains a student of that family (a benchmark that ignored it would time SSD students under a mamba2
+    file name): the file, payload and title name it, and its parameter count is the mamba2 student's."""
+    from benchmarks import stage_throughput
+
+    args = ["--model", "tiny", "--steps", "1", "--warmup", "1", "--seq-len", "32", "--batch", "2", "--stages", "3"]
+    monkeypatch.setattr(sys, "argv", ["stage_throughput", *args, "--no-baseline", "--mixer", "mamba2"])
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--out", str(tmp_path)])
+    stage_throughput.main()
+    (js,) = tmp_path.glob("stage_throughput-tiny-*-mamba2.json")
+    payload = json.loads(js.read_text())
+    assert payload["mixer"] == "mamba2" and payload["rows"][0]["tokens_per_s"] > 0
+    assert "mamba2 student" in next(tmp_path.glob("*.md")).read_text()
+    from benchmarks.common import model_config, random_teacher_and_student
+
+    _, _, ssd = random_teacher_and_student(model_config("tiny"), stage_throughput.torch.device("cpu"))
+    assert payload["student_parameters"] != sum(p.numel() for p in ssd.parameters())
