@@ -4,13 +4,17 @@ student screened on the metrics that separate arms cheaply.
     python3 -m experiments.recall probe  --out runs/recall [--teacher T]      # retrieval probe + sampler speed
     python3 -m experiments.recall train  --out runs/recall [--only A,B] [--concurrent N]
     python3 -m experiments.recall screen --out runs/recall [--concurrent N]
+    python3 -m experiments.recall full   --out runs/recall [--only A,B] [--concurrent N]   # finalists: full sets
     python3 -m experiments.recall report --out runs/recall --results results/recall
 
 The screen: full LAMBADA, the first 2,000 HellaSwag items, perplexity / agreement on 256 held-out sequences, and
 passkey v2 (20 keys at 512 / 1,024 / 2,048 tokens, repeated and natural filler; generated hits, per-digit credit,
-the key's teacher-forced log-probability, a cache == no-cache check). Per-item scores are kept, so the report gives
-paired bootstrap intervals for every student / teacher ratio and the above-chance recovery
-(student - chance) / (teacher - chance). Every run keeps its command in OUT/NAME.command.txt.
+the key's teacher-forced log-probability, a cache == no-cache check). ``full`` scores the finalists (--only, else every
+trained arm) and the teacher once on the full zero-shot sets of results/headline (experiments/headline.py's seven
+tasks), with the screen's perplexity / agreement / passkey: OUT/full/NAME/results.json. Per-item scores are kept, so
+the report gives paired bootstrap intervals for every student / teacher ratio and the above-chance recovery
+(student - chance) / (teacher - chance), and, over the seeds of a configuration (arms NAME-s0, NAME-s1, ...), the mean
+and its 95% t-interval. Every run keeps its command in OUT/NAME.command.txt.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from experiments.headline import TASKS as FULL_TASKS  # the seven zero-shot tasks (lm-eval), perplexity, passkey
 
 SEQ_LEN, BATCH, TOKENS = 512, 16, 10_000_000
 POLL_S = 2.0  # seconds between checks of the running processes
@@ -91,7 +97,12 @@ for _base, _flags in HEADLINE.items():
         ]
 SCREEN_LIMITS = {"hellaswag": 2000, "lambada_openai": None}
 PASSKEY_AT, PASSKEY_TRIALS, VAL_SEQUENCES = [512, 1024, 2048], 20, 256
-CHANCE = {"hellaswag": 0.25, "lambada_openai": 0.0}  # a random guess (lambada: exact next-word match)
+SCREEN_TASKS = "ppl,agreement,passkey,hellaswag,lambada_openai"
+# a random guess (lambada: exact next-word match; arc: 4 choices for all but a few questions)
+CHANCE = {
+    "hellaswag": 0.25, "lambada_openai": 0.0, "piqa": 0.5, "winogrande": 0.5, "arc_easy": 0.25,
+    "arc_challenge": 0.25, "openbookqa": 0.25,
+}  # fmt: skip
 
 
 def distill_command(name: str, args) -> list[str]:
@@ -113,8 +124,10 @@ def distill_command(name: str, args) -> list[str]:
 
 # GPU memory one process needs at its peak (GiB), for --concurrent 0: stage 1 of a 10M-token distillation peaks at
 # 16-23 GiB (five fit on an H200, seven did not; three fit on an H100); a screen at 22-34 GiB (lm-eval's batches:
-# three fit on an H200, five did not; two fit on an H100, three did not). results/recall/README.md has the runs.
-GIB_PER_PROCESS = {"train": 26.0, "screen": 36.0}
+# three fit on an H200, five did not; two fit on an H100, three did not). results/recall/README.md has the runs. A
+# full evaluation runs the screen's passkey and perplexity and lm-eval at the same batch of 64 over seven tasks (longer
+# choices than HellaSwag's in none of them): at least the screen's 36 GiB, not measured yet.
+GIB_PER_PROCESS = {"train": 26.0, "screen": 36.0, "full": 36.0}
 
 
 def auto_concurrent(phase: str, total_gib: float | None) -> int:
@@ -215,18 +228,21 @@ def train(args) -> dict:
     return _launch(cmds, _concurrent(args, "train"), resume="--resume")
 
 
-def screen_one(args) -> Path:
-    """Screen one model (--model DIR, or the teacher alone with --model teacher): OUT/screen/NAME/results.json."""
+def screen_one(args, full: bool = False) -> Path:
+    """Score one model (--model DIR, or the teacher alone with --model teacher) into --dest/results.json: the screen
+    (screen-one), or with ``full`` (full-one) the seven zero-shot tasks on their full sets. Off CUDA (a CPU dry run)
+    fewer held-out sequences, a smaller batch and one short passkey length; --limit caps the items of every task."""
     from mohawk.evaluation.suite import evaluate
 
     dest = Path(args.dest)
     dest.mkdir(parents=True, exist_ok=True)
     student = args.model != "teacher"
+    tasks = FULL_TASKS if full else SCREEN_TASKS
     res = evaluate(
         [args.model] if student else [],
         teacher=args.teacher,
-        tasks="ppl,agreement,passkey,hellaswag,lambada_openai" if student else "ppl,passkey,hellaswag,lambada_openai",
-        limit=SCREEN_LIMITS if args.limit is None else args.limit,
+        tasks=tasks if student else tasks.replace("agreement,", ""),
+        limit=(None if full else SCREEN_LIMITS) if args.limit is None else args.limit,
         seq_len=args.seq_len,
         val_sequences=VAL_SEQUENCES if args.device == "cuda" else 2,
         train_len=args.seq_len,
@@ -242,21 +258,49 @@ def screen_one(args) -> Path:
     return dest / "results.json"
 
 
-def screen(args) -> dict:
+def score_commands(args, phase: str, names: list[str]) -> dict[str, tuple[list[str], Path]]:
+    """{name: (argv, log)} of the ``phase`` ("screen" or "full") evaluations of ``names`` ("teacher" or arms) not made
+    yet (OUT/PHASE/NAME/results.json absent); each command also in OUT/PHASE-NAME.command.txt."""
     out = Path(args.out)
-    names = ["teacher", *[n for n in ARMS if (out / n / "student" / "config.json").is_file()]]
     cmds = {}
     for name in names:
-        dest = out / "screen" / name
+        dest = out / phase / name
         if (dest / "results.json").is_file():
             continue
         model = "teacher" if name == "teacher" else str(out / name / "student")
-        argv = [sys.executable, "-m", "experiments.recall", "screen-one", "--model", model, "--dest", str(dest)]
+        argv = [sys.executable, "-m", "experiments.recall", f"{phase}-one", "--model", model, "--dest", str(dest)]
         argv += ["--teacher", args.teacher, "--device", args.device, "--passkey-trials", str(args.passkey_trials)]
         argv += ["--seq-len", str(args.seq_len)] + (["--limit", str(args.limit)] if args.limit else [])
-        (out / f"screen-{name}.command.txt").write_text(" ".join(argv[1:]) + "\n")
-        cmds[name] = (argv, out / f"screen-{name}.log")
+        (out / f"{phase}-{name}.command.txt").write_text(" ".join(argv[1:]) + "\n")
+        cmds[name] = (argv, out / f"{phase}-{name}.log")
+    return cmds
+
+
+def _trained(out: Path) -> list[str]:
+    return [n for n in ARMS if (out / n / "student" / "config.json").is_file()]
+
+
+def screen(args) -> dict:
+    cmds = score_commands(args, "screen", ["teacher", *_trained(Path(args.out))])
     return _launch(cmds, _concurrent(args, "screen"))
+
+
+def full(args) -> dict:
+    """The finalists (--only; else every trained arm) and the teacher on the full zero-shot sets, each once."""
+    out = Path(args.out)
+    trained = _trained(out)
+    names = trained
+    if args.only:
+        names = args.only.split(",")
+        unknown = [n for n in names if n not in ARMS]
+        if unknown:
+            raise SystemExit(f"full: no arm {', '.join(unknown)} in experiments/recall.py ARMS")
+        untrained = [n for n in names if n not in trained]
+        if untrained:
+            print(f"full: not trained yet, skipped: {', '.join(untrained)}", flush=True)
+        names = [n for n in names if n in trained]
+    cmds = score_commands(args, "full", ["teacher", *names])
+    return _launch(cmds, _concurrent(args, "full")) if cmds else {}
 
 
 def report(args) -> Path:
@@ -267,7 +311,11 @@ def report(args) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("phase", choices=["probe", "train", "screen", "screen-one", "report"])
+    phases = {
+        "probe": probe, "train": train, "screen": screen, "screen-one": screen_one, "full": full,
+        "full-one": lambda a: screen_one(a, full=True), "report": report,
+    }  # fmt: skip
+    ap.add_argument("phase", choices=list(phases))
     ap.add_argument("--out", default="runs/recall")
     ap.add_argument("--teacher", default="smollm2-135m")
     ap.add_argument("--device", default="cuda")
@@ -275,21 +323,23 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seq-len", type=int, default=SEQ_LEN, help="train: tokens per sequence")
     ap.add_argument("--batch-size", type=int, default=BATCH, help="train: sequences per micro-batch")
-    ap.add_argument("--only", default=None, help="train: comma-separated arm names")
+    ap.add_argument("--only", default=None, help="train/full: comma-separated arm names")
     ap.add_argument(
         "--concurrent", type=int, default=0,
-        help="train/screen: processes at once on the GPU (0: as many as its memory holds, GIB_PER_PROCESS)",
+        help="train/screen/full: processes at once on the GPU (0: as many as its memory holds, GIB_PER_PROCESS)",
     )  # fmt: skip
     ap.add_argument("--sample-tokens", type=int, default=200_000, help="probe: teacher-text tokens to time (0: none)")
     ap.add_argument("--passkey-trials", type=int, default=PASSKEY_TRIALS)
     ap.add_argument(
-        "--limit", type=int, default=None, help="screen: items per task (a CPU dry run; default: the screen's)"
+        "--limit",
+        type=int,
+        default=None,
+        help="screen/full: items per task (a CPU dry run; default: the screen's, or full sets)",
     )
-    ap.add_argument("--model", help="screen-one: a student directory or 'teacher'")
-    ap.add_argument("--dest", help="screen-one: where results.json goes")
+    ap.add_argument("--model", help="screen-one/full-one: a student directory or 'teacher'")
+    ap.add_argument("--dest", help="screen-one/full-one: where results.json goes")
     ap.add_argument("--results", default="results/recall", help="report: where results.json and README.md go")
     args = ap.parse_args()
-    phases = {"probe": probe, "train": train, "screen": screen, "screen-one": screen_one, "report": report}
     print(phases[args.phase](args))
 
 

@@ -1,16 +1,23 @@
 """results/recall from a screening campaign (experiments/recall.py): results.json, README.md, recall.png.
 
 Every student / teacher ratio comes with a paired bootstrap interval over the items both were scored on, and the
-zero-shot tasks also with the above-chance recovery (student - chance) / (teacher - chance)."""
+zero-shot tasks also with the above-chance recovery (student - chance) / (teacher - chance). Arms that differ only by
+their -s<seed> suffix are one configuration: its mean over seeds comes with a 95% t-interval."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
+from experiments.headline_report import ZERO_SHOT
+from experiments.report import Stat
+from mohawk.evaluation.present import headline, markdown_table
+
 TASK_METRIC = {"hellaswag": "acc_norm", "lambada_openai": "acc"}
+SEEDED = re.compile(r"^(?P<config>.+)-s(?P<seed>\d+)$")  # arm NAME-s<seed>: seed <seed> of configuration NAME
 
 
 def paired_bootstrap(
@@ -19,22 +26,35 @@ def paired_bootstrap(
     """Over items scored by both (per-item scores, same order): the ratio mean(student) / mean(teacher) and the
     recovery (mean(student) - chance) / (mean(teacher) - chance), each with a 95% percentile interval from ``n``
     paired resamples of the items: {"ratio": [value, low, high], "recovery": [value, low, high]}."""
-    s, t = np.asarray(student, dtype=float), np.asarray(teacher, dtype=float)
-    if s.shape != t.shape or not s.size:
-        raise ValueError(f"paired scores needed, got {s.shape} and {t.shape}")
-    idx = np.random.default_rng(seed).integers(0, s.size, size=(n, s.size))
-    ms, mt = s[idx].mean(1), t[idx].mean(1)
+    return paired_bootstrap_mean({"": (student, teacher)}, {"": chance}, n=n, seed=seed)
+
+
+def paired_bootstrap_mean(pairs: dict, chance: dict, n: int = 2000, seed: int = 0) -> dict:
+    """paired_bootstrap for the mean over tasks of each task's mean: ``pairs`` {task: (student items, teacher items)},
+    the items of each task resampled apart (paired within the task), the chance level the mean of the tasks'."""
+    rng = np.random.default_rng(seed)
+    ms, mt = np.zeros(n), np.zeros(n)
+    point_s = point_t = 0.0
+    for task, (student, teacher) in pairs.items():
+        s, t = np.asarray(student, dtype=float), np.asarray(teacher, dtype=float)
+        if s.shape != t.shape or not s.size:
+            raise ValueError(f"paired scores needed for {task or 'the task'}, got {s.shape} and {t.shape}")
+        for lo in range(0, n, 256):  # 256 draws at a time: a full HellaSwag is 10,042 items
+            idx = rng.integers(0, s.size, size=(min(256, n - lo), s.size))
+            ms[lo : lo + len(idx)] += s[idx].mean(1)
+            mt[lo : lo + len(idx)] += t[idx].mean(1)
+        point_s, point_t = point_s + s.mean(), point_t + t.mean()
+    k = len(pairs)
+    ms, mt, point_s, point_t = ms / k, mt / k, point_s / k, point_t / k
+    c = sum(chance[task] for task in pairs) / k
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratios, recs = ms / mt, (ms - chance) / (mt - chance)
+        ratios, recs = ms / mt, (ms - c) / (mt - c)
+        return {"ratio": _triple(point_s / point_t, ratios), "recovery": _triple((point_s - c) / (point_t - c), recs)}
 
-    def triple(value: float, draws: np.ndarray) -> list[float]:
-        lo, hi = np.nanpercentile(draws, [2.5, 97.5])
-        return [round(float(value), 4), round(float(lo), 4), round(float(hi), 4)]
 
-    return {
-        "ratio": triple(s.mean() / t.mean(), ratios),
-        "recovery": triple((s.mean() - chance) / (t.mean() - chance), recs),
-    }
+def _triple(value: float, draws: np.ndarray) -> list[float]:
+    lo, hi = np.nanpercentile(draws, [2.5, 97.5])
+    return [round(float(value), 4), round(float(lo), 4), round(float(hi), 4)]
 
 
 def _load(path: Path) -> dict | None:
@@ -48,7 +68,10 @@ def collect(out: Path, arms: dict, chance: dict) -> dict:
     if t_res is None:
         raise SystemExit(f"no teacher screen in {out / 'screen' / 'teacher'}: run the screen phase first")
     t_scores = t_res["scores"]["teacher"]
+    t_full = _load(out / "full" / "teacher" / "results.json")
+    t_full_scores = t_full["scores"]["teacher"] if t_full else None
     doc: dict = {"teacher": _row(t_res, "teacher", None, chance), "models": {}, "missing": []}
+    doc["teacher"]["full"] = _full_row(t_full_scores, None, chance) if t_full else None
     for arm in arms:
         res = _load(out / "screen" / arm / "results.json")
         if res is None:
@@ -64,8 +87,179 @@ def collect(out: Path, arms: dict, chance: dict) -> dict:
         row["command"] = (
             (out / f"{arm}.command.txt").read_text().strip() if (out / f"{arm}.command.txt").is_file() else None
         )
+        full = _load(out / "full" / arm / "results.json")
+        row["full"] = _full_row(full["scores"][key], t_full_scores, chance) if full else None
         doc["models"][arm] = row
+    doc["seeds"] = across_seeds(doc, arms)
     return doc
+
+
+def _full_row(scores: dict, t_scores: dict | None, chance: dict) -> dict:
+    """An evaluation on the full zero-shot sets: each task's headline metric (results/headline's: acc_norm for
+    hellaswag, piqa, arc_challenge, openbookqa; acc for the others), their mean when all seven were scored, the
+    perplexity, and against the teacher's the ratio and above-chance recovery of the mean with a paired bootstrap."""
+    tasks, pairs = {}, {}
+    for task in ZERO_SHOT:
+        r = scores.get(task)
+        if not isinstance(r, dict):
+            continue
+        metric, value, _ = headline(task, r)
+        tasks[task] = {"metric": metric, "score": value, "n": r.get("n")}
+        t = (t_scores or {}).get(task)
+        if isinstance(t, dict) and metric in r.get("items", {}) and metric in t.get("items", {}):
+            pairs[task] = (r["items"][metric], t["items"][metric])
+    row = {
+        "tasks": tasks,
+        "mean": sum(c["score"] for c in tasks.values()) / len(ZERO_SHOT) if len(tasks) == len(ZERO_SHOT) else None,
+        "perplexity": scores.get("perplexity"),
+        "agreement": scores.get("top1_agreement"),
+        "chance": sum(chance[t] for t in ZERO_SHOT) / len(ZERO_SHOT),
+    }
+    if row["mean"] is not None and len(pairs) == len(ZERO_SHOT):
+        row.update(paired_bootstrap_mean(pairs, chance))
+    return row
+
+
+def seed_configs(names) -> dict[str, dict[int, str]]:
+    """{configuration: {seed: arm}} of the arms named NAME-s<seed>, in the order of ``names``."""
+    out: dict[str, dict[int, str]] = {}
+    for name in names:
+        m = SEEDED.match(name)
+        if m:
+            out.setdefault(m["config"], {})[int(m["seed"])] = name
+    return out
+
+
+def across_seeds(doc: dict, arms) -> dict:
+    """Per configuration with at least one screened seed: the seeds screened, and for each metric (of the teacher's
+    score in %: LAMBADA, HellaSwag, the full sets' mean zero-shot and its above-chance recovery; perplexity above the
+    teacher's in %; passkey hits per length, repeated filler) the mean over seeds with its 95% t-interval
+    {mean, lo, hi, n} (n = 1: lo = hi = mean)."""
+    out = {}
+    for config, seeds in seed_configs(arms).items():
+        made = {s: doc["models"][a] for s, a in sorted(seeds.items()) if a in doc["models"]}
+        if not made:
+            continue
+        values: dict[str, list] = {}
+        for row in made.values():
+            for key, value in _seed_values(row, doc["teacher"]).items():
+                if value is not None:
+                    values.setdefault(key, []).append(value)
+        stats = {k: Stat.of(v) for k, v in values.items()}
+        out[config] = {
+            "seeds": list(made),
+            "missing": sorted(set(seeds) - set(made)),
+            "metrics": {k: {"mean": s.mean, "lo": s.lo, "hi": s.hi, "n": s.n} for k, s in stats.items()},
+        }
+    return out
+
+
+def _seed_values(row: dict, teacher: dict) -> dict:
+    """One screened arm's values for the across-seeds table, from its unrounded scores (None: not measured)."""
+    vals: dict = {}
+    for task, key in (("lambada_openai", "lambada"), ("hellaswag", "hellaswag")):
+        s, t = row["tasks"].get(task, {}).get("score"), teacher["tasks"].get(task, {}).get("score")
+        vals[key] = 100 * s / t if s is not None and t else None
+    ppl, t_ppl = row["perplexity"], teacher["perplexity"]
+    vals["perplexity"] = 100 * (ppl / t_ppl - 1) if ppl and t_ppl else None
+    for length, v in row["passkey"].get("repeat", {}).items():
+        vals[f"passkey {length}"] = v["hits"]
+    full, t_full = row.get("full") or {}, teacher.get("full") or {}
+    if full.get("mean") is not None and t_full.get("mean"):
+        c = full["chance"]
+        vals["zero_shot"] = 100 * full["mean"] / t_full["mean"]
+        vals["zero_shot_recovery"] = 100 * (full["mean"] - c) / (t_full["mean"] - c)
+    return vals
+
+
+def _seed_cell(m: dict | None, n: int, digits: int = 1, sign: str = "") -> str:
+    """mean ± half-width of the 95% t-interval (one seed: the value alone); (n = k) when fewer seeds than the row's."""
+    if m is None:
+        return "-"
+    text = f"{m['mean']:{sign}.{digits}f}"
+    if m["n"] > 1:
+        text += f" ± {m['hi'] - m['mean']:.{digits}f}"
+    return text + (f" (n = {m['n']})" if m["n"] != n else "")
+
+
+def _seed_lines(seeds: dict) -> list[str]:
+    if not seeds:
+        return []
+    lengths = sorted(
+        {int(k.split()[1]) for c in seeds.values() for k in c["metrics"] if k.startswith("passkey ")}, key=int
+    )
+    header = ["configuration", "seeds", "lambada, % of teacher", "hellaswag (2,000), % of teacher"]
+    header += ["perplexity vs teacher, %", *[f"passkey {n}" for n in lengths]]
+    header += ["mean zero-shot (full sets), % of teacher", "above chance (full sets), %"]
+    rows = []
+    for config, c in seeds.items():
+        m, n = c["metrics"], len(c["seeds"])
+        rows.append(
+            [config, f"{n} ({', '.join(map(str, c['seeds']))})", _seed_cell(m.get("lambada"), n)]
+            + [_seed_cell(m.get("hellaswag"), n), _seed_cell(m.get("perplexity"), n, sign="+")]
+            + [_seed_cell(m.get(f"passkey {length}"), n, digits=2) for length in lengths]
+            + [_seed_cell(m.get("zero_shot"), n), _seed_cell(m.get("zero_shot_recovery"), n)]
+        )
+    return [
+        "",
+        "## Across seeds",
+        "",
+        "Arms that differ only by their -s<seed> suffix, as one configuration: the mean over its screened seeds ± the "
+        "half-width of the 95% t-interval (t at n - 1 degrees of freedom x the seeds' standard deviation / sqrt(n)); "
+        "one seed: its value alone. Passkey: hits with repeated filler. Full sets: the mean over the seven zero-shot "
+        "tasks of results/headline (OUT/full), as % of the teacher's and above chance, (student - chance) / "
+        "(teacher - chance); (n = k) where fewer seeds have it.",
+        "",
+        *markdown_table(header, rows),
+    ]
+
+
+def _full_lines(doc: dict) -> list[str]:
+    """Per arm evaluated on the full sets (experiments/recall.py full): each task's headline metric, the mean and,
+    against the teacher, its ratio and above-chance recovery with 95% paired bootstrap intervals."""
+    rows = [(arm, r["full"]) for arm, r in doc["models"].items() if r.get("full")]
+    if not rows:
+        return []
+    t = doc["teacher"].get("full")
+    table = []
+    for name, f in [*([("teacher", t)] if t else []), *rows]:
+        cells = [f"{f['tasks'][k]['score']:.3f}" if k in f["tasks"] else "-" for k in ZERO_SHOT]
+        mean = "-" if f["mean"] is None else f"{f['mean']:.4f}"
+        if "ratio" in f:
+            (r, lo, hi), (c, clo, chi) = f["ratio"], f["recovery"]
+            vs = [
+                f"{100 * r:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]",
+                f"{100 * c:.1f}% [{100 * clo:.1f}, {100 * chi:.1f}]",
+            ]
+        else:
+            vs = ["-", "-"]
+        ppl = "-" if f["perplexity"] is None else f"{f['perplexity']:.2f}"
+        table.append([name, *cells, mean, *vs, ppl])
+    header = ["model", *ZERO_SHOT, "mean", "% of teacher", "above chance", "perplexity"]
+    return [
+        "",
+        "## Full zero-shot sets",
+        "",
+        "The finalists and the teacher on the full sets of results/headline (experiments/recall.py full): acc_norm for "
+        "hellaswag, piqa, arc_challenge and openbookqa, acc for the others; the mean over the seven, as % of the "
+        "teacher's and above chance, with 95% paired bootstrap intervals (items resampled within each task).",
+        "",
+        *markdown_table(header, table),
+    ]
+
+
+def _missing_text(missing: list[str]) -> str:
+    """Planned arms without a screen, the seeds of one configuration together: 'a, b-gm20 (seeds 1, 2)'."""
+    groups: dict[str, list[str] | None] = {}
+    for arm in missing:
+        m = SEEDED.match(arm)
+        if m:
+            groups.setdefault(m["config"], []).append(m["seed"])
+        else:
+            groups[arm] = None
+    return ", ".join(
+        k if v is None else f"{k} (seed{'s' if len(v) > 1 else ''} {', '.join(v)})" for k, v in groups.items()
+    )
 
 
 def _row(res: dict, key: str, t_scores: dict | None, chance: dict) -> dict:
@@ -125,10 +319,10 @@ def write_recall_report(out: Path, results: Path, arms: dict, chance: dict | Non
         "# Recall screening: SmolLM2-135M-Instruct students at 10M tokens",
         "",
         *([notes.read_text().strip(), ""] if notes.is_file() else []),
-        "Screen of each arm (experiments/recall.py; one seed, 0): full LAMBADA (acc), the first 2,000 HellaSwag items "
-        "(acc_norm), perplexity and top-1 agreement on 256 x 512 held-out tokens, and passkey v2 (20 keys per length, "
-        "repeated and natural filler). Percentages: of the teacher's score, with a 95% paired bootstrap interval over "
-        "items; 'above chance': (student - chance) / (teacher - chance).",
+        "Screen of each arm (experiments/recall.py; one seed: 0, or an arm's -s<seed>): full LAMBADA (acc), the first "
+        "2,000 HellaSwag items (acc_norm), perplexity and top-1 agreement on 256 x 512 held-out tokens, and passkey v2 "
+        "(20 keys per length, repeated and natural filler). Percentages: of the teacher's score, with a 95% paired "
+        "bootstrap interval over items; 'above chance': (student - chance) / (teacher - chance).",
         "",
         "| model | attention layers | lambada | hellaswag (2,000) | perplexity | agreement |",
         "|---|---|---|---|---|---|",
@@ -173,7 +367,7 @@ def write_recall_report(out: Path, results: Path, arms: dict, chance: dict | Non
             ]
             agree = all(v.get("cache_agrees") is not False for v in by.values())
             lines.append(f"| {name} | {f} | " + " | ".join(cells) + f" | {'yes' if agree else '**no**'} |")
-    lines += ["", "Training (optimizer steps, epochs over the corpus each stage read, seed 0):", ""]
+    lines += ["", "Training (optimizer steps, epochs over the corpus each stage read):", ""]
     lines += ["| model | stage | tokens | steps | epochs | peak LR | wall s |", "|---|---|---|---|---|---|---|"]
     for arm, row in doc["models"].items():
         for s, info in sorted(row["stages"].items()):
@@ -181,10 +375,12 @@ def write_recall_report(out: Path, results: Path, arms: dict, chance: dict | Non
             lines.append(
                 f"| {arm} | {s} | {info['tokens']:,} | {info['steps']} | {ep} | {info['lr']:g} | {info['wall_s']:.0f} |"
             )
+    lines += _seed_lines(doc["seeds"])
+    lines += _full_lines(doc)
     lines += ["", "## Commands", ""]
     lines += [f"- {arm}: `{row['command']}`" for arm, row in doc["models"].items() if row["command"]]
     if doc["missing"]:
-        lines += ["", "Planned in experiments/recall.py without a screen yet: " + ", ".join(doc["missing"]) + "."]
+        lines += ["", "Planned in experiments/recall.py without a screen yet: " + _missing_text(doc["missing"]) + "."]
     _plot(doc, results / "recall.png")
     lines += ["", "![recall](recall.png)", ""]
     (results / "README.md").write_text("\n".join(lines))

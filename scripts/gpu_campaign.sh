@@ -5,6 +5,8 @@
 #   bash scripts/gpu_campaign.sh part-b            # second part, joined and checked, teacher converted once
 #   bash scripts/gpu_campaign.sh train ARM,ARM [N [ARGS]] # tree copied to $KEEP/repo; N at once (0: by GPU memory)
 #   bash scripts/gpu_campaign.sh screen [N [ARGS]] # once training has ended: the screen, N at once (setsid)
+#   bash scripts/gpu_campaign.sh full ARMS [N [ARGS]] # once training and the screen have ended: the finalists (ARM,ARM;
+#                                                  # all: every trained arm) and the teacher on the full sets
 #   bash scripts/gpu_campaign.sh wait SECONDS      # follow what runs; then the small files tarred to $OUT
 # Started jobs outlive the call (setsid), so `wait` in the next call picks them up.
 set -uo pipefail
@@ -17,13 +19,19 @@ mkdir -p "$KEEP" "$OUT"
 
 follow() {  # follow(seconds): print progress until no campaign job runs or the time is up, then tar the small files
   local until=$((SECONDS + $1))
-  while pgrep -f "experiments.recall (train|screen)" >/dev/null && ((SECONDS < until)); do sleep 10; done
-  pgrep -af "experiments.recall (train|screen)" | head -3 || true
+  while pgrep -f "experiments.recall (train|screen|full)" >/dev/null && ((SECONDS < until)); do sleep 10; done
+  pgrep -af "experiments.recall (train|screen|full)" | head -3 || true
   tail -n 4 "$KEEP"/campaign-*.log 2>/dev/null
   nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
   (cd "$KEEP/runs" 2>/dev/null && find . \( -name summary.json -o -name metrics.jsonl -o -name report.md \
     -o -name config.yaml -o -name results.json -o -name '*.log' -o -name '*.command.txt' -o -name probe.json \) \
     -newer "$KEEP/started" -print0 | tar czf "$OUT/runs.tgz" --null -T -) && ls -la "$OUT"
+}
+
+idle() {  # idle(phase): refuse (exit 3) while that phase of the campaign still runs (its GPU memory is taken)
+  if pgrep -f "experiments.recall $1" >/dev/null; then
+    echo "$([ "$1" = train ] && echo training || echo "the $1") still runs: wait first"; exit 3
+  fi
 }
 
 launch() {  # launch(log, argv...): start argv in its own session in $KEEP/repo, so that it outlives this call
@@ -48,10 +56,17 @@ case "${1:-}" in
       --only "$2" --concurrent "${3:-0}" "${@:4}"
     sleep 5; cat "$KEEP/campaign-train.log" ;;
   screen)
-    if pgrep -f "experiments.recall train" >/dev/null; then echo "training still runs: wait first"; exit 3; fi
+    idle train
     launch "$KEEP/campaign-screen.log" python3 -m experiments.recall screen --out "$KEEP/runs" --teacher "$GGUF" \
       --concurrent "${2:-0}" "${@:3}"
     sleep 5; cat "$KEEP/campaign-screen.log" ;;
+  full)
+    [ -n "${2:-}" ] || { echo "usage: $0 full ARM,ARM|all [N [ARGS]]"; exit 2; }
+    idle train && idle screen
+    only=(--only "$2"); [ "$2" = all ] && only=()
+    launch "$KEEP/campaign-full.log" python3 -m experiments.recall full --out "$KEEP/runs" --teacher "$GGUF" \
+      ${only[@]+"${only[@]}"} --concurrent "${3:-0}" "${@:4}"
+    sleep 5; cat "$KEEP/campaign-full.log" ;;
   wait) follow "${2:-540}" ;;
-  *) echo "usage: $0 part-a | part-b | train ARMS [N] | screen [N] | wait [SECONDS]"; exit 2 ;;
+  *) echo "usage: $0 part-a | part-b | train ARMS [N] | screen [N] | full ARMS [N] | wait [SECONDS]"; exit 2 ;;
 esac

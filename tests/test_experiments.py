@@ -479,3 +479,140 @@ def test_gpu_campaign_script_steps(tmp_path):
     finally:
         training.kill()
     assert early.returncode == 3 and "training still runs" in early.stdout
+
+
+def _full(path: Path, name: str, hits: list[float], wrong: list[float], ppl: float = 40.0):
+    """A full-sets results.json as experiments.recall full-one writes it: per task the items of its headline metric
+    (acc_norm or acc, as results/headline reads them) are ``hits``, those of the other metric ``wrong``."""
+    from experiments.headline_report import ZERO_SHOT
+
+    norm = ("hellaswag", "piqa", "arc_challenge", "openbookqa")
+    scores: dict = {"perplexity": ppl, "top1_agreement": 0.5}
+    for task in ZERO_SHOT:
+        items = {"acc": wrong if task in norm else hits, "acc_norm": hits if task in norm else wrong}
+        if task in ("winogrande", "lambada_openai"):
+            del items["acc_norm"]
+        scores[task] = {**{m: sum(v) / len(v) for m, v in items.items()}, "n": len(hits), "items": items}
+    models = [name] if name == "teacher" else ["teacher", name]
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({"models": models, "scores": {name: scores}}))
+
+
+def test_recall_report_across_seeds_mean_and_t_interval(tmp_path):
+    """Arms NAME-s<seed> are one configuration: the mean over seeds ± t(0.975, n - 1) x sd / sqrt(n) of each ratio to
+    the teacher, perplexity above it, passkey hits per length, and from OUT/full the mean zero-shot over the seven tasks
+    (the headline metric of each) as % of the teacher's and above chance; one seed: its value, n = 1; the seeds not
+    screened join the one list of planned arms without a screen."""
+    from experiments.recall_report import write_recall_report
+
+    out, results = tmp_path / "runs", tmp_path / "results"
+    chance = {"hellaswag": 0.25, "lambada_openai": 0.0, "piqa": 0.5, "winogrande": 0.5, "arc_easy": 0.25}
+    chance |= {"arc_challenge": 0.25, "openbookqa": 0.25}
+    _screen(out / "screen" / "teacher", "teacher", [1, 1, 0, 1], [1, 0, 1, 1], 40.0, 1.0)
+    lambadas = ([1, 0, 0, 1], [1, 1, 0, 1], [1, 1, 1, 1])  # 2/3, 1, 4/3 of the teacher's 3/4
+    for seed, (lam, ppl, hits) in enumerate(zip(lambadas, (44.0, 48.0, 52.0), (0.25, 0.5, 0.75), strict=True)):
+        _screen(out / "screen" / f"cfg-s{seed}", f"cfg-s{seed}", lam, [1, 0, 1, 0], ppl, hits)
+    _screen(out / "screen" / "solo-s0", "solo-s0", [1, 0, 0, 1], [1, 0, 1, 0], 42.0, 0.5)
+    _full(out / "full" / "teacher", "teacher", [1, 1, 1, 0], [0, 0, 0, 0])
+    _full(out / "full" / "cfg-s0", "cfg-s0", [1, 1, 0, 0], [0, 0, 0, 1])  # mean 0.5 of the teacher's 0.75
+    _full(out / "full" / "cfg-s1", "cfg-s1", [1, 1, 1, 0], [0, 0, 0, 0])  # 0.75: the teacher's; no full run of s2
+    arms = {f"cfg-s{s}": [] for s in range(3)} | {"planned": [], "solo-s0": [], "solo-s1": [], "later-s0": []}
+    text = write_recall_report(out, results, arms, chance).read_text()
+    doc = json.loads((results / "results.json").read_text())
+
+    t2, t1 = 4.302653, 12.706205  # t(0.975) at 2 and 1 degrees of freedom
+    lam = doc["seeds"]["cfg"]["metrics"]["lambada"]
+    half = t2 * (100 / 3) / math.sqrt(3)  # sd of 66.7, 100, 133.3 over n - 1 = 2: 33.3
+    assert (lam["n"], lam["mean"]) == (3, pytest.approx(100.0)) and lam["hi"] - lam["mean"] == pytest.approx(half)
+    assert doc["seeds"]["cfg"]["metrics"]["perplexity"]["hi"] == pytest.approx(20 + t2 * 10 / math.sqrt(3))
+    c = 2 / 7  # the mean chance level of the seven tasks
+    rec = [100 * (0.5 - c) / (0.75 - c), 100.0]
+    zs = doc["seeds"]["cfg"]["metrics"]["zero_shot_recovery"]
+    assert (zs["n"], zs["mean"]) == (2, pytest.approx(sum(rec) / 2))
+    assert zs["hi"] - zs["mean"] == pytest.approx(t1 * abs(rec[0] - rec[1]) / math.sqrt(2) / math.sqrt(2))
+    row = next(line for line in text.splitlines() if line.startswith("| cfg |"))
+    cells = [x.strip() for x in row.strip("|").split("|")]
+    want = ["cfg", "3 (0, 1, 2)", f"100.0 ± {half:.1f}", "66.7 ± 0.0", f"+20.0 ± {t2 * 10 / math.sqrt(3):.1f}"]
+    want += [f"0.50 ± {t2 * 0.25 / math.sqrt(3):.2f}", f"83.3 ± {t1 * (100 / 3) / 2:.1f} (n = 2)"]
+    assert cells == [*want, f"{sum(rec) / 2:.1f} ± {zs['hi'] - zs['mean']:.1f} (n = 2)"]
+    assert "| solo | 1 (0) | 66.7 | 66.7 | +5.0 | 0.50 | - | - |" in text  # one seed: the value, no interval
+    assert "without a screen yet: planned, solo (seed 1), later (seed 0)." in text
+    assert doc["missing"] == ["planned", "solo-s1", "later-s0"] and "later" not in doc["seeds"]
+    # the full-sets table: the headline metric of each task (the other metric's items differ), paired bootstrap
+    assert doc["teacher"]["full"]["mean"] == pytest.approx(0.75)
+    assert doc["models"]["cfg-s0"]["full"]["mean"] == pytest.approx(0.5)
+    assert doc["models"]["cfg-s1"]["full"]["ratio"] == [1.0, 1.0, 1.0]
+    assert "| cfg-s0 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0.5000 | 66.7% [" in text
+
+
+def test_recall_full_phase_on_the_cpu_end_to_end(teacher_dir, tmp_path, monkeypatch, capsys):
+    """`experiments.recall full` for one tiny arm on the CPU: the teacher and the arm scored on the seven zero-shot
+    tasks (2 items each) with per-item scores, perplexity, agreement and passkey, through the campaign's runner; the
+    teacher is scored once; an untrained arm is skipped, an unknown one refused."""
+    import sys
+
+    from experiments import recall
+    from mohawk.cli import main
+    from tests.utils import tiny_distill_argv
+
+    out = tmp_path / "runs"
+    assert main(tiny_distill_argv(teacher_dir, out / "ssd-gm20-s0")) == 0
+    monkeypatch.setenv("PYTHONPATH", str(Path(recall.__file__).resolve().parents[1]))
+    monkeypatch.setattr(recall, "POLL_S", 0.2)
+    base = ["recall", "full", "--out", str(out), "--teacher", str(teacher_dir), "--device", "cpu", "--limit", "2"]
+    base += ["--seq-len", "16", "--passkey-trials", "1"]
+    monkeypatch.setattr(sys, "argv", [*base, "--only", "ssd-gm20-s0,ssd-gm20-s1"])
+    recall.main()
+    printed = capsys.readouterr().out
+    assert "not trained yet, skipped: ssd-gm20-s1" in printed and "{'teacher': 0, 'ssd-gm20-s0': 0}" in printed
+    cmd = (out / "full-ssd-gm20-s0.command.txt").read_text().split()
+    assert cmd[:4] == ["-m", "experiments.recall", "full-one", "--model"] and "--limit" in cmd
+    res = json.loads((out / "full" / "ssd-gm20-s0" / "results.json").read_text())
+    scores = res["scores"]["ssd-gm20-s0"]
+    from experiments.headline_report import ZERO_SHOT
+
+    for task in ZERO_SHOT:
+        assert scores[task]["n"] == 2 and len(scores[task]["items"]["acc"]) == 2, task
+    assert (
+        scores["perplexity"] > 1
+        and "top1_agreement" in scores
+        and "64" in res["passkey_detail"]["ssd-gm20-s0"]["repeat"]
+    )
+    teacher = json.loads((out / "full" / "teacher" / "results.json").read_text())
+    assert set(teacher["scores"]["teacher"]) >= {"perplexity", *ZERO_SHOT}
+    monkeypatch.setattr(sys, "argv", base)  # every trained arm: all done, the teacher too: nothing runs
+    recall.main()
+    assert capsys.readouterr().out.strip().endswith("{}")
+    monkeypatch.setattr(sys, "argv", [*base, "--only", "nope"])
+    with pytest.raises(SystemExit, match="no arm nope"):
+        recall.main()
+
+
+def test_gpu_campaign_full_step(tmp_path):
+    """`gpu_campaign.sh full ARMS [N]` starts experiments.recall full for those arms (all: every trained one) with N at
+    once, refuses without arms, and refuses while the screen still runs (both would take the GPU's memory)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_campaign.sh"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text('#!/bin/sh\necho "python3 $*"\n')
+    (fake / "python3").chmod(0o755)
+    (tmp_path / "keep" / "repo").mkdir(parents=True)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "KEEP": str(tmp_path / "keep"), "OUT": str(tmp_path / "out")}
+    keep = tmp_path / "keep"
+    ran = subprocess.run(["bash", str(script), "full", "a-s0,a-s1", "2"], env=env, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    want = f"python3 -m experiments.recall full --out {keep}/runs --teacher {keep}/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert ran.stdout.strip() == f"{want} --only a-s0,a-s1 --concurrent 2"
+    every = subprocess.run(["bash", str(script), "full", "all"], env=env, capture_output=True, text=True)
+    assert every.stdout.strip() == f"{want} --concurrent 0"
+    bare = subprocess.run(["bash", str(script), "full"], env=env, capture_output=True, text=True)
+    assert bare.returncode == 2 and "usage:" in bare.stdout
+    screening = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "experiments.recall screen"])
+    try:
+        early = subprocess.run(["bash", str(script), "full", "a-s0"], env=env, capture_output=True, text=True)
+    finally:
+        screening.kill()
+    assert early.returncode == 3 and "the screen still runs" in early.stdout
