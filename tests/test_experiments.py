@@ -368,6 +368,8 @@ def test_every_recall_arm_is_a_valid_distill_command(monkeypatch):
     argv = recall.distill_command("ssd-gm20-s1", args)
     assert argv.count("--tokens") == argv.count("--seed") == 1
     assert cfgs["ssd-gate-norm"].gate_norm and cfgs["ssd-conv-silu"].conv_activation == "silu"
+    big = cfgs["hybrid6-retrieval-gm50-s1"]  # 50M also reads the shards part-c brings
+    assert (big.tokens, big.seed, big.data) == (50_000_000, 1, f"gutenberg+modern+{recall.EXTRA_SHARDS}")
 
 
 def _screen(path: Path, name: str, lambada: list[float], hellaswag: list[float], ppl: float, passkey_hits: float):
@@ -479,6 +481,13 @@ def test_gpu_campaign_script_steps(tmp_path):
     finally:
         training.kill()
     assert early.returncode == 3 and "training still runs" in early.stdout
+    # part-c: the shards in .gpu-c/ of the directory it runs in land where the 50M arms read them
+    tree = tmp_path / "tree"
+    (tree / ".gpu-c").mkdir(parents=True)
+    (tree / ".gpu-c" / "train-002.jsonl.xz").write_bytes(b"x")
+    shards = subprocess.run(["bash", str(script), "part-c"], env=env, capture_output=True, text=True, cwd=tree)
+    assert shards.returncode == 0, shards.stderr
+    assert (tmp_path / "keep" / "data" / "gutenberg-extra" / "train-002.jsonl.xz").read_bytes() == b"x"
 
 
 def _full(path: Path, name: str, hits: list[float], wrong: list[float], ppl: float = 40.0):
