@@ -54,13 +54,14 @@ case "${1:-}" in
     mkdir -p "$KEEP/data/gutenberg-extra" && cp .gpu-c/*.jsonl.xz "$KEEP/data/gutenberg-extra/" \
       && ls -la "$KEEP/data/gutenberg-extra" ;;
   train)
+    idle train && idle screen && idle full  # its copy of the tree replaces the one running jobs read
     rm -rf "$KEEP/repo" && cp -r . "$KEEP/repo" && mkdir -p "$KEEP/runs" && touch "$KEEP/started"
     cp -rnp results/recall/runs/. "$KEEP/runs/"  # the committed screens (the teacher's) are not run again
     launch "$KEEP/campaign-train.log" python3 -m experiments.recall train --out "$KEEP/runs" --teacher "$GGUF" \
       --only "$2" --concurrent "${3:-0}" "${@:4}"
     sleep 5; cat "$KEEP/campaign-train.log" ;;
   screen)
-    idle train
+    idle train && idle full
     launch "$KEEP/campaign-screen.log" python3 -m experiments.recall screen --out "$KEEP/runs" --teacher "$GGUF" \
       --concurrent "${2:-0}" "${@:3}"
     sleep 5; cat "$KEEP/campaign-screen.log" ;;

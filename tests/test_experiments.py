@@ -481,6 +481,17 @@ def test_gpu_campaign_script_steps(tmp_path):
     finally:
         training.kill()
     assert early.returncode == 3 and "training still runs" in early.stdout
+    # while the full sets are scored, neither a screen nor a new training starts (a training's copy of the tree would
+    # replace the one the running jobs read)
+    (tmp_path / "keep" / "repo").mkdir()
+    scoring = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "experiments.recall full"])
+    try:
+        steps = [subprocess.run(["bash", str(script), *step], env=env, capture_output=True, text=True)
+                 for step in (["screen"], ["train", "ssd"])]  # fmt: skip
+    finally:
+        scoring.kill()
+    assert [(r.returncode, "the full still runs" in r.stdout) for r in steps] == [(3, True), (3, True)]
+    assert (tmp_path / "keep" / "repo").is_dir()
     # part-c: the shards in .gpu-c/ of the directory it runs in land where the 50M arms read them
     tree = tmp_path / "tree"
     (tree / ".gpu-c").mkdir(parents=True)
