@@ -16,15 +16,16 @@ QUEUE = [
     "",
     "## Runs still to make",
     "",
-    "The students of the table are one seed at 10M tokens. Still to run on the GPU, after the recall screen picks its "
-    "winners (results/recall/README.md, and results/README.md's GPU queue for the next session's calls): each at 20M "
-    "and 50M tokens on data that does not repeat (`gutenberg+modern`, ~30M tokens: 0.57 epochs at 20M; 50M needs the "
-    "two Gutenberg shards not vendored yet), seeds 0, 1, 2, then `python3 -m experiments.headline` to regenerate this "
-    "page with the recovery curve over 2M / 10M / 20M / 50M:",
+    "The students of the table are one seed at 10M tokens. The headline runs are arms of the recall campaign "
+    '(experiments/recall.py; results/recall/README.md "Queue", results/README.md\'s plan for the next session): '
+    "ssd, hybrid4-retrieval and hybrid6-retrieval at 20M tokens on `gutenberg+modern` (0.61 epochs in stage 3, nothing "
+    "repeated; arms `*-gm20-s0..2`) and at 50M with the two Gutenberg shards `gpu_campaign.sh part-c` carries (0.79 "
+    "epochs; `*-gm50-s0..2`), seeds 0, 1, 2, screened, then the finalists on the full sets "
+    "(`python3 -m experiments.recall full --only ARM,...`). This page is then regenerated from those runs, with the "
+    "recovery curve over 2M / 5M / 10M / 20M / 50M and the mean and interval over seeds:",
     "",
-    "- `mohawk distill --preset gpu --tokens 20000000 --data gutenberg+modern --seed S --out runs/headline/ssd-20M-sS`",
-    "- `mohawk distill --preset gpu --tokens 20000000 --data gutenberg+modern --num-attention-layers 4 --seed S "
-    "--out runs/headline/hybrid4-20M-sS` (placement: the probe's layers, or `retrieval-heads` if it wins the screen)",
+    "- `bash scripts/gpu_campaign.sh train hybrid4-retrieval-gm20-s0,hybrid6-retrieval-gm20-s0,ssd-gm20-s0`, then "
+    "`screen`, then `full hybrid4-retrieval-gm20-s0,hybrid6-retrieval-gm20-s0,ssd-gm20-s0` (seeds 1, 2 and 50M next)",
 ]
 
 
@@ -207,7 +208,8 @@ def _markdown(rows: list[dict], sweep: dict | None, out: Path, models: dict) -> 
 
 
 def _decode_lines(speed: dict, path: Path) -> list[str]:
-    """Decode tokens/s of the pure-SSD student vs the teacher at its best (static KV cache + CUDA graphs)."""
+    """Decode tokens/s of the students vs the teacher at its best (static KV cache + CUDA graphs), from a
+    benchmarks/decode_speed.py result (the students' multi-step graph figure)."""
     out = [
         "",
         f"## Decoding speed ({speed['device']}, {speed['dtype']}, {speed['new_tokens']} greedy steps after the prompt)",
@@ -218,11 +220,12 @@ def _decode_lines(speed: dict, path: Path) -> list[str]:
     ]
     rows = []
     for r in speed["rows"]:
-        t, s = r.get("teacher_static_tokens_per_s"), r.get("student_tokens_per_s")
+        t, s = r.get("teacher_tokens_per_s"), r.get("student_block_tokens_per_s")
         cells = [f"{t:,.0f}", f"{s:,.0f}", f"{s / t:.2f}x"] if t and s else ["-"] * 3
-        cells += [f"{r['teacher_state_mib']:,.1f}", f"{r['student_state_mib']:,.1f}"] if t and s else ["-"] * 2
-        rows.append([r["context"], r["batch"], *cells])
-    header = ["context", "batch", "teacher tok/s", "pure-SSD student tok/s", "ratio", "teacher KV cache MiB"]
+        state = r.get("student_block_state_mib")
+        cells += [f"{r['teacher_state_mib']:,.1f}", f"{state:,.1f}"] if t and s and state else ["-"] * 2
+        rows.append([r["student"], r["context"], r["batch"], *cells])
+    header = ["student", "context", "batch", "teacher tok/s", "student tok/s", "ratio", "teacher KV cache MiB"]
     return out + markdown_table([*header, "student state MiB"], rows)
 
 

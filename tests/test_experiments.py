@@ -85,6 +85,14 @@ def test_headline_report_from_run_files(tmp_path):
     assert "| ssd-2M | perplexity within 5% of the teacher's | +13.6% | no |" in text
     assert "hybrid2-2M | mean zero-shot" not in text  # the goals name pure and 4-attention-layer students only
     assert "without results in these runs: ssd-5M." in text
+    # the decode section reads benchmarks/decode_speed.py's rows as that script writes them now (the multi-step
+    # graph's tokens/s beside the teacher's): a reader of an older layout would print dashes
+    row = {"student": "hybrid4", "context": 4096, "batch": 16, "teacher_tokens_per_s": 2000.0}
+    row |= {"student_block_tokens_per_s": 9000.0, "teacher_state_mib": 1451.2, "student_block_state_mib": 257.6}
+    speed = {"device": "GPU X", "dtype": "torch.bfloat16", "new_tokens": 65, "command": "python3 -m x", "rows": [row]}
+    (tmp_path / "decode.json").write_text(json.dumps(speed))
+    text = write_headline(out, results, models, decode=tmp_path / "decode.json").read_text()
+    assert "| hybrid4 | 4096 | 16 | 2,000 | 9,000 | 4.50x | 1,451.2 | 257.6 |" in text
 
 
 def test_init_distances_per_layer_with_and_without_the_qk_norm_fold(tmp_path):
