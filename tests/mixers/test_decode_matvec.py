@@ -103,7 +103,7 @@ def test_the_switch(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind,n,k", [("norm", 2313, 576), ("gated", 1536, 576), ("residual", 576, 1536)])
-@pytest.mark.parametrize("b", [1, 16])
+@pytest.mark.parametrize("b", [1, 16, 64])
 def test_kernel_equals_reference_bf16_on_cuda(kind, n, k, b):
     """Compiled on a GPU, bfloat16, SmolLM2's student sizes: in_proj with norm1, the MLP's gate and up, down_proj."""
     args = _inputs(kind, b, n, k, True, torch.bfloat16, device="cuda")
