@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from experiments import campaign
 from experiments.headline import TASKS as FULL_TASKS  # the seven zero-shot tasks (lm-eval), perplexity, passkey
 
 SEQ_LEN, BATCH, TOKENS = 512, 16, 10_000_000
-POLL_S = 2.0  # seconds between checks of the running processes
 STAGE3_LR = "0.0005"  # results/headline: the best stage-3 LR of the sweep at 8,192 tokens per update
 RECALL_MIX = ["--stage4-tokens", "500000", "--recall-data", "recall+bundled", "--stage4-lr", "0.0001"]
 # arm -> extra `mohawk distill` flags (every arm: TOKENS student tokens with the recipe, seed 0)
@@ -119,63 +118,13 @@ def distill_command(name: str, args) -> list[str]:
     ]  # fmt: skip
 
 
-# GPU memory one process needs at its peak (GiB), for --concurrent 0: stage 1 of a 10M-token distillation peaks at
-# 16-23 GiB (five fit on an H200, seven did not; three fit on an H100); a screen at 22-34 GiB (lm-eval's batches:
-# three fit on an H200, five did not; two fit on an H100, three did not). results/recall/README.md has the runs. A
-# full evaluation runs the screen's passkey and perplexity and lm-eval at the same batch of 64 over seven tasks (longer
-# choices than HellaSwag's in none of them): at least the screen's 36 GiB, not measured yet.
-GIB_PER_PROCESS = {"train": 26.0, "screen": 36.0, "full": 36.0}
-
-
-def auto_concurrent(phase: str, total_gib: float | None) -> int:
-    """Processes of ``phase`` to run at once on a GPU of ``total_gib`` (None: no GPU, one at a time)."""
-    return 1 if total_gib is None else max(1, int(total_gib // GIB_PER_PROCESS[phase]))
-
-
 def _concurrent(args, phase: str) -> int:
-    if args.concurrent > 0:
-        return args.concurrent
-    import torch
-
-    gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if args.device == "cuda" else None
-    n = auto_concurrent(phase, gib)
-    print(f"{phase}: {n} at once ({gib or 0:.0f} GiB of GPU memory)", flush=True)
-    return n
+    return campaign.concurrent(args.concurrent, campaign.GIB_PER_PROCESS[phase], phase, args.device)
 
 
-def _out_of_memory(log: Path) -> bool:
-    """Whether the last lines of a run's log end in a CUDA out-of-memory error."""
-    tail = log.read_text(errors="replace")[-4000:] if log.is_file() else ""
-    return "OutOfMemoryError" in tail or "CUDA out of memory" in tail
-
-
-def _launch(cmds: dict[str, tuple[list[str], Path]], concurrent: int, resume: str | None = None) -> dict[str, int]:
-    """Run {name: (argv, log)} with at most ``concurrent`` at once; {name: exit status}. A run that ran out of GPU
-    memory beside others is queued again once, with one fewer at once from then on (and ``resume`` added to its argv,
-    when given), so an unattended campaign loses no arm to a concurrency guess."""
-    waiting, running, codes, retried = list(cmds), {}, {}, set()
-    while waiting or running:
-        while waiting and len(running) < concurrent:
-            name = waiting.pop(0)
-            argv, log = cmds[name]
-            print(f"start {name}: {' '.join(argv)}", flush=True)
-            running[name] = subprocess.Popen(argv, stdout=log.open("a"), stderr=subprocess.STDOUT)
-        for name, proc in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[name]
-            argv, log = cmds[name]
-            if proc.returncode and name not in retried and concurrent > 1 and _out_of_memory(log):
-                retried.add(name)
-                concurrent = max(1, concurrent - 1)
-                cmds[name] = ([*argv, resume] if resume and resume not in argv else argv, log)
-                waiting.append(name)
-                print(f"{name}: out of GPU memory, queued again ({concurrent} at once from now)", flush=True)
-                continue
-            codes[name] = proc.returncode
-            print(f"{name}: exit {proc.returncode} at {time.strftime('%H:%M:%S')}", flush=True)
-        time.sleep(POLL_S)
-    return codes
+def _resumed(name: str, argv: list[str]) -> list[str]:
+    """A training queued again after running out of GPU memory continues from its checkpoint."""
+    return argv if "--resume" in argv else [*argv, "--resume"]
 
 
 def probe(args) -> Path:
@@ -222,7 +171,7 @@ def train(args) -> dict:
         (out / f"{name}.command.txt").write_text(" ".join(argv) + "\n")
         resume = ["--resume"] if (run / "config.yaml").is_file() else []
         cmds[name] = ([sys.executable, "-m", "mohawk", *argv[1:], *resume], out / f"{name}.log")
-    return _launch(cmds, _concurrent(args, "train"), resume="--resume")
+    return campaign.launch(cmds, _concurrent(args, "train"), again=_resumed)
 
 
 def screen_one(args, full: bool = False) -> Path:
@@ -279,7 +228,7 @@ def _trained(out: Path) -> list[str]:
 
 def screen(args) -> dict:
     cmds = score_commands(args, "screen", ["teacher", *_trained(Path(args.out))])
-    return _launch(cmds, _concurrent(args, "screen"))
+    return campaign.launch(cmds, _concurrent(args, "screen"))
 
 
 def full(args) -> dict:
@@ -297,7 +246,7 @@ def full(args) -> dict:
             print(f"full: not trained yet, skipped: {', '.join(untrained)}", flush=True)
         names = [n for n in names if n in trained]
     cmds = score_commands(args, "full", ["teacher", *names])
-    return _launch(cmds, _concurrent(args, "full")) if cmds else {}
+    return campaign.launch(cmds, _concurrent(args, "full")) if cmds else {}
 
 
 def report(args) -> Path:
@@ -323,7 +272,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="train/full: comma-separated arm names")
     ap.add_argument(
         "--concurrent", type=int, default=0,
-        help="train/screen/full: processes at once on the GPU (0: as many as its memory holds, GIB_PER_PROCESS)",
+        help="train/screen/full: processes at once on the GPU (0: as many as its memory holds)",
     )  # fmt: skip
     ap.add_argument("--sample-tokens", type=int, default=200_000, help="probe: teacher-text tokens to time (0: none)")
     ap.add_argument("--passkey-trials", type=int, default=PASSKEY_TRIALS)

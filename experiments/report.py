@@ -556,15 +556,17 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
     lines += [
         "## Queue: planned runs without results",
         "",
-        f"{len(todo)} of {n_plan} runs queued. To run the first N at once on one GPU machine and collect their small "
-        "files into `$OUT/experiments` (then copy them to `results/experiments/10m/` and rerun `--report`):",
+        f"{len(todo)} of {n_plan} runs queued. To run them N at once on one GPU machine (N = 0: as many as its "
+        "memory holds; a run that runs out of GPU memory goes again once, from where it stopped) and collect their "
+        "small files into `$OUT/experiments` (then copy them to `results/experiments/10m/` and rerun `--report`):",
         "",
         "```bash",
-        f"python3 -m experiments.run_all --commands N --root {root} > queue.sh   # then: bash queue.sh",
+        f"python3 -m experiments.run_all --run N --root {root}",
         "```",
         "",
-        "Options: `--teacher PATH` (the teacher as a file on that machine, e.g. the Q4_1 GGUF of results/headline; "
-        "every command gets it), `--gpus K` (run i on GPU i mod K), `--mohawk 'python3 -m mohawk'` (no console "
+        "Options: `--first M` (only the queue's first M runs), `--teacher PATH` (the teacher as a file on that "
+        "machine, e.g. the Q4_1 GGUF of results/headline; every command gets it), `--gpus K` (run i on GPU i mod K; "
+        "N = 0 counts K GPUs), `--mohawk 'python3 -m mohawk'` (no console "
         "script there). The family arms (`mixer-*`, one seed) rescale their students' matrices at transfer by "
         "default, so that their stage-1 distance starts comparable to the SSD's: the distances at initialisation "
         f"before and after, per layer, and the command, in [{family_init.name}]({family_init}). The commands of each "

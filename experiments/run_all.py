@@ -1,12 +1,12 @@
 """The paper's claims at 10M student tokens with the recipe, 3 seeds per arm (issue 34): the run queue and its report.
 
     python3 -m experiments.run_all --list                        # every planned run: made (results/...) or queued
-    python3 -m experiments.run_all --commands 4 --root /tmp/exp  # a shell script running the first 4 queued runs at
-                                                                 #   once (& + wait), then collecting their small files
-                                                                 #   into $OUT/experiments (for one GPU call)
+    python3 -m experiments.run_all --run 4 --root /tmp/exp       # the queued runs, 4 at once (0: as many as the GPU's
+                                                                 #   memory holds), then their small files collected
+                                                                 #   into $OUT/experiments (--into)
     python3 -m experiments.run_all --collect /tmp/exp --into results/experiments/10m   # small files of finished runs
     python3 -m experiments.run_all --report                      # results/EXPERIMENTS.md from the committed files
-    python3 -m experiments.run_all --commands 2 --root /tmp/dry --cpu-dry-run TEACHER_DIR --data CORPUS
+    python3 -m experiments.run_all --run 2 --runs alloc-5-s0 --root /tmp/dry --cpu-dry-run TEACHER_DIR --data CORPUS
                                                                  # the same commands, tiny and on the CPU
 
 A run is one `mohawk distill` (SmolLM2-135M teacher, pure SSD, `--preset gpu --tokens 10000000`: the recipe's split,
@@ -21,17 +21,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments import campaign
+
 REPO = Path(__file__).resolve().parent.parent
 
 RESULTS = REPO / "results" / "experiments" / "10m"
 REPORT = REPO / "results" / "EXPERIMENTS.md"
 TOKENS = 10_000_000
+# GPU memory of one run at its peak (GiB), for --run 0: a run is a 10M-token distillation, then its evaluations one
+# after the other at batch 16. experiments/recall's measured training number (8,192 tokens per step, as here) stands
+# for it; the evaluations (a quarter of recall's screening batch of 64) are not measured
+GIB_PER_RUN = campaign.GIB_PER_PROCESS["train"]
 SEEDS = (0, 1, 2)
 # the other matrix families of the paper, as students: one seed (the issue asks no more); their matrices are rescaled
 # at transfer by default (mohawk.transfer.scale_to_attention, no flag), so their stage-1 distance starts comparable to
@@ -217,29 +224,47 @@ def queue(results: Path = RESULTS) -> list[Run]:
     return sorted(todo, key=lambda r: (r.arm is not None, r.seed))
 
 
-def script(
+def pending(
+    run: Run, root: str, dry: Dry | None = None, mohawk: str = "mohawk", teacher: str | None = None
+) -> list[str]:
+    """The commands of ``run`` (see ``commands``) still to do under ``root``: a finished distillation (summary with
+    "final") and an evaluation with its results.json are left out, a distillation begun gets --resume and an
+    evaluation begun --overwrite; so a run queued again, or a campaign started again, goes on where it stopped."""
+    d, out = Path(root) / run.name, []
+    for i, c in enumerate(commands(run, root, dry, mohawk, teacher)):
+        dest = Path(shlex.split(c)[-1])
+        if i == 0 and run.arm is not None:  # the distillation
+            s = d / "summary.json"
+            if s.is_file() and "final" in json.loads(s.read_text()):
+                continue
+            out.append(c + " --resume" if (d / "config.yaml").is_file() else c)
+        elif not (dest / "results.json").is_file():
+            out.append(c + " --overwrite" if dest.is_dir() and any(dest.iterdir()) else c)
+    return out
+
+
+def run_queue(
     runs: list[Run],
     root: str,
-    collect_into: str | None,
+    at_once: int,
     dry: Dry | None = None,
     mohawk: str = "mohawk",
     teacher: str | None = None,
     gpus: int = 1,
-) -> str:
-    """A bash script running ``runs`` at once (each run's commands in order, a log per run; with ``gpus`` > 1 run i
-    on GPU i mod gpus), waiting for all, then copying their small files into ``collect_into``."""
-    lines = ["set -u", f"mkdir -p {shlex.quote(root)}"]
-    for i, r in enumerate(runs):
-        chain = " && ".join(commands(r, root, dry, mohawk, teacher))
-        env = f"export CUDA_VISIBLE_DEVICES={i % gpus}; " if gpus > 1 else ""
-        lines.append(f"( {env}{chain} ) > {shlex.quote(f'{root}/{r.name}.log')} 2>&1 &")
-    lines.append("wait")
-    if collect_into:
-        me = "python3 -m experiments.run_all"
-        same = f" --cpu-dry-run {shlex.quote(dry.teacher)} --data {shlex.quote(dry.data)}" if dry else ""
-        same += f" --teacher {shlex.quote(teacher)}" if teacher else ""
-        lines.append(f"{me} --collect {shlex.quote(root)} --into {collect_into}{same}")
-    return "\n".join(lines) + "\n"
+) -> dict[str, int]:
+    """Run ``runs`` ``at_once`` at a time through experiments.campaign's launcher: each run's pending commands joined
+    with && under bash, its log ROOT/NAME.log, with ``gpus`` > 1 run i on GPU i mod gpus (CUDA_VISIBLE_DEVICES); a run
+    that ran out of GPU memory beside others goes again once from where it stopped. {name: exit status}."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+
+    def chain(name: str, argv: list[str] | None = None) -> list[str]:
+        r = by_name[name]
+        return ["bash", "-c", " && ".join(pending(r, root, dry, mohawk, teacher)) or "true"]
+
+    by_name = {r.name: r for r in runs}
+    cmds = {r.name: (chain(r.name), Path(root) / f"{r.name}.log") for r in runs}
+    env = {r.name: {"CUDA_VISIBLE_DEVICES": str(i % gpus)} for i, r in enumerate(runs)} if gpus > 1 else None
+    return campaign.launch(cmds, at_once, again=chain, env=env)
 
 
 def collect(root: Path, into: Path, dry: Dry | None = None, teacher: str | None = None) -> list[str]:
@@ -269,10 +294,14 @@ def collect(root: Path, into: Path, dry: Dry | None = None, teacher: str | None 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--list", action="store_true", help="every planned run and whether it is made")
-    ap.add_argument("--commands", type=int, metavar="N", help="a script running the first N queued runs at once")
-    ap.add_argument("--runs", help="comma-separated run names instead of the queue's first N")
+    ap.add_argument(
+        "--run", type=int, metavar="N",
+        help="run the queue N at once (0: as many as GPU memory holds), then collect into --into",
+    )  # fmt: skip
+    ap.add_argument("--first", type=int, metavar="M", help="--run: only the queue's first M runs")
+    ap.add_argument("--runs", help="--run: these comma-separated run names instead of the queue")
     ap.add_argument("--root", default="/tmp/mohawk-exp", help="where the commands write their runs")
-    ap.add_argument("--into", default="$OUT/experiments", help="where --commands' script collects (--collect: to)")
+    ap.add_argument("--into", default="$OUT/experiments", help="where --run and --collect collect to")
     ap.add_argument("--collect", metavar="ROOT", help="copy the small files of the runs under ROOT to --into")
     ap.add_argument("--report", action="store_true", help="write results/EXPERIMENTS.md from --results")
     ap.add_argument("--results", default=str(RESULTS), help="the committed run files")
@@ -281,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", help="the corpus of a CPU dry run")
     ap.add_argument("--mohawk", default="mohawk", help="how to call mohawk (e.g. 'python3 -m mohawk')")
     ap.add_argument("--teacher", help="the teacher of every command (default: mohawk's, smollm2-135m)")
-    ap.add_argument("--gpus", type=int, default=1, help="spread the script's runs over this many GPUs")
+    ap.add_argument("--gpus", type=int, default=1, help="--run: run i on GPU i mod K")
     args = ap.parse_args(argv)
     results = Path(args.results)
     dry = Dry(args.cpu_dry_run, args.data or "bundled") if args.cpu_dry_run else None
@@ -290,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.name:24s} {'made' if made(r, results) else 'queued'}")
         q = queue(results)
         print(f"{len(plan()) - len(q)} of {len(plan())} runs made; {len(q)} queued")
-    if args.commands is not None or args.runs:
+    into = os.path.expandvars(args.into)
+    if (args.run is not None or args.collect) and "$" in into:
+        ap.error(f"--into {args.into}: set the variable or pass --into DIR")
+    code = 0
+    if args.run is not None:
         if args.runs:
             names = args.runs.split(",")
             by_name = {r.name: r for r in plan()}
@@ -299,16 +332,23 @@ def main(argv: list[str] | None = None) -> int:
                 ap.error(f"unknown run {unknown[0]!r}; --list shows them")
             runs = [by_name[n] for n in names]
         else:
-            runs = queue(results)[: args.commands]
-        print(script(runs, args.root, args.into, dry, args.mohawk, args.teacher, args.gpus), end="")
+            runs = queue(results)[: args.first]
+        device = "cpu" if dry else "cuda"
+        at_once = args.run or args.gpus * campaign.concurrent(0, GIB_PER_RUN, "run", device)
+        codes = run_queue(runs, args.root, at_once, dry, args.mohawk, args.teacher, args.gpus)
+        failed = sorted(n for n, c in codes.items() if c)
+        if failed:
+            print(f"failed (logs in {args.root}): {', '.join(failed)}", file=sys.stderr)
+            code = 1
+        args.collect = args.root
     if args.collect:
-        done = collect(Path(args.collect), Path(args.into), dry, args.teacher)
-        print(f"collected {len(done)} complete runs into {args.into}: {', '.join(done) or '-'}", file=sys.stderr)
+        done = collect(Path(args.collect), Path(into), dry, args.teacher)
+        print(f"collected {len(done)} complete runs into {into}: {', '.join(done) or '-'}", file=sys.stderr)
     if args.report:
         from experiments.report import write_experiments_report
 
         print(write_experiments_report(results, Path(args.report_path)))
-    return 0
+    return code
 
 
 if __name__ == "__main__":

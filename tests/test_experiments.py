@@ -262,42 +262,113 @@ def test_verdict_flips_with_the_numbers(tmp_path):
     assert "| 2. frozen MLPs | contradicted |" in ta and "| 2. frozen MLPs | reproduced |" in tb
 
 
-def test_commands_script_runs_n_at_once_and_collects(tmp_path, capsys):
-    results = tmp_path / "10m"
-    assert run_all.main(["--commands", "3", "--results", str(results), "--root", "/r"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    jobs = [line for line in out if line.endswith("&")]
-    assert len(jobs) == 3 and out[-2] == "wait" and "--collect /r --into $OUT/experiments" in out[-1]
-    assert jobs[1].startswith("( mohawk distill --preset gpu --tokens 10000000 --seed 0 --val-sequences 256")
-    chain = jobs[1][2 : jobs[1].index(" ) >")].split(" && ")
-    assert chain == run_all.commands(run_all.Run(run_all.ARM["mohawk"], 0), "/r")
-    assert shlex.split(chain[2])[:3] == ["mohawk", "eval", "/r/mohawk-s0/student"] and "--limit 2000" in chain[2]
-    assert "--tasks ppl,agreement,passkey,lambada_openai" in chain[1] and "--limit" not in chain[1]
-    assert run_all.main(["--runs", "alloc-30-s2", "--root", "/r"]) == 0
-    assert "--stage1-tokens 1000000 --stage2-tokens 2000000 --stage3-tokens 7000000" in capsys.readouterr().out
-    assert run_all.main(["--commands", "3", "--results", str(results), "--gpus", "2", "--teacher", "/t.gguf"]) == 0
-    jobs = [line for line in capsys.readouterr().out.splitlines() if line.endswith("&")]
-    assert [j.split(";")[0] for j in jobs] == [f"( export CUDA_VISIBLE_DEVICES={i}" for i in (0, 1, 0)]
-    assert all(c.count("--teacher /t.gguf") == 1 for j in jobs for c in j.split(" && "))
+# a stand-in for `mohawk distill` / `mohawk eval`: writes the files a finished command leaves under --out (after a
+# pause, so that runs at once overlap), records its argv, start, end and GPU; with FAKE_OOM=NAME the distillation of
+# run NAME first dies of CUDA out-of-memory after writing its config.yaml (a run begun)
+FAKE_MOHAWK = """
+import json, os, pathlib, sys, time
+args = sys.argv[1:]
+out = pathlib.Path(args[args.index("--out") + 1])
+start = time.time()
+out.mkdir(parents=True, exist_ok=True)
+if args[0] == "distill" and out.name == os.environ.get("FAKE_OOM") and not (out / "config.yaml").exists():
+    (out / "config.yaml").write_text("begun")
+    print("torch.OutOfMemoryError: CUDA out of memory.")
+    sys.exit(1)
+time.sleep(0.3)
+if args[0] == "distill":
+    (out / "config.yaml").write_text("begun")
+    (out / "summary.json").write_text(json.dumps({"final": {"perplexity": 9.0}}))
+else:
+    (out / "results.json").write_text("{}")
+rec = dict(argv=args, out=str(out), start=start, end=time.time(), gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
+with open(os.environ["FAKE_RECORD"], "a") as f:
+    f.write(json.dumps(rec) + "\\n")
+print("done", args[0])
+"""
+
+
+def _fake_campaign(tmp_path, monkeypatch, argv: list[str]) -> tuple[int, str, str, dict]:
+    """run_all.main(argv + --run's paths) with the fake mohawk; (exit, root, into, {run: its commands' records})."""
+    import sys
+
+    from experiments import campaign
+
+    fake, record = tmp_path / "fake_mohawk.py", tmp_path / "record.jsonl"
+    fake.write_text(FAKE_MOHAWK)
+    monkeypatch.setenv("FAKE_RECORD", str(record))
+    monkeypatch.setattr(campaign, "POLL_S", 0.02)
+    root, into = str(tmp_path / "r"), str(tmp_path / "into")
+    mohawk = f"{sys.executable} {fake}"
+    code = run_all.main([*argv, "--root", root, "--into", into, "--results", str(tmp_path / "10m"), "--mohawk", mohawk])
+    by_run: dict = {}
+    for line in record.read_text().splitlines() if record.is_file() else []:
+        r = json.loads(line)
+        by_run.setdefault(Path(r["out"]).relative_to(root).parts[0], []).append(r)
+    return code, root, into, by_run
+
+
+def test_run_runs_n_at_once_and_collects(tmp_path, monkeypatch, capsys):
+    """--run 2 runs the queue's runs two at once (never three), each run's commands in order with one log per run,
+    then collects their small files as --collect does."""
+    import sys
+
+    code, root, into, by_run = _fake_campaign(tmp_path, monkeypatch, ["--run", "2", "--first", "3"])
+    assert code == 0 and sorted(by_run) == ["mohawk-s0", "stages-2-3-s0", "teacher"]
+    span = {name: (min(r["start"] for r in rs), max(r["end"] for r in rs)) for name, rs in by_run.items()}
+    at_once = [sum(a <= t < b for a, b in span.values()) for t, _ in span.values()]
+    assert max(at_once) == 2  # the first two overlapped, the third waited for one of them
+    # mohawk-s0: its exact commands in order (distill, screen, screen-hellaswag, eval-full)
+    want = run_all.commands(run_all.Run(run_all.ARM["mohawk"], 0), root, mohawk=f"{sys.executable} fake")
+    got = [r["argv"] for r in sorted(by_run["mohawk-s0"], key=lambda r: r["start"])]
+    assert got == [shlex.split(c)[2:] for c in want] and len(got) == 4
+    assert got[0][:6] == ["distill", "--preset", "gpu", "--tokens", "10000000", "--seed"]
+    assert got[2][:2] == ["eval", f"{root}/mohawk-s0/student"] and "2000" == got[2][got[2].index("--limit") + 1]
+    assert "ppl,agreement,passkey,lambada_openai" in got[1] and "--limit" not in got[1]
+    assert all(r["gpu"] is None for rs in by_run.values() for r in rs)
+    for name in by_run:
+        assert "done eval" in Path(root, f"{name}.log").read_text()
+        assert Path(into, name, "log.txt").is_file() and Path(into, name, "command.txt").is_file()
+    assert run_all.made(run_all.Run(run_all.ARM["mohawk"], 0), Path(into))
+    assert "collected 3 complete runs" in capsys.readouterr().err
+
+
+def test_run_requeues_a_run_out_of_memory_and_spreads_over_gpus(tmp_path, monkeypatch):
+    """A run whose distillation dies of CUDA out-of-memory goes again once, resuming (--resume); --gpus 2 puts run i on
+    GPU i mod 2; --teacher reaches every command once."""
+    monkeypatch.setenv("FAKE_OOM", "alloc-30-s2")
+    argv = ["--run", "2", "--runs", "mohawk-s0,alloc-30-s2", "--gpus", "2", "--teacher", "/t.gguf"]
+    code, root, into, by_run = _fake_campaign(tmp_path, monkeypatch, argv)
+    assert code == 0
+    distill = [r["argv"] for r in by_run["alloc-30-s2"] if r["argv"][0] == "distill"]
+    assert len(distill) == 1 and distill[0][-1] == "--resume"  # the first try died before recording
+    assert "--stage1-tokens 1000000 --stage2-tokens 2000000 --stage3-tokens 7000000" in " ".join(distill[0])
+    assert "out of memory" in Path(root, "alloc-30-s2.log").read_text()
+    assert {r["gpu"] for r in by_run["mohawk-s0"]} == {"0"} and {r["gpu"] for r in by_run["alloc-30-s2"]} == {"1"}
+    assert all(" ".join(r["argv"]).count("--teacher /t.gguf") == 1 for rs in by_run.values() for r in rs)
+    assert run_all.made(run_all.Run(run_all.ARM["alloc-30"], 2), Path(into))
+    # the same campaign again: every run made under the root, nothing runs twice
+    assert [run_all.pending(run_all.Run(run_all.ARM[a], s), root) for a, s in (("mohawk", 0), ("alloc-30", 2))] == [
+        [],
+        [],
+    ]
 
 
 @pytest.mark.slow
-def test_cpu_dry_run_of_a_queued_run_end_to_end(teacher_dir, tmp_path, capsys):
+def test_cpu_dry_run_of_a_queued_run_end_to_end(teacher_dir, tmp_path, monkeypatch):
     """The exact GPU commands of a run, shrunk (tiny teacher, 4,096 tokens, 4 items per task) and run on the CPU:
     distill, both screening evaluations, the collection of its small files and the report that counts it made."""
-    import os
-    import subprocess
     import sys
 
     root, results = tmp_path / "runs", tmp_path / "10m"
     corpus = teacher_dir.parent / "corpus.jsonl"
-    argv = ["--runs", "alloc-5-s0", "--root", str(root), "--into", str(results), "--results", str(results)]
-    argv += ["--cpu-dry-run", str(teacher_dir), "--data", str(corpus), "--mohawk", f"{sys.executable} -m mohawk"]
-    assert run_all.main(argv) == 0
-    script = capsys.readouterr().out
+    argv = ["--run", "1", "--runs", "alloc-5-s0", "--root", str(root), "--into", str(results)]
+    argv += ["--results", str(results), "--cpu-dry-run", str(teacher_dir), "--data", str(corpus)]
+    argv += ["--mohawk", f"{sys.executable} -m mohawk"]
     repo = Path(run_all.__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    subprocess.run(["bash", "-c", script], cwd=repo, env=env, check=True, timeout=1200)
+    monkeypatch.setenv("PYTHONPATH", str(repo))
+    monkeypatch.chdir(repo)
+    assert run_all.main(argv) == 0
     log = (root / "alloc-5-s0.log").read_text()
     assert "stage 1: 68 tokens" in log and "stage 3: 3,891 tokens" in log  # the 5% share, scaled to 4,096 tokens
     run = run_all.Run(run_all.ARM["alloc-5"], 0)
@@ -430,7 +501,11 @@ def test_recall_report_ratios_heads_and_missing_arms(tmp_path):
 def test_recall_concurrency_follows_gpu_memory():
     """--concurrent 0 runs as many as the GPU's memory held in the campaigns: 3 distillations / 2 screens on an H100
     (three screens ran out of memory there), 5 / 3 on an H200 (seven distillations and five screens did not fit)."""
-    from experiments.recall import auto_concurrent
+    from experiments.campaign import GIB_PER_PROCESS
+    from experiments.campaign import auto_concurrent as by_gib
+
+    def auto_concurrent(phase, total_gib):
+        return by_gib(GIB_PER_PROCESS[phase], total_gib)
 
     assert (auto_concurrent("train", 79.2), auto_concurrent("screen", 79.2)) == (3, 2)
     assert (auto_concurrent("train", 139.8), auto_concurrent("screen", 139.8)) == (5, 3)
@@ -442,9 +517,9 @@ def test_recall_launch_requeues_a_run_that_ran_out_of_memory(tmp_path, monkeypat
     that fails otherwise keeps its exit status (no retry loop hides a real error)."""
     import sys
 
-    from experiments import recall
+    from experiments import campaign, recall
 
-    monkeypatch.setattr(recall, "POLL_S", 0.05)
+    monkeypatch.setattr(campaign, "POLL_S", 0.05)
     oom_once = (
         "import pathlib, sys; m = pathlib.Path(sys.argv[1]); first = not m.exists(); m.touch(); "
         "print('torch.OutOfMemoryError: CUDA out of memory.' if first else 'resumed ' + ' '.join(sys.argv[2:])); "
@@ -454,7 +529,7 @@ def test_recall_launch_requeues_a_run_that_ran_out_of_memory(tmp_path, monkeypat
         "oom": ([sys.executable, "-c", oom_once, str(tmp_path / "marker")], tmp_path / "oom.log"),
         "bad": ([sys.executable, "-c", "import sys; print('ValueError'); sys.exit(3)"], tmp_path / "bad.log"),
     }
-    codes = recall._launch(cmds, 2, resume="--resume")
+    codes = campaign.launch(cmds, 2, again=recall._resumed)
     assert codes == {"oom": 0, "bad": 3}
     assert "resumed --resume" in (tmp_path / "oom.log").read_text()
 
@@ -579,14 +654,14 @@ def test_recall_full_phase_on_the_cpu_end_to_end(teacher_dir, tmp_path, monkeypa
     teacher is scored once; an untrained arm is skipped, an unknown one refused."""
     import sys
 
-    from experiments import recall
+    from experiments import campaign, recall
     from mohawk.cli import main
     from tests.utils import tiny_distill_argv
 
     out = tmp_path / "runs"
     assert main(tiny_distill_argv(teacher_dir, out / "ssd-gm20-s0")) == 0
     monkeypatch.setenv("PYTHONPATH", str(Path(recall.__file__).resolve().parents[1]))
-    monkeypatch.setattr(recall, "POLL_S", 0.2)
+    monkeypatch.setattr(campaign, "POLL_S", 0.2)
     base = ["recall", "full", "--out", str(out), "--teacher", str(teacher_dir), "--device", "cpu", "--limit", "2"]
     base += ["--seq-len", "16", "--passkey-trials", "1"]
     monkeypatch.setattr(sys, "argv", [*base, "--only", "ssd-gm20-s0,ssd-gm20-s1"])
