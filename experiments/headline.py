@@ -4,6 +4,8 @@
     python3 -m experiments.headline train  --out runs/headline [--teacher T] [--only NAME,...]
     python3 -m experiments.headline eval   --out runs/headline [--teacher T] [--only NAME,...]
     python3 -m experiments.headline report --out runs/headline --results results/headline
+    python3 -m experiments.headline report --recall results/recall/runs --out results/headline/runs \
+        --results results/headline     # results/headline from the recall campaign's headline arms
 
 ``sweep`` trains stages 1-2 once (the recipe's 5% / 10% of ``--tokens``), then stage 3 (85%) from that point for each
 (tokens per update, peak LR) of the grid, in one process, and records held-out perplexity and agreement per run
@@ -12,6 +14,14 @@ with the recipe's defaults and the sweep's best stage-3 setting; ``eval`` scores
 student with ``mohawk eval`` on the full zero-shot sets (no --limit), passkey retrieval to 8x the training length and
 held-out perplexity / agreement; ``report`` writes results.json (per model: name, tokens, attention_layers, tasks
 {task: {acc, acc_norm, n}}, mean, perplexity), README.md (tables, commands) and plots.
+
+``report --recall OUT`` makes results/headline from the recall campaign's runs in OUT instead (experiments/recall.py
+HEADLINE x BUDGETS, arms CONFIG-gmN-sSEED, on gutenberg+modern at 2M-50M tokens): per configuration and budget the
+mean over seeds and its 95% t-interval of the mean zero-shot on the full sets (OUT/full; the screen's LAMBADA +
+HellaSwag where a budget has none yet, marked), its % of the teacher's and above-chance recovery, LAMBADA, HellaSwag,
+perplexity and passkey v2; steps and epochs per run; the recovery curve (recovery.png); the planned runs not complete
+with their scripts/gpu_campaign.sh commands. The runs of --out stay as a section while some configuration has no
+screened 10M run, with the stage-3 sweep and the decode section.
 """
 
 from __future__ import annotations
@@ -243,12 +253,16 @@ def evaluate(args) -> None:
 
 
 def report(args) -> Path:
-    from experiments.headline_report import write_headline
+    from experiments.headline_report import write_headline, write_headline_from_recall
 
     decode = Path(args.decode) if args.decode else None
-    return write_headline(
-        Path(args.out), Path(args.results), MODELS, decode=decode if decode and decode.is_file() else None
-    )
+    decode = decode if decode and decode.is_file() else None
+    if args.recall:
+        made_by = " ".join(["python3", "-m", "experiments.headline", *sys.argv[1:]])
+        return write_headline_from_recall(
+            Path(args.recall), Path(args.results), legacy=Path(args.out), models=MODELS, decode=decode, command=made_by
+        )
+    return write_headline(Path(args.out), Path(args.results), MODELS, decode=decode)
 
 
 def main():
@@ -261,6 +275,12 @@ def main():
     ap.add_argument("--only", default=None, help="train/eval: comma-separated model names")
     ap.add_argument("--max-minutes", type=float, default=None, help="train: start no new run after this long")
     ap.add_argument("--results", default="results/headline", help="report: where results.json and README.md go")
+    ap.add_argument(
+        "--recall",
+        default=None,
+        help="report: the recall campaign's runs (e.g. results/recall/runs) to make the headline from, its arms "
+        "CONFIG-gmN-sSEED; --out then gives the 10M runs of before and the sweep",
+    )
     ap.add_argument(
         "--decode",
         default="benchmarks/results/decode_speed-smollm2-135m-NVIDIA_H200.json",

@@ -1,37 +1,37 @@
-"""results/headline/: results.json, README.md and plots from the runs of experiments/headline.py (nothing else)."""
+"""results/headline/: results.json, README.md and recovery.png, from the runs of experiments/headline.py
+(write_headline: one seed at 10M tokens on bundled data) or from the headline arms of the recall campaign
+(write_headline_from_recall: experiments/recall.py HEADLINE x BUDGETS, arms CONFIG-gmN-sSEED, per budget the mean and
+95% t-interval over seeds)."""
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 
+from experiments.recall import ARMS, CHANCE, EXTRA_SHARDS, HEADLINE
+from experiments.recall_report import SEEDED, collect, full_lines, seed_cell
+from experiments.report import ZERO_SHOT, read_json
 from mohawk.evaluation.present import headline, markdown_table
 from mohawk.metrics import write_json
 
-ZERO_SHOT = ("hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "lambada_openai")
-
-
-# The runs the headline still waits for (issue: recall and the headline at 20M / 50M tokens, 3 seeds)
+REPORT = (
+    "python3 -m experiments.headline report --recall results/recall/runs --out results/headline/runs "
+    "--results results/headline"
+)
+# The runs the headline of experiments/headline.py's runs waits for (issue: the headline at 20M / 50M tokens, 3 seeds)
 QUEUE = [
     "",
     "## Runs still to make",
     "",
-    "The students of the table are one seed at 10M tokens. The headline runs are arms of the recall campaign "
-    '(experiments/recall.py; results/recall/README.md "Queue", results/README.md\'s plan for the next session): '
-    "ssd, hybrid4-retrieval and hybrid6-retrieval at 20M tokens on `gutenberg+modern` (0.61 epochs in stage 3, nothing "
-    "repeated; arms `*-gm20-s0..2`) and at 50M with the two Gutenberg shards `gpu_campaign.sh part-c` carries (0.79 "
-    "epochs; `*-gm50-s0..2`), seeds 0, 1, 2, screened, then the finalists on the full sets "
-    "(`python3 -m experiments.recall full --only ARM,...`). This page is then regenerated from those runs, with the "
-    "recovery curve over 2M / 5M / 10M / 20M / 50M and the mean and interval over seeds:",
-    "",
-    "- `bash scripts/gpu_campaign.sh train hybrid4-retrieval-gm20-s0,hybrid6-retrieval-gm20-s0,ssd-gm20-s0`, then "
-    "`screen`, then `full hybrid4-retrieval-gm20-s0,hybrid6-retrieval-gm20-s0,ssd-gm20-s0` (seeds 1, 2 and 50M next)",
+    "The students of the table are one seed at 10M tokens on bundled data. The headline runs are the arms "
+    "CONFIG-gmN-sSEED of the recall campaign (experiments/recall.py HEADLINE x BUDGETS: ssd, hybrid4-retrieval and "
+    "hybrid6-retrieval on `gutenberg+modern` at 2M / 5M / 10M tokens, seed 0, and at 20M / 50M, seeds 0, 1, 2). This "
+    f"page is regenerated from them with `{REPORT}`, which lists the runs still to make with their commands.",
 ]
 
 
 def _eval(out: Path, name: str) -> dict | None:
-    p = out / "eval" / name / "results.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_json(out / "eval" / name / "results.json")
 
 
 def _scores(res: dict, key: str) -> dict:
@@ -62,10 +62,9 @@ def model_row(name: str, tokens: int | None, attention: list[int], scores: dict,
     return row
 
 
-def write_headline(out: Path, results: Path, models: dict, decode: Path | None = None) -> Path:
-    """results.json + README.md (+ plots/recovery.png) under ``results`` from the runs in ``out``; ``decode``: a
-    benchmarks/decode_speed.py JSON whose rows the README quotes."""
-    results.mkdir(parents=True, exist_ok=True)
+def legacy_rows(out: Path, models: dict) -> list[dict]:
+    """model_row of the teacher and of each model of ``models`` evaluated in ``out`` (experiments/headline.py's runs),
+    with its passkey hits."""
     rows = []
     t_res = _eval(out, "teacher")
     if t_res:
@@ -77,13 +76,21 @@ def write_headline(out: Path, results: Path, models: dict, decode: Path | None =
         summary_path = out / name / "summary.json"
         if not res or not summary_path.is_file():
             continue
-        summary = json.loads(summary_path.read_text())
+        summary = read_json(summary_path) or {}
         key = next(m for m in res["models"] if m != res["teacher"])
         row = model_row(name, tokens, summary.get("attention_layers", []), _scores(res, key), summary)
         row["passkey"] = res["passkey"].get(key)
         rows.append(row)
-    sweep = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else None
-    speed = json.loads(decode.read_text()) if decode else None
+    return rows
+
+
+def write_headline(out: Path, results: Path, models: dict, decode: Path | None = None) -> Path:
+    """results.json + README.md (+ recovery.png) under ``results`` from the runs of experiments/headline.py in
+    ``out``; ``decode``: a benchmarks/decode_speed.py JSON whose rows the README quotes."""
+    results.mkdir(parents=True, exist_ok=True)
+    rows = legacy_rows(out, models)
+    sweep = read_json(out / "sweep.json")
+    speed = read_json(decode) if decode else None
     payload = {
         "decode": speed,
         "metric": "mean over the seven tasks of acc_norm (hellaswag, piqa, arc_challenge, openbookqa) or acc "
@@ -92,7 +99,26 @@ def write_headline(out: Path, results: Path, models: dict, decode: Path | None =
         "sweep": sweep,
     }
     write_json(results / "results.json", payload)
-    lines = _markdown(rows, sweep, out, models)
+    lines = [
+        "# Headline: SmolLM2-135M-Instruct distilled into SSD students",
+        "",
+        "Teacher and students on the seven zero-shot tasks, full sets (lm-evaluation-harness on the vendored "
+        "files), held-out perplexity and top-1 agreement on 32 x 512 held-out tokens of Gutenberg books, passkey "
+        "retrieval to 8x the training length. Students: `mohawk distill` with the recipe, one seed (0), "
+        "sequence length 512; commands below. Percentages are of the teacher's score (perplexity: teacher / "
+        "student).",
+        "",
+        *_model_lines(rows),
+        *_sweep_lines(sweep),
+    ]
+    goals = _goals(rows)
+    lines += ["", "## Against the goals", "", *goals] if goals else []
+    done = {r["name"] for r in rows}
+    missing = [n for n in models if n not in done]
+    if missing:
+        lines += ["", f"Planned in experiments/headline.py but without results in these runs: {', '.join(missing)}."]
+    lines += QUEUE
+    lines += ["", "## Commands", "", *_legacy_commands(out, models, done)]
     if speed:
         lines += _decode_lines(speed, decode)
     if any(r["name"] != "teacher" for r in rows):
@@ -106,18 +132,10 @@ def _pct(x, t):
     return f" ({100 * x / t:.1f}%)" if x is not None and t else ""
 
 
-def _markdown(rows: list[dict], sweep: dict | None, out: Path, models: dict) -> list[str]:
+def _model_lines(rows: list[dict]) -> list[str]:
+    """The tables of experiments/headline.py's models: zero-shot tasks, passkey, training."""
     teacher = next((r for r in rows if r["name"] == "teacher"), None)
-    lines = [
-        "# Headline: SmolLM2-135M-Instruct distilled into SSD students",
-        "",
-        "Teacher and students on the seven zero-shot tasks, full sets (lm-evaluation-harness on the vendored "
-        "files), held-out perplexity and top-1 agreement on 32 x 512 held-out tokens of Gutenberg books, passkey "
-        "retrieval to 8x the training length. Students: `mohawk distill` with the recipe, one seed (0), "
-        "sequence length 512; commands below. Percentages are of the teacher's score (perplexity: teacher / "
-        "student).",
-        "",
-    ]
+    lines: list[str] = []
     table = []
     for r in rows:
         cells = []
@@ -172,6 +190,12 @@ def _markdown(rows: list[dict], sweep: dict | None, out: Path, models: dict) -> 
         ]
         header = ["model", "stage", "tokens", "tokens per update", "steps", "epochs", "peak LR", "wall s"]
         lines += markdown_table(header, training)
+    return lines
+
+
+def _sweep_lines(sweep: dict | None) -> list[str]:
+    """The stage-3 sweep behind the recipe's LR (sweep.json of experiments/headline.py sweep)."""
+    lines: list[str] = []
     if sweep:
         lines += [
             "",
@@ -193,13 +217,12 @@ def _markdown(rows: list[dict], sweep: dict | None, out: Path, models: dict) -> 
         ]
         header = ["tokens per update", "peak LR", "steps", "perplexity", "agreement", "seconds"]
         lines += markdown_table(header, runs)
-    lines += _goals(rows)
-    done = {r["name"] for r in rows}
-    missing = [n for n in models if n not in done]
-    if missing:
-        lines += ["", f"Planned in experiments/headline.py but without results in these runs: {', '.join(missing)}."]
-    lines += QUEUE
-    lines += ["", "## Commands", ""]
+    return lines
+
+
+def _legacy_commands(out: Path, models: dict, done: set[str]) -> list[str]:
+    """The commands of the sweep and of the models made (``done``) and evaluated in ``out``, as list items."""
+    lines = []
     for name in ["sweep", *models, *[f"eval-{n}" for n in ["teacher", *models]]]:
         p = out / f"{name}.command.txt"
         if p.is_file() and (name == "sweep" or name.removeprefix("eval-") in done):
@@ -231,7 +254,7 @@ def _decode_lines(speed: dict, path: Path) -> list[str]:
 
 def _goals(rows: list[dict]) -> list[str]:
     """Lines checking each student against the goals: mean zero-shot >= 95% (pure) / 98% (4 attention layers) of the
-    teacher's, held-out perplexity within 5% of the teacher's."""
+    teacher's, held-out perplexity within 5% of the teacher's (the table's lines; none without a teacher or student)."""
     teacher = next((r for r in rows if r["name"] == "teacher"), None)
     students = [r for r in rows if r["name"] != "teacher"]
     if not teacher or not students:
@@ -248,7 +271,7 @@ def _goals(rows: list[dict]) -> list[str]:
             excess = r["perplexity"] / teacher["perplexity"] - 1
             met = "yes" if excess <= 0.05 else "no"
             goals.append([r["name"], "perplexity within 5% of the teacher's", f"{excess:+.1%}", met])
-    return ["", "## Against the goals", "", *markdown_table(["model", "goal", "measured", "met"], goals)]
+    return markdown_table(["model", "goal", "measured", "met"], goals)
 
 
 def _plot(rows: list[dict], path: Path, sweep: dict | None = None) -> None:
@@ -285,3 +308,502 @@ def _plot(rows: list[dict], path: Path, sweep: dict | None = None) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# -- results/headline from the headline arms of the recall campaign -----------------------------------------------
+BUDGET_ARM = re.compile(r"^(?P<config>.+)-gm(?P<millions>\d+)-s(?P<seed>\d+)$")  # CONFIG at N million tokens, seed
+LEGACY_TOKENS = 10_000_000  # the budget of experiments/headline.py's runs, kept while the recall runs lack it
+GOAL_PURE, GOAL_HYBRID, GOAL_PPL = 95.0, 98.0, 5.0  # % of the teacher's mean zero-shot; % above its perplexity
+CAMPAIGN = "bash scripts/gpu_campaign.sh"
+STATE = {  # what a planned run lacks (_needs) -> how the list of runs still to make says it
+    ("train", "screen", "full"): "not trained",
+    ("screen", "full"): "trained, not screened",
+    ("full",): "screened, no full sets",
+    ("screen",): "full sets, no screen",
+}
+# per zero-shot basis, recall_report's seed metrics of (the mean, % of the teacher's, above chance)
+BASIS_KEYS = {
+    "full": ("zero_shot_mean", "zero_shot", "zero_shot_recovery"),
+    "screen": ("screen_mean", "screen_pct", "screen_recovery"),
+}
+
+
+def budget_arms(arms: dict, configs) -> dict[str, dict[int, dict[int, str]]]:
+    """{configuration: {student tokens: {seed: arm}}} of the arms CONFIG-gmN-sSEED of ``configs`` among ``arms``
+    (tokens: the arm's own --tokens, else N millions), budgets and seeds in increasing order."""
+    out: dict[str, dict[int, dict[int, str]]] = {c: {} for c in configs}
+    for name, flags in arms.items():
+        m = BUDGET_ARM.match(name)
+        if not m or m["config"] not in out:
+            continue
+        tokens = int(flags[flags.index("--tokens") + 1]) if "--tokens" in flags else int(m["millions"]) * 10**6
+        out[m["config"]].setdefault(tokens, {})[int(m["seed"])] = name
+    return {c: {t: dict(sorted(s.items())) for t, s in sorted(b.items())} for c, b in out.items()}
+
+
+def _run(recall: Path, arm: str, screened: bool) -> dict:
+    """What exists of one planned arm (trained: a summary with final metrics, or a screen; screened; scored on the full
+    sets), its tokens / optimizer steps / epochs per stage and the corpus it read (summary.json)."""
+    summary = read_json(recall / arm / "summary.json") or {}
+    stages = summary.get("stages", {})
+    return {
+        "trained": "final" in summary or screened,
+        "screened": screened,
+        "full": (recall / "full" / arm / "results.json").is_file(),
+        "stages": {s: {k: stages[s].get(k) for k in ("tokens", "steps", "epochs")} for s in sorted(stages, key=int)},
+        "data": summary.get("data") or {},
+    }
+
+
+def _needs(run: dict) -> list[str]:
+    """The campaign steps a planned run still needs: train, screen, full."""
+    done = {"train": run["trained"], "screen": run["screened"], "full": run["full"]}
+    return [step for step, made in done.items() if not made]
+
+
+def budget_entry(recall: Path, doc: dict, tokens: int, seeds: dict[int, str]) -> dict:
+    """One configuration at one budget: its planned seeds and runs, the seeds screened, the zero-shot basis ("full":
+    the full sets' mean of the seven tasks wherever the teacher and a seed have it; "screen": the screen's mean of
+    LAMBADA and HellaSwag; None: nothing screened), recall_report's across-seeds metrics, and zero_shot {mean, pct,
+    recovery} on the basis."""
+    stats = doc["seeds"].get(SEEDED.match(next(iter(seeds.values())))["config"], {})
+    metrics = stats.get("metrics", {})
+    basis = next((b for b, keys in BASIS_KEYS.items() if keys[1] in metrics), None)
+    zero_shot = None
+    if basis:
+        zero_shot = {
+            name: metrics.get(k) for name, k in zip(("mean", "pct", "recovery"), BASIS_KEYS[basis], strict=True)
+        }
+    return {
+        "tokens": tokens,
+        "seeds_planned": list(seeds),
+        "seeds": stats.get("seeds", []),
+        "basis": basis,
+        "zero_shot": zero_shot,
+        "metrics": metrics,
+        "runs": {arm: {"seed": seed, **_run(recall, arm, arm in doc["models"])} for seed, arm in seeds.items()},
+    }
+
+
+def still_to_make(table: dict) -> list[dict]:
+    """The planned runs not complete, in the table's order: {arm, configuration, tokens, seed, needs}."""
+    return [
+        {"arm": arm, "configuration": config, "tokens": e["tokens"], "seed": run["seed"], "needs": _needs(run)}
+        for config, entries in table.items()
+        for e in entries
+        for arm, run in e["runs"].items()
+        if _needs(run)
+    ]
+
+
+def write_headline_from_recall(
+    recall: Path,
+    results: Path,
+    *,
+    legacy: Path | None = None,
+    models: dict | None = None,
+    decode: Path | None = None,
+    arms: dict | None = None,
+    configs: dict | None = None,
+    chance: dict | None = None,
+    command: str | None = None,
+) -> Path:
+    """results.json, README.md and recovery.png under ``results`` from the recall campaign's runs in ``recall``
+    (experiments/recall.py OUT): per configuration of ``configs`` (default recall.HEADLINE) and budget of its arms
+    CONFIG-gmN-sSEED among ``arms`` (default recall.ARMS), the mean and 95% t-interval over seeds; the planned runs
+    not complete, with their campaign commands. ``legacy``: experiments/headline.py's runs of ``models``, kept as a
+    section while some configuration has no screened 10M run, and their stage-3 sweep; ``decode``: a
+    benchmarks/decode_speed.py result; ``command``: what made the page, quoted in it."""
+    arms = ARMS if arms is None else arms
+    configs = HEADLINE if configs is None else configs
+    plan = budget_arms(arms, configs)
+    planned = {a: arms[a] for by in plan.values() for seeds in by.values() for a in seeds.values()}
+    doc = collect(recall, planned, CHANCE if chance is None else chance)
+    table = {c: [budget_entry(recall, doc, tokens, seeds) for tokens, seeds in by.items()] for c, by in plan.items()}
+    todo = still_to_make(table)
+    covered = all(any(e["tokens"] == LEGACY_TOKENS and e["seeds"] for e in entries) for entries in table.values())
+    old = legacy_rows(legacy, models or {}) if legacy and not covered else []
+    sweep = read_json(legacy / "sweep.json") if legacy else None
+    speed = read_json(decode) if decode else None
+    results.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "source": str(recall),
+        "metric": "zero-shot: mean over the seven tasks (full sets) of acc_norm (hellaswag, piqa, arc_challenge, "
+        "openbookqa) or acc (winogrande, arc_easy, lambada_openai); basis 'screen': the mean of LAMBADA acc and "
+        "HellaSwag acc_norm (first 2,000 items). Statistics over seeds: {mean, lo, hi, n}, the 95% t-interval",
+        "teacher": doc["teacher"],
+        "configurations": table,
+        "still_to_make": todo,
+        "legacy": old or None,
+        "sweep": sweep,
+        "decode": speed,
+    }
+    write_json(results / "results.json", payload)
+    lines = _recall_intro(recall, plan, arms, table, command)
+    lines += ["", "## Recovery by student tokens", "", *_recovery_lines(doc, table)]
+    if _plot_recovery(table, results / "recovery.png"):
+        lines += ["", "![recovery vs student tokens](recovery.png)"]
+    lines += _passkey_lines(doc, table)
+    goals = _goal_rows(table, configs)
+    if goals:
+        lines += [
+            "",
+            "## Against the goals",
+            "",
+            *markdown_table(["configuration", "tokens", "goal", "measured", "met"], goals),
+        ]
+    lines += _runs_lines(table)
+    lines += full_lines(doc)
+    lines += _todo_lines(todo, arms, doc)
+    if old:
+        lines += [
+            "",
+            "## The 10M headline of before (bundled data, one seed)",
+            "",
+            f"Kept until every configuration has a screened 10M run here (`*-gm10-s0`): experiments/headline.py's "
+            f"own runs ({legacy}), on the ~12M-token bundled corpus, seed 0; the seven tasks' full sets, passkey over "
+            "5 keys. Percentages are of the teacher's score (perplexity: teacher / student).",
+            "",
+            *_model_lines(old),
+        ]
+        old_goals = _goals(old)
+        lines += ["", "Against the goals:", "", *old_goals] if old_goals else []
+    lines += _sweep_lines(sweep)
+    if speed and decode:
+        lines += _decode_lines(speed, decode)
+    lines += ["", "## Commands", "", *_recall_commands(recall, table)]
+    if legacy and (old or sweep):
+        done = {r["name"] for r in old}
+        lines += ["", f"experiments/headline.py ({legacy}):", ""]
+        lines += _legacy_commands(legacy, (models or {}) if old else {}, done)
+    (results / "README.md").write_text("\n".join(lines) + "\n")
+    return results / "README.md"
+
+
+def _millions(tokens: int) -> str:
+    return f"{tokens / 1e6:g}M"
+
+
+def _recall_intro(recall: Path, plan: dict, arms: dict, table: dict, command: str | None) -> list[str]:
+    """Title and method: what was trained on which data, the metrics, the seed statistics, the epochs read."""
+    seeds: dict[int, set[int]] = {}
+    data: dict[str, list[int]] = {}
+    for by in plan.values():
+        for tokens, by_seed in by.items():
+            seeds.setdefault(tokens, set()).update(by_seed)
+            for arm in by_seed.values():
+                flags = arms[arm]
+                source = flags[flags.index("--data") + 1] if "--data" in flags else "bundled"
+                if tokens not in data.setdefault(source, []):
+                    data[source].append(tokens)
+    budgets = ", ".join(
+        f"{_millions(t)} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, sorted(s)))})"
+        for t, s in sorted(seeds.items())
+    )
+    sources = "; ".join(f"`{d}` at {', '.join(_millions(t) for t in sorted(ts))}" for d, ts in data.items())
+    epochs = [
+        (st["epochs"], arm, stage)
+        for entries in table.values()
+        for e in entries
+        for arm, run in e["runs"].items()
+        for stage, st in run["stages"].items()
+        if st.get("epochs") is not None
+    ]
+    if epochs:
+        most, arm, stage = max(epochs)
+        repeat = "no stage reads any of its data twice" if most <= 1 else "that stage reads some of its data again"
+        epoch_text = f"Epochs over the data: at most {most:.2f} in one stage (stage {stage} of {arm}): {repeat}."
+    else:
+        epoch_text = "Epochs over the data: no headline run trained yet."
+    return [
+        "# Headline: SmolLM2-135M-Instruct distilled into SSD students and hybrids",
+        "",
+        f"The headline configurations of the recall campaign ({', '.join(plan)}; experiments/recall.py HEADLINE), "
+        f"distilled with the recipe (`mohawk distill`, sequence length 512, 8,192 tokens per update) at {budgets}: "
+        f"arms CONFIG-gmN-sSEED, runs in `{recall}`. Data: {sources}. {epoch_text}",
+        "",
+        "Mean zero-shot: the mean over the seven tasks of lm-evaluation-harness on their full sets (acc_norm for "
+        "hellaswag, piqa, arc_challenge and openbookqa, acc for the others; `experiments.recall full`); where no seed "
+        "of a budget has the full sets yet, the screen's mean of LAMBADA (acc) and the first 2,000 HellaSwag items "
+        "(acc_norm), marked *screen only* (its percentages are of the teacher's screen mean). % of teacher: the "
+        "student's mean / the teacher's; above chance: (student - chance) / (teacher - chance), the chance level of "
+        "each task from experiments/recall.py CHANCE. Perplexity on 256 x 512 held-out tokens (in brackets: above the "
+        "teacher's); LAMBADA, HellaSwag and perplexity from the screen. Cells: the mean over the seeds ± the "
+        "half-width of its 95% t-interval (t at n - 1 degrees of freedom x the seeds' standard deviation / sqrt(n)); "
+        "one seed: its value alone, no interval; (n = k): fewer seeds have that metric.",
+        *(["", f"Made by `{command}`."] if command else []),
+    ]
+
+
+def _seeds_cell(e: dict) -> str:
+    n, planned = len(e["seeds"]), len(e["seeds_planned"])
+    if not n:
+        return f"0 of {planned}"
+    text = f"{n} of {planned} ({', '.join(map(str, e['seeds']))})"
+    return text + ": one seed, no interval" if n == 1 else text
+
+
+def _with_pct(value: dict | None, pct: dict | None, n: int, digits: int, sign: str = "") -> str:
+    """A seed cell of ``value`` and, in brackets, the mean of ``pct`` (its % of / above the teacher's)."""
+    return seed_cell(value, n, digits) + (f" ({pct['mean']:{sign}.1f}%)" if value and pct else "")
+
+
+def _teacher_means(teacher: dict) -> tuple[float | None, float | None]:
+    """The teacher's mean zero-shot on the full sets (None without them) and its screen mean (LAMBADA, HellaSwag)."""
+    screen = [teacher["tasks"].get(t, {}).get("score") for t in ("lambada_openai", "hellaswag")]
+    return (teacher.get("full") or {}).get("mean"), sum(screen) / 2 if None not in screen else None
+
+
+def _recovery_lines(doc: dict, table: dict) -> list[str]:
+    """The headline table: the teacher, then per configuration and budget (increasing tokens) the seed statistics."""
+    t = doc["teacher"]
+    full, screen = _teacher_means(t)
+    t_mean = (
+        "-" if full is None and screen is None else f"{full:.4f}" if full is not None else f"{screen:.4f} (screen only)"
+    )
+    lam, hel = (t["tasks"].get(k, {}).get("score") for k in ("lambada_openai", "hellaswag"))
+    rows = [
+        ["teacher", "-", "-", t_mean, "100", "100"]
+        + ["-" if v is None else f"{v:.3f}" for v in (lam, hel)]
+        + ["-" if t["perplexity"] is None else f"{t['perplexity']:.2f}"]
+    ]
+    for config, entries in table.items():
+        for e in entries:
+            n, m = len(e["seeds"]), e["metrics"]
+            head = [config, _millions(e["tokens"]), _seeds_cell(e)]
+            if not n:
+                made = any(r["trained"] for r in e["runs"].values())
+                rows.append([*head, "trained, not screened yet" if made else "not run yet", *["-"] * 5])
+                continue
+            z = e["zero_shot"] or {}
+            mean = seed_cell(z.get("mean"), n, 4) + (" (screen only)" if e["basis"] == "screen" else "")
+            rows.append(
+                [*head, mean, seed_cell(z.get("pct"), n), seed_cell(z.get("recovery"), n)]
+                + [_with_pct(m.get("lambada_score"), m.get("lambada"), n, 3)]
+                + [_with_pct(m.get("hellaswag_score"), m.get("hellaswag"), n, 3)]
+                + [_with_pct(m.get("perplexity_value"), m.get("perplexity"), n, 2, sign="+")]
+            )
+    header = ["configuration", "tokens", "seeds", "mean zero-shot", "% of teacher", "above chance, %"]
+    header += ["LAMBADA acc", "HellaSwag acc_norm (first 2,000)", "perplexity"]
+    lines = markdown_table(header, rows)
+    if screen is not None and any(e["basis"] == "screen" for entries in table.values() for e in entries):
+        lines += ["", f"The teacher's screen mean (LAMBADA, HellaSwag), the base of *screen only* rows: {screen:.4f}."]
+    return lines
+
+
+def _passkey_lines(doc: dict, table: dict) -> list[str]:
+    """Passkey v2 hits per prompt length, repeated and natural filler: the teacher, then the seed statistics."""
+    fillers = (("repeat", "passkey"), ("natural", "passkey-natural"))
+    t = doc["teacher"]["passkey"]
+    lengths = {int(n) for f in t.values() for n in f}
+    lengths |= {
+        int(k.split()[1])
+        for es in table.values()
+        for e in es
+        for k in e["metrics"]
+        if k.startswith(("passkey ", "passkey-natural "))
+    }
+    if not lengths:
+        return []
+    order = sorted(lengths)
+    rows = []
+    for filler, _ in fillers:
+        by = t.get(filler, {})
+        rows.append(["teacher", "-", filler, *(f"{by[str(n)]['hits']:.2f}" if str(n) in by else "-" for n in order)])
+    for config, entries in table.items():
+        for e in entries:
+            if e["seeds"]:
+                for filler, prefix in fillers:
+                    cells = [seed_cell(e["metrics"].get(f"{prefix} {n}"), len(e["seeds"]), 2) for n in order]
+                    rows.append([config, _millions(e["tokens"]), filler, *cells])
+    return [
+        "",
+        "## Passkey v2",
+        "",
+        "Hits (the key generated exactly) over 20 keys per prompt length, repeated and natural filler; mean over the "
+        "seeds ± the half-width of its 95% t-interval. Per-digit credit, the key's log-probability and the cache check "
+        "per run: results/recall/README.md.",
+        "",
+        *markdown_table(["model", "tokens", "filler", *order], rows),
+    ]
+
+
+def _met(stat: dict, goal: float, higher: bool) -> str:
+    """Whether the seeds' mean meets ``goal`` (higher or lower is better), and whether its interval lies past it."""
+    gap = stat["mean"] - goal if higher else goal - stat["mean"]
+    if stat["n"] == 1:
+        return ("yes" if gap >= 0 else f"no, {-gap:.1f} points short") + " (one seed)"
+    edge = stat["lo"] - goal if higher else goal - stat["hi"]
+    if gap >= 0:
+        return "yes" if edge >= 0 else "yes by the mean; the interval reaches below the goal"
+    return f"no, {-gap:.1f} points short" + (
+        "" if (stat["hi"] < goal if higher else stat["lo"] > goal) else "; the interval reaches the goal"
+    )
+
+
+def _goal_rows(table: dict, configs: dict) -> list[list[str]]:
+    """Per configuration and budget: the mean zero-shot on the full sets against 95% (pure) / 98% (hybrids) of the
+    teacher's, perplexity within 5% of the teacher's."""
+    rows = []
+    for config, entries in table.items():
+        hybrid = any(f in configs[config] for f in ("--num-attention-layers", "--attention-layers"))
+        goal = GOAL_HYBRID if hybrid else GOAL_PURE
+        for e in entries:
+            n, tokens = len(e["seeds"]), _millions(e["tokens"])
+            if e["basis"] == "full":
+                pct = e["zero_shot"]["pct"]
+                rows.append(
+                    [
+                        config,
+                        tokens,
+                        f"mean zero-shot >= {goal:g}% of the teacher's",
+                        seed_cell(pct, n) + "%",
+                        _met(pct, goal, True),
+                    ]
+                )
+            ppl = e["metrics"].get("perplexity")
+            if ppl:
+                rows.append(
+                    [
+                        config,
+                        tokens,
+                        f"perplexity within {GOAL_PPL:g}% of the teacher's",
+                        seed_cell(ppl, n, sign="+") + "%",
+                        _met(ppl, GOAL_PPL, False),
+                    ]
+                )
+    return rows
+
+
+def _runs_lines(table: dict) -> list[str]:
+    """Per run made: seed, optimizer steps and epochs per stage, the corpus, where its zero-shot comes from."""
+    rows = []
+    for entries in table.values():
+        for e in entries:
+            for arm, r in e["runs"].items():
+                if not r["trained"]:
+                    continue
+                st = r["stages"].values()
+                steps = " / ".join(str(s["steps"]) for s in st) or "-"
+                epochs = " / ".join("-" if s["epochs"] is None else f"{s['epochs']:.3f}" for s in st) or "-"
+                corpus = f"{r['data']['tokens']:,} (`{r['data']['source']}`)" if r["data"].get("tokens") else "-"
+                basis = (
+                    "full sets" if r["full"] and r["screened"] else "screen only" if r["screened"] else "not screened"
+                )
+                rows.append([arm, _millions(e["tokens"]), r["seed"], steps, epochs, corpus, basis])
+    if not rows:
+        return []
+    header = ["run", "tokens", "seed", "optimizer steps per stage", "epochs per stage", "corpus tokens", "zero-shot"]
+    return [
+        "",
+        "## Runs",
+        "",
+        "Stages 1 / 2 / 3 of each run (summary.json): optimizer steps and epochs over its corpus.",
+        "",
+        *markdown_table(header, rows),
+    ]
+
+
+def _todo_lines(todo: list[dict], arms: dict, doc: dict) -> list[str]:
+    """The planned runs not complete, per budget, with the campaign's commands in order."""
+    if not todo:
+        return [
+            "",
+            "## Runs still to make",
+            "",
+            "None: every planned run is trained, screened and scored on the full sets.",
+        ]
+    lines = [
+        "",
+        "## Runs still to make",
+        "",
+        f"{len(todo)} planned runs are not complete (trained, screened, scored on the full sets). On the GPU "
+        f"machine, each step followed by `{CAMPAIGN} wait` until it ends (results/README.md, GPU queue); then the "
+        f"small files of `$OUT/runs.tgz` into the recall runs, and this page made again: `{REPORT}`.",
+    ]
+    if not (doc["teacher"].get("full") or {}).get("mean"):
+        lines += ["", "The teacher has no full-set scores yet: the first `full` step scores it."]
+    lines.append("")
+    for tokens in sorted({t["tokens"] for t in todo}):
+        here = [t for t in todo if t["tokens"] == tokens]
+        step = {s: [t["arm"] for t in here if s in t["needs"]] for s in ("train", "screen", "full")}
+        cmds = (
+            [f"`{CAMPAIGN} part-c` (the two Gutenberg shards these arms read; `.gpu-c/` carried, results/README.md)"]
+            if any(EXTRA_SHARDS in " ".join(arms[a]) for a in step["train"])
+            else []
+        )
+        cmds += [f"`{CAMPAIGN} train {','.join(step['train'])}`"] if step["train"] else []
+        cmds += [f"`{CAMPAIGN} screen`"] if step["train"] or step["screen"] else []
+        cmds += [f"`{CAMPAIGN} full {','.join(step['full'])}`"] if step["full"] else []
+        groups: dict[str, list[str]] = {}
+        for t in here:
+            groups.setdefault(STATE[tuple(t["needs"])], []).append(t["arm"])
+        what = "; ".join(f"{', '.join(a)} ({state})" for state, a in groups.items())
+        lines.append(f"- {_millions(tokens)}: {what}. " + ", then ".join(cmds) + ".")
+    return lines
+
+
+def _recall_commands(recall: Path, table: dict) -> list[str]:
+    """Per run made (and the teacher): its training, screen and full-set commands as the campaign wrote them."""
+    names = ["teacher"] + [
+        arm for entries in table.values() for e in entries for arm, r in e["runs"].items() if r["trained"]
+    ]
+    lines = []
+    for name in names:
+        cmds = []
+        for step, file in (
+            ("train", f"{name}.command.txt"),
+            ("screen", f"screen-{name}.command.txt"),
+            ("full", f"full-{name}.command.txt"),
+        ):
+            if (recall / file).is_file():
+                text = (recall / file).read_text().strip()
+                cmds.append(f"{step}: `{'python3 ' + text if text.startswith('-m ') else text}`")
+        if cmds:
+            lines.append(f"- {name}: " + "; ".join(cmds))
+    return lines
+
+
+def _plot_recovery(table: dict, path: Path) -> bool:
+    """The recovery curve: % of the teacher's mean zero-shot vs student tokens (log), one line per configuration with
+    the seeds' 95% t-interval as error bars, screen-only points hollow, the goals as horizontal lines. False (no plot)
+    while no budget is screened."""
+    if not any(e["zero_shot"] and e["zero_shot"]["pct"] for entries in table.values() for e in entries):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ticks = sorted({e["tokens"] for entries in table.values() for e in entries})
+    for i, (config, entries) in enumerate(table.items()):
+        pts = [
+            (e["tokens"] / 1e6, e["zero_shot"]["pct"], e["basis"])
+            for e in entries
+            if e["zero_shot"] and e["zero_shot"]["pct"]
+        ]
+        if not pts:
+            continue
+        shift = 1 + 0.03 * (i - (len(table) - 1) / 2)  # side by side, so that the error bars do not hide each other
+        x = [p[0] * shift for p in pts]
+        y = [p[1]["mean"] for p in pts]
+        err = [[p[1]["mean"] - p[1]["lo"] for p in pts], [p[1]["hi"] - p[1]["mean"] for p in pts]]
+        ax.errorbar(x, y, yerr=err, color=f"C{i}", capsize=3, label=config)
+        for xi, yi, (_, _, basis) in zip(x, y, pts, strict=True):
+            ax.plot(xi, yi, "o", color=f"C{i}", mfc=f"C{i}" if basis == "full" else "white")
+    ax.plot([], [], "o", color="grey", mfc="white", label="screen only (LAMBADA, HellaSwag)")
+    ax.axhline(GOAL_HYBRID, color="k", ls="--", lw=0.8, label=f"goal, hybrids ({GOAL_HYBRID:g}%)")
+    ax.axhline(GOAL_PURE, color="k", ls=":", lw=0.8, label=f"goal, pure SSD ({GOAL_PURE:g}%)")
+    ax.set_xscale("log")
+    ax.set_xticks([t / 1e6 for t in ticks], [_millions(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("student tokens")
+    ax.set_ylabel("mean zero-shot, % of the teacher's")
+    ax.set_title("Recovery vs tokens (mean over seeds, 95% t-interval)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -77,20 +77,25 @@ ARMS = {
     "ssd-conv-silu": ["--conv-activation", "silu"],
     "ssd-gate-norm": ["--gate-norm"],
 }
-# the headline, seeds 0, 1, 2: 20M tokens on gutenberg+modern (0.61 epochs in stage 3, nothing repeated), and 50M
-# with the two Gutenberg shards mohawk does not vendor (scripts/gpu_campaign.sh part-c puts them in EXTRA_SHARDS):
-# 0.79 epochs of ~54M tokens
+# the headline and its recovery curve, all on gutenberg+modern (nothing repeated): seed 0 at 2M / 5M / 10M, seeds 0,
+# 1, 2 at 20M (0.61 epochs in stage 3) and at 50M with the two Gutenberg shards mohawk does not vendor
+# (scripts/gpu_campaign.sh part-c puts them in EXTRA_SHARDS): 0.79 epochs of ~54M tokens. Arms CONFIG-gmN-sSEED.
 HEADLINE = {
     "ssd": [],
     "hybrid4-retrieval": ["--num-attention-layers", "4", "--placement", "retrieval"],
     "hybrid6-retrieval": ["--num-attention-layers", "6", "--placement", "retrieval"],
 }
 EXTRA_SHARDS = "/tmp/keep/data/gutenberg-extra"
+# student tokens (millions) -> (seeds, data)
+BUDGETS = {
+    2: (1, "gutenberg+modern"), 5: (1, "gutenberg+modern"), 10: (1, "gutenberg+modern"),
+    20: (3, "gutenberg+modern"), 50: (3, f"gutenberg+modern+{EXTRA_SHARDS}"),
+}  # fmt: skip
 for _base, _flags in HEADLINE.items():
-    for _seed in range(3):
-        for _tokens, _data in ((20, "gutenberg+modern"), (50, f"gutenberg+modern+{EXTRA_SHARDS}")):
-            _budget = ["--data", _data, "--tokens", str(_tokens * 1_000_000), "--seed", str(_seed)]
-            ARMS[f"{_base}-gm{_tokens}-s{_seed}"] = [*_flags, *_budget]
+    for _millions, (_seeds, _data) in BUDGETS.items():
+        for _seed in range(_seeds):
+            _budget = ["--data", _data, "--tokens", str(_millions * 1_000_000), "--seed", str(_seed)]
+            ARMS[f"{_base}-gm{_millions}-s{_seed}"] = [*_flags, *_budget]
 SCREEN_LIMITS = {"hellaswag": 2000, "lambada_openai": None}
 PASSKEY_AT, PASSKEY_TRIALS, VAL_SEQUENCES = [512, 1024, 2048], 20, 256
 SCREEN_TASKS = "ppl,agreement,passkey,hellaswag,lambada_openai"

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.headline_report import ZERO_SHOT
-from experiments.report import Stat
+from experiments.report import ZERO_SHOT, Stat, read_json
 from mohawk.evaluation.present import headline, markdown_table
 
 TASK_METRIC = {"hellaswag": "acc_norm", "lambada_openai": "acc"}
@@ -57,29 +56,25 @@ def _triple(value: float, draws: np.ndarray) -> list[float]:
     return [round(float(value), 4), round(float(lo), 4), round(float(hi), 4)]
 
 
-def _load(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def collect(out: Path, arms: dict, chance: dict) -> dict:
     """{"teacher": {...}, "models": {arm: {...}}, "missing": [arm, ...]} from OUT/screen/*/results.json and each
     arm's summary.json."""
-    t_res = _load(out / "screen" / "teacher" / "results.json")
+    t_res = read_json(out / "screen" / "teacher" / "results.json")
     if t_res is None:
         raise SystemExit(f"no teacher screen in {out / 'screen' / 'teacher'}: run the screen phase first")
     t_scores = t_res["scores"]["teacher"]
-    t_full = _load(out / "full" / "teacher" / "results.json")
+    t_full = read_json(out / "full" / "teacher" / "results.json")
     t_full_scores = t_full["scores"]["teacher"] if t_full else None
     doc: dict = {"teacher": _row(t_res, "teacher", None, chance), "models": {}, "missing": []}
     doc["teacher"]["full"] = _full_row(t_full_scores, None, chance) if t_full else None
     for arm in arms:
-        res = _load(out / "screen" / arm / "results.json")
+        res = read_json(out / "screen" / arm / "results.json")
         if res is None:
             doc["missing"].append(arm)
             continue
         key = next(m for m in res["models"] if m != "teacher")
         row = _row(res, key, t_scores, chance)
-        summary = _load(out / arm / "summary.json") or {}
+        summary = read_json(out / arm / "summary.json") or {}
         row["attention_layers"] = summary.get("attention_layers")
         row["attention_heads"] = summary.get("attention_heads") or {}
         row["mixer"] = summary.get("mixer")
@@ -87,10 +82,10 @@ def collect(out: Path, arms: dict, chance: dict) -> dict:
         row["command"] = (
             (out / f"{arm}.command.txt").read_text().strip() if (out / f"{arm}.command.txt").is_file() else None
         )
-        full = _load(out / "full" / arm / "results.json")
+        full = read_json(out / "full" / arm / "results.json")
         row["full"] = _full_row(full["scores"][key], t_full_scores, chance) if full else None
         doc["models"][arm] = row
-    doc["seeds"] = across_seeds(doc, arms)
+    doc["seeds"] = across_seeds(doc, arms, chance)
     return doc
 
 
@@ -130,11 +125,10 @@ def seed_configs(names) -> dict[str, dict[int, str]]:
     return out
 
 
-def across_seeds(doc: dict, arms) -> dict:
-    """Per configuration with at least one screened seed: the seeds screened, and for each metric (of the teacher's
-    score in %: LAMBADA, HellaSwag, the full sets' mean zero-shot and its above-chance recovery; perplexity above the
-    teacher's in %; passkey hits per length, repeated filler) the mean over seeds with its 95% t-interval
-    {mean, lo, hi, n} (n = 1: lo = hi = mean)."""
+def across_seeds(doc: dict, arms, chance: dict) -> dict:
+    """Per configuration with at least one screened seed: the seeds screened, those planned but not screened, and for
+    each metric of _seed_values the mean over seeds with its 95% t-interval {mean, lo, hi, n} (n = 1: lo = hi =
+    mean; n counts the seeds that have the metric: the full sets may cover fewer)."""
     out = {}
     for config, seeds in seed_configs(arms).items():
         made = {s: doc["models"][a] for s, a in sorted(seeds.items()) if a in doc["models"]}
@@ -142,7 +136,7 @@ def across_seeds(doc: dict, arms) -> dict:
             continue
         values: dict[str, list] = {}
         for row in made.values():
-            for key, value in _seed_values(row, doc["teacher"]).items():
+            for key, value in _seed_values(row, doc["teacher"], chance).items():
                 if value is not None:
                     values.setdefault(key, []).append(value)
         stats = {k: Stat.of(v) for k, v in values.items()}
@@ -154,25 +148,42 @@ def across_seeds(doc: dict, arms) -> dict:
     return out
 
 
-def _seed_values(row: dict, teacher: dict) -> dict:
-    """One screened arm's values for the across-seeds table, from its unrounded scores (None: not measured)."""
+def _seed_values(row: dict, teacher: dict, chance: dict) -> dict:
+    """One screened arm's values for the across-seeds statistics, from its unrounded scores (None: not measured).
+    Screen: lambada / hellaswag (% of the teacher's score; *_score the score), perplexity (% above the teacher's;
+    perplexity_value the value), "passkey N" / "passkey-natural N" (hits at N tokens, repeated / natural filler),
+    screen_mean (mean of the two tasks' scores) with screen_pct (% of the teacher's) and screen_recovery (above
+    chance, %). Full sets: zero_shot_mean (mean of the seven tasks) with zero_shot (% of the teacher's) and
+    zero_shot_recovery (above chance, %)."""
     vals: dict = {}
     for task, key in (("lambada_openai", "lambada"), ("hellaswag", "hellaswag")):
         s, t = row["tasks"].get(task, {}).get("score"), teacher["tasks"].get(task, {}).get("score")
         vals[key] = 100 * s / t if s is not None and t else None
+        vals[f"{key}_score"] = s
     ppl, t_ppl = row["perplexity"], teacher["perplexity"]
     vals["perplexity"] = 100 * (ppl / t_ppl - 1) if ppl and t_ppl else None
-    for length, v in row["passkey"].get("repeat", {}).items():
-        vals[f"passkey {length}"] = v["hits"]
+    vals["perplexity_value"] = ppl
+    for filler, prefix in (("repeat", "passkey"), ("natural", "passkey-natural")):
+        for length, v in row["passkey"].get(filler, {}).items():
+            vals[f"{prefix} {length}"] = v["hits"]
+    s = [row["tasks"].get(task, {}).get("score") for task in TASK_METRIC]
+    t = [teacher["tasks"].get(task, {}).get("score") for task in TASK_METRIC]
+    if None not in s and None not in t:
+        c = sum(chance[task] for task in TASK_METRIC) / len(TASK_METRIC)
+        ms, mt = sum(s) / len(s), sum(t) / len(t)
+        vals["screen_mean"] = ms
+        vals["screen_pct"] = 100 * ms / mt if mt else None
+        vals["screen_recovery"] = 100 * (ms - c) / (mt - c) if mt != c else None
     full, t_full = row.get("full") or {}, teacher.get("full") or {}
     if full.get("mean") is not None and t_full.get("mean"):
         c = full["chance"]
+        vals["zero_shot_mean"] = full["mean"]
         vals["zero_shot"] = 100 * full["mean"] / t_full["mean"]
         vals["zero_shot_recovery"] = 100 * (full["mean"] - c) / (t_full["mean"] - c)
     return vals
 
 
-def _seed_cell(m: dict | None, n: int, digits: int = 1, sign: str = "") -> str:
+def seed_cell(m: dict | None, n: int, digits: int = 1, sign: str = "") -> str:
     """mean ± half-width of the 95% t-interval (one seed: the value alone); (n = k) when fewer seeds than the row's."""
     if m is None:
         return "-"
@@ -195,10 +206,10 @@ def _seed_lines(seeds: dict) -> list[str]:
     for config, c in seeds.items():
         m, n = c["metrics"], len(c["seeds"])
         rows.append(
-            [config, f"{n} ({', '.join(map(str, c['seeds']))})", _seed_cell(m.get("lambada"), n)]
-            + [_seed_cell(m.get("hellaswag"), n), _seed_cell(m.get("perplexity"), n, sign="+")]
-            + [_seed_cell(m.get(f"passkey {length}"), n, digits=2) for length in lengths]
-            + [_seed_cell(m.get("zero_shot"), n), _seed_cell(m.get("zero_shot_recovery"), n)]
+            [config, f"{n} ({', '.join(map(str, c['seeds']))})", seed_cell(m.get("lambada"), n)]
+            + [seed_cell(m.get("hellaswag"), n), seed_cell(m.get("perplexity"), n, sign="+")]
+            + [seed_cell(m.get(f"passkey {length}"), n, digits=2) for length in lengths]
+            + [seed_cell(m.get("zero_shot"), n), seed_cell(m.get("zero_shot_recovery"), n)]
         )
     return [
         "",
@@ -214,7 +225,7 @@ def _seed_lines(seeds: dict) -> list[str]:
     ]
 
 
-def _full_lines(doc: dict) -> list[str]:
+def full_lines(doc: dict) -> list[str]:
     """Per arm evaluated on the full sets (experiments/recall.py full): each task's headline metric, the mean and,
     against the teacher, its ratio and above-chance recovery with 95% paired bootstrap intervals."""
     rows = [(arm, r["full"]) for arm, r in doc["models"].items() if r.get("full")]
@@ -333,7 +344,7 @@ def write_recall_report(out: Path, results: Path, arms: dict, chance: dict | Non
         cells = [_pct(row["tasks"][k]) if k in row["tasks"] else "-" for k in ("lambada_openai", "hellaswag")]
         ppl = f"{row['perplexity']:.2f} ({100 * (row['perplexity'] / t['perplexity'] - 1):+.1f}%)"
         lines.append(f"| {arm} | {_attention(row)} | {cells[0]} | {cells[1]} | {ppl} | {row['agreement']:.3f} |")
-    probe = _load(out / "probe.json")
+    probe = read_json(out / "probe.json")
     if probe:
         top = sorted(probe["layers"].items(), key=lambda kv: -kv[1])[:8]
         lines += [
@@ -376,7 +387,7 @@ def write_recall_report(out: Path, results: Path, arms: dict, chance: dict | Non
                 f"| {arm} | {s} | {info['tokens']:,} | {info['steps']} | {ep} | {info['lr']:g} | {info['wall_s']:.0f} |"
             )
     lines += _seed_lines(doc["seeds"])
-    lines += _full_lines(doc)
+    lines += full_lines(doc)
     lines += ["", "## Commands", ""]
     lines += [f"- {arm}: `{row['command']}`" for arm, row in doc["models"].items() if row["command"]]
     if doc["missing"]:

@@ -133,7 +133,8 @@ def t_two_sided(t: float, df: int, steps: int = 4000) -> float:
 
 
 # -- run files -> metrics -----------------------------------------------------------------------------------------
-def _read(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, None when there is no such file."""
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -172,12 +173,12 @@ def run_metrics(d: Path) -> dict | None:
     """The metrics of the run in directory ``d`` (None when it has neither a finished summary nor an evaluation):
     ppl, agreement, lambada, hellaswag, screen, passkey, zero_shot, d1 / d2 (mean per-layer stage-1 / stage-2
     distance right after that stage), d1_transfer (stage-1 distance after weight transfer), tokens (s1, s2, s3)."""
-    summary = _read(d / "summary.json")
+    summary = read_json(d / "summary.json")
     if summary is not None and "final" not in summary:
         summary = None
-    screen, passkey = _scores(_read(d / "screen" / "results.json"))
-    hella, _ = _scores(_read(d / "screen-hellaswag" / "results.json"))
-    full, _ = _scores(_read(d / "eval-full" / "results.json"))
+    screen, passkey = _scores(read_json(d / "screen" / "results.json"))
+    hella, _ = _scores(read_json(d / "screen-hellaswag" / "results.json"))
+    full, _ = _scores(read_json(d / "eval-full" / "results.json"))
     if summary is None and not screen and not hella:
         return None
     final = (summary or {}).get("final", {})
@@ -603,7 +604,7 @@ def _history(runs: Path) -> list[str]:
             continue
         st = s.get("stages", {})
         steps = " / ".join(str(st.get(str(k), {}).get("steps", 0)) for k in (1, 2, 3))
-        ev = _read(d / "evaluation.json") or {}
+        ev = read_json(d / "evaluation.json") or {}
         zs = [_headline(t, v) for t, v in ev.get("scores", {}).get("student", {}).items()]
         zs = [z for z in zs if z is not None]
         cmd = (d / "command.txt").read_text().strip() if (d / "command.txt").is_file() else s.get("command", "")

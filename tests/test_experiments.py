@@ -13,25 +13,7 @@ import pytest
 from experiments import report as xr
 from experiments import run_all
 from experiments.headline_report import ZERO_SHOT, write_headline
-
-
-def _task_scores(base: float) -> dict:
-    return {
-        t: {"acc": base + i / 100, "acc_norm": base + i / 100 + 0.01, "n": 100 + i} for i, t in enumerate(ZERO_SHOT)
-    }
-
-
-def _write_eval(out, name, key, scores):
-    d = out / "eval" / name
-    d.mkdir(parents=True)
-    models = ["teacher"] if key == "teacher" else ["teacher", key]
-    res = {
-        "models": models,
-        "teacher": "teacher",
-        "scores": {key: scores, **({"teacher": {}} if key != "teacher" else {})},
-        "passkey": {key: {"512": 1.0, "1024": 0.6}},
-    }
-    (d / "results.json").write_text(json.dumps(res))
+from tests.utils import fake_headline_eval, fake_recall_full, fake_recall_screen, fake_task_scores
 
 
 def test_headline_report_from_run_files(tmp_path):
@@ -41,9 +23,9 @@ def test_headline_report_from_run_files(tmp_path):
         "hybrid2-2M": (2_000_000, ["--attention-layers", "7,22"]),
         "ssd-5M": (5_000_000, []),  # planned, never run: listed as missing, its command left out
     }
-    _write_eval(out, "teacher", "teacher", {**_task_scores(0.40), "perplexity": 44.0})
+    fake_headline_eval(out, "teacher", "teacher", {**fake_task_scores(0.40), "perplexity": 44.0})
     for name, base, attn in (("ssd-2M", 0.36, []), ("hybrid2-2M", 0.38, [7, 22])):
-        _write_eval(out, name, "student", {**_task_scores(base), "perplexity": 50.0, "top1_agreement": 0.7})
+        fake_headline_eval(out, name, "student", {**fake_task_scores(base), "perplexity": 50.0, "top1_agreement": 0.7})
         (out / name).mkdir()
         stages = {
             "3": {
@@ -451,35 +433,14 @@ def test_every_recall_arm_is_a_valid_distill_command(monkeypatch):
     assert (big.tokens, big.seed, big.data) == (50_000_000, 1, f"gutenberg+modern+{recall.EXTRA_SHARDS}")
 
 
-def _screen(path: Path, name: str, lambada: list[float], hellaswag: list[float], ppl: float, passkey_hits: float):
-    """A screen results.json as experiments.recall screen-one writes it (per-item scores kept)."""
-    scores = {
-        "perplexity": ppl,
-        "top1_agreement": 0.5,
-        "lambada_openai": {"acc": sum(lambada) / len(lambada), "n": len(lambada), "items": {"acc": lambada}},
-        "hellaswag": {
-            "acc_norm": sum(hellaswag) / len(hellaswag),
-            "n": len(hellaswag),
-            "items": {"acc_norm": hellaswag},
-        },
-    }
-    detail = {"repeat": {"512": {"hits": passkey_hits, "digits": passkey_hits, "key_logprob": -1.0, "token_acc": 1.0,
-                                 "cache_agrees": True, "trials": 2, "generations": [{"answer": "12345"}]}}}  # fmt: skip
-    models = [name] if name == "teacher" else ["teacher", name]
-    path.mkdir(parents=True)
-    (path / "results.json").write_text(
-        json.dumps({"models": models, "scores": {name: scores}, "passkey_detail": {name: detail}})
-    )
-
-
 def test_recall_report_ratios_heads_and_missing_arms(tmp_path):
     """The recall report: each arm's ratio to the teacher from paired items, what it keeps as attention (layers and
     head-level KV groups), and planned arms without a screen listed as missing."""
     from experiments.recall_report import write_recall_report
 
     out = tmp_path / "runs"
-    _screen(out / "screen" / "teacher", "teacher", [1, 1, 0, 1], [1, 0, 1, 1], 40.0, 1.0)
-    _screen(out / "screen" / "heads", "student", [1, 0, 0, 1], [1, 0, 1, 0], 44.0, 0.5)
+    fake_recall_screen(out / "screen" / "teacher", "teacher", [1, 1, 0, 1], [1, 0, 1, 1], 40.0, 1.0)
+    fake_recall_screen(out / "screen" / "heads", "student", [1, 0, 0, 1], [1, 0, 1, 0], 44.0, 0.5)
     (out / "heads").mkdir()
     (out / "heads" / "summary.json").write_text(
         json.dumps({"attention_layers": [24], "attention_heads": {"17": [1], "20": [1, 2]}, "stages": {}})
@@ -584,23 +545,6 @@ def test_gpu_campaign_script_steps(tmp_path):
     assert (tmp_path / "keep" / "data" / "gutenberg-extra" / "train-002.jsonl.xz").read_bytes() == b"x"
 
 
-def _full(path: Path, name: str, hits: list[float], wrong: list[float], ppl: float = 40.0):
-    """A full-sets results.json as experiments.recall full-one writes it: per task the items of its headline metric
-    (acc_norm or acc, as results/headline reads them) are ``hits``, those of the other metric ``wrong``."""
-    from experiments.headline_report import ZERO_SHOT
-
-    norm = ("hellaswag", "piqa", "arc_challenge", "openbookqa")
-    scores: dict = {"perplexity": ppl, "top1_agreement": 0.5}
-    for task in ZERO_SHOT:
-        items = {"acc": wrong if task in norm else hits, "acc_norm": hits if task in norm else wrong}
-        if task in ("winogrande", "lambada_openai"):
-            del items["acc_norm"]
-        scores[task] = {**{m: sum(v) / len(v) for m, v in items.items()}, "n": len(hits), "items": items}
-    models = [name] if name == "teacher" else ["teacher", name]
-    path.mkdir(parents=True)
-    (path / "results.json").write_text(json.dumps({"models": models, "scores": {name: scores}}))
-
-
 def test_recall_report_across_seeds_mean_and_t_interval(tmp_path):
     """Arms NAME-s<seed> are one configuration: the mean over seeds ± t(0.975, n - 1) x sd / sqrt(n) of each ratio to
     the teacher, perplexity above it, passkey hits per length, and from OUT/full the mean zero-shot over the seven tasks
@@ -611,14 +555,16 @@ def test_recall_report_across_seeds_mean_and_t_interval(tmp_path):
     out, results = tmp_path / "runs", tmp_path / "results"
     chance = {"hellaswag": 0.25, "lambada_openai": 0.0, "piqa": 0.5, "winogrande": 0.5, "arc_easy": 0.25}
     chance |= {"arc_challenge": 0.25, "openbookqa": 0.25}
-    _screen(out / "screen" / "teacher", "teacher", [1, 1, 0, 1], [1, 0, 1, 1], 40.0, 1.0)
+    fake_recall_screen(out / "screen" / "teacher", "teacher", [1, 1, 0, 1], [1, 0, 1, 1], 40.0, 1.0)
     lambadas = ([1, 0, 0, 1], [1, 1, 0, 1], [1, 1, 1, 1])  # 2/3, 1, 4/3 of the teacher's 3/4
     for seed, (lam, ppl, hits) in enumerate(zip(lambadas, (44.0, 48.0, 52.0), (0.25, 0.5, 0.75), strict=True)):
-        _screen(out / "screen" / f"cfg-s{seed}", f"cfg-s{seed}", lam, [1, 0, 1, 0], ppl, hits)
-    _screen(out / "screen" / "solo-s0", "solo-s0", [1, 0, 0, 1], [1, 0, 1, 0], 42.0, 0.5)
-    _full(out / "full" / "teacher", "teacher", [1, 1, 1, 0], [0, 0, 0, 0])
-    _full(out / "full" / "cfg-s0", "cfg-s0", [1, 1, 0, 0], [0, 0, 0, 1])  # mean 0.5 of the teacher's 0.75
-    _full(out / "full" / "cfg-s1", "cfg-s1", [1, 1, 1, 0], [0, 0, 0, 0])  # 0.75: the teacher's; no full run of s2
+        fake_recall_screen(out / "screen" / f"cfg-s{seed}", f"cfg-s{seed}", lam, [1, 0, 1, 0], ppl, hits)
+    fake_recall_screen(out / "screen" / "solo-s0", "solo-s0", [1, 0, 0, 1], [1, 0, 1, 0], 42.0, 0.5)
+    fake_recall_full(out / "full" / "teacher", "teacher", [1, 1, 1, 0], [0, 0, 0, 0])
+    fake_recall_full(out / "full" / "cfg-s0", "cfg-s0", [1, 1, 0, 0], [0, 0, 0, 1])  # mean 0.5 of the teacher's 0.75
+    fake_recall_full(
+        out / "full" / "cfg-s1", "cfg-s1", [1, 1, 1, 0], [0, 0, 0, 0]
+    )  # 0.75: the teacher's; no full run of s2
     arms = {f"cfg-s{s}": [] for s in range(3)} | {"planned": [], "solo-s0": [], "solo-s1": [], "later-s0": []}
     text = write_recall_report(out, results, arms, chance).read_text()
     doc = json.loads((results / "results.json").read_text())

@@ -1,8 +1,8 @@
 """Tiny models, tokenizers and corpora for the tests, in one place (as transformers.testing_utils): random-weight
 teachers of every supported family built from transformers configs (no downloads), tiny students and mixer configs,
 a word-level tokenizer and its corpus, the arguments of a seconds-long ``mohawk distill`` and a short stage-3 run,
-the error line of a failed command and a checkpoint edited behind mohawk's back. Test modules import these from here,
-never from conftest or from one another."""
+the error line of a failed command and a checkpoint edited behind mohawk's back, the result files of the experiment
+campaigns. Test modules import these from here, never from conftest or from one another."""
 
 from __future__ import annotations
 
@@ -289,3 +289,76 @@ def saved_student(tmp_path, family: str = "llama", **from_teacher_kw):
     student.save_pretrained(d)
     tiny_tokenizer().save_pretrained(d)
     return student.eval(), d
+
+
+# -- result files of the experiment campaigns (experiments/headline.py, experiments/recall.py) ----------------------
+def fake_task_scores(base: float) -> dict:
+    """The seven zero-shot tasks of results/headline, scores rising from ``base`` by 0.01 per task."""
+    from experiments.report import ZERO_SHOT
+
+    return {
+        t: {"acc": base + i / 100, "acc_norm": base + i / 100 + 0.01, "n": 100 + i} for i, t in enumerate(ZERO_SHOT)
+    }
+
+
+def fake_headline_eval(out, name, key, scores):
+    """OUT/eval/NAME/results.json as experiments.headline eval writes it (``key``: the model's name in it)."""
+    import json
+
+    d = out / "eval" / name
+    d.mkdir(parents=True)
+    models = ["teacher"] if key == "teacher" else ["teacher", key]
+    res = {
+        "models": models,
+        "teacher": "teacher",
+        "scores": {key: scores, **({"teacher": {}} if key != "teacher" else {})},
+        "passkey": {key: {"512": 1.0, "1024": 0.6}},
+    }
+    (d / "results.json").write_text(json.dumps(res))
+
+
+def fake_recall_screen(path, name, lambada, hellaswag, ppl: float, passkey_hits: float, natural_hits=None):
+    """A screen results.json as experiments.recall screen-one writes it (per-item scores kept): passkey v2 at 512
+    tokens with repeated filler, and with natural filler when ``natural_hits`` is given."""
+    import json
+
+    scores = {
+        "perplexity": ppl,
+        "top1_agreement": 0.5,
+        "lambada_openai": {"acc": sum(lambada) / len(lambada), "n": len(lambada), "items": {"acc": lambada}},
+        "hellaswag": {
+            "acc_norm": sum(hellaswag) / len(hellaswag),
+            "n": len(hellaswag),
+            "items": {"acc_norm": hellaswag},
+        },
+    }
+    fillers = {"repeat": passkey_hits} | ({} if natural_hits is None else {"natural": natural_hits})
+    detail = {
+        filler: {"512": {"hits": hits, "digits": hits, "key_logprob": -1.0, "token_acc": 1.0, "cache_agrees": True,
+                         "trials": 2, "generations": [{"answer": "12345"}]}}
+        for filler, hits in fillers.items()
+    }  # fmt: skip
+    models = [name] if name == "teacher" else ["teacher", name]
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(
+        json.dumps({"models": models, "scores": {name: scores}, "passkey_detail": {name: detail}})
+    )
+
+
+def fake_recall_full(path, name, hits, wrong, ppl: float = 40.0):
+    """A full-sets results.json as experiments.recall full-one writes it: per task the items of its headline metric
+    (acc_norm or acc, as results/headline reads them) are ``hits``, those of the other metric ``wrong``."""
+    import json
+
+    from experiments.report import ZERO_SHOT
+
+    norm = ("hellaswag", "piqa", "arc_challenge", "openbookqa")
+    scores: dict = {"perplexity": ppl, "top1_agreement": 0.5}
+    for task in ZERO_SHOT:
+        items = {"acc": wrong if task in norm else hits, "acc_norm": hits if task in norm else wrong}
+        if task in ("winogrande", "lambada_openai"):
+            del items["acc_norm"]
+        scores[task] = {**{m: sum(v) / len(v) for m, v in items.items()}, "n": len(hits), "items": items}
+    models = [name] if name == "teacher" else ["teacher", name]
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({"models": models, "scores": {name: scores}}))
