@@ -765,44 +765,45 @@ def _recall_commands(recall: Path, table: dict) -> list[str]:
 
 
 def _plot_recovery(table: dict, path: Path) -> bool:
-    """The recovery curve: % of the teacher's mean zero-shot vs student tokens (log), one line per configuration with
-    the seeds' 95% t-interval as error bars, screen-only points hollow, the goals as horizontal lines. False (no plot)
-    while no budget is screened."""
-    if not any(e["zero_shot"] and e["zero_shot"]["pct"] for entries in table.values() for e in entries):
+    """The recovery curves vs student tokens (log), one line per configuration, the seeds' 95% t-interval as error
+    bars: left, the mean zero-shot on the full sets as % of the teacher's (budgets with full sets only; the goals as
+    horizontal lines); right, the screen's LAMBADA (solid) and HellaSwag (dashed) as % of the teacher's, every
+    screened budget. The two are different measures, so they never share a line. False while nothing is screened."""
+    screened = [e for entries in table.values() for e in entries if e["metrics"].get("lambada")]
+    if not screened:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, (full, screen) = plt.subplots(1, 2, figsize=(11, 4.2))
     ticks = sorted({e["tokens"] for entries in table.values() for e in entries})
+    panels = ((full, "zero_shot", "-"), (screen, "lambada", "-"), (screen, "hellaswag", "--"))
     for i, (config, entries) in enumerate(table.items()):
-        pts = [
-            (e["tokens"] / 1e6, e["zero_shot"]["pct"], e["basis"])
-            for e in entries
-            if e["zero_shot"] and e["zero_shot"]["pct"]
-        ]
-        if not pts:
-            continue
         shift = 1 + 0.03 * (i - (len(table) - 1) / 2)  # side by side, so that the error bars do not hide each other
-        x = [p[0] * shift for p in pts]
-        y = [p[1]["mean"] for p in pts]
-        err = [[p[1]["mean"] - p[1]["lo"] for p in pts], [p[1]["hi"] - p[1]["mean"] for p in pts]]
-        ax.errorbar(x, y, yerr=err, color=f"C{i}", capsize=3, label=config)
-        for xi, yi, (_, _, basis) in zip(x, y, pts, strict=True):
-            ax.plot(xi, yi, "o", color=f"C{i}", mfc=f"C{i}" if basis == "full" else "white")
-    ax.plot([], [], "o", color="grey", mfc="white", label="screen only (LAMBADA, HellaSwag)")
-    ax.axhline(GOAL_HYBRID, color="k", ls="--", lw=0.8, label=f"goal, hybrids ({GOAL_HYBRID:g}%)")
-    ax.axhline(GOAL_PURE, color="k", ls=":", lw=0.8, label=f"goal, pure SSD ({GOAL_PURE:g}%)")
-    ax.set_xscale("log")
-    ax.set_xticks([t / 1e6 for t in ticks], [_millions(t) for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("student tokens")
-    ax.set_ylabel("mean zero-shot, % of the teacher's")
-    ax.set_title("Recovery vs tokens (mean over seeds, 95% t-interval)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        for ax, key, style in panels:
+            pts = [(e["tokens"] / 1e6 * shift, e["metrics"][key]) for e in entries if e["metrics"].get(key)]
+            if not pts:
+                continue
+            y = [m["mean"] for _, m in pts]
+            err = [[m["mean"] - m["lo"] for _, m in pts], [m["hi"] - m["mean"] for _, m in pts]]
+            label = config if key != "hellaswag" else None
+            ax.errorbar([x for x, _ in pts], y, yerr=err, color=f"C{i}", ls=style, marker="o", capsize=3, label=label)
+    full.axhline(GOAL_HYBRID, color="k", ls="--", lw=0.8, label=f"goal, hybrids ({GOAL_HYBRID:g}%)")
+    full.axhline(GOAL_PURE, color="k", ls=":", lw=0.8, label=f"goal, pure SSD ({GOAL_PURE:g}%)")
+    screen.plot([], [], "k-", label="LAMBADA (full set)")
+    screen.plot([], [], "k--", label="HellaSwag (first 2,000)")
+    full.set_title("Mean zero-shot, seven tasks, full sets")
+    screen.set_title("Screen: LAMBADA and HellaSwag")
+    for ax in (full, screen):
+        ax.set_xscale("log")
+        ax.set_xticks([t / 1e6 for t in ticks], [_millions(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("student tokens")
+        ax.set_ylabel("% of the teacher's (mean over seeds, 95% t)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -35,7 +35,6 @@ RECALL_MIX = ["--stage4-tokens", "500000", "--recall-data", "recall+bundled", "-
 ARMS = {
     "ssd": [],
     "ssd-recall": ["--stage4-tokens", "500000"],
-    "ssd-gutenberg-modern": ["--data", "gutenberg+modern"],
     "hybrid4-uniform": ["--num-attention-layers", "4", "--placement", "uniform"],
     "hybrid4-retrieval": ["--num-attention-layers", "4", "--placement", "retrieval"],
     "hybrid2-retrieval": ["--num-attention-layers", "2", "--placement", "retrieval"],

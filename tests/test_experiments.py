@@ -412,7 +412,7 @@ def test_every_recall_arm_is_a_valid_distill_command(monkeypatch):
     assert cfgs["hybrid4h-retrieval"].placement == cfgs["hybrid2h-retrieval"].placement == "retrieval-heads"
     long = cfgs["hybrid4-retrieval-len2048"]  # its own length replaces the campaign's, the update stays 8,192 tokens
     assert (long.seq_len, long.batch_size, long.stage1_tile) == (2048, 4, 256)
-    assert (cfgs["ssd"].seq_len, cfgs["ssd"].batch_size, cfgs["ssd-gutenberg-modern"].data) == (
+    assert (cfgs["ssd"].seq_len, cfgs["ssd"].batch_size, cfgs["ssd-gm10-s0"].data) == (
         64,
         2,
         "gutenberg+modern",
