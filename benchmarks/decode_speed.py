@@ -34,7 +34,7 @@ from benchmarks.common import (
     versions,
     write,
 )
-from mohawk.mixers.kernels.decode_matvec import MAX_BATCH
+from mohawk.mixers.kernels.decode_matvec import AUTO_MAX_BATCH, CHOICES, MAX_BATCH, decode_matvec_choice
 from mohawk.models import graphs
 from mohawk.parallel import resolve_device
 from mohawk.transfer import from_teacher, place_attention_layers
@@ -219,15 +219,17 @@ def main():
     ap.add_argument("--mixer", default="ssd", help="the students' mixer family (ssd, mamba2, discrete_mamba2, ...)")
     ap.add_argument("--profile", type=int, default=0, help="N: also the N kernels of one step with most GPU time")
     ap.add_argument(
-        "--decode-matvec", choices=("plain", "fused"), default=None,
-        help="a decoding step's block products: cuBLAS with separate norms and residual adds, or fused Triton "
-        "kernels (norm + in_proj, norm + gate + up, out_proj / down + residual; sets MOHAWK_DECODE_MATVEC; default: "
-        "the environment's, else plain)",
+        "--decode-matvec", choices=CHOICES, default=None,
+        help="a decoding step's block products: cuBLAS with separate norms and residual adds (plain), fused Triton "
+        "kernels (norm + in_proj, norm + gate + up, out_proj / down + residual) up to batch "
+        f"{MAX_BATCH} (fused), or the fused ones up to batch {AUTO_MAX_BATCH} and plain above (auto, generate's "
+        "default); sets MOHAWK_DECODE_MATVEC; default: the environment's, else auto. plain and fused name their "
+        "files apart",
     )  # fmt: skip
     args = ap.parse_args()
     if args.decode_matvec:
         os.environ["MOHAWK_DECODE_MATVEC"] = args.decode_matvec
-    args.decode_matvec = os.environ.get("MOHAWK_DECODE_MATVEC", "plain")
+    args.decode_matvec = decode_matvec_choice()
     rows_wanted = parse_rows(args)
 
     device = resolve_device(args.device)
@@ -290,7 +292,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
     """Write the rows so far as benchmarks/results/decode_speed-<model>-<device>.{json,md}."""
     dev = device_name(device)
     cmd = command()
-    fused = getattr(args, "decode_matvec", "plain") == "fused"
+    matvec = getattr(args, "decode_matvec", "auto")
     payload = {
         "device": dev,
         "versions": versions("transformers", "triton", "mamba_ssm"),
@@ -301,7 +303,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "block": args.block,
         "compile": args.compile,
         "bandwidth_gbs": args.bandwidth_gbs,
-        "decode_matvec": "fused" if fused else "plain",
+        "decode_matvec": matvec,
         "rows": rows,
     }
     lines = [
@@ -320,12 +322,13 @@ def save(args, device, dtype, rows: list[dict]) -> None:
             if args.compile
             else ""
         )
-        + (
-            ", each block's norms, products and residual adds in fused Triton matvec kernels up to batch "
-            f"{MAX_BATCH} (`--decode-matvec fused`)"
-            if fused
-            else ""
-        ),
+        + {
+            "fused": ", each block's norms, products and residual adds in fused Triton matvec kernels up to batch "
+            f"{MAX_BATCH} (`--decode-matvec fused`)",
+            "auto": ", each block's norms, products and residual adds in fused Triton matvec kernels up to batch "
+            f"{AUTO_MAX_BATCH}, cuBLAS products above (`--decode-matvec auto`, the default)",
+            "plain": ", each block's products in cuBLAS, norms and residual adds apart (`--decode-matvec plain`)",
+        }[matvec],
         f"- roofline: (weights + state or KV bytes a step reads and writes) / {args.bandwidth_gbs:,.0f} GB/s; "
         "'x roofline' = measured / roofline; TTFT = prefill to the first token; kernels = CUDA kernels in one student "
         "step (torch.profiler over one replay of the one-step graph)",
@@ -361,7 +364,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
                 "|---|---|---|",
                 *(f"| `{k['name']}` | {k['us']} | {k['calls']} |" for k in r["student_top_kernels"]),
             ]
-    mixer = ("" if args.mixer == "ssd" else f"-{args.mixer}") + ("-fused" if fused else "")
+    mixer = ("" if args.mixer == "ssd" else f"-{args.mixer}") + ("" if matvec == "auto" else f"-{matvec}")
     write(f"decode_speed-{args.model}{mixer}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

@@ -255,8 +255,7 @@ def evaluate(args) -> None:
 def report(args) -> Path:
     from experiments.headline_report import write_headline, write_headline_from_recall
 
-    decode = Path(args.decode) if args.decode else None
-    decode = decode if decode and decode.is_file() else None
+    decode = [Path(d) for d in args.decode.split(",") if d]
     if args.recall:
         made_by = " ".join(["python3", "-m", "experiments.headline", *sys.argv[1:]])
         return write_headline_from_recall(
@@ -283,8 +282,10 @@ def main():
     )
     ap.add_argument(
         "--decode",
-        default="benchmarks/results/decode_speed-smollm2-135m-NVIDIA_H200.json",
-        help="report: a benchmarks/decode_speed.py result to quote (decode tokens/s)",
+        default="benchmarks/results/decode_speed-smollm2-135m-plain-NVIDIA_H200.json,"
+        "benchmarks/results/decode_speed-smollm2-135m-fused-NVIDIA_H200.json",
+        help="report: benchmarks/decode_speed.py results to quote (decode tokens/s), comma-separated; missing files "
+        "are left out",
     )
     args = ap.parse_args()
     print({"sweep": sweep, "train": train, "eval": evaluate, "report": report}[args.phase](args))

@@ -84,15 +84,15 @@ def legacy_rows(out: Path, models: dict) -> list[dict]:
     return rows
 
 
-def write_headline(out: Path, results: Path, models: dict, decode: Path | None = None) -> Path:
+def write_headline(out: Path, results: Path, models: dict, decode: Path | list[Path] | None = None) -> Path:
     """results.json + README.md (+ recovery.png) under ``results`` from the runs of experiments/headline.py in
-    ``out``; ``decode``: a benchmarks/decode_speed.py JSON whose rows the README quotes."""
+    ``out``; ``decode``: benchmarks/decode_speed.py JSONs whose rows the README quotes (one or several)."""
     results.mkdir(parents=True, exist_ok=True)
     rows = legacy_rows(out, models)
     sweep = read_json(out / "sweep.json")
-    speed = read_json(decode) if decode else None
+    speeds = decode_results(decode)
     payload = {
-        "decode": speed,
+        "decode": [speed for _, speed in speeds],
         "metric": "mean over the seven tasks of acc_norm (hellaswag, piqa, arc_challenge, openbookqa) or acc "
         "(winogrande, arc_easy, lambada_openai), full sets",
         "models": rows,
@@ -119,8 +119,8 @@ def write_headline(out: Path, results: Path, models: dict, decode: Path | None =
         lines += ["", f"Planned in experiments/headline.py but without results in these runs: {', '.join(missing)}."]
     lines += QUEUE
     lines += ["", "## Commands", "", *_legacy_commands(out, models, done)]
-    if speed:
-        lines += _decode_lines(speed, decode)
+    for path, speed in speeds:
+        lines += _decode_lines(speed, path)
     if any(r["name"] != "teacher" for r in rows):
         _plot(rows, results / "recovery.png", sweep)
         lines += ["", "![recovery vs tokens](recovery.png)"]
@@ -230,12 +230,19 @@ def _legacy_commands(out: Path, models: dict, done: set[str]) -> list[str]:
     return lines
 
 
+def decode_results(decode: Path | list[Path] | None) -> list[tuple[Path, dict]]:
+    """The benchmarks/decode_speed.py results among ``decode`` (a path or several) that exist, with their paths."""
+    paths = [decode] if isinstance(decode, Path) else list(decode or [])
+    return [(p, speed) for p in paths if (speed := read_json(p))]
+
+
 def _decode_lines(speed: dict, path: Path) -> list[str]:
     """Decode tokens/s of the students vs the teacher at its best (static KV cache + CUDA graphs), from a
     benchmarks/decode_speed.py result (the students' multi-step graph figure)."""
     out = [
         "",
-        f"## Decoding speed ({speed['device']}, {speed['dtype']}, {speed['new_tokens']} greedy steps after the prompt)",
+        f"## Decoding speed ({speed['device']}, {speed['dtype']}, {speed['new_tokens']} greedy steps after the prompt, "
+        f"block products: {speed.get('decode_matvec', 'plain')})",
         "",
         f"From `{path.name}` (`{speed['command']}`): random weights of the same dimensions, since speed does not "
         "depend on the weights; the teacher decodes with transformers' static KV cache compiled into CUDA graphs.",
@@ -402,7 +409,7 @@ def write_headline_from_recall(
     *,
     legacy: Path | None = None,
     models: dict | None = None,
-    decode: Path | None = None,
+    decode: Path | list[Path] | None = None,
     arms: dict | None = None,
     configs: dict | None = None,
     chance: dict | None = None,
@@ -412,8 +419,8 @@ def write_headline_from_recall(
     (experiments/recall.py OUT): per configuration of ``configs`` (default recall.HEADLINE) and budget of its arms
     CONFIG-gmN-sSEED among ``arms`` (default recall.ARMS), the mean and 95% t-interval over seeds; the planned runs
     not complete, with their campaign commands. ``legacy``: experiments/headline.py's runs of ``models``, kept as a
-    section while some configuration has no screened 10M run, and their stage-3 sweep; ``decode``: a
-    benchmarks/decode_speed.py result; ``command``: what made the page, quoted in it."""
+    section while some configuration has no screened 10M run, and their stage-3 sweep; ``decode``: one or several
+    benchmarks/decode_speed.py results; ``command``: what made the page, quoted in it."""
     arms = ARMS if arms is None else arms
     configs = HEADLINE if configs is None else configs
     plan = budget_arms(arms, configs)
@@ -424,7 +431,7 @@ def write_headline_from_recall(
     covered = all(any(e["tokens"] == LEGACY_TOKENS and e["seeds"] for e in entries) for entries in table.values())
     old = legacy_rows(legacy, models or {}) if legacy and not covered else []
     sweep = read_json(legacy / "sweep.json") if legacy else None
-    speed = read_json(decode) if decode else None
+    speeds = decode_results(decode)
     results.mkdir(parents=True, exist_ok=True)
     payload = {
         "source": str(recall),
@@ -436,7 +443,7 @@ def write_headline_from_recall(
         "still_to_make": todo,
         "legacy": old or None,
         "sweep": sweep,
-        "decode": speed,
+        "decode": [speed for _, speed in speeds],
     }
     write_json(results / "results.json", payload)
     lines = _recall_intro(recall, plan, arms, table, command)
@@ -469,8 +476,8 @@ def write_headline_from_recall(
         old_goals = _goals(old)
         lines += ["", "Against the goals:", "", *old_goals] if old_goals else []
     lines += _sweep_lines(sweep)
-    if speed and decode:
-        lines += _decode_lines(speed, decode)
+    for path, speed in speeds:
+        lines += _decode_lines(speed, path)
     lines += ["", "## Commands", "", *_recall_commands(recall, table)]
     if legacy and (old or sweep):
         done = {r["name"] for r in old}

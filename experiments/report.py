@@ -332,13 +332,13 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
         "# Experiments: the paper's claims at 10M tokens, 3 seeds",
         "",
         f"Every run distils SmolLM2-135M-Instruct into a pure-SSD student with the recipe at {TOKENS:,} student "
-        "tokens (`mohawk distill --preset gpu --tokens 10000000`: stages 1 / 2 / 3 split 5 / 10 / 85% over the stages "
-        "run, so every arm trains on the same total; explicit stage budgets for the allocation arms), seeds 0, 1, 2, "
-        "then screens the saved student with `mohawk eval`: perplexity and agreement on 256 held-out sequences, the "
-        "full LAMBADA, the first 2,000 HellaSwag items, passkey retrieval; the arms a claim rests on also get the full "
-        "zero-shot sets. Cells are the mean over seeds ± the half-width of its 95% t-interval; two arms differ "
-        "*beyond noise* only when their intervals do not overlap, else the difference is *within noise*. Verdicts are "
-        "computed from these numbers by `experiments/report.py`.",
+        "tokens (`mohawk distill --preset gpu --tokens 10000000 --data bundled`: stages 1 / 2 / 3 split 5 / 10 / 85% "
+        "over the stages run, so every arm trains on the same total; explicit stage budgets for the allocation arms), "
+        "seeds 0, 1, 2, then screens the saved student with `mohawk eval`: perplexity and agreement on 256 held-out "
+        "sequences, the full LAMBADA, the first 2,000 HellaSwag items, passkey retrieval; the arms a claim rests on "
+        "also get the full zero-shot sets. Cells are the mean over seeds ± the half-width of its 95% t-interval; two "
+        "arms differ *beyond noise* only when their intervals do not overlap, else the difference is *within noise*. "
+        "Verdicts are computed from these numbers by `experiments/report.py`.",
         "",
         f"Made by `python3 -m experiments.run_all --report` from the files under `results/experiments/10m/` "
         f"({n_plan - len(todo)} of {n_plan} planned runs made; the queue is at the end).",

@@ -9,8 +9,9 @@
     python3 -m experiments.run_all --run 2 --runs alloc-5-s0 --root /tmp/dry --cpu-dry-run TEACHER_DIR --data CORPUS
                                                                  # the same commands, tiny and on the CPU
 
-A run is one `mohawk distill` (SmolLM2-135M teacher, pure SSD, `--preset gpu --tokens 10000000`: the recipe's split,
-LRs and steps; 256 validation sequences) followed by its screening evaluation with `mohawk eval` on the saved student:
+A run is one `mohawk distill` (SmolLM2-135M teacher, pure SSD, `--preset gpu --tokens 10000000 --data bundled`: the
+recipe's split, LRs and steps on the bundled shard, as the recall campaign's 10M arms; 256 validation sequences)
+followed by its screening evaluation with `mohawk eval` on the saved student:
 full LAMBADA + passkey + perplexity and agreement on 256 sequences (screen/), the first 2,000 HellaSwag items
 (screen-hellaswag/), and for the arms a claim rests on the full zero-shot sets (eval-full/). One reference run,
 "teacher", scores the teacher on the same sets. A run counts as made when its summary.json (with "final") and every
@@ -167,6 +168,7 @@ def distill_flags(run: Run) -> dict:
     return {
         "preset": "gpu",
         "tokens": TOKENS,
+        "data": "bundled",  # the preset's own data changed with its budget: these runs stay comparable with 10M's
         "seed": run.seed,
         "val_sequences": 256,
         "eval_tasks": "",

@@ -279,19 +279,24 @@ def test_decode_speed_teacher_cache_is_sized_to_each_row():
     assert teacher._previous_max_cache_length <= 8 + 3
 
 
-def test_decode_speed_fused_matvec_is_its_own_file(tmp_path, monkeypatch):
-    """--decode-matvec fused sets MOHAWK_DECODE_MATVEC for the run and names its file, payload and text apart, so the
-    A/B of the fused block products never overwrites the plain figures."""
+def test_decode_speed_matvec_choices_are_their_own_files(tmp_path, monkeypatch):
+    """--decode-matvec sets MOHAWK_DECODE_MATVEC for the run; fused and plain name their file, payload and text apart
+    and the default (auto, generate's own choice) keeps the plain name, so an A/B never overwrites the figures of
+    what generate does by default."""
     from benchmarks import decode_speed
 
-    monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "plain")  # restored after the test: main() sets it
     args = ["--model", "tiny", "--device", "cpu", "--rows", "pure:16x1", "--new-tokens", "3", "--block", "2"]
-    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--decode-matvec", "fused", "--out", str(tmp_path)])
-    decode_speed.main()
-    assert os.environ["MOHAWK_DECODE_MATVEC"] == "fused"
-    (js,) = tmp_path.glob("decode_speed-tiny-fused-*.json")
-    assert json.loads(js.read_text())["decode_matvec"] == "fused"
-    assert "(`--decode-matvec fused`)" in next(tmp_path.glob("*.md")).read_text()
+    for choice, name in (("fused", "tiny-fused-"), ("plain", "tiny-plain-"), (None, "tiny-")):
+        monkeypatch.delenv("MOHAWK_DECODE_MATVEC", raising=False)  # restored after the test: main() sets it
+        out = tmp_path / str(choice)
+        flag = ["--decode-matvec", choice] if choice else []
+        monkeypatch.setattr(sys, "argv", ["decode_speed", *args, *flag, "--out", str(out)])
+        decode_speed.main()
+        assert os.environ.get("MOHAWK_DECODE_MATVEC", "auto") == (choice or "auto")
+        (js,) = out.glob("decode_speed-*.json")
+        assert js.name.startswith(f"decode_speed-{name}") and js.name.count("-") == 2 + (choice is not None)
+        assert json.loads(js.read_text())["decode_matvec"] == (choice or "auto")
+        assert f"(`--decode-matvec {choice or 'auto'}" in next(out.glob("*.md")).read_text()
 
 
 def test_stage_throughput_times_the_mixer_it_is_given(tmp_path, monkeypatch):

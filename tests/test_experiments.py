@@ -139,7 +139,7 @@ def test_every_arm_trains_on_the_same_total_and_the_shares_it_names():
         stages = [int(s) for s in str(arm.flags.get("stages", "1,2,3")).split(",")]
         assert [s for s in (1, 2, 3) if t[s]] == stages, arm.name
     share = {
-        a: recipe.stage_tokens(DistillConfig.from_sources(preset="gpu", **run_all.ARM[a].flags))
+        a: recipe.stage_tokens(DistillConfig.from_sources(preset="gpu", tokens=run_all.TOKENS, **run_all.ARM[a].flags))
         for a in ("alloc-5", "alloc-30", "mohawk")
     }
     for name, want in (("alloc-5", 0.05), ("alloc-30", 0.30), ("mohawk", 0.15)):
@@ -304,7 +304,7 @@ def test_run_runs_n_at_once_and_collects(tmp_path, monkeypatch, capsys):
     want = run_all.commands(run_all.Run(run_all.ARM["mohawk"], 0), root, mohawk=f"{sys.executable} fake")
     got = [r["argv"] for r in sorted(by_run["mohawk-s0"], key=lambda r: r["start"])]
     assert got == [shlex.split(c)[2:] for c in want] and len(got) == 4
-    assert got[0][:6] == ["distill", "--preset", "gpu", "--tokens", "10000000", "--seed"]
+    assert got[0][:8] == ["distill", "--preset", "gpu", "--tokens", "10000000", "--data", "bundled", "--seed"]
     assert got[2][:2] == ["eval", f"{root}/mohawk-s0/student"] and "2000" == got[2][got[2].index("--limit") + 1]
     assert "ppl,agreement,passkey,lambada_openai" in got[1] and "--limit" not in got[1]
     assert all(r["gpu"] is None for rs in by_run.values() for r in rs)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from mohawk.mixers.attention import Attention
-from mohawk.mixers.kernels.decode_matvec import decode_matvec_choice
+from mohawk.mixers.kernels.decode_matvec import fuses_decode_batch
 from mohawk.mixers.ssd import SSDMixer
 from mohawk.models.cache import MohawkCache
 
@@ -77,6 +77,7 @@ class DecodeGraph:
         self.compiled = bool(getattr(model.config, "decode_compile", False)) and capture
         any_state = next(iter([*cache.ssm.values(), *cache.kv.values()]))[1]
         batch, device = any_state.shape[0], any_state.device
+        self.batch_device = (batch, device)
         self.steps, self.sampling = steps, sampling
         self.buffers = MohawkCache(kv_capacity=cache.kv_capacity)
         self.buffers.static = True
@@ -119,8 +120,8 @@ class DecodeGraph:
         """While open, and when ``self.compiled``: the blocks' norms and MLPs run their torch.compile'd forward, and
         the attention layers their projections + RoPE (``_qkv``) and one-token attention (``_attend_one``) compiled,
         and the SSD mixers with an output norm their norm + out_proj after the fused step (``_finish_gated``; the norm
-        alone, ``_out_input``, with MOHAWK_DECODE_MATVEC=fused) (elementwise chains fused into a few kernels; the KV
-        writes, the mixers' cached steps and the fused matvec kernels stay eager)."""
+        alone, ``_out_input``, where the step takes the fused matvec kernels) (elementwise chains fused into a few
+        kernels; the KV writes, the mixers' cached steps and the fused matvec kernels stay eager)."""
         if not self.compiled:
             yield
             return
@@ -133,8 +134,8 @@ class DecodeGraph:
         ]
         parts += [(m, name) for m in model.modules() if isinstance(m, Attention) for name in ("_qkv", "_attend_one")]
         # a mixer's output norm after the fused step (mamba2's grouped RMSNorm: ~7 elementwise kernels a layer eager);
-        # with MOHAWK_DECODE_MATVEC=fused the norm alone, out_proj being a Triton kernel with the residual add
-        finish = "_out_input" if decode_matvec_choice() == "fused" else "_finish_gated"
+        # with the fused matvec kernels the norm alone, out_proj being a Triton kernel with the residual add
+        finish = "_out_input" if fuses_decode_batch(*self.batch_device) else "_finish_gated"
         parts += [(m, finish) for m in model.modules() if isinstance(m, SSDMixer) and m.norm is not None]
         for m, name in parts:
             key = (type(m), name)
@@ -227,7 +228,7 @@ def decode_graph(model, cache, input_ids: Tensor, steps: int = 1, sampling: tupl
         torch.is_autocast_enabled(input_ids.device.type),
         steps,
         sampling,
-        decode_matvec_choice(),  # a graph captured with the other products must not be replayed
+        fuses_decode_batch(input_ids.shape[0], input_ids.device),  # a graph of the other products is not replayed
     )
     params = DecodeGraph.param_pointers(model)
     store = _GRAPHS.get(model)

@@ -83,17 +83,28 @@ def test_reference_equals_the_blocks_modules():
 
 
 def test_the_switch(monkeypatch):
-    """MOHAWK_DECODE_MATVEC: plain (default) never, fused for a one-token step of at most MAX_BATCH sequences without
-    gradients; anything else is refused."""
+    """MOHAWK_DECODE_MATVEC: auto (default) fuses a one-token step on CUDA up to AUTO_MAX_BATCH sequences and never on
+    the CPU (not even in Triton's interpreter), plain never, fused up to MAX_BATCH on CUDA or in the interpreter;
+    never a prompt or a step with gradients; anything else is refused."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
     one = torch.zeros(2, 1, 8)
     monkeypatch.delenv("MOHAWK_DECODE_MATVEC", raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert dm.decode_matvec_choice() == "auto"
+    assert dm.fuses_decode_batch(1, cuda) and dm.fuses_decode_batch(dm.AUTO_MAX_BATCH, cuda)
+    assert not dm.fuses_decode_batch(dm.AUTO_MAX_BATCH + 1, cuda) and not dm.fuses_decode_batch(1, cpu)
+    monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "plain")
+    assert not dm.fuses_decode_batch(1, cuda)
     with torch.no_grad():
         assert not dm.fuses_decode_matvec(one)
         monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "fused")
+        assert dm.fuses_decode_batch(dm.MAX_BATCH, cuda) and not dm.fuses_decode_batch(dm.MAX_BATCH + 1, cuda)
         assert dm.fuses_decode_matvec(one)
         assert not dm.fuses_decode_matvec(torch.zeros(2, 3, 8))  # a prompt
         assert not dm.fuses_decode_matvec(torch.zeros(dm.MAX_BATCH + 1, 1, 8))
+        monkeypatch.delenv("TRITON_INTERPRET")
+        assert not dm.fuses_decode_matvec(one)  # on the CPU only in the interpreter
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert not dm.fuses_decode_matvec(one)  # gradients on
     monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "fast")
     with pytest.raises(ValueError, match="MOHAWK_DECODE_MATVEC"), torch.no_grad():

@@ -28,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# sequences up to which a decoding step may take these kernels: each sequence is another pass of float32 FMAs over
-# a program's rows, where cuBLAS's GEMMs would use tensor cores. 64 (the benchmark's largest batch) so that the GPU
-# A/B measures every batch; the default threshold is to come from it
+# sequences up to which a decoding step may take these kernels (MOHAWK_DECODE_MATVEC=fused): each sequence is
+# another pass of float32 FMAs over a program's rows, where cuBLAS's GEMMs use tensor cores
 MAX_BATCH = 64
+# the default (``auto``) takes them up to this many sequences on CUDA: the batches where the GPU A/B of
+# benchmarks/decode_speed.py measured them faster than the plain products (benchmarks/README.md)
+AUTO_MAX_BATCH = 1
 
 
 def decode_matvec_reference(
@@ -164,29 +166,38 @@ def decode_matvec(
     return y
 
 
-CHOICES = ("plain", "fused")
+CHOICES = ("auto", "plain", "fused")
 
 
 def decode_matvec_choice() -> str:
-    """MOHAWK_DECODE_MATVEC: ``plain`` (default: cuBLAS products, separate norms and adds) or ``fused``."""
-    choice = os.environ.get("MOHAWK_DECODE_MATVEC", "plain")
+    """MOHAWK_DECODE_MATVEC: ``auto`` (default: the fused kernels on CUDA up to AUTO_MAX_BATCH sequences, the plain
+    products above), ``plain`` (cuBLAS products, separate norms and adds) or ``fused`` (the kernels up to MAX_BATCH
+    sequences, on CUDA or in Triton's interpreter, TRITON_INTERPRET=1: tests)."""
+    choice = os.environ.get("MOHAWK_DECODE_MATVEC", "auto")
     if choice not in CHOICES:
         raise ValueError(f"MOHAWK_DECODE_MATVEC={choice!r}: expected one of {', '.join(CHOICES)}")
     return choice
 
 
+def fuses_decode_batch(batch: int, device: torch.device) -> bool:
+    """Whether a one-token step of ``batch`` sequences on ``device`` takes :func:`decode_matvec` under
+    MOHAWK_DECODE_MATVEC (see :func:`decode_matvec_choice`), before the conditions on the step itself."""
+    choice = decode_matvec_choice()
+    if triton is None or choice == "plain":
+        return False
+    if choice == "auto":
+        return device.type == "cuda" and batch <= AUTO_MAX_BATCH
+    return (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1") and batch <= MAX_BATCH
+
+
 def fuses_decode_matvec(h: Tensor) -> bool:
-    """Whether a one-token step of h (batch, 1, hidden) takes :func:`decode_matvec` for its block's products: with
-    MOHAWK_DECODE_MATVEC=fused, on CUDA (or in Triton's interpreter, TRITON_INTERPRET=1: tests), for at most
-    MAX_BATCH sequences, without gradients (no backward), autocast (whose casts the plain products would make) or
-    torch.compile around it (a compiled caller keeps its own products)."""
+    """Whether a one-token step of h (batch, 1, hidden) takes :func:`decode_matvec` for its block's products:
+    :func:`fuses_decode_batch` for its batch and device, without gradients (no backward), autocast (whose casts the
+    plain products would make) or torch.compile around it (a compiled caller keeps its own products)."""
     return (
-        decode_matvec_choice() == "fused"
-        and triton is not None
-        and (h.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
-        and h.dim() == 3
+        h.dim() == 3
         and h.shape[1] == 1
-        and h.shape[0] <= MAX_BATCH
+        and fuses_decode_batch(h.shape[0], h.device)
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled(h.device.type)
         and not torch.compiler.is_compiling()
