@@ -1,7 +1,7 @@
 """Recall screening (issue: students that can copy): several 10M-token distillations at once on one GPU, then each
 student screened on the metrics that separate arms cheaply.
 
-    python3 -m experiments.recall probe  --out runs/recall [--teacher T]      # retrieval probe + sampler speed
+    python3 -m experiments.recall probe  --out runs/recall [--teacher T] [--sample-batches 64,256]  # + sampler speed
     python3 -m experiments.recall train  --out runs/recall [--only A,B] [--concurrent N]
     python3 -m experiments.recall screen --out runs/recall [--concurrent N]
     python3 -m experiments.recall full   --out runs/recall [--only A,B] [--concurrent N]   # finalists: full sets
@@ -151,12 +151,16 @@ def probe(args) -> Path:
     size = adapter.student_config().num_attention_heads // kv
     res["chosen_heads"] = {k: retrieval_heads(res, k * kv, size) for k in (2, 4)}
     res["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    if args.sample_tokens:
-        stats = write_corpus(
-            teacher, tok, out / "sampler-text.jsonl.xz", args.sample_tokens, new_tokens=SEQ_LEN - 32, seed=args.seed,
-            batch_size=64 if args.device == "cuda" else 4,
-        )  # fmt: skip
-        res["sampler"] = {k: v for k, v in stats.items() if k != "samples"}
+    if args.sample_tokens:  # each batch size its own file (a corpus of other settings is never reused for it)
+        res["sampler"] = {}
+        for batch in [int(b) for b in args.sample_batches.split(",")]:
+            tokens = max(args.sample_tokens, 3 * batch * args.seq_len)  # 3 batches: a steady rate after the first
+            stats = write_corpus(
+                teacher, tok, out / f"sampler-text-b{batch}.jsonl.xz", tokens, new_tokens=args.seq_len - 32,
+                seed=args.seed, batch_size=batch,
+            )  # fmt: skip
+            res["sampler"][str(batch)] = {k: v for k, v in stats.items() if k != "samples"} | {"batch": batch}
+            print(f"sampler at {batch} sequences: {res['sampler'][str(batch)]}", flush=True)
     (out / "probe.json").write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != "heads"}), flush=True)
     return out / "probe.json"
@@ -278,7 +282,14 @@ def main() -> None:
         "--concurrent", type=int, default=0,
         help="train/screen/full: processes at once on the GPU (0: as many as its memory holds)",
     )  # fmt: skip
-    ap.add_argument("--sample-tokens", type=int, default=200_000, help="probe: teacher-text tokens to time (0: none)")
+    ap.add_argument(
+        "--sample-tokens", type=int, default=200_000,
+        help="probe: teacher-text tokens to time per batch size, at least 3 batches (0: no sampling)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--sample-batches", default="64",
+        help="probe: the sampler's sequences per generate call to time, comma-separated (e.g. 64,256,512)",
+    )  # fmt: skip
     ap.add_argument("--passkey-trials", type=int, default=PASSKEY_TRIALS)
     ap.add_argument(
         "--limit",

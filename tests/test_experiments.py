@@ -637,6 +637,26 @@ def test_recall_full_phase_on_the_cpu_end_to_end(teacher_dir, tmp_path, monkeypa
         recall.main()
 
 
+def test_recall_probe_times_the_sampler_per_batch_size(teacher_dir, tmp_path, monkeypatch):
+    """`recall probe --sample-batches 2,3`: the retrieval probe, then the sampler timed at each batch size into its
+    own file (a corpus sampled at another batch size is never reused for a timing), each over at least three batches
+    of seq_len tokens, so that a steady rate after the first batch exists."""
+    import sys
+
+    from experiments import recall
+
+    out = tmp_path / "probe"
+    argv = ["recall", "probe", "--out", str(out), "--teacher", str(teacher_dir), "--device", "cpu"]
+    argv += ["--seq-len", "40", "--sample-tokens", "10", "--sample-batches", "2,3"]
+    monkeypatch.setattr(sys, "argv", argv)
+    recall.main()
+    res = json.loads((out / "probe.json").read_text())
+    assert set(res["chosen"]) == {"1", "2", "4", "8"} and set(res["sampler"]) == {"2", "3"}
+    for batch, stats in res["sampler"].items():
+        assert stats["batch"] == int(batch) and (out / f"sampler-text-b{batch}.jsonl.xz").is_file()
+        assert stats["tokens"] >= 3 * int(batch) * 32 and stats["steady_tokens_per_s"] > 0  # >= 32 prompt tokens each
+
+
 def test_gpu_campaign_full_step(tmp_path):
     """`gpu_campaign.sh full ARMS [N]` starts experiments.recall full for those arms (all: every trained one) with N at
     once, refuses without arms, and refuses while the screen still runs (both would take the GPU's memory)."""
