@@ -74,9 +74,9 @@ def test_dot_kernel_equals_reference(kind, dtype, b, bias, n, k, block_n, block_
     torch.testing.assert_close(got, want, **tol)
 
 
-def _strided(t):
-    """t (rows, cols) as a column slice of a wider tensor: the same values, a row stride of cols + 8."""
-    wide = torch.randn(t.shape[0], t.shape[1] + 8, dtype=t.dtype, device=t.device)
+def _strided(t, pad):
+    """t (rows, cols) as a column slice of a wider tensor: the same values, a row stride of cols + pad."""
+    wide = torch.randn(t.shape[0], t.shape[1] + pad, dtype=t.dtype, device=t.device)
     wide[:, 3 : 3 + t.shape[1]] = t
     return wide[:, 3 : 3 + t.shape[1]]
 
@@ -90,11 +90,11 @@ def _strided(t):
 def test_kernel_default_blocks_and_strided_rows(kind, b, blocks):
     """Both kernels (2 sequences: the register one, 20: the tensor-core one), with default block sizes and small ones
     (one row per program; 16-row tiles and K chunks), and x, residual, weight and up_weight as rows of wider tensors
-    (a (b, 1, hidden) step's h[:, 0], in_proj's column slices): the row strides are honoured."""
+    (a (b, 1, hidden) step's h[:, 0], in_proj's column slices), each its own stride: the row strides are honoured."""
     args = _inputs(kind, b, 30, 72, True, torch.float32)
-    for name in ("x", "residual", "weight", "up_weight"):
+    for name, pad in {"x": 8, "residual": 5, "weight": 7, "up_weight": 12}.items():  # strides all different
         if name in args:
-            args[name] = _strided(args[name])
+            args[name] = _strided(args[name], pad)
             assert args[name].stride(0) != args[name].shape[1]
     want = dm.decode_matvec_reference(**args)
     for block in blocks:
