@@ -1,6 +1,7 @@
-"""The fused matvec kernel of a decoding step (mohawk.mixers.kernels.decode_matvec): the Triton kernel against its
-PyTorch reference in Triton's interpreter on the CPU (float32 and bfloat16) and, marked gpu, compiled at SmolLM2's
-sizes; the reference against the block's own modules; and the switch that turns it on."""
+"""The fused matvec kernels of a decoding step (mohawk.mixers.kernels.decode_matvec): the register kernel (a few
+sequences) and the tensor-core one (from DOT_MIN_BATCH) against their PyTorch reference in Triton's interpreter on the
+CPU (float32 and bfloat16) and, marked gpu, compiled at SmolLM2's sizes; which one a batch takes; the reference against
+the block's own modules; and the switch that turns them on."""
 
 import os
 
@@ -48,20 +49,87 @@ def test_kernel_equals_reference(kind, dtype, b, bias):
     torch.testing.assert_close(got, want, **tol)
 
 
+# (b, bias, n, k, block_n, block_k): batches in tiles of 16 (a full one at 16 and 64, the last masked at 20 and 33),
+# outputs in programs of block_n rows and K in chunks of block_k, the last of each masked
+DOT_CASES = [
+    (16, True, 37, 40, 16, 16),
+    (20, False, 37, 40, 16, 16),
+    (33, True, 70, 100, 32, 32),
+    (64, False, 70, 100, 32, 32),
+]
+
+
 @needs_interpreter_or_gpu
-def test_kernel_default_blocks_and_strided_rows():
-    """Default block sizes and one row per program, and x / residual as rows of wider tensors (a (b, 1, hidden)
-    step's h[:, 0], in_proj's column slices): the row strides are honoured."""
-    args = _inputs("residual", 2, 30, 72, True, torch.float32)
-    wide = torch.randn(2, 100, device=DEVICE)
-    wide[:, 10:82] = args["x"]
-    args["x"] = wide[:, 10:82]
-    res = torch.randn(2, 1, 40, device=DEVICE)
-    res[:, 0, :30] = args["residual"]
-    args["residual"] = res[:, 0, :30]
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("b,bias,n,k,block_n,block_k", DOT_CASES)
+def test_dot_kernel_equals_reference(kind, dtype, b, bias, n, k, block_n, block_k):
+    """The tensor-core kernel: 3 x 2 programs of 3 K chunks at b=20 (37 outputs, 40 inputs), 3 x 4 of 4 at b=64
+    (70, 100); float32 products exact to 1e-5, bfloat16 within its rounding (the normalised x taken in bf16)."""
+    args = _inputs(kind, b, n, k, bias, dtype)
     want = dm.decode_matvec_reference(**args)
-    for block_n in (None, 1):
-        torch.testing.assert_close(dm.decode_matvec(**args, block_n=block_n), want, atol=1e-5, rtol=1e-5)
+    got = dm.decode_matvec(**args, block_n=block_n, block_b=16, block_k=block_k, path="dot")
+    assert got.dtype == want.dtype == dtype and got.shape == (b, n)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(got, want, **tol)
+
+
+def _strided(t, pad):
+    """t (rows, cols) as a column slice of a wider tensor: the same values, a row stride of cols + pad."""
+    wide = torch.randn(t.shape[0], t.shape[1] + pad, dtype=t.dtype, device=t.device)
+    wide[:, 3 : 3 + t.shape[1]] = t
+    return wide[:, 3 : 3 + t.shape[1]]
+
+
+@needs_interpreter_or_gpu
+@pytest.mark.parametrize("kind", ["residual", "gated"])
+@pytest.mark.parametrize(
+    "b,blocks",
+    [(2, [{}, {"block_n": 1}]), (20, [{}, {"block_n": 16, "block_b": 16, "block_k": 16}])],
+)
+def test_kernel_default_blocks_and_strided_rows(kind, b, blocks):
+    """Both kernels (2 sequences: the register one, 20: the tensor-core one), with default block sizes and small ones
+    (one row per program; 16-row tiles and K chunks), and x, residual, weight and up_weight as rows of wider tensors
+    (a (b, 1, hidden) step's h[:, 0], in_proj's column slices), each its own stride: the row strides are honoured."""
+    args = _inputs(kind, b, 30, 72, True, torch.float32)
+    for name, pad in {"x": 8, "residual": 5, "weight": 7, "up_weight": 12}.items():  # strides all different
+        if name in args:
+            args[name] = _strided(args[name], pad)
+            assert args[name].stride(0) != args[name].shape[1]
+    want = dm.decode_matvec_reference(**args)
+    for block in blocks:
+        torch.testing.assert_close(dm.decode_matvec(**args, **block), want, atol=1e-5, rtol=1e-5)
+
+
+class _Logged:
+    """A kernel whose launches append (its name, the grid) to ``log``."""
+
+    def __init__(self, name, kernel, log):
+        self.name, self.kernel, self.log = name, kernel, log
+
+    def __getitem__(self, grid):
+        self.log.append((self.name, grid))
+        return self.kernel[grid]
+
+
+@needs_interpreter_or_gpu
+def test_the_batch_picks_the_kernel(monkeypatch):
+    """decode_matvec launches the register kernel below DOT_MIN_BATCH sequences and the tensor-core one from there up
+    to MAX_BATCH, all of them in one batch tile by default; ``path`` overrides; each gives the reference's result."""
+    log = []
+    for name in ("decode_matvec_kernel", "decode_matmul_kernel"):
+        monkeypatch.setattr(dm, name, _Logged(name, getattr(dm, name), log))
+    lo, hi = dm.DOT_MIN_BATCH, dm.MAX_BATCH
+    cases = [(1, None, "matvec"), (lo - 1, None, "matvec"), (lo, None, "matmul"), (hi, None, "matmul")]
+    cases += [(2, "dot", "matmul"), (lo, "matvec", "matvec")]
+    for b, path, kernel in cases:
+        args = _inputs("gated", b, 24, 40, True, torch.float32)
+        got = dm.decode_matvec(**args, path=path)
+        assert [name for name, _ in log] == [f"decode_{kernel}_kernel"], (b, path)
+        if kernel == "matmul":
+            assert log[0][1][1] == 1  # one tile of sequences: the weights read once
+        log.clear()
+        torch.testing.assert_close(got, dm.decode_matvec_reference(**args), atol=1e-5, rtol=1e-5)
 
 
 def test_reference_equals_the_blocks_modules():
@@ -119,3 +187,19 @@ def test_kernel_equals_reference_bf16_on_cuda(kind, n, k, b):
     """Compiled on a GPU, bfloat16, SmolLM2's student sizes: in_proj with norm1, the MLP's gate and up, down_proj."""
     args = _inputs(kind, b, n, k, True, torch.bfloat16, device="cuda")
     torch.testing.assert_close(dm.decode_matvec(**args), dm.decode_matvec_reference(**args), atol=3e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind,n,k", [("norm", 2313, 576), ("gated", 1536, 576), ("residual", 576, 1536)])
+@pytest.mark.parametrize("b", [16, 64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_dot_kernel_equals_reference_on_cuda(kind, n, k, b, dtype):
+    """The tensor-core kernel compiled on a GPU with its default blocks at SmolLM2's sizes, and the register kernel at
+    the same batches: bfloat16 (decoding's) and float32, whose IEEE dot must hold 1e-4 where TF32 products (~1e-3
+    relative) would not (the reference on the CPU, clear of any TF32 setting)."""
+    args = _inputs(kind, b, n, k, True, dtype, device="cuda")
+    want = dm.decode_matvec_reference(**{a: v.cpu() if isinstance(v, torch.Tensor) else v for a, v in args.items()})
+    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 2e-2}
+    for path in ("dot", "matvec"):
+        torch.testing.assert_close(dm.decode_matvec(**args, path=path).cpu(), want, **tol)

@@ -11,13 +11,24 @@ latency, not memory (benchmarks/README.md: 11 kernels a layer, each ~4 us). A se
     matvec + residual   h' = h + y W^T (+ b)                            out_proj and down_proj, the residual add in
 
 with n(x) = x / sqrt(mean(x^2) + eps) * w the block's RMSNorm (mohawk.mixers.norm.RMSNorm), x (batch, K) for batch
-up to :data:`MAX_BATCH`, W (N, K) for any N (SmolLM2's SSD in_proj has 2,313 rows). Each program computes a BLOCK_N
-slice of outputs for every sequence: it loads its whole rows of W at once (a GEMV this small is bound by memory
-latency: all loads in flight beats a loop over K), then reuses them from registers for each sequence, recomputing the
-norm's statistics of its (K,) input itself (a few KB, from cache) rather than waiting on another kernel. K is meant to
-be a hidden or intermediate size (up to ~16K: the rows must fit the program's registers). Arithmetic is float32 from
-bf16 / float32 inputs; the output has x's dtype (the residual's with one). :func:`decode_matvec_reference` computes the
-same in PyTorch; the tests hold them equal in Triton's interpreter (TRITON_INTERPRET=1) and compiled on a GPU.
+up to :data:`MAX_BATCH`, W (N, K) for any N (SmolLM2's SSD in_proj has 2,313 rows), y (batch, N). K is meant to be a
+hidden or intermediate size. :func:`decode_matvec` takes one of two kernels by the batch (:data:`DOT_MIN_BATCH`):
+
+- ``decode_matvec_kernel`` (a few sequences; CUDA-core FMAs): each program computes a BLOCK_N slice of outputs for
+  every sequence. It loads its whole rows of W at once (a GEMV this small is bound by memory latency: all loads in
+  flight beats a loop over K; K up to ~16K, the rows must fit the program's registers), then reuses them from
+  registers for each sequence, recomputing the norm's statistics of its (K,) input itself (a few KB, from cache)
+  rather than waiting on another kernel. Each sequence is another pass over the rows: its time grows with the batch.
+- ``decode_matmul_kernel`` (from DOT_MIN_BATCH sequences; tensor cores): each program computes a (BLOCK_B sequences,
+  BLOCK_N outputs) tile, looping over K in chunks of BK: ``acc += (x * w)[:, chunk] @ W[:, chunk]^T`` by ``tl.dot``,
+  the chunk rounded to W's dtype (bf16 x bf16 products) and accumulated in float32. The norm's sum of squares
+  accumulates from the same chunks, and its 1/rms, one scalar a row, scales the tile after the loop (n(x) W^T =
+  rstd * ((x * w) W^T): one pass over x). Float32 weights take an IEEE float32 dot, not TF32 (float32 is the checking
+  precision: the products of both kernels are the reference's). In Triton's interpreter the products are float32.
+
+Both keep the bias, the SiLU gate and the residual add in the epilogue and compute in float32 from bf16 / float32
+inputs; the output has x's dtype (the residual's with one). :func:`decode_matvec_reference` computes the same in
+PyTorch; the tests hold them equal in Triton's interpreter (TRITON_INTERPRET=1) and compiled on a GPU.
 """
 
 from __future__ import annotations
@@ -28,9 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# sequences up to which a decoding step may take these kernels (MOHAWK_DECODE_MATVEC=fused): each sequence is
-# another pass of float32 FMAs over a program's rows, where cuBLAS's GEMMs use tensor cores
+# sequences up to which a decoding step may take these kernels (MOHAWK_DECODE_MATVEC=fused): the tensor-core
+# kernel's largest batch tile, one program reading each weight row once for all of them
 MAX_BATCH = 64
+# sequences from which decode_matvec takes the tensor-core kernel: tl.dot needs tiles of >= 16 rows (fewer sequences
+# would be mostly masked rows), and below that the register kernel is the one measured (2x cuBLAS at batch 1)
+DOT_MIN_BATCH = 16
 # the default (``auto``) takes them up to this many sequences on CUDA: the batches where the GPU A/B of
 # benchmarks/decode_speed.py measured them faster than the plain products (benchmarks/README.md)
 AUTO_MAX_BATCH = 1
@@ -109,6 +123,66 @@ if triton is not None:
                 y += tl.load(r_ptr + bi * s_rb + offs_n, mask=mn, other=0.0).to(tl.float32)
             tl.store(y_ptr + bi * s_yb + offs_n, y, mask=mn)
 
+    @triton.jit
+    def decode_matmul_kernel(
+        x_ptr, s_xb, nw_ptr, w_ptr, s_wn, b_ptr, w2_ptr, s_w2n, b2_ptr, r_ptr, s_rb, y_ptr, s_yb,
+        B, N, K, eps,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BK: tl.constexpr,
+        NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
+        IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    ):  # fmt: skip
+        offs_b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mb = offs_b < B
+        mn = offs_n < N
+        acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+        if GATED:
+            acc2 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+        if NORM:
+            ss = tl.zeros((BLOCK_B,), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            offs_k = k0 + tl.arange(0, BK)
+            mk = offs_k < K
+            x = tl.load(x_ptr + offs_b[:, None] * s_xb + offs_k[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+            wm = mn[:, None] & mk[None, :]
+            w = tl.load(w_ptr + offs_n[:, None] * s_wn + offs_k[None, :], mask=wm, other=0.0)
+            if NORM:  # sum of squares from the chunk at hand; 1/rms, a scalar per row, scales the tile after the loop
+                x = x.to(tl.float32)
+                ss += tl.sum(x * x, axis=1)
+                x = x * tl.load(nw_ptr + offs_k, mask=mk, other=0.0).to(tl.float32)[None, :]
+            if GATED:
+                w2 = tl.load(w2_ptr + offs_n[:, None] * s_w2n + offs_k[None, :], mask=wm, other=0.0)
+            if UPCAST:  # Triton's interpreter multiplies bf16 operands as their integer bits, and its casts to bf16
+                x = x.to(tl.float32)  # truncate (the GPU's round to nearest): float32 products there
+                w = w.to(tl.float32)
+                if GATED:
+                    w2 = w2.to(tl.float32)
+            else:
+                x = x.to(w.dtype)  # what the tensor cores take: bf16 x bf16 (float32 with float32 weights)
+            if IEEE:  # float32 weights: float32 products, not TF32 (Triton's default on the GPU)
+                acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+                if GATED:
+                    acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision="ieee")
+            else:
+                acc = tl.dot(x, tl.trans(w), acc)
+                if GATED:
+                    acc2 = tl.dot(x, tl.trans(w2), acc2)
+        if NORM:
+            rstd = tl.rsqrt(ss / K + eps)[:, None]
+            acc = acc * rstd
+            if GATED:
+                acc2 = acc2 * rstd
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)[None, :]
+            if GATED:
+                acc2 += tl.load(b2_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)[None, :]
+        if GATED:
+            acc = acc * tl.sigmoid(acc) * acc2
+        m = mb[:, None] & mn[None, :]
+        if RESIDUAL:
+            acc += tl.load(r_ptr + offs_b[:, None] * s_rb + offs_n[None, :], mask=m, other=0.0).to(tl.float32)
+        tl.store(y_ptr + offs_b[:, None] * s_yb + offs_n[None, :], acc, mask=m)
+
 
 TILE = 8192  # weight elements a program holds (float32 registers: 64 a thread at 4 warps)
 
@@ -128,6 +202,26 @@ def block_sizes(n: int, k: int, gated: bool = False) -> tuple[int, int]:
     return min(fit, max(1, _pow2_at_most(n // 128))), kb
 
 
+SMS = 132  # an H100's or H200's streaming multiprocessors: programs of one wave
+
+
+def dot_block_sizes(b: int, n: int, k: int) -> tuple[int, int, int]:
+    """(BLOCK_B, BLOCK_N, BK) of the tensor-core kernel. BLOCK_B: the batch in one tile (16, 32 or 64, tl.dot's
+    rows), so that each weight is read from memory once. BLOCK_N: the fewest rows, from 16, that keep the programs
+    within one wave of SMS (up to 64): at these batches the kernel still mostly reads weights, and each program reads
+    its BLOCK_N rows plus all of x, so smaller tiles spread the reading over more SMs until a second wave costs more
+    (SmolLM2-135M: 32 for in_proj's 2,313 rows, 16 for the MLP's 1,536 and the 576 of out_proj and down). BK = 64:
+    128 bytes of a bf16 row, one cache line, per chunk. Triton's interpreter runs programs one by one: there, big
+    tiles, few programs."""
+    bb = min(64, max(16, triton.next_power_of_2(b)))
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return bb, min(256, max(16, triton.next_power_of_2(n))), min(256, max(16, triton.next_power_of_2(k)))
+    bn = 16
+    while bn < 64 and triton.cdiv(n, bn) > SMS:
+        bn *= 2
+    return bb, bn, 64
+
+
 def decode_matvec(
     x: Tensor,
     weight: Tensor,
@@ -139,30 +233,54 @@ def decode_matvec(
     up_bias: Tensor | None = None,
     residual: Tensor | None = None,
     block_n: int | None = None,
+    block_b: int | None = None,
+    block_k: int | None = None,
+    path: str | None = None,
 ) -> Tensor:
-    """:func:`decode_matvec_reference` in one Triton kernel (same arguments; ``block_n``: output rows per program, a
-    power of two, default :func:`block_sizes`'s). Rows of x, weight, up_weight and residual need a unit last stride;
-    ``up_bias`` is given exactly when ``bias`` is."""
+    """:func:`decode_matvec_reference` in one Triton kernel (same arguments): ``decode_matvec_kernel`` below
+    :data:`DOT_MIN_BATCH` sequences, ``decode_matmul_kernel`` (tensor cores) from there, or the one ``path`` names
+    (``"matvec"`` or ``"dot"``: tests). ``block_n``: output rows per program, a power of two (16 or more for the dot
+    kernel); ``block_b`` and ``block_k``: the dot kernel's sequences per program and K chunk, powers of two >= 16;
+    defaults :func:`block_sizes`'s and :func:`dot_block_sizes`'s. Rows of x, weight, up_weight and residual need a
+    unit last stride; ``up_bias`` is given exactly when ``bias`` is."""
     b, k = x.shape
     n = weight.shape[0]
     assert weight.shape == (n, k) and x.stride(-1) == 1 and weight.stride(-1) == 1
     assert up_weight is None or (up_weight.shape == (n, k) and up_weight.stride(-1) == 1)
     assert (up_weight is None or bias is None) or up_bias is not None
     assert residual is None or (residual.shape == (b, n) and residual.stride(-1) == 1)
+    path = path or ("dot" if b >= DOT_MIN_BATCH else "matvec")
+    assert path in ("matvec", "dot"), path
     gated = up_weight is not None
-    bn, kb = block_sizes(n, k, gated)
-    bn = block_n or bn
     y = torch.empty(b, n, dtype=residual.dtype if residual is not None else x.dtype, device=x.device)
     w2 = up_weight if gated else weight
     r = residual if residual is not None else y
-    decode_matvec_kernel[(triton.cdiv(n, bn),)](
+    args = (
         x, x.stride(0), norm_weight if norm_weight is not None else weight, weight, weight.stride(0),
         bias if bias is not None else weight, w2, w2.stride(0), up_bias if up_bias is not None else weight,
         r, r.stride(0), y, y.stride(0),
         b, n, k, eps,
-        BLOCK_N=bn, KB=kb, NORM=norm_weight is not None, HAS_BIAS=bias is not None, GATED=gated,
-        RESIDUAL=residual is not None, num_warps=8 if bn * kb * (2 if gated else 1) > TILE // 2 else 4,
     )  # fmt: skip
+    flags = {
+        "NORM": norm_weight is not None,
+        "HAS_BIAS": bias is not None,
+        "GATED": gated,
+        "RESIDUAL": residual is not None,
+    }
+    if path == "dot":
+        bb, bn, bk = dot_block_sizes(b, n, k)
+        bb, bn, bk = block_b or bb, block_n or bn, block_k or bk
+        assert min(bb, bn, bk) >= 16, "tl.dot needs tiles of 16 or more"
+        decode_matmul_kernel[(triton.cdiv(n, bn), triton.cdiv(b, bb))](
+            *args, BLOCK_B=bb, BLOCK_N=bn, BK=bk, **flags, IEEE=weight.dtype == torch.float32,
+            UPCAST=os.environ.get("TRITON_INTERPRET") == "1", num_warps=4,
+        )  # fmt: skip
+        return y
+    bn, kb = block_sizes(n, k, gated)
+    bn = block_n or bn
+    decode_matvec_kernel[(triton.cdiv(n, bn),)](
+        *args, BLOCK_N=bn, KB=kb, **flags, num_warps=8 if bn * kb * (2 if gated else 1) > TILE // 2 else 4
+    )
     return y
 
 
