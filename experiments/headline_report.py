@@ -526,7 +526,8 @@ def _recall_intro(recall: Path, plan: dict, arms: dict, table: dict, command: st
         "# Headline: SmolLM2-135M-Instruct distilled into SSD students and hybrids",
         "",
         f"The headline configurations of the recall campaign ({', '.join(plan)}; experiments/recall.py HEADLINE), "
-        f"distilled with the recipe (`mohawk distill`, sequence length 512, 8,192 tokens per update) at {budgets}: "
+        f"distilled with the recipe (`mohawk distill`, sequence length 512; its tokens per update per stage in the "
+        f"Runs table) at {budgets}: "
         f"arms CONFIG-gmN-sSEED, runs in `{recall}`. Data: {sources}. {epoch_text}",
         "",
         "Mean zero-shot: the mean over the seven tasks of lm-evaluation-harness on their full sets (acc_norm for "
@@ -692,20 +693,22 @@ def _runs_lines(table: dict) -> list[str]:
                     continue
                 st = r["stages"].values()
                 steps = " / ".join(str(s["steps"]) for s in st) or "-"
+                per_update = " / ".join(f"{round(s['tokens'] / s['steps']):,}" if s["steps"] else "-" for s in st)
                 epochs = " / ".join("-" if s["epochs"] is None else f"{s['epochs']:.3f}" for s in st) or "-"
                 corpus = f"{r['data']['tokens']:,} (`{r['data']['source']}`)" if r["data"].get("tokens") else "-"
                 basis = (
                     "full sets" if r["full"] and r["screened"] else "screen only" if r["screened"] else "not screened"
                 )
-                rows.append([arm, _millions(e["tokens"]), r["seed"], steps, epochs, corpus, basis])
+                rows.append([arm, _millions(e["tokens"]), r["seed"], steps, per_update or "-", epochs, corpus, basis])
     if not rows:
         return []
-    header = ["run", "tokens", "seed", "optimizer steps per stage", "epochs per stage", "corpus tokens", "zero-shot"]
+    header = ["run", "tokens", "seed", "optimizer steps per stage", "tokens per update per stage", "epochs per stage"]
+    header += ["corpus tokens", "zero-shot"]
     return [
         "",
         "## Runs",
         "",
-        "Stages 1 / 2 / 3 of each run (summary.json): optimizer steps and epochs over its corpus.",
+        "Stages 1 / 2 / 3 of each run (summary.json): optimizer steps, tokens per update and epochs over its corpus.",
         "",
         *markdown_table(header, rows),
     ]

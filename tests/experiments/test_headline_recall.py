@@ -120,8 +120,10 @@ def test_seed_mean_interval_and_above_chance_recovery(recall_runs, tmp_path):
     assert _row(text, "ssd", "20M", "repeat")[3] == f"0.50 ± {T2 * 0.25 / math.sqrt(3):.2f}"
     assert _row(text, "ssd", "20M", "natural")[3] == "0.00 ± 0.00"
     assert _row(text, "teacher", "-", "natural")[3] == "0.50"
-    # per run: optimizer steps and epochs per stage, the seed
-    assert _row(text, "ssd-gm20-s1")[1:5] == ["20M", "1", "62 / 123 / 1038", "0.018 / 0.036 / 0.304"]
+    # per run: optimizer steps, tokens per update and epochs per stage, the seed
+    assert _row(text, "ssd-gm20-s1")[1:6] == [
+        "20M", "1", "62 / 123 / 1038", "8,192 / 8,192 / 8,192", "0.018 / 0.036 / 0.304",
+    ]  # fmt: skip
     assert "mohawk distill --out runs/ssd-gm20-s1 --seed 1" in text
 
 
@@ -150,6 +152,19 @@ def test_budgets_in_token_order_and_runs_still_to_make(recall_runs, tmp_path):
     five = next(line for line in lines if line.startswith("- 5M:"))
     assert "screen`" not in five and five.endswith(f"`{c} full ssd-gm5-s0`.")
     assert not any(line.startswith(("- 10M:", "- 20M:")) for line in lines)
+
+
+def test_runs_table_gives_each_stage_its_tokens_per_update(recall_runs, tmp_path):
+    """The Runs table derives tokens per update per stage from each run's summary (tokens / steps), so a stage 3 at
+    16,384 tokens per update (the recipe at 20M) is shown as such, not as a fixed 8,192."""
+    path = recall_runs[0] / "ssd-gm20-s1" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["stages"]["3"]["steps"] = 519  # 8,503,296 tokens in 519 updates of 16,384
+    path.write_text(json.dumps(summary))
+    text, _ = _report(recall_runs, tmp_path / "results")
+    row = next(line for line in text.splitlines() if line.startswith("| ssd-gm20-s1 |")).split("|")
+    assert [c.strip() for c in row[4:6]] == ["62 / 123 / 519", "8,192 / 8,192 / 16,384"]
+    assert "8,192 tokens per update" not in text
 
 
 def test_plot_decode_and_the_10m_section_of_before(recall_runs, tmp_path):
