@@ -153,7 +153,7 @@ def probe(args) -> Path:
     res["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     if args.sample_tokens:  # each batch size its own file (a corpus of other settings is never reused for it)
         res["sampler"] = {}
-        for batch in [int(b) for b in args.sample_batches.split(",")]:
+        for batch in args.sample_batches:
             tokens = max(args.sample_tokens, 3 * batch * args.seq_len)  # 3 batches: a steady rate after the first
             stats = write_corpus(
                 teacher, tok, out / f"sampler-text-b{batch}.jsonl.xz", tokens, new_tokens=args.seq_len - 32,
@@ -263,6 +263,17 @@ def report(args) -> Path:
     return write_recall_report(Path(args.out), Path(args.results), ARMS)
 
 
+def _batches(text: str) -> list[int]:
+    """--sample-batches: comma-separated positive integers."""
+    try:
+        batches = [int(b) for b in text.split(",")]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers separated by commas, e.g. 64,256")
+    return batches
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     phases = {
@@ -287,7 +298,7 @@ def main() -> None:
         help="probe: teacher-text tokens to time per batch size, at least 3 batches (0: no sampling)",
     )  # fmt: skip
     ap.add_argument(
-        "--sample-batches", default="64",
+        "--sample-batches", type=_batches, default=[64],
         help="probe: the sampler's sequences per generate call to time, comma-separated (e.g. 64,256,512)",
     )  # fmt: skip
     ap.add_argument("--passkey-trials", type=int, default=PASSKEY_TRIALS)

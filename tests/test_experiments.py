@@ -637,7 +637,7 @@ def test_recall_full_phase_on_the_cpu_end_to_end(teacher_dir, tmp_path, monkeypa
         recall.main()
 
 
-def test_recall_probe_times_the_sampler_per_batch_size(teacher_dir, tmp_path, monkeypatch):
+def test_recall_probe_times_the_sampler_per_batch_size(teacher_dir, tmp_path, monkeypatch, capsys):
     """`recall probe --sample-batches 2,3`: the retrieval probe, then the sampler timed at each batch size into its
     own file (a corpus sampled at another batch size is never reused for a timing), each over at least three batches
     of seq_len tokens, so that a steady rate after the first batch exists."""
@@ -655,6 +655,10 @@ def test_recall_probe_times_the_sampler_per_batch_size(teacher_dir, tmp_path, mo
     for batch, stats in res["sampler"].items():
         assert stats["batch"] == int(batch) and (out / f"sampler-text-b{batch}.jsonl.xz").is_file()
         assert stats["tokens"] >= 3 * int(batch) * 32 and stats["steady_tokens_per_s"] > 0  # >= 32 prompt tokens each
+    monkeypatch.setattr(sys, "argv", [*argv[:-1], "64,x"])  # one clear line, before anything is loaded or written
+    with pytest.raises(SystemExit):
+        recall.main()
+    assert "expected positive integers separated by commas" in capsys.readouterr().err
 
 
 def test_gpu_campaign_full_step(tmp_path):
