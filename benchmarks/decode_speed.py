@@ -34,7 +34,7 @@ from benchmarks.common import (
     versions,
     write,
 )
-from mohawk.mixers.kernels.decode_matvec import AUTO_MAX_BATCH, CHOICES, MAX_BATCH, decode_matvec_choice
+from mohawk.mixers.kernels.decode_matvec import AUTO_BATCHES, CHOICES, MAX_BATCH, decode_matvec_choice
 from mohawk.models import graphs
 from mohawk.parallel import resolve_device
 from mohawk.transfer import from_teacher, place_attention_layers
@@ -222,7 +222,7 @@ def main():
         "--decode-matvec", choices=CHOICES, default=None,
         help="a decoding step's block products: cuBLAS with separate norms and residual adds (plain), fused Triton "
         "kernels (norm + in_proj, norm + gate + up, out_proj / down + residual) up to batch "
-        f"{MAX_BATCH} (fused), or the fused ones up to batch {AUTO_MAX_BATCH} and plain above (auto, generate's "
+        f"{MAX_BATCH} (fused), or the fused ones at batches {AUTO_BATCHES} and plain at the others (auto, generate's "
         "default); sets MOHAWK_DECODE_MATVEC; default: the environment's, else auto. plain and fused name their "
         "files apart",
     )  # fmt: skip
@@ -325,8 +325,8 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         + {
             "fused": ", each block's norms, products and residual adds in fused Triton matvec kernels up to batch "
             f"{MAX_BATCH} (`--decode-matvec fused`)",
-            "auto": ", each block's norms, products and residual adds in fused Triton matvec kernels up to batch "
-            f"{AUTO_MAX_BATCH}, cuBLAS products above (`--decode-matvec auto`, the default)",
+            "auto": ", each block's norms, products and residual adds in fused Triton kernels at batches "
+            f"{AUTO_BATCHES}, cuBLAS products at the others (`--decode-matvec auto`, the default)",
             "plain": ", each block's products in cuBLAS, norms and residual adds apart (`--decode-matvec plain`)",
         }[matvec],
         f"- roofline: (weights + state or KV bytes a step reads and writes) / {args.bandwidth_gbs:,.0f} GB/s; "

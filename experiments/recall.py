@@ -151,6 +151,7 @@ def probe(args) -> Path:
     size = adapter.student_config().num_attention_heads // kv
     res["chosen_heads"] = {k: retrieval_heads(res, k * kv, size) for k in (2, 4)}
     res["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    (out / "probe.json").write_text(json.dumps(res, indent=1))  # again after each sampler batch: a cut run keeps them
     if args.sample_tokens:  # each batch size its own file (a corpus of other settings is never reused for it)
         res["sampler"] = {}
         for batch in args.sample_batches:
@@ -161,7 +162,7 @@ def probe(args) -> Path:
             )  # fmt: skip
             res["sampler"][str(batch)] = {k: v for k, v in stats.items() if k != "samples"} | {"batch": batch}
             print(f"sampler at {batch} sequences: {res['sampler'][str(batch)]}", flush=True)
-    (out / "probe.json").write_text(json.dumps(res, indent=1))
+            (out / "probe.json").write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != "heads"}), flush=True)
     return out / "probe.json"
 

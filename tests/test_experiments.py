@@ -655,6 +655,21 @@ def test_recall_probe_times_the_sampler_per_batch_size(teacher_dir, tmp_path, mo
     for batch, stats in res["sampler"].items():
         assert stats["batch"] == int(batch) and (out / f"sampler-text-b{batch}.jsonl.xz").is_file()
         assert stats["tokens"] >= 3 * int(batch) * 32 and stats["steady_tokens_per_s"] > 0  # >= 32 prompt tokens each
+    import mohawk.teachers.sample as sample
+
+    real = sample.write_corpus
+
+    def cut_at_three(*a, batch_size, **kw):  # the call's time limit ends the run inside the second batch size
+        if batch_size == 3:
+            raise KeyboardInterrupt
+        return real(*a, batch_size=batch_size, **kw)
+
+    monkeypatch.setattr(sample, "write_corpus", cut_at_three)
+    (out / "probe.json").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        recall.main()
+    cut = json.loads((out / "probe.json").read_text())  # what was measured before the cut is kept
+    assert set(cut["chosen"]) == {"1", "2", "4", "8"} and set(cut["sampler"]) == {"2"}
     monkeypatch.setattr(sys, "argv", [*argv[:-1], "64,x"])  # one clear line, before anything is loaded or written
     with pytest.raises(SystemExit):
         recall.main()

@@ -151,7 +151,8 @@ def test_reference_equals_the_blocks_modules():
 
 
 def test_the_switch(monkeypatch):
-    """MOHAWK_DECODE_MATVEC: auto (default) fuses a one-token step on CUDA up to AUTO_MAX_BATCH sequences and never on
+    """MOHAWK_DECODE_MATVEC: auto (default) fuses a one-token step on CUDA up to AUTO_MAX_BATCH sequences and from
+    DOT_MIN_BATCH to MAX_BATCH (the batches measured faster than cuBLAS), not between or above, and never on
     the CPU (not even in Triton's interpreter), plain never, fused up to MAX_BATCH on CUDA or in the interpreter;
     never a prompt or a step with gradients; anything else is refused."""
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
@@ -161,6 +162,9 @@ def test_the_switch(monkeypatch):
     assert dm.decode_matvec_choice() == "auto"
     assert dm.fuses_decode_batch(1, cuda) and dm.fuses_decode_batch(dm.AUTO_MAX_BATCH, cuda)
     assert not dm.fuses_decode_batch(dm.AUTO_MAX_BATCH + 1, cuda) and not dm.fuses_decode_batch(1, cpu)
+    assert not dm.fuses_decode_batch(dm.DOT_MIN_BATCH - 1, cuda) and dm.fuses_decode_batch(dm.DOT_MIN_BATCH, cuda)
+    assert dm.fuses_decode_batch(dm.MAX_BATCH, cuda) and not dm.fuses_decode_batch(dm.MAX_BATCH + 1, cuda)
+    assert not dm.fuses_decode_batch(dm.MAX_BATCH, cpu)
     monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "plain")
     assert not dm.fuses_decode_batch(1, cuda)
     with torch.no_grad():

@@ -45,9 +45,22 @@ MAX_BATCH = 64
 # sequences from which decode_matvec takes the tensor-core kernel: tl.dot needs tiles of >= 16 rows (fewer sequences
 # would be mostly masked rows), and below that the register kernel is the one measured (2x cuBLAS at batch 1)
 DOT_MIN_BATCH = 16
-# the default (``auto``) takes them up to this many sequences on CUDA: the batches where the GPU A/B of
-# benchmarks/decode_speed.py measured them faster than the plain products (benchmarks/README.md)
+# the default (``auto``) takes them on CUDA where the GPU A/B of benchmarks/decode_speed.py measured them faster than
+# the plain products (benchmarks/README.md): the register kernel up to AUTO_MAX_BATCH sequences, the tensor-core one
+# from DOT_MIN_BATCH to MAX_BATCH; the batches between (2-15) were not measured, so they keep cuBLAS
 AUTO_MAX_BATCH = 1
+
+
+def fused_by_default(batch: int) -> bool:
+    """Whether ``auto`` takes the fused kernels for a one-token step of ``batch`` sequences on CUDA."""
+    return batch <= AUTO_MAX_BATCH or DOT_MIN_BATCH <= batch <= MAX_BATCH
+
+
+AUTO_BATCHES = (
+    f"1-{AUTO_MAX_BATCH} and {DOT_MIN_BATCH}-{MAX_BATCH}"
+    if AUTO_MAX_BATCH > 1
+    else f"1 and {DOT_MIN_BATCH}-{MAX_BATCH}"
+)
 
 
 def decode_matvec_reference(
@@ -288,9 +301,9 @@ CHOICES = ("auto", "plain", "fused")
 
 
 def decode_matvec_choice() -> str:
-    """MOHAWK_DECODE_MATVEC: ``auto`` (default: the fused kernels on CUDA up to AUTO_MAX_BATCH sequences, the plain
-    products above), ``plain`` (cuBLAS products, separate norms and adds) or ``fused`` (the kernels up to MAX_BATCH
-    sequences, on CUDA or in Triton's interpreter, TRITON_INTERPRET=1: tests)."""
+    """MOHAWK_DECODE_MATVEC: ``auto`` (default: the fused kernels on CUDA at the batches of :func:`fused_by_default`,
+    the plain products at the others), ``plain`` (cuBLAS products, separate norms and adds) or ``fused`` (the kernels
+    up to MAX_BATCH sequences, on CUDA or in Triton's interpreter, TRITON_INTERPRET=1: tests)."""
     choice = os.environ.get("MOHAWK_DECODE_MATVEC", "auto")
     if choice not in CHOICES:
         raise ValueError(f"MOHAWK_DECODE_MATVEC={choice!r}: expected one of {', '.join(CHOICES)}")
@@ -304,7 +317,7 @@ def fuses_decode_batch(batch: int, device: torch.device) -> bool:
     if triton is None or choice == "plain":
         return False
     if choice == "auto":
-        return device.type == "cuda" and batch <= AUTO_MAX_BATCH
+        return device.type == "cuda" and fused_by_default(batch)
     return (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1") and batch <= MAX_BATCH
 
 
