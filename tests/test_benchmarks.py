@@ -316,3 +316,46 @@ def test_stage_throughput_times_the_mixer_it_is_given(tmp_path, monkeypatch):
 
     _, _, ssd = random_teacher_and_student(model_config("tiny"), stage_throughput.torch.device("cpu"))
     assert payload["student_parameters"] != sum(p.numel() for p in ssd.parameters())
+
+
+def test_decode_matvec_sweep_checks_each_setting_before_timing_it(tmp_path, monkeypatch):
+    """benchmarks.decode_matvec_sweep on the tiny model in Triton's interpreter: each product of a block's step at
+    each batch (the register kernel's settings at 1 sequence, the tensor-core kernel's at 16) against the student's
+    own shapes; a setting whose result disagrees with the reference is listed as failed and never chosen as best,
+    and the default competes with the candidates."""
+    from benchmarks import decode_matvec_sweep as sweep
+    from mohawk.mixers.kernels import decode_matvec as dm
+
+    if dm.triton is None:
+        pytest.skip("needs Triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(sweep, "MATVEC_BLOCK_N", (32, 64))  # few programs: the interpreter runs them one by one
+    monkeypatch.setattr(sweep, "MATVEC_WARPS", (4,))
+    monkeypatch.setattr(sweep, "DOT_BLOCK_N", (64,))
+    monkeypatch.setattr(sweep, "DOT_BLOCK_K", (64,))
+    monkeypatch.setattr(sweep, "DOT_WARPS_STAGES", ((4, 3),))
+    real = dm.decode_matvec
+
+    def broken_at_32(*a, block_n=None, **kw):  # a setting with a wrong result
+        y = real(*a, block_n=block_n, **kw)
+        return y + 1 if block_n == 32 else y
+
+    monkeypatch.setattr(dm, "decode_matvec", broken_at_32)
+    argv = ["decode_matvec_sweep", "--model", "tiny", "--device", "cpu", "--repeats", "1", "--batches", "1,16"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
+    sweep.main()
+    (js,) = tmp_path.glob("decode_matvec_sweep-tiny-*.json")
+    rows = json.loads(js.read_text())["rows"]
+    assert [(r["batch"], r["product"]) for r in rows] == [(b, p) for b in (1, 16) for p in sweep.PRODUCTS]
+    assert [(r["n"], r["k"]) for r in rows[:4]] == [(260, 64), (128, 64), (64, 64), (64, 128)]  # the student's
+    for r in rows[:4]:
+        assert [f["setting"]["block_n"] for f in r["failed"]] == [32] and r["failed"][0]["rel_err"] > 0.02
+        assert r["best"]["setting"]["block_n"] != 32 and r["best"]["us"] > 0
+        assert r["default"] in [t["setting"] for t in r["top"]]  # timed beside the candidates
+    for r in rows[4:]:
+        assert r["best"]["setting"]["path"] == "dot" and not r["failed"]
+    md = next(tmp_path.glob("*.md")).read_text()
+    assert md.count("A step's products") == 2 and "## 16 sequences" in md
+    monkeypatch.setattr(sys, "argv", [*argv[:-1], "65", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="within 1-64"):
+        sweep.main()

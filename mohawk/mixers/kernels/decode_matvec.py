@@ -249,13 +249,17 @@ def decode_matvec(
     block_b: int | None = None,
     block_k: int | None = None,
     path: str | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> Tensor:
     """:func:`decode_matvec_reference` in one Triton kernel (same arguments): ``decode_matvec_kernel`` below
     :data:`DOT_MIN_BATCH` sequences, ``decode_matmul_kernel`` (tensor cores) from there, or the one ``path`` names
     (``"matvec"`` or ``"dot"``: tests). ``block_n``: output rows per program, a power of two (16 or more for the dot
     kernel); ``block_b`` and ``block_k``: the dot kernel's sequences per program and K chunk, powers of two >= 16;
-    defaults :func:`block_sizes`'s and :func:`dot_block_sizes`'s. Rows of x, weight, up_weight and residual need a
-    unit last stride; ``up_bias`` is given exactly when ``bias`` is."""
+    defaults :func:`block_sizes`'s and :func:`dot_block_sizes`'s; ``num_warps`` and ``num_stages`` (software
+    pipelining of the dot kernel's K loop) default to this module's and Triton's choice
+    (benchmarks/decode_matvec_sweep.py times the alternatives). Rows of x, weight, up_weight and residual need a unit
+    last stride; ``up_bias`` is given exactly when ``bias`` is."""
     b, k = x.shape
     n = weight.shape[0]
     assert weight.shape == (n, k) and x.stride(-1) == 1 and weight.stride(-1) == 1
@@ -284,16 +288,16 @@ def decode_matvec(
         bb, bn, bk = dot_block_sizes(b, n, k)
         bb, bn, bk = block_b or bb, block_n or bn, block_k or bk
         assert min(bb, bn, bk) >= 16, "tl.dot needs tiles of 16 or more"
+        stages = {} if num_stages is None else {"num_stages": num_stages}
         decode_matmul_kernel[(triton.cdiv(n, bn), triton.cdiv(b, bb))](
             *args, BLOCK_B=bb, BLOCK_N=bn, BK=bk, **flags, IEEE=weight.dtype == torch.float32,
-            UPCAST=os.environ.get("TRITON_INTERPRET") == "1", num_warps=4,
+            UPCAST=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps or 4, **stages,
         )  # fmt: skip
         return y
     bn, kb = block_sizes(n, k, gated)
     bn = block_n or bn
-    decode_matvec_kernel[(triton.cdiv(n, bn),)](
-        *args, BLOCK_N=bn, KB=kb, **flags, num_warps=8 if bn * kb * (2 if gated else 1) > TILE // 2 else 4
-    )
+    warps = num_warps or (8 if bn * kb * (2 if gated else 1) > TILE // 2 else 4)
+    decode_matvec_kernel[(triton.cdiv(n, bn),)](*args, BLOCK_N=bn, KB=kb, **flags, num_warps=warps)
     return y
 
 

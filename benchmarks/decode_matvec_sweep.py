@@ -1,0 +1,275 @@
+"""The launch settings of a decoding step's fused products (mohawk/mixers/kernels/decode_matvec.py), swept on the GPU.
+
+For each product of an SSD block's step (norm + in_proj, norm + gate + up, out_proj + residual, down + residual) and
+each batch, every candidate setting of the kernel that batch takes (the register kernel below DOT_MIN_BATCH: BLOCK_N x
+num_warps; the tensor-core one from there: BLOCK_N x BK x num_warps x num_stages) is first checked against the PyTorch
+reference, then timed the way a decoding step runs it: one CUDA graph launching it once per layer over that layer's own
+weights (the whole model's: more than the L2 cache holds, as in a step). Beside them, in the same way: the plain
+products (F.rms_norm, F.linear on cuBLAS, F.silu and the residual add as PyTorch ops) and the module's default
+setting. Random weights of the real dimensions, bf16.
+
+    python3 -m benchmarks.decode_matvec_sweep [--model smollm2-135m] [--batches 1,64] [--repeats 20]
+
+Writes benchmarks/results/decode_matvec_sweep-<model>-<device>.{json,md}: per (batch, product) microseconds per
+launch of plain, default and the best setting, and the products of a whole step (x layers) with each. On the CPU
+(``--device cpu``, TRITON_INTERPRET=1) it is a smoke test of the sweep; its times mean nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import (
+    arg_parser,
+    command,
+    device_name,
+    fmt,
+    model_config,
+    random_teacher_and_student,
+    sync,
+    versions,
+    write,
+)
+from mohawk.mixers.kernels import decode_matvec as dm
+from mohawk.parallel import resolve_device
+
+PRODUCTS = ("in_proj", "gate_up", "out_proj", "down")
+# candidate settings: the register kernel's rows per program and warps; the tensor-core kernel's rows per program,
+# K chunk, and (warps, pipeline stages)
+MATVEC_BLOCK_N = (1, 2, 4, 8, 16)
+MATVEC_WARPS = (2, 4, 8)
+DOT_BLOCK_N = (16, 32, 64)
+DOT_BLOCK_K = (64, 128)
+DOT_WARPS_STAGES = ((4, 3), (4, 4), (8, 3))
+
+
+def layer_products(student, batch: int, device, dtype) -> dict[str, list[dict]]:
+    """{product: [decode_matvec's keyword arguments for each layer]} of a pure SSD student's step at ``batch``
+    sequences: the layer's own weights, random inputs (x, and the residual h) of the step's shapes."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    rand = lambda *s: torch.randn(*s, generator=g).to(device, dtype)  # noqa: E731
+    out: dict[str, list[dict]] = {p: [] for p in PRODUCTS}
+    for layer in student.model.layers:
+        mixer, mlp = layer.mixer, layer.mlp
+        hidden = layer.norm1.weight.shape[0]
+        h = rand(batch, hidden)
+        n1, n2 = layer.norm1, layer.norm2
+        out["in_proj"].append(
+            dict(x=h, weight=mixer.in_proj.weight, bias=mixer.in_proj.bias, norm_weight=n1.weight, eps=n1.eps)
+        )
+        out["gate_up"].append(
+            dict(
+                x=h,
+                weight=mlp.gate_proj.weight,
+                bias=mlp.gate_proj.bias,
+                norm_weight=n2.weight,
+                eps=n2.eps,
+                up_weight=mlp.up_proj.weight,
+                up_bias=mlp.up_proj.bias,
+            )  # fmt: skip
+        )
+        out["out_proj"].append(
+            dict(x=rand(batch, mixer.out_proj.weight.shape[1]), weight=mixer.out_proj.weight, bias=mixer.out_proj.bias)
+            | {"residual": h}
+        )
+        out["down"].append(
+            dict(x=rand(batch, mlp.down_proj.weight.shape[1]), weight=mlp.down_proj.weight, bias=mlp.down_proj.bias)
+            | {"residual": h}
+        )
+    return out
+
+
+def plain(x, weight, bias=None, norm_weight=None, eps=1e-6, up_weight=None, up_bias=None, residual=None):
+    """The product as PyTorch ops (what a step runs with MOHAWK_DECODE_MATVEC=plain, norms uncompiled)."""
+    u = F.rms_norm(x, (x.shape[-1],), norm_weight, eps) if norm_weight is not None else x
+    y = F.linear(u, weight, bias)
+    if up_weight is not None:
+        y = F.silu(y) * F.linear(u, up_weight, up_bias)
+    return y if residual is None else residual + y
+
+
+def candidates(batch: int, n: int, k: int, gated: bool) -> list[dict]:
+    """decode_matvec's settings to try for one product: the register kernel's below DOT_MIN_BATCH sequences (rows
+    of W a program holds within 4 TILEs of registers), the tensor-core kernel's from there."""
+    if batch < dm.DOT_MIN_BATCH:
+        kb = 1 << (k - 1).bit_length()
+        return [
+            {"path": "matvec", "block_n": bn, "num_warps": w}
+            for bn, w in itertools.product(MATVEC_BLOCK_N, MATVEC_WARPS)
+            if bn * kb * (2 if gated else 1) <= 4 * dm.TILE
+        ]
+    return [
+        {"path": "dot", "block_n": bn, "block_k": bk, "num_warps": w, "num_stages": st}
+        for bn, bk, (w, st) in itertools.product(DOT_BLOCK_N, DOT_BLOCK_K, DOT_WARPS_STAGES)
+    ]
+
+
+def default_setting(batch: int, n: int, k: int, gated: bool) -> dict:
+    """The setting decode_matvec takes without overrides, in candidates' terms."""
+    if batch < dm.DOT_MIN_BATCH:
+        bn, kb = dm.block_sizes(n, k, gated)
+        return {"path": "matvec", "block_n": bn, "num_warps": 8 if bn * kb * (2 if gated else 1) > dm.TILE // 2 else 4}
+    _, bn, bk = dm.dot_block_sizes(batch, n, k)
+    return {"path": "dot", "block_n": bn, "block_k": bk, "num_warps": 4, "num_stages": None}
+
+
+def time_per_launch(fns, device, repeats: int) -> float:
+    """Microseconds per call of ``fns`` (one per layer), run back to back: on CUDA, replays of one graph that calls
+    each once (a decoding step's launches); elsewhere an eager loop."""
+    for f in fns:
+        f()
+    sync(device)
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            for f in fns:
+                f()
+        return (time.perf_counter() - t0) * 1e6 / (repeats * len(fns))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as capture wants
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for f in fns:
+            f()
+    graph.replay()
+    sync(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        graph.replay()
+    end.record()
+    sync(device)
+    return start.elapsed_time(end) * 1e3 / (repeats * len(fns))
+
+
+def agrees(kw: dict, setting: dict) -> float:
+    """max |kernel - reference| / max |reference| of one layer's product with ``setting``."""
+    got = dm.decode_matvec(**kw, **{k: v for k, v in setting.items() if v is not None}).float()
+    ref = dm.decode_matvec_reference(**kw).float()
+    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+def sweep_one(kws: list[dict], batch: int, device, repeats: int, tol: float) -> dict:
+    """The plain products, the default setting and every candidate for one product at one batch."""
+    w = kws[0]["weight"]
+    n, k, gated = w.shape[0], w.shape[1], kws[0].get("up_weight") is not None
+    row = {"batch": batch, "n": n, "k": k, "layers": len(kws)}
+    row["plain_us"] = time_per_launch([lambda kw=kw: plain(**kw) for kw in kws], device, repeats)
+    default = default_setting(batch, n, k, gated)
+    settings = candidates(batch, n, k, gated)
+    tried = []
+    for setting in settings + ([] if default in settings else [default]):  # the default competes too
+        err = agrees(kws[0], setting)
+        entry = {"setting": setting, "rel_err": err, "us": None}
+        if err <= tol:  # a wrong setting is reported, never timed as a winner
+            call = {a: v for a, v in setting.items() if v is not None}
+            entry["us"] = time_per_launch([lambda kw=kw: dm.decode_matvec(**kw, **call) for kw in kws], device, repeats)
+        tried.append(entry)
+    timed = [t for t in tried if t["us"] is not None]
+    row["default"] = default
+    row["default_us"] = time_per_launch(
+        [lambda kw=kw: dm.decode_matvec(**kw) for kw in kws], device, repeats
+    )  # decode_matvec without overrides: the default as it runs
+    row["best"] = min(timed, key=lambda t: t["us"]) if timed else None
+    row["failed"] = [t for t in tried if t["us"] is None]
+    row["top"] = sorted(timed, key=lambda t: t["us"])[:5]
+    return row
+
+
+def describe(s: dict | None) -> str:
+    if s is None:
+        return "-"
+    keys = ("block_n", "num_warps") if s["path"] == "matvec" else ("block_n", "block_k", "num_warps", "num_stages")
+    return f"{s['path']} " + ", ".join(f"{k}={s[k] if s[k] is not None else 'triton'}" for k in keys)
+
+
+def main() -> None:
+    p = arg_parser(__doc__)
+    p.add_argument("--model", default="smollm2-135m", help="dimensions: smollm2-135m, phi-1_5 or tiny")
+    p.add_argument("--batches", default="1,64", help="sequences per step, comma-separated (each up to MAX_BATCH)")
+    p.add_argument("--repeats", type=int, default=20, help="graph replays timed per setting")
+    p.add_argument("--tol", type=float, default=2e-2, help="largest relative error a setting may have to be timed")
+    p.add_argument("--device", default=None, help="cuda (default where there is one) or cpu (TRITON_INTERPRET=1)")
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    if dm.triton is None or (device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1"):
+        raise SystemExit("decode_matvec_sweep: needs a GPU with Triton, or TRITON_INTERPRET=1 on the CPU")
+    batches = [int(b) for b in args.batches.split(",")]
+    if any(not 1 <= b <= dm.MAX_BATCH for b in batches):
+        raise SystemExit(f"decode_matvec_sweep: --batches must be within 1-{dm.MAX_BATCH}, got {args.batches}")
+    dtype = torch.bfloat16
+    _, _, student = random_teacher_and_student(model_config(args.model), device, dtype)
+    rows = []
+    payload = {"command": command(), "device": device_name(device), "versions": versions("triton"), "rows": rows}
+    stem = f"decode_matvec_sweep-{args.model}-{device_name(device).replace(' ', '_')}"
+    with torch.no_grad():
+        for batch in batches:
+            products = layer_products(student, batch, device, dtype)
+            for name in PRODUCTS:
+                row = {"product": name} | sweep_one(products[name], batch, device, args.repeats, args.tol)
+                rows.append(row)
+                print(
+                    f"batch {batch} {name} ({row['n']} x {row['k']}): plain {row['plain_us']:.2f} us, default "
+                    f"{row['default_us']:.2f}, best {fmt(row['best'] and row['best']['us'])} "
+                    f"({describe(row['best'] and row['best']['setting'])}); {len(row['failed'])} failed",
+                    flush=True,
+                )
+            write(stem, payload, report(payload, args), Path(args.out))  # after each batch: a cut run keeps them
+
+
+def report(payload: dict, args) -> list[str]:
+    """The markdown: one table per batch, and the products of a whole step with each choice."""
+    lines = [
+        f"# Fused decode products' settings, {args.model}, {payload['device']}",
+        f"- command: `{payload['command']}`",
+        f"- versions: {payload['versions']}",
+        "- us per launch, each product launched once per layer over that layer's weights in one CUDA graph (bf16, "
+        "random weights of the real dimensions); plain = F.rms_norm, F.linear (cuBLAS), F.silu and the add as "
+        "PyTorch ops; default = decode_matvec without overrides; best = the fastest candidate whose result is within "
+        f"{args.tol} (relative) of the reference",
+        "",
+    ]
+    for batch in dict.fromkeys(r["batch"] for r in payload["rows"]):
+        rows = [r for r in payload["rows"] if r["batch"] == batch]
+        lines += [
+            f"## {batch} sequence{'s' if batch > 1 else ''}",
+            "",
+            "| product | N x K | plain us | default us (setting) | best us (setting) | best / default | failed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            best = r["best"]
+            lines.append(
+                f"| {r['product']} | {r['n']} x {r['k']} | {r['plain_us']:.2f} | {r['default_us']:.2f} "
+                f"({describe(r['default'])}) | {fmt(best and best['us'])} ({describe(best and best['setting'])}) | "
+                f"{fmt(best and best['us'] / r['default_us'])} | {len(r['failed'])} |"
+            )
+        total = {
+            k: sum(f(r) * r["layers"] for r in rows)
+            for k, f in (
+                ("plain", lambda r: r["plain_us"]),
+                ("default", lambda r: r["default_us"]),
+                ("best", lambda r: r["best"]["us"] if r["best"] else r["default_us"]),
+            )
+        }
+        lines += [
+            "",
+            f"A step's products ({' + '.join(r['product'] for r in rows)}, x {rows[0]['layers']} layers): plain "
+            f"{total['plain']:,.1f} us, default {total['default']:,.1f} us, best settings {total['best']:,.1f} us.",
+            "",
+        ]
+    return lines
+
+
+if __name__ == "__main__":
+    main()
