@@ -470,11 +470,13 @@ def test_compiled_output_norm_with_fused_matvec(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mixers", [("ssd", "ssd", "ssd"), HYBRID])
-def test_captured_fused_matvec_equals_plain_on_cuda(mixers, monkeypatch):
+@pytest.mark.parametrize("batch", [4, 16])
+def test_captured_fused_matvec_equals_plain_on_cuda(mixers, batch, monkeypatch):
     """Captured on a GPU in bfloat16 (compiled parts included): the fused kernels inside the CUDA graph decode the
-    plain graph's greedy tokens, for a pure student and a hybrid."""
+    plain graph's greedy tokens, for a pure student and a hybrid, with the register kernel (4 sequences) and the
+    tensor-core one (16)."""
     m = _perturbed(student(mixers, ssd_conv_init="random", decode_compile=True, mlp_bias=True)).cuda().bfloat16()
-    ids = torch.randint(0, 64, (4, 40), device="cuda")
+    ids = torch.randint(0, 64, (batch, 40), device="cuda")
     calls = _count_matvec(monkeypatch)
     out = {}
     for choice in ("plain", "fused"):
