@@ -96,14 +96,21 @@ def plain(x, weight, bias=None, norm_weight=None, eps=1e-6, up_weight=None, up_b
 
 def candidates(batch: int, n: int, k: int, gated: bool) -> list[dict]:
     """decode_matvec's settings to try for one product: the register kernel's below DOT_MIN_BATCH sequences (rows
-    of W a program holds within 4 TILEs of registers), the tensor-core kernel's from there."""
+    of W a program holds within 4 TILEs of registers), the tensor-core kernel's from there; between 2 and
+    DOT_MIN_BATCH - 1 sequences also a few of the tensor-core kernel's (its tile padded to 16 rows), to find whether
+    DOT_MIN_BATCH should be lower."""
     if batch < dm.DOT_MIN_BATCH:
         kb = 1 << (k - 1).bit_length()
-        return [
+        matvec = [
             {"path": "matvec", "block_n": bn, "num_warps": w}
             for bn, w in itertools.product(MATVEC_BLOCK_N, MATVEC_WARPS)
             if bn * kb * (2 if gated else 1) <= 4 * dm.TILE
         ]
+        padded = [
+            {"path": "dot", "block_n": bn, "block_k": DOT_BLOCK_K[0], "num_warps": w, "num_stages": st}
+            for bn, (w, st) in itertools.product(DOT_BLOCK_N[:2], DOT_WARPS_STAGES[:1])
+        ]
+        return matvec + (padded if batch > 1 else [])
     return [
         {"path": "dot", "block_n": bn, "block_k": bk, "num_warps": w, "num_stages": st}
         for bn, bk, (w, st) in itertools.product(DOT_BLOCK_N, DOT_BLOCK_K, DOT_WARPS_STAGES)
@@ -196,7 +203,9 @@ def describe(s: dict | None) -> str:
 def main() -> None:
     p = arg_parser(__doc__)
     p.add_argument("--model", default="smollm2-135m", help="dimensions: smollm2-135m, phi-1_5 or tiny")
-    p.add_argument("--batches", default="1,64", help="sequences per step, comma-separated (each up to MAX_BATCH)")
+    p.add_argument(
+        "--batches", default="1,64", help="sequences per step, comma-separated (each up to MAX_BATCH; e.g. 1,4,16,64)"
+    )
     p.add_argument("--repeats", type=int, default=20, help="graph replays timed per setting")
     p.add_argument("--tol", type=float, default=2e-2, help="largest relative error a setting may have to be timed")
     p.add_argument("--device", default=None, help="cuda (default where there is one) or cpu (TRITON_INTERPRET=1)")

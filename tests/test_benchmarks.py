@@ -340,6 +340,8 @@ def test_decode_matvec_sweep_checks_each_setting_before_timing_it(tmp_path, monk
         y = real(*a, block_n=block_n, **kw)
         return y + 1 if block_n == 32 else y
 
+    paths = lambda b: {c["path"] for c in sweep.candidates(b, 64, 64, False)}  # noqa: E731
+    assert paths(1) == {"matvec"} and paths(4) == {"matvec", "dot"} and paths(16) == {"dot"}
     monkeypatch.setattr(dm, "decode_matvec", broken_at_32)
     argv = ["decode_matvec_sweep", "--model", "tiny", "--device", "cpu", "--repeats", "1", "--batches", "1,16"]
     monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
