@@ -105,6 +105,34 @@ def test_real_smollm2_teacher_loads_and_speaks():
     torch.testing.assert_close(s(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
 
 
+def test_fast_sampler_writes_the_teachers_text(tmp_path, monkeypatch):
+    """Where decoding graphs run (patched on here: their logic runs eagerly on the CPU), the teacher samples
+    re-expressed as an all-attention mohawk model through generate's fast path; near-greedy (temperature 1e-4) it
+    writes exactly the text the teacher's own generate writes, sample by sample, and counts the same tokens."""
+    import lzma
+
+    from mohawk.models import MohawkForCausalLM, graphs
+    from mohawk.models import modeling_mohawk as modeling
+    from mohawk.teachers import sample
+    from tests.utils import tiny_tokenizer
+
+    teacher, tok = tiny_teacher("llama"), tiny_tokenizer()
+    kw = {"new_tokens": 12, "prompt_tokens": 4, "batch_size": 3, "seed": 2, "temperature": 1e-4}
+    slow = sample.write_corpus(teacher, tok, tmp_path / "hf.jsonl.xz", 160, **kw)
+    assert sample.fast_sampler(teacher) is teacher and slow["sampler"] == "transformers"  # on the CPU
+    monkeypatch.setattr(modeling, "graphs_supported", lambda device: True)
+    fast_model = sample.fast_sampler(teacher)
+    assert isinstance(fast_model, MohawkForCausalLM) and set(fast_model.config.mixers) == {"attention"}
+    assert sample.fast_sampler(fast_model) is fast_model
+    runs = []
+    real = graphs.generate_fast
+    monkeypatch.setattr(modeling, "generate_fast", lambda *a, **k: runs.append(k) or real(*a, **k))
+    fast = sample.write_corpus(teacher, tok, tmp_path / "fast.jsonl.xz", 160, **kw)
+    assert fast["sampler"] == "mohawk graphs" and len(runs) == -(-fast["samples"] // 3) and runs[0]["sampling"]
+    read = lambda name: lzma.open(tmp_path / name, "rt").read()  # noqa: E731
+    assert read("fast.jsonl.xz") == read("hf.jsonl.xz") and fast["tokens"] == slow["tokens"]
+
+
 def test_teacher_writes_a_corpus_and_reuses_it(tmp_path):
     """--data teacher's sampler: about the asked tokens, samples that start with vendored-text prompts, seeded, and
     a second call with the same settings reuses the file."""
