@@ -133,6 +133,24 @@ def test_fast_sampler_writes_the_teachers_text(tmp_path, monkeypatch):
     assert read("fast.jsonl.xz") == read("hf.jsonl.xz") and fast["tokens"] == slow["tokens"]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fast_sampler_on_cuda_writes_the_teachers_text(tmp_path):
+    """On a GPU the sampler takes mohawk's captured decoding graphs by itself, and near-greedy writes the text of the
+    teacher's own static-cache generate."""
+    import lzma
+
+    from mohawk.teachers import sample
+    from tests.utils import tiny_tokenizer
+
+    teacher, tok = tiny_teacher("llama").cuda(), tiny_tokenizer()
+    kw = {"new_tokens": 40, "prompt_tokens": 4, "batch_size": 8, "seed": 0, "temperature": 1e-4}
+    fast = sample.write_corpus(teacher, tok, tmp_path / "fast.jsonl.xz", 1000, **kw)
+    assert fast["sampler"] == "mohawk graphs"
+    slow = list(sample.sample(teacher, tok, sample.prompts(tok, 23, 4, seed=0), 40, 8, 1e-4, 0))
+    assert [json.loads(x)["text"] for x in lzma.open(tmp_path / "fast.jsonl.xz", "rt")] == [t for t, _ in slow]
+
+
 def test_teacher_writes_a_corpus_and_reuses_it(tmp_path):
     """--data teacher's sampler: about the asked tokens, samples that start with vendored-text prompts, seeded, and
     a second call with the same settings reuses the file."""
