@@ -1,4 +1,5 @@
-"""The launch settings of a decoding step's fused products (mohawk/mixers/kernels/decode_matvec.py), swept on the GPU.
+"""The launch settings of a decoding step's fused kernels (mohawk/mixers/kernels/decode_matvec.py's products and
+decode_step.py's SSD step), swept on the GPU.
 
 For each product of an SSD block's step (norm + in_proj, norm + gate + up, out_proj + residual, down + residual) and
 each batch, every candidate setting of the kernel that batch takes (the register kernel below DOT_MIN_BATCH: BLOCK_N x
@@ -6,7 +7,9 @@ num_warps; the tensor-core one from there: BLOCK_N x BK x num_warps x num_stages
 reference, then timed the way a decoding step runs it: one CUDA graph launching it once per layer over that layer's own
 weights (the whole model's: more than the L2 cache holds, as in a step). Beside them, in the same way: the plain
 products (F.rms_norm, F.linear on cuBLAS, F.silu and the residual add as PyTorch ops) and the module's default
-setting. Random weights of the real dimensions, bf16.
+setting. The SSD step (conv shift, state update, gate) is timed with Triton's default warps and each of STEP_WARPS,
+on the arguments of each layer's call in one real decoding step, each checked against its reference first. Random
+weights of the real dimensions, bf16.
 
     python3 -m benchmarks.decode_matvec_sweep [--model smollm2-135m] [--batches 1,64] [--repeats 20]
 
@@ -40,6 +43,8 @@ from mohawk.mixers.kernels import decode_matvec as dm
 from mohawk.parallel import resolve_device
 
 PRODUCTS = ("in_proj", "gate_up", "out_proj", "down")
+STEP = "ssd_step"  # the fused SSD step between in_proj and out_proj (mohawk/mixers/kernels/decode_step.py)
+STEP_WARPS = (1, 2, 4, 8)
 # candidate settings: the register kernel's rows per program and warps; the tensor-core kernel's rows per program,
 # K chunk, and (warps, pipeline stages)
 MATVEC_BLOCK_N = (1, 2, 4, 8, 16)
@@ -83,6 +88,69 @@ def layer_products(student, batch: int, device, dtype) -> dict[str, list[dict]]:
             | {"residual": h}
         )
     return out
+
+
+def recorded_steps(student, batch: int, device) -> list[tuple[tuple, dict]]:
+    """decode_step's (args, kwargs) of each SSD layer in one real decoding step of ``student`` at ``batch``
+    sequences (a prefilled cache; the fused step taken as generate takes it: on CUDA, or with
+    MOHAWK_DECODE_KERNEL=triton in Triton's interpreter)."""
+    from mohawk.mixers.kernels import decode_step as ds
+    from mohawk.models import MohawkCache
+
+    calls, real = [], ds.decode_step
+    ds.decode_step = lambda *a, **k: calls.append((a, k)) or real(*a, **k)
+    try:
+        ids = torch.randint(0, student.config.vocab_size, (batch, 8), device=device)
+        cache = MohawkCache()
+        student(ids, past_key_values=cache, use_cache=True)
+        student(ids[:, -1:], past_key_values=cache, use_cache=True)
+    finally:
+        ds.decode_step = real
+    return calls
+
+
+def _step_inputs(call):
+    """A copy of one recorded call whose in-place buffers (conv window, state) are its own."""
+    a, k = call
+    a = list(a)
+    a[1], a[7] = a[1].clone(), a[7].clone()  # conv_state, state
+    return a, dict(k)
+
+
+def step_agrees(call, warps: int) -> float:
+    """max relative difference of y and the updated state between decode_step with ``warps`` and the reference."""
+    from mohawk.mixers.kernels import decode_step as ds
+
+    (a1, k1), (a2, k2) = _step_inputs(call), _step_inputs(call)
+    y1 = ds.decode_step(*a1, **k1, num_warps=warps).float()
+    y2 = ds.decode_step_reference(*a2, **k2).float()
+    rel = lambda u, v: float((u - v).abs().max() / v.abs().max().clamp_min(1e-12))  # noqa: E731
+    return max(rel(y1, y2), rel(a1[7], a2[7]), rel(a1[1].float(), a2[1].float()))
+
+
+def sweep_step(calls, batch: int, device, repeats: int, tol: float) -> dict:
+    """The fused SSD step at Triton's default warps and each of STEP_WARPS, over every layer's recorded call."""
+    from mohawk.mixers.kernels import decode_step as ds
+
+    state = calls[0][0][7]
+    heads, p, n = state.shape[1:]
+    row = {"product": STEP, "batch": batch, "n": f"{heads} heads x {p} x {n} state", "k": "-", "layers": len(calls)}
+    row["plain_us"] = None
+    row["default"] = {"path": "step", "num_warps": None}
+    row["default_us"] = time_per_launch([lambda c=c: ds.decode_step(*c[0], **c[1]) for c in calls], device, repeats)
+    tried = []
+    for w in STEP_WARPS:
+        entry = {"setting": {"path": "step", "num_warps": w}, "rel_err": step_agrees(calls[0], w), "us": None}
+        if entry["rel_err"] <= tol:
+            entry["us"] = time_per_launch(
+                [lambda c=c: ds.decode_step(*c[0], **c[1], num_warps=w) for c in calls], device, repeats
+            )
+        tried.append(entry)
+    timed = [t for t in tried if t["us"] is not None]
+    row["best"] = min(timed, key=lambda t: t["us"]) if timed else None
+    row["failed"] = [t for t in tried if t["us"] is None]
+    row["top"] = sorted(timed, key=lambda t: t["us"])[:5]
+    return row
 
 
 def plain(x, weight, bias=None, norm_weight=None, eps=1e-6, up_weight=None, up_bias=None, residual=None):
@@ -196,7 +264,9 @@ def sweep_one(kws: list[dict], batch: int, device, repeats: int, tol: float) -> 
 def describe(s: dict | None) -> str:
     if s is None:
         return "-"
-    keys = ("block_n", "num_warps") if s["path"] == "matvec" else ("block_n", "block_k", "num_warps", "num_stages")
+    keys = {"matvec": ("block_n", "num_warps"), "step": ("num_warps",)}.get(
+        s["path"], ("block_n", "block_k", "num_warps", "num_stages")
+    )
     return f"{s['path']} " + ", ".join(f"{k}={s[k] if s[k] is not None else 'triton'}" for k in keys)
 
 
@@ -233,7 +303,20 @@ def main() -> None:
                     f"({describe(row['best'] and row['best']['setting'])}); {len(row['failed'])} failed",
                     flush=True,
                 )
+            calls = recorded_steps(student, batch, device)
+            if calls:  # a pure SSD student's layers all take the fused step where it runs
+                row = sweep_step(calls, batch, device, args.repeats, args.tol)
+                rows.append(row)
+                print(
+                    f"batch {batch} {STEP}: default {row['default_us']:.2f} us, best "
+                    f"{fmt(row['best'] and row['best']['us'])} ({describe(row['best'] and row['best']['setting'])})",
+                    flush=True,
+                )
             write(stem, payload, report(payload, args), Path(args.out))  # after each batch: a cut run keeps them
+
+
+def _shape(r: dict) -> str:
+    return r["n"] if r["k"] == "-" else f"{r['n']} x {r['k']}"
 
 
 def report(payload: dict, args) -> list[str]:
@@ -259,21 +342,22 @@ def report(payload: dict, args) -> list[str]:
         for r in rows:
             best = r["best"]
             lines.append(
-                f"| {r['product']} | {r['n']} x {r['k']} | {r['plain_us']:.2f} | {r['default_us']:.2f} "
+                f"| {r['product']} | {_shape(r)} | {fmt(r['plain_us'])} | {r['default_us']:.2f} "
                 f"({describe(r['default'])}) | {fmt(best and best['us'])} ({describe(best and best['setting'])}) | "
                 f"{fmt(best and best['us'] / r['default_us'])} | {len(r['failed'])} |"
             )
         total = {
             k: sum(f(r) * r["layers"] for r in rows)
             for k, f in (
-                ("plain", lambda r: r["plain_us"]),
+                ("plain", lambda r: r["plain_us"] if r["plain_us"] is not None else r["default_us"]),
                 ("default", lambda r: r["default_us"]),
                 ("best", lambda r: r["best"]["us"] if r["best"] else r["default_us"]),
             )
         }
         lines += [
             "",
-            f"A step's products ({' + '.join(r['product'] for r in rows)}, x {rows[0]['layers']} layers): plain "
+            f"A step's products ({' + '.join(r['product'] for r in rows)}, x {rows[0]['layers']} layers; the SSD "
+            "step at its default in the plain total): plain "
             f"{total['plain']:,.1f} us, default {total['default']:,.1f} us, best settings {total['best']:,.1f} us.",
             "",
         ]

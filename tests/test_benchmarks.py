@@ -357,7 +357,38 @@ def test_decode_matvec_sweep_checks_each_setting_before_timing_it(tmp_path, monk
     for r in rows[4:]:
         assert r["best"]["setting"]["path"] == "dot" and not r["failed"]
     md = next(tmp_path.glob("*.md")).read_text()
-    assert md.count("A step's products") == 2 and "## 16 sequences" in md
+    assert md.count("A step's products") == 2 and "## 16 sequences" in md and "ssd_step" not in md  # no fused step
     monkeypatch.setattr(sys, "argv", [*argv[:-1], "65", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="within 1-64"):
         sweep.main()
+
+
+def test_decode_matvec_sweep_times_the_fused_ssd_step(tmp_path, monkeypatch):
+    """Where the fused SSD step runs (here Triton's interpreter with MOHAWK_DECODE_KERNEL=triton), the sweep records
+    each layer's decode_step call from one real decoding step and times the step at each of STEP_WARPS, a setting
+    whose output or updated state disagrees with the reference listed as failed."""
+    from benchmarks import decode_matvec_sweep as sweep
+    from mohawk.mixers.kernels import decode_matvec as dm
+    from mohawk.mixers.kernels import decode_step as ds
+
+    if dm.triton is None:
+        pytest.skip("needs Triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("MOHAWK_DECODE_KERNEL", "triton")
+    for name, value in [("MATVEC_BLOCK_N", (64,)), ("MATVEC_WARPS", (4,)), ("STEP_WARPS", (1, 2))]:
+        monkeypatch.setattr(sweep, name, value)
+    real = ds.decode_step
+
+    def broken_at_one_warp(*a, num_warps=None, **kw):
+        y = real(*a, num_warps=num_warps, **kw)
+        return y * 2 if num_warps == 1 else y
+
+    monkeypatch.setattr(ds, "decode_step", broken_at_one_warp)
+    argv = ["decode_matvec_sweep", "--model", "tiny", "--device", "cpu", "--repeats", "1", "--batches", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
+    sweep.main()
+    rows = json.loads(next(tmp_path.glob("*.json")).read_text())["rows"]
+    assert [r["product"] for r in rows] == [*sweep.PRODUCTS, "ssd_step"]
+    step = rows[-1]
+    assert step["layers"] == 2 and step["n"] == "4 heads x 16 x 16 state" and step["default_us"] > 0
+    assert [f["setting"]["num_warps"] for f in step["failed"]] == [1] and step["best"]["setting"]["num_warps"] == 2

@@ -230,9 +230,11 @@ def decode_step(
     dt_mode: str = "given",
     a_mode: str = "given",
     dt_bias: Tensor | None = None,
+    num_warps: int | None = None,
 ) -> Tensor:
     """:func:`decode_step_reference` in one Triton kernel (same arguments and in-place updates).
-    state must be float32 with a unit last stride; conv_weight (conv_dim, k) contiguous."""
+    state must be float32 with a unit last stride; conv_weight (conv_dim, k) contiguous. ``num_warps``: Triton's
+    default unless given (benchmarks/decode_matvec_sweep.py times the alternatives)."""
     b, conv_dim = xbc.shape
     _, _, p, n = state.shape
     k = conv_weight.shape[-1]
@@ -254,7 +256,7 @@ def decode_step(
         HPG=heads // groups, K=k, KB=triton.next_power_of_2(k), BP=triton.next_power_of_2(p),
         BN=triton.next_power_of_2(n), HAS_BIAS=conv_bias is not None, SILU=conv_silu, X_OVER_DT=x_over_dt,
         HAS_D=D is not None, GATE=GATES[gate if z is not None else "none"], DT_MODE=DT_MODES[dt_mode],
-        A_MODE=A_MODES[a_mode],
+        A_MODE=A_MODES[a_mode], **({} if num_warps is None else {"num_warps": num_warps}),
     )  # fmt: skip
     return y
 
