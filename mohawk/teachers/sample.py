@@ -1,8 +1,8 @@
 """Text the teacher writes itself (``--data teacher``): batched sampling, written as a jsonl.xz corpus. On a GPU the
 teacher samples re-expressed as an all-attention mohawk model (every layer its own attention: the same function),
 whose ``generate`` draws each token inside CUDA graphs of several steps (mohawk.models.graphs.generate_fast); the
-teacher's own ``generate`` with a static KV cache (``cache_implementation="static"``) was latency-bound there
-(results/recall point 17: 7,434 tokens/s at 256 sequences on an H100). Elsewhere the teacher samples itself.
+teacher's own ``generate`` with a static KV cache (``cache_implementation="static"``) wrote 7,434 tokens/s at 256
+sequences on an H100 (results/recall point 17). Elsewhere the teacher samples itself.
 
 Each sample continues a short prompt (the first ``prompt_tokens`` tokens of a piece of vendored text, so that the
 samples start in many places) for ``new_tokens`` tokens at temperature ``temperature`` (no top-k / top-p: the teacher's
@@ -53,7 +53,6 @@ def fast_sampler(model):
     """The model that samples for ``model`` (an HF causal LM): where decoding graphs run (CUDA), ``model``
     re-expressed by its adapter as an all-attention mohawk model on its device and in its dtype, its generation
     config kept; elsewhere, for a mohawk model, or for a teacher no adapter re-expresses, ``model`` itself."""
-    from mohawk.errors import MohawkError as _Unsupported
     from mohawk.models import MohawkForCausalLM
     from mohawk.models.modeling_mohawk import graphs_supported
 
@@ -64,7 +63,7 @@ def fast_sampler(model):
 
     try:
         fast = from_teacher(model, attention_layers="all")
-    except (_Unsupported, NotImplementedError):
+    except (MohawkError, NotImplementedError):  # a teacher no adapter re-expresses samples itself
         return model
     fast = fast.to(device=p.device, dtype=p.dtype).eval().requires_grad_(False)
     fast.generation_config = model.generation_config
