@@ -138,19 +138,15 @@ def sweep_step(calls, batch: int, device, repeats: int, tol: float) -> dict:
     row["plain_us"] = None
     row["default"] = {"path": "step", "num_warps": None}
     row["default_us"] = time_per_launch([lambda c=c: ds.decode_step(*c[0], **c[1]) for c in calls], device, repeats)
-    tried = []
-    for w in STEP_WARPS:
-        entry = {"setting": {"path": "step", "num_warps": w}, "rel_err": step_agrees(calls[0], w), "us": None}
-        if entry["rel_err"] <= tol:
-            entry["us"] = time_per_launch(
-                [lambda c=c: ds.decode_step(*c[0], **c[1], num_warps=w) for c in calls], device, repeats
-            )
-        tried.append(entry)
-    timed = [t for t in tried if t["us"] is not None]
-    row["best"] = min(timed, key=lambda t: t["us"]) if timed else None
-    row["failed"] = [t for t in tried if t["us"] is None]
-    row["top"] = sorted(timed, key=lambda t: t["us"])[:5]
-    return row
+    settings = [{"path": "step", "num_warps": w} for w in STEP_WARPS]
+    return row | try_settings(
+        settings,
+        lambda s: step_agrees(calls[0], s["num_warps"]),
+        lambda s: time_per_launch(
+            [lambda c=c: ds.decode_step(*c[0], **c[1], num_warps=s["num_warps"]) for c in calls], device, repeats
+        ),
+        tol,
+    )
 
 
 def plain(x, weight, bias=None, norm_weight=None, eps=1e-6, up_weight=None, up_bias=None, residual=None):
@@ -194,6 +190,21 @@ def default_setting(batch: int, n: int, k: int, gated: bool) -> dict:
     return {"path": "dot", "block_n": bn, "block_k": bk, "num_warps": 4, "num_stages": None}
 
 
+def try_settings(settings: list[dict], error, timer, tol: float) -> dict:
+    """Each setting checked first (``error(setting)``: its largest relative difference from the reference), then,
+    within ``tol``, timed (``timer(setting)``: us per launch); a wrong setting is reported, never timed as a winner.
+    {"best": the fastest entry or None, "failed": the entries over tol, "top": the five fastest}, each entry
+    {"setting", "rel_err", "us"}."""
+    tried = []
+    for setting in settings:
+        entry = {"setting": setting, "rel_err": error(setting), "us": None}
+        if entry["rel_err"] <= tol:
+            entry["us"] = timer(setting)
+        tried.append(entry)
+    timed = sorted((t for t in tried if t["us"] is not None), key=lambda t: t["us"])
+    return {"best": timed[0] if timed else None, "failed": [t for t in tried if t["us"] is None], "top": timed[:5]}
+
+
 def time_per_launch(fns, device, repeats: int) -> float:
     """Microseconds per call of ``fns`` (one per layer), run back to back: on CUDA, replays of one graph that calls
     each once (a decoding step's launches); elsewhere an eager loop."""
@@ -227,9 +238,14 @@ def time_per_launch(fns, device, repeats: int) -> float:
     return start.elapsed_time(end) * 1e3 / (repeats * len(fns))
 
 
+def _overrides(setting: dict) -> dict:
+    """decode_matvec's keyword arguments of a setting (None: the kernel's own default)."""
+    return {a: v for a, v in setting.items() if v is not None}
+
+
 def agrees(kw: dict, setting: dict) -> float:
     """max |kernel - reference| / max |reference| of one layer's product with ``setting``."""
-    got = dm.decode_matvec(**kw, **{k: v for k, v in setting.items() if v is not None}).float()
+    got = dm.decode_matvec(**kw, **_overrides(setting)).float()
     ref = dm.decode_matvec_reference(**kw).float()
     return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
@@ -242,23 +258,18 @@ def sweep_one(kws: list[dict], batch: int, device, repeats: int, tol: float) -> 
     row["plain_us"] = time_per_launch([lambda kw=kw: plain(**kw) for kw in kws], device, repeats)
     default = default_setting(batch, n, k, gated)
     settings = candidates(batch, n, k, gated)
-    tried = []
-    for setting in settings + ([] if default in settings else [default]):  # the default competes too
-        err = agrees(kws[0], setting)
-        entry = {"setting": setting, "rel_err": err, "us": None}
-        if err <= tol:  # a wrong setting is reported, never timed as a winner
-            call = {a: v for a, v in setting.items() if v is not None}
-            entry["us"] = time_per_launch([lambda kw=kw: dm.decode_matvec(**kw, **call) for kw in kws], device, repeats)
-        tried.append(entry)
-    timed = [t for t in tried if t["us"] is not None]
     row["default"] = default
     row["default_us"] = time_per_launch(
         [lambda kw=kw: dm.decode_matvec(**kw) for kw in kws], device, repeats
     )  # decode_matvec without overrides: the default as it runs
-    row["best"] = min(timed, key=lambda t: t["us"]) if timed else None
-    row["failed"] = [t for t in tried if t["us"] is None]
-    row["top"] = sorted(timed, key=lambda t: t["us"])[:5]
-    return row
+    return row | try_settings(
+        settings + ([] if default in settings else [default]),  # the default competes too
+        lambda s: agrees(kws[0], s),
+        lambda s: time_per_launch(
+            [lambda kw=kw: dm.decode_matvec(**kw, **_overrides(s)) for kw in kws], device, repeats
+        ),
+        tol,
+    )
 
 
 def describe(s: dict | None) -> str:
