@@ -9,6 +9,8 @@
 #   bash scripts/gpu_campaign.sh full ARMS [N [ARGS]] # once training and the screen have ended: the finalists (ARM,ARM;
 #                                                  # all: every trained arm) and the teacher on the full sets
 #   bash scripts/gpu_campaign.sh wait SECONDS      # follow what runs; then the small files tarred to $OUT
+#   bash scripts/gpu_campaign.sh run CMD [ARGS]    # CMD in this tree with the carried wheels and the converted teacher
+#                                                  # in reach (e.g. run python3 -m pytest -q -m gpu tests/...)
 # Started jobs outlive the call (setsid), so `wait` in the next call picks them up.
 set -uo pipefail
 KEEP=${KEEP:-/tmp/keep}
@@ -73,5 +75,9 @@ case "${1:-}" in
       ${only[@]+"${only[@]}"} --concurrent "${3:-0}" "${@:4}"
     sleep 5; cat "$KEEP/campaign-full.log" ;;
   wait) follow "${2:-540}" ;;
-  *) echo "usage: $0 part-a | part-b | part-c | train ARMS [N] | screen [N] | full ARMS [N] | wait [SECONDS]"; exit 2 ;;
+  run)
+    [ $# -gt 1 ] || { echo "usage: $0 run COMMAND [ARGS]"; exit 2; }
+    shift; PYTHONPATH=/tmp/site:$PWD exec "$@" ;;
+  *) echo "usage: $0 part-a | part-b | part-c | train ARMS [N] | screen [N] | full ARMS [N] | wait [SECONDS] | run CMD"
+     exit 2 ;;
 esac

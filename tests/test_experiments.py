@@ -676,6 +676,20 @@ def test_recall_probe_times_the_sampler_per_batch_size(teacher_dir, tmp_path, mo
     assert "expected positive integers separated by commas" in capsys.readouterr().err
 
 
+def test_gpu_campaign_run_step(tmp_path):
+    """`gpu_campaign.sh run CMD`: CMD in the current tree with the carried wheels (/tmp/site) and the campaign's
+    teacher cache in reach, its exit status passed on; without a command, the usage and 2."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_campaign.sh"
+    env = {"PATH": "/usr/bin:/bin", "KEEP": str(tmp_path / "keep"), "OUT": str(tmp_path / "out")}
+    show = ["sh", "-c", 'echo "$PYTHONPATH $MOHAWK_CACHE"; exit 7']
+    ran = subprocess.run(["bash", str(script), "run", *show], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert ran.returncode == 7 and ran.stdout.strip() == f"/tmp/site:{tmp_path} {tmp_path}/keep/cache"
+    bare = subprocess.run(["bash", str(script), "run"], env=env, capture_output=True, text=True)
+    assert bare.returncode == 2 and "usage:" in bare.stdout
+
+
 def test_gpu_campaign_full_step(tmp_path):
     """`gpu_campaign.sh full ARMS [N]` starts experiments.recall full for those arms (all: every trained one) with N at
     once, refuses without arms, and refuses while the screen still runs (both would take the GPU's memory)."""
