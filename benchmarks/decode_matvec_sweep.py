@@ -185,7 +185,7 @@ def default_setting(batch: int, n: int, k: int, gated: bool) -> dict:
     """The setting decode_matvec takes without overrides, in candidates' terms."""
     if batch < dm.DOT_MIN_BATCH:
         bn, kb = dm.block_sizes(n, k, gated)
-        return {"path": "matvec", "block_n": bn, "num_warps": 8 if bn * kb * (2 if gated else 1) > dm.TILE // 2 else 4}
+        return {"path": "matvec", "block_n": bn, "num_warps": dm.matvec_warps(bn, kb, gated)}
     _, bn, bk = dm.dot_block_sizes(batch, n, k)
     return {"path": "dot", "block_n": bn, "block_k": bk, "num_warps": 4, "num_stages": None}
 

@@ -215,6 +215,11 @@ def block_sizes(n: int, k: int, gated: bool = False) -> tuple[int, int]:
     return min(fit, max(1, _pow2_at_most(n // 128))), kb
 
 
+def matvec_warps(block_n: int, kb: int, gated: bool = False) -> int:
+    """The register kernel's warps: 8 where a program holds more than half a TILE of weight, else 4."""
+    return 8 if block_n * kb * (2 if gated else 1) > TILE // 2 else 4
+
+
 SMS = 132  # an H100's or H200's streaming multiprocessors: programs of one wave
 
 
@@ -296,7 +301,7 @@ def decode_matvec(
         return y
     bn, kb = block_sizes(n, k, gated)
     bn = block_n or bn
-    warps = num_warps or (8 if bn * kb * (2 if gated else 1) > TILE // 2 else 4)
+    warps = num_warps or matvec_warps(bn, kb, gated)
     decode_matvec_kernel[(triton.cdiv(n, bn),)](*args, BLOCK_N=bn, KB=kb, **flags, num_warps=warps)
     return y
 
