@@ -7,7 +7,7 @@ num_warps; the tensor-core one from there: BLOCK_N x BK x num_warps x num_stages
 reference, then timed the way a decoding step runs it: one CUDA graph launching it once per layer over that layer's own
 weights (the whole model's: more than the L2 cache holds, as in a step). Beside them, in the same way: the plain
 products (F.rms_norm, F.linear on cuBLAS, F.silu and the residual add as PyTorch ops) and the module's default
-setting. The SSD step (conv shift, state update, gate) is timed with Triton's default warps and each of STEP_WARPS,
+setting. The SSD step (conv shift, state update, gate) is timed with its default warps and each of STEP_WARPS,
 on the arguments of each layer's call in one real decoding step, each checked against its reference first. Random
 weights of the real dimensions, bf16.
 
@@ -129,14 +129,15 @@ def step_agrees(call, warps: int) -> float:
 
 
 def sweep_step(calls, batch: int, device, repeats: int, tol: float) -> dict:
-    """The fused SSD step at Triton's default warps and each of STEP_WARPS, over every layer's recorded call."""
+    """The fused SSD step at its default warps (decode_step.STEP_WARPS) and each of STEP_WARPS, over every layer's
+    recorded call."""
     from mohawk.mixers.kernels import decode_step as ds
 
     state = calls[0][0][7]
     heads, p, n = state.shape[1:]
     row = {"product": STEP, "batch": batch, "n": f"{heads} heads x {p} x {n} state", "k": "-", "layers": len(calls)}
     row["plain_us"] = None
-    row["default"] = {"path": "step", "num_warps": None}
+    row["default"] = {"path": "step", "num_warps": ds.STEP_WARPS}
     row["default_us"] = time_per_launch([lambda c=c: ds.decode_step(*c[0], **c[1]) for c in calls], device, repeats)
     settings = [{"path": "step", "num_warps": w} for w in STEP_WARPS]
     return row | try_settings(
@@ -186,8 +187,8 @@ def default_setting(batch: int, n: int, k: int, gated: bool) -> dict:
     if batch < dm.DOT_MIN_BATCH:
         bn, kb = dm.block_sizes(n, k, gated)
         return {"path": "matvec", "block_n": bn, "num_warps": dm.matvec_warps(bn, kb, gated)}
-    _, bn, bk = dm.dot_block_sizes(batch, n, k)
-    return {"path": "dot", "block_n": bn, "block_k": bk, "num_warps": 4, "num_stages": None}
+    _, bn, bk, st = dm.dot_block_sizes(batch, n, k)
+    return {"path": "dot", "block_n": bn, "block_k": bk, "num_warps": 4, "num_stages": st}
 
 
 def try_settings(settings: list[dict], error, timer, tol: float) -> dict:
@@ -289,7 +290,7 @@ def main() -> None:
     )
     p.add_argument("--repeats", type=int, default=20, help="graph replays timed per setting")
     p.add_argument("--tol", type=float, default=2e-2, help="largest relative error a setting may have to be timed")
-    p.add_argument("--device", default=None, help="cuda (default where there is one) or cpu (TRITON_INTERPRET=1)")
+    p.add_argument("--device", default="auto", help="auto (cuda where there is one), cuda, or cpu (TRITON_INTERPRET=1)")
     args = p.parse_args()
     device = resolve_device(args.device)
     if dm.triton is None or (device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1"):

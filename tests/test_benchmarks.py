@@ -366,7 +366,8 @@ def test_decode_matvec_sweep_checks_each_setting_before_timing_it(tmp_path, monk
 def test_decode_matvec_sweep_times_the_fused_ssd_step(tmp_path, monkeypatch):
     """Where the fused SSD step runs (here Triton's interpreter with MOHAWK_DECODE_KERNEL=triton), the sweep records
     each layer's decode_step call from one real decoding step and times the step at each of STEP_WARPS, a setting
-    whose output or updated state disagrees with the reference listed as failed."""
+    whose output or updated state disagrees with the reference listed as failed. No --device: the default finds
+    the CPU."""
     from benchmarks import decode_matvec_sweep as sweep
     from mohawk.mixers.kernels import decode_matvec as dm
     from mohawk.mixers.kernels import decode_step as ds
@@ -384,7 +385,7 @@ def test_decode_matvec_sweep_times_the_fused_ssd_step(tmp_path, monkeypatch):
         return y * 2 if num_warps == 1 else y
 
     monkeypatch.setattr(ds, "decode_step", broken_at_one_warp)
-    argv = ["decode_matvec_sweep", "--model", "tiny", "--device", "cpu", "--repeats", "1", "--batches", "1"]
+    argv = ["decode_matvec_sweep", "--model", "tiny", "--repeats", "1", "--batches", "1"]
     monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
     sweep.main()
     rows = json.loads(next(tmp_path.glob("*.json")).read_text())["rows"]

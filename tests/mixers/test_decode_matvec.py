@@ -132,6 +132,23 @@ def test_the_batch_picks_the_kernel(monkeypatch):
         torch.testing.assert_close(got, dm.decode_matvec_reference(**args), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(dm.triton is None, reason="needs triton")
+def test_dot_tiles_by_programs(monkeypatch):
+    """On a GPU, the tensor-core kernel's tiles at SmolLM2-135M's products: BLOCK_N grows until the programs fit one
+    wave; at 33-64 sequences a product with fewer than SMS / 2 programs (out_proj, down: 576 rows) takes BK = 128 over
+    4 stages, the wider ones BK = 64 with Triton's stages; at 16 sequences (not swept) all keep BK = 64."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    tiles = {(n, k): dm.dot_block_sizes(64, n, k) for n, k in [(2313, 576), (1536, 576), (576, 576), (576, 1536)]}
+    assert tiles == {
+        (2313, 576): (64, 32, 64, None),
+        (1536, 576): (64, 16, 64, None),
+        (576, 576): (64, 16, 128, 4),
+        (576, 1536): (64, 16, 128, 4),
+    }
+    assert dm.dot_block_sizes(16, 576, 1536) == (16, 16, 64, None)
+    assert dm.dot_block_sizes(40, 576, 1536)[2:] == (128, 4)  # 40 sequences: one 64-row tile
+
+
 def test_reference_equals_the_blocks_modules():
     """The reference computes what the eager modules compute: RMSNorm then a linear, the gated MLP's up half, a
     linear plus the residual (so that kernel == reference means kernel == block)."""

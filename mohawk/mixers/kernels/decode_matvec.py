@@ -223,21 +223,25 @@ def matvec_warps(block_n: int, kb: int, gated: bool = False) -> int:
 SMS = 132  # an H100's or H200's streaming multiprocessors: programs of one wave
 
 
-def dot_block_sizes(b: int, n: int, k: int) -> tuple[int, int, int]:
-    """(BLOCK_B, BLOCK_N, BK) of the tensor-core kernel. BLOCK_B: the batch in one tile (16, 32 or 64, tl.dot's
-    rows), so that each weight is read from memory once. BLOCK_N: the fewest rows, from 16, that keep the programs
-    within one wave of SMS (up to 64): at these batches the kernel still mostly reads weights, and each program reads
-    its BLOCK_N rows plus all of x, so smaller tiles spread the reading over more SMs until a second wave costs more
-    (SmolLM2-135M: 32 for in_proj's 2,313 rows, 16 for the MLP's 1,536 and the 576 of out_proj and down). BK = 64:
-    128 bytes of a bf16 row, one cache line, per chunk. Triton's interpreter runs programs one by one: there, big
-    tiles, few programs."""
+def dot_block_sizes(b: int, n: int, k: int) -> tuple[int, int, int, int | None]:
+    """(BLOCK_B, BLOCK_N, BK, num_stages) of the tensor-core kernel. BLOCK_B: the batch in one tile (16, 32 or 64,
+    tl.dot's rows), so that each weight is read from memory once. BLOCK_N: the fewest rows, from 16, that keep the
+    programs within one wave of SMS (up to 64): at these batches the kernel still mostly reads weights, and each
+    program reads its BLOCK_N rows plus all of x, so smaller tiles spread the reading over more SMs until a second
+    wave costs more (SmolLM2-135M: 32 for in_proj's 2,313 rows, 16 for the MLP's 1,536 and the 576 of out_proj and
+    down). BK = 64 (128 bytes of a bf16 row, one cache line, per chunk) and Triton's pipelining, except where 64-row
+    tiles leave fewer than SMS / 2 programs: there each program streams more, BK = 128 over 4 stages
+    (benchmarks/decode_matvec_sweep.py on an H100 at 64 sequences: out_proj 0.80x, down 0.56x the time of BK = 64;
+    smaller batches were not swept). Triton's interpreter runs programs one by one: there, big tiles, few programs."""
     bb = min(64, max(16, triton.next_power_of_2(b)))
     if os.environ.get("TRITON_INTERPRET") == "1":
-        return bb, min(256, max(16, triton.next_power_of_2(n))), min(256, max(16, triton.next_power_of_2(k)))
+        return bb, min(256, max(16, triton.next_power_of_2(n))), min(256, max(16, triton.next_power_of_2(k))), None
     bn = 16
     while bn < 64 and triton.cdiv(n, bn) > SMS:
         bn *= 2
-    return bb, bn, 64
+    if bb == 64 and triton.cdiv(n, bn) * triton.cdiv(b, bb) < SMS // 2 and k >= 128:
+        return bb, bn, 128, 4
+    return bb, bn, 64, None
 
 
 def decode_matvec(
@@ -290,10 +294,10 @@ def decode_matvec(
         "RESIDUAL": residual is not None,
     }
     if path == "dot":
-        bb, bn, bk = dot_block_sizes(b, n, k)
-        bb, bn, bk = block_b or bb, block_n or bn, block_k or bk
+        bb, bn, bk, st = dot_block_sizes(b, n, k)
+        bb, bn, bk, st = block_b or bb, block_n or bn, block_k or bk, num_stages or st
         assert min(bb, bn, bk) >= 16, "tl.dot needs tiles of 16 or more"
-        stages = {} if num_stages is None else {"num_stages": num_stages}
+        stages = {} if st is None else {"num_stages": st}
         decode_matmul_kernel[(triton.cdiv(n, bn), triton.cdiv(b, bb))](
             *args, BLOCK_B=bb, BLOCK_N=bn, BK=bk, **flags, IEEE=weight.dtype == torch.float32,
             UPCAST=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps or 4, **stages,

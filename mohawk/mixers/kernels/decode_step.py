@@ -210,6 +210,11 @@ if triton is not None:
             tl.store(y_ptr + bi * s_yb + chx, y, mask=mp)
 
 
+# Warps of one (sequence, group) program: 8 over Triton's 4 took 0.90x the time at 1 sequence and 0.97x at 64
+# (benchmarks/decode_matvec_sweep.py, H100, SmolLM2-135M's 9 heads x 64 x 64 state).
+STEP_WARPS = 8
+
+
 def decode_step(
     xbc: Tensor,
     conv_state: Tensor,
@@ -233,8 +238,8 @@ def decode_step(
     num_warps: int | None = None,
 ) -> Tensor:
     """:func:`decode_step_reference` in one Triton kernel (same arguments and in-place updates).
-    state must be float32 with a unit last stride; conv_weight (conv_dim, k) contiguous. ``num_warps``: Triton's
-    default unless given (benchmarks/decode_matvec_sweep.py times the alternatives)."""
+    state must be float32 with a unit last stride; conv_weight (conv_dim, k) contiguous. ``num_warps``: STEP_WARPS
+    unless given (benchmarks/decode_matvec_sweep.py times the alternatives)."""
     b, conv_dim = xbc.shape
     _, _, p, n = state.shape
     k = conv_weight.shape[-1]
@@ -256,7 +261,7 @@ def decode_step(
         HPG=heads // groups, K=k, KB=triton.next_power_of_2(k), BP=triton.next_power_of_2(p),
         BN=triton.next_power_of_2(n), HAS_BIAS=conv_bias is not None, SILU=conv_silu, X_OVER_DT=x_over_dt,
         HAS_D=D is not None, GATE=GATES[gate if z is not None else "none"], DT_MODE=DT_MODES[dt_mode],
-        A_MODE=A_MODES[a_mode], **({} if num_warps is None else {"num_warps": num_warps}),
+        A_MODE=A_MODES[a_mode], num_warps=num_warps or STEP_WARPS,
     )  # fmt: skip
     return y
 
