@@ -6,16 +6,17 @@ each batch, every candidate setting of the kernel that batch takes (the register
 num_warps; the tensor-core one from there: BLOCK_N x BK x num_warps x num_stages) is first checked against the PyTorch
 reference, then timed the way a decoding step runs it: one CUDA graph launching it once per layer over that layer's own
 weights (the whole model's: more than the L2 cache holds, as in a step). Beside them, in the same way: the plain
-products (F.rms_norm, F.linear on cuBLAS, F.silu and the residual add as PyTorch ops) and the module's default
-setting. The SSD step (conv shift, state update, gate) is timed with its default warps and each of STEP_WARPS,
-on the arguments of each layer's call in one real decoding step, each checked against its reference first. Random
-weights of the real dimensions, bf16.
+products (F.rms_norm, F.linear on cuBLAS, F.silu and the residual add as PyTorch ops), the module's default setting, and
+on Hopper or later the default with programmatic dependent launch (each launch overlapping the one before;
+decode_matvec.decode_pdl). The SSD step (conv shift, state update, gate) is timed with its default warps and each of
+STEP_WARPS, on the arguments of each layer's call in one real decoding step, each checked against its reference first.
+Random weights of the real dimensions, bf16.
 
     python3 -m benchmarks.decode_matvec_sweep [--model smollm2-135m] [--batches 1,64] [--repeats 20]
 
-Writes benchmarks/results/decode_matvec_sweep-<model>-<device>.{json,md}: per (batch, product) microseconds per
-launch of plain, default and the best setting, and the products of a whole step (x layers) with each. On the CPU
-(``--device cpu``, TRITON_INTERPRET=1) it is a smoke test of the sweep; its times mean nothing.
+Writes benchmarks/results/decode_matvec_sweep-<model>-<device>.{json,md}: per (batch, product) microseconds per launch
+of plain, default (with and without PDL) and the best setting, and the products of a whole step (x layers) with each. On
+the CPU (``--device cpu``, TRITON_INTERPRET=1) it is a smoke test of the sweep; its times mean nothing.
 """
 
 from __future__ import annotations
@@ -139,6 +140,11 @@ def sweep_step(calls, batch: int, device, repeats: int, tol: float) -> dict:
     row["plain_us"] = None
     row["default"] = {"path": "step", "num_warps": ds.STEP_WARPS}
     row["default_us"] = time_per_launch([lambda c=c: ds.decode_step(*c[0], **c[1]) for c in calls], device, repeats)
+    row["pdl_us"] = (
+        time_per_launch([lambda c=c: ds.decode_step(*c[0], **c[1], pdl=True) for c in calls], device, repeats)
+        if pdl_possible(device)
+        else None
+    )
     settings = [{"path": "step", "num_warps": w} for w in STEP_WARPS]
     return row | try_settings(
         settings,
@@ -239,6 +245,11 @@ def time_per_launch(fns, device, repeats: int) -> float:
     return start.elapsed_time(end) * 1e3 / (repeats * len(fns))
 
 
+def pdl_possible(device) -> bool:
+    """Whether programmatic dependent launch can be timed here: a CUDA GPU of compute capability 9 or more."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def _overrides(setting: dict) -> dict:
     """decode_matvec's keyword arguments of a setting (None: the kernel's own default)."""
     return {a: v for a, v in setting.items() if v is not None}
@@ -263,6 +274,11 @@ def sweep_one(kws: list[dict], batch: int, device, repeats: int, tol: float) -> 
     row["default_us"] = time_per_launch(
         [lambda kw=kw: dm.decode_matvec(**kw) for kw in kws], device, repeats
     )  # decode_matvec without overrides: the default as it runs
+    row["pdl_us"] = (
+        time_per_launch([lambda kw=kw: dm.decode_matvec(**kw, pdl=True) for kw in kws], device, repeats)
+        if pdl_possible(device)
+        else None
+    )  # the default launched with programmatic dependent launch (dm.decode_pdl)
     return row | try_settings(
         settings + ([] if default in settings else [default]),  # the default competes too
         lambda s: agrees(kws[0], s),
@@ -339,8 +355,9 @@ def report(payload: dict, args) -> list[str]:
         f"- versions: {payload['versions']}",
         "- us per launch, each product launched once per layer over that layer's weights in one CUDA graph (bf16, "
         "random weights of the real dimensions); plain = F.rms_norm, F.linear (cuBLAS), F.silu and the add as "
-        "PyTorch ops; default = decode_matvec without overrides; best = the fastest candidate whose result is within "
-        f"{args.tol} (relative) of the reference",
+        "PyTorch ops; default = decode_matvec without overrides; default + PDL = the same launched with programmatic "
+        "dependent launch (compute capability 9+; each launch overlaps the one before: `MOHAWK_DECODE_PDL=1`); best = "
+        f"the fastest candidate whose result is within {args.tol} (relative) of the reference",
         "",
     ]
     for batch in dict.fromkeys(r["batch"] for r in payload["rows"]):
@@ -348,14 +365,16 @@ def report(payload: dict, args) -> list[str]:
         lines += [
             f"## {batch} sequence{'s' if batch > 1 else ''}",
             "",
-            "| product | N x K | plain us | default us (setting) | best us (setting) | best / default | failed |",
-            "|---|---|---|---|---|---|---|",
+            "| product | N x K | plain us | default us (setting) | default + PDL us | best us (setting) | "
+            "best / default | failed |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             best = r["best"]
             lines.append(
                 f"| {r['product']} | {_shape(r)} | {fmt(r['plain_us'])} | {r['default_us']:.2f} "
-                f"({describe(r['default'])}) | {fmt(best and best['us'])} ({describe(best and best['setting'])}) | "
+                f"({describe(r['default'])}) | {fmt(r.get('pdl_us'))} | {fmt(best and best['us'])} "
+                f"({describe(best and best['setting'])}) | "
                 f"{fmt(best and best['us'] / r['default_us'])} | {len(r['failed'])} |"
             )
         total = {
@@ -364,13 +383,15 @@ def report(payload: dict, args) -> list[str]:
                 ("plain", lambda r: r["plain_us"] if r["plain_us"] is not None else r["default_us"]),
                 ("default", lambda r: r["default_us"]),
                 ("best", lambda r: r["best"]["us"] if r["best"] else r["default_us"]),
+                ("pdl", lambda r: r["pdl_us"] if r.get("pdl_us") is not None else float("nan")),
             )
         }
         lines += [
             "",
             f"A step's products ({' + '.join(r['product'] for r in rows)}, x {rows[0]['layers']} layers; the SSD "
             "step at its default in the plain total): plain "
-            f"{total['plain']:,.1f} us, default {total['default']:,.1f} us, best settings {total['best']:,.1f} us.",
+            f"{total['plain']:,.1f} us, default {total['default']:,.1f} us, best settings {total['best']:,.1f} us"
+            + (f", default with PDL {total['pdl']:,.1f} us." if total["pdl"] == total["pdl"] else "."),
             "",
         ]
     return lines

@@ -226,10 +226,18 @@ def main():
         "default); sets MOHAWK_DECODE_MATVEC; default: the environment's, else auto. plain and fused name their "
         "files apart",
     )  # fmt: skip
+    ap.add_argument(
+        "--decode-pdl", choices=("0", "1"), default=None,
+        help="1: the fused decoding kernels launch with programmatic dependent launch (Hopper or later: each overlaps "
+        "the one before); sets MOHAWK_DECODE_PDL; default: the environment's, else 0. 1 names its files apart",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.decode_matvec:
         os.environ["MOHAWK_DECODE_MATVEC"] = args.decode_matvec
     args.decode_matvec = decode_matvec_choice()
+    if args.decode_pdl:
+        os.environ["MOHAWK_DECODE_PDL"] = args.decode_pdl
+    args.decode_pdl = os.environ.get("MOHAWK_DECODE_PDL", "0")
     rows_wanted = parse_rows(args)
 
     device = resolve_device(args.device)
@@ -304,6 +312,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "compile": args.compile,
         "bandwidth_gbs": args.bandwidth_gbs,
         "decode_matvec": matvec,
+        "decode_pdl": getattr(args, "decode_pdl", "0"),
         "rows": rows,
     }
     lines = [
@@ -328,7 +337,12 @@ def save(args, device, dtype, rows: list[dict]) -> None:
             "auto": ", each block's norms, products and residual adds in fused Triton kernels at batches "
             f"{AUTO_BATCHES}, cuBLAS products at the others (`--decode-matvec auto`, the default)",
             "plain": ", each block's products in cuBLAS, norms and residual adds apart (`--decode-matvec plain`)",
-        }[matvec],
+        }[matvec]
+        + (
+            ", the fused kernels launched with programmatic dependent launch (`--decode-pdl 1`)"
+            if payload["decode_pdl"] == "1"
+            else ""
+        ),
         f"- roofline: (weights + state or KV bytes a step reads and writes) / {args.bandwidth_gbs:,.0f} GB/s; "
         "'x roofline' = measured / roofline; TTFT = prefill to the first token; kernels = CUDA kernels in one student "
         "step (torch.profiler over one replay of the one-step graph)",
@@ -365,6 +379,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
                 *(f"| `{k['name']}` | {k['us']} | {k['calls']} |" for k in r["student_top_kernels"]),
             ]
     mixer = ("" if args.mixer == "ssd" else f"-{args.mixer}") + ("" if matvec == "auto" else f"-{matvec}")
+    mixer += "-pdl" if payload["decode_pdl"] == "1" else ""
     write(f"decode_speed-{args.model}{mixer}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

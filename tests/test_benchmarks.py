@@ -280,23 +280,28 @@ def test_decode_speed_teacher_cache_is_sized_to_each_row():
 
 
 def test_decode_speed_matvec_choices_are_their_own_files(tmp_path, monkeypatch):
-    """--decode-matvec sets MOHAWK_DECODE_MATVEC for the run; fused and plain name their file, payload and text apart
-    and the default (auto, generate's own choice) keeps the plain name, so an A/B never overwrites the figures of
-    what generate does by default."""
+    """--decode-matvec sets MOHAWK_DECODE_MATVEC for the run, --decode-pdl MOHAWK_DECODE_PDL; fused, plain and PDL
+    name their file, payload and text apart and the default (auto, no PDL: generate's own choice) keeps the plain
+    name, so an A/B never overwrites the figures of what generate does by default."""
     from benchmarks import decode_speed
 
     args = ["--model", "tiny", "--device", "cpu", "--rows", "pure:16x1", "--new-tokens", "3", "--block", "2"]
-    for choice, name in (("fused", "tiny-fused-"), ("plain", "tiny-plain-"), (None, "tiny-")):
-        monkeypatch.delenv("MOHAWK_DECODE_MATVEC", raising=False)  # restored after the test: main() sets it
-        out = tmp_path / str(choice)
-        flag = ["--decode-matvec", choice] if choice else []
+    cases = (("fused", None, "tiny-fused-"), ("plain", None, "tiny-plain-"), (None, None, "tiny-"),
+             ("fused", "1", "tiny-fused-pdl-"))  # fmt: skip
+    for choice, pdl, name in cases:
+        monkeypatch.delenv("MOHAWK_DECODE_MATVEC", raising=False)  # restored after the test: main() sets them
+        monkeypatch.delenv("MOHAWK_DECODE_PDL", raising=False)
+        out = tmp_path / f"{choice}-{pdl}"
+        flag = (["--decode-matvec", choice] if choice else []) + (["--decode-pdl", pdl] if pdl else [])
         monkeypatch.setattr(sys, "argv", ["decode_speed", *args, *flag, "--out", str(out)])
         decode_speed.main()
         assert os.environ.get("MOHAWK_DECODE_MATVEC", "auto") == (choice or "auto")
         (js,) = out.glob("decode_speed-*.json")
-        assert js.name.startswith(f"decode_speed-{name}") and js.name.count("-") == 2 + (choice is not None)
-        assert json.loads(js.read_text())["decode_matvec"] == (choice or "auto")
-        assert f"(`--decode-matvec {choice or 'auto'}" in next(out.glob("*.md")).read_text()
+        assert js.name.startswith(f"decode_speed-{name}") and js.name.count("-") == 2 + len(flag) // 2
+        payload = json.loads(js.read_text())
+        assert payload["decode_matvec"] == (choice or "auto") and payload["decode_pdl"] == (pdl or "0")
+        text = next(out.glob("*.md")).read_text()
+        assert f"(`--decode-matvec {choice or 'auto'}" in text and ("`--decode-pdl 1`" in text) == bool(pdl)
 
 
 def test_stage_throughput_times_the_mixer_it_is_given(tmp_path, monkeypatch):

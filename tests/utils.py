@@ -362,3 +362,46 @@ def fake_recall_full(path, name, hits, wrong, ppl: float = 40.0):
     models = [name] if name == "teacher" else ["teacher", name]
     path.mkdir(parents=True)
     (path / "results.json").write_text(json.dumps({"models": models, "scores": {name: scores}}))
+
+
+_PTX_SCRIPT = """
+import importlib, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+out = []
+for module, name, args, constexprs, options in json.loads(sys.stdin.read()):
+    sig = {**args, **{c: "constexpr" for c in constexprs}}
+    names = list(sig)
+    kernel = getattr(importlib.import_module(module), name)
+    src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(c),): v for c, v in constexprs.items()})
+    out.append(triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"])
+print(json.dumps(out))
+"""
+
+
+def hopper_ptx(*kernels: tuple) -> list[list[str]]:
+    """The PTX lines of Triton kernels compiled for an H100 (sm_90) on this machine, no GPU needed, each given as
+    (module, kernel name, {runtime argument: Triton type ("*bf16", "i32", "fp32")}, {constexpr: value}, {launch
+    option: value}). In a process of their own: under TRITON_INTERPRET=1 (tests/conftest.py) Triton's own jitted
+    helpers are interpreted and cannot compile."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run(
+        [sys.executable, "-c", _PTX_SCRIPT], input=json.dumps(kernels), capture_output=True, text=True, env=env,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [ptx.splitlines() for ptx in json.loads(run.stdout)]
+
+
+def loads_around_wait(ptx: list[str]) -> tuple[int, int]:
+    """(global loads before ``griddepcontrol.wait``, global loads after it) in PTX lines with one wait."""
+    (w,) = [i for i, line in enumerate(ptx) if "griddepcontrol.wait" in line]
+    loads = [i for i, line in enumerate(ptx) if "ld.global" in line]
+    return sum(i < w for i in loads), sum(i > w for i in loads)

@@ -1,7 +1,7 @@
 """The fused matvec kernels of a decoding step (mohawk.mixers.kernels.decode_matvec): the register kernel (a few
 sequences) and the tensor-core one (from DOT_MIN_BATCH) against their PyTorch reference in Triton's interpreter on the
 CPU (float32 and bfloat16) and, marked gpu, compiled at SmolLM2's sizes; which one a batch takes; the reference against
-the block's own modules; and the switch that turns them on."""
+the block's own modules; the switch that turns them on; programmatic dependent launch (compiled for an H100 here)."""
 
 import os
 
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from mohawk.mixers.kernels import decode_matvec as dm
 from mohawk.mixers.norm import RMSNorm
+from tests.utils import hopper_ptx, loads_around_wait
 
 pytest.importorskip("triton")
 needs_interpreter_or_gpu = pytest.mark.skipif(
@@ -224,3 +225,82 @@ def test_dot_kernel_equals_reference_on_cuda(kind, n, k, b, dtype):
     tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 2e-2}
     for path in ("dot", "matvec"):
         torch.testing.assert_close(dm.decode_matvec(**args, path=path).cpu(), want, **tol)
+
+
+def test_pdl_switch(monkeypatch):
+    """MOHAWK_DECODE_PDL=1 turns programmatic dependent launch on for CUDA GPUs of compute capability 9 or more, never
+    on the CPU or in Triton's interpreter; it is off by default; another value is one clear error."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("MOHAWK_DECODE_PDL", raising=False)
+    assert not dm.decode_pdl(cuda)
+    monkeypatch.setenv("MOHAWK_DECODE_PDL", "1")
+    assert dm.decode_pdl(cuda) and not dm.decode_pdl(cpu)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert not dm.decode_pdl(cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not dm.decode_pdl(cuda)
+    monkeypatch.setenv("MOHAWK_DECODE_PDL", "yes")
+    with pytest.raises(ValueError, match="MOHAWK_DECODE_PDL"):
+        dm.decode_pdl(cuda)
+
+
+class _Launches:
+    """Stands for a kernel: records each launch's keywords, runs nothing."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.log.append(kw)
+
+
+def test_pdl_reaches_both_kernels(monkeypatch):
+    """With PDL on, both kernels launch with Triton's launch_pdl and their PDL constexpr (else neither), whatever
+    the batch picks; ``pdl=`` overrides the switch."""
+    log = []
+    for name in ("decode_matvec_kernel", "decode_matmul_kernel"):
+        monkeypatch.setattr(dm, name, _Launches(log))
+    for on in (True, False):
+        monkeypatch.setattr(dm, "decode_pdl", lambda device, on=on: on)
+        for b in (1, dm.DOT_MIN_BATCH):
+            dm.decode_matvec(**_inputs("gated", b, 24, 40, True, torch.float32, device="cpu"))
+            dm.decode_matvec(**_inputs("norm", b, 24, 40, False, torch.float32, device="cpu"), pdl=not on)
+    got = [(kw["PDL"], kw.get("launch_pdl", False)) for kw in log]
+    assert got == [(True, True), (False, False)] * 2 + [(False, False), (True, True)] * 2
+
+
+_MATVEC_ARGS = dict(
+    x_ptr="*bf16", s_xb="i32", nw_ptr="*bf16", w_ptr="*bf16", s_wn="i32", b_ptr="*bf16", w2_ptr="*bf16",
+    s_w2n="i32", b2_ptr="*bf16", r_ptr="*bf16", s_rb="i32", y_ptr="*bf16", s_yb="i32", B="i32", N="i32", K="i32",
+    eps="fp32",
+)  # fmt: skip
+_FLAGS = dict(NORM=False, HAS_BIAS=False, GATED=False, RESIDUAL=False)
+
+
+@pytest.mark.skipif(dm.triton is None, reason="needs triton")
+def test_pdl_kernels_compile_for_hopper():
+    """Compiled for an H100: with PDL the register kernel lets the next kernel start first
+    (griddepcontrol.launch_dependents), loads its weights, then waits for the kernel before (griddepcontrol.wait)
+    and only then loads x (its only other input here); the tensor-core kernel and the SSD step wait before any load;
+    without PDL none has a grid-dependency instruction."""
+    from tests.mixers.test_decode_step import STEP_ARGS, step_constexprs
+
+    mod, step = "mohawk.mixers.kernels.decode_matvec", "mohawk.mixers.kernels.decode_step"
+    mv, mm, st, off = hopper_ptx(
+        (mod, "decode_matvec_kernel", _MATVEC_ARGS, dict(BLOCK_N=4, KB=1024, **_FLAGS, PDL=True),
+         dict(num_warps=8, launch_pdl=True)),
+        (mod, "decode_matmul_kernel", _MATVEC_ARGS,
+         dict(BLOCK_B=16, BLOCK_N=16, BK=64, **_FLAGS, IEEE=False, UPCAST=False, PDL=True),
+         dict(num_warps=4, launch_pdl=True)),
+        (step, "decode_step_kernel", STEP_ARGS, step_constexprs(PDL=True), dict(num_warps=8, launch_pdl=True)),
+        (mod, "decode_matvec_kernel", _MATVEC_ARGS, dict(BLOCK_N=4, KB=1024, **_FLAGS, PDL=False), dict(num_warps=8)),
+    )  # fmt: skip
+    first = next(i for i, line in enumerate(mv) if "griddepcontrol" in line or "ld.global" in line)
+    assert "griddepcontrol.launch_dependents" in mv[first]
+    before, after = loads_around_wait(mv)
+    assert before > 0 and after > 0, (before, after)  # the weights before the wait, x after it
+    assert loads_around_wait(mm)[0] == 0 and loads_around_wait(st)[0] == 0
+    assert not any("griddepcontrol" in line for line in off)

@@ -172,6 +172,40 @@ def test_kernel_choice(monkeypatch):
         ds.use_decode_kernel(x)
 
 
+# decode_step_kernel's runtime arguments and their Triton types (tests/utils.hopper_ptx), SmolLM2-135M's sizes
+STEP_ARGS = dict(
+    xbc_ptr="*bf16", s_xb="i32", conv_ptr="*bf16", s_cb="i32", s_cc="i32", s_ck="i32", w_ptr="*bf16",
+    cb_ptr="*bf16", dt_ptr="*bf16", s_dtb="i32", dtb_ptr="*fp32", A_ptr="*fp32", D_ptr="*fp32", st_ptr="*fp32",
+    s_sb="i32", s_sh="i32", s_sp="i32", z_ptr="*bf16", s_zb="i32", y_ptr="*bf16", s_yb="i32", P="i32", N="i32",
+    D_INNER="i32", GN="i32",
+)  # fmt: skip
+
+
+def step_constexprs(**kw) -> dict:
+    """decode_step_kernel's constexprs for SmolLM2-135M's SSD (9 heads a group, 64 x 64 state, a 4-wide conv)."""
+    base = dict(HPG=1, K=4, KB=4, BP=64, BN=64, HAS_BIAS=True, SILU=False, X_OVER_DT=False, HAS_D=True, GATE=1,
+                DT_MODE=1, A_MODE=1, PDL=False)  # fmt: skip
+    return base | kw
+
+
+def test_pdl_reaches_the_step(monkeypatch):
+    """With PDL on (decode_matvec.decode_pdl), the step launches with Triton's launch_pdl and its PDL constexpr; off,
+    with neither; ``pdl=`` overrides. (tests/mixers/test_decode_matvec.py compiles it with PDL for an H100.)"""
+    log = []
+
+    class Launches:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: log.append((kw["PDL"], kw.get("launch_pdl", False)))
+
+    monkeypatch.setattr(ds, "decode_step_kernel", Launches())
+    _, ker, kw = _case(CASES[0], device="cpu")
+    for on in (True, False):
+        monkeypatch.setattr(ds, "decode_pdl", lambda device, on=on: on)
+        ds.decode_step(**ker, **kw)
+        ds.decode_step(**ker, **kw, pdl=not on)
+    assert log == [(True, True), (False, False), (False, False), (True, True)]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("case", CASES)

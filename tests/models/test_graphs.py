@@ -471,10 +471,13 @@ def test_compiled_output_norm_with_fused_matvec(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mixers", [("ssd", "ssd", "ssd"), HYBRID])
 @pytest.mark.parametrize("batch", [4, 16])
-def test_captured_fused_matvec_equals_plain_on_cuda(mixers, batch, monkeypatch):
+@pytest.mark.parametrize("pdl", ["0", "1"])
+def test_captured_fused_matvec_equals_plain_on_cuda(mixers, batch, pdl, monkeypatch):
     """Captured on a GPU in bfloat16 (compiled parts included): the fused kernels inside the CUDA graph decode the
     plain graph's greedy tokens, for a pure student and a hybrid, with the register kernel (4 sequences) and the
-    tensor-core one (16)."""
+    tensor-core one (16), with and without programmatic dependent launch (MOHAWK_DECODE_PDL; on Hopper: a kernel
+    reading its input before the one writing it has finished would show here)."""
+    monkeypatch.setenv("MOHAWK_DECODE_PDL", pdl)
     m = _perturbed(student(mixers, ssd_conv_init="random", decode_compile=True, mlp_bias=True)).cuda().bfloat16()
     ids = torch.randint(0, 64, (batch, 40), device="cuda")
     calls = _count_matvec(monkeypatch)

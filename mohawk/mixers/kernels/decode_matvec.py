@@ -63,6 +63,30 @@ AUTO_BATCHES = (
 )
 
 
+def decode_pdl(device: torch.device) -> bool:
+    """Whether the decoding kernels (these and mohawk/mixers/kernels/decode_step.py) launch with programmatic
+    dependent launch on ``device``: MOHAWK_DECODE_PDL=1 (default 0: not yet measured on a GPU), a CUDA GPU of compute
+    capability 9 or more (Hopper), Triton and not its interpreter. Each such kernel lets the next one start once all
+    its programs run (``gdc_launch_dependents``), loads what no earlier kernel writes (its weights), then waits for the
+    kernel before it to finish (``gdc_wait``) before it reads or writes anything else: a chain of latency-bound
+    products overlaps each launch and weight read with the tail of the product before."""
+    flag = os.environ.get("MOHAWK_DECODE_PDL", "0")
+    if flag not in ("0", "1"):
+        raise ValueError(f"MOHAWK_DECODE_PDL={flag!r}: expected 0 or 1")
+    return (
+        flag == "1"
+        and triton is not None
+        and device.type == "cuda"
+        and os.environ.get("TRITON_INTERPRET") != "1"
+        and torch.cuda.get_device_capability(device)[0] >= 9
+    )
+
+
+def pdl_launch(pdl: bool) -> dict:
+    """The launch keywords of a kernel with a ``PDL`` constexpr: the flag, and Triton's ``launch_pdl`` when on."""
+    return {"PDL": pdl, "launch_pdl": True} if pdl else {"PDL": False}
+
+
 def decode_matvec_reference(
     x: Tensor,
     weight: Tensor,
@@ -102,8 +126,10 @@ if triton is not None:
         x_ptr, s_xb, nw_ptr, w_ptr, s_wn, b_ptr, w2_ptr, s_w2n, b2_ptr, r_ptr, s_rb, y_ptr, s_yb,
         B, N, K, eps,
         BLOCK_N: tl.constexpr, KB: tl.constexpr,
-        NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
+        NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
+        if PDL:  # the next kernel may start (and read its weights) while this one runs
+            tl.extra.cuda.gdc_launch_dependents()
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         mn = offs_n < N
         offs_k = tl.arange(0, KB)
@@ -120,6 +146,8 @@ if triton is not None:
             bias = tl.load(b_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)
             if GATED:
                 bias2 = tl.load(b2_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)
+        if PDL:  # weights in flight; x and the residual come from the kernels before: wait for them
+            tl.extra.cuda.gdc_wait()
         for bi in range(0, B):
             x = tl.load(x_ptr + bi * s_xb + offs_k, mask=mk, other=0.0).to(tl.float32)
             if NORM:  # the row's statistics here: (batch, K) is a few KB from cache, cheaper than another kernel
@@ -142,8 +170,11 @@ if triton is not None:
         B, N, K, eps,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BK: tl.constexpr,
         NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
-        IEEE: tl.constexpr, UPCAST: tl.constexpr,
+        IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
+        if PDL:  # the next kernel may start while this one runs; this one waits for the one before
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
         offs_b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         mb = offs_b < B
@@ -260,6 +291,7 @@ def decode_matvec(
     path: str | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    pdl: bool | None = None,
 ) -> Tensor:
     """:func:`decode_matvec_reference` in one Triton kernel (same arguments): ``decode_matvec_kernel`` below
     :data:`DOT_MIN_BATCH` sequences, ``decode_matmul_kernel`` (tensor cores) from there, or the one ``path`` names
@@ -267,8 +299,9 @@ def decode_matvec(
     kernel); ``block_b`` and ``block_k``: the dot kernel's sequences per program and K chunk, powers of two >= 16;
     defaults :func:`block_sizes`'s and :func:`dot_block_sizes`'s; ``num_warps`` and ``num_stages`` (software
     pipelining of the dot kernel's K loop) default to this module's and Triton's choice
-    (benchmarks/decode_matvec_sweep.py times the alternatives). Rows of x, weight, up_weight and residual need a unit
-    last stride; ``up_bias`` is given exactly when ``bias`` is."""
+    (benchmarks/decode_matvec_sweep.py times the alternatives); ``pdl``: programmatic dependent launch, default
+    :func:`decode_pdl`'s. Rows of x, weight, up_weight and residual need a unit last stride; ``up_bias`` is given
+    exactly when ``bias`` is."""
     b, k = x.shape
     n = weight.shape[0]
     assert weight.shape == (n, k) and x.stride(-1) == 1 and weight.stride(-1) == 1
@@ -301,12 +334,15 @@ def decode_matvec(
         decode_matmul_kernel[(triton.cdiv(n, bn), triton.cdiv(b, bb))](
             *args, BLOCK_B=bb, BLOCK_N=bn, BK=bk, **flags, IEEE=weight.dtype == torch.float32,
             UPCAST=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps or 4, **stages,
+            **pdl_launch(decode_pdl(x.device) if pdl is None else pdl),
         )  # fmt: skip
         return y
     bn, kb = block_sizes(n, k, gated)
     bn = block_n or bn
     warps = num_warps or matvec_warps(bn, kb, gated)
-    decode_matvec_kernel[(triton.cdiv(n, bn),)](*args, BLOCK_N=bn, KB=kb, **flags, num_warps=warps)
+    decode_matvec_kernel[(triton.cdiv(n, bn),)](
+        *args, BLOCK_N=bn, KB=kb, **flags, num_warps=warps, **pdl_launch(decode_pdl(x.device) if pdl is None else pdl)
+    )
     return y
 
 

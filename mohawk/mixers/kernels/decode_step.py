@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mohawk.mixers.kernels.decode_matvec import decode_pdl, pdl_launch
+
 GATES = {"none": 0, "mul": 1, "mul_silu": 2, "add": 3}
 DT_MODES = {"given": 0, "softplus_bias": 1, "softplus": 2, "ones": 3}  # dt, softplus(dt + dt_bias), softplus(dt), 1
 A_MODES = {"given": 0, "neg_exp": 1, "minus_one": 2, "zero": 3}  # A, -exp(A_log), -1, 0
@@ -146,8 +148,11 @@ if triton is not None:
         P, N, D_INNER, GN,
         HPG: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
         HAS_BIAS: tl.constexpr, SILU: tl.constexpr, X_OVER_DT: tl.constexpr, HAS_D: tl.constexpr,
-        GATE: tl.constexpr, DT_MODE: tl.constexpr, A_MODE: tl.constexpr,
+        GATE: tl.constexpr, DT_MODE: tl.constexpr, A_MODE: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
+        if PDL:  # the next kernel may start while this one runs; this one waits for the one before (decode_pdl)
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
         bi = tl.program_id(0)
         g = tl.program_id(1)
         xbc_ptr += bi * s_xb
@@ -236,10 +241,12 @@ def decode_step(
     a_mode: str = "given",
     dt_bias: Tensor | None = None,
     num_warps: int | None = None,
+    pdl: bool | None = None,
 ) -> Tensor:
     """:func:`decode_step_reference` in one Triton kernel (same arguments and in-place updates).
     state must be float32 with a unit last stride; conv_weight (conv_dim, k) contiguous. ``num_warps``: STEP_WARPS
-    unless given (benchmarks/decode_matvec_sweep.py times the alternatives)."""
+    unless given (benchmarks/decode_matvec_sweep.py times the alternatives); ``pdl``: programmatic dependent launch,
+    default decode_matvec.decode_pdl's."""
     b, conv_dim = xbc.shape
     _, _, p, n = state.shape
     k = conv_weight.shape[-1]
@@ -262,6 +269,7 @@ def decode_step(
         BN=triton.next_power_of_2(n), HAS_BIAS=conv_bias is not None, SILU=conv_silu, X_OVER_DT=x_over_dt,
         HAS_D=D is not None, GATE=GATES[gate if z is not None else "none"], DT_MODE=DT_MODES[dt_mode],
         A_MODE=A_MODES[a_mode], num_warps=num_warps or STEP_WARPS,
+        **pdl_launch(decode_pdl(xbc.device) if pdl is None else pdl),
     )  # fmt: skip
     return y
 
