@@ -214,6 +214,19 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def _time_spent(res: dict[str, Any]) -> list[str]:
+    """One report line on where the wall time went (loading, data, each model's phases), if it was recorded."""
+    if "seconds" not in res:
+        return []
+    parts = [f"loading {res.get('load_s', 0):.0f} s", f"data {res.get('data_s', 0):.0f} s"]
+    parts += [
+        f"{name}: " + ", ".join(f"{phase} {sec:.0f} s" for phase, sec in clock.items())
+        for name, clock in res["seconds"].items()
+        if clock
+    ]
+    return [f"- time: {'; '.join(parts)}"]
+
+
 def write_eval_report(out: Path, res: dict[str, Any], command: str) -> Path:
     """OUT/results.json, OUT/report.md and OUT/plots/, written into a temporary sibling and renamed into place
     (mohawk.rundir.staged): an interrupted or failed write leaves the earlier files."""
@@ -227,6 +240,7 @@ def write_eval_report(out: Path, res: dict[str, Any], command: str) -> Path:
             f"- command: `{command}`",
             f"- device: {res.get('device')}; versions: {res.get('versions')}; "
             f"{res['val_tokens']:,} held-out tokens; wall time {res.get('wall_s', 0):.0f} s",
+            *_time_spent(res),
             "",
             *markdown(res, made),
         ]

@@ -4,7 +4,9 @@ retrieval, lm-evaluation-harness zero-shot tasks, and greedy continuations."""
 
 from __future__ import annotations
 
+import time
 import typing
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -63,6 +65,16 @@ def long_sequences(
     return take(stream, n)
 
 
+@contextmanager
+def _timed(clock: dict, phase: str):
+    """Add the wall seconds of the block to clock[phase] (each phase ends on a host value, so GPU work is in it)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        clock[phase] = round(clock.get(phase, 0.0) + time.perf_counter() - t0, 2)
+
+
 def run_suite(
     models: dict,
     tokenizer,
@@ -89,7 +101,8 @@ def run_suite(
     (an int, or {task: N or None}); passkey: ``passkey_trials`` keys at each of ``passkey_at`` lengths (default:
     passkey_lengths) with both fillers (see passkey_scores); ``items``: keep per-item zero-shot scores. Returns the
     results dict: res["passkey"][model] = {length: hits with the repeated filler}, res["passkey_detail"][model] =
-    passkey_scores' full answer."""
+    passkey_scores' full answer, res["seconds"][model] = {phase: wall seconds} (perplexity, agreement, position,
+    passkey, lm-eval, continuations: where an evaluation's time goes)."""
     say = console.print if console is not None else (lambda *a, **k: None)
     teacher = models.get(teacher_key) if teacher_key else None
     res: dict[str, typing.Any] = {
@@ -110,24 +123,31 @@ def run_suite(
     if "continuations" in tasks:
         prompts = [tokenizer.decode(row[:32]) for row in val[:3]]
         res["prompts"] = prompts
+    res["seconds"] = {}
     for name, model in models.items():
         model.eval()
         scores = res["scores"][name]
+        clock = res["seconds"][name] = {}
         if name == teacher_key and not score_teacher:
-            scores["perplexity"] = perplexity(model, val, batch_size)
+            with _timed(clock, "perplexity"):
+                scores["perplexity"] = perplexity(model, val, batch_size)
             continue
         if "ppl" in tasks:
             say(f"{name}: perplexity on {val.numel():,} held-out tokens")
-            scores["perplexity"] = perplexity(model, val, batch_size)
+            with _timed(clock, "perplexity"):
+                scores["perplexity"] = perplexity(model, val, batch_size)
         if "agreement" in tasks and teacher is not None and name != teacher_key:
-            scores.update(agreement(model, teacher, val, batch_size))
+            with _timed(clock, "agreement"):
+                scores.update(agreement(model, teacher, val, batch_size))
         if "position" in tasks and long_val is not None:
             say(f"{name}: loss by position up to {long_val.shape[1]} tokens")
-            res["position"][name] = loss_by_position(model, long_val, max(1, batch_size // 2))
+            with _timed(clock, "position"):
+                res["position"][name] = loss_by_position(model, long_val, max(1, batch_size // 2))
         if "passkey" in tasks:
             lengths = passkey_at or passkey_lengths(train_len, max_len)
             say(f"{name}: passkey retrieval at {lengths} tokens, {passkey_trials} keys each, two fillers")
-            detail = passkey_scores(model, tokenizer, lengths, passkey_trials, seed)
+            with _timed(clock, "passkey"):
+                detail = passkey_scores(model, tokenizer, lengths, passkey_trials, seed)
             res["passkey_detail"][name] = detail
             res["passkey"][name] = {k: v["hits"] for k, v in detail["repeat"].items()}
         if harness:
@@ -135,19 +155,22 @@ def run_suite(
 
             say(f"{name}: lm-eval {', '.join(harness)}" + (f" (first {limit} items each)" if limit else ""))
             device = next(model.parameters()).device
-            for task, r in run_tasks(
-                model,
-                tokenizer,
-                harness,
-                limit=limit,
-                batch_size=batch_size,
-                device=str(device),
-                seed=seed,
-                items=items,
-            ).items():
+            with _timed(clock, "lm-eval"):
+                harness_scores = run_tasks(
+                    model,
+                    tokenizer,
+                    harness,
+                    limit=limit,
+                    batch_size=batch_size,
+                    device=str(device),
+                    seed=seed,
+                    items=items,
+                )
+            for task, r in harness_scores.items():
                 scores[task] = r
         if prompts is not None:
-            res["continuations"][name] = continuations(model, tokenizer, prompts)
+            with _timed(clock, "continuations"):
+                res["continuations"][name] = continuations(model, tokenizer, prompts)
     return res
 
 
@@ -216,7 +239,6 @@ def _evaluate(
 ) -> dict:
     """evaluate() without an output directory: the results dict."""
     import platform
-    import time
 
     from transformers import AutoTokenizer
 
@@ -250,6 +272,7 @@ def _evaluate(
             train_lens.append(model.config.mohawk_train_seq_len)
     if not loaded:
         raise MohawkError("nothing to evaluate: give model directories and/or --teacher")
+    load_s = time.perf_counter() - t0
     train_len = train_len or (max(train_lens) if train_lens else 512)
     max_len = min(getattr(m.config, "max_position_embeddings", None) or 1 << 20 for m in loaded.values())
     if seq_len > max_len:
@@ -261,6 +284,7 @@ def _evaluate(
         if "position" in task_list
         else None
     )
+    data_s = time.perf_counter() - t0 - load_s
     res = run_suite(
         loaded,
         tokenizer,
@@ -283,5 +307,6 @@ def _evaluate(
     res["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.machine()})"
     res["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
     res["paths"] = {"teacher": teacher, **dict(zip([k for k in loaded if k != teacher_key], models, strict=True))}
+    res["load_s"], res["data_s"] = round(load_s, 2), round(data_s, 2)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     return res

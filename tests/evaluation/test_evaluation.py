@@ -154,8 +154,14 @@ def test_eval_command_is_deterministic(teacher_dir, tmp_path, capsys):
     assert a["scores"] == b["scores"] and a["passkey"] == b["passkey"] and a["continuations"] == b["continuations"]
     assert set(a["scores"]) == {"teacher", "run"} and "top1_agreement" in a["scores"]["run"]
     assert len(a["position"]["run"]["loss"]) == 32 and a["train_len"] == 16
+    clock = a["seconds"]["run"]  # where the time went: each phase run, together within the wall time
+    assert set(clock) == {"perplexity", "agreement", "position", "passkey", "continuations"}
+    assert set(a["seconds"]["teacher"]) <= {"perplexity", "position", "passkey", "continuations"}
+    spent = sum(sum(c.values()) for c in a["seconds"].values()) + a["load_s"] + a["data_s"]
+    assert all(v >= 0 for c in a["seconds"].values() for v in c.values()) and spent <= a["wall_s"] + 0.5
     report = (tmp_path / "e1" / "report.md").read_text()
     assert f"{a['scores']['run']['perplexity']:.4g}" in report and "passkey @ 512" in report
+    assert "- time: loading" in report and "run: perplexity" in report
     assert (tmp_path / "e1" / "plots" / "position.png").is_file()
     assert "evaluation" in capsys.readouterr().err  # the rich table's title
     assert main(["eval", str(student), "--tasks", "ppl,mmlu", "--out", str(tmp_path / "bad")]) == 2
