@@ -127,7 +127,8 @@ def run_suite(
     for name, model in models.items():
         model.eval()
         scores = res["scores"][name]
-        clock = res["seconds"][name] = {}
+        clock: dict[str, float] = {}
+        res["seconds"][name] = clock
         if name == teacher_key and not score_teacher:
             with _timed(clock, "perplexity"):
                 scores["perplexity"] = perplexity(model, val, batch_size)
