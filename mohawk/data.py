@@ -1,13 +1,14 @@
 """Corpus -> tokenized, packed, deterministic batches (batch, seq_len), streamed so any corpus size works.
 
 Sources: a vendored corpus by name (see CORPORA: "bundled", "gutenberg", "modern"; "a+b" mixes them), "recall"
-(synthetic key-value retrieval text made from a seed, mohawk.synthetic), a local file
-or directory (.txt, .jsonl / .json, optionally .gz / .xz / .bz2 compressed, .parquet), or a Hugging Face dataset name
-(loaded through ``datasets`` in streaming mode). Documents are cut into pieces of about ``piece_chars`` characters at
-paragraph breaks, shuffled in a seeded buffer, tokenized, joined with the EOS token and packed into fixed-length
-sequences. Without a separate validation source, a deterministic share of the pieces is held out (see ``holdout``):
-1 in ``val_every`` by a hash of the piece, or, for a corpus of fewer than 10 x ``val_every`` pieces, the 10% of pieces
-with the smallest hashes, so that any corpus large enough to train on gets a validation split.
+(synthetic key-value retrieval text made from a seed, mohawk.synthetic), a local file or directory (.txt, .jsonl /
+.json, optionally .gz / .xz / .bz2 compressed, .parquet), or a Hugging Face dataset name (loaded through ``datasets`` in
+streaming mode). Documents are cut into pieces of about ``piece_chars`` characters at paragraph breaks; the pieces of
+several sources (files) are drawn at random in proportion to the sources' sizes, so that any stretch of the stream mixes
+them at their shares; then shuffled in a seeded buffer, tokenized, joined with the EOS token and packed into fixed-
+length sequences. Without a separate validation source, a deterministic share of the pieces is held out (see
+``holdout``): 1 in ``val_every`` by a hash of the piece, or, for a corpus of fewer than 10 x ``val_every`` pieces, the
+10% of pieces with the smallest hashes, so that any corpus large enough to train on gets a validation split.
 
 The vendored files live in the package (mohawk/assets), so an installed wheel runs the default from any directory.
 """
@@ -222,6 +223,52 @@ def iter_documents(sources: list, field: str = "text") -> Iterator[str]:
             yield from _read_file(Path(src), field)
 
 
+SAMPLE_BYTES = 1 << 22  # decompressed bytes read to estimate a compressed file's size in characters
+
+
+def source_chars(src) -> float | None:
+    """A source's size in characters, estimated without reading it all: a plain file's bytes; a compressed one's bytes
+    times the ratio of its first SAMPLE_BYTES decompressed to the compressed bytes they took (exact when it is
+    shorter); a parquet file's uncompressed column bytes. None for generated text and Hugging Face datasets."""
+    if isinstance(src, str) and src.startswith(("hf:", "synthetic:")):
+        return None
+    path = Path(src)
+    size = path.stat().st_size
+    if _kind(path) == "parquet":
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        return float(
+            sum(
+                meta.row_group(r).column(c).total_uncompressed_size
+                for r in range(meta.num_row_groups)
+                for c in range(meta.num_columns)
+            )
+        )
+    if path.suffix not in (".gz", ".xz", ".bz2"):
+        return float(size)
+    with open(path, "rb") as raw, _decompressor(path.suffix, raw) as f:
+        got = len(f.read(SAMPLE_BYTES))
+        if len(f.read(1)) == 0:  # the whole file
+            return float(got)
+        return got * size / max(1, raw.tell())
+
+
+def _decompressor(suffix: str, raw: typing.BinaryIO) -> gzip.GzipFile | lzma.LZMAFile | bz2.BZ2File:
+    if suffix == ".gz":
+        return gzip.GzipFile(fileobj=raw)
+    return lzma.LZMAFile(raw) if suffix == ".xz" else bz2.BZ2File(raw)
+
+
+def source_weights(sources: list) -> list[float]:
+    """Each source's share of a mix (``source_chars``); a source of unknown size weighs the mean of the known ones
+    (1 each when none is known)."""
+    sizes = [source_chars(s) for s in sources]
+    known = [x for x in sizes if x is not None]
+    fill = sum(known) / len(known) if known else 1.0
+    return [max(1.0, x) if x is not None else fill for x in sizes]
+
+
 def _hf_documents(name: str, field: str) -> Iterator[str]:
     try:
         import datasets
@@ -321,19 +368,32 @@ class TokenStream:
         self.bos = leading_bos(tokenizer)
 
     def _pieces(self, epoch: int) -> Iterator[str]:
+        """One epoch's pieces: drawn from the sources at random in proportion to their estimated sizes
+        (``source_chars``), so that every stretch of the stream holds each source at its share of the corpus (one
+        source after another, a stage that reads part of an epoch would miss whole sources), then through a seeded
+        shuffle buffer."""
         rng = random.Random(self.seed * 1000003 + epoch)
-        sources = list(self.sources)
-        rng.shuffle(sources)
+        streams = [self._source_pieces(src) for src in self.sources]
+        weights = source_weights(self.sources)
         buffer: list[str] = []
-        for doc in iter_documents(sources, self.field):
-            for p in pieces(doc, self.piece_chars):
-                if self.keep is not None and not self.keep(p):
-                    continue
-                buffer.append(p)
-                if len(buffer) >= self.shuffle_buffer:
-                    yield buffer.pop(rng.randrange(len(buffer)))
+        while streams:
+            i = rng.choices(range(len(streams)), weights)[0] if len(streams) > 1 else 0
+            p = next(streams[i], None)
+            if p is None:
+                del streams[i], weights[i]
+                continue
+            buffer.append(p)
+            if len(buffer) >= self.shuffle_buffer:
+                yield buffer.pop(rng.randrange(len(buffer)))
         rng.shuffle(buffer)
         yield from buffer
+
+    def _source_pieces(self, src) -> Iterator[str]:
+        """The pieces of one source that this stream keeps (its split)."""
+        for doc in iter_documents([src], self.field):
+            for p in pieces(doc, self.piece_chars):
+                if self.keep is None or self.keep(p):
+                    yield p
 
     def sequences(self) -> Iterator[list[int]]:
         epoch, produced = 0, False

@@ -371,6 +371,7 @@ class DistillRecipe:
         self.data = teacher_text(cfg, self.teacher, self.tokenizer, self.out, total, self.console, self.parallel)
         if "data" not in summary:  # the corpus size, for the epochs each stage makes over it
             summary["data"] = {"source": cfg.data, **_stage_stream(cfg, self.tokenizer, 0, self.data).size()}
+            summary["data"]["mix"] = "by size"  # how the sources were read: drawn at their shares (mohawk.data)
         self.corpus = summary["data"].get("tokens")
         rows, warnings = self.schedule.show(cfg, self.corpus, self.console)
         summary["input_changes"] = summary.get("input_changes", []) + [f"resumed with {c}" for c in changed]

@@ -239,7 +239,10 @@ def _final(out):
     return summary["final"], load_file(out / "student" / "model.safetensors")
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    "sig,code",  # SIGINT's KeyboardInterrupt path is also covered in-process (test_distill, test_checkpoint)
+    [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)],
+)
 def test_signal_at_a_random_point_then_resume(teacher_dir, tmp_path, sig, code):
     """A signal somewhere inside the run (a seeded random delay after its first file appears) ends it with one
     'interrupted' line and the signal's exit status; --resume then finishes with the uninterrupted run's result."""

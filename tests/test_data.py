@@ -35,6 +35,25 @@ def test_packing_is_deterministic_and_full(tmp_path):
     assert torch.equal(next(TokenStream([path], tok, 16, seed=3).batches(4, skip=3)), fourth)
 
 
+def test_sources_mix_at_their_shares_from_the_start(tmp_path):
+    """Two sources of 4:1 characters, one plain, one gzip-compressed (its size estimated through its compression
+    ratio): every stretch of an epoch holds them at about their shares, where reading them one after another would
+    give a stage that reads the first quarter only one source; each piece still comes once an epoch."""
+    big = [f"alpha {i} " + "a" * 300 for i in range(400)]
+    small = [f"beta {i} " + "b" * 300 for i in range(100)]
+    (tmp_path / "big.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in big))
+    with gzip.open(tmp_path / "small.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in small)
+    for seed in (0, 1):
+        stream = TokenStream([tmp_path / "big.jsonl", tmp_path / "small.jsonl.gz"], tiny_tokenizer(), 8, seed=seed,
+                             shuffle_buffer=4)  # fmt: skip
+        got = list(stream._pieces(0))
+        assert sorted(got) == sorted(big + small)
+        for quarter in range(4):
+            part = got[quarter * 125 : (quarter + 1) * 125]
+            assert 0.08 < sum(p.startswith("beta") for p in part) / len(part) < 0.35, (seed, quarter)
+
+
 def test_sequences_start_with_bos_when_the_tokenizer_adds_it(tmp_path):
     """Gemma's tokenizer puts BOS before every text and the model expects it: every packed sequence starts with it,
     the rest is the same token stream; a tokenizer that adds none (SmolLM2's) gets none."""

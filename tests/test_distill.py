@@ -215,6 +215,7 @@ def test_distill_on_teacher_written_text(teacher_dir, tmp_path):
     assert len(rows) == -(-800 // (32 + 16))  # prompts of 32 tokens, continued by seq_len - 32 (at least 16)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["source"] == f"teacher+{data}" and summary["data"]["tokens"] > 0
+    assert summary["data"]["mix"] == "by size"
     assert "final" in summary
 
 
