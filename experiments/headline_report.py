@@ -696,6 +696,8 @@ def _runs_lines(table: dict) -> list[str]:
                 per_update = " / ".join(f"{round(s['tokens'] / s['steps']):,}" if s["steps"] else "-" for s in st)
                 epochs = " / ".join("-" if s["epochs"] is None else f"{s['epochs']:.3f}" for s in st) or "-"
                 corpus = f"{r['data']['tokens']:,} (`{r['data']['source']}`)" if r["data"].get("tokens") else "-"
+                if "+" in r["data"].get("source", "") and "mix" not in r["data"]:
+                    corpus += ", read in sequence"
                 basis = (
                     "full sets" if r["full"] and r["screened"] else "screen only" if r["screened"] else "not screened"
                 )
@@ -708,7 +710,10 @@ def _runs_lines(table: dict) -> list[str]:
         "",
         "## Runs",
         "",
-        "Stages 1 / 2 / 3 of each run (summary.json): optimizer steps, tokens per update and epochs over its corpus.",
+        "Stages 1 / 2 / 3 of each run (summary.json): optimizer steps, tokens per update and epochs over its corpus. "
+        "*Read in sequence*: a run made before the data fix of 2026-12-06, which read its corpus's parts one after "
+        "another, so a stage could miss a part (results/recall/runs/NOTES.md point 21); the others mix them at their "
+        "shares.",
         "",
         *markdown_table(header, rows),
     ]

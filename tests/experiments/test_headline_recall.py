@@ -165,6 +165,18 @@ def test_runs_table_gives_each_stage_its_tokens_per_update(recall_runs, tmp_path
     row = next(line for line in text.splitlines() if line.startswith("| ssd-gm20-s1 |")).split("|")
     assert [c.strip() for c in row[4:6]] == ["62 / 123 / 519", "8,192 / 8,192 / 16,384"]
     assert "8,192 tokens per update" not in text
+    # a run whose summary says how its corpus's parts were mixed is not marked as read in sequence
+    mixed = recall_runs[0] / "ssd-gm20-s2" / "summary.json"
+    mixed.write_text(
+        json.dumps(
+            json.loads(mixed.read_text())
+            | {"data": {"source": "gutenberg+modern", "tokens": 28_000_000, "mix": "by size"}}
+        )
+    )
+    text, _ = _report(recall_runs, tmp_path / "results2")
+    runs = text.split("\n## Runs\n", 1)[1].split("\n## ", 1)[0].splitlines()
+    rows = {line.split("|")[1].strip(): line for line in runs if line.startswith("| ssd-gm20-s")}
+    assert "read in sequence" in rows["ssd-gm20-s1"] and "read in sequence" not in rows["ssd-gm20-s2"]
 
 
 def test_plot_decode_and_the_10m_section_of_before(recall_runs, tmp_path):
