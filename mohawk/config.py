@@ -219,7 +219,7 @@ class DistillConfig(_Schema):
         "bundled",
         "Training text: 'bundled' (a Gutenberg shard, ~12M tokens), 'gutenberg' (two shards), 'modern' (NLTK modern "
         "English), 'teacher' (text the teacher samples itself, see --teacher-tokens), a .txt/.jsonl/.parquet file or "
-        "directory, or a Hugging Face dataset name; 'a+b' mixes them.",
+        "directory, or a Hugging Face dataset name; 'a+b' mixes them, each at its share of the characters.",
         group=DATA,
         defines_run=True,
     )
