@@ -374,7 +374,7 @@ class TokenStream:
         shuffle buffer."""
         rng = random.Random(self.seed * 1000003 + epoch)
         streams = [self._source_pieces(src) for src in self.sources]
-        weights = source_weights(self.sources)
+        weights = source_weights(self.sources) if len(self.sources) > 1 else [1.0]  # one source: nothing to weigh
         buffer: list[str] = []
         while streams:
             i = rng.choices(range(len(streams)), weights)[0] if len(streams) > 1 else 0
