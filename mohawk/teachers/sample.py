@@ -1,8 +1,8 @@
 """Text the teacher writes itself (``--data teacher``): batched sampling, written as a jsonl.xz corpus. On a GPU the
 teacher samples re-expressed as an all-attention mohawk model (every layer its own attention: the same function),
-whose ``generate`` draws each token inside CUDA graphs of several steps (mohawk.models.graphs.generate_fast); the
-teacher's own ``generate`` with a static KV cache (``cache_implementation="static"``) wrote 7,434 tokens/s at 256
-sequences on an H100 (results/recall point 17). Elsewhere the teacher samples itself.
+whose ``generate`` draws each token inside CUDA graphs of several steps (mohawk.models.graphs.generate_fast), faster
+than the teacher's own ``generate`` with a static KV cache (results/recall/runs/NOTES.md points 17 and 19).
+Elsewhere the teacher samples itself.
 
 Each sample continues a short prompt (the first ``prompt_tokens`` tokens of a piece of vendored text, so that the
 samples start in many places) for ``new_tokens`` tokens at temperature ``temperature`` (no top-k / top-p: the teacher's

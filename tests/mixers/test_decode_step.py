@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mohawk.mixers.kernels import decode_matvec as dm
 from mohawk.mixers.kernels import decode_step as ds
 from mohawk.models import MohawkCache
 from tests.utils import tiny_student as student
@@ -200,7 +201,7 @@ def test_pdl_reaches_the_step(monkeypatch):
     monkeypatch.setattr(ds, "decode_step_kernel", Launches())
     _, ker, kw = _case(CASES[0], device="cpu")
     for on in (True, False):
-        monkeypatch.setattr(ds, "decode_pdl", lambda device, on=on: on)
+        monkeypatch.setattr(dm, "decode_pdl", lambda device, on=on: on)
         ds.decode_step(**ker, **kw)
         ds.decode_step(**ker, **kw, pdl=not on)
     assert log == [(True, True), (False, False), (False, False), (True, True)]

@@ -82,9 +82,11 @@ def decode_pdl(device: torch.device) -> bool:
     )
 
 
-def pdl_launch(pdl: bool) -> dict:
-    """The launch keywords of a kernel with a ``PDL`` constexpr: the flag, and Triton's ``launch_pdl`` when on."""
-    return {"PDL": pdl, "launch_pdl": True} if pdl else {"PDL": False}
+def pdl_launch(pdl: bool | None, device: torch.device) -> dict:
+    """The launch keywords of a kernel with a ``PDL`` constexpr: the flag, and Triton's ``launch_pdl`` when on;
+    ``pdl`` None: :func:`decode_pdl`'s choice for ``device``."""
+    on = decode_pdl(device) if pdl is None else pdl
+    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
 def decode_matvec_reference(
@@ -334,14 +336,14 @@ def decode_matvec(
         decode_matmul_kernel[(triton.cdiv(n, bn), triton.cdiv(b, bb))](
             *args, BLOCK_B=bb, BLOCK_N=bn, BK=bk, **flags, IEEE=weight.dtype == torch.float32,
             UPCAST=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps or 4, **stages,
-            **pdl_launch(decode_pdl(x.device) if pdl is None else pdl),
+            **pdl_launch(pdl, x.device),
         )  # fmt: skip
         return y
     bn, kb = block_sizes(n, k, gated)
     bn = block_n or bn
     warps = num_warps or matvec_warps(bn, kb, gated)
     decode_matvec_kernel[(triton.cdiv(n, bn),)](
-        *args, BLOCK_N=bn, KB=kb, **flags, num_warps=warps, **pdl_launch(decode_pdl(x.device) if pdl is None else pdl)
+        *args, BLOCK_N=bn, KB=kb, **flags, num_warps=warps, **pdl_launch(pdl, x.device)
     )
     return y
 

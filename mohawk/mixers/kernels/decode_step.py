@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mohawk.mixers.kernels.decode_matvec import decode_pdl, pdl_launch
+from mohawk.mixers.kernels.decode_matvec import pdl_launch
 
 GATES = {"none": 0, "mul": 1, "mul_silu": 2, "add": 3}
 DT_MODES = {"given": 0, "softplus_bias": 1, "softplus": 2, "ones": 3}  # dt, softplus(dt + dt_bias), softplus(dt), 1
@@ -269,7 +269,7 @@ def decode_step(
         BN=triton.next_power_of_2(n), HAS_BIAS=conv_bias is not None, SILU=conv_silu, X_OVER_DT=x_over_dt,
         HAS_D=D is not None, GATE=GATES[gate if z is not None else "none"], DT_MODE=DT_MODES[dt_mode],
         A_MODE=A_MODES[a_mode], num_warps=num_warps or STEP_WARPS,
-        **pdl_launch(decode_pdl(xbc.device) if pdl is None else pdl),
+        **pdl_launch(pdl, xbc.device),
     )  # fmt: skip
     return y
 
