@@ -191,12 +191,16 @@ def step_constexprs(**kw) -> dict:
 
 def test_pdl_reaches_the_step(monkeypatch):
     """With PDL on (decode_matvec.decode_pdl), the step launches with Triton's launch_pdl and its PDL constexpr; off,
-    with neither; ``pdl=`` overrides. (tests/mixers/test_decode_matvec.py compiles it with PDL for an H100.)"""
-    log = []
+    with neither; ``pdl=`` overrides; every launch at STEP_WARPS (8, the sweep's best) unless ``num_warps`` says
+    otherwise. (tests/mixers/test_decode_matvec.py compiles it with PDL for an H100.)"""
+    log, warps = [], []
 
     class Launches:
         def __getitem__(self, grid):
-            return lambda *args, **kw: log.append((kw["PDL"], kw.get("launch_pdl", False)))
+            return lambda *args, **kw: (
+                log.append((kw["PDL"], kw.get("launch_pdl", False))),
+                warps.append(kw["num_warps"]),
+            )
 
     monkeypatch.setattr(ds, "decode_step_kernel", Launches())
     _, ker, kw = _case(CASES[0], device="cpu")
@@ -205,6 +209,8 @@ def test_pdl_reaches_the_step(monkeypatch):
         ds.decode_step(**ker, **kw)
         ds.decode_step(**ker, **kw, pdl=not on)
     assert log == [(True, True), (False, False), (False, False), (True, True)]
+    ds.decode_step(**ker, **kw, num_warps=2)
+    assert ds.STEP_WARPS == 8 and warps == [8, 8, 8, 8, 2]
 
 
 @pytest.mark.gpu
