@@ -308,6 +308,7 @@ def main() -> None:
     p.add_argument("--tol", type=float, default=2e-2, help="largest relative error a setting may have to be timed")
     p.add_argument("--device", default="auto", help="auto (cuda where there is one), cuda, or cpu (TRITON_INTERPRET=1)")
     args = p.parse_args()
+    os.environ["MOHAWK_DECODE_PDL"] = "0"  # every setting timed without PDL; its own column adds it to the default
     device = resolve_device(args.device)
     if dm.triton is None or (device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1"):
         raise SystemExit("decode_matvec_sweep: needs a GPU with Triton, or TRITON_INTERPRET=1 on the CPU")
@@ -355,8 +356,9 @@ def report(payload: dict, args) -> list[str]:
         f"- versions: {payload['versions']}",
         "- us per launch, each product launched once per layer over that layer's weights in one CUDA graph (bf16, "
         "random weights of the real dimensions); plain = F.rms_norm, F.linear (cuBLAS), F.silu and the add as "
-        "PyTorch ops; default = decode_matvec without overrides; default + PDL = the same launched with programmatic "
-        "dependent launch (compute capability 9+; each launch overlaps the one before: `MOHAWK_DECODE_PDL=1`); best = "
+        "PyTorch ops; default = decode_matvec without overrides or PDL; default + PDL = the same launched with "
+        "programmatic dependent launch (compute capability 9+; each launch overlaps the one before: "
+        "`MOHAWK_DECODE_PDL=1`); best = "
         f"the fastest candidate whose result is within {args.tol} (relative) of the reference",
         "",
     ]

@@ -34,7 +34,13 @@ from benchmarks.common import (
     versions,
     write,
 )
-from mohawk.mixers.kernels.decode_matvec import AUTO_BATCHES, CHOICES, MAX_BATCH, decode_matvec_choice
+from mohawk.mixers.kernels.decode_matvec import (
+    AUTO_BATCHES,
+    CHOICES,
+    DOT_MIN_BATCH,
+    MAX_BATCH,
+    decode_matvec_choice,
+)
 from mohawk.models import graphs
 from mohawk.parallel import resolve_device
 from mohawk.transfer import from_teacher, place_attention_layers
@@ -227,9 +233,10 @@ def main():
         "files apart",
     )  # fmt: skip
     ap.add_argument(
-        "--decode-pdl", choices=("0", "1"), default=None,
-        help="1: the fused decoding kernels launch with programmatic dependent launch (Hopper or later: each overlaps "
-        "the one before); sets MOHAWK_DECODE_PDL; default: the environment's, else 0. 1 names its files apart",
+        "--decode-pdl", choices=("auto", "0", "1"), default=None,
+        help="programmatic dependent launch of the fused decoding kernels (Hopper or later: each overlaps the one "
+        "before): auto (generate's default) at the register kernel's batches, 1 at all, 0 at none; sets "
+        "MOHAWK_DECODE_PDL; default: the environment's, else auto. 0 and 1 name their files apart",
     )  # fmt: skip
     args = ap.parse_args()
     if args.decode_matvec:
@@ -237,7 +244,7 @@ def main():
     args.decode_matvec = decode_matvec_choice()
     if args.decode_pdl:
         os.environ["MOHAWK_DECODE_PDL"] = args.decode_pdl
-    args.decode_pdl = os.environ.get("MOHAWK_DECODE_PDL", "0")
+    args.decode_pdl = os.environ.get("MOHAWK_DECODE_PDL", "auto")
     rows_wanted = parse_rows(args)
 
     device = resolve_device(args.device)
@@ -312,7 +319,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "compile": args.compile,
         "bandwidth_gbs": args.bandwidth_gbs,
         "decode_matvec": matvec,
-        "decode_pdl": getattr(args, "decode_pdl", "0"),
+        "decode_pdl": getattr(args, "decode_pdl", "auto"),
         "rows": rows,
     }
     lines = [
@@ -338,11 +345,13 @@ def save(args, device, dtype, rows: list[dict]) -> None:
             f"{AUTO_BATCHES}, cuBLAS products at the others (`--decode-matvec auto`, the default)",
             "plain": ", each block's products in cuBLAS, norms and residual adds apart (`--decode-matvec plain`)",
         }[matvec]
-        + (
-            ", the fused kernels launched with programmatic dependent launch (`--decode-pdl 1`)"
-            if payload["decode_pdl"] == "1"
-            else ""
-        ),
+        + {
+            "auto": ", the fused kernels below batch "
+            f"{DOT_MIN_BATCH} launched with programmatic dependent launch on Hopper or later (`--decode-pdl auto`, "
+            "the default)",
+            "0": ", no programmatic dependent launch (`--decode-pdl 0`)",
+            "1": ", the fused kernels launched with programmatic dependent launch at every batch (`--decode-pdl 1`)",
+        }[payload["decode_pdl"]],
         f"- roofline: (weights + state or KV bytes a step reads and writes) / {args.bandwidth_gbs:,.0f} GB/s; "
         "'x roofline' = measured / roofline; TTFT = prefill to the first token; kernels = CUDA kernels in one student "
         "step (torch.profiler over one replay of the one-step graph)",
@@ -379,7 +388,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
                 *(f"| `{k['name']}` | {k['us']} | {k['calls']} |" for k in r["student_top_kernels"]),
             ]
     mixer = ("" if args.mixer == "ssd" else f"-{args.mixer}") + ("" if matvec == "auto" else f"-{matvec}")
-    mixer += "-pdl" if payload["decode_pdl"] == "1" else ""
+    mixer += {"auto": "", "0": "-nopdl", "1": "-pdl"}[payload["decode_pdl"]]
     write(f"decode_speed-{args.model}{mixer}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

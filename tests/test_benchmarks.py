@@ -281,13 +281,13 @@ def test_decode_speed_teacher_cache_is_sized_to_each_row():
 
 def test_decode_speed_matvec_choices_are_their_own_files(tmp_path, monkeypatch):
     """--decode-matvec sets MOHAWK_DECODE_MATVEC for the run, --decode-pdl MOHAWK_DECODE_PDL; fused, plain and PDL
-    name their file, payload and text apart and the default (auto, no PDL: generate's own choice) keeps the plain
+    name their file, payload and text apart and the defaults (auto and auto: generate's own choices) keep the plain
     name, so an A/B never overwrites the figures of what generate does by default."""
     from benchmarks import decode_speed
 
     args = ["--model", "tiny", "--device", "cpu", "--rows", "pure:16x1", "--new-tokens", "3", "--block", "2"]
     cases = (("fused", None, "tiny-fused-"), ("plain", None, "tiny-plain-"), (None, None, "tiny-"),
-             ("fused", "1", "tiny-fused-pdl-"))  # fmt: skip
+             ("fused", "1", "tiny-fused-pdl-"), (None, "0", "tiny-nopdl-"), (None, "auto", "tiny-"))  # fmt: skip
     for choice, pdl, name in cases:
         monkeypatch.delenv("MOHAWK_DECODE_MATVEC", raising=False)  # restored after the test: main() sets them
         monkeypatch.delenv("MOHAWK_DECODE_PDL", raising=False)
@@ -297,11 +297,11 @@ def test_decode_speed_matvec_choices_are_their_own_files(tmp_path, monkeypatch):
         decode_speed.main()
         assert os.environ.get("MOHAWK_DECODE_MATVEC", "auto") == (choice or "auto")
         (js,) = out.glob("decode_speed-*.json")
-        assert js.name.startswith(f"decode_speed-{name}") and js.name.count("-") == 2 + len(flag) // 2
+        assert js.name.startswith(f"decode_speed-{name}") and js.name.count("-") == 2 + name.count("-") - 1
         payload = json.loads(js.read_text())
-        assert payload["decode_matvec"] == (choice or "auto") and payload["decode_pdl"] == (pdl or "0")
+        assert payload["decode_matvec"] == (choice or "auto") and payload["decode_pdl"] == (pdl or "auto")
         text = next(out.glob("*.md")).read_text()
-        assert f"(`--decode-matvec {choice or 'auto'}" in text and ("`--decode-pdl 1`" in text) == bool(pdl)
+        assert f"(`--decode-matvec {choice or 'auto'}" in text and f"(`--decode-pdl {pdl or 'auto'}`" in text
 
 
 def test_stage_throughput_times_the_mixer_it_is_given(tmp_path, monkeypatch):
@@ -334,6 +334,7 @@ def test_decode_matvec_sweep_checks_each_setting_before_timing_it(tmp_path, monk
     if dm.triton is None:
         pytest.skip("needs Triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("MOHAWK_DECODE_PDL", "auto")  # restored after the test: main() turns PDL off for its settings
     monkeypatch.setattr(sweep, "MATVEC_BLOCK_N", (32, 64))  # few programs: the interpreter runs them one by one
     monkeypatch.setattr(sweep, "MATVEC_WARPS", (4,))
     monkeypatch.setattr(sweep, "DOT_BLOCK_N", (64,))

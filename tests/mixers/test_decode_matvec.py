@@ -228,23 +228,30 @@ def test_dot_kernel_equals_reference_on_cuda(kind, n, k, b, dtype):
 
 
 def test_pdl_switch(monkeypatch):
-    """MOHAWK_DECODE_PDL=1 turns programmatic dependent launch on for CUDA GPUs of compute capability 9 or more, never
-    on the CPU or in Triton's interpreter; it is off by default; another value is one clear error."""
+    """Programmatic dependent launch on CUDA GPUs of compute capability 9 or more, never on the CPU or in Triton's
+    interpreter: by default (auto) at the register kernel's batches only (below DOT_MIN_BATCH: faster there on an
+    H100, slower at the tensor-core kernel's), MOHAWK_DECODE_PDL=1 at every batch, 0 at none; another value is one
+    clear error."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    small, big = dm.DOT_MIN_BATCH - 1, dm.DOT_MIN_BATCH
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("MOHAWK_DECODE_PDL", raising=False)
-    assert not dm.decode_pdl(cuda)
+    assert [dm.decode_pdl(cuda, b) for b in (1, small, big, dm.MAX_BATCH)] == [True, True, False, False]
+    assert not dm.decode_pdl(cpu, 1)
     monkeypatch.setenv("MOHAWK_DECODE_PDL", "1")
-    assert dm.decode_pdl(cuda) and not dm.decode_pdl(cpu)
+    assert dm.decode_pdl(cuda, 1) and dm.decode_pdl(cuda, big) and not dm.decode_pdl(cpu, 1)
+    monkeypatch.setenv("MOHAWK_DECODE_PDL", "0")
+    assert not dm.decode_pdl(cuda, 1) and not dm.decode_pdl(cuda, big)
+    monkeypatch.setenv("MOHAWK_DECODE_PDL", "auto")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert not dm.decode_pdl(cuda)
+    assert not dm.decode_pdl(cuda, 1)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert not dm.decode_pdl(cuda)
+    assert not dm.decode_pdl(cuda, 1)
     monkeypatch.setenv("MOHAWK_DECODE_PDL", "yes")
     with pytest.raises(ValueError, match="MOHAWK_DECODE_PDL"):
-        dm.decode_pdl(cuda)
+        dm.decode_pdl(cuda, 1)
 
 
 class _Launches:
@@ -259,17 +266,19 @@ class _Launches:
 
 def test_pdl_reaches_both_kernels(monkeypatch):
     """With PDL on, both kernels launch with Triton's launch_pdl and their PDL constexpr (else neither), whatever
-    the batch picks; ``pdl=`` overrides the switch."""
+    the batch picks; the switch is asked with the batch; ``pdl=`` overrides it (and is not asked)."""
     log = []
     for name in ("decode_matvec_kernel", "decode_matmul_kernel"):
         monkeypatch.setattr(dm, name, _Launches(log))
+    batches = []
     for on in (True, False):
-        monkeypatch.setattr(dm, "decode_pdl", lambda device, on=on: on)
+        monkeypatch.setattr(dm, "decode_pdl", lambda device, batch, on=on: batches.append(batch) or on)
         for b in (1, dm.DOT_MIN_BATCH):
             dm.decode_matvec(**_inputs("gated", b, 24, 40, True, torch.float32, device="cpu"))
             dm.decode_matvec(**_inputs("norm", b, 24, 40, False, torch.float32, device="cpu"), pdl=not on)
     got = [(kw["PDL"], kw.get("launch_pdl", False)) for kw in log]
     assert got == [(True, True), (False, False)] * 2 + [(False, False), (True, True)] * 2
+    assert batches == [1, dm.DOT_MIN_BATCH] * 2  # the switch sees the batch it decides for
 
 
 _MATVEC_ARGS = dict(

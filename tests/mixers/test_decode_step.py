@@ -191,8 +191,8 @@ def step_constexprs(**kw) -> dict:
 
 def test_pdl_reaches_the_step(monkeypatch):
     """With PDL on (decode_matvec.decode_pdl), the step launches with Triton's launch_pdl and its PDL constexpr; off,
-    with neither; ``pdl=`` overrides; every launch at STEP_WARPS (8, the sweep's best) unless ``num_warps`` says
-    otherwise. (tests/mixers/test_decode_matvec.py compiles it with PDL for an H100.)"""
+    with neither; the switch is asked with the batch; ``pdl=`` overrides; every launch at STEP_WARPS (8, the sweep's
+    best) unless ``num_warps`` says otherwise. (tests/mixers/test_decode_matvec.py compiles it with PDL for an H100.)"""
     log, warps = [], []
 
     class Launches:
@@ -204,11 +204,13 @@ def test_pdl_reaches_the_step(monkeypatch):
 
     monkeypatch.setattr(ds, "decode_step_kernel", Launches())
     _, ker, kw = _case(CASES[0], device="cpu")
+    asked = []
     for on in (True, False):
-        monkeypatch.setattr(dm, "decode_pdl", lambda device, on=on: on)
+        monkeypatch.setattr(dm, "decode_pdl", lambda device, batch, on=on: asked.append(batch) or on)
         ds.decode_step(**ker, **kw)
         ds.decode_step(**ker, **kw, pdl=not on)
     assert log == [(True, True), (False, False), (False, False), (True, True)]
+    assert asked == [ker["xbc"].shape[0]] * 2  # the switch decides for the step's batch
     ds.decode_step(**ker, **kw, num_warps=2)
     assert ds.STEP_WARPS == 8 and warps == [8, 8, 8, 8, 2]
 

@@ -63,18 +63,21 @@ AUTO_BATCHES = (
 )
 
 
-def decode_pdl(device: torch.device) -> bool:
-    """Whether the decoding kernels (these and mohawk/mixers/kernels/decode_step.py) launch with programmatic
-    dependent launch on ``device``: MOHAWK_DECODE_PDL=1 (default 0: not yet measured on a GPU), a CUDA GPU of compute
-    capability 9 or more (Hopper), Triton and not its interpreter. Each such kernel lets the next one start once all
-    its programs run (``gdc_launch_dependents``), loads what no earlier kernel writes (its weights), then waits for the
-    kernel before it to finish (``gdc_wait``) before it reads or writes anything else: a chain of latency-bound
-    products overlaps each launch and weight read with the tail of the product before."""
-    flag = os.environ.get("MOHAWK_DECODE_PDL", "0")
-    if flag not in ("0", "1"):
-        raise ValueError(f"MOHAWK_DECODE_PDL={flag!r}: expected 0 or 1")
+def decode_pdl(device: torch.device, batch: int) -> bool:
+    """Whether the decoding kernels (these and mohawk/mixers/kernels/decode_step.py) of a step over ``batch``
+    sequences launch with programmatic dependent launch on ``device``: a CUDA GPU of compute capability 9 or more
+    (Hopper), Triton and not its interpreter, and MOHAWK_DECODE_PDL: ``auto`` (default) below :data:`DOT_MIN_BATCH`
+    sequences (the register kernel's batches), ``1`` at every batch, ``0`` never. Each such kernel lets the next one
+    start once all its programs run (``gdc_launch_dependents``); the register kernel then loads what no earlier kernel
+    writes (its weights) and waits for the kernel before it (``gdc_wait``) before it reads anything else, so a chain of
+    latency-bound products overlaps each launch and weight read with the tail of the one before. The tensor-core
+    kernel waits before its first load, so it gains no overlap, and its early programs only hold SMs the kernel before
+    needs: slower there (benchmarks/README.md, "Programmatic dependent launch")."""
+    flag = os.environ.get("MOHAWK_DECODE_PDL", "auto")
+    if flag not in PDL_CHOICES:
+        raise ValueError(f"MOHAWK_DECODE_PDL={flag!r}: expected one of {', '.join(PDL_CHOICES)}")
     return (
-        flag == "1"
+        (flag == "1" or (flag == "auto" and batch < DOT_MIN_BATCH))
         and triton is not None
         and device.type == "cuda"
         and os.environ.get("TRITON_INTERPRET") != "1"
@@ -82,10 +85,13 @@ def decode_pdl(device: torch.device) -> bool:
     )
 
 
-def pdl_launch(pdl: bool | None, device: torch.device) -> dict:
+PDL_CHOICES = ("auto", "0", "1")
+
+
+def pdl_launch(pdl: bool | None, device: torch.device, batch: int) -> dict:
     """The launch keywords of a kernel with a ``PDL`` constexpr: the flag, and Triton's ``launch_pdl`` when on;
-    ``pdl`` None: :func:`decode_pdl`'s choice for ``device``."""
-    on = decode_pdl(device) if pdl is None else pdl
+    ``pdl`` None: :func:`decode_pdl`'s choice for ``device`` and ``batch``."""
+    on = decode_pdl(device, batch) if pdl is None else pdl
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
@@ -336,14 +342,14 @@ def decode_matvec(
         decode_matmul_kernel[(triton.cdiv(n, bn), triton.cdiv(b, bb))](
             *args, BLOCK_B=bb, BLOCK_N=bn, BK=bk, **flags, IEEE=weight.dtype == torch.float32,
             UPCAST=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps or 4, **stages,
-            **pdl_launch(pdl, x.device),
+            **pdl_launch(pdl, x.device, b),
         )  # fmt: skip
         return y
     bn, kb = block_sizes(n, k, gated)
     bn = block_n or bn
     warps = num_warps or matvec_warps(bn, kb, gated)
     decode_matvec_kernel[(triton.cdiv(n, bn),)](
-        *args, BLOCK_N=bn, KB=kb, **flags, num_warps=warps, **pdl_launch(pdl, x.device)
+        *args, BLOCK_N=bn, KB=kb, **flags, num_warps=warps, **pdl_launch(pdl, x.device, b)
     )
     return y
 

@@ -269,7 +269,7 @@ def decode_step(
         BN=triton.next_power_of_2(n), HAS_BIAS=conv_bias is not None, SILU=conv_silu, X_OVER_DT=x_over_dt,
         HAS_D=D is not None, GATE=GATES[gate if z is not None else "none"], DT_MODE=DT_MODES[dt_mode],
         A_MODE=A_MODES[a_mode], num_warps=num_warps or STEP_WARPS,
-        **pdl_launch(pdl, xbc.device),
+        **pdl_launch(pdl, xbc.device, b),
     )  # fmt: skip
     return y
 
