@@ -429,6 +429,11 @@ def test_every_recall_arm_is_a_valid_distill_command(monkeypatch):
     argv = recall.distill_command("ssd-gm20-s1", args)
     assert argv.count("--tokens") == argv.count("--seed") == 1
     assert cfgs["ssd-gate-norm"].gate_norm and cfgs["ssd-conv-silu"].conv_activation == "silu"
+    lever = cfgs["hybrid4-retrieval-gm10-lr2e-4"]  # a lever's flag replaces the campaign's; the rest is its baseline's
+    base = cfgs["hybrid4-retrieval-gm10-s0"]
+    assert (lever.stage3_lr, base.stage3_lr, lever.tokens, lever.data) == (2e-4, 5e-4, base.tokens, base.data)
+    assert cfgs["hybrid4-retrieval-gm10-freeze-mlp"].freeze_mlp and not base.freeze_mlp
+    assert (cfgs["hybrid4-retrieval-gm10-t2"].temperature, base.temperature) == (2.0, 1.0)
     big = cfgs["hybrid6-retrieval-gm50-s1"]  # 50M also reads the shards part-c brings
     assert (big.tokens, big.seed, big.data) == (50_000_000, 1, f"gutenberg+modern+{recall.EXTRA_SHARDS}")
 
