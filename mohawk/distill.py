@@ -105,7 +105,7 @@ def teacher_text(cfg: DistillConfig, teacher, tokenizer, out: Path, total: int, 
     when an earlier call wrote it with the same settings)."""
     if not writes_teacher_text(cfg.data):
         return cfg.data
-    from mohawk.teachers.sample import write_corpus
+    from mohawk.teachers.sample import corpus_batch, write_corpus
 
     path = out / "teacher-text.jsonl.xz"
     if parallel.main:
@@ -119,7 +119,7 @@ def teacher_text(cfg: DistillConfig, teacher, tokenizer, out: Path, total: int, 
             new_tokens=max(16, cfg.seq_len - 32),
             temperature=cfg.teacher_temperature,
             seed=cfg.seed,
-            batch_size=64 if next(teacher.parameters()).is_cuda else 8,
+            batch_size=corpus_batch(next(teacher.parameters()).device),
             on_progress=lambda n, s: console.print(
                 f"  {n:,} tokens, {n / max(s, 1e-9):,.0f} tokens/s", highlight=False
             ),

@@ -21,13 +21,15 @@ OUT=${OUT:-$KEEP/out}
 mkdir -p "$KEEP" "$OUT"
 
 follow() {  # follow(seconds): print progress until no campaign job runs or the time is up, then tar the small files
+  # (and the text a --data teacher arm sampled, a few MB: a later session can carry it instead of sampling again)
   local until=$((SECONDS + $1))
   while pgrep -f "experiments.recall (train|screen|full)" >/dev/null && ((SECONDS < until)); do sleep 10; done
   pgrep -af "experiments.recall (train|screen|full)" | head -3 || true
   tail -n 4 "$KEEP"/campaign-*.log 2>/dev/null
   nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
   (cd "$KEEP/runs" 2>/dev/null && find . \( -name summary.json -o -name metrics.jsonl -o -name report.md \
-    -o -name config.yaml -o -name results.json -o -name '*.log' -o -name '*.command.txt' -o -name probe.json \) \
+    -o -name config.yaml -o -name results.json -o -name '*.log' -o -name '*.command.txt' -o -name probe.json \
+    -o -name 'teacher-text.jsonl.xz*' \) \
     -newer "$KEEP/started" -print0 | tar czf "$OUT/runs.tgz" --null -T -) && ls -la "$OUT"
 }
 

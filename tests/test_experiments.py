@@ -434,6 +434,13 @@ def test_every_recall_arm_is_a_valid_distill_command(monkeypatch):
     assert (lever.stage3_lr, base.stage3_lr, lever.tokens, lever.data) == (2e-4, 5e-4, base.tokens, base.data)
     assert cfgs["hybrid4-retrieval-gm10-freeze-mlp"].freeze_mlp and not base.freeze_mlp
     assert (cfgs["hybrid4-retrieval-gm10-t2"].temperature, base.temperature) == (2.0, 1.0)
+    written = cfgs["hybrid4-retrieval-gm10-teacher"]  # its own data replaces the baseline's, once
+    assert (written.data, written.teacher_tokens, written.tokens) == (
+        "teacher+gutenberg+modern",
+        5_000_000,
+        base.tokens,
+    )
+    assert recall.distill_command("hybrid4-retrieval-gm10-teacher", args).count("--data") == 1
     big = cfgs["hybrid6-retrieval-gm50-s1"]  # 50M also reads the shards part-c brings
     assert (big.tokens, big.seed, big.data) == (50_000_000, 1, f"gutenberg+modern+{recall.EXTRA_SHARDS}")
 
@@ -502,7 +509,8 @@ def test_recall_launch_requeues_a_run_that_ran_out_of_memory(tmp_path, monkeypat
 
 def test_gpu_campaign_script_steps(tmp_path):
     """scripts/gpu_campaign.sh parses, refuses an unknown step with its usage, refuses to screen while training still
-    runs, and `wait` tars the small files of the runs started since `train` (not the committed ones copied in)."""
+    runs, and `wait` tars the small files of the runs started since `train` (not the committed ones copied in) and
+    the teacher text a run sampled, never the weights."""
     import subprocess
     import sys
 
@@ -517,12 +525,13 @@ def test_gpu_campaign_script_steps(tmp_path):
     os.utime(runs / "old" / "summary.json", (1, 1))
     (tmp_path / "keep" / "started").touch()
     (runs / "new").mkdir()
-    for name in ("summary.json", "model.safetensors"):
+    for name in ("summary.json", "model.safetensors", "teacher-text.jsonl.xz", "teacher-text.jsonl.xz.json"):
         (runs / "new" / name).write_text("{}")
     done = subprocess.run(["bash", str(script), "wait", "0"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     listed = subprocess.run(["tar", "tzf", str(tmp_path / "out" / "runs.tgz")], capture_output=True, text=True)
-    assert listed.stdout.split() == ["./new/summary.json"]
+    want = ["./new/summary.json", "./new/teacher-text.jsonl.xz", "./new/teacher-text.jsonl.xz.json"]
+    assert sorted(listed.stdout.split()) == want  # the weights stay; the sampled teacher text comes back
     # a process whose command line holds what the script's pgrep looks for
     training = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "experiments.recall train"])
     try:
