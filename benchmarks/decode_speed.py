@@ -39,6 +39,7 @@ from mohawk.mixers.kernels.decode_matvec import (
     CHOICES,
     DOT_MIN_BATCH,
     MAX_BATCH,
+    PDL_CHOICES,
     decode_matvec_choice,
 )
 from mohawk.models import graphs
@@ -233,7 +234,7 @@ def main():
         "files apart",
     )  # fmt: skip
     ap.add_argument(
-        "--decode-pdl", choices=("auto", "0", "1"), default=None,
+        "--decode-pdl", choices=PDL_CHOICES, default=None,
         help="programmatic dependent launch of the fused decoding kernels (Hopper or later: each overlaps the one "
         "before): auto (generate's default) at the register kernel's batches, 1 at all, 0 at none; sets "
         "MOHAWK_DECODE_PDL; default: the environment's, else auto. 0 and 1 name their files apart",

@@ -90,25 +90,30 @@ BUDGETS = {
     2: (1, "gutenberg+modern"), 5: (1, "gutenberg+modern"), 10: (1, "gutenberg+modern"),
     20: (3, "gutenberg+modern"), 50: (3, f"gutenberg+modern+{EXTRA_SHARDS}"),
 }  # fmt: skip
+
+
+def _budget(millions: int, seed: int, data: str) -> list[str]:
+    """`mohawk distill` flags of a budget: ``millions`` student tokens of ``data``, seed ``seed``."""
+    return ["--data", data, "--tokens", str(millions * 1_000_000), "--seed", str(seed)]
+
+
 for _base, _flags in HEADLINE.items():
     for _millions, (_seeds, _data) in BUDGETS.items():
         for _seed in range(_seeds):
-            _budget = ["--data", _data, "--tokens", str(_millions * 1_000_000), "--seed", str(_seed)]
-            ARMS[f"{_base}-gm{_millions}-s{_seed}"] = [*_flags, *_budget]
+            ARMS[f"{_base}-gm{_millions}-s{_seed}"] = [*_flags, *_budget(_millions, _seed, _data)]
 # what closes HellaSwag's gap (NOTES points 18, 22, 23: 0.36-0.37 against the teacher's 0.408 at every budget, twice
 # as wide on its WikiHow items as on ActivityNet's): one lever each, beside hybrid4-retrieval-gm10-s0 (same data, seed
 # and budget): MLPs kept as the teacher's (its knowledge not overwritten by KD on books), a stage-3 LR 2.5x lower (less
 # drift), softer KD targets, and 5M tokens the teacher writes added to the books (15% of the mix: modern prose)
-LEVERS = {
-    "freeze-mlp": ["--freeze-mlp"],
-    "lr2e-4": ["--stage3-lr", "0.0002"],
-    "t2": ["--temperature", "2"],
-    "teacher": ["--data", "teacher+gutenberg+modern", "--teacher-tokens", "5000000"],
+LEVERS = {  # lever -> (its data, None: the baseline's; its flags)
+    "freeze-mlp": (None, ["--freeze-mlp"]),
+    "lr2e-4": (None, ["--stage3-lr", "0.0002"]),
+    "t2": (None, ["--temperature", "2"]),
+    "teacher": ("teacher+gutenberg+modern", ["--teacher-tokens", "5000000"]),
 }
-for _lever, _flags in LEVERS.items():
-    _base = ARMS["hybrid4-retrieval-gm10-s0"]
-    _kept = [x for i, x in enumerate(_base) if not (x == "--data" or (i and _base[i - 1] == "--data"))]
-    ARMS[f"hybrid4-retrieval-gm10-{_lever}"] = [*(_kept if "--data" in _flags else _base), *_flags]
+for _lever, (_data, _flags) in LEVERS.items():
+    _budget_flags = _budget(10, 0, _data or BUDGETS[10][1])
+    ARMS[f"hybrid4-retrieval-gm10-{_lever}"] = [*HEADLINE["hybrid4-retrieval"], *_budget_flags, *_flags]
 SCREEN_LIMITS = {"hellaswag": 2000, "lambada_openai": None}
 PASSKEY_AT, PASSKEY_TRIALS, VAL_SEQUENCES = [512, 1024, 2048], 20, 256
 SCREEN_TASKS = "ppl,agreement,passkey,hellaswag,lambada_openai"

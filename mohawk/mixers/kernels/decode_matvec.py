@@ -63,6 +63,9 @@ AUTO_BATCHES = (
 )
 
 
+PDL_CHOICES = ("auto", "0", "1")  # MOHAWK_DECODE_PDL's values (decode_pdl)
+
+
 def decode_pdl(device: torch.device, batch: int) -> bool:
     """Whether the decoding kernels (these and mohawk/mixers/kernels/decode_step.py) of a step over ``batch``
     sequences launch with programmatic dependent launch on ``device``: a CUDA GPU of compute capability 9 or more
@@ -83,9 +86,6 @@ def decode_pdl(device: torch.device, batch: int) -> bool:
         and os.environ.get("TRITON_INTERPRET") != "1"
         and torch.cuda.get_device_capability(device)[0] >= 9
     )
-
-
-PDL_CHOICES = ("auto", "0", "1")
 
 
 def pdl_launch(pdl: bool | None, device: torch.device, batch: int) -> dict:
