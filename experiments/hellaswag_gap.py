@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.recall_report import paired_difference
 from experiments.report import read_json
 from mohawk.data import ASSETS
 
@@ -49,12 +50,8 @@ def groups(queries: list[str]) -> dict[str, list[int]]:
 
 def gap(teacher: np.ndarray, student: np.ndarray, idx: list[int], n: int = 2000, seed: int = 0) -> list[float]:
     """[mean(teacher - student), 2.5%, 97.5%] over the items ``idx``, the items resampled in pairs ``n`` times."""
-    d = (teacher - student)[np.asarray(idx, dtype=int)]
-    if not d.size:
-        return [float("nan")] * 3
-    draws = d[np.random.default_rng(seed).integers(0, d.size, size=(n, d.size))].mean(1)
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return [round(float(d.mean()), 4), round(float(lo), 4), round(float(hi), 4)]
+    i = np.asarray(idx, dtype=int)
+    return paired_difference(teacher[i], student[i], n, seed)
 
 
 def hellaswag_items(res: dict | None) -> np.ndarray | None:

@@ -114,6 +114,8 @@ LEVERS = {  # lever -> (its data, None: the baseline's; its flags)
 for _lever, (_data, _flags) in LEVERS.items():
     _budget_flags = _budget(10, 0, _data or BUDGETS[10][1])
     ARMS[f"hybrid4-retrieval-gm10-{_lever}"] = [*HEADLINE["hybrid4-retrieval"], *_budget_flags, *_flags]
+# arm -> the arm it changes one thing of: the report gives their paired differences on the screen's items
+BASELINES = {f"hybrid4-retrieval-gm10-{lever}": "hybrid4-retrieval-gm10-s0" for lever in LEVERS}
 SCREEN_LIMITS = {"hellaswag": 2000, "lambada_openai": None}
 PASSKEY_AT, PASSKEY_TRIALS, VAL_SEQUENCES = [512, 1024, 2048], 20, 256
 SCREEN_TASKS = "ppl,agreement,passkey,hellaswag,lambada_openai"
@@ -280,7 +282,7 @@ def full(args) -> dict:
 def report(args) -> Path:
     from experiments.recall_report import write_recall_report
 
-    return write_recall_report(Path(args.out), Path(args.results), ARMS)
+    return write_recall_report(Path(args.out), Path(args.results), ARMS, baselines=BASELINES)
 
 
 def _batches(text: str) -> list[int]:

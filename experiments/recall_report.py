@@ -51,6 +51,75 @@ def paired_bootstrap_mean(pairs: dict, chance: dict, n: int = 2000, seed: int = 
         return {"ratio": _triple(point_s / point_t, ratios), "recovery": _triple((point_s - c) / (point_t - c), recs)}
 
 
+def paired_difference(a, b, n: int = 2000, seed: int = 0) -> list[float]:
+    """[mean(a - b), 2.5%, 97.5%] over items scored by both (same order), the items resampled in pairs ``n`` times."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if not d.size:
+        return [float("nan")] * 3
+    rng, draws = np.random.default_rng(seed), np.empty(n)
+    for lo in range(0, n, 256):  # 256 draws at a time: a full HellaSwag is 10,042 items
+        draws[lo : lo + 256] = d[rng.integers(0, d.size, size=(min(256, n - lo), d.size))].mean(1)
+    return _triple(d.mean(), draws)
+
+
+def against_baselines(out: Path, baselines: dict[str, str]) -> dict:
+    """{arm: {"baseline": base, "tasks": {task: [arm - base, lo, hi]}, "perplexity": [arm, base], "passkey":
+    {length: [arm, base]}}} from the screens of each arm and its baseline (paired over their common items: the same
+    task files), for the pairs both screened."""
+    res: dict = {}
+    for arm, base in baselines.items():
+        a, b = (read_json(out / "screen" / x / "results.json") for x in (arm, base))
+        if a is None or b is None:
+            continue
+        (sa, pa), (sb, pb) = (_student(r) for r in (a, b))
+        tasks = {
+            task: paired_difference(sa[task]["items"][metric], sb[task]["items"][metric])
+            for task, metric in TASK_METRIC.items()
+            if "items" in sa.get(task, {}) and "items" in sb.get(task, {})
+        }
+        keys = sorted(set(pa) & set(pb), key=int)
+        res[arm] = {
+            "baseline": base,
+            "tasks": tasks,
+            "perplexity": [sa.get("perplexity"), sb.get("perplexity")],
+            "passkey": {k: [pa[k]["hits"], pb[k]["hits"]] for k in keys},
+        }
+    return res
+
+
+def _student(res: dict) -> tuple[dict, dict]:
+    """(scores, passkey with repeated filler by length) of the student a screen's results.json scored."""
+    key = next(m for m in res["models"] if m != "teacher")
+    return res["scores"][key], res.get("passkey_detail", {}).get(key, {}).get("repeat", {})
+
+
+def _baseline_lines(diffs: dict) -> list[str]:
+    if not diffs:
+        return []
+    lengths = sorted({k for d in diffs.values() for k in d["passkey"]}, key=int)
+    lines = [
+        "",
+        "## Against their baselines",
+        "",
+        "Each arm minus the arm it changes one thing of (experiments/recall.py BASELINES), on the same screen items: "
+        "the difference of the means with a 95% paired bootstrap interval (an interval that holds 0: no measured "
+        "difference); perplexity and passkey hits (repeated filler) as arm / baseline.",
+        "",
+        "| arm | baseline | lambada | hellaswag (2,000) | perplexity | passkey " + " / ".join(lengths) + " |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, d in diffs.items():
+        cells = [
+            "{:+.3f} [{:+.3f}, {:+.3f}]".format(*d["tasks"][t]) if t in d["tasks"] else "-"
+            for t in ("lambada_openai", "hellaswag")
+        ]
+        ppl = " / ".join(f"{v:.2f}" if v is not None else "-" for v in d["perplexity"])
+        keys = " / ".join(f"{d['passkey'][k][0]:.2f}" if k in d["passkey"] else "-" for k in lengths)
+        base = " / ".join(f"{d['passkey'][k][1]:.2f}" if k in d["passkey"] else "-" for k in lengths)
+        lines.append(f"| {arm} | {d['baseline']} | {cells[0]} | {cells[1]} | {ppl} | {keys} against {base} |")
+    return lines
+
+
 def _triple(value: float, draws: np.ndarray) -> list[float]:
     lo, hi = np.nanpercentile(draws, [2.5, 97.5])
     return [round(float(value), 4), round(float(lo), 4), round(float(hi), 4)]
@@ -318,10 +387,15 @@ def _pct(cell: dict) -> str:
     return f"{cell['score']:.3f} ({100 * r:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]; above chance {100 * c:.0f}%)"
 
 
-def write_recall_report(out: Path, results: Path, arms: dict, chance: dict | None = None) -> Path:
+def write_recall_report(
+    out: Path, results: Path, arms: dict, chance: dict | None = None, baselines: dict[str, str] | None = None
+) -> Path:
+    """results/recall's results.json, README.md and recall.png from the screens under ``out``; ``baselines``
+    {arm: the arm it changes one thing of}: their paired differences too."""
     from experiments.recall import CHANCE
 
     doc = collect(out, arms, chance or CHANCE)
+    doc["against_baselines"] = against_baselines(out, baselines or {})
     results.mkdir(parents=True, exist_ok=True)
     (results / "results.json").write_text(json.dumps(doc, indent=1))
     t = doc["teacher"]
@@ -386,6 +460,7 @@ def write_recall_report(out: Path, results: Path, arms: dict, chance: dict | Non
             lines.append(
                 f"| {arm} | {s} | {info['tokens']:,} | {info['steps']} | {ep} | {info['lr']:g} | {info['wall_s']:.0f} |"
             )
+    lines += _baseline_lines(doc["against_baselines"])
     lines += _seed_lines(doc["seeds"])
     lines += full_lines(doc)
     lines += ["", "## Commands", ""]

@@ -471,6 +471,30 @@ def test_recall_report_ratios_heads_and_missing_arms(tmp_path):
     assert doc["models"]["heads"]["tasks"]["lambada_openai"]["ratio"][0] == pytest.approx(2 / 3, abs=1e-4)
 
 
+def test_recall_report_sets_each_arm_against_its_baseline(tmp_path):
+    """An arm against the arm it changes one thing of: the paired difference on the same items (a better HellaSwag on
+    every item is +1 with no spread; one LAMBADA item lost is -1/4), perplexity and passkey as arm / baseline; a pair
+    whose baseline has no screen is left out."""
+    from experiments.recall_report import write_recall_report
+
+    out = tmp_path / "runs"
+    fake_recall_screen(out / "screen" / "teacher", "teacher", [1, 1, 1, 1], [1, 1, 1, 1], 40.0, 1.0)
+    fake_recall_screen(out / "screen" / "base", "student", [1, 1, 0, 1], [0, 0, 0, 0], 44.0, 0.5)
+    fake_recall_screen(out / "screen" / "lever", "student", [1, 0, 0, 1], [1, 1, 1, 1], 43.0, 0.75)
+    arms = {"base": [], "lever": []}
+    baselines = {"lever": "base", "orphan": "unscreened"}
+    readme = write_recall_report(out, tmp_path / "results", arms, {"hellaswag": 0.25, "lambada_openai": 0.0}, baselines)
+    doc = json.loads((tmp_path / "results" / "results.json").read_text())
+    d = doc["against_baselines"]
+    assert list(d) == ["lever"] and d["lever"]["baseline"] == "base"
+    assert d["lever"]["tasks"]["hellaswag"] == [1.0, 1.0, 1.0]
+    low, high = d["lever"]["tasks"]["lambada_openai"][1:]
+    assert d["lever"]["tasks"]["lambada_openai"][0] == -0.25 and low < -0.25 < high <= 0.0
+    assert d["lever"]["perplexity"] == [43.0, 44.0] and d["lever"]["passkey"] == {"512": [0.75, 0.5]}
+    row = next(line for line in readme.read_text().splitlines() if line.startswith("| lever | base |"))
+    assert "+1.000 [+1.000, +1.000]" in row and "43.00 / 44.00" in row and "0.75 against 0.50" in row
+
+
 def test_recall_concurrency_follows_gpu_memory():
     """--concurrent 0 runs as many as the GPU's memory held in the campaigns: 3 distillations / 2 screens on an H100
     (three screens ran out of memory there), 5 / 3 on an H200 (seven distillations and five screens did not fit)."""
