@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,10 +105,9 @@ def run_tasks(
     seed: int = 0,
     items: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Score an HF causal LM (instance) on ``tasks``: {task: {metric: value, metric_stderr: value, n: docs,
-    seconds: the task's wall time}}, one harness call per task. Accuracies are fractions in [0, 1]. ``limit``: the
-    first N items of every task, or {task: N or None (all)}; ``items``: also each item's scores in document order,
-    {"items": {metric: [score, ...]}} (for paired bootstraps)."""
+    """Score an HF causal LM (instance) on ``tasks``: {task: {metric: value, metric_stderr: value, n: docs}}.
+    Accuracies are fractions in [0, 1]. ``limit``: the first N items of every task, or {task: N or None (all)};
+    ``items``: also each item's scores in document order, {"items": {metric: [score, ...]}} (for paired bootstraps)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -119,18 +117,20 @@ def run_tasks(
     except ImportError:
         raise MohawkError("zero-shot tasks need lm-evaluation-harness: pip install 'mohawk[eval]'") from None
     limits = limit if isinstance(limit, dict) else {t: limit for t in tasks}
+    groups: dict[int | None, list[str]] = {}
+    for t in tasks:  # one harness call per distinct limit
+        groups.setdefault(limits.get(t), []).append(t)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
     results: dict[str, dict[str, Any]] = {}
-    for task in tasks:  # one harness call per task: its own wall time (where a screen's minutes go)
-        start = time.perf_counter()
+    for group_limit, group in groups.items():
         with tempfile.TemporaryDirectory(prefix="mohawk-tasks-") as tmp:
-            (lm_name,) = write_tasks(Path(tmp), [task], data_files)
+            names = write_tasks(Path(tmp), group, data_files)
             manager = TaskManager(include_path=tmp, include_defaults=False)
             out = simple_evaluate(
                 model=lm,
-                tasks=[lm_name],
+                tasks=names,
                 task_manager=manager,
-                limit=limits.get(task),
+                limit=group_limit,
                 log_samples=items,
                 random_seed=seed,
                 numpy_random_seed=seed,
@@ -139,16 +139,16 @@ def run_tasks(
                 bootstrap_iters=1000,
                 verbosity="ERROR",
             )
-        r = out["results"][lm_name]
-        row: dict[str, Any] = {}
-        for m in TASKS[task]["metrics"]:
-            row[m] = float(r[f"{m},none"])
-            err = r.get(f"{m}_stderr,none")
-            row[f"{m}_stderr"] = float(err) if isinstance(err, (int, float)) else None
-        row["n"] = int(out["n-samples"][lm_name]["effective"])
-        if items:
-            samples = sorted(out["samples"][lm_name], key=lambda x: x["doc_id"])
-            row["items"] = {m: [float(x[m]) for x in samples] for m in TASKS[task]["metrics"]}
-        row["seconds"] = round(time.perf_counter() - start, 2)
-        results[task] = row
+        for name, lm_name in zip(group, names, strict=True):
+            r = out["results"][lm_name]
+            row: dict[str, Any] = {}
+            for m in TASKS[name]["metrics"]:
+                row[m] = float(r[f"{m},none"])
+                err = r.get(f"{m}_stderr,none")
+                row[f"{m}_stderr"] = float(err) if isinstance(err, (int, float)) else None
+            row["n"] = int(out["n-samples"][lm_name]["effective"])
+            if items:
+                samples = sorted(out["samples"][lm_name], key=lambda x: x["doc_id"])
+                row["items"] = {m: [float(x[m]) for x in samples] for m in TASKS[name]["metrics"]}
+            results[name] = row
     return results

@@ -215,20 +215,15 @@ def _one_line(text: str) -> str:
 
 
 def _time_spent(res: dict[str, Any]) -> list[str]:
-    """One report line on where the wall time went (loading, data, each model's phases, lm-eval's by task), if it
-    was recorded."""
+    """One report line on where the wall time went (loading, data, each model's phases), if it was recorded."""
     if "seconds" not in res:
         return []
     parts = [f"loading {res.get('load_s', 0):.0f} s", f"data {res.get('data_s', 0):.0f} s"]
-    for name, clock in res["seconds"].items():
-        if not clock:
-            continue
-        per_task = {
-            t: r["seconds"] for t, r in res["scores"].get(name, {}).items() if isinstance(r, dict) and "seconds" in r
-        }
-        tasks = f" ({', '.join(f'{t} {v:.0f} s' for t, v in per_task.items())})" if per_task else ""
-        phases = [f"{phase} {sec:.0f} s{tasks if phase == 'lm-eval' else ''}" for phase, sec in clock.items()]
-        parts.append(f"{name}: " + ", ".join(phases))
+    parts += [
+        f"{name}: " + ", ".join(f"{phase} {sec:.0f} s" for phase, sec in clock.items())
+        for name, clock in res["seconds"].items()
+        if clock
+    ]
     return [f"- time: {'; '.join(parts)}"]
 
 

@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -79,10 +78,8 @@ def test_lm_eval_accuracy_matches_hand_computation(tmp_path, family):
     tok = tiny_tokenizer()
     with torch.no_grad():
         acc, acc_norm = _hand_scores(model, tok)
-    start = time.perf_counter()
     r = run_tasks(model, tok, ["piqa"], batch_size=2, data_files={"piqa": _piqa_file(tmp_path)})["piqa"]
     assert r["n"] == 5 and r["acc"] == pytest.approx(acc) and r["acc_norm"] == pytest.approx(acc_norm)
-    assert 0 < r["seconds"] <= time.perf_counter() - start  # the task's own wall time
 
 
 def test_task_parsing_and_lengths():
