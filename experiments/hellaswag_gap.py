@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from experiments.recall_report import paired_difference
-from experiments.report import read_json
+from experiments.report import _scores, read_json
 from mohawk.data import ASSETS
+from mohawk.evaluation.present import markdown_table
 
 WIKIHOW = frozenset(
     {
@@ -56,11 +57,7 @@ def gap(teacher: np.ndarray, student: np.ndarray, idx: list[int], n: int = 2000,
 
 def hellaswag_items(res: dict | None) -> np.ndarray | None:
     """Per-item acc_norm on HellaSwag of the model a results.json scored (the student, else the teacher)."""
-    if not res:
-        return None
-    scores = res["scores"]
-    name = next((m for m in scores if m != "teacher"), "teacher")
-    items = scores[name].get("hellaswag", {}).get("items", {}).get("acc_norm")
+    items = _scores(res)[0].get("hellaswag", {}).get("items", {}).get("acc_norm")
     return None if items is None else np.asarray(items, dtype=float)
 
 
@@ -87,7 +84,14 @@ def analyse(runs: Path, queries: list[str], n: int = 2000) -> dict:
 
 def markdown(res: dict, command: str) -> str:
     cols = list(res["n"])
-    head = "| student | " + " | ".join(f"{g} ({res['n'][g]:,})" for g in cols) + " |"
+    table = markdown_table(
+        ["student", *(f"{g} ({res['n'][g]:,})" for g in cols)],
+        [
+            ["teacher's acc_norm", *(f"{res['teacher'][g]:.3f}" for g in cols)],
+            *([arm, *(f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in gaps.values())]
+              for arm, gaps in res["students"].items()),
+        ],
+    )  # fmt: skip
     rows = [
         "# HellaSwag: where the teacher - student gap lies",
         "",
@@ -95,14 +99,8 @@ def markdown(res: dict, command: str) -> str:
         " categories vs ActivityNet activities, told by the label before the colon) and by thirds of each source by"
         " context words (1/3: the shortest); [95% paired bootstrap interval]. Item counts in the header.",
         "",
-        head,
-        "|---" * (len(cols) + 1) + "|",
-        "| teacher's acc_norm | " + " | ".join(f"{res['teacher'][g]:.3f}" for g in cols) + " |",
+        *table,
     ]
-    for arm, gaps in res["students"].items():
-        rows.append(
-            f"| {arm} | " + " | ".join(f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in gaps.values()) + " |"
-        )
     return "\n".join(rows) + "\n"
 
 

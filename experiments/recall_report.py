@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.report import ZERO_SHOT, Stat, read_json
+from experiments.report import ZERO_SHOT, Stat, _scores, read_json
 from mohawk.evaluation.present import headline, markdown_table
 
 TASK_METRIC = {"hellaswag": "acc_norm", "lambada_openai": "acc"}
@@ -71,7 +71,7 @@ def against_baselines(out: Path, baselines: dict[str, str]) -> dict:
         a, b = (read_json(out / "screen" / x / "results.json") for x in (arm, base))
         if a is None or b is None:
             continue
-        (sa, pa), (sb, pb) = (_student(r) for r in (a, b))
+        (sa, pa), (sb, pb) = (_scores(r) for r in (a, b))
         tasks = {
             task: paired_difference(sa[task]["items"][metric], sb[task]["items"][metric])
             for task, metric in TASK_METRIC.items()
@@ -82,22 +82,27 @@ def against_baselines(out: Path, baselines: dict[str, str]) -> dict:
             "baseline": base,
             "tasks": tasks,
             "perplexity": [sa.get("perplexity"), sb.get("perplexity")],
-            "passkey": {k: [pa[k]["hits"], pb[k]["hits"]] for k in keys},
+            "passkey": {k: [pa[k], pb[k]] for k in keys},
         }
     return res
-
-
-def _student(res: dict) -> tuple[dict, dict]:
-    """(scores, passkey with repeated filler by length) of the student a screen's results.json scored."""
-    key = next(m for m in res["models"] if m != "teacher")
-    return res["scores"][key], res.get("passkey_detail", {}).get(key, {}).get("repeat", {})
 
 
 def _baseline_lines(diffs: dict) -> list[str]:
     if not diffs:
         return []
     lengths = sorted({k for d in diffs.values() for k in d["passkey"]}, key=int)
-    lines = [
+    rows = []
+    for arm, d in diffs.items():
+        cells = [
+            "{:+.3f} [{:+.3f}, {:+.3f}]".format(*d["tasks"][t]) if t in d["tasks"] else "-"
+            for t in ("lambada_openai", "hellaswag")
+        ]
+        ppl = " / ".join(f"{v:.2f}" if v is not None else "-" for v in d["perplexity"])
+        keys, base = (
+            " / ".join(f"{d['passkey'][k][i]:.2f}" if k in d["passkey"] else "-" for k in lengths) for i in (0, 1)
+        )
+        rows.append([arm, d["baseline"], *cells, ppl, f"{keys} against {base}"])
+    return [
         "",
         "## Against their baselines",
         "",
@@ -105,19 +110,10 @@ def _baseline_lines(diffs: dict) -> list[str]:
         "the difference of the means with a 95% paired bootstrap interval (an interval that holds 0: no measured "
         "difference); perplexity and passkey hits (repeated filler) as arm / baseline.",
         "",
-        "| arm | baseline | lambada | hellaswag (2,000) | perplexity | passkey " + " / ".join(lengths) + " |",
-        "|---|---|---|---|---|---|",
+        *markdown_table(
+            ["arm", "baseline", "lambada", "hellaswag (2,000)", "perplexity", "passkey " + " / ".join(lengths)], rows
+        ),
     ]
-    for arm, d in diffs.items():
-        cells = [
-            "{:+.3f} [{:+.3f}, {:+.3f}]".format(*d["tasks"][t]) if t in d["tasks"] else "-"
-            for t in ("lambada_openai", "hellaswag")
-        ]
-        ppl = " / ".join(f"{v:.2f}" if v is not None else "-" for v in d["perplexity"])
-        keys = " / ".join(f"{d['passkey'][k][0]:.2f}" if k in d["passkey"] else "-" for k in lengths)
-        base = " / ".join(f"{d['passkey'][k][1]:.2f}" if k in d["passkey"] else "-" for k in lengths)
-        lines.append(f"| {arm} | {d['baseline']} | {cells[0]} | {cells[1]} | {ppl} | {keys} against {base} |")
-    return lines
 
 
 def _triple(value: float, draws: np.ndarray) -> list[float]:

@@ -340,9 +340,11 @@ def fake_recall_screen(path, name, lambada, hellaswag, ppl: float, passkey_hits:
     }  # fmt: skip
     models = [name] if name == "teacher" else ["teacher", name]
     path.mkdir(parents=True)
+    passkey = {name: {"512": passkey_hits}}
     (path / "results.json").write_text(
-        json.dumps({"models": models, "scores": {name: scores}, "passkey_detail": {name: detail}})
-    )
+        json.dumps({"models": models, "teacher": "teacher", "scores": {name: scores}, "passkey": passkey,
+                    "passkey_detail": {name: detail}})
+    )  # fmt: skip
 
 
 def fake_recall_full(path, name, hits, wrong, ppl: float = 40.0):

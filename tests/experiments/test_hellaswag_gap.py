@@ -7,7 +7,8 @@ from experiments import hellaswag_gap as hg
 def _results(path, name, items):
     path.mkdir(parents=True)
     scores = {name: {"hellaswag": {"acc_norm": sum(items) / len(items), "items": {"acc_norm": items}}}}
-    (path / "results.json").write_text(json.dumps({"scores": scores}))
+    models = [name] if name == "teacher" else ["teacher", name]
+    (path / "results.json").write_text(json.dumps({"models": models, "teacher": "teacher", "scores": scores}))
 
 
 def test_the_gap_lands_on_the_source_that_lost_it(tmp_path):
