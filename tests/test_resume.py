@@ -46,13 +46,31 @@ def _outcome(out):
     return summary["final"], summary["distances_after"], losses, load_file(out / "student" / "model.safetensors")
 
 
-@pytest.mark.parametrize("kill_stage", [1, 2, 3])
-def test_sigkill_then_resume_is_bitwise_equal(teacher_dir, tmp_path, kill_stage):
-    cfg = tmp_path / "run.yaml"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One teacher directory, config and uninterrupted run, shared by the kill points (the run is deterministic)."""
+    from tests.utils import tiny_corpus, tiny_teacher, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("resume")
+    teacher_dir = root / "teacher"
+    tiny_teacher("llama").save_pretrained(teacher_dir)
+    tiny_tokenizer().save_pretrained(teacher_dir)
+    tiny_corpus(root / "corpus.jsonl")
+    cfg = root / "run.yaml"
     cfg.write_text(CONFIG)
     threads = torch.get_num_threads()
     try:
-        assert main(_args(teacher_dir, cfg, tmp_path / "ref")) == 0
+        assert main(_args(teacher_dir, cfg, root / "ref")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return teacher_dir, cfg, _outcome(root / "ref")
+
+
+@pytest.mark.parametrize("kill_stage", [1, 2, 3])
+def test_sigkill_then_resume_is_bitwise_equal(uninterrupted, tmp_path, kill_stage):
+    teacher_dir, cfg, (final_a, dist_a, losses_a, weights_a) = uninterrupted
+    threads = torch.get_num_threads()
+    try:
         out = tmp_path / "killed"
         proc = subprocess.Popen(
             [sys.executable, "-m", "mohawk", *_args(teacher_dir, cfg, out)],
@@ -70,10 +88,7 @@ def test_sigkill_then_resume_is_bitwise_equal(teacher_dir, tmp_path, kill_stage)
         assert main(_args(teacher_dir, cfg, out) + ["--resume"]) == 0
     finally:
         torch.set_num_threads(threads)
-    (final_a, dist_a, losses_a, weights_a), (final_b, dist_b, losses_b, weights_b) = (
-        _outcome(tmp_path / "ref"),
-        _outcome(out),
-    )
+    final_b, dist_b, losses_b, weights_b = _outcome(out)
     assert final_a == final_b and dist_a == dist_b
     assert losses_a == losses_b
     assert weights_a.keys() == weights_b.keys()
