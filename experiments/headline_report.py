@@ -437,7 +437,8 @@ def write_headline_from_recall(
         "source": str(recall),
         "metric": "zero-shot: mean over the seven tasks (full sets) of acc_norm (hellaswag, piqa, arc_challenge, "
         "openbookqa) or acc (winogrande, arc_easy, lambada_openai); basis 'screen': the mean of LAMBADA acc and "
-        "HellaSwag acc_norm (first 2,000 items). Statistics over seeds: {mean, lo, hi, n}, the 95% t-interval",
+        "HellaSwag acc_norm (the screen's items: the first 2,000, or every 5th since 2026-12-06). Statistics over "
+        "seeds: {mean, lo, hi, n}, the 95% t-interval",
         "teacher": doc["teacher"],
         "configurations": table,
         "still_to_make": todo,
@@ -532,8 +533,9 @@ def _recall_intro(recall: Path, plan: dict, arms: dict, table: dict, command: st
         "",
         "Mean zero-shot: the mean over the seven tasks of lm-evaluation-harness on their full sets (acc_norm for "
         "hellaswag, piqa, arc_challenge and openbookqa, acc for the others; `experiments.recall full`); where no seed "
-        "of a budget has the full sets yet, the screen's mean of LAMBADA (acc) and the first 2,000 HellaSwag items "
-        "(acc_norm), marked *screen only* (its percentages are of the teacher's screen mean). % of teacher: the "
+        "of a budget has the full sets yet, the screen's mean of LAMBADA (acc) and of its HellaSwag items (acc_norm; "
+        "the first 2,000, or every 5th since 2026-12-06), marked *screen only* (its percentages are of the teacher's "
+        "screen mean on the same items). % of teacher: the "
         "student's mean / the teacher's; above chance: (student - chance) / (teacher - chance), the chance level of "
         "each task from experiments/recall.py CHANCE. Perplexity on 256 x 512 held-out tokens (in brackets: above the "
         "teacher's); LAMBADA, HellaSwag and perplexity from the screen. Cells: the mean over the seeds ± the "
@@ -592,7 +594,7 @@ def _recovery_lines(doc: dict, table: dict) -> list[str]:
                 + [_with_pct(m.get("perplexity_value"), m.get("perplexity"), n, 2, sign="+")]
             )
     header = ["configuration", "tokens", "seeds", "mean zero-shot", "% of teacher", "above chance, %"]
-    header += ["LAMBADA acc", "HellaSwag acc_norm (first 2,000)", "perplexity"]
+    header += ["LAMBADA acc", "HellaSwag acc_norm (screen)", "perplexity"]
     lines = markdown_table(header, rows)
     if screen is not None and any(e["basis"] == "screen" for entries in table.values() for e in entries):
         lines += ["", f"The teacher's screen mean (LAMBADA, HellaSwag), the base of *screen only* rows: {screen:.4f}."]
@@ -808,7 +810,7 @@ def _plot_recovery(table: dict, path: Path) -> bool:
     full.axhline(GOAL_HYBRID, color="k", ls="--", lw=0.8, label=f"goal, hybrids ({GOAL_HYBRID:g}%)")
     full.axhline(GOAL_PURE, color="k", ls=":", lw=0.8, label=f"goal, pure SSD ({GOAL_PURE:g}%)")
     screen.plot([], [], "k-", label="LAMBADA (full set)")
-    screen.plot([], [], "k--", label="HellaSwag (first 2,000)")
+    screen.plot([], [], "k--", label="HellaSwag (screen)")
     full.set_title("Mean zero-shot, seven tasks, full sets")
     screen.set_title("Screen: LAMBADA and HellaSwag")
     for ax in (full, screen):

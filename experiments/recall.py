@@ -7,7 +7,8 @@ student screened on the metrics that separate arms cheaply.
     python3 -m experiments.recall full   --out runs/recall [--only A,B] [--concurrent N]   # finalists: full sets
     python3 -m experiments.recall report --out runs/recall --results results/recall
 
-The screen: full LAMBADA, the first 2,000 HellaSwag items, perplexity / agreement on 256 held-out sequences, and
+The screen: full LAMBADA, every 5th HellaSwag item (2,009: its two sources in proportion; screens before 2026-12-06
+took the first 2,000, all ActivityNet), perplexity / agreement on 256 held-out sequences, and
 passkey v2 (20 keys at 512 / 1,024 / 2,048 tokens, repeated and natural filler; generated hits, per-digit credit,
 the key's teacher-forced log-probability, a cache == no-cache check). ``full`` scores the finalists (--only, else every
 trained arm) and the teacher once on the full zero-shot sets of results/headline (experiments/headline.py's seven
@@ -116,7 +117,9 @@ for _lever, (_data, _flags) in LEVERS.items():
     ARMS[f"hybrid4-retrieval-gm10-{_lever}"] = [*HEADLINE["hybrid4-retrieval"], *_budget_flags, *_flags]
 # arm -> the arm it changes one thing of: the report gives their paired differences on the screen's items
 BASELINES = {f"hybrid4-retrieval-gm10-{lever}": "hybrid4-retrieval-gm10-s0" for lever in LEVERS}
-SCREEN_LIMITS = {"hellaswag": 2000, "lambada_openai": None}
+HELLASWAG_ITEMS = 10_042  # the vendored validation set (a test checks)
+# every 5th HellaSwag item: 1,359 WikiHow + 650 ActivityNet, where the set's first 3,243 items are all ActivityNet
+SCREEN_LIMITS = {"hellaswag": range(0, HELLASWAG_ITEMS, 5), "lambada_openai": None}
 PASSKEY_AT, PASSKEY_TRIALS, VAL_SEQUENCES = [512, 1024, 2048], 20, 256
 SCREEN_TASKS = "ppl,agreement,passkey,hellaswag,lambada_openai"
 # a random guess (lambada: exact next-word match; arc: 4 choices for all but a few questions)

@@ -62,21 +62,46 @@ def paired_difference(a, b, n: int = 2000, seed: int = 0) -> list[float]:
     return _triple(d.mean(), draws)
 
 
+def item_scores(task: dict, metric: str) -> dict[int, float]:
+    """{item index: score} of one task's scores: its "item_ids" where the evaluation chose items, else the first n."""
+    items = task["items"][metric]
+    return dict(zip(task.get("item_ids") or range(len(items)), items, strict=True))
+
+
+def aligned(task: dict, others: list[dict | None], metric: str) -> tuple[list[float], list[float]] | None:
+    """``task``'s per-item scores and those of the same items from the first of ``others`` (the same task's scores
+    elsewhere, e.g. a screen then the full set) that scored all of them, in item order; None if none did."""
+    if "items" not in task:
+        return None
+    mine = item_scores(task, metric)
+    for other in others:
+        if other and "items" in other:
+            theirs = item_scores(other, metric)
+            if mine.keys() <= theirs.keys():
+                ids = sorted(mine)
+                return [mine[i] for i in ids], [theirs[i] for i in ids]
+    return None
+
+
 def against_baselines(out: Path, baselines: dict[str, str]) -> dict:
     """{arm: {"baseline": base, "tasks": {task: [arm - base, lo, hi]}, "perplexity": [arm, base], "passkey":
-    {length: [arm, base]}}} from the screens of each arm and its baseline (paired over their common items: the same
-    task files), for the pairs both screened."""
+    {length: [arm, base]}}} from the screens of each arm and its baseline, for the pairs both screened: each task
+    paired over the arm's items, scored by the baseline's screen or else its full set (a task neither covers is left
+    out)."""
     res: dict = {}
     for arm, base in baselines.items():
         a, b = (read_json(out / "screen" / x / "results.json") for x in (arm, base))
         if a is None or b is None:
             continue
         (sa, pa), (sb, pb) = (_scores(r) for r in (a, b))
-        tasks = {
-            task: paired_difference(sa[task]["items"][metric], sb[task]["items"][metric])
-            for task, metric in TASK_METRIC.items()
-            if "items" in sa.get(task, {}) and "items" in sb.get(task, {})
-        }
+        b_full = read_json(out / "full" / base / "results.json")
+        b_key = next(m for m in b["models"] if m != "teacher")
+        fb = b_full["scores"].get(b_key, {}) if b_full else {}
+        tasks = {}
+        for task, metric in TASK_METRIC.items():
+            pair = aligned(sa.get(task, {}), [sb.get(task), fb.get(task)], metric)
+            if pair is not None:
+                tasks[task] = paired_difference(*pair)
         keys = sorted(set(pa) & set(pb), key=int)
         res[arm] = {
             "baseline": base,
@@ -111,7 +136,7 @@ def _baseline_lines(diffs: dict) -> list[str]:
         "difference); perplexity and passkey hits (repeated filler) as arm / baseline.",
         "",
         *markdown_table(
-            ["arm", "baseline", "lambada", "hellaswag (2,000)", "perplexity", "passkey " + " / ".join(lengths)], rows
+            ["arm", "baseline", "lambada", "hellaswag (screen)", "perplexity", "passkey " + " / ".join(lengths)], rows
         ),
     ]
 
@@ -127,10 +152,10 @@ def collect(out: Path, arms: dict, chance: dict) -> dict:
     t_res = read_json(out / "screen" / "teacher" / "results.json")
     if t_res is None:
         raise SystemExit(f"no teacher screen in {out / 'screen' / 'teacher'}: run the screen phase first")
-    t_scores = t_res["scores"]["teacher"]
     t_full = read_json(out / "full" / "teacher" / "results.json")
     t_full_scores = t_full["scores"]["teacher"] if t_full else None
-    doc: dict = {"teacher": _row(t_res, "teacher", None, chance), "models": {}, "missing": []}
+    t_sources = [t_res["scores"]["teacher"], t_full_scores]  # a screen's items: the teacher's screen or full set
+    doc: dict = {"teacher": _row(t_res, "teacher", [], chance), "models": {}, "missing": []}
     doc["teacher"]["full"] = _full_row(t_full_scores, None, chance) if t_full else None
     for arm in arms:
         res = read_json(out / "screen" / arm / "results.json")
@@ -138,7 +163,7 @@ def collect(out: Path, arms: dict, chance: dict) -> dict:
             doc["missing"].append(arm)
             continue
         key = next(m for m in res["models"] if m != "teacher")
-        row = _row(res, key, t_scores, chance)
+        row = _row(res, key, t_sources, chance)
         summary = read_json(out / arm / "summary.json") or {}
         row["attention_layers"] = summary.get("attention_layers")
         row["attention_heads"] = summary.get("attention_heads") or {}
@@ -215,14 +240,19 @@ def across_seeds(doc: dict, arms, chance: dict) -> dict:
 
 def _seed_values(row: dict, teacher: dict, chance: dict) -> dict:
     """One screened arm's values for the across-seeds statistics, from its unrounded scores (None: not measured).
-    Screen: lambada / hellaswag (% of the teacher's score; *_score the score), perplexity (% above the teacher's;
-    perplexity_value the value), "passkey N" / "passkey-natural N" (hits at N tokens, repeated / natural filler),
-    screen_mean (mean of the two tasks' scores) with screen_pct (% of the teacher's) and screen_recovery (above
-    chance, %). Full sets: zero_shot_mean (mean of the seven tasks) with zero_shot (% of the teacher's) and
-    zero_shot_recovery (above chance, %)."""
+    Screen: lambada / hellaswag (% of the teacher's score on the same items; *_score the score), perplexity (% above
+    the teacher's; perplexity_value the value), "passkey N" / "passkey-natural N" (hits at N tokens, repeated /
+    natural filler), screen_mean (mean of the two tasks' scores) with screen_pct (% of the teacher's on the same
+    items) and screen_recovery (above chance, %). Full sets: zero_shot_mean (mean of the seven tasks) with zero_shot
+    (% of the teacher's) and zero_shot_recovery (above chance, %)."""
     vals: dict = {}
+
+    def teacher_score(task: str) -> float | None:  # on the arm's items where the report paired them
+        cell = row["tasks"].get(task, {})
+        return cell.get("teacher_score", teacher["tasks"].get(task, {}).get("score"))
+
     for task, key in (("lambada_openai", "lambada"), ("hellaswag", "hellaswag")):
-        s, t = row["tasks"].get(task, {}).get("score"), teacher["tasks"].get(task, {}).get("score")
+        s, t = row["tasks"].get(task, {}).get("score"), teacher_score(task)
         vals[key] = 100 * s / t if s is not None and t else None
         vals[f"{key}_score"] = s
     ppl, t_ppl = row["perplexity"], teacher["perplexity"]
@@ -232,7 +262,7 @@ def _seed_values(row: dict, teacher: dict, chance: dict) -> dict:
         for length, v in row["passkey"].get(filler, {}).items():
             vals[f"{prefix} {length}"] = v["hits"]
     s = [row["tasks"].get(task, {}).get("score") for task in TASK_METRIC]
-    t = [teacher["tasks"].get(task, {}).get("score") for task in TASK_METRIC]
+    t = [teacher_score(task) for task in TASK_METRIC]
     if None not in s and None not in t:
         c = sum(chance[task] for task in TASK_METRIC) / len(TASK_METRIC)
         ms, mt = sum(s) / len(s), sum(t) / len(t)
@@ -264,7 +294,7 @@ def _seed_lines(seeds: dict) -> list[str]:
     lengths = sorted(
         {int(k.split()[1]) for c in seeds.values() for k in c["metrics"] if k.startswith("passkey ")}, key=int
     )
-    header = ["configuration", "seeds", "lambada, % of teacher", "hellaswag (2,000), % of teacher"]
+    header = ["configuration", "seeds", "lambada, % of teacher", "hellaswag (screen), % of teacher"]
     header += ["perplexity vs teacher, %", *[f"passkey {n}" for n in lengths]]
     header += ["mean zero-shot (full sets), % of teacher", "above chance (full sets), %"]
     rows = []
@@ -338,7 +368,9 @@ def _missing_text(missing: list[str]) -> str:
     )
 
 
-def _row(res: dict, key: str, t_scores: dict | None, chance: dict) -> dict:
+def _row(res: dict, key: str, t_sources: list[dict | None], chance: dict) -> dict:
+    """One screen: its scores, and each task against the teacher's scores of the same items (the first of
+    ``t_sources``, the teacher's score dicts, that scored them all) as paired_bootstrap's ratio and recovery."""
     scores = res["scores"][key]
     row: dict = {
         "perplexity": scores.get("perplexity"),
@@ -350,8 +382,9 @@ def _row(res: dict, key: str, t_scores: dict | None, chance: dict) -> dict:
         if task not in scores:
             continue
         cell = {"score": scores[task][metric], "n": scores[task]["n"]}
-        if t_scores is not None and "items" in scores[task] and "items" in t_scores.get(task, {}):
-            cell.update(paired_bootstrap(scores[task]["items"][metric], t_scores[task]["items"][metric], chance[task]))
+        pair = aligned(scores[task], [(t or {}).get(task) for t in t_sources], metric)
+        if pair is not None:
+            cell.update(paired_bootstrap(*pair, chance[task]), teacher_score=float(np.mean(pair[1])))
         row["tasks"][task] = cell
     detail = res.get("passkey_detail", {}).get(key, {})
     row["passkey"] = {
@@ -400,12 +433,15 @@ def write_recall_report(
         "# Recall screening: SmolLM2-135M-Instruct students at 10M tokens",
         "",
         *([notes.read_text().strip(), ""] if notes.is_file() else []),
-        "Screen of each arm (experiments/recall.py; one seed: 0, or an arm's -s<seed>): full LAMBADA (acc), the first "
-        "2,000 HellaSwag items (acc_norm), perplexity and top-1 agreement on 256 x 512 held-out tokens, and passkey v2 "
-        "(20 keys per length, repeated and natural filler). Percentages: of the teacher's score, with a 95% paired "
-        "bootstrap interval over items; 'above chance': (student - chance) / (teacher - chance).",
+        "Screen of each arm (experiments/recall.py; one seed: 0, or an arm's -s<seed>): full LAMBADA (acc), HellaSwag "
+        "(acc_norm) on every 5th item (2,009, WikiHow and ActivityNet in the set's proportion; screens made before "
+        "2026-12-06 scored the first 2,000, which are all ActivityNet), perplexity and top-1 agreement on 256 x 512 "
+        "held-out tokens, and passkey v2 (20 keys per length, repeated and natural filler). Percentages: of the "
+        "teacher's score on the same items (its screen, or its full set where the screen lacks them), with a 95% "
+        "paired bootstrap interval over items; 'above chance': (student - chance) / (teacher - chance). The teacher's "
+        "row: its screen, the first 2,000 HellaSwag items.",
         "",
-        "| model | attention layers | lambada | hellaswag (2,000) | perplexity | agreement |",
+        "| model | attention layers | lambada | hellaswag (screen) | perplexity | agreement |",
         "|---|---|---|---|---|---|",
         f"| teacher | all | {_pct(t['tasks']['lambada_openai'])} | {_pct(t['tasks']['hellaswag'])} | "
         f"{t['perplexity']:.2f} | - |",

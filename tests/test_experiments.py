@@ -495,6 +495,49 @@ def test_recall_report_sets_each_arm_against_its_baseline(tmp_path):
     assert "+1.000 [+1.000, +1.000]" in row and "43.00 / 44.00" in row and "0.75 against 0.50" in row
 
 
+def test_recall_report_pairs_chosen_items_through_the_full_sets(tmp_path):
+    """A screen that scored chosen HellaSwag items (item_ids) is set against the teacher's and its baseline's scores
+    of those same items: from their screens where those hold them all, else from their full sets; the first n items
+    of an older screen stay paired with the screens. Pairing by position instead of by index would give other
+    numbers here."""
+    from experiments.recall_report import aligned, write_recall_report
+
+    mine = {"items": {"a": [1, 0]}, "item_ids": [5, 1]}  # item 5 scored 1, item 1 scored 0
+    assert aligned(mine, [None, {"items": {"a": [0, 9, 0, 0, 0, 7]}}], "a") == ([0, 1], [9, 7])  # in item order
+    assert aligned(mine, [{"items": {"a": [1, 1]}}], "a") is None  # items 0-1 do not hold item 5
+    out = tmp_path / "runs"
+    fake_recall_screen(out / "screen" / "teacher", "teacher", [1, 1], [1, 1], 40.0, 1.0)
+    fake_recall_full(out / "full" / "teacher", "teacher", [0, 0, 0, 1, 0, 1, 0, 1], [0] * 8)
+    fake_recall_screen(out / "screen" / "base", "base", [1, 1], [0, 0], 44.0, 0.5)
+    fake_recall_full(out / "full" / "base", "base", [1, 1, 1, 0, 1, 0, 1, 0], [0] * 8)
+    fake_recall_screen(out / "screen" / "lever", "lever", [1, 1], [1, 1, 0], 43.0, 0.5, hellaswag_ids=[3, 5, 6])
+    from experiments.recall import CHANCE
+
+    write_recall_report(out, tmp_path / "results", {"base": [], "lever": []}, CHANCE, {"lever": "base"})
+    doc = json.loads((tmp_path / "results" / "results.json").read_text())
+    # items 3, 5, 6: the teacher's full set has 1, 1, 0 and the base's 0, 0, 1, where their screens hold items 0-1
+    assert doc["models"]["lever"]["tasks"]["hellaswag"]["ratio"][0] == pytest.approx(1.0)
+    assert doc["against_baselines"]["lever"]["tasks"]["hellaswag"][0] == pytest.approx(1 / 3, abs=1e-4)
+    assert doc["models"]["base"]["tasks"]["hellaswag"]["ratio"][0] == 0.0  # its first 2 items, the teacher's screen
+
+
+def test_recall_screen_items_span_both_hellaswag_sources():
+    """The screen's HellaSwag items reach the end of the vendored set and hold WikiHow and ActivityNet items in the
+    set's proportion (the set's first 2,000 are all ActivityNet)."""
+    import lzma
+
+    from experiments.hellaswag_gap import source
+    from experiments.recall import HELLASWAG_ITEMS, SCREEN_LIMITS
+    from mohawk.data import ASSETS
+
+    with lzma.open(ASSETS / "eval" / "hellaswag.jsonl.xz", "rt") as f:
+        sources = [source(json.loads(line)["query"]) for line in f]
+    assert len(sources) == HELLASWAG_ITEMS and "wikihow" not in sources[:2000]
+    chosen = [sources[i] for i in SCREEN_LIMITS["hellaswag"]]
+    assert len(chosen) == 2009 and max(SCREEN_LIMITS["hellaswag"]) >= HELLASWAG_ITEMS - 5
+    assert chosen.count("wikihow") / len(chosen) == pytest.approx(sources.count("wikihow") / len(sources), abs=0.01)
+
+
 def test_recall_concurrency_follows_gpu_memory():
     """--concurrent 0 runs as many as the GPU's memory held in the campaigns: 3 distillations / 2 screens on an H100
     (three screens ran out of memory there), 5 / 3 on an H200 (seven distillations and five screens did not fit)."""

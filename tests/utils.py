@@ -317,9 +317,12 @@ def fake_headline_eval(out, name, key, scores):
     (d / "results.json").write_text(json.dumps(res))
 
 
-def fake_recall_screen(path, name, lambada, hellaswag, ppl: float, passkey_hits: float, natural_hits=None):
+def fake_recall_screen(
+    path, name, lambada, hellaswag, ppl: float, passkey_hits: float, natural_hits=None, hellaswag_ids=None
+):
     """A screen results.json as experiments.recall screen-one writes it (per-item scores kept): passkey v2 at 512
-    tokens with repeated filler, and with natural filler when ``natural_hits`` is given."""
+    tokens with repeated filler, and with natural filler when ``natural_hits`` is given; ``hellaswag_ids``: the
+    HellaSwag items' indices where the screen chose them (else they are the first ones)."""
     import json
 
     scores = {
@@ -330,6 +333,7 @@ def fake_recall_screen(path, name, lambada, hellaswag, ppl: float, passkey_hits:
             "acc_norm": sum(hellaswag) / len(hellaswag),
             "n": len(hellaswag),
             "items": {"acc_norm": hellaswag},
+            **({"item_ids": hellaswag_ids} if hellaswag_ids else {}),
         },
     }
     fillers = {"repeat": passkey_hits} | ({} if natural_hits is None else {"natural": natural_hits})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,7 @@ TASKS: dict[str, dict[str, Any]] = {
     },
 }
 HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "perplexity": False}
+Limit = int | Sequence[int] | None  # the first N items, the items of these indices, or all
 
 
 def task_config(name: str, data_file: Path) -> dict[str, Any]:
@@ -98,7 +100,7 @@ def run_tasks(
     tokenizer: PreTrainedTokenizerBase,
     tasks: list[str],
     *,
-    limit: int | dict[str, int | None] | None = None,
+    limit: Limit | dict[str, Limit] = None,
     batch_size: int = 8,
     device: str = "cpu",
     data_files: dict[str, Path] | None = None,
@@ -106,8 +108,10 @@ def run_tasks(
     items: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Score an HF causal LM (instance) on ``tasks``: {task: {metric: value, metric_stderr: value, n: docs}}.
-    Accuracies are fractions in [0, 1]. ``limit``: the first N items of every task, or {task: N or None (all)};
-    ``items``: also each item's scores in document order, {"items": {metric: [score, ...]}} (for paired bootstraps)."""
+    Accuracies are fractions in [0, 1]. ``limit``: for every task, or {task: its limit}: N (the first N items), a
+    sequence of item indices (those items), or None (all); ``items``: also each item's scores in document order,
+    {"items": {metric: [score, ...]}} (for paired bootstraps), and where indices were given their sorted list as
+    "item_ids" (else the items are the first n)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -117,20 +121,25 @@ def run_tasks(
     except ImportError:
         raise MohawkError("zero-shot tasks need lm-evaluation-harness: pip install 'mohawk[eval]'") from None
     limits = limit if isinstance(limit, dict) else {t: limit for t in tasks}
-    groups: dict[int | None, list[str]] = {}
-    for t in tasks:  # one harness call per distinct limit
-        groups.setdefault(limits.get(t), []).append(t)
+    groups: dict[int | tuple[int, ...] | None, list[str]] = {}
+    for t in tasks:  # one harness call per distinct limit (lm-eval takes either a count or indices, not both)
+        lim = limits.get(t)
+        if lim is not None and not isinstance(lim, int) and (not lim or min(lim) < 0):
+            raise MohawkError(f"{t}: item indices must be a non-empty list of indices >= 0")
+        groups.setdefault(lim if lim is None or isinstance(lim, int) else tuple(sorted(set(lim))), []).append(t)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
     results: dict[str, dict[str, Any]] = {}
     for group_limit, group in groups.items():
         with tempfile.TemporaryDirectory(prefix="mohawk-tasks-") as tmp:
             names = write_tasks(Path(tmp), group, data_files)
             manager = TaskManager(include_path=tmp, include_defaults=False)
+            ids = group_limit if isinstance(group_limit, tuple) else None
             out = simple_evaluate(
                 model=lm,
                 tasks=names,
                 task_manager=manager,
-                limit=group_limit,
+                limit=None if ids else group_limit,
+                samples={n: list(ids) for n in names} if ids else None,
                 log_samples=items,
                 random_seed=seed,
                 numpy_random_seed=seed,
@@ -150,5 +159,7 @@ def run_tasks(
             if items:
                 samples = sorted(out["samples"][lm_name], key=lambda x: x["doc_id"])
                 row["items"] = {m: [float(x[m]) for x in samples] for m in TASKS[name]["metrics"]}
+                if ids:
+                    row["item_ids"] = list(ids)
             results[name] = row
     return results

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from mohawk.errors import MohawkError
-from mohawk.evaluation.harness import TASKS
+from mohawk.evaluation.harness import TASKS, Limit
 from mohawk.evaluation.long_context import continuations, loss_by_position, passkey_scores
 from mohawk.evaluation.perplexity import agreement, perplexity
 
@@ -85,7 +85,7 @@ def run_suite(
     long_val: torch.Tensor | None,
     train_len: int,
     max_len: int,
-    limit: int | dict[str, int | None] | None = None,
+    limit: Limit | dict[str, Limit] = None,
     batch_size: int = 8,
     seed: int = 0,
     console=None,
@@ -98,8 +98,9 @@ def run_suite(
     """Evaluate ``models`` ({name: HF causal LM}) on ``tasks``. val (n, L): held-out sequences for perplexity and
     agreement; long_val (n, 4 x train_len): for the loss-by-position curve; ``score_teacher`` False: the teacher
     serves only as the reference of agreement (its perplexity is still measured); ``limit``: items per lm-eval task
-    (an int, or {task: N or None}); passkey: ``passkey_trials`` keys at each of ``passkey_at`` lengths (default:
-    passkey_lengths) with both fillers (see passkey_scores); ``items``: keep per-item zero-shot scores. Returns the
+    (as harness.run_tasks: N, item indices or None, or {task: one of those}); passkey: ``passkey_trials`` keys at
+    each of ``passkey_at`` lengths (default: passkey_lengths) with both fillers (see passkey_scores); ``items``: keep
+    per-item zero-shot scores. Returns the
     results dict: res["passkey"][model] = {length: hits with the repeated filler}, res["passkey_detail"][model] =
     passkey_scores' full answer, res["seconds"][model] = {phase: wall seconds} (perplexity, agreement, position,
     passkey, lm-eval, continuations: where an evaluation's time goes)."""
@@ -154,7 +155,8 @@ def run_suite(
         if harness:
             from mohawk.evaluation.harness import run_tasks
 
-            say(f"{name}: lm-eval {', '.join(harness)}" + (f" (first {limit} items each)" if limit else ""))
+            first = f" (first {limit} items each)" if isinstance(limit, int) else ""
+            say(f"{name}: lm-eval {', '.join(harness)}{first}")
             device = next(model.parameters()).device
             with _timed(clock, "lm-eval"):
                 harness_scores = run_tasks(
@@ -181,7 +183,7 @@ def evaluate(
     teacher: str | None = "smollm2-135m",
     data: str = "bundled",
     tasks: str = "ppl,agreement,position,passkey,continuations,lm-eval",
-    limit: int | dict[str, int | None] | None = None,
+    limit: Limit | dict[str, Limit] = None,
     seq_len: int = 512,
     val_sequences: int = 16,
     train_len: int | None = None,

@@ -82,6 +82,22 @@ def test_lm_eval_accuracy_matches_hand_computation(tmp_path, family):
     assert r["n"] == 5 and r["acc"] == pytest.approx(acc) and r["acc_norm"] == pytest.approx(acc_norm)
 
 
+def test_lm_eval_on_chosen_items_scores_those_items(tmp_path):
+    """A list of indices scores exactly those items (any order given, kept in document order, their ids returned):
+    the same per-item scores as the same items of a run over all of them."""
+    from mohawk.evaluation.harness import run_tasks
+
+    model, tok, files = tiny_teacher("llama").eval(), tiny_tokenizer(), {"piqa": _piqa_file(tmp_path)}
+    every = run_tasks(model, tok, ["piqa"], batch_size=2, data_files=files, items=True)["piqa"]
+    some = run_tasks(model, tok, ["piqa"], limit={"piqa": [4, 1]}, batch_size=2, data_files=files, items=True)["piqa"]
+    assert "item_ids" not in every and len(every["items"]["acc_norm"]) == 5
+    assert some["n"] == 2 and some["item_ids"] == [1, 4]
+    for m in ("acc", "acc_norm"):
+        assert some["items"][m] == [every["items"][m][1], every["items"][m][4]]
+    with pytest.raises(MohawkError, match="non-empty list of indices"):
+        run_tasks(model, tok, ["piqa"], limit=[], data_files=files)
+
+
 def test_task_parsing_and_lengths():
     assert parse_tasks("ppl,piqa,ppl") == ["ppl", "piqa"]
     assert "hellaswag" in parse_tasks("lm-eval") and "passkey" in parse_tasks("all")
