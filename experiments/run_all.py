@@ -12,10 +12,10 @@
 A run is one `mohawk distill` (SmolLM2-135M teacher, pure SSD, `--preset gpu --tokens 10000000 --data bundled`: the
 recipe's split, LRs and steps on the bundled shard, as the recall campaign's 10M arms; 256 validation sequences)
 followed by its screening evaluation with `mohawk eval` on the saved student:
-full LAMBADA + passkey + perplexity and agreement on 256 sequences (screen/), the first 2,000 HellaSwag items
-(screen-hellaswag/), and for the arms a claim rests on the full zero-shot sets (eval-full/). One reference run,
-"teacher", scores the teacher on the same sets. A run counts as made when its summary.json (with "final") and every
-evaluation it plans are under results/experiments/10m/NAME/.
+full LAMBADA + passkey + perplexity and agreement on 256 sequences (screen/), every 5th HellaSwag item (2,009,
+WikiHow and ActivityNet alike; screen-hellaswag/), and for the arms a claim rests on the full zero-shot sets
+(eval-full/). One reference run, "teacher", scores the teacher on the same sets. A run counts as made when its
+summary.json (with "final") and every evaluation it plans are under results/experiments/10m/NAME/.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def eval_flags(run: Run, which: str) -> dict:
     if which == "screen":
         return {"tasks": "ppl,agreement,passkey,lambada_openai", "val_sequences": 256, "seq_len": 512, **common}
     if which == "screen-hellaswag":
-        return {"tasks": "hellaswag", "limit": 2000, **common}
+        return {"tasks": "hellaswag", "every": 5, **common}  # 2,009 items, both of its sources
     return {"tasks": "lm-eval", **common}
 
 

@@ -585,6 +585,13 @@ class EvalConfig(_Schema):
         group=MODELS,
     )
     limit: int | None = option(None, "Items per lm-eval task (default: all; try 200 on a CPU).", group=MODELS, above=0)
+    every: int = option(
+        1,
+        "Score every Nth item of each lm-eval task (items 0, N, 2N, ...; with --limit the first LIMIT of those): a "
+        "subset that spans a set ordered by source, as HellaSwag is (its first 3,243 items are all ActivityNet).",
+        group=MODELS,
+        above=0,
+    )
     score_teacher: bool = option(
         True,
         "Also score the teacher on the tasks (--no-score-teacher: it is only the reference of agreement).",

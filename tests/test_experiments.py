@@ -305,7 +305,7 @@ def test_run_runs_n_at_once_and_collects(tmp_path, monkeypatch, capsys):
     got = [r["argv"] for r in sorted(by_run["mohawk-s0"], key=lambda r: r["start"])]
     assert got == [shlex.split(c)[2:] for c in want] and len(got) == 4
     assert got[0][:8] == ["distill", "--preset", "gpu", "--tokens", "10000000", "--data", "bundled", "--seed"]
-    assert got[2][:2] == ["eval", f"{root}/mohawk-s0/student"] and "2000" == got[2][got[2].index("--limit") + 1]
+    assert got[2][:2] == ["eval", f"{root}/mohawk-s0/student"] and "5" == got[2][got[2].index("--every") + 1]
     assert "ppl,agreement,passkey,lambada_openai" in got[1] and "--limit" not in got[1]
     assert all(r["gpu"] is None for rs in by_run.values() for r in rs)
     for name in by_run:

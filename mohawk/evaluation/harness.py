@@ -11,6 +11,7 @@ mohawk_piqa --model hf --model_args pretrained=STUDENT,trust_remote_code=True``.
 
 from __future__ import annotations
 
+import lzma
 import os
 import tempfile
 from collections.abc import Sequence
@@ -93,6 +94,20 @@ def write_tasks(directory: Path, tasks: list[str], data_files: dict[str, Path] |
         (directory / f"mohawk_{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         names.append(cfg["task"])
     return names
+
+
+def every_nth(tasks: list[str], every: int, limit: int | None = None, data_files: dict[str, Path] | None = None):
+    """{task: the indices 0, every, 2 every, ... of its items (the first ``limit`` of them)}: a ``limit`` for
+    run_tasks that spans each task's whole file."""
+    out: dict[str, Limit] = {}
+    for name in tasks:
+        path = Path((data_files or {}).get(name, EVAL_DATA / f"{name}.jsonl.xz"))
+        if not path.is_file():
+            raise MohawkError(f"task data for {name} not found: {path}")
+        with lzma.open(path, "rt") if path.suffix == ".xz" else open(path) as f:
+            n = sum(1 for line in f if line.strip())
+        out[name] = range(0, n, every)[:limit]
+    return out
 
 
 def run_tasks(

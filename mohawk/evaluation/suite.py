@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from mohawk.errors import MohawkError
-from mohawk.evaluation.harness import TASKS, Limit
+from mohawk.evaluation.harness import TASKS, Limit, every_nth
 from mohawk.evaluation.long_context import continuations, loss_by_position, passkey_scores
 from mohawk.evaluation.perplexity import agreement, perplexity
 
@@ -184,6 +184,7 @@ def evaluate(
     data: str = "bundled",
     tasks: str = "ppl,agreement,position,passkey,continuations,lm-eval",
     limit: Limit | dict[str, Limit] = None,
+    every: int = 1,
     seq_len: int = 512,
     val_sequences: int = 16,
     train_len: int | None = None,
@@ -228,6 +229,7 @@ def _evaluate(
     data,
     tasks,
     limit,
+    every,
     seq_len,
     val_sequences,
     train_len,
@@ -288,6 +290,10 @@ def _evaluate(
         else None
     )
     data_s = time.perf_counter() - t0 - load_s
+    if every > 1:  # every Nth item of each lm-eval task (the first `limit` of those)
+        if isinstance(limit, dict) or (limit is not None and not isinstance(limit, int)):
+            raise MohawkError("--every takes a count for --limit, not a list of items")
+        limit = every_nth([t for t in task_list if t in TASKS], every, limit)
     res = run_suite(
         loaded,
         tokenizer,

@@ -98,6 +98,24 @@ def test_lm_eval_on_chosen_items_scores_those_items(tmp_path):
         run_tasks(model, tok, ["piqa"], limit=[], data_files=files)
 
 
+def test_every_nth_item_spans_each_task_file(teacher_dir, tmp_path, monkeypatch):
+    """--every N: items 0, N, 2N, ... of each task's file (with --limit the first LIMIT of those), as run_tasks's
+    item indices; HellaSwag's every 5th item is 2,009 of its 10,042."""
+    from mohawk.evaluation import harness
+    from mohawk.evaluation.suite import evaluate
+
+    files = {"piqa": _piqa_file(tmp_path)}
+    assert harness.every_nth(["piqa"], 2, data_files=files) == {"piqa": range(0, 5, 2)}
+    assert list(harness.every_nth(["piqa"], 2, 2, data_files=files)["piqa"]) == [0, 2]
+    assert len(harness.every_nth(["hellaswag"], 5)["hellaswag"]) == 2009
+    seen = {}
+    monkeypatch.setattr(harness, "run_tasks", lambda *a, limit=None, **k: seen.setdefault("limit", limit) and {})
+    corpus = str(teacher_dir.parent / "corpus.jsonl")
+    evaluate([], teacher=str(teacher_dir), data=corpus, tasks="piqa", every=3, limit=400, seq_len=16,
+             val_sequences=2, device="cpu")  # fmt: skip
+    assert seen["limit"] == {"piqa": range(0, 1838, 3)[:400]}  # the vendored PIQA has 1,838 items
+
+
 def test_task_parsing_and_lengths():
     assert parse_tasks("ppl,piqa,ppl") == ["ppl", "piqa"]
     assert "hellaswag" in parse_tasks("lm-eval") and "passkey" in parse_tasks("all")
