@@ -96,7 +96,9 @@ def write_tasks(directory: Path, tasks: list[str], data_files: dict[str, Path] |
     return names
 
 
-def every_nth(tasks: list[str], every: int, limit: int | None = None, data_files: dict[str, Path] | None = None):
+def every_nth(
+    tasks: list[str], every: int, limit: int | None = None, data_files: dict[str, Path] | None = None
+) -> dict[str, Limit]:
     """{task: the indices 0, every, 2 every, ... of its items (the first ``limit`` of them)}: a ``limit`` for
     run_tasks that spans each task's whole file."""
     out: dict[str, Limit] = {}
