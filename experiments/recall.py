@@ -117,9 +117,8 @@ for _lever, (_data, _flags) in LEVERS.items():
     ARMS[f"hybrid4-retrieval-gm10-{_lever}"] = [*HEADLINE["hybrid4-retrieval"], *_budget_flags, *_flags]
 # arm -> the arm it changes one thing of: the report gives their paired differences on the screen's items
 BASELINES = {f"hybrid4-retrieval-gm10-{lever}": "hybrid4-retrieval-gm10-s0" for lever in LEVERS}
-HELLASWAG_ITEMS = 10_042  # the vendored validation set (a test checks)
 # every 5th HellaSwag item: 1,359 WikiHow + 650 ActivityNet, where the set's first 3,243 items are all ActivityNet
-SCREEN_LIMITS = {"hellaswag": range(0, HELLASWAG_ITEMS, 5), "lambada_openai": None}
+SCREEN_EVERY = {"hellaswag": 5, "lambada_openai": 1}
 PASSKEY_AT, PASSKEY_TRIALS, VAL_SEQUENCES = [512, 1024, 2048], 20, 256
 SCREEN_TASKS = "ppl,agreement,passkey,hellaswag,lambada_openai"
 # a random guess (lambada: exact next-word match; arc: 4 choices for all but a few questions)
@@ -207,6 +206,13 @@ def train(args) -> dict:
     return campaign.launch(cmds, _concurrent(args, "train"), again=_resumed)
 
 
+def screen_limits() -> dict:
+    """The screen's items per lm-eval task (SCREEN_EVERY: every Nth item of each task's set)."""
+    from mohawk.evaluation.harness import every_nth
+
+    return {task: every_nth([task], n)[task] if n > 1 else None for task, n in SCREEN_EVERY.items()}
+
+
 def screen_one(args, full: bool = False) -> Path:
     """Score one model (--model DIR, or the teacher alone with --model teacher) into --dest/results.json: the screen
     (screen-one), or with ``full`` (full-one) the seven zero-shot tasks on their full sets. Off CUDA (a CPU dry run)
@@ -221,7 +227,7 @@ def screen_one(args, full: bool = False) -> Path:
         [args.model] if student else [],
         teacher=args.teacher,
         tasks=tasks if student else tasks.replace("agreement,", ""),
-        limit=(None if full else SCREEN_LIMITS) if args.limit is None else args.limit,
+        limit=(None if full else screen_limits()) if args.limit is None else args.limit,
         seq_len=args.seq_len,
         val_sequences=VAL_SEQUENCES if args.device == "cuda" else 2,
         train_len=args.seq_len,

@@ -42,7 +42,8 @@ TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
-def _open_text(path: Path) -> typing.TextIO:
+def open_text(path: Path) -> typing.TextIO:
+    """``path`` opened for reading UTF-8 text, decompressed by its suffix (.gz, .xz, .bz2)."""
     if path.suffix in (".gz", ".xz", ".bz2"):
         opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}[path.suffix]
         return opener(path, "rt", encoding="utf-8", errors="strict")  # type: ignore[operator]
@@ -73,7 +74,7 @@ def _read_file(path: Path, field: str) -> Iterator[str]:
             for batch in table.iter_batches(columns=[field]):
                 yield from (t for t in batch.column(0).to_pylist() if t)
             return
-        with _open_text(path) as f:
+        with open_text(path) as f:
             if kind == "text":
                 yield f.read()
                 return

@@ -527,14 +527,15 @@ def test_recall_screen_items_span_both_hellaswag_sources():
     import lzma
 
     from experiments.hellaswag_gap import source
-    from experiments.recall import HELLASWAG_ITEMS, SCREEN_LIMITS
+    from experiments.recall import screen_limits
     from mohawk.data import ASSETS
 
     with lzma.open(ASSETS / "eval" / "hellaswag.jsonl.xz", "rt") as f:
         sources = [source(json.loads(line)["query"]) for line in f]
-    assert len(sources) == HELLASWAG_ITEMS and "wikihow" not in sources[:2000]
-    chosen = [sources[i] for i in SCREEN_LIMITS["hellaswag"]]
-    assert len(chosen) == 2009 and max(SCREEN_LIMITS["hellaswag"]) >= HELLASWAG_ITEMS - 5
+    limits = screen_limits()
+    assert limits["lambada_openai"] is None and "wikihow" not in sources[:2000]
+    chosen = [sources[i] for i in limits["hellaswag"]]
+    assert len(chosen) == 2009 and max(limits["hellaswag"]) >= len(sources) - 5
     assert chosen.count("wikihow") / len(chosen) == pytest.approx(sources.count("wikihow") / len(sources), abs=0.01)
 
 

@@ -11,7 +11,6 @@ mohawk_piqa --model hf --model_args pretrained=STUDENT,trust_remote_code=True``.
 
 from __future__ import annotations
 
-import lzma
 import os
 import tempfile
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mohawk.data import ASSETS
+from mohawk.data import ASSETS, open_text
 from mohawk.errors import MohawkError
 
 if TYPE_CHECKING:
@@ -78,6 +77,16 @@ def task_config(name: str, data_file: Path) -> dict[str, Any]:
     }
 
 
+def task_file(name: str, data_files: dict[str, Path] | None = None) -> Path:
+    """The items of task ``name``: data_files[name], else mohawk/assets/eval/{name}.jsonl.xz; refused if absent."""
+    if name not in TASKS:
+        raise MohawkError(f"unknown task {name!r}: available tasks are {', '.join(TASKS)}")
+    path = Path((data_files or {}).get(name, EVAL_DATA / f"{name}.jsonl.xz"))
+    if not path.is_file():
+        raise MohawkError(f"task data for {name} not found: {path}")
+    return path
+
+
 def write_tasks(directory: Path, tasks: list[str], data_files: dict[str, Path] | None = None) -> list[str]:
     """Write one lm-eval YAML per task into ``directory``; returns the lm-eval task names.
 
@@ -85,12 +94,7 @@ def write_tasks(directory: Path, tasks: list[str], data_files: dict[str, Path] |
     directory.mkdir(parents=True, exist_ok=True)
     names = []
     for name in tasks:
-        if name not in TASKS:
-            raise MohawkError(f"unknown task {name!r}: available tasks are {', '.join(TASKS)}")
-        path = (data_files or {}).get(name, EVAL_DATA / f"{name}.jsonl.xz")
-        if not Path(path).is_file():
-            raise MohawkError(f"task data for {name} not found: {path}")
-        cfg = task_config(name, Path(path).resolve())
+        cfg = task_config(name, task_file(name, data_files).resolve())
         (directory / f"mohawk_{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         names.append(cfg["task"])
     return names
@@ -103,10 +107,7 @@ def every_nth(
     run_tasks that spans each task's whole file."""
     out: dict[str, Limit] = {}
     for name in tasks:
-        path = Path((data_files or {}).get(name, EVAL_DATA / f"{name}.jsonl.xz"))
-        if not path.is_file():
-            raise MohawkError(f"task data for {name} not found: {path}")
-        with lzma.open(path, "rt") if path.suffix == ".xz" else open(path) as f:
+        with open_text(task_file(name, data_files)) as f:
             n = sum(1 for line in f if line.strip())
         out[name] = range(0, n, every)[:limit]
     return out
