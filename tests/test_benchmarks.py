@@ -4,6 +4,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -279,7 +280,7 @@ def test_decode_speed_teacher_cache_is_sized_to_each_row():
     assert teacher._previous_max_cache_length <= 8 + 3
 
 
-def test_decode_speed_matvec_choices_are_their_own_files(tmp_path, monkeypatch):
+def test_decode_speed_matvec_choices_are_their_own_files(tmp_path, monkeypatch, request):
     """--decode-matvec sets MOHAWK_DECODE_MATVEC for the run, --decode-pdl MOHAWK_DECODE_PDL; fused, plain and PDL
     name their file, payload and text apart and the defaults (auto and auto: generate's own choices) keep the plain
     name, so an A/B never overwrites the figures of what generate does by default."""
@@ -288,9 +289,15 @@ def test_decode_speed_matvec_choices_are_their_own_files(tmp_path, monkeypatch):
     args = ["--model", "tiny", "--device", "cpu", "--rows", "pure:16x1", "--new-tokens", "3", "--block", "2"]
     cases = (("fused", None, "tiny-fused-"), ("plain", None, "tiny-plain-"), (None, None, "tiny-"),
              ("fused", "1", "tiny-fused-pdl-"), (None, "0", "tiny-nopdl-"), (None, "auto", "tiny-"))  # fmt: skip
+    # main() sets both variables: the whole environment is put back after the test. monkeypatch.delenv of an absent
+    # name records nothing, so it left the last case's `fused` and `1` to every later test (their decoding then ran
+    # the fused kernels in Triton's interpreter, several times slower)
+    environ = mock.patch.dict(os.environ)
+    environ.start()
+    request.addfinalizer(environ.stop)
     for choice, pdl, name in cases:
-        monkeypatch.delenv("MOHAWK_DECODE_MATVEC", raising=False)  # restored after the test: main() sets them
-        monkeypatch.delenv("MOHAWK_DECODE_PDL", raising=False)
+        os.environ.pop("MOHAWK_DECODE_MATVEC", None)
+        os.environ.pop("MOHAWK_DECODE_PDL", None)
         out = tmp_path / f"{choice}-{pdl}"
         flag = (["--decode-matvec", choice] if choice else []) + (["--decode-pdl", pdl] if pdl else [])
         monkeypatch.setattr(sys, "argv", ["decode_speed", *args, *flag, "--out", str(out)])
