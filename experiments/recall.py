@@ -245,20 +245,29 @@ def screen_one(args, full: bool = False) -> Path:
 
 def score_commands(args, phase: str, names: list[str]) -> dict[str, tuple[list[str], Path]]:
     """{name: (argv, log)} of the ``phase`` ("screen" or "full") evaluations of ``names`` ("teacher" or arms) not made
-    yet (OUT/PHASE/NAME/results.json absent); each command also in OUT/PHASE-NAME.command.txt."""
+    yet: OUT/PHASE/NAME/results.json absent, or older than the arm's student (it scored the weights of an earlier
+    training, e.g. a committed screen copied beside a retrained arm); each command also in
+    OUT/PHASE-NAME.command.txt."""
     out = Path(args.out)
     cmds = {}
     for name in names:
         dest = out / phase / name
-        if (dest / "results.json").is_file():
-            continue
         model = "teacher" if name == "teacher" else str(out / name / "student")
+        if _scored(dest / "results.json", None if name == "teacher" else Path(model) / "config.json"):
+            continue
         argv = [sys.executable, "-m", "experiments.recall", f"{phase}-one", "--model", model, "--dest", str(dest)]
         argv += ["--teacher", args.teacher, "--device", args.device, "--passkey-trials", str(args.passkey_trials)]
         argv += ["--seq-len", str(args.seq_len)] + (["--limit", str(args.limit)] if args.limit else [])
         (out / f"{phase}-{name}.command.txt").write_text(" ".join(argv[1:]) + "\n")
         cmds[name] = (argv, out / f"{phase}-{name}.log")
     return cmds
+
+
+def _scored(results: Path, weights: Path | None) -> bool:
+    """Whether ``results`` exists and was written after ``weights`` (None: the teacher, whose weights do not change)."""
+    if not results.is_file():
+        return False
+    return weights is None or not weights.is_file() or results.stat().st_mtime >= weights.stat().st_mtime
 
 
 def _trained(out: Path) -> list[str]:

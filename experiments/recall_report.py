@@ -53,13 +53,21 @@ def paired_bootstrap_mean(pairs: dict, chance: dict, n: int = 2000, seed: int = 
 
 def paired_difference(a, b, n: int = 2000, seed: int = 0) -> list[float]:
     """[mean(a - b), 2.5%, 97.5%] over items scored by both (same order), the items resampled in pairs ``n`` times."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if not d.size:
-        return [float("nan")] * 3
-    rng, draws = np.random.default_rng(seed), np.empty(n)
-    for lo in range(0, n, 256):  # 256 draws at a time: a full HellaSwag is 10,042 items
-        draws[lo : lo + 256] = d[rng.integers(0, d.size, size=(min(256, n - lo), d.size))].mean(1)
-    return _triple(d.mean(), draws)
+    return paired_difference_mean({"": (a, b)}, n=n, seed=seed)
+
+
+def paired_difference_mean(pairs: dict, n: int = 2000, seed: int = 0) -> list[float]:
+    """paired_difference of the mean over tasks of each task's mean: ``pairs`` {task: (a items, b items)}, the items
+    of each task resampled in pairs apart from the other tasks'."""
+    rng, draws, point = np.random.default_rng(seed), np.zeros(n), 0.0
+    for a, b in pairs.values():
+        d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+        if not d.size:
+            return [float("nan")] * 3
+        for lo in range(0, n, 256):  # 256 draws at a time: a full HellaSwag is 10,042 items
+            draws[lo : lo + 256] += d[rng.integers(0, d.size, size=(min(256, n - lo), d.size))].mean(1)
+        point += d.mean()
+    return _triple(point / len(pairs), draws / len(pairs))
 
 
 def item_scores(task: dict, metric: str) -> dict[int, float]:
@@ -103,13 +111,31 @@ def against_baselines(out: Path, baselines: dict[str, str]) -> dict:
             if pair is not None:
                 tasks[task] = paired_difference(*pair)
         keys = sorted(set(pa) & set(pb), key=int)
+        a_full = read_json(out / "full" / arm / "results.json")
+        a_key = next(m for m in a["models"] if m != "teacher")
         res[arm] = {
             "baseline": base,
             "tasks": tasks,
+            "full_mean": _full_difference(a_full["scores"].get(a_key, {}), fb) if a_full and fb else None,
             "perplexity": [sa.get("perplexity"), sb.get("perplexity")],
             "passkey": {k: [pa[k], pb[k]] for k in keys},
         }
     return res
+
+
+def _full_difference(a: dict, b: dict) -> list[float] | None:
+    """[arm - base, lo, hi] of the mean over the seven zero-shot tasks of two full-set evaluations (each task's
+    headline metric, its items paired), None unless both scored every task's items."""
+    pairs = {}
+    for task in ZERO_SHOT:
+        if not isinstance(a.get(task), dict) or not isinstance(b.get(task), dict):
+            return None
+        metric = headline(task, a[task])[0]
+        pair = aligned(a[task], [b[task]], metric)
+        if pair is None or len(pair[0]) != len(b[task]["items"][metric]):
+            return None
+        pairs[task] = pair
+    return paired_difference_mean(pairs)
 
 
 def _baseline_lines(diffs: dict) -> list[str]:
@@ -126,17 +152,37 @@ def _baseline_lines(diffs: dict) -> list[str]:
         keys, base = (
             " / ".join(f"{d['passkey'][k][i]:.2f}" if k in d["passkey"] else "-" for k in lengths) for i in (0, 1)
         )
-        rows.append([arm, d["baseline"], *cells, ppl, f"{keys} against {base}"])
+        full = d.get("full_mean")
+        rows.append(
+            [
+                arm,
+                d["baseline"],
+                *cells,
+                "{:+.4f} [{:+.4f}, {:+.4f}]".format(*full) if full else "-",
+                ppl,
+                f"{keys} against {base}",
+            ]
+        )
     return [
         "",
         "## Against their baselines",
         "",
         "Each arm minus the arm it changes one thing of (experiments/recall.py BASELINES), on the same screen items: "
         "the difference of the means with a 95% paired bootstrap interval (an interval that holds 0: no measured "
-        "difference); perplexity and passkey hits (repeated filler) as arm / baseline.",
+        "difference); where both were scored on the full sets, the same for the mean over the seven zero-shot "
+        "tasks (items resampled within each task); perplexity and passkey hits (repeated filler) as arm / baseline.",
         "",
         *markdown_table(
-            ["arm", "baseline", "lambada", "hellaswag (screen)", "perplexity", "passkey " + " / ".join(lengths)], rows
+            [
+                "arm",
+                "baseline",
+                "lambada",
+                "hellaswag (screen)",
+                "mean zero-shot (full sets)",
+                "perplexity",
+                "passkey " + " / ".join(lengths),
+            ],
+            rows,
         ),
     ]
 

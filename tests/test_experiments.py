@@ -519,6 +519,14 @@ def test_recall_report_pairs_chosen_items_through_the_full_sets(tmp_path):
     assert doc["models"]["lever"]["tasks"]["hellaswag"]["ratio"][0] == pytest.approx(1.0)
     assert doc["against_baselines"]["lever"]["tasks"]["hellaswag"][0] == pytest.approx(1 / 3, abs=1e-4)
     assert doc["models"]["base"]["tasks"]["hellaswag"]["ratio"][0] == 0.0  # its first 2 items, the teacher's screen
+    assert doc["against_baselines"]["lever"]["full_mean"] is None  # the lever has no full sets yet
+    # with them: the seven-task mean's paired difference, each task's headline metric (the other metric's items,
+    # all 1 for the lever and 0 for the base, would give +1 on four tasks)
+    fake_recall_full(out / "full" / "lever", "lever", [1] * 8, [1] * 8)
+    readme = write_recall_report(out, tmp_path / "results", {"base": [], "lever": []}, CHANCE, {"lever": "base"})
+    full = json.loads((tmp_path / "results" / "results.json").read_text())["against_baselines"]["lever"]["full_mean"]
+    assert full[0] == pytest.approx(3 / 8) and full[1] < 3 / 8 < full[2] <= 1.0
+    assert "+0.3750 [" in next(line for line in readme.read_text().splitlines() if line.startswith("| lever | base |"))
 
 
 def test_recall_screen_items_span_both_hellaswag_sources():
@@ -717,6 +725,28 @@ def test_recall_full_phase_on_the_cpu_end_to_end(teacher_dir, tmp_path, monkeypa
     monkeypatch.setattr(sys, "argv", [*base, "--only", "nope"])
     with pytest.raises(SystemExit, match="no arm nope"):
         recall.main()
+
+
+def test_recall_scores_again_an_arm_trained_after_its_results(tmp_path):
+    """A screen or full set older than the arm's student scored earlier weights (a committed screen copied beside the
+    arm trained again): it is made again; one written after the training, and the teacher's, are not."""
+    import argparse
+    import os
+
+    from experiments.recall import score_commands
+
+    out = tmp_path / "runs"
+    for name in ("fresh", "stale"):
+        (out / name / "student").mkdir(parents=True)
+        (out / name / "student" / "config.json").write_text("{}")
+    for name in ("teacher", "fresh", "stale"):
+        (out / "screen" / name).mkdir(parents=True)
+        (out / "screen" / name / "results.json").write_text("{}")
+    os.utime(out / "screen" / "stale" / "results.json", (1e9, 1e9))  # scored before the student was written
+    os.utime(out / "fresh" / "student" / "config.json", (1e9, 1e9))
+    os.utime(out / "screen" / "teacher" / "results.json", (1e9, 1e9))
+    args = argparse.Namespace(out=str(out), teacher="t", device="cpu", passkey_trials=1, seq_len=16, limit=None)
+    assert list(score_commands(args, "screen", ["teacher", "fresh", "stale", "unscored"])) == ["stale", "unscored"]
 
 
 def test_recall_probe_times_the_sampler_per_batch_size(teacher_dir, tmp_path, monkeypatch, capsys):
