@@ -117,6 +117,14 @@ for _lever, (_data, _flags) in LEVERS.items():
     ARMS[f"hybrid4-retrieval-gm10-{_lever}"] = [*HEADLINE["hybrid4-retrieval"], *_budget_flags, *_flags]
 # arm -> the arm it changes one thing of: the report gives their paired differences on the screen's items
 BASELINES = {f"hybrid4-retrieval-gm10-{lever}": "hybrid4-retrieval-gm10-s0" for lever in LEVERS}
+# the one lever that cleared 0 on the WikiHow-bearing screen (NOTES point 27: stage-3 LR 2e-4 on the 10M hybrid),
+# tried where the recipe's LR would change: both students at 20M over the headline's seeds (their full sets pair)
+for _base, _millions in (("ssd", 20), ("hybrid4-retrieval", 20)):
+    _seeds, _data = BUDGETS[_millions]
+    for _seed in range(_seeds):
+        _name = f"{_base}-gm{_millions}-lr2e-4-s{_seed}"
+        ARMS[_name] = [*HEADLINE[_base], *_budget(_millions, _seed, _data), *LEVERS["lr2e-4"][1]]
+        BASELINES[_name] = f"{_base}-gm{_millions}-s{_seed}"
 # every 5th HellaSwag item: 1,359 WikiHow + 650 ActivityNet, where the set's first 3,243 items are all ActivityNet
 SCREEN_EVERY = {"hellaswag": 5, "lambada_openai": 1}
 PASSKEY_AT, PASSKEY_TRIALS, VAL_SEQUENCES = [512, 1024, 2048], 20, 256
