@@ -406,3 +406,22 @@ def test_decode_matvec_sweep_times_the_fused_ssd_step(tmp_path, monkeypatch):
     step = rows[-1]
     assert step["layers"] == 2 and step["n"] == "4 heads x 16 x 16 state" and step["default_us"] > 0
     assert [f["setting"]["num_warps"] for f in step["failed"]] == [1] and step["best"]["setting"]["num_warps"] == 2
+
+
+@pytest.mark.parametrize("random_model", [False, True])
+def test_lm_eval_speed_times_both_scorers_on_the_same_items(teacher_dir, tmp_path, monkeypatch, random_model):
+    """benchmarks.lm_eval_speed: lm-eval's HFLM and mohawk's BatchedHFLM on the same items (every 2nd of the first
+    PIQA items and the first LAMBADA ones), each item scored alike, the times and their ratio written."""
+    from benchmarks import lm_eval_speed
+
+    argv = ["lm_eval_speed", "--teacher", str(teacher_dir), "--tasks", "piqa,lambada_openai", "--every", "piqa=2"]
+    argv += ["--limit", "6", "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv + (["--random"] if random_model else []))
+    lm_eval_speed.main()
+    (js,) = tmp_path.glob("lm_eval_speed-*.json")
+    res = json.loads(js.read_text())
+    assert res["items"] == {"piqa": 6, "lambada_openai": 6}
+    assert set(res["items_alike"]) == {"piqa/acc", "piqa/acc_norm", "lambada_openai/perplexity", "lambada_openai/acc"}
+    assert all(v == 1.0 for v in res["items_alike"].values())
+    assert res["speedup"] > 0 and all(len(v) == 1 and v[0] > 0 for v in res["seconds"].values())
+    assert res["model"] == ("random 2-layer model" if random_model else f"teacher {teacher_dir}")

@@ -11,6 +11,7 @@ mohawk_piqa --model hf --model_args pretrained=STUDENT,trust_remote_code=True``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -124,18 +125,22 @@ def run_tasks(
     data_files: dict[str, Path] | None = None,
     seed: int = 0,
     items: bool = False,
+    reference: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Score an HF causal LM (instance) on ``tasks``: {task: {metric: value, metric_stderr: value, n: docs}}.
     Accuracies are fractions in [0, 1]. ``limit``: for every task, or {task: its limit}: N (the first N items), a
     sequence of item indices (those items), or None (all); ``items``: also each item's scores in document order,
     {"items": {metric: [score, ...]}} (for paired bootstraps), and where indices were given their sorted list as
-    "item_ids" (else the items are the first n)."""
+    "item_ids" (else the items are the first n). The requests are scored by BatchedHFLM with templates compiled once;
+    ``reference``: by lm-eval's own HFLM loop and rendering (what the batched path is measured against)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
+
+        from mohawk.evaluation.batched_lm import BatchedHFLM, cached_templates
     except ImportError:
         raise MohawkError("zero-shot tasks need lm-evaluation-harness: pip install 'mohawk[eval]'") from None
     limits = limit if isinstance(limit, dict) else {t: limit for t in tasks}
@@ -145,10 +150,13 @@ def run_tasks(
         if lim is not None and not isinstance(lim, int) and (not lim or min(lim) < 0):
             raise MohawkError(f"{t}: item indices must be a non-empty list of indices >= 0")
         groups.setdefault(lim if lim is None or isinstance(lim, int) else tuple(sorted(set(lim))), []).append(t)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
+    lm = (HFLM if reference else BatchedHFLM)(
+        pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device)
+    )
+    templates = contextlib.nullcontext if reference else cached_templates
     results: dict[str, dict[str, Any]] = {}
     for group_limit, group in groups.items():
-        with tempfile.TemporaryDirectory(prefix="mohawk-tasks-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="mohawk-tasks-") as tmp, templates():
             names = write_tasks(Path(tmp), group, data_files)
             manager = TaskManager(include_path=tmp, include_defaults=False)
             ids = group_limit if isinstance(group_limit, tuple) else None

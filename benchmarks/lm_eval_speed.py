@@ -1,0 +1,131 @@
+"""Zero-shot scoring time: lm-eval's own HFLM loop and template rendering against mohawk's BatchedHFLM with templates
+compiled once (mohawk/evaluation/batched_lm.py), on the same model, tasks and items, one after the other.
+
+    python3 -m benchmarks.lm_eval_speed [--teacher smollm2-135m] [--model STUDENT_DIR]
+        [--tasks hellaswag,lambada_openai] [--every hellaswag=5] [--limit N] [--batch-size 64] [--device auto]
+
+The defaults score the recall screen's lm-eval part (every 5th HellaSwag item, all of LAMBADA) with the teacher. A
+short warm-up of each path runs first (CUDA context, the datasets' caches); then each path is timed ``--repeats``
+times, alternating, and the median kept. Reports seconds per path, their ratio, and whether every item's score is the
+same under both. Writes benchmarks/results/lm_eval_speed-<device>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import arg_parser, command, device_name, sync, versions, write
+from mohawk.evaluation.harness import every_nth, run_tasks
+from mohawk.evaluation.present import markdown_table
+from mohawk.parallel import resolve_device
+
+
+def load(args, device):
+    """(model, tokenizer, name): a random small model (--random), the student at --model, else the teacher; the
+    tokenizer is the teacher's."""
+    from mohawk.models.loading import load_model
+    from mohawk.teachers import load_teacher
+
+    teacher, tokenizer, _ = load_teacher(args.teacher, device=device)
+    if args.random:
+        import transformers as tf
+
+        torch.manual_seed(0)
+        cfg = tf.LlamaConfig(
+            vocab_size=teacher.config.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=teacher.config.max_position_embeddings,
+        )  # fmt: skip
+        return tf.AutoModelForCausalLM.from_config(cfg).to(device).eval(), tokenizer, "random 2-layer model"
+    if not args.model:
+        return teacher, tokenizer, f"teacher {args.teacher}"
+    return load_model(args.model, device), tokenizer, f"student {Path(args.model).name}"
+
+
+def same_items(a: dict, b: dict) -> dict[str, float]:
+    """{task/metric: the fraction of items scored alike (within 1e-4)} of two run_tasks results with items."""
+    out = {}
+    for task in a:
+        for metric, xs in a[task]["items"].items():
+            ys = b[task]["items"][metric]
+            out[f"{task}/{metric}"] = sum(abs(x - y) <= 1e-4 for x, y in zip(xs, ys, strict=True)) / len(xs)
+    return out
+
+
+def main() -> None:
+    ap = arg_parser(__doc__)
+    ap.add_argument("--teacher", default="smollm2-135m", help="teacher (its tokenizer is used for every model)")
+    ap.add_argument("--model", default=None, help="a student directory to score instead of the teacher")
+    ap.add_argument(
+        "--random",
+        action="store_true",
+        help="score a random 2-layer model of hidden size 64 with the teacher's vocabulary: the harness's own cost "
+        "with almost no model time (as on a GPU, where a small model's forward is cheap)",
+    )
+    ap.add_argument("--tasks", default="hellaswag,lambada_openai", help="lm-eval tasks, comma-separated")
+    ap.add_argument("--every", default="hellaswag=5", help="TASK=N,...: every Nth item of those tasks (else all)")
+    ap.add_argument("--limit", type=int, default=None, help="at most this many items per task")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per path (alternating; the median is kept)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    model, tokenizer, name = load(args, device)
+    tasks = [t for t in args.tasks.split(",") if t]
+    every = {k: int(v) for k, v in (x.split("=") for x in args.every.split(",") if x)}
+    limit = {t: every_nth([t], every[t], args.limit)[t] if t in every else args.limit for t in tasks}
+
+    def score(reference: bool, lim) -> tuple[float, dict]:
+        sync(device)
+        t0 = time.perf_counter()
+        res = run_tasks(
+            model, tokenizer, tasks, limit=lim, batch_size=args.batch_size, device=str(device), items=True,
+            reference=reference,
+        )  # fmt: skip
+        sync(device)
+        return time.perf_counter() - t0, res
+
+    warm = {t: 8 for t in tasks}
+    score(True, warm), score(False, warm)
+    times: dict[str, list[float]] = {"lm-eval HFLM": [], "mohawk BatchedHFLM": []}
+    results = {}
+    for _ in range(args.repeats):
+        for label, reference in (("lm-eval HFLM", True), ("mohawk BatchedHFLM", False)):
+            seconds, results[label] = score(reference, limit)
+            times[label].append(seconds)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    ref, fast = results["lm-eval HFLM"], results["mohawk BatchedHFLM"]
+    alike = same_items(ref, fast)
+    n = {t: ref[t]["n"] for t in tasks}
+    rows = [
+        [label, f"{median[label]:.1f}", f"{median['lm-eval HFLM'] / median[label]:.2f}x"]
+        + [f"{ref_or_fast[t][m]:.4f}" for t in tasks for m in ref[t]["items"]]
+        for label, ref_or_fast in (("lm-eval HFLM", ref), ("mohawk BatchedHFLM", fast))
+    ]
+    metrics = [f"{t} {m}" for t in tasks for m in ref[t]["items"]]
+    dev = device_name(device)
+    lines = [
+        f"# Zero-shot scoring time, {name}, {dev}",
+        "",
+        f"- command: `{command()}`",
+        f"- versions: {versions('transformers', 'lm_eval')}",
+        f"- items: {n}; batch {args.batch_size}; median of {args.repeats} timed run(s) per path, alternating, after a "
+        "warm-up of 8 items each",
+        "- items scored alike (within 1e-4): " + ", ".join(f"{k} {v:.1%}" for k, v in alike.items()),
+        "",
+        *markdown_table(["scoring", "seconds", "speed-up", *metrics], rows),
+    ]
+    payload = {
+        "device": dev, "model": name, "tasks": tasks, "items": n, "batch_size": args.batch_size,
+        "seconds": times, "median_s": median, "speedup": median["lm-eval HFLM"] / median["mohawk BatchedHFLM"],
+        "items_alike": alike, "command": command(), "versions": versions("transformers", "lm_eval"),
+        "dtype": str(next(model.parameters()).dtype), "torch_threads": torch.get_num_threads(),
+    }  # fmt: skip
+    write(f"lm_eval_speed-{dev.split(' (')[0]}", payload, lines, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()

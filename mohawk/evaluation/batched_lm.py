@@ -1,0 +1,97 @@
+"""lm-evaluation-harness's HF model with its per-request work done per batch, and its prompt templates compiled once.
+
+The harness's ``HFLM._loglikelihood_tokens`` takes the log-softmax of every position of a batch, then for each request
+an argmax, a gather and two reads back to the host; its ``utils.apply_template`` compiles the task's Jinja template
+again for every document (EleutherAI/lm-evaluation-harness#1286). ``BatchedHFLM`` scores the same requests (same
+order of work, same left truncation, the log-softmax in the same dtype) with one gather of the continuation
+positions and one read back per batch; ``cached_templates()`` compiles each template string once. Both leave every
+score as the harness computes it (tests/evaluation/test_batched_lm.py compares them request by request)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from lm_eval import utils as lm_utils
+from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
+
+Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation), context ids, continuation ids)
+
+
+@contextmanager
+def cached_templates() -> Iterator[None]:
+    """Within the block, lm-eval renders each Jinja template string from one compiled template (its own
+    environment: the same filters, StrictUndefined, trailing newlines kept)."""
+    compile_once = functools.lru_cache(maxsize=256)(lm_utils.env.from_string)
+    original = lm_utils.apply_template
+
+    def apply_template(template: str, doc: dict) -> str:
+        return compile_once(template).render(**doc)
+
+    lm_utils.apply_template = apply_template
+    try:
+        yield
+    finally:
+        lm_utils.apply_template = original
+
+
+class BatchedHFLM(HFLM):
+    """``HFLM`` whose log-likelihood requests are scored a batch at a time (causal models with an integer batch
+    size; anything else goes to the harness's own loop)."""
+
+    def _loglikelihood_tokens(
+        self, requests: list[Request], disable_tqdm: bool = False, override_bs: int | None = None
+    ) -> list[tuple[float, bool]]:
+        size = override_bs or self.batch_size
+        if self.backend != "causal" or not isinstance(size, int):
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+
+        # the harness's order: longest first, ties by the tokens, so batches pad as little as its own
+        def key(i: int) -> tuple[int, tuple[int, ...]]:
+            tokens = requests[i][1] + requests[i][2]
+            return -len(tokens), tuple(tokens)
+
+        order = sorted(range(len(requests)), key=key)
+        out: list[tuple[float, bool] | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests")
+        for lo in range(0, len(order), size):
+            chunk = order[lo : lo + size]
+            for i, answer in zip(chunk, self._score_batch([requests[i] for i in chunk]), strict=True):
+                out[i] = answer
+                self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+            bar.update(len(chunk))
+        bar.close()
+        return out  # type: ignore[return-value]
+
+    def _score_batch(self, batch: list[Request]) -> list[tuple[float, bool]]:
+        """(sum of the continuation's log-probabilities, whether greedy decoding gives the continuation) per request:
+        inputs right-padded to the longest, ``context + continuation`` cut from the left to ``max_length + 1`` tokens
+        and its last dropped, as the harness does."""
+        seqs, conts = [], []
+        for _, ctx, cont in batch:
+            if not ctx or not cont or len(cont) > self.max_length:
+                raise ValueError(f"cannot score a context of {len(ctx)} and a continuation of {len(cont)} tokens")
+            seqs.append((ctx + cont)[-(self.max_length + 1) :][:-1])
+            conts.append(cont)
+        rows, width, cont_width = len(batch), max(map(len, seqs)), max(map(len, conts))
+        inp = torch.zeros(rows, width, dtype=torch.long)
+        pos = torch.zeros(rows, cont_width, dtype=torch.long)  # where each continuation token is predicted
+        target = torch.zeros(rows, cont_width, dtype=torch.long)
+        valid = torch.zeros(rows, cont_width, dtype=torch.bool)
+        for r, (seq, cont) in enumerate(zip(seqs, conts, strict=True)):
+            inp[r, : len(seq)] = torch.tensor(seq)
+            n = len(cont)
+            pos[r, :n] = torch.arange(len(seq) - n, len(seq))
+            target[r, :n] = torch.tensor(cont)
+            valid[r, :n] = True
+        pos, target, valid = (t.to(self.device) for t in (pos, target, valid))
+        logits = self._model_call(inp.to(self.device))  # [rows, width, vocab]
+        picked = logits[torch.arange(rows, device=self.device)[:, None], pos]  # [rows, cont_width, vocab]
+        logp = F.log_softmax(picked, dim=-1, dtype=self.softmax_dtype)
+        greedy = ((logp.argmax(-1) == target) | ~valid).all(-1)
+        total = logp.gather(-1, target[..., None]).squeeze(-1).masked_fill(~valid, 0).sum(-1)
+        return list(zip(total.tolist(), greedy.tolist(), strict=True))

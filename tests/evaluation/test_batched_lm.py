@@ -1,0 +1,91 @@
+"""BatchedHFLM == lm-eval's HFLM request by request (log-likelihood and greedy match, with left truncation and
+ragged batches), and the compiled-once templates render every vendored task's prompts as the harness does."""
+
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval")
+
+from lm_eval import utils as lm_utils  # noqa: E402
+from lm_eval.models.huggingface import HFLM  # noqa: E402
+
+import mohawk  # noqa: E402
+from mohawk.evaluation.batched_lm import BatchedHFLM, cached_templates  # noqa: E402
+from tests.utils import VOCAB, tiny_teacher, tiny_tokenizer  # noqa: E402
+
+
+def _requests(model, n: int, seed: int = 0):
+    """Random (context, continuation) token requests of ragged lengths; every third continuation is the model's own
+    greedy continuation, so that the greedy flag is true for some and must be computed, not assumed false."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        ctx = [rng.randrange(1, VOCAB) for _ in range(rng.randint(1, 20))]
+        if i % 3 == 0:
+            ids = torch.tensor([ctx])
+            with torch.no_grad():
+                for _ in range(rng.randint(1, 4)):
+                    ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], dim=1)
+            cont = ids[0, len(ctx) :].tolist()
+        else:
+            cont = [rng.randrange(1, VOCAB) for _ in range(rng.randint(1, 6))]
+        out.append((("", ""), ctx, cont))
+    return out
+
+
+@pytest.mark.parametrize("family", ["llama", "ssd-student"])
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_batched_scores_equal_the_harness_per_request(family, batch_size):
+    torch.manual_seed(0)
+    teacher = tiny_teacher("llama").eval()
+    model = teacher if family == "llama" else mohawk.from_teacher(teacher).eval()
+    tok = tiny_tokenizer()
+    reqs = _requests(model, 23)
+    for max_length in (None, 12):  # 12: the longer requests lose tokens on the left, in both
+        kw = {"pretrained": model, "tokenizer": tok, "batch_size": batch_size, "device": "cpu"}
+        kw |= {"max_length": max_length} if max_length else {}
+        stock = HFLM(**kw)._loglikelihood_tokens(reqs, disable_tqdm=True)
+        batched = BatchedHFLM(**kw)._loglikelihood_tokens(reqs, disable_tqdm=True)
+        assert [g for _, g in batched] == [g for _, g in stock]
+        assert [lp for lp, _ in batched] == pytest.approx([lp for lp, _ in stock], abs=1e-4)
+        assert any(g for _, g in stock) and not all(g for _, g in stock)
+
+
+def test_templates_compile_once_and_render_as_the_harness(tmp_path):
+    """Each task's prompts on its first 50 vendored items are the same strings under cached_templates(), which
+    compiles each template string once and gives the harness its own function back afterwards."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from mohawk.evaluation.harness import TASKS, write_tasks
+
+    names = write_tasks(tmp_path, list(TASKS))
+    tasks = get_task_dict(names, TaskManager(include_path=str(tmp_path), include_defaults=False))
+
+    def prompts():
+        out = []
+        for name in names:
+            task = tasks[name]
+            for doc in list(task.validation_docs())[:50]:
+                out.append((task.doc_to_text(doc), task.doc_to_target(doc), task.doc_to_choice(doc)
+                            if task.config.doc_to_choice else None))  # fmt: skip
+        return out
+
+    original = lm_utils.apply_template
+    compiled = []
+    real = lm_utils.env.from_string
+    lm_utils.env.from_string = lambda t: compiled.append(t) or real(t)
+    try:
+        plain = prompts()
+        n_plain = len(compiled)
+        with cached_templates():
+            cached = prompts()
+        n_cached = len(compiled) - n_plain
+    finally:
+        lm_utils.env.from_string = real
+    assert cached == plain and lm_utils.apply_template is original
+    assert n_plain > 100 and 0 < n_cached <= len({t for t in compiled[:n_plain]})
+    with pytest.raises(RuntimeError), cached_templates():  # restored after an error too
+        raise RuntimeError
+    assert lm_utils.apply_template is original
