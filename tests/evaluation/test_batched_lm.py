@@ -24,7 +24,7 @@ def _requests(model, n: int, seed: int = 0):
     for i in range(n):
         ctx = [rng.randrange(1, VOCAB) for _ in range(rng.randint(1, 20))]
         if i % 3 == 0:
-            ids = torch.tensor([ctx])
+            ids = torch.tensor([ctx], device=next(model.parameters()).device)
             with torch.no_grad():
                 for _ in range(rng.randint(1, 4)):
                     ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], dim=1)
@@ -37,20 +37,29 @@ def _requests(model, n: int, seed: int = 0):
 
 @pytest.mark.parametrize("family", ["llama", "ssd-student"])
 @pytest.mark.parametrize("batch_size", [1, 5])
-def test_batched_scores_equal_the_harness_per_request(family, batch_size):
+def test_batched_scores_equal_the_harness_per_request(family, batch_size, device="cpu"):
     torch.manual_seed(0)
     teacher = tiny_teacher("llama").eval()
-    model = teacher if family == "llama" else mohawk.from_teacher(teacher).eval()
+    model = (teacher if family == "llama" else mohawk.from_teacher(teacher).eval()).to(device)
     tok = tiny_tokenizer()
     reqs = _requests(model, 23)
     for max_length in (None, 12):  # 12: the longer requests lose tokens on the left, in both
-        kw = {"pretrained": model, "tokenizer": tok, "batch_size": batch_size, "device": "cpu"}
+        kw = {"pretrained": model, "tokenizer": tok, "batch_size": batch_size, "device": device}
         kw |= {"max_length": max_length} if max_length else {}
         stock = HFLM(**kw)._loglikelihood_tokens(reqs, disable_tqdm=True)
         batched = BatchedHFLM(**kw)._loglikelihood_tokens(reqs, disable_tqdm=True)
         assert [g for _, g in batched] == [g for _, g in stock]
         assert [lp for lp, _ in batched] == pytest.approx([lp for lp, _ in stock], abs=1e-4)
         assert any(g for _, g in stock) and not all(g for _, g in stock)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["llama", "ssd-student"])
+def test_batched_scores_equal_the_harness_on_cuda(family):
+    """The same on a GPU: the batch's positions and targets on the model's device, the SSD student's kernels."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    test_batched_scores_equal_the_harness_per_request(family, 5, device="cuda")
 
 
 def test_templates_compile_once_and_render_as_the_harness(tmp_path):
