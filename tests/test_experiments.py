@@ -812,6 +812,55 @@ def test_gpu_campaign_run_step(tmp_path):
     assert bare.returncode == 2 and "usage:" in bare.stdout
 
 
+def test_device_tree_slims_and_restores(tmp_path):
+    """`device_tree.sh slim` leaves of results/ only the teacher's committed screen and full sets (what the campaign
+    reads), `slim-assets` also sets mohawk/assets aside, `restore` puts all back byte for byte, and refuses while
+    the slim tree holds a file the stash lacks (it would be lost) or while a stash exists at slim."""
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "scripts" / "device_tree.sh", repo / "scripts")
+    files = {
+        "results/recall/runs/screen/teacher/results.json": "t" * 10,
+        "results/recall/runs/full/teacher/results.json": "f" * 20,
+        "results/recall/runs/screen/arm/results.json": "a" * 1000,
+        "results/README.md": "r" * 500,
+        "mohawk/assets/eval/x.jsonl.xz": "x" * 3000,
+        "mohawk/cli.py": "c" * 7,
+    }
+    for rel, text in files.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    env = {"PATH": "/usr/bin:/bin", "STASH": str(tmp_path / "stash"), "HOME": str(tmp_path)}
+
+    def run(*args):
+        return subprocess.run(
+            ["bash", "scripts/device_tree.sh", *args], cwd=repo, env=env, capture_output=True, text=True
+        )
+
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "."], cwd=repo, check=True)
+    whole = int(run("size").stdout)
+    assert whole == sum(map(len, files.values())) + (repo / "scripts" / "device_tree.sh").stat().st_size
+    slim = run("slim-assets")
+    assert slim.returncode == 0 and f"upload now {whole - 1500 - 3000} bytes" in slim.stdout
+    assert sorted(str(p.relative_to(repo)) for p in (repo / "results").rglob("*.json")) == [
+        "results/recall/runs/full/teacher/results.json",
+        "results/recall/runs/screen/teacher/results.json",
+    ]
+    assert not (repo / "mohawk" / "assets").exists() and run("slim").returncode == 2  # a stash exists already
+    (repo / "results" / "new.txt").write_text("made while slim")
+    refused = run("restore")
+    assert refused.returncode == 2 and "new.txt" in refused.stdout and (repo / "results" / "new.txt").exists()
+    (repo / "results" / "new.txt").unlink()
+    assert run("restore").returncode == 0 and not (tmp_path / "stash").exists()
+    for rel, text in files.items():
+        assert (repo / rel).read_text() == text, rel
+    assert run("restore").returncode == 2  # nothing stashed
+
+
 def test_gpu_campaign_full_step(tmp_path):
     """`gpu_campaign.sh full ARMS [N]` starts experiments.recall full for those arms (all: every trained one) with N at
     once, refuses without arms, and refuses while the screen still runs (both would take the GPU's memory)."""
