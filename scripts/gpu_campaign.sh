@@ -8,6 +8,9 @@
 #   bash scripts/gpu_campaign.sh screen [N [ARGS]] # once training has ended: the screen, N at once (setsid)
 #   bash scripts/gpu_campaign.sh full ARMS [N [ARGS]] # once training and the screen have ended: the finalists (ARM,ARM;
 #                                                  # all: every trained arm) and the teacher on the full sets
+#   bash scripts/gpu_campaign.sh chain ARMS [N [M]] # train, screen, then the full sets of ARMS, one after the other
+#                                                  # in one background job (N trainings, M scorings at once): the
+#                                                  # calls after it only `wait`, and no phase waits for a call
 #   bash scripts/gpu_campaign.sh wait SECONDS      # follow what runs; then the small files tarred to $OUT
 #   bash scripts/gpu_campaign.sh run CMD [ARGS]    # CMD in this tree with the carried wheels and the converted teacher
 #                                                  # in reach (e.g. run python3 -m pytest -q -m gpu tests/...)
@@ -39,6 +42,11 @@ idle() {  # idle(phase): refuse (exit 3) while that phase of the campaign still 
   fi
 }
 
+fresh() {  # the tree copied to $KEEP/repo and the committed runs (the teacher's screens) beside the new ones
+  rm -rf "$KEEP/repo" && cp -r . "$KEEP/repo" && mkdir -p "$KEEP/runs" && touch "$KEEP/started"
+  cp -rnp results/recall/runs/. "$KEEP/runs/"  # the committed screens (the teacher's) are not run again
+}
+
 launch() {  # launch(log, argv...): start argv in its own session in $KEEP/repo, so that it outlives this call
   local log=$1; shift
   (cd "$KEEP/repo" && setsid nohup "$@" >"$log" 2>&1 </dev/null &)
@@ -59,8 +67,7 @@ case "${1:-}" in
       && ls -la "$KEEP/data/gutenberg-extra" ;;
   train)
     idle train && idle screen && idle full  # its copy of the tree replaces the one running jobs read
-    rm -rf "$KEEP/repo" && cp -r . "$KEEP/repo" && mkdir -p "$KEEP/runs" && touch "$KEEP/started"
-    cp -rnp results/recall/runs/. "$KEEP/runs/"  # the committed screens (the teacher's) are not run again
+    fresh
     launch "$KEEP/campaign-train.log" python3 -m experiments.recall train --out "$KEEP/runs" --teacher "$GGUF" \
       --only "$2" --concurrent "${3:-0}" "${@:4}"
     sleep 5; cat "$KEEP/campaign-train.log" ;;
@@ -76,10 +83,22 @@ case "${1:-}" in
     launch "$KEEP/campaign-full.log" python3 -m experiments.recall full --out "$KEEP/runs" --teacher "$GGUF" \
       ${only[@]+"${only[@]}"} --concurrent "${3:-0}" "${@:4}"
     sleep 5; cat "$KEEP/campaign-full.log" ;;
+  chain)
+    [ -n "${2:-}" ] || { echo "usage: $0 chain ARM,ARM [N [M]]"; exit 2; }
+    idle train && idle screen && idle full
+    fresh
+    common=(--out "$KEEP/runs" --teacher "$GGUF")
+    n=${3:-0}; m=${4:-$n}
+    # the job's command line holds "experiments.recall train", so `idle` and `wait` see it from start to end
+    launch "$KEEP/campaign-chain.log" bash -c 'arms=$0 n=$1 m=$2; shift 2; set -x
+      python3 -m experiments.recall train "$@" --only "$arms" --concurrent "$n"
+      python3 -m experiments.recall screen "$@" --concurrent "$m"  # what trained, even if an arm failed
+      python3 -m experiments.recall full "$@" --only "$arms" --concurrent "$m"' "$2" "$n" "$m" "${common[@]}"
+    sleep 5; cat "$KEEP/campaign-chain.log" ;;
   wait) follow "${2:-540}" ;;
   run)
     [ $# -gt 1 ] || { echo "usage: $0 run COMMAND [ARGS]"; exit 2; }
     shift; PYTHONPATH=/tmp/site:$PWD exec "$@" ;;
-  *) echo "usage: $0 part-a | part-b | part-c | train ARMS [N] | screen [N] | full ARMS [N] | wait [SECONDS] | run CMD"
+  *) echo "usage: $0 part-a | part-b | part-c | train ARMS [N] | screen [N] | full ARMS [N] | chain ARMS [N [M]] | wait [SECONDS] | run CMD"
      exit 2 ;;
 esac

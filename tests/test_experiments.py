@@ -889,3 +889,39 @@ def test_gpu_campaign_full_step(tmp_path):
     finally:
         screening.kill()
     assert early.returncode == 3 and "the screen still runs" in early.stdout
+
+
+def test_gpu_campaign_chain_step(tmp_path):
+    """`gpu_campaign.sh chain ARMS N M` copies the tree, then one background job trains ARMS N at once, screens and
+    scores their full sets M at once, in that order; without arms it refuses with its usage."""
+    import subprocess
+    import time
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_campaign.sh"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text('#!/bin/sh\necho "python3 $*"\n')
+    (fake / "python3").chmod(0o755)
+    tree = tmp_path / "tree"
+    (tree / "results" / "recall" / "runs" / "screen" / "teacher").mkdir(parents=True)
+    (tree / "results" / "recall" / "runs" / "screen" / "teacher" / "results.json").write_text("{}")
+    keep = tmp_path / "keep"
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "KEEP": str(keep), "OUT": str(tmp_path / "out")}
+    ran = subprocess.run(["bash", str(script), "chain", "a-s0,b-s0", "2", "3"], env=env, capture_output=True,
+                         text=True, cwd=tree)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    log = keep / "campaign-chain.log"
+    for _ in range(50):
+        if log.read_text().count("python3 -m") >= 3:
+            break
+        time.sleep(0.1)
+    common = f"--out {keep}/runs --teacher {keep}/SmolLM2-135M-Instruct.Q4_1.gguf"
+    lines = [x for x in log.read_text().splitlines() if x.startswith("python3")]
+    assert lines == [
+        f"python3 -m experiments.recall train {common} --only a-s0,b-s0 --concurrent 2",
+        f"python3 -m experiments.recall screen {common} --concurrent 3",
+        f"python3 -m experiments.recall full {common} --only a-s0,b-s0 --concurrent 3",
+    ]
+    assert (keep / "repo" / "results").is_dir() and (keep / "runs" / "screen" / "teacher" / "results.json").is_file()
+    bare = subprocess.run(["bash", str(script), "chain"], env=env, capture_output=True, text=True, cwd=tree)
+    assert bare.returncode == 2 and "usage:" in bare.stdout
