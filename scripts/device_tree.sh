@@ -2,7 +2,7 @@
 # The working tree a device call uploads (tracked files and untracked ones git does not ignore, 64 MiB at most) made
 # small enough, and put back. Run here, between device calls (results/README.md, "Plan for the next 30 minutes"):
 #   bash scripts/device_tree.sh slim          # results/ aside, but for the teacher's committed screen and full sets
-#                                             # (what gpu_campaign.sh's train / screen / full read from it)
+#                                             # and issue 34's runs (what gpu_campaign.sh's steps read from it)
 #   bash scripts/device_tree.sh slim-assets   # the same and mohawk/assets aside too: the calls that only carry the
 #                                             # wheels or the GGUF's parts (part-a, part-b)
 #   bash scripts/device_tree.sh restore       # everything back; refused if the slim tree holds a file the stash lacks
@@ -10,7 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STASH=$(realpath -m "${STASH:-../.device-stash}")
-KEEP=(results/recall/runs/screen/teacher results/recall/runs/full/teacher)
+# what the campaign reads from results/: the teacher's committed screen and full sets (recall), and issue 34's
+# runs made so far (experiments/run_all.py queues only those missing there)
+KEEP=(results/recall/runs/screen/teacher results/recall/runs/full/teacher results/experiments/10m)
 
 size() {
   # tracked files still in the tree (a stashed one is listed but absent) and untracked ones git does not ignore
@@ -22,7 +24,9 @@ case "${1:-}" in
     [ ! -e "$STASH" ] || { echo "$STASH exists: restore first"; exit 2; }
     mkdir -p "$STASH"
     mv results "$STASH/results"
-    for d in "${KEEP[@]}"; do mkdir -p "$(dirname "$d")" && cp -rp "$STASH/$d" "$d"; done
+    for d in "${KEEP[@]}"; do
+      if [ -e "$STASH/$d" ]; then mkdir -p "$(dirname "$d")" && cp -rp "$STASH/$d" "$d"; fi
+    done
     if [ "$1" = slim-assets ]; then mv mohawk/assets "$STASH/assets"; fi
     echo "upload now $(size) bytes (limit $((64 * 1024 * 1024)))" ;;
   restore)

@@ -11,6 +11,8 @@
 #   bash scripts/gpu_campaign.sh chain ARMS [N [M]] # train, screen, then the full sets of ARMS, one after the other
 #                                                  # in one background job (N trainings, M scorings at once): the
 #                                                  # calls after it only `wait`, and no phase waits for a call
+#   bash scripts/gpu_campaign.sh exp [N [ARGS]]    # issue 34's queue (experiments/run_all.py), N runs at once, in
+#                                                  # $KEEP/exp; each `wait` collects their small files into exp.tgz
 #   bash scripts/gpu_campaign.sh wait SECONDS      # follow what runs; then the small files tarred to $OUT
 #   bash scripts/gpu_campaign.sh run CMD [ARGS]    # CMD in this tree with the carried wheels and the converted teacher
 #                                                  # in reach (e.g. run python3 -m pytest -q -m gpu tests/...)
@@ -25,21 +27,29 @@ mkdir -p "$KEEP" "$OUT"
 
 follow() {  # follow(seconds): print progress until no campaign job runs or the time is up, then tar the small files
   # (and the text a --data teacher arm sampled, a few MB: a later session can carry it instead of sampling again)
-  local until=$((SECONDS + $1))
-  while pgrep -f "experiments.recall (train|screen|full)" >/dev/null && ((SECONDS < until)); do sleep 10; done
-  pgrep -af "experiments.recall (train|screen|full)" | head -3 || true
+  local until=$((SECONDS + $1)) jobs="experiments.(recall (train|screen|full)|run_all --run)"
+  while pgrep -f "$jobs" >/dev/null && ((SECONDS < until)); do sleep 10; done
+  pgrep -af "$jobs" | head -3 || true
   tail -n 4 "$KEEP"/campaign-*.log 2>/dev/null
   nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
   (cd "$KEEP/runs" 2>/dev/null && find . \( -name summary.json -o -name metrics.jsonl -o -name report.md \
     -o -name config.yaml -o -name results.json -o -name '*.log' -o -name '*.command.txt' -o -name probe.json \
     -o -name 'teacher-text.jsonl.xz*' \) \
-    -newer "$KEEP/started" -print0 | tar czf "$OUT/runs.tgz" --null -T -) && ls -la "$OUT"
+    -newer "$KEEP/started" -print0 | tar czf "$OUT/runs.tgz" --null -T -)
+  if [ -d "$KEEP/exp" ]; then  # issue 34's runs: what each has so far, as results/experiments/10m holds it
+    (cd "$KEEP/repo" && python3 -m experiments.run_all --collect "$KEEP/exp" --into "$KEEP/exp-small" --teacher "$GGUF" \
+      && tar czf "$OUT/exp.tgz" -C "$KEEP/exp-small" .)
+  fi
+  ls -la "$OUT"
 }
 
 idle() {  # idle(phase): refuse (exit 3) while that phase of the campaign still runs (its GPU memory is taken)
-  if pgrep -f "experiments.recall $1" >/dev/null; then
-    echo "$([ "$1" = train ] && echo training || echo "the $1") still runs: wait first"; exit 3
-  fi
+  local what="the $1"
+  [ "$1" = train ] && what=training
+  [ "$1" = exp ] && what="issue 34's queue"
+  local pattern="experiments.recall $1"
+  [ "$1" = exp ] && pattern="experiments.run_all --run"
+  if pgrep -f "$pattern" >/dev/null; then echo "$what still runs: wait first"; exit 3; fi
 }
 
 fresh() {  # the tree copied to $KEEP/repo and the committed runs (the teacher's screens) beside the new ones
@@ -66,26 +76,26 @@ case "${1:-}" in
     mkdir -p "$KEEP/data/gutenberg-extra" && cp .gpu-c/*.jsonl.xz "$KEEP/data/gutenberg-extra/" \
       && ls -la "$KEEP/data/gutenberg-extra" ;;
   train)
-    idle train && idle screen && idle full  # its copy of the tree replaces the one running jobs read
+    idle train && idle screen && idle full && idle exp  # its copy of the tree replaces the one running jobs read
     fresh
     launch "$KEEP/campaign-train.log" python3 -m experiments.recall train --out "$KEEP/runs" --teacher "$GGUF" \
       --only "$2" --concurrent "${3:-0}" "${@:4}"
     sleep 5; cat "$KEEP/campaign-train.log" ;;
   screen)
-    idle train && idle full
+    idle train && idle full && idle exp
     launch "$KEEP/campaign-screen.log" python3 -m experiments.recall screen --out "$KEEP/runs" --teacher "$GGUF" \
       --concurrent "${2:-0}" "${@:3}"
     sleep 5; cat "$KEEP/campaign-screen.log" ;;
   full)
     [ -n "${2:-}" ] || { echo "usage: $0 full ARM,ARM|all [N [ARGS]]"; exit 2; }
-    idle train && idle screen
+    idle train && idle screen && idle exp
     only=(--only "$2"); [ "$2" = all ] && only=()
     launch "$KEEP/campaign-full.log" python3 -m experiments.recall full --out "$KEEP/runs" --teacher "$GGUF" \
       ${only[@]+"${only[@]}"} --concurrent "${3:-0}" "${@:4}"
     sleep 5; cat "$KEEP/campaign-full.log" ;;
   chain)
     [ -n "${2:-}" ] || { echo "usage: $0 chain ARM,ARM [N [M]]"; exit 2; }
-    idle train && idle screen && idle full
+    idle train && idle screen && idle full && idle exp
     fresh
     common=(--out "$KEEP/runs" --teacher "$GGUF")
     n=${3:-0}; m=${4:-$n}
@@ -95,10 +105,16 @@ case "${1:-}" in
       python3 -m experiments.recall screen "$@" --concurrent "$m"  # what trained, even if an arm failed
       python3 -m experiments.recall full "$@" --only "$arms" --concurrent "$m"' "$2" "$n" "$m" "${common[@]}"
     sleep 5; cat "$KEEP/campaign-chain.log" ;;
+  exp)
+    idle train && idle screen && idle full && idle exp
+    fresh && mkdir -p "$KEEP/exp"
+    launch "$KEEP/campaign-exp.log" python3 -m experiments.run_all --run "${2:-0}" --root "$KEEP/exp" \
+      --into "$KEEP/exp-small" --teacher "$GGUF" --mohawk "python3 -m mohawk" "${@:3}"
+    sleep 5; cat "$KEEP/campaign-exp.log" ;;
   wait) follow "${2:-540}" ;;
   run)
     [ $# -gt 1 ] || { echo "usage: $0 run COMMAND [ARGS]"; exit 2; }
     shift; PYTHONPATH=/tmp/site:$PWD exec "$@" ;;
-  *) echo "usage: $0 part-a | part-b | part-c | train ARMS [N] | screen [N] | full ARMS [N] | chain ARMS [N [M]] | wait [SECONDS] | run CMD"
+  *) echo "usage: $0 part-a | part-b | part-c | train ARMS [N] | screen [N] | full ARMS [N] | chain ARMS [N [M]] | exp [N] | wait [SECONDS] | run CMD"
      exit 2 ;;
 esac

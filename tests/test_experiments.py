@@ -813,9 +813,9 @@ def test_gpu_campaign_run_step(tmp_path):
 
 
 def test_device_tree_slims_and_restores(tmp_path):
-    """`device_tree.sh slim` leaves of results/ only the teacher's committed screen and full sets (what the campaign
-    reads), `slim-assets` also sets mohawk/assets aside, `restore` puts all back byte for byte, and refuses while
-    the slim tree holds a file the stash lacks (it would be lost) or while a stash exists at slim."""
+    """`device_tree.sh slim` leaves of results/ only the teacher's committed screen and full sets and issue 34's runs
+    (what the campaign reads), `slim-assets` also sets mohawk/assets aside, `restore` puts all back byte for byte,
+    and refuses while the slim tree holds a file the stash lacks (it would be lost) or while a stash exists at slim."""
     import shutil
     import subprocess
 
@@ -826,6 +826,8 @@ def test_device_tree_slims_and_restores(tmp_path):
         "results/recall/runs/screen/teacher/results.json": "t" * 10,
         "results/recall/runs/full/teacher/results.json": "f" * 20,
         "results/recall/runs/screen/arm/results.json": "a" * 1000,
+        "results/experiments/10m/a-s0/summary.json": "e" * 30,
+        "results/experiments/2m/old.json": "o" * 200,
         "results/README.md": "r" * 500,
         "mohawk/assets/eval/x.jsonl.xz": "x" * 3000,
         "mohawk/cli.py": "c" * 7,
@@ -845,8 +847,9 @@ def test_device_tree_slims_and_restores(tmp_path):
     whole = int(run("size").stdout)
     assert whole == sum(map(len, files.values())) + (repo / "scripts" / "device_tree.sh").stat().st_size
     slim = run("slim-assets")
-    assert slim.returncode == 0 and f"upload now {whole - 1500 - 3000} bytes" in slim.stdout
+    assert slim.returncode == 0 and f"upload now {whole - 1700 - 3000} bytes" in slim.stdout
     assert sorted(str(p.relative_to(repo)) for p in (repo / "results").rglob("*.json")) == [
+        "results/experiments/10m/a-s0/summary.json",
         "results/recall/runs/full/teacher/results.json",
         "results/recall/runs/screen/teacher/results.json",
     ]
@@ -925,3 +928,53 @@ def test_gpu_campaign_chain_step(tmp_path):
     assert (keep / "repo" / "results").is_dir() and (keep / "runs" / "screen" / "teacher" / "results.json").is_file()
     bare = subprocess.run(["bash", str(script), "chain"], env=env, capture_output=True, text=True, cwd=tree)
     assert bare.returncode == 2 and "usage:" in bare.stdout
+
+
+def test_gpu_campaign_exp_step(tmp_path):
+    """`gpu_campaign.sh exp N` starts issue 34's queue (experiments/run_all.py) N at once in $KEEP/exp with the
+    campaign's teacher; it refuses while a recall training runs; `wait` collects what each run has so far (the
+    committed form, results/experiments/10m) into exp.tgz."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_campaign.sh"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text('#!/bin/sh\necho "python3 $*"\n')
+    (fake / "python3").chmod(0o755)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    keep = tmp_path / "keep"
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "KEEP": str(keep), "OUT": str(tmp_path / "out")}
+    ran = subprocess.run(["bash", str(script), "exp", "3"], env=env, capture_output=True, text=True, cwd=tree)
+    assert ran.returncode == 0, ran.stderr
+    log = keep / "campaign-exp.log"
+    for _ in range(50):
+        if "run_all" in log.read_text():
+            break
+        time.sleep(0.1)
+    assert log.read_text().strip() == (
+        f"python3 -m experiments.run_all --run 3 --root {keep}/exp --into {keep}/exp-small"
+        f" --teacher {keep}/SmolLM2-135M-Instruct.Q4_1.gguf --mohawk python3 -m mohawk"
+    )
+    training = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "experiments.recall train"])
+    try:
+        early = subprocess.run(["bash", str(script), "exp"], env=env, capture_output=True, text=True, cwd=tree)
+    finally:
+        training.kill()
+    assert early.returncode == 3 and "training still runs" in early.stdout
+    # `wait` with the real interpreter and this repository as the campaign's copy of the tree
+    shutil.rmtree(keep / "repo")  # `exp` copied the (empty) tree there
+    (keep / "repo").symlink_to(Path(__file__).resolve().parents[1])
+    (keep / "exp" / "teacher" / "screen").mkdir(parents=True)
+    (keep / "exp" / "teacher" / "screen" / "results.json").write_text("{}")
+    (keep / "exp" / "teacher" / "screen" / "weights.safetensors").write_text("big")
+    env["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    done = subprocess.run(["bash", str(script), "wait", "0"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    listed = subprocess.run(["tar", "tzf", str(tmp_path / "out" / "exp.tgz")], capture_output=True, text=True)
+    assert sorted(listed.stdout.split()) == [
+        "./", "./teacher/", "./teacher/command.txt", "./teacher/screen/", "./teacher/screen/results.json",
+    ]  # fmt: skip
