@@ -138,19 +138,19 @@ CHANCE = {
 
 
 def distill_command(name: str, args) -> list[str]:
-    """The `mohawk distill` argv of arm ``name`` (its own --tokens, --data, --seq-len, --batch-size or --seed replace
-    the defaults)."""
+    """The `mohawk distill` argv of arm ``name`` (its own --tokens, --data, --seq-len, --batch-size, --seed or
+    --stage3-lr replace the defaults, so that each flag appears once)."""
     flags = ARMS[name]
     defaults = {
         "--tokens": str(args.tokens), "--data": "bundled", "--seq-len": str(args.seq_len),
-        "--batch-size": str(args.batch_size), "--seed": str(args.seed),
+        "--batch-size": str(args.batch_size), "--seed": str(args.seed), "--stage3-lr": STAGE3_LR,
     }  # fmt: skip
     own = [x for flag, value in defaults.items() if flag not in flags for x in (flag, value)]
     compile_mode = "graphs" if args.device == "cuda" else "off"
     return [
         "mohawk", "distill", "--teacher", args.teacher, "--out", str(Path(args.out) / name), *own,
         "--val-sequences", "32", "--device", args.device, "--compile", compile_mode, "--eval-tasks", "",
-        "--quiet", "--checkpoint-every", "200", "--stage3-lr", STAGE3_LR, *flags,
+        "--quiet", "--checkpoint-every", "200", *flags,
     ]  # fmt: skip
 
 

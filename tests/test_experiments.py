@@ -427,7 +427,9 @@ def test_every_recall_arm_is_a_valid_distill_command(monkeypatch):
         4,
     )
     argv = recall.distill_command("ssd-gm20-s1", args)
-    assert argv.count("--tokens") == argv.count("--seed") == 1
+    assert argv.count("--tokens") == argv.count("--seed") == argv.count("--stage3-lr") == 1
+    lever_argv = recall.distill_command("hybrid4-retrieval-gm10-lr2e-4", args)
+    assert lever_argv.count("--stage3-lr") == 1 and lever_argv[lever_argv.index("--stage3-lr") + 1] == "0.0002"
     assert cfgs["ssd-gate-norm"].gate_norm and cfgs["ssd-conv-silu"].conv_activation == "silu"
     lever = cfgs["hybrid4-retrieval-gm10-lr2e-4"]  # a lever's flag replaces the campaign's; the rest is its baseline's
     base = cfgs["hybrid4-retrieval-gm10-s0"]
