@@ -565,7 +565,7 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
         f"python3 -m experiments.run_all --run N --root {root}",
         "```",
         "",
-        "Through the device tool (results/README.md, \"Plan for the next 30 minutes\"): after `part-a` and `part-b`, "
+        'Through the device tool (results/README.md, "Plan for the next 30 minutes"): after `part-a` and `part-b`, '
         "`bash scripts/gpu_campaign.sh exp N` starts the queue in the background with the carried teacher; each "
         "`bash scripts/gpu_campaign.sh wait SECONDS` then brings back `exp.tgz`, the small files of every run so far "
         "in the layout of `results/experiments/10m/` (`tar xzf exp.tgz -C results/experiments/10m`).",
