@@ -445,6 +445,9 @@ def test_every_recall_arm_is_a_valid_distill_command(monkeypatch):
     )
     assert recall.BASELINES["hybrid4-retrieval-gm20-lr2e-4-s0"] == "hybrid4-retrieval-gm20-s0"
     assert "hybrid4-retrieval-gm20-lr2e-4-s1" not in recall.ARMS  # the lever did not hold at seed 0 (NOTES 29)
+    pure10 = cfgs["ssd-gm10-lr2e-4-s0"]  # the pure student where the hybrid gained: 10M, 8,192 tokens per update
+    assert recall.BASELINES["ssd-gm10-lr2e-4-s0"] == "ssd-gm10-s0" and pure10.stage3_lr == 2e-4
+    assert (pure10.tokens, pure10.data, pure10.num_attention_layers) == (10_000_000, "gutenberg+modern", None)
     assert (cfgs["hybrid4-retrieval-gm10-t2"].temperature, base.temperature) == (2.0, 1.0)
     written = cfgs["hybrid4-retrieval-gm10-teacher"]  # its own data replaces the baseline's, once
     assert (written.data, written.teacher_tokens, written.tokens) == (
