@@ -598,6 +598,28 @@ def test_recall_launch_requeues_a_run_that_ran_out_of_memory(tmp_path, monkeypat
     assert "resumed --resume" in (tmp_path / "oom.log").read_text()
 
 
+def _fake_campaign(tmp_path):
+    """scripts/gpu_campaign.sh with a python3 that echoes its arguments: (script, env, keep)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_campaign.sh"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text('#!/bin/sh\necho "python3 $*"\n')
+    (fake / "python3").chmod(0o755)
+    keep = tmp_path / "keep"
+    return script, {"PATH": f"{fake}:/usr/bin:/bin", "KEEP": str(keep), "OUT": str(tmp_path / "out")}, keep
+
+
+def _log_once(log: Path, done, tries: int = 50) -> str:
+    """The text of a background job's log once ``done(text)`` holds (or after ``tries`` tenths of a second)."""
+    import time
+
+    for _ in range(tries):
+        if log.is_file() and done(log.read_text()):
+            break
+        time.sleep(0.1)
+    return log.read_text()
+
+
 def test_gpu_campaign_script_steps(tmp_path):
     """scripts/gpu_campaign.sh parses, refuses an unknown step with its usage, refuses to screen while training still
     runs, and `wait` tars the small files of the runs started since `train` (not the committed ones copied in) and
@@ -875,14 +897,8 @@ def test_gpu_campaign_full_step(tmp_path):
     import subprocess
     import sys
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_campaign.sh"
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "python3").write_text('#!/bin/sh\necho "python3 $*"\n')
-    (fake / "python3").chmod(0o755)
-    (tmp_path / "keep" / "repo").mkdir(parents=True)
-    env = {"PATH": f"{fake}:/usr/bin:/bin", "KEEP": str(tmp_path / "keep"), "OUT": str(tmp_path / "out")}
-    keep = tmp_path / "keep"
+    script, env, keep = _fake_campaign(tmp_path)
+    (keep / "repo").mkdir(parents=True)
     ran = subprocess.run(["bash", str(script), "full", "a-s0,a-s1", "2"], env=env, capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr
     want = f"python3 -m experiments.recall full --out {keep}/runs --teacher {keep}/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -903,28 +919,17 @@ def test_gpu_campaign_chain_step(tmp_path):
     """`gpu_campaign.sh chain ARMS N M` copies the tree, then one background job trains ARMS N at once, screens and
     scores their full sets M at once, in that order; without arms it refuses with its usage."""
     import subprocess
-    import time
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_campaign.sh"
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "python3").write_text('#!/bin/sh\necho "python3 $*"\n')
-    (fake / "python3").chmod(0o755)
+    script, env, keep = _fake_campaign(tmp_path)
     tree = tmp_path / "tree"
     (tree / "results" / "recall" / "runs" / "screen" / "teacher").mkdir(parents=True)
     (tree / "results" / "recall" / "runs" / "screen" / "teacher" / "results.json").write_text("{}")
-    keep = tmp_path / "keep"
-    env = {"PATH": f"{fake}:/usr/bin:/bin", "KEEP": str(keep), "OUT": str(tmp_path / "out")}
     ran = subprocess.run(["bash", str(script), "chain", "a-s0,b-s0", "2", "3"], env=env, capture_output=True,
                          text=True, cwd=tree)  # fmt: skip
     assert ran.returncode == 0, ran.stderr
-    log = keep / "campaign-chain.log"
-    for _ in range(50):
-        if log.read_text().count("python3 -m") >= 3:
-            break
-        time.sleep(0.1)
+    text = _log_once(keep / "campaign-chain.log", lambda t: t.count("python3 -m") >= 3)
     common = f"--out {keep}/runs --teacher {keep}/SmolLM2-135M-Instruct.Q4_1.gguf"
-    lines = [x for x in log.read_text().splitlines() if x.startswith("python3")]
+    lines = [x for x in text.splitlines() if x.startswith("python3")]
     assert lines == [
         f"python3 -m experiments.recall train {common} --only a-s0,b-s0 --concurrent 2",
         f"python3 -m experiments.recall screen {common} --concurrent 3",
@@ -942,25 +947,13 @@ def test_gpu_campaign_exp_step(tmp_path):
     import shutil
     import subprocess
     import sys
-    import time
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_campaign.sh"
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "python3").write_text('#!/bin/sh\necho "python3 $*"\n')
-    (fake / "python3").chmod(0o755)
+    script, env, keep = _fake_campaign(tmp_path)
     tree = tmp_path / "tree"
     tree.mkdir()
-    keep = tmp_path / "keep"
-    env = {"PATH": f"{fake}:/usr/bin:/bin", "KEEP": str(keep), "OUT": str(tmp_path / "out")}
     ran = subprocess.run(["bash", str(script), "exp", "3"], env=env, capture_output=True, text=True, cwd=tree)
     assert ran.returncode == 0, ran.stderr
-    log = keep / "campaign-exp.log"
-    for _ in range(50):
-        if "run_all" in log.read_text():
-            break
-        time.sleep(0.1)
-    assert log.read_text().strip() == (
+    assert _log_once(keep / "campaign-exp.log", lambda t: "run_all" in t).strip() == (
         f"python3 -m experiments.run_all --run 3 --root {keep}/exp --into {keep}/exp-small"
         f" --teacher {keep}/SmolLM2-135M-Instruct.Q4_1.gguf --mohawk python3 -m mohawk"
     )
