@@ -43,13 +43,16 @@ follow() {  # follow(seconds): print progress until no campaign job runs or the 
   ls -la "$OUT"
 }
 
-idle() {  # idle(phase): refuse (exit 3) while that phase of the campaign still runs (its GPU memory is taken)
-  local what="the $1"
-  [ "$1" = train ] && what=training
-  [ "$1" = exp ] && what="issue 34's queue"
-  local pattern="experiments.recall $1"
-  [ "$1" = exp ] && pattern="experiments.run_all --run"
-  if pgrep -f "$pattern" >/dev/null; then echo "$what still runs: wait first"; exit 3; fi
+idle() {  # idle(phase...): refuse (exit 3) while one of those phases of the campaign still runs (it holds GPU memory)
+  local phase pattern what
+  for phase in "$@"; do
+    pattern="experiments.recall $phase" what="the $phase"
+    case $phase in
+      train) what=training ;;
+      exp) pattern="experiments.run_all --run" what="issue 34's queue" ;;
+    esac
+    if pgrep -f "$pattern" >/dev/null; then echo "$what still runs: wait first"; exit 3; fi
+  done
 }
 
 fresh() {  # the tree copied to $KEEP/repo and the committed runs (the teacher's screens) beside the new ones
@@ -76,26 +79,26 @@ case "${1:-}" in
     mkdir -p "$KEEP/data/gutenberg-extra" && cp .gpu-c/*.jsonl.xz "$KEEP/data/gutenberg-extra/" \
       && ls -la "$KEEP/data/gutenberg-extra" ;;
   train)
-    idle train && idle screen && idle full && idle exp  # its copy of the tree replaces the one running jobs read
+    idle train screen full exp  # its copy of the tree replaces the one running jobs read
     fresh
     launch "$KEEP/campaign-train.log" python3 -m experiments.recall train --out "$KEEP/runs" --teacher "$GGUF" \
       --only "$2" --concurrent "${3:-0}" "${@:4}"
     sleep 5; cat "$KEEP/campaign-train.log" ;;
   screen)
-    idle train && idle full && idle exp
+    idle train full exp
     launch "$KEEP/campaign-screen.log" python3 -m experiments.recall screen --out "$KEEP/runs" --teacher "$GGUF" \
       --concurrent "${2:-0}" "${@:3}"
     sleep 5; cat "$KEEP/campaign-screen.log" ;;
   full)
     [ -n "${2:-}" ] || { echo "usage: $0 full ARM,ARM|all [N [ARGS]]"; exit 2; }
-    idle train && idle screen && idle exp
+    idle train screen exp
     only=(--only "$2"); [ "$2" = all ] && only=()
     launch "$KEEP/campaign-full.log" python3 -m experiments.recall full --out "$KEEP/runs" --teacher "$GGUF" \
       ${only[@]+"${only[@]}"} --concurrent "${3:-0}" "${@:4}"
     sleep 5; cat "$KEEP/campaign-full.log" ;;
   chain)
     [ -n "${2:-}" ] || { echo "usage: $0 chain ARM,ARM [N [M]]"; exit 2; }
-    idle train && idle screen && idle full && idle exp
+    idle train screen full exp
     fresh
     common=(--out "$KEEP/runs" --teacher "$GGUF")
     n=${3:-0}; m=${4:-$n}
@@ -106,7 +109,7 @@ case "${1:-}" in
       python3 -m experiments.recall full "$@" --only "$arms" --concurrent "$m"' "$2" "$n" "$m" "${common[@]}"
     sleep 5; cat "$KEEP/campaign-chain.log" ;;
   exp)
-    idle train && idle screen && idle full && idle exp
+    idle train screen full exp
     fresh && mkdir -p "$KEEP/exp"
     launch "$KEEP/campaign-exp.log" python3 -m experiments.run_all --run "${2:-0}" --root "$KEEP/exp" \
       --into "$KEEP/exp-small" --teacher "$GGUF" --mohawk "python3 -m mohawk" "${@:3}"
