@@ -598,7 +598,7 @@ def test_recall_launch_requeues_a_run_that_ran_out_of_memory(tmp_path, monkeypat
     assert "resumed --resume" in (tmp_path / "oom.log").read_text()
 
 
-def _fake_campaign(tmp_path):
+def _echo_campaign(tmp_path):
     """scripts/gpu_campaign.sh with a python3 that echoes its arguments: (script, env, keep)."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_campaign.sh"
     fake = tmp_path / "bin"
@@ -897,7 +897,7 @@ def test_gpu_campaign_full_step(tmp_path):
     import subprocess
     import sys
 
-    script, env, keep = _fake_campaign(tmp_path)
+    script, env, keep = _echo_campaign(tmp_path)
     (keep / "repo").mkdir(parents=True)
     ran = subprocess.run(["bash", str(script), "full", "a-s0,a-s1", "2"], env=env, capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr
@@ -920,7 +920,7 @@ def test_gpu_campaign_chain_step(tmp_path):
     scores their full sets M at once, in that order; without arms it refuses with its usage."""
     import subprocess
 
-    script, env, keep = _fake_campaign(tmp_path)
+    script, env, keep = _echo_campaign(tmp_path)
     tree = tmp_path / "tree"
     (tree / "results" / "recall" / "runs" / "screen" / "teacher").mkdir(parents=True)
     (tree / "results" / "recall" / "runs" / "screen" / "teacher" / "results.json").write_text("{}")
@@ -948,7 +948,7 @@ def test_gpu_campaign_exp_step(tmp_path):
     import subprocess
     import sys
 
-    script, env, keep = _fake_campaign(tmp_path)
+    script, env, keep = _echo_campaign(tmp_path)
     tree = tmp_path / "tree"
     tree.mkdir()
     ran = subprocess.run(["bash", str(script), "exp", "3"], env=env, capture_output=True, text=True, cwd=tree)
