@@ -388,6 +388,7 @@ def budget_entry(recall: Path, doc: dict, tokens: int, seeds: dict[int, str]) ->
         "basis": basis,
         "zero_shot": zero_shot,
         "metrics": metrics,
+        "items_differ": stats.get("items_differ", []),
         "runs": {arm: {"seed": seed, **_run(recall, arm, arm in doc["models"])} for seed, arm in seeds.items()},
     }
 
@@ -538,7 +539,8 @@ def _recall_intro(recall: Path, plan: dict, arms: dict, table: dict, command: st
         "screen mean on the same items). % of teacher: the "
         "student's mean / the teacher's; above chance: (student - chance) / (teacher - chance), the chance level of "
         "each task from experiments/recall.py CHANCE. Perplexity on 256 x 512 held-out tokens (in brackets: above the "
-        "teacher's); LAMBADA, HellaSwag and perplexity from the screen. Cells: the mean over the seeds ± the "
+        "teacher's); LAMBADA (the full set) and perplexity from the screen; HellaSwag from the full set where every "
+        "seed of the budget has it, else the screen's items, marked (screen). Cells: the mean over the seeds ± the "
         "half-width of its 95% t-interval (t at n - 1 degrees of freedom x the seeds' standard deviation / sqrt(n)); "
         "one seed: its value alone, no interval; (n = k): fewer seeds have that metric.",
         *(["", f"Made by `{command}`."] if command else []),
@@ -558,6 +560,19 @@ def _with_pct(value: dict | None, pct: dict | None, n: int, digits: int, sign: s
     return seed_cell(value, n, digits) + (f" ({pct['mean']:{sign}.1f}%)" if value and pct else "")
 
 
+def _hellaswag_cell(entry: dict, n: int) -> str:
+    """HellaSwag over a budget's seeds: the full set's where every seed has it, else the screen's marked (screen),
+    or why there is none (the seeds' screens scored different items)."""
+    m = entry["metrics"]
+    full = m.get("hellaswag_score_full")
+    if full and full["n"] == n:
+        return _with_pct(full, m.get("hellaswag_full"), n, 3)
+    if "hellaswag" in entry.get("items_differ", []):
+        return "screens differ (items)"
+    cell = _with_pct(m.get("hellaswag_score"), m.get("hellaswag"), n, 3)
+    return cell if cell == "-" else f"{cell} (screen)"
+
+
 def _teacher_means(teacher: dict) -> tuple[float | None, float | None]:
     """The teacher's mean zero-shot on the full sets (None without them) and its screen mean (LAMBADA, HellaSwag)."""
     screen = [teacher["tasks"].get(t, {}).get("score") for t in ("lambada_openai", "hellaswag")]
@@ -571,7 +586,9 @@ def _recovery_lines(doc: dict, table: dict) -> list[str]:
     t_mean = (
         "-" if full is None and screen is None else f"{full:.4f}" if full is not None else f"{screen:.4f} (screen only)"
     )
-    lam, hel = (t["tasks"].get(k, {}).get("score") for k in ("lambada_openai", "hellaswag"))
+    lam = t["tasks"].get("lambada_openai", {}).get("score")
+    hel = ((t.get("full") or {}).get("tasks") or {}).get("hellaswag", {}).get("score")
+    hel = t["tasks"].get("hellaswag", {}).get("score") if hel is None else hel
     rows = [
         ["teacher", "-", "-", t_mean, "100", "100"]
         + ["-" if v is None else f"{v:.3f}" for v in (lam, hel)]
@@ -590,11 +607,11 @@ def _recovery_lines(doc: dict, table: dict) -> list[str]:
             rows.append(
                 [*head, mean, seed_cell(z.get("pct"), n), seed_cell(z.get("recovery"), n)]
                 + [_with_pct(m.get("lambada_score"), m.get("lambada"), n, 3)]
-                + [_with_pct(m.get("hellaswag_score"), m.get("hellaswag"), n, 3)]
+                + [_hellaswag_cell(e, n)]
                 + [_with_pct(m.get("perplexity_value"), m.get("perplexity"), n, 2, sign="+")]
             )
     header = ["configuration", "tokens", "seeds", "mean zero-shot", "% of teacher", "above chance, %"]
-    header += ["LAMBADA acc", "HellaSwag acc_norm (screen)", "perplexity"]
+    header += ["LAMBADA acc", "HellaSwag acc_norm", "perplexity"]
     lines = markdown_table(header, rows)
     if screen is not None and any(e["basis"] == "screen" for entries in table.values() for e in entries):
         lines += ["", f"The teacher's screen mean (LAMBADA, HellaSwag), the base of *screen only* rows: {screen:.4f}."]

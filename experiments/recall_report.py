@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -261,10 +262,15 @@ def seed_configs(names) -> dict[str, dict[int, str]]:
     return out
 
 
+SCREEN_KEYS = {"lambada_openai": ("lambada", "lambada_score"), "hellaswag": ("hellaswag", "hellaswag_score")}
+
+
 def across_seeds(doc: dict, arms, chance: dict) -> dict:
     """Per configuration with at least one screened seed: the seeds screened, those planned but not screened, and for
     each metric of _seed_values the mean over seeds with its 95% t-interval {mean, lo, hi, n} (n = 1: lo = hi =
-    mean; n counts the seeds that have the metric: the full sets may cover fewer)."""
+    mean; n counts the seeds that have the metric: the full sets may cover fewer). A task the seeds' screens scored
+    on different items (the first 2,000 HellaSwag items for one, every 5th for another) is named in items_differ and
+    has no screen statistics."""
     out = {}
     for config, seeds in seed_configs(arms).items():
         made = {s: doc["models"][a] for s, a in sorted(seeds.items()) if a in doc["models"]}
@@ -275,9 +281,14 @@ def across_seeds(doc: dict, arms, chance: dict) -> dict:
             for key, value in _seed_values(row, doc["teacher"], chance).items():
                 if value is not None:
                     values.setdefault(key, []).append(value)
+        differ = [t for t in TASK_METRIC if len({r["tasks"].get(t, {}).get("items") for r in made.values()}) > 1]
+        for task in differ:  # a mean over seeds scored on different items measures nothing
+            for key in (*SCREEN_KEYS[task], "screen_mean", "screen_pct", "screen_recovery"):
+                values.pop(key, None)
         stats = {k: Stat.of(v) for k, v in values.items()}
         out[config] = {
             "seeds": list(made),
+            "items_differ": differ,
             "missing": sorted(set(seeds) - set(made)),
             "metrics": {k: {"mean": s.mean, "lo": s.lo, "hi": s.hi, "n": s.n} for k, s in stats.items()},
         }
@@ -289,18 +300,23 @@ def _seed_values(row: dict, teacher: dict, chance: dict) -> dict:
     Screen: lambada / hellaswag (% of the teacher's score on the same items; *_score the score), perplexity (% above
     the teacher's; perplexity_value the value), "passkey N" / "passkey-natural N" (hits at N tokens, repeated /
     natural filler), screen_mean (mean of the two tasks' scores) with screen_pct (% of the teacher's on the same
-    items) and screen_recovery (above chance, %). Full sets: zero_shot_mean (mean of the seven tasks) with zero_shot
-    (% of the teacher's) and zero_shot_recovery (above chance, %)."""
+    items) and screen_recovery (above chance, %). Full sets: lambada_full / hellaswag_full (% of the teacher's full-set
+    score; *_score_full the score), zero_shot_mean (mean of the seven tasks) with zero_shot (% of the teacher's) and
+    zero_shot_recovery (above chance, %)."""
     vals: dict = {}
 
     def teacher_score(task: str) -> float | None:  # on the arm's items where the report paired them
         cell = row["tasks"].get(task, {})
         return cell.get("teacher_score", teacher["tasks"].get(task, {}).get("score"))
 
-    for task, key in (("lambada_openai", "lambada"), ("hellaswag", "hellaswag")):
+    full, t_full = row.get("full") or {}, teacher.get("full") or {}
+    for task, (key, score_key) in SCREEN_KEYS.items():
         s, t = row["tasks"].get(task, {}).get("score"), teacher_score(task)
         vals[key] = 100 * s / t if s is not None and t else None
-        vals[f"{key}_score"] = s
+        vals[score_key] = s
+        s, t = (((r.get("tasks") or {}).get(task) or {}).get("score") for r in (full, t_full))
+        vals[f"{key}_full"] = 100 * s / t if s is not None and t else None
+        vals[f"{score_key}_full"] = s
     ppl, t_ppl = row["perplexity"], teacher["perplexity"]
     vals["perplexity"] = 100 * (ppl / t_ppl - 1) if ppl and t_ppl else None
     vals["perplexity_value"] = ppl
@@ -315,7 +331,6 @@ def _seed_values(row: dict, teacher: dict, chance: dict) -> dict:
         vals["screen_mean"] = ms
         vals["screen_pct"] = 100 * ms / mt if mt else None
         vals["screen_recovery"] = 100 * (ms - c) / (mt - c) if mt != c else None
-    full, t_full = row.get("full") or {}, teacher.get("full") or {}
     if full.get("mean") is not None and t_full.get("mean"):
         c = full["chance"]
         vals["zero_shot_mean"] = full["mean"]
@@ -334,6 +349,12 @@ def seed_cell(m: dict | None, n: int, digits: int = 1, sign: str = "") -> str:
     return text + (f" (n = {m['n']})" if m["n"] != n else "")
 
 
+def _screen_cell(config: dict, task: str, key: str, n: int) -> str:
+    """A screen task's seed cell, or why there is none: the seeds' screens scored different items."""
+    differ = task in config.get("items_differ", [])
+    return "screens differ (items)" if differ else seed_cell(config["metrics"].get(key), n)
+
+
 def _seed_lines(seeds: dict) -> list[str]:
     if not seeds:
         return []
@@ -347,8 +368,9 @@ def _seed_lines(seeds: dict) -> list[str]:
     for config, c in seeds.items():
         m, n = c["metrics"], len(c["seeds"])
         rows.append(
-            [config, f"{n} ({', '.join(map(str, c['seeds']))})", seed_cell(m.get("lambada"), n)]
-            + [seed_cell(m.get("hellaswag"), n), seed_cell(m.get("perplexity"), n, sign="+")]
+            [config, f"{n} ({', '.join(map(str, c['seeds']))})"]
+            + [_screen_cell(c, task, key, n) for task, (key, _) in SCREEN_KEYS.items()]
+            + [seed_cell(m.get("perplexity"), n, sign="+")]
             + [seed_cell(m.get(f"passkey {length}"), n, digits=2) for length in lengths]
             + [seed_cell(m.get("zero_shot"), n), seed_cell(m.get("zero_shot_recovery"), n)]
         )
@@ -427,7 +449,7 @@ def _row(res: dict, key: str, t_sources: list[dict | None], chance: dict) -> dic
     for task, metric in TASK_METRIC.items():
         if task not in scores:
             continue
-        cell = {"score": scores[task][metric], "n": scores[task]["n"]}
+        cell = {"score": scores[task][metric], "n": scores[task]["n"], "items": _item_set(scores[task])}
         pair = aligned(scores[task], [(t or {}).get(task) for t in t_sources], metric)
         if pair is not None:
             cell.update(paired_bootstrap(*pair, chance[task]), teacher_score=float(np.mean(pair[1])))
@@ -444,6 +466,15 @@ def _row(res: dict, key: str, t_sources: list[dict | None], chance: dict) -> dic
         f: {n: [g["answer"] for g in v["generations"][:5]] for n, v in d.items()} for f, d in detail.items()
     }
     return row
+
+
+def _item_set(task_scores: dict) -> str:
+    """Which items a task was scored on: "first N" (a first-N screen or a full set), else "N chosen, DIGEST" (e.g.
+    every 5th item; a digest of the ids)."""
+    ids = task_scores.get("item_ids")
+    if ids and sorted(ids) != list(range(len(ids))):
+        return f"{len(ids)} chosen, {zlib.crc32(json.dumps(sorted(ids)).encode()):08x}"
+    return f"first {task_scores['n']}"
 
 
 def _attention(row: dict) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from experiments import headline, recall
 from experiments.headline_report import budget_arms, write_headline_from_recall
+from experiments.recall_report import write_recall_report
 from tests.utils import fake_headline_eval, fake_recall_full, fake_recall_screen, fake_task_scores
 
 T2 = 4.302653  # t(0.975) at n - 1 = 2 degrees of freedom
@@ -19,7 +20,7 @@ CHANCE = 2 / 7  # the mean chance level of the seven zero-shot tasks (recall.CHA
 def _summary(path, final: bool = True):
     """A finished run's summary.json: three stages of 62 / 123 / 1,038 steps over a 28M-token corpus."""
     stages = {
-        str(s): {"tokens": t, "steps": n, "epochs": t / 28_000_000}
+        str(s): {"tokens": t, "steps": n, "epochs": t / 28_000_000, "lr": 5e-4, "wall_s": 60.0}
         for s, t, n in ((1, 507_904, 62), (2, 1_007_616, 123), (3, 8_503_296, 1038))
     }
     summary = {"stages": stages, "data": {"source": "gutenberg+modern", "tokens": 28_000_000}}
@@ -223,3 +224,31 @@ def test_report_command_line_recall(recall_runs, tmp_path, monkeypatch):
     assert f"Made by `python3 -m experiments.headline report --recall {out}" in text
     todo = json.loads((tmp_path / "results" / "results.json").read_text())["still_to_make"]
     assert {t["arm"] for t in todo} >= {"hybrid6-retrieval-gm2-s0", "hybrid4-retrieval-gm10-s0", "ssd-gm50-s2"}
+
+
+def test_hellaswag_from_the_full_sets_never_a_mean_over_different_items(recall_runs, tmp_path):
+    """HellaSwag per budget: the full sets' where every seed has them (20M: 0.5 / 0.75 / 1.0 against the teacher's
+    0.75), else the screen's, marked (5M: 0.5 against the teacher's 0.5 on the same items); where the seeds'
+    screens scored different items (one the first items, one chosen ones) and a seed lacks the full sets, no mean at
+    all, and the recall report says so too; LAMBADA, scored on the same items, keeps its mean."""
+    out, arms = recall_runs
+    for d in (out / "screen" / "teacher",):
+        (d / "results.json").unlink()
+        d.rmdir()
+    fake_recall_screen(out / "screen" / "teacher", "teacher", [1, 1, 0, 1], [1, 0, 0, 1], 40.0, 1.0, 0.5)
+    text, _ = _report(recall_runs, tmp_path / "results")
+    assert _row(text, "teacher", "-", "-")[7] == "0.750"  # its full set (its screen: 0.5)
+    assert _row(text, "ssd", "20M")[7] == f"0.750 ± {T2 * 0.25 / math.sqrt(3):.3f} (100.0%)"
+    assert _row(text, "ssd", "5M")[7] == "0.500 (100.0%) (screen)"
+    for d in (out / "screen" / "ssd-gm20-s1", out / "full" / "ssd-gm20-s2"):
+        (d / "results.json").unlink()
+        d.rmdir()
+    fake_recall_screen(out / "screen" / "ssd-gm20-s1", "ssd-gm20-s1", [1, 0, 0, 1], [1, 0, 1, 0], 46.0, 0.25, 0.0,
+                       hellaswag_ids=[0, 5, 10, 15])  # fmt: skip
+    text, doc = _report(recall_runs, tmp_path / "again")
+    entry = next(e for e in doc["configurations"]["ssd"] if e["tokens"] == 20_000_000)
+    assert entry["items_differ"] == ["hellaswag"]
+    assert "hellaswag" not in entry["metrics"] and entry["metrics"]["lambada"]["n"] == 3
+    assert _row(text, "ssd", "20M")[7] == "screens differ (items)"
+    readme = write_recall_report(out, tmp_path / "recall", arms)
+    assert _row(readme.read_text(), "ssd-gm20")[3] == "screens differ (items)"
