@@ -798,11 +798,18 @@ def _recall_commands(recall: Path, table: dict) -> list[str]:
     return lines
 
 
+def _metric(entry: dict, key: str) -> dict | None:
+    """A budget's seed statistic of ``key``; for HellaSwag the full sets' where every seed has them (as the table)."""
+    m = entry["metrics"]
+    full = m.get(f"{key}_full") if key == "hellaswag" else None
+    return full if full and full["n"] == len(entry["seeds"]) else m.get(key)
+
+
 def _plot_recovery(table: dict, path: Path) -> bool:
     """The recovery curves vs student tokens (log), one line per configuration, the seeds' 95% t-interval as error
     bars: left, the mean zero-shot on the full sets as % of the teacher's (budgets with full sets only; the goals as
-    horizontal lines); right, the screen's LAMBADA (solid) and HellaSwag (dashed) as % of the teacher's, every
-    screened budget. The two are different measures, so they never share a line. False while nothing is screened."""
+    horizontal lines); right, LAMBADA (solid) and HellaSwag (dashed; the full sets' where every seed has them, else
+    the screen's) as % of the teacher's, every screened budget. The two are different measures, so they never share a line. False while nothing is screened."""
     screened = [e for entries in table.values() for e in entries if e["metrics"].get("lambada")]
     if not screened:
         return False
@@ -817,7 +824,7 @@ def _plot_recovery(table: dict, path: Path) -> bool:
     for i, (config, entries) in enumerate(table.items()):
         shift = 1 + 0.03 * (i - (len(table) - 1) / 2)  # side by side, so that the error bars do not hide each other
         for ax, key, style in panels:
-            pts = [(e["tokens"] / 1e6 * shift, e["metrics"][key]) for e in entries if e["metrics"].get(key)]
+            pts = [(e["tokens"] / 1e6 * shift, _metric(e, key)) for e in entries if _metric(e, key)]
             if not pts:
                 continue
             y = [m["mean"] for _, m in pts]
@@ -827,17 +834,19 @@ def _plot_recovery(table: dict, path: Path) -> bool:
     full.axhline(GOAL_HYBRID, color="k", ls="--", lw=0.8, label=f"goal, hybrids ({GOAL_HYBRID:g}%)")
     full.axhline(GOAL_PURE, color="k", ls=":", lw=0.8, label=f"goal, pure SSD ({GOAL_PURE:g}%)")
     screen.plot([], [], "k-", label="LAMBADA (full set)")
-    screen.plot([], [], "k--", label="HellaSwag (screen)")
+    screen.plot([], [], "k--", label="HellaSwag (full set, else the screen's items)")
     full.set_title("Mean zero-shot, seven tasks, full sets")
-    screen.set_title("Screen: LAMBADA and HellaSwag")
-    for ax in (full, screen):
+    screen.set_title("LAMBADA and HellaSwag")
+    lo, hi = screen.get_ylim()
+    screen.set_ylim(lo, hi + 0.3 * (hi - lo))  # headroom for the legend above the curves
+    for ax, corner in ((full, "lower right"), (screen, "upper left")):  # where the curves leave room
         ax.set_xscale("log")
         ax.set_xticks([t / 1e6 for t in ticks], [_millions(t) for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("student tokens")
         ax.set_ylabel("% of the teacher's (mean over seeds, 95% t)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc=corner)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
