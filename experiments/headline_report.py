@@ -809,7 +809,8 @@ def _plot_recovery(table: dict, path: Path) -> bool:
     """The recovery curves vs student tokens (log), one line per configuration, the seeds' 95% t-interval as error
     bars: left, the mean zero-shot on the full sets as % of the teacher's (budgets with full sets only; the goals as
     horizontal lines); right, LAMBADA (solid) and HellaSwag (dashed; the full sets' where every seed has them, else
-    the screen's) as % of the teacher's, every screened budget. The two are different measures, so they never share a line. False while nothing is screened."""
+    the screen's) as % of the teacher's, every screened budget. The two are different measures, so they never share
+    a line. False while nothing is screened."""
     screened = [e for entries in table.values() for e in entries if e["metrics"].get("lambada")]
     if not screened:
         return False
