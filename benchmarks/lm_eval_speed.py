@@ -124,7 +124,8 @@ def main() -> None:
         "items_alike": alike, "command": command(), "versions": versions("transformers", "lm_eval"),
         "dtype": str(next(model.parameters()).dtype), "torch_threads": torch.get_num_threads(),
     }  # fmt: skip
-    write(f"lm_eval_speed-{dev.split(' (')[0]}", payload, lines, Path(args.out))
+    stem = f"lm_eval_speed-{dev.split(' (')[0]}" + ("-random" if args.random else "")
+    write(stem, payload, lines, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -419,6 +419,7 @@ def test_lm_eval_speed_times_both_scorers_on_the_same_items(teacher_dir, tmp_pat
     monkeypatch.setattr(sys, "argv", argv + (["--random"] if random_model else []))
     lm_eval_speed.main()
     (js,) = tmp_path.glob("lm_eval_speed-*.json")
+    assert js.name == ("lm_eval_speed-cpu-random.json" if random_model else "lm_eval_speed-cpu.json")  # apart
     res = json.loads(js.read_text())
     assert res["items"] == {"piqa": 6, "lambada_openai": 6}
     assert set(res["items_alike"]) == {"piqa/acc", "piqa/acc_norm", "lambada_openai/perplexity", "lambada_openai/acc"}

@@ -3,13 +3,15 @@
 The harness's ``HFLM._loglikelihood_tokens`` takes the log-softmax of every position of a batch, then for each request
 an argmax, a gather and two reads back to the host; its ``utils.apply_template`` compiles the task's Jinja template
 again for every document (EleutherAI/lm-evaluation-harness#1286). ``BatchedHFLM`` scores the same requests (same
-order of work, same left truncation, the log-softmax in the same dtype) with one gather of the continuation
-positions and one read back per batch; ``cached_templates()`` compiles each template string once. Both leave every
-score as the harness computes it (tests/evaluation/test_batched_lm.py compares them request by request)."""
+order of work, same left truncation, the log-softmax in the same dtype) with the LM head applied only to the
+positions that predict a continuation, one gather of those positions and one read back per batch;
+``cached_templates()`` compiles each template string once. Both leave every score as the harness computes it
+(tests/evaluation/test_batched_lm.py compares them request by request)."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -78,6 +80,8 @@ class BatchedHFLM(HFLM):
             seqs.append((ctx + cont)[-(self.max_length + 1) :][:-1])
             conts.append(cont)
         rows, width, cont_width = len(batch), max(map(len, seqs)), max(map(len, conts))
+        # the last `keep` positions predict every continuation token of the batch: only they need the LM head
+        keep = width - min(len(seq) - len(cont) for seq, cont in zip(seqs, conts, strict=True))
         inp = torch.zeros(rows, width, dtype=torch.long)
         pos = torch.zeros(rows, cont_width, dtype=torch.long)  # where each continuation token is predicted
         target = torch.zeros(rows, cont_width, dtype=torch.long)
@@ -85,13 +89,27 @@ class BatchedHFLM(HFLM):
         for r, (seq, cont) in enumerate(zip(seqs, conts, strict=True)):
             inp[r, : len(seq)] = torch.tensor(seq)
             n = len(cont)
-            pos[r, :n] = torch.arange(len(seq) - n, len(seq))
+            pos[r, :n] = torch.arange(len(seq) - n, len(seq)) - (width - keep)
             target[r, :n] = torch.tensor(cont)
             valid[r, :n] = True
         pos, target, valid = (t.to(self.device) for t in (pos, target, valid))
-        logits = self._model_call(inp.to(self.device))  # [rows, width, vocab]
+        logits = self._last_logits(inp.to(self.device), keep)  # [rows, keep, vocab]
         picked = logits[torch.arange(rows, device=self.device)[:, None], pos]  # [rows, cont_width, vocab]
         logp = F.log_softmax(picked, dim=-1, dtype=self.softmax_dtype)
         greedy = ((logp.argmax(-1) == target) | ~valid).all(-1)
         total = logp.gather(-1, target[..., None]).squeeze(-1).masked_fill(~valid, 0).sum(-1)
         return list(zip(total.tolist(), greedy.tolist(), strict=True))
+
+    def _last_logits(self, inp: torch.Tensor, keep: int) -> torch.Tensor:
+        """The logits of the last ``keep`` positions of ``inp`` [rows, width]: [rows, keep, vocab]. Models that take
+        transformers' ``logits_to_keep`` apply their LM head to those positions only (the head over every position
+        of a 49k vocabulary costs as much as a small model's body); the others are sliced after the full call."""
+        if keep < inp.shape[1] and _takes_logits_to_keep(self.model):
+            with torch.no_grad():
+                return self.model(inp, logits_to_keep=keep).logits
+        return self._model_call(inp)[:, inp.shape[1] - keep :]
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``logits_to_keep`` (transformers' causal LMs, mohawk's students)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters

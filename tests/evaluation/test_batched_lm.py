@@ -35,12 +35,27 @@ def _requests(model, n: int, seed: int = 0):
     return out
 
 
-@pytest.mark.parametrize("family", ["llama", "ssd-student"])
+class _NoKeep(torch.nn.Module):
+    """A causal LM whose forward has no ``logits_to_keep``: BatchedHFLM must slice the full logits instead."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config, self.device = model, model.config, model.device
+
+    def forward(self, input_ids, **kw):
+        return self.inner(input_ids, **kw)
+
+    def tie_weights(self):
+        pass
+
+
+@pytest.mark.parametrize("family", ["llama", "ssd-student", "no-logits-to-keep"])
 @pytest.mark.parametrize("batch_size", [1, 5])
 def test_batched_scores_equal_the_harness_per_request(family, batch_size, device="cpu"):
     torch.manual_seed(0)
     teacher = tiny_teacher("llama").eval()
-    model = (teacher if family == "llama" else mohawk.from_teacher(teacher).eval()).to(device)
+    model = (mohawk.from_teacher(teacher).eval() if family == "ssd-student" else teacher).to(device)
+    model = _NoKeep(model) if family == "no-logits-to-keep" else model
     tok = tiny_tokenizer()
     reqs = _requests(model, 23)
     for max_length in (None, 12):  # 12: the longer requests lose tokens on the left, in both
@@ -51,6 +66,22 @@ def test_batched_scores_equal_the_harness_per_request(family, batch_size, device
         assert [g for _, g in batched] == [g for _, g in stock]
         assert [lp for lp, _ in batched] == pytest.approx([lp for lp, _ in stock], abs=1e-4)
         assert any(g for _, g in stock) and not all(g for _, g in stock)
+
+
+@pytest.mark.parametrize("family", ["llama", "ssd-student"])
+def test_the_lm_head_sees_only_the_positions_that_predict_a_continuation(family):
+    """Contexts of 20 tokens and continuations of 2 in one batch: the LM head runs on the last 2 positions of each
+    row, not on all 21 (the full head would compute ten times the logits the scores read)."""
+    torch.manual_seed(0)
+    teacher = tiny_teacher("llama").eval()
+    model = teacher if family == "llama" else mohawk.from_teacher(teacher).eval()
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[:2])))
+    reqs = [(("", ""), [3 + i] * 20, [5, 6]) for i in range(4)]
+    BatchedHFLM(pretrained=model, tokenizer=tiny_tokenizer(), batch_size=4, device="cpu")._loglikelihood_tokens(
+        reqs, disable_tqdm=True
+    )
+    assert seen == [(4, 2)]
 
 
 @pytest.mark.gpu
