@@ -3,11 +3,13 @@ compiled once (mohawk/evaluation/batched_lm.py), on the same model, tasks and it
 
     python3 -m benchmarks.lm_eval_speed [--teacher smollm2-135m] [--model STUDENT_DIR]
         [--tasks hellaswag,lambada_openai] [--every hellaswag=5] [--limit N] [--batch-size 64] [--device auto]
+        [--profile]
 
 The defaults score the recall screen's lm-eval part (every 5th HellaSwag item, all of LAMBADA) with the teacher. A
 short warm-up of each path runs first (CUDA context, the datasets' caches); then each path is timed ``--repeats``
 times, alternating, and the median kept. Reports seconds per path, their ratio, and whether every item's score is the
-same under both. Writes benchmarks/results/lm_eval_speed-<device>.{json,md}.
+same under both; ``--profile`` adds where BatchedHFLM's time goes (torch.profiler: top operators, the GPU's busy
+share). Writes benchmarks/results/lm_eval_speed-<device>[-random].{json,md}.
 """
 
 from __future__ import annotations
@@ -55,6 +57,46 @@ def same_items(a: dict, b: dict) -> dict[str, float]:
     return out
 
 
+def profile(run, device: torch.device, rows: int = 15) -> dict:
+    """``run()`` under torch.profiler: {"wall_s", "cpu_ops_s" (the torch operators' self time on the CPU),
+    "gpu_busy_s" (the sum of GPU kernel time; None off CUDA),
+    "top": [{op, self_cpu_ms, self_gpu_ms, calls}] by self time on the GPU (on the CPU off CUDA), "lines": the
+    markdown section}."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=acts) as prof:
+        wall = run()[0]
+    events = prof.key_averages()
+
+    def gpu_us(e) -> float:
+        return getattr(e, "self_device_time_total", 0.0) if cuda else 0.0
+
+    ranked = sorted(events, key=lambda e: gpu_us(e) if cuda else e.self_cpu_time_total, reverse=True)[:rows]
+    top = [
+        {"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "self_gpu_ms": gpu_us(e) / 1e3, "calls": e.count}
+        for e in ranked
+    ]
+    busy = sum(gpu_us(e) for e in events) / 1e6 if cuda else None
+    ops = sum(e.self_cpu_time_total for e in events) / 1e6
+    lines = [
+        "",
+        f"## Where BatchedHFLM's time goes (`--profile`: one more run under torch.profiler, {wall:.1f} s)",
+        "",
+        f"torch operators on the CPU {ops:.1f} s of the run's {wall:.1f} s ({ops / wall:.0%}; the rest is outside "
+        "torch: the harness's Python, tokenizing, templates)"
+        + (f"; GPU kernels busy {busy:.1f} s ({busy / wall:.0%})." if cuda else "."),
+        "",
+        *markdown_table(
+            ["operator", "self CPU ms", "self GPU ms", "calls"],
+            [[t["op"][:60], f"{t['self_cpu_ms']:.0f}", f"{t['self_gpu_ms']:.0f}", t["calls"]] for t in top],
+        ),
+    ]
+    return {"wall_s": wall, "cpu_ops_s": ops, "gpu_busy_s": busy, "top": top, "lines": lines}
+
+
 def main() -> None:
     ap = arg_parser(__doc__)
     ap.add_argument("--teacher", default="smollm2-135m", help="teacher (its tokenizer is used for every model)")
@@ -71,6 +113,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per path (alternating; the median is kept)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also score once more with BatchedHFLM under torch.profiler and add its top operators (self time, CPU "
+        "and GPU) and the GPU's busy share of the wall time: where a batch's time goes",
+    )
     args = ap.parse_args()
     device = resolve_device(args.device)
     model, tokenizer, name = load(args, device)
@@ -106,6 +154,7 @@ def main() -> None:
         for label, ref_or_fast in (("lm-eval HFLM", ref), ("mohawk BatchedHFLM", fast))
     ]
     metrics = [f"{t} {m}" for t in tasks for m in ref[t]["items"]]
+    prof = profile(lambda: score(False, limit), device) if args.profile else None
     dev = device_name(device)
     lines = [
         f"# Zero-shot scoring time, {name}, {dev}",
@@ -117,12 +166,14 @@ def main() -> None:
         "- items scored alike (within 1e-4): " + ", ".join(f"{k} {v:.1%}" for k, v in alike.items()),
         "",
         *markdown_table(["scoring", "seconds", "speed-up", *metrics], rows),
+        *(prof["lines"] if prof else []),
     ]
     payload = {
         "device": dev, "model": name, "tasks": tasks, "items": n, "batch_size": args.batch_size,
         "seconds": times, "median_s": median, "speedup": median["lm-eval HFLM"] / median["mohawk BatchedHFLM"],
         "items_alike": alike, "command": command(), "versions": versions("transformers", "lm_eval"),
         "dtype": str(next(model.parameters()).dtype), "torch_threads": torch.get_num_threads(),
+        "profile": {k: v for k, v in prof.items() if k != "lines"} if prof else None,
     }  # fmt: skip
     stem = f"lm_eval_speed-{dev.split(' (')[0]}" + ("-random" if args.random else "")
     write(stem, payload, lines, Path(args.out))

@@ -411,12 +411,13 @@ def test_decode_matvec_sweep_times_the_fused_ssd_step(tmp_path, monkeypatch):
 @pytest.mark.parametrize("random_model", [False, True])
 def test_lm_eval_speed_times_both_scorers_on_the_same_items(teacher_dir, tmp_path, monkeypatch, random_model):
     """benchmarks.lm_eval_speed: lm-eval's HFLM and mohawk's BatchedHFLM on the same items (every 2nd of the first
-    PIQA items and the first LAMBADA ones), each item scored alike, the times and their ratio written."""
+    PIQA items and the first LAMBADA ones), each item scored alike, the times and their ratio written; with
+    --profile (the random model) the operators that took the time."""
     from benchmarks import lm_eval_speed
 
     argv = ["lm_eval_speed", "--teacher", str(teacher_dir), "--tasks", "piqa,lambada_openai", "--every", "piqa=2"]
     argv += ["--limit", "6", "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path)]
-    monkeypatch.setattr(sys, "argv", argv + (["--random"] if random_model else []))
+    monkeypatch.setattr(sys, "argv", argv + (["--random", "--profile"] if random_model else []))
     lm_eval_speed.main()
     (js,) = tmp_path.glob("lm_eval_speed-*.json")
     assert js.name == ("lm_eval_speed-cpu-random.json" if random_model else "lm_eval_speed-cpu.json")  # apart
@@ -426,3 +427,9 @@ def test_lm_eval_speed_times_both_scorers_on_the_same_items(teacher_dir, tmp_pat
     assert all(v == 1.0 for v in res["items_alike"].values())
     assert res["speedup"] > 0 and all(len(v) == 1 and v[0] > 0 for v in res["seconds"].values())
     assert res["model"] == ("random 2-layer model" if random_model else f"teacher {teacher_dir}")
+    if random_model:  # --profile: the top operators by self time, the matmuls among them, and their share
+        prof = res["profile"]
+        assert "aten::mm" in {t["op"] for t in prof["top"]} and 0 < prof["cpu_ops_s"] < prof["wall_s"]
+        assert "## Where BatchedHFLM's time goes" in js.with_suffix(".md").read_text()
+    else:
+        assert res["profile"] is None
