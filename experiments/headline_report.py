@@ -560,17 +560,23 @@ def _with_pct(value: dict | None, pct: dict | None, n: int, digits: int, sign: s
     return seed_cell(value, n, digits) + (f" ({pct['mean']:{sign}.1f}%)" if value and pct else "")
 
 
+def _hellaswag_basis(entry: dict) -> str | None:
+    """Which HellaSwag statistics a budget's row reads: "_full" (the *_full keys) where every seed has the full set,
+    "" (the screen's) else, None where the seeds' screens scored different items (no mean to read)."""
+    full = entry["metrics"].get("hellaswag_full")
+    if full and full["n"] == len(entry["seeds"]):
+        return "_full"
+    return None if "hellaswag" in entry.get("items_differ", []) else ""
+
+
 def _hellaswag_cell(entry: dict, n: int) -> str:
-    """HellaSwag over a budget's seeds: the full set's where every seed has it, else the screen's marked (screen),
-    or why there is none (the seeds' screens scored different items)."""
-    m = entry["metrics"]
-    full = m.get("hellaswag_score_full")
-    if full and full["n"] == n:
-        return _with_pct(full, m.get("hellaswag_full"), n, 3)
-    if "hellaswag" in entry.get("items_differ", []):
+    """HellaSwag over a budget's seeds (_hellaswag_basis): the full set's, or the screen's marked (screen), or why
+    there is none."""
+    basis, m = _hellaswag_basis(entry), entry["metrics"]
+    if basis is None:
         return "screens differ (items)"
-    cell = _with_pct(m.get("hellaswag_score"), m.get("hellaswag"), n, 3)
-    return cell if cell == "-" else f"{cell} (screen)"
+    cell = _with_pct(m.get(f"hellaswag_score{basis}"), m.get(f"hellaswag{basis}"), n, 3)
+    return f"{cell} (screen)" if basis == "" and cell != "-" else cell
 
 
 def _teacher_means(teacher: dict) -> tuple[float | None, float | None]:
@@ -799,10 +805,11 @@ def _recall_commands(recall: Path, table: dict) -> list[str]:
 
 
 def _metric(entry: dict, key: str) -> dict | None:
-    """A budget's seed statistic of ``key``; for HellaSwag the full sets' where every seed has them (as the table)."""
-    m = entry["metrics"]
-    full = m.get(f"{key}_full") if key == "hellaswag" else None
-    return full if full and full["n"] == len(entry["seeds"]) else m.get(key)
+    """A budget's seed statistic of ``key``; HellaSwag's as the table reads it (_hellaswag_basis)."""
+    if key != "hellaswag":
+        return entry["metrics"].get(key)
+    basis = _hellaswag_basis(entry)
+    return None if basis is None else entry["metrics"].get(f"hellaswag{basis}")
 
 
 def _plot_recovery(table: dict, path: Path) -> bool:
