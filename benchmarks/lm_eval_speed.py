@@ -9,7 +9,7 @@ The defaults score the recall screen's lm-eval part (every 5th HellaSwag item, a
 short warm-up of each path runs first (CUDA context, the datasets' caches); then each path is timed ``--repeats``
 times, alternating, and the median kept. Reports seconds per path, their ratio, and whether every item's score is the
 same under both; ``--profile`` adds where BatchedHFLM's time goes (torch.profiler: top operators, the GPU's busy
-share). Writes benchmarks/results/lm_eval_speed-<device>[-random].{json,md}.
+share). Writes benchmarks/results/lm_eval_speed-<device>[-random|-student].{json,md}.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def load(args, device):
         return tf.AutoModelForCausalLM.from_config(cfg).to(device).eval(), tokenizer, "random 2-layer model"
     if not args.model:
         return teacher, tokenizer, f"teacher {args.teacher}"
-    return load_model(args.model, device), tokenizer, f"student {Path(args.model).name}"
+    path = Path(args.model)  # mohawk distill writes the student to OUT/student: name it by OUT
+    name = path.parent.name if path.name == "student" else path.name
+    return load_model(args.model, device), tokenizer, f"student {name}"
 
 
 def same_items(a: dict, b: dict) -> dict[str, float]:
@@ -55,6 +57,15 @@ def same_items(a: dict, b: dict) -> dict[str, float]:
             ys = b[task]["items"][metric]
             out[f"{task}/{metric}"] = sum(abs(x - y) <= 1e-4 for x, y in zip(xs, ys, strict=True)) / len(xs)
     return out
+
+
+def kernel_seconds(events) -> float:
+    """Seconds of GPU kernel time in torch.profiler's ``key_averages()``: the device's own events only. An operator's
+    row also carries the time of the kernels it launched (as its self device time), so summing every row counts each
+    kernel twice."""
+    from torch.autograd import DeviceType
+
+    return sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
 
 
 def profile(run, device: torch.device, rows: int = 15) -> dict:
@@ -79,7 +90,7 @@ def profile(run, device: torch.device, rows: int = 15) -> dict:
         {"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "self_gpu_ms": gpu_us(e) / 1e3, "calls": e.count}
         for e in ranked
     ]
-    busy = sum(gpu_us(e) for e in events) / 1e6 if cuda else None
+    busy = kernel_seconds(events) if cuda else None
     ops = sum(e.self_cpu_time_total for e in events) / 1e6
     lines = [
         "",
@@ -175,7 +186,8 @@ def main() -> None:
         "dtype": str(next(model.parameters()).dtype), "torch_threads": torch.get_num_threads(),
         "profile": {k: v for k, v in prof.items() if k != "lines"} if prof else None,
     }  # fmt: skip
-    stem = f"lm_eval_speed-{dev.split(' (')[0]}" + ("-random" if args.random else "")
+    kind = "-random" if args.random else "-student" if args.model else ""
+    stem = f"lm_eval_speed-{dev.split(' (')[0]}{kind}"
     write(stem, payload, lines, Path(args.out))
 
 

@@ -408,6 +408,25 @@ def test_decode_matvec_sweep_times_the_fused_ssd_step(tmp_path, monkeypatch):
     assert [f["setting"]["num_warps"] for f in step["failed"]] == [1] and step["best"]["setting"]["num_warps"] == 2
 
 
+def test_lm_eval_speed_counts_each_kernel_once():
+    """The GPU's busy time is the kernels' own rows of torch.profiler's averages: an operator's row (aten::mm, 0.68 s
+    of its kernels' time as its self device time) is not added again (the H100 profile of 2026-12-07 printed 6.0 s of
+    kernels in a 7.0 s run that way; they were about 3.0 s)."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from benchmarks.lm_eval_speed import kernel_seconds
+
+    events = [
+        SimpleNamespace(key="aten::mm", device_type=DeviceType.CPU, self_device_time_total=680_000.0),
+        SimpleNamespace(key="sm80_xmma_gemm_a", device_type=DeviceType.CUDA, self_device_time_total=437_000.0),
+        SimpleNamespace(key="sm80_xmma_gemm_b", device_type=DeviceType.CUDA, self_device_time_total=243_000.0),
+        SimpleNamespace(key="aten::add", device_type=DeviceType.CPU, self_device_time_total=0.0),
+    ]
+    assert kernel_seconds(events) == pytest.approx(0.68)
+
+
 @pytest.mark.parametrize("random_model", [False, True])
 def test_lm_eval_speed_times_both_scorers_on_the_same_items(teacher_dir, tmp_path, monkeypatch, random_model):
     """benchmarks.lm_eval_speed: lm-eval's HFLM and mohawk's BatchedHFLM on the same items (every 2nd of the first
