@@ -3,13 +3,14 @@ compiled once (mohawk/evaluation/batched_lm.py), on the same model, tasks and it
 
     python3 -m benchmarks.lm_eval_speed [--teacher smollm2-135m] [--model STUDENT_DIR]
         [--tasks hellaswag,lambada_openai] [--every hellaswag=5] [--limit N] [--batch-size 64] [--device auto]
-        [--profile]
+        [--tf32] [--profile]
 
 The defaults score the recall screen's lm-eval part (every 5th HellaSwag item, all of LAMBADA) with the teacher. A
 short warm-up of each path runs first (CUDA context, the datasets' caches); then each path is timed ``--repeats``
 times, alternating, and the median kept. Reports seconds per path, their ratio, and whether every item's score is the
-same under both; ``--profile`` adds where BatchedHFLM's time goes (torch.profiler: top operators, the GPU's busy
-share). Writes benchmarks/results/lm_eval_speed-<device>[-random|-student].{json,md}.
+same under both; ``--tf32`` adds BatchedHFLM with float32 matmuls in TF32 (cuBLAS and the SSD scan) and how many
+items it scores as lm-eval does in full float32; ``--profile`` adds where BatchedHFLM's time goes (torch.profiler:
+top operators, the GPU's busy share). Writes benchmarks/results/lm_eval_speed-<device>[-random|-student].{json,md}.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from mohawk.parallel import resolve_device
 
 
 def load(args, device):
-    """(model, tokenizer, name): a random small model (--random), the student at --model, else the teacher; the
-    tokenizer is the teacher's."""
+    """(model, tokenizer, name): a random small model (--random), the student at --model (``transfer``: the pure SSD
+    student of the teacher by weight transfer alone, untrained), else the teacher; the tokenizer is the teacher's."""
     from mohawk.models.loading import load_model
     from mohawk.teachers import load_teacher
 
@@ -44,6 +45,10 @@ def load(args, device):
         return tf.AutoModelForCausalLM.from_config(cfg).to(device).eval(), tokenizer, "random 2-layer model"
     if not args.model:
         return teacher, tokenizer, f"teacher {args.teacher}"
+    if args.model == "transfer":  # a trained student's shapes and kernels: its scoring time, without a training
+        import mohawk
+
+        return mohawk.from_teacher(teacher).to(device).eval(), tokenizer, "student by weight transfer (untrained)"
     path = Path(args.model)  # mohawk distill writes the student to OUT/student: name it by OUT
     name = path.parent.name if path.name == "student" else path.name
     return load_model(args.model, device), tokenizer, f"student {name}"
@@ -111,7 +116,12 @@ def profile(run, device: torch.device, rows: int = 15) -> dict:
 def main() -> None:
     ap = arg_parser(__doc__)
     ap.add_argument("--teacher", default="smollm2-135m", help="teacher (its tokenizer is used for every model)")
-    ap.add_argument("--model", default=None, help="a student directory to score instead of the teacher")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="a student directory to score instead of the teacher; 'transfer': the teacher's pure SSD student by "
+        "weight transfer alone (untrained, the same shapes and kernels as a trained one: its scoring time)",
+    )
     ap.add_argument(
         "--random",
         action="store_true",
@@ -125,6 +135,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per path (alternating; the median is kept)")
     ap.add_argument("--device", default="auto")
     ap.add_argument(
+        "--tf32",
+        action="store_true",
+        help="also time BatchedHFLM with float32 matmuls in TF32 (torch.set_float32_matmul_precision('high'): cuBLAS "
+        "and the SSD scan's kernels) and count the items it scores as lm-eval does in full float32",
+    )
+    ap.add_argument(
         "--profile",
         action="store_true",
         help="also score once more with BatchedHFLM under torch.profiler and add its top operators (self time, CPU "
@@ -137,32 +153,41 @@ def main() -> None:
     every = {k: int(v) for k, v in (x.split("=") for x in args.every.split(",") if x)}
     limit = {t: every_nth([t], every[t], args.limit)[t] if t in every else args.limit for t in tasks}
 
-    def score(reference: bool, lim) -> tuple[float, dict]:
-        sync(device)
-        t0 = time.perf_counter()
-        res = run_tasks(
-            model, tokenizer, tasks, limit=lim, batch_size=args.batch_size, device=str(device), items=True,
-            reference=reference,
-        )  # fmt: skip
-        sync(device)
+    def score(reference: bool, lim, matmul: str = "highest") -> tuple[float, dict]:
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(matmul)
+        try:
+            sync(device)
+            t0 = time.perf_counter()
+            res = run_tasks(
+                model, tokenizer, tasks, limit=lim, batch_size=args.batch_size, device=str(device), items=True,
+                reference=reference,
+            )  # fmt: skip
+            sync(device)
+        finally:
+            torch.set_float32_matmul_precision(before)
         return time.perf_counter() - t0, res
 
-    for reference in (True, False):  # warm-up: the CUDA context, the tasks' data, the first kernels
-        score(reference, dict.fromkeys(tasks, 8))
-    times: dict[str, list[float]] = {"lm-eval HFLM": [], "mohawk BatchedHFLM": []}
+    # (label, lm-eval's own loop, float32 matmul precision)
+    paths = [("lm-eval HFLM", True, "highest"), ("mohawk BatchedHFLM", False, "highest")]
+    paths += [("mohawk BatchedHFLM, TF32", False, "high")] if args.tf32 else []
+    for _, reference, matmul in paths:  # warm-up: the CUDA context, the tasks' data, the first kernels
+        score(reference, dict.fromkeys(tasks, 8), matmul)
+    times: dict[str, list[float]] = {label: [] for label, _, _ in paths}
     results = {}
     for _ in range(args.repeats):
-        for label, reference in (("lm-eval HFLM", True), ("mohawk BatchedHFLM", False)):
-            seconds, results[label] = score(reference, limit)
+        for label, reference, matmul in paths:
+            seconds, results[label] = score(reference, limit, matmul)
             times[label].append(seconds)
     median = {k: statistics.median(v) for k, v in times.items()}
     ref, fast = results["lm-eval HFLM"], results["mohawk BatchedHFLM"]
     alike = same_items(ref, fast)
+    alike_tf32 = same_items(ref, results["mohawk BatchedHFLM, TF32"]) if args.tf32 else None
     n = {t: ref[t]["n"] for t in tasks}
     rows = [
         [label, f"{median[label]:.1f}", f"{median['lm-eval HFLM'] / median[label]:.2f}x"]
-        + [f"{ref_or_fast[t][m]:.4f}" for t in tasks for m in ref[t]["items"]]
-        for label, ref_or_fast in (("lm-eval HFLM", ref), ("mohawk BatchedHFLM", fast))
+        + [f"{results[label][t][m]:.4f}" for t in tasks for m in ref[t]["items"]]
+        for label, _, _ in paths
     ]
     metrics = [f"{t} {m}" for t in tasks for m in ref[t]["items"]]
     prof = profile(lambda: score(False, limit), device) if args.profile else None
@@ -175,6 +200,14 @@ def main() -> None:
         f"- items: {n}; batch {args.batch_size}; median of {args.repeats} timed run(s) per path, alternating, after a "
         "warm-up of 8 items each",
         "- items scored alike (within 1e-4): " + ", ".join(f"{k} {v:.1%}" for k, v in alike.items()),
+        *(
+            [
+                "- with TF32, items scored as lm-eval does in float32 (within 1e-4): "
+                + ", ".join(f"{k} {v:.1%}" for k, v in alike_tf32.items())
+            ]
+            if alike_tf32
+            else []
+        ),
         "",
         *markdown_table(["scoring", "seconds", "speed-up", *metrics], rows),
         *(prof["lines"] if prof else []),
@@ -182,7 +215,8 @@ def main() -> None:
     payload = {
         "device": dev, "model": name, "tasks": tasks, "items": n, "batch_size": args.batch_size,
         "seconds": times, "median_s": median, "speedup": median["lm-eval HFLM"] / median["mohawk BatchedHFLM"],
-        "items_alike": alike, "command": command(), "versions": versions("transformers", "lm_eval"),
+        "items_alike": alike, "items_alike_tf32": alike_tf32, "command": command(),
+        "versions": versions("transformers", "lm_eval"),
         "dtype": str(next(model.parameters()).dtype), "torch_threads": torch.get_num_threads(),
         "profile": {k: v for k, v in prof.items() if k != "lines"} if prof else None,
     }  # fmt: skip

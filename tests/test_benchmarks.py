@@ -7,6 +7,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import torch
 
 
 @pytest.mark.parametrize(
@@ -427,28 +428,45 @@ def test_lm_eval_speed_counts_each_kernel_once():
     assert kernel_seconds(events) == pytest.approx(0.68)
 
 
-@pytest.mark.parametrize("random_model", [False, True])
-def test_lm_eval_speed_times_both_scorers_on_the_same_items(teacher_dir, tmp_path, monkeypatch, random_model):
+@pytest.mark.parametrize("model", ["teacher", "random", "transfer"])
+def test_lm_eval_speed_times_both_scorers_on_the_same_items(teacher_dir, tmp_path, monkeypatch, model):
     """benchmarks.lm_eval_speed: lm-eval's HFLM and mohawk's BatchedHFLM on the same items (every 2nd of the first
     PIQA items and the first LAMBADA ones), each item scored alike, the times and their ratio written; with
-    --profile (the random model) the operators that took the time."""
+    --profile --tf32 (the random model) the operators that took the time and a third, TF32 path; --model transfer:
+    the teacher's untrained SSD student, written apart from the teacher's file."""
     from benchmarks import lm_eval_speed
 
     argv = ["lm_eval_speed", "--teacher", str(teacher_dir), "--tasks", "piqa,lambada_openai", "--every", "piqa=2"]
     argv += ["--limit", "6", "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path)]
-    monkeypatch.setattr(sys, "argv", argv + (["--random", "--profile"] if random_model else []))
+    argv += {"teacher": [], "random": ["--random", "--profile", "--tf32"], "transfer": ["--model", "transfer"]}[model]
+    monkeypatch.setattr(sys, "argv", argv)
     lm_eval_speed.main()
+    assert torch.get_float32_matmul_precision() == "highest"  # the TF32 path gives torch's setting back
     (js,) = tmp_path.glob("lm_eval_speed-*.json")
-    assert js.name == ("lm_eval_speed-cpu-random.json" if random_model else "lm_eval_speed-cpu.json")  # apart
+    stem = {"teacher": "", "random": "-random", "transfer": "-student"}[model]
+    assert js.name == f"lm_eval_speed-cpu{stem}.json"  # each kind of model in its own file
     res = json.loads(js.read_text())
     assert res["items"] == {"piqa": 6, "lambada_openai": 6}
     assert set(res["items_alike"]) == {"piqa/acc", "piqa/acc_norm", "lambada_openai/perplexity", "lambada_openai/acc"}
     assert all(v == 1.0 for v in res["items_alike"].values())
     assert res["speedup"] > 0 and all(len(v) == 1 and v[0] > 0 for v in res["seconds"].values())
-    assert res["model"] == ("random 2-layer model" if random_model else f"teacher {teacher_dir}")
-    if random_model:  # --profile: the top operators by self time, the matmuls among them, and their share
+    names = {"teacher": f"teacher {teacher_dir}", "random": "random 2-layer model"}
+    assert res["model"] == names.get(model, "student by weight transfer (untrained)")
+    if model == "random":  # --tf32: a third path, timed, with its items against lm-eval's in float32
+        assert set(res["seconds"]) == {"lm-eval HFLM", "mohawk BatchedHFLM", "mohawk BatchedHFLM, TF32"}
+        assert set(res["items_alike_tf32"]) == set(res["items_alike"])
+        assert "- with TF32, items scored as lm-eval does" in js.with_suffix(".md").read_text()
+        # --profile: the top operators by self time, the matmuls among them, and their share
         prof = res["profile"]
         assert "aten::mm" in {t["op"] for t in prof["top"]} and 0 < prof["cpu_ops_s"] < prof["wall_s"]
         assert "## Where BatchedHFLM's time goes" in js.with_suffix(".md").read_text()
     else:
-        assert res["profile"] is None
+        assert res["items_alike_tf32"] is None and res["profile"] is None
+    if model == "transfer":  # what was scored is the teacher's pure SSD student, not the teacher
+        from argparse import Namespace
+
+        from mohawk.models.modeling_mohawk import MohawkForCausalLM
+
+        args = Namespace(teacher=str(teacher_dir), random=False, model="transfer")
+        student = lm_eval_speed.load(args, torch.device("cpu"))[0]
+        assert isinstance(student, MohawkForCausalLM) and student.config.attention_layers == []

@@ -142,6 +142,23 @@ def test_kernel_choice(monkeypatch):
     assert kernels._triton_scan() is ssd_triton  # what auto / triton pick on a GPU
 
 
+def test_float32_products_follow_torchs_matmul_precision():
+    """float32 scans take exact products by default and TF32 ones once torch allows TF32 for float32 matmuls (what
+    a user who sets "high" for speed expects of every matmul); bfloat16 inputs use tensor cores whatever it says."""
+    from mohawk.mixers.kernels.ssd_launch import precision
+
+    f32, bf16 = torch.zeros(1), torch.zeros(1, dtype=torch.bfloat16)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert (precision(f32), precision(bf16)) == ("ieee", "tf32")
+        for allowed in ("high", "medium"):
+            torch.set_float32_matmul_precision(allowed)
+            assert (precision(f32), precision(bf16)) == ("tf32", "tf32")
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_state_pass_choice():
     assert two_pass_states(32) and two_pass_states(128) and not two_pass_states(129)  # "auto": few pairs, two passes
     with forced_launch("walk"):
@@ -190,6 +207,27 @@ def test_gpu_kernel_matches_reference_forward_and_grads(choice, monkeypatch):
     choice, _, state_pass = choice.partition("-")
     with forced_launch(state_pass or "auto"):
         _gpu_kernel_matches_reference(choice, monkeypatch)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_float32_scan_takes_tf32_products_when_torch_allows():
+    """On a GPU the float32 scan is exact to float32 rounding under "highest" and changes, within TF32's rounding,
+    under "high": the setting reaches the kernels (zero-shot scoring runs students in float32)."""
+    b, L, h, p, groups, n = 2, 300, 4, 64, 1, 64
+    x, dt, A, B, C, D = (t.detach().cuda() for t in _inputs(b, L, h, p, groups, n))
+    ref = ssd_materialized(x.double(), dt.double(), A.double(), B.double(), C.double(), D.double()).float()
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        exact = ssd_triton(x, dt, A, B, C, D)
+        torch.set_float32_matmul_precision("high")
+        fast = ssd_triton(x, dt, A, B, C, D)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    scale = ref.abs().max()
+    assert (exact - ref).abs().max() / scale < 1e-5
+    assert 1e-5 < (fast - ref).abs().max() / scale < 1e-2
 
 
 def _gpu_kernel_matches_reference(choice, monkeypatch):

@@ -80,6 +80,9 @@ PASS_TILES = {"BLOCK": lambda a: min(PASS_BLOCK, triton.next_power_of_2(a["N"] *
 
 
 def precision(x: torch.Tensor) -> str:
-    """float32 inputs get exact float32 products (Triton's default rounds them to tf32); bf16 / fp16 use tensor cores
-    either way."""
-    return "ieee" if x.dtype == torch.float32 else "tf32"
+    """The kernels' ``tl.dot`` precision: float32 inputs get exact float32 products while torch's float32 matmul
+    precision is "highest" (its default), TF32 tensor-core products where it allows them ("high" or "medium",
+    ``torch.set_float32_matmul_precision``), as cuBLAS matmuls do; bf16 / fp16 use tensor cores either way."""
+    if x.dtype != torch.float32:
+        return "tf32"
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
