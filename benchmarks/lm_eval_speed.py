@@ -190,7 +190,6 @@ def main() -> None:
         for label, _, _ in paths
     ]
     metrics = [f"{t} {m}" for t in tasks for m in ref[t]["items"]]
-    prof = profile(lambda: score(False, limit), device) if args.profile else None
     dev = device_name(device)
     lines = [
         f"# Zero-shot scoring time, {name}, {dev}",
@@ -210,19 +209,21 @@ def main() -> None:
         ),
         "",
         *markdown_table(["scoring", "seconds", "speed-up", *metrics], rows),
-        *(prof["lines"] if prof else []),
     ]
     payload = {
         "device": dev, "model": name, "tasks": tasks, "items": n, "batch_size": args.batch_size,
         "seconds": times, "median_s": median, "speedup": median["lm-eval HFLM"] / median["mohawk BatchedHFLM"],
         "items_alike": alike, "items_alike_tf32": alike_tf32, "command": command(),
         "versions": versions("transformers", "lm_eval"),
-        "dtype": str(next(model.parameters()).dtype), "torch_threads": torch.get_num_threads(),
-        "profile": {k: v for k, v in prof.items() if k != "lines"} if prof else None,
+        "dtype": str(next(model.parameters()).dtype), "torch_threads": torch.get_num_threads(), "profile": None,
     }  # fmt: skip
     kind = "-random" if args.random else "-student" if args.model else ""
     stem = f"lm_eval_speed-{dev.split(' (')[0]}{kind}"
-    write(stem, payload, lines, Path(args.out))
+    write(stem, payload, lines, Path(args.out))  # the timings are kept if the profile's run is cut short
+    if args.profile:
+        prof = profile(lambda: score(False, limit), device)
+        payload["profile"] = {k: v for k, v in prof.items() if k != "lines"}
+        write(stem, payload, lines + prof["lines"], Path(args.out))
 
 
 if __name__ == "__main__":

@@ -428,6 +428,23 @@ def test_lm_eval_speed_counts_each_kernel_once():
     assert kernel_seconds(events) == pytest.approx(0.68)
 
 
+def test_lm_eval_speed_keeps_its_timings_when_the_profile_is_cut(teacher_dir, tmp_path, monkeypatch):
+    """The timed paths are written before --profile's extra run starts: a profile cut short (a device call's timeout
+    killed one on 2026-12-07 and nothing came back) leaves the timings and scores on disk."""
+    from benchmarks import lm_eval_speed
+
+    def cut(*_a, **_k):
+        raise KeyboardInterrupt  # what a timeout's SIGINT / kill leaves: the profile never returns
+
+    monkeypatch.setattr(lm_eval_speed, "profile", cut)
+    argv = ["lm_eval_speed", "--teacher", str(teacher_dir), "--tasks", "lambada_openai", "--limit", "4"]
+    monkeypatch.setattr(sys, "argv", argv + ["--random", "--device", "cpu", "--profile", "--out", str(tmp_path)])
+    with pytest.raises(KeyboardInterrupt):
+        lm_eval_speed.main()
+    res = json.loads((tmp_path / "lm_eval_speed-cpu-random.json").read_text())
+    assert res["items"] == {"lambada_openai": 4} and res["speedup"] > 0 and res["profile"] is None
+
+
 @pytest.mark.parametrize("model", ["teacher", "random", "transfer"])
 def test_lm_eval_speed_times_both_scorers_on_the_same_items(teacher_dir, tmp_path, monkeypatch, model):
     """benchmarks.lm_eval_speed: lm-eval's HFLM and mohawk's BatchedHFLM on the same items (every 2nd of the first
