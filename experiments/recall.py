@@ -246,6 +246,7 @@ def screen_one(args, full: bool = False) -> Path:
         passkey_trials=args.passkey_trials,
         passkey_at=PASSKEY_AT if args.device == "cuda" else [64],
         items=True,
+        tf32=args.tf32,
     )
     (dest / "results.json").write_text(json.dumps(res))
     return dest / "results.json"
@@ -266,6 +267,7 @@ def score_commands(args, phase: str, names: list[str]) -> dict[str, tuple[list[s
         argv = [sys.executable, "-m", "experiments.recall", f"{phase}-one", "--model", model, "--dest", str(dest)]
         argv += ["--teacher", args.teacher, "--device", args.device, "--passkey-trials", str(args.passkey_trials)]
         argv += ["--seq-len", str(args.seq_len)] + (["--limit", str(args.limit)] if args.limit else [])
+        argv += ["--tf32"] if args.tf32 else []
         (out / f"{phase}-{name}.command.txt").write_text(" ".join(argv[1:]) + "\n")
         cmds[name] = (argv, out / f"{phase}-{name}.log")
     return cmds
@@ -356,6 +358,10 @@ def main() -> None:
         default=None,
         help="screen/full: items per task (a CPU dry run; default: the screen's, or full sets)",
     )
+    ap.add_argument(
+        "--tf32", action="store_true",
+        help="screen/full: float32 matmuls in TF32 while scoring (mohawk eval --tf32); the committed scores are exact",
+    )  # fmt: skip
     ap.add_argument("--model", help="screen-one/full-one: a student directory or 'teacher'")
     ap.add_argument("--dest", help="screen-one/full-one: where results.json goes")
     ap.add_argument("--results", default="results/recall", help="report: where results.json and README.md go")

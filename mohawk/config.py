@@ -614,6 +614,12 @@ class EvalConfig(_Schema):
     )
     batch_size: int = option(8, "Sequences per forward pass.", group=SEQUENCES, above=0)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", group=MACHINE)
+    tf32: bool = option(
+        False,
+        "Float32 matmuls in TF32 on the GPU (torch.set_float32_matmul_precision('high'): cuBLAS and mohawk's SSD "
+        "scan): faster for float32 models; scores may move in their last digits. Saved in results.json.",
+        group=MACHINE,
+    )
     seed: int = option(0, "Seed for data order and passkeys.", group=MACHINE, minimum=0, maximum=2**32 - 1)
     out: str = option("runs/eval", "Output directory: results.json, report.md, plots/.", group=MACHINE)
 

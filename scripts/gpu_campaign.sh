@@ -8,9 +8,10 @@
 #   bash scripts/gpu_campaign.sh screen [N [ARGS]] # once training has ended: the screen, N at once (setsid)
 #   bash scripts/gpu_campaign.sh full ARMS [N [ARGS]] # once training and the screen have ended: the finalists (ARM,ARM;
 #                                                  # all: every trained arm) and the teacher on the full sets
-#   bash scripts/gpu_campaign.sh chain ARMS [N [M]] # train, screen, then the full sets of ARMS, one after the other
-#                                                  # in one background job (N trainings, M scorings at once): the
-#                                                  # calls after it only `wait`, and no phase waits for a call
+#   bash scripts/gpu_campaign.sh chain ARMS [N [M [ARGS]]] # train, screen, then the full sets of ARMS, one after
+#                                                  # the other in one background job (N trainings, M scorings at
+#                                                  # once; ARGS to the scorings, e.g. --tf32): the calls after it
+#                                                  # only `wait`, and no phase waits for a call
 #   bash scripts/gpu_campaign.sh exp [N [ARGS]]    # issue 34's queue (experiments/run_all.py), N runs at once, in
 #                                                  # $KEEP/exp; each `wait` collects their small files into exp.tgz
 #   bash scripts/gpu_campaign.sh wait SECONDS      # follow what runs; then the small files tarred to $OUT
@@ -97,16 +98,18 @@ case "${1:-}" in
       ${only[@]+"${only[@]}"} --concurrent "${3:-0}" "${@:4}"
     sleep 5; cat "$KEEP/campaign-full.log" ;;
   chain)
-    [ -n "${2:-}" ] || { echo "usage: $0 chain ARM,ARM [N [M]]"; exit 2; }
+    [ -n "${2:-}" ] || { echo "usage: $0 chain ARM,ARM [N [M [ARGS]]]"; exit 2; }
     idle train screen full exp
     fresh
     common=(--out "$KEEP/runs" --teacher "$GGUF")
     n=${3:-0}; m=${4:-$n}
     # the job's command line holds "experiments.recall train", so `idle` and `wait` see it from start to end
-    launch "$KEEP/campaign-chain.log" bash -c 'arms=$0 n=$1 m=$2; shift 2; set -x
+    scoring=("${@:5}")  # e.g. --tf32: the screen's and full sets' own options
+    launch "$KEEP/campaign-chain.log" bash -c 'arms=$0 n=$1 m=$2 scoring=$3; shift 3; set -x
       python3 -m experiments.recall train "$@" --only "$arms" --concurrent "$n"
-      python3 -m experiments.recall screen "$@" --concurrent "$m"  # what trained, even if an arm failed
-      python3 -m experiments.recall full "$@" --only "$arms" --concurrent "$m"' "$2" "$n" "$m" "${common[@]}"
+      python3 -m experiments.recall screen "$@" --concurrent "$m" $scoring  # what trained, even if an arm failed
+      python3 -m experiments.recall full "$@" --only "$arms" --concurrent "$m" $scoring' \
+      "$2" "$n" "$m" "${scoring[*]:-}" "${common[@]}"
     sleep 5; cat "$KEEP/campaign-chain.log" ;;
   exp)
     idle train screen full exp

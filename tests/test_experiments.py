@@ -782,8 +782,14 @@ def test_recall_scores_again_an_arm_trained_after_its_results(tmp_path):
     os.utime(out / "screen" / "stale" / "results.json", (1e9, 1e9))  # scored before the student was written
     os.utime(out / "fresh" / "student" / "config.json", (1e9, 1e9))
     os.utime(out / "screen" / "teacher" / "results.json", (1e9, 1e9))
-    args = argparse.Namespace(out=str(out), teacher="t", device="cpu", passkey_trials=1, seq_len=16, limit=None)
-    assert list(score_commands(args, "screen", ["teacher", "fresh", "stale", "unscored"])) == ["stale", "unscored"]
+    args = argparse.Namespace(
+        out=str(out), teacher="t", device="cpu", passkey_trials=1, seq_len=16, limit=None, tf32=False
+    )
+    cmds = score_commands(args, "screen", ["teacher", "fresh", "stale", "unscored"])
+    assert list(cmds) == ["stale", "unscored"] and all("--tf32" not in argv for argv, _ in cmds.values())
+    # --tf32 reaches each scoring command and the command file a report cites
+    tf32 = score_commands(argparse.Namespace(**{**vars(args), "tf32": True}), "full", ["stale"])
+    assert "--tf32" in tf32["stale"][0] and "--tf32" in (out / "full-stale.command.txt").read_text()
 
 
 def test_recall_probe_times_the_sampler_per_batch_size(teacher_dir, tmp_path, monkeypatch, capsys):
@@ -927,7 +933,7 @@ def test_gpu_campaign_chain_step(tmp_path):
     ran = subprocess.run(["bash", str(script), "chain", "a-s0,b-s0", "2", "3"], env=env, capture_output=True,
                          text=True, cwd=tree)  # fmt: skip
     assert ran.returncode == 0, ran.stderr
-    text = _log_once(keep / "campaign-chain.log", lambda t: t.count("python3 -m") >= 3)
+    text = _log_once(keep / "campaign-chain.log", lambda t: t.count("\npython3 -m") + t.startswith("python3") >= 3)
     common = f"--out {keep}/runs --teacher {keep}/SmolLM2-135M-Instruct.Q4_1.gguf"
     lines = [x for x in text.splitlines() if x.startswith("python3")]
     assert lines == [
@@ -936,6 +942,17 @@ def test_gpu_campaign_chain_step(tmp_path):
         f"python3 -m experiments.recall full {common} --only a-s0,b-s0 --concurrent 3",
     ]
     assert (keep / "repo" / "results").is_dir() and (keep / "runs" / "screen" / "teacher" / "results.json").is_file()
+    # ARGS after M go to the scorings only (e.g. --tf32), not to the training
+    (keep / "campaign-chain.log").unlink()
+    ran = subprocess.run(["bash", str(script), "chain", "a-s0", "1", "1", "--tf32"], env=env, capture_output=True,
+                         text=True, cwd=tree)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    text = _log_once(keep / "campaign-chain.log", lambda t: t.count("\npython3 -m") + t.startswith("python3") >= 3)
+    assert [x for x in text.splitlines() if x.startswith("python3")] == [
+        f"python3 -m experiments.recall train {common} --only a-s0 --concurrent 1",
+        f"python3 -m experiments.recall screen {common} --concurrent 1 --tf32",
+        f"python3 -m experiments.recall full {common} --only a-s0 --concurrent 1 --tf32",
+    ]
     bare = subprocess.run(["bash", str(script), "chain"], env=env, capture_output=True, text=True, cwd=tree)
     assert bare.returncode == 2 and "usage:" in bare.stdout
 

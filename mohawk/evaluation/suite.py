@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import typing
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -63,6 +64,18 @@ def long_sequences(
         data, tokenizer, min(4 * train_len, max_len), val_source=val_source, seed=seed, field=field
     )
     return take(stream, n)
+
+
+@contextmanager
+def float32_matmuls(tf32: bool) -> Iterator[None]:
+    """Within the block, float32 matmuls (cuBLAS and mohawk's SSD scan) take TF32 products with ``tf32``, else exact
+    ones: torch's float32 matmul precision "high" or "highest", given back after."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 @contextmanager
@@ -190,6 +203,7 @@ def evaluate(
     train_len: int | None = None,
     batch_size: int = 8,
     device: str = "auto",
+    tf32: bool = False,
     seed: int = 0,
     console=None,
     score_teacher: bool = True,
@@ -203,10 +217,19 @@ def evaluate(
     """Load the teacher and each model directory and run the suite on them: the results dict (see run_suite; the
     CLI presents it with mohawk.evaluation.present). With ``out``: OUT is claimed first (mohawk.rundir.output: one
     writer, no other command's run, an earlier evaluation replaced only with ``overwrite``) and results.json,
-    report.md and plots/ are written into it."""
-    settings = {k: v for k, v in locals().items() if k not in ("out", "overwrite", "command")}
+    report.md and plots/ are written into it. ``tf32``: float32 matmuls in TF32 (cuBLAS and mohawk's SSD scan)
+    during the evaluation, else exact ones, whatever torch's setting was (given back after); res["matmul_precision"]
+    says which ("high" or "highest")."""
+    settings = {k: v for k, v in locals().items() if k not in ("out", "overwrite", "command", "tf32")}
+
+    def run() -> dict:
+        with float32_matmuls(tf32):
+            res = _evaluate(**settings)
+            res["matmul_precision"] = torch.get_float32_matmul_precision()
+        return res
+
     if out is None:
-        return _evaluate(**settings)
+        return run()
     from mohawk.data import input_paths
     from mohawk.errors import require_local
     from mohawk.evaluation.present import write_eval_report
@@ -217,7 +240,7 @@ def evaluate(
         require_local(m, "model")
     reads = [*models, teacher, *input_paths(data)]
     with output(Path(out), "eval", overwrite=overwrite, reads=reads, data=input_paths(data)):
-        res = _evaluate(**settings)
+        res = run()
         write_eval_report(Path(out), res, command)
     return res
 

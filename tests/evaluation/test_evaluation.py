@@ -116,6 +116,37 @@ def test_every_nth_item_spans_each_task_file(teacher_dir, tmp_path, monkeypatch)
     assert seen["limit"] == {"piqa": range(0, 1838, 3)[:400]}  # the vendored PIQA has 1,838 items
 
 
+def test_tf32_holds_for_the_evaluation_only(teacher_dir, monkeypatch):
+    """--tf32: the suite runs under torch's float32 matmul precision "high" (cuBLAS and the SSD scan in TF32), without
+    it under "highest" even where the caller had set "high" (scores reproducible whatever the process did before);
+    the caller's setting comes back after, and results.json says which one scored."""
+    from mohawk.evaluation import suite
+
+    seen = []
+    real = suite.run_suite
+    monkeypatch.setattr(
+        suite, "run_suite", lambda *a, **k: seen.append(torch.get_float32_matmul_precision()) or real(*a, **k)
+    )
+    corpus = str(teacher_dir.parent / "corpus.jsonl")
+    kw = {
+        "teacher": str(teacher_dir),
+        "data": corpus,
+        "tasks": "ppl",
+        "seq_len": 16,
+        "val_sequences": 2,
+        "device": "cpu",
+    }
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        results = [suite.evaluate([], tf32=tf32, **kw) for tf32 in (True, False)]
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert seen == ["high", "highest"]
+    assert [r["matmul_precision"] for r in results] == ["high", "highest"]
+
+
 def test_task_parsing_and_lengths():
     assert parse_tasks("ppl,piqa,ppl") == ["ppl", "piqa"]
     assert "hellaswag" in parse_tasks("lm-eval") and "passkey" in parse_tasks("all")
