@@ -239,7 +239,7 @@ def screen_one(args, full: bool = False) -> Path:
         seq_len=args.seq_len,
         val_sequences=VAL_SEQUENCES if args.device == "cuda" else 2,
         train_len=args.seq_len,
-        batch_size=64 if args.device == "cuda" else 4,
+        batch_size=args.score_batch or (64 if args.device == "cuda" else 4),
         device=args.device,
         seed=args.seed,
         score_teacher=not student,
@@ -268,6 +268,7 @@ def score_commands(args, phase: str, names: list[str]) -> dict[str, tuple[list[s
         argv += ["--teacher", args.teacher, "--device", args.device, "--passkey-trials", str(args.passkey_trials)]
         argv += ["--seq-len", str(args.seq_len)] + (["--limit", str(args.limit)] if args.limit else [])
         argv += ["--tf32"] if args.tf32 else []
+        argv += ["--score-batch", str(args.score_batch)] if args.score_batch else []
         (out / f"{phase}-{name}.command.txt").write_text(" ".join(argv[1:]) + "\n")
         cmds[name] = (argv, out / f"{phase}-{name}.log")
     return cmds
@@ -361,6 +362,10 @@ def main() -> None:
     ap.add_argument(
         "--tf32", action="store_true",
         help="screen/full: float32 matmuls in TF32 while scoring (mohawk eval --tf32); the committed scores are exact",
+    )  # fmt: skip
+    ap.add_argument(
+        "--score-batch", type=int, default=None,
+        help="screen/full: sequences per forward while scoring (default 64 on CUDA, 4 on a CPU)",
     )  # fmt: skip
     ap.add_argument("--model", help="screen-one/full-one: a student directory or 'teacher'")
     ap.add_argument("--dest", help="screen-one/full-one: where results.json goes")

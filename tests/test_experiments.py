@@ -721,6 +721,22 @@ def test_recall_report_across_seeds_mean_and_t_interval(tmp_path):
     assert "| cfg-s0 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0.5000 | 66.7% [" in text
 
 
+def test_recall_scoring_options_reach_the_evaluation(tmp_path, monkeypatch):
+    """screen-one / full-one hand --tf32 and --score-batch to mohawk's evaluate (and without them the defaults: exact
+    float32, 64 sequences per forward on CUDA)."""
+    import argparse
+
+    from experiments import recall
+    from mohawk.evaluation import suite
+
+    seen = []
+    monkeypatch.setattr(suite, "evaluate", lambda *a, **k: seen.append((k["batch_size"], k["tf32"])) or {})
+    base = dict(model="m", teacher="t", seq_len=16, device="cuda", seed=0, limit=None, passkey_trials=1)
+    for extra in ({"tf32": False, "score_batch": None}, {"tf32": True, "score_batch": 256}):
+        recall.screen_one(argparse.Namespace(**base, **extra, dest=str(tmp_path / str(len(seen)))), full=True)
+    assert seen == [(64, False), (256, True)]
+
+
 def test_recall_full_phase_on_the_cpu_end_to_end(teacher_dir, tmp_path, monkeypatch, capsys):
     """`experiments.recall full` for one tiny arm on the CPU: the teacher and the arm scored on the seven zero-shot
     tasks (2 items each) with per-item scores, perplexity, agreement and passkey, through the campaign's runner; the
@@ -783,13 +799,14 @@ def test_recall_scores_again_an_arm_trained_after_its_results(tmp_path):
     os.utime(out / "fresh" / "student" / "config.json", (1e9, 1e9))
     os.utime(out / "screen" / "teacher" / "results.json", (1e9, 1e9))
     args = argparse.Namespace(
-        out=str(out), teacher="t", device="cpu", passkey_trials=1, seq_len=16, limit=None, tf32=False
+        out=str(out), teacher="t", device="cpu", passkey_trials=1, seq_len=16, limit=None, tf32=False, score_batch=None
     )
     cmds = score_commands(args, "screen", ["teacher", "fresh", "stale", "unscored"])
     assert list(cmds) == ["stale", "unscored"] and all("--tf32" not in argv for argv, _ in cmds.values())
-    # --tf32 reaches each scoring command and the command file a report cites
-    tf32 = score_commands(argparse.Namespace(**{**vars(args), "tf32": True}), "full", ["stale"])
-    assert "--tf32" in tf32["stale"][0] and "--tf32" in (out / "full-stale.command.txt").read_text()
+    # --tf32 and --score-batch reach each scoring command and the command file a report cites
+    tf32 = score_commands(argparse.Namespace(**{**vars(args), "tf32": True, "score_batch": 256}), "full", ["stale"])
+    assert " --tf32 --score-batch 256" in " ".join(tf32["stale"][0])
+    assert " --tf32 --score-batch 256" in (out / "full-stale.command.txt").read_text()
 
 
 def test_recall_probe_times_the_sampler_per_batch_size(teacher_dir, tmp_path, monkeypatch, capsys):
