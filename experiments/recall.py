@@ -51,6 +51,14 @@ ARMS = {
     # the deployable-students comparison: the official Discrete Mamba-2, and the exportable mixer as a hybrid
     "discrete_mamba2": ["--mixer", "discrete_mamba2"],
     "mamba2-hybrid4-retrieval": ["--mixer", "mamba2", "--num-attention-layers", "4", "--placement", "retrieval"],
+    "discrete_mamba2-hybrid4-retrieval": [
+        "--mixer",
+        "discrete_mamba2",
+        "--num-attention-layers",
+        "4",
+        "--placement",
+        "retrieval",
+    ],
     # the form llama.cpp loads (mohawk export --format gguf): no projection biases, the gate opened along a direction
     "mamba2-nobias": ["--mixer", "mamba2", "--no-proj-bias"],
     # head-level hybrids at the KV budget of the layer-level arms (N layers x the teacher's KV heads, as KV groups)
@@ -69,7 +77,7 @@ ARMS = {
         "4",
         "--stage1-tile",
         "256",
-    ],  # fmt: skip
+    ],
     # the KD loss weighted 1 + 4 on positions whose next token can be copied from earlier in the sequence
     "ssd-copy4": ["--copy-weight", "4"],
     "hybrid4-retrieval-copy4": ["--num-attention-layers", "4", "--placement", "retrieval", "--copy-weight", "4"],

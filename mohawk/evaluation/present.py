@@ -240,6 +240,7 @@ def write_eval_report(out: Path, res: dict[str, Any], command: str) -> Path:
             f"- command: `{command}`",
             f"- device: {res.get('device')}; versions: {res.get('versions')}; "
             f"{res['val_tokens']:,} held-out tokens; wall time {res.get('wall_s', 0):.0f} s",
+            "- float32 matmuls: " + ("TF32 (--tf32)" if res.get("matmul_precision") == "high" else "exact"),
             *_time_spent(res),
             "",
             *markdown(res, made),

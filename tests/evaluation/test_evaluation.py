@@ -116,7 +116,7 @@ def test_every_nth_item_spans_each_task_file(teacher_dir, tmp_path, monkeypatch)
     assert seen["limit"] == {"piqa": range(0, 1838, 3)[:400]}  # the vendored PIQA has 1,838 items
 
 
-def test_tf32_holds_for_the_evaluation_only(teacher_dir, monkeypatch):
+def test_tf32_holds_for_the_evaluation_only(teacher_dir, tmp_path, monkeypatch):
     """--tf32: the suite runs under torch's float32 matmul precision "high" (cuBLAS and the SSD scan in TF32), without
     it under "highest" even where the caller had set "high" (scores reproducible whatever the process did before);
     the caller's setting comes back after, and results.json says which one scored."""
@@ -139,12 +139,14 @@ def test_tf32_holds_for_the_evaluation_only(teacher_dir, monkeypatch):
     before = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("high")
-        results = [suite.evaluate([], tf32=tf32, **kw) for tf32 in (True, False)]
+        results = [suite.evaluate([], tf32=tf32, out=str(tmp_path / str(tf32)), **kw) for tf32 in (True, False)]
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(before)
     assert seen == ["high", "highest"]
     assert [r["matmul_precision"] for r in results] == ["high", "highest"]
+    reports = [(tmp_path / str(tf32) / "report.md").read_text() for tf32 in (True, False)]
+    assert "- float32 matmuls: TF32 (--tf32)" in reports[0] and "- float32 matmuls: exact" in reports[1]
 
 
 def test_task_parsing_and_lengths():
