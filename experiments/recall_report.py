@@ -221,6 +221,10 @@ def collect(out: Path, arms: dict, chance: dict) -> dict:
         )
         full = read_json(out / "full" / arm / "results.json")
         row["full"] = _full_row(full["scores"][key], t_full_scores, chance) if full else None
+        # scored with float32 matmuls in TF32 (--tf32), per phase; results.json before that option: exact
+        row["tf32"] = [
+            ph for ph, r in (("screen", res), ("full sets", full)) if r and r.get("matmul_precision") == "high"
+        ]
         doc["models"][arm] = row
     doc["seeds"] = across_seeds(doc, arms, chance)
     return doc
@@ -527,6 +531,10 @@ def write_recall_report(
         cells = [_pct(row["tasks"][k]) if k in row["tasks"] else "-" for k in ("lambada_openai", "hellaswag")]
         ppl = f"{row['perplexity']:.2f} ({100 * (row['perplexity'] / t['perplexity'] - 1):+.1f}%)"
         lines.append(f"| {arm} | {_attention(row)} | {cells[0]} | {cells[1]} | {ppl} | {row['agreement']:.3f} |")
+    tf32 = [f"{arm} ({', '.join(row['tf32'])})" for arm, row in doc["models"].items() if row.get("tf32")]
+    if tf32:
+        note = "Scored with float32 matmuls in TF32 (`--tf32`; every other score here exact): " + ", ".join(tf32)
+        lines += ["", note + ". A few items may score otherwise than exact scoring would; compare with that in mind."]
     probe = read_json(out / "probe.json")
     if probe:
         top = sorted(probe["layers"].items(), key=lambda kv: -kv[1])[:8]

@@ -672,6 +672,29 @@ def test_gpu_campaign_script_steps(tmp_path):
     assert (tmp_path / "keep" / "data" / "gutenberg-extra" / "train-002.jsonl.xz").read_bytes() == b"x"
 
 
+def test_recall_report_names_the_arms_scored_with_tf32(tmp_path):
+    """An arm whose screen or full sets ran with --tf32 (results.json: matmul_precision "high") is named under the
+    screen table with its phases; exact ones (and results written before the option) are not."""
+    from experiments.recall_report import write_recall_report
+
+    out, results = tmp_path / "runs", tmp_path / "results"
+    fake_recall_screen(out / "screen" / "teacher", "teacher", [1, 1, 0, 1], [1, 0, 1, 1], 40.0, 1.0)
+    fake_recall_full(out / "full" / "teacher", "teacher", [1, 1, 1, 0], [0, 0, 0, 0])
+    for arm in ("exact", "fast"):
+        fake_recall_screen(out / "screen" / arm, arm, [1, 0, 0, 1], [1, 0, 1, 0], 42.0, 0.5)
+        fake_recall_full(out / "full" / arm, arm, [1, 1, 0, 0], [0, 0, 0, 1])
+    for phase, precision in (("screen", "high"), ("full", "high")):
+        path = out / phase / "fast" / "results.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "matmul_precision": precision}))
+    path = out / "full" / "exact" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "matmul_precision": "highest"}))
+    text = write_recall_report(out, results, {"exact": [], "fast": []}).read_text()
+    (line,) = [x for x in text.splitlines() if x.startswith("Scored with float32 matmuls in TF32")]
+    assert "fast (screen, full sets)" in line and "exact" not in line.split(":", 1)[1].split(".")[0]
+    doc = json.loads((results / "results.json").read_text())
+    assert doc["models"]["exact"]["tf32"] == [] and doc["models"]["fast"]["tf32"] == ["screen", "full sets"]
+
+
 def test_recall_report_across_seeds_mean_and_t_interval(tmp_path):
     """Arms NAME-s<seed> are one configuration: the mean over seeds ± t(0.975, n - 1) x sd / sqrt(n) of each ratio to
     the teacher, perplexity above it, passkey hits per length, and from OUT/full the mean zero-shot over the seven tasks
