@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from experiments.recall import ARMS, CHANCE, EXTRA_SHARDS, HEADLINE
-from experiments.recall_report import SEEDED, collect, full_lines, seed_cell
+from experiments.recall_report import SEEDED, collect, full_lines, seed_cell, tf32_lines
 from experiments.report import ZERO_SHOT, read_json
 from mohawk.evaluation.present import headline, markdown_table
 from mohawk.metrics import write_json
@@ -463,6 +463,7 @@ def write_headline_from_recall(
         ]
     lines += _runs_lines(table)
     lines += full_lines(doc)
+    lines += tf32_lines(doc)
     lines += _todo_lines(todo, arms, doc)
     if old:
         lines += [

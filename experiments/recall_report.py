@@ -426,6 +426,15 @@ def full_lines(doc: dict) -> list[str]:
     ]
 
 
+def tf32_lines(doc: dict) -> list[str]:
+    """A paragraph naming the arms of ``doc`` (collect's) whose screen or full sets ran with --tf32; none: []."""
+    tf32 = [f"{arm} ({', '.join(row['tf32'])})" for arm, row in doc["models"].items() if row.get("tf32")]
+    if not tf32:
+        return []
+    note = "Scored with float32 matmuls in TF32 (`--tf32`; every other score here exact): " + ", ".join(tf32)
+    return ["", note + ". A few items may score otherwise than exact scoring would; compare with that in mind."]
+
+
 def _missing_text(missing: list[str]) -> str:
     """Planned arms without a screen, the seeds of one configuration together: 'a, b-gm20 (seeds 1, 2)'."""
     groups: dict[str, list[str] | None] = {}
@@ -531,10 +540,7 @@ def write_recall_report(
         cells = [_pct(row["tasks"][k]) if k in row["tasks"] else "-" for k in ("lambada_openai", "hellaswag")]
         ppl = f"{row['perplexity']:.2f} ({100 * (row['perplexity'] / t['perplexity'] - 1):+.1f}%)"
         lines.append(f"| {arm} | {_attention(row)} | {cells[0]} | {cells[1]} | {ppl} | {row['agreement']:.3f} |")
-    tf32 = [f"{arm} ({', '.join(row['tf32'])})" for arm, row in doc["models"].items() if row.get("tf32")]
-    if tf32:
-        note = "Scored with float32 matmuls in TF32 (`--tf32`; every other score here exact): " + ", ".join(tf32)
-        lines += ["", note + ". A few items may score otherwise than exact scoring would; compare with that in mind."]
+    lines += tf32_lines(doc)
     probe = read_json(out / "probe.json")
     if probe:
         top = sorted(probe["layers"].items(), key=lambda kv: -kv[1])[:8]

@@ -252,3 +252,16 @@ def test_hellaswag_from_the_full_sets_never_a_mean_over_different_items(recall_r
     assert _row(text, "ssd", "20M")[7] == "screens differ (items)"
     readme = write_recall_report(out, tmp_path / "recall", arms)
     assert _row(readme.read_text(), "ssd-gm20")[3] == "screens differ (items)"
+
+
+def test_headline_names_the_seeds_scored_with_tf32(recall_runs, tmp_path):
+    """A seed whose full sets ran with --tf32 (results.json: matmul_precision "high") is named on the page, since its
+    scores enter the same means as exact ones; with none, no such paragraph."""
+    out, _ = recall_runs
+    text, _ = _report(recall_runs, tmp_path / "before")
+    assert "Scored with float32 matmuls in TF32" not in text
+    path = out / "full" / "ssd-gm20-s2" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "matmul_precision": "high"}))
+    text, _ = _report(recall_runs, tmp_path / "after")
+    (line,) = [x for x in text.splitlines() if x.startswith("Scored with float32 matmuls in TF32")]
+    assert "ssd-gm20-s2 (full sets)" in line and "ssd-gm20-s1" not in line
