@@ -178,15 +178,19 @@ def distill_flags(run: Run) -> dict:
 
 
 def eval_flags(run: Run, which: str) -> dict:
-    """`mohawk eval` flags of one of the run's evaluations (see Run.evals)."""
-    common = {"batch_size": 16, "seed": run.seed}
+    """`mohawk eval` flags of one of the run's evaluations (see Run.evals). The screen's perplexity and agreement
+    hold full-vocabulary logits of 16 x 512 tokens per forward (several runs share a GPU); the evaluations that are
+    zero-shot tasks alone score 64 requests per forward, as the recall campaign's do (the LM head only where a
+    continuation is predicted: little memory, and a quarter of the launches per request)."""
+    common = {"seed": run.seed}
     if run.arm is not None:
         common["score_teacher"] = False  # the teacher's scores: the "teacher" run, once
     if which == "screen":
-        return {"tasks": "ppl,agreement,passkey,lambada_openai", "val_sequences": 256, "seq_len": 512, **common}
+        return {"tasks": "ppl,agreement,passkey,lambada_openai", "val_sequences": 256, "seq_len": 512,
+                "batch_size": 16, **common}  # fmt: skip
     if which == "screen-hellaswag":
-        return {"tasks": "hellaswag", "every": 5, **common}  # 2,009 items, both of its sources
-    return {"tasks": "lm-eval", **common}
+        return {"tasks": "hellaswag", "every": 5, "batch_size": 64, **common}  # 2,009 items, both of its sources
+    return {"tasks": "lm-eval", "batch_size": 64, **common}
 
 
 def commands(

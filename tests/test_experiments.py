@@ -232,6 +232,17 @@ def test_report_tables_verdicts_and_queue(tmp_path):
     assert (tmp_path / "experiments_plots" / "distance_quality.png").is_file()
 
 
+def test_queue_scores_zero_shot_sets_64_requests_per_forward():
+    """Issue 34's evaluations: the screen (perplexity and agreement hold full-vocabulary logits) at 16 sequences per
+    forward, the HellaSwag screen and the full sets (zero-shot tasks alone) at 64; the teacher run the same."""
+    for arm in (run_all.ARM["mohawk"], None):
+        run = run_all.Run(arm, 0)
+        batches = {which: run_all.eval_flags(run, which)["batch_size"] for which in run.evals}
+        assert batches == {"screen": 16, "screen-hellaswag": 64, "eval-full": 64}
+    cmds = run_all.commands(run_all.Run(run_all.ARM["mohawk"], 0), "/r")
+    assert any("--tasks hellaswag --every 5 --batch-size 64" in c for c in cmds)
+
+
 def test_verdict_flips_with_the_numbers(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     _campaign(a, ablation_best="mohawk")
