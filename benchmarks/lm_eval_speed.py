@@ -24,6 +24,7 @@ import torch
 from benchmarks.common import arg_parser, command, device_name, sync, versions, write
 from mohawk.evaluation.harness import every_nth, run_tasks
 from mohawk.evaluation.present import markdown_table
+from mohawk.evaluation.suite import float32_matmuls
 from mohawk.parallel import resolve_device
 
 
@@ -153,10 +154,8 @@ def main() -> None:
     every = {k: int(v) for k, v in (x.split("=") for x in args.every.split(",") if x)}
     limit = {t: every_nth([t], every[t], args.limit)[t] if t in every else args.limit for t in tasks}
 
-    def score(reference: bool, lim, matmul: str = "highest") -> tuple[float, dict]:
-        before = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision(matmul)
-        try:
+    def score(reference: bool, lim, tf32: bool = False) -> tuple[float, dict]:
+        with float32_matmuls(tf32):
             sync(device)
             t0 = time.perf_counter()
             res = run_tasks(
@@ -164,20 +163,18 @@ def main() -> None:
                 reference=reference,
             )  # fmt: skip
             sync(device)
-        finally:
-            torch.set_float32_matmul_precision(before)
         return time.perf_counter() - t0, res
 
-    # (label, lm-eval's own loop, float32 matmul precision)
-    paths = [("lm-eval HFLM", True, "highest"), ("mohawk BatchedHFLM", False, "highest")]
-    paths += [("mohawk BatchedHFLM, TF32", False, "high")] if args.tf32 else []
-    for _, reference, matmul in paths:  # warm-up: the CUDA context, the tasks' data, the first kernels
-        score(reference, dict.fromkeys(tasks, 8), matmul)
+    # (label, lm-eval's own loop, float32 matmuls in TF32)
+    paths = [("lm-eval HFLM", True, False), ("mohawk BatchedHFLM", False, False)]
+    paths += [("mohawk BatchedHFLM, TF32", False, True)] if args.tf32 else []
+    for _, reference, tf32 in paths:  # warm-up: the CUDA context, the tasks' data, the first kernels
+        score(reference, dict.fromkeys(tasks, 8), tf32)
     times: dict[str, list[float]] = {label: [] for label, _, _ in paths}
     results = {}
     for _ in range(args.repeats):
-        for label, reference, matmul in paths:
-            seconds, results[label] = score(reference, limit, matmul)
+        for label, reference, tf32 in paths:
+            seconds, results[label] = score(reference, limit, tf32)
             times[label].append(seconds)
     median = {k: statistics.median(v) for k, v in times.items()}
     ref, fast = results["lm-eval HFLM"], results["mohawk BatchedHFLM"]
