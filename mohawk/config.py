@@ -199,6 +199,15 @@ class DistillConfig(_Schema):
         group=WHAT,
         defines_run=True,
     )
+    conv_scale: float = option(
+        1.0,
+        "Start the transferred conv at this fraction of identity where a SiLU follows it (--mixer mamba2, or ssd "
+        "with --conv-activation silu): SiLU(s u) ~ s u / 2 keeps the signs of the teacher's V, K, Q that SiLU(u) "
+        "squashes; the gate's start takes back the (2 / s)^3 the output loses. 1: the conv at identity.",
+        group=WHAT,
+        above=0,
+        defines_run=True,
+    )
     proj_bias: bool = option(
         True,
         "A bias on the mamba2 mixer's input projection. --no-proj-bias: none, as llama.cpp's Mamba-2 layers have "
@@ -504,6 +513,12 @@ class DistillConfig(_Schema):
         )
         self.need(self.kd_weight + self.ce_weight > 0, "kd_weight", ">= 0, kd_weight + ce_weight > 0")
         self.need(self.proj_bias or self.mixer == "mamba2", "proj_bias", "--no-proj-bias needs --mixer mamba2")
+        self.need(self.conv_scale <= 1, "conv_scale", "in (0, 1]")
+        self.need(
+            self.conv_scale == 1 or self.mixer == "mamba2" or self.conv_activation == "silu",
+            "conv_scale",
+            "applies where a SiLU follows the conv: --mixer mamba2, or --conv-activation silu",
+        )
         for key, off in (("conv_activation", "identity"), ("gate_norm", False)):
             self.need(getattr(self, key) == off or self.mixer == "ssd", key, "applies to --mixer ssd only")
         self.need(

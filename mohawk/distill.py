@@ -281,6 +281,8 @@ class DistillRecipe:
             options["ssd_conv_activation"] = cfg.conv_activation
         if cfg.gate_norm:
             options.update(ssd_gate_activation="silu", ssd_norm=True)
+        if cfg.conv_scale != 1:
+            options["ssd_conv_scale"] = cfg.conv_scale
         torch.manual_seed(cfg.seed)  # here, so that the student's init does not depend on how the teacher was loaded
         if cfg.init == "scratch":
             from mohawk.models import MohawkForCausalLM

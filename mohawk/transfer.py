@@ -238,6 +238,8 @@ def init_ssd_from_attention(
         mixer.out_proj.bias.copy_(attn_weights["o_proj.bias"])
     v_rms = per_head((v_w.float() ** 2 * gain).sum(1).sqrt(), kv, h)
     mixer.after_attention_init(v_rms)
+    if hasattr(mixer, "scale_conv"):
+        mixer.scale_conv(config.ssd_conv_scale)
 
 
 def from_teacher(

@@ -49,6 +49,9 @@ def test_saved_config_reloads(tmp_path):
         ({"copy_weight": 2.0, "kd_weight": 0.0, "ce_weight": 1.0}, "copy_weight: 2.0 \\(it weights the KD loss"),
         ({"gate_norm": True, "mixer": "mamba2"}, "gate_norm: True \\(applies to --mixer ssd only"),
         ({"conv_activation": "silu", "mixer": "ssm"}, "conv_activation: 'silu' \\(applies to --mixer ssd only"),
+        ({"conv_scale": 0.1}, "conv_scale: 0.1 \\(applies where a SiLU follows the conv"),
+        ({"conv_scale": 1.5, "mixer": "mamba2"}, "conv_scale: 1.5 \\(in \\(0, 1\\]"),
+        ({"conv_scale": 0.0, "mixer": "mamba2"}, "bad value for conv_scale"),
     ],
 )
 def test_bad_values(values, msg):
@@ -77,6 +80,7 @@ SAMPLES = {
     "ssd_init": "random",
     "ssd_state_size": 16,
     "conv_activation": "silu",
+    "conv_scale": 0.25,
     "gate_norm": True,
     "proj_bias": False,
     "init": "scratch",
@@ -136,7 +140,12 @@ SAMPLES = {
 }
 
 
-COMPANIONS = {"proj_bias": {"mixer": "mamba2"}, "conv_activation": {"mixer": "ssd"}, "gate_norm": {"mixer": "ssd"}}
+COMPANIONS = {
+    "proj_bias": {"mixer": "mamba2"},
+    "conv_scale": {"mixer": "mamba2"},
+    "conv_activation": {"mixer": "ssd"},
+    "gate_norm": {"mixer": "ssd"},
+}
 
 
 def _cli_config(monkeypatch, argv):

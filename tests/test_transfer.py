@@ -297,3 +297,43 @@ def test_bias_free_gates_open_on_random_tokens_without_calibration():
     a, b = (mohawk.from_teacher(adapter_for(t), mixer="mamba2", ssd_proj_bias=False) for _ in range(2))
     za, zb = (m.model.layers[1].mixer.in_proj.weight[m.model.layers[1].mixer.in_proj_slices()["z"]] for m in (a, b))
     assert torch.equal(za, zb) and za.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "mixer, options",
+    [("mamba2", {}), ("ssd", {"ssd_conv_activation": "silu"})],  # a SiLU gate before a norm; a linear gate, no norm
+)
+def test_scaled_conv_starts_as_the_layer_without_the_silu(mixer, options):
+    """ssd_conv_scale s: SiLU(s u) ~ s u / 2 in x, B and C, and the gate's start times (2 / s)^3, so the gated y and
+    the layer's output start as the same transfer's with no SiLU after the conv (SiLU(u) itself is far from it).
+    Catches a missing or wrongly powered gate compensation (the gated y off by 2 / s or more; through mamba2's norm,
+    an output below its epsilon) and a conv left unscaled."""
+    t = tiny_teacher("llama")
+    adapter = adapter_for(t)
+    u = adapter.capture(torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1)), logits=False)
+    students = {}
+    for name, scale in (("linear", 1.0), ("silu", 1.0), ("scaled", 1e-3)):
+        torch.manual_seed(0)  # the same random dt rows and decays
+        students[name] = mohawk.from_teacher(adapter, mixer=mixer, ssd_conv_scale=scale, **options)
+    for i in range(3):
+        m = {k: _mixer_parts(s, i) for k, s in students.items()}
+        m["linear"].conv_activation = "identity"
+        assert torch.equal(m["scaled"].conv1d.weight, 1e-3 * m["silu"].conv1d.weight)
+        x = u.mixer_inputs[i]
+        with torch.no_grad():
+            gated, out = {}, {}
+            for k, mix in m.items():
+                z, xbc, dt = mix._project(x)
+                xs, B, C = mix._split(mix._conv(xbc))
+                y = mix._scan(xs, dt, B, C, return_final_state=False)
+                gated[k], out[k] = y * mix._act(z, mix.gate_activation).unflatten(-1, y.shape[-2:]), mix(x)
+        for k in (gated, out):
+            assert (k["scaled"] - k["linear"]).norm() < 3e-3 * k["linear"].norm()
+            assert (k["silu"] - k["linear"]).norm() > 0.1 * k["linear"].norm()
+
+
+def test_conv_scale_is_checked():
+    t = tiny_teacher("llama")
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="ssd_conv_scale"):
+            mohawk.from_teacher(adapter_for(t), mixer="mamba2", ssd_conv_scale=bad)

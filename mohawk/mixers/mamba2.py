@@ -54,7 +54,7 @@ class GatedRMSNorm(nn.Module):
 class Mamba2Mixer(SSDMixer):
     """Bamba's Mamba-2 mixer over mohawk's SSD (see module docstring)."""
 
-    fixed = {"use_gate": True, "conv_activation": "silu"}
+    fixed = {"use_gate": True, "conv_activation": "silu", "gate_activation": "silu"}
     gate_opens_without_bias = True
 
     def __init__(self, config, layer_idx: int = 0):
@@ -73,6 +73,7 @@ class Mamba2Mixer(SSDMixer):
         """Every gate row of in_proj = ``scale * direction`` (hidden,): z = scale * (direction . u) in every channel,
         one value per token, which the group norm removes wherever it is positive (see module docstring)."""
         rows = self.in_proj.weight[self.in_proj_slices()["z"]]
+        scale = scale * self.gate_gain()  # SiLU(z) ~ z for the large z a scaled conv asks for (scale_conv)
         rows.copy_((scale * direction.float()).to(rows)[None].expand_as(rows))
         if self.in_proj.bias is not None:
             self.in_proj.bias[self.in_proj_slices()["z"]] = 0.0

@@ -353,6 +353,38 @@ class SSDMixer(nn.Module):
         feature): nothing here; subclasses whose other parts would change the attention-like output at the start
         neutralise them."""
 
+    @torch.no_grad()
+    def scale_conv(self, scale: float) -> None:
+        """Scale the transferred (identity) conv by ``scale`` so that the SiLU after it starts near its linear range,
+        SiLU(s u) ~ s u / 2, keeping the signs of the teacher's V, K, Q in x, B, C; y then shrinks by about
+        (s / 2)^3, which the gate takes back (its constant start, bias or fitted direction, times (2 / s)^3), so that
+        a norm after the gate does not see values below its epsilon. Nothing to do without a SiLU after the conv
+        or at scale 1."""
+        if scale == 1 or self.conv_activation != "silu":
+            return
+        if not self.use_gate:
+            raise ValueError("ssd_conv_scale < 1 needs the gate, which takes back the scale")
+        self.conv1d.weight.mul_(scale)
+        self.conv1d.bias.mul_(scale)
+        if self.in_proj.bias is not None:  # the gate's start: a constant, act(bias)
+            b = self.in_proj.bias[self.in_proj_slices()["z"]]
+            b.copy_(self._gate_preimage(self._act(b.float(), self.gate_activation) * self.gate_gain()).to(b))
+
+    def gate_gain(self) -> float:
+        """How much the gate's start is multiplied by to take back the conv's scale (see ``scale_conv``)."""
+        s = self.config.ssd_conv_scale
+        return 1.0 if s == 1 or self.conv_activation != "silu" else (2 / s) ** 3
+
+    def _gate_preimage(self, g: Tensor) -> Tensor:
+        """z with act(z) = g (g > 0): Newton's method on SiLU (from z = g, already close for g >~ 5)."""
+        if self.gate_activation != "silu":
+            return g
+        z = g.double()
+        for _ in range(20):
+            s = torch.sigmoid(z)
+            z = z - (z * s - g) / (s * (1 + z * (1 - s)))
+        return z.to(g.dtype)
+
     # -- shared pieces ----------------------------------------------------------------------------------------------
     def _act(self, t: Tensor, kind: str) -> Tensor:
         return F.silu(t) if kind == "silu" else t

@@ -31,7 +31,8 @@ class MohawkConfig(PretrainedConfig):
       heads a ``heads_family`` mixer. attention_groups: one list of KV-group indices per layer (None: none anywhere).
     SSD options (the Phi-Mamba choices are the defaults): ssd_state_size (default head_dim), ssd_num_groups
       (B/C groups; default one per head), ssd_conv_kernel, ssd_conv_init "identity" | "random", ssd_conv_activation
-      and ssd_gate_activation "identity" | "silu", ssd_gate (a gate initialised to 1), ssd_norm (RMSNorm before
+      and ssd_gate_activation "identity" | "silu", ssd_conv_scale (the transferred conv's scale where a SiLU follows
+      it: mohawk.mixers.ssd.SSDMixer.scale_conv), ssd_gate (a gate initialised to 1), ssd_norm (RMSNorm before
       out_proj), ssd_dt_min/max and ssd_A_init_range for the decay initialisation, ssd_chunk_size for the scan,
       ssd_proj_bias (a bias on in_proj; False only where a norm follows the gate, i.e. mamba2: what llama.cpp loads).
     prefill_chunk: with a cache (generation), a longer prompt goes through the model this many tokens at a time, so
@@ -84,6 +85,7 @@ class MohawkConfig(PretrainedConfig):
         ssd_conv_kernel: int = 4,
         ssd_conv_init: str = "identity",
         ssd_conv_activation: str = "identity",
+        ssd_conv_scale: float = 1.0,
         ssd_gate: bool = True,
         ssd_gate_activation: str = "identity",
         ssd_norm: bool = False,
@@ -136,6 +138,7 @@ class MohawkConfig(PretrainedConfig):
         self.ssd_conv_kernel = ssd_conv_kernel
         self.ssd_conv_init = ssd_conv_init
         self.ssd_conv_activation = ssd_conv_activation
+        self.ssd_conv_scale = float(ssd_conv_scale)
         self.ssd_gate = ssd_gate
         self.ssd_gate_activation = ssd_gate_activation
         self.ssd_norm = ssd_norm
@@ -167,6 +170,8 @@ class MohawkConfig(PretrainedConfig):
         check("ssd_conv_init", self.ssd_conv_init, ("identity", "random"))
         check("ssd_conv_activation", self.ssd_conv_activation, ("identity", "silu"))
         check("ssd_gate_activation", self.ssd_gate_activation, ("identity", "silu"))
+        if not 0 < self.ssd_conv_scale <= 1:
+            raise ValueError(f"MohawkConfig.ssd_conv_scale={self.ssd_conv_scale!r}: must be in (0, 1]")
         if len(self.mixers) != self.num_hidden_layers:
             raise ValueError(f"MohawkConfig.mixers has {len(self.mixers)} entries for {self.num_hidden_layers} layers")
         for kind in self.mixers:
