@@ -487,3 +487,17 @@ def test_lm_eval_speed_times_both_scorers_on_the_same_items(teacher_dir, tmp_pat
         args = Namespace(teacher=str(teacher_dir), random=False, model="transfer")
         student = lm_eval_speed.load(args, torch.device("cpu"))[0]
         assert isinstance(student, MohawkForCausalLM) and student.config.attention_layers == []
+
+
+def test_conv_silu_start_compares_each_scale_with_the_layer_without_the_silu(teacher_dir, tmp_path, monkeypatch):
+    """The unscaled conv's SiLU moves the layer away from the transfer's; a small conv scale brings it back."""
+    from benchmarks import conv_silu_start
+
+    argv = ["x", "--teacher", str(teacher_dir), "--data", str(teacher_dir.parent / "corpus.jsonl")]
+    argv += ["--scales", "1,0.001", "--sequences", "2", "--seq-len", "16", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    conv_silu_start.main()
+    (js,) = tmp_path.glob("conv_silu_start-teacher.json")
+    mean = json.loads(js.read_text())["mean"]
+    assert mean["rel@0.001"] < 0.01 < 0.1 < mean["rel@1"]
+    assert mean["cos@0.001"] > 0.999 > mean["cos@1"]
