@@ -3,7 +3,7 @@ on the teacher's own layer inputs, the mamba2 mixer's output at the transfer nex
 (the transfer's intent: x, B, C = V, K, Q), as a relative error and a cosine, for conv scales 1 (mamba2 as it is)
 and below (mohawk.mixers.ssd.SSDMixer.scale_conv).
 
-    python3 -m benchmarks.conv_silu_start [--teacher smollm2-135m] [--scales 1,0.3,0.1,0.03] [--sequences 4]
+    python3 -m benchmarks.conv_silu_start [--teacher smollm2-135m] [--scales 1,0.3,0.1,0.05,0.03] [--sequences 4]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main():
     ap = arg_parser(__doc__)
     ap.add_argument("--teacher", default="smollm2-135m")
     ap.add_argument("--data", default="bundled")
-    ap.add_argument("--scales", default="1,0.3,0.1,0.03")
+    ap.add_argument("--scales", default="1,0.3,0.1,0.05,0.03")
     ap.add_argument("--sequences", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
     args = ap.parse_args()

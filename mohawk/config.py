@@ -520,6 +520,11 @@ class DistillConfig(_Schema):
             "conv_scale",
             "applies where a SiLU follows the conv: --mixer mamba2, or --conv-activation silu",
         )
+        self.need(
+            self.conv_scale == 1 or (self.init == "teacher" and self.ssd_init == "attention"),
+            "conv_scale",
+            "scales the conv the weight transfer writes: needs --init teacher and --ssd-init attention",
+        )
         for key, off in (("conv_activation", "identity"), ("gate_norm", False)):
             self.need(getattr(self, key) == off or self.mixer == "ssd", key, "applies to --mixer ssd only")
         self.need(

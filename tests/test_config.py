@@ -52,6 +52,8 @@ def test_saved_config_reloads(tmp_path):
         ({"conv_scale": 0.1}, "conv_scale: 0.1 \\(applies where a SiLU follows the conv"),
         ({"conv_scale": 1.5, "mixer": "mamba2"}, "conv_scale: 1.5 \\(in \\(0, 1\\]"),
         ({"conv_scale": 0.0, "mixer": "mamba2"}, "bad value for conv_scale"),
+        ({"conv_scale": 0.5, "mixer": "mamba2", "init": "scratch"}, "conv_scale: 0.5 \\(scales the conv the weight"),
+        ({"conv_scale": 0.5, "mixer": "mamba2", "ssd_init": "random"}, "conv_scale: 0.5 \\(scales the conv"),
     ],
 )
 def test_bad_values(values, msg):
