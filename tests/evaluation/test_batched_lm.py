@@ -96,12 +96,12 @@ def test_batched_scores_equal_the_harness_on_cuda(family):
 def test_templates_compile_once_and_render_as_the_harness(tmp_path):
     """Each task's prompts on its first 50 vendored items are the same strings under cached_templates(), which
     compiles each template string once and gives the harness its own function back afterwards."""
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import TaskManager
 
     from mohawk.evaluation.harness import TASKS, write_tasks
 
     names = write_tasks(tmp_path, list(TASKS))
-    tasks = get_task_dict(names, TaskManager(include_path=str(tmp_path), include_defaults=False))
+    tasks = TaskManager(include_path=str(tmp_path), include_defaults=False).load(names)["tasks"]
 
     def prompts():
         out = []

@@ -38,11 +38,11 @@ FIRST = {
 def first_requests(tmp_path_factory):
     pytest.importorskip("lm_eval")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import TaskManager
 
     d = tmp_path_factory.mktemp("tasks")
     names = write_tasks(d, list(TASKS))
-    tasks = get_task_dict(names, TaskManager(include_path=str(d), include_defaults=False))
+    tasks = TaskManager(include_path=str(d), include_defaults=False).load(names)["tasks"]
     out = {}
     for name, lm_name in zip(TASKS, names, strict=True):
         task = tasks[lm_name]

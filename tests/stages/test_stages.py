@@ -168,7 +168,7 @@ def test_stage2_loss_is_the_block_output_distance():
         target = hs[i + 1] if i + 1 < 3 else None
         if target is None:  # the last hidden state HF returns is after the final norm: use the capture
             target = adapter.capture(batch).block_outputs[i]
-        d = float((out - target).norm(dim=-1).mean())
+        d = float((out - target).norm(dim=-1).mean().detach())
         assert abs(metrics["layer_distance"][i] - d) < 1e-4, (i, metrics["layer_distance"][i], d)
         want += d
     assert set(metrics["layer_distance"]) == {0, 2}
