@@ -172,7 +172,7 @@ def test_stage2_loss_is_the_block_output_distance():
         assert abs(metrics["layer_distance"][i] - d) < 1e-4, (i, metrics["layer_distance"][i], d)
         want += d
     assert set(metrics["layer_distance"]) == {0, 2}
-    assert abs(float(loss) - want) < 1e-4
+    assert abs(float(loss.detach()) - want) < 1e-4
 
 
 def test_stage3_mixer_lr_scale_reaches_the_optimizer(tmp_path):
