@@ -239,7 +239,7 @@ def init_ssd_from_attention(
     v_rms = per_head((v_w.float() ** 2 * gain).sum(1).sqrt(), kv, h)
     mixer.after_attention_init(v_rms)
     if hasattr(mixer, "scale_conv"):
-        mixer.scale_conv(config.ssd_conv_scale)
+        mixer.scale_conv()
 
 
 def from_teacher(

@@ -354,21 +354,22 @@ class SSDMixer(nn.Module):
         neutralise them."""
 
     @torch.no_grad()
-    def scale_conv(self, scale: float) -> None:
-        """Scale the transferred (identity) conv by ``scale`` so that the SiLU after it starts near its linear range,
-        SiLU(s u) ~ s u / 2, keeping the signs of the teacher's V, K, Q in x, B, C; y then shrinks by about
-        (s / 2)^3, which the gate takes back (its constant start, bias or fitted direction, times (2 / s)^3), so that
-        a norm after the gate does not see values below its epsilon. Nothing to do without a SiLU after the conv
-        or at scale 1."""
-        if scale == 1 or self.conv_activation != "silu":
+    def scale_conv(self) -> None:
+        """Scale the transferred (identity) conv by s = ``config.ssd_conv_scale`` so that the SiLU after it starts
+        near its linear range, SiLU(s u) ~ s u / 2, keeping the signs of the teacher's V, K, Q in x, B, C; y then
+        shrinks by about (s / 2)^3, which the gate takes back (its constant start, bias or fitted direction, times
+        (2 / s)^3), so that a norm after the gate does not see values below its epsilon. Nothing to do without a SiLU
+        after the conv or at scale 1."""
+        gain = self.gate_gain()
+        if gain == 1:
             return
         if not self.use_gate:
             raise ValueError("ssd_conv_scale < 1 needs the gate, which takes back the scale")
-        self.conv1d.weight.mul_(scale)
-        self.conv1d.bias.mul_(scale)
+        self.conv1d.weight.mul_(self.config.ssd_conv_scale)
+        self.conv1d.bias.mul_(self.config.ssd_conv_scale)
         if self.in_proj.bias is not None:  # the gate's start: a constant, act(bias)
             b = self.in_proj.bias[self.in_proj_slices()["z"]]
-            b.copy_(self._gate_preimage(self._act(b.float(), self.gate_activation) * self.gate_gain()).to(b))
+            b.copy_(self._gate_preimage(self._act(b.float(), self.gate_activation) * gain).to(b))
 
     def gate_gain(self) -> float:
         """How much the gate's start is multiplied by to take back the conv's scale (see ``scale_conv``)."""
