@@ -597,33 +597,47 @@ def write_recall_report(
 
 
 def _plot(doc: dict, path: Path) -> None:
+    """recall.png: one row per arm (the teacher first) in both panels, so it stays legible at any number of arms:
+    LAMBADA and HellaSwag as % of the teacher's with their 95% bootstrap interval (left), passkey hits per filler and
+    prompt length as a grid of cells (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
-    names = list(doc["models"])
+    rows = [("teacher", doc["teacher"]), *doc["models"].items()]
+    names = [name for name, _ in rows]
+    lengths = sorted({int(n) for _, row in rows for by in row["passkey"].values() for n in by})
+    cols = [(f, n) for f in ("repeat", "natural") for n in lengths]
+    y = np.arange(len(rows))
+    fig, (a, b) = plt.subplots(
+        1, 2, figsize=(13, 1.5 + 0.24 * len(rows)), sharey=True, gridspec_kw={"width_ratios": [3, 2]}
+    )
+    height = 0.38
     for j, task in enumerate(TASK_METRIC):
-        vals = [doc["models"][n]["tasks"].get(task, {}).get("ratio", [np.nan] * 3) for n in names]
-        x = np.arange(len(names)) + (j - 0.5) * 0.38
-        v = np.array(vals, dtype=float) * 100
-        a.bar(x, v[:, 0], 0.38, yerr=[v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]], capsize=3, label=task)
-    a.axhline(100, color="k", lw=0.8)
-    a.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
-    a.set_ylabel("% of the teacher (95% bootstrap)")
-    a.legend()
-    for i, (name, row) in enumerate([("teacher", doc["teacher"]), *doc["models"].items()]):
-        for f, style in (("repeat", "-"), ("natural", "--")):
-            by = row["passkey"].get(f, {})
-            if by:
-                ns = sorted(by, key=int)
-                b.plot([int(n) for n in ns], [by[n]["hits"] for n in ns], style, marker="o", color=f"C{i}",
-                       label=f"{name} ({f})")  # fmt: skip
-    b.set_xscale("log", base=2)
-    b.set_xlabel("prompt tokens")
-    b.set_ylabel("passkey hits")
-    b.legend(fontsize=7, ncol=2)
+        ratios = [[1.0] * 3 if name == "teacher" else row["tasks"].get(task, {}).get("ratio", [np.nan] * 3)
+                  for name, row in rows]  # fmt: skip
+        v = np.array(ratios, dtype=float) * 100
+        a.barh(y + (j - 0.5) * height, v[:, 0], height, xerr=[v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]], capsize=2,
+               label=task, color=f"C{j}")  # fmt: skip
+    a.axvline(100, color="k", lw=0.8)
+    a.set_yticks(y, names, fontsize=8)
+    a.invert_yaxis()
+    a.set_xlabel("% of the teacher's (95% paired bootstrap)")
+    a.grid(axis="x", alpha=0.3)
+    a.set_xlim(0, 130)  # room right of 100 for the legend, clear of every bar
+    a.legend(loc="center right", fontsize=8)
+    grid = np.array([[row["passkey"].get(f, {}).get(str(n), {}).get("hits", np.nan) for f, n in cols]
+                     for _, row in rows], dtype=float)  # fmt: skip
+    b.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, extent=(-0.5, len(cols) - 0.5, len(rows) - 0.5, -0.5))
+    for i in range(len(rows)):
+        for k in range(len(cols)):
+            if not np.isnan(grid[i, k]):
+                b.text(k, i, f"{grid[i, k]:.2f}", ha="center", va="center", fontsize=7,
+                       color="black" if grid[i, k] > 0.6 else "white")  # fmt: skip
+    b.set_xticks(range(len(cols)), [f"{n}\n{f}" for f, n in cols], fontsize=8)
+    b.set_title("passkey hits (filler, prompt tokens)", fontsize=10)
+    a.set_title("screen: LAMBADA and HellaSwag", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -497,6 +497,27 @@ def test_recall_report_ratios_heads_and_missing_arms(tmp_path):
     assert doc["models"]["heads"]["tasks"]["lambada_openai"]["ratio"][0] == pytest.approx(2 / 3, abs=1e-4)
 
 
+def test_recall_plot_gives_every_arm_a_row(tmp_path):
+    """recall.png grows a row per arm (at 41 arms a fixed 12 x 4.2 in figure squashed its labels into one another)
+    and takes arms whose passkey has other lengths, or none."""
+    import matplotlib.image
+
+    from experiments.recall_report import _plot
+
+    def arm(hits):
+        ratio = {"ratio": [0.8, 0.7, 0.9]}
+        return {"tasks": {"hellaswag": ratio, "lambada_openai": ratio}, "passkey": hits}
+
+    teacher = {"passkey": {"repeat": {"512": {"hits": 1.0}, "1024": {"hits": 1.0}}, "natural": {"512": {"hits": 0.5}}}}
+    heights = {}
+    for n in (3, 30):
+        models = {f"arm{i}": arm({"repeat": {"512": {"hits": 0.25}}} if i % 2 else {}) for i in range(n)}
+        path = tmp_path / f"{n}.png"
+        _plot({"teacher": teacher, "models": models}, path)
+        heights[n] = matplotlib.image.imread(path).shape[0]
+    assert heights[30] > 3 * heights[3]
+
+
 def test_recall_report_sets_each_arm_against_its_baseline(tmp_path):
     """An arm against the arm it changes one thing of: the paired difference on the same items (a better HellaSwag on
     every item is +1 with no spread; one LAMBADA item lost is -1/4), perplexity and passkey as arm / baseline; a pair
