@@ -63,7 +63,9 @@ fresh() {  # the tree copied to $KEEP/repo and the committed runs (the teacher's
 
 launch() {  # launch(log, argv...): start argv in its own session in $KEEP/repo, so that it outlives this call
   local log=$1; shift
-  (cd "$KEEP/repo" && setsid nohup "$@" >"$log" 2>&1 </dev/null &)
+  # the outer redirection too: the forked `cd && setsid` list would otherwise hold the caller's stdout open until
+  # the job ends, and `chain ... | tail` would wait for the whole campaign
+  (cd "$KEEP/repo" && setsid nohup "$@" >"$log" 2>&1 </dev/null &) >/dev/null 2>&1 </dev/null
 }
 
 case "${1:-}" in

@@ -1029,6 +1029,28 @@ def test_gpu_campaign_chain_step(tmp_path):
     assert bare.returncode == 2 and "usage:" in bare.stdout
 
 
+def test_gpu_campaign_chain_returns_while_its_job_runs(tmp_path):
+    """`chain` with its output piped (as `chain ... | tail` or a captured subprocess) returns once the job has
+    started, not when it ends (a launch that left the caller's stdout open in the job held such a call for the
+    whole campaign, past the device call's limit)."""
+    import subprocess
+    import sys
+
+    script, env, keep = _echo_campaign(tmp_path)
+    (tmp_path / "bin" / "python3").write_text(
+        f'#!/bin/sh\necho "python3 $*"\nexec {sys.executable} -c "import time; time.sleep(60)" {keep}\n'
+    )
+    tree = tmp_path / "tree"
+    (tree / "results" / "recall" / "runs").mkdir(parents=True)
+    try:
+        ran = subprocess.run(["bash", str(script), "chain", "a-s0", "1", "1"], env=env, capture_output=True,
+                             text=True, cwd=tree, timeout=30)  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        assert "experiments.recall train" in _log_once(keep / "campaign-chain.log", lambda t: "python3 -m" in t)
+    finally:
+        subprocess.run(["pkill", "-f", str(keep)])
+
+
 def test_gpu_campaign_exp_step(tmp_path):
     """`gpu_campaign.sh exp N` starts issue 34's queue (experiments/run_all.py) N at once in $KEEP/exp with the
     campaign's teacher; it refuses while a recall training runs; `wait` collects what each run has so far (the
