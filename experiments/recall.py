@@ -298,7 +298,10 @@ def _trained(out: Path) -> list[str]:
 
 
 def screen(args) -> dict:
-    cmds = score_commands(args, "screen", ["teacher", *_trained(Path(args.out))])
+    """The teacher and the trained arms (--only: those of them) on the screen, each once."""
+    trained = _trained(Path(args.out))
+    names = [n for n in trained if n in args.only.split(",")] if args.only else trained
+    cmds = score_commands(args, "screen", ["teacher", *names])
     return campaign.launch(cmds, _concurrent(args, "screen"))
 
 
@@ -351,7 +354,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seq-len", type=int, default=SEQ_LEN, help="train: tokens per sequence")
     ap.add_argument("--batch-size", type=int, default=BATCH, help="train: sequences per micro-batch")
-    ap.add_argument("--only", default=None, help="train/full: comma-separated arm names")
+    ap.add_argument("--only", default=None, help="train/screen/full: comma-separated arm names")
     ap.add_argument(
         "--concurrent", type=int, default=0,
         help="train/screen/full: processes at once on the GPU (0: as many as its memory holds)",

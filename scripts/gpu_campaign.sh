@@ -12,6 +12,9 @@
 #                                                  # the other in one background job (N trainings, M scorings at
 #                                                  # once; ARGS to the scorings, e.g. --tf32): the calls after it
 #                                                  # only `wait`, and no phase waits for a call
+#   bash scripts/gpu_campaign.sh pipe ARMS [ARGS]   # ARMS trained one after the other, each one's screen and full
+#                                                  # sets scored while the next one trains (scoring leaves the GPU
+#                                                  # idle half the time, training does not; ARGS to the scorings)
 #   bash scripts/gpu_campaign.sh exp [N [ARGS]]    # issue 34's queue (experiments/run_all.py), N runs at once, in
 #                                                  # $KEEP/exp; each `wait` collects their small files into exp.tgz
 #   bash scripts/gpu_campaign.sh wait SECONDS      # follow what runs; then the small files tarred to $OUT
@@ -113,6 +116,20 @@ case "${1:-}" in
       python3 -m experiments.recall full "$@" --only "$arms" --concurrent "$m" $scoring' \
       "$2" "$n" "$m" "${scoring[*]:-}" "${common[@]}"
     sleep 5; cat "$KEEP/campaign-chain.log" ;;
+  pipe)
+    [ -n "${2:-}" ] || { echo "usage: $0 pipe ARM,ARM [ARGS]"; exit 2; }
+    idle train screen full exp
+    fresh
+    common=(--out "$KEEP/runs" --teacher "$GGUF")
+    scoring=("${@:3}")
+    launch "$KEEP/campaign-pipe.log" bash -c 'arms=$0 scoring=$1; shift; set -x
+      for arm in ${arms//,/ }; do
+        python3 -m experiments.recall train "$@" --only "$arm" --concurrent 1
+        { python3 -m experiments.recall screen "$@" --only "$arm" --concurrent 1 $scoring
+          python3 -m experiments.recall full "$@" --only "$arm" --concurrent 1 $scoring; } &
+      done
+      wait' "$2" "${scoring[*]:-}" "${common[@]}"
+    sleep 5; cat "$KEEP/campaign-pipe.log" ;;
   exp)
     idle train screen full exp
     fresh && mkdir -p "$KEEP/exp"
@@ -123,6 +140,6 @@ case "${1:-}" in
   run)
     [ $# -gt 1 ] || { echo "usage: $0 run COMMAND [ARGS]"; exit 2; }
     shift; PYTHONPATH=/tmp/site:$PWD exec "$@" ;;
-  *) echo "usage: $0 part-a | part-b | part-c | train ARMS [N] | screen [N] | full ARMS [N] | chain ARMS [N [M]] | exp [N] | wait [SECONDS] | run CMD"
+  *) echo "usage: $0 part-a | part-b | part-c | train ARMS [N] | screen [N] | full ARMS [N] | chain ARMS [N [M]] | pipe ARMS | exp [N] | wait [SECONDS] | run CMD"
      exit 2 ;;
 esac

@@ -864,6 +864,26 @@ def test_recall_scores_again_an_arm_trained_after_its_results(tmp_path):
     assert " --tf32 --score-batch 256" in (out / "full-stale.command.txt").read_text()
 
 
+def test_recall_screen_only_scores_the_arms_named(tmp_path, monkeypatch):
+    """`recall screen --only A` scores the teacher and A, not another trained arm (`gpu_campaign.sh pipe` screens one
+    arm while the next trains: two screens must not both take an arm)."""
+    import argparse
+
+    from experiments import recall
+
+    out = tmp_path / "runs"
+    for name in ("ssd", "mamba2"):
+        (out / name / "student").mkdir(parents=True)
+        (out / name / "student" / "config.json").write_text("{}")
+    monkeypatch.setattr(recall.campaign, "launch", lambda cmds, concurrent: list(cmds))
+    args = argparse.Namespace(
+        out=str(out), teacher="t", device="cpu", passkey_trials=1, seq_len=16, limit=None, tf32=False,
+        score_batch=None, concurrent=1, only="mamba2",
+    )  # fmt: skip
+    assert recall.screen(args) == ["teacher", "mamba2"]
+    assert recall.screen(argparse.Namespace(**{**vars(args), "only": None})) == ["teacher", "ssd", "mamba2"]
+
+
 def test_recall_probe_times_the_sampler_per_batch_size(teacher_dir, tmp_path, monkeypatch, capsys):
     """`recall probe --sample-batches 2,3`: the retrieval probe, then the sampler timed at each batch size into its
     own file (a corpus sampled at another batch size is never reused for a timing), each over at least three batches
@@ -1026,6 +1046,35 @@ def test_gpu_campaign_chain_step(tmp_path):
         f"python3 -m experiments.recall full {common} --only a-s0 --concurrent 1 --tf32",
     ]
     bare = subprocess.run(["bash", str(script), "chain"], env=env, capture_output=True, text=True, cwd=tree)
+    assert bare.returncode == 2 and "usage:" in bare.stdout
+
+
+def test_gpu_campaign_pipe_step(tmp_path):
+    """`gpu_campaign.sh pipe ARMS [ARGS]` trains the arms one after the other and scores each (screen, then full
+    sets, ARGS to both) once it has trained, beside the next one's training; without arms it refuses."""
+    import subprocess
+
+    script, env, keep = _echo_campaign(tmp_path)
+    tree = tmp_path / "tree"
+    (tree / "results" / "recall" / "runs").mkdir(parents=True)
+    ran = subprocess.run(["bash", str(script), "pipe", "a-s0,b-s0", "--tf32"], env=env, capture_output=True,
+                         text=True, cwd=tree)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    text = _log_once(keep / "campaign-pipe.log", lambda t: sum(x.startswith("python3") for x in t.splitlines()) >= 6)
+    common = f"--out {keep}/runs --teacher {keep}/SmolLM2-135M-Instruct.Q4_1.gguf"
+    lines = [x for x in text.splitlines() if x.startswith("python3")]
+    want = {
+        (phase, arm): f"python3 -m experiments.recall {phase} {common} --only {arm} --concurrent 1"
+        + ("" if phase == "train" else " --tf32")
+        for arm in ("a-s0", "b-s0")
+        for phase in ("train", "screen", "full")
+    }
+    assert sorted(lines) == sorted(want.values())
+    at = {key: lines.index(line) for key, line in want.items()}
+    for arm in ("a-s0", "b-s0"):
+        assert at["train", arm] < at["screen", arm] < at["full", arm]
+    assert at["train", "a-s0"] < at["train", "b-s0"]
+    bare = subprocess.run(["bash", str(script), "pipe"], env=env, capture_output=True, text=True, cwd=tree)
     assert bare.returncode == 2 and "usage:" in bare.stdout
 
 
