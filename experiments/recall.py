@@ -297,29 +297,31 @@ def _trained(out: Path) -> list[str]:
     return [n for n in ARMS if (out / n / "student" / "config.json").is_file()]
 
 
+def _to_score(args, phase: str) -> list[str]:
+    """The trained arms a scoring phase takes: --only's (an unknown name is an error, an untrained one is skipped
+    with a line), else every trained arm."""
+    trained = _trained(Path(args.out))
+    if not args.only:
+        return trained
+    names = args.only.split(",")
+    unknown = [n for n in names if n not in ARMS]
+    if unknown:
+        raise SystemExit(f"{phase}: no arm {', '.join(unknown)} in experiments/recall.py ARMS")
+    untrained = [n for n in names if n not in trained]
+    if untrained:
+        print(f"{phase}: not trained yet, skipped: {', '.join(untrained)}", flush=True)
+    return [n for n in names if n in trained]
+
+
 def screen(args) -> dict:
     """The teacher and the trained arms (--only: those of them) on the screen, each once."""
-    trained = _trained(Path(args.out))
-    names = [n for n in trained if n in args.only.split(",")] if args.only else trained
-    cmds = score_commands(args, "screen", ["teacher", *names])
+    cmds = score_commands(args, "screen", ["teacher", *_to_score(args, "screen")])
     return campaign.launch(cmds, _concurrent(args, "screen"))
 
 
 def full(args) -> dict:
     """The finalists (--only; else every trained arm) and the teacher on the full zero-shot sets, each once."""
-    out = Path(args.out)
-    trained = _trained(out)
-    names = trained
-    if args.only:
-        names = args.only.split(",")
-        unknown = [n for n in names if n not in ARMS]
-        if unknown:
-            raise SystemExit(f"full: no arm {', '.join(unknown)} in experiments/recall.py ARMS")
-        untrained = [n for n in names if n not in trained]
-        if untrained:
-            print(f"full: not trained yet, skipped: {', '.join(untrained)}", flush=True)
-        names = [n for n in names if n in trained]
-    cmds = score_commands(args, "full", ["teacher", *names])
+    cmds = score_commands(args, "full", ["teacher", *_to_score(args, "full")])
     return campaign.launch(cmds, _concurrent(args, "full")) if cmds else {}
 
 

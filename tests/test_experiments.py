@@ -882,6 +882,8 @@ def test_recall_screen_only_scores_the_arms_named(tmp_path, monkeypatch):
     )  # fmt: skip
     assert recall.screen(args) == ["teacher", "mamba2"]
     assert recall.screen(argparse.Namespace(**{**vars(args), "only": None})) == ["teacher", "ssd", "mamba2"]
+    with pytest.raises(SystemExit, match="screen: no arm mamba3"):  # a misspelt arm is an error, not a silent skip
+        recall.screen(argparse.Namespace(**{**vars(args), "only": "mamba2,mamba3"}))
 
 
 def test_recall_probe_times_the_sampler_per_batch_size(teacher_dir, tmp_path, monkeypatch, capsys):
