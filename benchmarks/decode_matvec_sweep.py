@@ -3,7 +3,8 @@ decode_step.py's SSD step), swept on the GPU.
 
 For each product of an SSD block's step (norm + in_proj, norm + gate + up, out_proj + residual, down + residual) and
 each batch, every candidate setting of the kernel that batch takes (the register kernel below DOT_MIN_BATCH: BLOCK_N x
-num_warps; the tensor-core one from there: BLOCK_N x BK x num_warps x num_stages) is first checked against the PyTorch
+num_warps; the tensor-core one from there: BLOCK_N x BK x num_warps x num_stages, and around its default tile BLOCK_B x
+the K split) is first checked against the PyTorch
 reference, then timed the way a decoding step runs it: one CUDA graph launching it once per layer over that layer's own
 weights (the whole model's: more than the L2 cache holds, as in a step). Beside them, in the same way: the plain
 products (F.rms_norm, F.linear on cuBLAS, F.silu and the residual add as PyTorch ops), the module's default setting, and
@@ -53,6 +54,10 @@ MATVEC_WARPS = (2, 4, 8)
 DOT_BLOCK_N = (16, 32, 64)
 DOT_BLOCK_K = (64, 128)
 DOT_WARPS_STAGES = ((4, 3), (4, 4), (8, 3))
+# around the tensor-core kernel's default tile: sequences per program (more programs, each weight read again from
+# L2) and K split over programs per tile (a shorter K loop each, plus the last program's sum of the partials)
+DOT_BLOCK_B = (16, 32, 64)
+DOT_SPLIT = (1, 2, 3, 4)
 
 
 def layer_products(student, batch: int, device, dtype) -> dict[str, list[dict]]:
@@ -182,10 +187,17 @@ def candidates(batch: int, n: int, k: int, gated: bool) -> list[dict]:
             for bn, (w, st) in itertools.product(DOT_BLOCK_N[:2], DOT_WARPS_STAGES[:1])
         ]
         return matvec + (padded if batch > 1 else [])
-    return [
+    grid = [
         {"path": "dot", "block_n": bn, "block_k": bk, "num_warps": w, "num_stages": st}
         for bn, bk, (w, st) in itertools.product(DOT_BLOCK_N, DOT_BLOCK_K, DOT_WARPS_STAGES)
     ]
+    base = default_setting(batch, n, k, gated)
+    around = [
+        base | {"block_b": bb, "split_k": sp}
+        for bb, sp in itertools.product(DOT_BLOCK_B, DOT_SPLIT)
+        if bb <= max(16, 1 << (batch - 1).bit_length()) and (bb, sp) != (base["block_b"], 1)
+    ]
+    return grid + around
 
 
 def default_setting(batch: int, n: int, k: int, gated: bool) -> dict:
@@ -193,8 +205,10 @@ def default_setting(batch: int, n: int, k: int, gated: bool) -> dict:
     if batch < dm.DOT_MIN_BATCH:
         bn, kb = dm.block_sizes(n, k, gated)
         return {"path": "matvec", "block_n": bn, "num_warps": dm.matvec_warps(bn, kb, gated)}
-    _, bn, bk, st = dm.dot_block_sizes(batch, n, k)
-    return {"path": "dot", "block_n": bn, "block_k": bk, "num_warps": 4, "num_stages": st}
+    bb, bn, bk, st = dm.dot_block_sizes(batch, n, k)
+    return {"path": "dot", "block_n": bn, "block_k": bk, "num_warps": 4, "num_stages": st} | (
+        {"block_b": bb, "split_k": dm.dot_split(batch, n, k)}
+    )
 
 
 def try_settings(settings: list[dict], error, timer, tol: float) -> dict:
@@ -293,8 +307,9 @@ def describe(s: dict | None) -> str:
     if s is None:
         return "-"
     keys = {"matvec": ("block_n", "num_warps"), "step": ("num_warps",)}.get(
-        s["path"], ("block_n", "block_k", "num_warps", "num_stages")
+        s["path"], ("block_b", "block_n", "block_k", "split_k", "num_warps", "num_stages")
     )
+    keys = [k for k in keys if k in s]
     return f"{s['path']} " + ", ".join(f"{k}={s[k] if s[k] is not None else 'triton'}" for k in keys)
 
 

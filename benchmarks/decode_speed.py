@@ -41,6 +41,7 @@ from mohawk.mixers.kernels.decode_matvec import (
     MAX_BATCH,
     PDL_CHOICES,
     decode_matvec_choice,
+    dot_split,
 )
 from mohawk.models import graphs
 from mohawk.parallel import resolve_device
@@ -239,7 +240,21 @@ def main():
         "before): auto (generate's default) at the register kernel's batches, 1 at all, 0 at none; sets "
         "MOHAWK_DECODE_PDL; default: the environment's, else auto. 0 and 1 name their files apart",
     )  # fmt: skip
+    ap.add_argument(
+        "--decode-split", default=None,
+        help="the tensor-core product kernel's K split (16-64 sequences): programs per output tile, each over part "
+        "of K, the last adding up the partial sums; auto (generate's default: mohawk.mixers.kernels.decode_matvec."
+        "dot_split) or a whole number for every product; sets MOHAWK_DECODE_SPLIT; default: the environment's, else "
+        "auto. A number names its files apart",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.decode_split:
+        os.environ["MOHAWK_DECODE_SPLIT"] = args.decode_split
+    args.decode_split = os.environ.get("MOHAWK_DECODE_SPLIT", "auto")
+    try:  # a bad value: one clear error before any model is built
+        dot_split(DOT_MIN_BATCH, 1, 1)
+    except ValueError as e:
+        raise SystemExit(f"decode_speed: {e}") from None
     if args.decode_matvec:
         os.environ["MOHAWK_DECODE_MATVEC"] = args.decode_matvec
     args.decode_matvec = decode_matvec_choice()
@@ -321,6 +336,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "bandwidth_gbs": args.bandwidth_gbs,
         "decode_matvec": matvec,
         "decode_pdl": getattr(args, "decode_pdl", "auto"),
+        "decode_split": getattr(args, "decode_split", "auto"),
         "rows": rows,
     }
     lines = [
@@ -352,7 +368,13 @@ def save(args, device, dtype, rows: list[dict]) -> None:
             "the default)",
             "0": ", no programmatic dependent launch (`--decode-pdl 0`)",
             "1": ", the fused kernels launched with programmatic dependent launch at every batch (`--decode-pdl 1`)",
-        }[payload["decode_pdl"]],
+        }[payload["decode_pdl"]]
+        + (
+            ""
+            if payload["decode_split"] == "auto"
+            else f", the tensor-core products' K split over {payload['decode_split']} programs a tile "
+            f"(`--decode-split {payload['decode_split']}`)"
+        ),
         f"- roofline: (weights + state or KV bytes a step reads and writes) / {args.bandwidth_gbs:,.0f} GB/s; "
         "'x roofline' = measured / roofline; TTFT = prefill to the first token; kernels = CUDA kernels in one student "
         "step (torch.profiler over one replay of the one-step graph)",
@@ -390,6 +412,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
             ]
     mixer = ("" if args.mixer == "ssd" else f"-{args.mixer}") + ("" if matvec == "auto" else f"-{matvec}")
     mixer += {"auto": "", "0": "-nopdl", "1": "-pdl"}[payload["decode_pdl"]]
+    mixer += "" if payload["decode_split"] == "auto" else f"-split{payload['decode_split']}"
     write(f"decode_speed-{args.model}{mixer}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

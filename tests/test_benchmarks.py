@@ -310,6 +310,21 @@ def test_decode_speed_matvec_choices_are_their_own_files(tmp_path, monkeypatch, 
         assert payload["decode_matvec"] == (choice or "auto") and payload["decode_pdl"] == (pdl or "auto")
         text = next(out.glob("*.md")).read_text()
         assert f"(`--decode-matvec {choice or 'auto'}" in text and f"(`--decode-pdl {pdl or 'auto'}`" in text
+        assert payload["decode_split"] == "auto" and "--decode-split" not in text
+    # --decode-split N: MOHAWK_DECODE_SPLIT for the run, its own file name, payload and text; a bad value is one
+    # clear error before anything runs
+    os.environ.pop("MOHAWK_DECODE_MATVEC", None)
+    os.environ.pop("MOHAWK_DECODE_PDL", None)
+    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--decode-split", "2", "--out", str(tmp_path / "s")])
+    decode_speed.main()
+    assert os.environ["MOHAWK_DECODE_SPLIT"] == "2"
+    (js,) = (tmp_path / "s").glob("decode_speed-*.json")
+    assert js.name.startswith("decode_speed-tiny-split2-") and json.loads(js.read_text())["decode_split"] == "2"
+    assert "(`--decode-split 2`)" in next((tmp_path / "s").glob("*.md")).read_text()
+    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--decode-split", "0", "--out", str(tmp_path / "z")])
+    with pytest.raises(SystemExit, match="MOHAWK_DECODE_SPLIT='0'"):
+        decode_speed.main()
+    assert not (tmp_path / "z").exists()
 
 
 def test_stage_throughput_times_the_mixer_it_is_given(tmp_path, monkeypatch):
@@ -370,6 +385,8 @@ def test_decode_matvec_sweep_checks_each_setting_before_timing_it(tmp_path, monk
         assert r["default"] in [t["setting"] for t in r["top"]]  # timed beside the candidates
     for r in rows[4:]:
         assert r["best"]["setting"]["path"] == "dot" and not r["failed"]
+        # around the default tile: K split over 2-4 programs, each checked (none failed) and timed
+        assert {t["setting"].get("split_k") for t in r["top"]} >= {2, 3, 4}
     md = next(tmp_path.glob("*.md")).read_text()
     assert md.count("A step's products") == 2 and "## 16 sequences" in md and "ssd_step" not in md  # no fused step
     monkeypatch.setattr(sys, "argv", [*argv[:-1], "65", "--out", str(tmp_path)])

@@ -75,6 +75,69 @@ def test_dot_kernel_equals_reference(kind, dtype, b, bias, n, k, block_n, block_
     torch.testing.assert_close(got, want, **tol)
 
 
+# (b, n, k, block_n, block_k, split): K's chunks split over 2-5 programs per tile, the last split short or empty
+SPLIT_CASES = [
+    (20, 37, 40, 16, 16, 2),
+    (64, 70, 100, 32, 16, 3),
+    (33, 70, 100, 32, 32, 4),
+    (16, 37, 40, 16, 16, 5),
+]
+
+
+@needs_interpreter_or_gpu
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("b,n,k,block_n,block_k,split", SPLIT_CASES)
+def test_split_k_equals_reference_and_leaves_its_counts_at_zero(kind, dtype, b, n, k, block_n, block_k, split):
+    """The tensor-core kernel with K split over programs: the same products as the reference (the norm's sum of
+    squares and the gate need every split's partial sums, so a last program that added only its own, or ran the
+    epilogue before the others, fails here), bit for bit the same on a second launch, and its tile counts back at
+    zero (a count left behind would elect no last program next launch: no output)."""
+    args = _inputs(kind, b, n, k, True, dtype)
+    want = dm.decode_matvec_reference(**args)
+    blocks = dict(block_n=block_n, block_b=16, block_k=block_k, path="dot", split_k=split)
+    got = dm.decode_matvec(**args, **blocks)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(got, want, **tol)
+    assert torch.equal(dm.decode_matvec(**args, **blocks), got)
+    assert all(int(c.count_nonzero()) == 0 for c in dm._COUNTS[got.device])
+
+
+def test_split_switch(monkeypatch):
+    """MOHAWK_DECODE_SPLIT: auto (default) no split until one is measured faster, a whole number that split at every
+    product, anything else one clear error; an explicit split_k= wins over it (the sweep's candidates)."""
+    monkeypatch.delenv("MOHAWK_DECODE_SPLIT", raising=False)
+    assert dm.dot_split(64, 2313, 576) == 1
+    monkeypatch.setenv("MOHAWK_DECODE_SPLIT", "3")
+    assert dm.dot_split(64, 2313, 576) == dm.dot_split(16, 576, 1536) == 3
+    log = []
+    monkeypatch.setattr(dm, "decode_matmul_kernel", _Launches(log))
+    dm.decode_matvec(**_inputs("norm", 16, 24, 40, False, torch.float32, device="cpu"), path="dot")
+    dm.decode_matvec(**_inputs("norm", 16, 24, 40, False, torch.float32, device="cpu"), path="dot", split_k=2)
+    assert [kw["SPLIT"] for kw in log] == [3, 2]
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("MOHAWK_DECODE_SPLIT", bad)
+        with pytest.raises(ValueError, match="MOHAWK_DECODE_SPLIT"):
+            dm.dot_split(64, 2313, 576)
+
+
+def test_tile_counts_are_kept_outside_a_capture_and_grow(monkeypatch):
+    """One zeroed buffer per device serves every launch (a CUDA graph holds its address: it is kept for good);
+    a launch with more tiles than any buffer has gets a new one and the old stays; inside a graph capture a missing
+    buffer is made for that launch alone, not kept."""
+    dev = torch.device("cpu")
+    monkeypatch.setattr(dm, "_COUNTS", {})
+    a = dm.tile_counts(dev, 10)
+    assert a.numel() >= 10 and a.dtype == torch.int32 and int(a.count_nonzero()) == 0
+    assert dm.tile_counts(dev, 20) is a
+    big = dm.tile_counts(dev, a.numel() + 1)
+    assert big is not a and dm._COUNTS[dev] == [a, big]
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    monkeypatch.setattr(torch, "zeros", lambda n, dtype, device: ("made", n))
+    assert dm.tile_counts(cuda, 7) == ("made", 7) and cuda not in dm._COUNTS
+
+
 def _strided(t, pad):
     """t (rows, cols) as a column slice of a wider tensor: the same values, a row stride of cols + pad."""
     wide = torch.randn(t.shape[0], t.shape[1] + pad, dtype=t.dtype, device=t.device)
@@ -227,6 +290,29 @@ def test_dot_kernel_equals_reference_on_cuda(kind, n, k, b, dtype):
         torch.testing.assert_close(dm.decode_matvec(**args, path=path).cpu(), want, **tol)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind,n,k", [("norm", 2313, 576), ("gated", 1536, 576), ("residual", 576, 1536)])
+@pytest.mark.parametrize("split", [2, 3, 4])
+def test_split_k_equals_reference_on_cuda_in_a_graph(kind, n, k, split):
+    """Split K compiled on a GPU at 64 sequences, SmolLM2's sizes, bfloat16, launched eagerly and replayed 20 times in
+    a CUDA graph with fresh inputs each time: every replay's output is the reference's for its inputs (the last
+    program's election and its reads of the other programs' partials hold across programs and replays)."""
+    args = _inputs(kind, 64, n, k, True, torch.bfloat16, device="cuda")
+    tol = {"atol": 3e-2, "rtol": 2e-2}
+    torch.testing.assert_close(dm.decode_matvec(**args, split_k=split), dm.decode_matvec_reference(**args), **tol)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = dm.decode_matvec(**args, split_k=split)
+    for seed in range(1, 21):
+        fresh = _inputs(kind, 64, n, k, True, torch.bfloat16, device="cuda", seed=seed)
+        args["x"].copy_(fresh["x"])
+        if "residual" in args:
+            args["residual"].copy_(fresh["residual"])
+        graph.replay()
+        torch.testing.assert_close(out, dm.decode_matvec_reference(**args), **tol)
+
+
 def test_pdl_switch(monkeypatch):
     """Programmatic dependent launch on CUDA GPUs of compute capability 9 or more, never on the CPU or in Triton's
     interpreter: by default (auto) at the register kernel's batches only (below DOT_MIN_BATCH: faster there on an
@@ -286,6 +372,7 @@ _MATVEC_ARGS = dict(
     s_w2n="i32", b2_ptr="*bf16", r_ptr="*bf16", s_rb="i32", y_ptr="*bf16", s_yb="i32", B="i32", N="i32", K="i32",
     eps="fp32",
 )  # fmt: skip
+_MATMUL_ARGS = _MATVEC_ARGS | dict(part_ptr="*fp32", ss_ptr="*fp32", count_ptr="*i32")
 _FLAGS = dict(NORM=False, HAS_BIAS=False, GATED=False, RESIDUAL=False)
 
 
@@ -301,8 +388,8 @@ def test_pdl_kernels_compile_for_hopper():
     mv, mm, st, off = hopper_ptx(
         (mod, "decode_matvec_kernel", _MATVEC_ARGS, dict(BLOCK_N=4, KB=1024, **_FLAGS, PDL=True),
          dict(num_warps=8, launch_pdl=True)),
-        (mod, "decode_matmul_kernel", _MATVEC_ARGS,
-         dict(BLOCK_B=16, BLOCK_N=16, BK=64, **_FLAGS, IEEE=False, UPCAST=False, PDL=True),
+        (mod, "decode_matmul_kernel", _MATMUL_ARGS,
+         dict(BLOCK_B=16, BLOCK_N=16, BK=64, SPLIT=1, **_FLAGS, IEEE=False, UPCAST=False, PDL=True),
          dict(num_warps=4, launch_pdl=True)),
         (step, "decode_step_kernel", STEP_ARGS, step_constexprs(PDL=True), dict(num_warps=8, launch_pdl=True)),
         (mod, "decode_matvec_kernel", _MATVEC_ARGS, dict(BLOCK_N=4, KB=1024, **_FLAGS, PDL=False), dict(num_warps=8)),
@@ -313,3 +400,23 @@ def test_pdl_kernels_compile_for_hopper():
     assert before > 0 and after > 0, (before, after)  # the weights before the wait, x after it
     assert loads_around_wait(mm)[0] == 0 and loads_around_wait(st)[0] == 0
     assert not any("griddepcontrol" in line for line in off)
+
+
+@pytest.mark.skipif(dm.triton is None, reason="needs triton")
+def test_split_k_kernel_compiles_for_hopper_with_its_ordering():
+    """Compiled for an H100 with K split in 3 (norm, gate, residual): every thread's partial sums are stored and the
+    block synchronised (bar.sync) before one acquire-release atomic add at GPU scope on the tile's count, and the last
+    program reads the partials past L1 (ld.global.cg) after it: without this order a last program could add up
+    partials not yet written, which Triton's interpreter (one program at a time) cannot show."""
+    flags = dict(NORM=True, HAS_BIAS=False, GATED=True, RESIDUAL=True)
+    (ptx,) = hopper_ptx(
+        ("mohawk.mixers.kernels.decode_matvec", "decode_matmul_kernel", _MATMUL_ARGS,
+         dict(BLOCK_B=64, BLOCK_N=16, BK=64, SPLIT=3, **flags, IEEE=False, UPCAST=False, PDL=False),
+         dict(num_warps=4)),
+    )  # fmt: skip
+    (atom,) = [i for i, line in enumerate(ptx) if "atom." in line]
+    assert ".acq_rel" in ptx[atom] and ".gpu" in ptx[atom] and ".add" in ptx[atom], ptx[atom]
+    stores = [i for i, line in enumerate(ptx) if "st.global" in line]
+    assert any(i < atom for i in stores)
+    assert any("bar.sync" in line or "barrier.sync" in line for line in ptx[max(i for i in stores if i < atom) : atom])
+    assert any("ld.global.cg" in line for line in ptx[atom:])

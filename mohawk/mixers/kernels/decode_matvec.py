@@ -25,6 +25,10 @@ hidden or intermediate size. :func:`decode_matvec` takes one of two kernels by t
   accumulates from the same chunks, and its 1/rms, one scalar a row, scales the tile after the loop (n(x) W^T =
   rstd * ((x * w) W^T): one pass over x). Float32 weights take an IEEE float32 dot, not TF32 (float32 is the checking
   precision: the products of both kernels are the reference's). In Triton's interpreter the products are float32.
+  With a K split (``split_k`` > 1) each tile is split_k programs, each over a run of the chunks: they store float32
+  partial sums (and the norm's partial sums of squares) in a workspace and count themselves in with an atomic add;
+  the last to arrive adds every partial in split order and runs the epilogue. A shorter loop per program for
+  more programs, where a tile's serial K loop is the step's latency.
 
 Both keep the bias, the SiLU gate and the residual add in the epilogue and compute in float32 from bf16 / float32
 inputs; the output has x's dtype (the residual's with one). :func:`decode_matvec_reference` computes the same in
@@ -175,16 +179,17 @@ if triton is not None:
     @triton.jit
     def decode_matmul_kernel(
         x_ptr, s_xb, nw_ptr, w_ptr, s_wn, b_ptr, w2_ptr, s_w2n, b2_ptr, r_ptr, s_rb, y_ptr, s_yb,
-        B, N, K, eps,
-        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BK: tl.constexpr,
+        B, N, K, eps, part_ptr, ss_ptr, count_ptr,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
         NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
         IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         if PDL:  # the next kernel may start while this one runs; this one waits for the one before
             tl.extra.cuda.gdc_launch_dependents()
             tl.extra.cuda.gdc_wait()
-        offs_b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        pid_n, pid_b = tl.program_id(0), tl.program_id(1)
+        offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mb = offs_b < B
         mn = offs_n < N
         acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
@@ -192,7 +197,11 @@ if triton is not None:
             acc2 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
         if NORM:
             ss = tl.zeros((BLOCK_B,), dtype=tl.float32)
-        for k0 in range(0, K, BK):
+        # split K: program (pid_n, pid_b, s) takes the s-th run of whole BK chunks
+        k_per = tl.cdiv(tl.cdiv(K, BK), SPLIT) * BK
+        k_lo = tl.program_id(2) * k_per
+        k_hi = tl.minimum(K, k_lo + k_per)
+        for k0 in range(k_lo, k_hi, BK):
             offs_k = k0 + tl.arange(0, BK)
             mk = offs_k < K
             x = tl.load(x_ptr + offs_b[:, None] * s_xb + offs_k[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
@@ -219,6 +228,48 @@ if triton is not None:
                 acc = tl.dot(x, tl.trans(w), acc)
                 if GATED:
                     acc2 = tl.dot(x, tl.trans(w2), acc2)
+        if SPLIT > 1:  # partial sums to the workspace; the tile's last program to finish adds them up
+            tile = pid_b * tl.num_programs(0) + pid_n
+            parts = (tl.num_programs(1) * tl.num_programs(0)) * (BLOCK_B * BLOCK_N)  # one split's workspace
+            offs = (
+                tile * (BLOCK_B * BLOCK_N) + tl.arange(0, BLOCK_B)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+            )
+            tl.store(part_ptr + tl.program_id(2) * parts + offs, acc)
+            if GATED:
+                tl.store(part_ptr + (SPLIT + tl.program_id(2)) * parts + offs, acc2)
+            offs_ss = tile * BLOCK_B + tl.arange(0, BLOCK_B)
+            if NORM:
+                tl.store(ss_ptr + tl.program_id(2) * (parts // BLOCK_N) + offs_ss, ss)
+            tl.debug_barrier()  # every thread's partials written before the count says so (release, GPU scope)
+            done = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+            last = done == SPLIT - 1
+            if last:  # the others' partials, read past L1; the counter back to 0 for the next launch
+                acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+                if GATED:
+                    acc2 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+                if NORM:
+                    ss = tl.zeros((BLOCK_B,), dtype=tl.float32)
+                for sp in range(SPLIT):  # a fixed order: the sum does not depend on which program came last
+                    acc += tl.load(part_ptr + sp * parts + offs, cache_modifier=".cg")
+                    if GATED:
+                        acc2 += tl.load(part_ptr + (SPLIT + sp) * parts + offs, cache_modifier=".cg")
+                    if NORM:
+                        ss += tl.load(ss_ptr + sp * (parts // BLOCK_N) + offs_ss, cache_modifier=".cg")
+                tl.store(count_ptr + tile, 0)
+        else:
+            last = True
+        if last:
+            _matmul_epilogue(
+                acc, acc2 if GATED else acc, ss if NORM else acc, offs_b, offs_n, mb, mn, b_ptr, b2_ptr, r_ptr,
+                s_rb, y_ptr, s_yb, K, eps, NORM, HAS_BIAS, GATED, RESIDUAL,
+            )  # fmt: skip
+
+    @triton.jit
+    def _matmul_epilogue(
+        acc, acc2, ss, offs_b, offs_n, mb, mn, b_ptr, b2_ptr, r_ptr, s_rb, y_ptr, s_yb, K, eps,
+        NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
+    ):  # fmt: skip
+        """The tile's norm scale, bias, SiLU gate and residual add, then its store."""
         if NORM:
             rstd = tl.rsqrt(ss / K + eps)[:, None]
             acc = acc * rstd
@@ -283,6 +334,36 @@ def dot_block_sizes(b: int, n: int, k: int) -> tuple[int, int, int, int | None]:
     return bb, bn, 64, None
 
 
+def dot_split(b: int, n: int, k: int) -> int:
+    """The tensor-core kernel's K split (programs per output tile) for ``b`` sequences of an (n, k) product:
+    MOHAWK_DECODE_SPLIT=N (a whole number >= 1) at every product, or ``auto`` (default): 1, no split, until the GPU
+    sweep (benchmarks/decode_matvec_sweep.py) measures a split faster at a batch and product."""
+    flag = os.environ.get("MOHAWK_DECODE_SPLIT", "auto")
+    if flag == "auto":
+        return 1
+    if not flag.isdigit() or int(flag) < 1:
+        raise ValueError(f"MOHAWK_DECODE_SPLIT={flag!r}: expected auto or a whole number >= 1")
+    return int(flag)
+
+
+_COUNTS: dict[torch.device, list[Tensor]] = {}
+
+
+def tile_counts(device: torch.device, tiles: int) -> Tensor:
+    """int32 zeros, one per output tile, with which a split-K launch elects each tile's last program; every launch
+    leaves them at zero, so one buffer serves every launch on a device's stream, CUDA graph replays included. Made
+    outside a graph capture and kept for good (a captured graph holds its address); inside a capture with none big
+    enough, made for that launch alone (the graph zeroes it each replay)."""
+    for buf in _COUNTS.get(device, []):
+        if buf.numel() >= tiles:
+            return buf
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.zeros(tiles, dtype=torch.int32, device=device)
+    buf = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
+    _COUNTS.setdefault(device, []).append(buf)
+    return buf
+
+
 def decode_matvec(
     x: Tensor,
     weight: Tensor,
@@ -296,6 +377,7 @@ def decode_matvec(
     block_n: int | None = None,
     block_b: int | None = None,
     block_k: int | None = None,
+    split_k: int | None = None,
     path: str | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
@@ -305,7 +387,9 @@ def decode_matvec(
     :data:`DOT_MIN_BATCH` sequences, ``decode_matmul_kernel`` (tensor cores) from there, or the one ``path`` names
     (``"matvec"`` or ``"dot"``: tests). ``block_n``: output rows per program, a power of two (16 or more for the dot
     kernel); ``block_b`` and ``block_k``: the dot kernel's sequences per program and K chunk, powers of two >= 16;
-    defaults :func:`block_sizes`'s and :func:`dot_block_sizes`'s; ``num_warps`` and ``num_stages`` (software
+    ``split_k``: the dot kernel's programs per output tile, each over 1/split_k of K's chunks (float32 partial sums
+    in a workspace, added up in a fixed order by the tile's last program, which then runs the epilogue); defaults
+    :func:`block_sizes`'s, :func:`dot_block_sizes`'s and :func:`dot_split`'s; ``num_warps`` and ``num_stages`` (software
     pipelining of the dot kernel's K loop) default to this module's and Triton's choice
     (benchmarks/decode_matvec_sweep.py times the alternatives); ``pdl``: programmatic dependent launch, default
     :func:`decode_pdl`'s. Rows of x, weight, up_weight and residual need a unit last stride; ``up_bias`` is given
@@ -337,10 +421,21 @@ def decode_matvec(
     if path == "dot":
         bb, bn, bk, st = dot_block_sizes(b, n, k)
         bb, bn, bk, st = block_b or bb, block_n or bn, block_k or bk, num_stages or st
+        split = split_k or dot_split(b, n, k)
         assert min(bb, bn, bk) >= 16, "tl.dot needs tiles of 16 or more"
+        assert split >= 1, split
         stages = {} if st is None else {"num_stages": st}
-        decode_matmul_kernel[(triton.cdiv(n, bn), triton.cdiv(b, bb))](
-            *args, BLOCK_B=bb, BLOCK_N=bn, BK=bk, **flags, IEEE=weight.dtype == torch.float32,
+        grid = (triton.cdiv(n, bn), triton.cdiv(b, bb), split)
+        if split > 1:  # per split: the tiles' float32 partial products (both of the gated kernel's), sums of squares
+            tiles = grid[0] * grid[1]
+            part = torch.empty(split * (2 if gated else 1) * tiles * bb * bn, dtype=torch.float32, device=x.device)
+            ss = torch.empty(split * tiles * bb, dtype=torch.float32, device=x.device)
+            count = tile_counts(x.device, tiles)
+        else:
+            part = ss = count = y  # not read
+        decode_matmul_kernel[grid](
+            *args, part, ss, count, BLOCK_B=bb, BLOCK_N=bn, BK=bk, SPLIT=split, **flags,
+            IEEE=weight.dtype == torch.float32,
             UPCAST=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps or 4, **stages,
             **pdl_launch(pdl, x.device, b),
         )  # fmt: skip
