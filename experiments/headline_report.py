@@ -760,7 +760,8 @@ def _todo_lines(todo: list[dict], arms: dict, doc: dict) -> list[str]:
         "",
         f"{len(todo)} planned runs are not complete (trained, screened, scored on the full sets). On the GPU "
         f"machine, each step followed by `{CAMPAIGN} wait` until it ends (results/README.md, GPU queue); then the "
-        f"small files of `$OUT/runs.tgz` into the recall runs, and this page made again: `{REPORT}`.",
+        "finished runs' small files into the recall runs (`python3 -m experiments.recall unpack --out "
+        f"results/recall/runs runs.tgz`), and this page made again: `{REPORT}`.",
     ]
     if not (doc["teacher"].get("full") or {}).get("mean"):
         lines += ["", "The teacher has no full-set scores yet: the first `full` step scores it."]

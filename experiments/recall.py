@@ -6,6 +6,7 @@ student screened on the metrics that separate arms cheaply.
     python3 -m experiments.recall screen --out runs/recall [--concurrent N]
     python3 -m experiments.recall full   --out runs/recall [--only A,B] [--concurrent N]   # finalists: full sets
     python3 -m experiments.recall report --out runs/recall --results results/recall
+    python3 -m experiments.recall unpack --out results/recall/runs runs.tgz [runs.tgz ...]  # the GPU's files, here
 
 The screen: full LAMBADA, every 5th HellaSwag item (2,009: its two sources in proportion; screens before 2026-12-06
 took the first 2,000, all ActivityNet), perplexity / agreement on 256 held-out sequences, and
@@ -331,6 +332,59 @@ def report(args) -> Path:
     return write_recall_report(Path(args.out), Path(args.results), ARMS, baselines=BASELINES)
 
 
+TRAINED_FILES = ("config.yaml", "metrics.jsonl", "report.md", "summary.json")  # an arm's committed training files
+
+
+def unpack(args) -> dict:
+    """The small files of ``args.archives`` (`bash scripts/gpu_campaign.sh wait`'s runs.tgz, in the order given:
+    a later one overwrites an earlier) into ``args.out``, the committed runs: each arm of ARMS whose training
+    finished (summary.json with "final") its TRAINED_FILES and command; each screen or full-set scoring of an arm
+    that finished (results.json) that file and its command; probe.json. Not taken: logs, the teacher's scorings
+    (committed once), a cut training or scoring (its command alone would claim a result there is none of), a
+    folder that is no arm (named in the summary). {"trained": [...], "screen": [...], "full": [...], "skipped":
+    [...]}."""
+    import tarfile
+    import tempfile
+
+    out, done = Path(args.out), {"trained": [], "screen": [], "full": [], "skipped": []}
+    if not args.archives:
+        raise SystemExit("unpack: name the runs.tgz files to unpack")
+    for archive in args.archives:
+        if not Path(archive).is_file():
+            raise SystemExit(f"unpack: no file {archive}")
+        with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+            src = Path(tmp)
+            for d in sorted(p for p in src.iterdir() if p.is_dir() and p.name not in ("screen", "full")):
+                summary = d / "summary.json"
+                if d.name not in ARMS or not summary.is_file() or "final" not in json.loads(summary.read_text()):
+                    done["skipped"].append(d.name)
+                    continue
+                (out / d.name).mkdir(parents=True, exist_ok=True)
+                for f in TRAINED_FILES:
+                    if (d / f).is_file():
+                        (out / d.name / f).write_bytes((d / f).read_bytes())
+                cmd = src / f"{d.name}.command.txt"
+                if cmd.is_file():
+                    (out / cmd.name).write_bytes(cmd.read_bytes())
+                done["trained"].append(d.name)
+            for phase in ("screen", "full"):
+                for res in sorted((src / phase).glob("*/results.json")):
+                    name = res.parent.name
+                    if name == "teacher" or name not in ARMS:
+                        continue
+                    (out / phase / name).mkdir(parents=True, exist_ok=True)
+                    (out / phase / name / "results.json").write_bytes(res.read_bytes())
+                    cmd = src / f"{phase}-{name}.command.txt"
+                    if cmd.is_file():
+                        (out / cmd.name).write_bytes(cmd.read_bytes())
+                    done[phase].append(name)
+            if (src / "probe.json").is_file():
+                (out / "probe.json").write_bytes((src / "probe.json").read_bytes())
+    done["skipped"] = [n for n in done["skipped"] if n not in done["trained"]]  # cut in one archive, done in a later
+    return {k: sorted(set(v)) for k, v in done.items()}
+
+
 def _batches(text: str) -> list[int]:
     """--sample-batches: comma-separated positive integers."""
     try:
@@ -346,9 +400,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     phases = {
         "probe": probe, "train": train, "screen": screen, "screen-one": screen_one, "full": full,
-        "full-one": lambda a: screen_one(a, full=True), "report": report,
+        "full-one": lambda a: screen_one(a, full=True), "report": report, "unpack": unpack,
     }  # fmt: skip
     ap.add_argument("phase", choices=list(phases))
+    ap.add_argument("archives", nargs="*", help="unpack: runs.tgz files from the GPU machine, oldest first")
     ap.add_argument("--out", default="runs/recall")
     ap.add_argument("--teacher", default="smollm2-135m")
     ap.add_argument("--device", default="cuda")
@@ -387,7 +442,9 @@ def main() -> None:
     ap.add_argument("--model", help="screen-one/full-one: a student directory or 'teacher'")
     ap.add_argument("--dest", help="screen-one/full-one: where results.json goes")
     ap.add_argument("--results", default="results/recall", help="report: where results.json and README.md go")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # unpack's archives may come after the options
+    if args.archives and args.phase != "unpack":
+        ap.error(f"{args.phase} takes no archives (only unpack does): {' '.join(args.archives)}")
     print(phases[args.phase](args))
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -283,7 +284,6 @@ print("done", args[0])
 
 def _fake_campaign(tmp_path, monkeypatch, argv: list[str]) -> tuple[int, str, str, dict]:
     """run_all.main(argv + --run's paths) with the fake mohawk; (exit, root, into, {run: its commands' records})."""
-    import sys
 
     from experiments import campaign
 
@@ -304,7 +304,6 @@ def _fake_campaign(tmp_path, monkeypatch, argv: list[str]) -> tuple[int, str, st
 def test_run_runs_n_at_once_and_collects(tmp_path, monkeypatch, capsys):
     """--run 2 runs the queue's runs two at once (never three), each run's commands in order with one log per run,
     then collects their small files as --collect does."""
-    import sys
 
     code, root, into, by_run = _fake_campaign(tmp_path, monkeypatch, ["--run", "2", "--first", "3"])
     assert code == 0 and sorted(by_run) == ["mohawk-s0", "stages-2-3-s0", "teacher"]
@@ -351,7 +350,6 @@ def test_run_requeues_a_run_out_of_memory_and_spreads_over_gpus(tmp_path, monkey
 def test_cpu_dry_run_of_a_queued_run_end_to_end(teacher_dir, tmp_path, monkeypatch):
     """The exact GPU commands of a run, shrunk (tiny teacher, 4,096 tokens, 4 items per task) and run on the CPU:
     distill, both screening evaluations, the collection of its small files and the report that counts it made."""
-    import sys
 
     root, results = tmp_path / "runs", tmp_path / "10m"
     corpus = teacher_dir.parent / "corpus.jsonl"
@@ -611,7 +609,6 @@ def test_recall_concurrency_follows_gpu_memory():
 def test_recall_launch_requeues_a_run_that_ran_out_of_memory(tmp_path, monkeypatch):
     """A run that dies of CUDA out-of-memory beside others runs again once, with --resume and one fewer at once; a run
     that fails otherwise keeps its exit status (no retry loop hides a real error)."""
-    import sys
 
     from experiments import campaign, recall
 
@@ -657,7 +654,6 @@ def test_gpu_campaign_script_steps(tmp_path):
     runs, and `wait` tars the small files of the runs started since `train` (not the committed ones copied in) and
     the teacher text a run sampled, never the weights."""
     import subprocess
-    import sys
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_campaign.sh"
     env = {"PATH": "/usr/bin:/bin", "KEEP": str(tmp_path / "keep"), "OUT": str(tmp_path / "out")}
@@ -796,7 +792,6 @@ def test_recall_full_phase_on_the_cpu_end_to_end(teacher_dir, tmp_path, monkeypa
     """`experiments.recall full` for one tiny arm on the CPU: the teacher and the arm scored on the seven zero-shot
     tasks (2 items each) with per-item scores, perplexity, agreement and passkey, through the campaign's runner; the
     teacher is scored once; an untrained arm is skipped, an unknown one refused."""
-    import sys
 
     from experiments import campaign, recall
     from mohawk.cli import main
@@ -886,11 +881,64 @@ def test_recall_screen_only_scores_the_arms_named(tmp_path, monkeypatch):
         recall.screen(argparse.Namespace(**{**vars(args), "only": "mamba2,mamba3"}))
 
 
+def test_recall_unpack_takes_finished_runs_only(tmp_path, monkeypatch, capsys):
+    """`experiments.recall unpack`: from the GPU machine's runs.tgz, a finished arm's training files and command, a
+    finished scoring's results and command, probe.json; not a cut training (summary without "final": its files and
+    command would stand for a run that never ended), not a scoring's command without its results (the session ended
+    mid-scoring), not the teacher's scorings, not logs, not a folder that is no arm. A later archive wins over an
+    earlier one, and an arm cut in the first but finished in the second is not listed as skipped."""
+    import io
+    import tarfile
+
+    from experiments import recall
+
+    arm, cut = "ssd-gm10-s0", "ssd-gm5-s0"
+
+    def archive(name, files):
+        buf = tmp_path / name
+        with tarfile.open(buf, "w:gz") as tar:
+            for path, text in files.items():
+                data = text.encode()
+                info = tarfile.TarInfo(f"./{path}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return str(buf)
+
+    final = json.dumps({"final": {"perplexity": 1.0}})
+    first = archive("1.tgz", {
+        f"{arm}/summary.json": final, f"{arm}/config.yaml": "a: 1\n", f"{arm}/metrics.jsonl": "{}\n",
+        f"{arm}.command.txt": "distill\n", f"{arm}.log": "log\n",
+        f"{cut}/summary.json": json.dumps({"stages": []}), f"{cut}/metrics.jsonl": "{}\n", f"{cut}.command.txt": "x\n",
+        "not-an-arm/summary.json": final,
+        f"screen/{arm}/results.json": '{"v": 1}', f"screen-{arm}.command.txt": "screen\n",
+        "screen/teacher/results.json": '{"teacher": 1}', "screen-teacher.command.txt": "t\n",
+        f"full-{arm}.command.txt": "full, cut\n", "probe.json": '{"heads": []}',
+    })  # fmt: skip
+    second = archive("2.tgz", {f"{cut}/summary.json": final, f"screen/{arm}/results.json": '{"v": 2}'})
+    out = tmp_path / "runs"
+    monkeypatch.setattr(sys, "argv", ["recall", "unpack", "--out", str(out), first, second])
+    recall.main()
+    got = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert got == sorted([
+        f"{arm}/summary.json", f"{arm}/config.yaml", f"{arm}/metrics.jsonl", f"{arm}.command.txt",
+        f"{cut}/summary.json", f"screen/{arm}/results.json", f"screen-{arm}.command.txt", "probe.json",
+    ])  # fmt: skip
+    assert json.loads((out / "screen" / arm / "results.json").read_text()) == {"v": 2}  # the later archive
+    printed = capsys.readouterr().out
+    assert "'skipped': ['not-an-arm']" in printed and f"'trained': ['{arm}', '{cut}']" in printed
+    monkeypatch.setattr(sys, "argv", ["recall", "unpack", "--out", str(out), str(tmp_path / "none.tgz")])
+    with pytest.raises(SystemExit, match="no file"):
+        recall.main()
+    monkeypatch.setattr(sys, "argv", ["recall", "train", "--out", str(out), first])
+    with pytest.raises(SystemExit):
+        recall.main()
+    assert "takes no archives" in capsys.readouterr().err
+
+
 def test_recall_probe_times_the_sampler_per_batch_size(teacher_dir, tmp_path, monkeypatch, capsys):
     """`recall probe --sample-batches 2,3`: the retrieval probe, then the sampler timed at each batch size into its
     own file (a corpus sampled at another batch size is never reused for a timing), each over at least three batches
     of seq_len tokens, so that a steady rate after the first batch exists."""
-    import sys
 
     from experiments import recall
 
@@ -995,7 +1043,6 @@ def test_gpu_campaign_full_step(tmp_path):
     """`gpu_campaign.sh full ARMS [N]` starts experiments.recall full for those arms (all: every trained one) with N at
     once, refuses without arms, and refuses while the screen still runs (both would take the GPU's memory)."""
     import subprocess
-    import sys
 
     script, env, keep = _echo_campaign(tmp_path)
     (keep / "repo").mkdir(parents=True)
@@ -1085,7 +1132,6 @@ def test_gpu_campaign_chain_returns_while_its_job_runs(tmp_path):
     started, not when it ends (a launch that left the caller's stdout open in the job held such a call for the
     whole campaign, past the device call's limit)."""
     import subprocess
-    import sys
 
     script, env, keep = _echo_campaign(tmp_path)
     (tmp_path / "bin" / "python3").write_text(
@@ -1108,7 +1154,6 @@ def test_gpu_campaign_exp_step(tmp_path):
     committed form, results/experiments/10m) into exp.tgz."""
     import shutil
     import subprocess
-    import sys
 
     script, env, keep = _echo_campaign(tmp_path)
     tree = tmp_path / "tree"
