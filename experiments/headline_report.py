@@ -10,7 +10,7 @@ from pathlib import Path
 
 from experiments.recall import ARMS, CHANCE, EXTRA_SHARDS, HEADLINE
 from experiments.recall_report import SEEDED, collect, full_lines, seed_cell, tf32_lines
-from experiments.report import ZERO_SHOT, read_json
+from experiments.report import ZERO_SHOT, read_json, stage_cells
 from mohawk.evaluation.present import headline, markdown_table
 from mohawk.metrics import write_json
 
@@ -717,17 +717,14 @@ def _runs_lines(table: dict) -> list[str]:
             for arm, r in e["runs"].items():
                 if not r["trained"]:
                     continue
-                st = r["stages"].values()
-                steps = " / ".join(str(s["steps"]) for s in st) or "-"
-                per_update = " / ".join(f"{round(s['tokens'] / s['steps']):,}" if s["steps"] else "-" for s in st)
-                epochs = " / ".join("-" if s["epochs"] is None else f"{s['epochs']:.3f}" for s in st) or "-"
+                steps, per_update, epochs = stage_cells(r["stages"])
                 corpus = f"{r['data']['tokens']:,} (`{r['data']['source']}`)" if r["data"].get("tokens") else "-"
                 if "+" in r["data"].get("source", "") and "mix" not in r["data"]:
                     corpus += ", read in sequence"
                 basis = (
                     "full sets" if r["full"] and r["screened"] else "screen only" if r["screened"] else "not screened"
                 )
-                rows.append([arm, _millions(e["tokens"]), r["seed"], steps, per_update or "-", epochs, corpus, basis])
+                rows.append([arm, _millions(e["tokens"]), r["seed"], steps, per_update, epochs, corpus, basis])
     if not rows:
         return []
     header = ["run", "tokens", "seed", "optimizer steps per stage", "tokens per update per stage", "epochs per stage"]

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mohawk.evaluation.present import markdown_table
+
 ZERO_SHOT = ("hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "lambada_openai")
 # the metrics of a run: (key, column title, higher is better, shown x100)
 METRICS = (
@@ -138,6 +140,16 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def stage_cells(stages: dict) -> tuple[str, str, str]:
+    """("s1 / s2 / s3" optimizer steps, tokens per update, epochs over the corpus) of a run's summary.json
+    "stages" ({stage: {"tokens", "steps", "epochs", ...}}), in stage order; "-" for what is missing."""
+    st = [stages[k] for k in sorted(stages, key=int)]
+    steps = " / ".join(str(s.get("steps", "-")) for s in st) or "-"
+    per_update = " / ".join(f"{round(s['tokens'] / s['steps']):,}" if s.get("steps") else "-" for s in st) or "-"
+    epochs = " / ".join("-" if s.get("epochs") is None else f"{s['epochs']:.3f}" for s in st) or "-"
+    return steps, per_update, epochs
+
+
 def _scores(res: dict | None) -> tuple[dict, dict]:
     """(scores, passkey) of the evaluated model in a `mohawk eval` results.json: the student, or the teacher in a
     teacher-only evaluation."""
@@ -172,13 +184,13 @@ def _mean(d: dict) -> float | None:
 def run_metrics(d: Path) -> dict | None:
     """The metrics of the run in directory ``d`` (None when it has neither a finished summary nor an evaluation):
     ppl, agreement, lambada, hellaswag, screen, passkey, zero_shot, d1 / d2 (mean per-layer stage-1 / stage-2
-    distance right after that stage), d1_transfer (stage-1 distance after weight transfer), tokens (s1, s2, s3)."""
+    distance right after that stage), d1_transfer (stage-1 distance after weight transfer), tokens (s1, s2, s3),
+    stages (summary.json's), device, train_s (the distillation's wall seconds), score_s (its evaluations')."""
     summary = read_json(d / "summary.json")
     if summary is not None and "final" not in summary:
         summary = None
-    screen, passkey = _scores(read_json(d / "screen" / "results.json"))
-    hella, _ = _scores(read_json(d / "screen-hellaswag" / "results.json"))
-    full, _ = _scores(read_json(d / "eval-full" / "results.json"))
+    evals = [read_json(d / w / "results.json") for w in ("screen", "screen-hellaswag", "eval-full")]
+    (screen, passkey), (hella, _), (full, _) = (_scores(e) for e in evals)
     if summary is None and not screen and not hella:
         return None
     final = (summary or {}).get("final", {})
@@ -199,6 +211,8 @@ def run_metrics(d: Path) -> dict | None:
     m["d1_transfer"] = _mean(s.get("distances_before", {}).get("stage1", {}))
     st = s.get("stages", {})
     m["tokens"] = tuple(st.get(str(k), {}).get("tokens", 0) for k in (1, 2, 3)) if st else None
+    m["stages"], m["device"], m["train_s"] = st, s.get("device"), s.get("total_wall_s")
+    m["score_s"] = sum(e["wall_s"] for e in evals if e and e.get("wall_s") is not None) or None
     cmd = d / "command.txt"
     m["commands"] = cmd.read_text().strip().splitlines() if cmd.is_file() else [s.get("command", "")]
     return m
@@ -553,6 +567,7 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
         *[f"| {k}. {claims[k]} | {verdicts[k]} |" for k in claims],
         "",
     ]
+    lines += _runs_made(by_arm)
     root = "/tmp/mohawk-exp"
     lines += [
         "## Queue: planned runs without results",
@@ -589,6 +604,26 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
     lines += _history(history or results.parent / "runs")
     report.write_text("\n".join(lines) + "\n")
     return report
+
+
+def _runs_made(by_arm: dict[str, list[dict]]) -> list[str]:
+    """The runs made, one row each: seed, optimizer steps, tokens per update and epochs per stage, the device, and
+    the wall seconds of the distillation and of its evaluations (several runs may have shared the GPU: see the
+    campaign's notes)."""
+    rows = []
+    for arm, runs in by_arm.items():
+        for m in sorted(runs, key=lambda m: m["seed"]):
+            sec = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
+            rows.append(
+                [f"{arm}-s{m['seed']}", m["seed"], *stage_cells(m["stages"]), m["device"] or "-"]
+                + [sec(m["train_s"]), sec(m["score_s"])]
+            )
+    if not rows:
+        return []
+    head = ["run", "seed", "optimizer steps s1 / s2 / s3", "tokens per update", "epochs per stage", "device"]
+    head += ["training s", "scoring s"]
+    intro = "Each run's stages (summary.json) and wall time (the distillation; its evaluations)."
+    return ["## Runs made", "", intro, "", *markdown_table(head, rows), ""]
 
 
 def _shown(path: Path) -> str:

@@ -156,7 +156,9 @@ def _fake_run(results, name, ppl, lam, hella, d1=None, d2=None, zero_shot=None, 
     d.mkdir(parents=True)
     summary = {
         "final": {"perplexity": ppl, "top1_agreement": 0.7, "kl": 0.5},
-        "stages": {str(s): {"tokens": 1000 * s} for s in stages},
+        "stages": {str(s): {"tokens": 1000 * s, "steps": 10 * s, "epochs": 0.01 * s} for s in stages},
+        "device": "GPU X",
+        "total_wall_s": 100.0,
         "distances_before": {"stage1": {"0": 9.0}},
         "distances_after_stage": {
             **({"1": {"stage1": {"0": d1, "1": d1}}} if d1 is not None else {}),
@@ -173,6 +175,7 @@ def _fake_run(results, name, ppl, lam, hella, d1=None, d2=None, zero_shot=None, 
             "teacher": "teacher",
             "scores": {student: scores},
             "passkey": {student: passkey or {}},
+            "wall_s": 5.0,
         }
 
     (d / "screen").mkdir()
@@ -221,6 +224,14 @@ def test_report_tables_verdicts_and_queue(tmp_path):
     assert f"| {run_all.ARM['mohawk'].label} | 3 of 3 |" in text and s.text(1, 1) in text
     assert f"| {run_all.ARM['stages-3'].label} | 2 of 3 |" in text
     assert "| 1. stage ablation | reproduced |" in text
+    # each run made: optimizer steps, tokens per update, epochs per stage, device, training and scoring seconds
+    # (mohawk's three evaluations, 5 s each; stages-2-3's two); the stages in their order, whatever the file's
+    made = text[text.index("## Runs made") : text.index("## Queue")]
+    assert "| mohawk-s1 | 1 | 10 / 20 / 30 | 100 / 100 / 100 | 0.010 / 0.020 / 0.030 | GPU X | 100 | 15 |" in made
+    assert "| stages-2-3-s0 | 0 | 10 / 20 / 30 | 100 / 100 / 100 | 0.010 / 0.020 / 0.030 | GPU X | 100 | 10 |" in made
+    assert "stages-3-s2" not in made
+    two = {"3": {"tokens": 900, "steps": 3, "epochs": None}, "2": {"tokens": 400, "steps": 2, "epochs": 0.5}}
+    assert xr.stage_cells(two) == ("2 / 3", "200 / 300", "0.500 / -")
     # the missing run is queued with its exact commands; made runs are not
     queued = text[text.index("## Queue") : text.index("## Commands of the runs made")]
     assert "- `stages-3-s2`:" in queued and "- `teacher`:" in queued and "`mohawk-s0`" not in queued
