@@ -343,8 +343,13 @@ def unpack(args) -> dict:
     (committed once), a cut training or scoring (its command alone would claim a result there is none of), a
     folder that is no arm (named in the summary). {"trained": [...], "screen": [...], "full": [...], "skipped":
     [...]}."""
+    import shutil
     import tarfile
     import tempfile
+
+    def copy(src: Path, dst: Path) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
 
     out, done = Path(args.out), {"trained": [], "screen": [], "full": [], "skipped": []}
     if not args.archives:
@@ -360,27 +365,25 @@ def unpack(args) -> dict:
                 if d.name not in ARMS or not summary.is_file() or "final" not in json.loads(summary.read_text()):
                     done["skipped"].append(d.name)
                     continue
-                (out / d.name).mkdir(parents=True, exist_ok=True)
                 for f in TRAINED_FILES:
                     if (d / f).is_file():
-                        (out / d.name / f).write_bytes((d / f).read_bytes())
+                        copy(d / f, out / d.name / f)
                 cmd = src / f"{d.name}.command.txt"
                 if cmd.is_file():
-                    (out / cmd.name).write_bytes(cmd.read_bytes())
+                    copy(cmd, out / cmd.name)
                 done["trained"].append(d.name)
             for phase in ("screen", "full"):
                 for res in sorted((src / phase).glob("*/results.json")):
                     name = res.parent.name
                     if name == "teacher" or name not in ARMS:
                         continue
-                    (out / phase / name).mkdir(parents=True, exist_ok=True)
-                    (out / phase / name / "results.json").write_bytes(res.read_bytes())
+                    copy(res, out / phase / name / "results.json")
                     cmd = src / f"{phase}-{name}.command.txt"
                     if cmd.is_file():
-                        (out / cmd.name).write_bytes(cmd.read_bytes())
+                        copy(cmd, out / cmd.name)
                     done[phase].append(name)
             if (src / "probe.json").is_file():
-                (out / "probe.json").write_bytes((src / "probe.json").read_bytes())
+                copy(src / "probe.json", out / "probe.json")
     done["skipped"] = [n for n in done["skipped"] if n not in done["trained"]]  # cut in one archive, done in a later
     return {k: sorted(set(v)) for k, v in done.items()}
 

@@ -611,9 +611,9 @@ def _runs_made(by_arm: dict[str, list[dict]]) -> list[str]:
     the wall seconds of the distillation and of its evaluations (several runs may have shared the GPU: see the
     campaign's notes)."""
     rows = []
+    sec = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
     for arm, runs in by_arm.items():
         for m in sorted(runs, key=lambda m: m["seed"]):
-            sec = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
             rows.append(
                 [f"{arm}-s{m['seed']}", m["seed"], *stage_cells(m["stages"]), m["device"] or "-"]
                 + [sec(m["train_s"]), sec(m["score_s"])]
