@@ -15,6 +15,7 @@ import shutil
 import time
 import typing
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,19 +58,65 @@ class Checkpointer:
     renamed, so a crash never leaves a half checkpoint under a real name; ``latest()`` skips (and reports) checkpoints
     that fail their manifest, falling back to the previous one. Keeps the newest ``keep``. Under torchrun every rank
     calls ``save``/``load``; rank 0 alone writes the small files (the directory must be on storage all ranks share).
-    DCP's .metadata is a pickle: load only your own checkpoints."""
+    Inside ``background()`` a single process writes in a thread: ``save`` copies the state to host memory and
+    returns, the training goes on while the files are written, and whatever reads checkpoints (``list``, ``latest``)
+    or saves the next one waits for it first. DCP's .metadata is a pickle: load only your own checkpoints."""
 
     def __init__(self, root: Path | None, keep: int = 2, parallel=None, record: RunRecord | None = None):
         self.root, self.keep = root, keep  # root None: checkpoints off (benchmarks)
         self.parallel = parallel or Parallel()
         self.record = record
         self.corrupt: list[Path] = []  # checkpoints that latest() had to skip
+        self._writer: ThreadPoolExecutor | None = None  # set inside background()
+        self._pending: Future | None = None
+
+    @contextmanager
+    def background(self):
+        """Saves inside this block are written in a background thread (one at a time) where one process trains;
+        under torchrun they stay synchronous (DCP's collectives belong to the training thread). On leaving, the last
+        write is waited for; its error is raised unless another exception is already on its way."""
+        if self.root is None or self.parallel.active:
+            yield
+            return
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mohawk-checkpoint")
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            writer, self._writer = self._writer, None
+            try:
+                self.wait()
+            except MohawkError:
+                if not failed:
+                    raise
+            finally:
+                writer.shutdown(wait=True)
+
+    def wait(self) -> None:
+        """Until the checkpoint being written in the background is complete; its MohawkError if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def save(self, student, optimizer, state: dict) -> Path | None:
+        """Checkpoint the student (and the optimizer) with the loop's ``state``; returns the checkpoint's path (in
+        the background: where it will be once written)."""
         if self.root is None:
             return None
-        main = self.parallel.main
+        self.wait()
         name = f"stage{state['stage']}-step{state['step']:07d}"
+        sd = _state_dict(student, optimizer)
+        record = json.dumps(self.record.to_json()) if self.record is not None else None
+        if self._writer is not None:  # a copy in host memory, so that training can change the tensors meanwhile
+            self._pending = self._writer.submit(self._write, _host_copy(sd), json.dumps(state), record, name)
+            return self.root / name
+        return self._write(sd, json.dumps(state), record, name)
+
+    def _write(self, sd: dict, state: str, record: str | None, name: str) -> Path:
+        main = self.parallel.main
         tmp, final = self.root / f".tmp-{name}", self.root / name
         try:
             if main:
@@ -77,11 +124,11 @@ class Checkpointer:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir()
             self.parallel.barrier()
-            _dcp_save(student, optimizer, tmp)
+            _dcp_write(sd, tmp)
             if main:
-                (tmp / "state.json").write_text(json.dumps(state))
-                if self.record is not None:
-                    (tmp / "run.json").write_text(json.dumps(self.record.to_json()))
+                (tmp / "state.json").write_text(state)
+                if record is not None:
+                    (tmp / "run.json").write_text(record)
                 for f in tmp.iterdir():
                     _fsync(f)
                 manifest = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
@@ -103,12 +150,17 @@ class Checkpointer:
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             _fsync(self.root)
-            for old in self.list()[: -self.keep]:
+            for old in self._list()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         self.parallel.barrier()
         return final
 
     def list(self) -> list[Path]:
+        """The checkpoints, oldest first (after the one being written in the background is complete)."""
+        self.wait()
+        return self._list()
+
+    def _list(self) -> list[Path]:
         if self.root is None or not self.root.is_dir():
             return []
         return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("stage"))
@@ -291,17 +343,34 @@ def _quiet_single_process():
         yield
 
 
-def _dcp_save(student, optimizer, path: Path) -> None:
-    import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
+def _state_dict(student, optimizer) -> dict:
+    """{"model": ..., "optim": ...} as DCP saves it, keyed by parameter name (the tensors are the live ones)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
     # an optimizer without state (before its first step) is not saved: DCP would initialise it with a dummy step
     if optimizer is not None and optimizer.state:
         model_sd, optim_sd = get_state_dict(student, optimizer)
-        sd = {"model": model_sd, "optim": optim_sd}
-    else:
-        sd = {"model": get_model_state_dict(student)}
+        return {"model": model_sd, "optim": optim_sd}
+    return {"model": get_model_state_dict(student)}
+
+
+def _host_copy(obj):
+    """``obj`` (nested dicts / lists / tuples) with every tensor copied to host memory."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
+
+
+def _dcp_write(sd: dict, path: Path) -> None:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
     with _quiet_single_process(), _unwrapped_dcp_errors():
         dcp.save(sd, checkpoint_id=str(path), no_dist=not dist.is_initialized())
 

@@ -20,7 +20,9 @@ import gzip
 import hashlib
 import json
 import lzma
+import queue
 import random
+import threading
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -482,6 +484,48 @@ def take(stream: TokenStream, n_sequences: int) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
+def prefetch(batches: Iterator[torch.Tensor], depth: int = 4, pin: bool = False) -> Iterator[torch.Tensor]:
+    """``batches`` in the same order, drawn ``depth`` ahead by a background thread (pinned for a non-blocking copy
+    to the GPU when ``pin``), so that reading, tokenizing and packing text overlap the training step instead of
+    keeping the GPU idle between steps. An error of ``batches`` is raised here, at the draw it happened; closing
+    this iterator (or dropping it) stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(batch.pin_memory() if pin else batch):
+                    return
+            put((end, None))
+        except BaseException as e:  # handed to the consumer, which raises it at its draw
+            put((end, e))
+
+    thread = threading.Thread(target=produce, name="mohawk-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if isinstance(item, tuple) and item[0] is end:
+                if item[1] is not None:
+                    raise item[1]
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 __all__ = [
     "ASSETS",
     "CORPORA",
@@ -493,6 +537,7 @@ __all__ = [
     "iter_documents",
     "make_streams",
     "pieces",
+    "prefetch",
     "split_sources",
     "take",
     "vendored",

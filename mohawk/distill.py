@@ -31,6 +31,7 @@ from mohawk.data import (
     TokenStream,
     input_paths,
     make_streams,
+    prefetch,
     take,
     with_teacher_text,
     without_teacher_text,
@@ -202,7 +203,8 @@ def _distill(
     run.describe()
     run.plan(inputs[1])
     run.measure_baseline()
-    run.train_stages(resume)
+    with run.checkpointer.background():  # one process: checkpoints are written while training goes on
+        run.train_stages(resume)
     if not run.gather_student():  # the other ranks are done
         return out
     run.evaluate()
@@ -445,7 +447,9 @@ class DistillRecipe:
         # every rank draws the same global batches and keeps its rows: the run does not depend on the world size
         stream = _stage_stream(cfg, self.tokenizer, s, cfg.recall_data if s == recipe.RECALL_STAGE else self.data)
         skip = self.point.batches(s, budget.grad_accum)
-        batches = map(parallel.shard, stream.batches(self.schedule.rows[s], skip=skip))
+        batches = prefetch(
+            map(parallel.shard, stream.batches(self.schedule.rows[s], skip=skip)), pin=self.device.type == "cuda"
+        )
         self.record.start_stage(self.point.stage_wall_s if mid else 0.0)
         state = train_stage(
             stage,

@@ -2,6 +2,7 @@
 the run record a resume reads from it."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -38,6 +39,69 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(p, q), n
     assert b.lm_head.weight.data_ptr() == b.model.embed_tokens.weight.data_ptr()
     assert opt_b.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+
+
+def test_background_save_writes_the_state_of_its_call_while_training_changes_it(tmp_path, monkeypatch):
+    """Inside background() save returns before the files exist; what is written is the student and optimizer as
+    they were at the call, not after the updates that follow it (a writer reading the live tensors fails), and
+    list() / latest() wait for the write (a reader that does not finds nothing)."""
+    torch.manual_seed(0)
+    cfg = MohawkConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    a, b = MohawkForCausalLM(cfg), MohawkForCausalLM(cfg)
+    opt = torch.optim.AdamW(a.parameters(), lr=0.1)
+
+    def update():
+        a(torch.randint(0, 40, (1, 8)), labels=torch.randint(0, 40, (1, 8))).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    update()
+    from mohawk import checkpoint
+
+    real = checkpoint._dcp_write
+
+    def slow(sd, path):  # a write still under way when the training goes on and a reader looks
+        time.sleep(0.5)
+        real(sd, path)
+
+    monkeypatch.setattr(checkpoint, "_dcp_write", slow)
+    ck = Checkpointer(tmp_path, keep=2)
+    with ck.background():
+        path = ck.save(a, opt, {"stage": 3, "step": 1, "tokens": 8, "done": False})
+        saved = {k: v.clone() for k, v in a.state_dict().items()}
+        saved_avg = opt.state[a.lm_head.weight]["exp_avg"].clone()
+        for _ in range(3):  # training goes on while the thread writes
+            update()
+        assert ck.latest() == path and Checkpointer.verify(path)
+    assert not list(tmp_path.glob(".tmp-*"))
+    opt_b = torch.optim.AdamW(b.parameters(), lr=0.1)
+    Checkpointer.load(path, b, opt_b)
+    for k, v in b.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    assert not torch.equal(saved["lm_head.weight"], a.lm_head.weight)  # the updates did change the live weights
+    assert torch.equal(opt_b.state[b.lm_head.weight]["exp_avg"], saved_avg)
+
+
+@pytest.mark.parametrize("inside", ["nothing", "an interrupt"])
+def test_a_failed_background_write_is_one_error_unless_another_is_on_its_way(tmp_path, monkeypatch, inside):
+    """A write that fails in the thread raises its MohawkError when the block ends (no .tmp directory left); an
+    exception already leaving the block is the one that propagates."""
+    from mohawk import checkpoint
+
+    def full(sd, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_dcp_write", full)
+    model = torch.nn.Linear(2, 2)
+    ck = Checkpointer(tmp_path / "c")
+    expected = MohawkError if inside == "nothing" else KeyboardInterrupt
+    with pytest.raises(expected) as err, ck.background():
+        ck.save(model, None, {"stage": 1, "step": 1, "tokens": 1, "done": False})
+        if inside == "an interrupt":
+            raise KeyboardInterrupt
+    if expected is MohawkError:
+        assert "could not write checkpoint" in str(err.value) and "No space left" in str(err.value)
+    assert ck.list() == [] and not list((tmp_path / "c").glob(".tmp-*"))
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
@@ -114,7 +178,7 @@ def test_a_failed_write_is_an_error_unless_an_interrupt_caused_it(tmp_path, monk
     reports it) stays a KeyboardInterrupt, so the run exits 130 as interrupted; no temporary folder stays either way."""
     from mohawk import checkpoint
 
-    def failing(student, optimizer, path):
+    def failing(sd, path):
         try:
             if interrupt:
                 raise KeyboardInterrupt
@@ -122,7 +186,7 @@ def test_a_failed_write_is_an_error_unless_an_interrupt_caused_it(tmp_path, monk
         except BaseException as e:
             raise RuntimeError("writer thread failed") from e
 
-    monkeypatch.setattr(checkpoint, "_dcp_save", failing)
+    monkeypatch.setattr(checkpoint, "_dcp_write", failing)
     model = torch.nn.Linear(2, 2)
     ck = Checkpointer(tmp_path, keep=2)
     with pytest.raises(KeyboardInterrupt if interrupt else MohawkError):

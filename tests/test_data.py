@@ -8,7 +8,7 @@ import lzma
 import pytest
 import torch
 
-from mohawk.data import TokenStream, holdout, make_streams, pieces, take
+from mohawk.data import TokenStream, holdout, make_streams, pieces, prefetch, take
 from mohawk.errors import MohawkError
 from tests.utils import tiny_corpus, tiny_tokenizer
 
@@ -209,3 +209,27 @@ def test_data_grammar_parts_and_local_paths(tmp_path, monkeypatch):
             split_sources(f"bundled+{missing}", None)
     assert input_paths(f"teacher+bundled+{corpus}+user/ds") == [str(corpus)]
     assert split_sources(str(corpus), "modern")[1] == [ASSETS / "modern/validation.jsonl.xz"]
+
+
+def test_prefetch_keeps_the_order_raises_at_the_failing_draw_and_stops_its_thread():
+    """The background reader hands batches over in their order (a pool of readers would not), raises the source's
+    error after the batches before it (a lost error would hang or end the stage early), and closing it stops the
+    thread (a leaked reader would keep tokenizing)."""
+    import threading
+
+    def source(fail_at=None):
+        for i in range(50):
+            if i == fail_at:
+                raise MohawkError("the data yields no full sequence")
+            yield torch.full((2, 3), i)
+
+    assert [int(b[0, 0]) for b in prefetch(source(), depth=3)] == list(range(50))
+    got = []
+    with pytest.raises(MohawkError, match="no full sequence"):
+        for b in prefetch(source(fail_at=7), depth=3):
+            got.append(int(b[0, 0]))
+    assert got == list(range(7))
+    it = prefetch(source(), depth=2)
+    assert int(next(it)[0, 0]) == 0
+    it.close()
+    assert not any(t.name == "mohawk-prefetch" and t.is_alive() for t in threading.enumerate())

@@ -107,9 +107,9 @@ def test_disk_full_while_checkpointing_keeps_earlier_files(teacher_dir, tmp_path
     from mohawk import checkpoint
     from mohawk.checkpoint import Checkpointer
 
-    real, calls = checkpoint._dcp_save, []
+    real, calls = checkpoint._dcp_write, []
 
-    def filling_disk(student, optimizer, path):
+    def filling_disk(sd, path):
         calls.append(path)
         if len(calls) > 1:  # the stage's first checkpoint fits, the next one does not
             from torch.distributed.checkpoint import filesystem
@@ -119,10 +119,10 @@ def test_disk_full_while_checkpointing_keeps_earlier_files(teacher_dir, tmp_path
 
             with pytest.MonkeyPatch.context() as inner:
                 inner.setattr(filesystem.FileSystem, "create_stream", full)  # where DCP opens its shard files
-                return real(student, optimizer, path)
-        return real(student, optimizer, path)
+                return real(sd, path)
+        return real(sd, path)
 
-    monkeypatch.setattr(checkpoint, "_dcp_save", filling_disk)
+    monkeypatch.setattr(checkpoint, "_dcp_write", filling_disk)
     out = tmp_path / "full"
     assert run(teacher_dir, out, "--stage1-tokens", "2048") == 2
     line = one_error_line(capsys)
@@ -132,7 +132,7 @@ def test_disk_full_while_checkpointing_keeps_earlier_files(teacher_dir, tmp_path
     assert not list((out / "checkpoints").glob(".tmp-*"))
     for f in ("config.yaml", "summary.json"):
         assert (out / f).is_file()
-    monkeypatch.setattr(checkpoint, "_dcp_save", real)
+    monkeypatch.setattr(checkpoint, "_dcp_write", real)
     assert run(teacher_dir, out, "--stage1-tokens", "2048", "--resume") == 0  # and the run goes on from there
 
 
