@@ -462,7 +462,10 @@ class DistillRecipe:
             progress=self.progress,
             parallel=parallel,
         )
-        self.summary["stages"][str(s)] = self._stage_result(s, state.as_dict(done=True), self.record.stage_wall_s())
+        self.summary["stages"][str(s)] = {
+            **self._stage_result(s, state.as_dict(done=True), self.record.stage_wall_s()),
+            **state.timing(),
+        }
         if self.main:
             if s in (1, 2):  # stage 3's are "distances_after", measured on the gathered student at the end
                 self.summary.setdefault("distances_after_stage", {})[str(s)] = self._distances()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mohawk.config import LoopSettings as LoopSettings  # the loop's settings: the schema's fields
 
@@ -51,6 +51,17 @@ class LoopState:
     rollbacks: int = 0
     lr_scale: float = 1.0  # multiplied by rollback_lr_factor at each rollback
     lr: float = 0.0  # the stage's peak LR (a resume with another one starts a fresh rollback budget)
+    step_seconds: list[float] = field(default_factory=list, repr=False)  # this invocation's, not checkpointed
+
+    def timing(self) -> dict:
+        """This invocation's update times: {"median_step_ms", "stall_s"}, where the stall sums what updates slower
+        than 3x the median took beyond it (a checkpoint written in the loop, a data source that ran dry, a
+        rollback); {} before any update."""
+        if not self.step_seconds:
+            return {}
+        median = statistics.median(self.step_seconds)
+        stall = sum(t - median for t in self.step_seconds if t > 3 * median)
+        return {"median_step_ms": round(1e3 * median, 2), "stall_s": round(stall, 2)}
 
     def as_dict(self, done: bool) -> dict:
         return {

@@ -87,6 +87,7 @@ def train_stage(
     stage.student.train()
     bar = _ProgressBar(stage, budget, state.tokens, enabled=progress and parallel.main)
     with bar, stage.compiled(mode) if mode != "off" else nullcontext():
+        last = time.perf_counter()
         while state.step < budget.steps:
             run.set_lr()
             loss, metrics = parallel.mean_metrics(
@@ -128,6 +129,9 @@ def train_stage(
             if state.step % loop.checkpoint_every == 0 and state.step < budget.steps:
                 if streak_start is None and climb.calm:
                     run.save(done=False)
+            now = time.perf_counter()  # the update's time, its checkpoint included (the loop syncs once an update)
+            state.step_seconds.append(now - last)
+            last = now
     stage.student.eval()
     for p in stage.student.parameters():
         p.requires_grad_(True)

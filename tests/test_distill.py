@@ -232,7 +232,8 @@ def _outcome(out):
     for key in ("load_s", "total_wall_s"):
         summary.pop(key)
     for stage in summary["stages"].values():
-        stage.pop("wall_s")
+        for key in ("wall_s", "median_step_ms", "stall_s"):  # times: this invocation's, not the run's outcome
+            stage.pop(key, None)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [(r["stage"], r["step"], r["loss"], r["lr"]) for r in rows if "loss" in r]
     return summary, losses, load_file(out / "student" / "model.safetensors")

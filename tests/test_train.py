@@ -140,3 +140,27 @@ def test_rollback_never_targets_a_checkpoint_taken_in_the_streak(tmp_path):
     events = [(r["event"], r["step"]) for r in rows if r.get("event")]
     assert events == [("spike", 9), ("spike", 10), ("spike", 11), ("rollback", 5)]
     assert state.rollbacks == 1 and state.step == 20
+
+
+def test_the_loop_times_its_updates_and_counts_a_slow_checkpoint_as_stall(tmp_path, monkeypatch):
+    """Each update's time is kept (20 updates, 20 times); the summary's median_step_ms is their median and stall_s
+    what the 3 updates that wrote a checkpoint (made 0.3 s slower here) took beyond it: a loop that timed only the
+    forward and backward, or none of the updates, would show no stall."""
+    import time
+
+    from mohawk import checkpoint
+
+    real = checkpoint._dcp_write
+
+    def slow(sd, path):
+        time.sleep(0.3)
+        real(sd, path)
+
+    monkeypatch.setattr(checkpoint, "_dcp_write", slow)
+    state, _, _ = _train_toy(tmp_path, ())
+    assert len(state.step_seconds) == 20
+    timing = state.timing()
+    median = sorted(state.step_seconds)[9:11]
+    assert timing["median_step_ms"] == pytest.approx(1e3 * sum(median) / 2, abs=0.01)
+    assert 0.8 < timing["stall_s"] < 1.5  # checkpoints at steps 5, 10, 15 (the last one is after the loop)
+    assert "step_seconds" not in state.as_dict(done=True)
