@@ -502,8 +502,12 @@ def prefetch(batches: Iterator[torch.Tensor], depth: int = 4, pin: bool = False)
                 continue
         return False
 
+    device = torch.cuda.current_device() if pin else None
+
     def produce() -> None:
         try:
+            if device is not None:  # pinned memory belongs to the caller's GPU (under torchrun not always GPU 0)
+                torch.cuda.set_device(device)
             for batch in batches:
                 if not put(batch.pin_memory() if pin else batch):
                     return

@@ -233,3 +233,9 @@ def test_prefetch_keeps_the_order_raises_at_the_failing_draw_and_stops_its_threa
     assert int(next(it)[0, 0]) == 0
     it.close()
     assert not any(t.name == "mohawk-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.gpu
+def test_prefetch_pins_its_batches_for_the_copy_to_the_gpu():
+    batches = list(prefetch((torch.full((2, 3), i) for i in range(3)), pin=True))
+    assert all(b.is_pinned() for b in batches) and [int(b[0, 0]) for b in batches] == [0, 1, 2]
