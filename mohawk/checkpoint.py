@@ -116,11 +116,12 @@ class Checkpointer:
         return self._write(sd, json.dumps(state), record, name)
 
     def _write(self, sd: dict, state: str, record: str | None, name: str) -> Path:
-        main = self.parallel.main
-        tmp, final = self.root / f".tmp-{name}", self.root / name
+        main, root = self.parallel.main, self.root
+        assert root is not None
+        tmp, final = root / f".tmp-{name}", root / name
         try:
             if main:
-                self.root.mkdir(parents=True, exist_ok=True)
+                root.mkdir(parents=True, exist_ok=True)
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir()
             self.parallel.barrier()
@@ -149,21 +150,21 @@ class Checkpointer:
         if main:
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
-            _fsync(self.root)
+            _fsync(root)
             for old in self._list()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         self.parallel.barrier()
         return final
 
-    def list(self) -> list[Path]:
-        """The checkpoints, oldest first (after the one being written in the background is complete)."""
-        self.wait()
-        return self._list()
-
     def _list(self) -> list[Path]:
         if self.root is None or not self.root.is_dir():
             return []
         return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("stage"))
+
+    def list(self) -> list[Path]:
+        """The checkpoints, oldest first (after the one being written in the background is complete)."""
+        self.wait()
+        return self._list()
 
     @staticmethod
     def verify(path: Path) -> bool:
