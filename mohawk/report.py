@@ -189,13 +189,15 @@ def _stage_lines(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[st
         last = f"{losses[-1]:.4g}" if losses else "-"
         tpu = f"{info['tokens_per_update']:,}" if info.get("tokens_per_update") else "-"
         ep = f"{info['epochs']:.3g}" if info.get("epochs") is not None else "-"
+        pace = f"{info['median_step_ms']:,.0f} / {info['stall_s']:.0f}" if "median_step_ms" in info else "-"
         stages.append(
             [f"{s} {STAGE_NAMES[int(s)]}", f"{info['tokens']:,}", tpu, info["steps"], ep]
-            + [f"{info['skipped']} / {info.get('rollbacks', 0)}", f"{info['lr']:g}", f"{info['wall_s']:.0f}"]
+            + [f"{info['skipped']} / {info.get('rollbacks', 0)}", f"{info['lr']:g}", f"{info['wall_s']:.0f}", pace]
             + [first, last, dist, end]
         )
     header = ["stage", "tokens", "tokens per update", "optimizer steps", "epochs over the data"]
-    header += ["skipped updates / rollbacks", "peak LR", "wall time (s)", "first loss", "last loss"]
+    header += ["skipped updates / rollbacks", "peak LR", "wall time (s)"]
+    header += ["median update (ms) / stall (s)", "first loss", "last loss"]
     header += ["its distance: after weight transfer -> right after the stage", "its distance at the end of the run"]
     lines = ["", "## Stages", "", *markdown_table(header, stages)]
     if summary.get("warnings"):

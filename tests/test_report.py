@@ -118,7 +118,8 @@ def _run_dir(tmp_path):
         "distances_after_stage": {"2": {"stage2": {"0": 2.0, "2": 2.0}}},
         # stages keyed as JSON keeps them; "10" would sort before "2" as text
         "stages": {
-            "3": {"tokens": 4096, "tokens_per_update": 512, "steps": 8, "skipped": 1, "lr": 3e-4, "wall_s": 9.4},
+            "3": {"tokens": 4096, "tokens_per_update": 512, "steps": 8, "skipped": 1, "lr": 3e-4, "wall_s": 9.4}
+            | {"median_step_ms": 1012.4, "stall_s": 2.6},
             "2": {"tokens": 2048, "steps": 4, "epochs": 0.5, "skipped": 0, "rollbacks": 1, "lr": 1e-3, "wall_s": 3},
         },
     }
@@ -135,8 +136,8 @@ def test_report_tables_put_each_number_in_its_column(tmp_path):
     assert "| student after weight transfer only | 90.00 | 0.250 | 2.500 |" in text
     assert "| distilled student | 12.50 | 0.750 | 0.125 |" in text
     assert "perplexity is **12.50** against 90.00" in text and "distillation helped." in text
-    stage2 = "| 2 hidden-state alignment | 2,048 | - | 4 | 0.5 | 0 / 1 | 0.001 | 3 | 4 | 2 | 3 -> 2 (-33%) | 1.5 |"
-    stage3 = "| 3 knowledge distillation | 4,096 | 512 | 8 | - | 1 / 0 | 0.0003 | 9 | 4 | 2 | - | - |"
+    stage2 = "| 2 hidden-state alignment | 2,048 | - | 4 | 0.5 | 0 / 1 | 0.001 | 3 | - | 4 | 2 | 3 -> 2 (-33%) | 1.5 |"
+    stage3 = "| 3 knowledge distillation | 4,096 | 512 | 8 | - | 1 / 0 | 0.0003 | 9 | 1,012 / 3 | 4 | 2 | - | - |"
     assert stage2 in text and stage3 in text and text.index(stage2) < text.index(stage3)
     assert "- stage 2 step 2: spike (loss 99.0 vs running median 2.0)" in text
     assert (tmp_path / "plots" / "loss.png").is_file() and (tmp_path / "plots" / "stage2_distance.png").is_file()
