@@ -114,6 +114,21 @@ def every_nth(
     return out
 
 
+@contextlib.contextmanager
+def _without_env_report():
+    """Within the block lm-eval's results skip its environment report (torch's collect_env: pip, conda and
+    nvidia-smi run as subprocesses, 2 s a call on the CPU machine, GPU time lost between scorings); mohawk's results
+    record the device and the versions themselves."""
+    from lm_eval import evaluator
+
+    original = evaluator.add_env_info
+    evaluator.add_env_info = lambda results: None
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
 def run_tasks(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -156,7 +171,7 @@ def run_tasks(
     templates = contextlib.nullcontext if reference else cached_templates
     results: dict[str, dict[str, Any]] = {}
     for group_limit, group in groups.items():
-        with tempfile.TemporaryDirectory(prefix="mohawk-tasks-") as tmp, templates():
+        with tempfile.TemporaryDirectory(prefix="mohawk-tasks-") as tmp, templates(), _without_env_report():
             names = write_tasks(Path(tmp), group, data_files)
             manager = TaskManager(include_path=tmp, include_defaults=False)
             ids = group_limit if isinstance(group_limit, tuple) else None

@@ -82,6 +82,21 @@ def test_lm_eval_accuracy_matches_hand_computation(tmp_path, family):
     assert r["n"] == 5 and r["acc"] == pytest.approx(acc) and r["acc_norm"] == pytest.approx(acc_norm)
 
 
+def test_lm_eval_scoring_runs_no_environment_report(tmp_path, monkeypatch):
+    """lm-eval's collect_env (subprocesses, seconds per call) is not run by a scoring, and is put back after it."""
+    from lm_eval import evaluator
+    from torch.utils import collect_env
+
+    from mohawk.evaluation.harness import run_tasks
+
+    ran = []
+    monkeypatch.setattr(collect_env, "get_pretty_env_info", lambda: ran.append(1) or "")  # lm-eval swallows errors
+    original = evaluator.add_env_info
+    model, tok = tiny_teacher("llama").eval(), tiny_tokenizer()
+    r = run_tasks(model, tok, ["piqa"], limit=2, batch_size=2, data_files={"piqa": _piqa_file(tmp_path)})["piqa"]
+    assert r["n"] == 2 and not ran and evaluator.add_env_info is original
+
+
 def test_lm_eval_on_chosen_items_scores_those_items(tmp_path):
     """A list of indices scores exactly those items (any order given, kept in document order, their ids returned):
     the same per-item scores as the same items of a run over all of them."""
