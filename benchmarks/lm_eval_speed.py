@@ -15,6 +15,7 @@ top operators, the GPU's busy share). Writes benchmarks/results/lm_eval_speed-<d
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -114,6 +115,56 @@ def profile(run, device: torch.device, rows: int = 15) -> dict:
     return {"wall_s": wall, "cpu_ops_s": ops, "gpu_busy_s": busy, "top": top, "lines": lines}
 
 
+def tokenize_only(args, model, tokenizer, tasks: list[str], limit: dict) -> None:
+    """Seconds to tokenize the tasks' log-likelihood requests: lm-eval's ``TemplateLM.loglikelihood`` (a tokenizer
+    call per string) against ``BatchedHFLM.loglikelihood`` (batched), the model call replaced by a recorder; the
+    median of ``--repeats`` runs each, alternating, and whether the token lists are the same."""
+    import tempfile
+
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from mohawk.evaluation.batched_lm import BatchedHFLM, cached_templates
+    from mohawk.evaluation.harness import write_tasks
+
+    with tempfile.TemporaryDirectory() as tmp, cached_templates():
+        names = write_tasks(Path(tmp), tasks)
+        loaded = TaskManager(include_path=tmp, include_defaults=False).load(names)["tasks"]
+        instances = []
+        for task, lm_name in zip(tasks, names, strict=True):
+            lim = limit[task]
+            ids = None if lim is None or isinstance(lim, int) else list(lim)
+            loaded[lm_name].build_all_requests(limit=None if ids else lim, samples=ids, rank=0, world_size=1)
+            instances += loaded[lm_name].instances
+    lm = BatchedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device=str(model.device))
+    seen: dict[str, list] = {}
+    paths = {"lm-eval, a call per string": HFLM.loglikelihood, "mohawk BatchedHFLM, batched": BatchedHFLM.loglikelihood}
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(args.repeats):
+        for label, method in paths.items():
+            lm._loglikelihood_tokens = lambda reqs, disable_tqdm=False, _l=label: seen.__setitem__(_l, reqs) or []
+            t0 = time.perf_counter()
+            method(lm, instances, disable_tqdm=True)
+            times[label].append(time.perf_counter() - t0)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    first = next(iter(paths))
+    same = all(seen[k] == seen[first] for k in paths)
+    rows = [[k, f"{median[k]:.2f}", f"{median[first] / median[k]:.2f}x"] for k in paths]
+    lines = [
+        f"# Tokenizing zero-shot requests, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs",
+        "",
+        f"- command: `{command()}`",
+        f"- versions: {versions('transformers', 'lm_eval', 'tokenizers')}",
+        f"- {len(instances):,} requests of {', '.join(tasks)}; median of {args.repeats} run(s) per path, alternating",
+        f"- the same token lists for every request: {same}",
+        "",
+        *markdown_table(["tokenization", "seconds", "speed-up"], rows),
+    ]
+    payload = {"requests": len(instances), "tasks": tasks, "seconds": times, "median_s": median, "same": same,
+               "command": command(), "versions": versions("transformers", "lm_eval", "tokenizers")}  # fmt: skip
+    write(f"lm_eval_tokenize-{os.cpu_count()}cpu", payload, lines, Path(args.out))
+
+
 def main() -> None:
     ap = arg_parser(__doc__)
     ap.add_argument("--teacher", default="smollm2-135m", help="teacher (its tokenizer is used for every model)")
@@ -147,12 +198,20 @@ def main() -> None:
         help="also score once more with BatchedHFLM under torch.profiler and add its top operators (self time, CPU "
         "and GPU) and the GPU's busy share of the wall time: where a batch's time goes",
     )
+    ap.add_argument(
+        "--tokenize-only",
+        action="store_true",
+        help="time only the requests' tokenization, the harness's one call per string against BatchedHFLM's "
+        "batched calls (the model is not run), and check that both give the same token lists",
+    )
     args = ap.parse_args()
     device = resolve_device(args.device)
     model, tokenizer, name = load(args, device)
     tasks = [t for t in args.tasks.split(",") if t]
     every = {k: int(v) for k, v in (x.split("=") for x in args.every.split(",") if x)}
     limit = {t: every_nth([t], every[t], args.limit)[t] if t in every else args.limit for t in tasks}
+    if args.tokenize_only:
+        return tokenize_only(args, model, tokenizer, tasks, limit)
 
     def score(reference: bool, lim, tf32: bool = False) -> tuple[float, dict]:
         with float32_matmuls(tf32):

@@ -518,3 +518,19 @@ def test_conv_silu_start_compares_each_scale_with_the_layer_without_the_silu(tea
     mean = json.loads(js.read_text())["mean"]
     assert mean["rel@0.001"] < 0.01 < 0.1 < mean["rel@1"]
     assert mean["cos@0.001"] > 0.999 > mean["cos@1"]
+
+
+def test_lm_eval_speed_tokenize_only_times_both_tokenizations_of_the_same_requests(teacher_dir, tmp_path, monkeypatch):
+    """--tokenize-only: the chosen items' requests (every 2nd PIQA item: 2 requests each, 4 LAMBADA items: 1 each)
+    tokenized by both paths, the same token lists, both times and their ratio written."""
+    from benchmarks import lm_eval_speed
+
+    argv = ["lm_eval_speed", "--teacher", str(teacher_dir), "--tasks", "piqa,lambada_openai", "--every", "piqa=2"]
+    argv += ["--limit", "4", "--device", "cpu", "--random", "--tokenize-only", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    lm_eval_speed.main()
+    (js,) = tmp_path.glob("lm_eval_tokenize-*.json")
+    res = json.loads(js.read_text())
+    assert res["requests"] == 4 * 2 + 4 and res["same"] is True
+    assert set(res["median_s"]) == {"lm-eval, a call per string", "mohawk BatchedHFLM, batched"}
+    assert all(t > 0 for t in res["median_s"].values())

@@ -129,3 +129,53 @@ def test_templates_compile_once_and_render_as_the_harness(tmp_path):
     with pytest.raises(RuntimeError), cached_templates():  # restored after an error too
         raise RuntimeError
     assert lm_utils.apply_template is original
+
+
+def _byte_level_tokenizer(texts):
+    """A byte-level BPE tokenizer trained on ``texts`` (spaces are part of its tokens, as in SmolLM2's), with a BOS
+    token that it adds before every text: the harness's space moving and BOS rules both matter with it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"]))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+def test_batched_tokenization_gives_the_harness_tokens_request_by_request(tmp_path):
+    """The requests of every vendored task (30 items each), plus an empty context, trailing spaces and a context
+    that starts with the BOS text: BatchedHFLM.loglikelihood hands _loglikelihood_tokens the very token lists the
+    harness's loglikelihood makes, in the same order (a version that kept the spaces on the context, encoded the
+    continuation apart, added BOS twice or dropped the prefix token of an empty context would differ)."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.tasks import TaskManager
+
+    from mohawk.evaluation.harness import TASKS, write_tasks
+
+    names = write_tasks(tmp_path, list(TASKS))
+    tasks = TaskManager(include_path=str(tmp_path), include_defaults=False).load(names)["tasks"]
+    args = []
+    for name in names:
+        tasks[name].build_all_requests(limit=30, rank=0, world_size=1)
+        args += [inst.args for inst in tasks[name].instances]
+    args += [("", " the end"), ("A context with spaces   ", "next"), ("<s>Already begun", " here"), ("Same", " a")]
+    args += [("Same", " b")]  # a context shared by several requests, as HellaSwag's four endings share one
+    tok = _byte_level_tokenizer([a + b for a, b in args])
+    model = tiny_teacher("llama").eval()
+    seen = {}
+
+    def capture(key):
+        return lambda reqs, disable_tqdm=False: seen.setdefault(key, reqs) and [(0.0, False)] * len(reqs)
+
+    instances = [Instance("loglikelihood", {}, a, i) for i, a in enumerate(args)]
+    for key, method in (("harness", HFLM.loglikelihood), ("batched", BatchedHFLM.loglikelihood)):
+        lm = BatchedHFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu", add_bos_token=True)
+        lm._loglikelihood_tokens = capture(key)
+        method(lm, instances, disable_tqdm=True)
+    assert len(seen["batched"]) == len(args) > 200
+    assert seen["batched"] == seen["harness"]
+    assert seen["harness"][-5][1:] == ([0], tok(" the end", add_special_tokens=False)["input_ids"])
+    assert seen["harness"][-4][2][:1] == tok(" ", add_special_tokens=False)["input_ids"][:1]  # spaces moved
