@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
+from typing import Any
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -24,21 +25,15 @@ from tqdm import tqdm
 Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation), context ids, continuation ids)
 
 
-@contextmanager
-def cached_templates() -> Iterator[None]:
-    """Within the block, lm-eval renders each Jinja template string from one compiled template (its own
+def cached_templates() -> AbstractContextManager[Any]:
+    """A block in which lm-eval renders each Jinja template string from one compiled template (its own
     environment: the same filters, StrictUndefined, trailing newlines kept)."""
     compile_once = functools.lru_cache(maxsize=256)(lm_utils.env.from_string)
-    original = lm_utils.apply_template
 
     def apply_template(template: str, doc: dict) -> str:
         return compile_once(template).render(**doc)
 
-    lm_utils.apply_template = apply_template
-    try:
-        yield
-    finally:
-        lm_utils.apply_template = original
+    return mock.patch.object(lm_utils, "apply_template", apply_template)
 
 
 class BatchedHFLM(HFLM):
@@ -82,8 +77,8 @@ class BatchedHFLM(HFLM):
                 kwargs["add_special_tokens"] = False
             groups.setdefault(tuple(sorted(kwargs.items())), []).append(text)
         out: dict[str, list[int]] = {}
-        for kwargs, texts in groups.items():
-            out.update(zip(texts, self.tokenizer(texts, **dict(kwargs))["input_ids"], strict=True))
+        for key, texts in groups.items():
+            out.update(zip(texts, self.tokenizer(texts, **dict(key))["input_ids"], strict=True))
         return out
 
     def _loglikelihood_tokens(

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import yaml
 
@@ -114,19 +115,13 @@ def every_nth(
     return out
 
 
-@contextlib.contextmanager
-def _without_env_report():
-    """Within the block lm-eval's results skip its environment report (torch's collect_env: pip, conda and
+def _without_env_report() -> contextlib.AbstractContextManager[Any]:
+    """A block in which lm-eval's results skip its environment report (torch's collect_env: pip, conda and
     nvidia-smi run as subprocesses, 2 s a call on the CPU machine, GPU time lost between scorings); mohawk's results
     record the device and the versions themselves."""
     from lm_eval import evaluator
 
-    original = evaluator.add_env_info
-    evaluator.add_env_info = lambda results: None
-    try:
-        yield
-    finally:
-        evaluator.add_env_info = original
+    return mock.patch.object(evaluator, "add_env_info", lambda results: None)
 
 
 def run_tasks(
