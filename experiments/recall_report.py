@@ -576,12 +576,15 @@ def write_recall_report(
             agree = all(v.get("cache_agrees") is not False for v in by.values())
             lines.append(f"| {name} | {f} | " + " | ".join(cells) + f" | {'yes' if agree else '**no**'} |")
     lines += ["", "Training (optimizer steps, epochs over the corpus each stage read):", ""]
-    lines += ["| model | stage | tokens | steps | epochs | peak LR | wall s |", "|---|---|---|---|---|---|---|"]
+    lines += ["| model | stage | tokens | steps | epochs | peak LR | wall s | median update ms / stall s |"]
+    lines += ["|---|---|---|---|---|---|---|---|"]
     for arm, row in doc["models"].items():
         for s, info in sorted(row["stages"].items()):
             ep = f"{info['epochs']:.3f}" if info.get("epochs") is not None else "- (generated)"
+            pace = f"{info['median_step_ms']:.1f} / {info['stall_s']:.1f}" if "median_step_ms" in info else "-"
             lines.append(
-                f"| {arm} | {s} | {info['tokens']:,} | {info['steps']} | {ep} | {info['lr']:g} | {info['wall_s']:.0f} |"
+                f"| {arm} | {s} | {info['tokens']:,} | {info['steps']} | {ep} | {info['lr']:g} | {info['wall_s']:.0f} "
+                f"| {pace} |"
             )
     lines += _baseline_lines(doc["against_baselines"])
     lines += _seed_lines(doc["seeds"])

@@ -265,3 +265,16 @@ def test_headline_names_the_seeds_scored_with_tf32(recall_runs, tmp_path):
     text, _ = _report(recall_runs, tmp_path / "after")
     (line,) = [x for x in text.splitlines() if x.startswith("Scored with float32 matmuls in TF32")]
     assert "ssd-gm20-s2 (full sets)" in line and "ssd-gm20-s1" not in line
+
+
+def test_recall_report_gives_each_stage_its_pace_where_the_run_measured_it(recall_runs, tmp_path):
+    """The training table's last column: a run whose summary.json has the loop's median update time and stall shows
+    them (stage 3 of ssd-gm20-s1: 80.3 ms, 24.0 s); runs from before they were measured show "-"."""
+    out, arms = recall_runs
+    path = out / "ssd-gm20-s1" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["stages"]["3"] |= {"median_step_ms": 80.31, "stall_s": 23.98}
+    path.write_text(json.dumps(summary))
+    text = write_recall_report(out, tmp_path / "recall", arms).read_text()
+    assert _row(text, "ssd-gm20-s1", "3")[-1] == "80.3 / 24.0"
+    assert _row(text, "ssd-gm20-s1", "2")[-1] == "-" and _row(text, "ssd-gm20-s0", "3")[-1] == "-"
