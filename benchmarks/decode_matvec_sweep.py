@@ -10,8 +10,10 @@ weights (the whole model's: more than the L2 cache holds, as in a step). Beside 
 products (F.rms_norm, F.linear on cuBLAS, F.silu and the residual add as PyTorch ops), the module's default setting, and
 on Hopper or later the default with programmatic dependent launch (each launch overlapping the one before;
 decode_matvec.decode_pdl). The SSD step (conv shift, state update, gate) is timed with its default warps and each of
-STEP_WARPS, on the arguments of each layer's call in one real decoding step, each checked against its reference first.
-Random weights of the real dimensions, bf16.
+STEP_WARPS, on the arguments of each layer's call in one real decoding step, each checked against its reference first;
+beside it, where mamba-ssm is installed (its Triton-only wheel: scripts/gpu_prepare.sh), mamba-ssm's
+``selective_state_update`` on the same calls (the state update, D skip and gate; the conv and its shift done before,
+untimed: mamba-ssm leaves them to causal-conv1d's CUDA kernel). Random weights of the real dimensions, bf16.
 
     python3 -m benchmarks.decode_matvec_sweep [--model smollm2-135m] [--batches 1,64] [--repeats 20]
 
@@ -150,6 +152,7 @@ def sweep_step(calls, batch: int, device, repeats: int, tol: float) -> dict:
         if pdl_possible(device)
         else None
     )
+    row |= sweep_mamba(calls, device, repeats, tol)
     settings = [{"path": "step", "num_warps": w} for w in STEP_WARPS]
     return row | try_settings(
         settings,
@@ -159,6 +162,83 @@ def sweep_step(calls, batch: int, device, repeats: int, tol: float) -> dict:
         ),
         tol,
     )
+
+
+def mamba_update(call):
+    """The recorded SSD step ``call`` as mamba-ssm's ``selective_state_update`` takes it: (kwargs, reference) with the
+    conv and its shift applied first (x, B, C in the call's dtype, as a conv kernel would leave them), mamba-ssm's
+    Mamba-2 layout (per-head dt, dt_bias, A, D broadcast over head_dim and state by stride-0 views) and its own copy
+    of the state; reference() gives (y, new state) in float32 from mohawk.mixers.ssd.ssd_step on the same inputs.
+    Any gate is mamba-ssm's y * silu(z) here (SSD students from attention gate y * z: the same reads and writes).
+    None where x is not scaled by dt (Discrete Mamba-2), which mamba-ssm cannot do."""
+    from mohawk.mixers.kernels.decode_step import conv_step_reference
+    from mohawk.mixers.ssd import ssd_step
+
+    a, k = _step_inputs(call)
+    xbc, conv_state, conv_weight, conv_bias, dt, A, D, state, z = a
+    if k.get("x_over_dt"):
+        return None
+    heads, groups, mode = k["heads"], k["groups"], k.get("dt_mode", "given")
+    b, _, p, n = state.shape
+    x, B, C = (
+        conv_step_reference(xbc, conv_state, conv_weight, conv_bias, k["conv_silu"])
+        .to(xbc.dtype)
+        .split([heads * p, groups * n, groups * n], dim=-1)
+    )
+    x, B, C = x.reshape(b, heads, p), B.reshape(b, groups, n), C.reshape(b, groups, n)
+    dt = torch.ones(b, heads, device=xbc.device) if mode == "ones" else dt
+    a_mode = k.get("a_mode", "given")
+    A32 = {"neg_exp": lambda: -torch.exp(A.float()), "given": lambda: A.float()}.get(
+        a_mode, lambda: torch.full((heads,), -1.0 if a_mode == "minus_one" else 0.0, device=xbc.device)
+    )()
+    bias = k.get("dt_bias") if mode == "softplus_bias" else None
+    gated = k.get("gate", "none") != "none"
+    kwargs = {
+        "state": state,
+        "x": x,
+        "dt": dt[..., None].expand(b, heads, p),
+        "A": A32[:, None, None].expand(heads, p, n),
+        "B": B,
+        "C": C,
+        "D": None if D is None else D.float()[:, None].expand(heads, p),
+        "z": z.reshape(b, heads, p) if gated else None,
+        "dt_bias": None if bias is None else bias.float()[:, None].expand(heads, p),
+        "dt_softplus": mode in ("softplus", "softplus_bias"),
+    }
+
+    def reference():
+        d = dt.float() + (bias.float() if bias is not None else 0)
+        y, new = ssd_step(x.float(), F.softplus(d) if kwargs["dt_softplus"] else d, A32, B, C, state.clone(), D)
+        return (y.float() * F.silu(z.float().reshape(b, heads, p)) if gated else y.float()), new
+
+    return kwargs, reference
+
+
+def sweep_mamba(calls, device, repeats: int, tol: float, update=None) -> dict:
+    """mamba-ssm's ``selective_state_update`` (``update``: the installed one by default) on each recorded step's
+    state update, checked against :func:`mamba_update`'s reference, then timed as the fused step is:
+    {"mamba_ssm_us", "mamba_ssm_rel_err", "mamba_ssm"} (the last says why there is no time: not installed, a step it
+    does not compute, or its error over ``tol``)."""
+    from mohawk.mixers.kernels import mamba_triton
+
+    update = update or mamba_triton("selective_state_update", "selective_state_update")
+    out = {"mamba_ssm_us": None, "mamba_ssm_rel_err": None, "mamba_ssm": "not installed"}
+    mapped = [mamba_update(c) for c in calls]
+    if update is None or any(m is None for m in mapped):
+        return out | ({} if update is None else {"mamba_ssm": "a step it does not compute"})
+    gate = calls[0][1].get("gate", "none")
+    out["mamba_ssm"] = "timed" + (
+        f", its y * silu(z) gate for the step's {gate}" if gate not in ("none", "mul_silu") else ""
+    )
+    kwargs, reference = mapped[0]
+    y_ref, state_ref = reference()
+    y = update(**kwargs).float()
+    rel = lambda u, v: float((u - v).abs().max() / v.abs().max().clamp_min(1e-12))  # noqa: E731
+    out["mamba_ssm_rel_err"] = max(rel(y, y_ref), rel(kwargs["state"], state_ref))
+    if not out["mamba_ssm_rel_err"] <= tol:  # NaN too: a diverged state
+        return out | {"mamba_ssm": f"differs from the reference by {out['mamba_ssm_rel_err']:.2g}"}
+    us = time_per_launch([lambda kw=kw: update(**kw) for kw, _ in mapped], device, repeats)
+    return out | {"mamba_ssm_us": us}
 
 
 def plain(x, weight, bias=None, norm_weight=None, eps=1e-6, up_weight=None, up_bias=None, residual=None):
@@ -333,7 +413,12 @@ def main() -> None:
     dtype = torch.bfloat16
     _, _, student = random_teacher_and_student(model_config(args.model), device, dtype)
     rows = []
-    payload = {"command": command(), "device": device_name(device), "versions": versions("triton"), "rows": rows}
+    payload = {
+        "command": command(),
+        "device": device_name(device),
+        "versions": versions("triton", "mamba_ssm"),
+        "rows": rows,
+    }
     stem = f"decode_matvec_sweep-{args.model}-{device_name(device).replace(' ', '_')}"
     with torch.no_grad():
         for batch in batches:
@@ -353,7 +438,8 @@ def main() -> None:
                 rows.append(row)
                 print(
                     f"batch {batch} {STEP}: default {row['default_us']:.2f} us, best "
-                    f"{fmt(row['best'] and row['best']['us'])} ({describe(row['best'] and row['best']['setting'])})",
+                    f"{fmt(row['best'] and row['best']['us'])} ({describe(row['best'] and row['best']['setting'])}); "
+                    f"mamba-ssm's selective_state_update {fmt(row['mamba_ssm_us'])} us ({row['mamba_ssm']})",
                     flush=True,
                 )
             write(stem, payload, report(payload, args), Path(args.out))  # after each batch: a cut run keeps them
@@ -403,6 +489,15 @@ def report(payload: dict, args) -> list[str]:
                 ("pdl", lambda r: r["pdl_us"] if r.get("pdl_us") is not None else float("nan")),
             )
         }
+        step = next((r for r in rows if r["product"] == STEP), None)
+        if step is not None and "mamba_ssm" in step:
+            lines += [
+                "",
+                f"The SSD step beside mamba-ssm's `selective_state_update` on the same calls ({step['mamba_ssm']}): "
+                f"the fused step {step['default_us']:.2f} us per layer with the conv and its shift, mamba-ssm "
+                f"{fmt(step['mamba_ssm_us'])} us without them (relative error "
+                f"{'-' if step['mamba_ssm_rel_err'] is None else format(step['mamba_ssm_rel_err'], '.1e')}).",
+            ]
         lines += [
             "",
             f"A step's products ({' + '.join(r['product'] for r in rows)}, x {rows[0]['layers']} layers; the SSD "

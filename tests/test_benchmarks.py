@@ -8,6 +8,7 @@ from unittest import mock
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 
 @pytest.mark.parametrize(
@@ -400,6 +401,7 @@ def test_decode_matvec_sweep_times_the_fused_ssd_step(tmp_path, monkeypatch):
     whose output or updated state disagrees with the reference listed as failed. No --device: the default finds
     the CPU."""
     from benchmarks import decode_matvec_sweep as sweep
+    from mohawk.mixers import kernels
     from mohawk.mixers.kernels import decode_matvec as dm
     from mohawk.mixers.kernels import decode_step as ds
 
@@ -416,6 +418,7 @@ def test_decode_matvec_sweep_times_the_fused_ssd_step(tmp_path, monkeypatch):
         return y * 2 if num_warps == 1 else y
 
     monkeypatch.setattr(ds, "decode_step", broken_at_one_warp)
+    monkeypatch.setattr(kernels, "mamba_triton", lambda module, name: mamba_state_update)
     argv = ["decode_matvec_sweep", "--model", "tiny", "--repeats", "1", "--batches", "1"]
     monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
     sweep.main()
@@ -424,6 +427,65 @@ def test_decode_matvec_sweep_times_the_fused_ssd_step(tmp_path, monkeypatch):
     step = rows[-1]
     assert step["layers"] == 2 and step["n"] == "4 heads x 16 x 16 state" and step["default_us"] > 0
     assert [f["setting"]["num_warps"] for f in step["failed"]] == [1] and step["best"]["setting"]["num_warps"] == 2
+    assert step["mamba_ssm_us"] > 0 and step["mamba_ssm_rel_err"] < 1e-2
+    assert (
+        "beside mamba-ssm's `selective_state_update` on the same calls (timed"
+        in next(tmp_path.glob("*.md")).read_text()
+    )
+
+
+def mamba_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """mamba-ssm's selective_state_update as its docstring defines it, in PyTorch (Mamba-2 layout: state (batch,
+    heads, head_dim, state), dt and x (batch, heads, head_dim), A (heads, head_dim, state), B and C (batch, groups,
+    state)); the state updated in place, the output in x's dtype."""
+    dt = dt.float() + (dt_bias.float() if dt_bias is not None else 0)
+    dt = F.softplus(dt) if dt_softplus else dt
+    rep = state.shape[1] // B.shape[1]
+    Bh, Ch = B.float().repeat_interleave(rep, 1), C.float().repeat_interleave(rep, 1)
+    state.copy_(state * torch.exp(dt[..., None] * A.float()) + (dt * x.float())[..., None] * Bh[:, :, None])
+    y = (state * Ch[:, :, None]).sum(-1) + (x.float() * D.float() if D is not None else 0)
+    return (y * F.silu(z.float()) if z is not None else y).to(x.dtype)
+
+
+def test_decode_matvec_sweep_maps_a_step_onto_mamba_ssms_state_update(monkeypatch):
+    """The recorded steps of a real decode (conv, softplus(dt + dt_bias), A = -exp(A_log), D, a gate) given to an
+    implementation of mamba-ssm's selective_state_update: it agrees with the reference and is timed; one that skips
+    the softplus (a wrong mapping of dt) is reported with its error and not timed; none installed, or a Discrete
+    Mamba-2 step (x not scaled by dt), is said so."""
+    from benchmarks import decode_matvec_sweep as sweep
+    from benchmarks.common import model_config, random_teacher_and_student
+    from mohawk.mixers import kernels
+    from mohawk.mixers.kernels import decode_matvec as dm
+
+    if dm.triton is None:
+        pytest.skip("needs Triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("MOHAWK_DECODE_KERNEL", "triton")
+    cpu = torch.device("cpu")
+    _, _, student = random_teacher_and_student(model_config("tiny"), cpu, torch.bfloat16)
+    with torch.no_grad():
+        calls = sweep.recorded_steps(student, 3, cpu)
+    assert calls[0][1]["dt_mode"] == "softplus_bias" and calls[0][1]["a_mode"] == "neg_exp"
+    got = sweep.sweep_mamba(calls, cpu, 1, 2e-2, update=mamba_state_update)
+    assert got["mamba_ssm_us"] > 0 and got["mamba_ssm_rel_err"] < 1e-2, got
+    assert got["mamba_ssm"].startswith("timed") and calls[0][1]["gate"] in got["mamba_ssm"]
+
+    def no_softplus(*a, dt_softplus=False, **k):
+        return mamba_state_update(*a, dt_softplus=False, **k)
+
+    wrong = sweep.sweep_mamba(calls, cpu, 1, 2e-2, update=no_softplus)  # exp(-dt * exp(A_log)) overflows: NaN
+    assert wrong["mamba_ssm_us"] is None and not wrong["mamba_ssm_rel_err"] <= 2e-2
+    assert wrong["mamba_ssm"].startswith("differs from the reference")
+
+    def no_gate(*a, z=None, **k):
+        return mamba_state_update(*a, **k)
+
+    wrong = sweep.sweep_mamba(calls, cpu, 1, 2e-2, update=no_gate)
+    assert wrong["mamba_ssm_us"] is None and wrong["mamba_ssm_rel_err"] > 2e-2
+    monkeypatch.setattr(kernels, "mamba_triton", lambda module, name: None)
+    assert sweep.sweep_mamba(calls, cpu, 1, 2e-2)["mamba_ssm"] == "not installed"
+    dm2 = [(a, k | {"x_over_dt": True}) for a, k in calls]
+    assert sweep.sweep_mamba(dm2, cpu, 1, 2e-2, update=mamba_state_update)["mamba_ssm"] == "a step it does not compute"
 
 
 def test_lm_eval_speed_counts_each_kernel_once():

@@ -188,15 +188,18 @@ def test_loader_skips_a_broken_package_init(tmp_path, monkeypatch):
     (pkg / "ops" / "__init__.py").write_text("")
     (pkg / "ops" / "triton" / "__init__.py").write_text("")
     (pkg / "ops" / "triton" / "ssd_combined.py").write_text("def mamba_chunk_scan_combined(*a, **k):\n    return 'k'\n")
+    (pkg / "ops" / "triton" / "selective_state_update.py").write_text("def selective_state_update():\n    return 's'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    kernels._mamba_chunk_scan.cache_clear()
+    kernels.mamba_triton.cache_clear()
     try:
         fn = kernels._mamba_chunk_scan()
         assert fn is not None and fn() == "k"
+        assert kernels.mamba_triton("selective_state_update", "selective_state_update")() == "s"
+        assert kernels.mamba_triton("selective_state_update", "no_such_kernel") is None
     finally:
         for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
             del sys.modules[name]
-        kernels._mamba_chunk_scan.cache_clear()
+        kernels.mamba_triton.cache_clear()
 
 
 @pytest.mark.gpu

@@ -12,20 +12,21 @@ import torch
 from torch import Tensor
 
 
-@functools.lru_cache(maxsize=1)
-def _mamba_chunk_scan():
-    """mamba-ssm's Triton SSD kernel (pip install mohawk[gpu]), or None.
+@functools.cache
+def mamba_triton(module: str, name: str):
+    """``mamba_ssm.ops.triton.<module>.<name>``, one of mamba-ssm's Triton kernels (pip install mohawk[mamba], or its
+    Triton-only wheel: scripts/gpu_prepare.sh), or None where it cannot be imported.
 
     mamba-ssm's package ``__init__`` imports its CUDA extensions (absent from a Triton-only build), so when the plain
     import fails the ``ops.triton`` modules are loaded under a bare package object that skips that ``__init__``."""
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    import importlib
 
-        return mamba_chunk_scan_combined
+    path = f"mamba_ssm.ops.triton.{module}"
+    try:
+        return getattr(importlib.import_module(path), name)
     except Exception:
         pass
     try:
-        import importlib
         import importlib.util
         import sys
         import types
@@ -33,14 +34,19 @@ def _mamba_chunk_scan():
         spec = importlib.util.find_spec("mamba_ssm")
         if spec is None or not spec.submodule_search_locations:
             return None
-        for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
-            del sys.modules[name]  # drop what the failed import left half-initialised
+        for mod in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            del sys.modules[mod]  # drop what the failed import left half-initialised
         bare = types.ModuleType("mamba_ssm")
         bare.__path__ = list(spec.submodule_search_locations)
         sys.modules["mamba_ssm"] = bare
-        return importlib.import_module("mamba_ssm.ops.triton.ssd_combined").mamba_chunk_scan_combined
+        return getattr(importlib.import_module(path), name)
     except Exception:
         return None
+
+
+def _mamba_chunk_scan():
+    """mamba-ssm's Triton SSD kernel ``mamba_chunk_scan_combined``, or None."""
+    return mamba_triton("ssd_combined", "mamba_chunk_scan_combined")
 
 
 @functools.lru_cache(maxsize=1)

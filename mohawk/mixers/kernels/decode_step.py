@@ -32,6 +32,20 @@ DT_MODES = {"given": 0, "softplus_bias": 1, "softplus": 2, "ones": 3}  # dt, sof
 A_MODES = {"given": 0, "neg_exp": 1, "minus_one": 2, "zero": 3}  # A, -exp(A_log), -1, 0
 
 
+def conv_step_reference(
+    xbc: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, conv_silu: bool
+) -> Tensor:
+    """The depthwise conv's output for one new input, float32 (batch, conv_dim): xbc (batch, conv_dim), conv_state
+    (batch, conv_dim, k - 1) the previous k - 1 inputs, shifted in place to end with xbc; conv_weight (conv_dim, k)."""
+    f32 = torch.float32
+    window = torch.cat([conv_state.to(f32), xbc.to(f32)[..., None]], dim=-1)  # (b, conv_dim, k)
+    out = (window * conv_weight.to(f32)).sum(-1)
+    if conv_bias is not None:
+        out = out + conv_bias.to(f32)
+    conv_state.copy_(window[..., 1:])
+    return F.silu(out) if conv_silu else out
+
+
 def decode_step_reference(
     xbc: Tensor,
     conv_state: Tensor,
@@ -60,16 +74,10 @@ def decode_step_reference(
     A hold: the step and decay themselves ("given"), or what the layer makes them from (softplus(dt + dt_bias),
     -exp(A_log), ...), so that those few elementwise kernels happen inside this one."""
     f32 = torch.float32
-    b, conv_dim = xbc.shape
+    b = xbc.shape[0]
     n = state.shape[-1]
     p = state.shape[2]
-    window = torch.cat([conv_state.to(f32), xbc.to(f32)[..., None]], dim=-1)  # (b, conv_dim, k)
-    out = (window * conv_weight.to(f32)).sum(-1)
-    if conv_bias is not None:
-        out = out + conv_bias.to(f32)
-    if conv_silu:
-        out = F.silu(out)
-    conv_state.copy_(window[..., 1:])
+    out = conv_step_reference(xbc, conv_state, conv_weight, conv_bias, conv_silu)
     x, B, C = torch.split(out, [heads * p, groups * n, groups * n], dim=-1)
     x = x.view(b, heads, p)
     B = B.view(b, groups, n).repeat_interleave(heads // groups, dim=1)
