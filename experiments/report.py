@@ -446,18 +446,21 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
     )
     v4 = "reproduced" if c4 == "better" else "contradicted" if zero_wins else "inconclusive"
     verdicts[4] = v4
-    best_line = (
-        f"The best share by mean: {best[1]}% ({label[best[0]]}); "
-        + (
-            "the recipe's 15% stays."
-            if best[0] == "mohawk"
-            else "against the recipe's 15%: "
+    if not best:
+        best_line = "No share measured yet."
+    elif len(with_12) == 1:  # one share is no ranking
+        best_line = (
+            f"1 of the {len(shares) - 1} shares above 0% measured ({best[1]}%: {label[best[0]]}): no best share yet; "
+            "the recipe's 15% stays until two are."
+        )
+    elif best[0] == "mohawk":
+        best_line = f"The best share by mean: {best[1]}% ({label[best[0]]}); the recipe's 15% stays."
+    else:
+        best_line = (
+            f"The best share by mean: {best[1]}% ({label[best[0]]}); against the recipe's 15%: "
             + (compare(arms.stat(best[0], "screen"), arms.stat("mohawk", "screen"), True) or "not measured")
             + " (the recipe's shares change only when this is 'better')."
         )
-        if best
-        else "No share measured yet."
-    )
     lines += [
         "## 4. Stage allocation at a fixed total: stage 1+2 shares of 0 / 5 / 15 / 30%",
         "",

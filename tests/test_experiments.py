@@ -244,6 +244,18 @@ def test_report_tables_verdicts_and_queue(tmp_path):
     assert (tmp_path / "experiments_plots" / "distance_quality.png").is_file()
 
 
+def test_one_measured_share_is_not_called_the_best(tmp_path):
+    """Section 4 with only the recipe's share measured (the first campaign's state) names no best share; with two it
+    does."""
+    results = tmp_path / "10m"
+    _fake_run(results, "mohawk-s0", ppl=50, lam=0.14, hella=0.33, d1=10, d2=13, zero_shot=None)
+    text = xr.write_experiments_report(results, tmp_path / "a.md", history=tmp_path / "none").read_text()
+    assert "1 of the 3 shares above 0% measured (15%" in text and "The best share by mean" not in text
+    _fake_run(results, "alloc-5-s0", ppl=48, lam=0.16, hella=0.34, d1=11, d2=12, zero_shot=None)
+    text = xr.write_experiments_report(results, tmp_path / "b.md", history=tmp_path / "none").read_text()
+    assert "The best share by mean: 5%" in text and "shares above 0% measured" not in text
+
+
 def test_queue_scores_zero_shot_sets_64_requests_per_forward():
     """Issue 34's evaluations: the screen (perplexity and agreement hold full-vocabulary logits) at 16 sequences per
     forward, the HellaSwag screen and the full sets (zero-shot tasks alone) at 64; the teacher run the same."""

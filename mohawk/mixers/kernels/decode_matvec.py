@@ -336,8 +336,8 @@ def dot_block_sizes(b: int, n: int, k: int) -> tuple[int, int, int, int | None]:
 
 def dot_split(b: int, n: int, k: int) -> int:
     """The tensor-core kernel's K split (programs per output tile) for ``b`` sequences of an (n, k) product:
-    MOHAWK_DECODE_SPLIT=N (a whole number >= 1) at every product, or ``auto`` (default): 1, no split, until the GPU
-    sweep (benchmarks/decode_matvec_sweep.py) measures a split faster at a batch and product."""
+    MOHAWK_DECODE_SPLIT=N (a whole number >= 1) at every product, or ``auto`` (default): 1, no split, which the GPU
+    measurements in benchmarks/README.md ("The K split") found the fastest whole step."""
     flag = os.environ.get("MOHAWK_DECODE_SPLIT", "auto")
     if flag == "auto":
         return 1
