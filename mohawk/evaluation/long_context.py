@@ -84,22 +84,62 @@ def _digits_right(key: str, text: str) -> float:
     return sum(a == b for a, b in zip(key, _compact(text)[: len(key)], strict=False)) / len(key)  # short: wrong
 
 
+def _pad_id(model) -> int:
+    pad = getattr(model.config, "pad_token_id", None)
+    return pad if pad is not None else getattr(model.config, "eos_token_id", None) or 0
+
+
+@torch.no_grad()
+def greedy_batch(model, ids: Tensor, new_tokens: int) -> list[list[int]]:
+    """``new_tokens`` greedy tokens after each row of ``ids`` (batch, L; no padding: rows of one length) through
+    generate, each row cut after its first end-of-sequence token as a one-row generate stops there."""
+    pad = _pad_id(model)
+    gen = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad
+    )
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = getattr(model.config, "eos_token_id", None) if eos is None else eos
+    stops = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    rows = []
+    for row in gen[:, ids.shape[1] :].tolist():
+        end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+        rows.append(row[:end])
+    return rows
+
+
 @torch.no_grad()
 def greedy(model, ids: Tensor, new_tokens: int, use_cache: bool = True) -> list[int]:
     """``new_tokens`` greedy tokens after ``ids`` (1, L): through generate (the model's cached decoding) or, with
     ``use_cache`` False, one full forward over the whole prefix per token (the reference the cache must match)."""
     if use_cache:
-        pad = getattr(model.config, "pad_token_id", None)
-        pad = pad if pad is not None else getattr(model.config, "eos_token_id", None) or 0
-        mask = torch.ones_like(ids)
-        gen = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
-        return gen[0, ids.shape[1] :].tolist()
+        return greedy_batch(model, ids, new_tokens)[0]
     out: list[int] = []
     for _ in range(new_tokens):
         logits = model(input_ids=ids, use_cache=False).logits[0, -1]
         nxt = int(logits.argmax())
         out.append(nxt)
         ids = torch.cat([ids, ids.new_tensor([[nxt]])], dim=1)
+    return out
+
+
+@torch.no_grad()
+def answer_scores(model, rows: list[tuple[list[int], list[int]]], pad: int) -> list[tuple[float, float]]:
+    """(summed log-probability, share of argmax hits) of each answer given its prompt, teacher-forced, for rows
+    (prompt, answer) whose prompts have one length: one forward over ``prompt + answer`` right-padded with ``pad`` (in
+    a causal model padding after a row's answer changes none of its scores), logits kept at the answer positions only
+    (``logits_to_keep``; a model that returns them all is sliced the same)."""
+    device = next(model.parameters()).device
+    width = max(len(a) for _, a in rows)
+    assert len({len(p) for p, _ in rows}) == 1, "answer_scores: prompts of one length"
+    ids = torch.tensor([p + a + [pad] * (width - len(a)) for p, a in rows], device=device)
+    keep = width + 1  # the positions that predict the answer tokens: from each prompt's last token on
+    logits = model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits[:, -keep:-1].float()
+    logp = torch.log_softmax(logits, -1)
+    out = []
+    for i, (_, a) in enumerate(rows):
+        target = ids.new_tensor(a)
+        lp = logp[i, : len(a)]
+        out.append((float(lp.gather(-1, target[:, None]).sum()), float((lp.argmax(-1) == target).float().mean())))
     return out
 
 
@@ -113,43 +153,56 @@ def passkey_scores(
     fillers: tuple[str, ...] = ("repeat", "natural"),
     new_tokens: int = 8,
     check_cache: bool = True,
+    batch_size: int = 1,
 ) -> dict:
     """Passkey retrieval, measured three ways for each filler and length over ``trials`` seeded keys and depths
     (identical for every model): ``hits`` (share of greedy answers holding the 5-digit key in their first
     ``new_tokens`` tokens), ``digits`` (share of the key's digits reproduced in place: partial credit), and from one
     teacher-forced forward ``key_logprob`` (mean log-probability of the answer's tokens " KEY", summed over them) and
     ``token_acc`` (share of answer tokens that are the argmax). ``generations``: the decoded answers.
-    With ``check_cache``, the first trial of each length is also decoded without a cache (full forwards):
-    ``cache_agrees`` is False if the cached greedy tokens differ (a decode-path fault, not a capability).
+    With ``check_cache``, the first trial of each length is also decoded alone, with the cache and without (full
+    forwards): ``cache_agrees`` is False if the greedy tokens differ (a decode-path fault, not a capability).
+    ``batch_size``: trials scored and generated together (prompts of one length: no padding); the answers are those
+    of one trial at a time (tests/evaluation/test_passkey.py holds them equal).
 
     Returns {filler: {length: {hits, digits, key_logprob, token_acc, trials, cache_agrees, generations}}}."""
     device = next(model.parameters()).device
     texts = {"repeat": FILLER, "natural": natural_filler() if "natural" in fillers else ""}
+    pad = _pad_id(model)
     out: dict = {}
     for filler in fillers:
         out[filler] = {}
         for length in lengths:
             rng = random.Random(seed + length)
-            row = {"hits": 0.0, "digits": 0.0, "key_logprob": 0.0, "token_acc": 0.0, "trials": trials}
-            gens, agrees = [], None
-            for t in range(trials):
+            cases = []
+            for _ in range(trials):
                 key = str(rng.randrange(10000, 100000))
                 depth, offset = rng.random(), rng.randrange(max(1, len(texts[filler]) // 2))
                 prompt = passkey_prompt(tokenizer, length, key, depth, texts[filler], offset)
-                answer = tokenizer(f" {key}", add_special_tokens=False)["input_ids"]
-                ids = torch.tensor([prompt + answer], device=device)
-                logp = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0].float(), -1)
-                pos = torch.arange(len(prompt) - 1, len(prompt) + len(answer) - 1, device=device)
-                target = ids[0, len(prompt) :]
-                row["key_logprob"] += float(logp[pos, target].sum()) / trials
-                row["token_acc"] += float((logp[pos].argmax(-1) == target).float().mean()) / trials
-                gen = greedy(model, ids[:, : len(prompt)], new_tokens)
+                cases.append((key, depth, prompt, tokenizer(f" {key}", add_special_tokens=False)["input_ids"]))
+            row = {"hits": 0.0, "digits": 0.0, "key_logprob": 0.0, "token_acc": 0.0, "trials": trials}
+            answers: list[list[int]] = [[] for _ in cases]
+            by_len: dict[int, list[int]] = {}
+            for i, case in enumerate(cases):
+                by_len.setdefault(len(case[2]), []).append(i)
+            for group in by_len.values():
+                for j in range(0, len(group), max(1, batch_size)):
+                    chunk = group[j : j + max(1, batch_size)]
+                    for logprob, acc in answer_scores(model, [(cases[i][2], cases[i][3]) for i in chunk], pad):
+                        row["key_logprob"] += logprob / trials
+                        row["token_acc"] += acc / trials
+                    prompts = torch.tensor([cases[i][2] for i in chunk], device=device)
+                    for i, gen in zip(chunk, greedy_batch(model, prompts, new_tokens), strict=True):
+                        answers[i] = gen
+            gens, agrees = [], None
+            for (key, depth, _, _), gen in zip(cases, answers, strict=True):
                 text = tokenizer.decode(gen, skip_special_tokens=True)
                 row["hits"] += (key in _compact(text)) / trials
                 row["digits"] += _digits_right(key, text) / trials
                 gens.append({"key": key, "depth": round(depth, 3), "answer": text})
-                if check_cache and t == 0:
-                    agrees = gen == greedy(model, ids[:, : len(prompt)], new_tokens, use_cache=False)
+            if check_cache and cases:
+                ids = torch.tensor([cases[0][2]], device=device)
+                agrees = greedy(model, ids, new_tokens) == greedy(model, ids, new_tokens, use_cache=False)
             out[filler][str(length)] = {**row, "cache_agrees": agrees, "generations": gens}
     return out
 

@@ -112,7 +112,8 @@ def run_suite(
     agreement; long_val (n, 4 x train_len): for the loss-by-position curve; ``score_teacher`` False: the teacher
     serves only as the reference of agreement (its perplexity is still measured); ``limit``: items per lm-eval task
     (as harness.run_tasks: N, item indices or None, or {task: one of those}); passkey: ``passkey_trials`` keys at
-    each of ``passkey_at`` lengths (default: passkey_lengths) with both fillers (see passkey_scores); ``items``: keep
+    each of ``passkey_at`` lengths (default: passkey_lengths) with both fillers, ``batch_size`` trials at once (see
+    passkey_scores); ``items``: keep
     per-item zero-shot scores. Returns the
     results dict: res["passkey"][model] = {length: hits with the repeated filler}, res["passkey_detail"][model] =
     passkey_scores' full answer, res["seconds"][model] = {phase: wall seconds} (perplexity, agreement, position,
@@ -162,7 +163,7 @@ def run_suite(
             lengths = passkey_at or passkey_lengths(train_len, max_len)
             say(f"{name}: passkey retrieval at {lengths} tokens, {passkey_trials} keys each, two fillers")
             with _timed(clock, "passkey"):
-                detail = passkey_scores(model, tokenizer, lengths, passkey_trials, seed)
+                detail = passkey_scores(model, tokenizer, lengths, passkey_trials, seed, batch_size=batch_size)
             res["passkey_detail"][name] = detail
             res["passkey"][name] = {k: v["hits"] for k, v in detail["repeat"].items()}
         if harness:

@@ -60,12 +60,12 @@ class Copier(nn.Module):
     def generate(self, ids, max_new_tokens, **_):
         out = ids
         for k in range(max_new_tokens):
-            nxt = int(self(out).logits[0, -1].argmax())
+            nxt = self(out).logits[:, -1].argmax(-1)
             if self.corrupt is not None and k == self.corrupt:
                 nxt = (nxt + 1) % self.vocab
             if self.broken_cache:
-                nxt = 0
-            out = torch.cat([out, out.new_tensor([[nxt]])], 1)
+                nxt = torch.zeros_like(nxt)
+            out = torch.cat([out, nxt[:, None]], 1)
         return out
 
 
@@ -127,6 +127,36 @@ def test_one_wrong_digit_gets_partial_credit_but_no_hit(tok):
 def test_a_decode_path_that_differs_from_full_forwards_is_flagged(tok):
     row = passkey_scores(Copier(len(tok), broken_cache=True), tok, [128], trials=2, fillers=("repeat",))["repeat"]
     assert row["128"]["cache_agrees"] is False and row["128"]["hits"] == 0
+
+
+@pytest.mark.parametrize("model", ["teacher", "hybrid"])
+def test_trials_scored_together_score_as_one_at_a_time(tok, model):
+    """passkey_scores with batch_size 4 (several prompts per forward and per generate) gives each trial the answer,
+    log-probability and token accuracy it gets alone, on a tiny Llama teacher and its hybrid student; and
+    answer_scores of answers of different lengths (right-padded in one forward) are those of each row alone."""
+    from mohawk.evaluation.long_context import answer_scores
+    from mohawk.transfer import from_teacher
+    from tests.utils import tiny_teacher
+
+    torch.manual_seed(0)
+    teacher = tiny_teacher("llama", vocab_size=len(tok) + 8).eval()
+    net = teacher if model == "teacher" else from_teacher(teacher, attention_layers=[1]).eval()
+    one = passkey_scores(net, tok, [48, 64], trials=5, batch_size=1)
+    four = passkey_scores(net, tok, [48, 64], trials=5, batch_size=4)
+    for filler in one:
+        for length, a in one[filler].items():
+            b = four[filler][length]
+            assert a["generations"] == b["generations"] and a["cache_agrees"] == b["cache_agrees"]
+            for k in ("hits", "digits", "token_acc"):
+                assert a[k] == pytest.approx(b[k], abs=1e-9), (filler, length, k)
+            assert a["key_logprob"] == pytest.approx(b["key_logprob"], abs=1e-4)
+    assert len({g["answer"] for f in one.values() for r in f.values() for g in r["generations"]}) > 1
+    rows = [([5, 9, 11, 7], [3, 4]), ([6, 2, 8, 10], [12, 13, 14, 15, 3]), ([1, 1, 2, 3], [9])]
+    together = answer_scores(net, rows, pad=0)
+    for row, (logprob, acc) in zip(rows, together, strict=True):
+        alone = answer_scores(net, [row], pad=0)[0]
+        assert logprob == pytest.approx(alone[0], abs=1e-5) and acc == alone[1]
+    assert together[0][0] != pytest.approx(together[1][0], abs=1e-3)
 
 
 def test_cached_greedy_equals_full_forwards_on_a_hybrid_student_past_one_prefill_chunk():
