@@ -85,6 +85,7 @@ def _digits_right(key: str, text: str) -> float:
 
 
 def _pad_id(model) -> int:
+    """The id generate pads finished rows with: the config's pad token, else its end of sequence, else 0."""
     pad = getattr(model.config, "pad_token_id", None)
     return pad if pad is not None else getattr(model.config, "eos_token_id", None) or 0
 
