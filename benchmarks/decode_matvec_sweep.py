@@ -171,7 +171,7 @@ def mamba_update(call):
     of the state; reference() gives (y, new state) in float32 from mohawk.mixers.ssd.ssd_step on the same inputs.
     Any gate is mamba-ssm's y * silu(z) here (SSD students from attention gate y * z: the same reads and writes).
     None where x is not scaled by dt (Discrete Mamba-2), which mamba-ssm cannot do."""
-    from mohawk.mixers.kernels.decode_step import conv_step_reference
+    from mohawk.mixers.kernels.decode_step import conv_step_reference, step_and_decay
     from mohawk.mixers.ssd import ssd_step
 
     a, k = _step_inputs(call)
@@ -186,12 +186,9 @@ def mamba_update(call):
         .split([heads * p, groups * n, groups * n], dim=-1)
     )
     x, B, C = x.reshape(b, heads, p), B.reshape(b, groups, n), C.reshape(b, groups, n)
-    dt = torch.ones(b, heads, device=xbc.device) if mode == "ones" else dt
-    a_mode = k.get("a_mode", "given")
-    A32 = {"neg_exp": lambda: -torch.exp(A.float()), "given": lambda: A.float()}.get(
-        a_mode, lambda: torch.full((heads,), -1.0 if a_mode == "minus_one" else 0.0, device=xbc.device)
-    )()
     bias = k.get("dt_bias") if mode == "softplus_bias" else None
+    dt32, A32 = step_and_decay(dt, A, bias, mode, k.get("a_mode", "given"), b, heads, xbc.device)
+    dt = torch.ones(b, heads, device=xbc.device) if mode == "ones" else dt  # mamba-ssm makes its own dt from this
     gated = k.get("gate", "none") != "none"
     kwargs = {
         "state": state,
@@ -207,8 +204,7 @@ def mamba_update(call):
     }
 
     def reference():
-        d = dt.float() + (bias.float() if bias is not None else 0)
-        y, new = ssd_step(x.float(), F.softplus(d) if kwargs["dt_softplus"] else d, A32, B, C, state.clone(), D)
+        y, new = ssd_step(x.float(), dt32, A32, B, C, state.clone(), D)
         return (y.float() * F.silu(z.float().reshape(b, heads, p)) if gated else y.float()), new
 
     return kwargs, reference

@@ -46,6 +46,31 @@ def conv_step_reference(
     return F.silu(out) if conv_silu else out
 
 
+def step_and_decay(
+    dt: Tensor | None,
+    A: Tensor | None,
+    dt_bias: Tensor | None,
+    dt_mode: str,
+    a_mode: str,
+    batch: int,
+    heads: int,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """(dt (batch, heads), A (heads,)) in float32 from what a layer holds, as ``dt_mode`` / ``a_mode`` (DT_MODES /
+    A_MODES) say: dt given, softplus(dt + dt_bias), softplus(dt) or 1; A given, -exp(A_log), -1 or 0."""
+    f32 = torch.float32
+    if dt_mode == "ones":
+        dt32 = torch.ones(batch, heads, device=device)
+    else:
+        assert dt is not None and (dt_bias is not None or dt_mode != "softplus_bias")
+        dt32 = dt.to(f32) + dt_bias.to(f32) if dt_bias is not None and dt_mode == "softplus_bias" else dt.to(f32)
+        dt32 = dt32 if dt_mode == "given" else F.softplus(dt32)
+    if a_mode in ("minus_one", "zero"):
+        return dt32, torch.full((heads,), -1.0 if a_mode == "minus_one" else 0.0, device=device)
+    assert A is not None
+    return dt32, -torch.exp(A.to(f32)) if a_mode == "neg_exp" else A.to(f32)
+
+
 def decode_step_reference(
     xbc: Tensor,
     conv_state: Tensor,
@@ -82,18 +107,7 @@ def decode_step_reference(
     x = x.view(b, heads, p)
     B = B.view(b, groups, n).repeat_interleave(heads // groups, dim=1)
     C = C.view(b, groups, n).repeat_interleave(heads // groups, dim=1)
-    if dt_mode == "ones":
-        dt32 = torch.ones(b, heads, device=xbc.device)
-    else:
-        assert dt is not None and (dt_bias is not None or dt_mode != "softplus_bias")
-        dt32 = dt.to(f32) + dt_bias.to(f32) if dt_bias is not None and dt_mode == "softplus_bias" else dt.to(f32)
-        dt32 = dt32 if dt_mode == "given" else F.softplus(dt32)
-    if a_mode in ("minus_one", "zero"):
-        A32 = torch.full((heads,), -1.0 if a_mode == "minus_one" else 0.0, device=xbc.device)
-    else:
-        assert A is not None
-        A32 = -torch.exp(A.to(f32)) if a_mode == "neg_exp" else A.to(f32)
-    dt = dt32
+    dt, A32 = step_and_decay(dt, A, dt_bias, dt_mode, a_mode, b, heads, xbc.device)
     a = torch.exp(dt * A32)[..., None, None]
     inp = x if x_over_dt else x * dt[..., None]
     new = state * a + inp[..., None] * B[:, :, None, :]
