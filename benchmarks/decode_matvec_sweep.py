@@ -203,6 +203,7 @@ def mamba_update(call):
         "dt_softplus": mode in ("softplus", "softplus_bias"),
     }
 
+    @torch.no_grad()
     def reference():
         y, new = ssd_step(x.float(), dt32, A32, B, C, state.clone(), D)
         return (y.float() * F.silu(z.float().reshape(b, heads, p)) if gated else y.float()), new
