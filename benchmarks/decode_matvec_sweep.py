@@ -203,7 +203,6 @@ def mamba_update(call):
         "dt_softplus": mode in ("softplus", "softplus_bias"),
     }
 
-    @torch.no_grad()
     def reference():
         y, new = ssd_step(x.float(), dt32, A32, B, C, state.clone(), D)
         return (y.float() * F.silu(z.float().reshape(b, heads, p)) if gated else y.float()), new
@@ -211,6 +210,7 @@ def mamba_update(call):
     return kwargs, reference
 
 
+@torch.no_grad()
 def sweep_mamba(calls, device, repeats: int, tol: float, update=None) -> dict:
     """mamba-ssm's ``selective_state_update`` (``update``: the installed one by default) on each recorded step's
     state update, checked against :func:`mamba_update`'s reference, then timed as the fused step is:
