@@ -9,6 +9,7 @@ invocations measured); summary.json is the report of the run, written, never rea
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import sys
 import time
@@ -451,17 +452,20 @@ class DistillRecipe:
             map(parallel.shard, stream.batches(self.schedule.rows[s], skip=skip)), pin=self.device.type == "cuda"
         )
         self.record.start_stage(self.point.stage_wall_s if mid else 0.0)
-        state = train_stage(
-            stage,
-            batches,
-            budget,
-            cfg.loop_settings(),
-            checkpointer=self.checkpointer,
-            log=log,
-            resume=mid,
-            progress=self.progress,
-            parallel=parallel,
-        )
+        # closed here, not when garbage collection finds it: a signal raised while its thread is joined in a
+        # finalizer would be swallowed ("Exception ignored") and the run would go on
+        with contextlib.closing(batches):
+            state = train_stage(
+                stage,
+                batches,
+                budget,
+                cfg.loop_settings(),
+                checkpointer=self.checkpointer,
+                log=log,
+                resume=mid,
+                progress=self.progress,
+                parallel=parallel,
+            )
         self.summary["stages"][str(s)] = {
             **self._stage_result(s, state.as_dict(done=True), self.record.stage_wall_s()),
             **state.timing(),

@@ -289,6 +289,25 @@ def test_resume_without_the_summary_ends_as_an_uninterrupted_run(teacher_dir, tm
     assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
+def test_an_interrupt_while_a_stages_batch_thread_stops_ends_the_run(teacher_dir, tmp_path, monkeypatch):
+    """A signal that arrives while a stage's prefetch thread is being joined (the end of stage 1 here) stops the run
+    (exit 130): distill closes the batches itself, so the interrupt is not raised inside a garbage-collection
+    finalizer, where Python prints "Exception ignored" and the run goes on."""
+    import threading
+
+    real, hit = threading.Thread.join, []
+
+    def interrupted_join(self, timeout=None):
+        if self.name == "mohawk-prefetch" and not hit:
+            hit.append(self.name)
+            raise KeyboardInterrupt
+        return real(self, timeout)
+
+    monkeypatch.setattr(threading.Thread, "join", interrupted_join)
+    assert main(tiny_distill_argv(teacher_dir, tmp_path / "run")) == 130
+    assert hit and not (tmp_path / "run" / "student").exists()
+
+
 def test_a_damaged_summary_does_not_stop_a_resume(teacher_dir, tmp_path):
     """summary.json cut in half (a crash while it was written): --resume never reads it and writes it whole."""
     out = tmp_path / "run"
