@@ -24,7 +24,7 @@ import queue
 import random
 import threading
 import typing
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import torch
@@ -484,7 +484,7 @@ def take(stream: TokenStream, n_sequences: int) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
-def prefetch(batches: Iterator[torch.Tensor], depth: int = 4, pin: bool = False) -> Iterator[torch.Tensor]:
+def prefetch(batches: Iterator[torch.Tensor], depth: int = 4, pin: bool = False) -> Generator[torch.Tensor, None, None]:
     """``batches`` in the same order, drawn ``depth`` ahead by a background thread (pinned for a non-blocking copy
     to the GPU when ``pin``), so that reading, tokenizing and packing text overlap the training step instead of
     keeping the GPU idle between steps. An error of ``batches`` is raised here, at the draw it happened; closing
