@@ -169,7 +169,7 @@ def passkey_scores(
     Returns {filler: {length: {hits, digits, key_logprob, token_acc, trials, cache_agrees, generations}}}."""
     device = next(model.parameters()).device
     texts = {"repeat": FILLER, "natural": natural_filler() if "natural" in fillers else ""}
-    pad = _pad_id(model)
+    pad, step = _pad_id(model), max(1, batch_size)
     out: dict = {}
     for filler in fillers:
         out[filler] = {}
@@ -187,8 +187,8 @@ def passkey_scores(
             for i, case in enumerate(cases):
                 by_len.setdefault(len(case[2]), []).append(i)
             for group in by_len.values():
-                for j in range(0, len(group), max(1, batch_size)):
-                    chunk = group[j : j + max(1, batch_size)]
+                for j in range(0, len(group), step):
+                    chunk = group[j : j + step]
                     for logprob, acc in answer_scores(model, [(cases[i][2], cases[i][3]) for i in chunk], pad):
                         row["key_logprob"] += logprob / trials
                         row["token_acc"] += acc / trials

@@ -113,11 +113,10 @@ def run_suite(
     serves only as the reference of agreement (its perplexity is still measured); ``limit``: items per lm-eval task
     (as harness.run_tasks: N, item indices or None, or {task: one of those}); passkey: ``passkey_trials`` keys at
     each of ``passkey_at`` lengths (default: passkey_lengths) with both fillers, ``batch_size`` trials at once (see
-    passkey_scores); ``items``: keep
-    per-item zero-shot scores. Returns the
-    results dict: res["passkey"][model] = {length: hits with the repeated filler}, res["passkey_detail"][model] =
-    passkey_scores' full answer, res["seconds"][model] = {phase: wall seconds} (perplexity, agreement, position,
-    passkey, lm-eval, continuations: where an evaluation's time goes)."""
+    passkey_scores); ``items``: keep per-item zero-shot scores. Returns the results dict: res["passkey"][model] =
+    {length: hits with the repeated filler}, res["passkey_detail"][model] = passkey_scores' full answer,
+    res["seconds"][model] = {phase: wall seconds} (perplexity, agreement, position, passkey, lm-eval, continuations:
+    where an evaluation's time goes)."""
     say = console.print if console is not None else (lambda *a, **k: None)
     teacher = models.get(teacher_key) if teacher_key else None
     res: dict[str, typing.Any] = {
