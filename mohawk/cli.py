@@ -352,23 +352,18 @@ def _check(**values) -> None:
             raise MohawkError(f"bad value for {flag}: {value} (must be < 2**32)")
 
 
-class _Terminated(Exception):
-    """SIGTERM (torchrun, a scheduler, kill): unwound like Ctrl-C, so checkpoints stay whole and locks are freed."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     """The ``mohawk`` command: 0 on success, 2 with one ``error:`` line for a user error, 130 (Ctrl-C) or 143
     (SIGTERM) with one ``interrupted`` line."""
     import signal
 
+    from mohawk.errors import Terminated, clear_signals, on_signal
+
     entry = argv is None  # the process's own command line (not a call from Python)
     argv = list(sys.argv[1:] if argv is None else argv)
+    clear_signals()
     try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signal.signal(signal.SIGTERM, on_signal), signal.signal(signal.SIGINT, on_signal)
     except ValueError:  # not the main thread: leave signals alone
         previous = None
     try:
@@ -380,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (KeyboardInterrupt, Interrupted):
         rv = 130
-    except _Terminated:
+    except Terminated:
         rv = 143
     except SystemExit as e:
         return int(e.code or 0)
@@ -404,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
             else:
-                signal.signal(signal.SIGTERM, previous)
+                signal.signal(signal.SIGTERM, previous[0])
+                signal.signal(signal.SIGINT, previous[1])
+        clear_signals()
     if rv in (130, 143):  # typer turns Ctrl-C into an exit code of 130
         hint = ": continue with --resume (the newest checkpoint is kept)" if "distill" in argv[:2] else ""
         if {"eval", "approx"} & set(argv[:2]):

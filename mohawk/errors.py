@@ -1,8 +1,10 @@
-"""The one error class meant for users, and the check that tells a local path from a Hugging Face hub id."""
+"""The one error class meant for users, the signals that stop a run, and the check that tells a local path from a
+Hugging Face hub id."""
 
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
 # what the hub accepts as a repository id: "name" or "namespace/name"
@@ -11,6 +13,34 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9_][\w.-]*(/[\w.-]+)?$")
 
 class MohawkError(Exception):
     """A problem with the user's input or environment, explained in one line."""
+
+
+class Terminated(Exception):
+    """SIGTERM (torchrun, a scheduler, kill): unwound like Ctrl-C, so checkpoints stay whole and locks are freed."""
+
+
+_signalled: list[int] = []  # the signals on_signal raised for since the command began
+
+
+def on_signal(signum: int, frame: object) -> None:
+    """The command's handler of SIGINT and SIGTERM: raise KeyboardInterrupt or Terminated, and note the signal.
+
+    The note is for where the exception is lost: Python prints "Exception ignored in ..." and goes on when a signal
+    lands while a finalizer (``__del__``, a weakref callback, a generator closed by the garbage collector) runs;
+    ``raise_if_signalled`` raises it again at the next training step."""
+    _signalled.append(signum)
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+
+
+def raise_if_signalled() -> None:
+    """Raise again the exception of a signal that on_signal noted (none: return): the loops call it once a step."""
+    if _signalled:
+        raise KeyboardInterrupt if _signalled[-1] == signal.SIGINT else Terminated()
+
+
+def clear_signals() -> None:
+    """Forget the noted signals: a command begins, or one ended by a signal has been reported."""
+    _signalled.clear()
 
 
 def looks_local(arg: str, suffixes: tuple[str, ...] = ()) -> bool:

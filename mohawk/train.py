@@ -17,7 +17,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mohawk.checkpoint import Checkpointer
-from mohawk.errors import MohawkError
+from mohawk.errors import MohawkError, raise_if_signalled
 from mohawk.metrics import MetricsLog
 from mohawk.parallel import Parallel, flatten_metrics, unflatten_metrics
 from mohawk.schedule import DivergenceGuard, LoopSettings, LoopState, SpikeGuard, StageBudget, lr_factor
@@ -89,6 +89,7 @@ def train_stage(
     with bar, stage.compiled(mode) if mode != "off" else nullcontext():
         last = time.perf_counter()
         while state.step < budget.steps:
+            raise_if_signalled()  # a signal whose exception a finalizer swallowed still stops the run
             run.set_lr()
             loss, metrics = parallel.mean_metrics(
                 *_to_floats(*_update_gradients(runner, batches, budget.grad_accum, device, autocast, mode, state))

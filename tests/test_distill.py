@@ -308,6 +308,38 @@ def test_an_interrupt_while_a_stages_batch_thread_stops_ends_the_run(teacher_dir
     assert hit and not (tmp_path / "run" / "student").exists()
 
 
+@pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_a_finalizer_swallowed_still_stops_the_run(teacher_dir, tmp_path, monkeypatch, signum, code):
+    """A signal that lands while a finalizer runs raises inside it, and Python only prints "Exception ignored":
+    the handler notes the signal and the next training step raises it again, so the run stops with the signal's
+    exit code and no student. Without the note the run goes on and ends 0."""
+    import signal
+    import sys
+
+    from mohawk.schedule import SpikeGuard
+
+    class Finalized:
+        def __del__(self):
+            signal.raise_signal(getattr(signal, signum))
+
+    real, hit, swallowed = SpikeGuard.accept, [], []
+
+    def accept(self, loss):
+        if not hit:
+            hit.append(1)
+            obj = Finalized()
+            del obj  # the handler's exception is raised inside __del__ and lost there
+        return real(self, loss)
+
+    monkeypatch.setattr(SpikeGuard, "accept", accept)
+    monkeypatch.setattr(sys, "unraisablehook", swallowed.append)
+    assert main(tiny_distill_argv(teacher_dir, tmp_path / "run")) == code
+    assert hit and [type(u.exc_value).__name__ for u in swallowed] == [
+        "KeyboardInterrupt" if code == 130 else "Terminated"
+    ]
+    assert not (tmp_path / "run" / "student").exists()
+
+
 def test_a_damaged_summary_does_not_stop_a_resume(teacher_dir, tmp_path):
     """summary.json cut in half (a crash while it was written): --resume never reads it and writes it whole."""
     out = tmp_path / "run"
