@@ -198,6 +198,24 @@ def test_help_lists_every_field(capsys, monkeypatch):
         assert "--" + f.name.replace("_", "-") in text, f.name
 
 
+def test_the_stage_lr_help_states_the_recipes_lrs():
+    """Each --stageN-lr names the peak LR the recipe gives (mohawk.recipe.LR) and, where it differs, the embedded CPU
+    budget's (DEFAULT_LR): catches help that still names an LR the recipe no longer uses (stage 3's said 3e-4 while
+    the recipe ran 5e-4)."""
+    from mohawk.config import schema
+    from mohawk.recipe import DEFAULT_LR, LR
+
+    def short(lr: float) -> str:  # 5e-4, as the help writes it
+        return f"{lr:.0e}".replace("e-0", "e-")
+
+    helps = {f.name: f.metadata["help"] for f in schema()}
+    for s, lr in LR.items():
+        text = helps[f"stage{s}_lr"]
+        assert f"the recipe's, {short(lr)}" in text, (s, text)
+        if s in DEFAULT_LR:
+            assert f"{short(DEFAULT_LR[s])} on the embedded CPU budget" in text, (s, text)
+
+
 def test_help_shows_the_schema_groups(capsys, monkeypatch):
     """The README promises `mohawk distill --help` grouped as the schema declares (one panel per group)."""
     from mohawk.cli import main
