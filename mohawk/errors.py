@@ -33,7 +33,8 @@ def on_signal(signum: int, frame: object) -> None:
 
 
 def raise_if_signalled() -> None:
-    """Raise again the exception of a signal that on_signal noted (none: return): the loops call it once a step."""
+    """Raise again the exception of a signal that on_signal noted (none: return): the training loop calls it once a
+    step, the evaluations once a batch."""
     if _signalled:
         raise KeyboardInterrupt if _signalled[-1] == signal.SIGINT else Terminated()
 

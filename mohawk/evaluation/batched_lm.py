@@ -22,6 +22,8 @@ from lm_eval import utils as lm_utils
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
+from mohawk.errors import raise_if_signalled
+
 Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation), context ids, continuation ids)
 
 
@@ -97,6 +99,7 @@ class BatchedHFLM(HFLM):
         out: list[tuple[float, bool] | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests")
         for lo in range(0, len(order), size):
+            raise_if_signalled()  # a signal whose exception a finalizer swallowed still stops the scoring
             chunk = order[lo : lo + size]
             for i, answer in zip(chunk, self._score_batch([requests[i] for i in chunk]), strict=True):
                 out[i] = answer

@@ -8,9 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mohawk.errors import raise_if_signalled
+
 
 def _batches(data: Tensor, batch_size: int):
     for i in range(0, data.shape[0], batch_size):
+        raise_if_signalled()  # a signal whose exception a finalizer swallowed still stops the evaluation
         yield data[i : i + batch_size]
 
 

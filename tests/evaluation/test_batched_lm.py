@@ -179,3 +179,25 @@ def test_batched_tokenization_gives_the_harness_tokens_request_by_request(tmp_pa
     assert seen["batched"] == seen["harness"]
     assert seen["harness"][-5][1:] == ([0], tok(" the end", add_special_tokens=False)["input_ids"])
     assert seen["harness"][-4][2][:1] == tok(" ", add_special_tokens=False)["input_ids"][:1]  # spaces moved
+
+
+def test_a_signal_a_finalizer_swallowed_stops_the_scoring_at_the_next_batch():
+    """A SIGTERM whose exception was lost (raised by the handler inside a finalizer, dropped there) stops the scoring
+    before its next batch, with the signal's exception; none noted, the same requests are scored."""
+    import signal
+
+    from mohawk.errors import Terminated, clear_signals, on_signal
+
+    torch.manual_seed(0)
+    lm = BatchedHFLM(pretrained=tiny_teacher("llama").eval(), tokenizer=tiny_tokenizer(), batch_size=2, device="cpu")
+    reqs = _requests(lm.model, 4)
+    try:
+        on_signal(signal.SIGTERM, None)
+    except Terminated:
+        pass  # what a finalizer does with it
+    try:
+        with pytest.raises(Terminated):
+            lm._loglikelihood_tokens(reqs, disable_tqdm=True)
+    finally:
+        clear_signals()
+    assert len(lm._loglikelihood_tokens(reqs, disable_tqdm=True)) == 4

@@ -249,6 +249,42 @@ def test_eval_command_is_deterministic(teacher_dir, tmp_path, capsys):
     assert main(["eval", str(student), "--tasks", "ppl,mmlu", "--out", str(tmp_path / "bad")]) == 2
 
 
+def test_a_signal_a_finalizer_swallowed_still_stops_the_evaluation(teacher_dir, tmp_path, monkeypatch):
+    """SIGTERM raised inside a ``__del__`` during the first perplexity batch is lost there ("Exception ignored");
+    the next batch raises it again, so `mohawk eval` exits 143 and writes no results. Without the check the
+    evaluation runs on and exits 0."""
+    import importlib
+    import signal
+    import types
+
+    ppl_module = importlib.import_module("mohawk.evaluation.perplexity")  # the package exports the function
+
+    student = tmp_path / "student"
+    mohawk.from_teacher(mohawk.load_teacher(str(teacher_dir))[0]).save_pretrained(student)
+    tiny_tokenizer().save_pretrained(student)
+
+    class Finalized:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)
+
+    hit, swallowed = [], []
+
+    def cross_entropy(*args, **kw):
+        if not hit:
+            hit.append(1)
+            obj = Finalized()
+            del obj
+        return F.cross_entropy(*args, **kw)
+
+    monkeypatch.setattr(ppl_module, "F", types.SimpleNamespace(cross_entropy=cross_entropy))
+    monkeypatch.setattr(sys, "unraisablehook", swallowed.append)
+    corpus = str(teacher_dir.parent / "corpus.jsonl")
+    argv = ["eval", str(student), "--data", corpus, "--seq-len", "16", "--val-sequences", "4", "--batch-size", "1"]
+    assert main([*argv, "--tasks", "ppl", "--device", "cpu", "--out", str(tmp_path / "e")]) == 143
+    assert hit and [type(u.exc_value).__name__ for u in swallowed] == ["Terminated"]
+    assert not (tmp_path / "e" / "results.json").exists()
+
+
 def test_lm_eval_cli_runs_on_a_student_directory(teacher_dir, tmp_path):
     """The student loads in lm_eval's own process through remote code (auto_map), with the vendored task config."""
     student = tmp_path / "student"
