@@ -278,3 +278,39 @@ def test_recall_report_gives_each_stage_its_pace_where_the_run_measured_it(recal
     text = write_recall_report(out, tmp_path / "recall", arms).read_text()
     assert _row(text, "ssd-gm20-s1", "3")[-1] == "80.3 / 24.0"
     assert _row(text, "ssd-gm20-s1", "2")[-1] == "-" and _row(text, "ssd-gm20-s0", "3")[-1] == "-"
+
+
+def test_the_goals_table_checks_every_goal_of_the_recall_issue():
+    """Pure SSD: mean and above chance; hybrids: mean, LAMBADA >= 90% of the teacher's and passkey >= 0.9 at
+    512-2,048 in one row that names the length short and by how much (in hits, not points); perplexity for both.
+    Catches a goal left out, one checked for the wrong student, or a passkey verdict that hides which length missed."""
+    from experiments.headline_report import _goal_rows
+
+    def stat(mean, half=0.0, n=3):
+        return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
+
+    def entry(zero_shot, metrics, n=3):
+        return {
+            "seeds": list(range(n)),
+            "tokens": 50_000_000,
+            "basis": "full",
+            "zero_shot": zero_shot,
+            "metrics": metrics,
+        }
+
+    pure = entry({"pct": stat(93.9, 1.8), "recovery": stat(80.7, 5.8)}, {"lambada": stat(71.0, 3.0)})
+    passkey = {f"passkey {n}": stat(v, h) for n, v, h in ((512, 1.0, 0), (1024, 1.0, 0), (2048, 0.88, 0.29))}
+    hybrid = entry({"pct": stat(97.4, 0.8), "recovery": stat(91.8, 2.6)}, {"lambada": stat(92.0, 1.8), **passkey})
+    one = entry({"pct": stat(99.0, n=1)}, {f"passkey {n}": stat(0.95, n=1) for n in (512, 1024, 2048)}, n=1)
+    configs = {"ssd": [], "hybrid": ["--num-attention-layers", "4"], "one": ["--num-attention-layers", "4"]}
+    rows = _goal_rows({"ssd": [pure], "hybrid": [hybrid], "one": [one]}, configs)
+    by = {(r[0], r[2]): r[3:] for r in rows}
+    assert [r[2] for r in rows if r[0] == "ssd"] == ["mean zero-shot >= 95% of the teacher's", "above chance >= 85%"]
+    assert by["ssd", "above chance >= 85%"] == ["80.7 ± 5.8%", "no, 4.3 points short; the interval reaches the goal"]
+    assert by["hybrid", "LAMBADA >= 90% of the teacher's"] == ["92.0 ± 1.8%", "yes"]
+    assert by["hybrid", "passkey >= 0.9 at 512 / 1,024 / 2,048 tokens"] == [
+        "1.00 ± 0.00 / 1.00 ± 0.00 / 0.88 ± 0.29",
+        "2,048: no, 0.02 short; the interval reaches the goal",
+    ]
+    assert by["one", "passkey >= 0.9 at 512 / 1,024 / 2,048 tokens"] == ["0.95 / 0.95 / 0.95", "yes (one seed)"]
+    assert not any(r[2].startswith("above chance") for r in rows if r[0] != "ssd")
