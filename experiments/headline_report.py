@@ -701,56 +701,33 @@ def _goal_rows(table: dict, configs: dict) -> list[list[str]]:
     rows = []
     for config, entries in table.items():
         hybrid = any(f in configs[config] for f in ("--num-attention-layers", "--attention-layers"))
-        goal = GOAL_HYBRID if hybrid else GOAL_PURE
         for e in entries:
             n, tokens = len(e["seeds"]), _millions(e["tokens"])
-            if e["basis"] == "full":
-                pct = e["zero_shot"]["pct"]
-                rows.append(
-                    [
-                        config,
-                        tokens,
-                        f"mean zero-shot >= {goal:g}% of the teacher's",
-                        seed_cell(pct, n) + "%",
-                        _met(pct, goal, True),
-                    ]
-                )
-                recovery = e["zero_shot"].get("recovery")
-                if not hybrid and recovery:
-                    rows.append(
-                        [
-                            config,
-                            tokens,
-                            f"above chance >= {GOAL_RECOVERY_PURE:g}%",
-                            seed_cell(recovery, n) + "%",
-                            _met(recovery, GOAL_RECOVERY_PURE, True),
-                        ]
-                    )
-            lambada = e["metrics"].get("lambada")
-            if hybrid and lambada:
-                rows.append(
-                    [
-                        config,
-                        tokens,
-                        f"LAMBADA >= {GOAL_LAMBADA_HYBRID:g}% of the teacher's",
-                        seed_cell(lambada, n) + "%",
-                        _met(lambada, GOAL_LAMBADA_HYBRID, True),
-                    ]
-                )
+            full = e["basis"] == "full"
+            goal = GOAL_HYBRID if hybrid else GOAL_PURE
+            checks = [  # (goal, its statistic (None: not measured or not this student's goal), the target: at least)
+                (f"mean zero-shot >= {goal:g}% of the teacher's", e["zero_shot"]["pct"] if full else None, goal),
+                (
+                    f"above chance >= {GOAL_RECOVERY_PURE:g}%",
+                    e["zero_shot"].get("recovery") if full and not hybrid else None,
+                    GOAL_RECOVERY_PURE,
+                ),
+                (
+                    f"LAMBADA >= {GOAL_LAMBADA_HYBRID:g}% of the teacher's",
+                    e["metrics"].get("lambada") if hybrid else None,
+                    GOAL_LAMBADA_HYBRID,
+                ),
+            ]
+            for text, stat, target in checks:
+                if stat:
+                    rows.append([config, tokens, text, seed_cell(stat, n) + "%", _met(stat, target, True)])
             passkey = _passkey_goal(e["metrics"], n) if hybrid else None
             if passkey:
                 rows.append([config, tokens, *passkey])
             ppl = e["metrics"].get("perplexity")
             if ppl:
-                rows.append(
-                    [
-                        config,
-                        tokens,
-                        f"perplexity within {GOAL_PPL:g}% of the teacher's",
-                        seed_cell(ppl, n, sign="+") + "%",
-                        _met(ppl, GOAL_PPL, False),
-                    ]
-                )
+                text = f"perplexity within {GOAL_PPL:g}% of the teacher's"
+                rows.append([config, tokens, text, seed_cell(ppl, n, sign="+") + "%", _met(ppl, GOAL_PPL, False)])
     return rows
 
 
