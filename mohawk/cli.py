@@ -352,6 +352,18 @@ def _check(**values) -> None:
             raise MohawkError(f"bad value for {flag}: {value} (must be < 2**32)")
 
 
+def _summaries() -> None:
+    """Each command's line in ``mohawk --help``: the first paragraph of its docstring as one line (typer's rich mode
+    keeps the docstring's line breaks there, which break the summary mid-sentence at any other width)."""
+    for info in app.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None)
+        if doc and info.short_help is None:
+            info.short_help = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+
+
+_summaries()
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``mohawk`` command: 0 on success, 2 with one ``error:`` line for a user error, 130 (Ctrl-C) or 143
     (SIGTERM) with one ``interrupted`` line."""

@@ -115,3 +115,19 @@ def test_debug_shows_the_traceback(teacher_dir, tmp_path):
                 "9",
             ]
         )
+
+
+def test_each_command_has_a_one_line_summary_in_the_help(capsys, monkeypatch):
+    """`mohawk --help` lists each command with its docstring's first paragraph unbroken (on a wide terminal: one
+    line). Catches typer's rich mode keeping the docstring's line breaks, which cut the approx and export summaries
+    mid-sentence ("fit causal" / "Toeplitz, ...")."""
+    import inspect
+
+    from mohawk.cli import app
+
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for info in app.registered_commands:
+        summary = " ".join(inspect.cleandoc(info.callback.__doc__).split("\n\n")[0].split())
+        assert any(summary in line for line in lines), summary
