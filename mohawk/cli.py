@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     (SIGTERM) with one ``interrupted`` line."""
     import signal
 
-    from mohawk.errors import Terminated, clear_signals, on_signal
+    from mohawk.errors import Terminated, clear_signals, on_signal, raise_if_signalled
 
     entry = argv is None  # the process's own command line (not a call from Python)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -380,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = None
     try:
         rv = app(args=argv, standalone_mode=False)
+        raise_if_signalled()  # one a finalizer swallowed after the last step or batch still ends as an interrupt
     except MohawkError as e:
         if _DEBUG["on"]:
             raise

@@ -27,7 +27,8 @@ def on_signal(signum: int, frame: object) -> None:
 
     The note is for where the exception is lost: Python prints "Exception ignored in ..." and goes on when a signal
     lands while a finalizer (``__del__``, a weakref callback, a generator closed by the garbage collector) runs;
-    ``raise_if_signalled`` raises it again at the next training step or evaluation batch."""
+    ``raise_if_signalled`` raises it again at the next training step or evaluation batch, and when the command's
+    work is done."""
     _signalled.append(signum)
     raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
 

@@ -340,6 +340,39 @@ def test_a_signal_a_finalizer_swallowed_still_stops_the_run(teacher_dir, tmp_pat
     assert not (tmp_path / "run" / "student").exists()
 
 
+def test_a_signal_a_finalizer_swallowed_while_the_student_is_saved_ends_as_an_interrupt(
+    teacher_dir, tmp_path, monkeypatch
+):
+    """SIGTERM lost in a finalizer after the last training step (here as the student is saved, where a
+    WeakKeyDictionary callback swallowed it in a SIGTERM sweep of the CPU machine) still ends the command with 143;
+    --resume then finishes with the same final numbers. Without the check after the command the run ends 0."""
+    import signal
+    import sys
+
+    from mohawk.distill import DistillRecipe
+
+    real, hit = DistillRecipe.save_student, []
+
+    class Finalized:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)
+
+    def save_student(self):
+        if not hit:
+            hit.append(1)
+            obj = Finalized()
+            del obj
+        return real(self)
+
+    monkeypatch.setattr(DistillRecipe, "save_student", save_student)
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+    out = tmp_path / "run"
+    assert main(tiny_distill_argv(teacher_dir, out)) == 143 and hit
+    first = json.loads((out / "summary.json").read_text())["final"]
+    assert main(tiny_distill_argv(teacher_dir, out, "--resume")) == 0
+    assert json.loads((out / "summary.json").read_text())["final"] == first
+
+
 def test_a_damaged_summary_does_not_stop_a_resume(teacher_dir, tmp_path):
     """summary.json cut in half (a crash while it was written): --resume never reads it and writes it whole."""
     out = tmp_path / "run"
