@@ -232,6 +232,25 @@ def _subprocess_args(teacher_dir, cfg, out):
     ]
 
 
+def _signal_run(teacher_dir, tmp_path):
+    """The signal tests' run: its config file, environment, and ``start(out)``, which launches ``mohawk distill`` in
+    a process and returns it with the time its first file (config.yaml) appeared."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(RUN_YAML)
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+
+    def start(out):
+        proc = subprocess.Popen(
+            _subprocess_args(teacher_dir, cfg, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.time() + 120
+        while not (out / "config.yaml").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        return proc, time.time()
+
+    return cfg, env, start
+
+
 def _final(out):
     from safetensors.torch import load_file
 
@@ -248,18 +267,7 @@ def test_signal_at_a_random_point_then_resume(teacher_dir, tmp_path, sig, code):
     'interrupted' line and the signal's exit status; --resume then finishes with the uninterrupted run's result."""
     import torch
 
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(RUN_YAML)
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-
-    def start(out):
-        proc = subprocess.Popen(
-            _subprocess_args(teacher_dir, cfg, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        deadline = time.time() + 120
-        while not (out / "config.yaml").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        return proc, time.time()
+    cfg, env, start = _signal_run(teacher_dir, tmp_path)
 
     ref = tmp_path / "ref"
     proc, t0 = start(ref)
@@ -288,17 +296,7 @@ def test_sigterm_swept_over_the_run_never_ends_it_as_a_success_while_work_remain
     uninterrupted run's final numbers) or had finished its work (its `done` line printed, the signal ignored after
     it); never "Exception ignored" followed by a run that goes on to exit 0. Before the command's last check a
     signal lost in a weakref callback while the student was saved ended the run 0 at about 75% of its time."""
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(RUN_YAML)
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-
-    def start(out):
-        proc = subprocess.Popen(
-            _subprocess_args(teacher_dir, cfg, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        while not (out / "config.yaml").exists() and proc.poll() is None:
-            time.sleep(0.01)
-        return proc, time.time()
+    cfg, env, start = _signal_run(teacher_dir, tmp_path)
 
     proc, t0 = start(tmp_path / "ref")
     proc.communicate(timeout=300)
