@@ -30,7 +30,7 @@ def on_signal(signum: int, frame: object) -> None:
     ``raise_if_signalled`` raises it again at the next training step or evaluation batch, and when the command's
     work is done."""
     _signalled.append(signum)
-    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+    raise_if_signalled()
 
 
 def raise_if_signalled() -> None:
