@@ -247,11 +247,13 @@ def plain(x, weight, bias=None, norm_weight=None, eps=1e-6, up_weight=None, up_b
     return y if residual is None else residual + y
 
 
-def candidates(batch: int, n: int, k: int, gated: bool) -> list[dict]:
+def candidates(batch: int, n: int, k: int, gated: bool, normed: bool = False) -> list[dict]:
     """decode_matvec's settings to try for one product: the register kernel's below DOT_MIN_BATCH sequences (rows
     of W a program holds within 4 TILEs of registers), the tensor-core kernel's from there; between 2 and
     DOT_MIN_BATCH - 1 sequences also a few of the tensor-core kernel's (its tile padded to 16 rows), to find whether
-    DOT_MIN_BATCH should be lower."""
+    DOT_MIN_BATCH should be lower. A ``normed`` product (the norm folded in) also tries the tensor-core kernel's
+    other ways of applying it (decode_matvec.NORM_MODES) at its default tile, and "folded" with BK = 128 over 4
+    stages (what the unnormed products gained from)."""
     if batch < dm.DOT_MIN_BATCH:
         kb = 1 << (k - 1).bit_length()
         matvec = [
@@ -274,7 +276,13 @@ def candidates(batch: int, n: int, k: int, gated: bool) -> list[dict]:
         for bb, sp in itertools.product(DOT_BLOCK_B, DOT_SPLIT)
         if bb <= max(16, 1 << (batch - 1).bit_length()) and (bb, sp) != (base["block_b"], 1)
     ]
-    return grid + around
+    modes = (
+        [base | {"norm_mode": m} for m in dm.NORM_MODES[1:]]
+        + [base | {"norm_mode": "folded", "block_k": 128, "num_stages": 4}]
+        if normed
+        else []
+    )
+    return grid + around + modes
 
 
 def default_setting(batch: int, n: int, k: int, gated: bool) -> dict:
@@ -291,8 +299,8 @@ def default_setting(batch: int, n: int, k: int, gated: bool) -> dict:
 def try_settings(settings: list[dict], error, timer, tol: float) -> dict:
     """Each setting checked first (``error(setting)``: its largest relative difference from the reference), then,
     within ``tol``, timed (``timer(setting)``: us per launch); a wrong setting is reported, never timed as a winner.
-    {"best": the fastest entry or None, "failed": the entries over tol, "top": the five fastest}, each entry
-    {"setting", "rel_err", "us"}."""
+    {"best": the fastest entry or None, "failed": the entries over tol, "top": the five fastest, "tried": all}, each
+    entry {"setting", "rel_err", "us"}."""
     tried = []
     for setting in settings:
         entry = {"setting": setting, "rel_err": error(setting), "us": None}
@@ -300,7 +308,12 @@ def try_settings(settings: list[dict], error, timer, tol: float) -> dict:
             entry["us"] = timer(setting)
         tried.append(entry)
     timed = sorted((t for t in tried if t["us"] is not None), key=lambda t: t["us"])
-    return {"best": timed[0] if timed else None, "failed": [t for t in tried if t["us"] is None], "top": timed[:5]}
+    return {
+        "best": timed[0] if timed else None,
+        "failed": [t for t in tried if t["us"] is None],
+        "top": timed[:5],
+        "tried": tried,
+    }
 
 
 def time_per_launch(fns, device, repeats: int) -> float:
@@ -346,9 +359,28 @@ def _overrides(setting: dict) -> dict:
     return {a: v for a, v in setting.items() if v is not None}
 
 
-def agrees(kw: dict, setting: dict) -> float:
-    """max |kernel - reference| / max |reference| of one layer's product with ``setting``."""
-    got = dm.decode_matvec(**kw, **_overrides(setting)).float()
+def folded(kw: dict) -> dict:
+    """A normed product's arguments for ``norm_mode="folded"``: its weights times the norm's weight along K (in
+    float32, rounded once to their dtype), made once before timing, as a model folding its norms would hold them."""
+    nw = kw["norm_weight"].float()[None, :]
+    out = kw | {"weight": (kw["weight"].float() * nw).to(kw["weight"].dtype)}
+    if kw.get("up_weight") is not None:
+        out["up_weight"] = (kw["up_weight"].float() * nw).to(kw["up_weight"].dtype)
+    return out
+
+
+def _kws_for(setting: dict, kws: list[dict], folded_kws: list[dict] | None) -> list[dict]:
+    """The per-layer arguments a setting runs on: the folded ones for ``norm_mode="folded"``."""
+    if setting.get("norm_mode") == "folded":
+        assert folded_kws is not None, "folded needs a normed product"
+        return folded_kws
+    return kws
+
+
+def agrees(kw: dict, setting: dict, run_kw: dict | None = None) -> float:
+    """max |kernel - reference| / max |reference| of one layer's product with ``setting``, run on ``run_kw`` (default
+    ``kw``; the folded weights for norm_mode="folded") against the reference of ``kw``."""
+    got = dm.decode_matvec(**(run_kw or kw), **_overrides(setting)).float()
     ref = dm.decode_matvec_reference(**kw).float()
     return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
@@ -357,10 +389,12 @@ def sweep_one(kws: list[dict], batch: int, device, repeats: int, tol: float) -> 
     """The plain products, the default setting and every candidate for one product at one batch."""
     w = kws[0]["weight"]
     n, k, gated = w.shape[0], w.shape[1], kws[0].get("up_weight") is not None
+    normed = kws[0].get("norm_weight") is not None
+    folded_kws = [folded(kw) for kw in kws] if normed else None
     row = {"batch": batch, "n": n, "k": k, "layers": len(kws)}
     row["plain_us"] = time_per_launch([lambda kw=kw: plain(**kw) for kw in kws], device, repeats)
     default = default_setting(batch, n, k, gated)
-    settings = candidates(batch, n, k, gated)
+    settings = candidates(batch, n, k, gated, normed)
     row["default"] = default
     row["default_us"] = time_per_launch(
         [lambda kw=kw: dm.decode_matvec(**kw) for kw in kws], device, repeats
@@ -370,21 +404,32 @@ def sweep_one(kws: list[dict], batch: int, device, repeats: int, tol: float) -> 
         if pdl_possible(device)
         else None
     )  # the default launched with programmatic dependent launch (dm.decode_pdl)
-    return row | try_settings(
+    out = row | try_settings(
         settings + ([] if default in settings else [default]),  # the default competes too
-        lambda s: agrees(kws[0], s),
+        lambda s: agrees(kws[0], s, _kws_for(s, kws, folded_kws)[0]),
         lambda s: time_per_launch(
-            [lambda kw=kw: dm.decode_matvec(**kw, **_overrides(s)) for kw in kws], device, repeats
+            [lambda kw=kw: dm.decode_matvec(**kw, **_overrides(s)) for kw in _kws_for(s, kws, folded_kws)],
+            device,
+            repeats,
         ),
         tol,
     )
+    if normed and default["path"] == "dot":  # each way of applying the norm at the default tile (us; None: failed)
+        at = {t["setting"].get("norm_mode", "row"): t["us"] for t in out["tried"] if _at_default(t["setting"], default)}
+        out["norm_modes"] = {"row": out["default_us"]} | {m: at.get(m) for m in dm.NORM_MODES[1:]}
+    return out
+
+
+def _at_default(setting: dict, default: dict) -> bool:
+    """Whether ``setting`` is the default one but for its norm_mode."""
+    return {a: v for a, v in setting.items() if a != "norm_mode"} == default
 
 
 def describe(s: dict | None) -> str:
     if s is None:
         return "-"
     keys = {"matvec": ("block_n", "num_warps"), "step": ("num_warps",)}.get(
-        s["path"], ("block_b", "block_n", "block_k", "split_k", "num_warps", "num_stages")
+        s["path"], ("block_b", "block_n", "block_k", "split_k", "num_warps", "num_stages", "norm_mode")
     )
     keys = [k for k in keys if k in s]
     return f"{s['path']} " + ", ".join(f"{k}={s[k] if s[k] is not None else 'triton'}" for k in keys)
@@ -486,6 +531,17 @@ def report(payload: dict, args) -> list[str]:
                 ("pdl", lambda r: r["pdl_us"] if r.get("pdl_us") is not None else float("nan")),
             )
         }
+        modes = [r for r in rows if r.get("norm_modes")]
+        if modes:
+            lines += [
+                "",
+                "The norm's way in the tensor-core kernel at the default tile (decode_matvec.NORM_MODES; us per "
+                "launch): "
+                + "; ".join(
+                    f"{r['product']} " + ", ".join(f"{m} {fmt(us)}" for m, us in r["norm_modes"].items()) for r in modes
+                )
+                + ".",
+            ]
         step = next((r for r in rows if r["product"] == STEP), None)
         if step is not None and "mamba_ssm" in step:
             lines += [

@@ -387,8 +387,14 @@ def test_decode_matvec_sweep_checks_each_setting_before_timing_it(tmp_path, monk
     for r in rows[4:]:
         assert r["best"]["setting"]["path"] == "dot" and not r["failed"]
         # around the default tile: K split over 2-4 programs, each checked (none failed) and timed
-        assert {t["setting"].get("split_k") for t in r["top"]} >= {2, 3, 4}
+        assert {t["setting"].get("split_k") for t in r["tried"] if t["us"]} >= {2, 3, 4}
+    for r in rows[4:]:  # the normed products (in_proj, gate_up) also each way of applying the norm, "folded" on its
+        # folded weights (on the unfolded ones it would fail its check above)
+        modes = r.get("norm_modes")
+        assert (modes is not None) == (r["product"] in ("in_proj", "gate_up")), r["product"]
+        assert modes is None or (list(modes) == list(dm.NORM_MODES) and all(us > 0 for us in modes.values()))
     md = next(tmp_path.glob("*.md")).read_text()
+    assert md.count("The norm's way in the tensor-core kernel") == 1 and "gate_up row" in md
     assert md.count("A step's products") == 2 and "## 16 sequences" in md and "ssd_step" not in md  # no fused step
     monkeypatch.setattr(sys, "argv", [*argv[:-1], "65", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="within 1-64"):

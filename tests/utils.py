@@ -377,11 +377,14 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 out = []
-for module, name, args, constexprs, options in json.loads(sys.stdin.read()):
+for module, name, args, constexprs, options, *aligned in json.loads(sys.stdin.read()):
     sig = {**args, **{c: "constexpr" for c in constexprs}}
     names = list(sig)
     kernel = getattr(importlib.import_module(module), name)
-    src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(c),): v for c, v in constexprs.items()})
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in (aligned[0] if aligned else [])}
+    src = ASTSource(
+        fn=kernel, signature=sig, constexprs={(names.index(c),): v for c, v in constexprs.items()}, attrs=attrs
+    )
     out.append(triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"])
 print(json.dumps(out))
 """
@@ -390,8 +393,9 @@ print(json.dumps(out))
 def hopper_ptx(*kernels: tuple) -> list[list[str]]:
     """The PTX lines of Triton kernels compiled for an H100 (sm_90) on this machine, no GPU needed, each given as
     (module, kernel name, {runtime argument: Triton type ("*bf16", "i32", "fp32")}, {constexpr: value}, {launch
-    option: value}). In a process of their own: under TRITON_INTERPRET=1 (tests/conftest.py) Triton's own jitted
-    helpers are interpreted and cannot compile."""
+    option: value}) and optionally [runtime arguments divisible by 16], as Triton specializes them at a launch (e.g.
+    aligned pointers and strides: what lets it pipeline loads with cp.async). In a process of their own: under
+    TRITON_INTERPRET=1 (tests/conftest.py) Triton's own jitted helpers are interpreted and cannot compile."""
     import json
     import os
     import subprocess
@@ -404,6 +408,21 @@ def hopper_ptx(*kernels: tuple) -> list[list[str]]:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     return [ptx.splitlines() for ptx in json.loads(run.stdout)]
+
+
+def ptx_loop(ptx: list[str]) -> list[str]:
+    """The PTX lines of a kernel's one loop: from its label to the branch back to it."""
+    import re
+
+    labels = {m.group(1): i for i, line in enumerate(ptx) if (m := re.match(r"^(\$L__\w+):", line.strip()))}
+    back = [
+        (labels[m.group(1)], i)
+        for i, line in enumerate(ptx)
+        if (m := re.search(r"\bbra(?:\.uni)?\s+(\$L__\w+);", line)) and labels.get(m.group(1), i) < i
+    ]
+    assert len(back) == 1, back
+    start, end = back[0]
+    return ptx[start : end + 1]
 
 
 def loads_around_wait(ptx: list[str]) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from mohawk.mixers.kernels import decode_matvec as dm
 from mohawk.mixers.norm import RMSNorm
-from tests.utils import hopper_ptx, loads_around_wait
+from tests.utils import hopper_ptx, loads_around_wait, ptx_loop
 
 pytest.importorskip("triton")
 needs_interpreter_or_gpu = pytest.mark.skipif(
@@ -73,6 +73,43 @@ def test_dot_kernel_equals_reference(kind, dtype, b, bias, n, k, block_n, block_
     assert got.dtype == want.dtype == dtype and got.shape == (b, n)
     tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     torch.testing.assert_close(got, want, **tol)
+
+
+def _folded(args):
+    """decode_matvec's arguments with the norm's weight folded into the weights along K (norm_mode="folded")."""
+    nw = args["norm_weight"].float()[None, :]
+    out = dict(args, weight=(args["weight"].float() * nw).to(args["weight"].dtype))
+    if args.get("up_weight") is not None:
+        out["up_weight"] = (args["up_weight"].float() * nw).to(args["up_weight"].dtype)
+    return out
+
+
+@needs_interpreter_or_gpu
+@pytest.mark.parametrize("kind", ["norm", "gated"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["late", "folded"])
+@pytest.mark.parametrize("b,n,k,block_n,block_k,split", [(20, 37, 40, 16, 16, 1), (64, 70, 100, 32, 32, 1),
+                                                         (33, 70, 100, 32, 16, 3)])  # fmt: skip
+def test_the_norms_other_modes_equal_the_reference(kind, dtype, mode, b, n, k, block_n, block_k, split):
+    """The tensor-core kernel's other ways of applying the norm (decode_matvec.NORM_MODES), K's last chunk masked,
+    unsplit and split: "late" sums the squares after the loop (a sum over the wrong axis, or one that counted the
+    masked tail, fails); "folded" takes weights that carry the norm's weight (x to the dot as loaded: multiplying by
+    it again, or not normalising, fails). Against the reference of the unfolded arguments."""
+    args = _inputs(kind, b, n, k, True, dtype)
+    want = dm.decode_matvec_reference(**args)
+    run = _folded(args) if mode == "folded" else args
+    blocks = dict(block_n=block_n, block_b=16, block_k=block_k, path="dot", split_k=split)
+    got = dm.decode_matvec(**run, **blocks, norm_mode=mode)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
+    torch.testing.assert_close(got, want, **tol)
+
+
+def test_a_norm_mode_is_the_dot_kernels_and_named():
+    args = _inputs("norm", 3, 16, 16, False, torch.float32, device="cpu")
+    with pytest.raises(AssertionError):
+        dm.decode_matvec(**args, norm_mode="late")  # 3 sequences: the register kernel, which has one way
+    with pytest.raises(AssertionError):
+        dm.decode_matvec(**_inputs("norm", 16, 16, 16, False, torch.float32, device="cpu"), norm_mode="fold")
 
 
 # (b, n, k, block_n, block_k, split): K's chunks split over 2-5 programs per tile, the last split short or empty
@@ -389,7 +426,7 @@ def test_pdl_kernels_compile_for_hopper():
         (mod, "decode_matvec_kernel", _MATVEC_ARGS, dict(BLOCK_N=4, KB=1024, **_FLAGS, PDL=True),
          dict(num_warps=8, launch_pdl=True)),
         (mod, "decode_matmul_kernel", _MATMUL_ARGS,
-         dict(BLOCK_B=16, BLOCK_N=16, BK=64, SPLIT=1, **_FLAGS, IEEE=False, UPCAST=False, PDL=True),
+         dict(BLOCK_B=16, BLOCK_N=16, BK=64, SPLIT=1, **_FLAGS, IEEE=False, UPCAST=False, PDL=True, NORM_MODE=0),
          dict(num_warps=4, launch_pdl=True)),
         (step, "decode_step_kernel", STEP_ARGS, step_constexprs(PDL=True), dict(num_warps=8, launch_pdl=True)),
         (mod, "decode_matvec_kernel", _MATVEC_ARGS, dict(BLOCK_N=4, KB=1024, **_FLAGS, PDL=False), dict(num_warps=8)),
@@ -411,7 +448,7 @@ def test_split_k_kernel_compiles_for_hopper_with_its_ordering():
     flags = dict(NORM=True, HAS_BIAS=False, GATED=True, RESIDUAL=True)
     (ptx,) = hopper_ptx(
         ("mohawk.mixers.kernels.decode_matvec", "decode_matmul_kernel", _MATMUL_ARGS,
-         dict(BLOCK_B=64, BLOCK_N=16, BK=64, SPLIT=3, **flags, IEEE=False, UPCAST=False, PDL=False),
+         dict(BLOCK_B=64, BLOCK_N=16, BK=64, SPLIT=3, **flags, IEEE=False, UPCAST=False, PDL=False, NORM_MODE=0),
          dict(num_warps=4)),
     )  # fmt: skip
     (atom,) = [i for i, line in enumerate(ptx) if "atom." in line]
@@ -420,3 +457,34 @@ def test_split_k_kernel_compiles_for_hopper_with_its_ordering():
     assert any(i < atom for i in stores)
     assert any("bar.sync" in line or "barrier.sync" in line for line in ptx[max(i for i in stores if i < atom) : atom])
     assert any("ld.global.cg" in line for line in ptx[atom:])
+
+
+@pytest.mark.skipif(dm.triton is None, reason="needs triton")
+def test_the_norm_modes_compile_to_the_loops_they_describe():
+    """Compiled for an H100 as a launch specializes SmolLM2's in_proj at 64 sequences (aligned pointers, strides,
+    batch and K: its loads pipelined with cp.async): "row" sums each chunk's squares across threads (shuffles) and
+    multiplies x in registers before the dot (ldmatrix from shared memory); "late" has no shuffles in its loop;
+    "folded" neither, nor any ldmatrix (x goes to the tensor cores from shared memory as the unnormed products'
+    does), in a shorter loop than the others. A mode that still normalised x per chunk in registers would fail
+    here, which Triton's interpreter cannot show."""
+    flags = dict(NORM=True, HAS_BIAS=False, GATED=False, RESIDUAL=False)
+    strides = ("s_xb", "s_wn", "s_w2n", "s_rb", "s_yb", "B", "K")  # 576, 64: as a launch at these sizes sees them
+    aligned = [a for a, t in _MATMUL_ARGS.items() if t.startswith("*") or a in strides]
+    row, late, fold = (
+        ptx_loop(p)
+        for p in hopper_ptx(
+            *[
+                ("mohawk.mixers.kernels.decode_matvec", "decode_matmul_kernel", _MATMUL_ARGS,
+                 dict(BLOCK_B=64, BLOCK_N=32, BK=64, SPLIT=1, **flags, IEEE=False, UPCAST=False, PDL=False,
+                      NORM_MODE=m),
+                 dict(num_warps=4), aligned)
+                for m in range(3)
+            ]
+        )
+    )  # fmt: skip
+    has = lambda loop, op: any(op in line for line in loop)  # noqa: E731
+    assert all(has(loop, "wgmma.mma_async") and has(loop, "cp.async") for loop in (row, late, fold))
+    assert has(row, "shfl") and has(row, "ldmatrix")
+    assert not has(late, "shfl")
+    assert not has(fold, "shfl") and not has(fold, "ldmatrix")
+    assert len(fold) < len(late) < len(row)

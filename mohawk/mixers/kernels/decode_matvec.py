@@ -182,7 +182,7 @@ if triton is not None:
         B, N, K, eps, part_ptr, ss_ptr, count_ptr,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
         NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
-        IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr,
+        IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, NORM_MODE: tl.constexpr,
     ):  # fmt: skip
         if PDL:  # the next kernel may start while this one runs; this one waits for the one before
             tl.extra.cuda.gdc_launch_dependents()
@@ -197,6 +197,8 @@ if triton is not None:
             acc2 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
         if NORM:
             ss = tl.zeros((BLOCK_B,), dtype=tl.float32)
+            if NORM_MODE != 0:  # squares summed elementwise in the loop, over rows once after it
+                ss2 = tl.zeros((BLOCK_B, BK), dtype=tl.float32)
         # split K: program (pid_n, pid_b, s) takes the s-th run of whole BK chunks
         k_per = tl.cdiv(tl.cdiv(K, BK), SPLIT) * BK
         k_lo = tl.program_id(2) * k_per
@@ -208,9 +210,15 @@ if triton is not None:
             wm = mn[:, None] & mk[None, :]
             w = tl.load(w_ptr + offs_n[:, None] * s_wn + offs_k[None, :], mask=wm, other=0.0)
             if NORM:  # sum of squares from the chunk at hand; 1/rms, a scalar per row, scales the tile after the loop
-                x = x.to(tl.float32)
-                ss += tl.sum(x * x, axis=1)
-                x = x * tl.load(nw_ptr + offs_k, mask=mk, other=0.0).to(tl.float32)[None, :]
+                if NORM_MODE == 0:
+                    x = x.to(tl.float32)
+                    ss += tl.sum(x * x, axis=1)
+                    x = x * tl.load(nw_ptr + offs_k, mask=mk, other=0.0).to(tl.float32)[None, :]
+                else:
+                    xf = x.to(tl.float32)
+                    ss2 += xf * xf
+                    if NORM_MODE == 1:  # (2: the weights carry the norm's weight; x goes to the dot as loaded)
+                        x = xf * tl.load(nw_ptr + offs_k, mask=mk, other=0.0).to(tl.float32)[None, :]
             if GATED:
                 w2 = tl.load(w2_ptr + offs_n[:, None] * s_w2n + offs_k[None, :], mask=wm, other=0.0)
             if UPCAST:  # Triton's interpreter multiplies bf16 operands as their integer bits, and its casts to bf16
@@ -228,6 +236,9 @@ if triton is not None:
                 acc = tl.dot(x, tl.trans(w), acc)
                 if GATED:
                     acc2 = tl.dot(x, tl.trans(w2), acc2)
+        if NORM:
+            if NORM_MODE != 0:
+                ss = tl.sum(ss2, axis=1)
         if SPLIT > 1:  # partial sums to the workspace; the tile's last program to finish adds them up
             tile = pid_b * tl.num_programs(0) + pid_n
             parts = (tl.num_programs(1) * tl.num_programs(0)) * (BLOCK_B * BLOCK_N)  # one split's workspace
@@ -312,6 +323,16 @@ def matvec_warps(block_n: int, kb: int, gated: bool = False) -> int:
 
 SMS = 132  # an H100's or H200's streaming multiprocessors: programs of one wave
 
+# how the tensor-core kernel applies the RMSNorm in its K loop: "row" (the default, the one measured in steps): each
+# chunk of x to float32, its row sums of squares, times the norm's weight, back to the weights' dtype for the dot;
+# "late": squares summed elementwise, over rows once after the loop (no cross-thread sums per chunk); "folded": the
+# caller's weights already carry the norm's weight along K (weight * norm_weight[None, :], up_weight too), so x goes
+# to the dot as loaded (from shared memory, like the unnormed products) and only its squares are summed, late.
+# Compiled for an H100 (Triton 3.9, tests/mixers/test_decode_matvec.py), the K loop of SmolLM2's in_proj at 64
+# sequences is 458 PTX lines "row", 367 "late", 246 "folded" (the same product unnormed: 153); no GPU has timed
+# them yet (benchmarks/decode_matvec_sweep.py does, beside the default)
+NORM_MODES = ("row", "late", "folded")
+
 
 def dot_block_sizes(b: int, n: int, k: int) -> tuple[int, int, int, int | None]:
     """(BLOCK_B, BLOCK_N, BK, num_stages) of the tensor-core kernel. BLOCK_B: the batch in one tile (16, 32 or 64,
@@ -382,6 +403,7 @@ def decode_matvec(
     num_warps: int | None = None,
     num_stages: int | None = None,
     pdl: bool | None = None,
+    norm_mode: str = "row",
 ) -> Tensor:
     """:func:`decode_matvec_reference` in one Triton kernel (same arguments): ``decode_matvec_kernel`` below
     :data:`DOT_MIN_BATCH` sequences, ``decode_matmul_kernel`` (tensor cores) from there, or the one ``path`` names
@@ -392,8 +414,8 @@ def decode_matvec(
     :func:`block_sizes`'s, :func:`dot_block_sizes`'s and :func:`dot_split`'s; ``num_warps`` and ``num_stages`` (software
     pipelining of the dot kernel's K loop) default to this module's and Triton's choice
     (benchmarks/decode_matvec_sweep.py times the alternatives); ``pdl``: programmatic dependent launch, default
-    :func:`decode_pdl`'s. Rows of x, weight, up_weight and residual need a unit last stride; ``up_bias`` is given
-    exactly when ``bias`` is."""
+    :func:`decode_pdl`'s; ``norm_mode`` (the dot kernel's, with ``norm_weight``; see :data:`NORM_MODES`). Rows of x,
+    weight, up_weight and residual need a unit last stride; ``up_bias`` is given exactly when ``bias`` is."""
     b, k = x.shape
     n = weight.shape[0]
     assert weight.shape == (n, k) and x.stride(-1) == 1 and weight.stride(-1) == 1
@@ -402,6 +424,7 @@ def decode_matvec(
     assert residual is None or (residual.shape == (b, n) and residual.stride(-1) == 1)
     path = path or ("dot" if b >= DOT_MIN_BATCH else "matvec")
     assert path in ("matvec", "dot"), path
+    assert norm_mode in NORM_MODES and (norm_mode == "row" or path == "dot"), (norm_mode, path)
     gated = up_weight is not None
     y = torch.empty(b, n, dtype=residual.dtype if residual is not None else x.dtype, device=x.device)
     w2 = up_weight if gated else weight
@@ -436,7 +459,8 @@ def decode_matvec(
         decode_matmul_kernel[grid](
             *args, part, ss, count, BLOCK_B=bb, BLOCK_N=bn, BK=bk, SPLIT=split, **flags,
             IEEE=weight.dtype == torch.float32,
-            UPCAST=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps or 4, **stages,
+            UPCAST=os.environ.get("TRITON_INTERPRET") == "1", NORM_MODE=NORM_MODES.index(norm_mode),
+            num_warps=num_warps or 4, **stages,
             **pdl_launch(pdl, x.device, b),
         )  # fmt: skip
         return y
