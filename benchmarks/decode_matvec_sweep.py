@@ -359,28 +359,9 @@ def _overrides(setting: dict) -> dict:
     return {a: v for a, v in setting.items() if v is not None}
 
 
-def folded(kw: dict) -> dict:
-    """A normed product's arguments for ``norm_mode="folded"``: its weights times the norm's weight along K (in
-    float32, rounded once to their dtype), made once before timing, as a model folding its norms would hold them."""
-    nw = kw["norm_weight"].float()[None, :]
-    out = kw | {"weight": (kw["weight"].float() * nw).to(kw["weight"].dtype)}
-    if kw.get("up_weight") is not None:
-        out["up_weight"] = (kw["up_weight"].float() * nw).to(kw["up_weight"].dtype)
-    return out
-
-
-def _kws_for(setting: dict, kws: list[dict], folded_kws: list[dict] | None) -> list[dict]:
-    """The per-layer arguments a setting runs on: the folded ones for ``norm_mode="folded"``."""
-    if setting.get("norm_mode") == "folded":
-        assert folded_kws is not None, "folded needs a normed product"
-        return folded_kws
-    return kws
-
-
-def agrees(kw: dict, setting: dict, run_kw: dict | None = None) -> float:
-    """max |kernel - reference| / max |reference| of one layer's product with ``setting``, run on ``run_kw`` (default
-    ``kw``; the folded weights for norm_mode="folded") against the reference of ``kw``."""
-    got = dm.decode_matvec(**(run_kw or kw), **_overrides(setting)).float()
+def agrees(kw: dict, setting: dict) -> float:
+    """max |kernel - reference| / max |reference| of one layer's product with ``setting``."""
+    got = dm.decode_matvec(**kw, **_overrides(setting)).float()
     ref = dm.decode_matvec_reference(**kw).float()
     return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
@@ -390,7 +371,6 @@ def sweep_one(kws: list[dict], batch: int, device, repeats: int, tol: float) -> 
     w = kws[0]["weight"]
     n, k, gated = w.shape[0], w.shape[1], kws[0].get("up_weight") is not None
     normed = kws[0].get("norm_weight") is not None
-    folded_kws = [folded(kw) for kw in kws] if normed else None
     row = {"batch": batch, "n": n, "k": k, "layers": len(kws)}
     row["plain_us"] = time_per_launch([lambda kw=kw: plain(**kw) for kw in kws], device, repeats)
     default = default_setting(batch, n, k, gated)
@@ -406,12 +386,10 @@ def sweep_one(kws: list[dict], batch: int, device, repeats: int, tol: float) -> 
     )  # the default launched with programmatic dependent launch (dm.decode_pdl)
     out = row | try_settings(
         settings + ([] if default in settings else [default]),  # the default competes too
-        lambda s: agrees(kws[0], s, _kws_for(s, kws, folded_kws)[0]),
+        lambda s: agrees(kws[0], s),
         lambda s: time_per_launch(
-            [lambda kw=kw: dm.decode_matvec(**kw, **_overrides(s)) for kw in _kws_for(s, kws, folded_kws)],
-            device,
-            repeats,
-        ),
+            [lambda kw=kw: dm.decode_matvec(**kw, **_overrides(s)) for kw in kws], device, repeats
+        ),  # "folded": each layer's fold made at the warm-up before the graph is captured, as in a decoding step
         tol,
     )
     if normed and default["path"] == "dot":  # each way of applying the norm at the default tile (us; None: failed)

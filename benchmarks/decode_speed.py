@@ -39,8 +39,10 @@ from mohawk.mixers.kernels.decode_matvec import (
     CHOICES,
     DOT_MIN_BATCH,
     MAX_BATCH,
+    NORM_MODES,
     PDL_CHOICES,
     decode_matvec_choice,
+    decode_norm_mode,
     dot_split,
 )
 from mohawk.models import graphs
@@ -247,7 +249,20 @@ def main():
         "dot_split) or a whole number for every product; sets MOHAWK_DECODE_SPLIT; default: the environment's, else "
         "auto. A number names its files apart",
     )  # fmt: skip
+    ap.add_argument(
+        "--decode-norm", choices=NORM_MODES, default=None,
+        help="how the tensor-core product kernel (16-64 sequences) applies the norm it folds in: row (generate's "
+        "default: each K chunk normalised in registers), late (squares summed after the loop) or folded (the norm's "
+        "weight folded into in_proj, gate and up once, x to the tensor cores as loaded); sets MOHAWK_DECODE_NORM; "
+        "default: the environment's, else row. late and folded name their files apart",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.decode_norm:
+        os.environ["MOHAWK_DECODE_NORM"] = args.decode_norm
+    try:
+        args.decode_norm = decode_norm_mode()
+    except ValueError as e:
+        raise SystemExit(f"decode_speed: {e}") from None
     if args.decode_split:
         os.environ["MOHAWK_DECODE_SPLIT"] = args.decode_split
     args.decode_split = os.environ.get("MOHAWK_DECODE_SPLIT", "auto")
@@ -337,6 +352,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "decode_matvec": matvec,
         "decode_pdl": getattr(args, "decode_pdl", "auto"),
         "decode_split": getattr(args, "decode_split", "auto"),
+        "decode_norm": getattr(args, "decode_norm", "row"),
         "rows": rows,
     }
     lines = [
@@ -374,6 +390,12 @@ def save(args, device, dtype, rows: list[dict]) -> None:
             if payload["decode_split"] == "auto"
             else f", the tensor-core products' K split over {payload['decode_split']} programs a tile "
             f"(`--decode-split {payload['decode_split']}`)"
+        )
+        + (
+            ""
+            if payload["decode_norm"] == "row"
+            else f", the tensor-core products' norm applied `{payload['decode_norm']}` "
+            f"(`--decode-norm {payload['decode_norm']}`)"
         ),
         f"- roofline: (weights + state or KV bytes a step reads and writes) / {args.bandwidth_gbs:,.0f} GB/s; "
         "'x roofline' = measured / roofline; TTFT = prefill to the first token; kernels = CUDA kernels in one student "
@@ -413,6 +435,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
     mixer = ("" if args.mixer == "ssd" else f"-{args.mixer}") + ("" if matvec == "auto" else f"-{matvec}")
     mixer += {"auto": "", "0": "-nopdl", "1": "-pdl"}[payload["decode_pdl"]]
     mixer += "" if payload["decode_split"] == "auto" else f"-split{payload['decode_split']}"
+    mixer += "" if payload["decode_norm"] == "row" else f"-norm{payload['decode_norm']}"
     write(f"decode_speed-{args.model}{mixer}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

@@ -326,6 +326,19 @@ def test_decode_speed_matvec_choices_are_their_own_files(tmp_path, monkeypatch, 
     with pytest.raises(SystemExit, match="MOHAWK_DECODE_SPLIT='0'"):
         decode_speed.main()
     assert not (tmp_path / "z").exists()
+    # --decode-norm folded: MOHAWK_DECODE_NORM for the run, its own file name, payload and text
+    os.environ["MOHAWK_DECODE_SPLIT"] = "auto"
+    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--decode-norm", "folded", "--out", str(tmp_path / "n")])
+    decode_speed.main()
+    assert os.environ["MOHAWK_DECODE_NORM"] == "folded"
+    (js,) = (tmp_path / "n").glob("decode_speed-*.json")
+    assert js.name.startswith("decode_speed-tiny-normfolded-") and json.loads(js.read_text())["decode_norm"] == "folded"
+    assert "(`--decode-norm folded`)" in next((tmp_path / "n").glob("*.md")).read_text()
+    os.environ["MOHAWK_DECODE_NORM"] = "fold"
+    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--out", str(tmp_path / "y")])
+    with pytest.raises(SystemExit, match="MOHAWK_DECODE_NORM='fold'"):
+        decode_speed.main()
+    assert not (tmp_path / "y").exists()
 
 
 def test_stage_throughput_times_the_mixer_it_is_given(tmp_path, monkeypatch):

@@ -75,15 +75,6 @@ def test_dot_kernel_equals_reference(kind, dtype, b, bias, n, k, block_n, block_
     torch.testing.assert_close(got, want, **tol)
 
 
-def _folded(args):
-    """decode_matvec's arguments with the norm's weight folded into the weights along K (norm_mode="folded")."""
-    nw = args["norm_weight"].float()[None, :]
-    out = dict(args, weight=(args["weight"].float() * nw).to(args["weight"].dtype))
-    if args.get("up_weight") is not None:
-        out["up_weight"] = (args["up_weight"].float() * nw).to(args["up_weight"].dtype)
-    return out
-
-
 @needs_interpreter_or_gpu
 @pytest.mark.parametrize("kind", ["norm", "gated"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -93,23 +84,64 @@ def _folded(args):
 def test_the_norms_other_modes_equal_the_reference(kind, dtype, mode, b, n, k, block_n, block_k, split):
     """The tensor-core kernel's other ways of applying the norm (decode_matvec.NORM_MODES), K's last chunk masked,
     unsplit and split: "late" sums the squares after the loop (a sum over the wrong axis, or one that counted the
-    masked tail, fails); "folded" takes weights that carry the norm's weight (x to the dot as loaded: multiplying by
-    it again, or not normalising, fails). Against the reference of the unfolded arguments."""
+    masked tail, fails); "folded" folds the norm's weight into the weights (x to the dot as loaded: multiplying by it
+    again, or not normalising, fails)."""
     args = _inputs(kind, b, n, k, True, dtype)
     want = dm.decode_matvec_reference(**args)
-    run = _folded(args) if mode == "folded" else args
     blocks = dict(block_n=block_n, block_b=16, block_k=block_k, path="dot", split_k=split)
-    got = dm.decode_matvec(**run, **blocks, norm_mode=mode)
+    got = dm.decode_matvec(**args, **blocks, norm_mode=mode)
     tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
     torch.testing.assert_close(got, want, **tol)
 
 
-def test_a_norm_mode_is_the_dot_kernels_and_named():
-    args = _inputs("norm", 3, 16, 16, False, torch.float32, device="cpu")
+def test_the_norm_mode_switch(monkeypatch):
+    """MOHAWK_DECODE_NORM picks the dot kernel's NORM_MODE for normed products only (the register kernel and an
+    unnormed product keep theirs); "folded" hands the kernel the folded weights; a bad value is one clear error."""
+    log = []
+
+    class Launches:  # records each launch's arguments, runs nothing
+        def __getitem__(self, grid):
+            return lambda *args, **kw: log.append((args, kw))
+
+    monkeypatch.setattr(dm, "decode_matmul_kernel", Launches())
+    monkeypatch.setattr(dm, "decode_matvec_kernel", Launches())
+    norm = _inputs("norm", 16, 24, 40, False, torch.float32, device="cpu")
+    for mode in dm.NORM_MODES:
+        monkeypatch.setenv("MOHAWK_DECODE_NORM", mode)
+        dm.decode_matvec(**norm)
+    assert [kw["NORM_MODE"] for _, kw in log] == [0, 1, 2]
+    assert log[0][0][3] is norm["weight"]  # the weight the kernel reads: as given, then folded
+    torch.testing.assert_close(log[2][0][3], norm["weight"] * norm["norm_weight"][None, :])
+    log.clear()
+    dm.decode_matvec(**_inputs("residual", 16, 24, 40, False, torch.float32, device="cpu"))  # unnormed: no fold
+    dm.decode_matvec(**_inputs("norm", 3, 24, 40, False, torch.float32, device="cpu"))  # the register kernel
+    assert log[0][1]["NORM_MODE"] == 0 and "NORM_MODE" not in log[1][1]
     with pytest.raises(AssertionError):
-        dm.decode_matvec(**args, norm_mode="late")  # 3 sequences: the register kernel, which has one way
-    with pytest.raises(AssertionError):
-        dm.decode_matvec(**_inputs("norm", 16, 16, 16, False, torch.float32, device="cpu"), norm_mode="fold")
+        dm.decode_matvec(**_inputs("norm", 3, 16, 16, False, torch.float32, device="cpu"), norm_mode="late")
+    monkeypatch.setenv("MOHAWK_DECODE_NORM", "fold")
+    with pytest.raises(ValueError, match="MOHAWK_DECODE_NORM='fold': expected one of row, late, folded"):
+        dm.decode_matvec(**norm)
+
+
+def test_a_fold_is_made_once_and_again_when_a_weight_changes():
+    """fold_norm keeps one fold per weight (the same tensor while neither changes: what a captured graph reads)
+    and folds again after an in-place change of either (an optimizer step) or for another norm weight; a stale fold
+    would give the old product."""
+    w, nw = torch.randn(8, 4), torch.rand(4) + 0.5
+    first = dm.fold_norm(w, nw)
+    assert dm.fold_norm(w, nw) is first
+    torch.testing.assert_close(first, w * nw)
+    with torch.no_grad():
+        w.mul_(2)
+    torch.testing.assert_close(dm.fold_norm(w, nw), w * nw)
+    with torch.no_grad():
+        nw.add_(1)
+    torch.testing.assert_close(dm.fold_norm(w, nw), w * nw)
+    other = torch.rand(4)
+    torch.testing.assert_close(dm.fold_norm(w, other), w * other)
+    key = id(w)
+    del w
+    assert key not in dm._FOLDS  # dropped with its weight: a new tensor at the same id is folded anew
 
 
 # (b, n, k, block_n, block_k, split): K's chunks split over 2-5 programs per tile, the last split short or empty

@@ -38,6 +38,7 @@ PyTorch; the tests hold them equal in Triton's interpreter (TRITON_INTERPRET=1) 
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -217,7 +218,7 @@ if triton is not None:
                 else:
                     xf = x.to(tl.float32)
                     ss2 += xf * xf
-                    if NORM_MODE == 1:  # (2: the weights carry the norm's weight; x goes to the dot as loaded)
+                    if NORM_MODE == 1:  # (2: the weights carry the norm's weight, fold_norm; x to the dot as loaded)
                         x = xf * tl.load(nw_ptr + offs_k, mask=mk, other=0.0).to(tl.float32)[None, :]
             if GATED:
                 w2 = tl.load(w2_ptr + offs_n[:, None] * s_w2n + offs_k[None, :], mask=wm, other=0.0)
@@ -323,15 +324,45 @@ def matvec_warps(block_n: int, kb: int, gated: bool = False) -> int:
 
 SMS = 132  # an H100's or H200's streaming multiprocessors: programs of one wave
 
-# how the tensor-core kernel applies the RMSNorm in its K loop: "row" (the default, the one measured in steps): each
-# chunk of x to float32, its row sums of squares, times the norm's weight, back to the weights' dtype for the dot;
-# "late": squares summed elementwise, over rows once after the loop (no cross-thread sums per chunk); "folded": the
-# caller's weights already carry the norm's weight along K (weight * norm_weight[None, :], up_weight too), so x goes
-# to the dot as loaded (from shared memory, like the unnormed products) and only its squares are summed, late.
-# Compiled for an H100 (Triton 3.9, tests/mixers/test_decode_matvec.py), the K loop of SmolLM2's in_proj at 64
-# sequences is 458 PTX lines "row", 367 "late", 246 "folded" (the same product unnormed: 153); no GPU has timed
-# them yet (benchmarks/decode_matvec_sweep.py does, beside the default)
+# how the tensor-core kernel applies the RMSNorm in its K loop (MOHAWK_DECODE_NORM, :func:`decode_norm_mode`): "row"
+# (the default, the one measured in whole steps): each chunk of x to float32, its row sums of squares, times the
+# norm's weight, back to the weights' dtype for the dot; "late": squares summed elementwise, over rows once after the
+# loop (no cross-thread sums per chunk); "folded": the weights times the norm's weight along K, made once
+# (:func:`fold_norm`), so x goes to the dot as loaded (from shared memory, like the unnormed products) and only its
+# squares are summed, late. Compiled for an H100 (Triton 3.9, tests/mixers/test_decode_matvec.py), the K loop of
+# SmolLM2's in_proj at 64 sequences is 458 PTX lines "row", 367 "late", 246 "folded" (the same product unnormed:
+# 153); no GPU has timed them yet (benchmarks/decode_matvec_sweep.py does, beside the default)
 NORM_MODES = ("row", "late", "folded")
+
+
+def decode_norm_mode() -> str:
+    """MOHAWK_DECODE_NORM: how the tensor-core kernel applies a folded-in RMSNorm, one of :data:`NORM_MODES`
+    (default ``row``)."""
+    mode = os.environ.get("MOHAWK_DECODE_NORM", "row")
+    if mode not in NORM_MODES:
+        raise ValueError(f"MOHAWK_DECODE_NORM={mode!r}: expected one of {', '.join(NORM_MODES)}")
+    return mode
+
+
+_FOLDS: dict[int, tuple[tuple, Tensor]] = {}  # id(weight) -> (what it was folded from, the fold), while weight lives
+
+
+def fold_norm(weight: Tensor, norm_weight: Tensor) -> Tensor:
+    """weight (N, K) * norm_weight[None, :] (K,), computed in float32 and returned in weight's dtype: n(x) W^T =
+    rstd(x) * (x (W diag(w))^T). Made once and kept while ``weight`` lives, made again when either tensor is
+    changed in place (its version) or another norm weight comes. A fold made inside a CUDA graph capture is part of
+    the graph (made at each replay); one made before it is what the graph reads, so a graph captured before an
+    in-place change of the weights keeps the old fold (as it keeps every other address it was captured with)."""
+    key = (weight.data_ptr(), norm_weight.data_ptr(), weight._version, norm_weight._version)
+    hit = _FOLDS.get(id(weight))
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    folded = (weight.float() * norm_weight.float()[None, :]).to(weight.dtype)
+    if not (weight.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        if id(weight) not in _FOLDS:
+            weakref.finalize(weight, _FOLDS.pop, id(weight), None)
+        _FOLDS[id(weight)] = (key, folded)
+    return folded
 
 
 def dot_block_sizes(b: int, n: int, k: int) -> tuple[int, int, int, int | None]:
@@ -403,7 +434,7 @@ def decode_matvec(
     num_warps: int | None = None,
     num_stages: int | None = None,
     pdl: bool | None = None,
-    norm_mode: str = "row",
+    norm_mode: str | None = None,
 ) -> Tensor:
     """:func:`decode_matvec_reference` in one Triton kernel (same arguments): ``decode_matvec_kernel`` below
     :data:`DOT_MIN_BATCH` sequences, ``decode_matmul_kernel`` (tensor cores) from there, or the one ``path`` names
@@ -414,8 +445,10 @@ def decode_matvec(
     :func:`block_sizes`'s, :func:`dot_block_sizes`'s and :func:`dot_split`'s; ``num_warps`` and ``num_stages`` (software
     pipelining of the dot kernel's K loop) default to this module's and Triton's choice
     (benchmarks/decode_matvec_sweep.py times the alternatives); ``pdl``: programmatic dependent launch, default
-    :func:`decode_pdl`'s; ``norm_mode`` (the dot kernel's, with ``norm_weight``; see :data:`NORM_MODES`). Rows of x,
-    weight, up_weight and residual need a unit last stride; ``up_bias`` is given exactly when ``bias`` is."""
+    :func:`decode_pdl`'s; ``norm_mode``: how the dot kernel applies ``norm_weight`` (one of :data:`NORM_MODES`,
+    default :func:`decode_norm_mode`'s; the weights are given unfolded, "folded" folds them with :func:`fold_norm`).
+    Rows of x, weight, up_weight and residual need a unit last stride; ``up_bias`` is given exactly when ``bias``
+    is."""
     b, k = x.shape
     n = weight.shape[0]
     assert weight.shape == (n, k) and x.stride(-1) == 1 and weight.stride(-1) == 1
@@ -424,8 +457,14 @@ def decode_matvec(
     assert residual is None or (residual.shape == (b, n) and residual.stride(-1) == 1)
     path = path or ("dot" if b >= DOT_MIN_BATCH else "matvec")
     assert path in ("matvec", "dot"), path
+    normed = norm_weight is not None
+    if norm_mode is None:
+        norm_mode = decode_norm_mode() if path == "dot" and normed else "row"
     assert norm_mode in NORM_MODES and (norm_mode == "row" or path == "dot"), (norm_mode, path)
     gated = up_weight is not None
+    if norm_mode == "folded" and norm_weight is not None:
+        weight = fold_norm(weight, norm_weight)
+        up_weight = fold_norm(up_weight, norm_weight) if up_weight is not None else None
     y = torch.empty(b, n, dtype=residual.dtype if residual is not None else x.dtype, device=x.device)
     w2 = up_weight if gated else weight
     r = residual if residual is not None else y
