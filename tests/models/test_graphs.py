@@ -431,6 +431,29 @@ def test_fused_matvec_decodes_what_plain_decodes(graphs_on_cpu, monkeypatch, mix
 
 
 @needs_kernels
+@pytest.mark.parametrize("norm", ["late", "folded"])
+def test_the_dot_kernels_norm_modes_decode_what_plain_decodes(monkeypatch, norm):
+    """At 16 sequences (the tensor-core kernel) with MOHAWK_DECODE_NORM=late or folded, a hybrid's steps give the
+    plain steps' logits: its norm + in_proj and norm + gate + up products take that mode (folded: each layer's norm
+    weight folded into its own weights: a fold of the wrong norm, or one kept from another layer, fails here)."""
+    from mohawk.mixers.kernels import decode_matvec as dm
+
+    monkeypatch.setenv("MOHAWK_DECODE_KERNEL", "triton")
+    m = _perturbed(student(HYBRID, ssd_conv_init="random"))
+    ids, nxt = torch.randint(0, 64, (dm.DOT_MIN_BATCH, 5)), torch.randint(0, 64, (dm.DOT_MIN_BATCH, 2))
+    modes = []
+    launch = dm.decode_matvec
+    monkeypatch.setattr(dm, "decode_matvec", lambda *a, **k: modes.append(dm.decode_norm_mode()) or launch(*a, **k))
+    monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "plain")
+    want = steps(m, prefill(m, ids), nxt)
+    monkeypatch.setenv("MOHAWK_DECODE_MATVEC", "fused")
+    monkeypatch.setenv("MOHAWK_DECODE_NORM", norm)
+    got = steps(m, prefill(m, ids), nxt)
+    assert modes and set(modes) == {norm}
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@needs_kernels
 def test_fused_matvec_keeps_the_plain_path_where_it_does_not_apply(monkeypatch):
     """Blocks the kernels do not compute exactly decode as before with MOHAWK_DECODE_MATVEC=fused: LayerNorm blocks,
     a parallel block, a non-SiLU gated MLP, more than MAX_BATCH sequences, prompts; none launches a kernel."""
@@ -472,12 +495,17 @@ def test_compiled_output_norm_with_fused_matvec(monkeypatch):
 @pytest.mark.parametrize("mixers", [("ssd", "ssd", "ssd"), HYBRID])
 @pytest.mark.parametrize("batch", [4, 16])
 @pytest.mark.parametrize("pdl", ["0", "1"])
-def test_captured_fused_matvec_equals_plain_on_cuda(mixers, batch, pdl, monkeypatch):
+@pytest.mark.parametrize("norm", ["row", "folded"])
+def test_captured_fused_matvec_equals_plain_on_cuda(mixers, batch, pdl, norm, monkeypatch):
     """Captured on a GPU in bfloat16 (compiled parts included): the fused kernels inside the CUDA graph decode the
     plain graph's greedy tokens, for a pure student and a hybrid, with the register kernel (4 sequences) and the
     tensor-core one (16), with and without programmatic dependent launch (MOHAWK_DECODE_PDL; on Hopper: a kernel
-    reading its input before the one writing it has finished would show here)."""
+    reading its input before the one writing it has finished would show here), and at 16 with the norms folded into
+    the weights (MOHAWK_DECODE_NORM=folded: a graph reading a fold made in its capture's pool would show here)."""
+    if norm != "row" and batch < 16:
+        pytest.skip("the norm's modes are the tensor-core kernel's (16 sequences or more)")
     monkeypatch.setenv("MOHAWK_DECODE_PDL", pdl)
+    monkeypatch.setenv("MOHAWK_DECODE_NORM", norm)  # folded: the folds made before capture, read by the graph
     m = _perturbed(student(mixers, ssd_conv_init="random", decode_compile=True, mlp_bias=True)).cuda().bfloat16()
     ids = torch.randint(0, 64, (batch, 40), device="cuda")
     calls = _count_matvec(monkeypatch)
