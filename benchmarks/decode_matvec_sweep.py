@@ -253,7 +253,7 @@ def candidates(batch: int, n: int, k: int, gated: bool, normed: bool = False) ->
     DOT_MIN_BATCH - 1 sequences also a few of the tensor-core kernel's (its tile padded to 16 rows), to find whether
     DOT_MIN_BATCH should be lower. A ``normed`` product (the norm folded in) also tries the tensor-core kernel's
     other ways of applying it (decode_matvec.NORM_MODES) at its default tile, and "folded" with BK = 128 over 4
-    stages (what the unnormed products gained from)."""
+    stages (what the unnormed products gained from), with 16 rows a program (more programs), and both."""
     if batch < dm.DOT_MIN_BATCH:
         kb = 1 << (k - 1).bit_length()
         matvec = [
@@ -276,9 +276,10 @@ def candidates(batch: int, n: int, k: int, gated: bool, normed: bool = False) ->
         for bb, sp in itertools.product(DOT_BLOCK_B, DOT_SPLIT)
         if bb <= max(16, 1 << (batch - 1).bit_length()) and (bb, sp) != (base["block_b"], 1)
     ]
+    folded = [{"block_k": 128, "num_stages": 4}, {"block_n": 16}, {"block_n": 16, "block_k": 128, "num_stages": 4}]
     modes = (
         [base | {"norm_mode": m} for m in dm.NORM_MODES[1:]]
-        + [base | {"norm_mode": "folded", "block_k": 128, "num_stages": 4}]
+        + [s for s in (base | {"norm_mode": "folded"} | f for f in folded) if s != base | {"norm_mode": "folded"}]
         if normed
         else []
     )

@@ -142,6 +142,12 @@ def test_a_fold_is_made_once_and_again_when_a_weight_changes():
     key = id(w)
     del w
     assert key not in dm._FOLDS  # dropped with its weight: a new tensor at the same id is folded anew
+    with torch.inference_mode():  # no version counter: folded at each call, never kept
+        w = torch.randn(8, 4)
+        torch.testing.assert_close(dm.fold_norm(w, nw), w * nw)
+        w.mul_(2)
+        torch.testing.assert_close(dm.fold_norm(w, nw), w * nw)
+    assert id(w) not in dm._FOLDS
 
 
 # (b, n, k, block_n, block_k, split): K's chunks split over 2-5 programs per tile, the last split short or empty

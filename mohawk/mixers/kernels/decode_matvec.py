@@ -350,9 +350,13 @@ _FOLDS: dict[int, tuple[tuple, Tensor]] = {}  # id(weight) -> (what it was folde
 def fold_norm(weight: Tensor, norm_weight: Tensor) -> Tensor:
     """weight (N, K) * norm_weight[None, :] (K,), computed in float32 and returned in weight's dtype: n(x) W^T =
     rstd(x) * (x (W diag(w))^T). Made once and kept while ``weight`` lives, made again when either tensor is
-    changed in place (its version) or another norm weight comes. A fold made inside a CUDA graph capture is part of
-    the graph (made at each replay); one made before it is what the graph reads, so a graph captured before an
-    in-place change of the weights keeps the old fold (as it keeps every other address it was captured with)."""
+    changed in place (its version) or another norm weight comes; weights made under torch.inference_mode (no version
+    to check) are folded at each call. A fold made inside a CUDA graph capture is part of the graph (made at each
+    replay); one made before it is what the graph reads, so a graph captured before an in-place change of the
+    weights keeps the old fold (as it keeps every other address it was captured with). The folds of a model's
+    in_proj, gate and up take as much memory again as those weights."""
+    if weight.is_inference() or norm_weight.is_inference():  # no version counter: a fold could not tell it is stale
+        return (weight.float() * norm_weight.float()[None, :]).to(weight.dtype)
     key = (weight.data_ptr(), norm_weight.data_ptr(), weight._version, norm_weight._version)
     hit = _FOLDS.get(id(weight))
     if hit is not None and hit[0] == key:
