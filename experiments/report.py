@@ -377,11 +377,16 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
         "## 1. Stage ablation: 1+2+3 vs 2+3, 1+3, 3 only at the same total tokens",
         "",
         "The paper: each stage adds, the three together give the best student. Judged on the screen mean "
-        "(LAMBADA, HellaSwag); perplexity beside it.",
+        "(LAMBADA, HellaSwag); perplexity beside it, and the full zero-shot sets for the two arms that get them "
+        "(1+2+3 against KD alone: whether the first two stages beat spending their tokens on stage 3).",
         "",
-        *_table(arms, names, label, ["ppl", "agreement", "lambada", "hellaswag", "screen", "passkey"], planned),
+        *_table(
+            arms, names, label, ["ppl", "agreement", "lambada", "hellaswag", "screen", "passkey", "zero_shot"], planned
+        ),
         "",
         _verdict_line(v, "; ".join(_cmp_text(arms, "mohawk", o, "screen", label) for o, _ in res) + "."),
+        "",
+        f"- On the full sets: {_cmp_text(arms, 'mohawk', 'stages-3', 'zero_shot', label)}.",
         "",
     ]
     # 2. frozen MLPs

@@ -224,6 +224,11 @@ def test_report_tables_verdicts_and_queue(tmp_path):
     assert f"| {run_all.ARM['mohawk'].label} | 3 of 3 |" in text and s.text(1, 1) in text
     assert f"| {run_all.ARM['stages-3'].label} | 2 of 3 |" in text
     assert "| 1. stage ablation | reproduced |" in text
+    # the stage ablation also compares the two arms with full sets on them (0.40 vs 0.30: beyond its noise)
+    ablation = text[text.index("## 1. Stage ablation") : text.index("## 2.")]
+    assert "| mean zero-shot, full sets |" in next(line for line in ablation.splitlines() if line.startswith("| arm"))
+    full = f"{run_all.ARM['mohawk'].label} {xr.Stat.of([40.0, 40.2, 40.4]).text(1)} vs {run_all.ARM['stages-3'].label}"
+    assert f"- On the full sets: {full}" in ablation and "(mean zero-shot, full sets): better." in ablation
     # each run made: optimizer steps, tokens per update, epochs per stage, device, training and scoring seconds
     # (mohawk's three evaluations, 5 s each; stages-2-3's two); the stages in their order, whatever the file's
     made = text[text.index("## Runs made") : text.index("## Queue")]
