@@ -15,7 +15,7 @@ beside it, where mamba-ssm is installed (its Triton-only wheel: scripts/gpu_prep
 ``selective_state_update`` on the same calls (the state update, D skip and gate; the conv and its shift done before,
 untimed: mamba-ssm leaves them to causal-conv1d's CUDA kernel). Random weights of the real dimensions, bf16.
 
-    python3 -m benchmarks.decode_matvec_sweep [--model smollm2-135m] [--batches 1,64] [--repeats 20]
+    python3 -m benchmarks.decode_matvec_sweep [--model smollm2-135m] [--batches 1,64] [--repeats 20] [--products ...]
 
 Writes benchmarks/results/decode_matvec_sweep-<model>-<device>.{json,md}: per (batch, product) microseconds per launch
 of plain, default (with and without PDL) and the best setting, and the products of a whole step (x layers) with each. On
@@ -423,7 +423,18 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=20, help="graph replays timed per setting")
     p.add_argument("--tol", type=float, default=2e-2, help="largest relative error a setting may have to be timed")
     p.add_argument("--device", default="auto", help="auto (cuda where there is one), cuda, or cpu (TRITON_INTERPRET=1)")
+    p.add_argument(
+        "--products", default=",".join((*PRODUCTS, STEP)),
+        help=f"what to sweep, comma-separated, of {', '.join((*PRODUCTS, STEP))} (default: all); a subset names its "
+        "files apart (e.g. in_proj,gate_up: the two products with the norm folded in, and their norm modes)",
+    )  # fmt: skip
     args = p.parse_args()
+    chosen = args.products.split(",")
+    if not chosen or any(c not in (*PRODUCTS, STEP) for c in chosen):
+        raise SystemExit(
+            f"decode_matvec_sweep: --products takes {', '.join((*PRODUCTS, STEP))} (comma-separated), "
+            f"got {args.products}"
+        )
     os.environ["MOHAWK_DECODE_PDL"] = "0"  # every setting timed without PDL; its own column adds it to the default
     device = resolve_device(args.device)
     if dm.triton is None or (device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1"):
@@ -440,11 +451,14 @@ def main() -> None:
         "versions": versions("triton", "mamba_ssm"),
         "rows": rows,
     }
-    stem = f"decode_matvec_sweep-{args.model}-{device_name(device).replace(' ', '_')}"
+    subset = (
+        "" if set(chosen) == {*PRODUCTS, STEP} else "-only-" + "-".join(c for c in (*PRODUCTS, STEP) if c in chosen)
+    )
+    stem = f"decode_matvec_sweep-{args.model}{subset}-{device_name(device).replace(' ', '_')}"
     with torch.no_grad():
         for batch in batches:
             products = layer_products(student, batch, device, dtype)
-            for name in PRODUCTS:
+            for name in (p for p in PRODUCTS if p in chosen):
                 row = {"product": name} | sweep_one(products[name], batch, device, args.repeats, args.tol)
                 rows.append(row)
                 print(
@@ -453,7 +467,7 @@ def main() -> None:
                     f"({describe(row['best'] and row['best']['setting'])}); {len(row['failed'])} failed",
                     flush=True,
                 )
-            calls = recorded_steps(student, batch, device)
+            calls = recorded_steps(student, batch, device) if STEP in chosen else []
             if calls:  # a pure SSD student's layers all take the fused step where it runs
                 row = sweep_step(calls, batch, device, args.repeats, args.tol)
                 rows.append(row)

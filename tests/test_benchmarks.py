@@ -412,6 +412,17 @@ def test_decode_matvec_sweep_checks_each_setting_before_timing_it(tmp_path, monk
     monkeypatch.setattr(sys, "argv", [*argv[:-1], "65", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="within 1-64"):
         sweep.main()
+    # --products: only those, in a file of its own (the full sweep's is not overwritten); a bad name is one error
+    monkeypatch.setattr(dm, "decode_matvec", real)
+    sub = tmp_path / "sub"
+    monkeypatch.setattr(sys, "argv", [*argv[:-1], "16", "--products", "gate_up,in_proj", "--out", str(sub)])
+    sweep.main()
+    (js,) = sub.glob("decode_matvec_sweep-tiny-only-in_proj-gate_up-*.json")
+    assert [r["product"] for r in json.loads(js.read_text())["rows"]] == ["in_proj", "gate_up"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--products", "in_proj,qkv", "--out", str(tmp_path / "bad")])
+    with pytest.raises(SystemExit, match="--products takes in_proj, gate_up, out_proj, down, ssd_step"):
+        sweep.main()
+    assert not (tmp_path / "bad").exists()
 
 
 def test_decode_matvec_sweep_times_the_fused_ssd_step(tmp_path, monkeypatch):
