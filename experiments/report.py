@@ -68,12 +68,18 @@ class Stat:
         return f"{scale * self.mean:.{digits}f} ± {scale * (self.hi - self.mean):.{digits}f}"
 
 
+ONE_SEED = "not judged yet (one seed: no interval)"
+
+
 def compare(a: Stat | None, b: Stat | None, higher: bool) -> str | None:
     """'better' / 'worse' when a's interval lies wholly on one side of b's (higher or lower is better), 'within
-    noise' when they overlap or either has one seed only, None when either is missing."""
+    noise' when they overlap, ONE_SEED when either has one seed only (no interval: no claim either way), None when
+    either is missing."""
     if a is None or b is None:
         return None
-    if a.n < 2 or b.n < 2 or not (a.lo > b.hi or a.hi < b.lo):
+    if a.n < 2 or b.n < 2:
+        return ONE_SEED
+    if not (a.lo > b.hi or a.hi < b.lo):
         return "within noise"
     return "better" if (a.lo > b.hi) == higher else "worse"
 
@@ -351,7 +357,8 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
         "seeds 0, 1, 2, then screens the saved student with `mohawk eval`: perplexity and agreement on 256 held-out "
         "sequences, the full LAMBADA, every 5th HellaSwag item (2,009), passkey retrieval; the arms a claim rests on "
         "also get the full zero-shot sets. Cells are the mean over seeds ± the half-width of its 95% t-interval; two "
-        "arms differ *beyond noise* only when their intervals do not overlap, else the difference is *within noise*. "
+        "arms differ *beyond noise* only when their intervals do not overlap, else the difference is *within noise*; "
+        "an arm with one seed has no interval yet, and its comparisons are *not judged yet*. "
         "Verdicts are computed from these numbers by `experiments/report.py`.",
         "",
         f"Made by `python3 -m experiments.run_all --report` from the files under `results/experiments/10m/` "

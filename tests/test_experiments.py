@@ -107,7 +107,8 @@ def test_seed_statistics_and_noise():
     far, near = xr.Stat.of([10.0, 10.1, 9.9]), xr.Stat.of([2.5, 3.0, 3.5])
     assert xr.compare(far, s, higher=True) == "better" and xr.compare(far, s, higher=False) == "worse"
     assert xr.compare(near, s, higher=True) == "within noise"  # overlapping intervals
-    assert xr.compare(one, s, higher=True) == "within noise"  # one seed: no interval, no claim of a difference
+    assert xr.compare(one, s, higher=True) == xr.ONE_SEED  # one seed: no interval, no claim either way
+    assert xr.compare(s, one, higher=False) == xr.ONE_SEED and "one seed" in xr.ONE_SEED
     assert xr.compare(None, s, higher=True) is None
 
 
