@@ -312,33 +312,29 @@ def test_decode_speed_matvec_choices_are_their_own_files(tmp_path, monkeypatch, 
         text = next(out.glob("*.md")).read_text()
         assert f"(`--decode-matvec {choice or 'auto'}" in text and f"(`--decode-pdl {pdl or 'auto'}`" in text
         assert payload["decode_split"] == "auto" and "--decode-split" not in text
-    # --decode-split N: MOHAWK_DECODE_SPLIT for the run, its own file name, payload and text; a bad value is one
-    # clear error before anything runs
+    # --decode-split 2 and --decode-norm folded: each sets its variable for the run and names its file, payload and
+    # text; a bad value of either (flag or variable) is one clear error before anything runs
     os.environ.pop("MOHAWK_DECODE_MATVEC", None)
     os.environ.pop("MOHAWK_DECODE_PDL", None)
-    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--decode-split", "2", "--out", str(tmp_path / "s")])
-    decode_speed.main()
-    assert os.environ["MOHAWK_DECODE_SPLIT"] == "2"
-    (js,) = (tmp_path / "s").glob("decode_speed-*.json")
-    assert js.name.startswith("decode_speed-tiny-split2-") and json.loads(js.read_text())["decode_split"] == "2"
-    assert "(`--decode-split 2`)" in next((tmp_path / "s").glob("*.md")).read_text()
-    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--decode-split", "0", "--out", str(tmp_path / "z")])
-    with pytest.raises(SystemExit, match="MOHAWK_DECODE_SPLIT='0'"):
+    for flag, good, bad, var, key, stem, bad_by_flag in (
+        ("--decode-split", "2", "0", "MOHAWK_DECODE_SPLIT", "decode_split", "tiny-split2-", True),
+        ("--decode-norm", "folded", "fold", "MOHAWK_DECODE_NORM", "decode_norm", "tiny-normfolded-", False),
+    ):
+        out = tmp_path / key
+        monkeypatch.setattr(sys, "argv", ["decode_speed", *args, flag, good, "--out", str(out)])
         decode_speed.main()
-    assert not (tmp_path / "z").exists()
-    # --decode-norm folded: MOHAWK_DECODE_NORM for the run, its own file name, payload and text
-    os.environ["MOHAWK_DECODE_SPLIT"] = "auto"
-    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--decode-norm", "folded", "--out", str(tmp_path / "n")])
-    decode_speed.main()
-    assert os.environ["MOHAWK_DECODE_NORM"] == "folded"
-    (js,) = (tmp_path / "n").glob("decode_speed-*.json")
-    assert js.name.startswith("decode_speed-tiny-normfolded-") and json.loads(js.read_text())["decode_norm"] == "folded"
-    assert "(`--decode-norm folded`)" in next((tmp_path / "n").glob("*.md")).read_text()
-    os.environ["MOHAWK_DECODE_NORM"] = "fold"
-    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--out", str(tmp_path / "y")])
-    with pytest.raises(SystemExit, match="MOHAWK_DECODE_NORM='fold'"):
-        decode_speed.main()
-    assert not (tmp_path / "y").exists()
+        assert os.environ[var] == good
+        (js,) = out.glob("decode_speed-*.json")
+        assert js.name.startswith(f"decode_speed-{stem}") and json.loads(js.read_text())[key] == good
+        assert f"(`{flag} {good}`)" in next(out.glob("*.md")).read_text()
+        if not bad_by_flag:  # through the environment: the flag's own choices would refuse it in argparse
+            os.environ[var] = bad
+        given = [flag, bad] if bad_by_flag else []
+        monkeypatch.setattr(sys, "argv", ["decode_speed", *args, *given, "--out", str(tmp_path / f"{key}-bad")])
+        with pytest.raises(SystemExit, match=f"{var}='{bad}'"):
+            decode_speed.main()
+        assert not (tmp_path / f"{key}-bad").exists()
+        os.environ[var] = {"MOHAWK_DECODE_SPLIT": "auto", "MOHAWK_DECODE_NORM": "row"}[var]
 
 
 def test_stage_throughput_times_the_mixer_it_is_given(tmp_path, monkeypatch):

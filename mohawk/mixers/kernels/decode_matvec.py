@@ -461,9 +461,8 @@ def decode_matvec(
     assert residual is None or (residual.shape == (b, n) and residual.stride(-1) == 1)
     path = path or ("dot" if b >= DOT_MIN_BATCH else "matvec")
     assert path in ("matvec", "dot"), path
-    normed = norm_weight is not None
     if norm_mode is None:
-        norm_mode = decode_norm_mode() if path == "dot" and normed else "row"
+        norm_mode = decode_norm_mode() if path == "dot" and norm_weight is not None else "row"
     assert norm_mode in NORM_MODES and (norm_mode == "row" or path == "dot"), (norm_mode, path)
     gated = up_weight is not None
     if norm_mode == "folded" and norm_weight is not None:
