@@ -251,9 +251,9 @@ def candidates(batch: int, n: int, k: int, gated: bool, normed: bool = False) ->
     """decode_matvec's settings to try for one product: the register kernel's below DOT_MIN_BATCH sequences (rows
     of W a program holds within 4 TILEs of registers), the tensor-core kernel's from there; between 2 and
     DOT_MIN_BATCH - 1 sequences also a few of the tensor-core kernel's (its tile padded to 16 rows), to find whether
-    DOT_MIN_BATCH should be lower. A ``normed`` product (the norm folded in) also tries the tensor-core kernel's
-    other ways of applying it (decode_matvec.NORM_MODES) at its default tile, and "folded" with BK = 128 over 4
-    stages (what the unnormed products gained from), with 16 rows a program (more programs), and both."""
+    DOT_MIN_BATCH should be lower. A ``normed`` product (the norm folded in) also tries each of the tensor-core
+    kernel's ways of applying it (decode_matvec.NORM_MODES) at that way's default tile, and "folded" at BK = 64 with
+    Triton's stages and at BK = 128 over 4 stages, each also with 16 rows a program (more programs)."""
     if batch < dm.DOT_MIN_BATCH:
         kb = 1 << (k - 1).bit_length()
         matvec = [
@@ -270,30 +270,33 @@ def candidates(batch: int, n: int, k: int, gated: bool, normed: bool = False) ->
         {"path": "dot", "block_n": bn, "block_k": bk, "num_warps": w, "num_stages": st}
         for bn, bk, (w, st) in itertools.product(DOT_BLOCK_N, DOT_BLOCK_K, DOT_WARPS_STAGES)
     ]
-    base = default_setting(batch, n, k, gated)
+    base = default_setting(batch, n, k, gated, dm.decode_norm_mode() if normed else None)
     around = [
         base | {"block_b": bb, "split_k": sp}
         for bb, sp in itertools.product(DOT_BLOCK_B, DOT_SPLIT)
         if bb <= max(16, 1 << (batch - 1).bit_length()) and (bb, sp) != (base["block_b"], 1)
     ]
-    folded = [{"block_k": 128, "num_stages": 4}, {"block_n": 16}, {"block_n": 16, "block_k": 128, "num_stages": 4}]
-    modes = (
-        [base | {"norm_mode": m} for m in dm.NORM_MODES[1:]]
-        + [s for s in (base | {"norm_mode": "folded"} | f for f in folded) if s != base | {"norm_mode": "folded"}]
-        if normed
-        else []
-    )
-    return grid + around + modes
+    if not normed:
+        return grid + around
+    folded = default_setting(batch, n, k, gated, "folded")
+    variants = [{"block_k": 64, "num_stages": None}, {"block_k": 128, "num_stages": 4}]
+    modes = [default_setting(batch, n, k, gated, m) for m in dm.NORM_MODES] + [
+        folded | v | bn for v in variants for bn in ({}, {"block_n": 16})
+    ]
+    return grid + around + [m for i, m in enumerate(modes) if m not in modes[:i]]
 
 
-def default_setting(batch: int, n: int, k: int, gated: bool) -> dict:
-    """The setting decode_matvec takes without overrides, in candidates' terms."""
+def default_setting(batch: int, n: int, k: int, gated: bool, norm_mode: str | None = None) -> dict:
+    """The setting decode_matvec takes without overrides, in candidates' terms; a normed product's (the norm folded
+    in) with ``norm_mode``, whose tile depends on it."""
     if batch < dm.DOT_MIN_BATCH:
         bn, kb = dm.block_sizes(n, k, gated)
         return {"path": "matvec", "block_n": bn, "num_warps": dm.matvec_warps(bn, kb, gated)}
-    bb, bn, bk, st = dm.dot_block_sizes(batch, n, k)
-    return {"path": "dot", "block_n": bn, "block_k": bk, "num_warps": 4, "num_stages": st} | (
-        {"block_b": bb, "split_k": dm.dot_split(batch, n, k)}
+    bb, bn, bk, st = dm.dot_block_sizes(batch, n, k, norm_mode == "folded")
+    return (
+        {"path": "dot", "block_n": bn, "block_k": bk, "num_warps": 4, "num_stages": st}
+        | {"block_b": bb, "split_k": dm.dot_split(batch, n, k)}
+        | ({"norm_mode": norm_mode} if norm_mode else {})
     )
 
 
@@ -374,7 +377,7 @@ def sweep_one(kws: list[dict], batch: int, device, repeats: int, tol: float) -> 
     normed = kws[0].get("norm_weight") is not None
     row = {"batch": batch, "n": n, "k": k, "layers": len(kws)}
     row["plain_us"] = time_per_launch([lambda kw=kw: plain(**kw) for kw in kws], device, repeats)
-    default = default_setting(batch, n, k, gated)
+    default = default_setting(batch, n, k, gated, dm.decode_norm_mode() if normed else None)
     settings = candidates(batch, n, k, gated, normed)
     row["default"] = default
     row["default_us"] = time_per_launch(
@@ -393,15 +396,10 @@ def sweep_one(kws: list[dict], batch: int, device, repeats: int, tol: float) -> 
         ),  # "folded": each layer's fold made at the warm-up before the graph is captured, as in a decoding step
         tol,
     )
-    if normed and default["path"] == "dot":  # each way of applying the norm at the default tile (us; None: failed)
-        at = {t["setting"].get("norm_mode", "row"): t["us"] for t in out["tried"] if _at_default(t["setting"], default)}
-        out["norm_modes"] = {"row": out["default_us"]} | {m: at.get(m) for m in dm.NORM_MODES[1:]}
+    if normed and default["path"] == "dot":  # each way of applying the norm at its default tile (us; None: failed)
+        us = {describe(t["setting"]): t["us"] for t in out["tried"]}
+        out["norm_modes"] = {m: us.get(describe(default_setting(batch, n, k, gated, m))) for m in dm.NORM_MODES}
     return out
-
-
-def _at_default(setting: dict, default: dict) -> bool:
-    """Whether ``setting`` is the default one but for its norm_mode."""
-    return {a: v for a, v in setting.items() if a != "norm_mode"} == default
 
 
 def describe(s: dict | None) -> str:
@@ -528,8 +526,8 @@ def report(payload: dict, args) -> list[str]:
         if modes:
             lines += [
                 "",
-                "The norm's way in the tensor-core kernel at the default tile (decode_matvec.NORM_MODES; us per "
-                "launch): "
+                "The norm's way in the tensor-core kernel, each at its default tile (decode_matvec.NORM_MODES; us "
+                "per launch): "
                 + "; ".join(
                     f"{r['product']} " + ", ".join(f"{m} {fmt(us)}" for m, us in r["norm_modes"].items()) for r in modes
                 )

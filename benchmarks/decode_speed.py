@@ -39,6 +39,7 @@ from mohawk.mixers.kernels.decode_matvec import (
     CHOICES,
     DOT_MIN_BATCH,
     MAX_BATCH,
+    NORM_DEFAULT,
     NORM_MODES,
     PDL_CHOICES,
     decode_matvec_choice,
@@ -251,10 +252,10 @@ def main():
     )  # fmt: skip
     ap.add_argument(
         "--decode-norm", choices=NORM_MODES, default=None,
-        help="how the tensor-core product kernel (16-64 sequences) applies the norm it folds in: row (generate's "
-        "default: each K chunk normalised in registers), late (squares summed after the loop) or folded (the norm's "
+        help="how the tensor-core product kernel (16-64 sequences) applies the norm it folds in: row (each K chunk "
+        "normalised in registers), late (squares summed after the loop) or folded (generate's default: the norm's "
         "weight folded into in_proj, gate and up once, x to the tensor cores as loaded); sets MOHAWK_DECODE_NORM; "
-        "default: the environment's, else row. late and folded name their files apart",
+        "default: the environment's, else folded. row and late name their files apart",
     )  # fmt: skip
     args = ap.parse_args()
     if args.decode_norm:
@@ -352,7 +353,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "decode_matvec": matvec,
         "decode_pdl": getattr(args, "decode_pdl", "auto"),
         "decode_split": getattr(args, "decode_split", "auto"),
-        "decode_norm": getattr(args, "decode_norm", "row"),
+        "decode_norm": getattr(args, "decode_norm", NORM_DEFAULT),
         "rows": rows,
     }
     lines = [
@@ -391,12 +392,9 @@ def save(args, device, dtype, rows: list[dict]) -> None:
             else f", the tensor-core products' K split over {payload['decode_split']} programs a tile "
             f"(`--decode-split {payload['decode_split']}`)"
         )
-        + (
-            ""
-            if payload["decode_norm"] == "row"
-            else f", the tensor-core products' norm applied `{payload['decode_norm']}` "
-            f"(`--decode-norm {payload['decode_norm']}`)"
-        ),
+        + f", the tensor-core products' norm applied `{payload['decode_norm']}` (`--decode-norm "
+        + payload["decode_norm"]
+        + ("`, the default)" if payload["decode_norm"] == NORM_DEFAULT else "`)"),
         f"- roofline: (weights + state or KV bytes a step reads and writes) / {args.bandwidth_gbs:,.0f} GB/s; "
         "'x roofline' = measured / roofline; TTFT = prefill to the first token; kernels = CUDA kernels in one student "
         "step (torch.profiler over one replay of the one-step graph)",
@@ -435,7 +433,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
     mixer = ("" if args.mixer == "ssd" else f"-{args.mixer}") + ("" if matvec == "auto" else f"-{matvec}")
     mixer += {"auto": "", "0": "-nopdl", "1": "-pdl"}[payload["decode_pdl"]]
     mixer += "" if payload["decode_split"] == "auto" else f"-split{payload['decode_split']}"
-    mixer += "" if payload["decode_norm"] == "row" else f"-norm{payload['decode_norm']}"
+    mixer += "" if payload["decode_norm"] == NORM_DEFAULT else f"-norm{payload['decode_norm']}"
     write(f"decode_speed-{args.model}{mixer}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

@@ -312,13 +312,14 @@ def test_decode_speed_matvec_choices_are_their_own_files(tmp_path, monkeypatch, 
         text = next(out.glob("*.md")).read_text()
         assert f"(`--decode-matvec {choice or 'auto'}" in text and f"(`--decode-pdl {pdl or 'auto'}`" in text
         assert payload["decode_split"] == "auto" and "--decode-split" not in text
-    # --decode-split 2 and --decode-norm folded: each sets its variable for the run and names its file, payload and
+        assert payload["decode_norm"] == "folded" and "(`--decode-norm folded`, the default)" in text
+    # --decode-split 2 and --decode-norm row: each sets its variable for the run and names its file, payload and
     # text; a bad value of either (flag or variable) is one clear error before anything runs
     os.environ.pop("MOHAWK_DECODE_MATVEC", None)
     os.environ.pop("MOHAWK_DECODE_PDL", None)
     for flag, good, bad, var, key, stem, bad_by_flag in (
         ("--decode-split", "2", "0", "MOHAWK_DECODE_SPLIT", "decode_split", "tiny-split2-", True),
-        ("--decode-norm", "folded", "fold", "MOHAWK_DECODE_NORM", "decode_norm", "tiny-normfolded-", False),
+        ("--decode-norm", "row", "fold", "MOHAWK_DECODE_NORM", "decode_norm", "tiny-normrow-", False),
     ):
         out = tmp_path / key
         monkeypatch.setattr(sys, "argv", ["decode_speed", *args, flag, good, "--out", str(out)])
@@ -334,7 +335,7 @@ def test_decode_speed_matvec_choices_are_their_own_files(tmp_path, monkeypatch, 
         with pytest.raises(SystemExit, match=f"{var}='{bad}'"):
             decode_speed.main()
         assert not (tmp_path / f"{key}-bad").exists()
-        os.environ[var] = {"MOHAWK_DECODE_SPLIT": "auto", "MOHAWK_DECODE_NORM": "row"}[var]
+        os.environ[var] = {"MOHAWK_DECODE_SPLIT": "auto", "MOHAWK_DECODE_NORM": "folded"}[var]
 
 
 def test_stage_throughput_times_the_mixer_it_is_given(tmp_path, monkeypatch):
@@ -380,6 +381,17 @@ def test_decode_matvec_sweep_checks_each_setting_before_timing_it(tmp_path, monk
         return y + 1 if block_n == 32 else y
 
     paths = lambda b: {c["path"] for c in sweep.candidates(b, 64, 64, False)}  # noqa: E731
+    with monkeypatch.context() as m:  # a GPU's tiles: each way of applying the norm at its own default tile, once
+        m.delenv("TRITON_INTERPRET", raising=False)
+        m.delenv("MOHAWK_DECODE_NORM", raising=False)
+        normed = sweep.candidates(64, 2313, 576, False, normed=True)
+        tiles = {
+            c["norm_mode"]: c["block_k"]
+            for c in normed
+            if c == sweep.default_setting(64, 2313, 576, False, c.get("norm_mode"))
+        }
+        assert tiles == {"row": 64, "late": 64, "folded": 128} and len(normed) == len({str(c) for c in normed})
+        assert {c["block_k"] for c in normed if c.get("norm_mode") == "folded"} == {64, 128}
     assert paths(1) == {"matvec"} and paths(4) == {"matvec", "dot"} and paths(16) == {"dot"}
     monkeypatch.setattr(dm, "decode_matvec", broken_at_32)
     argv = ["decode_matvec_sweep", "--model", "tiny", "--device", "cpu", "--repeats", "1", "--batches", "1,16"]

@@ -118,6 +118,8 @@ def test_the_norm_mode_switch(monkeypatch):
     assert log[0][1]["NORM_MODE"] == 0 and "NORM_MODE" not in log[1][1]
     with pytest.raises(AssertionError):
         dm.decode_matvec(**_inputs("norm", 3, 16, 16, False, torch.float32, device="cpu"), norm_mode="late")
+    monkeypatch.delenv("MOHAWK_DECODE_NORM")
+    assert dm.decode_norm_mode() == "folded"  # the default: the fastest whole step measured (H100, 64 sequences)
     monkeypatch.setenv("MOHAWK_DECODE_NORM", "fold")
     with pytest.raises(ValueError, match="MOHAWK_DECODE_NORM='fold': expected one of row, late, folded"):
         dm.decode_matvec(**norm)
@@ -275,7 +277,8 @@ def test_the_batch_picks_the_kernel(monkeypatch):
 def test_dot_tiles_by_programs(monkeypatch):
     """On a GPU, the tensor-core kernel's tiles at SmolLM2-135M's products: BLOCK_N grows until the programs fit one
     wave; at 33-64 sequences a product with fewer than SMS / 2 programs (out_proj, down: 576 rows) takes BK = 128 over
-    4 stages, the wider ones BK = 64 with Triton's stages; at 16 sequences (not swept) all keep BK = 64."""
+    4 stages, and so does one whose weights carry the norm (folded in_proj, gate + up); the wider unfolded ones BK = 64
+    with Triton's stages; at 16 sequences (not swept) all keep BK = 64."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     tiles = {(n, k): dm.dot_block_sizes(64, n, k) for n, k in [(2313, 576), (1536, 576), (576, 576), (576, 1536)]}
     assert tiles == {
@@ -285,6 +288,9 @@ def test_dot_tiles_by_programs(monkeypatch):
         (576, 1536): (64, 16, 128, 4),
     }
     assert dm.dot_block_sizes(16, 576, 1536) == (16, 16, 64, None)
+    assert dm.dot_block_sizes(64, 2313, 576, folded=True) == (64, 32, 128, 4)
+    assert dm.dot_block_sizes(64, 1536, 576, folded=True) == (64, 16, 128, 4)
+    assert dm.dot_block_sizes(16, 1536, 576, folded=True) == (16, 16, 64, None)
     assert dm.dot_block_sizes(40, 576, 1536)[2:] == (128, 4)  # 40 sequences: one 64-row tile
 
 

@@ -324,21 +324,22 @@ def matvec_warps(block_n: int, kb: int, gated: bool = False) -> int:
 
 SMS = 132  # an H100's or H200's streaming multiprocessors: programs of one wave
 
-# how the tensor-core kernel applies the RMSNorm in its K loop (MOHAWK_DECODE_NORM, :func:`decode_norm_mode`): "row"
-# (the default, the one measured in whole steps): each chunk of x to float32, its row sums of squares, times the
-# norm's weight, back to the weights' dtype for the dot; "late": squares summed elementwise, over rows once after the
-# loop (no cross-thread sums per chunk); "folded": the weights times the norm's weight along K, made once
-# (:func:`fold_norm`), so x goes to the dot as loaded (from shared memory, like the unnormed products) and only its
-# squares are summed, late. Compiled for an H100 (Triton 3.9, tests/mixers/test_decode_matvec.py), the K loop of
-# SmolLM2's in_proj at 64 sequences is 458 PTX lines "row", 367 "late", 246 "folded" (the same product unnormed:
-# 153); no GPU has timed them yet (benchmarks/decode_matvec_sweep.py does, beside the default)
+# how the tensor-core kernel applies the RMSNorm in its K loop (MOHAWK_DECODE_NORM, :func:`decode_norm_mode`): "row":
+# each chunk of x to float32, its row sums of squares, times the norm's weight, back to the weights' dtype for the
+# dot; "late": squares summed elementwise, over rows once after the loop (no cross-thread sums per chunk); "folded"
+# (the default): the weights times the norm's weight along K, made once (:func:`fold_norm`), so x goes to the dot as
+# loaded (from shared memory, like the unnormed products) and only its squares are summed, late. Timed on an H100 at
+# 64 sequences (benchmarks/README.md, "The norm inside the K loop"): in_proj 8.72 / 8.18 / 6.20 us, gate + up
+# 8.47 / 7.79 / 6.08 us, a whole step 1.187 ms "row" and 1.080 ms "folded"; the folds cost a second copy of in_proj,
+# gate and up (about 0.17 GiB for SmolLM2-135M in bf16)
 NORM_MODES = ("row", "late", "folded")
+NORM_DEFAULT = "folded"
 
 
 def decode_norm_mode() -> str:
     """MOHAWK_DECODE_NORM: how the tensor-core kernel applies a folded-in RMSNorm, one of :data:`NORM_MODES`
-    (default ``row``)."""
-    mode = os.environ.get("MOHAWK_DECODE_NORM", "row")
+    (default :data:`NORM_DEFAULT`)."""
+    mode = os.environ.get("MOHAWK_DECODE_NORM", NORM_DEFAULT)
     if mode not in NORM_MODES:
         raise ValueError(f"MOHAWK_DECODE_NORM={mode!r}: expected one of {', '.join(NORM_MODES)}")
     return mode
@@ -369,23 +370,25 @@ def fold_norm(weight: Tensor, norm_weight: Tensor) -> Tensor:
     return folded
 
 
-def dot_block_sizes(b: int, n: int, k: int) -> tuple[int, int, int, int | None]:
+def dot_block_sizes(b: int, n: int, k: int, folded: bool = False) -> tuple[int, int, int, int | None]:
     """(BLOCK_B, BLOCK_N, BK, num_stages) of the tensor-core kernel. BLOCK_B: the batch in one tile (16, 32 or 64,
     tl.dot's rows), so that each weight is read from memory once. BLOCK_N: the fewest rows, from 16, that keep the
     programs within one wave of SMS (up to 64): at these batches the kernel still mostly reads weights, and each
     program reads its BLOCK_N rows plus all of x, so smaller tiles spread the reading over more SMs until a second
     wave costs more (SmolLM2-135M: 32 for in_proj's 2,313 rows, 16 for the MLP's 1,536 and the 576 of out_proj and
-    down). BK = 64 (128 bytes of a bf16 row, one cache line, per chunk) and Triton's pipelining, except where 64-row
-    tiles leave fewer than SMS / 2 programs: there each program streams more, BK = 128 over 4 stages
-    (benchmarks/decode_matvec_sweep.py on an H100 at 64 sequences: out_proj 0.80x, down 0.56x the time of BK = 64;
-    smaller batches were not swept). Triton's interpreter runs programs one by one: there, big tiles, few programs."""
+    down). BK = 64 (128 bytes of a bf16 row, one cache line, per chunk) and Triton's pipelining, except at 64-row tiles
+    where each program streams more, BK = 128 over 4 stages: where the tiles leave fewer than SMS / 2 programs, and in
+    a product whose weights carry the norm (``folded``, :func:`fold_norm`). benchmarks/decode_matvec_sweep.py on an
+    H100 at 64 sequences: out_proj 0.80x, down 0.56x the time of BK = 64, folded in_proj 0.89x, gate + up 0.89x;
+    smaller batches were not swept. Triton's interpreter runs programs one by one: there, big tiles, few programs."""
     bb = min(64, max(16, triton.next_power_of_2(b)))
     if os.environ.get("TRITON_INTERPRET") == "1":
         return bb, min(256, max(16, triton.next_power_of_2(n))), min(256, max(16, triton.next_power_of_2(k))), None
     bn = 16
     while bn < 64 and triton.cdiv(n, bn) > SMS:
         bn *= 2
-    if bb == 64 and triton.cdiv(n, bn) * triton.cdiv(b, bb) < SMS // 2 and k >= 128:
+    few = triton.cdiv(n, bn) * triton.cdiv(b, bb) < SMS // 2
+    if bb == 64 and (few or folded) and k >= 128:
         return bb, bn, 128, 4
     return bb, bn, 64, None
 
@@ -465,6 +468,7 @@ def decode_matvec(
         norm_mode = decode_norm_mode() if path == "dot" and norm_weight is not None else "row"
     assert norm_mode in NORM_MODES and (norm_mode == "row" or path == "dot"), (norm_mode, path)
     gated = up_weight is not None
+    folded = norm_mode == "folded" and norm_weight is not None
     if norm_mode == "folded" and norm_weight is not None:
         weight = fold_norm(weight, norm_weight)
         up_weight = fold_norm(up_weight, norm_weight) if up_weight is not None else None
@@ -484,7 +488,7 @@ def decode_matvec(
         "RESIDUAL": residual is not None,
     }
     if path == "dot":
-        bb, bn, bk, st = dot_block_sizes(b, n, k)
+        bb, bn, bk, st = dot_block_sizes(b, n, k, folded)
         bb, bn, bk, st = block_b or bb, block_n or bn, block_k or bk, num_stages or st
         split = split_k or dot_split(b, n, k)
         assert min(bb, bn, bk) >= 16, "tl.dot needs tiles of 16 or more"
