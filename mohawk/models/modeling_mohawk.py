@@ -90,6 +90,23 @@ class MohawkBlock(nn.Module):
             return h + self.post_mlp_norm(self.mlp(self.norm2(h)))
         return h + m + self.mlp(u if self.norm2 is None else self.norm2(h))
 
+    @torch.no_grad()
+    def fold_norms(self) -> bool:
+        """Multiplies norm2's weight into the MLP's first products (gate and up, or fc1) and norm1's into an
+        SSD-family mixer's in_proj, and sets those norms' weights to 1: the block computes the same function (up to
+        the products' rounding), and decoding's fused products (MOHAWK_DECODE_NORM=folded) then read the weights as
+        they are instead of a folded copy. Sequential blocks with RMSNorms only; whether anything was folded."""
+        if self.block_type != "sequential" or not (isinstance(self.norm1, RMSNorm) and isinstance(self.norm2, RMSNorm)):
+            return False
+        folds = [(self.norm2, [self.mlp.gate_proj, self.mlp.up_proj] if self.mlp.gated else [self.mlp.up_proj])]
+        if isinstance(self.mixer, SSDMixer):  # (its input reaches it only through in_proj)
+            folds.append((self.norm1, [self.mixer.in_proj]))
+        for norm, linears in folds:
+            for linear in linears:
+                linear.weight.copy_(linear.weight.float() * norm.weight.float()[None, :])
+            norm.weight.fill_(1)
+        return True
+
     def _fuses_decode(self, h: Tensor) -> bool:
         """Whether this sequential block's one-token step takes the fused matvec kernels: both norms mohawk's
         RMSNorm (its weight multiplies as stored, Gemma's 1 + w included) and an MLP the kernels compute."""
@@ -228,6 +245,13 @@ class MohawkForCausalLM(MohawkPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value):
         self.lm_head = value
+
+    def fold_norms(self) -> int:
+        """For serving: each block's norm weights multiplied into the products that read them (MohawkBlock.fold_norms),
+        in place; the model computes the same function. Decoding 16-64 sequences on a GPU otherwise keeps a folded
+        copy of in_proj, gate and up beside the model (mohawk.mixers.kernels.decode_matvec.fold_norm). Returns the
+        number of blocks folded."""
+        return sum(block.fold_norms() for block in self.model.layers)
 
     @staticmethod
     def _check_padding(attention_mask: Tensor | None) -> None:

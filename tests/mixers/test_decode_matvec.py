@@ -152,6 +152,27 @@ def test_a_fold_is_made_once_and_again_when_a_weight_changes():
     assert id(w) not in dm._FOLDS
 
 
+def test_a_norm_of_ones_folds_to_the_weight_itself():
+    """A norm weight of ones (a model after fold_norms) folds to the weight itself: no second copy, and a cache that
+    does not keep the weight alive; once the norm weight moves off 1, a real fold (a cache that kept "no copy" would
+    give the unscaled product)."""
+    import gc
+    import weakref
+
+    w, ones = torch.randn(8, 4), torch.ones(4)
+    assert dm.fold_norm(w, ones) is w and dm.fold_norm(w, ones) is w
+    assert dm._FOLDS[id(w)][1] is None
+    with torch.no_grad():
+        ones.mul_(2)
+    torch.testing.assert_close(dm.fold_norm(w, ones), 2 * w)
+    w2 = torch.randn(8, 4)
+    dm.fold_norm(w2, torch.ones(4))
+    ref, key = weakref.ref(w2), id(w2)
+    del w2
+    gc.collect()
+    assert ref() is None and key not in dm._FOLDS
+
+
 # (b, n, k, block_n, block_k, split): K's chunks split over 2-5 programs per tile, the last split short or empty
 SPLIT_CASES = [
     (20, 37, 40, 16, 16, 2),

@@ -435,7 +435,8 @@ def test_fused_matvec_decodes_what_plain_decodes(graphs_on_cpu, monkeypatch, mix
 def test_the_dot_kernels_norm_modes_decode_what_plain_decodes(monkeypatch, norm):
     """At 16 sequences (the tensor-core kernel) with MOHAWK_DECODE_NORM=late or folded, a hybrid's steps give the
     plain steps' logits: its norm + in_proj and norm + gate + up products take that mode (folded: each layer's norm
-    weight folded into its own weights: a fold of the wrong norm, or one kept from another layer, fails here)."""
+    weight folded into its own weights: a fold of the wrong norm, or one kept from another layer, fails here; and after
+    the model's fold_norms, the same logits from the weights as they are, no copy kept)."""
     from mohawk.mixers.kernels import decode_matvec as dm
 
     monkeypatch.setenv("MOHAWK_DECODE_KERNEL", "triton")
@@ -451,6 +452,12 @@ def test_the_dot_kernels_norm_modes_decode_what_plain_decodes(monkeypatch, norm)
     got = steps(m, prefill(m, ids), nxt)
     assert modes and set(modes) == {norm}
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    if norm == "folded":  # the model's own norms folded in (fold_norms): the same logits, and no folded copies kept
+        m.fold_norms()
+        torch.testing.assert_close(steps(m, prefill(m, ids), nxt), want, atol=1e-4, rtol=1e-4)
+        names = ("in_proj.weight", "gate_proj.weight", "up_proj.weight")
+        kept = [dm._FOLDS[id(p)] for n, p in m.named_parameters() if n.endswith(names) and id(p) in dm._FOLDS]
+        assert len(kept) == 2 + 2 * 4 and all(fold is None for _, fold in kept)
 
 
 @needs_kernels

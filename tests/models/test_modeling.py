@@ -209,3 +209,35 @@ def test_logits_to_keep_with_chunked_prefill(keep):
         kept = m(ids, past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
     assert kept.shape == (2, min(keep, 23), 64) and cache.tokens == 23
     torch.testing.assert_close(kept, full[:, -keep:], atol=1e-5, rtol=1e-5)
+
+
+def test_fold_norms_keeps_the_function():
+    """fold_norms multiplies each sequential block's norm weights into the products that read them (norm2 into gate
+    and up, norm1 into an SSD-family mixer's in_proj) and sets the norms to 1: the logits stay (every student family,
+    and attention, whose norm1 stays, in one model), and a second fold changes nothing. A fold along the wrong axis,
+    into the wrong product, of a norm left as it was (counted twice), or of an attention layer's or another family's
+    norm whose input goes elsewhere, fails here; LayerNorm and parallel blocks are left alone."""
+    from mohawk.mixers import STUDENT_MIXERS
+
+    m = student((*STUDENT_MIXERS, "attention"), ssd_conv_init="random")
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith(("norm1.weight", "norm2.weight")):
+                p.add_(0.5 * torch.randn_like(p))
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        want = m(ids).logits
+        assert m.fold_norms() == len(m.model.layers)
+        torch.testing.assert_close(m(ids).logits, want, atol=1e-5, rtol=1e-5)
+    norms = {n: p for n, p in m.named_parameters() if n.endswith(("norm1.weight", "norm2.weight"))}
+    ssd_family = [i for i, kind in enumerate(m.config.mixers) if kind not in ("toeplitz", "attention")]
+    for name, p in norms.items():
+        layer, which = int(name.split(".")[2]), name.split(".")[3]
+        assert torch.equal(p, torch.ones_like(p)) == (which == "norm2" or layer in ssd_family), name
+    before = {n: p.clone() for n, p in m.named_parameters()}
+    m.fold_norms()
+    assert all(torch.equal(p, before[n]) for n, p in m.named_parameters())
+    for kw in ({"norm_type": "layernorm"}, {"block_type": "parallel"}):
+        other = student(("ssd", "ssd"), **kw)
+        params = {n: p.clone() for n, p in other.named_parameters()}
+        assert other.fold_norms() == 0 and all(torch.equal(p, params[n]) for n, p in other.named_parameters())

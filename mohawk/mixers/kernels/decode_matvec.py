@@ -331,7 +331,7 @@ SMS = 132  # an H100's or H200's streaming multiprocessors: programs of one wave
 # loaded (from shared memory, like the unnormed products) and only its squares are summed, late. Timed on an H100 at
 # 64 sequences (benchmarks/README.md, "The norm inside the K loop"): in_proj 8.72 / 8.18 / 6.20 us, gate + up
 # 8.47 / 7.79 / 6.08 us, a whole step 1.187 ms "row" and 1.080 ms "folded"; the folds cost a second copy of in_proj,
-# gate and up (about 0.17 GiB for SmolLM2-135M in bf16)
+# gate and up (about 0.17 GiB for SmolLM2-135M in bf16) unless the model's norms are folded already (fold_norms)
 NORM_MODES = ("row", "late", "folded")
 NORM_DEFAULT = "folded"
 
@@ -345,29 +345,36 @@ def decode_norm_mode() -> str:
     return mode
 
 
-_FOLDS: dict[int, tuple[tuple, Tensor]] = {}  # id(weight) -> (what it was folded from, the fold), while weight lives
+_FOLDS: dict[int, tuple[tuple, Tensor | None]] = {}  # id(weight) -> (what it was folded from, the fold), while it lives
 
 
 def fold_norm(weight: Tensor, norm_weight: Tensor) -> Tensor:
     """weight (N, K) * norm_weight[None, :] (K,), computed in float32 and returned in weight's dtype: n(x) W^T =
     rstd(x) * (x (W diag(w))^T). Made once and kept while ``weight`` lives, made again when either tensor is
     changed in place (its version) or another norm weight comes; weights made under torch.inference_mode (no version
-    to check) are folded at each call. A fold made inside a CUDA graph capture is part of the graph (made at each
-    replay); one made before it is what the graph reads, so a graph captured before an in-place change of the
-    weights keeps the old fold (as it keeps every other address it was captured with). The folds of a model's
-    in_proj, gate and up take as much memory again as those weights."""
-    if weight.is_inference() or norm_weight.is_inference():  # no version counter: a fold could not tell it is stale
+    to check) are folded at each call. A norm weight of ones (a model whose norms are folded already:
+    MohawkForCausalLM.fold_norms) gives ``weight`` itself, no copy. A fold made inside a CUDA graph capture is part
+    of the graph (made at each replay); one made before it is what the graph reads, so a graph captured before an
+    in-place change of the weights keeps the old fold (as it keeps every other address it was captured with). The
+    folds of a model's in_proj, gate and up take as much memory again as those weights."""
+
+    def fold() -> Tensor:
         return (weight.float() * norm_weight.float()[None, :]).to(weight.dtype)
+
+    if weight.is_inference() or norm_weight.is_inference():  # no version counter: a fold could not tell it is stale
+        return fold()
     key = (weight.data_ptr(), norm_weight.data_ptr(), weight._version, norm_weight._version)
     hit = _FOLDS.get(id(weight))
     if hit is not None and hit[0] == key:
-        return hit[1]
-    folded = (weight.float() * norm_weight.float()[None, :]).to(weight.dtype)
-    if not (weight.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        if id(weight) not in _FOLDS:
-            weakref.finalize(weight, _FOLDS.pop, id(weight), None)
-        _FOLDS[id(weight)] = (key, folded)
-    return folded
+        return weight if hit[1] is None else hit[1]
+    if weight.device.type == "cuda" and torch.cuda.is_current_stream_capturing():  # (no sync to look at the values)
+        return fold()
+    # None: the weight is its own fold (kept as None, not as the weight, so that the cache never keeps it alive)
+    folded = None if bool((norm_weight == 1).all()) else fold()
+    if id(weight) not in _FOLDS:
+        weakref.finalize(weight, _FOLDS.pop, id(weight), None)
+    _FOLDS[id(weight)] = (key, folded)
+    return weight if folded is None else folded
 
 
 def dot_block_sizes(b: int, n: int, k: int, folded: bool = False) -> tuple[int, int, int, int | None]:
