@@ -230,6 +230,11 @@ def main():
     ap.add_argument("--mixer", default="ssd", help="the students' mixer family (ssd, mamba2, discrete_mamba2, ...)")
     ap.add_argument("--profile", type=int, default=0, help="N: also the N kernels of one step with most GPU time")
     ap.add_argument(
+        "--fold-norms", action="store_true",
+        help="fold the students' norms into their products first (model.fold_norms(), as a server would): the "
+        "tensor-core products then keep no folded copy of in_proj, gate and up (peak GiB). Names its files apart",
+    )  # fmt: skip
+    ap.add_argument(
         "--decode-matvec", choices=CHOICES, default=None,
         help="a decoding step's block products: cuBLAS with separate norms and residual adds (plain), fused Triton "
         "kernels (norm + in_proj, norm + gate + up, out_proj / down + residual) up to batch "
@@ -294,6 +299,8 @@ def main():
         students["hybrid4"] = hybrid.to(dtype).eval()
     for st in students.values():
         st.config.decode_compile = args.compile
+        if args.fold_norms:
+            st.fold_norms()
     teacher_rows: dict[tuple[int, int], dict] = {}  # a (context, batch) measured once, shared by the students
     rows = []
     for name, L, b in rows_wanted:
@@ -354,6 +361,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         "decode_pdl": getattr(args, "decode_pdl", "auto"),
         "decode_split": getattr(args, "decode_split", "auto"),
         "decode_norm": getattr(args, "decode_norm", NORM_DEFAULT),
+        "fold_norms": getattr(args, "fold_norms", False),
         "rows": rows,
     }
     lines = [
@@ -394,7 +402,8 @@ def save(args, device, dtype, rows: list[dict]) -> None:
         )
         + f", the tensor-core products' norm applied `{payload['decode_norm']}` (`--decode-norm "
         + payload["decode_norm"]
-        + ("`, the default)" if payload["decode_norm"] == NORM_DEFAULT else "`)"),
+        + ("`, the default)" if payload["decode_norm"] == NORM_DEFAULT else "`)")
+        + (", the students' norms folded into their products first (`--fold-norms`)" if payload["fold_norms"] else ""),
         f"- roofline: (weights + state or KV bytes a step reads and writes) / {args.bandwidth_gbs:,.0f} GB/s; "
         "'x roofline' = measured / roofline; TTFT = prefill to the first token; kernels = CUDA kernels in one student "
         "step (torch.profiler over one replay of the one-step graph)",
@@ -434,6 +443,7 @@ def save(args, device, dtype, rows: list[dict]) -> None:
     mixer += {"auto": "", "0": "-nopdl", "1": "-pdl"}[payload["decode_pdl"]]
     mixer += "" if payload["decode_split"] == "auto" else f"-split{payload['decode_split']}"
     mixer += "" if payload["decode_norm"] == NORM_DEFAULT else f"-norm{payload['decode_norm']}"
+    mixer += "-foldnorms" if payload["fold_norms"] else ""
     write(f"decode_speed-{args.model}{mixer}-{dev.split(' (')[0]}", payload, lines, Path(args.out))
 
 

@@ -336,6 +336,18 @@ def test_decode_speed_matvec_choices_are_their_own_files(tmp_path, monkeypatch, 
             decode_speed.main()
         assert not (tmp_path / f"{key}-bad").exists()
         os.environ[var] = {"MOHAWK_DECODE_SPLIT": "auto", "MOHAWK_DECODE_NORM": "folded"}[var]
+    # --fold-norms folds each student's norms before it decodes (as a server would), and names its file and text
+    from mohawk.models import MohawkForCausalLM
+
+    folded = []
+    real = MohawkForCausalLM.fold_norms
+    monkeypatch.setattr(MohawkForCausalLM, "fold_norms", lambda self: folded.append(self) or real(self))
+    monkeypatch.setattr(sys, "argv", ["decode_speed", *args, "--fold-norms", "--out", str(tmp_path / "fold")])
+    decode_speed.main()
+    assert len(folded) == 1  # the one student the row decodes
+    (js,) = (tmp_path / "fold").glob("decode_speed-*.json")
+    assert js.name.startswith("decode_speed-tiny-foldnorms-") and json.loads(js.read_text())["fold_norms"] is True
+    assert "(`--fold-norms`)" in next((tmp_path / "fold").glob("*.md")).read_text()
 
 
 def test_stage_throughput_times_the_mixer_it_is_given(tmp_path, monkeypatch):
