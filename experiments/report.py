@@ -320,6 +320,44 @@ def _plot_distances(points: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _lr_probe_lines(path: Path, at: Path, probed: dict) -> list[str]:
+    """Claim 6's table of the CPU LR probe (experiments/stage1_probe.py rows in ``path``): per family, stage and LR
+    the mean per-layer distance before and after, the LR that left it lowest in bold; [] without the file."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    best: dict[tuple, float] = {}
+
+    def key(r: dict) -> tuple:
+        return r["mixer"], r["stage"], r.get("after_stage1_lr") or 0.0
+
+    for r in rows:
+        best[key(r)] = min(best.get(key(r), math.inf), r["mean_after"])
+    out = [
+        "",
+        f"Each family's stage alone at a few peak LRs on the CPU ([{path.name}]({os.path.relpath(path, at)}), "
+        "`python3 -m experiments.stage1_probe --teacher smollm2-135m --mixer FAMILY --stage S --lrs LRS --tokens T "
+        "--out FILE`: T tokens of 128-token sequences, one per step, the distances on 4 held-out sequences, smaller "
+        "than the GPU runs' at 512 tokens; those take 62 steps of 8,192 tokens in stage 1). A family whose distance "
+        "the recipe's LR (1e-3) raises here gets an arm at the LRs that left it lowest (in bold): "
+        + (", ".join(f"{m} ({', '.join(f'{k} {v:g}' for k, v in lrs.items())})" for m, lrs in probed.items()) or "none")
+        + ".",
+        "",
+        "| student | stage | after stage 1 at | peak LR | steps | mean distance before | after | change |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (*key(r), -r["lr"])):
+        after = f"{r['mean_after']:.3g}"
+        after = f"**{after}**" if r["mean_after"] == best[key(r)] else after
+        change = 100 * (r["mean_after"] / r["mean_before"] - 1)
+        first = f"{r['after_stage1_lr']:g}" if r.get("after_stage1_lr") else "-"
+        out.append(
+            f"| {r['mixer']} | {r['stage']} | {first} | {r['lr']:g} | {r['tokens'] // r['seq_len']} | "
+            f"{r['mean_before']:.3g} | {after} | {change:+.0f}% |"
+        )
+    return out
+
+
 def _verdict_line(v: str, why: str) -> str:
     return f"**Verdict: {v}.** {why}"
 
@@ -328,7 +366,7 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
     """Write ``report`` (results/EXPERIMENTS.md) and its plot from the run directories under ``results`` (one per
     planned run, see experiments/run_all.py); ``history``: the earlier 2M-token runs (default: results/experiments/
     runs beside ``results``)."""
-    from experiments.run_all import ARM, ARMS, FAMILY_INIT, TOKENS, commands, plan, queue
+    from experiments.run_all import ARM, ARMS, FAMILY_INIT, LR_PROBE, PROBED_LRS, TOKENS, commands, plan, queue
 
     family_init = Path(os.path.relpath(FAMILY_INIT, report.parent))
 
@@ -526,12 +564,13 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
         lines += [f"![distance vs quality]({plots.name}/distance_quality.png)", ""]
     # 6. matrix families
     fam = ["mohawk", *[a.name for a in ARMS if a.name.startswith("mixer-")]]
+    judged = [a for a in fam if not any(a == f"mixer-{m}" for m in PROBED_LRS)]  # a probed arm stands for its family
     seed0 = {a: next((r for r in arms.runs.get(a, []) if r["seed"] == 0), None) for a in fam}
-    pairs6 = [(m["d1"], m["ppl"]) for m in seed0.values() if m and m.get("d1") is not None]
+    pairs6 = [(seed0[a]["d1"], seed0[a]["ppl"]) for a in judged if seed0[a] and seed0[a].get("d1") is not None]
     rho6 = spearman([a for a, _ in pairs6], [b for _, b in pairs6])[0] if len(pairs6) >= 3 else math.nan
     v6 = (
         "inconclusive"
-        if len(pairs6) < len(fam) or not math.isfinite(rho6)
+        if len(pairs6) < len(judged) or not math.isfinite(rho6)
         else "reproduced"
         if rho6 >= 0.8
         else "contradicted"
@@ -559,11 +598,30 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
             return "-" if not m or m.get(k) is None else f"{scale * m[k]:.3g}"
 
         lines.append(f"| {label[a]} | {f('d1_transfer')} | {f('d1')} | {f('d2')} | {f('ppl')} | {f('screen', 100)} |")
+    rose = [
+        f"{label[a]} ({m['d1_transfer']:.3g} -> {m['d1']:.3g})"
+        for a, m in seed0.items()
+        if m and m.get("d1") is not None and m.get("d1_transfer") is not None and m["d1"] > m["d1_transfer"]
+    ]
+    if rose:
+        lines += [
+            "",
+            "Stage 1 raised the stage-1 distance of: "
+            + "; ".join(rose)
+            + ". At the recipe's stage-1 LR such a student leaves stage 1 "
+            "farther from attention than it entered it, so its rank speaks of the LR as much as of its family.",
+        ]
+    lines += _lr_probe_lines(LR_PROBE, report.parent, PROBED_LRS)
     lines += [
         "",
         _verdict_line(
             v6,
-            f"Spearman rho {rho6:+.2f} over {len(pairs6)} families." if math.isfinite(rho6) else "not measured yet.",
+            (
+                f"Spearman rho {rho6:+.2f} over {len(pairs6)} families"
+                if math.isfinite(rho6)
+                else f"{len(pairs6)} of the {len(judged)} students judged measured"
+            )
+            + (" (a family with a probed-LR arm counts by that arm)." if PROBED_LRS else "."),
         ),
         "",
     ]

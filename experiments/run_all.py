@@ -46,6 +46,10 @@ SEEDS = (0, 1, 2)
 # the SSD's: results/families-init.md
 FAMILIES = ("ssm", "linear_attention", "toeplitz")
 FAMILY_INIT = REPO / "results" / "families-init.md"
+# stage 1 (or 2) alone at a few LRs per family on the CPU (experiments/stage1_probe.py --out): a family whose distance
+# rises at the recipe's LR gets a second arm at the LRs that left it lowest there (EXPERIMENTS.md, claim 6)
+LR_PROBE = REPO / "results" / "experiments" / "stage-lr-probe.jsonl"
+PROBED_LRS = {"linear_attention": {"stage1_lr": 3e-5, "stage2_lr": 3e-5}}
 # the files of a run that are committed (small; no student weights, no checkpoints)
 SMALL = (
     "summary.json",
@@ -89,6 +93,15 @@ ARMS = [
     Arm("alloc-5", "1+2+3 at 1.7 / 3.3 / 95% (stage 1+2 share 5%)", allocation(0.05)),
     Arm("alloc-30", "1+2+3 at 10 / 20 / 70% (stage 1+2 share 30%)", allocation(0.30)),
     *[Arm(f"mixer-{m}", f"{m} student, 1+2+3", {"mixer": m}, (0,)) for m in FAMILIES],
+    *[
+        Arm(
+            f"mixer-{m}-probed-lr",
+            f"{m} student, 1+2+3, " + ", ".join(f"stage-{k[5]} LR {v:g}" for k, v in lrs.items()) + " (probed)",
+            {"mixer": m, **lrs},
+            (0,),
+        )
+        for m, lrs in PROBED_LRS.items()
+    ],
 ]
 ARM = {a.name: a for a in ARMS}
 

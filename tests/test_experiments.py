@@ -399,6 +399,33 @@ def test_cpu_dry_run_of_a_queued_run_end_to_end(teacher_dir, tmp_path, monkeypat
     assert "- `alloc-5-s0`:" not in text[text.index("## Queue") : text.index("## Commands of the runs made")]
 
 
+def test_family_claim_counts_the_probed_arm_and_shows_the_lr_probe(tmp_path, monkeypatch):
+    """Claim 6: a family with a probed-LR arm is judged by that arm (its recipe-LR run, whose stage 1 raised its
+    distance, is shown and named, not counted); the CPU probe's table marks each family's best LR."""
+    results, probe = tmp_path / "10m", tmp_path / "probe.jsonl"
+    rows = [(1e-3, 6.5, 16.8), (3e-5, 6.5, 5.65)]
+    probe.write_text("".join(json.dumps({"mixer": "linear_attention", "stage": 1, "lr": lr, "tokens": 7936,
+                                         "seq_len": 128, "mean_before": b, "mean_after": a}) + "\n"
+                             for lr, b, a in rows))  # fmt: skip
+    monkeypatch.setattr(run_all, "LR_PROBE", probe)
+    for name, ppl, d1 in [("mohawk", 40, 5.0), ("mixer-toeplitz", 50, 6.0), ("mixer-ssm", 60, 7.0),
+                          ("mixer-linear_attention", 45, 12.0)]:  # fmt: skip
+        _fake_run(results, f"{name}-s0", ppl=ppl, lam=0.3, hella=0.3, d1=d1, d2=20)
+
+    def claim6():
+        text = xr.write_experiments_report(results, tmp_path / "E.md", history=tmp_path / "none").read_text()
+        return text[text.index("## 6.") : text.index("## Runs made")]
+
+    part = claim6()
+    assert "**Verdict: inconclusive.** Spearman rho +1.00 over 3 families (a family with a probed-LR arm" in part
+    assert f"Stage 1 raised the stage-1 distance of: {run_all.ARM['mixer-linear_attention'].label} (9 -> 12)." in part
+    assert "| linear_attention | 1 | - | 0.001 | 62 | 6.5 | 16.8 | +158% |" in part
+    assert "| linear_attention | 1 | - | 3e-05 | 62 | 6.5 | **5.65** | -13% |" in part
+    _fake_run(results, "mixer-linear_attention-probed-lr-s0", ppl=70, lam=0.3, hella=0.3, d1=8.0, d2=20)
+    part = claim6()  # d1 5 < 6 < 7 < 8 as perplexity 40 < 50 < 60 < 70; the recipe-LR run (12, 45) would break it
+    assert "**Verdict: reproduced.** Spearman rho +1.00 over 4 families" in part
+
+
 def test_family_arms_use_the_rescaled_init_and_the_report_links_its_table(tmp_path):
     """The mixer-* arms: one seed each, the attention init (under which distill rescales their matrices, no flag
     needed), each family one whose matrix is rescaled; the report's queue links the before/after table, which is
@@ -406,8 +433,12 @@ def test_family_arms_use_the_rescaled_init_and_the_report_links_its_table(tmp_pa
     from mohawk.mixers import MIXERS
 
     fams = [a for a in run_all.ARMS if a.name.startswith("mixer-")]
-    assert [a.flags["mixer"] for a in fams] == list(run_all.FAMILIES)
+    assert [a.flags["mixer"] for a in fams] == [*run_all.FAMILIES, *run_all.PROBED_LRS]
     for a in fams:
+        probed = a.name.endswith("-probed-lr")
+        assert {k: v for k, v in a.flags.items() if k != "mixer"} == (
+            run_all.PROBED_LRS[a.flags["mixer"]] if probed else {}
+        )
         assert a.seeds == (0,) and "ssd_init" not in a.flags and "init" not in a.flags
         assert MIXERS[a.flags["mixer"]].attention_scaled_rows is not None
     assert MIXERS["ssd"].attention_scaled_rows is None
@@ -428,6 +459,28 @@ def test_family_init_distances_before_and_after_the_rescale(teacher_dir):
         assert sum(res[fam]["after"]) < sum(res[fam]["before"])
     text = markdown({16: res}, "python3 -m experiments.family_init")
     assert "| 16 | linear_attention |" in text and "## Per layer at 16 tokens" in text
+
+
+def test_stage_lr_probe_trains_the_stage_it_measures(teacher_dir, tmp_path):
+    """The probe's rows: one start for every LR (same seed, same calibration), a distance that a vanishing LR leaves
+    where it was and a large one moves, appended to --out."""
+    from experiments.stage1_probe import main
+
+    out = tmp_path / "probe.jsonl"
+    argv = ["--teacher", str(teacher_dir), "--mixer", "linear_attention", "--seq-len", "16", "--tokens", "48"]
+    rows = main([*argv, "--stage", "2", "--lrs", "1e-12,3e-2", "--out", str(out)])
+    assert [json.loads(x) for x in out.read_text().splitlines()] == rows
+    assert [(r["stage"], r["lr"], r["mixer"]) for r in rows] == [
+        (2, 1e-12, "linear_attention"),
+        (2, 3e-2, "linear_attention"),
+    ]
+    assert rows[0]["mean_before"] == rows[1]["mean_before"]
+    assert abs(rows[0]["mean_after"] - rows[0]["mean_before"]) < 1e-3 * rows[0]["mean_before"]
+    assert abs(rows[1]["mean_after"] - rows[1]["mean_before"]) > 1e-2 * rows[1]["mean_before"]
+    first = main([*argv, "--stage", "2", "--after-stage1-lr", "3e-2", "--lrs", "1e-12"])[0]
+    assert first["after_stage1_lr"] == 3e-2 and first["mean_before"] != rows[0]["mean_before"]  # stage 1 ran first
+    one = main([*argv, "--stage", "1", "--lrs", "3e-2"])[0]
+    assert one["stage"] == 1 and one["mean_before"] != rows[0]["mean_before"]  # the stage-1 distance, not stage 2's
 
 
 def test_every_recall_arm_is_a_valid_distill_command(monkeypatch):
