@@ -336,10 +336,11 @@ def _lr_probe_lines(path: Path, at: Path, probed: dict) -> list[str]:
     out = [
         "",
         f"Each family's stage alone at a few peak LRs on the CPU ([{path.name}]({os.path.relpath(path, at)}), "
-        "`python3 -m experiments.stage1_probe --teacher smollm2-135m --mixer FAMILY --stage S --lrs LRS --tokens T "
-        "--out FILE`: T tokens of 128-token sequences, one per step, the distances on 4 held-out sequences, smaller "
-        "than the GPU runs' at 512 tokens; those take 62 steps of 8,192 tokens in stage 1). A family whose distance "
-        "the recipe's LR (1e-3) raises here gets an arm at the LRs that left it lowest (in bold): "
+        "`python3 -m experiments.stage1_probe --teacher smollm2-135m --mixer FAMILY --stage S [--after-stage1-lr X] "
+        "--lrs LRS --tokens T --out FILE`: T tokens of 128-token sequences, one per step, the distances on 4 "
+        "held-out sequences, smaller than the GPU runs' at 512 tokens; those take 62 steps of 8,192 tokens in stage "
+        "1). A family whose distance the recipe's LR (1e-3) raises here gets an arm at the LRs that left it lowest "
+        "(in bold): "
         + (", ".join(f"{m} ({', '.join(f'{k} {v:g}' for k, v in lrs.items())})" for m, lrs in probed.items()) or "none")
         + ".",
         "",
@@ -564,7 +565,7 @@ def write_experiments_report(results: Path, report: Path, history: Path | None =
         lines += [f"![distance vs quality]({plots.name}/distance_quality.png)", ""]
     # 6. matrix families
     fam = ["mohawk", *[a.name for a in ARMS if a.name.startswith("mixer-")]]
-    judged = [a for a in fam if not any(a == f"mixer-{m}" for m in PROBED_LRS)]  # a probed arm stands for its family
+    judged = [a for a in fam if a not in {f"mixer-{m}" for m in PROBED_LRS}]  # a probed arm stands for its family
     seed0 = {a: next((r for r in arms.runs.get(a, []) if r["seed"] == 0), None) for a in fam}
     pairs6 = [(seed0[a]["d1"], seed0[a]["ppl"]) for a in judged if seed0[a] and seed0[a].get("d1") is not None]
     rho6 = spearman([a for a, _ in pairs6], [b for _, b in pairs6])[0] if len(pairs6) >= 3 else math.nan

@@ -1,7 +1,7 @@
 """Stage 1 (or 2) alone on a teacher at a few peak LRs: the student's mean and per-layer distance of that stage
 before and after 2,048 tokens (16 steps of one 128-token sequence), seed 0; CPU is enough. A family other than SSD
 (--mixer) starts as `mohawk distill` starts it: rescaled to the teacher's attention on the first training sequences
-(calibrate). --out appends each row to a JSON-lines file (results/experiments/stage_lr_probe.jsonl: EXPERIMENTS.md,
+(calibrate). --out appends each row to a JSON-lines file (results/experiments/stage-lr-probe.jsonl: EXPERIMENTS.md,
 claim 6, reads it).
 
     python3 -m experiments.stage1_probe --teacher gemma3-270m --lrs 1e-3,1e-4,1e-5
@@ -53,12 +53,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     _, val_stream = make_streams("bundled", tok, L, seed=0)
     val = take(val_stream, 4)
     n, rows = adapter.num_layers, []
+    loop = DistillConfig.from_dict({}).loop_settings()
     for lr in map(float, args.lrs.split(",")):
         torch.manual_seed(0)
         student = mohawk.from_teacher(adapter, mixer=args.mixer)
         calibrate(student, adapter, make_streams("bundled", tok, L, seed=1)[0])  # as mohawk distill starts it
-        loop = DistillConfig.from_dict({}).loop_settings()
-
         if args.stage == 2 and args.after_stage1_lr:
             _train(student, adapter, tok, 1, args.after_stage1_lr, args.tokens, L, loop)
         before = layer_distances(student, adapter, val)[key]
